@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: starts the services it needs, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh >/dev/null
+export PORTCULLIS_TEST_PG="${PORTCULLIS_TEST_PG:-host=127.0.0.1 port=5432 user=postgres dbname=test}"
+export PORTCULLIS_TEST_REDIS="${PORTCULLIS_TEST_REDIS:-redis://127.0.0.1:6379}"
+cargo test --workspace "$@"

@@ -1,0 +1,365 @@
+//! Kong's generated endpoints for every entity: list, create, read, upsert (PUT), merge (PATCH),
+//! delete, nested under a parent and through a foreign key. Writes run inside the config registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use portcullis_stores::{ConfigStore, Document, ListFilter};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::AdminState;
+use crate::actors::registry::{Change, Write, WriteCtx, WriteOutcome};
+use crate::entities::{expand_service_url, EntityKind};
+use crate::error::AdminError;
+use crate::plugins::oauth2::credentials;
+use crate::plugins::PluginRegistry;
+use crate::schema::{self, Coerce, FieldErrors};
+
+/// How long an admin write may wait for the registry before answering 503.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// Current unix time in seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// Finds a document by UUID or by the entity's endpoint key.
+///
+/// # Errors
+/// Store failures.
+pub async fn resolve(store: &dyn ConfigStore, kind: &EntityKind, key: &str) -> Result<Option<Document>, AdminError> {
+    if let Ok(id) = Uuid::parse_str(key) {
+        return Ok(store.get(kind.def, id).await?);
+    }
+    Ok(store.get_by(kind.def, kind.endpoint_key, key).await?)
+}
+
+/// Reads `doc[field]["id"]`.
+pub fn fk(doc: &Document, field: &str) -> Option<Uuid> {
+    portcullis_stores::memory::foreign_id(doc, field)
+}
+
+/// The document as the API returns it (write-only fields removed).
+pub fn render(kind: &EntityKind, mut doc: Document) -> Value {
+    schema::strip_write_only(kind.schema, &mut doc);
+    Value::Object(doc)
+}
+
+fn nest_errors(field: &str, inner: FieldErrors) -> FieldErrors {
+    let mut e = FieldErrors::new();
+    e.insert(field.into(), Value::Object(inner));
+    e
+}
+
+/// Validates input into a storable document: schema, plugin config, generated values, hashing.
+///
+/// # Errors
+/// [`AdminError::Schema`] with every problem found.
+pub fn build_doc(
+    kind: &EntityKind,
+    plugins: &PluginRegistry,
+    mut input: Map<String, Value>,
+    coerce: Coerce,
+    existing: Option<&Document>,
+) -> Result<Document, AdminError> {
+    if kind.def.name == "services" {
+        expand_service_url(&mut input).map_err(AdminError::Schema)?;
+    }
+    let mut doc = schema::validate(kind.schema, &input, coerce).map_err(AdminError::Schema)?;
+    if kind.def.name == "plugins" {
+        validate_plugin(plugins, &mut doc, coerce)?;
+    }
+    if kind.def.name == "oauth2_credentials" {
+        credentials::prepare_for_storage(&mut doc).map_err(AdminError::Internal)?;
+    }
+    let id = existing
+        .and_then(|e| e.get("id").cloned())
+        .or_else(|| doc.get("id").filter(|v| !v.is_null()).cloned())
+        .unwrap_or_else(|| json!(Uuid::new_v4().to_string()));
+    doc.insert("id".into(), id);
+    let now = now();
+    let created = existing.and_then(|e| e.get("created_at").cloned()).unwrap_or_else(|| json!(now));
+    doc.insert("created_at".into(), created);
+    if kind.schema.field("updated_at").is_some() {
+        doc.insert("updated_at".into(), json!(now));
+    }
+    Ok(doc)
+}
+
+fn validate_plugin(plugins: &PluginRegistry, doc: &mut Document, coerce: Coerce) -> Result<(), AdminError> {
+    let name = doc.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let Some(plugin) = plugins.get(&name) else {
+        let mut e = FieldErrors::new();
+        e.insert("name".into(), json!(format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property")));
+        return Err(AdminError::Schema(e));
+    };
+    if !plugin.allows_consumer_scope() && !doc.get("consumer").is_none_or(Value::is_null) {
+        let mut e = FieldErrors::new();
+        e.insert("consumer".into(), json!("value must be null"));
+        return Err(AdminError::Schema(e));
+    }
+    let raw = match doc.get("config") {
+        Some(Value::Object(o)) => o.clone(),
+        _ => Map::new(),
+    };
+    let mut config = schema::validate(plugin.schema(), &raw, coerce).map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
+    plugin.complete_config(&mut config);
+    plugin.check_config(&config).map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
+    doc.insert("config".into(), Value::Object(config));
+    Ok(())
+}
+
+/// Runs a write inside the registry, bounding the wait.
+///
+/// # Errors
+/// The write's own error, or 503 when the registry is saturated.
+pub async fn write<F, Fut>(state: &AdminState, f: F) -> Result<WriteOutcome, AdminError>
+where
+    F: FnOnce(WriteCtx) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<WriteOutcome, AdminError>> + 'static,
+{
+    let msg = Write(Box::new(move |ctx| Box::pin(f(ctx))));
+    match tokio::time::timeout(WRITE_WAIT, state.registry.send(msg)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) | Err(_) => Err(AdminError::Unavailable),
+    }
+}
+
+/// `GET /E`, `GET /P/{p}/E`.
+///
+/// # Errors
+/// Bad size/offset, store failures.
+pub async fn list(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    foreign: Option<(&'static str, Uuid)>,
+    query: &[(String, String)],
+    base_path: &str,
+) -> Result<HttpResponse, AdminError> {
+    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let size = match get("size") {
+        None => 100,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            Ok(_) => return Err(AdminError::InvalidSize("size must be an integer between 1 and 1000".into())),
+            Err(_) => return Err(AdminError::InvalidSize("size must be a number".into())),
+        },
+    };
+    let offset = match get("offset") {
+        None => None,
+        Some(o) => Some(
+            URL_SAFE_NO_PAD
+                .decode(o.as_bytes())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or(AdminError::InvalidOffset(o))?,
+        ),
+    };
+    let tags = get("tags").map(|t| {
+        if t.contains('/') {
+            (t.split('/').map(str::to_string).collect(), false)
+        } else {
+            (t.split(',').map(str::to_string).collect(), true)
+        }
+    });
+    if kind.def.name == "consumers" {
+        if let Some(custom_id) = get("custom_id") {
+            let found = state.store.get_by(kind.def, "custom_id", &custom_id).await?;
+            let data: Vec<Value> = found.into_iter().map(|d| render(kind, d)).collect();
+            return Ok(HttpResponse::Ok().json(json!({ "data": data, "next": null })));
+        }
+    }
+    let filter = ListFilter { foreign, tags, offset: offset.clone(), size };
+    let page = state.store.list(kind.def, &filter).await.map_err(|e| match e {
+        portcullis_stores::StoreError::InvalidOffset => AdminError::InvalidOffset(get("offset").unwrap_or_default()),
+        other => other.into(),
+    })?;
+    let data: Vec<Value> = page.data.into_iter().map(|d| render(kind, d)).collect();
+    let mut body = json!({ "data": data, "next": null });
+    if let Some(next) = page.next_offset {
+        let token = URL_SAFE_NO_PAD.encode(next.as_bytes());
+        let mut next_url = format!("{base_path}?offset={token}");
+        if let Some(s) = get("size") {
+            next_url.push_str(&format!("&size={s}"));
+        }
+        if let Some(t) = get("tags") {
+            next_url.push_str(&format!("&tags={}", percent_encoding::utf8_percent_encode(&t, percent_encoding::NON_ALPHANUMERIC)));
+        }
+        body["offset"] = json!(token);
+        body["next"] = json!(next_url);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `POST /E`, `POST /P/{p}/E` (foreign key injected from the URL).
+///
+/// # Errors
+/// Schema, unique and foreign-key violations; store failures.
+pub async fn create(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    mut input: Map<String, Value>,
+    coerce: Coerce,
+    foreign: Option<(&'static str, Uuid)>,
+) -> Result<HttpResponse, AdminError> {
+    if let Some((field, id)) = foreign {
+        input.insert(field.into(), json!({ "id": id.to_string() }));
+    }
+    let plugins = state.plugins.clone();
+    let outcome = write(state, move |ctx| async move {
+        let doc = build_doc(kind, &plugins, input, coerce, None)?;
+        let stored = ctx.store.insert(kind.def, doc).await?;
+        Ok(WriteOutcome { document: Some(stored.clone()), changes: vec![Change::Upsert(kind.def.name, stored)] })
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(render(kind, outcome.document.unwrap_or_default())))
+}
+
+/// `GET /E/{key}` (optionally checking it belongs to a parent).
+///
+/// # Errors
+/// 404, store failures.
+pub async fn read(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    key: &str,
+    parent: Option<(&'static str, Uuid)>,
+) -> Result<HttpResponse, AdminError> {
+    let doc = resolve(state.store.as_ref(), kind, key).await?.ok_or(AdminError::NotFound)?;
+    if let Some((field, pid)) = parent {
+        if fk(&doc, field) != Some(pid) {
+            return Err(AdminError::NotFound);
+        }
+    }
+    Ok(HttpResponse::Ok().json(render(kind, doc)))
+}
+
+/// `PUT /E/{key}`: create or fully replace.
+///
+/// # Errors
+/// Schema, unique and foreign-key violations; 404 when the row belongs to another parent.
+pub async fn upsert(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    key: String,
+    mut input: Map<String, Value>,
+    coerce: Coerce,
+    parent: Option<(&'static str, Uuid)>,
+) -> Result<HttpResponse, AdminError> {
+    if let Some((field, id)) = parent {
+        input.insert(field.into(), json!({ "id": id.to_string() }));
+    }
+    match Uuid::parse_str(&key) {
+        Ok(id) => {
+            input.insert("id".into(), json!(id.to_string()));
+        }
+        Err(_) => {
+            input.insert(kind.endpoint_key.into(), json!(key));
+        }
+    }
+    let plugins = state.plugins.clone();
+    let outcome = write(state, move |ctx| async move {
+        let existing = resolve(ctx.store.as_ref(), kind, &key).await?;
+        if let (Some(doc), Some((field, pid))) = (&existing, parent) {
+            if fk(doc, field) != Some(pid) {
+                return Err(AdminError::NotFound);
+            }
+        }
+        let doc = build_doc(kind, &plugins, input, coerce, existing.as_ref())?;
+        let stored = match existing {
+            Some(_) => ctx.store.update(kind.def, doc).await?,
+            None => ctx.store.insert(kind.def, doc).await?,
+        };
+        Ok(WriteOutcome { document: Some(stored.clone()), changes: vec![Change::Upsert(kind.def.name, stored)] })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(render(kind, outcome.document.unwrap_or_default())))
+}
+
+/// `PATCH /E/{key}`: merge into the existing row.
+///
+/// # Errors
+/// 404, schema, unique and foreign-key violations.
+pub async fn patch(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    key: String,
+    input: Map<String, Value>,
+    coerce: Coerce,
+    parent: Option<(&'static str, Uuid)>,
+) -> Result<HttpResponse, AdminError> {
+    if kind.def.name == "oauth2_credentials" {
+        credentials::check_patch(&input).map_err(AdminError::Schema)?;
+    }
+    let plugins = state.plugins.clone();
+    let outcome = write(state, move |ctx| async move {
+        let existing = resolve(ctx.store.as_ref(), kind, &key).await?.ok_or(AdminError::NotFound)?;
+        if let Some((field, pid)) = parent {
+            if fk(&existing, field) != Some(pid) {
+                return Err(AdminError::NotFound);
+            }
+        }
+        let mut merged = existing.clone();
+        merged.remove("updated_at");
+        let mut input = input;
+        if kind.def.name == "services" && input.contains_key("url") {
+            expand_service_url(&mut input).map_err(AdminError::Schema)?;
+        }
+        schema::merge_patch(kind.schema, &mut merged, input);
+        let doc = build_doc(kind, &plugins, merged, coerce, Some(&existing))?;
+        let stored = ctx.store.update(kind.def, doc).await?;
+        Ok(WriteOutcome { document: Some(stored.clone()), changes: vec![Change::Upsert(kind.def.name, stored)] })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(render(kind, outcome.document.unwrap_or_default())))
+}
+
+/// `DELETE /E/{key}`: 204 also when nothing existed (top level); cascades and restricts.
+///
+/// # Errors
+/// 400 when restricted; 404 for a nested row of another parent.
+pub async fn delete(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    key: String,
+    parent: Option<(&'static str, Uuid)>,
+) -> Result<HttpResponse, AdminError> {
+    write(state, move |ctx| async move {
+        let Some(existing) = resolve(ctx.store.as_ref(), kind, &key).await? else {
+            return if parent.is_some() { Err(AdminError::NotFound) } else { Ok(WriteOutcome::default()) };
+        };
+        if let Some((field, pid)) = parent {
+            if fk(&existing, field) != Some(pid) {
+                return Err(AdminError::NotFound);
+            }
+        }
+        let id = fk_id(&existing)?;
+        let removed = ctx.store.delete(kind.def, id).await?;
+        Ok(WriteOutcome { document: None, changes: vec![Change::Delete(removed)] })
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+fn fk_id(doc: &Document) -> Result<Uuid, AdminError> {
+    portcullis_stores::memory::doc_id(doc).map_err(AdminError::from)
+}
+
+/// Resolves a parent row for nested paths; 404 when absent.
+///
+/// # Errors
+/// 404, store failures.
+pub async fn parent_id(state: &AdminState, kind: &EntityKind, key: &str) -> Result<Uuid, AdminError> {
+    let doc = resolve(state.store.as_ref(), kind, key).await?.ok_or(AdminError::NotFound)?;
+    fk_id(&doc)
+}
+
+/// Shared handle type so callers can clone cheaply.
+pub type Shared = Arc<AdminState>;

@@ -1,0 +1,141 @@
+//! Node information, health and schemas: `/`, `/status`, `/plugins/enabled`, `/schemas/…`.
+
+use actix_web::HttpResponse;
+use serde_json::{json, Map, Value};
+
+use super::AdminState;
+use crate::error::AdminError;
+use crate::schema::{Field, FieldType, Schema};
+
+/// Version reported everywhere.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `GET /`.
+///
+/// # Errors
+/// Never.
+pub fn node(st: &AdminState) -> Result<HttpResponse, AdminError> {
+    let mut available = Map::new();
+    for name in st.plugins.names() {
+        if let Some(p) = st.plugins.get(name) {
+            available.insert(name.into(), json!({ "version": VERSION, "priority": p.priority() }));
+        }
+    }
+    let configuration: Value = toml::from_str::<toml::Value>(&st.settings.to_masked_toml())
+        .ok()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .unwrap_or(Value::Null);
+    Ok(HttpResponse::Ok().json(json!({
+        "version": VERSION,
+        "tagline": "Welcome to portcullis",
+        "node_id": st.node_id,
+        "hostname": std::env::var("HOSTNAME").unwrap_or_default(),
+        "plugins": { "available_on_server": available, "enabled_in_cluster": st.plugins.names() },
+        "configuration": configuration,
+    })))
+}
+
+/// `GET /status`: liveness plus whether the store answers.
+///
+/// # Errors
+/// Never; an unreachable store is reported in the body.
+pub async fn status(st: &AdminState) -> Result<HttpResponse, AdminError> {
+    let reachable = st.store.list(&portcullis_stores::model::entities::SERVICES, &portcullis_stores::ListFilter { size: 1, ..Default::default() }).await.is_ok();
+    let snapshot = st.snapshot.load();
+    Ok(HttpResponse::Ok().json(json!({
+        "database": { "reachable": reachable },
+        "server": { "uptime_seconds": st.started.elapsed().as_secs() },
+        "configuration": { "version": snapshot.version, "routes": snapshot.entries.len() },
+    })))
+}
+
+/// `GET /plugins/enabled`.
+///
+/// # Errors
+/// Never.
+pub fn enabled(st: &AdminState) -> Result<HttpResponse, AdminError> {
+    Ok(HttpResponse::Ok().json(json!({ "enabled_plugins": st.plugins.names() })))
+}
+
+fn type_name(ty: &FieldType) -> &'static str {
+    match ty {
+        FieldType::String | FieldType::Uuid => "string",
+        FieldType::Integer => "integer",
+        FieldType::Number => "number",
+        FieldType::Boolean => "boolean",
+        FieldType::Array(_) => "array",
+        FieldType::Set(_) => "set",
+        FieldType::StringListMap | FieldType::StringMap => "map",
+        FieldType::Record(_) => "record",
+        FieldType::Foreign(_) => "foreign",
+    }
+}
+
+fn describe(field: &Field) -> Value {
+    let mut d = Map::new();
+    d.insert("type".into(), json!(type_name(&field.ty)));
+    if field.required {
+        d.insert("required".into(), json!(true));
+    }
+    if let Some(def) = field.default {
+        d.insert("default".into(), def());
+    }
+    if !field.one_of.is_empty() {
+        d.insert("one_of".into(), json!(field.one_of));
+    }
+    if let Some((lo, hi)) = field.between {
+        d.insert("between".into(), json!([lo, hi]));
+    }
+    match &field.ty {
+        FieldType::Record(inner) => {
+            d.insert("fields".into(), fields(inner));
+        }
+        FieldType::Foreign(reference) => {
+            d.insert("reference".into(), json!(reference));
+        }
+        FieldType::Array(el) | FieldType::Set(el) => {
+            d.insert("elements".into(), json!({ "type": type_name(el) }));
+        }
+        _ => {}
+    }
+    json!({ field.name: d })
+}
+
+fn fields(schema: &Schema) -> Value {
+    Value::Array(schema.fields.iter().map(describe).collect())
+}
+
+/// `GET /schemas/plugins/{name}`.
+///
+/// # Errors
+/// 404 for an unknown plugin.
+pub fn plugin_schema(st: &AdminState, name: &str) -> Result<HttpResponse, AdminError> {
+    let plugin = st.plugins.get(name).ok_or(AdminError::NotFound)?;
+    let mut config = Map::new();
+    config.insert("type".into(), json!("record"));
+    config.insert("required".into(), json!(true));
+    config.insert("fields".into(), fields(plugin.schema()));
+    Ok(HttpResponse::Ok().json(json!({
+        "fields": [
+            { "consumer": { "type": "foreign", "reference": "consumers", "eq": if plugin.allows_consumer_scope() { Value::Null } else { json!(null) } } },
+            { "protocols": { "type": "set", "default": ["grpc", "grpcs", "http", "https"] } },
+            { "config": config },
+        ]
+    })))
+}
+
+/// `GET /schemas/{entity}`.
+///
+/// # Errors
+/// 404 for an unknown entity.
+pub fn entity_schema(entity: &str) -> Result<HttpResponse, AdminError> {
+    let schema: &Schema = match entity {
+        "services" => &crate::entities::SERVICE_SCHEMA,
+        "routes" => &crate::entities::ROUTE_SCHEMA,
+        "consumers" => &crate::entities::CONSUMER_SCHEMA,
+        "plugins" => &crate::entities::PLUGIN_SCHEMA,
+        "oauth2_credentials" | "oauth2" => &crate::plugins::oauth2::credentials::CREDENTIAL_SCHEMA,
+        _ => return Err(AdminError::NotFound),
+    };
+    Ok(HttpResponse::Ok().json(json!({ "fields": fields(schema) })))
+}

@@ -1,0 +1,215 @@
+//! The Kong-compatible admin API. One dispatcher maps Kong's URL shapes onto the generic entity
+//! operations of [`crud`]; bodies are parsed by [`body`]; node info and schemas live in [`info`].
+
+pub mod body;
+pub mod crud;
+pub mod info;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use arc_swap::ArcSwap;
+use portcullis_stores::{ConfigStore, TokenStore};
+
+use crate::actors::registry::ConfigRegistry;
+use crate::config::Settings;
+use crate::entities::{EntityKind, CONSUMERS, PLUGINS, ROUTES, SERVICES};
+use crate::error::AdminError;
+use crate::plugins::oauth2::credentials::CREDENTIALS;
+use crate::plugins::PluginRegistry;
+use crate::router::RouterSnapshot;
+use crate::schema::Coerce;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    /// Configuration store (reads go straight to it; writes go through the registry).
+    pub store: Arc<dyn ConfigStore>,
+    /// Token store (`/oauth2_tokens`).
+    pub tokens: Arc<dyn TokenStore>,
+    /// The single writer.
+    pub registry: Addr<ConfigRegistry>,
+    /// Available plugins.
+    pub plugins: Arc<PluginRegistry>,
+    /// Effective settings.
+    pub settings: Arc<Settings>,
+    /// Current router snapshot (for `/status`).
+    pub snapshot: Arc<ArcSwap<RouterSnapshot>>,
+    /// Start time (for `/status`).
+    pub started: Instant,
+    /// Node id reported by `/`.
+    pub node_id: uuid::Uuid,
+}
+
+fn kind_of(segment: &str) -> Option<&'static EntityKind> {
+    Some(match segment {
+        "services" => &SERVICES,
+        "routes" => &ROUTES,
+        "consumers" => &CONSUMERS,
+        "plugins" => &PLUGINS,
+        "oauth2" => &CREDENTIALS,
+        _ => return None,
+    })
+}
+
+/// `(parent segment, child segment) → foreign-key field of the child`.
+fn nested_field(parent: &str, child: &str) -> Option<&'static str> {
+    Some(match (parent, child) {
+        ("services", "routes") | ("services", "plugins") => "service",
+        ("routes", "plugins") => "route",
+        ("consumers", "plugins") | ("consumers", "oauth2") => "consumer",
+        _ => return None,
+    })
+}
+
+/// `(child segment, fk segment) → parent segment` for `/routes/{r}/service` style paths.
+fn foreign_parent(child: &str, field: &str) -> Option<&'static str> {
+    Some(match (child, field) {
+        ("routes", "service") | ("plugins", "service") => "services",
+        ("plugins", "route") => "routes",
+        ("plugins", "consumer") | ("oauth2", "consumer") => "consumers",
+        _ => return None,
+    })
+}
+
+fn authorized(state: &AdminState, req: &HttpRequest) -> bool {
+    let Some(expected) = &state.settings.admin_token else { return true };
+    let presented = req
+        .headers()
+        .get("kong-admin-token")
+        .or_else(|| req.headers().get("portcullis-admin-token"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            req.headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::to_string)
+        });
+    presented.is_some_and(|p| crate::crypto::ct_eq(p.as_bytes(), expected.expose().as_bytes()))
+}
+
+/// The one admin handler: authenticates, parses, dispatches.
+pub async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
+    let path = req.path().trim_end_matches('/').to_string();
+    if !(path == "/status" || authorized(&state, &req)) {
+        return Err(AdminError::Unauthorized);
+    }
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = req.method().clone();
+    let query: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let max = state.settings.max_body_bytes().unwrap_or(usize::MAX);
+    if body.len() > max {
+        return Err(AdminError::TooLarge);
+    }
+    let parse = || -> Result<(serde_json::Map<String, serde_json::Value>, Coerce), AdminError> {
+        body::parse(&content_type, &body)
+    };
+    let st = state.get_ref();
+
+    match (seg.as_slice(), &method) {
+        ([], &Method::GET) => return info::node(st),
+        (["status"], &Method::GET) => return info::status(st).await,
+        (["plugins", "enabled"], &Method::GET) => return info::enabled(st),
+        (["schemas", "plugins", name], &Method::GET) | (["plugins", "schema", name], &Method::GET) => {
+            return info::plugin_schema(st, name)
+        }
+        (["schemas", entity], &Method::GET) => return info::entity_schema(entity),
+        _ => {}
+    }
+    if let Some(resp) = crate::plugins::oauth2::admin::dispatch(st, &seg, &method, &query, &parse).await {
+        return resp;
+    }
+
+    match seg.as_slice() {
+        [entity] => {
+            let kind = kind_of(entity).ok_or(AdminError::NotFound)?;
+            match method {
+                Method::GET => crud::list(st, kind, None, &query, &format!("/{entity}")).await,
+                Method::POST => {
+                    let (input, coerce) = parse()?;
+                    crud::create(st, kind, input, coerce, None).await
+                }
+                _ => Err(AdminError::MethodNotAllowed),
+            }
+        }
+        [entity, key] => {
+            let kind = kind_of(entity).ok_or(AdminError::NotFound)?;
+            entity_item(st, kind, key, &method, parse, None).await
+        }
+        [parent, pkey, third] => {
+            if let (Some(field), Some(pkind)) = (nested_field(parent, third), kind_of(parent)) {
+                let kind = kind_of(third).ok_or(AdminError::NotFound)?;
+                let pid = crud::parent_id(st, pkind, pkey).await?;
+                return match method {
+                    Method::GET => {
+                        crud::list(st, kind, Some((field, pid)), &query, &format!("/{parent}/{pkey}/{third}")).await
+                    }
+                    Method::POST => {
+                        let (input, coerce) = parse()?;
+                        crud::create(st, kind, input, coerce, Some((field, pid))).await
+                    }
+                    _ => Err(AdminError::MethodNotAllowed),
+                };
+            }
+            if let (Some(parent_seg), Some(ckind)) = (foreign_parent(parent, third), kind_of(parent)) {
+                let pkind = kind_of(parent_seg).ok_or(AdminError::NotFound)?;
+                let child = crud::resolve(st.store.as_ref(), ckind, pkey).await?.ok_or(AdminError::NotFound)?;
+                let target = crud::fk(&child, third).ok_or(AdminError::NotFound)?;
+                return match method {
+                    Method::DELETE => Err(AdminError::MethodNotAllowed),
+                    _ => entity_item(st, pkind, &target.to_string(), &method, parse, None).await,
+                };
+            }
+            Err(AdminError::NotFound)
+        }
+        [parent, pkey, child, ckey] => {
+            let field = nested_field(parent, child).ok_or(AdminError::NotFound)?;
+            let pkind = kind_of(parent).ok_or(AdminError::NotFound)?;
+            let kind = kind_of(child).ok_or(AdminError::NotFound)?;
+            let pid = crud::parent_id(st, pkind, pkey).await?;
+            entity_item(st, kind, ckey, &method, parse, Some((field, pid))).await
+        }
+        _ => Err(AdminError::NotFound),
+    }
+}
+
+async fn entity_item(
+    st: &AdminState,
+    kind: &'static EntityKind,
+    key: &str,
+    method: &Method,
+    parse: impl Fn() -> Result<(serde_json::Map<String, serde_json::Value>, Coerce), AdminError>,
+    parent: Option<(&'static str, uuid::Uuid)>,
+) -> Result<HttpResponse, AdminError> {
+    match *method {
+        Method::GET => crud::read(st, kind, key, parent).await,
+        Method::PUT => {
+            let (input, coerce) = parse()?;
+            crud::upsert(st, kind, key.to_string(), input, coerce, parent).await
+        }
+        Method::PATCH => {
+            let (input, coerce) = parse()?;
+            crud::patch(st, kind, key.to_string(), input, coerce, parent).await
+        }
+        Method::DELETE => crud::delete(st, kind, key.to_string(), parent).await,
+        _ => Err(AdminError::MethodNotAllowed),
+    }
+}
+
+/// Answers malformed bodies and oversize payloads rejected by actix before our handler runs.
+pub fn payload_error(err: actix_web::error::PayloadError) -> actix_web::Error {
+    match err {
+        actix_web::error::PayloadError::Overflow => AdminError::TooLarge.into(),
+        _ => AdminError::BadBody("Cannot read request body".into()).into(),
+    }
+}

@@ -1,0 +1,424 @@
+//! Kong's core entities (services, routes, consumers, plugins) as schemas, plus the typed views the
+//! router compiles from validated documents.
+
+use std::sync::LazyLock;
+
+use portcullis_stores::model::entities as defs;
+use portcullis_stores::EntityDef;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::schema::{Field, FieldType, Schema};
+
+/// Protocols a service may use.
+pub const SERVICE_PROTOCOLS: &[&str] = &["http", "https", "grpc", "grpcs", "tcp", "tls", "tls_passthrough", "udp"];
+/// Protocols a route may use.
+pub const ROUTE_PROTOCOLS: &[&str] = &["http", "https", "grpc", "grpcs", "tcp", "tls", "tls_passthrough", "udp"];
+/// HTTP methods a route may list.
+const MAX_TIMEOUT: i64 = 2_147_483_646;
+
+/// One admin-visible entity: its store constraints, schema and the key used for name addressing.
+#[derive(Debug)]
+pub struct EntityKind {
+    /// Store definition (unique / foreign keys).
+    pub def: &'static EntityDef,
+    /// Field schema.
+    pub schema: &'static Schema,
+    /// Field used for id-or-name addressing (`name`, `username`, `instance_name`, `client_id`).
+    pub endpoint_key: &'static str,
+}
+
+fn base_fields() -> Vec<Field> {
+    vec![
+        Field::new("id", FieldType::Uuid),
+        Field::new("created_at", FieldType::Integer),
+        Field::new("updated_at", FieldType::Integer),
+        Field::new("tags", FieldType::Set(Box::new(FieldType::String))).check(check_tag),
+    ]
+}
+
+fn check_tag(v: &Value) -> Result<(), String> {
+    match v.as_str() {
+        Some(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != ',' && c != '/') => Ok(()),
+        _ => Err("invalid tag: expected printable ascii (except `,` and `/`) or valid utf-8 sequences".into()),
+    }
+}
+
+fn check_name(v: &Value) -> Result<(), String> {
+    match v.as_str() {
+        Some(s) if !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || ".-_~".contains(c)) => Ok(()),
+        Some(s) => Err(format!(
+            "invalid value '{s}': it must only contain alphanumeric and '., -, _, ~' characters"
+        )),
+        None => Err("expected a string".into()),
+    }
+}
+
+fn check_host(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && (s.parse::<std::net::IpAddr>().is_ok()
+            || s.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            }));
+    if ok {
+        Ok(())
+    } else {
+        Err("invalid hostname".into())
+    }
+}
+
+fn check_path(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    if !s.starts_with('/') {
+        return Err("should start with: /".into());
+    }
+    if s.contains("//") {
+        return Err("must not have empty segments".into());
+    }
+    Ok(())
+}
+
+fn check_route_path(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    if let Some(re) = s.strip_prefix('~') {
+        return regex::Regex::new(re).map(|_| ()).map_err(|_| format!("invalid regex: '{re}'"));
+    }
+    if !s.starts_with('/') {
+        return Err("should start with: / (fixed path) or ~/ (regex path)".into());
+    }
+    Ok(())
+}
+
+fn check_route_host(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p)),
+        _ => (s, None),
+    };
+    let _ = port;
+    let wildcards = host.matches('*').count();
+    if wildcards > 1 {
+        return Err(format!("invalid wildcard: must have at most one wildcard in '{s}'"));
+    }
+    if wildcards == 1 && !(host.starts_with("*.") || host.ends_with(".*")) {
+        return Err(format!("invalid wildcard: must be placed at leftmost or rightmost label in '{s}'"));
+    }
+    let plain = host.trim_start_matches("*.").trim_end_matches(".*");
+    check_host(&Value::String(plain.to_string())).map_err(|_| format!("invalid hostname: {s}"))
+}
+
+fn check_method(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(format!("invalid value: {s}"))
+    }
+}
+
+fn check_redirect_code(v: &Value) -> Result<(), String> {
+    match v.as_i64() {
+        Some(426 | 301 | 302 | 307 | 308) => Ok(()),
+        _ => Err("expected one of: 426, 301, 302, 307, 308".into()),
+    }
+}
+
+fn service_checks(doc: &Map<String, Value>) -> Vec<String> {
+    let protocol = doc.get("protocol").and_then(Value::as_str).unwrap_or("http");
+    let mut errs = Vec::new();
+    if !matches!(protocol, "http" | "https" | "grpc" | "grpcs") && !doc.get("path").is_none_or(Value::is_null) {
+        errs.push(format!("value must be null when 'protocol' is '{protocol}'"));
+    }
+    if !matches!(protocol, "https" | "tls")
+        && ["client_certificate", "tls_verify", "tls_verify_depth", "ca_certificates"]
+            .iter()
+            .any(|f| !doc.get(*f).is_none_or(Value::is_null))
+    {
+        errs.push("tls settings are only allowed when 'protocol' is 'https' or 'tls'".into());
+    }
+    errs
+}
+
+fn route_checks(doc: &Map<String, Value>) -> Vec<String> {
+    let protocols: Vec<&str> = doc
+        .get("protocols")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let set = |f: &str| match doc.get(f) {
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        _ => false,
+    };
+    let mut errs = Vec::new();
+    if protocols.is_empty() {
+        errs.push("length must be at least 1".into());
+    }
+    let http_like = protocols.iter().all(|p| matches!(*p, "http" | "https"));
+    if http_like && !["methods", "hosts", "headers", "paths"].iter().any(|f| set(f)) {
+        let https_only = protocols == ["https"];
+        if !(https_only && set("snis")) {
+            errs.push(format!(
+                "must set one of 'methods', 'hosts', 'headers', 'paths'{} when 'protocols' is '{}'",
+                if protocols.contains(&"https") { ", 'snis'" } else { "" },
+                protocols.join("', '")
+            ));
+        }
+    }
+    if !http_like && protocols.iter().any(|p| matches!(*p, "http" | "https")) {
+        errs.push("mixing http(s) with other protocols is not allowed".into());
+    }
+    if let Some(Value::Object(h)) = doc.get("headers") {
+        if h.keys().any(|k| k.eq_ignore_ascii_case("host")) {
+            errs.push("cannot contain 'host' header, which must be specified in the 'hosts' attribute".into());
+        }
+    }
+    errs
+}
+
+fn consumer_checks(doc: &Map<String, Value>) -> Vec<String> {
+    let present = |f: &str| doc.get(f).and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    if present("username") || present("custom_id") {
+        Vec::new()
+    } else {
+        vec!["at least one of these fields must be non-empty: 'custom_id', 'username'".into()]
+    }
+}
+
+fn strings(list: &[&str]) -> Value {
+    Value::Array(list.iter().map(|s| Value::String((*s).into())).collect())
+}
+
+/// Services schema.
+pub static SERVICE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    let mut fields = base_fields();
+    fields.extend([
+        Field::new("name", FieldType::String).check(check_name),
+        Field::new("protocol", FieldType::String).required().default(|| json!("http")).one_of(SERVICE_PROTOCOLS),
+        Field::new("host", FieldType::String).required().check(check_host),
+        Field::new("port", FieldType::Integer).required().default(|| json!(80)).between(0, 65535),
+        Field::new("path", FieldType::String).check(check_path),
+        Field::new("retries", FieldType::Integer).default(|| json!(5)).between(0, 32767),
+        Field::new("connect_timeout", FieldType::Integer).default(|| json!(60000)).between(1, MAX_TIMEOUT),
+        Field::new("write_timeout", FieldType::Integer).default(|| json!(60000)).between(1, MAX_TIMEOUT),
+        Field::new("read_timeout", FieldType::Integer).default(|| json!(60000)).between(1, MAX_TIMEOUT),
+        Field::new("enabled", FieldType::Boolean).default(|| json!(true)),
+        Field::new("client_certificate", FieldType::Foreign("certificates")),
+        Field::new("tls_verify", FieldType::Boolean),
+        Field::new("tls_verify_depth", FieldType::Integer).between(0, 64),
+        Field::new("ca_certificates", FieldType::Array(Box::new(FieldType::Uuid))),
+    ]);
+    Schema { name: "services", fields, entity_checks: vec![service_checks] }
+});
+
+/// Routes schema.
+pub static ROUTE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    let mut fields = base_fields();
+    fields.extend([
+        Field::new("name", FieldType::String).check(check_name),
+        Field::new("protocols", FieldType::Set(Box::new(FieldType::String)))
+            .required()
+            .default(|| strings(&["http", "https"]))
+            .one_of(ROUTE_PROTOCOLS),
+        Field::new("methods", FieldType::Set(Box::new(FieldType::String))).check(check_method),
+        Field::new("hosts", FieldType::Array(Box::new(FieldType::String))).check(check_route_host),
+        Field::new("paths", FieldType::Array(Box::new(FieldType::String))).check(check_route_path),
+        Field::new("headers", FieldType::StringListMap),
+        Field::new("snis", FieldType::Set(Box::new(FieldType::String))),
+        Field::new("sources", FieldType::Array(Box::new(FieldType::StringMap))),
+        Field::new("destinations", FieldType::Array(Box::new(FieldType::StringMap))),
+        Field::new("https_redirect_status_code", FieldType::Integer)
+            .required()
+            .default(|| json!(426))
+            .check(check_redirect_code),
+        Field::new("regex_priority", FieldType::Integer).default(|| json!(0)),
+        Field::new("strip_path", FieldType::Boolean).required().default(|| json!(true)),
+        Field::new("path_handling", FieldType::String).default(|| json!("v0")).one_of(&["v0", "v1"]),
+        Field::new("preserve_host", FieldType::Boolean).required().default(|| json!(false)),
+        Field::new("request_buffering", FieldType::Boolean).required().default(|| json!(true)),
+        Field::new("response_buffering", FieldType::Boolean).required().default(|| json!(true)),
+        Field::new("service", FieldType::Foreign("services")),
+    ]);
+    Schema { name: "routes", fields, entity_checks: vec![route_checks] }
+});
+
+/// Consumers schema.
+pub static CONSUMER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    let mut fields = base_fields();
+    fields.extend([Field::new("username", FieldType::String), Field::new("custom_id", FieldType::String)]);
+    Schema { name: "consumers", fields, entity_checks: vec![consumer_checks] }
+});
+
+/// Placeholder record type for plugin `config`: the plugin's own schema validates it.
+static OPEN_RECORD: LazyLock<Schema> = LazyLock::new(|| Schema { name: "config", fields: Vec::new(), entity_checks: Vec::new() });
+
+/// Plugins schema; `config` is validated by the named plugin's schema (see `plugins::registry`).
+pub static PLUGIN_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    let mut fields = base_fields();
+    fields.extend([
+        Field::new("name", FieldType::String).required(),
+        Field::new("instance_name", FieldType::String).check(check_name),
+        Field::new("config", FieldType::Record(&OPEN_RECORD)),
+        Field::new("protocols", FieldType::Set(Box::new(FieldType::String)))
+            .required()
+            .default(|| strings(&["grpc", "grpcs", "http", "https"]))
+            .one_of(ROUTE_PROTOCOLS),
+        Field::new("enabled", FieldType::Boolean).required().default(|| json!(true)),
+        Field::new("service", FieldType::Foreign("services")),
+        Field::new("route", FieldType::Foreign("routes")),
+        Field::new("consumer", FieldType::Foreign("consumers")),
+    ]);
+    Schema { name: "plugins", fields, entity_checks: Vec::new() }
+});
+
+/// Services as an admin entity.
+pub static SERVICES: LazyLock<EntityKind> =
+    LazyLock::new(|| EntityKind { def: &defs::SERVICES, schema: &SERVICE_SCHEMA, endpoint_key: "name" });
+/// Routes as an admin entity.
+pub static ROUTES: LazyLock<EntityKind> =
+    LazyLock::new(|| EntityKind { def: &defs::ROUTES, schema: &ROUTE_SCHEMA, endpoint_key: "name" });
+/// Consumers as an admin entity.
+pub static CONSUMERS: LazyLock<EntityKind> =
+    LazyLock::new(|| EntityKind { def: &defs::CONSUMERS, schema: &CONSUMER_SCHEMA, endpoint_key: "username" });
+/// Plugins as an admin entity.
+pub static PLUGINS: LazyLock<EntityKind> =
+    LazyLock::new(|| EntityKind { def: &defs::PLUGINS, schema: &PLUGIN_SCHEMA, endpoint_key: "instance_name" });
+
+/// Expands the write-only service `url` into protocol/host/port/path (Kong's rules).
+///
+/// # Errors
+/// The field error for `url` when it does not parse.
+pub fn expand_service_url(input: &mut Map<String, Value>) -> Result<(), Map<String, Value>> {
+    let Some(url) = input.remove("url") else { return Ok(()) };
+    let mut err = Map::new();
+    let Some(text) = url.as_str() else {
+        err.insert("url".into(), json!("expected a string"));
+        return Err(err);
+    };
+    let parsed = match url::Url::parse(text) {
+        Ok(u) if u.host_str().is_some() => u,
+        _ => {
+            err.insert("url".into(), json!("missing host in url"));
+            return Err(err);
+        }
+    };
+    let scheme = parsed.scheme().to_string();
+    input.insert("protocol".into(), json!(scheme));
+    input.insert("host".into(), json!(parsed.host_str().unwrap_or_default()));
+    let port = parsed.port().unwrap_or(if scheme == "https" || scheme == "grpcs" { 443 } else { 80 });
+    input.insert("port".into(), json!(port));
+    let path = parsed.path();
+    // Url normalises an absent path to "/"; Kong keeps the path only when one was written.
+    let has_path = text.splitn(4, '/').nth(3).is_some();
+    input.insert("path".into(), if has_path { json!(path) } else { Value::Null });
+    Ok(())
+}
+
+/// Typed view of a validated service, used by the router and the proxy.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Service {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: Option<String>,
+    /// `http` or `https` (others are stored but not proxied).
+    pub protocol: String,
+    /// Upstream host.
+    pub host: String,
+    /// Upstream port.
+    pub port: u16,
+    /// Base path joined with the request path.
+    pub path: Option<String>,
+    /// Connection attempts after the first failure.
+    pub retries: u32,
+    /// Milliseconds.
+    pub connect_timeout: u64,
+    /// Milliseconds.
+    pub write_timeout: u64,
+    /// Milliseconds.
+    pub read_timeout: u64,
+    /// Disabled services answer like a missing route.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A foreign-key reference in a document.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Ref {
+    /// Referenced id.
+    pub id: Uuid,
+}
+
+/// Typed view of a validated route.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Route {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: Option<String>,
+    /// Creation time (ties in priority).
+    pub created_at: i64,
+    /// Allowed protocols.
+    pub protocols: Vec<String>,
+    /// Allowed methods.
+    pub methods: Option<Vec<String>>,
+    /// Host patterns.
+    pub hosts: Option<Vec<String>>,
+    /// Path prefixes and `~` regexes.
+    pub paths: Option<Vec<String>>,
+    /// Header conditions.
+    pub headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Status for http requests on https-only routes.
+    pub https_redirect_status_code: u16,
+    /// Order among regex routes.
+    pub regex_priority: i64,
+    /// Remove the matched prefix upstream.
+    pub strip_path: bool,
+    /// Send the client's Host upstream.
+    pub preserve_host: bool,
+    /// Target service.
+    pub service: Option<Ref>,
+}
+
+/// Typed view of a validated consumer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Consumer {
+    /// Id.
+    pub id: Uuid,
+    /// Username.
+    pub username: Option<String>,
+    /// Custom id.
+    pub custom_id: Option<String>,
+}
+
+/// Typed view of a validated plugin instance.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PluginInstance {
+    /// Id.
+    pub id: Uuid,
+    /// Plugin name.
+    pub name: String,
+    /// Validated config with defaults.
+    #[serde(default)]
+    pub config: Value,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Protocols it runs on.
+    #[serde(default)]
+    pub protocols: Vec<String>,
+    /// Service scope.
+    pub service: Option<Ref>,
+    /// Route scope.
+    pub route: Option<Ref>,
+    /// Consumer scope.
+    pub consumer: Option<Ref>,
+}

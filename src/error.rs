@@ -1,0 +1,214 @@
+//! The error enums of each boundary and the one place each becomes an HTTP answer.
+//!
+//! - [`AdminError`]: admin API, Kong's `{"code","name","message","fields"}` shapes.
+//! - [`ProxyError`]: gateway-generated proxy answers, Kong's `{"message","request_id"}`.
+//! - OAuth answers (`error`/`error_description`) live with the plugin, in `plugins::oauth2::error`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use portcullis_stores::StoreError;
+use serde_json::{json, Map, Value};
+
+use crate::schema::{violation_message, FieldErrors};
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Input does not satisfy the schema.
+    #[error("schema violation")]
+    Schema(FieldErrors),
+    /// A unique key is taken.
+    #[error("unique violation")]
+    Unique(Map<String, Value>),
+    /// A foreign key references nothing.
+    #[error("foreign key violation")]
+    ForeignMissing {
+        /// Field.
+        field: &'static str,
+        /// Referenced entity.
+        references: &'static str,
+        /// Id that does not exist.
+        id: uuid::Uuid,
+    },
+    /// A delete is restricted by a reference.
+    #[error("referenced")]
+    Referenced {
+        /// Entity being deleted.
+        entity: &'static str,
+        /// Entity referencing it.
+        referenced_by: &'static str,
+    },
+    /// Entity (or parent) not found.
+    #[error("not found")]
+    NotFound,
+    /// Method not allowed on this path.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// `size` is not a number in range.
+    #[error("invalid size")]
+    InvalidSize(String),
+    /// `offset` was not handed out by us.
+    #[error("invalid offset")]
+    InvalidOffset(String),
+    /// The body cannot be parsed at all.
+    #[error("bad body: {0}")]
+    BadBody(String),
+    /// The body is larger than `client_max_body_size`.
+    #[error("body too large")]
+    TooLarge,
+    /// `admin_token` is set and the request lacks it.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The store cannot be reached; the write was not made.
+    #[error("store unavailable")]
+    Unavailable,
+    /// A bug or corrupt data; details are logged, never sent.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UniqueViolation { fields } => Self::Unique(fields),
+            StoreError::ForeignKeyMissing { field, references, id } => Self::ForeignMissing { field, references, id },
+            StoreError::ReferencedBy { entity, referenced_by } => Self::Referenced { entity, referenced_by },
+            StoreError::NotFound => Self::NotFound,
+            StoreError::InvalidOffset => Self::InvalidOffset(String::new()),
+            StoreError::Unavailable(_) => Self::Unavailable,
+            e @ (StoreError::CodeReplayed { .. } | StoreError::Internal(_)) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+fn lua_table(fields: &Map<String, Value>) -> String {
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}=\"{s}\""),
+            Value::Null => format!("{k}=null"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Schema(_)
+            | Self::ForeignMissing { .. }
+            | Self::Referenced { .. }
+            | Self::InvalidSize(_)
+            | Self::InvalidOffset(_)
+            | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::Unique(_) => StatusCode::CONFLICT,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let body = match self {
+            Self::Schema(fields) => json!({
+                "code": 2, "name": "schema violation",
+                "message": violation_message(fields), "fields": fields,
+            }),
+            Self::Unique(fields) => json!({
+                "code": 5, "name": "unique constraint violation",
+                "message": format!("UNIQUE violation detected on '{}'", lua_table(fields)), "fields": fields,
+            }),
+            Self::ForeignMissing { field, references, id } => json!({
+                "code": 4, "name": "foreign key violation",
+                "message": format!("the foreign key '{{id=\"{id}\"}}' does not reference an existing '{references}' entity."),
+                "fields": { *field: { "id": id.to_string() } },
+            }),
+            Self::Referenced { entity, referenced_by } => json!({
+                "code": 4, "name": "foreign key violation",
+                "message": format!("an existing '{referenced_by}' entity references this '{entity}' entity"),
+                "fields": { "@referenced_by": referenced_by },
+            }),
+            Self::NotFound => json!({ "message": "Not found" }),
+            Self::MethodNotAllowed => json!({ "message": "Method not allowed" }),
+            Self::InvalidSize(msg) => json!({ "code": 9, "name": "invalid size", "message": msg }),
+            Self::InvalidOffset(offset) => json!({
+                "code": 7, "name": "invalid offset",
+                "message": format!("'{offset}' is not a valid offset: bad base64 encoding"),
+            }),
+            Self::BadBody(msg) => json!({ "message": msg }),
+            Self::TooLarge => json!({ "message": "request body too large" }),
+            Self::Unauthorized => json!({ "message": "Unauthorized: a valid admin token is required" }),
+            Self::Unavailable => json!({ "message": "The database is temporarily unavailable; nothing was changed" }),
+            Self::Internal(detail) => {
+                tracing::error!(error = %detail, "admin request failed");
+                json!({ "message": "An unexpected error occurred" })
+            }
+        };
+        let mut resp = HttpResponse::build(self.status_code());
+        if let Self::Unauthorized = self {
+            resp.insert_header(("WWW-Authenticate", "Bearer realm=\"portcullis-admin\""));
+        }
+        resp.json(body)
+    }
+}
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched.
+    #[error("no route")]
+    NoRoute,
+    /// Connection refused or a malformed upstream answer.
+    #[error("bad gateway: {0}")]
+    BadGateway(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timeout")]
+    Timeout,
+    /// The upstream cannot be used (disabled service, route without a service, DNS).
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
+    /// Body larger than allowed.
+    #[error("body too large")]
+    TooLarge,
+    /// An http request on an https-only route with 426.
+    #[error("https required")]
+    UseHttps,
+    /// A bug; details are logged.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// Status and message of Kong's answer for this error.
+    pub fn status_and_message(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no Route matched with those values"),
+            Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "An invalid response was received from the upstream server"),
+            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "The upstream server is timing out"),
+            Self::Unavailable(msg) => (StatusCode::SERVICE_UNAVAILABLE, msg),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded"),
+            Self::UseHttps => (StatusCode::UPGRADE_REQUIRED, "Please use HTTPS protocol"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "An unexpected error occurred"),
+        }
+    }
+
+    /// Kong's JSON answer carrying the request id.
+    pub fn to_response(&self, request_id: &str) -> HttpResponse {
+        match self {
+            Self::BadGateway(detail) => tracing::warn!(request_id, error = %detail, "upstream failed"),
+            Self::Internal(detail) => tracing::error!(request_id, error = %detail, "proxy failed"),
+            _ => {}
+        }
+        let (status, message) = self.status_and_message();
+        let mut resp = HttpResponse::build(status);
+        if let Self::UseHttps = self {
+            resp.insert_header(("Upgrade", "TLS/1.2, HTTP/1.1"));
+            resp.insert_header(("Connection", "Upgrade"));
+        }
+        resp.json(json!({ "message": message, "request_id": request_id }))
+    }
+}

@@ -1,0 +1,92 @@
+//! Kong's `request-termination` plugin: answer every request on its scope with a fixed response
+//! (maintenance windows, blocking a consumer). Also the simplest proof of the plugin phases.
+
+use std::sync::{Arc, LazyLock};
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use crate::entities::PluginInstance;
+use crate::schema::{Field, FieldErrors, FieldType, Schema};
+
+/// The plugin kind.
+pub struct RequestTermination;
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    name: "request-termination",
+    fields: vec![
+        Field::new("status_code", FieldType::Integer).required().default(|| json!(503)).between(100, 599),
+        Field::new("message", FieldType::String),
+        Field::new("content_type", FieldType::String),
+        Field::new("body", FieldType::String),
+        Field::new("echo", FieldType::Boolean).required().default(|| json!(false)),
+        Field::new("trigger", FieldType::String),
+    ],
+    entity_checks: vec![],
+});
+
+#[derive(Deserialize)]
+struct Config {
+    status_code: u16,
+    message: Option<String>,
+    content_type: Option<String>,
+    body: Option<String>,
+}
+
+struct Runtime {
+    status: StatusCode,
+    content_type: String,
+    body: String,
+}
+
+impl Plugin for RequestTermination {
+    fn name(&self) -> &'static str {
+        "request-termination"
+    }
+    fn priority(&self) -> i32 {
+        2
+    }
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+    fn check_config(&self, config: &Map<String, Value>) -> Result<(), FieldErrors> {
+        let set = |k: &str| config.get(k).is_some_and(|v| !v.is_null());
+        if set("message") && set("body") {
+            let mut e = FieldErrors::new();
+            e.insert("@entity".into(), json!(["message cannot be used with content_type or body"]));
+            return Err(e);
+        }
+        Ok(())
+    }
+    fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String> {
+        let cfg: Config = serde_json::from_value(instance.config.clone()).map_err(|e| e.to_string())?;
+        let status = StatusCode::from_u16(cfg.status_code).map_err(|e| e.to_string())?;
+        let (content_type, body) = match cfg.body {
+            Some(body) => (cfg.content_type.unwrap_or_else(|| "application/json; charset=utf-8".into()), body),
+            None => {
+                let message = cfg
+                    .message
+                    .unwrap_or_else(|| status.canonical_reason().unwrap_or("Service unavailable").to_string());
+                ("application/json; charset=utf-8".into(), json!({ "message": message }).to_string())
+            }
+        };
+        Ok(Arc::new(Runtime { status, content_type, body }))
+    }
+}
+
+#[async_trait(?Send)]
+impl PluginRuntime for Runtime {
+    fn name(&self) -> &'static str {
+        "request-termination"
+    }
+    fn priority(&self) -> i32 {
+        2
+    }
+    async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
+        Flow::Respond(HttpResponse::build(self.status).content_type(self.content_type.as_str()).body(self.body.clone()))
+    }
+}

@@ -1,0 +1,314 @@
+//! The request pipeline: match a route in the current snapshot → run the plugin chain's access
+//! phases → forward to the service over a keep-alive pool → stream the answer back → response and
+//! log phases. No lock and no actor mailbox on this path.
+
+pub mod headers;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use arc_swap::ArcSwap;
+use awc::error::SendRequestError;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use ipnet::IpNet;
+
+use crate::error::ProxyError;
+use crate::plugins::{Flow, PluginRuntime, RequestCtx};
+use crate::router::{upstream_path, MatchInput, RouterSnapshot};
+
+/// What every proxy worker shares.
+pub struct ProxyState {
+    /// Current router snapshot.
+    pub snapshot: Arc<ArcSwap<RouterSnapshot>>,
+    /// `trusted_ips`.
+    pub trusted: Vec<IpNet>,
+    /// `real_ip_header`.
+    pub real_ip_header: HeaderName,
+    /// Largest body a plugin may buffer.
+    pub max_body: usize,
+    /// `Via` value we add.
+    pub via: HeaderValue,
+}
+
+/// `http` or `https`: which listener the request came in on.
+#[derive(Clone, Copy)]
+pub struct ListenerScheme(pub &'static str);
+
+impl ProxyState {
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The proxy handler: every request on the proxy listeners comes here.
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ProxyState>,
+    client: web::Data<awc::Client>,
+    scheme: web::Data<ListenerScheme>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = request_id();
+    let mut response = match proxy(&req, payload, &state, &client, scheme.0, &request_id, started).await {
+        Ok(resp) => resp,
+        Err(e) => e.to_response(&request_id),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(HeaderName::from_static("x-portcullis-request-id"), v);
+    }
+    response
+}
+
+async fn proxy(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &ProxyState,
+    client: &awc::Client,
+    scheme: &'static str,
+    request_id: &str,
+    started: Instant,
+) -> Result<HttpResponse, ProxyError> {
+    let snapshot = state.snapshot.load_full();
+    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let trusted = state.is_trusted(peer);
+    let client_ip = if trusted {
+        req.headers()
+            .get(&state.real_ip_header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(peer)
+    } else {
+        peer
+    };
+    let host_with_port = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let host = headers::strip_port(&host_with_port).to_string();
+    let path = req.uri().path().to_string();
+    let header_lookup = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let input = MatchInput {
+        method: req.method(),
+        host: &host,
+        host_with_port: &host_with_port,
+        path: &path,
+        header: &header_lookup,
+    };
+    let matched = snapshot.find(&input).ok_or(ProxyError::NoRoute)?;
+    let entry = matched.entry;
+    let forwarded_proto = if trusted { header_lookup("x-forwarded-proto") } else { None };
+    let effective_https = scheme == "https" || forwarded_proto.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    if matched.https_only && !effective_https {
+        let code = entry.route.route.https_redirect_status_code;
+        if code == 426 {
+            return Err(ProxyError::UseHttps);
+        }
+        let location = format!("https://{}{}", host_with_port, req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        return Ok(HttpResponse::build(StatusCode::from_u16(code).unwrap_or(StatusCode::MOVED_PERMANENTLY))
+            .insert_header(("Location", location))
+            .finish());
+    }
+    let service = entry.service.clone().ok_or(ProxyError::Unavailable("no Service found with those values"))?;
+    if !service.enabled {
+        return Err(ProxyError::NoRoute);
+    }
+
+    let mut ctx = RequestCtx {
+        req: req.clone(),
+        scheme: if effective_https { "https" } else { "http" },
+        client_ip,
+        trusted,
+        service: Some(service.clone()),
+        snapshot: snapshot.clone(),
+        body: None,
+        upstream_headers: Vec::new(),
+        strip_query: Vec::new(),
+        replace_body: None,
+        consumer: None,
+        authenticated: false,
+        max_body: state.max_body,
+    };
+    let mut payload = Some(payload);
+    let mut ran: Vec<Arc<dyn PluginRuntime>> = Vec::with_capacity(entry.chain.entries.len());
+    let https = scheme == "https";
+    let mut short_circuit = None;
+    for link in &entry.chain.entries {
+        let Some(runtime) = link.select(ctx.consumer.as_ref().map(|c| c.id), https) else { continue };
+        if ctx.body.is_none() && runtime.needs_body(&ctx) {
+            if let Some(p) = payload.take() {
+                ctx.body = Some(buffer(p, state.max_body).await?);
+            }
+        }
+        ran.push(runtime.clone());
+        if let Flow::Respond(resp) = runtime.access(&mut ctx).await {
+            short_circuit = Some(resp);
+            break;
+        }
+    }
+    let mut response = match short_circuit {
+        Some(resp) => resp,
+        None => forward(req, payload, &mut ctx, &service, matched.stripped.as_deref(), entry.route.route.preserve_host, &host, state, client, scheme, request_id, started)
+            .await?,
+    };
+    for runtime in &ran {
+        runtime.response_headers(&ctx, response.headers_mut());
+    }
+    let status = response.status().as_u16();
+    for runtime in &ran {
+        runtime.log(&ctx, status);
+    }
+    Ok(response)
+}
+
+async fn buffer(mut payload: web::Payload, max: usize) -> Result<Bytes, ProxyError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ProxyError::BadGateway(format!("client body: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            return Err(ProxyError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+async fn forward(
+    req: &HttpRequest,
+    payload: Option<web::Payload>,
+    ctx: &mut RequestCtx,
+    service: &crate::entities::Service,
+    stripped: Option<&str>,
+    preserve_host: bool,
+    host: &str,
+    state: &ProxyState,
+    client: &awc::Client,
+    scheme: &'static str,
+    request_id: &str,
+    started: Instant,
+) -> Result<HttpResponse, ProxyError> {
+    let path = upstream_path(service.path.as_deref(), stripped, req.uri().path());
+    let query = headers::filtered_query(req.query_string(), &ctx.strip_query);
+    let upstream_scheme = if service.protocol == "https" || service.protocol == "grpcs" { "https" } else { "http" };
+    let url = match &query {
+        Some(q) => format!("{upstream_scheme}://{}:{}{path}?{q}", service.host, service.port),
+        None => format!("{upstream_scheme}://{}:{}{path}", service.host, service.port),
+    };
+    let mut upstream_headers = HeaderMap::with_capacity(req.headers().len() + 10);
+    headers::copy_request_headers(req.headers(), &mut upstream_headers);
+    let host_value = if preserve_host {
+        req.headers().get(actix_web::http::header::HOST).cloned()
+    } else {
+        let default_port = matches!((upstream_scheme, service.port), ("http", 80) | ("https", 443));
+        let h = if default_port { service.host.clone() } else { format!("{}:{}", service.host, service.port) };
+        HeaderValue::from_str(&h).ok()
+    };
+    if let Some(h) = host_value {
+        upstream_headers.insert(actix_web::http::header::HOST, h);
+    }
+    let local_port = req.app_config().local_addr().port();
+    headers::add_forwarded(
+        &mut upstream_headers,
+        req.headers(),
+        &headers::Forwarded {
+            trusted: ctx.trusted,
+            client_ip: ctx.client_ip,
+            scheme,
+            host,
+            port: local_port,
+            path: req.uri().path(),
+            prefix: stripped,
+            via: &state.via,
+            request_id,
+        },
+    );
+    for (name, value) in ctx.upstream_headers.drain(..) {
+        match value {
+            Some(v) => {
+                upstream_headers.insert(name, v);
+            }
+            None => {
+                upstream_headers.remove(name);
+            }
+        }
+    }
+    let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
+    let streams_body = replay_body.is_none() && has_body(req);
+    let timeout = Duration::from_millis(service.connect_timeout.saturating_add(service.read_timeout));
+    let method = req.method().clone();
+    let mut attempts = 0u32;
+    let mut payload = payload;
+    let proxy_latency = started.elapsed();
+    let sent_at = Instant::now();
+    let upstream = loop {
+        let mut request = client.request(method.clone(), url.as_str()).timeout(timeout);
+        for (name, value) in &upstream_headers {
+            request = request.append_header((name.clone(), value.clone()));
+        }
+        let result = if let Some(body) = &replay_body {
+            request.send_body(body.clone()).await
+        } else if streams_body {
+            match payload.take() {
+                Some(p) => request.send_stream(p).await,
+                None => request.send().await,
+            }
+        } else {
+            request.send().await
+        };
+        match result {
+            Ok(resp) => break resp,
+            Err(SendRequestError::Timeout) => return Err(ProxyError::Timeout),
+            Err(SendRequestError::Connect(e)) if attempts < service.retries && !streams_body => {
+                attempts += 1;
+                tracing::debug!(error = %e, attempts, "upstream connect failed; retrying");
+            }
+            Err(SendRequestError::Connect(awc::error::ConnectError::Timeout)) => return Err(ProxyError::Timeout),
+            Err(e) => return Err(ProxyError::BadGateway(e.to_string())),
+        }
+    };
+    let upstream_latency = sent_at.elapsed();
+    let mut builder = HttpResponse::build(upstream.status());
+    for (name, value) in upstream.headers() {
+        if !headers::is_hop_by_hop(name) && name != actix_web::http::header::CONTENT_LENGTH {
+            builder.append_header((name.clone(), value.clone()));
+        }
+    }
+    builder.append_header((HeaderName::from_static("via"), state.via.clone()));
+    builder.insert_header(("x-portcullis-upstream-latency", upstream_latency.as_millis().to_string()));
+    builder.insert_header(("x-portcullis-proxy-latency", proxy_latency.as_millis().to_string()));
+    let length = upstream.headers().get(actix_web::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let no_body = method == Method::HEAD || matches!(upstream.status().as_u16(), 204 | 304);
+    if no_body {
+        return Ok(builder.finish());
+    }
+    Ok(match length {
+        Some(len) => builder.body(SizedStream::new(len, upstream)),
+        None => builder.streaming(upstream),
+    })
+}
+
+fn has_body(req: &HttpRequest) -> bool {
+    req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0")
+        || req.content_type() == "multipart/form-data"
+}

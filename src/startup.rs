@@ -1,0 +1,273 @@
+//! `Application::build(settings)`: stores, actors and bound listeners (port 0 allowed, real ports
+//! readable), used by `main` and by the tests alike.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use actix_web::dev::Server;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, App, HttpServer};
+use arc_swap::ArcSwap;
+use portcullis_stores::memory::{MemoryConfigStore, MemoryTokenStore};
+use portcullis_stores::{ConfigStore, TokenStore};
+
+use crate::actors::registry::{ConfigRegistry, Reload};
+use crate::actors::token_lifecycle::TokenLifecycle;
+use crate::admin::{self, AdminState};
+use crate::config::{ConfigError, Database, Listen, Settings};
+use crate::plugins::oauth2::OAuthDeps;
+use crate::plugins::PluginRegistry;
+use crate::proxy::{self, ListenerScheme, ProxyState};
+use crate::router::RouterSnapshot;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration (names the key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A store could not be opened.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// The stores a gateway runs on.
+pub struct Stores {
+    /// Configuration.
+    pub config: Arc<dyn ConfigStore>,
+    /// Tokens and codes.
+    pub tokens: Arc<dyn TokenStore>,
+}
+
+/// Opens the stores the settings ask for.
+///
+/// # Errors
+/// [`StartError::Store`] naming host/port and the cause.
+pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
+    match settings.database {
+        Database::Memory => Ok(Stores { config: Arc::new(MemoryConfigStore::new()), tokens: Arc::new(MemoryTokenStore::new()) }),
+        Database::Postgres => Err(StartError::Store("database = postgres is not available in this build yet".into())),
+    }
+}
+
+/// A built gateway: listeners bound, actors started, servers ready to run.
+pub struct Application {
+    proxy: Vec<(SocketAddr, bool)>,
+    admin: Vec<(SocketAddr, bool)>,
+    servers: Vec<Server>,
+    /// The current router snapshot (tests inspect it).
+    pub snapshot: Arc<ArcSwap<RouterSnapshot>>,
+}
+
+fn bind(key: &'static str, listen: &Listen) -> Result<TcpListener, ConfigError> {
+    let listener = TcpListener::bind(listen.addr)
+        .map_err(|e| ConfigError::Value { key, reason: format!("cannot bind {}: {e}", listen.addr) })?;
+    listener.set_nonblocking(true).map_err(|e| ConfigError::Value { key, reason: e.to_string() })?;
+    Ok(listener)
+}
+
+fn upstream_client(settings: &Settings) -> awc::Client {
+    let connector = awc::Connector::new()
+        .limit(0)
+        .conn_keep_alive(Duration::from_secs(settings.upstream_keepalive_idle_timeout))
+        .conn_lifetime(Duration::from_secs(3600))
+        .timeout(Duration::from_secs(60));
+    awc::ClientBuilder::new()
+        .connector(connector)
+        .disable_redirects()
+        .no_default_headers()
+        .timeout(Duration::from_secs(3600))
+        .finish()
+}
+
+impl Application {
+    /// Builds everything; must run inside an actix system (the actors live there).
+    ///
+    /// # Errors
+    /// Configuration problems (bind failures, certificates) and store failures.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
+        let stores = open_stores(&settings).await?;
+        Self::build_with(settings, stores).await
+    }
+
+    /// Builds on stores opened by the caller.
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with(settings: Settings, stores: Stores) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
+        let settings = Arc::new(settings);
+        let snapshot = Arc::new(ArcSwap::from_pointee(RouterSnapshot::default()));
+        let plugins = Arc::new(PluginRegistry::builtin(OAuthDeps { tokens: stores.tokens.clone() }));
+        let registry =
+            ConfigRegistry::new(stores.config.clone(), stores.tokens.clone(), plugins.clone(), snapshot.clone()).start();
+        registry
+            .send(Reload)
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?
+            .map_err(|e| StartError::Store(format!("cannot load configuration: {e}")))?;
+        TokenLifecycle::new(stores.tokens.clone(), Duration::from_secs(60)).start();
+
+        let proxy_listen = settings.proxy_listeners()?;
+        let admin_listen = settings.admin_listeners()?;
+        let mut servers = Vec::new();
+        let mut proxy_addrs = Vec::new();
+        let mut admin_addrs = Vec::new();
+
+        let proxy_state = web::Data::new(ProxyState {
+            snapshot: snapshot.clone(),
+            trusted: settings.trusted_networks()?,
+            real_ip_header: HeaderName::from_bytes(settings.real_ip_header.to_ascii_lowercase().as_bytes())
+                .map_err(|_| ConfigError::Value { key: "real_ip_header", reason: "not a header name".into() })?,
+            max_body: settings.max_body_bytes()?,
+            via: HeaderValue::from_static(concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"))),
+        });
+        for tls in [false, true] {
+            let listeners: Vec<&Listen> = proxy_listen.iter().filter(|l| l.ssl == tls).collect();
+            if listeners.is_empty() {
+                continue;
+            }
+            let state = proxy_state.clone();
+            let client_settings = settings.clone();
+            let scheme = web::Data::new(ListenerScheme(if tls { "https" } else { "http" }));
+            let mut server = HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .app_data(scheme.clone())
+                    .app_data(web::Data::new(upstream_client(&client_settings)))
+                    .app_data(web::PayloadConfig::new(usize::MAX))
+                    .default_service(web::to(proxy::handle))
+            })
+            .workers(settings.workers())
+            .backlog(4096)
+            .max_connection_rate(4096)
+            .shutdown_timeout(5)
+            .disable_signals();
+            let tls_config = if tls {
+                let files = settings.ssl_cert.as_deref().zip(settings.ssl_cert_key.as_deref());
+                Some(crate::tls::server_config("ssl_cert", files)?)
+            } else {
+                None
+            };
+            for listen in listeners {
+                let listener = bind("proxy_listen", listen)?;
+                let addr = listener.local_addr().map_err(|e| StartError::Store(e.to_string()))?;
+                server = match &tls_config {
+                    Some(cfg) => server.listen_rustls_0_23(listener, (**cfg).clone()),
+                    None => server.listen(listener),
+                }
+                .map_err(|e| ConfigError::Value { key: "proxy_listen", reason: e.to_string() })?;
+                tracing::info!(%addr, tls, "proxy listening");
+                proxy_addrs.push((addr, tls));
+            }
+            servers.push(server.run());
+        }
+
+        if !admin_listen.is_empty() {
+            let admin_state = web::Data::new(AdminState {
+                store: stores.config.clone(),
+                tokens: stores.tokens.clone(),
+                registry: registry.clone(),
+                plugins: plugins.clone(),
+                settings: settings.clone(),
+                snapshot: snapshot.clone(),
+                started: Instant::now(),
+                node_id: uuid::Uuid::new_v4(),
+            });
+            let mut server = HttpServer::new(move || {
+                App::new()
+                    .app_data(admin_state.clone())
+                    .app_data(web::PayloadConfig::new(usize::MAX))
+                    .default_service(web::to(admin::dispatch))
+            })
+            .workers(1)
+            .shutdown_timeout(5)
+            .disable_signals();
+            let mut tls_config = None;
+            for listen in &admin_listen {
+                let listener = bind("admin_listen", listen)?;
+                let addr = listener.local_addr().map_err(|e| StartError::Store(e.to_string()))?;
+                server = if listen.ssl {
+                    if tls_config.is_none() {
+                        let files = settings.admin_ssl_cert.as_deref().zip(settings.admin_ssl_cert_key.as_deref());
+                        tls_config = Some(crate::tls::server_config("admin_ssl_cert", files)?);
+                    }
+                    let cfg = tls_config.as_ref().map(|c| (**c).clone()).ok_or_else(|| StartError::Store("tls".into()))?;
+                    server.listen_rustls_0_23(listener, cfg)
+                } else {
+                    server.listen(listener)
+                }
+                .map_err(|e| ConfigError::Value { key: "admin_listen", reason: e.to_string() })?;
+                tracing::info!(%addr, tls = listen.ssl, "admin API listening");
+                admin_addrs.push((addr, listen.ssl));
+            }
+            servers.push(server.run());
+        }
+        Ok(Self { proxy: proxy_addrs, admin: admin_addrs, servers, snapshot })
+    }
+
+    fn port(list: &[(SocketAddr, bool)], tls: bool) -> Option<u16> {
+        list.iter().find(|(_, t)| *t == tls).map(|(a, _)| a.port())
+    }
+
+    /// First plain proxy port.
+    pub fn proxy_port(&self) -> Option<u16> {
+        Self::port(&self.proxy, false)
+    }
+    /// First TLS proxy port.
+    pub fn proxy_tls_port(&self) -> Option<u16> {
+        Self::port(&self.proxy, true)
+    }
+    /// First plain admin port.
+    pub fn admin_port(&self) -> Option<u16> {
+        Self::port(&self.admin, false)
+    }
+    /// First TLS admin port.
+    pub fn admin_tls_port(&self) -> Option<u16> {
+        Self::port(&self.admin, true)
+    }
+
+    /// Runs until every server stops (or the process gets SIGINT/SIGTERM).
+    ///
+    /// # Errors
+    /// I/O errors of the servers.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handles: Vec<_> = self.servers.iter().map(Server::handle).collect();
+        let servers = futures_util::future::try_join_all(self.servers);
+        tokio::select! {
+            res = servers => res.map(|_| ()),
+            () = shutdown_signal() => {
+                tracing::info!("shutting down");
+                for h in handles {
+                    h.stop(true).await;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,236 @@
+//! What the stores hold: entity definitions for configuration documents, and token/code records.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A configuration entity as JSON, exactly as the admin API returns it (`id`, `created_at`, fields,
+/// foreign keys as `{"id": "…"}`).
+pub type Document = serde_json::Map<String, Value>;
+
+/// What happens to referencing rows when the referenced row is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    /// Refuse the delete while references exist (Kong: routes → services).
+    Restrict,
+    /// Delete the referencing rows too (Kong: plugins → services/routes/consumers).
+    Cascade,
+}
+
+/// A foreign key of an entity: `field` holds `{"id": …}` of a row of `references`.
+#[derive(Debug)]
+pub struct ForeignKeyDef {
+    /// Field name in the document (`service`, `route`, `consumer`).
+    pub field: &'static str,
+    /// Name of the referenced entity (`services`).
+    pub references: &'static str,
+    /// Rule applied when the referenced row is deleted.
+    pub on_delete: OnDelete,
+}
+
+/// The constraints a store enforces for one entity; the gateway's schemas own the field types.
+#[derive(Debug)]
+pub struct EntityDef {
+    /// Table / endpoint name (`services`, `routes`, `consumers`, `plugins`, `oauth2_credentials`).
+    pub name: &'static str,
+    /// Unique keys; each is a list of fields whose combined value must be unique. A single-field
+    /// key ignores nulls; a multi-field key treats null as a value (Kong's plugin cache key).
+    pub unique: &'static [&'static [&'static str]],
+    /// Foreign keys.
+    pub foreign_keys: &'static [ForeignKeyDef],
+}
+
+/// The entities the gateway stores, in dependency order (referenced before referencing).
+pub mod entities {
+    use super::{EntityDef, ForeignKeyDef, OnDelete};
+
+    /// Upstream services.
+    pub static SERVICES: EntityDef = EntityDef { name: "services", unique: &[&["name"]], foreign_keys: &[] };
+    /// Routes, restricted by their service.
+    pub static ROUTES: EntityDef = EntityDef {
+        name: "routes",
+        unique: &[&["name"]],
+        foreign_keys: &[ForeignKeyDef { field: "service", references: "services", on_delete: OnDelete::Restrict }],
+    };
+    /// Consumers.
+    pub static CONSUMERS: EntityDef =
+        EntityDef { name: "consumers", unique: &[&["username"], &["custom_id"]], foreign_keys: &[] };
+    /// Plugin instances; one per name and scope.
+    pub static PLUGINS: EntityDef = EntityDef {
+        name: "plugins",
+        unique: &[&["instance_name"], &["name", "route", "service", "consumer"]],
+        foreign_keys: &[
+            ForeignKeyDef { field: "service", references: "services", on_delete: OnDelete::Cascade },
+            ForeignKeyDef { field: "route", references: "routes", on_delete: OnDelete::Cascade },
+            ForeignKeyDef { field: "consumer", references: "consumers", on_delete: OnDelete::Cascade },
+        ],
+    };
+    /// OAuth 2.0 client credentials, owned by a consumer.
+    pub static OAUTH2_CREDENTIALS: EntityDef = EntityDef {
+        name: "oauth2_credentials",
+        unique: &[&["client_id"]],
+        foreign_keys: &[ForeignKeyDef { field: "consumer", references: "consumers", on_delete: OnDelete::Cascade }],
+    };
+
+    /// All configuration entities, referenced before referencing.
+    pub static ALL: [&EntityDef; 5] = [&SERVICES, &ROUTES, &CONSUMERS, &PLUGINS, &OAUTH2_CREDENTIALS];
+
+    /// Looks an entity up by name.
+    pub fn by_name(name: &str) -> Option<&'static EntityDef> {
+        ALL.iter().copied().find(|e| e.name == name)
+    }
+}
+
+/// Filter and page request for [`crate::ConfigStore::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only documents whose foreign key `field` references this id.
+    pub foreign: Option<(&'static str, Uuid)>,
+    /// Tag filter: every tag (`all = true`) or any tag.
+    pub tags: Option<(Vec<String>, bool)>,
+    /// Opaque offset returned by a previous page.
+    pub offset: Option<String>,
+    /// Page size (1..=1000).
+    pub size: usize,
+}
+
+/// One page of documents.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// The documents of this page.
+    pub data: Vec<Document>,
+    /// Offset of the next page, if there is one.
+    pub next_offset: Option<String>,
+}
+
+/// SHA-256 digest of a token, refresh token or code: the only form in which they are stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// Lower-case hex form, used as a key in Redis and in admin output.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses the hex form.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let hex = std::str::from_utf8(chunk).ok()?;
+            out[i] = u8::from_str_radix(hex, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Only a prefix: enough to correlate logs, never the full key.
+        write!(f, "TokenHash({}…)", &self.to_hex()[..8])
+    }
+}
+
+/// An issued access token (and its refresh token, if any).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Row id (admin API `id`).
+    pub id: Uuid,
+    /// Credential (client) the token was issued to.
+    pub credential_id: Uuid,
+    /// Service the token is bound to; `None` for `global_credentials` tokens.
+    pub service_id: Option<Uuid>,
+    /// Digest of the access token.
+    pub access_token_hash: TokenHash,
+    /// Digest of the refresh token, if one was issued.
+    pub refresh_token_hash: Option<TokenHash>,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Access-token lifetime in seconds from `created_at`; 0 = never expires.
+    pub expires_in: i64,
+    /// End user the client acts for.
+    pub authenticated_userid: Option<String>,
+    /// Granted scopes, space separated.
+    pub scope: Option<String>,
+    /// Issue time (unix seconds); the access-token clock starts here.
+    pub created_at: i64,
+    /// Row expiry (unix seconds): after it neither token nor refresh token exist. `None` = never.
+    pub expires_at: Option<i64>,
+    /// Rotation family: every token refreshed from one grant shares it.
+    pub family_id: Uuid,
+    /// Authorization code the family was issued from, for revocation on code replay.
+    pub code_id: Option<Uuid>,
+}
+
+impl TokenRecord {
+    /// Whether the access token is still valid at `now` (Kong: `now - created_at <= expires_in`).
+    pub fn access_valid_at(&self, now: i64) -> bool {
+        (self.expires_in == 0 || now - self.created_at <= self.expires_in) && self.row_live_at(now)
+    }
+
+    /// Whether the row (and so the refresh token) is still live at `now`.
+    pub fn row_live_at(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|t| t >= now)
+    }
+}
+
+/// An authorization code waiting to be exchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeRecord {
+    /// Row id; tokens issued from the code carry it as `code_id`.
+    pub id: Uuid,
+    /// Digest of the code.
+    pub code_hash: TokenHash,
+    /// Client it was issued to.
+    pub credential_id: Uuid,
+    /// Service it is bound to; `None` when issued by a `global_credentials` plugin.
+    pub service_id: Option<Uuid>,
+    /// Plugin instance that issued it.
+    pub plugin_id: Option<Uuid>,
+    /// End user who consented.
+    pub authenticated_userid: Option<String>,
+    /// Granted scopes.
+    pub scope: Option<String>,
+    /// PKCE challenge, normalised to base64url without padding.
+    pub challenge: Option<String>,
+    /// PKCE method (`S256` or `plain`).
+    pub challenge_method: Option<String>,
+    /// Redirect URI used at authorize, for the RFC 6749 §4.1.3 equality check.
+    pub redirect_uri: Option<String>,
+    /// Issue time.
+    pub created_at: i64,
+    /// Expiry (issue time + 300 s).
+    pub expires_at: i64,
+}
+
+/// Result of [`crate::TokenStore::redeem_refresh`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefreshOutcome {
+    /// This caller won; the record is the token now in force.
+    Redeemed(Box<TokenRecord>),
+    /// Unknown or expired refresh token.
+    NotFound,
+    /// The refresh token was already rotated away at `rotated_at`; its family is `family_id`.
+    Reused {
+        /// Family of the rotated token.
+        family_id: Uuid,
+        /// When it was rotated.
+        rotated_at: i64,
+    },
+}
+
+/// Filter for [`crate::TokenStore::list_tokens`].
+#[derive(Debug, Clone, Default)]
+pub struct TokenFilter {
+    /// Only tokens of this credential.
+    pub credential_id: Option<Uuid>,
+    /// Only tokens bound to this service.
+    pub service_id: Option<Uuid>,
+    /// Opaque offset from a previous page.
+    pub offset: Option<String>,
+    /// Page size.
+    pub size: usize,
+}

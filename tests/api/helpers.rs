@@ -1,0 +1,167 @@
+//! Test helpers: a real gateway on free ports with its own stores, a real upstream that echoes what
+//! it received, and typed calls for the admin API and the proxy.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use portcullis::config::Settings;
+use portcullis::startup::Application;
+use serde_json::{json, Value};
+
+/// A running gateway.
+pub struct TestApp {
+    /// `http://127.0.0.1:<admin port>`.
+    pub admin: String,
+    /// `http://127.0.0.1:<proxy port>`.
+    pub proxy: String,
+    /// `https://127.0.0.1:<proxy tls port>`.
+    pub proxy_tls: String,
+    /// `https://127.0.0.1:<admin tls port>`.
+    pub admin_tls: String,
+    /// Client that accepts the generated certificate and never follows redirects.
+    pub http: reqwest::Client,
+}
+
+/// Settings every test starts from: loopback, port 0 everywhere, memory store.
+pub fn test_settings() -> Settings {
+    Settings {
+        proxy_listen: "127.0.0.1:0, 127.0.0.1:0 ssl".into(),
+        admin_listen: "127.0.0.1:0, 127.0.0.1:0 ssl".into(),
+        worker_processes: 1,
+        log_level: "warn".into(),
+        ..Settings::default()
+    }
+}
+
+/// Starts a gateway with the default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_with(test_settings()).await
+}
+
+/// Starts a gateway with the given settings.
+pub async fn spawn_with(settings: Settings) -> TestApp {
+    portcullis::telemetry::init(&settings);
+    let app = Application::build(settings).await.expect("gateway builds");
+    let admin = format!("http://127.0.0.1:{}", app.admin_port().expect("admin port"));
+    let admin_tls = app.admin_tls_port().map(|p| format!("https://127.0.0.1:{p}")).unwrap_or_default();
+    let proxy = app.proxy_port().map(|p| format!("http://127.0.0.1:{p}")).unwrap_or_default();
+    let proxy_tls = app.proxy_tls_port().map(|p| format!("https://127.0.0.1:{p}")).unwrap_or_default();
+    actix_rt::spawn(app.run_until_stopped());
+    TestApp { admin, proxy, proxy_tls, admin_tls, http: client() }
+}
+
+/// A client that trusts any certificate (the generated one is self-signed).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+impl TestApp {
+    /// POST JSON to the admin API; returns status and body.
+    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}{path}", self.admin)).json(&body).send().await.expect("admin reachable");
+        status_json(r).await
+    }
+    /// POST a form to the admin API.
+    pub async fn admin_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let r = self.http.post(format!("{}{path}", self.admin)).form(form).send().await.expect("admin reachable");
+        status_json(r).await
+    }
+    /// Any method with an optional JSON body.
+    pub async fn admin_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut rb = self.http.request(method, format!("{}{path}", self.admin));
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        status_json(rb.send().await.expect("admin reachable")).await
+    }
+    /// GET on the admin API.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.admin_call(reqwest::Method::GET, path, None).await
+    }
+    /// Creates a service pointing at `url` and a route with `paths`; returns (service, route).
+    pub async fn expose(&self, name: &str, url: &str, paths: &[&str]) -> (Value, Value) {
+        let (s, service) = self.admin_post("/services", json!({ "name": name, "url": url })).await;
+        assert_eq!(s, 201, "service created: {service}");
+        let (s, route) =
+            self.admin_post(&format!("/services/{name}/routes"), json!({ "name": format!("{name}-route"), "paths": paths })).await;
+        assert_eq!(s, 201, "route created: {route}");
+        (service, route)
+    }
+    /// GET through the proxy.
+    pub async fn proxy_get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.proxy)).send().await.expect("proxy reachable")
+    }
+}
+
+/// Status and JSON body (Null when empty or not JSON).
+pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A real upstream: `/echo…` answers JSON describing the request, `/slow?ms=` waits first,
+/// `/big?bytes=` streams a large body, `/status/{code}` answers that status.
+pub struct Upstream {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Port.
+    pub port: u16,
+}
+
+async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or_default())))
+        .collect();
+    let path = req.path().to_string();
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap())
+            .json(json!({ "status": code }));
+    }
+    if path.starts_with("/big") {
+        // Echo the body back unchanged (large-body streaming test).
+        return HttpResponse::Ok().content_type("application/octet-stream").body(body);
+    }
+    HttpResponse::Ok().json(json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "query": req.query_string(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    }))
+}
+
+/// Starts the echo upstream on a free port.
+pub fn spawn_upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let port = listener.local_addr().expect("addr").port();
+    let server = HttpServer::new(|| {
+        App::new().app_data(web::PayloadConfig::new(256 * 1024 * 1024)).default_service(web::to(echo))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    actix_rt::spawn(server);
+    Upstream { url: format!("http://127.0.0.1:{port}"), port }
+}
+
+/// A port on which nothing listens.
+pub fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
