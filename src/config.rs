@@ -231,12 +231,18 @@ impl Settings {
     ///
     /// # Errors
     /// The first problem found, naming the key.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::Unreadable { path: path.display().to_string(), reason: e.to_string() })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid(e.message().to_string()))?
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(e.message().to_string()))?
             }
             None => toml::Table::new(),
         };
@@ -244,27 +250,39 @@ impl Settings {
             table.insert("trusted_ips".into(), split_list(&s));
         }
         for (name, value) in env {
-            let Some(key) = name.strip_prefix("PORTCULLIS_") else { continue };
+            let Some(key) = name.strip_prefix("PORTCULLIS_") else {
+                continue;
+            };
             let key = key.to_ascii_lowercase();
-            let Some((k, kind)) = KEYS.iter().find(|(k, _)| *k == key) else { continue };
+            let Some((k, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
             let parsed = match kind {
                 Kind::Str => toml::Value::String(value),
                 Kind::Int => value
                     .trim()
                     .parse::<i64>()
                     .map(toml::Value::Integer)
-                    .map_err(|_| ConfigError::Value { key: k, reason: format!("expected an integer, got '{value}'") })?,
+                    .map_err(|_| ConfigError::Value {
+                        key: k,
+                        reason: format!("expected an integer, got '{value}'"),
+                    })?,
                 Kind::Bool => match value.trim() {
                     "on" | "true" | "1" => toml::Value::Boolean(true),
                     "off" | "false" | "0" => toml::Value::Boolean(false),
-                    _ => return Err(ConfigError::Value { key: k, reason: format!("expected on/off, got '{value}'") }),
+                    _ => {
+                        return Err(ConfigError::Value {
+                            key: k,
+                            reason: format!("expected on/off, got '{value}'"),
+                        })
+                    }
                 },
                 Kind::List => split_list(&value),
             };
             table.insert((*k).to_string(), parsed);
         }
-        let settings: Settings =
-            Settings::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid(e.message().to_string()))?;
+        let settings: Settings = Settings::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid(e.message().to_string()))?;
         settings.check()?;
         Ok(settings)
     }
@@ -276,16 +294,28 @@ impl Settings {
         self.max_body_bytes()?;
         for (key, cert, pem_key) in [
             ("ssl_cert", &self.ssl_cert, &self.ssl_cert_key),
-            ("admin_ssl_cert", &self.admin_ssl_cert, &self.admin_ssl_cert_key),
+            (
+                "admin_ssl_cert",
+                &self.admin_ssl_cert,
+                &self.admin_ssl_cert_key,
+            ),
         ] {
             if cert.is_some() != pem_key.is_some() {
-                return Err(ConfigError::Value { key, reason: format!("{key} and {key}_key must be set together") });
+                return Err(ConfigError::Value {
+                    key,
+                    reason: format!("{key} and {key}_key must be set together"),
+                });
             }
         }
-        if !matches!(self.log_level.as_str(), "error" | "warn" | "info" | "debug" | "trace" | "notice" | "crit")
-            && tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
+        if !matches!(
+            self.log_level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace" | "notice" | "crit"
+        ) && tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
         {
-            return Err(ConfigError::Value { key: "log_level", reason: format!("unknown level '{}'", self.log_level) });
+            return Err(ConfigError::Value {
+                key: "log_level",
+                reason: format!("unknown level '{}'", self.log_level),
+            });
         }
         if self.redis_url.is_some() && self.database == Database::Memory {
             return Err(ConfigError::Value {
@@ -323,7 +353,10 @@ impl Settings {
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| ConfigError::Value { key: "trusted_ips", reason: format!("'{s}' is not an IP or CIDR") })
+                    .map_err(|_| ConfigError::Value {
+                        key: "trusted_ips",
+                        reason: format!("'{s}' is not an IP or CIDR"),
+                    })
             })
             .collect()
     }
@@ -342,7 +375,10 @@ impl Settings {
         };
         let n: usize = num.parse().map_err(|_| ConfigError::Value {
             key: "client_max_body_size",
-            reason: format!("'{}' is not a size like 8k or 1m", self.client_max_body_size),
+            reason: format!(
+                "'{}' is not a size like 8k or 1m",
+                self.client_max_body_size
+            ),
         })?;
         Ok(if n == 0 { usize::MAX } else { n * mult })
     }
@@ -350,7 +386,9 @@ impl Settings {
     /// Worker threads for the proxy.
     pub fn workers(&self) -> usize {
         if self.worker_processes == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             self.worker_processes
         }
@@ -364,7 +402,11 @@ impl Settings {
 
 fn split_list(s: &str) -> toml::Value {
     toml::Value::Array(
-        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| toml::Value::String(p.into())).collect(),
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| toml::Value::String(p.into()))
+            .collect(),
     )
 }
 
@@ -382,14 +424,22 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
             let addr: SocketAddr = addr_text
                 .parse()
                 .or_else(|_| format!("0.0.0.0:{addr_text}").parse())
-                .map_err(|_| ConfigError::Value { key, reason: format!("'{addr_text}' is not an address like 0.0.0.0:8000") })?;
+                .map_err(|_| ConfigError::Value {
+                    key,
+                    reason: format!("'{addr_text}' is not an address like 0.0.0.0:8000"),
+                })?;
             let mut ssl = false;
             for flag in words {
                 match flag {
                     "ssl" => ssl = true,
                     "http2" | "reuseport" | "deferred" | "bind" | "proxy_protocol" => {}
                     f if f.starts_with("backlog=") => {}
-                    f => return Err(ConfigError::Value { key, reason: format!("unknown listen flag '{f}'") }),
+                    f => {
+                        return Err(ConfigError::Value {
+                            key,
+                            reason: format!("unknown listen flag '{f}'"),
+                        })
+                    }
                 }
             }
             Ok(Listen { addr, ssl })
@@ -404,8 +454,18 @@ mod tests {
 
     #[test]
     fn env_overrides_file_and_types_are_checked() {
-        let s = Settings::load(None, [("PORTCULLIS_PROXY_LISTEN".into(), "127.0.0.1:0".into())]).unwrap();
-        assert_eq!(s.proxy_listeners().unwrap(), vec![Listen { addr: "127.0.0.1:0".parse().unwrap(), ssl: false }]);
+        let s = Settings::load(
+            None,
+            [("PORTCULLIS_PROXY_LISTEN".into(), "127.0.0.1:0".into())],
+        )
+        .unwrap();
+        assert_eq!(
+            s.proxy_listeners().unwrap(),
+            vec![Listen {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                ssl: false
+            }]
+        );
         let err = Settings::load(None, [("PORTCULLIS_PG_PORT".into(), "abc".into())]).unwrap_err();
         assert!(err.to_string().contains("pg_port"), "{err}");
     }
@@ -421,7 +481,10 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        let s = Settings { admin_token: Some(Secret::new("hunter2".into())), ..Settings::default() };
+        let s = Settings {
+            admin_token: Some(Secret::new("hunter2".into())),
+            ..Settings::default()
+        };
         assert!(!s.to_masked_toml().contains("hunter2"));
         assert!(!format!("{s:?}").contains("hunter2"));
     }

@@ -42,7 +42,10 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// Only if the hasher rejects its parameters, which the defaults never do.
 pub fn hash_secret(secret: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default().hash_password(secret.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+    Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Whether `secret` matches a stored hash: argon2id (ours) or Kong's `$pbkdf2-sha512$…` format.
@@ -50,14 +53,20 @@ pub fn verify_secret(secret: &str, stored: &str) -> bool {
     if stored.starts_with("$pbkdf2-sha512$") {
         return verify_kong_pbkdf2(secret, stored);
     }
-    PasswordHash::new(stored).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+    PasswordHash::new(stored).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 /// Kong's format: `$pbkdf2-sha512$i=<iter>,l=<len>$<b64 salt>$<b64 hash>` (standard alphabet,
 /// no padding).
 fn verify_kong_pbkdf2(secret: &str, stored: &str) -> bool {
     let parts: Vec<&str> = stored.split('$').collect();
-    let [_, "pbkdf2-sha512", params, salt, hash] = parts.as_slice() else { return false };
+    let [_, "pbkdf2-sha512", params, salt, hash] = parts.as_slice() else {
+        return false;
+    };
     let mut iterations = 0u32;
     let mut len = 0usize;
     for p in params.split(',') {
@@ -70,7 +79,10 @@ fn verify_kong_pbkdf2(secret: &str, stored: &str) -> bool {
     if iterations == 0 || len == 0 || len > 64 {
         return false;
     }
-    let (Ok(salt), Ok(expected)) = (STANDARD_NO_PAD.decode(salt), STANDARD_NO_PAD.decode(hash)) else { return false };
+    let (Ok(salt), Ok(expected)) = (STANDARD_NO_PAD.decode(salt), STANDARD_NO_PAD.decode(hash))
+    else {
+        return false;
+    };
     let mut out = vec![0u8; len];
     pbkdf2::pbkdf2_hmac::<Sha512>(secret.as_bytes(), &salt, iterations, &mut out);
     ct_eq(&out, &expected)

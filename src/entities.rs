@@ -12,9 +12,27 @@ use uuid::Uuid;
 use crate::schema::{Field, FieldType, Schema};
 
 /// Protocols a service may use.
-pub const SERVICE_PROTOCOLS: &[&str] = &["http", "https", "grpc", "grpcs", "tcp", "tls", "tls_passthrough", "udp"];
+pub const SERVICE_PROTOCOLS: &[&str] = &[
+    "http",
+    "https",
+    "grpc",
+    "grpcs",
+    "tcp",
+    "tls",
+    "tls_passthrough",
+    "udp",
+];
 /// Protocols a route may use.
-pub const ROUTE_PROTOCOLS: &[&str] = &["http", "https", "grpc", "grpcs", "tcp", "tls", "tls_passthrough", "udp"];
+pub const ROUTE_PROTOCOLS: &[&str] = &[
+    "http",
+    "https",
+    "grpc",
+    "grpcs",
+    "tcp",
+    "tls",
+    "tls_passthrough",
+    "udp",
+];
 /// HTTP methods a route may list.
 const MAX_TIMEOUT: i64 = 2_147_483_646;
 
@@ -40,14 +58,27 @@ fn base_fields() -> Vec<Field> {
 
 fn check_tag(v: &Value) -> Result<(), String> {
     match v.as_str() {
-        Some(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != ',' && c != '/') => Ok(()),
-        _ => Err("invalid tag: expected printable ascii (except `,` and `/`) or valid utf-8 sequences".into()),
+        Some(s)
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_graphic() && c != ',' && c != '/') =>
+        {
+            Ok(())
+        }
+        _ => Err(
+            "invalid tag: expected printable ascii (except `,` and `/`) or valid utf-8 sequences"
+                .into(),
+        ),
     }
 }
 
 fn check_name(v: &Value) -> Result<(), String> {
     match v.as_str() {
-        Some(s) if !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || ".-_~".contains(c)) => Ok(()),
+        Some(s)
+            if !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || ".-_~".contains(c)) =>
+        {
+            Ok(())
+        }
         Some(s) => Err(format!(
             "invalid value '{s}': it must only contain alphanumeric and '., -, _, ~' characters"
         )),
@@ -63,7 +94,9 @@ fn check_host(v: &Value) -> Result<(), String> {
             || s.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
-                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             }));
     if ok {
         Ok(())
@@ -86,7 +119,9 @@ fn check_path(v: &Value) -> Result<(), String> {
 fn check_route_path(v: &Value) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     if let Some(re) = s.strip_prefix('~') {
-        return regex::Regex::new(re).map(|_| ()).map_err(|_| format!("invalid regex: '{re}'"));
+        return regex::Regex::new(re)
+            .map(|_| ())
+            .map_err(|_| format!("invalid regex: '{re}'"));
     }
     if !s.starts_with('/') {
         return Err("should start with: / (fixed path) or ~/ (regex path)".into());
@@ -103,10 +138,14 @@ fn check_route_host(v: &Value) -> Result<(), String> {
     let _ = port;
     let wildcards = host.matches('*').count();
     if wildcards > 1 {
-        return Err(format!("invalid wildcard: must have at most one wildcard in '{s}'"));
+        return Err(format!(
+            "invalid wildcard: must have at most one wildcard in '{s}'"
+        ));
     }
     if wildcards == 1 && !(host.starts_with("*.") || host.ends_with(".*")) {
-        return Err(format!("invalid wildcard: must be placed at leftmost or rightmost label in '{s}'"));
+        return Err(format!(
+            "invalid wildcard: must be placed at leftmost or rightmost label in '{s}'"
+        ));
     }
     let plain = host.trim_start_matches("*.").trim_end_matches(".*");
     check_host(&Value::String(plain.to_string())).map_err(|_| format!("invalid hostname: {s}"))
@@ -129,15 +168,27 @@ fn check_redirect_code(v: &Value) -> Result<(), String> {
 }
 
 fn service_checks(doc: &Map<String, Value>) -> Vec<String> {
-    let protocol = doc.get("protocol").and_then(Value::as_str).unwrap_or("http");
+    let protocol = doc
+        .get("protocol")
+        .and_then(Value::as_str)
+        .unwrap_or("http");
     let mut errs = Vec::new();
-    if !matches!(protocol, "http" | "https" | "grpc" | "grpcs") && !doc.get("path").is_none_or(Value::is_null) {
-        errs.push(format!("value must be null when 'protocol' is '{protocol}'"));
+    if !matches!(protocol, "http" | "https" | "grpc" | "grpcs")
+        && !doc.get("path").is_none_or(Value::is_null)
+    {
+        errs.push(format!(
+            "value must be null when 'protocol' is '{protocol}'"
+        ));
     }
     if !matches!(protocol, "https" | "tls")
-        && ["client_certificate", "tls_verify", "tls_verify_depth", "ca_certificates"]
-            .iter()
-            .any(|f| !doc.get(*f).is_none_or(Value::is_null))
+        && [
+            "client_certificate",
+            "tls_verify",
+            "tls_verify_depth",
+            "ca_certificates",
+        ]
+        .iter()
+        .any(|f| !doc.get(*f).is_none_or(Value::is_null))
     {
         errs.push("tls settings are only allowed when 'protocol' is 'https' or 'tls'".into());
     }
@@ -160,12 +211,20 @@ fn route_checks(doc: &Map<String, Value>) -> Vec<String> {
         errs.push("length must be at least 1".into());
     }
     let http_like = protocols.iter().all(|p| matches!(*p, "http" | "https"));
-    if http_like && !["methods", "hosts", "headers", "paths"].iter().any(|f| set(f)) {
+    if http_like
+        && !["methods", "hosts", "headers", "paths"]
+            .iter()
+            .any(|f| set(f))
+    {
         let https_only = protocols == ["https"];
         if !(https_only && set("snis")) {
             errs.push(format!(
                 "must set one of 'methods', 'hosts', 'headers', 'paths'{} when 'protocols' is '{}'",
-                if protocols.contains(&"https") { ", 'snis'" } else { "" },
+                if protocols.contains(&"https") {
+                    ", 'snis'"
+                } else {
+                    ""
+                },
                 protocols.join("', '")
             ));
         }
@@ -175,14 +234,21 @@ fn route_checks(doc: &Map<String, Value>) -> Vec<String> {
     }
     if let Some(Value::Object(h)) = doc.get("headers") {
         if h.keys().any(|k| k.eq_ignore_ascii_case("host")) {
-            errs.push("cannot contain 'host' header, which must be specified in the 'hosts' attribute".into());
+            errs.push(
+                "cannot contain 'host' header, which must be specified in the 'hosts' attribute"
+                    .into(),
+            );
         }
     }
     errs
 }
 
 fn consumer_checks(doc: &Map<String, Value>) -> Vec<String> {
-    let present = |f: &str| doc.get(f).and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    let present = |f: &str| {
+        doc.get(f)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
     if present("username") || present("custom_id") {
         Vec::new()
     } else {
@@ -199,21 +265,44 @@ pub static SERVICE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let mut fields = base_fields();
     fields.extend([
         Field::new("name", FieldType::String).check(check_name),
-        Field::new("protocol", FieldType::String).required().default(|| json!("http")).one_of(SERVICE_PROTOCOLS),
-        Field::new("host", FieldType::String).required().check(check_host),
-        Field::new("port", FieldType::Integer).required().default(|| json!(80)).between(0, 65535),
+        Field::new("protocol", FieldType::String)
+            .required()
+            .default(|| json!("http"))
+            .one_of(SERVICE_PROTOCOLS),
+        Field::new("host", FieldType::String)
+            .required()
+            .check(check_host),
+        Field::new("port", FieldType::Integer)
+            .required()
+            .default(|| json!(80))
+            .between(0, 65535),
         Field::new("path", FieldType::String).check(check_path),
-        Field::new("retries", FieldType::Integer).default(|| json!(5)).between(0, 32767),
-        Field::new("connect_timeout", FieldType::Integer).default(|| json!(60000)).between(1, MAX_TIMEOUT),
-        Field::new("write_timeout", FieldType::Integer).default(|| json!(60000)).between(1, MAX_TIMEOUT),
-        Field::new("read_timeout", FieldType::Integer).default(|| json!(60000)).between(1, MAX_TIMEOUT),
+        Field::new("retries", FieldType::Integer)
+            .default(|| json!(5))
+            .between(0, 32767),
+        Field::new("connect_timeout", FieldType::Integer)
+            .default(|| json!(60000))
+            .between(1, MAX_TIMEOUT),
+        Field::new("write_timeout", FieldType::Integer)
+            .default(|| json!(60000))
+            .between(1, MAX_TIMEOUT),
+        Field::new("read_timeout", FieldType::Integer)
+            .default(|| json!(60000))
+            .between(1, MAX_TIMEOUT),
         Field::new("enabled", FieldType::Boolean).default(|| json!(true)),
         Field::new("client_certificate", FieldType::Foreign("certificates")),
         Field::new("tls_verify", FieldType::Boolean),
         Field::new("tls_verify_depth", FieldType::Integer).between(0, 64),
-        Field::new("ca_certificates", FieldType::Array(Box::new(FieldType::Uuid))),
+        Field::new(
+            "ca_certificates",
+            FieldType::Array(Box::new(FieldType::Uuid)),
+        ),
     ]);
-    Schema { name: "services", fields, entity_checks: vec![service_checks] }
+    Schema {
+        name: "services",
+        fields,
+        entity_checks: vec![service_checks],
+    }
 });
 
 /// Routes schema.
@@ -231,31 +320,59 @@ pub static ROUTE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         Field::new("headers", FieldType::StringListMap),
         Field::new("snis", FieldType::Set(Box::new(FieldType::String))),
         Field::new("sources", FieldType::Array(Box::new(FieldType::StringMap))),
-        Field::new("destinations", FieldType::Array(Box::new(FieldType::StringMap))),
+        Field::new(
+            "destinations",
+            FieldType::Array(Box::new(FieldType::StringMap)),
+        ),
         Field::new("https_redirect_status_code", FieldType::Integer)
             .required()
             .default(|| json!(426))
             .check(check_redirect_code),
         Field::new("regex_priority", FieldType::Integer).default(|| json!(0)),
-        Field::new("strip_path", FieldType::Boolean).required().default(|| json!(true)),
-        Field::new("path_handling", FieldType::String).default(|| json!("v0")).one_of(&["v0", "v1"]),
-        Field::new("preserve_host", FieldType::Boolean).required().default(|| json!(false)),
-        Field::new("request_buffering", FieldType::Boolean).required().default(|| json!(true)),
-        Field::new("response_buffering", FieldType::Boolean).required().default(|| json!(true)),
+        Field::new("strip_path", FieldType::Boolean)
+            .required()
+            .default(|| json!(true)),
+        Field::new("path_handling", FieldType::String)
+            .default(|| json!("v0"))
+            .one_of(&["v0", "v1"]),
+        Field::new("preserve_host", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new("request_buffering", FieldType::Boolean)
+            .required()
+            .default(|| json!(true)),
+        Field::new("response_buffering", FieldType::Boolean)
+            .required()
+            .default(|| json!(true)),
         Field::new("service", FieldType::Foreign("services")),
     ]);
-    Schema { name: "routes", fields, entity_checks: vec![route_checks] }
+    Schema {
+        name: "routes",
+        fields,
+        entity_checks: vec![route_checks],
+    }
 });
 
 /// Consumers schema.
 pub static CONSUMER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let mut fields = base_fields();
-    fields.extend([Field::new("username", FieldType::String), Field::new("custom_id", FieldType::String)]);
-    Schema { name: "consumers", fields, entity_checks: vec![consumer_checks] }
+    fields.extend([
+        Field::new("username", FieldType::String),
+        Field::new("custom_id", FieldType::String),
+    ]);
+    Schema {
+        name: "consumers",
+        fields,
+        entity_checks: vec![consumer_checks],
+    }
 });
 
 /// Placeholder record type for plugin `config`: the plugin's own schema validates it.
-static OPEN_RECORD: LazyLock<Schema> = LazyLock::new(|| Schema { name: "config", fields: Vec::new(), entity_checks: Vec::new() });
+static OPEN_RECORD: LazyLock<Schema> = LazyLock::new(|| Schema {
+    name: "config",
+    fields: Vec::new(),
+    entity_checks: Vec::new(),
+});
 
 /// Plugins schema; `config` is validated by the named plugin's schema (see `plugins::registry`).
 pub static PLUGIN_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
@@ -268,33 +385,53 @@ pub static PLUGIN_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
             .required()
             .default(|| strings(&["grpc", "grpcs", "http", "https"]))
             .one_of(ROUTE_PROTOCOLS),
-        Field::new("enabled", FieldType::Boolean).required().default(|| json!(true)),
+        Field::new("enabled", FieldType::Boolean)
+            .required()
+            .default(|| json!(true)),
         Field::new("service", FieldType::Foreign("services")),
         Field::new("route", FieldType::Foreign("routes")),
         Field::new("consumer", FieldType::Foreign("consumers")),
     ]);
-    Schema { name: "plugins", fields, entity_checks: Vec::new() }
+    Schema {
+        name: "plugins",
+        fields,
+        entity_checks: Vec::new(),
+    }
 });
 
 /// Services as an admin entity.
-pub static SERVICES: LazyLock<EntityKind> =
-    LazyLock::new(|| EntityKind { def: &defs::SERVICES, schema: &SERVICE_SCHEMA, endpoint_key: "name" });
+pub static SERVICES: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
+    def: &defs::SERVICES,
+    schema: &SERVICE_SCHEMA,
+    endpoint_key: "name",
+});
 /// Routes as an admin entity.
-pub static ROUTES: LazyLock<EntityKind> =
-    LazyLock::new(|| EntityKind { def: &defs::ROUTES, schema: &ROUTE_SCHEMA, endpoint_key: "name" });
+pub static ROUTES: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
+    def: &defs::ROUTES,
+    schema: &ROUTE_SCHEMA,
+    endpoint_key: "name",
+});
 /// Consumers as an admin entity.
-pub static CONSUMERS: LazyLock<EntityKind> =
-    LazyLock::new(|| EntityKind { def: &defs::CONSUMERS, schema: &CONSUMER_SCHEMA, endpoint_key: "username" });
+pub static CONSUMERS: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
+    def: &defs::CONSUMERS,
+    schema: &CONSUMER_SCHEMA,
+    endpoint_key: "username",
+});
 /// Plugins as an admin entity.
-pub static PLUGINS: LazyLock<EntityKind> =
-    LazyLock::new(|| EntityKind { def: &defs::PLUGINS, schema: &PLUGIN_SCHEMA, endpoint_key: "instance_name" });
+pub static PLUGINS: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
+    def: &defs::PLUGINS,
+    schema: &PLUGIN_SCHEMA,
+    endpoint_key: "instance_name",
+});
 
 /// Expands the write-only service `url` into protocol/host/port/path (Kong's rules).
 ///
 /// # Errors
 /// The field error for `url` when it does not parse.
 pub fn expand_service_url(input: &mut Map<String, Value>) -> Result<(), Map<String, Value>> {
-    let Some(url) = input.remove("url") else { return Ok(()) };
+    let Some(url) = input.remove("url") else {
+        return Ok(());
+    };
     let mut err = Map::new();
     let Some(text) = url.as_str() else {
         err.insert("url".into(), json!("expected a string"));
@@ -310,12 +447,21 @@ pub fn expand_service_url(input: &mut Map<String, Value>) -> Result<(), Map<Stri
     let scheme = parsed.scheme().to_string();
     input.insert("protocol".into(), json!(scheme));
     input.insert("host".into(), json!(parsed.host_str().unwrap_or_default()));
-    let port = parsed.port().unwrap_or(if scheme == "https" || scheme == "grpcs" { 443 } else { 80 });
+    let port = parsed
+        .port()
+        .unwrap_or(if scheme == "https" || scheme == "grpcs" {
+            443
+        } else {
+            80
+        });
     input.insert("port".into(), json!(port));
     let path = parsed.path();
     // Url normalises an absent path to "/"; Kong keeps the path only when one was written.
     let has_path = text.splitn(4, '/').nth(3).is_some();
-    input.insert("path".into(), if has_path { json!(path) } else { Value::Null });
+    input.insert(
+        "path".into(),
+        if has_path { json!(path) } else { Value::Null },
+    );
     Ok(())
 }
 

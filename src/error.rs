@@ -71,12 +71,28 @@ impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UniqueViolation { fields } => Self::Unique(fields),
-            StoreError::ForeignKeyMissing { field, references, id } => Self::ForeignMissing { field, references, id },
-            StoreError::ReferencedBy { entity, referenced_by } => Self::Referenced { entity, referenced_by },
+            StoreError::ForeignKeyMissing {
+                field,
+                references,
+                id,
+            } => Self::ForeignMissing {
+                field,
+                references,
+                id,
+            },
+            StoreError::ReferencedBy {
+                entity,
+                referenced_by,
+            } => Self::Referenced {
+                entity,
+                referenced_by,
+            },
             StoreError::NotFound => Self::NotFound,
             StoreError::InvalidOffset => Self::InvalidOffset(String::new()),
             StoreError::Unavailable(_) => Self::Unavailable,
-            e @ (StoreError::CodeReplayed { .. } | StoreError::Internal(_)) => Self::Internal(e.to_string()),
+            e @ (StoreError::CodeReplayed { .. } | StoreError::Internal(_)) => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 }
@@ -122,12 +138,19 @@ impl ResponseError for AdminError {
                 "code": 5, "name": "unique constraint violation",
                 "message": format!("UNIQUE violation detected on '{}'", lua_table(fields)), "fields": fields,
             }),
-            Self::ForeignMissing { field, references, id } => json!({
+            Self::ForeignMissing {
+                field,
+                references,
+                id,
+            } => json!({
                 "code": 4, "name": "foreign key violation",
                 "message": format!("the foreign key '{{id=\"{id}\"}}' does not reference an existing '{references}' entity."),
                 "fields": { *field: { "id": id.to_string() } },
             }),
-            Self::Referenced { entity, referenced_by } => json!({
+            Self::Referenced {
+                entity,
+                referenced_by,
+            } => json!({
                 "code": 4, "name": "foreign key violation",
                 "message": format!("an existing '{referenced_by}' entity references this '{entity}' entity"),
                 "fields": { "@referenced_by": referenced_by },
@@ -141,8 +164,12 @@ impl ResponseError for AdminError {
             }),
             Self::BadBody(msg) => json!({ "message": msg }),
             Self::TooLarge => json!({ "message": "request body too large" }),
-            Self::Unauthorized => json!({ "message": "Unauthorized: a valid admin token is required" }),
-            Self::Unavailable => json!({ "message": "The database is temporarily unavailable; nothing was changed" }),
+            Self::Unauthorized => {
+                json!({ "message": "Unauthorized: a valid admin token is required" })
+            }
+            Self::Unavailable => {
+                json!({ "message": "The database is temporarily unavailable; nothing was changed" })
+            }
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "admin request failed");
                 json!({ "message": "An unexpected error occurred" })
@@ -187,19 +214,30 @@ impl ProxyError {
     pub fn status_and_message(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no Route matched with those values"),
-            Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "An invalid response was received from the upstream server"),
-            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "The upstream server is timing out"),
+            Self::BadGateway(_) => (
+                StatusCode::BAD_GATEWAY,
+                "An invalid response was received from the upstream server",
+            ),
+            Self::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "The upstream server is timing out",
+            ),
             Self::Unavailable(msg) => (StatusCode::SERVICE_UNAVAILABLE, msg),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded"),
             Self::UseHttps => (StatusCode::UPGRADE_REQUIRED, "Please use HTTPS protocol"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "An unexpected error occurred"),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "An unexpected error occurred",
+            ),
         }
     }
 
     /// Kong's JSON answer carrying the request id.
     pub fn to_response(&self, request_id: &str) -> HttpResponse {
         match self {
-            Self::BadGateway(detail) => tracing::warn!(request_id, error = %detail, "upstream failed"),
+            Self::BadGateway(detail) => {
+                tracing::warn!(request_id, error = %detail, "upstream failed")
+            }
             Self::Internal(detail) => tracing::error!(request_id, error = %detail, "proxy failed"),
             _ => {}
         }

@@ -9,7 +9,11 @@ use portcullis::startup::Application;
 
 /// Portcullis API gateway.
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "A Kong-compatible API gateway with an OAuth 2.0 authorization server")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A Kong-compatible API gateway with an OAuth 2.0 authorization server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +51,9 @@ fn load(path: Option<&PathBuf>) -> Result<Settings, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Config { command: ConfigCommand::Check { config } } => load(config.as_ref()).map(|s| {
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => load(config.as_ref()).map(|s| {
             print!("{}", s.to_masked_toml());
             eprintln!("configuration ok");
         }),
@@ -65,7 +71,9 @@ fn main() -> ExitCode {
 fn serve(settings: Settings) -> Result<(), String> {
     portcullis::telemetry::init(&settings);
     actix_rt::System::new().block_on(async move {
-        let app = Application::build(settings).await.map_err(|e| e.to_string())?;
+        let app = Application::build(settings)
+            .await
+            .map_err(|e| e.to_string())?;
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })
 }

@@ -61,7 +61,16 @@ pub struct Field {
 impl Field {
     /// A field with no constraints.
     pub const fn new(name: &'static str, ty: FieldType) -> Self {
-        Self { name, ty, required: false, default: None, one_of: &[], between: None, check: None, write_only: false }
+        Self {
+            name,
+            ty,
+            required: false,
+            default: None,
+            one_of: &[],
+            between: None,
+            check: None,
+            write_only: false,
+        }
     }
     /// Marks the field required.
     pub const fn required(mut self) -> Self {
@@ -125,7 +134,11 @@ pub enum Coerce {
 ///
 /// # Errors
 /// The nested field errors, ready for a schema-violation answer.
-pub fn validate(schema: &Schema, input: &Map<String, Value>, coerce: Coerce) -> Result<Map<String, Value>, FieldErrors> {
+pub fn validate(
+    schema: &Schema,
+    input: &Map<String, Value>,
+    coerce: Coerce,
+) -> Result<Map<String, Value>, FieldErrors> {
     let mut errors = FieldErrors::new();
     let mut out = Map::new();
     for (key, _) in input.iter() {
@@ -141,7 +154,10 @@ pub fn validate(schema: &Schema, input: &Map<String, Value>, coerce: Coerce) -> 
         match value {
             None | Some(Value::Null) => {
                 if field.required {
-                    errors.insert(field.name.into(), Value::String("required field missing".into()));
+                    errors.insert(
+                        field.name.into(),
+                        Value::String("required field missing".into()),
+                    );
                 } else {
                     out.insert(field.name.into(), Value::Null);
                 }
@@ -157,8 +173,12 @@ pub fn validate(schema: &Schema, input: &Map<String, Value>, coerce: Coerce) -> 
         }
     }
     if errors.is_empty() {
-        let entity: Vec<Value> =
-            schema.entity_checks.iter().flat_map(|c| c(&out)).map(Value::String).collect();
+        let entity: Vec<Value> = schema
+            .entity_checks
+            .iter()
+            .flat_map(|c| c(&out))
+            .map(Value::String)
+            .collect();
         if !entity.is_empty() {
             errors.insert("@entity".into(), Value::Array(entity));
         }
@@ -194,18 +214,28 @@ fn check_value(field: &Field, ty: &FieldType, v: Value, coerce: Coerce) -> Resul
             Value::String(s)
         }
         (FieldType::Integer, Value::Number(n)) if n.is_i64() => Value::Number(n),
-        (FieldType::Integer, Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) => {
-            #[expect(clippy::cast_possible_truncation, reason = "checked integral and in range above")]
+        (FieldType::Integer, Value::Number(n))
+            if n.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) =>
+        {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "checked integral and in range above"
+            )]
             let i = n.as_f64().unwrap_or_default() as i64;
             Value::from(i)
         }
-        (FieldType::Integer, Value::String(s)) if coerce == Coerce::Yes => {
-            s.trim().parse::<i64>().map(Value::from).map_err(|_| type_error(ty))?
-        }
+        (FieldType::Integer, Value::String(s)) if coerce == Coerce::Yes => s
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| type_error(ty))?,
         (FieldType::Number, Value::Number(n)) => Value::Number(n),
         (FieldType::Number, Value::String(s)) if coerce == Coerce::Yes => {
             let f = s.trim().parse::<f64>().map_err(|_| type_error(ty))?;
-            serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| type_error(ty))?
+            serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .ok_or_else(|| type_error(ty))?
         }
         (FieldType::Boolean, Value::Bool(b)) => Value::Bool(b),
         (FieldType::Boolean, Value::String(s)) if coerce == Coerce::Yes => match s.as_str() {
@@ -224,7 +254,17 @@ fn check_value(field: &Field, ty: &FieldType, v: Value, coerce: Coerce) -> Resul
             let mut errs = Vec::with_capacity(items.len());
             let mut any_err = false;
             for item in items {
-                match check_value(&Field { one_of: field.one_of, check: field.check, between: field.between, ..Field::new(field.name, (**el).clone()) }, el, item, coerce) {
+                match check_value(
+                    &Field {
+                        one_of: field.one_of,
+                        check: field.check,
+                        between: field.between,
+                        ..Field::new(field.name, (**el).clone())
+                    },
+                    el,
+                    item,
+                    coerce,
+                ) {
                     Ok(c) => {
                         if matches!(ty, FieldType::Set(_)) && clean.contains(&c) {
                             continue;
@@ -262,7 +302,9 @@ fn check_value(field: &Field, ty: &FieldType, v: Value, coerce: Coerce) -> Resul
             Value::Object(o)
         }
         (FieldType::Record(schema), Value::Object(o)) => {
-            return validate(schema, &o, coerce).map(Value::Object).map_err(Value::Object);
+            return validate(schema, &o, coerce)
+                .map(Value::Object)
+                .map_err(Value::Object);
         }
         (FieldType::Foreign(_), Value::Object(o)) => {
             let id = o.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -285,13 +327,18 @@ fn check_value(field: &Field, ty: &FieldType, v: Value, coerce: Coerce) -> Resul
     if !field.one_of.is_empty() {
         if let Some(s) = v.as_str() {
             if !field.one_of.contains(&s) {
-                return Err(Value::String(format!("expected one of: {}", field.one_of.join(", "))));
+                return Err(Value::String(format!(
+                    "expected one of: {}",
+                    field.one_of.join(", ")
+                )));
             }
         }
     }
     if let (Some((lo, hi)), Some(n)) = (field.between, v.as_i64()) {
         if n < lo || n > hi {
-            return Err(Value::String(format!("value should be between {lo} and {hi}")));
+            return Err(Value::String(format!(
+                "value should be between {lo} and {hi}"
+            )));
         }
     }
     if let Some(check) = field.check {
@@ -326,7 +373,11 @@ fn flatten(prefix: &str, errors: &Map<String, Value>, out: &mut Vec<String>) {
         if k == "@entity" && prefix.is_empty() {
             continue;
         }
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             Value::String(s) => out.push(format!("{key}: {s}")),
             Value::Object(o) => flatten(&key, o, out),

@@ -47,8 +47,13 @@ pub struct Stores {
 /// [`StartError::Store`] naming host/port and the cause.
 pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
     match settings.database {
-        Database::Memory => Ok(Stores { config: Arc::new(MemoryConfigStore::new()), tokens: Arc::new(MemoryTokenStore::new()) }),
-        Database::Postgres => Err(StartError::Store("database = postgres is not available in this build yet".into())),
+        Database::Memory => Ok(Stores {
+            config: Arc::new(MemoryConfigStore::new()),
+            tokens: Arc::new(MemoryTokenStore::new()),
+        }),
+        Database::Postgres => Err(StartError::Store(
+            "database = postgres is not available in this build yet".into(),
+        )),
     }
 }
 
@@ -62,16 +67,25 @@ pub struct Application {
 }
 
 fn bind(key: &'static str, listen: &Listen) -> Result<TcpListener, ConfigError> {
-    let listener = TcpListener::bind(listen.addr)
-        .map_err(|e| ConfigError::Value { key, reason: format!("cannot bind {}: {e}", listen.addr) })?;
-    listener.set_nonblocking(true).map_err(|e| ConfigError::Value { key, reason: e.to_string() })?;
+    let listener = TcpListener::bind(listen.addr).map_err(|e| ConfigError::Value {
+        key,
+        reason: format!("cannot bind {}: {e}", listen.addr),
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ConfigError::Value {
+            key,
+            reason: e.to_string(),
+        })?;
     Ok(listener)
 }
 
 fn upstream_client(settings: &Settings) -> awc::Client {
     let connector = awc::Connector::new()
         .limit(0)
-        .conn_keep_alive(Duration::from_secs(settings.upstream_keepalive_idle_timeout))
+        .conn_keep_alive(Duration::from_secs(
+            settings.upstream_keepalive_idle_timeout,
+        ))
         .conn_lifetime(Duration::from_secs(3600))
         .timeout(Duration::from_secs(60));
     awc::ClientBuilder::new()
@@ -101,9 +115,16 @@ impl Application {
         crate::tls::install_crypto_provider();
         let settings = Arc::new(settings);
         let snapshot = Arc::new(ArcSwap::from_pointee(RouterSnapshot::default()));
-        let plugins = Arc::new(PluginRegistry::builtin(OAuthDeps { tokens: stores.tokens.clone() }));
-        let registry =
-            ConfigRegistry::new(stores.config.clone(), stores.tokens.clone(), plugins.clone(), snapshot.clone()).start();
+        let plugins = Arc::new(PluginRegistry::builtin(OAuthDeps {
+            tokens: stores.tokens.clone(),
+        }));
+        let registry = ConfigRegistry::new(
+            stores.config.clone(),
+            stores.tokens.clone(),
+            plugins.clone(),
+            snapshot.clone(),
+        )
+        .start();
         registry
             .send(Reload)
             .await
@@ -120,8 +141,13 @@ impl Application {
         let proxy_state = web::Data::new(ProxyState {
             snapshot: snapshot.clone(),
             trusted: settings.trusted_networks()?,
-            real_ip_header: HeaderName::from_bytes(settings.real_ip_header.to_ascii_lowercase().as_bytes())
-                .map_err(|_| ConfigError::Value { key: "real_ip_header", reason: "not a header name".into() })?,
+            real_ip_header: HeaderName::from_bytes(
+                settings.real_ip_header.to_ascii_lowercase().as_bytes(),
+            )
+            .map_err(|_| ConfigError::Value {
+                key: "real_ip_header",
+                reason: "not a header name".into(),
+            })?,
             max_body: settings.max_body_bytes()?,
             via: HeaderValue::from_static(concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"))),
         });
@@ -147,19 +173,27 @@ impl Application {
             .shutdown_timeout(5)
             .disable_signals();
             let tls_config = if tls {
-                let files = settings.ssl_cert.as_deref().zip(settings.ssl_cert_key.as_deref());
+                let files = settings
+                    .ssl_cert
+                    .as_deref()
+                    .zip(settings.ssl_cert_key.as_deref());
                 Some(crate::tls::server_config("ssl_cert", files)?)
             } else {
                 None
             };
             for listen in listeners {
                 let listener = bind("proxy_listen", listen)?;
-                let addr = listener.local_addr().map_err(|e| StartError::Store(e.to_string()))?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| StartError::Store(e.to_string()))?;
                 server = match &tls_config {
                     Some(cfg) => server.listen_rustls_0_23(listener, (**cfg).clone()),
                     None => server.listen(listener),
                 }
-                .map_err(|e| ConfigError::Value { key: "proxy_listen", reason: e.to_string() })?;
+                .map_err(|e| ConfigError::Value {
+                    key: "proxy_listen",
+                    reason: e.to_string(),
+                })?;
                 tracing::info!(%addr, tls, "proxy listening");
                 proxy_addrs.push((addr, tls));
             }
@@ -189,24 +223,40 @@ impl Application {
             let mut tls_config = None;
             for listen in &admin_listen {
                 let listener = bind("admin_listen", listen)?;
-                let addr = listener.local_addr().map_err(|e| StartError::Store(e.to_string()))?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| StartError::Store(e.to_string()))?;
                 server = if listen.ssl {
                     if tls_config.is_none() {
-                        let files = settings.admin_ssl_cert.as_deref().zip(settings.admin_ssl_cert_key.as_deref());
+                        let files = settings
+                            .admin_ssl_cert
+                            .as_deref()
+                            .zip(settings.admin_ssl_cert_key.as_deref());
                         tls_config = Some(crate::tls::server_config("admin_ssl_cert", files)?);
                     }
-                    let cfg = tls_config.as_ref().map(|c| (**c).clone()).ok_or_else(|| StartError::Store("tls".into()))?;
+                    let cfg = tls_config
+                        .as_ref()
+                        .map(|c| (**c).clone())
+                        .ok_or_else(|| StartError::Store("tls".into()))?;
                     server.listen_rustls_0_23(listener, cfg)
                 } else {
                     server.listen(listener)
                 }
-                .map_err(|e| ConfigError::Value { key: "admin_listen", reason: e.to_string() })?;
+                .map_err(|e| ConfigError::Value {
+                    key: "admin_listen",
+                    reason: e.to_string(),
+                })?;
                 tracing::info!(%addr, tls = listen.ssl, "admin API listening");
                 admin_addrs.push((addr, listen.ssl));
             }
             servers.push(server.run());
         }
-        Ok(Self { proxy: proxy_addrs, admin: admin_addrs, servers, snapshot })
+        Ok(Self {
+            proxy: proxy_addrs,
+            admin: admin_addrs,
+            servers,
+            snapshot,
+        })
     }
 
     fn port(list: &[(SocketAddr, bool)], tls: bool) -> Option<u16> {
@@ -254,13 +304,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -14,7 +14,11 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn read_pem(key: &'static str, cert: &Path, pkey: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
+fn read_pem(
+    key: &'static str,
+    cert: &Path,
+    pkey: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
     let unreadable = |path: &Path, e: &dyn std::fmt::Display| ConfigError::Value {
         key,
         reason: format!("cannot read {}: {e}", path.display()),
@@ -24,12 +28,18 @@ fn read_pem(key: &'static str, cert: &Path, pkey: &Path) -> Result<(Vec<Certific
         .collect::<Result<_, _>>()
         .map_err(|e| unreadable(cert, &e))?;
     if certs.is_empty() {
-        return Err(ConfigError::Value { key, reason: format!("no PEM certificate in {}", cert.display()) });
+        return Err(ConfigError::Value {
+            key,
+            reason: format!("no PEM certificate in {}", cert.display()),
+        });
     }
     let key_bytes = std::fs::read(pkey).map_err(|e| unreadable(pkey, &e))?;
     let private = rustls_pemfile::private_key(&mut key_bytes.as_slice())
         .map_err(|e| unreadable(pkey, &e))?
-        .ok_or_else(|| ConfigError::Value { key, reason: format!("no PEM private key in {}", pkey.display()) })?;
+        .ok_or_else(|| ConfigError::Value {
+            key,
+            reason: format!("no PEM private key in {}", pkey.display()),
+        })?;
     Ok((certs, private))
 }
 
@@ -37,13 +47,16 @@ fn read_pem(key: &'static str, cert: &Path, pkey: &Path) -> Result<(Vec<Certific
 ///
 /// # Errors
 /// Only if key generation fails.
-pub fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
+pub fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError>
+{
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     if let Ok(h) = std::env::var("HOSTNAME") {
         names.push(h);
     }
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| ConfigError::Value { key: "ssl_cert", reason: format!("cannot generate a certificate: {e}") })?;
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| ConfigError::Value {
+        key: "ssl_cert",
+        reason: format!("cannot generate a certificate: {e}"),
+    })?;
     let cert = generated.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
     Ok((vec![cert], key))
@@ -53,14 +66,23 @@ pub fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'sta
 ///
 /// # Errors
 /// Unreadable or invalid PEM files, naming the key.
-pub fn server_config(key: &'static str, files: Option<(&Path, &Path)>) -> Result<Arc<ServerConfig>, ConfigError> {
+pub fn server_config(
+    key: &'static str,
+    files: Option<(&Path, &Path)>,
+) -> Result<Arc<ServerConfig>, ConfigError> {
     let (certs, private) = match files {
         Some((cert, pkey)) => read_pem(key, cert, pkey)?,
         None => self_signed()?,
     };
-    let config = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .map_err(|e| ConfigError::Value { key, reason: format!("certificate and key do not form a valid pair: {e}") })?;
+    let config = ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ])
+    .with_no_client_auth()
+    .with_single_cert(certs, private)
+    .map_err(|e| ConfigError::Value {
+        key,
+        reason: format!("certificate and key do not form a valid pair: {e}"),
+    })?;
     Ok(Arc::new(config))
 }

@@ -20,7 +20,9 @@ use crate::entities::{Consumer, PluginInstance, Route, Service};
 use crate::error::AdminError;
 use crate::plugins::oauth2::OAuthCredential;
 use crate::plugins::{PluginRegistry, PluginRuntime};
-use crate::router::{ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts};
+use crate::router::{
+    ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
+};
 
 /// A change a write made, applied to the mirror afterwards.
 #[derive(Debug, Clone)]
@@ -47,7 +49,8 @@ pub struct WriteCtx {
     pub store: Arc<dyn ConfigStore>,
 }
 
-type WriteFn = Box<dyn FnOnce(WriteCtx) -> LocalBoxFuture<'static, Result<WriteOutcome, AdminError>> + Send>;
+type WriteFn =
+    Box<dyn FnOnce(WriteCtx) -> LocalBoxFuture<'static, Result<WriteOutcome, AdminError>> + Send>;
 
 /// Run a write inside the registry.
 #[derive(Message)]
@@ -65,7 +68,10 @@ pub struct Reload;
 pub struct Refresh(pub Vec<(&'static str, Uuid)>);
 
 /// Best default instance and best consumer-scoped instances of one plugin name (with rank).
-type NameSlot = (Option<(u8, ScopedRuntime)>, HashMap<Uuid, (u8, ScopedRuntime)>);
+type NameSlot = (
+    Option<(u8, ScopedRuntime)>,
+    HashMap<Uuid, (u8, ScopedRuntime)>,
+);
 
 struct Plugged {
     instance: PluginInstance,
@@ -100,7 +106,14 @@ impl ConfigRegistry {
         plugins: Arc<PluginRegistry>,
         snapshot: Arc<ArcSwap<RouterSnapshot>>,
     ) -> Self {
-        Self { store, tokens, plugins, snapshot, mirror: Mirror::default(), version: 0 }
+        Self {
+            store,
+            tokens,
+            plugins,
+            snapshot,
+            mirror: Mirror::default(),
+            version: 0,
+        }
     }
 
     fn upsert(&mut self, entity: &str, doc: &Document) {
@@ -114,14 +127,17 @@ impl ConfigRegistry {
                 "routes" => {
                     let r: Route = serde_json::from_value(value).map_err(|e| e.to_string())?;
                     let id = r.id;
-                    self.mirror.routes.insert(id, Arc::new(CompiledRoute::compile(r)?));
+                    self.mirror
+                        .routes
+                        .insert(id, Arc::new(CompiledRoute::compile(r)?));
                 }
                 "consumers" => {
                     let c: Consumer = serde_json::from_value(value).map_err(|e| e.to_string())?;
                     self.mirror.consumers.insert(c.id, Arc::new(c));
                 }
                 "plugins" => {
-                    let p: PluginInstance = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                    let p: PluginInstance =
+                        serde_json::from_value(value).map_err(|e| e.to_string())?;
                     let runtime = match self.plugins.get(&p.name) {
                         Some(kind) => match kind.compile(&p) {
                             Ok(r) => Some(r),
@@ -132,7 +148,13 @@ impl ConfigRegistry {
                         },
                         None => None,
                     };
-                    self.mirror.plugins.insert(p.id, Plugged { instance: p, runtime });
+                    self.mirror.plugins.insert(
+                        p.id,
+                        Plugged {
+                            instance: p,
+                            runtime,
+                        },
+                    );
                 }
                 "oauth2_credentials" => {
                     let c = OAuthCredential::from_doc(doc)?;
@@ -187,7 +209,9 @@ impl ConfigRegistry {
             };
             let mut by_name: BTreeMap<&str, NameSlot> = BTreeMap::new();
             for (inst, runtime) in &active {
-                let Some((consumer_scoped, level)) = rank(inst) else { continue };
+                let Some((consumer_scoped, level)) = rank(inst) else {
+                    continue;
+                };
                 let scoped = ScopedRuntime {
                     runtime: (*runtime).clone(),
                     http: inst.protocols.iter().any(|p| p == "http" || p == "grpc"),
@@ -195,7 +219,9 @@ impl ConfigRegistry {
                 };
                 let slot = by_name.entry(inst.name.as_str()).or_default();
                 if consumer_scoped {
-                    let Some(c) = inst.consumer.map(|c| c.id) else { continue };
+                    let Some(c) = inst.consumer.map(|c| c.id) else {
+                        continue;
+                    };
                     let better = slot.1.get(&c).is_none_or(|(l, _)| level < *l);
                     if better {
                         slot.1.insert(c, (level, scoped));
@@ -262,7 +288,10 @@ impl Actor for ConfigRegistry {
 }
 
 /// Deletes the tokens and codes owned by removed credentials and services.
-async fn cascade_tokens(tokens: Arc<dyn TokenStore>, changes: Vec<Change>) -> Result<(), AdminError> {
+async fn cascade_tokens(
+    tokens: Arc<dyn TokenStore>,
+    changes: Vec<Change>,
+) -> Result<(), AdminError> {
     let mut credentials = Vec::new();
     let mut services = Vec::new();
     for change in &changes {
@@ -286,19 +315,23 @@ impl Handler<Write> for ConfigRegistry {
     type Result = AtomicResponse<Self, Result<WriteOutcome, AdminError>>;
 
     fn handle(&mut self, msg: Write, _ctx: &mut Self::Context) -> Self::Result {
-        let ctx = WriteCtx { store: self.store.clone() };
+        let ctx = WriteCtx {
+            store: self.store.clone(),
+        };
         let tokens = self.tokens.clone();
         let fut = async move {
             let outcome = (msg.0)(ctx).await?;
             cascade_tokens(tokens, outcome.changes.clone()).await?;
             Ok(outcome)
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res: Result<WriteOutcome, AdminError>, act, _| {
-            if let Ok(outcome) = &res {
-                act.apply(&outcome.changes);
-            }
-            res
-        })))
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |res: Result<WriteOutcome, AdminError>, act, _| {
+                if let Ok(outcome) = &res {
+                    act.apply(&outcome.changes);
+                }
+                res
+            },
+        )))
     }
 }
 
@@ -316,12 +349,14 @@ impl Handler<Reload> for ConfigRegistry {
             }
             Ok(all)
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res: Result<Vec<Change>, StoreError>, act, _| {
-            let changes = res?;
-            act.mirror = Mirror::default();
-            act.apply(&changes);
-            Ok(())
-        })))
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |res: Result<Vec<Change>, StoreError>, act, _| {
+                let changes = res?;
+                act.mirror = Mirror::default();
+                act.apply(&changes);
+                Ok(())
+            },
+        )))
     }
 }
 
@@ -333,15 +368,22 @@ impl Handler<Refresh> for ConfigRegistry {
         let fut = async move {
             let mut changes = Vec::new();
             for (entity, id) in msg.0 {
-                let Some(def) = defs::by_name(entity) else { continue };
+                let Some(def) = defs::by_name(entity) else {
+                    continue;
+                };
                 match store.get(def, id).await {
                     Ok(Some(doc)) => changes.push(Change::Upsert(def.name, doc)),
                     Ok(None) => changes.push(Change::Delete(vec![(def.name, id)])),
-                    Err(e) => tracing::warn!(error = %e, "cannot refresh a changed row; keeping the old one"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot refresh a changed row; keeping the old one")
+                    }
                 }
             }
             changes
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|changes, act, _| act.apply(&changes))))
+        AtomicResponse::new(Box::pin(
+            fut.into_actor(self)
+                .map(|changes, act, _| act.apply(&changes)),
+        ))
     }
 }

@@ -16,8 +16,8 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<(Map<String, Value>, Coe
         return Ok((Map::new(), Coerce::No));
     }
     if ct.starts_with("application/x-www-form-urlencoded") {
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_bytes(body).map_err(|_| AdminError::BadBody("Cannot parse form body".into()))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| AdminError::BadBody("Cannot parse form body".into()))?;
         return Ok((nest(pairs), Coerce::Yes));
     }
     if ct.starts_with("multipart/form-data") {
@@ -64,7 +64,9 @@ pub fn nest(pairs: Vec<(String, String)>) -> Map<String, Value> {
 }
 
 fn insert(map: &mut Map<String, Value>, path: &[String], value: Value, is_array: bool) {
-    let Some((head, rest)) = path.split_first() else { return };
+    let Some((head, rest)) = path.split_first() else {
+        return;
+    };
     if rest.is_empty() {
         match map.get_mut(head) {
             Some(Value::Array(a)) => a.push(value),
@@ -73,12 +75,21 @@ fn insert(map: &mut Map<String, Value>, path: &[String], value: Value, is_array:
                 *existing = Value::Array(vec![prev, value]);
             }
             None => {
-                map.insert(head.clone(), if is_array { Value::Array(vec![value]) } else { value });
+                map.insert(
+                    head.clone(),
+                    if is_array {
+                        Value::Array(vec![value])
+                    } else {
+                        value
+                    },
+                );
             }
         }
         return;
     }
-    let child = map.entry(head.clone()).or_insert_with(|| Value::Object(Map::new()));
+    let child = map
+        .entry(head.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
     if !child.is_object() {
         *child = Value::Object(Map::new());
     }
@@ -104,7 +115,10 @@ fn multipart_fields(body: &[u8], boundary: &str) -> Result<Vec<(String, String)>
             .and_then(|l| l.split(';').find_map(|p| p.trim().strip_prefix("name=")))
             .map(|n| n.trim_matches('"').to_string())
             .ok_or_else(bad)?;
-        fields.push((name, value.strip_suffix("\r\n").unwrap_or(value).to_string()));
+        fields.push((
+            name,
+            value.strip_suffix("\r\n").unwrap_or(value).to_string(),
+        ));
     }
     Ok(fields)
 }
@@ -123,7 +137,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c, Coerce::Yes);
-        assert_eq!(Value::Object(m), json!({"name":"oauth2","paths":["/x"],"config":{"scopes":["a","b"],"enable_authorization_code":"true"}}));
+        assert_eq!(
+            Value::Object(m),
+            json!({"name":"oauth2","paths":["/x"],"config":{"scopes":["a","b"],"enable_authorization_code":"true"}})
+        );
     }
 
     #[test]

@@ -34,7 +34,11 @@ pub fn now() -> i64 {
 ///
 /// # Errors
 /// Store failures.
-pub async fn resolve(store: &dyn ConfigStore, kind: &EntityKind, key: &str) -> Result<Option<Document>, AdminError> {
+pub async fn resolve(
+    store: &dyn ConfigStore,
+    kind: &EntityKind,
+    key: &str,
+) -> Result<Option<Document>, AdminError> {
     if let Ok(id) = Uuid::parse_str(key) {
         return Ok(store.get(kind.def, id).await?);
     }
@@ -85,7 +89,9 @@ pub fn build_doc(
         .unwrap_or_else(|| json!(Uuid::new_v4().to_string()));
     doc.insert("id".into(), id);
     let now = now();
-    let created = existing.and_then(|e| e.get("created_at").cloned()).unwrap_or_else(|| json!(now));
+    let created = existing
+        .and_then(|e| e.get("created_at").cloned())
+        .unwrap_or_else(|| json!(now));
     doc.insert("created_at".into(), created);
     if kind.schema.field("updated_at").is_some() {
         doc.insert("updated_at".into(), json!(now));
@@ -93,11 +99,24 @@ pub fn build_doc(
     Ok(doc)
 }
 
-fn validate_plugin(plugins: &PluginRegistry, doc: &mut Document, coerce: Coerce) -> Result<(), AdminError> {
-    let name = doc.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+fn validate_plugin(
+    plugins: &PluginRegistry,
+    doc: &mut Document,
+    coerce: Coerce,
+) -> Result<(), AdminError> {
+    let name = doc
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let Some(plugin) = plugins.get(&name) else {
         let mut e = FieldErrors::new();
-        e.insert("name".into(), json!(format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property")));
+        e.insert(
+            "name".into(),
+            json!(format!(
+                "plugin '{name}' not enabled; add it to the 'plugins' configuration property"
+            )),
+        );
         return Err(AdminError::Schema(e));
     };
     if !plugin.allows_consumer_scope() && !doc.get("consumer").is_none_or(Value::is_null) {
@@ -109,9 +128,12 @@ fn validate_plugin(plugins: &PluginRegistry, doc: &mut Document, coerce: Coerce)
         Some(Value::Object(o)) => o.clone(),
         _ => Map::new(),
     };
-    let mut config = schema::validate(plugin.schema(), &raw, coerce).map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
+    let mut config = schema::validate(plugin.schema(), &raw, coerce)
+        .map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
     plugin.complete_config(&mut config);
-    plugin.check_config(&config).map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
+    plugin
+        .check_config(&config)
+        .map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
     doc.insert("config".into(), Value::Object(config));
     Ok(())
 }
@@ -148,7 +170,11 @@ pub async fn list(
         None => 100,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=1000).contains(&n) => n,
-            Ok(_) => return Err(AdminError::InvalidSize("size must be an integer between 1 and 1000".into())),
+            Ok(_) => {
+                return Err(AdminError::InvalidSize(
+                    "size must be an integer between 1 and 1000".into(),
+                ))
+            }
             Err(_) => return Err(AdminError::InvalidSize("size must be a number".into())),
         },
     };
@@ -171,16 +197,30 @@ pub async fn list(
     });
     if kind.def.name == "consumers" {
         if let Some(custom_id) = get("custom_id") {
-            let found = state.store.get_by(kind.def, "custom_id", &custom_id).await?;
+            let found = state
+                .store
+                .get_by(kind.def, "custom_id", &custom_id)
+                .await?;
             let data: Vec<Value> = found.into_iter().map(|d| render(kind, d)).collect();
             return Ok(HttpResponse::Ok().json(json!({ "data": data, "next": null })));
         }
     }
-    let filter = ListFilter { foreign, tags, offset: offset.clone(), size };
-    let page = state.store.list(kind.def, &filter).await.map_err(|e| match e {
-        portcullis_stores::StoreError::InvalidOffset => AdminError::InvalidOffset(get("offset").unwrap_or_default()),
-        other => other.into(),
-    })?;
+    let filter = ListFilter {
+        foreign,
+        tags,
+        offset: offset.clone(),
+        size,
+    };
+    let page = state
+        .store
+        .list(kind.def, &filter)
+        .await
+        .map_err(|e| match e {
+            portcullis_stores::StoreError::InvalidOffset => {
+                AdminError::InvalidOffset(get("offset").unwrap_or_default())
+            }
+            other => other.into(),
+        })?;
     let data: Vec<Value> = page.data.into_iter().map(|d| render(kind, d)).collect();
     let mut body = json!({ "data": data, "next": null });
     if let Some(next) = page.next_offset {
@@ -190,7 +230,10 @@ pub async fn list(
             next_url.push_str(&format!("&size={s}"));
         }
         if let Some(t) = get("tags") {
-            next_url.push_str(&format!("&tags={}", percent_encoding::utf8_percent_encode(&t, percent_encoding::NON_ALPHANUMERIC)));
+            next_url.push_str(&format!(
+                "&tags={}",
+                percent_encoding::utf8_percent_encode(&t, percent_encoding::NON_ALPHANUMERIC)
+            ));
         }
         body["offset"] = json!(token);
         body["next"] = json!(next_url);
@@ -216,7 +259,10 @@ pub async fn create(
     let outcome = write(state, move |ctx| async move {
         let doc = build_doc(kind, &plugins, input, coerce, None)?;
         let stored = ctx.store.insert(kind.def, doc).await?;
-        Ok(WriteOutcome { document: Some(stored.clone()), changes: vec![Change::Upsert(kind.def.name, stored)] })
+        Ok(WriteOutcome {
+            document: Some(stored.clone()),
+            changes: vec![Change::Upsert(kind.def.name, stored)],
+        })
     })
     .await?;
     Ok(HttpResponse::Created().json(render(kind, outcome.document.unwrap_or_default())))
@@ -232,7 +278,9 @@ pub async fn read(
     key: &str,
     parent: Option<(&'static str, Uuid)>,
 ) -> Result<HttpResponse, AdminError> {
-    let doc = resolve(state.store.as_ref(), kind, key).await?.ok_or(AdminError::NotFound)?;
+    let doc = resolve(state.store.as_ref(), kind, key)
+        .await?
+        .ok_or(AdminError::NotFound)?;
     if let Some((field, pid)) = parent {
         if fk(&doc, field) != Some(pid) {
             return Err(AdminError::NotFound);
@@ -277,7 +325,10 @@ pub async fn upsert(
             Some(_) => ctx.store.update(kind.def, doc).await?,
             None => ctx.store.insert(kind.def, doc).await?,
         };
-        Ok(WriteOutcome { document: Some(stored.clone()), changes: vec![Change::Upsert(kind.def.name, stored)] })
+        Ok(WriteOutcome {
+            document: Some(stored.clone()),
+            changes: vec![Change::Upsert(kind.def.name, stored)],
+        })
     })
     .await?;
     Ok(HttpResponse::Ok().json(render(kind, outcome.document.unwrap_or_default())))
@@ -300,7 +351,9 @@ pub async fn patch(
     }
     let plugins = state.plugins.clone();
     let outcome = write(state, move |ctx| async move {
-        let existing = resolve(ctx.store.as_ref(), kind, &key).await?.ok_or(AdminError::NotFound)?;
+        let existing = resolve(ctx.store.as_ref(), kind, &key)
+            .await?
+            .ok_or(AdminError::NotFound)?;
         if let Some((field, pid)) = parent {
             if fk(&existing, field) != Some(pid) {
                 return Err(AdminError::NotFound);
@@ -315,7 +368,10 @@ pub async fn patch(
         schema::merge_patch(kind.schema, &mut merged, input);
         let doc = build_doc(kind, &plugins, merged, coerce, Some(&existing))?;
         let stored = ctx.store.update(kind.def, doc).await?;
-        Ok(WriteOutcome { document: Some(stored.clone()), changes: vec![Change::Upsert(kind.def.name, stored)] })
+        Ok(WriteOutcome {
+            document: Some(stored.clone()),
+            changes: vec![Change::Upsert(kind.def.name, stored)],
+        })
     })
     .await?;
     Ok(HttpResponse::Ok().json(render(kind, outcome.document.unwrap_or_default())))
@@ -333,7 +389,11 @@ pub async fn delete(
 ) -> Result<HttpResponse, AdminError> {
     write(state, move |ctx| async move {
         let Some(existing) = resolve(ctx.store.as_ref(), kind, &key).await? else {
-            return if parent.is_some() { Err(AdminError::NotFound) } else { Ok(WriteOutcome::default()) };
+            return if parent.is_some() {
+                Err(AdminError::NotFound)
+            } else {
+                Ok(WriteOutcome::default())
+            };
         };
         if let Some((field, pid)) = parent {
             if fk(&existing, field) != Some(pid) {
@@ -342,7 +402,10 @@ pub async fn delete(
         }
         let id = fk_id(&existing)?;
         let removed = ctx.store.delete(kind.def, id).await?;
-        Ok(WriteOutcome { document: None, changes: vec![Change::Delete(removed)] })
+        Ok(WriteOutcome {
+            document: None,
+            changes: vec![Change::Delete(removed)],
+        })
     })
     .await?;
     Ok(HttpResponse::NoContent().finish())
@@ -356,8 +419,14 @@ fn fk_id(doc: &Document) -> Result<Uuid, AdminError> {
 ///
 /// # Errors
 /// 404, store failures.
-pub async fn parent_id(state: &AdminState, kind: &EntityKind, key: &str) -> Result<Uuid, AdminError> {
-    let doc = resolve(state.store.as_ref(), kind, key).await?.ok_or(AdminError::NotFound)?;
+pub async fn parent_id(
+    state: &AdminState,
+    kind: &EntityKind,
+    key: &str,
+) -> Result<Uuid, AdminError> {
+    let doc = resolve(state.store.as_ref(), kind, key)
+        .await?
+        .ok_or(AdminError::NotFound)?;
     fk_id(&doc)
 }
 

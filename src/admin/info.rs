@@ -18,7 +18,10 @@ pub fn node(st: &AdminState) -> Result<HttpResponse, AdminError> {
     let mut available = Map::new();
     for name in st.plugins.names() {
         if let Some(p) = st.plugins.get(name) {
-            available.insert(name.into(), json!({ "version": VERSION, "priority": p.priority() }));
+            available.insert(
+                name.into(),
+                json!({ "version": VERSION, "priority": p.priority() }),
+            );
         }
     }
     let configuration: Value = toml::from_str::<toml::Value>(&st.settings.to_masked_toml())
@@ -40,7 +43,17 @@ pub fn node(st: &AdminState) -> Result<HttpResponse, AdminError> {
 /// # Errors
 /// Never; an unreachable store is reported in the body.
 pub async fn status(st: &AdminState) -> Result<HttpResponse, AdminError> {
-    let reachable = st.store.list(&portcullis_stores::model::entities::SERVICES, &portcullis_stores::ListFilter { size: 1, ..Default::default() }).await.is_ok();
+    let reachable = st
+        .store
+        .list(
+            &portcullis_stores::model::entities::SERVICES,
+            &portcullis_stores::ListFilter {
+                size: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .is_ok();
     let snapshot = st.snapshot.load();
     Ok(HttpResponse::Ok().json(json!({
         "database": { "reachable": reachable },

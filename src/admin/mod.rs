@@ -75,7 +75,9 @@ fn foreign_parent(child: &str, field: &str) -> Option<&'static str> {
 }
 
 fn authorized(state: &AdminState, req: &HttpRequest) -> bool {
-    let Some(expected) = &state.settings.admin_token else { return true };
+    let Some(expected) = &state.settings.admin_token else {
+        return true;
+    };
     let presented = req
         .headers()
         .get("kong-admin-token")
@@ -86,14 +88,21 @@ fn authorized(state: &AdminState, req: &HttpRequest) -> bool {
             req.headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
                 .map(str::to_string)
         });
     presented.is_some_and(|p| crate::crypto::ct_eq(p.as_bytes(), expected.expose().as_bytes()))
 }
 
 /// The one admin handler: authenticates, parses, dispatches.
-pub async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
+pub async fn dispatch(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
     let path = req.path().trim_end_matches('/').to_string();
     if !(path == "/status" || authorized(&state, &req)) {
         return Err(AdminError::Unauthorized);
@@ -101,12 +110,22 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<Admin
     let segments: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method().clone();
-    let query: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
-    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let max = state.settings.max_body_bytes().unwrap_or(usize::MAX);
     if body.len() > max {
         return Err(AdminError::TooLarge);
@@ -120,13 +139,14 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<Admin
         ([], &Method::GET) => return info::node(st),
         (["status"], &Method::GET) => return info::status(st).await,
         (["plugins", "enabled"], &Method::GET) => return info::enabled(st),
-        (["schemas", "plugins", name], &Method::GET) | (["plugins", "schema", name], &Method::GET) => {
-            return info::plugin_schema(st, name)
-        }
+        (["schemas", "plugins", name], &Method::GET)
+        | (["plugins", "schema", name], &Method::GET) => return info::plugin_schema(st, name),
         (["schemas", entity], &Method::GET) => return info::entity_schema(entity),
         _ => {}
     }
-    if let Some(resp) = crate::plugins::oauth2::admin::dispatch(st, &seg, &method, &query, &parse).await {
+    if let Some(resp) =
+        crate::plugins::oauth2::admin::dispatch(st, &seg, &method, &query, &parse).await
+    {
         return resp;
     }
 
@@ -152,7 +172,14 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<Admin
                 let pid = crud::parent_id(st, pkind, pkey).await?;
                 return match method {
                     Method::GET => {
-                        crud::list(st, kind, Some((field, pid)), &query, &format!("/{parent}/{pkey}/{third}")).await
+                        crud::list(
+                            st,
+                            kind,
+                            Some((field, pid)),
+                            &query,
+                            &format!("/{parent}/{pkey}/{third}"),
+                        )
+                        .await
                     }
                     Method::POST => {
                         let (input, coerce) = parse()?;
@@ -161,9 +188,13 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<Admin
                     _ => Err(AdminError::MethodNotAllowed),
                 };
             }
-            if let (Some(parent_seg), Some(ckind)) = (foreign_parent(parent, third), kind_of(parent)) {
+            if let (Some(parent_seg), Some(ckind)) =
+                (foreign_parent(parent, third), kind_of(parent))
+            {
                 let pkind = kind_of(parent_seg).ok_or(AdminError::NotFound)?;
-                let child = crud::resolve(st.store.as_ref(), ckind, pkey).await?.ok_or(AdminError::NotFound)?;
+                let child = crud::resolve(st.store.as_ref(), ckind, pkey)
+                    .await?
+                    .ok_or(AdminError::NotFound)?;
                 let target = crud::fk(&child, third).ok_or(AdminError::NotFound)?;
                 return match method {
                     Method::DELETE => Err(AdminError::MethodNotAllowed),

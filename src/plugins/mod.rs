@@ -63,13 +63,15 @@ impl RequestCtx {
     /// Sets an upstream header.
     pub fn set_upstream(&mut self, name: &'static str, value: &str) {
         if let Ok(v) = HeaderValue::from_str(value) {
-            self.upstream_headers.push((HeaderName::from_static(name), Some(v)));
+            self.upstream_headers
+                .push((HeaderName::from_static(name), Some(v)));
         }
     }
 
     /// Removes an upstream header (also a copy sent by the client).
     pub fn clear_upstream(&mut self, name: &'static str) {
-        self.upstream_headers.push((HeaderName::from_static(name), None));
+        self.upstream_headers
+            .push((HeaderName::from_static(name), None));
     }
 
     /// Query string arguments of the request.
@@ -133,9 +135,13 @@ pub struct PluginRegistry {
 impl PluginRegistry {
     /// The built-in plugins, wired to the stores they use.
     pub fn builtin(tokens: oauth2::OAuthDeps) -> Self {
-        let list: Vec<Arc<dyn Plugin>> =
-            vec![Arc::new(oauth2::OAuth2Plugin::new(tokens)), Arc::new(request_termination::RequestTermination)];
-        Self { plugins: list.into_iter().map(|p| (p.name(), p)).collect() }
+        let list: Vec<Arc<dyn Plugin>> = vec![
+            Arc::new(oauth2::OAuth2Plugin::new(tokens)),
+            Arc::new(request_termination::RequestTermination),
+        ];
+        Self {
+            plugins: list.into_iter().map(|p| (p.name(), p)).collect(),
+        }
     }
 
     /// Looks a plugin up.

@@ -19,11 +19,16 @@ pub struct RequestTermination;
 static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     name: "request-termination",
     fields: vec![
-        Field::new("status_code", FieldType::Integer).required().default(|| json!(503)).between(100, 599),
+        Field::new("status_code", FieldType::Integer)
+            .required()
+            .default(|| json!(503))
+            .between(100, 599),
         Field::new("message", FieldType::String),
         Field::new("content_type", FieldType::String),
         Field::new("body", FieldType::String),
-        Field::new("echo", FieldType::Boolean).required().default(|| json!(false)),
+        Field::new("echo", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
         Field::new("trigger", FieldType::String),
     ],
     entity_checks: vec![],
@@ -57,24 +62,42 @@ impl Plugin for RequestTermination {
         let set = |k: &str| config.get(k).is_some_and(|v| !v.is_null());
         if set("message") && set("body") {
             let mut e = FieldErrors::new();
-            e.insert("@entity".into(), json!(["message cannot be used with content_type or body"]));
+            e.insert(
+                "@entity".into(),
+                json!(["message cannot be used with content_type or body"]),
+            );
             return Err(e);
         }
         Ok(())
     }
     fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String> {
-        let cfg: Config = serde_json::from_value(instance.config.clone()).map_err(|e| e.to_string())?;
+        let cfg: Config =
+            serde_json::from_value(instance.config.clone()).map_err(|e| e.to_string())?;
         let status = StatusCode::from_u16(cfg.status_code).map_err(|e| e.to_string())?;
         let (content_type, body) = match cfg.body {
-            Some(body) => (cfg.content_type.unwrap_or_else(|| "application/json; charset=utf-8".into()), body),
+            Some(body) => (
+                cfg.content_type
+                    .unwrap_or_else(|| "application/json; charset=utf-8".into()),
+                body,
+            ),
             None => {
-                let message = cfg
-                    .message
-                    .unwrap_or_else(|| status.canonical_reason().unwrap_or("Service unavailable").to_string());
-                ("application/json; charset=utf-8".into(), json!({ "message": message }).to_string())
+                let message = cfg.message.unwrap_or_else(|| {
+                    status
+                        .canonical_reason()
+                        .unwrap_or("Service unavailable")
+                        .to_string()
+                });
+                (
+                    "application/json; charset=utf-8".into(),
+                    json!({ "message": message }).to_string(),
+                )
             }
         };
-        Ok(Arc::new(Runtime { status, content_type, body }))
+        Ok(Arc::new(Runtime {
+            status,
+            content_type,
+            body,
+        }))
     }
 }
 
@@ -87,6 +110,10 @@ impl PluginRuntime for Runtime {
         2
     }
     async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
-        Flow::Respond(HttpResponse::build(self.status).content_type(self.content_type.as_str()).body(self.body.clone()))
+        Flow::Respond(
+            HttpResponse::build(self.status)
+                .content_type(self.content_type.as_str())
+                .body(self.body.clone()),
+        )
     }
 }

@@ -5,8 +5,15 @@ use std::net::IpAddr;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Whether a header only concerns one connection and must not be forwarded.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -16,9 +23,13 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `host:port` → `host` (IPv6 literals keep their brackets).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| &host[..=h.len()]);
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..=h.len()]);
     }
-    host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h)
+    host.rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
 }
 
 /// The query string without the named parameters; `None` when nothing is left.
@@ -46,7 +57,10 @@ pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
         .map(|s| s.trim().to_ascii_lowercase())
         .collect();
     for (name, value) in from {
-        if is_hop_by_hop(name) || named.iter().any(|n| n == name.as_str()) || name == actix_web::http::header::HOST {
+        if is_hop_by_hop(name)
+            || named.iter().any(|n| n == name.as_str())
+            || name == actix_web::http::header::HOST
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
@@ -85,7 +99,10 @@ fn set(map: &mut HeaderMap, name: &'static str, value: &str) {
 pub fn add_forwarded(map: &mut HeaderMap, client: &HeaderMap, f: &Forwarded<'_>) {
     let from_client = |name: &str| -> Option<String> {
         if f.trusted {
-            client.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+            client
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         } else {
             None
         }
@@ -97,10 +114,26 @@ pub fn add_forwarded(map: &mut HeaderMap, client: &HeaderMap, f: &Forwarded<'_>)
     };
     set(map, "x-forwarded-for", &xff);
     set(map, "x-real-ip", &ip);
-    set(map, "x-forwarded-proto", &from_client("x-forwarded-proto").unwrap_or_else(|| f.scheme.to_string()));
-    set(map, "x-forwarded-host", &from_client("x-forwarded-host").unwrap_or_else(|| f.host.to_string()));
-    set(map, "x-forwarded-port", &from_client("x-forwarded-port").unwrap_or_else(|| f.port.to_string()));
-    set(map, "x-forwarded-path", &from_client("x-forwarded-path").unwrap_or_else(|| f.path.to_string()));
+    set(
+        map,
+        "x-forwarded-proto",
+        &from_client("x-forwarded-proto").unwrap_or_else(|| f.scheme.to_string()),
+    );
+    set(
+        map,
+        "x-forwarded-host",
+        &from_client("x-forwarded-host").unwrap_or_else(|| f.host.to_string()),
+    );
+    set(
+        map,
+        "x-forwarded-port",
+        &from_client("x-forwarded-port").unwrap_or_else(|| f.port.to_string()),
+    );
+    set(
+        map,
+        "x-forwarded-path",
+        &from_client("x-forwarded-path").unwrap_or_else(|| f.path.to_string()),
+    );
     match from_client("x-forwarded-prefix").or_else(|| f.prefix.map(str::to_string)) {
         Some(prefix) => set(map, "x-forwarded-prefix", &prefix),
         None => {
@@ -124,7 +157,10 @@ mod tests {
         assert_eq!(strip_port("example.com:8000"), "example.com");
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(filtered_query("a=1&access_token=x&b=2", &["access_token"]).as_deref(), Some("a=1&b=2"));
+        assert_eq!(
+            filtered_query("a=1&access_token=x&b=2", &["access_token"]).as_deref(),
+            Some("a=1&b=2")
+        );
         assert_eq!(filtered_query("access_token=x", &["access_token"]), None);
         assert_eq!(filtered_query("", &[]), None);
     }

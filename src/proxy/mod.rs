@@ -60,12 +60,24 @@ pub async fn handle(
 ) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id();
-    let mut response = match proxy(&req, payload, &state, &client, scheme.0, &request_id, started).await {
+    let mut response = match proxy(
+        &req,
+        payload,
+        &state,
+        &client,
+        scheme.0,
+        &request_id,
+        started,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => e.to_response(&request_id),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(HeaderName::from_static("x-portcullis-request-id"), v);
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-portcullis-request-id"), v);
     }
     response
 }
@@ -80,7 +92,10 @@ async fn proxy(
     started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
     let snapshot = state.snapshot.load_full();
-    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let trusted = state.is_trusted(peer);
     let client_ip = if trusted {
         req.headers()
@@ -102,7 +117,12 @@ async fn proxy(
         .to_ascii_lowercase();
     let host = headers::strip_port(&host_with_port).to_string();
     let path = req.uri().path().to_string();
-    let header_lookup = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header_lookup = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let input = MatchInput {
         method: req.method(),
         host: &host,
@@ -112,19 +132,34 @@ async fn proxy(
     };
     let matched = snapshot.find(&input).ok_or(ProxyError::NoRoute)?;
     let entry = matched.entry;
-    let forwarded_proto = if trusted { header_lookup("x-forwarded-proto") } else { None };
-    let effective_https = scheme == "https" || forwarded_proto.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let forwarded_proto = if trusted {
+        header_lookup("x-forwarded-proto")
+    } else {
+        None
+    };
+    let effective_https = scheme == "https"
+        || forwarded_proto
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"));
     if matched.https_only && !effective_https {
         let code = entry.route.route.https_redirect_status_code;
         if code == 426 {
             return Err(ProxyError::UseHttps);
         }
-        let location = format!("https://{}{}", host_with_port, req.uri().path_and_query().map_or("/", |p| p.as_str()));
-        return Ok(HttpResponse::build(StatusCode::from_u16(code).unwrap_or(StatusCode::MOVED_PERMANENTLY))
-            .insert_header(("Location", location))
-            .finish());
+        let location = format!(
+            "https://{}{}",
+            host_with_port,
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        return Ok(HttpResponse::build(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+        )
+        .insert_header(("Location", location))
+        .finish());
     }
-    let service = entry.service.clone().ok_or(ProxyError::Unavailable("no Service found with those values"))?;
+    let service = entry.service.clone().ok_or(ProxyError::Unavailable(
+        "no Service found with those values",
+    ))?;
     if !service.enabled {
         return Err(ProxyError::NoRoute);
     }
@@ -149,7 +184,9 @@ async fn proxy(
     let https = scheme == "https";
     let mut short_circuit = None;
     for link in &entry.chain.entries {
-        let Some(runtime) = link.select(ctx.consumer.as_ref().map(|c| c.id), https) else { continue };
+        let Some(runtime) = link.select(ctx.consumer.as_ref().map(|c| c.id), https) else {
+            continue;
+        };
         if ctx.body.is_none() && runtime.needs_body(&ctx) {
             if let Some(p) = payload.take() {
                 ctx.body = Some(buffer(p, state.max_body).await?);
@@ -163,8 +200,23 @@ async fn proxy(
     }
     let mut response = match short_circuit {
         Some(resp) => resp,
-        None => forward(req, payload, &mut ctx, &service, matched.stripped.as_deref(), entry.route.route.preserve_host, &host, state, client, scheme, request_id, started)
-            .await?,
+        None => {
+            forward(
+                req,
+                payload,
+                &mut ctx,
+                &service,
+                matched.stripped.as_deref(),
+                entry.route.route.preserve_host,
+                &host,
+                state,
+                client,
+                scheme,
+                request_id,
+                started,
+            )
+            .await?
+        }
     };
     for runtime in &ran {
         runtime.response_headers(&ctx, response.headers_mut());
@@ -188,7 +240,10 @@ async fn buffer(mut payload: web::Payload, max: usize) -> Result<Bytes, ProxyErr
     Ok(buf.freeze())
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 async fn forward(
     req: &HttpRequest,
     payload: Option<web::Payload>,
@@ -205,18 +260,35 @@ async fn forward(
 ) -> Result<HttpResponse, ProxyError> {
     let path = upstream_path(service.path.as_deref(), stripped, req.uri().path());
     let query = headers::filtered_query(req.query_string(), &ctx.strip_query);
-    let upstream_scheme = if service.protocol == "https" || service.protocol == "grpcs" { "https" } else { "http" };
+    let upstream_scheme = if service.protocol == "https" || service.protocol == "grpcs" {
+        "https"
+    } else {
+        "http"
+    };
     let url = match &query {
-        Some(q) => format!("{upstream_scheme}://{}:{}{path}?{q}", service.host, service.port),
-        None => format!("{upstream_scheme}://{}:{}{path}", service.host, service.port),
+        Some(q) => format!(
+            "{upstream_scheme}://{}:{}{path}?{q}",
+            service.host, service.port
+        ),
+        None => format!(
+            "{upstream_scheme}://{}:{}{path}",
+            service.host, service.port
+        ),
     };
     let mut upstream_headers = HeaderMap::with_capacity(req.headers().len() + 10);
     headers::copy_request_headers(req.headers(), &mut upstream_headers);
     let host_value = if preserve_host {
         req.headers().get(actix_web::http::header::HOST).cloned()
     } else {
-        let default_port = matches!((upstream_scheme, service.port), ("http", 80) | ("https", 443));
-        let h = if default_port { service.host.clone() } else { format!("{}:{}", service.host, service.port) };
+        let default_port = matches!(
+            (upstream_scheme, service.port),
+            ("http", 80) | ("https", 443)
+        );
+        let h = if default_port {
+            service.host.clone()
+        } else {
+            format!("{}:{}", service.host, service.port)
+        };
         HeaderValue::from_str(&h).ok()
     };
     if let Some(h) = host_value {
@@ -250,14 +322,17 @@ async fn forward(
     }
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
     let streams_body = replay_body.is_none() && has_body(req);
-    let timeout = Duration::from_millis(service.connect_timeout.saturating_add(service.read_timeout));
+    let timeout =
+        Duration::from_millis(service.connect_timeout.saturating_add(service.read_timeout));
     let method = req.method().clone();
     let mut attempts = 0u32;
     let mut payload = payload;
     let proxy_latency = started.elapsed();
     let sent_at = Instant::now();
     let upstream = loop {
-        let mut request = client.request(method.clone(), url.as_str()).timeout(timeout);
+        let mut request = client
+            .request(method.clone(), url.as_str())
+            .timeout(timeout);
         for (name, value) in &upstream_headers {
             request = request.append_header((name.clone(), value.clone()));
         }
@@ -278,7 +353,9 @@ async fn forward(
                 attempts += 1;
                 tracing::debug!(error = %e, attempts, "upstream connect failed; retrying");
             }
-            Err(SendRequestError::Connect(awc::error::ConnectError::Timeout)) => return Err(ProxyError::Timeout),
+            Err(SendRequestError::Connect(awc::error::ConnectError::Timeout)) => {
+                return Err(ProxyError::Timeout)
+            }
             Err(e) => return Err(ProxyError::BadGateway(e.to_string())),
         }
     };
@@ -290,9 +367,19 @@ async fn forward(
         }
     }
     builder.append_header((HeaderName::from_static("via"), state.via.clone()));
-    builder.insert_header(("x-portcullis-upstream-latency", upstream_latency.as_millis().to_string()));
-    builder.insert_header(("x-portcullis-proxy-latency", proxy_latency.as_millis().to_string()));
-    let length = upstream.headers().get(actix_web::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    builder.insert_header((
+        "x-portcullis-upstream-latency",
+        upstream_latency.as_millis().to_string(),
+    ));
+    builder.insert_header((
+        "x-portcullis-proxy-latency",
+        proxy_latency.as_millis().to_string(),
+    ));
+    let length = upstream
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let no_body = method == Method::HEAD || matches!(upstream.status().as_u16(), 204 | 304);
     if no_body {
         return Ok(builder.finish());
@@ -304,7 +391,8 @@ async fn forward(
 }
 
 fn has_body(req: &HttpRequest) -> bool {
-    req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
+    req.headers()
+        .contains_key(actix_web::http::header::TRANSFER_ENCODING)
         || req
             .headers()
             .get(actix_web::http::header::CONTENT_LENGTH)

@@ -84,19 +84,34 @@ impl CompiledRoute {
             .headers
             .iter()
             .flatten()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.iter().map(|s| s.to_ascii_lowercase()).collect()))
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    v.iter().map(|s| s.to_ascii_lowercase()).collect(),
+                )
+            })
             .collect();
         let paths = route
             .paths
             .iter()
             .flatten()
             .map(|p| match p.strip_prefix('~') {
-                Some(re) => Regex::new(&format!("^(?:{re})")).map(PathPattern::Regex).map_err(|e| e.to_string()),
+                Some(re) => Regex::new(&format!("^(?:{re})"))
+                    .map(PathPattern::Regex)
+                    .map_err(|e| e.to_string()),
                 None => Ok(PathPattern::Prefix(p.clone())),
             })
             .collect::<Result<_, _>>()?;
-        let https_only = !route.protocols.iter().any(|p| p == "http") && route.protocols.iter().any(|p| p == "https");
-        Ok(Self { route, methods, hosts, headers, paths, https_only })
+        let https_only = !route.protocols.iter().any(|p| p == "http")
+            && route.protocols.iter().any(|p| p == "https");
+        Ok(Self {
+            route,
+            methods,
+            hosts,
+            headers,
+            paths,
+            https_only,
+        })
     }
 }
 
@@ -129,7 +144,9 @@ pub struct ScopedRuntime {
 impl ChainEntry {
     /// The instance to run given the consumer known so far.
     pub fn select(&self, consumer: Option<Uuid>, https: bool) -> Option<&Arc<dyn PluginRuntime>> {
-        let scoped = consumer.and_then(|c| self.by_consumer.get(&c)).or(self.default.as_ref())?;
+        let scoped = consumer
+            .and_then(|c| self.by_consumer.get(&c))
+            .or(self.default.as_ref())?;
         if (https && scoped.https) || (!https && scoped.http) {
             Some(&scoped.runtime)
         } else {
@@ -212,16 +229,30 @@ impl RouterSnapshot {
     pub fn build(parts: SnapshotParts<'_>) -> Self {
         let mut entries = Vec::new();
         for route in parts.routes {
-            let service = route.route.service.and_then(|s| parts.services.get(&s.id).cloned());
-            let chain = parts.chains.get(&route.route.id).cloned().unwrap_or_default();
-            let paths: Vec<Option<PathPattern>> =
-                if route.paths.is_empty() { vec![None] } else { route.paths.iter().cloned().map(Some).collect() };
+            let service = route
+                .route
+                .service
+                .and_then(|s| parts.services.get(&s.id).cloned());
+            let chain = parts
+                .chains
+                .get(&route.route.id)
+                .cloned()
+                .unwrap_or_default();
+            let paths: Vec<Option<PathPattern>> = if route.paths.is_empty() {
+                vec![None]
+            } else {
+                route.paths.iter().cloned().map(Some).collect()
+            };
             for path in paths {
                 let attributes = usize::from(!route.methods.is_empty())
                     + usize::from(!route.hosts.is_empty())
                     + usize::from(!route.headers.is_empty())
                     + usize::from(path.is_some());
-                let plain_host = !route.hosts.is_empty() && route.hosts.iter().all(|h| matches!(h, HostPattern::Exact(_)));
+                let plain_host = !route.hosts.is_empty()
+                    && route
+                        .hosts
+                        .iter()
+                        .all(|h| matches!(h, HostPattern::Exact(_)));
                 let (is_regex, prefix_len) = match &path {
                     Some(PathPattern::Regex(_)) => (true, 0),
                     Some(PathPattern::Prefix(p)) => (false, p.len()),
@@ -232,7 +263,11 @@ impl RouterSnapshot {
                     plain_host,
                     route.headers.len(),
                     is_regex,
-                    if is_regex { route.route.regex_priority } else { 0 },
+                    if is_regex {
+                        route.route.regex_priority
+                    } else {
+                        0
+                    },
                     prefix_len,
                     std::cmp::Reverse(route.route.created_at),
                 );
@@ -255,7 +290,11 @@ impl RouterSnapshot {
             entries,
             consumers: parts.consumers.into_iter().map(|c| (c.id, c)).collect(),
             consumers_by_username,
-            oauth2_by_client_id: parts.credentials.iter().map(|c| (c.client_id.clone(), c.clone())).collect(),
+            oauth2_by_client_id: parts
+                .credentials
+                .iter()
+                .map(|c| (c.client_id.clone(), c.clone()))
+                .collect(),
             oauth2_by_id: parts.credentials.into_iter().map(|c| (c.id, c)).collect(),
             version: parts.version,
         }
@@ -268,11 +307,17 @@ impl RouterSnapshot {
             if !r.methods.is_empty() && !r.methods.contains(input.method) {
                 continue;
             }
-            if !r.hosts.is_empty() && !r.hosts.iter().any(|h| h.matches(input.host, input.host_with_port)) {
+            if !r.hosts.is_empty()
+                && !r
+                    .hosts
+                    .iter()
+                    .any(|h| h.matches(input.host, input.host_with_port))
+            {
                 continue;
             }
             if !r.headers.iter().all(|(name, values)| {
-                (input.header)(name).is_some_and(|v| values.iter().any(|want| want.eq_ignore_ascii_case(&v)))
+                (input.header)(name)
+                    .is_some_and(|v| values.iter().any(|want| want.eq_ignore_ascii_case(&v)))
             }) {
                 continue;
             }
@@ -289,15 +334,26 @@ impl RouterSnapshot {
                     None => continue,
                 },
             };
-            let stripped = if r.route.strip_path { matched_prefix.filter(|p| !p.is_empty() && p != "/") } else { None };
-            return Some(RouteMatch { entry, stripped, https_only: r.https_only });
+            let stripped = if r.route.strip_path {
+                matched_prefix.filter(|p| !p.is_empty() && p != "/")
+            } else {
+                None
+            };
+            return Some(RouteMatch {
+                entry,
+                stripped,
+                https_only: r.https_only,
+            });
         }
         None
     }
 
     /// Finds a consumer by id or username (the `anonymous` setting accepts either).
     pub fn consumer_by_id_or_name(&self, key: &str) -> Option<&Arc<Consumer>> {
-        Uuid::parse_str(key).ok().and_then(|id| self.consumers.get(&id)).or_else(|| self.consumers_by_username.get(key))
+        Uuid::parse_str(key)
+            .ok()
+            .and_then(|id| self.consumers.get(&id))
+            .or_else(|| self.consumers_by_username.get(key))
     }
 }
 
@@ -347,7 +403,11 @@ mod tests {
             (Some("/svc"), Some("/api"), "/apifoo", "/svc/foo"),
         ];
         for (svc, stripped, req, want) in cases {
-            assert_eq!(upstream_path(svc, stripped, req), want, "service {svc:?} stripped {stripped:?} request {req}");
+            assert_eq!(
+                upstream_path(svc, stripped, req),
+                want,
+                "service {svc:?} stripped {stripped:?} request {req}"
+            );
         }
     }
 }

@@ -1,12 +1,18 @@
 //! The behaviour every store must show. Each function panics (test failure) on a deviation; the
 //! stores' tests call them against every implementation (memory now, Postgres and Redis later).
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "contract checks are test code")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "contract checks are test code"
+)]
 
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::model::{entities, CodeRecord, Document, ListFilter, RefreshOutcome, TokenHash, TokenRecord};
+use crate::model::{
+    entities, CodeRecord, Document, ListFilter, RefreshOutcome, TokenHash, TokenRecord,
+};
 use crate::{ConfigStore, RefreshReplacement, StoreError, TokenStore};
 
 fn doc(v: serde_json::Value) -> Document {
@@ -17,13 +23,22 @@ fn doc(v: serde_json::Value) -> Document {
 pub async fn config_store_contract(store: &dyn ConfigStore) {
     let svc = Uuid::new_v4();
     store
-        .insert(&entities::SERVICES, doc(json!({"id": svc.to_string(), "name": "s1", "host": "a"})))
+        .insert(
+            &entities::SERVICES,
+            doc(json!({"id": svc.to_string(), "name": "s1", "host": "a"})),
+        )
         .await
         .unwrap();
     let dup = store
-        .insert(&entities::SERVICES, doc(json!({"id": Uuid::new_v4().to_string(), "name": "s1", "host": "b"})))
+        .insert(
+            &entities::SERVICES,
+            doc(json!({"id": Uuid::new_v4().to_string(), "name": "s1", "host": "b"})),
+        )
         .await;
-    assert!(matches!(dup, Err(StoreError::UniqueViolation { .. })), "duplicate name must be refused: {dup:?}");
+    assert!(
+        matches!(dup, Err(StoreError::UniqueViolation { .. })),
+        "duplicate name must be refused: {dup:?}"
+    );
 
     let missing = Uuid::new_v4();
     let dangling = store
@@ -32,11 +47,17 @@ pub async fn config_store_contract(store: &dyn ConfigStore) {
             doc(json!({"id": Uuid::new_v4().to_string(), "service": {"id": missing.to_string()}})),
         )
         .await;
-    assert!(matches!(dangling, Err(StoreError::ForeignKeyMissing { .. })), "dangling FK: {dangling:?}");
+    assert!(
+        matches!(dangling, Err(StoreError::ForeignKeyMissing { .. })),
+        "dangling FK: {dangling:?}"
+    );
 
     let route = Uuid::new_v4();
     store
-        .insert(&entities::ROUTES, doc(json!({"id": route.to_string(), "name": "r1", "service": {"id": svc.to_string()}})))
+        .insert(
+            &entities::ROUTES,
+            doc(json!({"id": route.to_string(), "name": "r1", "service": {"id": svc.to_string()}})),
+        )
         .await
         .unwrap();
     let plugin = Uuid::new_v4();
@@ -53,17 +74,43 @@ pub async fn config_store_contract(store: &dyn ConfigStore) {
             doc(json!({"id": Uuid::new_v4().to_string(), "name": "p", "route": {"id": route.to_string()}, "service": null, "consumer": null})),
         )
         .await;
-    assert!(matches!(same_scope, Err(StoreError::UniqueViolation { .. })), "plugin scope unique: {same_scope:?}");
+    assert!(
+        matches!(same_scope, Err(StoreError::UniqueViolation { .. })),
+        "plugin scope unique: {same_scope:?}"
+    );
 
     let restricted = store.delete(&entities::SERVICES, svc).await;
-    assert!(matches!(restricted, Err(StoreError::ReferencedBy { referenced_by: "routes", .. })));
-    assert!(store.get(&entities::SERVICES, svc).await.unwrap().is_some(), "restricted delete removed nothing");
+    assert!(matches!(
+        restricted,
+        Err(StoreError::ReferencedBy {
+            referenced_by: "routes",
+            ..
+        })
+    ));
+    assert!(
+        store.get(&entities::SERVICES, svc).await.unwrap().is_some(),
+        "restricted delete removed nothing"
+    );
 
     let removed = store.delete(&entities::ROUTES, route).await.unwrap();
     assert_eq!(removed[0], ("routes", route));
-    assert!(removed.contains(&("plugins", plugin)), "cascade to plugins: {removed:?}");
-    assert!(store.get(&entities::PLUGINS, plugin).await.unwrap().is_none());
-    assert!(store.delete(&entities::ROUTES, route).await.unwrap().is_empty(), "second delete is a no-op");
+    assert!(
+        removed.contains(&("plugins", plugin)),
+        "cascade to plugins: {removed:?}"
+    );
+    assert!(store
+        .get(&entities::PLUGINS, plugin)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        store
+            .delete(&entities::ROUTES, route)
+            .await
+            .unwrap()
+            .is_empty(),
+        "second delete is a no-op"
+    );
 
     for i in 0..5 {
         store
@@ -75,7 +122,10 @@ pub async fn config_store_contract(store: &dyn ConfigStore) {
             .unwrap();
     }
     let mut seen = Vec::new();
-    let mut filter = ListFilter { size: 2, ..ListFilter::default() };
+    let mut filter = ListFilter {
+        size: 2,
+        ..ListFilter::default()
+    };
     loop {
         let page = store.list(&entities::CONSUMERS, &filter).await.unwrap();
         assert!(page.data.len() <= 2);
@@ -87,15 +137,32 @@ pub async fn config_store_contract(store: &dyn ConfigStore) {
     }
     assert_eq!(seen.len(), 5, "pages cover every row once");
     let even = store
-        .list(&entities::CONSUMERS, &ListFilter { size: 100, tags: Some((vec!["even".into()], true)), ..ListFilter::default() })
+        .list(
+            &entities::CONSUMERS,
+            &ListFilter {
+                size: 100,
+                tags: Some((vec!["even".into()], true)),
+                ..ListFilter::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(even.data.len(), 3);
     let bad = store
-        .list(&entities::CONSUMERS, &ListFilter { size: 10, offset: Some("garbage".into()), ..ListFilter::default() })
+        .list(
+            &entities::CONSUMERS,
+            &ListFilter {
+                size: 10,
+                offset: Some("garbage".into()),
+                ..ListFilter::default()
+            },
+        )
         .await;
     assert!(matches!(bad, Err(StoreError::InvalidOffset)));
-    let by_name = store.get_by(&entities::CONSUMERS, "username", "u3").await.unwrap();
+    let by_name = store
+        .get_by(&entities::CONSUMERS, "username", "u3")
+        .await
+        .unwrap();
     assert!(by_name.is_some());
 }
 
@@ -127,18 +194,52 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
     let family = Uuid::new_v4();
     let t1 = token(1, Some(2), family, now);
     store.insert_token(t1.clone()).await.unwrap();
-    assert_eq!(store.token_by_access(&hash(1), now).await.unwrap(), Some(t1.clone()));
-    assert_eq!(store.token_by_access(&hash(1), now + 601).await.unwrap(), None, "row past its TTL is invisible");
+    assert_eq!(
+        store.token_by_access(&hash(1), now).await.unwrap(),
+        Some(t1.clone())
+    );
+    assert_eq!(
+        store.token_by_access(&hash(1), now + 601).await.unwrap(),
+        None,
+        "row past its TTL is invisible"
+    );
 
     let t2 = token(3, Some(4), family, now + 1);
-    let won = store.redeem_refresh(&hash(2), RefreshReplacement::Rotate(Box::new(t2.clone())), now + 1).await.unwrap();
+    let won = store
+        .redeem_refresh(
+            &hash(2),
+            RefreshReplacement::Rotate(Box::new(t2.clone())),
+            now + 1,
+        )
+        .await
+        .unwrap();
     assert_eq!(won, RefreshOutcome::Redeemed(Box::new(t2.clone())));
-    assert_eq!(store.token_by_access(&hash(1), now + 1).await.unwrap(), None, "rotation kills the old access token");
-    let again = store.redeem_refresh(&hash(2), RefreshReplacement::Rotate(Box::new(token(5, Some(6), family, now))), now + 2).await.unwrap();
-    assert_eq!(again, RefreshOutcome::Reused { family_id: family, rotated_at: now + 1 });
+    assert_eq!(
+        store.token_by_access(&hash(1), now + 1).await.unwrap(),
+        None,
+        "rotation kills the old access token"
+    );
+    let again = store
+        .redeem_refresh(
+            &hash(2),
+            RefreshReplacement::Rotate(Box::new(token(5, Some(6), family, now))),
+            now + 2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        RefreshOutcome::Reused {
+            family_id: family,
+            rotated_at: now + 1
+        }
+    );
     let revoked = store.revoke_family(family).await.unwrap();
     assert_eq!(revoked.len(), 1);
-    assert_eq!(store.token_by_access(&hash(3), now + 2).await.unwrap(), None);
+    assert_eq!(
+        store.token_by_access(&hash(3), now + 2).await.unwrap(),
+        None
+    );
 
     let code = CodeRecord {
         id: Uuid::new_v4(),
@@ -155,10 +256,23 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         expires_at: now + 300,
     };
     store.insert_code(code.clone()).await.unwrap();
-    assert_eq!(store.take_code(&hash(9), now).await.unwrap(), Some(code.clone()));
-    assert!(matches!(store.take_code(&hash(9), now).await, Err(StoreError::CodeReplayed { code_id }) if code_id == code.id));
+    assert_eq!(
+        store.take_code(&hash(9), now).await.unwrap(),
+        Some(code.clone())
+    );
+    assert!(
+        matches!(store.take_code(&hash(9), now).await, Err(StoreError::CodeReplayed { code_id }) if code_id == code.id)
+    );
 
-    let expired_code = CodeRecord { id: Uuid::new_v4(), code_hash: hash(10), ..code };
+    let expired_code = CodeRecord {
+        id: Uuid::new_v4(),
+        code_hash: hash(10),
+        ..code
+    };
     store.insert_code(expired_code).await.unwrap();
-    assert_eq!(store.take_code(&hash(10), now + 301).await.unwrap(), None, "expired code is refused");
+    assert_eq!(
+        store.take_code(&hash(10), now + 301).await.unwrap(),
+        None,
+        "expired code is refused"
+    );
 }

@@ -36,13 +36,21 @@ pub trait ConfigStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// Unique or foreign-key violations, or an unavailable backend.
-    async fn insert(&self, entity: &'static EntityDef, doc: Document) -> Result<Document, StoreError>;
+    async fn insert(
+        &self,
+        entity: &'static EntityDef,
+        doc: Document,
+    ) -> Result<Document, StoreError>;
 
     /// Replaces the document with `doc["id"]`, which must exist.
     ///
     /// # Errors
     /// [`StoreError::NotFound`], unique or foreign-key violations, or an unavailable backend.
-    async fn update(&self, entity: &'static EntityDef, doc: Document) -> Result<Document, StoreError>;
+    async fn update(
+        &self,
+        entity: &'static EntityDef,
+        doc: Document,
+    ) -> Result<Document, StoreError>;
 
     /// Deletes a document and, following the foreign-key rules, everything that depends on it.
     /// Returns every `(entity name, id)` removed, the document itself first; empty when absent.
@@ -59,7 +67,11 @@ pub trait ConfigStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// An unavailable backend.
-    async fn get(&self, entity: &'static EntityDef, id: Uuid) -> Result<Option<Document>, StoreError>;
+    async fn get(
+        &self,
+        entity: &'static EntityDef,
+        id: Uuid,
+    ) -> Result<Option<Document>, StoreError>;
 
     /// Reads one document by a unique text field (a name, a username, a client_id).
     ///
@@ -76,7 +88,11 @@ pub trait ConfigStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::InvalidOffset`] or an unavailable backend.
-    async fn list(&self, entity: &'static EntityDef, filter: &ListFilter) -> Result<Page, StoreError>;
+    async fn list(
+        &self,
+        entity: &'static EntityDef,
+        filter: &ListFilter,
+    ) -> Result<Page, StoreError>;
 
     /// Every document of an entity, for compiling the router snapshot.
     ///
@@ -98,7 +114,11 @@ pub trait TokenStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// An unavailable backend.
-    async fn token_by_access(&self, hash: &TokenHash, now: i64) -> Result<Option<TokenRecord>, StoreError>;
+    async fn token_by_access(
+        &self,
+        hash: &TokenHash,
+        now: i64,
+    ) -> Result<Option<TokenRecord>, StoreError>;
 
     /// Finds a live token by id.
     ///
@@ -151,7 +171,8 @@ pub trait TokenStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::CodeReplayed`] or an unavailable backend.
-    async fn take_code(&self, hash: &TokenHash, now: i64) -> Result<Option<CodeRecord>, StoreError>;
+    async fn take_code(&self, hash: &TokenHash, now: i64)
+        -> Result<Option<CodeRecord>, StoreError>;
 
     /// Deletes every token issued from the given authorization code.
     ///
@@ -163,13 +184,21 @@ pub trait TokenStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// An unavailable backend.
-    async fn delete_owned_by(&self, credentials: &[Uuid], services: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError>;
+    async fn delete_owned_by(
+        &self,
+        credentials: &[Uuid],
+        services: &[Uuid],
+    ) -> Result<Vec<TokenRecord>, StoreError>;
 
     /// Lists live tokens in id order.
     ///
     /// # Errors
     /// [`StoreError::InvalidOffset`] or an unavailable backend.
-    async fn list_tokens(&self, filter: &TokenFilter, now: i64) -> Result<(Vec<TokenRecord>, Option<String>), StoreError>;
+    async fn list_tokens(
+        &self,
+        filter: &TokenFilter,
+        now: i64,
+    ) -> Result<(Vec<TokenRecord>, Option<String>), StoreError>;
 
     /// Removes at most `batch` expired tokens, codes and rotation tombstones; returns how many.
     ///

@@ -49,7 +49,10 @@ pub fn doc_id(doc: &Document) -> Result<Uuid, StoreError> {
 
 /// Reads a foreign key `{"id": …}` field.
 pub fn foreign_id(doc: &Document, field: &str) -> Option<Uuid> {
-    doc.get(field)?.get("id")?.as_str().and_then(|s| Uuid::parse_str(s).ok())
+    doc.get(field)?
+        .get("id")?
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
 }
 
 /// The value of a unique key of `doc`, or `None` when the key does not apply (single-field null).
@@ -93,10 +96,12 @@ fn check_constraints(
     let empty = BTreeMap::new();
     let rows = tables.get(def.name).unwrap_or(&empty);
     for key in def.unique {
-        let Some(value) = unique_key_value(doc, key) else { continue };
-        let taken = rows
-            .iter()
-            .any(|(other, row)| *other != id && unique_key_value(row, key).as_ref() == Some(&value));
+        let Some(value) = unique_key_value(doc, key) else {
+            continue;
+        };
+        let taken = rows.iter().any(|(other, row)| {
+            *other != id && unique_key_value(row, key).as_ref() == Some(&value)
+        });
         if taken {
             let fields = key
                 .iter()
@@ -109,9 +114,15 @@ fn check_constraints(
     }
     for fk in def.foreign_keys {
         if let Some(target) = foreign_id(doc, fk.field) {
-            let exists = tables.get(fk.references).is_some_and(|t| t.contains_key(&target));
+            let exists = tables
+                .get(fk.references)
+                .is_some_and(|t| t.contains_key(&target));
             if !exists {
-                return Err(StoreError::ForeignKeyMissing { field: fk.field, references: fk.references, id: target });
+                return Err(StoreError::ForeignKeyMissing {
+                    field: fk.field,
+                    references: fk.references,
+                    id: target,
+                });
             }
         }
     }
@@ -130,16 +141,28 @@ fn collect_delete(
     }
     out.push((def.name, id));
     for child in entities::ALL {
-        for fk in child.foreign_keys.iter().filter(|fk| fk.references == def.name) {
-            let Some(rows) = tables.get(child.name) else { continue };
-            let refs: Vec<Uuid> =
-                rows.iter().filter(|(_, row)| foreign_id(row, fk.field) == Some(id)).map(|(cid, _)| *cid).collect();
+        for fk in child
+            .foreign_keys
+            .iter()
+            .filter(|fk| fk.references == def.name)
+        {
+            let Some(rows) = tables.get(child.name) else {
+                continue;
+            };
+            let refs: Vec<Uuid> = rows
+                .iter()
+                .filter(|(_, row)| foreign_id(row, fk.field) == Some(id))
+                .map(|(cid, _)| *cid)
+                .collect();
             if refs.is_empty() {
                 continue;
             }
             match fk.on_delete {
                 OnDelete::Restrict => {
-                    return Err(StoreError::ReferencedBy { entity: def.name, referenced_by: child.name })
+                    return Err(StoreError::ReferencedBy {
+                        entity: def.name,
+                        referenced_by: child.name,
+                    })
                 }
                 OnDelete::Cascade => {
                     for cid in refs {
@@ -182,7 +205,11 @@ impl ConfigStore for MemoryConfigStore {
         Ok(doc)
     }
 
-    async fn delete(&self, def: &'static EntityDef, id: Uuid) -> Result<Vec<(&'static str, Uuid)>, StoreError> {
+    async fn delete(
+        &self,
+        def: &'static EntityDef,
+        id: Uuid,
+    ) -> Result<Vec<(&'static str, Uuid)>, StoreError> {
         let mut tables = self.write();
         if !tables.get(def.name).is_some_and(|t| t.contains_key(&id)) {
             return Ok(Vec::new());
@@ -201,27 +228,48 @@ impl ConfigStore for MemoryConfigStore {
         Ok(self.read().get(def.name).and_then(|t| t.get(&id)).cloned())
     }
 
-    async fn get_by(&self, def: &'static EntityDef, field: &str, value: &str) -> Result<Option<Document>, StoreError> {
+    async fn get_by(
+        &self,
+        def: &'static EntityDef,
+        field: &str,
+        value: &str,
+    ) -> Result<Option<Document>, StoreError> {
         let tables = self.read();
         Ok(tables
             .get(def.name)
-            .and_then(|t| t.values().find(|d| d.get(field).and_then(Value::as_str) == Some(value)))
+            .and_then(|t| {
+                t.values()
+                    .find(|d| d.get(field).and_then(Value::as_str) == Some(value))
+            })
             .cloned())
     }
 
     async fn list(&self, def: &'static EntityDef, filter: &ListFilter) -> Result<Page, StoreError> {
         let after = filter.offset.as_deref().map(decode_offset).transpose()?;
         let tables = self.read();
-        let Some(rows) = tables.get(def.name) else { return Ok(Page::default()) };
+        let Some(rows) = tables.get(def.name) else {
+            return Ok(Page::default());
+        };
         let size = filter.size.max(1);
         let mut matching = rows
             .iter()
             .filter(|(id, _)| after.is_none_or(|a| **id > a))
-            .filter(|(_, d)| filter.foreign.is_none_or(|(f, fid)| foreign_id(d, f) == Some(fid)))
+            .filter(|(_, d)| {
+                filter
+                    .foreign
+                    .is_none_or(|(f, fid)| foreign_id(d, f) == Some(fid))
+            })
             .filter(|(_, d)| filter.tags.as_ref().is_none_or(|t| tags_match(d, t)));
-        let data: Vec<Document> = matching.by_ref().take(size).map(|(_, d)| d.clone()).collect();
+        let data: Vec<Document> = matching
+            .by_ref()
+            .take(size)
+            .map(|(_, d)| d.clone())
+            .collect();
         let next_offset = if matching.next().is_some() {
-            data.last().and_then(|d| d.get("id")).and_then(Value::as_str).map(str::to_string)
+            data.last()
+                .and_then(|d| d.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
         } else {
             None
         };
@@ -229,7 +277,11 @@ impl ConfigStore for MemoryConfigStore {
     }
 
     async fn all(&self, def: &'static EntityDef) -> Result<Vec<Document>, StoreError> {
-        Ok(self.read().get(def.name).map(|t| t.values().cloned().collect()).unwrap_or_default())
+        Ok(self
+            .read()
+            .get(def.name)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default())
     }
 }
 
@@ -261,15 +313,20 @@ impl MemoryTokenStore {
 
     fn insert_locked(&self, t: &mut TokenTables, token: TokenRecord) -> Result<(), StoreError> {
         if self.by_access.contains_key(&token.access_token_hash)
-            || token.refresh_token_hash.is_some_and(|r| t.by_refresh.contains_key(&r))
+            || token
+                .refresh_token_hash
+                .is_some_and(|r| t.by_refresh.contains_key(&r))
             || t.by_id.contains_key(&token.id)
         {
-            return Err(StoreError::UniqueViolation { fields: serde_json::Map::new() });
+            return Err(StoreError::UniqueViolation {
+                fields: serde_json::Map::new(),
+            });
         }
         if let Some(r) = token.refresh_token_hash {
             t.by_refresh.insert(r, token.id);
         }
-        self.by_access.insert(token.access_token_hash, token.clone());
+        self.by_access
+            .insert(token.access_token_hash, token.clone());
         t.by_id.insert(token.id, token);
         Ok(())
     }
@@ -286,7 +343,9 @@ impl MemoryTokenStore {
     fn remove_where(&self, pred: impl Fn(&TokenRecord) -> bool) -> Vec<TokenRecord> {
         let mut t = self.lock();
         let ids: Vec<Uuid> = t.by_id.values().filter(|r| pred(r)).map(|r| r.id).collect();
-        ids.into_iter().filter_map(|id| self.remove_locked(&mut t, id)).collect()
+        ids.into_iter()
+            .filter_map(|id| self.remove_locked(&mut t, id))
+            .collect()
     }
 }
 
@@ -297,17 +356,32 @@ impl TokenStore for MemoryTokenStore {
         self.insert_locked(&mut t, token)
     }
 
-    async fn token_by_access(&self, hash: &TokenHash, now: i64) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self.by_access.get(hash).map(|r| r.clone()).filter(|r| r.row_live_at(now)))
+    async fn token_by_access(
+        &self,
+        hash: &TokenHash,
+        now: i64,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self
+            .by_access
+            .get(hash)
+            .map(|r| r.clone())
+            .filter(|r| r.row_live_at(now)))
     }
 
     async fn token_by_id(&self, id: Uuid, now: i64) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self.lock().by_id.get(&id).cloned().filter(|r| r.row_live_at(now)))
+        Ok(self
+            .lock()
+            .by_id
+            .get(&id)
+            .cloned()
+            .filter(|r| r.row_live_at(now)))
     }
 
     async fn update_token(&self, token: TokenRecord) -> Result<(), StoreError> {
         let mut t = self.lock();
-        let Some(old) = self.remove_locked(&mut t, token.id) else { return Err(StoreError::NotFound) };
+        let Some(old) = self.remove_locked(&mut t, token.id) else {
+            return Err(StoreError::NotFound);
+        };
         if let Err(e) = self.insert_locked(&mut t, token) {
             // Put the old row back: a rejected update changes nothing.
             self.insert_locked(&mut t, old)?;
@@ -328,12 +402,17 @@ impl TokenStore for MemoryTokenStore {
         now: i64,
     ) -> Result<RefreshOutcome, StoreError> {
         let mut t = self.lock();
-        let live = t.by_refresh.get(refresh).copied().and_then(|id| t.by_id.get(&id).cloned());
+        let live = t
+            .by_refresh
+            .get(refresh)
+            .copied()
+            .and_then(|id| t.by_id.get(&id).cloned());
         let Some(old) = live.filter(|r| r.row_live_at(now)) else {
             return Ok(match t.rotated.get(refresh) {
-                Some((family_id, rotated_at)) => {
-                    RefreshOutcome::Reused { family_id: *family_id, rotated_at: *rotated_at }
-                }
+                Some((family_id, rotated_at)) => RefreshOutcome::Reused {
+                    family_id: *family_id,
+                    rotated_at: *rotated_at,
+                },
                 None => RefreshOutcome::NotFound,
             });
         };
@@ -345,9 +424,19 @@ impl TokenStore for MemoryTokenStore {
                 self.insert_locked(&mut t, new.clone())?;
                 Ok(RefreshOutcome::Redeemed(Box::new(new)))
             }
-            RefreshReplacement::Renew { access_token_hash, expires_in, expires_at } => {
+            RefreshReplacement::Renew {
+                access_token_hash,
+                expires_in,
+                expires_at,
+            } => {
                 self.remove_locked(&mut t, old.id);
-                let renewed = TokenRecord { access_token_hash, expires_in, expires_at, created_at: now, ..old };
+                let renewed = TokenRecord {
+                    access_token_hash,
+                    expires_in,
+                    expires_at,
+                    created_at: now,
+                    ..old
+                };
                 self.insert_locked(&mut t, renewed.clone())?;
                 Ok(RefreshOutcome::Redeemed(Box::new(renewed)))
             }
@@ -361,18 +450,26 @@ impl TokenStore for MemoryTokenStore {
     async fn insert_code(&self, code: CodeRecord) -> Result<(), StoreError> {
         let mut t = self.lock();
         if t.codes.contains_key(&code.code_hash) {
-            return Err(StoreError::UniqueViolation { fields: serde_json::Map::new() });
+            return Err(StoreError::UniqueViolation {
+                fields: serde_json::Map::new(),
+            });
         }
         t.codes.insert(code.code_hash, code);
         Ok(())
     }
 
-    async fn take_code(&self, hash: &TokenHash, now: i64) -> Result<Option<CodeRecord>, StoreError> {
+    async fn take_code(
+        &self,
+        hash: &TokenHash,
+        now: i64,
+    ) -> Result<Option<CodeRecord>, StoreError> {
         let mut t = self.lock();
         if let Some((code_id, _)) = t.used_codes.get(hash) {
             return Err(StoreError::CodeReplayed { code_id: *code_id });
         }
-        let Some(code) = t.codes.remove(hash) else { return Ok(None) };
+        let Some(code) = t.codes.remove(hash) else {
+            return Ok(None);
+        };
         if code.expires_at < now {
             return Ok(None);
         }
@@ -381,24 +478,39 @@ impl TokenStore for MemoryTokenStore {
     }
 
     async fn revoke_by_code(&self, code_id: Uuid) -> Result<Vec<TokenRecord>, StoreError> {
-        let family: Vec<Uuid> =
-            self.lock().by_id.values().filter(|r| r.code_id == Some(code_id)).map(|r| r.family_id).collect();
+        let family: Vec<Uuid> = self
+            .lock()
+            .by_id
+            .values()
+            .filter(|r| r.code_id == Some(code_id))
+            .map(|r| r.family_id)
+            .collect();
         Ok(self.remove_where(|r| r.code_id == Some(code_id) || family.contains(&r.family_id)))
     }
 
-    async fn delete_owned_by(&self, credentials: &[Uuid], services: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError> {
+    async fn delete_owned_by(
+        &self,
+        credentials: &[Uuid],
+        services: &[Uuid],
+    ) -> Result<Vec<TokenRecord>, StoreError> {
         {
             let mut t = self.lock();
             t.codes.retain(|_, c| {
-                !credentials.contains(&c.credential_id) && !c.service_id.is_some_and(|s| services.contains(&s))
+                !credentials.contains(&c.credential_id)
+                    && !c.service_id.is_some_and(|s| services.contains(&s))
             });
         }
         Ok(self.remove_where(|r| {
-            credentials.contains(&r.credential_id) || r.service_id.is_some_and(|s| services.contains(&s))
+            credentials.contains(&r.credential_id)
+                || r.service_id.is_some_and(|s| services.contains(&s))
         }))
     }
 
-    async fn list_tokens(&self, filter: &TokenFilter, now: i64) -> Result<(Vec<TokenRecord>, Option<String>), StoreError> {
+    async fn list_tokens(
+        &self,
+        filter: &TokenFilter,
+        now: i64,
+    ) -> Result<(Vec<TokenRecord>, Option<String>), StoreError> {
         let after = filter.offset.as_deref().map(decode_offset).transpose()?;
         let t = self.lock();
         let mut matching = t
@@ -408,23 +520,38 @@ impl TokenStore for MemoryTokenStore {
             .filter(|r| r.row_live_at(now))
             .filter(|r| filter.credential_id.is_none_or(|c| r.credential_id == c))
             .filter(|r| filter.service_id.is_none_or(|s| r.service_id == Some(s)));
-        let data: Vec<TokenRecord> = matching.by_ref().take(filter.size.max(1)).cloned().collect();
-        let next = if matching.next().is_some() { data.last().map(|r| r.id.to_string()) } else { None };
+        let data: Vec<TokenRecord> = matching
+            .by_ref()
+            .take(filter.size.max(1))
+            .cloned()
+            .collect();
+        let next = if matching.next().is_some() {
+            data.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
         Ok((data, next))
     }
 
     async fn purge_expired(&self, now: i64, batch: usize) -> Result<u64, StoreError> {
         let mut t = self.lock();
-        let expired: Vec<Uuid> =
-            t.by_id.values().filter(|r| !r.row_live_at(now)).take(batch).map(|r| r.id).collect();
+        let expired: Vec<Uuid> = t
+            .by_id
+            .values()
+            .filter(|r| !r.row_live_at(now))
+            .take(batch)
+            .map(|r| r.id)
+            .collect();
         let mut removed = expired.len() as u64;
         for id in expired {
             self.remove_locked(&mut t, id);
         }
         let before = t.codes.len() + t.rotated.len() + t.used_codes.len();
         t.codes.retain(|_, c| c.expires_at >= now);
-        t.rotated.retain(|_, (_, at)| now - *at <= TOMBSTONE_SECONDS);
-        t.used_codes.retain(|_, (_, at)| now - *at <= TOMBSTONE_SECONDS);
+        t.rotated
+            .retain(|_, (_, at)| now - *at <= TOMBSTONE_SECONDS);
+        t.used_codes
+            .retain(|_, (_, at)| now - *at <= TOMBSTONE_SECONDS);
         removed += (before - t.codes.len() - t.rotated.len() - t.used_codes.len()) as u64;
         Ok(removed)
     }

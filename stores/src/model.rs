@@ -45,35 +45,71 @@ pub mod entities {
     use super::{EntityDef, ForeignKeyDef, OnDelete};
 
     /// Upstream services.
-    pub static SERVICES: EntityDef = EntityDef { name: "services", unique: &[&["name"]], foreign_keys: &[] };
+    pub static SERVICES: EntityDef = EntityDef {
+        name: "services",
+        unique: &[&["name"]],
+        foreign_keys: &[],
+    };
     /// Routes, restricted by their service.
     pub static ROUTES: EntityDef = EntityDef {
         name: "routes",
         unique: &[&["name"]],
-        foreign_keys: &[ForeignKeyDef { field: "service", references: "services", on_delete: OnDelete::Restrict }],
+        foreign_keys: &[ForeignKeyDef {
+            field: "service",
+            references: "services",
+            on_delete: OnDelete::Restrict,
+        }],
     };
     /// Consumers.
-    pub static CONSUMERS: EntityDef =
-        EntityDef { name: "consumers", unique: &[&["username"], &["custom_id"]], foreign_keys: &[] };
+    pub static CONSUMERS: EntityDef = EntityDef {
+        name: "consumers",
+        unique: &[&["username"], &["custom_id"]],
+        foreign_keys: &[],
+    };
     /// Plugin instances; one per name and scope.
     pub static PLUGINS: EntityDef = EntityDef {
         name: "plugins",
-        unique: &[&["instance_name"], &["name", "route", "service", "consumer"]],
+        unique: &[
+            &["instance_name"],
+            &["name", "route", "service", "consumer"],
+        ],
         foreign_keys: &[
-            ForeignKeyDef { field: "service", references: "services", on_delete: OnDelete::Cascade },
-            ForeignKeyDef { field: "route", references: "routes", on_delete: OnDelete::Cascade },
-            ForeignKeyDef { field: "consumer", references: "consumers", on_delete: OnDelete::Cascade },
+            ForeignKeyDef {
+                field: "service",
+                references: "services",
+                on_delete: OnDelete::Cascade,
+            },
+            ForeignKeyDef {
+                field: "route",
+                references: "routes",
+                on_delete: OnDelete::Cascade,
+            },
+            ForeignKeyDef {
+                field: "consumer",
+                references: "consumers",
+                on_delete: OnDelete::Cascade,
+            },
         ],
     };
     /// OAuth 2.0 client credentials, owned by a consumer.
     pub static OAUTH2_CREDENTIALS: EntityDef = EntityDef {
         name: "oauth2_credentials",
         unique: &[&["client_id"]],
-        foreign_keys: &[ForeignKeyDef { field: "consumer", references: "consumers", on_delete: OnDelete::Cascade }],
+        foreign_keys: &[ForeignKeyDef {
+            field: "consumer",
+            references: "consumers",
+            on_delete: OnDelete::Cascade,
+        }],
     };
 
     /// All configuration entities, referenced before referencing.
-    pub static ALL: [&EntityDef; 5] = [&SERVICES, &ROUTES, &CONSUMERS, &PLUGINS, &OAUTH2_CREDENTIALS];
+    pub static ALL: [&EntityDef; 5] = [
+        &SERVICES,
+        &ROUTES,
+        &CONSUMERS,
+        &PLUGINS,
+        &OAUTH2_CREDENTIALS,
+    ];
 
     /// Looks an entity up by name.
     pub fn by_name(name: &str) -> Option<&'static EntityDef> {

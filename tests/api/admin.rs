@@ -7,7 +7,12 @@ use crate::helpers::spawn_app;
 #[actix_web::test]
 async fn create_service_with_url_shorthand_fills_defaults() {
     let app = spawn_app().await;
-    let (status, body) = app.admin_post("/services", json!({"name": "s1", "url": "https://example.com:8443/api"})).await;
+    let (status, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": "s1", "url": "https://example.com:8443/api"}),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["protocol"], "https");
     assert_eq!(body["host"], "example.com");
@@ -20,12 +25,19 @@ async fn create_service_with_url_shorthand_fills_defaults() {
 #[actix_web::test]
 async fn duplicate_name_is_409_with_kong_body() {
     let app = spawn_app().await;
-    let (s, _) = app.admin_post("/services", json!({"name": "dup", "host": "a.test"})).await;
+    let (s, _) = app
+        .admin_post("/services", json!({"name": "dup", "host": "a.test"}))
+        .await;
     assert_eq!(s, 201);
-    let (s, body) = app.admin_post("/services", json!({"name": "dup", "host": "b.test"})).await;
+    let (s, body) = app
+        .admin_post("/services", json!({"name": "dup", "host": "b.test"}))
+        .await;
     assert_eq!(s, 409);
     assert_eq!(body["code"], 5);
     assert_eq!(body["name"], "unique constraint violation");
-    assert_eq!(body["message"], "UNIQUE violation detected on '{name=\"dup\"}'");
+    assert_eq!(
+        body["message"],
+        "UNIQUE violation detected on '{name=\"dup\"}'"
+    );
     assert_eq!(body["fields"], json!({"name": "dup"}));
 }

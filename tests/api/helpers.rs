@@ -46,11 +46,26 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
     portcullis::telemetry::init(&settings);
     let app = Application::build(settings).await.expect("gateway builds");
     let admin = format!("http://127.0.0.1:{}", app.admin_port().expect("admin port"));
-    let admin_tls = app.admin_tls_port().map(|p| format!("https://127.0.0.1:{p}")).unwrap_or_default();
-    let proxy = app.proxy_port().map(|p| format!("http://127.0.0.1:{p}")).unwrap_or_default();
-    let proxy_tls = app.proxy_tls_port().map(|p| format!("https://127.0.0.1:{p}")).unwrap_or_default();
+    let admin_tls = app
+        .admin_tls_port()
+        .map(|p| format!("https://127.0.0.1:{p}"))
+        .unwrap_or_default();
+    let proxy = app
+        .proxy_port()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .unwrap_or_default();
+    let proxy_tls = app
+        .proxy_tls_port()
+        .map(|p| format!("https://127.0.0.1:{p}"))
+        .unwrap_or_default();
     actix_rt::spawn(app.run_until_stopped());
-    TestApp { admin, proxy, proxy_tls, admin_tls, http: client() }
+    TestApp {
+        admin,
+        proxy,
+        proxy_tls,
+        admin_tls,
+        http: client(),
+    }
 }
 
 /// A client that trusts any certificate (the generated one is self-signed).
@@ -66,16 +81,33 @@ pub fn client() -> reqwest::Client {
 impl TestApp {
     /// POST JSON to the admin API; returns status and body.
     pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.admin)).json(&body).send().await.expect("admin reachable");
+        let r = self
+            .http
+            .post(format!("{}{path}", self.admin))
+            .json(&body)
+            .send()
+            .await
+            .expect("admin reachable");
         status_json(r).await
     }
     /// POST a form to the admin API.
     pub async fn admin_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.admin)).form(form).send().await.expect("admin reachable");
+        let r = self
+            .http
+            .post(format!("{}{path}", self.admin))
+            .form(form)
+            .send()
+            .await
+            .expect("admin reachable");
         status_json(r).await
     }
     /// Any method with an optional JSON body.
-    pub async fn admin_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut rb = self.http.request(method, format!("{}{path}", self.admin));
         if let Some(b) = body {
             rb = rb.json(&b);
@@ -88,16 +120,26 @@ impl TestApp {
     }
     /// Creates a service pointing at `url` and a route with `paths`; returns (service, route).
     pub async fn expose(&self, name: &str, url: &str, paths: &[&str]) -> (Value, Value) {
-        let (s, service) = self.admin_post("/services", json!({ "name": name, "url": url })).await;
+        let (s, service) = self
+            .admin_post("/services", json!({ "name": name, "url": url }))
+            .await;
         assert_eq!(s, 201, "service created: {service}");
-        let (s, route) =
-            self.admin_post(&format!("/services/{name}/routes"), json!({ "name": format!("{name}-route"), "paths": paths })).await;
+        let (s, route) = self
+            .admin_post(
+                &format!("/services/{name}/routes"),
+                json!({ "name": format!("{name}-route"), "paths": paths }),
+            )
+            .await;
         assert_eq!(s, 201, "route created: {route}");
         (service, route)
     }
     /// GET through the proxy.
     pub async fn proxy_get(&self, path: &str) -> reqwest::Response {
-        self.http.get(format!("{}{path}", self.proxy)).send().await.expect("proxy reachable")
+        self.http
+            .get(format!("{}{path}", self.proxy))
+            .send()
+            .await
+            .expect("proxy reachable")
     }
 }
 
@@ -121,19 +163,28 @@ async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let headers: serde_json::Map<String, Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or_default())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                json!(v.to_str().unwrap_or_default()),
+            )
+        })
         .collect();
     let path = req.path().to_string();
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
     }
     if let Some(code) = path.strip_prefix("/status/") {
-        return HttpResponse::build(actix_web::http::StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap())
-            .json(json!({ "status": code }));
+        return HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap(),
+        )
+        .json(json!({ "status": code }));
     }
     if path.starts_with("/big") {
         // Echo the body back unchanged (large-body streaming test).
-        return HttpResponse::Ok().content_type("application/octet-stream").body(body);
+        return HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(body);
     }
     HttpResponse::Ok().json(json!({
         "method": req.method().as_str(),
@@ -149,7 +200,9 @@ pub fn spawn_upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let port = listener.local_addr().expect("addr").port();
     let server = HttpServer::new(|| {
-        App::new().app_data(web::PayloadConfig::new(256 * 1024 * 1024)).default_service(web::to(echo))
+        App::new()
+            .app_data(web::PayloadConfig::new(256 * 1024 * 1024))
+            .default_service(web::to(echo))
     })
     .workers(1)
     .disable_signals()
@@ -157,7 +210,10 @@ pub fn spawn_upstream() -> Upstream {
     .expect("listen")
     .run();
     actix_rt::spawn(server);
-    Upstream { url: format!("http://127.0.0.1:{port}"), port }
+    Upstream {
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+    }
 }
 
 /// A port on which nothing listens.

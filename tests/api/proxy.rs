@@ -8,7 +8,8 @@ use crate::helpers::{spawn_app, spawn_upstream};
 async fn proxies_with_strip_path_and_forwarded_headers() {
     let app = spawn_app().await;
     let upstream = spawn_upstream();
-    app.expose("echo", &format!("{}/base", upstream.url), &["/api"]).await;
+    app.expose("echo", &format!("{}/base", upstream.url), &["/api"])
+        .await;
     let resp = app.proxy_get("/api/items?x=1").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-portcullis-request-id"));

@@ -33,10 +33,20 @@ pub static CREDENTIAL_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("tags", FieldType::Set(Box::new(FieldType::String))),
         Field::new("consumer", FieldType::Foreign("consumers")).required(),
         Field::new("name", FieldType::String).required(),
-        Field::new("client_id", FieldType::String).required().default(|| json!(crypto::random_token())),
-        Field::new("client_secret", FieldType::String).required().default(|| json!(crypto::random_token())),
-        Field::new("hash_secret", FieldType::Boolean).required().default(|| json!(false)),
-        Field::new("redirect_uris", FieldType::Array(Box::new(FieldType::String))).check(check_redirect_uri),
+        Field::new("client_id", FieldType::String)
+            .required()
+            .default(|| json!(crypto::random_token())),
+        Field::new("client_secret", FieldType::String)
+            .required()
+            .default(|| json!(crypto::random_token())),
+        Field::new("hash_secret", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new(
+            "redirect_uris",
+            FieldType::Array(Box::new(FieldType::String)),
+        )
+        .check(check_redirect_uri),
         Field::new("client_type", FieldType::String)
             .required()
             .default(|| json!("confidential"))
@@ -59,7 +69,10 @@ pub static CREDENTIALS: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
 pub fn check_patch(patch: &Map<String, Value>) -> Result<(), FieldErrors> {
     if patch.contains_key("hash_secret") != patch.contains_key("client_secret") {
         let mut e = FieldErrors::new();
-        e.insert("@entity".into(), json!(["all or none of these fields must be set: 'hash_secret', 'client_secret'"]));
+        e.insert(
+            "@entity".into(),
+            json!(["all or none of these fields must be set: 'hash_secret', 'client_secret'"]),
+        );
         return Err(e);
     }
     Ok(())
@@ -70,7 +83,10 @@ pub fn check_patch(patch: &Map<String, Value>) -> Result<(), FieldErrors> {
 /// # Errors
 /// Never in practice (argon2 with default parameters).
 pub fn prepare_for_storage(doc: &mut Map<String, Value>) -> Result<(), String> {
-    let hash = doc.get("hash_secret").and_then(Value::as_bool).unwrap_or(false);
+    let hash = doc
+        .get("hash_secret")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if let (true, Some(Value::String(secret))) = (hash, doc.get("client_secret")) {
         if !crypto::is_hashed(secret) {
             let hashed = crypto::hash_secret(secret)?;
@@ -124,7 +140,8 @@ impl OAuthCredential {
     /// # Errors
     /// A document that does not satisfy the schema.
     pub fn from_doc(doc: &Map<String, Value>) -> Result<Self, String> {
-        let raw: Raw = serde_json::from_value(Value::Object(doc.clone())).map_err(|e| e.to_string())?;
+        let raw: Raw =
+            serde_json::from_value(Value::Object(doc.clone())).map_err(|e| e.to_string())?;
         Ok(Self {
             id: raw.id,
             consumer_id: raw.consumer.id,

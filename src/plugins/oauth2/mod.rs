@@ -47,25 +47,53 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     name: "oauth2",
     fields: vec![
         Field::new("scopes", FieldType::Array(Box::new(FieldType::String))),
-        Field::new("mandatory_scope", FieldType::Boolean).required().default(|| json!(false)),
+        Field::new("mandatory_scope", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
         Field::new("provision_key", FieldType::String),
-        Field::new("token_expiration", FieldType::Number).required().default(|| json!(7200)),
-        Field::new("enable_authorization_code", FieldType::Boolean).required().default(|| json!(false)),
-        Field::new("enable_implicit_grant", FieldType::Boolean).required().default(|| json!(false)),
-        Field::new("enable_client_credentials", FieldType::Boolean).required().default(|| json!(false)),
-        Field::new("enable_password_grant", FieldType::Boolean).required().default(|| json!(false)),
-        Field::new("hide_credentials", FieldType::Boolean).required().default(|| json!(false)),
-        Field::new("accept_http_if_already_terminated", FieldType::Boolean).required().default(|| json!(false)),
+        Field::new("token_expiration", FieldType::Number)
+            .required()
+            .default(|| json!(7200)),
+        Field::new("enable_authorization_code", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new("enable_implicit_grant", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new("enable_client_credentials", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new("enable_password_grant", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new("hide_credentials", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new("accept_http_if_already_terminated", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
         Field::new("anonymous", FieldType::String),
-        Field::new("global_credentials", FieldType::Boolean).required().default(|| json!(false)),
+        Field::new("global_credentials", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
         Field::new("auth_header_name", FieldType::String).default(|| json!("authorization")),
-        Field::new("refresh_token_ttl", FieldType::Number).required().default(|| json!(1_209_600)).between(0, MAX_TTL),
-        Field::new("reuse_refresh_token", FieldType::Boolean).required().default(|| json!(false)),
-        Field::new("pkce", FieldType::String).default(|| json!("lax")).one_of(&["none", "lax", "strict"]),
+        Field::new("refresh_token_ttl", FieldType::Number)
+            .required()
+            .default(|| json!(1_209_600))
+            .between(0, MAX_TTL),
+        Field::new("reuse_refresh_token", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new("pkce", FieldType::String)
+            .default(|| json!("lax"))
+            .one_of(&["none", "lax", "strict"]),
         Field::new("realm", FieldType::String),
         // Beyond Kong: seconds during which reusing a just-rotated refresh token is refused without
         // revoking its family (two concurrent refreshes from one client; ory/hydra#1831).
-        Field::new("refresh_token_reuse_grace", FieldType::Integer).required().default(|| json!(10)).between(0, 3600),
+        Field::new("refresh_token_reuse_grace", FieldType::Integer)
+            .required()
+            .default(|| json!(10))
+            .between(0, 3600),
     ],
     entity_checks: vec![],
 });
@@ -126,15 +154,23 @@ impl Plugin for OAuth2Plugin {
     }
     fn complete_config(&self, config: &mut Map<String, Value>) {
         if config.get("provision_key").is_none_or(Value::is_null) {
-            config.insert("provision_key".into(), Value::String(crate::crypto::random_token()));
+            config.insert(
+                "provision_key".into(),
+                Value::String(crate::crypto::random_token()),
+            );
         }
     }
     fn check_config(&self, config: &Map<String, Value>) -> Result<(), FieldErrors> {
         let on = |k: &str| config.get(k).and_then(Value::as_bool).unwrap_or(false);
         let mut errors = FieldErrors::new();
-        if !["enable_authorization_code", "enable_implicit_grant", "enable_client_credentials", "enable_password_grant"]
-            .iter()
-            .any(|k| on(k))
+        if ![
+            "enable_authorization_code",
+            "enable_implicit_grant",
+            "enable_client_credentials",
+            "enable_password_grant",
+        ]
+        .iter()
+        .any(|k| on(k))
         {
             errors.insert(
                 "@entity".into(),
@@ -151,8 +187,13 @@ impl Plugin for OAuth2Plugin {
         }
     }
     fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String> {
-        let config: OAuthConfig = serde_json::from_value(instance.config.clone()).map_err(|e| e.to_string())?;
-        Ok(Arc::new(OAuthRuntime { plugin_id: instance.id, config, deps: self.deps.clone() }))
+        let config: OAuthConfig =
+            serde_json::from_value(instance.config.clone()).map_err(|e| e.to_string())?;
+        Ok(Arc::new(OAuthRuntime {
+            plugin_id: instance.id,
+            config,
+            deps: self.deps.clone(),
+        }))
     }
 }
 
