@@ -1,5 +1,8 @@
 //! Integration tests: each starts the real gateway on free ports and sends real HTTP.
 
+// A failing test panics with its message: unwrap/expect are the assertion style here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod admin;
 mod helpers;
 mod proxy;
