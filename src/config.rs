@@ -449,7 +449,6 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
     #[test]

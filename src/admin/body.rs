@@ -125,7 +125,6 @@ fn multipart_fields(body: &[u8], boundary: &str) -> Result<Vec<(String, String)>
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
     use serde_json::json;
 
