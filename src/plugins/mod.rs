@@ -33,7 +33,8 @@ pub enum Flow {
 pub struct RequestCtx {
     /// The client request (headers, URI, peer).
     pub req: HttpRequest,
-    /// `http` or `https`, from the listener (never from a client header).
+    /// `http` or `https`, from the listener (never from a client header; plugins decide themselves
+    /// whether a trusted peer's `X-Forwarded-Proto` counts).
     pub scheme: &'static str,
     /// Client address after `trusted_ips` / `real_ip_header` resolution.
     pub client_ip: IpAddr,

@@ -166,7 +166,7 @@ async fn proxy(
 
     let mut ctx = RequestCtx {
         req: req.clone(),
-        scheme: if effective_https { "https" } else { "http" },
+        scheme,
         client_ip,
         trusted,
         service: Some(service.clone()),

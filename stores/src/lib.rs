@@ -120,6 +120,12 @@ pub trait TokenStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError>;
 
+    /// Finds a live token by the digest of its refresh token (to check ownership before redeeming).
+    ///
+    /// # Errors
+    /// An unavailable backend.
+    async fn token_by_refresh(&self, hash: &TokenHash, now: i64) -> Result<Option<TokenRecord>, StoreError>;
+
     /// Finds a live token by id.
     ///
     /// # Errors
