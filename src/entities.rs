@@ -488,6 +488,9 @@ pub struct Service {
     pub write_timeout: u64,
     /// Milliseconds.
     pub read_timeout: u64,
+    /// Verify the upstream certificate (Kong's default: no).
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
     /// Disabled services answer like a missing route.
     #[serde(default = "yes")]
     pub enabled: bool,

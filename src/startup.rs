@@ -80,8 +80,29 @@ fn bind(key: &'static str, listen: &Listen) -> Result<TcpListener, ConfigError> 
     Ok(listener)
 }
 
-fn upstream_client(settings: &Settings) -> awc::Client {
-    let connector = awc::Connector::new()
+/// Upstream clients of one proxy worker: verifying TLS (services with `tls_verify = true`) or not
+/// (Kong's default).
+pub struct UpstreamClients {
+    /// Default client.
+    pub plain: awc::Client,
+    /// Client that verifies upstream certificates against the web PKI roots.
+    pub verifying: awc::Client,
+}
+
+fn upstream_clients(settings: &Settings) -> UpstreamClients {
+    UpstreamClients {
+        plain: upstream_client(settings, false),
+        verifying: upstream_client(settings, true),
+    }
+}
+
+fn upstream_client(settings: &Settings, verify: bool) -> awc::Client {
+    let connector = if verify {
+        awc::Connector::new()
+    } else {
+        awc::Connector::new().rustls_0_23(crate::tls::unverified_upstream_config())
+    };
+    let connector = connector
         .limit(0)
         .conn_keep_alive(Duration::from_secs(
             settings.upstream_keepalive_idle_timeout,
@@ -163,7 +184,7 @@ impl Application {
                 App::new()
                     .app_data(state.clone())
                     .app_data(scheme.clone())
-                    .app_data(web::Data::new(upstream_client(&client_settings)))
+                    .app_data(web::Data::new(upstream_clients(&client_settings)))
                     .app_data(web::PayloadConfig::new(usize::MAX))
                     .default_service(web::to(proxy::handle))
             })

@@ -76,8 +76,15 @@ pub fn build_doc(
     if kind.def.name == "services" {
         expand_service_url(&mut input).map_err(AdminError::Schema)?;
     }
+    // A plugin's `config` is validated by that plugin's own schema, after the entity fields.
+    let raw_config = if kind.def.name == "plugins" {
+        input.remove("config")
+    } else {
+        None
+    };
     let mut doc = schema::validate(kind.schema, &input, coerce).map_err(AdminError::Schema)?;
     if kind.def.name == "plugins" {
+        doc.insert("config".into(), raw_config.unwrap_or(Value::Null));
         validate_plugin(plugins, &mut doc, coerce)?;
     }
     if kind.def.name == "oauth2_credentials" {
@@ -135,6 +142,63 @@ fn validate_plugin(
         .check_config(&config)
         .map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
     doc.insert("config".into(), Value::Object(config));
+    Ok(())
+}
+
+/// The admin entity stored in a table.
+pub fn kind_by_table(table: &str) -> Option<&'static EntityKind> {
+    Some(match table {
+        "services" => &crate::entities::SERVICES,
+        "routes" => &crate::entities::ROUTES,
+        "consumers" => &crate::entities::CONSUMERS,
+        "plugins" => &crate::entities::PLUGINS,
+        "oauth2_credentials" => &credentials::CREDENTIALS,
+        _ => return None,
+    })
+}
+
+/// Kong accepts a foreign key by its endpoint key too (`"service": {"name": "s1"}`): resolve it to
+/// `{"id": …}`.
+///
+/// # Errors
+/// A schema violation when the named row does not exist; store failures.
+pub async fn resolve_foreign_names(
+    store: &dyn ConfigStore,
+    kind: &EntityKind,
+    input: &mut Map<String, Value>,
+) -> Result<(), AdminError> {
+    for fk_def in kind.def.foreign_keys {
+        let Some(Value::Object(reference)) = input.get(fk_def.field) else {
+            continue;
+        };
+        if reference.contains_key("id") {
+            continue;
+        }
+        let Some(parent) = kind_by_table(fk_def.references) else {
+            continue;
+        };
+        let Some(name) = reference
+            .get(parent.endpoint_key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        match store.get_by(parent.def, parent.endpoint_key, &name).await? {
+            Some(doc) => {
+                let id = doc.get("id").cloned().unwrap_or(Value::Null);
+                input.insert(fk_def.field.into(), json!({ "id": id }));
+            }
+            None => {
+                let mut e = FieldErrors::new();
+                e.insert(
+                    fk_def.field.into(),
+                    json!(format!("the foreign key '{{{}=\"{name}\"}}' does not reference an existing '{}' entity.", parent.endpoint_key, parent.def.name)),
+                );
+                return Err(AdminError::Schema(e));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -257,6 +321,8 @@ pub async fn create(
     }
     let plugins = state.plugins.clone();
     let outcome = write(state, move |ctx| async move {
+        let mut input = input;
+        resolve_foreign_names(ctx.store.as_ref(), kind, &mut input).await?;
         let doc = build_doc(kind, &plugins, input, coerce, None)?;
         let stored = ctx.store.insert(kind.def, doc).await?;
         Ok(WriteOutcome {
@@ -314,6 +380,8 @@ pub async fn upsert(
     }
     let plugins = state.plugins.clone();
     let outcome = write(state, move |ctx| async move {
+        let mut input = input;
+        resolve_foreign_names(ctx.store.as_ref(), kind, &mut input).await?;
         let existing = resolve(ctx.store.as_ref(), kind, &key).await?;
         if let (Some(doc), Some((field, pid))) = (&existing, parent) {
             if fk(doc, field) != Some(pid) {
@@ -362,6 +430,7 @@ pub async fn patch(
         let mut merged = existing.clone();
         merged.remove("updated_at");
         let mut input = input;
+        resolve_foreign_names(ctx.store.as_ref(), kind, &mut input).await?;
         if kind.def.name == "services" && input.contains_key("url") {
             expand_service_url(&mut input).map_err(AdminError::Schema)?;
         }

@@ -55,7 +55,7 @@ pub async fn handle(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<ProxyState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<crate::startup::UpstreamClients>,
     scheme: web::Data<ListenerScheme>,
 ) -> HttpResponse {
     let started = Instant::now();
@@ -64,7 +64,7 @@ pub async fn handle(
         &req,
         payload,
         &state,
-        &client,
+        &clients,
         scheme.0,
         &request_id,
         started,
@@ -86,7 +86,7 @@ async fn proxy(
     req: &HttpRequest,
     payload: web::Payload,
     state: &ProxyState,
-    client: &awc::Client,
+    clients: &crate::startup::UpstreamClients,
     scheme: &'static str,
     request_id: &str,
     started: Instant,
@@ -201,6 +201,11 @@ async fn proxy(
     let mut response = match short_circuit {
         Some(resp) => resp,
         None => {
+            let client = if service.tls_verify == Some(true) {
+                &clients.verifying
+            } else {
+                &clients.plain
+            };
             forward(
                 req,
                 payload,

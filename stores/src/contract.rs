@@ -204,7 +204,10 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         "row past its TTL is invisible"
     );
 
-    assert_eq!(store.token_by_refresh(&hash(2), now).await.unwrap(), Some(t1.clone()));
+    assert_eq!(
+        store.token_by_refresh(&hash(2), now).await.unwrap(),
+        Some(t1.clone())
+    );
     let t2 = token(3, Some(4), family, now + 1);
     let won = store
         .redeem_refresh(

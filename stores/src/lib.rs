@@ -124,7 +124,11 @@ pub trait TokenStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// An unavailable backend.
-    async fn token_by_refresh(&self, hash: &TokenHash, now: i64) -> Result<Option<TokenRecord>, StoreError>;
+    async fn token_by_refresh(
+        &self,
+        hash: &TokenHash,
+        now: i64,
+    ) -> Result<Option<TokenRecord>, StoreError>;
 
     /// Finds a live token by id.
     ///

@@ -368,9 +368,17 @@ impl TokenStore for MemoryTokenStore {
             .filter(|r| r.row_live_at(now)))
     }
 
-    async fn token_by_refresh(&self, hash: &TokenHash, now: i64) -> Result<Option<TokenRecord>, StoreError> {
+    async fn token_by_refresh(
+        &self,
+        hash: &TokenHash,
+        now: i64,
+    ) -> Result<Option<TokenRecord>, StoreError> {
         let t = self.lock();
-        Ok(t.by_refresh.get(hash).and_then(|id| t.by_id.get(id)).cloned().filter(|r| r.row_live_at(now)))
+        Ok(t.by_refresh
+            .get(hash)
+            .and_then(|id| t.by_id.get(id))
+            .cloned()
+            .filter(|r| r.row_live_at(now)))
     }
 
     async fn token_by_id(&self, id: Uuid, now: i64) -> Result<Option<TokenRecord>, StoreError> {

@@ -5,4 +5,5 @@
 
 mod admin;
 mod helpers;
+mod oauth2;
 mod proxy;

@@ -4,18 +4,24 @@
 //! Behaviour spec: `../shared/reference/kong-oauth2.md`. Where we deliberately differ from Kong the
 //! item says so (digests at rest, atomic single-use codes, revocation, introspection).
 
+pub mod access;
 pub mod admin;
+pub mod authorize;
 pub mod credentials;
+pub mod extras;
+pub mod params;
+pub mod reply;
+pub mod runtime;
+pub mod token;
 
 use std::sync::{Arc, LazyLock};
 
-use async_trait::async_trait;
 use portcullis_stores::TokenStore;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use super::{Plugin, PluginRuntime};
 use crate::entities::PluginInstance;
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
@@ -205,17 +211,4 @@ pub struct OAuthRuntime {
     pub config: OAuthConfig,
     /// Stores.
     pub deps: OAuthDeps,
-}
-
-#[async_trait(?Send)]
-impl PluginRuntime for OAuthRuntime {
-    fn name(&self) -> &'static str {
-        "oauth2"
-    }
-    fn priority(&self) -> i32 {
-        1400
-    }
-    async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
-        Flow::Continue
-    }
 }

@@ -1,0 +1,265 @@
+//! The access phase on every other path of a protected route (§7): find the token, check it,
+//! set or clear the consumer headers (clients can never forge them), or fall back to anonymous.
+
+use std::sync::Arc;
+
+use actix_web::http::header::HeaderValue;
+use actix_web::http::Method;
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use super::reply::realm_prefix;
+use super::{params, OAuthRuntime};
+use crate::crypto;
+use crate::entities::Consumer;
+use crate::plugins::{Flow, RequestCtx};
+
+/// Where the token was found (decides what `hide_credentials` strips).
+enum Found {
+    /// `Authorization: Bearer <t>` (or `Token <t>`) in the configured header.
+    BearerHeader(String),
+    /// The configured header holding the raw token (Kong quirk; not stripped).
+    RawHeader(String),
+    /// `access_token` query or body parameter.
+    Param(String),
+    /// Nothing.
+    Missing,
+}
+
+/// Why authentication failed.
+enum Denied {
+    Missing,
+    Invalid,
+    Global,
+}
+
+impl OAuthRuntime {
+    /// The configured header's first value (`-` and `_` equivalent, case-insensitive).
+    pub(super) fn auth_header_value(&self, ctx: &RequestCtx) -> Option<String> {
+        let name = self
+            .config
+            .auth_header_name
+            .as_deref()
+            .unwrap_or("authorization");
+        let dashed = name.replace('_', "-");
+        let underscored = name.replace('-', "_");
+        [name, dashed.as_str(), underscored.as_str()]
+            .iter()
+            .find_map(|n| ctx.req.headers().get(*n))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// Whether a token header is present (then the body is not consulted).
+    pub(super) fn token_header(&self, ctx: &RequestCtx) -> Option<String> {
+        self.auth_header_value(ctx)
+    }
+
+    fn find_token(&self, ctx: &RequestCtx) -> Found {
+        if let Some(value) = self.auth_header_value(ctx) {
+            let parts: Vec<&str> = value.split_whitespace().collect();
+            return match parts.as_slice() {
+                [] => Found::Missing,
+                [scheme, token]
+                    if scheme.eq_ignore_ascii_case("bearer")
+                        || scheme.eq_ignore_ascii_case("token") =>
+                {
+                    Found::BearerHeader((*token).to_string())
+                }
+                _ => Found::RawHeader(value.trim().to_string()),
+            };
+        }
+        let ct = ctx
+            .req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let with_body = matches!(
+            *ctx.req.method(),
+            Method::POST | Method::PUT | Method::PATCH
+        );
+        let request = params::merged(
+            ctx.req.query_string(),
+            ct,
+            ctx.body.as_ref().filter(|_| with_body),
+        );
+        match params::non_blank(&request, "access_token") {
+            Some(t) => Found::Param(t.to_string()),
+            None => Found::Missing,
+        }
+    }
+
+    fn hide(&self, ctx: &mut RequestCtx, found: &Found) {
+        match found {
+            Found::BearerHeader(_) => {
+                let name = self
+                    .config
+                    .auth_header_name
+                    .as_deref()
+                    .unwrap_or("authorization")
+                    .to_ascii_lowercase();
+                for n in [name.clone(), name.replace('_', "-"), name.replace('-', "_")] {
+                    if let Ok(h) = actix_web::http::header::HeaderName::from_bytes(n.as_bytes()) {
+                        ctx.upstream_headers.push((h, None));
+                    }
+                }
+            }
+            Found::Param(_) => {
+                ctx.strip_query.push("access_token");
+                let ct = ctx
+                    .req
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if *ctx.req.method() != Method::GET
+                    && ct
+                        .to_ascii_lowercase()
+                        .contains("application/x-www-form-urlencoded")
+                {
+                    if let Some(body) = &ctx.body {
+                        ctx.replace_body = Some(params::form_without(body, "access_token"));
+                    }
+                }
+            }
+            Found::RawHeader(_) | Found::Missing => {}
+        }
+    }
+
+    async fn authenticate(&self, ctx: &mut RequestCtx) -> Result<(), Denied> {
+        let found = self.find_token(ctx);
+        if self.config.hide_credentials {
+            self.hide(ctx, &found);
+        }
+        let token = match found {
+            Found::BearerHeader(t) | Found::RawHeader(t) | Found::Param(t) => t,
+            Found::Missing => return Err(Denied::Missing),
+        };
+        let now = crate::admin::crud::now();
+        let record = match self
+            .deps
+            .tokens
+            .token_by_access(&crypto::token_hash(&token), now)
+            .await
+        {
+            Ok(Some(r)) if r.access_valid_at(now) => r,
+            Ok(_) => return Err(Denied::Invalid),
+            Err(e) => {
+                tracing::warn!(error = %e, "token store unavailable during token check");
+                return Err(Denied::Invalid);
+            }
+        };
+        match record.service_id {
+            None if !self.config.global_credentials => return Err(Denied::Global),
+            Some(s) if Some(s) != ctx.service.as_ref().map(|x| x.id) => {
+                return Err(Denied::Invalid)
+            }
+            _ => {}
+        }
+        let credential = ctx
+            .snapshot
+            .oauth2_by_id
+            .get(&record.credential_id)
+            .cloned()
+            .ok_or(Denied::Invalid)?;
+        let consumer = ctx
+            .snapshot
+            .consumers
+            .get(&credential.consumer_id)
+            .cloned()
+            .ok_or(Denied::Invalid)?;
+        set_consumer_headers(ctx, &consumer);
+        ctx.set_upstream("x-credential-identifier", &credential.client_id);
+        ctx.clear_upstream("x-anonymous-consumer");
+        match &record.scope {
+            Some(s) => ctx.set_upstream("x-authenticated-scope", s),
+            None => ctx.clear_upstream("x-authenticated-scope"),
+        }
+        match &record.authenticated_userid {
+            Some(u) => ctx.set_upstream("x-authenticated-userid", u),
+            None => ctx.clear_upstream("x-authenticated-userid"),
+        }
+        ctx.consumer = Some(consumer);
+        ctx.authenticated = true;
+        Ok(())
+    }
+
+    fn denial(&self, why: &Denied) -> HttpResponse {
+        let realm = realm_prefix(self.config.realm.as_deref());
+        let invalid_header = format!(
+            "Bearer {realm}error=\"invalid_token\", error_description=\"The access token is invalid or has expired\""
+        );
+        let (body, header) = match why {
+            Denied::Missing => (
+                json!({"error": "invalid_request", "error_description": "The access token is missing"}),
+                match self.config.realm.as_deref().filter(|r| !r.is_empty()) {
+                    Some(r) => format!("Bearer realm=\"{r}\""),
+                    None => "Bearer".to_string(),
+                },
+            ),
+            Denied::Invalid => (
+                json!({"error": "invalid_token", "error_description": "The access token is invalid or has expired"}),
+                invalid_header,
+            ),
+            Denied::Global => (
+                json!({"error": "invalid_token", "error_description": "The access token is global, but the current plugin is configured without 'global_credentials'"}),
+                invalid_header,
+            ),
+        };
+        let mut resp = HttpResponse::Unauthorized().json(body);
+        if let Ok(v) = HeaderValue::from_str(&header) {
+            resp.headers_mut()
+                .insert(actix_web::http::header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+
+    /// The resource-access check.
+    pub(super) async fn check_access(&self, ctx: &mut RequestCtx) -> Flow {
+        let Some(anonymous) = self.config.anonymous.clone().filter(|a| !a.is_empty()) else {
+            return match self.authenticate(ctx).await {
+                Ok(()) => Flow::Continue,
+                Err(why) => Flow::Respond(self.denial(&why)),
+            };
+        };
+        if ctx.authenticated {
+            // An earlier auth plugin already authenticated: logical OR, keep its consumer.
+            ctx.clear_upstream("x-authenticated-scope");
+            ctx.clear_upstream("x-authenticated-userid");
+            return Flow::Continue;
+        }
+        match self.authenticate(ctx).await {
+            Ok(()) => Flow::Continue,
+            Err(Denied::Global) => Flow::Respond(self.denial(&Denied::Global)),
+            Err(_) => {
+                let Some(consumer) = ctx.snapshot.consumer_by_id_or_name(&anonymous).cloned()
+                else {
+                    return Flow::Respond(HttpResponse::InternalServerError().json(json!({
+                        "message": format!("anonymous consumer {anonymous} is configured but doesn't exist")
+                    })));
+                };
+                set_consumer_headers(ctx, &consumer);
+                ctx.set_upstream("x-anonymous-consumer", "true");
+                ctx.clear_upstream("x-credential-identifier");
+                ctx.clear_upstream("x-authenticated-scope");
+                ctx.clear_upstream("x-authenticated-userid");
+                ctx.consumer = Some(consumer);
+                Flow::Continue
+            }
+        }
+    }
+}
+
+/// Sets `X-Consumer-*` from a consumer, removing the ones it has no value for.
+pub fn set_consumer_headers(ctx: &mut RequestCtx, consumer: &Arc<Consumer>) {
+    ctx.set_upstream("x-consumer-id", &consumer.id.to_string());
+    match &consumer.custom_id {
+        Some(c) => ctx.set_upstream("x-consumer-custom-id", c),
+        None => ctx.clear_upstream("x-consumer-custom-id"),
+    }
+    match &consumer.username {
+        Some(u) => ctx.set_upstream("x-consumer-username", u),
+        None => ctx.clear_upstream("x-consumer-username"),
+    }
+}

@@ -1,0 +1,317 @@
+//! What one `oauth2` instance does with a request: route it to an endpoint by path suffix, or check
+//! its bearer token; plus the pieces every grant shares (HTTPS rule, scopes, token issuance).
+
+use actix_web::http::Method;
+use async_trait::async_trait;
+use portcullis_stores::TokenRecord;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::reply::{self, OAuthError};
+use super::{params, OAuthRuntime};
+use crate::crypto;
+use crate::plugins::{Flow, PluginRuntime, RequestCtx};
+
+/// The endpoints an `oauth2` route serves, found by path suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `…/oauth2/authorize`.
+    Authorize,
+    /// `…/oauth2/token`.
+    Token,
+    /// `…/oauth2/revoke` (RFC 7009; beyond Kong).
+    Revoke,
+    /// `…/oauth2/introspect` (RFC 7662; beyond Kong).
+    Introspect,
+    /// `…/.well-known/oauth-authorization-server` (RFC 8414; beyond Kong).
+    Metadata,
+}
+
+/// Which endpoint a path addresses, if any (`/` before `oauth2` required, trailing `/` allowed).
+pub fn endpoint_of(path: &str) -> Option<Endpoint> {
+    let p = path.strip_suffix('/').unwrap_or(path);
+    if p.ends_with("/oauth2/token") {
+        Some(Endpoint::Token)
+    } else if p.ends_with("/oauth2/authorize") {
+        Some(Endpoint::Authorize)
+    } else if p.ends_with("/oauth2/revoke") {
+        Some(Endpoint::Revoke)
+    } else if p.ends_with("/oauth2/introspect") {
+        Some(Endpoint::Introspect)
+    } else if p.ends_with("/.well-known/oauth-authorization-server") {
+        Some(Endpoint::Metadata)
+    } else {
+        None
+    }
+}
+
+/// What a new token is issued for.
+#[derive(Default)]
+pub struct Grant {
+    /// Client.
+    pub credential: Uuid,
+    /// End user, if any.
+    pub userid: Option<String>,
+    /// Granted scope.
+    pub scope: Option<String>,
+    /// Issue a refresh token (when tokens expire at all).
+    pub with_refresh: bool,
+    /// Rotation family to join (a refresh); a new family otherwise.
+    pub family: Option<Uuid>,
+    /// Authorization code the family comes from.
+    pub code_id: Option<Uuid>,
+}
+
+/// A token just issued: the stored record and the plain values shown once to the client.
+pub struct Issued {
+    /// Stored record (digests only).
+    pub record: TokenRecord,
+    /// Plain access token.
+    pub access_token: String,
+    /// Plain refresh token, when one was issued.
+    pub refresh_token: Option<String>,
+}
+
+impl OAuthRuntime {
+    /// Kong's HTTPS rule for the endpoints (§3.3).
+    pub(super) fn check_https(&self, ctx: &RequestCtx) -> Result<(), OAuthError> {
+        if ctx.scheme == "https" {
+            return Ok(());
+        }
+        let denied = OAuthError::new("access_denied", "You must use HTTPS");
+        if !self.config.accept_http_if_already_terminated || !ctx.trusted {
+            return Err(denied);
+        }
+        let forwarded: Vec<&str> = ctx
+            .req
+            .headers()
+            .get_all("x-forwarded-proto")
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if forwarded.len() > 1 || forwarded.iter().any(|v| v.contains(',')) {
+            return Err(OAuthError::new(
+                "access_denied",
+                "Only one X-Forwarded-Proto header allowed",
+            ));
+        }
+        match forwarded.first() {
+            Some(v) if v.trim().eq_ignore_ascii_case("https") => Ok(()),
+            _ => Err(denied),
+        }
+    }
+
+    /// Scope rules shared by authorize, client_credentials and password (§4.3).
+    pub(super) fn check_scope(
+        &self,
+        params: &Map<String, Value>,
+    ) -> Result<Option<String>, OAuthError> {
+        let Some(allowed) = &self.config.scopes else {
+            return Ok(None);
+        };
+        match params.get("scope") {
+            None | Some(Value::Null) => {
+                if self.config.mandatory_scope {
+                    Err(OAuthError::new("invalid_scope", "You must specify a scope"))
+                } else {
+                    Ok(None)
+                }
+            }
+            Some(Value::String(s)) => {
+                let items: Vec<&str> = s.split_whitespace().collect();
+                if let Some(bad) = items.iter().find(|i| !allowed.iter().any(|a| a == *i)) {
+                    return Err(OAuthError::new(
+                        "invalid_scope",
+                        format!("\"{bad}\" is an invalid scope"),
+                    ));
+                }
+                Ok((!items.is_empty()).then(|| items.join(" ")))
+            }
+            Some(_) => Err(OAuthError::new("invalid_scope", "scope must be a string")),
+        }
+    }
+
+    /// Whether the provision key matches (constant time).
+    pub(super) fn provision_key_ok(&self, params: &Map<String, Value>) -> bool {
+        params::string(params, "provision_key")
+            .is_some_and(|k| crypto::ct_eq(k.as_bytes(), self.config.provision_key.as_bytes()))
+    }
+
+    /// Access-token lifetime in whole seconds (0 = never expires).
+    pub(super) fn expiration(&self) -> i64 {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "configured seconds, validated as a number"
+        )]
+        let secs = self.config.token_expiration.max(0.0) as i64;
+        secs
+    }
+
+    /// Row expiry for a token issued at `now` (Kong: only when both lifetimes are positive).
+    pub(super) fn row_expiry(&self, now: i64) -> Option<i64> {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "bounded by the schema to 1e8"
+        )]
+        let ttl = self.config.refresh_token_ttl.max(0.0) as i64;
+        (self.expiration() > 0 && ttl > 0).then_some(now + ttl)
+    }
+
+    /// The service a new token or code is bound to (`None` with `global_credentials`).
+    pub(super) fn bound_service(&self, ctx: &RequestCtx) -> Option<Uuid> {
+        if self.config.global_credentials {
+            None
+        } else {
+            ctx.service.as_ref().map(|s| s.id)
+        }
+    }
+
+    /// A new token record for `credential`, plus its plain values.
+    pub(super) fn new_token(&self, ctx: &RequestCtx, grant: Grant) -> Issued {
+        let Grant {
+            credential,
+            userid,
+            scope,
+            with_refresh,
+            family,
+            code_id,
+        } = grant;
+        let now = crate::admin::crud::now();
+        let access_token = crypto::random_token();
+        let refresh_token = (with_refresh && self.expiration() > 0).then(crypto::random_token);
+        let record = TokenRecord {
+            id: Uuid::new_v4(),
+            credential_id: credential,
+            service_id: self.bound_service(ctx),
+            access_token_hash: crypto::token_hash(&access_token),
+            refresh_token_hash: refresh_token.as_deref().map(crypto::token_hash),
+            token_type: "bearer".into(),
+            expires_in: self.expiration(),
+            authenticated_userid: userid,
+            scope,
+            created_at: now,
+            expires_at: self.row_expiry(now),
+            family_id: family.unwrap_or_else(Uuid::new_v4),
+            code_id,
+        };
+        Issued {
+            record,
+            access_token,
+            refresh_token,
+        }
+    }
+
+    /// The token response body fields.
+    pub(super) fn token_params(
+        &self,
+        issued: &Issued,
+        refresh_override: Option<&str>,
+    ) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert(
+            "access_token".into(),
+            Value::String(issued.access_token.clone()),
+        );
+        m.insert("token_type".into(), Value::String("bearer".into()));
+        if self.expiration() > 0 {
+            m.insert("expires_in".into(), Value::from(self.expiration()));
+        }
+        if let Some(r) = refresh_override.or(issued.refresh_token.as_deref()) {
+            m.insert("refresh_token".into(), Value::String(r.to_string()));
+        }
+        m
+    }
+
+    fn params(ctx: &RequestCtx) -> Map<String, Value> {
+        let ct = ctx
+            .req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let body = matches!(
+            *ctx.req.method(),
+            Method::POST | Method::PUT | Method::PATCH
+        )
+        .then_some(())
+        .and(ctx.body.as_ref());
+        params::merged(ctx.req.query_string(), ct, body)
+    }
+}
+
+#[async_trait(?Send)]
+impl PluginRuntime for OAuthRuntime {
+    fn name(&self) -> &'static str {
+        "oauth2"
+    }
+
+    fn priority(&self) -> i32 {
+        1400
+    }
+
+    fn needs_body(&self, ctx: &RequestCtx) -> bool {
+        if endpoint_of(ctx.req.path()).is_some() {
+            return true;
+        }
+        let has_header = self.token_header(ctx).is_some();
+        let ct = ctx
+            .req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        !has_header
+            && matches!(
+                *ctx.req.method(),
+                Method::POST | Method::PUT | Method::PATCH
+            )
+            && (ct.starts_with("application/x-www-form-urlencoded")
+                || ct.starts_with("application/json")
+                || ct.starts_with("multipart/form-data"))
+    }
+
+    async fn access(&self, ctx: &mut RequestCtx) -> Flow {
+        let Some(endpoint) = endpoint_of(ctx.req.path()) else {
+            return self.check_access(ctx).await;
+        };
+        if endpoint == Endpoint::Metadata {
+            return Flow::Respond(self.metadata(ctx));
+        }
+        if *ctx.req.method() != Method::POST {
+            let name = match endpoint {
+                Endpoint::Authorize => "authorization",
+                Endpoint::Token => "token",
+                Endpoint::Revoke => "revocation",
+                _ => "introspection",
+            };
+            return Flow::Respond(reply::invalid_method(
+                ctx.req.method().as_str(),
+                name,
+                self.config.realm.as_deref(),
+            ));
+        }
+        let params = Self::params(ctx);
+        Flow::Respond(match endpoint {
+            Endpoint::Authorize => self.authorize(ctx, params).await,
+            Endpoint::Token => self.token(ctx, params).await,
+            Endpoint::Revoke => self.revoke(ctx, params).await,
+            Endpoint::Introspect | Endpoint::Metadata => self.introspect(ctx, params).await,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_by_suffix() {
+        assert_eq!(endpoint_of("/oauth2/token"), Some(Endpoint::Token));
+        assert_eq!(
+            endpoint_of("/somepath/oauth2/authorize/"),
+            Some(Endpoint::Authorize)
+        );
+        assert_eq!(endpoint_of("/xoauth2/token"), None);
+        assert_eq!(endpoint_of("/stepon/stepcounts"), None);
+    }
+}

@@ -1,0 +1,510 @@
+//! `POST …/oauth2/token` (§5): client authentication, then the authorization_code (with PKCE),
+//! client_credentials, password and refresh_token grants. Codes are redeemed atomically; replaying
+//! one revokes what it issued; reusing a rotated refresh token revokes its family.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use portcullis_stores::{RefreshOutcome, RefreshReplacement, StoreError};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+use super::credentials::OAuthCredential;
+use super::reply::{self, OAuthError};
+use super::runtime::Grant;
+use super::{params, OAuthRuntime};
+use crate::crypto;
+use crate::plugins::RequestCtx;
+
+/// The client as the request presented it.
+pub(super) struct ClientAuth {
+    /// The credential, when `client_id` names one.
+    pub client: Option<Arc<OAuthCredential>>,
+    /// Secret presented (body or Basic).
+    pub secret: Option<String>,
+    /// Whether credentials came from the `Authorization` header (401 + Basic challenge on failure).
+    pub from_header: bool,
+}
+
+/// An endpoint failure, with Kong's status rules.
+pub(super) struct Failure {
+    pub error: OAuthError,
+    pub unauthorized: bool,
+}
+
+impl From<OAuthError> for Failure {
+    fn from(error: OAuthError) -> Self {
+        Self {
+            error,
+            unauthorized: false,
+        }
+    }
+}
+
+fn invalid_client() -> OAuthError {
+    OAuthError::new("invalid_client", "Invalid client authentication")
+}
+
+fn invalid_code() -> OAuthError {
+    OAuthError::new("invalid_request", "Invalid code")
+}
+
+fn invalid_refresh() -> OAuthError {
+    OAuthError::new("invalid_request", "Invalid refresh_token")
+}
+
+impl OAuthRuntime {
+    /// Client resolution order of §5.2.
+    pub(super) fn client_auth(&self, ctx: &RequestCtx, request: &Map<String, Value>) -> ClientAuth {
+        let body_id = params::string(request, "client_id");
+        let body_secret = params::string(request, "client_secret");
+        let (id, secret, from_header) = if let (Some(id), Some(secret)) = (body_id, body_secret) {
+            (Some(id.to_string()), Some(secret.to_string()), false)
+        } else if let Some(header) = self.auth_header_value(ctx) {
+            let lower = header.to_ascii_lowercase();
+            let basic = lower
+                .find("basic ")
+                .map(|i| header[i + 6..].trim().to_string());
+            match basic.and_then(|b| {
+                STANDARD
+                    .decode(b.trim_end_matches('='))
+                    .or_else(|_| STANDARD.decode(&b))
+                    .ok()
+            }) {
+                Some(decoded) => {
+                    let text = String::from_utf8_lossy(&decoded).into_owned();
+                    match text.split_once(':') {
+                        Some((id, secret)) => {
+                            (Some(id.to_string()), Some(secret.to_string()), true)
+                        }
+                        None => (Some(text), None, true),
+                    }
+                }
+                None => (None, None, true),
+            }
+        } else {
+            (body_id.map(str::to_string), None, false)
+        };
+        let client = id
+            .filter(|i| !i.is_empty())
+            .and_then(|i| ctx.snapshot.oauth2_by_client_id.get(&i).cloned());
+        ClientAuth {
+            client,
+            secret,
+            from_header,
+        }
+    }
+
+    /// The token endpoint.
+    pub(super) async fn token(
+        &self,
+        ctx: &RequestCtx,
+        request: Map<String, Value>,
+    ) -> HttpResponse {
+        let result = self.token_inner(ctx, &request).await;
+        let state = request.get("state").cloned();
+        match result {
+            Ok(Ok(mut body)) => {
+                if let Some(s) = state {
+                    body.insert("state".into(), s);
+                }
+                reply::endpoint_json(StatusCode::OK, &Value::Object(body))
+            }
+            Ok(Err(failure)) => {
+                let mut body = failure.error.params();
+                if let Some(s) = state {
+                    body.insert("state".into(), s);
+                }
+                let status = if failure.unauthorized {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                let mut resp = reply::endpoint_json(status, &Value::Object(body));
+                if failure.unauthorized {
+                    if let Ok(v) =
+                        actix_web::http::header::HeaderValue::from_str("Basic realm=\"OAuth2.0\"")
+                    {
+                        resp.headers_mut()
+                            .insert(actix_web::http::header::WWW_AUTHENTICATE, v);
+                    }
+                }
+                resp
+            }
+            Err(e) => self.store_failure(&e),
+        }
+    }
+
+    async fn token_inner(
+        &self,
+        ctx: &RequestCtx,
+        request: &Map<String, Value>,
+    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
+        if let Err(e) = self.check_https(ctx) {
+            return Ok(Err(e.into()));
+        }
+        let grant = params::string(request, "grant_type");
+        let mut error: Option<Failure> = None;
+        let allowed = match grant {
+            Some("authorization_code" | "refresh_token") => true,
+            Some("client_credentials") => self.config.enable_client_credentials,
+            Some("password") => self.config.enable_password_grant,
+            _ => false,
+        };
+        if !allowed {
+            error = Some(OAuthError::new("unsupported_grant_type", "Invalid grant_type").into());
+        }
+        let auth = self.client_auth(ctx, request);
+        if grant != Some("client_credentials") {
+            match auth
+                .client
+                .as_ref()
+                .and_then(|c| c.redirect_uris.as_ref().filter(|u| !u.is_empty()))
+            {
+                Some(uris) => {
+                    if let Some(wanted) = params::string(request, "redirect_uri") {
+                        if !uris.iter().any(|u| u == wanted) {
+                            error = Some(
+                                OAuthError::new(
+                                    "invalid_request",
+                                    "Invalid redirect_uri that does not match with any redirect_uri created with the application",
+                                )
+                                .into(),
+                            );
+                        }
+                    }
+                }
+                None => {
+                    error = Some(Failure {
+                        error: invalid_client(),
+                        unauthorized: auth.from_header,
+                    })
+                }
+            }
+        }
+        if let Some(client) = &auth.client {
+            if client.public {
+                if auth.secret.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+                    error = Some(
+                        OAuthError::new(
+                            "invalid_request",
+                            "client_secret is disallowed for public clients",
+                        )
+                        .into(),
+                    );
+                }
+            } else if !auth
+                .secret
+                .as_deref()
+                .is_some_and(|s| client.secret_matches(s))
+            {
+                error = Some(Failure {
+                    error: invalid_client(),
+                    unauthorized: auth.from_header,
+                });
+            }
+        }
+        if let Some(e) = error {
+            return Ok(Err(e));
+        }
+        match grant {
+            Some("authorization_code") => self.grant_code(ctx, request, &auth).await,
+            Some("client_credentials") => self.grant_client_credentials(ctx, request, &auth).await,
+            Some("password") => self.grant_password(ctx, request, &auth).await,
+            _ => self.grant_refresh(ctx, request, &auth).await,
+        }
+    }
+
+    async fn grant_code(
+        &self,
+        ctx: &RequestCtx,
+        request: &Map<String, Value>,
+        auth: &ClientAuth,
+    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
+        let Some(client) = &auth.client else {
+            return Ok(Err(invalid_client().into()));
+        };
+        let Some(code) = params::non_blank(request, "code") else {
+            return Ok(Err(invalid_code().into()));
+        };
+        let now = crate::admin::crud::now();
+        let record = match self
+            .deps
+            .tokens
+            .take_code(&crypto::token_hash(code), now)
+            .await
+        {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Err(invalid_code().into())),
+            Err(StoreError::CodeReplayed { code_id }) => {
+                // RFC 6749 §4.1.2: a replayed code revokes the tokens issued from it.
+                let revoked = self.deps.tokens.revoke_by_code(code_id).await?;
+                tracing::warn!(
+                    revoked = revoked.len(),
+                    "authorization code replayed; its tokens were revoked"
+                );
+                return Ok(Err(invalid_code().into()));
+            }
+            Err(e) => return Err(e),
+        };
+        let service = ctx.service.as_ref().map(|s| s.id);
+        let wrong_service = !self.config.global_credentials && record.service_id != service;
+        let wrong_plugin =
+            self.config.global_credentials && record.plugin_id.is_some_and(|p| p != self.plugin_id);
+        if record.credential_id != client.id || wrong_service || wrong_plugin {
+            return Ok(Err(invalid_code().into()));
+        }
+        let pkce = self.config.pkce.as_deref().unwrap_or("lax");
+        let required = record.challenge_method.is_some()
+            || (client.public && pkce != "none")
+            || (!client.public && pkce == "strict");
+        if required {
+            let verifier = match request.get("code_verifier") {
+                None | Some(Value::Null) => {
+                    return Ok(Err(OAuthError::new(
+                        "invalid_request",
+                        "code_verifier is required for PKCE authorization requests",
+                    )
+                    .into()))
+                }
+                Some(Value::String(v)) => v.clone(),
+                Some(_) => {
+                    return Ok(Err(OAuthError::new(
+                        "invalid_request",
+                        "code_verifier is not a string",
+                    )
+                    .into()))
+                }
+            };
+            if verifier.len() < 43 || verifier.len() > 128 {
+                return Ok(Err(OAuthError::new(
+                    "invalid_request",
+                    "code_verifier must be between 43 and 128 characters",
+                )
+                .into()));
+            }
+            let expected = match record.challenge_method.as_deref() {
+                Some("plain") => verifier.clone(),
+                _ => URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())),
+            };
+            let matches = record
+                .challenge
+                .as_deref()
+                .is_some_and(|c| crypto::ct_eq(c.as_bytes(), expected.as_bytes()));
+            if !matches {
+                return Ok(Err(OAuthError::new("invalid_grant", "Invalid code").into()));
+            }
+        }
+        let issued = self.new_token(
+            ctx,
+            Grant {
+                credential: client.id,
+                userid: record.authenticated_userid,
+                scope: record.scope,
+                with_refresh: true,
+                family: None,
+                code_id: Some(record.id),
+            },
+        );
+        let body = self.token_params(&issued, None);
+        self.deps.tokens.insert_token(issued.record).await?;
+        Ok(Ok(body))
+    }
+
+    async fn grant_client_credentials(
+        &self,
+        ctx: &RequestCtx,
+        request: &Map<String, Value>,
+        auth: &ClientAuth,
+    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
+        let userid = params::string(request, "authenticated_userid").map(str::to_string);
+        if userid.is_some() && !self.provision_key_ok(request) {
+            return Ok(Err(OAuthError::new(
+                "invalid_provision_key",
+                "Invalid provision_key",
+            )
+            .into()));
+        }
+        let Some(client) = &auth.client else {
+            return Ok(Err(invalid_client().into()));
+        };
+        let scope = match self.check_scope(request) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let issued = self.new_token(
+            ctx,
+            Grant {
+                credential: client.id,
+                userid,
+                scope,
+                ..Grant::default()
+            },
+        );
+        let body = self.token_params(&issued, None);
+        self.deps.tokens.insert_token(issued.record).await?;
+        Ok(Ok(body))
+    }
+
+    async fn grant_password(
+        &self,
+        ctx: &RequestCtx,
+        request: &Map<String, Value>,
+        auth: &ClientAuth,
+    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
+        let Some(client) = &auth.client else {
+            return Ok(Err(invalid_client().into()));
+        };
+        if !self.provision_key_ok(request) {
+            return Ok(Err(OAuthError::new(
+                "invalid_provision_key",
+                "Invalid provision_key",
+            )
+            .into()));
+        }
+        let Some(userid) = params::non_blank(request, "authenticated_userid") else {
+            return Ok(Err(OAuthError::new(
+                "invalid_authenticated_userid",
+                "Missing authenticated_userid parameter",
+            )
+            .into()));
+        };
+        let scope = match self.check_scope(request) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let issued = self.new_token(
+            ctx,
+            Grant {
+                credential: client.id,
+                userid: Some(userid.to_string()),
+                scope,
+                with_refresh: true,
+                ..Grant::default()
+            },
+        );
+        let body = self.token_params(&issued, None);
+        self.deps.tokens.insert_token(issued.record).await?;
+        Ok(Ok(body))
+    }
+
+    async fn grant_refresh(
+        &self,
+        ctx: &RequestCtx,
+        request: &Map<String, Value>,
+        auth: &ClientAuth,
+    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
+        let Some(client) = &auth.client else {
+            return Ok(Err(invalid_client().into()));
+        };
+        let Some(refresh) = params::non_blank(request, "refresh_token") else {
+            return Ok(Err(invalid_refresh().into()));
+        };
+        let hash = crypto::token_hash(refresh);
+        let now = crate::admin::crud::now();
+        let Some(current) = self.deps.tokens.token_by_refresh(&hash, now).await? else {
+            // Unknown, expired, or already rotated: find out which without changing anything.
+            let probe = RefreshReplacement::Renew {
+                access_token_hash: hash,
+                expires_in: 0,
+                expires_at: Some(0),
+            };
+            if let RefreshOutcome::Reused {
+                family_id,
+                rotated_at,
+            } = self.deps.tokens.redeem_refresh(&hash, probe, now).await?
+            {
+                self.punish_reuse(family_id, rotated_at, now).await?;
+            }
+            return Ok(Err(invalid_refresh().into()));
+        };
+        let service = ctx.service.as_ref().map(|s| s.id);
+        if !self.config.global_credentials && current.service_id != service {
+            return Ok(Err(invalid_refresh().into()));
+        }
+        if current.credential_id != client.id {
+            return Ok(Err(invalid_client().into()));
+        }
+        if let Some(scope) = &current.scope {
+            let allowed = self.config.scopes.as_deref().unwrap_or_default();
+            if scope
+                .split_whitespace()
+                .any(|s| !allowed.iter().any(|a| a == s))
+            {
+                return Ok(Err(
+                    OAuthError::new("invalid_scope", "Scope mismatch").into()
+                ));
+            }
+        }
+        let (replacement, issued) = if self.config.reuse_refresh_token {
+            let issued = self.new_token(
+                ctx,
+                Grant {
+                    credential: client.id,
+                    ..Grant::default()
+                },
+            );
+            let renew = RefreshReplacement::Renew {
+                access_token_hash: issued.record.access_token_hash,
+                expires_in: self.expiration(),
+                expires_at: self.row_expiry(now),
+            };
+            (renew, issued)
+        } else {
+            let issued = self.new_token(
+                ctx,
+                Grant {
+                    credential: client.id,
+                    userid: current.authenticated_userid.clone(),
+                    scope: current.scope.clone(),
+                    with_refresh: true,
+                    family: Some(current.family_id),
+                    code_id: current.code_id,
+                },
+            );
+            (
+                RefreshReplacement::Rotate(Box::new(issued.record.clone())),
+                issued,
+            )
+        };
+        match self
+            .deps
+            .tokens
+            .redeem_refresh(&hash, replacement, now)
+            .await?
+        {
+            RefreshOutcome::Redeemed(_) => {
+                let keep = self.config.reuse_refresh_token.then_some(refresh);
+                Ok(Ok(self.token_params(&issued, keep)))
+            }
+            RefreshOutcome::Reused {
+                family_id,
+                rotated_at,
+            } => {
+                self.punish_reuse(family_id, rotated_at, now).await?;
+                Ok(Err(invalid_refresh().into()))
+            }
+            RefreshOutcome::NotFound => Ok(Err(invalid_refresh().into())),
+        }
+    }
+
+    /// Reuse of a rotated refresh token outside the grace window revokes its whole family
+    /// (OAuth 2.0 Security BCP); inside it, the loser of a concurrent refresh is only refused.
+    async fn punish_reuse(
+        &self,
+        family: uuid::Uuid,
+        rotated_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if now - rotated_at >= self.config.refresh_token_reuse_grace {
+            let revoked = self.deps.tokens.revoke_family(family).await?;
+            tracing::warn!(
+                revoked = revoked.len(),
+                "rotated refresh token reused; token family revoked"
+            );
+        }
+        Ok(())
+    }
+}
