@@ -18,7 +18,10 @@ pub fn init(settings: &Settings) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: in files and pipes they garble every line.
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (log collector restarted, `serve | head`) must not take the gateway
+        // down: reporting the failed write would eprintln! to the same closed pipe and panic.
+        .log_internal_errors(false);
     let _ = match settings.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
