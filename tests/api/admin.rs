@@ -762,3 +762,41 @@ async fn oversized_body_is_413_and_writes_nothing() {
     assert_eq!(s, 201, "under the limit is fine");
     assert_eq!(app.count("services").await, 1);
 }
+
+#[actix_web::test]
+async fn oversized_declared_body_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut settings = test_settings();
+    settings.client_max_body_size = "1k".into();
+    let app = spawn_with(settings).await;
+    let addr = app.admin.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Announce 10 GB and send none of it: the answer must not wait for the body.
+    conn.write_all(
+        b"POST /services HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), conn.read(&mut head))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // A chunked body over the limit is cut off too.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![b' '; 512])).collect();
+    let resp = app
+        .http
+        .post(format!("{}/services", app.admin))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+}
