@@ -800,3 +800,98 @@ async fn oversized_declared_body_is_refused_before_it_is_read() {
         .unwrap();
     assert_eq!(resp.status(), 413);
 }
+
+#[actix_web::test]
+async fn nested_put_patch_and_pagination_keep_the_parent() {
+    let app = spawn_app().await;
+    app.admin_post("/services", json!({"name": "s", "host": "a.test"}))
+        .await;
+    let (_, other) = app
+        .admin_post("/services", json!({"name": "o", "host": "b.test"}))
+        .await;
+    let (s, route) = app
+        .admin_put("/services/s/routes/put-route", json!({"paths": ["/p"]}))
+        .await;
+    assert_eq!(s, 200, "{route}");
+    let (_, svc) = app.admin_get("/services/s").await;
+    assert_eq!(route["service"]["id"], svc["id"]);
+    assert_eq!(route["name"], "put-route");
+    for i in 0..3 {
+        let (s, _) = app
+            .admin_post("/services/s/routes", json!({"paths": [format!("/n{i}")]}))
+            .await;
+        assert_eq!(s, 201);
+    }
+    app.admin_post("/services/o/routes", json!({"paths": ["/o"]}))
+        .await;
+    let (s, page) = app.admin_get("/services/s/routes?size=3").await;
+    assert_eq!(s, 200);
+    assert_eq!(page["data"].as_array().unwrap().len(), 3);
+    let next = page["next"].as_str().unwrap();
+    assert!(next.starts_with("/services/s/routes?offset="), "{next}");
+    let (_, rest) = app.admin_get(next).await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next"], json!(null));
+
+    // Re-pointing a route at a missing service is a FK violation; at another one is fine.
+    let (s, body) = app
+        .admin_patch(
+            "/routes/put-route",
+            json!({"service": {"id": "0b3a4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d"}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["code"], 4);
+    let (s, moved) = app
+        .admin_patch("/routes/put-route", json!({"service": {"id": other["id"]}}))
+        .await;
+    assert_eq!(s, 200, "{moved}");
+    assert_eq!(moved["service"]["id"], other["id"]);
+    assert_eq!(moved["paths"], json!(["/p"]));
+}
+
+#[actix_web::test]
+async fn plugin_config_from_a_form_and_consumer_cascade() {
+    let app = spawn_app().await;
+    let (s, plugin) = app
+        .admin_form(
+            "/plugins",
+            &[
+                ("name", "request-termination"),
+                ("config.status_code", "429"),
+                ("config.message", "slow down"),
+                ("protocols[]", "http"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+    assert_eq!(plugin["config"]["status_code"], 429);
+    assert_eq!(plugin["protocols"], json!(["http"]));
+
+    let (s, _) = app
+        .admin_post("/consumers", json!({"username": "carl"}))
+        .await;
+    assert_eq!(s, 201);
+    let (s, scoped) = app
+        .admin_post(
+            "/consumers/carl/plugins",
+            json!({"name": "request-termination"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{scoped}");
+    assert_eq!(app.count("plugins").await, 2);
+    assert_eq!(app.admin_delete("/consumers/carl").await.0, 204);
+    assert_eq!(app.count("plugins").await, 1, "consumer plugins cascade");
+
+    let (s, body) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "request-termination", "config": {"status_code": "403"}}),
+        )
+        .await;
+    assert_eq!(s, 400, "JSON is not coerced: {body}");
+    assert_eq!(
+        body["fields"]["config"]["status_code"],
+        "expected an integer"
+    );
+}

@@ -713,3 +713,26 @@ async fn https_redirect_uses_trusted_forwarded_host() {
     assert_eq!(resp.status(), 308);
     assert_eq!(resp.headers()["location"], "https://public.test/moved");
 }
+
+#[actix_web::test]
+async fn regex_paths_strip_what_they_matched() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(
+        &app,
+        "re",
+        &format!("{}/base", up.url),
+        json!({"paths": ["~/v\\d+"]}),
+    )
+    .await;
+    let resp = app.proxy_get("/v12/items").await;
+    assert_eq!(resp.status(), 200);
+    let via = resp.headers()["via"].to_str().unwrap().to_string();
+    assert!(via.starts_with("1.1 portcullis/"), "{via}");
+    assert!(resp.headers().contains_key("x-portcullis-upstream-latency"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["path"], "/base/items");
+    assert_eq!(body["headers"]["x-forwarded-prefix"], "/v12");
+    let (s, _) = send(&app, Method::GET, "/x/v12", &[]).await;
+    assert_eq!(s, 404, "regexes are anchored at the start");
+}
