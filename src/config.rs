@@ -163,9 +163,12 @@ pub enum ConfigError {
         /// The OS error.
         reason: String,
     },
-    /// A key is unknown, or its value has the wrong type.
+    /// The file is not valid TOML.
     #[error("invalid config: {0}")]
     Invalid(String),
+    /// A key the gateway does not know (a typo would otherwise be silently ignored).
+    #[error("unknown config key `{0}`")]
+    UnknownKey(String),
     /// A key's value is well-typed but wrong.
     #[error("invalid value for `{key}`: {reason}")]
     Value {
@@ -242,7 +245,7 @@ impl Settings {
                     reason: e.to_string(),
                 })?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Invalid(e.message().to_string()))?
+                    .map_err(|e| syntax_error(path, &text, &e))?
             }
             None => toml::Table::new(),
         };
@@ -281,8 +284,30 @@ impl Settings {
             };
             table.insert((*k).to_string(), parsed);
         }
-        let settings: Settings = Settings::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Invalid(e.message().to_string()))?;
+        if let Some(unknown) = table
+            .keys()
+            .find(|k| !KEYS.iter().any(|(name, _)| name == k))
+        {
+            return Err(ConfigError::UnknownKey(unknown.clone()));
+        }
+        let settings: Settings =
+            Settings::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+                // serde's message does not say which key; find it by deserializing each alone.
+                let culprit = KEYS.iter().find(|(name, _)| {
+                    table.get(*name).is_some_and(|v| {
+                        let mut alone = toml::Table::new();
+                        alone.insert((*name).to_string(), v.clone());
+                        Settings::deserialize(toml::Value::Table(alone)).is_err()
+                    })
+                });
+                match culprit {
+                    Some((key, _)) => ConfigError::Value {
+                        key,
+                        reason: one_line(e.message()),
+                    },
+                    None => ConfigError::Invalid(one_line(e.message())),
+                }
+            })?;
         settings.check()?;
         Ok(settings)
     }
@@ -300,11 +325,19 @@ impl Settings {
                 &self.admin_ssl_cert_key,
             ),
         ] {
-            if cert.is_some() != pem_key.is_some() {
-                return Err(ConfigError::Value {
-                    key,
-                    reason: format!("{key} and {key}_key must be set together"),
-                });
+            match (cert, pem_key) {
+                (Some(cert), Some(pem_key)) => {
+                    // Read and pair them now, so `config check` reports what `serve` would.
+                    crate::tls::install_crypto_provider();
+                    crate::tls::server_config(key, Some((cert, pem_key)))?;
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(ConfigError::Value {
+                        key,
+                        reason: format!("{key} and {key}_key must be set together"),
+                    })
+                }
             }
         }
         if !matches!(
@@ -400,6 +433,23 @@ impl Settings {
     }
 }
 
+/// Error text on one line (log and terminal friendly).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A TOML syntax error as one line with its position.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e
+        .span()
+        .map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" at line {line}")
+        })
+        .unwrap_or_default();
+    ConfigError::Invalid(format!("{}{at}: {}", path.display(), one_line(e.message())))
+}
+
 fn split_list(s: &str) -> toml::Value {
     toml::Value::Array(
         s.split(',')
@@ -467,6 +517,25 @@ mod tests {
         );
         let err = Settings::load(None, [("PORTCULLIS_PG_PORT".into(), "abc".into())]).unwrap_err();
         assert!(err.to_string().contains("pg_port"), "{err}");
+    }
+
+    #[test]
+    fn bad_keys_and_types_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "proxy_listen = \"127.0.0.1:0\"\ncolour = 1\n").unwrap();
+        let err = Settings::load(Some(&file), []).unwrap_err().to_string();
+        assert_eq!(err, "unknown config key `colour`");
+        std::fs::write(&file, "pg_port = \"abc\"\n").unwrap();
+        let err = Settings::load(Some(&file), []).unwrap_err().to_string();
+        assert!(err.starts_with("invalid value for `pg_port`"), "{err}");
+        std::fs::write(&file, "x = [\n").unwrap();
+        let err = Settings::load(Some(&file), []).unwrap_err().to_string();
+        assert!(err.contains(" at line ") && !err.contains('\n'), "{err}");
+        let err = Settings::load(None, [("PORTCULLIS_DATABASE".into(), "mysql".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid value for `database`"), "{err}");
     }
 
     #[test]

@@ -367,20 +367,13 @@ pub static CONSUMER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     }
 });
 
-/// Placeholder record type for plugin `config`: the plugin's own schema validates it.
-static OPEN_RECORD: LazyLock<Schema> = LazyLock::new(|| Schema {
-    name: "config",
-    fields: Vec::new(),
-    entity_checks: Vec::new(),
-});
-
 /// Plugins schema; `config` is validated by the named plugin's schema (see `plugins::registry`).
 pub static PLUGIN_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let mut fields = base_fields();
     fields.extend([
         Field::new("name", FieldType::String).required(),
         Field::new("instance_name", FieldType::String).check(check_name),
-        Field::new("config", FieldType::Record(&OPEN_RECORD)),
+        Field::new("config", FieldType::AnyRecord),
         Field::new("protocols", FieldType::Set(Box::new(FieldType::String)))
             .required()
             .default(|| strings(&["grpc", "grpcs", "http", "https"]))

@@ -31,6 +31,9 @@ pub enum FieldType {
     StringMap,
     /// Nested record with its own schema.
     Record(&'static Schema),
+    /// A record whose fields another schema checks (a plugin's `config`, validated against the
+    /// schema of the plugin named beside it).
+    AnyRecord,
     /// Foreign key `{"id": uuid}` to the named entity.
     Foreign(&'static str),
     /// UUID string.
@@ -199,7 +202,7 @@ fn type_error(ty: &FieldType) -> Value {
         FieldType::Array(_) => "expected an array",
         FieldType::Set(_) => "expected a set",
         FieldType::StringListMap | FieldType::StringMap => "expected a map",
-        FieldType::Record(_) | FieldType::Foreign(_) => "expected a record",
+        FieldType::Record(_) | FieldType::AnyRecord | FieldType::Foreign(_) => "expected a record",
     };
     Value::String(text.into())
 }
@@ -306,6 +309,7 @@ fn check_value(field: &Field, ty: &FieldType, v: Value, coerce: Coerce) -> Resul
                 .map(Value::Object)
                 .map_err(Value::Object);
         }
+        (FieldType::AnyRecord, Value::Object(o)) => Value::Object(o),
         (FieldType::Foreign(_), Value::Object(o)) => {
             let id = o.get("id").and_then(Value::as_str).unwrap_or_default();
             if uuid::Uuid::parse_str(id).is_err() {
@@ -414,7 +418,23 @@ pub fn merge_patch(schema: &Schema, base: &mut Map<String, Value>, patch: Map<St
             (Some(FieldType::Record(inner)), Some(Value::Object(existing)), Value::Object(p)) => {
                 merge_patch(inner, existing, p);
             }
+            (Some(FieldType::AnyRecord), Some(Value::Object(existing)), Value::Object(p)) => {
+                merge_objects(existing, p);
+            }
             (_, _, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Merges JSON objects recursively (nested objects merge, everything else replaces), for records
+/// whose schema is not known here.
+fn merge_objects(base: &mut Map<String, Value>, patch: Map<String, Value>) {
+    for (k, v) in patch {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Object(existing)), Value::Object(p)) => merge_objects(existing, p),
+            (_, v) => {
                 base.insert(k, v);
             }
         }

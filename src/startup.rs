@@ -151,7 +151,6 @@ impl Application {
             .await
             .map_err(|e| StartError::Store(e.to_string()))?
             .map_err(|e| StartError::Store(format!("cannot load configuration: {e}")))?;
-        TokenLifecycle::new(stores.tokens.clone(), Duration::from_secs(60)).start();
 
         let proxy_listen = settings.proxy_listeners()?;
         let admin_listen = settings.admin_listeners()?;
@@ -272,6 +271,9 @@ impl Application {
             }
             servers.push(server.run());
         }
+        // Started last: an actor started but never polled (a bind failed above) would set its
+        // timer while the runtime is being dropped, and panic instead of the one-line error.
+        TokenLifecycle::new(stores.tokens.clone(), Duration::from_secs(60)).start();
         Ok(Self {
             proxy: proxy_addrs,
             admin: admin_addrs,

@@ -79,7 +79,7 @@ fn type_name(ty: &FieldType) -> &'static str {
         FieldType::Array(_) => "array",
         FieldType::Set(_) => "set",
         FieldType::StringListMap | FieldType::StringMap => "map",
-        FieldType::Record(_) => "record",
+        FieldType::Record(_) | FieldType::AnyRecord => "record",
         FieldType::Foreign(_) => "foreign",
     }
 }

@@ -12,6 +12,7 @@ use actix::Addr;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
+use futures_util::StreamExt;
 use portcullis_stores::{ConfigStore, TokenStore};
 
 use crate::actors::registry::ConfigRegistry;
@@ -100,13 +101,15 @@ fn authorized(state: &AdminState, req: &HttpRequest) -> bool {
 /// The one admin handler: authenticates, parses, dispatches.
 pub async fn dispatch(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, AdminError> {
     let path = req.path().trim_end_matches('/').to_string();
     if !(path == "/status" || authorized(&state, &req)) {
         return Err(AdminError::Unauthorized);
     }
+    let max = state.settings.max_body_bytes().unwrap_or(usize::MAX);
+    let body = read_body(&req, payload, max).await?;
     let segments: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
@@ -126,10 +129,6 @@ pub async fn dispatch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let max = state.settings.max_body_bytes().unwrap_or(usize::MAX);
-    if body.len() > max {
-        return Err(AdminError::TooLarge);
-    }
     let parse = || -> Result<(serde_json::Map<String, serde_json::Value>, Coerce), AdminError> {
         body::parse(&content_type, &body)
     };
@@ -212,6 +211,32 @@ pub async fn dispatch(
         }
         _ => Err(AdminError::NotFound),
     }
+}
+
+/// Reads the body up to `max` bytes: a larger declared length is refused before reading, a
+/// longer chunked body as soon as it passes the limit (never buffered whole).
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<web::Bytes, AdminError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
+        return Err(AdminError::TooLarge);
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| AdminError::BadBody("Cannot read request body".into()))?;
+        if buf.len().saturating_add(chunk.len()) > max {
+            return Err(AdminError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 async fn entity_item(

@@ -146,9 +146,15 @@ async fn proxy(
         if code == 426 {
             return Err(ProxyError::UseHttps);
         }
+        // Kong redirects to the host without the plain listener's port (nginx `$host`), or to
+        // the trusted `X-Forwarded-Host`: keeping the http port would send TLS to a plain port.
+        let target_host = trusted
+            .then(|| header_lookup("x-forwarded-host"))
+            .flatten()
+            .unwrap_or_else(|| host.clone());
         let location = format!(
             "https://{}{}",
-            host_with_port,
+            target_host,
             req.uri().path_and_query().map_or("/", |p| p.as_str())
         );
         return Ok(HttpResponse::build(

@@ -118,6 +118,44 @@ impl TestApp {
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
         self.admin_call(reqwest::Method::GET, path, None).await
     }
+    /// PUT JSON on the admin API.
+    pub async fn admin_put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.admin_call(reqwest::Method::PUT, path, Some(body))
+            .await
+    }
+    /// PATCH JSON on the admin API.
+    pub async fn admin_patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.admin_call(reqwest::Method::PATCH, path, Some(body))
+            .await
+    }
+    /// DELETE on the admin API.
+    pub async fn admin_delete(&self, path: &str) -> (u16, Value) {
+        self.admin_call(reqwest::Method::DELETE, path, None).await
+    }
+    /// Sends raw bytes with the given content type to the admin API.
+    pub async fn admin_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.admin))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("admin reachable");
+        status_json(r).await
+    }
+    /// Number of rows `GET /{entity}` lists (first page).
+    pub async fn count(&self, entity: &str) -> usize {
+        let (s, body) = self.admin_get(&format!("/{entity}")).await;
+        assert_eq!(s, 200, "{body}");
+        body["data"].as_array().expect("data").len()
+    }
     /// Creates a service pointing at `url` and a route with `paths`; returns (service, route).
     pub async fn expose(&self, name: &str, url: &str, paths: &[&str]) -> (Value, Value) {
         let (s, service) = self

@@ -7,3 +7,4 @@ mod admin;
 mod helpers;
 mod oauth2;
 mod proxy;
+mod tls;

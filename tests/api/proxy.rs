@@ -29,3 +29,710 @@ async fn no_route_is_kongs_404() {
     assert_eq!(body["message"], "no Route matched with those values");
     assert!(body["request_id"].is_string());
 }
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{dead_port, spawn_with, test_settings, TestApp};
+
+/// Creates a service `name` at `url` with one route described by `route` (JSON fields).
+async fn service_with_route(app: &TestApp, name: &str, url: &str, route: Value) {
+    let (s, body) = app
+        .admin_post("/services", json!({ "name": name, "url": url }))
+        .await;
+    assert_eq!(s, 201, "service {name}: {body}");
+    let (s, body) = app
+        .admin_post(&format!("/services/{name}/routes"), route)
+        .await;
+    assert_eq!(s, 201, "route of {name}: {body}");
+}
+
+/// Sends a request through the proxy and returns (status, echoed JSON).
+async fn send(app: &TestApp, method: Method, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut rb = app.http.request(method, format!("{}{path}", app.proxy));
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    crate::helpers::status_json(rb.send().await.expect("proxy reachable")).await
+}
+
+/// Upstream path the echo server saw, for a GET with these headers.
+async fn upstream_path(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> String {
+    let (s, body) = send(app, Method::GET, path, headers).await;
+    assert_eq!(s, 200, "{path} {headers:?}: {body}");
+    body["path"].as_str().unwrap_or_default().to_string()
+}
+
+#[actix_web::test]
+async fn route_priority_follows_kong() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    let u = &up.url;
+    // Longest prefix wins.
+    service_with_route(
+        &app,
+        "short",
+        &format!("{u}/short"),
+        json!({"paths": ["/p"], "strip_path": false}),
+    )
+    .await;
+    service_with_route(
+        &app,
+        "long",
+        &format!("{u}/long"),
+        json!({"paths": ["/p/long"], "strip_path": false}),
+    )
+    .await;
+    assert_eq!(
+        upstream_path(&app, "/p/long/x", &[]).await,
+        "/long/p/long/x"
+    );
+    assert_eq!(upstream_path(&app, "/p/x", &[]).await, "/short/p/x");
+    assert_eq!(
+        upstream_path(&app, "/plong", &[]).await,
+        "/short/plong",
+        "prefix, not segment"
+    );
+
+    // A regex beats a prefix, however long the prefix.
+    service_with_route(
+        &app,
+        "prefix",
+        &format!("{u}/prefix"),
+        json!({"paths": ["/v/1/very/long/prefix"], "strip_path": false}),
+    )
+    .await;
+    service_with_route(
+        &app,
+        "regex",
+        &format!("{u}/regex"),
+        json!({"paths": ["~/v/\\d+/"], "strip_path": false}),
+    )
+    .await;
+    assert_eq!(
+        upstream_path(&app, "/v/1/very/long/prefix", &[]).await,
+        "/regex/v/1/very/long/prefix"
+    );
+    assert_eq!(upstream_path(&app, "/v/9/x", &[]).await, "/regex/v/9/x");
+
+    // More attributes win: paths + methods beats paths alone.
+    service_with_route(
+        &app,
+        "any",
+        &format!("{u}/any"),
+        json!({"paths": ["/m"], "strip_path": false}),
+    )
+    .await;
+    service_with_route(
+        &app,
+        "post",
+        &format!("{u}/post"),
+        json!({"paths": ["/m"], "methods": ["POST"], "strip_path": false}),
+    )
+    .await;
+    assert_eq!(upstream_path(&app, "/m", &[]).await, "/any/m");
+    let (_, body) = send(&app, Method::POST, "/m", &[]).await;
+    assert_eq!(body["path"], "/post/m");
+
+    // Headers.
+    service_with_route(
+        &app,
+        "plain",
+        &format!("{u}/plain"),
+        json!({"paths": ["/h"], "strip_path": false}),
+    )
+    .await;
+    service_with_route(
+        &app,
+        "v2",
+        &format!("{u}/v2"),
+        json!({"paths": ["/h"], "headers": {"x-version": ["2", "3"]}, "strip_path": false}),
+    )
+    .await;
+    assert_eq!(upstream_path(&app, "/h", &[]).await, "/plain/h");
+    assert_eq!(
+        upstream_path(&app, "/h", &[("x-version", "3")]).await,
+        "/v2/h"
+    );
+    assert_eq!(
+        upstream_path(&app, "/h", &[("x-version", "4")]).await,
+        "/plain/h"
+    );
+
+    // Hosts: exact beats wildcard; leading and trailing wildcards; no match is 404.
+    service_with_route(
+        &app,
+        "wild",
+        &format!("{u}/wild"),
+        json!({"hosts": ["*.example.test"], "strip_path": false}),
+    )
+    .await;
+    service_with_route(
+        &app,
+        "exact",
+        &format!("{u}/exact"),
+        json!({"hosts": ["api.example.test"], "strip_path": false}),
+    )
+    .await;
+    service_with_route(
+        &app,
+        "tail",
+        &format!("{u}/tail"),
+        json!({"hosts": ["shop.*"], "strip_path": false}),
+    )
+    .await;
+    assert_eq!(
+        upstream_path(&app, "/z", &[("host", "api.example.test")]).await,
+        "/exact/z"
+    );
+    assert_eq!(
+        upstream_path(&app, "/z", &[("host", "www.example.test:8000")]).await,
+        "/wild/z"
+    );
+    assert_eq!(
+        upstream_path(&app, "/z", &[("host", "shop.test")]).await,
+        "/tail/z"
+    );
+    let (s, _) = send(&app, Method::GET, "/z", &[("host", "example.test")]).await;
+    assert_eq!(s, 404);
+
+    // Methods alone.
+    service_with_route(
+        &app,
+        "del",
+        &format!("{u}/del"),
+        json!({"methods": ["DELETE"], "strip_path": false}),
+    )
+    .await;
+    let (_, body) = send(&app, Method::DELETE, "/anything", &[]).await;
+    assert_eq!(body["path"], "/del/anything");
+    let (s, _) = send(&app, Method::PUT, "/anything", &[]).await;
+    assert_eq!(s, 404);
+}
+
+#[actix_web::test]
+async fn strip_path_table_through_the_proxy() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    // (service path, strip_path, request, upstream path) from gateways.md §2.2.
+    let cases: &[(&str, bool, &str, &str)] = &[
+        ("/svc", true, "/api/foo", "/svc/foo"),
+        ("/svc", true, "/api", "/svc"),
+        ("/svc", true, "/api/", "/svc/"),
+        ("/svc/", true, "/api/foo", "/svc/foo"),
+        ("/svc/", true, "/api", "/svc"),
+        ("/", true, "/api/foo", "/foo"),
+        ("", true, "/api/foo", "/foo"),
+        ("/", true, "/api", "/"),
+        ("", true, "/api", "/"),
+        ("/svc", false, "/api/foo", "/svc/api/foo"),
+        ("/svc/", false, "/api/foo", "/svc/api/foo"),
+        ("", false, "/api/foo", "/api/foo"),
+        ("/svc", true, "/apifoo", "/svc/foo"),
+    ];
+    for (i, (svc_path, strip, req, want)) in cases.iter().enumerate() {
+        let host = format!("case{i}.test");
+        service_with_route(
+            &app,
+            &format!("case{i}"),
+            &format!("{}{svc_path}", up.url),
+            json!({"paths": ["/api"], "hosts": [host], "strip_path": strip}),
+        )
+        .await;
+        let (s, body) = send(
+            &app,
+            Method::GET,
+            &format!("{req}?q=1&r"),
+            &[("host", &host)],
+        )
+        .await;
+        assert_eq!(s, 200, "case {i}: {body}");
+        assert_eq!(
+            body["path"], *want,
+            "service.path {svc_path:?} strip_path {strip} request {req}"
+        );
+        assert_eq!(body["query"], "q=1&r", "query passed through unchanged");
+    }
+}
+
+#[actix_web::test]
+async fn preserve_host_sends_the_clients_host() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(
+        &app,
+        "keep",
+        &up.url,
+        json!({"paths": ["/keep"], "preserve_host": true}),
+    )
+    .await;
+    service_with_route(&app, "drop", &up.url, json!({"paths": ["/drop"]})).await;
+    let (_, body) = send(&app, Method::GET, "/keep", &[("host", "client.test:9999")]).await;
+    assert_eq!(body["headers"]["host"], "client.test:9999");
+    let (_, body) = send(&app, Method::GET, "/drop", &[("host", "client.test")]).await;
+    assert_eq!(body["headers"]["host"], format!("127.0.0.1:{}", up.port));
+    assert_eq!(body["headers"]["x-forwarded-host"], "client.test");
+}
+
+#[actix_web::test]
+async fn https_only_routes_answer_426_or_redirect() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(
+        &app,
+        "secure",
+        &up.url,
+        json!({"paths": ["/secure"], "protocols": ["https"]}),
+    )
+    .await;
+    service_with_route(
+        &app,
+        "moved",
+        &up.url,
+        json!({"paths": ["/moved"], "protocols": ["https"], "https_redirect_status_code": 301}),
+    )
+    .await;
+    let resp = app.proxy_get("/secure/x").await;
+    assert_eq!(resp.status(), 426);
+    assert_eq!(resp.headers()["upgrade"], "TLS/1.2, HTTP/1.1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["message"], "Please use HTTPS protocol");
+
+    let resp = app
+        .http
+        .get(format!("{}/moved/x?y=1", app.proxy))
+        .header("host", "gw.test:8000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 301);
+    assert_eq!(resp.headers()["location"], "https://gw.test/moved/x?y=1");
+
+    // The same routes over TLS are proxied.
+    let resp = app
+        .http
+        .get(format!("{}/secure/x", app.proxy_tls))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+}
+
+#[actix_web::test]
+async fn forwarded_headers_from_untrusted_clients_are_replaced() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(
+        &app,
+        "fw",
+        &up.url,
+        json!({"paths": ["/fw"], "strip_path": false}),
+    )
+    .await;
+    let spoofed = [
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.test"),
+        ("x-forwarded-port", "1"),
+        ("x-forwarded-path", "/evil"),
+        ("x-forwarded-prefix", "/evil"),
+        ("x-real-ip", "1.2.3.4"),
+        ("via", "1.1 upstream-proxy"),
+        ("host", "gw.test"),
+    ];
+    let (s, body) = send(&app, Method::GET, "/fw/a?x=1", &spoofed).await;
+    assert_eq!(s, 200, "{body}");
+    let h = &body["headers"];
+    let port = app.proxy.rsplit(':').next().unwrap();
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "gw.test");
+    assert_eq!(h["x-forwarded-port"], port);
+    assert_eq!(h["x-forwarded-path"], "/fw/a");
+    assert!(
+        h.get("x-forwarded-prefix").is_none(),
+        "nothing stripped: {h}"
+    );
+    let via = h["via"].as_str().unwrap();
+    assert!(
+        via.starts_with("1.1 upstream-proxy, 1.1 portcullis/"),
+        "{via}"
+    );
+    assert!(h["x-portcullis-request-id"].is_string());
+}
+
+#[actix_web::test]
+async fn forwarded_headers_from_trusted_clients_are_kept() {
+    let mut settings = test_settings();
+    settings.trusted_ips = vec!["127.0.0.1/32".into()];
+    let app = spawn_with(settings).await;
+    let up = spawn_upstream();
+    service_with_route(&app, "fw", &up.url, json!({"paths": ["/fw"]})).await;
+    let forwarded = [
+        ("x-forwarded-for", "1.2.3.4, 5.6.7.8"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "public.test"),
+        ("x-forwarded-port", "443"),
+        ("x-forwarded-path", "/outer/fw/a"),
+        ("x-forwarded-prefix", "/outer"),
+        ("x-real-ip", "9.9.9.9"),
+    ];
+    let (s, body) = send(&app, Method::GET, "/fw/a", &forwarded).await;
+    assert_eq!(s, 200, "{body}");
+    let h = &body["headers"];
+    assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 9.9.9.9");
+    assert_eq!(
+        h["x-real-ip"], "9.9.9.9",
+        "client address from real_ip_header"
+    );
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "public.test");
+    assert_eq!(h["x-forwarded-port"], "443");
+    assert_eq!(h["x-forwarded-path"], "/outer/fw/a");
+    assert_eq!(h["x-forwarded-prefix"], "/outer");
+
+    // Without the headers, our own values.
+    let (_, body) = send(&app, Method::GET, "/fw/a", &[]).await;
+    let h = &body["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-prefix"], "/fw");
+    assert_eq!(h["x-forwarded-proto"], "http");
+}
+
+#[actix_web::test]
+async fn https_only_route_trusts_forwarded_proto_only_from_trusted_peers() {
+    let mut settings = test_settings();
+    settings.trusted_ips = vec!["127.0.0.1".into()];
+    let trusting = spawn_with(settings).await;
+    let strict = spawn_app().await;
+    let up = spawn_upstream();
+    for app in [&trusting, &strict] {
+        service_with_route(
+            app,
+            "s",
+            &up.url,
+            json!({"paths": ["/s"], "protocols": ["https"]}),
+        )
+        .await;
+    }
+    let (s, _) = send(
+        &trusting,
+        Method::GET,
+        "/s",
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = send(
+        &strict,
+        Method::GET,
+        "/s",
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(s, 426);
+}
+
+#[actix_web::test]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(&app, "hop", &up.url, json!({"paths": ["/hop"]})).await;
+    let (s, body) = send(
+        &app,
+        Method::GET,
+        "/hop",
+        &[
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-connection", "keep-alive"),
+            ("x-end-to-end", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let h = &body["headers"];
+    assert_eq!(h["x-end-to-end"], "yes");
+    for name in ["x-private", "keep-alive", "te", "proxy-connection"] {
+        assert!(h.get(name).is_none(), "{name} forwarded: {h}");
+    }
+}
+
+#[actix_web::test]
+async fn upstream_down_is_502_with_request_id() {
+    let app = spawn_app().await;
+    let port = dead_port();
+    let (s, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": "down", "url": format!("http://127.0.0.1:{port}"), "retries": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    app.admin_post("/services/down/routes", json!({"paths": ["/down"]}))
+        .await;
+    let resp = app.proxy_get("/down").await;
+    assert_eq!(resp.status(), 502);
+    let id = resp.headers()["x-portcullis-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"message": "An invalid response was received from the upstream server", "request_id": id})
+    );
+}
+
+#[actix_web::test]
+async fn slow_upstream_is_504() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    let (s, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": "slow", "url": up.url, "read_timeout": 100, "connect_timeout": 100}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    app.admin_post(
+        "/services/slow/routes",
+        json!({"paths": ["/slow"], "strip_path": false}),
+    )
+    .await;
+    let resp = app.proxy_get("/slow/5000").await;
+    assert_eq!(resp.status(), 504);
+    let id = resp.headers()["x-portcullis-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"message": "The upstream server is timing out", "request_id": id})
+    );
+}
+
+#[actix_web::test]
+async fn large_bodies_stream_intact_both_ways() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(
+        &app,
+        "big",
+        &up.url,
+        json!({"paths": ["/big"], "strip_path": false}),
+    )
+    .await;
+    let payload: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let resp = app
+        .http
+        .post(format!("{}/big", app.proxy))
+        .header("content-type", "application/octet-stream")
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    assert_eq!(got.len(), payload.len());
+    assert!(got[..] == payload[..], "body changed on the way");
+
+    // Chunked (no Content-Length) request bodies too.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        payload.chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
+    let resp = app
+        .http
+        .post(format!("{}/big", app.proxy))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    assert!(got[..] == payload[..], "chunked body changed on the way");
+}
+
+#[actix_web::test]
+async fn request_termination_precedence_route_service_global() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(
+        &app,
+        "a",
+        &up.url,
+        json!({"name": "a-route", "paths": ["/a"]}),
+    )
+    .await;
+    let (s, _) = app
+        .admin_post(
+            "/services/a/routes",
+            json!({"name": "a-other", "paths": ["/a2"]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    service_with_route(
+        &app,
+        "b",
+        &up.url,
+        json!({"name": "b-route", "paths": ["/b"]}),
+    )
+    .await;
+    service_with_route(&app, "open", &up.url, json!({"paths": ["/open"]})).await;
+    assert_eq!(app.proxy_get("/a").await.status(), 200);
+
+    let plugin = |status: u16, message: &str| json!({"name": "request-termination", "config": {"status_code": status, "message": message}});
+    let (s, global) = app.admin_post("/plugins", plugin(503, "global")).await;
+    assert_eq!(s, 201, "{global}");
+    let (s, _) = app
+        .admin_post("/services/a/plugins", plugin(403, "service"))
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = app
+        .admin_post("/routes/a-route/plugins", plugin(418, "route"))
+        .await;
+    assert_eq!(s, 201);
+    // A route + service scoped instance beats a route-only one.
+    let (s, b_route) = app.admin_get("/routes/b-route").await;
+    assert_eq!(s, 200);
+    let (_, b_service) = app.admin_get("/services/b").await;
+    let (s, _) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "request-termination", "route": {"id": b_route["id"]}, "service": {"id": b_service["id"]}, "config": {"status_code": 409, "message": "route+service"}}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = app
+        .admin_post("/routes/b-route/plugins", plugin(410, "route only"))
+        .await;
+    assert_eq!(s, 201);
+
+    for (path, status, message) in [
+        ("/a", 418, "route"),
+        ("/a2", 403, "service"),
+        ("/b", 409, "route+service"),
+        ("/open", 503, "global"),
+    ] {
+        let resp = app.proxy_get(path).await;
+        assert_eq!(resp.status(), status, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, json!({"message": message}), "{path}");
+    }
+
+    // Disabling and deleting take effect at once.
+    let gid = global["id"].as_str().unwrap();
+    let (s, _) = app
+        .admin_patch(&format!("/plugins/{gid}"), json!({"enabled": false}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(app.proxy_get("/open").await.status(), 200);
+    let (s, _) = app
+        .admin_patch(
+            &format!("/plugins/{gid}"),
+            json!({"enabled": true, "protocols": ["https"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        app.proxy_get("/open").await.status(),
+        200,
+        "plugin runs on https only"
+    );
+    let resp = app
+        .http
+        .get(format!("{}/open", app.proxy_tls))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(app.admin_delete(&format!("/plugins/{gid}")).await.0, 204);
+    let resp = app
+        .http
+        .get(format!("{}/open", app.proxy_tls))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[actix_web::test]
+async fn request_termination_custom_body_and_disabled_service() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(&app, "t", &up.url, json!({"paths": ["/t"]})).await;
+    let (s, body) = app
+        .admin_post(
+            "/services/t/plugins",
+            json!({"name": "request-termination", "config": {"status_code": 451, "body": "<p>gone</p>", "content_type": "text/html"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let resp = app.proxy_get("/t").await;
+    assert_eq!(resp.status(), 451);
+    assert_eq!(resp.headers()["content-type"], "text/html");
+    assert_eq!(resp.text().await.unwrap(), "<p>gone</p>");
+
+    service_with_route(&app, "off", &up.url, json!({"paths": ["/off"]})).await;
+    let (s, _) = app
+        .admin_patch("/services/off", json!({"enabled": false}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(app.proxy_get("/off").await.status(), 404);
+}
+
+#[actix_web::test]
+async fn https_redirect_uses_trusted_forwarded_host() {
+    let mut settings = test_settings();
+    settings.trusted_ips = vec!["127.0.0.1/32".into()];
+    let app = spawn_with(settings).await;
+    let up = spawn_upstream();
+    service_with_route(
+        &app,
+        "moved",
+        &up.url,
+        json!({"paths": ["/moved"], "protocols": ["https"], "https_redirect_status_code": 308}),
+    )
+    .await;
+    let resp = app
+        .http
+        .get(format!("{}/moved", app.proxy))
+        .header("x-forwarded-host", "public.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 308);
+    assert_eq!(resp.headers()["location"], "https://public.test/moved");
+}
+
+#[actix_web::test]
+async fn regex_paths_strip_what_they_matched() {
+    let app = spawn_app().await;
+    let up = spawn_upstream();
+    service_with_route(
+        &app,
+        "re",
+        &format!("{}/base", up.url),
+        json!({"paths": ["~/v\\d+"]}),
+    )
+    .await;
+    let resp = app.proxy_get("/v12/items").await;
+    assert_eq!(resp.status(), 200);
+    let via = resp.headers()["via"].to_str().unwrap().to_string();
+    assert!(via.starts_with("1.1 portcullis/"), "{via}");
+    assert!(resp.headers().contains_key("x-portcullis-upstream-latency"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["path"], "/base/items");
+    assert_eq!(body["headers"]["x-forwarded-prefix"], "/v12");
+    let (s, _) = send(&app, Method::GET, "/x/v12", &[]).await;
+    assert_eq!(s, 404, "regexes are anchored at the start");
+}

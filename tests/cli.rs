@@ -1,0 +1,336 @@
+//! The real `portcullis` binary: `--version`, `config check`, bad configurations, `serve`.
+
+// A failing test panics with its message: unwrap/expect are the assertion style here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// The binary with no `PORTCULLIS_*` variables inherited from the test environment.
+fn portcullis() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PORTCULLIS_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a failed run printed exactly one error line naming `key`.
+fn assert_one_line_error(out: &Output, key: &str) {
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(
+        errors[0].contains(&format!("`{key}`")),
+        "names {key}: {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with("Error:") || l.contains(" INFO ")),
+        "nothing else but start-up logs: {stderr}"
+    );
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = portcullis().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn config_check_prints_effective_settings_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "portcullis.toml",
+        "proxy_listen = \"127.0.0.1:9000\"\nlog_level = \"debug\"\ntrusted_ips = \"10.0.0.0/8, 127.0.0.1\"\n",
+    );
+    let out = portcullis()
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .env("PORTCULLIS_ADMIN_TOKEN", "hunter2-admin-token")
+        .env("PORTCULLIS_PG_PASSWORD", "pg-secret-password")
+        .env("PORTCULLIS_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim(), "configuration ok");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(!stdout.contains("pg-secret"), "{stdout}");
+    let effective: toml::Table = stdout.parse().expect("TOML on stdout");
+    assert_eq!(effective["admin_token"].as_str(), Some("********"));
+    assert_eq!(effective["pg_password"].as_str(), Some("********"));
+    assert_eq!(
+        effective["proxy_listen"].as_str(),
+        Some("127.0.0.1:9000"),
+        "from the file"
+    );
+    assert_eq!(
+        effective["log_level"].as_str(),
+        Some("warn"),
+        "env beats the file"
+    );
+    assert_eq!(
+        effective["trusted_ips"],
+        toml::Value::Array(vec!["10.0.0.0/8".into(), "127.0.0.1".into()])
+    );
+    assert_eq!(
+        effective["admin_listen"].as_str(),
+        Some("127.0.0.1:8001, 127.0.0.1:8444 ssl"),
+        "default"
+    );
+}
+
+#[test]
+fn bad_configs_fail_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let cases = [
+        (
+            "unknown.toml",
+            "proxy_listen = \"127.0.0.1:0\"\ncolour = \"red\"\n".to_string(),
+            "colour",
+        ),
+        (
+            "type.toml",
+            "pg_port = \"not a port\"\n".to_string(),
+            "pg_port",
+        ),
+        (
+            "type2.toml",
+            "worker_processes = true\n".to_string(),
+            "worker_processes",
+        ),
+        (
+            "cert.toml",
+            format!(
+                "ssl_cert = {:?}\nssl_cert_key = {:?}\n",
+                missing.display().to_string(),
+                missing.display().to_string()
+            ),
+            "ssl_cert",
+        ),
+        (
+            "half.toml",
+            "admin_ssl_cert = \"/x.pem\"\n".to_string(),
+            "admin_ssl_cert",
+        ),
+        (
+            "listen.toml",
+            "proxy_listen = \"127.0.0.1:0 sslx\"\n".to_string(),
+            "proxy_listen",
+        ),
+        (
+            "cidr.toml",
+            "trusted_ips = [\"10.0.0.300/8\"]\n".to_string(),
+            "trusted_ips",
+        ),
+        (
+            "size.toml",
+            "client_max_body_size = \"lots\"\n".to_string(),
+            "client_max_body_size",
+        ),
+    ];
+    for (name, content, key) in cases {
+        let file = write(dir.path(), name, &content);
+        for command in [&["config", "check"][..], &["serve"][..]] {
+            let out = portcullis()
+                .args(command)
+                .arg("--config")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert_one_line_error(&out, key);
+        }
+    }
+    let out = portcullis()
+        .args(["config", "check"])
+        .env("PORTCULLIS_PG_PORT", "eighty")
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "pg_port");
+    let out = portcullis()
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("absent.toml"));
+}
+
+#[test]
+fn serve_fails_cleanly_when_a_port_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (proxy, admin, key) in [
+        (
+            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".to_string(),
+            "proxy_listen",
+        ),
+        (
+            "127.0.0.1:0".to_string(),
+            format!("127.0.0.1:{port}"),
+            "admin_listen",
+        ),
+    ] {
+        let out = portcullis()
+            .arg("serve")
+            .env("PORTCULLIS_PROXY_LISTEN", proxy)
+            .env("PORTCULLIS_ADMIN_LISTEN", admin)
+            .output()
+            .unwrap();
+        assert_one_line_error(&out, key);
+    }
+}
+
+/// A running `portcullis serve`, killed when dropped.
+struct Served {
+    child: Child,
+    proxy: String,
+    admin: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `addr=127.0.0.1:1234` from a log line.
+fn addr_of(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("addr field")
+        .to_string()
+}
+
+fn serve() -> Served {
+    let mut child = portcullis()
+        .arg("serve")
+        .env("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0")
+        .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("PORTCULLIS_WORKER_PROCESSES", "1")
+        .env("PORTCULLIS_LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // The reader stops once the test has its ports, closing the pipe: the gateway must keep
+    // serving with its stderr gone (it used to panic on the first log line after that).
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut served = Served {
+        child,
+        proxy: String::new(),
+        admin: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served.proxy.is_empty() || served.admin.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("listening lines on stderr");
+        assert!(
+            !line.contains('\u{1b}'),
+            "no colour codes in piped logs: {line:?}"
+        );
+        if line.contains("proxy listening") {
+            served.proxy = format!("http://{}", addr_of(&line));
+        } else if line.contains("admin API listening") {
+            served.admin = format!("http://{}", addr_of(&line));
+        }
+    }
+    served
+}
+
+#[tokio::test]
+async fn serve_answers_on_the_logged_ports_and_stops_on_sigterm() {
+    let mut served = serve();
+    let http = reqwest::Client::new();
+    let status = http
+        .get(format!("{}/status", served.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+
+    // Proxy to the admin API itself: a real upstream without another server.
+    let resp = http
+        .post(format!("{}/services", served.admin))
+        .json(&json!({"name": "self", "url": served.admin}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = http
+        .post(format!("{}/services/self/routes", served.admin))
+        .json(&json!({"paths": ["/gw"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = http
+        .get(format!("{}/gw/status", served.proxy))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["configuration"]["routes"], 1, "{body}");
+    let resp = http
+        .get(format!("{}/nowhere", served.proxy))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let pid = served.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "graceful stop exits 0: {status:?}");
+}
