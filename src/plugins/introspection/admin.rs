@@ -32,16 +32,9 @@ pub async fn dispatch(
     let key = rest.join("/");
     let cache = st.plugins.introspection_cache();
     let mut evicted = cache.evict(&crate::crypto::token_hash(&key)).await;
-    if let Some(digest) = parse_digest(&key) {
+    if let Some(digest) = TokenHash::from_hex(&key) {
         evicted += cache.evict(&digest).await;
     }
     tracing::info!(evicted, "oauth2-introspection: cache entries evicted");
     Some(Ok(HttpResponse::NoContent().finish()))
-}
-
-/// A 64-character hex string as a digest.
-fn parse_digest(key: &str) -> Option<TokenHash> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(key, &mut out).ok()?;
-    Some(TokenHash(out))
 }
