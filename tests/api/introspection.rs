@@ -468,3 +468,53 @@ async fn config_is_validated_and_authorization_value_masked() {
     let (_, list) = app.admin_get("/plugins").await;
     assert!(!list.to_string().contains("c2VjcmV0"));
 }
+
+/// Gateway whose plugin introspects at `url` (no oidc-provider involved).
+async fn protected_by(url: &str, extra: Value) -> (TestApp, Upstream) {
+    let app = spawn_app().await;
+    let upstream = spawn_upstream();
+    app.expose("svc", &format!("{}/echo", upstream.url), &["/api"])
+        .await;
+    let mut config = json!({ "introspection_url": url, "authorization_value": "Basic eDp5" });
+    for (k, v) in extra.as_object().expect("object") {
+        config[k] = v.clone();
+    }
+    let (s, body) = app
+        .admin_post(
+            "/services/svc/plugins",
+            json!({ "name": "oauth2-introspection", "config": config }),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    (app, upstream)
+}
+
+#[actix_web::test]
+async fn garbage_from_the_server_is_503() {
+    // The echo upstream answers 200 JSON without `active`: not an RFC 7662 answer.
+    let fake = spawn_upstream();
+    let (app, _up) = protected_by(&format!("{}/echo", fake.url), json!({})).await;
+    let (s, body) = get_with_token(&app, "/api", "some-token").await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(
+        body["message"],
+        "The authorization server answered an invalid response"
+    );
+    let (s, _) = get_with_token(&app, "/api", "some-token").await;
+    assert_eq!(s, 503, "failures are not cached as verdicts");
+}
+
+#[actix_web::test]
+async fn a_server_slower_than_timeout_is_503() {
+    // Accepts connections (kernel backlog) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/introspect", silent.local_addr().unwrap());
+    let (app, _up) = protected_by(&url, json!({ "timeout": 200 })).await;
+    let (s, body) = get_with_token(&app, "/api", "some-token").await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(
+        body["message"],
+        "The authorization server did not answer in time"
+    );
+    drop(silent);
+}
