@@ -467,6 +467,19 @@ async fn config_is_validated_and_authorization_value_masked() {
     assert_eq!(read["config"]["authorization_value"], "******");
     let (_, list) = app.admin_get("/plugins").await;
     assert!(!list.to_string().contains("c2VjcmV0"));
+
+    let (s, body) = app
+        .admin_call(
+            reqwest::Method::PUT,
+            &format!("/plugins/{}", plugin["id"].as_str().unwrap()),
+            Some(json!({ "name": "oauth2-introspection", "config": read["config"] })),
+        )
+        .await;
+    assert_eq!(
+        s, 400,
+        "sending the mask back must not overwrite the secret: {body}"
+    );
+    assert!(body["fields"]["config"]["authorization_value"].is_string());
 }
 
 /// Gateway whose plugin introspects at `url` (no oidc-provider involved).

@@ -31,7 +31,7 @@ use super::{Flow, Plugin, PluginRuntime, RequestCtx};
 use crate::config::Secret;
 use crate::entities::{Consumer, PluginInstance};
 use crate::router::RouterSnapshot;
-use crate::schema::{Field, FieldType, Schema};
+use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 pub use cache::IntrospectionCache;
 use cache::{CacheKey, Verdict};
@@ -245,6 +245,18 @@ impl Plugin for IntrospectionPlugin {
                 *v = Value::String(MASK.into());
             }
         }
+    }
+    fn check_config(&self, config: &Map<String, Value>) -> Result<(), FieldErrors> {
+        // A config copied from admin GET output and sent back must not replace the secret.
+        if config.get("authorization_value").and_then(Value::as_str) == Some(MASK) {
+            let mut e = FieldErrors::new();
+            e.insert(
+                "authorization_value".into(),
+                json!("the masked value cannot be stored; send the real value"),
+            );
+            return Err(e);
+        }
+        Ok(())
     }
     fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String> {
         let config: IntrospectionConfig =
