@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts (installing when missing) the services the test suite talks to: PostgreSQL on
-# 127.0.0.1:5432 (trust auth, database `test`) and Redis on 127.0.0.1:6379. Idempotent.
+# 127.0.0.1:5432 (trust auth, database `test`) and Redis on 127.0.0.1:6379; installs Node and the
+# third-party authorization server (oidc-provider) the oauth2-introspection tests start. Idempotent.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt_updated=0
@@ -28,3 +29,11 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
   for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && break; sleep 0.5; done
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping
+
+# oauth2-introspection tests: node runs oidc-provider (tests/introspection, pinned by its lockfile).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then apt_install nodejs npm; fi
+introspection_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/introspection"
+if [ ! -f "$introspection_dir/node_modules/oidc-provider/package.json" ]; then
+  (cd "$introspection_dir" && npm ci --no-audit --no-fund)
+fi
+node --version

@@ -10,7 +10,8 @@
 //! - [`admin`]: the Kong-compatible admin API.
 //! - [`router`]: the compiled, immutable route table read lock-free by the proxy.
 //! - [`proxy`]: the request pipeline (match → plugins → forward → respond) and header rules.
-//! - [`plugins`]: the plugin framework and the built-in plugins (`oauth2`, `request-termination`).
+//! - [`plugins`]: the plugin framework and the built-in plugins (`oauth2`, `oauth2-introspection`,
+//!   `request-termination`).
 //! - [`actors`]: the single writers: config registry, token lifecycle.
 //! - [`crypto`]: random tokens, digests, constant-time comparison, secret hashing.
 //! - [`tls`]: rustls server configs, self-signed certificates.

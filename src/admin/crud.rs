@@ -50,9 +50,18 @@ pub fn fk(doc: &Document, field: &str) -> Option<Uuid> {
     portcullis_stores::memory::foreign_id(doc, field)
 }
 
-/// The document as the API returns it (write-only fields removed).
-pub fn render(kind: &EntityKind, mut doc: Document) -> Value {
+/// The document as the API returns it (write-only fields removed, plugin secrets masked).
+pub fn render(plugins: &PluginRegistry, kind: &EntityKind, mut doc: Document) -> Value {
     schema::strip_write_only(kind.schema, &mut doc);
+    if kind.def.name == "plugins" {
+        let plugin = doc
+            .get("name")
+            .and_then(Value::as_str)
+            .and_then(|n| plugins.get(n));
+        if let (Some(plugin), Some(Value::Object(config))) = (plugin, doc.get_mut("config")) {
+            plugin.mask_config(config);
+        }
+    }
     Value::Object(doc)
 }
 
@@ -76,15 +85,8 @@ pub fn build_doc(
     if kind.def.name == "services" {
         expand_service_url(&mut input).map_err(AdminError::Schema)?;
     }
-    // A plugin's `config` is validated by that plugin's own schema, after the entity fields.
-    let raw_config = if kind.def.name == "plugins" {
-        input.remove("config")
-    } else {
-        None
-    };
     let mut doc = schema::validate(kind.schema, &input, coerce).map_err(AdminError::Schema)?;
     if kind.def.name == "plugins" {
-        doc.insert("config".into(), raw_config.unwrap_or(Value::Null));
         validate_plugin(plugins, &mut doc, coerce)?;
     }
     if kind.def.name == "oauth2_credentials" {
@@ -265,7 +267,10 @@ pub async fn list(
                 .store
                 .get_by(kind.def, "custom_id", &custom_id)
                 .await?;
-            let data: Vec<Value> = found.into_iter().map(|d| render(kind, d)).collect();
+            let data: Vec<Value> = found
+                .into_iter()
+                .map(|d| render(&state.plugins, kind, d))
+                .collect();
             return Ok(HttpResponse::Ok().json(json!({ "data": data, "next": null })));
         }
     }
@@ -285,7 +290,11 @@ pub async fn list(
             }
             other => other.into(),
         })?;
-    let data: Vec<Value> = page.data.into_iter().map(|d| render(kind, d)).collect();
+    let data: Vec<Value> = page
+        .data
+        .into_iter()
+        .map(|d| render(&state.plugins, kind, d))
+        .collect();
     let mut body = json!({ "data": data, "next": null });
     if let Some(next) = page.next_offset {
         let token = URL_SAFE_NO_PAD.encode(next.as_bytes());
@@ -331,7 +340,11 @@ pub async fn create(
         })
     })
     .await?;
-    Ok(HttpResponse::Created().json(render(kind, outcome.document.unwrap_or_default())))
+    Ok(HttpResponse::Created().json(render(
+        &state.plugins,
+        kind,
+        outcome.document.unwrap_or_default(),
+    )))
 }
 
 /// `GET /E/{key}` (optionally checking it belongs to a parent).
@@ -352,7 +365,7 @@ pub async fn read(
             return Err(AdminError::NotFound);
         }
     }
-    Ok(HttpResponse::Ok().json(render(kind, doc)))
+    Ok(HttpResponse::Ok().json(render(&state.plugins, kind, doc)))
 }
 
 /// `PUT /E/{key}`: create or fully replace.
@@ -399,7 +412,11 @@ pub async fn upsert(
         })
     })
     .await?;
-    Ok(HttpResponse::Ok().json(render(kind, outcome.document.unwrap_or_default())))
+    Ok(HttpResponse::Ok().json(render(
+        &state.plugins,
+        kind,
+        outcome.document.unwrap_or_default(),
+    )))
 }
 
 /// `PATCH /E/{key}`: merge into the existing row.
@@ -443,7 +460,11 @@ pub async fn patch(
         })
     })
     .await?;
-    Ok(HttpResponse::Ok().json(render(kind, outcome.document.unwrap_or_default())))
+    Ok(HttpResponse::Ok().json(render(
+        &state.plugins,
+        kind,
+        outcome.document.unwrap_or_default(),
+    )))
 }
 
 /// `DELETE /E/{key}`: 204 also when nothing existed (top level); cascades and restricts.

@@ -143,6 +143,9 @@ pub async fn dispatch(
         (["schemas", entity], &Method::GET) => return info::entity_schema(entity),
         _ => {}
     }
+    if let Some(resp) = crate::plugins::introspection::admin::dispatch(st, &seg, &method).await {
+        return resp;
+    }
     if let Some(resp) =
         crate::plugins::oauth2::admin::dispatch(st, &seg, &method, &query, &parse).await
     {

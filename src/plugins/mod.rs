@@ -3,6 +3,7 @@
 //! in the request phases, shaped like pingora's `ProxyHttp`: access (may short-circuit), response
 //! header filter, and a log phase that always runs.
 
+pub mod introspection;
 pub mod oauth2;
 pub mod request_termination;
 
@@ -95,6 +96,8 @@ pub trait Plugin: Send + Sync + 'static {
     }
     /// Fills generated values (e.g. a `provision_key`) after schema validation.
     fn complete_config(&self, _config: &mut Map<String, Value>) {}
+    /// Hides secrets (e.g. `authorization_value`) in a config about to be shown by the admin API.
+    fn mask_config(&self, _config: &mut Map<String, Value>) {}
     /// Plugin-specific checks beyond the schema (errors under `config`).
     ///
     /// # Errors
@@ -131,18 +134,29 @@ pub trait PluginRuntime: Send + Sync + 'static {
 /// The plugins this build offers, by name.
 pub struct PluginRegistry {
     plugins: HashMap<&'static str, Arc<dyn Plugin>>,
+    introspection_cache: introspection::IntrospectionCache,
 }
 
 impl PluginRegistry {
     /// The built-in plugins, wired to the stores they use.
     pub fn builtin(tokens: oauth2::OAuthDeps) -> Self {
+        let introspection_cache = introspection::IntrospectionCache::default();
         let list: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(oauth2::OAuth2Plugin::new(tokens)),
+            Arc::new(introspection::IntrospectionPlugin::new(
+                introspection_cache.clone(),
+            )),
             Arc::new(request_termination::RequestTermination),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),
+            introspection_cache,
         }
+    }
+
+    /// The `oauth2-introspection` verdict cache, for the admin API's eviction endpoint.
+    pub fn introspection_cache(&self) -> &introspection::IntrospectionCache {
+        &self.introspection_cache
     }
 
     /// Looks a plugin up.

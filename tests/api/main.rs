@@ -5,6 +5,7 @@
 
 mod admin;
 mod helpers;
+mod introspection;
 mod oauth2;
 mod proxy;
 mod tls;

@@ -1,0 +1,40 @@
+//! Admin endpoint of the plugin: `DELETE /oauth2-introspection/cache/{token digest or token}`
+//! evicts a token's cached verdicts, so a revocation at the authorization server takes effect at
+//! once instead of after `ttl`.
+//!
+//! The key is the lower-case hex SHA-256 of the token (preferred: the token never travels to the
+//! admin API) or the token itself. Eviction is node-local until the cluster-shared cache lands (see
+//! `cache.rs`).
+
+use actix_web::http::Method;
+use actix_web::HttpResponse;
+use portcullis_stores::TokenHash;
+
+use crate::admin::AdminState;
+use crate::error::AdminError;
+
+/// Routes the plugin's admin paths; `None` when the path is not ours.
+pub async fn dispatch(
+    st: &AdminState,
+    seg: &[&str],
+    method: &Method,
+) -> Option<Result<HttpResponse, AdminError>> {
+    let ["oauth2-introspection", "cache", rest @ ..] = seg else {
+        return None;
+    };
+    if rest.is_empty() {
+        return Some(Err(AdminError::NotFound));
+    }
+    if method != Method::DELETE {
+        return Some(Err(AdminError::MethodNotAllowed));
+    }
+    // Tokens may contain `/`; the dispatcher split on it.
+    let key = rest.join("/");
+    let cache = st.plugins.introspection_cache();
+    let mut evicted = cache.evict(&crate::crypto::token_hash(&key)).await;
+    if let Some(digest) = TokenHash::from_hex(&key) {
+        evicted += cache.evict(&digest).await;
+    }
+    tracing::info!(evicted, "oauth2-introspection: cache entries evicted");
+    Some(Ok(HttpResponse::NoContent().finish()))
+}

@@ -1,0 +1,554 @@
+//! The `oauth2-introspection` plugin: tokens issued by a third-party authorization server
+//! (Keycloak, Hydra, Auth0, Okta…) are checked with an RFC 7662 introspection call, cached,
+//! coalesced and evictable. Kong sells this as an Enterprise plugin; config and upstream headers
+//! follow it (`../shared/reference/gateways.md` §4).
+//!
+//! Where we deliberately differ from Kong: the cache is keyed by a digest, never outlives `exp`,
+//! caches negatives briefly, makes one call per token however many requests miss together, and
+//! fails closed with 503 when the server cannot answer (never 401, never the anonymous consumer).
+//!
+//! - [`cache`]: the bounded, single-flight verdict cache (and the seam for a shared one).
+//! - [`client`]: the RFC 7662 call.
+//! - [`error`]: refusals and their HTTP answers.
+//! - [`admin`]: `DELETE /oauth2-introspection/cache/{digest}`.
+
+pub mod admin;
+pub mod cache;
+pub mod client;
+pub mod error;
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use crate::config::Secret;
+use crate::entities::{Consumer, PluginInstance};
+use crate::router::RouterSnapshot;
+use crate::schema::{Field, FieldErrors, FieldType, Schema};
+
+pub use cache::IntrospectionCache;
+use cache::{CacheKey, Verdict};
+use error::{IntrospectionError, Rejection};
+
+/// Plugin name in the admin API.
+pub const NAME: &str = "oauth2-introspection";
+/// Runs before `oauth2` (1400), as in Kong.
+pub const PRIORITY: i32 = 1700;
+/// What admin GET output shows instead of `authorization_value`.
+pub const MASK: &str = "******";
+/// Largest `timeout` / `keepalive` (ms), Kong's limit for timeouts.
+const MAX_MS: i64 = 2_147_483_646;
+
+/// Standard claims forwarded upstream, with their header (`username` twice: Kong renamed
+/// `X-Credential-Username` to `X-Credential-Identifier` in 3.0; both are sent).
+const CLAIM_HEADERS: &[(&str, &str)] = &[
+    ("scope", "x-credential-scope"),
+    ("client_id", "x-credential-client-id"),
+    ("username", "x-credential-username"),
+    ("username", "x-credential-identifier"),
+    ("token_type", "x-credential-token-type"),
+    ("exp", "x-credential-exp"),
+    ("iat", "x-credential-iat"),
+    ("nbf", "x-credential-nbf"),
+    ("sub", "x-credential-sub"),
+    ("aud", "x-credential-aud"),
+    ("iss", "x-credential-iss"),
+    ("jti", "x-credential-jti"),
+];
+
+/// Identity headers set by this plugin; client-sent copies are always removed.
+const CONSUMER_HEADERS: &[&str] = &[
+    "x-consumer-id",
+    "x-consumer-custom-id",
+    "x-consumer-username",
+    "x-anonymous-consumer",
+];
+
+fn check_url(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err("expected an http or https URL with a host".into()),
+        Err(e) => Err(format!("invalid URL: {e}")),
+    }
+}
+
+fn check_non_empty(v: &Value) -> Result<(), String> {
+    match v.as_str() {
+        Some(s) if !s.trim().is_empty() => HeaderValue::from_str(s)
+            .map(|_| ())
+            .map_err(|_| "not a valid header value".into()),
+        _ => Err("length must be at least 1".into()),
+    }
+}
+
+fn check_ttl(v: &Value) -> Result<(), String> {
+    match v.as_f64() {
+        Some(n) if (0.0..=1e8).contains(&n) => Ok(()),
+        _ => Err("value should be between 0 and 100000000".into()),
+    }
+}
+
+fn check_headers(v: &Value) -> Result<(), String> {
+    let Some(map) = v.as_object() else {
+        return Err("expected a map".into());
+    };
+    for (name, value) in map {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("invalid header name '{name}'"));
+        }
+        if HeaderValue::from_str(value.as_str().unwrap_or_default()).is_err() {
+            return Err(format!("invalid value for header '{name}'"));
+        }
+    }
+    Ok(())
+}
+
+fn claim_header(claim: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(format!("x-credential-{}", claim.to_ascii_lowercase()).as_bytes()).ok()
+}
+
+fn check_claim(v: &Value) -> Result<(), String> {
+    match v.as_str() {
+        Some(c) if !c.is_empty() && claim_header(c).is_some() => Ok(()),
+        _ => Err("a claim name must be usable in a header name".into()),
+    }
+}
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    name: NAME,
+    fields: vec![
+        Field::new("introspection_url", FieldType::String)
+            .required()
+            .check(check_url),
+        Field::new("authorization_value", FieldType::String)
+            .required()
+            .check(check_non_empty),
+        Field::new("token_type_hint", FieldType::String),
+        Field::new("ttl", FieldType::Number)
+            .required()
+            .default(|| json!(30))
+            .check(check_ttl),
+        Field::new("hide_credentials", FieldType::Boolean)
+            .required()
+            .default(|| json!(true)),
+        Field::new("anonymous", FieldType::String),
+        Field::new("consumer_by", FieldType::String)
+            .required()
+            .default(|| json!("username"))
+            .one_of(&["username", "client_id"]),
+        Field::new("introspect_request", FieldType::Boolean)
+            .required()
+            .default(|| json!(false)),
+        Field::new("custom_introspection_headers", FieldType::StringMap)
+            .required()
+            .default(|| json!({}))
+            .check(check_headers),
+        Field::new(
+            "custom_claims_forward",
+            FieldType::Set(Box::new(FieldType::String)),
+        )
+        .required()
+        .default(|| json!([]))
+        .check(check_claim),
+        Field::new("run_on_preflight", FieldType::Boolean)
+            .required()
+            .default(|| json!(true)),
+        Field::new("keepalive", FieldType::Integer)
+            .required()
+            .default(|| json!(60_000))
+            .between(0, MAX_MS),
+        Field::new("timeout", FieldType::Integer)
+            .required()
+            .default(|| json!(10_000))
+            .between(1, MAX_MS),
+    ],
+    entity_checks: vec![],
+});
+
+/// Which claim finds the consumer.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerBy {
+    /// `username` claim → consumer `username`.
+    Username,
+    /// `client_id` claim → the consumer owning that `oauth2` credential, else consumer `custom_id`.
+    ClientId,
+}
+
+/// Typed `config` of one instance (no `Debug`: custom headers may carry secrets too).
+#[derive(Deserialize)]
+pub struct IntrospectionConfig {
+    /// RFC 7662 endpoint.
+    pub introspection_url: String,
+    /// `Authorization` header of the introspection call.
+    pub authorization_value: Secret<String>,
+    /// `token_type_hint` parameter.
+    pub token_type_hint: Option<String>,
+    /// Seconds to cache an active verdict (0 = until `exp`).
+    pub ttl: f64,
+    /// Strip the token before proxying.
+    pub hide_credentials: bool,
+    /// Consumer id or username used when the token is missing or inactive.
+    pub anonymous: Option<String>,
+    /// Claim used to find the consumer.
+    pub consumer_by: ConsumerBy,
+    /// Send `X-Request-Path` / `X-Request-Http-Method` to the server.
+    pub introspect_request: bool,
+    /// Extra headers on the introspection call.
+    pub custom_introspection_headers: Map<String, Value>,
+    /// Extra claims forwarded as `X-Credential-<claim>`.
+    pub custom_claims_forward: Vec<String>,
+    /// Authenticate `OPTIONS` preflights too.
+    pub run_on_preflight: bool,
+    /// Idle keepalive of the introspection connection, ms.
+    pub keepalive: u64,
+    /// Introspection timeout, ms.
+    pub timeout: u64,
+}
+
+/// The plugin kind; owns the process-wide verdict cache.
+pub struct IntrospectionPlugin {
+    cache: IntrospectionCache,
+}
+
+impl IntrospectionPlugin {
+    /// The plugin sharing `cache` with the admin API.
+    pub fn new(cache: IntrospectionCache) -> Self {
+        Self { cache }
+    }
+}
+
+impl Plugin for IntrospectionPlugin {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn priority(&self) -> i32 {
+        PRIORITY
+    }
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+    fn allows_consumer_scope(&self) -> bool {
+        false
+    }
+    fn mask_config(&self, config: &mut Map<String, Value>) {
+        if let Some(v) = config.get_mut("authorization_value") {
+            if v.is_string() {
+                *v = Value::String(MASK.into());
+            }
+        }
+    }
+    fn check_config(&self, config: &Map<String, Value>) -> Result<(), FieldErrors> {
+        // A config copied from admin GET output and sent back must not replace the secret.
+        if config.get("authorization_value").and_then(Value::as_str) == Some(MASK) {
+            let mut e = FieldErrors::new();
+            e.insert(
+                "authorization_value".into(),
+                json!("the masked value cannot be stored; send the real value"),
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+    fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String> {
+        let config: IntrospectionConfig =
+            serde_json::from_value(instance.config.clone()).map_err(|e| e.to_string())?;
+        let authorization = HeaderValue::from_str(config.authorization_value.expose())
+            .map_err(|_| "authorization_value is not a valid header value".to_string())?;
+        let mut headers = Vec::with_capacity(config.custom_introspection_headers.len());
+        for (name, value) in &config.custom_introspection_headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_str(value.as_str().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            headers.push((name, value));
+        }
+        let claims = config
+            .custom_claims_forward
+            .iter()
+            .filter_map(|c| claim_header(c).map(|h| (c.clone(), h)))
+            .collect();
+        let mut context = Sha256::new();
+        for part in [
+            config.introspection_url.as_str(),
+            config.authorization_value.expose(),
+            config.token_type_hint.as_deref().unwrap_or(""),
+        ] {
+            context.update(part.as_bytes());
+            context.update([0]);
+        }
+        for (name, value) in &headers {
+            context.update(name.as_str().as_bytes());
+            context.update(b":");
+            context.update(value.as_bytes());
+            context.update([0]);
+        }
+        Ok(Arc::new(IntrospectionRuntime {
+            config,
+            authorization,
+            headers,
+            claims,
+            context,
+            cache: self.cache.clone(),
+        }))
+    }
+}
+
+/// One compiled `oauth2-introspection` instance.
+pub struct IntrospectionRuntime {
+    config: IntrospectionConfig,
+    authorization: HeaderValue,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// `custom_claims_forward` with their header names.
+    claims: Vec<(String, HeaderName)>,
+    /// Digest state over what the verdict depends on (completed per request).
+    context: Sha256,
+    cache: IntrospectionCache,
+}
+
+/// Where the token was found (for `hide_credentials`).
+enum Source {
+    Header,
+    Query,
+}
+
+/// The bearer token: `Authorization: Bearer <t>`, else the `access_token` query argument.
+fn extract_token(ctx: &RequestCtx) -> Option<(String, Source)> {
+    let header = ctx
+        .req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let mut parts = v.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Some(token.to_string())
+                }
+                _ => None,
+            }
+        });
+    if let Some(token) = header {
+        return Some((token, Source::Header));
+    }
+    ctx.query()
+        .into_iter()
+        .find(|(k, v)| k == "access_token" && !v.is_empty())
+        .map(|(_, v)| (v, Source::Query))
+}
+
+/// A claim as a header value: strings as is, numbers and booleans printed, string arrays joined
+/// with `, ` (e.g. several `aud`), anything else as JSON.
+fn claim_value(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) if items.iter().all(Value::is_string) => Some(
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        other => Some(other.to_string()),
+    }
+}
+
+fn now_unix() -> i64 {
+    crate::admin::crud::now()
+}
+
+fn set_header(ctx: &mut RequestCtx, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        ctx.upstream_headers.push((name, Some(v)));
+    }
+}
+
+fn set_consumer(ctx: &mut RequestCtx, consumer: Arc<Consumer>) {
+    ctx.set_upstream("x-consumer-id", &consumer.id.to_string());
+    if let Some(custom_id) = &consumer.custom_id {
+        ctx.set_upstream("x-consumer-custom-id", custom_id);
+    }
+    if let Some(username) = &consumer.username {
+        ctx.set_upstream("x-consumer-username", username);
+    }
+    ctx.consumer = Some(consumer);
+}
+
+impl IntrospectionRuntime {
+    fn clear_identity_headers(&self, ctx: &mut RequestCtx) {
+        for (_, header) in CLAIM_HEADERS {
+            ctx.clear_upstream(header);
+        }
+        for header in CONSUMER_HEADERS {
+            ctx.clear_upstream(header);
+        }
+        for (_, header) in &self.claims {
+            ctx.upstream_headers.push((header.clone(), None));
+        }
+    }
+
+    fn cache_key(&self, ctx: &RequestCtx, token: &str) -> CacheKey {
+        let mut context = self.context.clone();
+        if self.config.introspect_request {
+            context.update(ctx.req.path().as_bytes());
+            context.update([0]);
+            context.update(ctx.req.method().as_str().as_bytes());
+        }
+        CacheKey {
+            token: crate::crypto::token_hash(token),
+            context: context.finalize().into(),
+        }
+    }
+
+    /// The verdict for `token`, from the cache or one introspection call.
+    async fn verdict(&self, ctx: &RequestCtx, token: &str) -> Result<Arc<Verdict>, Rejection> {
+        let mut headers = self.headers.clone();
+        if self.config.introspect_request {
+            for (name, value) in [
+                ("x-request-path", ctx.req.path()),
+                ("x-request-http-method", ctx.req.method().as_str()),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    headers.push((HeaderName::from_static(name), v));
+                }
+            }
+        }
+        let call = client::Call {
+            url: &self.config.introspection_url,
+            authorization: &self.authorization,
+            token,
+            token_type_hint: self.config.token_type_hint.as_deref(),
+            headers,
+            timeout: Duration::from_millis(self.config.timeout),
+            keepalive: Duration::from_millis(self.config.keepalive),
+        };
+        let ttl = self.config.ttl;
+        let verdict =
+            self.cache
+                .get_or_introspect(self.cache_key(ctx, token), async move {
+                    let answer = client::introspect(call).await.inspect_err(
+                        |e: &IntrospectionError| {
+                            tracing::warn!(plugin = NAME, error = %e, "token introspection failed");
+                        },
+                    )?;
+                    Ok(Verdict::new(answer.active, answer.claims, ttl, now_unix()))
+                })
+                .await
+                .map_err(Rejection::Unavailable)?;
+        if verdict.active {
+            Ok(verdict)
+        } else {
+            Err(Rejection::Inactive)
+        }
+    }
+
+    fn find_consumer(&self, snapshot: &RouterSnapshot, verdict: &Verdict) -> Option<Arc<Consumer>> {
+        let claim = |name: &str| verdict.claims.get(name).and_then(Value::as_str);
+        match self.config.consumer_by {
+            ConsumerBy::Username => claim("username")
+                .and_then(|u| snapshot.consumers_by_username.get(u))
+                .cloned(),
+            ConsumerBy::ClientId => {
+                let client_id = claim("client_id")?;
+                snapshot
+                    .oauth2_by_client_id
+                    .get(client_id)
+                    .and_then(|c| snapshot.consumers.get(&c.consumer_id))
+                    .or_else(|| {
+                        // Kong maps `client_id` to the consumer's `custom_id`. A linear scan: the
+                        // snapshot has no custom_id index yet (worth adding if consumers are many).
+                        snapshot
+                            .consumers
+                            .values()
+                            .find(|c| c.custom_id.as_deref() == Some(client_id))
+                    })
+                    .cloned()
+            }
+        }
+    }
+
+    fn accept(&self, ctx: &mut RequestCtx, verdict: &Verdict) {
+        for (claim, header) in CLAIM_HEADERS {
+            if let Some(value) = verdict.claims.get(*claim).and_then(claim_value) {
+                ctx.set_upstream(header, &value);
+            }
+        }
+        for (claim, header) in &self.claims {
+            if let Some(value) = verdict.claims.get(claim).and_then(claim_value) {
+                set_header(ctx, header.clone(), &value);
+            }
+        }
+        if let Some(consumer) = self.find_consumer(&ctx.snapshot, verdict) {
+            set_consumer(ctx, consumer);
+        }
+        ctx.authenticated = true;
+    }
+
+    fn anonymous(ctx: &mut RequestCtx, key: &str) -> Result<(), Rejection> {
+        let consumer = ctx
+            .snapshot
+            .consumer_by_id_or_name(key)
+            .cloned()
+            .ok_or_else(|| Rejection::AnonymousMissing(key.to_string()))?;
+        set_consumer(ctx, consumer);
+        ctx.set_upstream("x-anonymous-consumer", "true");
+        Ok(())
+    }
+}
+
+#[async_trait(?Send)]
+impl PluginRuntime for IntrospectionRuntime {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn priority(&self) -> i32 {
+        PRIORITY
+    }
+    async fn access(&self, ctx: &mut RequestCtx) -> Flow {
+        if !self.config.run_on_preflight && ctx.req.method() == Method::OPTIONS {
+            return Flow::Continue;
+        }
+        // Kong's "logical OR": an earlier auth plugin already authenticated the request.
+        if self.config.anonymous.is_some() && ctx.authenticated {
+            return Flow::Continue;
+        }
+        self.clear_identity_headers(ctx);
+        let outcome = match extract_token(ctx) {
+            None => Err(Rejection::Missing),
+            Some((token, source)) => {
+                if self.config.hide_credentials {
+                    match source {
+                        Source::Header => ctx.clear_upstream("authorization"),
+                        Source::Query => ctx.strip_query.push("access_token"),
+                    }
+                }
+                self.verdict(ctx, &token).await
+            }
+        };
+        let refused = match outcome {
+            Ok(verdict) => {
+                self.accept(ctx, &verdict);
+                return Flow::Continue;
+            }
+            Err(rejection) => rejection,
+        };
+        let refused = match (&self.config.anonymous, refused.allows_anonymous()) {
+            (Some(key), true) => match Self::anonymous(ctx, key) {
+                Ok(()) => return Flow::Continue,
+                Err(e) => e,
+            },
+            _ => refused,
+        };
+        Flow::Respond(refused.to_response())
+    }
+}
