@@ -9,3 +9,4 @@ mod introspection;
 mod oauth2;
 mod proxy;
 mod tls;
+mod tutorial;

@@ -729,3 +729,245 @@ async fn bad_input_never_gets_a_token_or_a_500() {
         r.status()
     );
 }
+
+#[actix_web::test]
+async fn credentials_api_kong_cases() {
+    let app = spawn_app().await;
+    app.admin_post("/consumers", json!({"username": "bob"}))
+        .await;
+    app.admin_post("/consumers", json!({"username": "alice"}))
+        .await;
+    let (s, b) = app.admin_post("/consumers/bob/oauth2", json!({})).await;
+    assert_eq!(
+        (s, &b["fields"]),
+        (400, &json!({"name": "required field missing"}))
+    );
+    let (s, b) = app
+        .admin_post(
+            "/consumers/bob/oauth2",
+            json!({"name": "x", "redirect_uris": ["http://ok.test/", "not-valid"]}),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["fields"]),
+        (
+            400,
+            &json!({"redirect_uris": [null, "cannot parse 'not-valid'"]})
+        )
+    );
+    let (s, b) = app
+        .admin_post(
+            "/consumers/bob/oauth2",
+            json!({"name": "x", "redirect_uris": ["http://test.test/#with-fragment"]}),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["fields"]),
+        (
+            400,
+            &json!({"redirect_uris": ["fragment not allowed in 'http://test.test/#with-fragment'"]})
+        )
+    );
+    let (s, cred) = app
+        .admin_post(
+            "/consumers/bob/oauth2",
+            json!({"name": "Test APP", "tags": ["tag1", "tag2"]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(cred["redirect_uris"], Value::Null);
+    assert_eq!(cred["client_type"], "confidential");
+    assert_eq!(cred["hash_secret"], false);
+    let client_id = cred["client_id"].as_str().unwrap();
+    assert_eq!(client_id.len(), 32);
+    assert_eq!(
+        app.admin_get(&format!("/consumers/bob/oauth2/{client_id}"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.admin_get(&format!("/consumers/alice/oauth2/{client_id}"))
+            .await
+            .0,
+        404,
+        "belongs to bob"
+    );
+    let (s, b) = app
+        .admin_call(
+            reqwest::Method::PATCH,
+            &format!("/consumers/bob/oauth2/{client_id}"),
+            Some(json!({"client_secret": "new"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["fields"]),
+        (
+            400,
+            &json!({"@entity": ["all or none of these fields must be set: 'hash_secret', 'client_secret'"]})
+        )
+    );
+    let (s, b) = app
+        .admin_call(
+            reqwest::Method::PATCH,
+            &format!("/consumers/bob/oauth2/{client_id}"),
+            Some(json!({"client_secret": "new", "hash_secret": true})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        b["client_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("$argon2id$"),
+        "{b}"
+    );
+    let (s, b) = app.admin_post("/oauth2", json!({"name": "x"})).await;
+    assert_eq!(
+        (s, b["message"].as_str()),
+        (
+            400,
+            Some("schema violation (consumer: required field missing)")
+        )
+    );
+    let (s, b) = app
+        .admin_call(
+            reqwest::Method::PUT,
+            "/consumers/bob/oauth2/client_one",
+            Some(json!({"name": "one"})),
+        )
+        .await;
+    assert_eq!((s, b["client_id"].as_str()), (200, Some("client_one")));
+    assert_eq!(
+        app.admin_call(reqwest::Method::DELETE, "/consumers/bob/oauth2/blah", None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        app.admin_call(
+            reqwest::Method::DELETE,
+            "/consumers/bob/oauth2/client_one",
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    let (s, list) = app.admin_get("/consumers/bob/oauth2").await;
+    assert_eq!((s, list["data"].as_array().unwrap().len()), (200, 1));
+}
+
+#[actix_web::test]
+async fn tokens_api_and_invalidations() {
+    let f = fixture(json!({"enable_client_credentials": true})).await;
+    let (_, cred) = f.app.admin_get("/oauth2/clientid123").await;
+    let cred_id = cred["id"].as_str().unwrap();
+    let (_, svc) = f.app.admin_get("/services/svc").await;
+    let svc_id = svc["id"].as_str().unwrap();
+    let (s, b) = f.app.admin_post("/oauth2_tokens", json!({})).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        b["fields"],
+        json!({"credential": "required field missing", "expires_in": "required field missing"})
+    );
+    let (s, t) = f
+        .app
+        .admin_post(
+            "/oauth2_tokens",
+            json!({"credential": {"id": cred_id}, "service": {"id": svc_id}, "expires_in": 10}),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+    assert_eq!(t["token_type"], "bearer");
+    assert_eq!(t["refresh_token"], Value::Null);
+    let access = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        f.get_with(&access).await.0,
+        200,
+        "an admin-created token works"
+    );
+    let (s, by_value) = f.app.admin_get(&format!("/oauth2_tokens/{access}")).await;
+    assert_eq!((s, &by_value["id"]), (200, &t["id"]));
+    assert!(
+        by_value["access_token"].is_null(),
+        "stored as a digest: never shown again"
+    );
+    let (s, b) = f
+        .app
+        .admin_call(
+            reqwest::Method::PATCH,
+            &format!("/oauth2_tokens/{access}"),
+            Some(json!({"expires_in": "hello"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["fields"]),
+        (400, &json!({"expires_in": "expected an integer"}))
+    );
+    let (s, _) = f
+        .app
+        .admin_call(
+            reqwest::Method::PATCH,
+            &format!("/oauth2_tokens/{}", t["id"].as_str().unwrap()),
+            Some(json!({"access_token": "updated_token"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        f.get_with(&access).await.0,
+        401,
+        "old value refused after PATCH"
+    );
+    assert_eq!(f.get_with("updated_token").await.0, 200);
+    let (s, b) = f
+        .app
+        .admin_call(
+            reqwest::Method::PUT,
+            "/oauth2_tokens/foobar",
+            Some(
+                json!({"credential": {"id": cred_id}, "service": {"id": svc_id}, "expires_in": 10}),
+            ),
+        )
+        .await;
+    assert_eq!((s, b["access_token"].as_str()), (200, Some("foobar")));
+    let (s, list) = f
+        .app
+        .admin_get(&format!("/oauth2/{cred_id}/oauth2_tokens"))
+        .await;
+    assert_eq!((s, list["data"].as_array().unwrap().len()), (200, 2));
+    assert_eq!(
+        f.app
+            .admin_call(reqwest::Method::DELETE, "/oauth2_tokens/foobar", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        f.get_with("foobar").await.0,
+        401,
+        "deleted token refused at once"
+    );
+    assert_eq!(
+        f.app
+            .admin_call(reqwest::Method::DELETE, "/oauth2_tokens/blah", None)
+            .await
+            .0,
+        204
+    );
+    // Deleting the consumer cascades to credentials and their tokens.
+    assert_eq!(
+        f.app
+            .admin_call(reqwest::Method::DELETE, "/consumers/bob", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        f.get_with("updated_token").await.0,
+        401,
+        "tokens of a deleted consumer are refused"
+    );
+    let (s, list) = f.app.admin_get("/oauth2_tokens").await;
+    assert_eq!((s, list["data"].as_array().unwrap().len()), (200, 0));
+}
