@@ -8,6 +8,8 @@
 //!   `ConfigStore` enforces, and the typed token/code records of the `TokenStore`.
 //! - [`error`]: [`StoreError`], the one error every store answers with; the gateway maps it to HTTP.
 //! - [`memory`]: the embedded default, used by `database = memory` and by tests.
+//! - [`redis_cache`]: the shared token cache in Redis, keyed by digest.
+//! - [`tiered`]: near cache → Redis → durable store for token lookups.
 //! - [`contract`]: the behaviour every implementation must show, as functions the tests run against
 //!   each store.
 
@@ -15,6 +17,8 @@ pub mod contract;
 pub mod error;
 pub mod memory;
 pub mod model;
+pub mod redis_cache;
+pub mod tiered;
 
 pub use error::StoreError;
 pub use model::{

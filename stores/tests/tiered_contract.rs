@@ -1,0 +1,135 @@
+//! The tiered token store (near cache → real Redis → memory) meets the same contract, and its
+//! caches never answer for a token the durable store no longer has.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_stores::contract;
+use portcullis_stores::memory::MemoryTokenStore;
+use portcullis_stores::redis_cache::{RedisSettings, RedisTokenCache};
+use portcullis_stores::tiered::{NearCacheSettings, TieredTokenStore};
+use portcullis_stores::{TokenHash, TokenRecord, TokenStore};
+use uuid::Uuid;
+
+fn redis_url() -> String {
+    std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn redis(prefix: &str) -> RedisTokenCache {
+    RedisTokenCache::connect(&RedisSettings {
+        url: redis_url(),
+        prefix: prefix.into(),
+        timeout: Duration::from_secs(2),
+    })
+    .await
+    .expect("redis reachable (scripts/services.sh starts it)")
+}
+
+fn record(n: u8, now: i64) -> TokenRecord {
+    TokenRecord {
+        id: Uuid::new_v4(),
+        credential_id: Uuid::nil(),
+        service_id: None,
+        access_token_hash: TokenHash([n; 32]),
+        refresh_token_hash: None,
+        token_type: "bearer".into(),
+        expires_in: 3600,
+        authenticated_userid: None,
+        scope: None,
+        created_at: now,
+        expires_at: Some(now + 7200),
+        family_id: Uuid::new_v4(),
+        code_id: None,
+    }
+}
+
+fn now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tiered_store_with_redis_meets_the_contract() {
+    let prefix = format!("pt-{}", Uuid::new_v4().simple());
+    let store = TieredTokenStore::new(
+        Arc::new(MemoryTokenStore::new()),
+        Some(redis(&prefix).await),
+        &NearCacheSettings::default(),
+    );
+    contract::token_store_contract(&store).await;
+}
+
+#[tokio::test]
+async fn a_token_seen_by_one_node_is_a_redis_hit_on_another_and_revocation_reaches_both() {
+    let prefix = format!("pt-{}", Uuid::new_v4().simple());
+    let durable: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let a = TieredTokenStore::new(
+        durable.clone(),
+        Some(redis(&prefix).await),
+        &NearCacheSettings::default(),
+    );
+    let b = TieredTokenStore::new(
+        Arc::new(MemoryTokenStore::new()),
+        Some(redis(&prefix).await),
+        &NearCacheSettings::default(),
+    );
+    let t = record(7, now());
+    a.insert_token(t.clone()).await.unwrap();
+    // Node B's own durable store is empty: the answer can only come from the shared Redis.
+    assert_eq!(
+        b.token_by_access(&t.access_token_hash, now())
+            .await
+            .unwrap(),
+        Some(t.clone())
+    );
+    // A revokes; B hears the notice (what the cluster listener does) and refuses at once.
+    a.delete_token(t.id).await.unwrap();
+    b.invalidate(&[t.access_token_hash]).await;
+    assert_eq!(
+        b.token_by_access(&t.access_token_hash, now())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        a.token_by_access(&t.access_token_hash, now())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn garbage_tokens_are_cached_negatively_and_bounded() {
+    let settings = NearCacheSettings {
+        max_negative: 100,
+        ..NearCacheSettings::default()
+    };
+    let store = TieredTokenStore::new(Arc::new(MemoryTokenStore::new()), None, &settings);
+    for i in 0..=255u8 {
+        assert_eq!(
+            store
+                .token_by_access(&TokenHash([i; 32]), now())
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    // A token issued after a negative lookup is found at once (the negative entry is dropped).
+    let t = record(3, now());
+    store.insert_token(t.clone()).await.unwrap();
+    assert_eq!(
+        store
+            .token_by_access(&t.access_token_hash, now())
+            .await
+            .unwrap(),
+        Some(t)
+    );
+}
