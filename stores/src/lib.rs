@@ -8,6 +8,7 @@
 //!   `ConfigStore` enforces, and the typed token/code records of the `TokenStore`.
 //! - [`error`]: [`StoreError`], the one error every store answers with; the gateway maps it to HTTP.
 //! - [`memory`]: the embedded default, used by `database = memory` and by tests.
+//! - [`postgres`]: the durable stores (`database = postgres`), their pool and their migrations.
 //! - [`contract`]: the behaviour every implementation must show, as functions the tests run against
 //!   each store.
 
@@ -15,6 +16,7 @@ pub mod contract;
 pub mod error;
 pub mod memory;
 pub mod model;
+pub mod postgres;
 
 pub use error::StoreError;
 pub use model::{
