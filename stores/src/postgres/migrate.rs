@@ -110,9 +110,11 @@ impl Migrator {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
         // Waiting for another node's run is expected: no statement timeout for this one.
-        tx.batch_execute("SET LOCAL statement_timeout = 0")
-            .await
-            .map_err(db_error)?;
+        tx.batch_execute(
+            "SET LOCAL statement_timeout = 0; SET LOCAL client_min_messages = warning",
+        )
+        .await
+        .map_err(db_error)?;
         let key = format!("portcullis_migrations:{}", self.schema_name());
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
             .await
@@ -160,9 +162,11 @@ impl Migrator {
     pub async fn reset(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
-        tx.batch_execute("SET LOCAL statement_timeout = 0")
-            .await
-            .map_err(db_error)?;
+        tx.batch_execute(
+            "SET LOCAL statement_timeout = 0; SET LOCAL client_min_messages = warning",
+        )
+        .await
+        .map_err(db_error)?;
         let key = format!("portcullis_migrations:{}", self.schema_name());
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
             .await
