@@ -5,4 +5,5 @@
 
 mod admin;
 mod helpers;
+mod postgres;
 mod proxy;
