@@ -180,3 +180,44 @@ async fn invalid_schema_name_is_refused() {
         Err(StoreError::Internal(_))
     ));
 }
+
+#[tokio::test]
+async fn nul_characters_are_refused_naming_the_field() {
+    let db = TestDb::new().await;
+    let store = PgConfigStore::new(db.pool.clone());
+    let doc = serde_json::json!({"id": uuid::Uuid::new_v4().to_string(), "username": "a\u{0}b"});
+    let err = portcullis_stores::ConfigStore::insert(
+        &store,
+        &portcullis_stores::model::entities::CONSUMERS,
+        doc.as_object().unwrap().clone(),
+    )
+    .await;
+    assert!(
+        matches!(&err, Err(StoreError::InvalidValue { field, .. }) if field == "username"),
+        "{err:?}"
+    );
+    let found = portcullis_stores::ConfigStore::get_by(
+        &store,
+        &portcullis_stores::model::entities::CONSUMERS,
+        "username",
+        "a\u{0}b",
+    )
+    .await
+    .unwrap();
+    assert!(found.is_none());
+}
+
+#[tokio::test]
+async fn pg_ssl_against_a_server_without_tls_is_a_clear_error() {
+    let mut settings = test_settings();
+    settings.ssl = true;
+    match postgres::connect(&settings).await {
+        // The local server has no TLS: one line naming the endpoint and the cause.
+        Err(StoreError::Unavailable(line)) => {
+            assert!(line.contains(&settings.endpoint()), "{line}");
+        }
+        // A server with TLS and a publicly trusted certificate would accept.
+        Ok(_) => {}
+        Err(other) => panic!("unexpected: {other:?}"),
+    }
+}

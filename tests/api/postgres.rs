@@ -312,3 +312,23 @@ async fn postgres_outage_answers_503_keeps_proxying_and_recovers() {
     let (s, _) = app.admin_get("/services/after").await;
     assert_eq!(s, 200);
 }
+
+#[actix_web::test]
+async fn text_postgres_cannot_hold_is_a_400_not_a_500() {
+    let app = spawn_pg_app().await;
+    let (s, body) = app
+        .admin_post("/consumers", json!({"username": "nul\u{0}byte"}))
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["name"], "schema violation", "{body}");
+    assert!(body["fields"]["username"].is_string(), "{body}");
+    let (s, body) = app
+        .admin_post(
+            "/consumers",
+            json!({"username": "fine", "tags": ["a\u{0}"]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    let (s, _) = app.admin_get("/consumers/fine").await;
+    assert_eq!(s, 404, "nothing written");
+}

@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{classify, db_error, pool_error, DbFailure};
+use super::{classify, db_error, has_nul, pool_error, DbFailure, NUL_REASON};
 use crate::memory::{doc_id, unique_key_value};
 use crate::model::{entities, Document, EntityDef, ListFilter, OnDelete, Page};
 use crate::{ConfigStore, StoreError};
@@ -250,6 +250,17 @@ impl Cell {
     }
 }
 
+/// Refuses a document Postgres cannot store (a NUL character anywhere), naming the field.
+fn check_storable(doc: &Document) -> Result<(), StoreError> {
+    match doc.iter().find(|(k, v)| k.contains('\0') || has_nul(v)) {
+        Some((k, _)) => Err(StoreError::InvalidValue {
+            field: k.replace('\0', ""),
+            reason: NUL_REASON,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A document split into column parameters (in column order), `missing` and `extra`.
 fn encode(cols: &[Column], doc: &Document) -> Vec<Box<dyn ToSql + Sync + Send>> {
     let mut params = Vec::with_capacity(cols.len() + 2);
@@ -427,6 +438,7 @@ async fn query_docs(
 impl ConfigStore for PgConfigStore {
     async fn insert(&self, def: &'static EntityDef, doc: Document) -> Result<Document, StoreError> {
         doc_id(&doc)?;
+        check_storable(&doc)?;
         let cols = columns(def)?;
         let names = select_list(cols);
         let placeholders: Vec<String> = (1..=cols.len() + 2).map(|i| format!("${i}")).collect();
@@ -447,6 +459,7 @@ impl ConfigStore for PgConfigStore {
 
     async fn update(&self, def: &'static EntityDef, doc: Document) -> Result<Document, StoreError> {
         let id = doc_id(&doc)?;
+        check_storable(&doc)?;
         let cols = columns(def)?;
         let mut sets: Vec<String> = cols
             .iter()
@@ -560,6 +573,10 @@ impl ConfigStore for PgConfigStore {
         field: &str,
         value: &str,
     ) -> Result<Option<Document>, StoreError> {
+        if value.contains('\0') {
+            // Nothing stored can hold a NUL character, so nothing matches.
+            return Ok(None);
+        }
         let cols = columns(def)?;
         let client = self.client().await?;
         let list = select_list(cols);
@@ -605,7 +622,13 @@ impl ConfigStore for PgConfigStore {
             conds.push(format!("{} = ${}", c.column, params.len()));
         }
         if let Some((tags, all)) = &filter.tags {
-            params.push(Box::new(tags.clone()));
+            // A stored tag never holds a NUL character: such a wanted tag matches nothing.
+            let storable: Vec<String> =
+                tags.iter().filter(|t| !t.contains('\0')).cloned().collect();
+            if *all && storable.len() < tags.len() {
+                return Ok(Page::default());
+            }
+            params.push(Box::new(storable));
             let op = if *all { "@>" } else { "&&" };
             conds.push(format!("tags {op} ${}", params.len()));
         }

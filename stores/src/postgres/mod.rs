@@ -251,6 +251,15 @@ pub(crate) fn classify(e: tokio_postgres::Error) -> DbFailure {
         if *code == SqlState::FOREIGN_KEY_VIOLATION {
             return DbFailure::ForeignKey(constraint);
         }
+        // 22021 / 22P05: a character the database cannot store (the pre-checks catch NUL).
+        if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || *code == SqlState::UNTRANSLATABLE_CHARACTER
+        {
+            return DbFailure::Other(StoreError::InvalidValue {
+                field: "@entity".into(),
+                reason: "invalid value: contains a character the database cannot store",
+            });
+        }
         // Class 08 (connection exception), 57P0x (shutdown, crash, cannot connect now),
         // 53xxx (insufficient resources), 57014 (statement timeout): retrying later may work.
         let unavailable = code.code().starts_with("08")
@@ -273,6 +282,31 @@ pub(crate) fn classify(e: tokio_postgres::Error) -> DbFailure {
         tracing::error!(cause = %cause_chain(&e), "postgres client error");
         DbFailure::Other(StoreError::Internal("postgres client error".into()))
     }
+}
+
+/// What a client is told about a string Postgres cannot store.
+pub(crate) const NUL_REASON: &str = "invalid value: must not contain a NUL character";
+
+/// Whether a JSON value holds a string (or object key) with a NUL character, which neither
+/// Postgres `text` nor `jsonb` can store.
+pub(crate) fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Refuses a NUL character in a text value before it reaches the database.
+pub(crate) fn check_text(field: &str, value: Option<&str>) -> Result<(), StoreError> {
+    if value.is_some_and(|s| s.contains('\0')) {
+        return Err(StoreError::InvalidValue {
+            field: field.to_string(),
+            reason: NUL_REASON,
+        });
+    }
+    Ok(())
 }
 
 /// A driver error where no constraint violation is expected.

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{db_error, pool_error};
+use super::{check_text, db_error, pool_error};
 use crate::model::{CodeRecord, RefreshOutcome, TokenFilter, TokenHash, TokenRecord};
 use crate::{RefreshReplacement, StoreError, TokenStore};
 
@@ -26,6 +26,21 @@ const CODE_COLS: &str = "id, code_hash, credential_id, service_id, plugin_id, \
 
 /// A row is live while `expires_at` is unset or not yet passed (`TokenRecord::row_live_at`).
 const LIVE: &str = "(expires_at IS NULL OR expires_at >= $2)";
+
+/// Refuses text Postgres cannot store before it reaches the database.
+fn check_token(t: &TokenRecord) -> Result<(), StoreError> {
+    check_text("token_type", Some(&t.token_type))?;
+    check_text("authenticated_userid", t.authenticated_userid.as_deref())?;
+    check_text("scope", t.scope.as_deref())
+}
+
+fn check_code(c: &CodeRecord) -> Result<(), StoreError> {
+    check_text("authenticated_userid", c.authenticated_userid.as_deref())?;
+    check_text("scope", c.scope.as_deref())?;
+    check_text("challenge", c.challenge.as_deref())?;
+    check_text("challenge_method", c.challenge_method.as_deref())?;
+    check_text("redirect_uri", c.redirect_uri.as_deref())
+}
 
 fn digest(bytes: Vec<u8>) -> Result<TokenHash, StoreError> {
     <[u8; 32]>::try_from(bytes)
@@ -92,6 +107,7 @@ async fn execute(
 }
 
 async fn insert_token_with(client: &impl GenericClient, t: &TokenRecord) -> Result<(), StoreError> {
+    check_token(t)?;
     let sql = format!(
         "INSERT INTO oauth2_tokens ({TOKEN_COLS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -179,6 +195,7 @@ impl TokenStore for PgTokenStore {
     }
 
     async fn update_token(&self, t: TokenRecord) -> Result<(), StoreError> {
+        check_token(&t)?;
         let sql = "UPDATE oauth2_tokens SET credential_id = $2, service_id = $3, \
                    access_token_hash = $4, refresh_token_hash = $5, token_type = $6, \
                    expires_in = $7, authenticated_userid = $8, scope = $9, created_at = $10, \
@@ -300,6 +317,7 @@ impl TokenStore for PgTokenStore {
     }
 
     async fn insert_code(&self, c: CodeRecord) -> Result<(), StoreError> {
+        check_code(&c)?;
         let sql = format!(
             "INSERT INTO oauth2_authorization_codes ({CODE_COLS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
