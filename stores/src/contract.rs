@@ -1,5 +1,5 @@
 //! The behaviour every store must show. Each function panics (test failure) on a deviation; the
-//! stores' tests call them against every implementation (memory now, Postgres and Redis later).
+//! stores' tests call them against every implementation (memory and Postgres now, Redis later).
 
 #![expect(
     clippy::unwrap_used,
