@@ -151,7 +151,14 @@ pub fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
         .dbname(&settings.dbname)
         .application_name("portcullis")
         .connect_timeout(settings.timeout)
-        .keepalives(true);
+        // A server that vanishes without closing the socket (crash, partition) must fail the
+        // next statement within the timeout, not after minutes of TCP retransmissions; idle
+        // pooled connections to it are noticed by keepalives and dropped.
+        .tcp_user_timeout(settings.timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
     if let Some(p) = &settings.password {
         cfg.password(p);
     }
