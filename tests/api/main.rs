@@ -7,6 +7,7 @@ mod admin;
 mod helpers;
 mod introspection;
 mod oauth2;
+mod postgres;
 mod proxy;
 mod tls;
 mod tutorial;
