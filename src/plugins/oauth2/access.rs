@@ -31,6 +31,9 @@ enum Denied {
     Missing,
     Invalid,
     Global,
+    /// The token could not be checked (store down and not cached): fail closed with 503, never a
+    /// 401 that would tell a client its valid token is bad.
+    Unavailable,
 }
 
 impl OAuthRuntime {
@@ -147,7 +150,7 @@ impl OAuthRuntime {
             Ok(_) => return Err(Denied::Invalid),
             Err(e) => {
                 tracing::warn!(error = %e, "token store unavailable during token check");
-                return Err(Denied::Invalid);
+                return Err(Denied::Unavailable);
             }
         };
         match record.service_id {
@@ -186,6 +189,10 @@ impl OAuthRuntime {
     }
 
     fn denial(&self, why: &Denied) -> HttpResponse {
+        if let Denied::Unavailable = why {
+            return HttpResponse::ServiceUnavailable()
+                .json(json!({"message": "The token store is temporarily unavailable"}));
+        }
         let realm = realm_prefix(self.config.realm.as_deref());
         let invalid_header = format!(
             "Bearer {realm}error=\"invalid_token\", error_description=\"The access token is invalid or has expired\""
@@ -202,7 +209,7 @@ impl OAuthRuntime {
                 json!({"error": "invalid_token", "error_description": "The access token is invalid or has expired"}),
                 invalid_header,
             ),
-            Denied::Global => (
+            Denied::Global | Denied::Unavailable => (
                 json!({"error": "invalid_token", "error_description": "The access token is global, but the current plugin is configured without 'global_credentials'"}),
                 invalid_header,
             ),
@@ -231,7 +238,7 @@ impl OAuthRuntime {
         }
         match self.authenticate(ctx).await {
             Ok(()) => Flow::Continue,
-            Err(Denied::Global) => Flow::Respond(self.denial(&Denied::Global)),
+            Err(why @ (Denied::Global | Denied::Unavailable)) => Flow::Respond(self.denial(&why)),
             Err(_) => {
                 let Some(consumer) = ctx.snapshot.consumer_by_id_or_name(&anonymous).cloned()
                 else {
