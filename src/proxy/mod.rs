@@ -226,7 +226,9 @@ async fn proxy(
                 request_id,
                 started,
             )
-            .await?
+            .await
+            // Answer upstream failures here so the response and log phases still run.
+            .unwrap_or_else(|e| e.to_response(request_id))
         }
     };
     for runtime in &ran {
