@@ -264,11 +264,3 @@ async fn entity_item(
         _ => Err(AdminError::MethodNotAllowed),
     }
 }
-
-/// Answers malformed bodies and oversize payloads rejected by actix before our handler runs.
-pub fn payload_error(err: actix_web::error::PayloadError) -> actix_web::Error {
-    match err {
-        actix_web::error::PayloadError::Overflow => AdminError::TooLarge.into(),
-        _ => AdminError::BadBody("Cannot read request body".into()).into(),
-    }
-}

@@ -48,14 +48,20 @@ pub fn filtered_query(query: &str, strip: &[&str]) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
-/// Copies end-to-end request headers; drops hop-by-hop ones and those named in `Connection`.
-pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    let named: Vec<String> = from
+/// Header names listed in a message's `Connection` header (hop-by-hop by declaration).
+pub fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
         .get_all(actix_web::http::header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Copies end-to-end request headers; drops hop-by-hop ones and those named in `Connection`.
+pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    let named = connection_tokens(from);
     for (name, value) in from {
         if is_hop_by_hop(name)
             || named.iter().any(|n| n == name.as_str())

@@ -283,6 +283,11 @@ async fn forward(
             "{upstream_scheme}://{}:{}{path}?{q}",
             service.host, service.port
         ),
+        // Kong passes a bare trailing `?` through unchanged.
+        None if req.uri().query() == Some("") => format!(
+            "{upstream_scheme}://{}:{}{path}?",
+            service.host, service.port
+        ),
         None => format!(
             "{upstream_scheme}://{}:{}{path}",
             service.host, service.port
@@ -374,8 +379,12 @@ async fn forward(
     };
     let upstream_latency = sent_at.elapsed();
     let mut builder = HttpResponse::build(upstream.status());
+    let named = headers::connection_tokens(upstream.headers());
     for (name, value) in upstream.headers() {
-        if !headers::is_hop_by_hop(name) && name != actix_web::http::header::CONTENT_LENGTH {
+        if !headers::is_hop_by_hop(name)
+            && name != actix_web::http::header::CONTENT_LENGTH
+            && !named.iter().any(|n| n == name.as_str())
+        {
             builder.append_header((name.clone(), value.clone()));
         }
     }

@@ -29,7 +29,14 @@ pub struct CompiledRoute {
 }
 
 #[derive(Debug)]
-enum HostPattern {
+struct HostPattern {
+    name: HostName,
+    /// Port the Host header must carry (`example.com:8000`); any port when `None`.
+    port: Option<String>,
+}
+
+#[derive(Debug)]
+enum HostName {
     Exact(String),
     /// `*.example.com` stored as `.example.com`.
     Suffix(String),
@@ -44,11 +51,35 @@ enum PathPattern {
 }
 
 impl HostPattern {
+    fn parse(pattern: &str) -> Self {
+        let pattern = pattern.to_ascii_lowercase();
+        let (name, port) = match pattern.rsplit_once(':') {
+            Some((n, p)) if p.parse::<u16>().is_ok() => (n.to_string(), Some(p.to_string())),
+            _ => (pattern, None),
+        };
+        let name = if let Some(rest) = name.strip_prefix('*') {
+            HostName::Suffix(rest.to_string())
+        } else if let Some(rest) = name.strip_suffix('*') {
+            HostName::Prefix(rest.to_string())
+        } else {
+            HostName::Exact(name)
+        };
+        Self { name, port }
+    }
+
     fn matches(&self, host: &str, host_with_port: &str) -> bool {
-        match self {
-            Self::Exact(h) => h == host || h == host_with_port,
-            Self::Suffix(s) => host.ends_with(s.as_str()) && host.len() > s.len(),
-            Self::Prefix(p) => host.starts_with(p.as_str()) && host.len() > p.len(),
+        if let Some(port) = &self.port {
+            let sent = host_with_port
+                .strip_prefix(host)
+                .and_then(|p| p.strip_prefix(':'));
+            if sent != Some(port.as_str()) {
+                return false;
+            }
+        }
+        match &self.name {
+            HostName::Exact(h) => h == host,
+            HostName::Suffix(s) => host.ends_with(s.as_str()) && host.len() > s.len(),
+            HostName::Prefix(p) => host.starts_with(p.as_str()) && host.len() > p.len(),
         }
     }
 }
@@ -69,16 +100,7 @@ impl CompiledRoute {
             .hosts
             .iter()
             .flatten()
-            .map(|h| {
-                let h = h.to_ascii_lowercase();
-                if let Some(rest) = h.strip_prefix('*') {
-                    HostPattern::Suffix(rest.to_string())
-                } else if let Some(rest) = h.strip_suffix('*') {
-                    HostPattern::Prefix(rest.to_string())
-                } else {
-                    HostPattern::Exact(h)
-                }
-            })
+            .map(|h| HostPattern::parse(h))
             .collect();
         let headers = route
             .headers
@@ -252,7 +274,7 @@ impl RouterSnapshot {
                     && route
                         .hosts
                         .iter()
-                        .all(|h| matches!(h, HostPattern::Exact(_)));
+                        .all(|h| matches!(h.name, HostName::Exact(_)));
                 let (is_regex, prefix_len) = match &path {
                     Some(PathPattern::Regex(_)) => (true, 0),
                     Some(PathPattern::Prefix(p)) => (false, p.len()),

@@ -345,6 +345,7 @@ async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
         "method": req.method().as_str(),
         "path": path,
         "query": req.query_string(),
+        "uri": req.uri().path_and_query().map(|p| p.as_str().to_string()),
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     }))

@@ -736,3 +736,48 @@ async fn regex_paths_strip_what_they_matched() {
     let (s, _) = send(&app, Method::GET, "/x/v12", &[]).await;
     assert_eq!(s, 404, "regexes are anchored at the start");
 }
+
+#[actix_web::test]
+async fn wildcard_host_with_port_matches_only_that_port() {
+    let app = spawn_app().await;
+    let upstream = spawn_upstream();
+    service_with_route(
+        &app,
+        "wild",
+        &upstream.url,
+        json!({"hosts": ["*.ported.test:8000"]}),
+    )
+    .await;
+    let get = |host: &'static str| {
+        app.http
+            .get(format!("{}/x", app.proxy))
+            .header("host", host)
+            .send()
+    };
+    assert_eq!(get("a.ported.test:8000").await.unwrap().status(), 200);
+    assert_eq!(get("a.ported.test:9000").await.unwrap().status(), 404);
+    assert_eq!(get("a.ported.test").await.unwrap().status(), 404);
+}
+
+#[actix_web::test]
+async fn a_bare_trailing_question_mark_reaches_the_upstream() {
+    let app = spawn_app().await;
+    let upstream = spawn_upstream();
+    app.expose("bare", &upstream.url, &["/bare"]).await;
+    // reqwest drops an empty query, so send the request line by hand.
+    let port: u16 = app.proxy.rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /bare/x? HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["path"], "/x");
+    assert_eq!(body["uri"], "/x?", "the bare ? is kept");
+}
