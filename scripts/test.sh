@@ -6,3 +6,5 @@ scripts/services.sh >/dev/null
 export PORTCULLIS_TEST_PG="${PORTCULLIS_TEST_PG:-host=127.0.0.1 port=5432 user=postgres dbname=test}"
 export PORTCULLIS_TEST_REDIS="${PORTCULLIS_TEST_REDIS:-redis://127.0.0.1:6379}"
 cargo test --workspace "$@"
+# The API suite again with every gateway on Postgres (a fresh schema per test).
+PORTCULLIS_TEST_DATABASE=postgres cargo test --test api "$@"

@@ -350,6 +350,22 @@ impl Settings {
                 reason: format!("unknown level '{}'", self.log_level),
             });
         }
+        if let Some(schema) = &self.pg_schema {
+            if !portcullis_stores::postgres::valid_schema_name(schema) {
+                return Err(ConfigError::Value {
+                    key: "pg_schema",
+                    reason: format!(
+                        "invalid schema name '{schema}': lower-case letters, digits and _, at most 63"
+                    ),
+                });
+            }
+        }
+        if self.pg_max_connections == 0 {
+            return Err(ConfigError::Value {
+                key: "pg_max_connections",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.redis_url.is_some() && self.database == Database::Memory {
             return Err(ConfigError::Value {
                 key: "redis_url",
@@ -555,5 +571,26 @@ mod tests {
         };
         assert!(!s.to_masked_toml().contains("hunter2"));
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn pg_schema_must_be_a_plain_identifier() {
+        let err = Settings::load(
+            None,
+            [("PORTCULLIS_PG_SCHEMA".into(), "x; drop table y".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pg_schema"), "{err}");
+        assert!(Settings::load(None, [("PORTCULLIS_PG_SCHEMA".into(), "tenant_1".into())]).is_ok());
+    }
+
+    #[test]
+    fn pg_password_is_masked() {
+        let s = Settings {
+            pg_password: Some(Secret::new("pg-hunter2".into())),
+            ..Settings::default()
+        };
+        assert!(!s.to_masked_toml().contains("pg-hunter2"));
+        assert!(!format!("{s:?}").contains("pg-hunter2"));
     }
 }

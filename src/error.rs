@@ -90,6 +90,11 @@ impl From<StoreError> for AdminError {
             StoreError::NotFound => Self::NotFound,
             StoreError::InvalidOffset => Self::InvalidOffset(String::new()),
             StoreError::Unavailable(_) => Self::Unavailable,
+            StoreError::InvalidValue { field, reason } => {
+                let mut fields = FieldErrors::new();
+                fields.insert(field, Value::String(reason.into()));
+                Self::Schema(fields)
+            }
             e @ (StoreError::CodeReplayed { .. } | StoreError::Internal(_)) => {
                 Self::Internal(e.to_string())
             }

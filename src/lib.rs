@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`config`]: layered typed settings (defaults → TOML file → `PORTCULLIS_*`), secrets masked.
-//! - [`startup`]: `Application::build`, binding listeners (port 0 allowed) for `main` and tests.
+//! - [`startup`]: `Application::build`, binding listeners (port 0 allowed) for `main` and tests;
+//!   opens the stores (memory, or Postgres after checking its migrations).
+//! - [`migrations`]: the `portcullis migrations …` commands over the stores crate's migrator.
 //! - [`error`]: the error enums of the admin API and the proxy, and their one mapping to HTTP.
 //! - [`schema`]: the declarative schema language (Kong-shaped validation errors, defaults).
 //! - [`entities`]: services, routes, consumers, plugins: schemas and typed views.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod crypto;
 pub mod entities;
 pub mod error;
+pub mod migrations;
 pub mod plugins;
 pub mod proxy;
 pub mod router;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use portcullis::config::Settings;
+use portcullis::migrations::MigrationCommand;
 use portcullis::startup::Application;
 
 /// Portcullis API gateway.
@@ -32,6 +33,30 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Database migrations (database = postgres).
+    Migrations {
+        /// TOML configuration file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: MigrationsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrationsCommand {
+    /// Create every table in a fresh database (or schema).
+    Bootstrap,
+    /// Apply the pending migrations.
+    Up,
+    /// List the executed and pending migrations.
+    List,
+    /// Drop every Portcullis table (the whole schema when pg_schema is set).
+    Reset {
+        /// Confirm: without it nothing is dropped.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -58,6 +83,15 @@ fn main() -> ExitCode {
             eprintln!("configuration ok");
         }),
         Command::Serve { config } => load(config.as_ref()).and_then(serve),
+        Command::Migrations { config, command } => {
+            let command = match command {
+                MigrationsCommand::Bootstrap => MigrationCommand::Bootstrap,
+                MigrationsCommand::Up => MigrationCommand::Up,
+                MigrationsCommand::List => MigrationCommand::List,
+                MigrationsCommand::Reset { yes } => MigrationCommand::Reset { confirmed: yes },
+            };
+            load(config.as_ref()).and_then(|s| migrations(s, command))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,5 +109,16 @@ fn serve(settings: Settings) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         app.run_until_stopped().await.map_err(|e| e.to_string())
+    })
+}
+
+fn migrations(settings: Settings, command: MigrationCommand) -> Result<(), String> {
+    portcullis::telemetry::init(&settings);
+    actix_rt::System::new().block_on(async move {
+        let out = portcullis::migrations::run(&settings, command)
+            .await
+            .map_err(|e| e.to_string())?;
+        print!("{out}");
+        Ok(())
     })
 }

@@ -11,7 +11,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 use portcullis_stores::memory::{MemoryConfigStore, MemoryTokenStore};
-use portcullis_stores::{ConfigStore, TokenStore};
+use portcullis_stores::postgres::{self, Migrator, PgConfigStore, PgSettings, PgTokenStore};
+use portcullis_stores::{ConfigStore, StoreError, TokenStore};
 
 use crate::actors::registry::{ConfigRegistry, Reload};
 use crate::actors::token_lifecycle::TokenLifecycle;
@@ -41,6 +42,65 @@ pub struct Stores {
     pub tokens: Arc<dyn TokenStore>,
 }
 
+/// The stores crate's view of the `pg_*` settings.
+pub fn pg_settings(settings: &Settings) -> PgSettings {
+    PgSettings {
+        host: settings.pg_host.clone(),
+        port: settings.pg_port,
+        user: settings.pg_user.clone(),
+        password: settings.pg_password.as_ref().map(|p| p.expose().clone()),
+        dbname: settings.pg_database.clone(),
+        schema: settings.pg_schema.clone(),
+        max_connections: settings.pg_max_connections,
+        timeout: Duration::from_millis(settings.pg_timeout),
+        ssl: settings.pg_ssl,
+    }
+}
+
+/// One line for a store error met at start-up (the `Unavailable` text already names host:port).
+fn start_line(e: StoreError) -> String {
+    match e {
+        StoreError::Unavailable(line) | StoreError::Internal(line) => line,
+        other => other.to_string(),
+    }
+}
+
+/// Opens the Postgres pool and checks the schema is migrated; `serve` refuses to run on a
+/// database with pending migrations and names the command to run.
+///
+/// # Errors
+/// [`StartError::Store`] naming host/port and the cause, or the migration command to run.
+pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
+    let pg = pg_settings(settings);
+    let pool = postgres::connect(&pg)
+        .await
+        .map_err(|e| StartError::Store(start_line(e)))?;
+    let status = Migrator::new(pool.clone(), pg.schema.clone())
+        .map_err(|e| StartError::Store(start_line(e)))?
+        .status()
+        .await
+        .map_err(|e| StartError::Store(start_line(e)))?;
+    let place = match &pg.schema {
+        Some(schema) => format!("database '{}' (schema '{schema}')", pg.dbname),
+        None => format!("database '{}'", pg.dbname),
+    };
+    if status.is_fresh() {
+        return Err(StartError::Store(format!(
+            "{place} is not bootstrapped: run `portcullis migrations bootstrap`"
+        )));
+    }
+    if !status.is_current() {
+        return Err(StartError::Store(format!(
+            "{place} has pending migrations ({}): run `portcullis migrations up`",
+            status.pending.join(", ")
+        )));
+    }
+    Ok(Stores {
+        config: Arc::new(PgConfigStore::new(pool.clone())),
+        tokens: Arc::new(PgTokenStore::new(pool)),
+    })
+}
+
 /// Opens the stores the settings ask for.
 ///
 /// # Errors
@@ -51,9 +111,7 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
             config: Arc::new(MemoryConfigStore::new()),
             tokens: Arc::new(MemoryTokenStore::new()),
         }),
-        Database::Postgres => Err(StartError::Store(
-            "database = postgres is not available in this build yet".into(),
-        )),
+        Database::Postgres => open_postgres(settings).await,
     }
 }
 
@@ -280,6 +338,11 @@ impl Application {
             servers,
             snapshot,
         })
+    }
+
+    /// Handles to stop the servers (tests stop a node to start it again on the same database).
+    pub fn server_handles(&self) -> Vec<actix_web::dev::ServerHandle> {
+        self.servers.iter().map(Server::handle).collect()
     }
 
     fn port(list: &[(SocketAddr, bool)], tls: bool) -> Option<u16> {

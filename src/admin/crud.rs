@@ -220,17 +220,11 @@ where
     }
 }
 
-/// `GET /E`, `GET /P/{p}/E`.
+/// Kong's `size` (1..=1000, default 100) and opaque `offset` query parameters.
 ///
 /// # Errors
-/// Bad size/offset, store failures.
-pub async fn list(
-    state: &AdminState,
-    kind: &'static EntityKind,
-    foreign: Option<(&'static str, Uuid)>,
-    query: &[(String, String)],
-    base_path: &str,
-) -> Result<HttpResponse, AdminError> {
+/// 400 invalid size (code 9) or invalid offset (code 7).
+pub fn paging(query: &[(String, String)]) -> Result<(usize, Option<String>), AdminError> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let size = match get("size") {
         None => 100,
@@ -254,6 +248,22 @@ pub async fn list(
                 .ok_or(AdminError::InvalidOffset(o))?,
         ),
     };
+    Ok((size, offset))
+}
+
+/// `GET /E`, `GET /P/{p}/E`.
+///
+/// # Errors
+/// Bad size/offset, store failures.
+pub async fn list(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    foreign: Option<(&'static str, Uuid)>,
+    query: &[(String, String)],
+    base_path: &str,
+) -> Result<HttpResponse, AdminError> {
+    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (size, offset) = paging(query)?;
     let tags = get("tags").map(|t| {
         if t.contains('/') {
             (t.split('/').map(str::to_string).collect(), false)

@@ -1,5 +1,5 @@
 //! The behaviour every store must show. Each function panics (test failure) on a deviation; the
-//! stores' tests call them against every implementation (memory now, Postgres and Redis later).
+//! stores' tests call them against every implementation (memory and Postgres now, Redis later).
 
 #![expect(
     clippy::unwrap_used,
@@ -279,4 +279,409 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         None,
         "expired code is refused"
     );
+}
+
+/// Documents come back exactly as stored: null fields stay null, absent fields stay absent,
+/// unknown fields and nested values survive; updates replace, and honour the unique keys.
+pub async fn config_store_roundtrip(store: &dyn ConfigStore) {
+    let svc = doc(json!({
+        "id": Uuid::new_v4().to_string(),
+        "name": "rt",
+        "host": "example.test",
+        "port": 8443,
+        "path": null,
+        "enabled": true,
+        "tags": ["a", "b"],
+        "ca_certificates": [],
+        "created_at": 1_700_000_000,
+        "custom_field": {"nested": [1, 2.5, "x", null]},
+    }));
+    let stored = store
+        .insert(&entities::SERVICES, svc.clone())
+        .await
+        .unwrap();
+    assert_eq!(stored, svc);
+    let id = Uuid::parse_str(svc["id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        store.get(&entities::SERVICES, id).await.unwrap(),
+        Some(svc.clone()),
+        "read back equals what was stored"
+    );
+    assert_eq!(
+        store
+            .get_by(&entities::SERVICES, "name", "rt")
+            .await
+            .unwrap(),
+        Some(svc.clone())
+    );
+
+    let route = doc(json!({
+        "id": Uuid::new_v4().to_string(),
+        "name": "rt-route",
+        "paths": ["/a", "~/b$"],
+        "headers": {"x-a": ["1", "2"]},
+        "sources": [{"ip": "10.0.0.0/8", "port": 80}],
+        "service": {"id": id.to_string()},
+        "strip_path": false,
+        "regex_priority": -3,
+    }));
+    store
+        .insert(&entities::ROUTES, route.clone())
+        .await
+        .unwrap();
+    let rid = Uuid::parse_str(route["id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        store.get(&entities::ROUTES, rid).await.unwrap(),
+        Some(route.clone())
+    );
+    let by_service = store
+        .list(
+            &entities::ROUTES,
+            &ListFilter {
+                size: 10,
+                foreign: Some(("service", id)),
+                ..ListFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_service.data, vec![route.clone()]);
+
+    let mut changed = svc.clone();
+    changed.insert("host".into(), json!("other.test"));
+    changed.remove("custom_field");
+    store
+        .update(&entities::SERVICES, changed.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&entities::SERVICES, id).await.unwrap(),
+        Some(changed)
+    );
+
+    let other = doc(json!({"id": Uuid::new_v4().to_string(), "name": "rt2", "host": "x"}));
+    store
+        .insert(&entities::SERVICES, other.clone())
+        .await
+        .unwrap();
+    let mut clash = other.clone();
+    clash.insert("name".into(), json!("rt"));
+    let err = store.update(&entities::SERVICES, clash).await;
+    match err {
+        Err(StoreError::UniqueViolation { fields }) => {
+            assert_eq!(fields.get("name"), Some(&json!("rt")), "key fields named");
+        }
+        other => panic!("update onto a taken name: {other:?}"),
+    }
+    let ghost = doc(json!({"id": Uuid::new_v4().to_string(), "name": "ghost", "host": "x"}));
+    assert!(matches!(
+        store.update(&entities::SERVICES, ghost).await,
+        Err(StoreError::NotFound)
+    ));
+    let same_id = store.insert(&entities::SERVICES, other.clone()).await;
+    assert!(
+        matches!(same_id, Err(StoreError::UniqueViolation { .. })),
+        "duplicate id: {same_id:?}"
+    );
+    let bad_fk = store
+        .insert(
+            &entities::PLUGINS,
+            doc(json!({"id": Uuid::new_v4().to_string(), "name": "p", "service": {"id": Uuid::new_v4().to_string()}})),
+        )
+        .await;
+    assert!(matches!(
+        bad_fk,
+        Err(StoreError::ForeignKeyMissing {
+            field: "service",
+            references: "services",
+            ..
+        })
+    ));
+
+    // Deleting a consumer cascades to its plugins and credentials, and reports every row.
+    let consumer = Uuid::new_v4();
+    store
+        .insert(
+            &entities::CONSUMERS,
+            doc(json!({"id": consumer.to_string(), "username": "rt-user", "custom_id": null})),
+        )
+        .await
+        .unwrap();
+    let cred = Uuid::new_v4();
+    store
+        .insert(
+            &entities::OAUTH2_CREDENTIALS,
+            doc(json!({"id": cred.to_string(), "name": "app", "client_id": "cid", "consumer": {"id": consumer.to_string()}, "redirect_uris": ["https://a.test/cb"]})),
+        )
+        .await
+        .unwrap();
+    let dup_client = store
+        .insert(
+            &entities::OAUTH2_CREDENTIALS,
+            doc(json!({"id": Uuid::new_v4().to_string(), "name": "app2", "client_id": "cid", "consumer": {"id": consumer.to_string()}})),
+        )
+        .await;
+    assert!(matches!(
+        dup_client,
+        Err(StoreError::UniqueViolation { .. })
+    ));
+    let plugin = Uuid::new_v4();
+    store
+        .insert(
+            &entities::PLUGINS,
+            doc(json!({"id": plugin.to_string(), "name": "p", "config": {"a": {"b": [1]}}, "consumer": {"id": consumer.to_string()}, "service": null, "route": null})),
+        )
+        .await
+        .unwrap();
+    // Same name, different scope: allowed.
+    store
+        .insert(
+            &entities::PLUGINS,
+            doc(json!({"id": Uuid::new_v4().to_string(), "name": "p", "service": null, "route": null, "consumer": null})),
+        )
+        .await
+        .unwrap();
+    let global_again = store
+        .insert(
+            &entities::PLUGINS,
+            doc(json!({"id": Uuid::new_v4().to_string(), "name": "p", "service": null, "route": null, "consumer": null})),
+        )
+        .await;
+    assert!(
+        matches!(global_again, Err(StoreError::UniqueViolation { .. })),
+        "null scope counts as a value: {global_again:?}"
+    );
+    let removed = store.delete(&entities::CONSUMERS, consumer).await.unwrap();
+    assert_eq!(removed[0], ("consumers", consumer));
+    assert!(
+        removed.contains(&("oauth2_credentials", cred)),
+        "{removed:?}"
+    );
+    assert!(removed.contains(&("plugins", plugin)), "{removed:?}");
+    assert_eq!(removed.len(), 3, "{removed:?}");
+    assert!(store
+        .get(&entities::OAUTH2_CREDENTIALS, cred)
+        .await
+        .unwrap()
+        .is_none());
+    let all_plugins = store.all(&entities::PLUGINS).await.unwrap();
+    assert_eq!(all_plugins.len(), 1, "only the global plugin is left");
+}
+
+/// Listing, renewal, revocation by code and by owner, and the expiry sweep.
+pub async fn token_store_lifecycle(store: &dyn TokenStore) {
+    let now = 2_000_000;
+    let cred = Uuid::new_v4();
+    let service = Uuid::new_v4();
+    let family = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for n in 0..5u8 {
+        let mut t = token(100 + n, Some(150 + n), Uuid::new_v4(), now);
+        t.credential_id = cred;
+        t.service_id = (n % 2 == 0).then_some(service);
+        if n == 0 {
+            t.family_id = family;
+        }
+        ids.push(t.id);
+        store.insert_token(t).await.unwrap();
+    }
+    let dup = store.insert_token(token(100, None, family, now)).await;
+    assert!(
+        matches!(dup, Err(StoreError::UniqueViolation { .. })),
+        "access digest is unique: {dup:?}"
+    );
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut filter = crate::model::TokenFilter {
+        credential_id: Some(cred),
+        size: 2,
+        ..Default::default()
+    };
+    loop {
+        let (page, next) = store.list_tokens(&filter, now).await.unwrap();
+        seen.extend(page.iter().map(|t| t.id));
+        match next {
+            Some(o) => filter.offset = Some(o),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "pages in id order cover every token once");
+    let (bound, _) = store
+        .list_tokens(
+            &crate::model::TokenFilter {
+                service_id: Some(service),
+                size: 100,
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bound.len(), 3);
+
+    // Renewal keeps the row and refresh token, swaps the access token and restarts the clock.
+    let renewed = store
+        .redeem_refresh(
+            &hash(150),
+            RefreshReplacement::Renew {
+                access_token_hash: hash(200),
+                expires_in: 30,
+                expires_at: Some(now + 900),
+            },
+            now + 10,
+        )
+        .await
+        .unwrap();
+    let RefreshOutcome::Redeemed(renewed) = renewed else {
+        panic!("renew: {renewed:?}");
+    };
+    assert_eq!(renewed.created_at, now + 10);
+    assert_eq!(renewed.refresh_token_hash, Some(hash(150)));
+    assert_eq!(
+        store.token_by_access(&hash(200), now + 10).await.unwrap(),
+        Some(*renewed.clone())
+    );
+    assert_eq!(
+        store.token_by_access(&hash(100), now + 10).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .redeem_refresh(
+                &hash(99),
+                RefreshReplacement::Rotate(Box::new(token(98, None, family, now))),
+                now
+            )
+            .await
+            .unwrap(),
+        RefreshOutcome::NotFound
+    );
+
+    let mut edited = *renewed;
+    edited.scope = Some("changed".into());
+    store.update_token(edited.clone()).await.unwrap();
+    assert_eq!(
+        store.token_by_id(edited.id, now).await.unwrap(),
+        Some(edited.clone())
+    );
+    let mut ghost = edited.clone();
+    ghost.id = Uuid::new_v4();
+    assert!(matches!(
+        store.update_token(ghost).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Tokens issued from a code, and their whole family, go when the code is replayed.
+    let code_id = Uuid::new_v4();
+    let fam = Uuid::new_v4();
+    let mut from_code = token(120, Some(121), fam, now);
+    from_code.code_id = Some(code_id);
+    store.insert_token(from_code.clone()).await.unwrap();
+    let mut rotated_child = token(122, Some(123), fam, now);
+    rotated_child.code_id = None;
+    store.insert_token(rotated_child).await.unwrap();
+    let revoked = store.revoke_by_code(code_id).await.unwrap();
+    assert_eq!(revoked.len(), 2, "code's token and its family");
+
+    // Removing the credential takes its tokens and codes.
+    let code = CodeRecord {
+        id: Uuid::new_v4(),
+        code_hash: hash(130),
+        credential_id: cred,
+        service_id: None,
+        plugin_id: Some(Uuid::new_v4()),
+        authenticated_userid: Some("u".into()),
+        scope: Some("s".into()),
+        challenge: Some("abc".into()),
+        challenge_method: Some("S256".into()),
+        redirect_uri: Some("https://a.test/cb".into()),
+        created_at: now,
+        expires_at: now + 300,
+    };
+    store.insert_code(code).await.unwrap();
+    let owned = store.delete_owned_by(&[cred], &[]).await.unwrap();
+    assert_eq!(owned.len(), 5);
+    assert_eq!(store.take_code(&hash(130), now).await.unwrap(), None);
+    assert_eq!(
+        store.delete_token(Uuid::new_v4()).await.unwrap(),
+        None,
+        "deleting nothing is fine"
+    );
+
+    // The sweep removes expired rows only.
+    let mut old = token(140, None, Uuid::new_v4(), now);
+    old.expires_at = Some(now - 1);
+    store.insert_token(old).await.unwrap();
+    let keep = token(141, None, Uuid::new_v4(), now);
+    store.insert_token(keep.clone()).await.unwrap();
+    let purged = store.purge_expired(now, 100).await.unwrap();
+    assert!(purged >= 1, "expired token purged");
+    assert_eq!(store.token_by_id(keep.id, now).await.unwrap(), Some(keep));
+}
+
+/// N concurrent takes of one code: exactly one gets it, the others see nothing or a replay.
+pub async fn concurrent_take_code(store: std::sync::Arc<dyn TokenStore>, n: usize) {
+    let now = 3_000_000;
+    let code = CodeRecord {
+        id: Uuid::new_v4(),
+        code_hash: hash(77),
+        credential_id: Uuid::nil(),
+        service_id: None,
+        plugin_id: None,
+        authenticated_userid: None,
+        scope: None,
+        challenge: None,
+        challenge_method: None,
+        redirect_uri: None,
+        created_at: now,
+        expires_at: now + 300,
+    };
+    store.insert_code(code.clone()).await.unwrap();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_code(&hash(77), now).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Some(c)) => {
+                assert_eq!(c, code);
+                wins += 1;
+            }
+            Ok(None) | Err(StoreError::CodeReplayed { .. }) => {}
+            Err(e) => panic!("take_code failed: {e:?}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one take wins");
+}
+
+/// N concurrent inserts of one unique name: one succeeds, the rest are unique violations.
+pub async fn concurrent_unique_insert(store: std::sync::Arc<dyn ConfigStore>, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert(
+                        &entities::SERVICES,
+                        doc(json!({"id": Uuid::new_v4().to_string(), "name": "race", "host": "a"})),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let (mut ok, mut unique) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::UniqueViolation { fields }) => {
+                assert_eq!(fields.get("name"), Some(&json!("race")));
+                unique += 1;
+            }
+            Err(e) => panic!("insert failed: {e:?}"),
+        }
+    }
+    assert_eq!((ok, unique), (1, n - 1));
 }

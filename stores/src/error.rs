@@ -43,6 +43,15 @@ pub enum StoreError {
         /// The code's id, to revoke the tokens issued from it.
         code_id: Uuid,
     },
+    /// A value this backend cannot store (Postgres text cannot hold a NUL character); the
+    /// client sent it, so it is the client's error, not a 500.
+    #[error("invalid value for {field}: {reason}")]
+    InvalidValue {
+        /// The offending top-level field.
+        field: String,
+        /// Why, in words a client may see.
+        reason: &'static str,
+    },
     /// The backend cannot be reached right now; retrying later may work.
     #[error("store unavailable: {0}")]
     Unavailable(String),

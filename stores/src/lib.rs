@@ -10,6 +10,7 @@
 //! - [`memory`]: the embedded default, used by `database = memory` and by tests.
 //! - [`redis_cache`]: the shared token cache in Redis, keyed by digest.
 //! - [`tiered`]: near cache → Redis → durable store for token lookups.
+//! - [`postgres`]: the durable stores (`database = postgres`), their pool and their migrations.
 //! - [`contract`]: the behaviour every implementation must show, as functions the tests run against
 //!   each store.
 
@@ -19,6 +20,7 @@ pub mod memory;
 pub mod model;
 pub mod redis_cache;
 pub mod tiered;
+pub mod postgres;
 
 pub use error::StoreError;
 pub use model::{

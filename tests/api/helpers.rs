@@ -3,12 +3,15 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::TcpListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use portcullis::config::Settings;
-use portcullis::startup::Application;
+use portcullis::config::{Database, Secret, Settings};
+use portcullis::startup::{pg_settings, Application};
+use portcullis_stores::postgres::{self, Migrator, PgSettings};
 use serde_json::{json, Value};
 
 /// A running gateway.
@@ -23,6 +26,10 @@ pub struct TestApp {
     pub admin_tls: String,
     /// Client that accepts the generated certificate and never follows redirects.
     pub http: reqwest::Client,
+    /// Handles to stop this gateway's servers.
+    pub handles: Vec<ServerHandle>,
+    /// The Postgres schema of a `spawn_pg_app` gateway, dropped with the app.
+    pub pg: Option<PgSchema>,
 }
 
 /// Settings every test starts from: loopback, port 0 everywhere, memory store.
@@ -36,15 +43,117 @@ pub fn test_settings() -> Settings {
     }
 }
 
-/// Starts a gateway with the default test settings.
+/// Starts a gateway with the default test settings: the memory store, or a fresh Postgres
+/// schema when `PORTCULLIS_TEST_DATABASE=postgres` (so the whole suite runs against both).
 pub async fn spawn_app() -> TestApp {
+    if std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() == Ok("postgres") {
+        return spawn_pg_app().await;
+    }
     spawn_with(test_settings()).await
+}
+
+/// Default test server; override with `PORTCULLIS_TEST_PG` (libpq `key=value` form).
+pub const DEFAULT_TEST_PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+/// A fresh schema `pt_<random>` of the test Postgres, and gateway settings pointing at it.
+/// Dropped (schema and all) when this value is dropped, even if the test failed.
+pub struct PgSchema {
+    /// Gateway settings: `database = postgres`, `pg_schema` = this schema.
+    pub settings: Settings,
+}
+
+impl PgSchema {
+    /// A fresh schema with every migration applied (through the stores crate's migrator).
+    pub async fn migrated() -> Self {
+        let schema = Self::unmigrated();
+        schema.migrate().await;
+        schema
+    }
+
+    /// A fresh schema name with nothing in it yet.
+    pub fn unmigrated() -> Self {
+        let conn = std::env::var("PORTCULLIS_TEST_PG").unwrap_or_else(|_| DEFAULT_TEST_PG.into());
+        let pg = PgSettings::from_conn_str(&conn).expect("PORTCULLIS_TEST_PG parses");
+        let settings = Settings {
+            database: Database::Postgres,
+            pg_host: pg.host,
+            pg_port: pg.port,
+            pg_user: pg.user,
+            pg_password: pg.password.map(Secret::new),
+            pg_database: pg.dbname,
+            pg_schema: Some(format!("pt_{}", uuid::Uuid::new_v4().simple())),
+            pg_max_connections: 8,
+            ..test_settings()
+        };
+        Self { settings }
+    }
+
+    /// Applies the migrations, as `portcullis migrations up` would.
+    pub async fn migrate(&self) {
+        let pg = pg_settings(&self.settings);
+        let pool = postgres::connect(&pg)
+            .await
+            .expect("test Postgres reachable");
+        Migrator::new(pool, pg.schema.clone())
+            .expect("schema name")
+            .up()
+            .await
+            .expect("migrations apply");
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Its own runtime: the test's may be gone, or panicking.
+        let pg = pg_settings(&self.settings);
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(pool) = postgres::connect(&pg).await {
+                    if let Ok(m) = Migrator::new(pool, pg.schema.clone()) {
+                        let _ = m.reset().await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Starts a gateway on Postgres, in a fresh migrated schema of its own.
+pub async fn spawn_pg_app() -> TestApp {
+    let schema = PgSchema::migrated().await;
+    let mut app = spawn_with(schema.settings.clone()).await;
+    app.pg = Some(schema);
+    app
+}
+
+/// Retries `probe` until it returns `Some` or `within` has passed (then panics with `what`).
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts a gateway with the given settings.
 pub async fn spawn_with(settings: Settings) -> TestApp {
     portcullis::telemetry::init(&settings);
     let app = Application::build(settings).await.expect("gateway builds");
+    let handles = app.server_handles();
     let admin = format!("http://127.0.0.1:{}", app.admin_port().expect("admin port"));
     let admin_tls = app
         .admin_tls_port()
@@ -65,6 +174,8 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
         proxy_tls,
         admin_tls,
         http: client(),
+        handles,
+        pg: None,
     }
 }
 
@@ -79,6 +190,12 @@ pub fn client() -> reqwest::Client {
 }
 
 impl TestApp {
+    /// Stops the gateway's servers (the stores stay), as a node shutting down.
+    pub async fn stop(&self) {
+        for h in &self.handles {
+            h.stop(true).await;
+        }
+    }
     /// POST JSON to the admin API; returns status and body.
     pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self

@@ -8,6 +8,7 @@ mod helpers;
 mod introspection;
 mod kong_conformance;
 mod oauth2;
+mod postgres;
 mod proxy;
 mod tls;
 mod tutorial;

@@ -179,28 +179,7 @@ async fn list(
     query: &[(String, String)],
 ) -> Result<HttpResponse, AdminError> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let size = match get("size") {
-        None => 100,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            Ok(_) => {
-                return Err(AdminError::InvalidSize(
-                    "size must be an integer between 1 and 1000".into(),
-                ))
-            }
-            Err(_) => return Err(AdminError::InvalidSize("size must be a number".into())),
-        },
-    };
-    let offset = match get("offset") {
-        None => None,
-        Some(o) => Some(
-            URL_SAFE_NO_PAD
-                .decode(o.as_bytes())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or(AdminError::InvalidOffset(o))?,
-        ),
-    };
+    let (size, offset) = crud::paging(query)?;
     let filter = TokenFilter {
         credential_id: if let Scope::Credential(c) = scope {
             Some(c)

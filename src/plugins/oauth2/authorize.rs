@@ -195,21 +195,19 @@ impl OAuthRuntime {
                         Err(e) => return self.store_failure(&e),
                     }
                 } else {
-                    let issued = self.new_token(
-                        ctx,
-                        Grant {
-                            credential: client.id,
-                            userid: Some(userid),
-                            scope,
-                            ..Grant::default()
-                        },
-                    );
-                    let params = self.token_params(&issued, None);
-                    if let Err(e) = self.deps.tokens.insert_token(issued.record).await {
-                        return self.store_failure(&e);
+                    let grant = Grant {
+                        credential: client.id,
+                        userid: Some(userid),
+                        scope,
+                        ..Grant::default()
+                    };
+                    match self.issue(ctx, grant).await {
+                        Ok(params) => {
+                            fragment = true;
+                            Ok(params)
+                        }
+                        Err(e) => return self.store_failure(&e),
                     }
-                    fragment = true;
-                    Ok(params)
                 }
             }
         };

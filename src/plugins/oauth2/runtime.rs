@@ -200,6 +200,18 @@ impl OAuthRuntime {
         }
     }
 
+    /// Issues and stores a token; returns the response body fields.
+    pub(super) async fn issue(
+        &self,
+        ctx: &RequestCtx,
+        grant: Grant,
+    ) -> Result<Map<String, Value>, portcullis_stores::StoreError> {
+        let issued = self.new_token(ctx, grant);
+        let body = self.token_params(&issued, None);
+        self.deps.tokens.insert_token(issued.record).await?;
+        Ok(body)
+    }
+
     /// The token response body fields.
     pub(super) fn token_params(
         &self,

@@ -297,20 +297,19 @@ impl OAuthRuntime {
                 return Ok(Err(OAuthError::new("invalid_grant", "Invalid code").into()));
             }
         }
-        let issued = self.new_token(
-            ctx,
-            Grant {
-                credential: client.id,
-                userid: record.authenticated_userid,
-                scope: record.scope,
-                with_refresh: true,
-                family: None,
-                code_id: Some(record.id),
-            },
-        );
-        let body = self.token_params(&issued, None);
-        self.deps.tokens.insert_token(issued.record).await?;
-        Ok(Ok(body))
+        Ok(Ok(self
+            .issue(
+                ctx,
+                Grant {
+                    credential: client.id,
+                    userid: record.authenticated_userid,
+                    scope: record.scope,
+                    with_refresh: true,
+                    family: None,
+                    code_id: Some(record.id),
+                },
+            )
+            .await?))
     }
 
     async fn grant_client_credentials(
@@ -334,18 +333,17 @@ impl OAuthRuntime {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.into())),
         };
-        let issued = self.new_token(
-            ctx,
-            Grant {
-                credential: client.id,
-                userid,
-                scope,
-                ..Grant::default()
-            },
-        );
-        let body = self.token_params(&issued, None);
-        self.deps.tokens.insert_token(issued.record).await?;
-        Ok(Ok(body))
+        Ok(Ok(self
+            .issue(
+                ctx,
+                Grant {
+                    credential: client.id,
+                    userid,
+                    scope,
+                    ..Grant::default()
+                },
+            )
+            .await?))
     }
 
     async fn grant_password(
@@ -375,19 +373,18 @@ impl OAuthRuntime {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.into())),
         };
-        let issued = self.new_token(
-            ctx,
-            Grant {
-                credential: client.id,
-                userid: Some(userid.to_string()),
-                scope,
-                with_refresh: true,
-                ..Grant::default()
-            },
-        );
-        let body = self.token_params(&issued, None);
-        self.deps.tokens.insert_token(issued.record).await?;
-        Ok(Ok(body))
+        Ok(Ok(self
+            .issue(
+                ctx,
+                Grant {
+                    credential: client.id,
+                    userid: Some(userid.to_string()),
+                    scope,
+                    with_refresh: true,
+                    ..Grant::default()
+                },
+            )
+            .await?))
     }
 
     async fn grant_refresh(
