@@ -18,9 +18,9 @@ pub mod contract;
 pub mod error;
 pub mod memory;
 pub mod model;
+pub mod postgres;
 pub mod redis_cache;
 pub mod tiered;
-pub mod postgres;
 
 pub use error::StoreError;
 pub use model::{
