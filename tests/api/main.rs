@@ -6,6 +6,7 @@
 mod admin;
 mod helpers;
 mod introspection;
+mod kong_conformance;
 mod oauth2;
 mod postgres;
 mod proxy;
