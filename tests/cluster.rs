@@ -37,7 +37,7 @@ impl Drop for Node {
 /// schema and deletes the prefix's keys.
 struct Cluster {
     env: Vec<(String, String)>,
-    redis_port: String,
+    redis_url: String,
     prefix: String,
     dir: tempfile::TempDir,
     nodes: Vec<Option<Node>>,
@@ -102,12 +102,11 @@ impl Cluster {
         let schema = format!("pt_{id}");
         let prefix = format!("pt-{id}");
         let env = base_env(&schema, &prefix);
-        let redis_port = env
+        let redis_url = env
             .iter()
             .find(|(k, _)| k == "PORTCULLIS_REDIS_URL")
-            .and_then(|(_, v)| v.rsplit(':').next())
-            .map(|p| p.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| "6379".into());
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         let out = portcullis(&env)
             .args(["migrations", "bootstrap"])
             .output()
@@ -119,7 +118,7 @@ impl Cluster {
         );
         let mut cluster = Self {
             env,
-            redis_port,
+            redis_url,
             prefix,
             dir: tempfile::tempdir().unwrap(),
             nodes: Vec::new(),
@@ -315,7 +314,7 @@ impl Drop for Cluster {
             .output();
         let pattern = format!("{}:*", self.prefix);
         if let Ok(out) = Command::new("redis-cli")
-            .args(["-p", &self.redis_port, "--scan", "--pattern", &pattern])
+            .args(["-u", &self.redis_url, "--scan", "--pattern", &pattern])
             .output()
         {
             let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -324,7 +323,7 @@ impl Drop for Cluster {
                 .collect();
             if !keys.is_empty() {
                 let _ = Command::new("redis-cli")
-                    .args(["-p", &self.redis_port, "del"])
+                    .args(["-u", &self.redis_url, "del"])
                     .args(&keys)
                     .output();
             }
