@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: layered typed settings (defaults → TOML file → `PORTCULLIS_*`), secrets masked.
 //! - [`startup`]: `Application::build`, binding listeners (port 0 allowed) for `main` and tests;
-//!   opens the stores (memory, or Postgres after checking its migrations).
+//!   opens the stores (memory, or Postgres after checking its migrations, with the near cache and
+//!   Redis tiers in front of its token store).
 //! - [`migrations`]: the `portcullis migrations …` commands over the stores crate's migrator.
 //! - [`error`]: the error enums of the admin API and the proxy, and their one mapping to HTTP.
 //! - [`schema`]: the declarative schema language (Kong-shaped validation errors, defaults).
@@ -14,7 +15,8 @@
 //! - [`proxy`]: the request pipeline (match → plugins → forward → respond) and header rules.
 //! - [`plugins`]: the plugin framework and the built-in plugins (`oauth2`, `oauth2-introspection`,
 //!   `request-termination`).
-//! - [`actors`]: the single writers: config registry, token lifecycle.
+//! - [`actors`]: the single writers: config registry, token lifecycle, cluster sync (other nodes'
+//!   changes heard through Postgres LISTEN/NOTIFY → caches and router snapshot).
 //! - [`crypto`]: random tokens, digests, constant-time comparison, secret hashing.
 //! - [`tls`]: rustls server configs, self-signed certificates.
 //! - [`telemetry`]: logging (text or JSON).

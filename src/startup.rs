@@ -12,8 +12,11 @@ use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 use portcullis_stores::memory::{MemoryConfigStore, MemoryTokenStore};
 use portcullis_stores::postgres::{self, Migrator, PgConfigStore, PgSettings, PgTokenStore};
+use portcullis_stores::redis_cache::{RedisSettings, RedisTokenCache};
+use portcullis_stores::tiered::{NearCacheSettings, TieredTokenStore};
 use portcullis_stores::{ConfigStore, StoreError, TokenStore};
 
+use crate::actors::cluster_sync::ClusterSync;
 use crate::actors::registry::{ConfigRegistry, Reload};
 use crate::actors::token_lifecycle::TokenLifecycle;
 use crate::admin::{self, AdminState};
@@ -40,6 +43,48 @@ pub struct Stores {
     pub config: Arc<dyn ConfigStore>,
     /// Tokens and codes.
     pub tokens: Arc<dyn TokenStore>,
+    /// With a shared database: where other nodes' changes are heard and which caches they clear.
+    pub cluster: Option<ClusterLink>,
+}
+
+/// What the cluster sync actor needs: the database to listen on and the caches to invalidate.
+pub struct ClusterLink {
+    /// The database (and schema) every node of the cluster shares.
+    pub pg: PgSettings,
+    /// This node's token tiers (the same object as `Stores::tokens`).
+    pub tokens: Arc<TieredTokenStore>,
+}
+
+/// The stores crate's view of the `redis_*` settings, if Redis is configured.
+pub fn redis_settings(settings: &Settings) -> Option<RedisSettings> {
+    settings.redis_url.as_ref().map(|url| RedisSettings {
+        url: url.expose().clone(),
+        prefix: settings.redis_prefix.clone(),
+        timeout: Duration::from_millis(settings.redis_timeout),
+    })
+}
+
+/// The Redis tier: opened without waiting for Redis (the gateway serves from the near cache and
+/// Postgres until Redis answers; the connection manager keeps trying). An unreachable Redis is a
+/// warning, never a reason not to start.
+///
+/// # Errors
+/// [`StartError::Config`] for a `redis_url` that does not parse.
+async fn open_redis(settings: &Settings) -> Result<Option<RedisTokenCache>, StartError> {
+    let Some(redis) = redis_settings(settings) else {
+        return Ok(None);
+    };
+    let cache = RedisTokenCache::open(&redis).map_err(|e| ConfigError::Value {
+        key: "redis_url",
+        reason: start_line(e),
+    })?;
+    if let Err(e) = cache.ping().await {
+        tracing::warn!(
+            error = %e,
+            "redis unreachable at start; serving from Postgres and the near cache until it answers"
+        );
+    }
+    Ok(Some(cache))
 }
 
 /// The stores crate's view of the `pg_*` settings.
@@ -95,9 +140,16 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
             status.pending.join(", ")
         )));
     }
+    let redis = open_redis(settings).await?;
+    let tiered = Arc::new(TieredTokenStore::new(
+        Arc::new(PgTokenStore::new(pool.clone())),
+        redis,
+        &NearCacheSettings::default(),
+    ));
     Ok(Stores {
-        config: Arc::new(PgConfigStore::new(pool.clone())),
-        tokens: Arc::new(PgTokenStore::new(pool)),
+        config: Arc::new(PgConfigStore::new(pool)),
+        tokens: tiered.clone(),
+        cluster: Some(ClusterLink { pg, tokens: tiered }),
     })
 }
 
@@ -110,6 +162,7 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
         Database::Memory => Ok(Stores {
             config: Arc::new(MemoryConfigStore::new()),
             tokens: Arc::new(MemoryTokenStore::new()),
+            cluster: None,
         }),
         Database::Postgres => open_postgres(settings).await,
     }
@@ -332,6 +385,9 @@ impl Application {
         // Started last: an actor started but never polled (a bind failed above) would set its
         // timer while the runtime is being dropped, and panic instead of the one-line error.
         TokenLifecycle::new(stores.tokens.clone(), Duration::from_secs(60)).start();
+        if let Some(link) = stores.cluster {
+            ClusterSync::new(link.pg, link.tokens, registry.clone()).start();
+        }
         Ok(Self {
             proxy: proxy_addrs,
             admin: admin_addrs,

@@ -160,6 +160,12 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
             "client_max_body_size = \"lots\"\n".to_string(),
             "client_max_body_size",
         ),
+        (
+            // Redis is a cache: without a durable store behind it tokens would vanish with it.
+            "redis_memory.toml",
+            "redis_url = \"redis://127.0.0.1:6379\"\n".to_string(),
+            "redis_url",
+        ),
     ];
     for (name, content, key) in cases {
         let file = write(dir.path(), name, &content);

@@ -216,7 +216,8 @@ pub trait TokenStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<(Vec<TokenRecord>, Option<String>), StoreError>;
 
-    /// Removes at most `batch` expired tokens, codes and rotation tombstones; returns how many.
+    /// Removes at most `batch` expired tokens, codes and rotation tombstones; returns how many
+    /// (0 when a shared store is being swept by another node of the cluster right now).
     ///
     /// # Errors
     /// An unavailable backend.

@@ -2,8 +2,18 @@
 //! token), JSON values, TTL equal to the token's remaining life. Shared by every node of a cluster so
 //! a token issued on one node is a Redis hit on the others. Redis is a cache: every failure here is
 //! reported as [`StoreError::Unavailable`] and the caller falls back to the durable store.
+//!
+//! Two safety rules while Redis is away:
+//! - after a failed command the cache is skipped for [`SKIP_AFTER_FAILURE`], so an outage costs
+//!   the hot path nothing (no connect attempt per request); the connection manager reconnects by
+//!   itself on the next command after that.
+//! - an eviction that could not be made (Redis down or skipped) marks the cache dirty: Redis may
+//!   still hold a revoked token. A dirty cache answers nothing until every key of the prefix has
+//!   been deleted once Redis is back (it is only a cache; it refills from the durable store).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -22,12 +32,41 @@ pub struct RedisSettings {
     pub timeout: Duration,
 }
 
+/// How long Redis is left alone after a failed command.
+pub const SKIP_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
+/// Health shared by the clones of one cache.
+struct Health {
+    /// Origin of `skip_until_ms`.
+    origin: Instant,
+    /// Milliseconds since `origin` before which Redis is not asked.
+    skip_until_ms: AtomicU64,
+    /// An eviction was missed: flush the prefix before trusting Redis again.
+    dirty: AtomicBool,
+    /// A flush is running (one at a time).
+    flushing: AtomicBool,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+    fn skipping(&self) -> bool {
+        self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed)
+    }
+    fn failed(&self) {
+        let until = self.now_ms() + u64::try_from(SKIP_AFTER_FAILURE.as_millis()).unwrap_or(0);
+        self.skip_until_ms.store(until, Ordering::Relaxed);
+    }
+}
+
 /// Token cache in Redis.
 #[derive(Clone)]
 pub struct RedisTokenCache {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
+    health: Arc<Health>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -35,28 +74,59 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisTokenCache {
-    /// Connects (the manager reconnects by itself after failures).
+    /// A cache whose connection is made on first use and re-made after failures; never waits for
+    /// Redis (a gateway starts while Redis is down and uses it once it is up).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when Redis cannot be reached in time.
-    pub async fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+    /// [`StoreError::Internal`] for a URL that does not parse.
+    pub fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| StoreError::Internal(format!("redis_url: {e}")))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            settings.timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| unavailable("connect timed out"))?
-        .map_err(unavailable)?;
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Internal(format!("redis: {e}")))?;
         Ok(Self {
             conn,
             prefix: settings.prefix.clone(),
             timeout: settings.timeout,
+            health: Arc::new(Health {
+                origin: Instant::now(),
+                skip_until_ms: AtomicU64::new(0),
+                dirty: AtomicBool::new(false),
+                flushing: AtomicBool::new(false),
+            }),
         })
+    }
+
+    /// Opens and checks that Redis answers.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when Redis cannot be reached in time.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let cache = Self::open(settings).map_err(|e| unavailable(e.to_string()))?;
+        cache.ping().await?;
+        Ok(cache)
+    }
+
+    /// Asks Redis for a `PONG`, bypassing the skip window.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let res: Result<String, StoreError> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("timed out"))
+        .and_then(|r| r.map_err(unavailable));
+        res.map(|_| ())
     }
 
     fn key(&self, hash: &TokenHash) -> String {
@@ -67,10 +137,70 @@ impl RedisTokenCache {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, fut)
+        if self.health.skipping() {
+            return Err(unavailable("skipped after a recent failure"));
+        }
+        let res = tokio::time::timeout(self.timeout, fut)
             .await
-            .map_err(|_| unavailable("timed out"))?
-            .map_err(unavailable)
+            .map_err(|_| unavailable("timed out"))
+            .and_then(|r| r.map_err(unavailable));
+        if res.is_err() {
+            self.health.failed();
+        }
+        res
+    }
+
+    /// Before a read: a dirty cache is flushed first (by one caller; the others are told Redis is
+    /// unavailable meanwhile and read the durable store).
+    async fn ensure_clean(&self) -> Result<(), StoreError> {
+        if !self.health.dirty.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if self
+            .health
+            .flushing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(unavailable("flushing after missed evictions"));
+        }
+        // Cleared first: an eviction missed during the flush marks it dirty again.
+        self.health.dirty.store(false, Ordering::Release);
+        let res = self.flush().await;
+        if res.is_err() {
+            self.health.dirty.store(true, Ordering::Release);
+        } else {
+            tracing::info!("redis back: cached tokens flushed after missed evictions");
+        }
+        self.health.flushing.store(false, Ordering::Release);
+        res
+    }
+
+    /// Deletes every token key of this prefix.
+    async fn flush(&self) -> Result<(), StoreError> {
+        let pattern = format!("{}:tok:*", self.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .bounded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if !keys.is_empty() {
+                self.bounded(conn.del::<_, ()>(keys)).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// The cached record for an access-token digest.
@@ -78,6 +208,7 @@ impl RedisTokenCache {
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub async fn get(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.ensure_clean().await?;
         let mut conn = self.conn.clone();
         let key = self.key(hash);
         let raw: Option<String> = self.bounded(conn.get(key)).await?;
@@ -117,6 +248,11 @@ impl RedisTokenCache {
         }
         let keys: Vec<String> = hashes.iter().map(|h| self.key(h)).collect();
         let mut conn = self.conn.clone();
-        self.bounded(conn.del::<_, ()>(keys)).await
+        let res = self.bounded(conn.del::<_, ()>(keys)).await;
+        if res.is_err() {
+            // Redis may still hold a revoked token: never trust it before a flush.
+            self.health.dirty.store(true, Ordering::Release);
+        }
+        res
     }
 }

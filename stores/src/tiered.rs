@@ -5,7 +5,13 @@
 //!
 //! Other nodes' changes reach this node's caches through [`TieredTokenStore::invalidate`], called by
 //! the cluster invalidation listener.
+//!
+//! A lookup that read the durable store (or Redis) while an invalidation ran may hold a record
+//! that was revoked meanwhile; it must not put it back into the caches. Every invalidation bumps an
+//! epoch before and after it clears the caches, and a lookup caches what it read only if the
+//! epoch did not move while it was reading.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +60,7 @@ pub struct TieredTokenStore {
     redis: Option<RedisTokenCache>,
     near: Cache<TokenHash, Arc<TokenRecord>>,
     negative: Cache<TokenHash, ()>,
+    epoch: AtomicU64,
 }
 
 impl TieredTokenStore {
@@ -74,11 +81,13 @@ impl TieredTokenStore {
                 .max_capacity(settings.max_negative)
                 .time_to_live(settings.negative_ttl)
                 .build(),
+            epoch: AtomicU64::new(0),
         }
     }
 
     /// Forgets access-token digests in this node's near cache (another node changed them).
     pub fn invalidate_local(&self, hashes: &[TokenHash]) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         for h in hashes {
             self.near.invalidate(h);
             self.negative.invalidate(h);
@@ -91,13 +100,16 @@ impl TieredTokenStore {
         self.invalidate_local(hashes);
         if let Some(r) = &self.redis {
             if let Err(e) = r.evict(hashes).await {
-                tracing::warn!(error = %e, "cannot evict revoked tokens from redis; relying on TTL and other nodes");
+                tracing::warn!(error = %e, "cannot evict revoked tokens from redis; it is flushed before it is trusted again");
             }
+            // A lookup that read Redis before the eviction must not cache what it read.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// Drops everything cached locally (after a reconnect, when notices may have been missed).
     pub fn clear_local(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.near.invalidate_all();
         self.negative.invalidate_all();
     }
@@ -138,10 +150,14 @@ impl TokenStore for TieredTokenStore {
         if self.negative.contains_key(hash) {
             return Ok(None);
         }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let unchanged = || self.epoch.load(Ordering::Acquire) == epoch;
         if let Some(r) = &self.redis {
             match r.get(hash).await {
                 Ok(Some(record)) => {
-                    self.near.insert(*hash, Arc::new(record.clone()));
+                    if unchanged() {
+                        self.near.insert(*hash, Arc::new(record.clone()));
+                    }
                     return Ok(Some(record).filter(|t| t.row_live_at(now)));
                 }
                 Ok(None) => {}
@@ -152,11 +168,15 @@ impl TokenStore for TieredTokenStore {
         }
         match self.durable.token_by_access(hash, now).await? {
             Some(record) => {
-                self.remember(&record, now).await;
+                if unchanged() {
+                    self.remember(&record, now).await;
+                }
                 Ok(Some(record))
             }
             None => {
-                self.negative.insert(*hash, ());
+                if unchanged() {
+                    self.negative.insert(*hash, ());
+                }
                 Ok(None)
             }
         }

@@ -221,3 +221,95 @@ async fn pg_ssl_against_a_server_without_tls_is_a_clear_error() {
         Err(other) => panic!("unexpected: {other:?}"),
     }
 }
+
+fn record(n: u8, now: i64, expires_at: i64) -> portcullis_stores::TokenRecord {
+    portcullis_stores::TokenRecord {
+        id: uuid::Uuid::new_v4(),
+        credential_id: uuid::Uuid::nil(),
+        service_id: None,
+        access_token_hash: portcullis_stores::TokenHash([n; 32]),
+        refresh_token_hash: None,
+        token_type: "bearer".into(),
+        expires_in: 60,
+        authenticated_userid: None,
+        scope: None,
+        created_at: now,
+        expires_at: Some(expires_at),
+        family_id: uuid::Uuid::new_v4(),
+        code_id: None,
+    }
+}
+
+async fn next_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<postgres::listen::ChangeEvent>,
+) -> postgres::listen::ChangeEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("listener alive")
+}
+
+#[tokio::test]
+async fn listener_hears_committed_changes_of_its_own_schema_only() {
+    use portcullis_stores::model::entities;
+    use portcullis_stores::postgres::listen::{listen, ChangeEvent};
+    use portcullis_stores::{ConfigStore, TokenStore};
+
+    let a = TestDb::new().await;
+    let b = TestDb::new().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::spawn(listen(a.settings.clone(), tx));
+    assert_eq!(next_event(&mut rx).await, ChangeEvent::Connected);
+
+    // Another schema's changes are not heard: the next event is the change made in A.
+    let other = PgTokenStore::new(b.pool.clone());
+    let t = record(9, 1_000, 5_000);
+    other.insert_token(t.clone()).await.unwrap();
+    other.delete_token(t.id).await.unwrap();
+
+    let tokens = PgTokenStore::new(a.pool.clone());
+    let t = record(7, 1_000, 5_000);
+    tokens.insert_token(t.clone()).await.unwrap();
+    tokens.delete_token(t.id).await.unwrap();
+    assert_eq!(
+        next_event(&mut rx).await,
+        ChangeEvent::Tokens(vec![t.access_token_hash]),
+        "insert is silent, delete announces the old digest"
+    );
+
+    let config = PgConfigStore::new(a.pool.clone());
+    let id = uuid::Uuid::new_v4();
+    let doc = serde_json::json!({"id": id.to_string(), "name": "s1", "host": "a"});
+    config
+        .insert(&entities::SERVICES, doc.as_object().unwrap().clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut rx).await,
+        ChangeEvent::Config(vec![("services", id)])
+    );
+    drop(rx);
+    listener.abort();
+}
+
+#[tokio::test]
+async fn only_one_node_sweeps_at_a_time() {
+    use portcullis_stores::TokenStore;
+
+    let db = TestDb::new().await;
+    let store = PgTokenStore::new(db.pool.clone());
+    store.insert_token(record(1, 1_000, 1_500)).await.unwrap();
+
+    // Another node is sweeping: it holds the schema's sweep lock in an open transaction.
+    let mut other = db.pool.get().await.unwrap();
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('portcullis_sweep:' || current_schema()))",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.purge_expired(2_000, 100).await.unwrap(), 0, "skipped");
+    tx.rollback().await.unwrap();
+    assert_eq!(store.purge_expired(2_000, 100).await.unwrap(), 1, "swept");
+}

@@ -133,3 +133,103 @@ async fn garbage_tokens_are_cached_negatively_and_bounded() {
         Some(t)
     );
 }
+
+/// A `redis-server` of its own (no persistence) on a free port, killed on drop.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let mut r = Self { port, child: None };
+        r.restart().then_some(r)
+    }
+
+    fn restart(&mut self) -> bool {
+        self.kill();
+        let Ok(child) = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn settings(&self) -> RedisSettings {
+        RedisSettings {
+            url: format!("redis://127.0.0.1:{}", self.port),
+            prefix: "pt-dirty".into(),
+            timeout: Duration::from_millis(300),
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_missed_an_eviction_is_flushed_before_it_is_trusted_again() {
+    let Some(mut server) = PrivateRedis::start() else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    let node = RedisTokenCache::connect(&server.settings()).await.unwrap();
+    let t = record(5, now());
+    node.put(&t, now()).await.unwrap();
+
+    server.kill();
+    assert!(
+        node.evict(&[t.access_token_hash]).await.is_err(),
+        "the revocation cannot reach Redis"
+    );
+    assert!(server.restart());
+    // A Redis that kept the revoked record (a partition rather than a crash): plant it again.
+    let other = RedisTokenCache::connect(&server.settings()).await.unwrap();
+    other.put(&t, now()).await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match node.get(&t.access_token_hash).await {
+            Ok(found) => {
+                assert_eq!(found, None, "never the record whose eviction was missed");
+                break;
+            }
+            Err(_) => {
+                assert!(std::time::Instant::now() < deadline, "redis usable again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(
+        other.get(&t.access_token_hash).await.unwrap(),
+        None,
+        "flushed for every node"
+    );
+}

@@ -5,6 +5,8 @@
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
@@ -376,4 +378,157 @@ pub fn spawn_upstream() -> Upstream {
 pub fn dead_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// A Postgres cluster of its own in a temporary directory, run as the `postgres` user.
+pub struct PrivateCluster {
+    bin: PathBuf,
+    data: PathBuf,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    /// `None` when this machine cannot run one (no server binaries, not root).
+    pub fn start() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists())?;
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+        let data = dir.path().join("data");
+        let cluster = Self {
+            bin,
+            data,
+            port: dead_port(),
+            _dir: dir,
+        };
+        let ok = cluster.run(
+            "initdb",
+            &[
+                "-D",
+                cluster.data.to_str()?,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
+        (ok && cluster.pg_ctl("start")).then_some(cluster)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> bool {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(tool))
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// `pg_ctl start|stop` (fast shutdown), waiting for it.
+    pub fn pg_ctl(&self, action: &str) -> bool {
+        let socket_dir = self.data.parent().unwrap_or(Path::new("/tmp"));
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            socket_dir.display()
+        );
+        let data = self.data.to_string_lossy().into_owned();
+        let log = format!("{data}.log");
+        let mut args = vec!["-D", &data, "-l", &log, "-o", &options, "-w"];
+        if action == "stop" {
+            args.extend(["-m", "fast"]);
+        }
+        args.push(action);
+        self.run("pg_ctl", &args)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let data = self.data.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+/// A `redis-server` of its own on a free port (no persistence), to kill and start again.
+pub struct PrivateRedis {
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// `None` when `redis-server` is not installed.
+    pub fn start() -> Option<Self> {
+        let mut redis = Self {
+            port: dead_port(),
+            child: None,
+        };
+        redis.restart().then_some(redis)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: a crash, not a shutdown) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same port; true once it answers.
+    pub fn restart(&mut self) -> bool {
+        self.kill();
+        let Ok(child) = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["ping"]).trim() == "PONG" {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Runs `redis-cli` against this server; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod faults;
 mod helpers;
 mod introspection;
 mod kong_conformance;

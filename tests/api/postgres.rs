@@ -2,8 +2,6 @@
 //! outage of the database while the gateway runs (on a private Postgres cluster this test starts,
 //! stops and restarts).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use portcullis::startup::pg_settings;
@@ -13,7 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    eventually, spawn_pg_app, spawn_upstream, spawn_with, test_settings, PgSchema,
+    eventually, spawn_pg_app, spawn_upstream, spawn_with, test_settings, PgSchema, PrivateCluster,
 };
 
 #[actix_web::test]
@@ -167,87 +165,6 @@ async fn unreachable_postgres_at_start_is_one_line_naming_host_and_port() {
         "{line}"
     );
     assert!(!line.contains('\n'), "{line}");
-}
-
-/// A Postgres cluster of its own in a temporary directory, run as the `postgres` user.
-struct PrivateCluster {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateCluster {
-    /// `None` when this machine cannot run one (no server binaries, not root).
-    fn start() -> Option<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("initdb").exists())?;
-        let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("chown")
-            .arg("postgres")
-            .arg(dir.path())
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            return None;
-        }
-        let data = dir.path().join("data");
-        let cluster = Self {
-            bin,
-            data,
-            port: crate::helpers::dead_port(),
-            _dir: dir,
-        };
-        let ok = cluster.run(
-            "initdb",
-            &[
-                "-D",
-                cluster.data.to_str()?,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-            ],
-        );
-        (ok && cluster.pg_ctl("start")).then_some(cluster)
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) -> bool {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join(tool))
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    fn pg_ctl(&self, action: &str) -> bool {
-        let socket_dir = self.data.parent().unwrap_or(Path::new("/tmp"));
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            socket_dir.display()
-        );
-        let data = self.data.to_string_lossy().into_owned();
-        let log = format!("{data}.log");
-        let mut args = vec!["-D", &data, "-l", &log, "-o", &options, "-w"];
-        if action == "stop" {
-            args.extend(["-m", "fast"]);
-        }
-        args.push(action);
-        self.run("pg_ctl", &args)
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        let data = self.data.to_string_lossy().into_owned();
-        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
-    }
 }
 
 #[actix_web::test]

@@ -33,6 +33,11 @@ pub static MIGRATIONS: &[Migration] = &[
         name: "0002_oauth2_tokens",
         sql: include_str!("../../../migrations/0002_oauth2_tokens.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_cluster_notify",
+        sql: include_str!("../../../migrations/0003_cluster_notify.sql"),
+    },
 ];
 
 /// The tables the migrations create, dropped by `reset` (most dependent first).
@@ -47,6 +52,13 @@ const TABLES: &[&str] = &[
     "consumers",
     "services",
     "portcullis_migrations",
+];
+
+/// The functions the migrations create, dropped by `reset` (their triggers go with the tables).
+const FUNCTIONS: &[&str] = &[
+    "portcullis_notify_token()",
+    "portcullis_notify_config()",
+    "portcullis_channel(text, text)",
 ];
 
 /// Where a database stands.
@@ -173,7 +185,11 @@ impl Migrator {
             .map_err(db_error)?;
         let sql = match &self.schema {
             Some(schema) => format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-            None => format!("DROP TABLE IF EXISTS {} CASCADE", TABLES.join(", ")),
+            None => format!(
+                "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}",
+                TABLES.join(", "),
+                FUNCTIONS.join(", ")
+            ),
         };
         tx.batch_execute(&sql).await.map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;

@@ -7,8 +7,10 @@
 //! - [`config`]: [`PgConfigStore`], documents mapped to real columns per entity.
 //! - [`tokens`]: [`PgTokenStore`], digests in `bytea` columns, atomic code and refresh redemption.
 //! - [`migrate`]: the numbered SQL files of `migrations/` and the migrator that applies them.
+//! - [`listen`]: the cluster invalidation listener (LISTEN/NOTIFY on a dedicated connection).
 
 pub mod config;
+pub mod listen;
 pub mod migrate;
 pub mod tokens;
 
@@ -138,12 +140,12 @@ pub async fn connect(settings: &PgSettings) -> Result<Pool, StoreError> {
     Ok(pool)
 }
 
-/// Builds the pool without connecting (connections are made on first use and re-made after a
-/// server restart: closed connections are dropped when they come back to the pool).
+/// The driver configuration every connection of `settings` uses: `search_path` and
+/// `statement_timeout` set at connect time, bounded connect, keepalives.
 ///
 /// # Errors
-/// [`StoreError::Internal`] for an invalid schema name or TLS setup.
-pub fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
+/// [`StoreError::Internal`] for an invalid schema name.
+pub(crate) fn driver_config(settings: &PgSettings) -> Result<tokio_postgres::Config, StoreError> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&settings.host)
         .port(settings.port)
@@ -172,14 +174,27 @@ pub fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
         options.push_str(&format!(" -c search_path={schema}"));
     }
     cfg.options(&options);
+    cfg.ssl_mode(if settings.ssl {
+        tokio_postgres::config::SslMode::Require
+    } else {
+        tokio_postgres::config::SslMode::Disable
+    });
+    Ok(cfg)
+}
+
+/// Builds the pool without connecting (connections are made on first use and re-made after a
+/// server restart: closed connections are dropped when they come back to the pool).
+///
+/// # Errors
+/// [`StoreError::Internal`] for an invalid schema name or TLS setup.
+pub fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
+    let cfg = driver_config(settings)?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
     let manager = if settings.ssl {
-        cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
         Manager::from_config(cfg, tls_connector()?, manager_config)
     } else {
-        cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
         Manager::from_config(cfg, tokio_postgres::NoTls, manager_config)
     };
     Pool::builder(manager)
@@ -192,7 +207,7 @@ pub fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Internal(format!("postgres pool: {e}")))
 }
 
-fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+pub(crate) fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -207,7 +222,7 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreErro
 }
 
 /// The error's message followed by its sources, `: `-separated (driver errors carry no secrets).
-fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

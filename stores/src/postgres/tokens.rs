@@ -498,6 +498,22 @@ impl TokenStore for PgTokenStore {
         let horizon = now - TOMBSTONE_SECONDS;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
+        // One node of a cluster sweeps at a time: the others find the lock taken and do nothing
+        // (the lock is keyed by schema and released with the transaction, even if the node dies).
+        let locked = query(
+            &tx,
+            "SELECT pg_try_advisory_xact_lock(hashtext('portcullis_sweep:' || current_schema()))",
+            &[],
+        )
+        .await?;
+        let locked: bool = match locked.first() {
+            Some(row) => row.try_get(0).map_err(db_error)?,
+            None => false,
+        };
+        if !locked {
+            tracing::debug!("another node is sweeping; skipped");
+            return Ok(0);
+        }
         // Each sweep walks its expiry index and removes at most `batch` rows per table.
         let mut removed = execute(
             &tx,

@@ -1,0 +1,213 @@
+//! Faults of the shared services under traffic, on a real Postgres and a real `redis-server` that
+//! the tests start, kill and start again: valid tokens keep working, nothing answers 401 for a valid
+//! token or 500 for anything, and recovery needs nobody.
+
+use std::time::Duration;
+
+use portcullis::config::{Database, Secret, Settings};
+use portcullis::startup::pg_settings;
+use portcullis_stores::postgres::{self, Migrator};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{
+    eventually, spawn_upstream, spawn_with, status_json, test_settings, PgSchema, PrivateCluster,
+    PrivateRedis, TestApp,
+};
+
+/// Service + route `/api` on `upstream`, the `oauth2` plugin (client credentials), consumer `bob`
+/// with clientid123/secret123.
+async fn configure(app: &TestApp, upstream: &str) {
+    app.expose("svc", upstream, &["/api"]).await;
+    let (s, b) = app
+        .admin_post(
+            "/services/svc/plugins",
+            json!({"name": "oauth2", "config": {"enable_client_credentials": true}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post("/consumers", json!({"username": "bob"}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post(
+            "/consumers/bob/oauth2",
+            json!({"name": "app", "client_id": "clientid123", "client_secret": "secret123",
+                   "redirect_uris": ["http://google.test/kong"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+}
+
+/// Client-credentials issuance on `app`; status and body.
+async fn issue(app: &TestApp) -> (u16, Value) {
+    let r = app
+        .http
+        .post(format!("{}/api/oauth2/token", app.proxy_tls))
+        .json(
+            &json!({"client_id": "clientid123", "client_secret": "secret123",
+                      "grant_type": "client_credentials"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    status_json(r).await
+}
+
+/// A freshly issued access token.
+async fn token(app: &TestApp) -> String {
+    let (s, b) = issue(app).await;
+    assert_eq!(s, 200, "token issued: {b}");
+    b["access_token"].as_str().unwrap().to_string()
+}
+
+/// Status of a proxied request with `token`.
+async fn use_token(app: &TestApp, token: &str) -> u16 {
+    app.http
+        .get(format!("{}/api/request", app.proxy))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn with_redis(settings: &Settings, redis: &PrivateRedis, prefix: &str) -> Settings {
+    Settings {
+        redis_url: Some(Secret::new(redis.url())),
+        redis_prefix: prefix.to_string(),
+        redis_timeout: 500,
+        ..settings.clone()
+    }
+}
+
+#[actix_web::test]
+async fn redis_killed_mid_traffic_costs_nothing_and_is_refilled_when_back() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    let schema = PgSchema::migrated().await;
+    let prefix = format!("pt-{}", Uuid::new_v4().simple());
+    let settings = with_redis(&schema.settings, &redis, &prefix);
+    let keys = |redis: &PrivateRedis| {
+        redis
+            .cli(&["--scan", "--pattern", &format!("{prefix}:tok:*")])
+            .lines()
+            .count()
+    };
+    let upstream = spawn_upstream();
+    let a = spawn_with(settings.clone()).await;
+    configure(&a, &upstream.url).await;
+    let before = token(&a).await;
+    assert_eq!(use_token(&a, &before).await, 200);
+    assert!(keys(&redis) >= 1, "issuance writes through to Redis");
+
+    redis.kill();
+    // A second node starts with Redis down (a warning, not a failure) and has nothing cached:
+    // it can only answer from Postgres.
+    let b = spawn_with(settings.clone()).await;
+    for _ in 0..10 {
+        assert_eq!(use_token(&a, &before).await, 200, "near cache");
+        assert_eq!(use_token(&b, &before).await, 200, "Postgres, Redis down");
+    }
+    let during = token(&b).await;
+    assert_eq!(
+        use_token(&a, &during).await,
+        200,
+        "issued during the outage"
+    );
+    assert_eq!(use_token(&b, &during).await, 200);
+    assert_eq!(
+        use_token(&b, "garbage").await,
+        401,
+        "an invalid token is still refused"
+    );
+
+    assert!(redis.restart(), "redis starts again (empty)");
+    eventually(
+        Duration::from_secs(10),
+        "the gateway reconnects to Redis and fills it again",
+        || async {
+            let t = token(&a).await;
+            assert_eq!(use_token(&b, &t).await, 200);
+            (keys(&redis) >= 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(use_token(&b, &before).await, 200);
+}
+
+#[actix_web::test]
+async fn postgres_down_mid_traffic_keeps_cached_tokens_and_refuses_writes_with_503() {
+    let Some(cluster) = PrivateCluster::start() else {
+        eprintln!("skipped: cannot start a private Postgres cluster here (needs root and initdb)");
+        return;
+    };
+    let Some(redis) = PrivateRedis::start() else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    let base = Settings {
+        database: Database::Postgres,
+        pg_host: "127.0.0.1".into(),
+        pg_port: cluster.port,
+        pg_user: "postgres".into(),
+        pg_database: "postgres".into(),
+        pg_schema: Some("pt_faults".into()),
+        pg_timeout: 2000,
+        ..test_settings()
+    };
+    let settings = with_redis(&base, &redis, "pt-faults");
+    let pg = pg_settings(&settings);
+    let pool = postgres::connect(&pg).await.expect("private cluster up");
+    Migrator::new(pool, pg.schema.clone())
+        .unwrap()
+        .up()
+        .await
+        .unwrap();
+    let upstream = spawn_upstream();
+    let a = spawn_with(settings.clone()).await;
+    configure(&a, &upstream.url).await;
+    let b = spawn_with(settings.clone()).await;
+    let seen_by_both = token(&a).await;
+    assert_eq!(use_token(&a, &seen_by_both).await, 200);
+    assert_eq!(use_token(&b, &seen_by_both).await, 200);
+    let only_in_redis_for_b = token(&a).await;
+
+    assert!(cluster.pg_ctl("stop"), "cluster stops");
+    for _ in 0..5 {
+        assert_eq!(use_token(&a, &seen_by_both).await, 200, "near cache");
+        assert_eq!(use_token(&b, &seen_by_both).await, 200, "near cache");
+    }
+    assert_eq!(
+        use_token(&b, &only_in_redis_for_b).await,
+        200,
+        "Redis answers for a token B never saw"
+    );
+    let (s, body) = issue(&a).await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let (s, body) = b
+        .admin_post("/consumers", json!({"username": "during"}))
+        .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+
+    assert!(cluster.pg_ctl("start"), "cluster starts again");
+    eventually(Duration::from_secs(20), "issuance works again", || async {
+        (issue(&a).await.0 == 200).then_some(())
+    })
+    .await;
+    let (s, list) = b.admin_get("/oauth2_tokens").await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        3,
+        "both tokens issued before the outage are still there, and the new one: {list}"
+    );
+    assert_eq!(use_token(&a, &seen_by_both).await, 200);
+    assert_eq!(use_token(&b, &only_in_redis_for_b).await, 200);
+}
