@@ -251,7 +251,7 @@ pub fn write_svg(bench: &str, title: &str, rows: &[Row]) -> Result<PathBuf> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..max_rps)?;
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..max_rps)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -280,7 +280,7 @@ pub fn write_svg(bench: &str, title: &str, rows: &[Row]) -> Result<PathBuf> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..max_ms)?;
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..max_ms)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
