@@ -1,0 +1,398 @@
+//! The processes under test: the fixed-response upstream (nginx `return 200`, or a minimal hyper
+//! server), nginx as a plain reverse proxy, and the gateway as a child process; plus their CPU
+//! time and peak RSS read from `/proc`.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper_util::rt::TokioIo;
+
+use super::driver::find_program;
+use super::BenchEnv;
+
+/// The 205-byte JSON body every upstream answers (perf-ceiling.md).
+pub const BODY: &str = r#"{"id":"0b9a3f2e-7c41-4d8e-9a6b-2f1e5c3d4a70","status":"ok","service":"inventory","version":"1.4.2","items":[{"sku":"A-1001","qty":12},{"sku":"B-2002","qty":7}],"ts":"2025-01-01T00:00:00Z","region":"local"}"#;
+
+/// Linux reports `/proc/<pid>/stat` times in USER_HZ, which is 100 on every architecture we run.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// A free loopback port (bound, read back, released; the child binds it right after).
+///
+/// # Errors
+/// No port could be bound.
+pub fn free_addr() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// A process we started; stopped (SIGTERM, then SIGKILL) and reaped on drop.
+pub struct Proc {
+    /// What it is, for messages.
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+    /// Keeps the temp dir (configs, logs) alive as long as the process.
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout/stderr going to a log file in a fresh temp dir.
+    fn spawn(name: &str, mut cmd: Command, dir: tempfile::TempDir) -> Result<Self> {
+        let log = dir.path().join("process.log");
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (at most 30 s) until `addr` accepts connections.
+    ///
+    /// # Errors
+    /// The process exited or the port never opened; the message carries the process's log.
+    pub fn wait_listening(&mut self, addr: SocketAddr) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited ({status}): {}", self.name, self.log_tail());
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not listen on {addr} within 30 s: {}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines the process printed.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
+    /// CPU seconds (user + system) used so far by the process and its descendants.
+    pub fn cpu_seconds(&self) -> f64 {
+        tree(self.pid()).iter().map(|p| cpu_ticks(*p)).sum::<u64>() as f64 / TICKS_PER_SEC
+    }
+
+    /// Peak resident set (VmHWM) of the process and its descendants, MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        tree(self.pid())
+            .iter()
+            .map(|p| status_kib(*p, "VmHWM:"))
+            .sum::<u64>() as f64
+            / 1024.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SIGTERM first (nginx's master then stops its workers), SIGKILL if it lingers.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `pid` and all its descendants.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1).and_then(|x| x.parse().ok())) {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let cur = out[i];
+        out.extend(parents.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
+        i += 1;
+    }
+    out
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: [state, ppid, …]; utime and stime are
+/// at indices 11 and 12.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    stat_fields(pid)
+        .map(|f| {
+            let get = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            get(11) + get(12)
+        })
+        .unwrap_or(0)
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream
+
+/// A running fixed-response upstream.
+pub struct Upstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// `nginx` or `hyper`.
+    pub kind: &'static str,
+    /// The process.
+    pub proc: Proc,
+}
+
+/// nginx binary, unless `BENCH_NO_NGINX` is set.
+pub fn nginx() -> Option<PathBuf> {
+    if std::env::var_os("BENCH_NO_NGINX").is_some() {
+        return None;
+    }
+    find_program("nginx")
+}
+
+/// Starts the upstream: nginx `return 200` (one worker, as in perf-ceiling.md) when nginx is
+/// installed, otherwise this executable in its `upstream` role (a one-thread hyper server).
+///
+/// # Errors
+/// It could not start.
+pub fn start_upstream(env: &BenchEnv) -> Result<Upstream> {
+    let addr = free_addr()?;
+    let want_nginx = env.upstream.as_deref() != Some("hyper");
+    if let (true, Some(bin)) = (want_nginx, nginx()) {
+        let body = BODY.replace('\'', "\\'");
+        let server = format!(
+            "  server {{\n    listen {addr} backlog=4096;\n    location / {{\n      default_type application/json;\n      return 200 '{body}';\n    }}\n  }}\n"
+        );
+        let mut proc = start_nginx(&bin, "nginx-upstream", &server, "")?;
+        proc.wait_listening(addr)?;
+        return Ok(Upstream {
+            addr,
+            kind: "nginx",
+            proc,
+        });
+    }
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env("BENCH_ROLE", "upstream")
+        .env("BENCH_UPSTREAM_ADDR", addr.to_string());
+    let mut proc = Proc::spawn("hyper upstream", cmd, tempfile::tempdir()?)?;
+    proc.wait_listening(addr)?;
+    Ok(Upstream {
+        addr,
+        kind: "hyper",
+        proc,
+    })
+}
+
+/// The `upstream` role: a hyper 1.x HTTP/1.1 server on one thread answering [`BODY`] to
+/// everything.
+///
+/// # Errors
+/// Bind or runtime failure.
+pub fn serve_upstream() -> Result<()> {
+    let addr: SocketAddr = std::env::var("BENCH_UPSTREAM_ADDR")?.parse()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    let mut resp =
+                        hyper::Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Starts nginx with one worker and `server` blocks (plus `http_extra`) from a config written
+/// into a fresh temp dir.
+fn start_nginx(bin: &Path, name: &str, server: &str, http_extra: &str) -> Result<Proc> {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("logs"))?;
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 120s;\n  \
+         client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n{http_extra}{server}}}\n",
+        pid = p.join("nginx.pid").display(),
+        err = p.join("logs/error.log").display(),
+        tmp = p.display(),
+    );
+    let conf_path = p.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(p)
+        .arg("-e")
+        .arg(p.join("logs/error.log"));
+    Proc::spawn(name, cmd, dir)
+}
+
+/// nginx as a plain reverse proxy to `upstream` with upstream keep-alive (perf-ceiling.md's
+/// nginx-w1), listening on the returned address.
+///
+/// # Errors
+/// nginx is missing or did not start.
+pub fn start_nginx_proxy(upstream: SocketAddr) -> Result<(SocketAddr, Proc)> {
+    let bin = nginx().context("nginx is not installed")?;
+    let addr = free_addr()?;
+    let upstream_block = format!(
+        "  upstream backend {{\n    server {upstream};\n    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n"
+    );
+    let server = format!(
+        "  server {{\n    listen {addr} backlog=4096;\n    location / {{\n      proxy_pass http://backend;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n  }}\n"
+    );
+    let mut proc = start_nginx(&bin, "nginx proxy", &server, &upstream_block)?;
+    proc.wait_listening(addr)?;
+    Ok((addr, proc))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway
+
+/// A gateway child process.
+pub struct Gateway {
+    /// Proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// The process.
+    pub proc: Proc,
+}
+
+/// Starts the gateway as a child process configured by `PORTCULLIS_*` variables: listeners on
+/// free loopback ports, `log_level = error`, `worker_processes` from the bench settings,
+/// loopback trusted (the token endpoints are then reachable over plain HTTP with
+/// `X-Forwarded-Proto: https`), plus `extra` (e.g. `("PORTCULLIS_DATABASE", "memory")`).
+///
+/// The executable is `BENCH_GATEWAY_BIN` (e.g. `target/release/portcullis`, run as `serve`) when
+/// set, otherwise this bench executable in its `gateway` role: the same library code, built in
+/// the same release profile, so the bench never measures a stale binary.
+///
+/// # Errors
+/// It did not start; the message carries its log.
+pub fn start_gateway(name: &str, env: &BenchEnv, extra: &[(&str, &str)]) -> Result<Gateway> {
+    let proxy = free_addr()?;
+    let admin = free_addr()?;
+    let mut cmd = match std::env::var_os("BENCH_GATEWAY_BIN") {
+        Some(bin) => {
+            let mut c = Command::new(bin);
+            c.arg("serve");
+            c
+        }
+        None => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.env("BENCH_ROLE", "gateway");
+            c
+        }
+    };
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTCULLIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("PORTCULLIS_PROXY_LISTEN", proxy.to_string())
+        .env("PORTCULLIS_ADMIN_LISTEN", admin.to_string())
+        .env("PORTCULLIS_DATABASE", "memory")
+        .env("PORTCULLIS_LOG_LEVEL", "error")
+        .env("PORTCULLIS_WORKER_PROCESSES", env.workers.to_string())
+        .env("PORTCULLIS_TRUSTED_IPS", "127.0.0.1/32");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut proc = Proc::spawn(name, cmd, tempfile::tempdir()?)?;
+    proc.wait_listening(admin)?;
+    proc.wait_listening(proxy)?;
+    Ok(Gateway { proxy, admin, proc })
+}
+
+/// The `gateway` role: what `portcullis serve` does, with settings from `PORTCULLIS_*`.
+///
+/// # Errors
+/// Bad settings or a failed start.
+pub fn serve_gateway() -> Result<()> {
+    let settings = portcullis::config::Settings::load(None, std::env::vars())?;
+    portcullis::telemetry::init(&settings);
+    actix_rt::System::new().block_on(async move {
+        let app = portcullis::startup::Application::build(settings).await?;
+        app.run_until_stopped().await?;
+        Ok(())
+    })
+}
