@@ -213,11 +213,45 @@ pub struct RouteMatch<'a> {
     pub https_only: bool,
 }
 
+/// Route tables up to this size are scanned in order; larger ones use the [`PathIndex`].
+const INDEX_THRESHOLD: usize = 32;
+
+/// Entry positions by plain path prefix, so large tables are not scanned in full.
+#[derive(Default)]
+pub struct PathIndex {
+    /// Entries whose path is this plain prefix, in priority order.
+    by_prefix: HashMap<String, Vec<usize>>,
+    /// Distinct prefix lengths present, ascending.
+    prefix_lengths: Vec<usize>,
+    /// Entries without a path or with a regex path, in priority order.
+    unindexed: Vec<usize>,
+}
+
+impl PathIndex {
+    fn build(entries: &[RouteEntry]) -> Self {
+        let mut index = Self::default();
+        for (i, e) in entries.iter().enumerate() {
+            match &e.path {
+                Some(PathPattern::Prefix(p)) => {
+                    index.by_prefix.entry(p.clone()).or_default().push(i)
+                }
+                _ => index.unindexed.push(i),
+            }
+        }
+        index.prefix_lengths = index.by_prefix.keys().map(String::len).collect();
+        index.prefix_lengths.sort_unstable();
+        index.prefix_lengths.dedup();
+        index
+    }
+}
+
 /// Everything a request handler needs, immutable and shared.
 #[derive(Default)]
 pub struct RouterSnapshot {
     /// Matchers in priority order.
     pub entries: Vec<RouteEntry>,
+    /// Prefix index over `entries`.
+    index: PathIndex,
     /// Consumers by id.
     pub consumers: HashMap<Uuid, Arc<Consumer>>,
     /// Consumers by username.
@@ -309,6 +343,7 @@ impl RouterSnapshot {
             .filter_map(|c| c.username.clone().map(|u| (u, c.clone())))
             .collect();
         Self {
+            index: PathIndex::build(&entries),
             entries,
             consumers: parts.consumers.into_iter().map(|c| (c.id, c)).collect(),
             consumers_by_username,
@@ -323,51 +358,79 @@ impl RouterSnapshot {
     }
 
     /// Finds the highest-priority route matching the request.
+    ///
+    /// Small tables are scanned in order. Large ones go through [`PathIndex`]: only the entries
+    /// whose plain prefix is a prefix of the request path, plus those without one, are tried, so
+    /// the cost follows the path's length, not the number of routes.
     pub fn find(&self, input: &MatchInput<'_>) -> Option<RouteMatch<'_>> {
-        for entry in &self.entries {
-            let r = &entry.route;
-            if !r.methods.is_empty() && !r.methods.contains(input.method) {
-                continue;
-            }
-            if !r.hosts.is_empty()
-                && !r
-                    .hosts
-                    .iter()
-                    .any(|h| h.matches(input.host, input.host_with_port))
-            {
-                continue;
-            }
-            if !r.headers.iter().all(|(name, values)| {
-                (input.header)(name)
-                    .is_some_and(|v| values.iter().any(|want| want.eq_ignore_ascii_case(&v)))
-            }) {
-                continue;
-            }
-            let matched_prefix = match &entry.path {
-                None => None,
-                Some(PathPattern::Prefix(p)) => {
-                    if !input.path.starts_with(p.as_str()) {
-                        continue;
-                    }
-                    Some(p.clone())
-                }
-                Some(PathPattern::Regex(re)) => match re.find(input.path) {
-                    Some(m) => Some(m.as_str().to_string()),
-                    None => continue,
-                },
-            };
-            let stripped = if r.route.strip_path {
-                matched_prefix.filter(|p| !p.is_empty() && p != "/")
-            } else {
-                None
-            };
-            return Some(RouteMatch {
-                entry,
-                stripped,
-                https_only: r.https_only,
-            });
+        if self.entries.len() <= INDEX_THRESHOLD {
+            return self.entries.iter().find_map(|e| Self::try_entry(e, input));
         }
-        None
+        let mut best: Option<(usize, RouteMatch<'_>)> = None;
+        let mut consider = |list: &[usize]| {
+            let limit = best.as_ref().map_or(usize::MAX, |(i, _)| *i);
+            for &i in list.iter().take_while(|i| **i < limit) {
+                if let Some(m) = Self::try_entry(&self.entries[i], input) {
+                    best = Some((i, m));
+                    return;
+                }
+            }
+        };
+        consider(&self.index.unindexed);
+        for &len in &self.index.prefix_lengths {
+            if len > input.path.len() {
+                break;
+            }
+            if let Some(list) = input
+                .path
+                .get(..len)
+                .and_then(|p| self.index.by_prefix.get(p))
+            {
+                consider(list);
+            }
+        }
+        best.map(|(_, m)| m)
+    }
+
+    fn try_entry<'s>(entry: &'s RouteEntry, input: &MatchInput<'_>) -> Option<RouteMatch<'s>> {
+        let r = &entry.route;
+        if !r.methods.is_empty() && !r.methods.contains(input.method) {
+            return None;
+        }
+        if !r.hosts.is_empty()
+            && !r
+                .hosts
+                .iter()
+                .any(|h| h.matches(input.host, input.host_with_port))
+        {
+            return None;
+        }
+        if !r.headers.iter().all(|(name, values)| {
+            (input.header)(name)
+                .is_some_and(|v| values.iter().any(|want| want.eq_ignore_ascii_case(&v)))
+        }) {
+            return None;
+        }
+        let matched_prefix = match &entry.path {
+            None => None,
+            Some(PathPattern::Prefix(p)) => {
+                if !input.path.starts_with(p.as_str()) {
+                    return None;
+                }
+                Some(p.clone())
+            }
+            Some(PathPattern::Regex(re)) => Some(re.find(input.path)?.as_str().to_string()),
+        };
+        let stripped = if r.route.strip_path {
+            matched_prefix.filter(|p| !p.is_empty() && p != "/")
+        } else {
+            None
+        };
+        Some(RouteMatch {
+            entry,
+            stripped,
+            https_only: r.https_only,
+        })
     }
 
     /// Finds a consumer by id or username (the `anonymous` setting accepts either).
@@ -430,6 +493,121 @@ mod tests {
                 want,
                 "service {svc:?} stripped {stripped:?} request {req}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use actix_web::http::Method;
+    use serde_json::json;
+
+    use super::{CompiledRoute, MatchInput, RouterSnapshot, SnapshotParts};
+    use crate::entities::Route;
+
+    fn route(i: usize, paths: serde_json::Value, extra: serde_json::Value) -> Arc<CompiledRoute> {
+        let mut doc = json!({
+            "id": uuid::Uuid::new_v4(), "name": format!("r{i}"), "created_at": i,
+            "protocols": ["http", "https"], "https_redirect_status_code": 426, "regex_priority": (i % 3),
+            "strip_path": true, "preserve_host": false, "paths": paths,
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            doc[k] = v.clone();
+        }
+        let route: Route = serde_json::from_value(doc).unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(CompiledRoute::compile(route).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// The index must pick exactly what the full ordered scan picks.
+    #[test]
+    fn indexed_lookup_agrees_with_the_ordered_scan() {
+        let mut routes = Vec::new();
+        for i in 0..400 {
+            let paths = match i % 7 {
+                0 => json!([format!("/api/v{}", i % 13)]),
+                1 => json!([format!("/api/v{}/items", i % 11)]),
+                2 => json!([format!("~/api/v{}/[0-9]+$", i % 5)]),
+                3 => json!(["/"]),
+                4 => json!([format!("/s{i}")]),
+                5 => json!(null),
+                _ => json!([format!("/api/v{}", i % 4), "/other"]),
+            };
+            let extra = match i % 5 {
+                0 => json!({"methods": ["GET"]}),
+                1 => json!({"hosts": ["a.test", "*.b.test"]}),
+                2 => json!({"headers": {"x-v": ["1"]}}),
+                _ => json!({}),
+            };
+            if paths.is_null() && extra.as_object().is_some_and(|o| o.is_empty()) {
+                continue;
+            }
+            routes.push(route(i, paths, extra));
+        }
+        let services = HashMap::new();
+        let snapshot = RouterSnapshot::build(SnapshotParts {
+            routes,
+            services: &services,
+            chains: HashMap::new(),
+            consumers: Vec::new(),
+            credentials: Vec::new(),
+            version: 1,
+        });
+        assert!(snapshot.entries.len() > super::INDEX_THRESHOLD);
+        let paths = [
+            "/",
+            "/api",
+            "/api/v1",
+            "/api/v1/items",
+            "/api/v3/42",
+            "/api/v10/items/x",
+            "/s17",
+            "/s170",
+            "/other/x",
+            "/nothing",
+            "",
+        ];
+        let hosts = ["a.test", "x.b.test", "c.test"];
+        let methods = [Method::GET, Method::POST];
+        let header_sets: [Option<&str>; 2] = [Some("1"), None];
+        for path in paths {
+            for host in hosts {
+                for method in &methods {
+                    for hv in header_sets {
+                        let header = |n: &str| {
+                            if n == "x-v" {
+                                hv.map(str::to_string)
+                            } else {
+                                None
+                            }
+                        };
+                        let input = MatchInput {
+                            method,
+                            host,
+                            host_with_port: host,
+                            path,
+                            header: &header,
+                        };
+                        let scanned = snapshot
+                            .entries
+                            .iter()
+                            .position(|e| RouterSnapshot::try_entry(e, &input).is_some());
+                        let indexed = snapshot.find(&input).map(|m| {
+                            snapshot
+                                .entries
+                                .iter()
+                                .position(|e| std::ptr::eq(e, m.entry))
+                                .unwrap_or(usize::MAX)
+                        });
+                        assert_eq!(
+                            indexed, scanned,
+                            "path {path} host {host} method {method} header {hv:?}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
