@@ -214,7 +214,8 @@ fn upstream_client(settings: &Settings, verify: bool) -> awc::Client {
         awc::Connector::new().rustls_0_23(crate::tls::unverified_upstream_config())
     };
     let connector = connector
-        .limit(0)
+        // Kong's upstream_keepalive_pool_size, per worker: awc caps connections per scheme.
+        .limit(settings.upstream_keepalive_pool_size)
         .conn_keep_alive(Duration::from_secs(
             settings.upstream_keepalive_idle_timeout,
         ))

@@ -47,6 +47,9 @@ pub struct RequestCtx {
     pub snapshot: Arc<RouterSnapshot>,
     /// Buffered request body, when a plugin asked for it.
     pub body: Option<Bytes>,
+    /// A plugin asked for the body and it exceeded `client_max_body_size`; the plugin may answer
+    /// in its own format, otherwise the proxy answers 413.
+    pub body_too_large: bool,
     /// Headers to set (`Some`) or remove (`None`) on the upstream request, in order.
     pub upstream_headers: Vec<(HeaderName, Option<HeaderValue>)>,
     /// Query parameters to strip from the upstream request (e.g. `access_token`).

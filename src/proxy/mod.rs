@@ -178,6 +178,7 @@ async fn proxy(
         service: Some(service.clone()),
         snapshot: snapshot.clone(),
         body: None,
+        body_too_large: false,
         upstream_headers: Vec::new(),
         strip_query: Vec::new(),
         replace_body: None,
@@ -195,7 +196,11 @@ async fn proxy(
         };
         if ctx.body.is_none() && runtime.needs_body(&ctx) {
             if let Some(p) = payload.take() {
-                ctx.body = Some(buffer(p, state.max_body).await?);
+                match buffer(p, state.max_body).await {
+                    Ok(body) => ctx.body = Some(body),
+                    Err(ProxyError::TooLarge) => ctx.body_too_large = true,
+                    Err(e) => return Err(e),
+                }
             }
         }
         ran.push(runtime.clone());
@@ -203,6 +208,9 @@ async fn proxy(
             short_circuit = Some(resp);
             break;
         }
+    }
+    if short_circuit.is_none() && ctx.body_too_large {
+        return Err(ProxyError::TooLarge);
     }
     let mut response = match short_circuit {
         Some(resp) => resp,

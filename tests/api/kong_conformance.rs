@@ -3362,10 +3362,10 @@ async fn bad1_oversized_body_on_the_token_endpoint(store: Store) {
         ("padding", &big),
     ]))
     .await;
-    // The core refuses it while buffering, before the plugin runs: Kong's 413 wording, not an
-    // RFC 6749 error body (that would need the core to let the endpoint shape the answer).
+    // Buffering stops at the limit and the endpoint answers in RFC 6749's shape.
     assert_eq!(r.status, 413, "{}", r.body);
-    assert_eq!(r.body["message"], "Request size limit exceeded");
+    assert_eq!(r.body["error"], "invalid_request");
+    assert_eq!(r.body["error_description"], "The request body is too large");
     assert!(r.body.get("access_token").is_none(), "{}", r.body);
     // The same request under the limit succeeds: the limit, not the content, refused it.
     k.post(CC, "/oauth2/token", cc(json!({})))

@@ -302,6 +302,12 @@ impl PluginRuntime for OAuthRuntime {
                 self.config.realm.as_deref(),
             ));
         }
+        if ctx.body_too_large {
+            return Flow::Respond(reply::endpoint_json(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({"error": "invalid_request", "error_description": "The request body is too large"}),
+            ));
+        }
         let params = Self::params(ctx);
         Flow::Respond(match endpoint {
             Endpoint::Authorize => self.authorize(ctx, params).await,
