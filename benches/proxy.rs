@@ -10,14 +10,20 @@
 
 mod common;
 
+use std::any::Any;
 use std::net::SocketAddr;
-use std::process::ExitCode;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
 
-use anyhow::Result;
-use common::admin::{Admin, RESOURCE};
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use common::admin::{token_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, RESOURCE};
 use common::driver::{self, Load, Req};
-use common::procs::{self, Proc, Upstream};
+use common::procs::{self, Gateway, Proc, Upstream};
 use common::report::{self, Refs, Row, Run};
+use common::stores::{PgSchema, RedisPrefix};
 use common::{fmt_secs, progress, BenchEnv};
 use serde_json::json;
 
@@ -32,6 +38,10 @@ struct Target {
     /// A request mix of its own, when the target needs one (cold tokens: one token per
     /// request); otherwise the shared mix.
     requests: Option<Vec<Req>>,
+    /// Whether an unrecorded warm-up run precedes each measured run (not for cold tokens).
+    warmup: bool,
+    /// Kept alive until the target is dropped, after its proxy.
+    _keep: Keep,
 }
 
 enum Setup {
@@ -64,6 +74,8 @@ fn direct(ctx: &Ctx<'_>) -> Result<Setup> {
         proc: None,
         token: None,
         requests: None,
+        warmup: true,
+        _keep: Vec::new(),
     }))
 }
 
@@ -80,6 +92,8 @@ fn nginx_proxy(ctx: &Ctx<'_>) -> Result<Setup> {
         proc: Some(proc),
         token: None,
         requests: None,
+        warmup: true,
+        _keep: Vec::new(),
     }))
 }
 
@@ -94,6 +108,8 @@ fn portcullis_plain(ctx: &Ctx<'_>) -> Result<Setup> {
         proc: Some(gw.proc),
         token: None,
         requests: None,
+        warmup: true,
+        _keep: Vec::new(),
     }))
 }
 
@@ -114,35 +130,207 @@ fn oauth2_memory(ctx: &Ctx<'_>) -> Result<Setup> {
         proc: Some(gw.proc),
         token: Some(token),
         requests: None,
+        warmup: true,
+        _keep: Vec::new(),
     }))
 }
 
-/// Target 5: `oauth2` on Postgres + Redis, the token warm in the near cache. To add when the stores
-/// land: `start_gateway` with `PORTCULLIS_DATABASE=postgres`, `PORTCULLIS_PG_*` from
-/// `PORTCULLIS_TEST_PG`, `PORTCULLIS_REDIS_URL` from `PORTCULLIS_TEST_REDIS`, then as
-/// [`oauth2_memory`].
-fn oauth2_pg_redis_warm(_ctx: &Ctx<'_>) -> Result<Setup> {
-    Ok(Setup::Skipped(
-        "needs the Postgres + Redis token stores (database = postgres is not in this build yet)"
-            .into(),
-    ))
+/// Guards a target keeps alive as long as its gateway (and drops after it): the Postgres schema,
+/// the Redis prefix, the authorization server.
+type Keep = Vec<Box<dyn Any>>;
+
+/// A single-request mix: the resource with `token` as bearer.
+fn bearer_mix(token: &str) -> Vec<Req> {
+    vec![Req::get(RESOURCE).header("authorization", &format!("Bearer {token}"))]
 }
 
-/// Target 6: Same, cold: each request a different valid token out of 100k issued. To add: issue the
-/// tokens as `benches/scale.rs` does and return them as the target's own `requests`.
-fn oauth2_pg_redis_cold(_ctx: &Ctx<'_>) -> Result<Setup> {
-    Ok(Setup::Skipped(
-        "needs the Postgres + Redis token stores (database = postgres is not in this build yet)"
-            .into(),
-    ))
+/// A fresh Postgres schema (migrated) and Redis prefix, with the gateway settings for both;
+/// `Err(reason)` when either is unreachable.
+fn pg_redis(tag: &str) -> Result<(Vec<(String, String)>, Keep), String> {
+    let redis = RedisPrefix::fresh(tag)?;
+    let pg = PgSchema::fresh(tag)?;
+    let settings = pg.settings.iter().chain(&redis.settings).cloned().collect();
+    Ok((settings, vec![Box::new(pg), Box::new(redis)]))
 }
 
-/// Target 7: `oauth2-introspection` against the real third-party authorization server, cached.
-fn introspection_cached(_ctx: &Ctx<'_>) -> Result<Setup> {
-    Ok(Setup::Skipped(
-        "needs the third-party introspection server set up for benches (not on this branch yet)"
-            .into(),
-    ))
+fn start_with(ctx: &Ctx<'_>, name: &str, settings: &[(String, String)]) -> Result<Gateway> {
+    let extra: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    procs::start_gateway(name, ctx.env, &extra)
+}
+
+/// Target 5: `oauth2` on Postgres + Redis (near cache → Redis → Postgres), one token, warm in the
+/// near cache (it was issued by this gateway, which writes it through every tier).
+fn oauth2_pg_redis_warm(ctx: &Ctx<'_>) -> Result<Setup> {
+    let (settings, keep) = match pg_redis("warm") {
+        Ok(x) => x,
+        Err(why) => return Ok(Setup::Skipped(why)),
+    };
+    let gw = start_with(ctx, "portcullis oauth2 pg+redis", &settings)?;
+    let admin = Admin::new(gw.admin, gw.proxy)?;
+    admin.expose(ctx.upstream.addr)?;
+    admin.enable_oauth2()?;
+    let token = admin.client_credentials_token()?;
+    admin.wait_ready(&[("authorization".into(), format!("Bearer {token}"))])?;
+    Ok(Setup::Ready(Target {
+        addr: gw.proxy,
+        proc: Some(gw.proc),
+        token: None,
+        requests: Some(bearer_mix(&token)),
+        warmup: true,
+        _keep: keep,
+    }))
+}
+
+/// Distinct tokens of the cold target (`BENCH_COLD_TOKENS`, default 20,000).
+fn cold_tokens() -> u64 {
+    std::env::var("BENCH_COLD_TOKENS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(20_000u64)
+        .max(1)
+}
+
+/// Target 6: Same, cold: each request a different valid token, round robin over
+/// `BENCH_COLD_TOKENS` tokens. They are issued by a first gateway, which is then stopped; the
+/// measured gateway is a fresh one on the same schema and prefix, so its near cache starts empty
+/// and each token's first use is a near-cache miss answered by Redis. The near cache keeps an
+/// entry 30 s, so a token met again within that is warm: the run is fully cold only while the
+/// requests do not outnumber the tokens (no warm-up run for this target; later rounds are warm).
+fn oauth2_pg_redis_cold(ctx: &Ctx<'_>) -> Result<Setup> {
+    let (settings, keep) = match pg_redis("cold") {
+        Ok(x) => x,
+        Err(why) => return Ok(Setup::Skipped(why)),
+    };
+    let n = cold_tokens();
+    let tokens = {
+        let issuer = start_with(ctx, "portcullis issuer", &settings)?;
+        let admin = Admin::new(issuer.admin, issuer.proxy)?;
+        admin.expose(ctx.upstream.addr)?;
+        admin.enable_oauth2()?;
+        progress(format_args!(
+            "oauth2 pg+redis cold: issuing {n} tokens (at most 3 min)"
+        ));
+        let issue = Req::form(
+            &format!("{PREFIX}/oauth2/token"),
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", CLIENT_ID),
+                ("client_secret", CLIENT_SECRET),
+            ],
+        )
+        .header("x-forwarded-proto", "https");
+        let mut load = Load::new(
+            issuer.proxy,
+            vec![issue],
+            ctx.env.connections,
+            Duration::from_secs(180),
+        );
+        load.max_requests = Some(n);
+        load.keep_every = Some(1);
+        let m = driver::run_rust(&load)?;
+        progress(format_args!(
+            "oauth2 pg+redis cold: {} tokens in {:.1} s ({:.0}/s)",
+            m.ok, m.elapsed, m.rps
+        ));
+        let tokens: Vec<String> = m.bodies.iter().filter_map(|b| token_of(b)).collect();
+        if tokens.is_empty() {
+            bail!("no token was issued");
+        }
+        tokens
+        // The issuer stops here.
+    };
+    let gw = start_with(ctx, "portcullis oauth2 pg+redis cold", &settings)?;
+    let admin = Admin::new(gw.admin, gw.proxy)?;
+    // Readiness with the last token; the run starts with the first.
+    let last = tokens.last().cloned().unwrap_or_default();
+    admin.wait_ready(&[("authorization".into(), format!("Bearer {last}"))])?;
+    let requests = tokens.iter().flat_map(|t| bearer_mix(t)).collect();
+    Ok(Setup::Ready(Target {
+        addr: gw.proxy,
+        proc: Some(gw.proc),
+        token: None,
+        requests: Some(requests),
+        warmup: false,
+        _keep: keep,
+    }))
+}
+
+/// `tests/introspection`, where the third-party authorization server lives.
+fn provider_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/introspection")
+}
+
+/// A client_credentials token from oidc-provider for its `gateway` client.
+fn provider_token(base: &str) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/token"))
+            .basic_auth("gateway", Some("gateway-secret"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "read write"),
+            ])
+            .send()
+            .await
+            .context("oidc-provider token endpoint")?;
+        let v: serde_json::Value = r.json().await?;
+        v.get("access_token")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+            .with_context(|| format!("no token from oidc-provider: {v}"))
+    })
+}
+
+/// Target 7: `oauth2-introspection` against the real third-party authorization server
+/// (oidc-provider, `tests/introspection/provider.js`), one token, its verdict cached (default
+/// `ttl`, 30 s) after the first call.
+fn introspection_cached(ctx: &Ctx<'_>) -> Result<Setup> {
+    let dir = provider_dir();
+    if driver::find_program("node").is_none() {
+        return Ok(Setup::Skipped("needs node (oidc-provider)".into()));
+    }
+    if !dir.join("node_modules/oidc-provider/package.json").exists() {
+        return Ok(Setup::Skipped(
+            "needs oidc-provider: npm ci in tests/introspection".into(),
+        ));
+    }
+    let addr = procs::free_addr()?;
+    let mut cmd = Command::new("node");
+    cmd.arg("provider.js")
+        .env("PORT", addr.port().to_string())
+        .env("TOKEN_TTL", "3600")
+        .current_dir(&dir);
+    let mut provider = Proc::spawn("oidc-provider", cmd, tempfile::tempdir()?)?;
+    provider.wait_listening(addr)?;
+    let base = format!("http://{addr}");
+    let token = provider_token(&base)?;
+
+    let gw = procs::start_gateway("portcullis introspection", ctx.env, &[])?;
+    let admin = Admin::new(gw.admin, gw.proxy)?;
+    admin.expose(ctx.upstream.addr)?;
+    let basic = STANDARD.encode("gateway:gateway-secret");
+    admin.post(
+        "/services/bench/plugins",
+        json!({"name": "oauth2-introspection", "config": {
+            "introspection_url": format!("{base}/token/introspection"),
+            "authorization_value": format!("Basic {basic}"),
+        }}),
+    )?;
+    admin.wait_ready(&[("authorization".into(), format!("Bearer {token}"))])?;
+    Ok(Setup::Ready(Target {
+        addr: gw.proxy,
+        proc: Some(gw.proc),
+        token: None,
+        requests: Some(bearer_mix(&token)),
+        warmup: true,
+        _keep: vec![Box::new(provider)],
+    }))
 }
 
 fn main() -> ExitCode {
@@ -217,7 +405,7 @@ fn run() -> Result<()> {
                 env.rounds,
                 fmt_secs((total - done) as u64 * per_run)
             ));
-            if env.warmup > 0 {
+            if env.warmup > 0 && t.warmup {
                 driver::run(&load, env.force_rust_driver)?;
             }
             load.duration = env.duration();

@@ -7,8 +7,10 @@
 //! BENCH_SECONDS=3 BENCH_ROUNDS=1 cargo bench --bench tokens
 //! ```
 //!
-//! Stores: `memory` always; `postgres` when `PORTCULLIS_TEST_PG` (libpq `key=value` form, as in
-//! `scripts/test.sh`) is set and the build has the Postgres store. Otherwise it says why not.
+//! Stores: `memory` always; `postgres` (a fresh `pg_schema`, migrated, dropped afterwards) when
+//! Postgres answers on loopback at `PORTCULLIS_TEST_PG` (libpq `key=value` form, default as in
+//! `scripts/test.sh`: `host=127.0.0.1 port=5432 user=postgres dbname=test`). Otherwise it says
+//! why not.
 
 mod common;
 
@@ -19,45 +21,22 @@ use common::admin::{code_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, PROVISION_
 use common::driver::{self, Load, Measured, Order, Req};
 use common::procs::{self, Gateway, Proc};
 use common::report::{self, Refs, Row, Run};
+use common::stores::PgSchema;
 use common::{fmt_secs, progress, BenchEnv};
 use serde_json::json;
 
 /// Most codes made per round (bounds memory and the redemption run).
 const MAX_CODES: u64 = 300_000;
 
-/// `PORTCULLIS_*` settings of a gateway, or why it cannot be measured here.
-type StoreSettings = Result<Vec<(String, String)>, String>;
+/// `PORTCULLIS_*` settings of a gateway and the schema it needs kept (Postgres), or why it cannot
+/// be measured here.
+type StoreSettings = Result<(Vec<(String, String)>, Option<PgSchema>), String>;
 
-/// The stores to measure.
+/// The stores to measure: memory, and Postgres in a fresh schema (dropped at the end) when it is
+/// reachable.
 fn stores() -> Vec<(&'static str, StoreSettings)> {
-    let memory = Ok(vec![("PORTCULLIS_DATABASE".into(), "memory".into())]);
-    let postgres = match std::env::var("PORTCULLIS_TEST_PG") {
-        Err(_) => Err("needs PORTCULLIS_TEST_PG and the Postgres store".to_string()),
-        Ok(conn) => {
-            let mut env = vec![
-                ("PORTCULLIS_DATABASE".to_string(), "postgres".to_string()),
-                (
-                    "PORTCULLIS_PG_SCHEMA".into(),
-                    format!("bench_tokens_{}", std::process::id()),
-                ),
-            ];
-            for pair in conn.split_whitespace() {
-                let Some((k, v)) = pair.split_once('=') else {
-                    continue;
-                };
-                let key = match k {
-                    "host" => "PORTCULLIS_PG_HOST",
-                    "port" => "PORTCULLIS_PG_PORT",
-                    "user" => "PORTCULLIS_PG_USER",
-                    "password" => "PORTCULLIS_PG_PASSWORD",
-                    "dbname" => "PORTCULLIS_PG_DATABASE",
-                    _ => continue,
-                };
-                env.push((key.into(), v.into()));
-            }
-            Ok(env)
-        }
-    };
+    let memory = Ok((vec![("PORTCULLIS_DATABASE".into(), "memory".into())], None));
+    let postgres = PgSchema::fresh("tokens").map(|pg| (pg.settings.clone(), Some(pg)));
     vec![("memory", memory), ("postgres", postgres)]
 }
 
@@ -216,7 +195,7 @@ fn run() -> Result<()> {
                 rows.push(Row::skipped(&format!("{what} {store}"), why.clone()));
             }
         };
-        let settings = match settings {
+        let (settings, _schema) = match settings {
             Ok(s) => s,
             Err(why) => {
                 skip(&mut rows, why);

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod driver;
 pub mod procs;
 pub mod report;
+pub mod stores;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -44,7 +44,7 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `cmd` with stdout/stderr going to a log file in a fresh temp dir.
-    fn spawn(name: &str, mut cmd: Command, dir: tempfile::TempDir) -> Result<Self> {
+    pub fn spawn(name: &str, mut cmd: Command, dir: tempfile::TempDir) -> Result<Self> {
         let log = dir.path().join("process.log");
         let file = std::fs::File::create(&log)?;
         let child = cmd
