@@ -106,35 +106,47 @@ async fn execute(
     client.execute(&stmt, params).await.map_err(db_error)
 }
 
+/// The digests of a token as the `bytea` parameters the statements take.
+fn digests(t: &TokenRecord) -> (&[u8], Option<&[u8]>) {
+    (
+        t.access_token_hash.0.as_slice(),
+        t.refresh_token_hash.as_ref().map(|h| h.0.as_slice()),
+    )
+}
+
+/// Parameters `$1..$13` of the token INSERT and UPDATE, in `TOKEN_COLS` order.
+fn token_params<'a>(
+    t: &'a TokenRecord,
+    access: &'a &'a [u8],
+    refresh: &'a Option<&'a [u8]>,
+) -> [&'a (dyn ToSql + Sync); 13] {
+    [
+        &t.id,
+        &t.credential_id,
+        &t.service_id,
+        access,
+        refresh,
+        &t.token_type,
+        &t.expires_in,
+        &t.authenticated_userid,
+        &t.scope,
+        &t.created_at,
+        &t.expires_at,
+        &t.family_id,
+        &t.code_id,
+    ]
+}
+
 async fn insert_token_with(client: &impl GenericClient, t: &TokenRecord) -> Result<(), StoreError> {
     check_token(t)?;
     let sql = format!(
         "INSERT INTO oauth2_tokens ({TOKEN_COLS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     );
-    let access = t.access_token_hash.0.as_slice();
-    let refresh = t.refresh_token_hash.as_ref().map(|h| h.0.as_slice());
-    execute(
-        client,
-        &sql,
-        &[
-            &t.id,
-            &t.credential_id,
-            &t.service_id,
-            &access,
-            &refresh,
-            &t.token_type,
-            &t.expires_in,
-            &t.authenticated_userid,
-            &t.scope,
-            &t.created_at,
-            &t.expires_at,
-            &t.family_id,
-            &t.code_id,
-        ],
-    )
-    .await
-    .map(|_| ())
+    let (access, refresh) = digests(t);
+    execute(client, &sql, &token_params(t, &access, &refresh))
+        .await
+        .map(|_| ())
 }
 
 /// Postgres [`TokenStore`].
@@ -213,29 +225,9 @@ impl TokenStore for PgTokenStore {
                    access_token_hash = $4, refresh_token_hash = $5, token_type = $6, \
                    expires_in = $7, authenticated_userid = $8, scope = $9, created_at = $10, \
                    expires_at = $11, family_id = $12, code_id = $13 WHERE id = $1";
-        let access = t.access_token_hash.0.as_slice();
-        let refresh = t.refresh_token_hash.as_ref().map(|h| h.0.as_slice());
+        let (access, refresh) = digests(&t);
         let client = self.client().await?;
-        let n = execute(
-            &client,
-            sql,
-            &[
-                &t.id,
-                &t.credential_id,
-                &t.service_id,
-                &access,
-                &refresh,
-                &t.token_type,
-                &t.expires_in,
-                &t.authenticated_userid,
-                &t.scope,
-                &t.created_at,
-                &t.expires_at,
-                &t.family_id,
-                &t.code_id,
-            ],
-        )
-        .await?;
+        let n = execute(&client, sql, &token_params(&t, &access, &refresh)).await?;
         if n == 0 {
             return Err(StoreError::NotFound);
         }
