@@ -37,25 +37,13 @@ enum Denied {
 }
 
 impl OAuthRuntime {
-    /// The configured header's first value (`-` and `_` equivalent, case-insensitive).
-    pub(super) fn auth_header_value(&self, ctx: &RequestCtx) -> Option<String> {
-        let name = self
-            .config
-            .auth_header_name
-            .as_deref()
-            .unwrap_or("authorization");
-        let dashed = name.replace('_', "-");
-        let underscored = name.replace('-', "_");
-        [name, dashed.as_str(), underscored.as_str()]
+    /// The configured header's first value (`-` and `_` equivalent, case-insensitive); the name
+    /// variants are resolved once, when the instance is compiled.
+    pub(super) fn auth_header_value<'r>(&self, ctx: &'r RequestCtx) -> Option<&'r str> {
+        self.auth_headers
             .iter()
-            .find_map(|n| ctx.req.headers().get(*n))
+            .find_map(|n| ctx.req.headers().get(n))
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    }
-
-    /// Whether a token header is present (then the body is not consulted).
-    pub(super) fn token_header(&self, ctx: &RequestCtx) -> Option<String> {
-        self.auth_header_value(ctx)
     }
 
     fn find_token(&self, ctx: &RequestCtx) -> Found {
@@ -96,16 +84,8 @@ impl OAuthRuntime {
     fn hide(&self, ctx: &mut RequestCtx, found: &Found) {
         match found {
             Found::BearerHeader(_) => {
-                let name = self
-                    .config
-                    .auth_header_name
-                    .as_deref()
-                    .unwrap_or("authorization")
-                    .to_ascii_lowercase();
-                for n in [name.clone(), name.replace('_', "-"), name.replace('-', "_")] {
-                    if let Ok(h) = actix_web::http::header::HeaderName::from_bytes(n.as_bytes()) {
-                        ctx.upstream_headers.push((h, None));
-                    }
+                for h in &self.auth_headers {
+                    ctx.upstream_headers.push((h.clone(), None));
                 }
             }
             Found::Param(_) => {

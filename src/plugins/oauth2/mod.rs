@@ -195,10 +195,17 @@ impl Plugin for OAuth2Plugin {
     fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String> {
         let config: OAuthConfig =
             serde_json::from_value(instance.config.clone()).map_err(|e| e.to_string())?;
+        let auth_headers = header_variants(
+            config
+                .auth_header_name
+                .as_deref()
+                .unwrap_or("authorization"),
+        );
         Ok(Arc::new(OAuthRuntime {
             plugin_id: instance.id,
             config,
             deps: self.deps.clone(),
+            auth_headers,
         }))
     }
 }
@@ -211,4 +218,20 @@ pub struct OAuthRuntime {
     pub config: OAuthConfig,
     /// Stores.
     pub deps: OAuthDeps,
+    /// `auth_header_name` and its `-`/`_` variants, lower case, deduplicated.
+    pub auth_headers: Vec<actix_web::http::header::HeaderName>,
+}
+
+/// The header names `auth_header_name` stands for (Kong treats `-` and `_` alike).
+fn header_variants(name: &str) -> Vec<actix_web::http::header::HeaderName> {
+    let name = name.to_ascii_lowercase();
+    let mut names = Vec::new();
+    for n in [name.clone(), name.replace('_', "-"), name.replace('-', "_")] {
+        if let Ok(h) = actix_web::http::header::HeaderName::from_bytes(n.as_bytes()) {
+            if !names.contains(&h) {
+                names.push(h);
+            }
+        }
+    }
+    names
 }

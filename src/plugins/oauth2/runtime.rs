@@ -264,7 +264,7 @@ impl PluginRuntime for OAuthRuntime {
         if endpoint_of(ctx.req.path()).is_some() {
             return true;
         }
-        let has_header = self.token_header(ctx).is_some();
+        let has_header = self.auth_header_value(ctx).is_some();
         let ct = ctx
             .req
             .headers()

@@ -179,6 +179,21 @@ impl PgTokenStore {
     }
 }
 
+impl PgTokenStore {
+    /// The live token whose `column` (a unique key: id or a digest) equals `value`.
+    async fn live_token_where(
+        &self,
+        column: &'static str,
+        value: &(dyn ToSql + Sync),
+        now: i64,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLS} FROM oauth2_tokens WHERE {column} = $1 AND {LIVE}");
+        let client = self.client().await?;
+        let rows = query(&client, &sql, &[value, &now]).await?;
+        rows.first().map(token_from_row).transpose()
+    }
+}
+
 #[async_trait]
 impl TokenStore for PgTokenStore {
     async fn insert_token(&self, token: TokenRecord) -> Result<(), StoreError> {
@@ -191,12 +206,8 @@ impl TokenStore for PgTokenStore {
         hash: &TokenHash,
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {TOKEN_COLS} FROM oauth2_tokens WHERE access_token_hash = $1 AND {LIVE}"
-        );
-        let client = self.client().await?;
-        let rows = query(&client, &sql, &[&hash.0.as_slice(), &now]).await?;
-        rows.first().map(token_from_row).transpose()
+        self.live_token_where("access_token_hash", &hash.0.as_slice(), now)
+            .await
     }
 
     async fn token_by_refresh(
@@ -204,19 +215,12 @@ impl TokenStore for PgTokenStore {
         hash: &TokenHash,
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {TOKEN_COLS} FROM oauth2_tokens WHERE refresh_token_hash = $1 AND {LIVE}"
-        );
-        let client = self.client().await?;
-        let rows = query(&client, &sql, &[&hash.0.as_slice(), &now]).await?;
-        rows.first().map(token_from_row).transpose()
+        self.live_token_where("refresh_token_hash", &hash.0.as_slice(), now)
+            .await
     }
 
     async fn token_by_id(&self, id: Uuid, now: i64) -> Result<Option<TokenRecord>, StoreError> {
-        let sql = format!("SELECT {TOKEN_COLS} FROM oauth2_tokens WHERE id = $1 AND {LIVE}");
-        let client = self.client().await?;
-        let rows = query(&client, &sql, &[&id, &now]).await?;
-        rows.first().map(token_from_row).transpose()
+        self.live_token_where("id", &id, now).await
     }
 
     async fn update_token(&self, t: TokenRecord) -> Result<(), StoreError> {
