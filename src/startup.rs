@@ -21,6 +21,7 @@ use crate::actors::registry::{ConfigRegistry, Reload};
 use crate::actors::token_lifecycle::TokenLifecycle;
 use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, Database, Listen, Settings};
+use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache};
 use crate::plugins::oauth2::OAuthDeps;
 use crate::plugins::PluginRegistry;
 use crate::proxy::{self, ListenerScheme, ProxyState};
@@ -45,6 +46,8 @@ pub struct Stores {
     pub tokens: Arc<dyn TokenStore>,
     /// With a shared database: where other nodes' changes are heard and which caches they clear.
     pub cluster: Option<ClusterLink>,
+    /// The `oauth2-introspection` verdict cache (in front of Redis and the bus in a cluster).
+    pub verdicts: IntrospectionCache,
 }
 
 /// What the cluster sync actor needs: the database to listen on and the caches to invalidate.
@@ -53,6 +56,8 @@ pub struct ClusterLink {
     pub pg: PgSettings,
     /// This node's token tiers (the same object as `Stores::tokens`).
     pub tokens: Arc<TieredTokenStore>,
+    /// This node's introspection verdicts (the same object as `Stores::verdicts`).
+    pub verdicts: IntrospectionCache,
 }
 
 /// The stores crate's view of the `redis_*` settings, if Redis is configured.
@@ -141,6 +146,13 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
         )));
     }
     let redis = open_redis(settings).await?;
+    let verdicts = IntrospectionCache::clustered(
+        introspection::cache::CAPACITY,
+        SharedTier {
+            redis: redis.clone(),
+            bus: Some(pool.clone()),
+        },
+    );
     let tiered = Arc::new(TieredTokenStore::new(
         Arc::new(PgTokenStore::new(pool.clone())),
         redis,
@@ -149,7 +161,12 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
     Ok(Stores {
         config: Arc::new(PgConfigStore::new(pool)),
         tokens: tiered.clone(),
-        cluster: Some(ClusterLink { pg, tokens: tiered }),
+        cluster: Some(ClusterLink {
+            pg,
+            tokens: tiered,
+            verdicts: verdicts.clone(),
+        }),
+        verdicts,
     })
 }
 
@@ -163,6 +180,7 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
             config: Arc::new(MemoryConfigStore::new()),
             tokens: Arc::new(MemoryTokenStore::new()),
             cluster: None,
+            verdicts: IntrospectionCache::default(),
         }),
         Database::Postgres => open_postgres(settings).await,
     }
@@ -248,9 +266,12 @@ impl Application {
         crate::tls::install_crypto_provider();
         let settings = Arc::new(settings);
         let snapshot = Arc::new(ArcSwap::from_pointee(RouterSnapshot::default()));
-        let plugins = Arc::new(PluginRegistry::builtin(OAuthDeps {
-            tokens: stores.tokens.clone(),
-        }));
+        let plugins = Arc::new(PluginRegistry::builtin(
+            OAuthDeps {
+                tokens: stores.tokens.clone(),
+            },
+            stores.verdicts.clone(),
+        ));
         let registry = ConfigRegistry::new(
             stores.config.clone(),
             stores.tokens.clone(),
@@ -387,7 +408,7 @@ impl Application {
         // timer while the runtime is being dropped, and panic instead of the one-line error.
         TokenLifecycle::new(stores.tokens.clone(), Duration::from_secs(60)).start();
         if let Some(link) = stores.cluster {
-            ClusterSync::new(link.pg, link.tokens, registry.clone()).start();
+            ClusterSync::new(link.pg, link.tokens, link.verdicts, registry.clone()).start();
         }
         Ok(Self {
             proxy: proxy_addrs,

@@ -6,8 +6,11 @@
 //! notify at commit) and reacts to what it hears:
 //! - token notices: the digests are evicted from this node's near cache and from Redis (every node
 //!   evicts, so Redis is cleaned even when the revoking node died right after its commit);
+//! - verdict notices (`DELETE /oauth2-introspection/cache/…` on any node): the digests' cached
+//!   introspection verdicts are dropped from this node's L1;
 //! - config notices: the registry re-reads the named rows and publishes a new router snapshot;
-//! - every (re)connect: the near cache is emptied and the registry reloads everything, so a node
+//! - every (re)connect: the near cache and the verdict L1 are emptied and the registry reloads
+//!   everything, so a node
 //!   that missed notices (restart, partition, Postgres restart) serves nothing stale afterwards.
 //!
 //! The listener reconnects with backoff forever; nothing here can stop the gateway.
@@ -21,24 +24,28 @@ use portcullis_stores::tiered::TieredTokenStore;
 use tokio::sync::mpsc;
 
 use crate::actors::registry::{ConfigRegistry, Refresh, Reload};
+use crate::plugins::introspection::IntrospectionCache;
 
 /// The actor.
 pub struct ClusterSync {
     pg: PgSettings,
     tokens: Arc<TieredTokenStore>,
+    verdicts: IntrospectionCache,
     registry: Addr<ConfigRegistry>,
 }
 
 impl ClusterSync {
-    /// Listens on the database of `pg`; invalidates `tokens` and refreshes `registry`.
+    /// Listens on the database of `pg`; invalidates `tokens` and `verdicts`, refreshes `registry`.
     pub fn new(
         pg: PgSettings,
         tokens: Arc<TieredTokenStore>,
+        verdicts: IntrospectionCache,
         registry: Addr<ConfigRegistry>,
     ) -> Self {
         Self {
             pg,
             tokens,
+            verdicts,
             registry,
         }
     }
@@ -62,6 +69,7 @@ impl StreamHandler<ChangeEvent> for ClusterSync {
         match event {
             ChangeEvent::Connected => {
                 self.tokens.clear_local();
+                self.verdicts.clear_local();
                 let registry = self.registry.clone();
                 ctx.spawn(
                     async move {
@@ -85,6 +93,17 @@ impl StreamHandler<ChangeEvent> for ClusterSync {
                 ctx.spawn(async move { tokens.invalidate(&hashes).await }.into_actor(self));
             }
             ChangeEvent::Config(rows) => self.registry.do_send(Refresh(rows)),
+            ChangeEvent::Verdicts(hashes) => {
+                let verdicts = self.verdicts.clone();
+                ctx.spawn(
+                    async move {
+                        for h in &hashes {
+                            verdicts.evict(h).await;
+                        }
+                    }
+                    .into_actor(self),
+                );
+            }
             ChangeEvent::Disconnected(_) => {}
         }
     }

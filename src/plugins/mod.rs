@@ -141,9 +141,11 @@ pub struct PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// The built-in plugins, wired to the stores they use.
-    pub fn builtin(tokens: oauth2::OAuthDeps) -> Self {
-        let introspection_cache = introspection::IntrospectionCache::default();
+    /// The built-in plugins, wired to the stores and caches they use.
+    pub fn builtin(
+        tokens: oauth2::OAuthDeps,
+        introspection_cache: introspection::IntrospectionCache,
+    ) -> Self {
         let list: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(oauth2::OAuth2Plugin::new(tokens)),
             Arc::new(introspection::IntrospectionPlugin::new(

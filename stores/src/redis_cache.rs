@@ -3,6 +3,10 @@
 //! a token issued on one node is a Redis hit on the others. Redis is a cache: every failure here is
 //! reported as [`StoreError::Unavailable`] and the caller falls back to the durable store.
 //!
+//! The same connection also holds the `oauth2-introspection` verdicts of the cluster, keyed by
+//! `{prefix}:introspect:{token sha256 hex}:{context hex}` (opaque JSON the gateway writes), so a token
+//! introspected on one node is a hit on the others.
+//!
 //! Two safety rules while Redis is away:
 //! - after a failed command the cache is skipped for [`SKIP_AFTER_FAILURE`], so an outage costs
 //!   the hot path nothing (no connect attempt per request); the connection manager reconnects by
@@ -176,9 +180,17 @@ impl RedisTokenCache {
         res
     }
 
-    /// Deletes every token key of this prefix.
+    /// Deletes every key of this prefix that a missed eviction could have left stale: tokens and
+    /// introspection verdicts.
     async fn flush(&self) -> Result<(), StoreError> {
-        let pattern = format!("{}:tok:*", self.prefix);
+        self.delete_matching(&format!("{}:tok:*", self.prefix))
+            .await?;
+        self.delete_matching(&format!("{}:introspect:*", self.prefix))
+            .await
+    }
+
+    /// Deletes every key matching a `SCAN` pattern.
+    async fn delete_matching(&self, pattern: &str) -> Result<(), StoreError> {
         let mut cursor: u64 = 0;
         loop {
             let mut conn = self.conn.clone();
@@ -187,7 +199,7 @@ impl RedisTokenCache {
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
-                        .arg(&pattern)
+                        .arg(pattern)
                         .arg("COUNT")
                         .arg(1000)
                         .query_async(&mut conn),
@@ -251,6 +263,57 @@ impl RedisTokenCache {
         let res = self.bounded(conn.del::<_, ()>(keys)).await;
         if res.is_err() {
             // Redis may still hold a revoked token: never trust it before a flush.
+            self.health.dirty.store(true, Ordering::Release);
+        }
+        res
+    }
+
+    fn verdict_key(&self, token: &TokenHash, context: &str) -> String {
+        format!("{}:introspect:{}:{context}", self.prefix, token.to_hex())
+    }
+
+    /// A cached introspection verdict (opaque JSON) for a token digest and a context digest (hex).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn get_verdict(
+        &self,
+        token: &TokenHash,
+        context: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.ensure_clean().await?;
+        let mut conn = self.conn.clone();
+        self.bounded(conn.get(self.verdict_key(token, context)))
+            .await
+    }
+
+    /// Caches an introspection verdict for `ttl` (at least one millisecond).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn put_verdict(
+        &self,
+        token: &TokenHash,
+        context: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        self.bounded(conn.pset_ex::<_, _, ()>(self.verdict_key(token, context), value, ms))
+            .await
+    }
+
+    /// Drops every cached verdict of a token digest (all contexts). A failure marks the cache
+    /// dirty, like a missed token eviction: nothing in Redis is trusted again before a flush.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn evict_verdicts(&self, token: &TokenHash) -> Result<(), StoreError> {
+        let res = self
+            .delete_matching(&format!("{}:introspect:{}:*", self.prefix, token.to_hex()))
+            .await;
+        if res.is_err() {
             self.health.dirty.store(true, Ordering::Release);
         }
         res

@@ -54,6 +54,12 @@ pub async fn spawn_app() -> TestApp {
     spawn_with(test_settings()).await
 }
 
+/// The shared test Redis: `PORTCULLIS_TEST_REDIS`, or the local default. Tests sharing it use a
+/// `redis_prefix` of their own.
+pub fn test_redis_url() -> String {
+    std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// Default test server; override with `PORTCULLIS_TEST_PG` (libpq `key=value` form).
 pub const DEFAULT_TEST_PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 

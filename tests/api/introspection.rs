@@ -10,7 +10,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::helpers::{dead_port, spawn_app, spawn_upstream, status_json, TestApp, Upstream};
+use portcullis::config::{Secret, Settings};
+
+use crate::helpers::{
+    dead_port, eventually, spawn_app, spawn_upstream, spawn_with, status_json, test_redis_url,
+    PgSchema, TestApp, Upstream,
+};
 
 /// Serialises `npm install` between tests running in parallel.
 static NPM: Mutex<()> = Mutex::new(());
@@ -32,22 +37,6 @@ fn ensure_npm_deps() {
         .status()
         .expect("npm runs (is Node installed? scripts/services.sh installs it)");
     assert!(status.success(), "npm ci in tests/introspection failed");
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A running oidc-provider; killed when dropped.
@@ -165,6 +154,12 @@ fn basic(client: &str, secret: &str) -> String {
 /// pointing at `server`.
 async fn protected(server: &AuthServer, extra: Value) -> (TestApp, Upstream) {
     let app = spawn_app().await;
+    let upstream = protect(&app, server, extra).await;
+    (app, upstream)
+}
+
+/// Configures `app` as [`protected`] does; the echo upstream it points at.
+async fn protect(app: &TestApp, server: &AuthServer, extra: Value) -> Upstream {
     let upstream = spawn_upstream();
     app.expose("svc", &format!("{}/echo", upstream.url), &["/api"])
         .await;
@@ -183,7 +178,7 @@ async fn protected(server: &AuthServer, extra: Value) -> (TestApp, Upstream) {
         )
         .await;
     assert_eq!(s, 201, "{body}");
-    (app, upstream)
+    upstream
 }
 
 async fn get_with_token(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
@@ -279,6 +274,66 @@ async fn revoked_token_is_refused_once_evicted_through_the_admin_api() {
     let (s, body) = get_with_token(&app, "/api", &token).await;
     assert_eq!(s, 401, "{body}");
     assert_eq!(body["error"], "invalid_token");
+}
+
+/// Evicts `token`'s verdicts through `app`'s admin API (by digest).
+async fn evict(app: &TestApp, token: &str) -> u16 {
+    let digest = portcullis::crypto::token_hash(token).to_hex();
+    let path = format!("/oauth2-introspection/cache/{digest}");
+    app.admin_call(reqwest::Method::DELETE, &path, None).await.0
+}
+
+#[actix_web::test]
+async fn cluster_nodes_share_verdicts_through_redis_and_evict_everywhere() {
+    let server = AuthServer::start().await;
+    let schema = PgSchema::migrated().await;
+    let settings = Settings {
+        redis_url: Some(Secret::new(test_redis_url())),
+        redis_prefix: format!("pt-{}", uuid::Uuid::new_v4().simple()),
+        ..schema.settings.clone()
+    };
+    let a = spawn_with(settings.clone()).await;
+    let b = spawn_with(settings.clone()).await;
+    let _upstream = protect(&a, &server, json!({ "ttl": 300 })).await;
+    let token = server.token("gateway").await;
+
+    let calls = server.introspections().await;
+    assert_eq!(get_with_token(&a, "/api", &token).await.0, 200);
+    assert_eq!(server.introspections().await, calls + 1);
+    // Node b hears of the route and plugin through the bus, then answers from Redis.
+    eventually(
+        Duration::from_secs(1),
+        "node b serves the route",
+        || async { (get_with_token(&b, "/api", &token).await.0 == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        server.introspections().await,
+        calls + 1,
+        "node b found node a's verdict in Redis"
+    );
+
+    server.revoke(&token).await;
+    for node in [&a, &b] {
+        assert_eq!(get_with_token(node, "/api", &token).await.0, 200, "cached");
+    }
+    assert_eq!(evict(&a, &token).await, 204);
+    eventually(
+        Duration::from_secs(1),
+        "revocation holds on both nodes",
+        || async {
+            let a = get_with_token(&a, "/api", &token).await.0;
+            let b = get_with_token(&b, "/api", &token).await.0;
+            (a == 401 && b == 401).then_some(())
+        },
+    )
+    .await;
+
+    // A node that joins later has an empty L1: it answers from what Redis holds now (the
+    // negative verdict, or nothing) and never from the evicted positive one.
+    let c = spawn_with(settings).await;
+    let (s, body) = get_with_token(&c, "/api", &token).await;
+    assert_eq!(s, 401, "{body}");
 }
 
 #[actix_web::test]

@@ -3,8 +3,9 @@
 //! once instead of after `ttl`.
 //!
 //! The key is the lower-case hex SHA-256 of the token (preferred: the token never travels to the
-//! admin API) or the token itself. Eviction is node-local until the cluster-shared cache lands (see
-//! `cache.rs`).
+//! admin API) or the token itself. In a cluster the entry is also deleted from Redis and every
+//! node drops its copy (announced on the Postgres bus; see `cache.rs`). If the other nodes cannot
+//! be told (Postgres down) the answer is 503: this node and Redis are clean, the others are not.
 
 use actix_web::http::Method;
 use actix_web::HttpResponse;
@@ -31,9 +32,13 @@ pub async fn dispatch(
     // Tokens may contain `/`; the dispatcher split on it.
     let key = rest.join("/");
     let cache = st.plugins.introspection_cache();
-    let mut evicted = cache.evict(&crate::crypto::token_hash(&key)).await;
-    if let Some(digest) = TokenHash::from_hex(&key) {
-        evicted += cache.evict(&digest).await;
+    let digests = std::iter::once(crate::crypto::token_hash(&key)).chain(TokenHash::from_hex(&key));
+    let mut evicted = 0;
+    for digest in digests {
+        match cache.evict_everywhere(&digest).await {
+            Ok(n) => evicted += n,
+            Err(e) => return Some(Err(e.into())),
+        }
     }
     tracing::info!(evicted, "oauth2-introspection: cache entries evicted");
     Some(Ok(HttpResponse::NoContent().finish()))

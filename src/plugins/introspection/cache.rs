@@ -1,5 +1,6 @@
 //! The verdict cache: one process-wide, bounded cache of introspection answers, shared by every
-//! `oauth2-introspection` instance and by the admin API (which evicts entries).
+//! `oauth2-introspection` instance and by the admin API (which evicts entries), in front of the
+//! cluster's Redis when one is configured.
 //!
 //! - Keyed by the SHA-256 digest of the token (the raw token is never stored) plus a digest of
 //!   everything that could change the verdict (URL, credentials, hint, custom headers, and the
@@ -9,10 +10,15 @@
 //! - Concurrent misses for one key make exactly one call: moka's `try_get_with` runs the first
 //!   caller's future and parks the others on it (single-flight, like pingora's `read_through`).
 //!
-//! Seam for the cluster-shared cache (Redis, a later issue): the runtime and the admin API only use
-//! [`IntrospectionCache::get_or_introspect`] and [`IntrospectionCache::evict`]. A shared tier goes
-//! behind those two methods — this cache as L1, Redis as L2 keyed by the hex digests, and `evict`
-//! publishing the digest on a channel every node's L1 listens to — without touching the callers.
+//! - In a cluster (Postgres + Redis) this cache is L1 and Redis is L2: a miss here asks Redis
+//!   (`{prefix}:introspect:{token hex}:{context hex}`, expiring with the verdict) before the
+//!   authorization server, and an answer from the server is written there, so a token introspected
+//!   on one node is a hit on every node. Redis failures only cost the shared tier: the node then
+//!   asks the server itself (never an error for the client).
+//! - [`IntrospectionCache::evict_everywhere`] (the admin API) drops the verdicts here, deletes them
+//!   from Redis and announces the digest on the Postgres bus; every node's cluster sync actor then
+//!   calls [`IntrospectionCache::evict`] on its own L1 — the same path, and the same sub-second
+//!   delivery, as an `oauth2` token revocation.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +26,11 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::Expiry;
-use portcullis_stores::TokenHash;
+use portcullis_stores::postgres::listen::announce_verdict_eviction;
+use portcullis_stores::postgres::Pool;
+use portcullis_stores::redis_cache::RedisTokenCache;
+use portcullis_stores::{StoreError, TokenHash};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::IntrospectionError;
@@ -32,6 +42,9 @@ pub const CAPACITY: u64 = 100_000;
 /// Longest time an `active: false` verdict is remembered: long enough to absorb a flood of one bad
 /// token, short enough that a freshly issued token reusing a value is not refused for long.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// How long Redis keeps a verdict that has neither `ttl` nor `exp` (L1 keeps it until evicted).
+const SHARED_UNBOUNDED_TTL: Duration = Duration::from_secs(86_400);
 
 /// Identifies one cached verdict.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -65,6 +78,48 @@ impl Verdict {
     }
 }
 
+/// A verdict as written to Redis: the expiry is absolute, so every node reading it keeps it only
+/// for what is left.
+#[derive(Serialize, Deserialize)]
+struct SharedVerdict {
+    active: bool,
+    claims: Map<String, Value>,
+    /// Unix milliseconds after which the verdict is void (`None`: until evicted).
+    until_ms: Option<u128>,
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+impl SharedVerdict {
+    fn of(verdict: &Verdict, now_ms: u128) -> Self {
+        Self {
+            active: verdict.active,
+            claims: verdict.claims.clone(),
+            until_ms: verdict.cache_for.map(|d| now_ms + d.as_millis()),
+        }
+    }
+
+    /// The verdict with what is left of its life; `None` once it has run out.
+    fn into_verdict(self, now_ms: u128) -> Option<Verdict> {
+        let cache_for = match self.until_ms {
+            Some(until) if until <= now_ms => return None,
+            Some(until) => Some(Duration::from_millis(
+                u64::try_from(until - now_ms).unwrap_or(u64::MAX),
+            )),
+            None => None,
+        };
+        Some(Verdict {
+            active: self.active,
+            claims: self.claims,
+            cache_for,
+        })
+    }
+}
+
 /// `min(ttl, exp - now)` for active tokens, `min(ttl, NEGATIVE_TTL)` for inactive ones.
 fn cache_duration(active: bool, ttl: f64, exp: Option<i64>, now_unix: i64) -> Option<Duration> {
     let ttl = (ttl > 0.0)
@@ -93,10 +148,20 @@ impl Expiry<CacheKey, Arc<Verdict>> for PerEntry {
     }
 }
 
+/// The cluster's side of the cache: Redis (L2) and the Postgres bus eviction is announced on.
+#[derive(Clone, Default)]
+pub struct SharedTier {
+    /// Verdicts shared by the nodes.
+    pub redis: Option<RedisTokenCache>,
+    /// Where evictions are announced to the other nodes.
+    pub bus: Option<Pool>,
+}
+
 /// Handle on the process-wide verdict cache; clones share it.
 #[derive(Clone)]
 pub struct IntrospectionCache {
     inner: Cache<CacheKey, Arc<Verdict>>,
+    shared: SharedTier,
 }
 
 impl Default for IntrospectionCache {
@@ -106,13 +171,19 @@ impl Default for IntrospectionCache {
 }
 
 impl IntrospectionCache {
-    /// A cache holding at most `capacity` verdicts.
+    /// A node-local cache holding at most `capacity` verdicts.
     pub fn new(capacity: u64) -> Self {
+        Self::clustered(capacity, SharedTier::default())
+    }
+
+    /// A cache of `capacity` verdicts in front of the cluster's shared tier.
+    pub fn clustered(capacity: u64, shared: SharedTier) -> Self {
         Self {
             inner: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(PerEntry)
                 .build(),
+            shared,
         }
     }
 
@@ -129,12 +200,51 @@ impl IntrospectionCache {
     where
         F: Future<Output = Result<Verdict, IntrospectionError>>,
     {
+        let redis = self.shared.redis.clone();
+        let (token, context) = (key.token, TokenHash(key.context).to_hex());
         self.inner
-            .try_get_with(key, async move { introspect.await.map(Arc::new) })
+            .try_get_with(key, async move {
+                if let Some(redis) = &redis {
+                    if let Some(verdict) = shared_get(redis, &token, &context).await {
+                        return Ok(Arc::new(verdict));
+                    }
+                }
+                let verdict = introspect.await?;
+                if let Some(redis) = &redis {
+                    shared_put(redis, &token, &context, &verdict).await;
+                }
+                Ok(Arc::new(verdict))
+            })
             .await
     }
 
-    /// Drops every verdict for this token digest (all instances); returns how many were dropped.
+    /// Drops this token's verdicts on this node, in Redis, and (through the Postgres bus) on every
+    /// other node; returns how many were dropped here.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the other nodes could not be told (Postgres down): this
+    /// node and Redis are clean, the others keep their copy until it expires.
+    pub async fn evict_everywhere(&self, token: &TokenHash) -> Result<usize, StoreError> {
+        let evicted = self.evict(token).await;
+        if let Some(redis) = &self.shared.redis {
+            if let Err(e) = redis.evict_verdicts(token).await {
+                // Marked dirty by the store: Redis answers nothing until it has been flushed.
+                tracing::warn!(error = %e, "oauth2-introspection: shared cache not evicted; it will be flushed when Redis answers");
+            }
+        }
+        if let Some(pool) = &self.shared.bus {
+            announce_verdict_eviction(pool, token).await?;
+        }
+        Ok(evicted)
+    }
+
+    /// Empties this node's L1 (the cluster listener reconnected: evictions may have been missed).
+    pub fn clear_local(&self) {
+        self.inner.invalidate_all();
+    }
+
+    /// Drops every verdict for this token digest on this node (all instances); returns how many
+    /// were dropped.
     pub async fn evict(&self, token: &TokenHash) -> usize {
         let keys: Vec<Arc<CacheKey>> = self
             .inner
@@ -146,6 +256,35 @@ impl IntrospectionCache {
             self.inner.invalidate(key.as_ref()).await;
         }
         keys.len()
+    }
+}
+
+/// The verdict Redis holds for this key, if any is left; a Redis failure is a miss.
+async fn shared_get(redis: &RedisTokenCache, token: &TokenHash, context: &str) -> Option<Verdict> {
+    let raw = match redis.get_verdict(token, context).await {
+        Ok(raw) => raw?,
+        Err(e) => {
+            tracing::debug!(error = %e, "oauth2-introspection: shared cache skipped");
+            return None;
+        }
+    };
+    serde_json::from_str::<SharedVerdict>(&raw)
+        .ok()?
+        .into_verdict(unix_ms())
+}
+
+/// Shares a fresh verdict with the other nodes; a Redis failure only costs them a call.
+async fn shared_put(redis: &RedisTokenCache, token: &TokenHash, context: &str, verdict: &Verdict) {
+    let ttl = match verdict.cache_for {
+        Some(d) if d.is_zero() => return,
+        Some(d) => d,
+        None => SHARED_UNBOUNDED_TTL,
+    };
+    let Ok(value) = serde_json::to_string(&SharedVerdict::of(verdict, unix_ms())) else {
+        return;
+    };
+    if let Err(e) = redis.put_verdict(token, context, &value, ttl).await {
+        tracing::debug!(error = %e, "oauth2-introspection: verdict not shared");
     }
 }
 
@@ -172,6 +311,24 @@ mod tests {
             cache_duration(false, 1.0, None, 0),
             Some(Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn shared_verdicts_keep_only_what_is_left_of_their_life() {
+        let v = Verdict::new(true, Map::new(), 30.0, 0);
+        let shared = SharedVerdict::of(&v, 1_000_000);
+        assert_eq!(shared.until_ms, Some(1_030_000));
+        let round: SharedVerdict =
+            serde_json::from_str(&serde_json::to_string(&shared).unwrap()).unwrap();
+        let back = round.into_verdict(1_010_000).unwrap();
+        assert!(back.active);
+        assert_eq!(back.cache_for, Some(Duration::from_secs(20)));
+        assert!(SharedVerdict::of(&v, 0).into_verdict(30_000).is_none());
+        let forever = Verdict::new(true, Map::new(), 0.0, 0);
+        let kept = SharedVerdict::of(&forever, 5)
+            .into_verdict(u128::MAX)
+            .unwrap();
+        assert_eq!(kept.cache_for, None);
     }
 
     #[actix_rt::test]

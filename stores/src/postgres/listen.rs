@@ -16,8 +16,11 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Connection};
 use uuid::Uuid;
 
-use super::{cause_chain, driver_config, tls_connector, PgSettings};
+use deadpool_postgres::Pool;
+
+use super::{cause_chain, driver_config, pool_error, tls_connector, PgSettings};
 use crate::model::{entities, TokenHash};
+use crate::StoreError;
 
 /// What happened in the database, as seen by one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,9 @@ pub enum ChangeEvent {
     Tokens(Vec<TokenHash>),
     /// Configuration rows inserted, updated or deleted: `(entity name, id)`.
     Config(Vec<(&'static str, Uuid)>),
+    /// Token digests whose `oauth2-introspection` verdicts an operator evicted (see
+    /// [`announce_verdict_eviction`]).
+    Verdicts(Vec<TokenHash>),
     /// The listening connection was lost (the cause, one line); notices are missed until the next
     /// [`ChangeEvent::Connected`].
     Disconnected(String),
@@ -43,7 +49,32 @@ const BATCH: usize = 1024;
 
 /// The channel names of the schema the connection's `search_path` points at.
 const CHANNELS: &str = "SELECT portcullis_channel('tokens', current_schema()), \
-     portcullis_channel('config', current_schema())";
+     portcullis_channel('config', current_schema()), \
+     portcullis_channel('verdicts', current_schema())";
+
+/// The names of the three channels of one schema.
+struct Channels {
+    tokens: String,
+    config: String,
+    verdicts: String,
+}
+
+/// Tells every node listening on this schema (this one included) to drop its cached
+/// `oauth2-introspection` verdicts for `token`; delivered at commit, like the trigger notices.
+///
+/// # Errors
+/// [`StoreError::Unavailable`] when Postgres cannot be reached.
+pub async fn announce_verdict_eviction(pool: &Pool, token: &TokenHash) -> Result<(), StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    client
+        .execute(
+            "SELECT pg_notify(portcullis_channel('verdicts', current_schema()), $1)",
+            &[&token.to_hex()],
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("postgres: {}", cause_chain(&e))))?;
+    Ok(())
+}
 
 /// What the connection task hands to the session.
 enum Note {
@@ -166,23 +197,29 @@ async fn session(settings: &PgSettings, events: &mpsc::UnboundedSender<ChangeEve
             .query_one(CHANNELS, &[])
             .await
             .map_err(|e| cause_chain(&e))?;
-        let tokens: String = row.try_get(0).map_err(|e| cause_chain(&e))?;
-        let config: String = row.try_get(1).map_err(|e| cause_chain(&e))?;
-        if !plain(&tokens) || !plain(&config) {
+        let name = |i: usize| row.try_get::<_, String>(i).map_err(|e| cause_chain(&e));
+        let channels = Channels {
+            tokens: name(0)?,
+            config: name(1)?,
+            verdicts: name(2)?,
+        };
+        let all = [&channels.tokens, &channels.config, &channels.verdicts];
+        if !all.iter().all(|c| plain(c)) {
             return Err("unexpected channel names".to_string());
         }
+        let statements: Vec<String> = all.iter().map(|c| format!("LISTEN \"{c}\"")).collect();
         client
-            .batch_execute(&format!("LISTEN \"{tokens}\"; LISTEN \"{config}\""))
+            .batch_execute(&statements.join("; "))
             .await
             .map_err(|e| cause_chain(&e))?;
-        Ok((tokens, config))
+        Ok(channels)
     };
-    let (tokens, config) = match tokio::time::timeout(settings.timeout, subscribe).await {
+    let channels = match tokio::time::timeout(settings.timeout, subscribe).await {
         Ok(Ok(channels)) => channels,
         Ok(Err(why)) => return lost(why),
         Err(_) => return lost("LISTEN timed out".into()),
     };
-    tracing::info!(channel = %tokens, "cluster listener listening");
+    tracing::info!(channel = %channels.tokens, "cluster listener listening");
     if events.send(ChangeEvent::Connected).is_err() {
         return SessionEnd::ReceiverGone;
     }
@@ -214,7 +251,7 @@ async fn session(settings: &PgSettings, events: &mpsc::UnboundedSender<ChangeEve
                         Err(_) => break,
                     }
                 }
-                for event in events_of(&batch, &tokens, &config) {
+                for event in events_of(&batch, &channels) {
                     if events.send(event).is_err() {
                         return SessionEnd::ReceiverGone;
                     }
@@ -237,18 +274,24 @@ async fn session(settings: &PgSettings, events: &mpsc::UnboundedSender<ChangeEve
     }
 }
 
-/// Groups raw notifications into at most one token and one config event (payloads that do not
-/// parse are logged and skipped).
-fn events_of(batch: &[(String, String)], tokens: &str, config: &str) -> Vec<ChangeEvent> {
+/// Groups raw notifications into at most one event of each kind (payloads that do not parse are
+/// logged and skipped).
+fn events_of(batch: &[(String, String)], channels: &Channels) -> Vec<ChangeEvent> {
     let mut hashes = Vec::new();
     let mut rows = Vec::new();
+    let mut verdicts = Vec::new();
     for (channel, payload) in batch {
-        if channel == tokens {
+        if *channel == channels.tokens || *channel == channels.verdicts {
+            let into = if *channel == channels.tokens {
+                &mut hashes
+            } else {
+                &mut verdicts
+            };
             match TokenHash::from_hex(payload) {
-                Some(h) => hashes.push(h),
+                Some(h) => into.push(h),
                 None => tracing::warn!("token notice with a malformed digest; skipped"),
             }
-        } else if channel == config {
+        } else if *channel == channels.config {
             let parsed = payload.split_once(':').and_then(|(table, id)| {
                 Some((entities::by_name(table)?.name, Uuid::parse_str(id).ok()?))
             });
@@ -264,6 +307,9 @@ fn events_of(batch: &[(String, String)], tokens: &str, config: &str) -> Vec<Chan
     }
     if !rows.is_empty() {
         out.push(ChangeEvent::Config(rows));
+    }
+    if !verdicts.is_empty() {
+        out.push(ChangeEvent::Verdicts(verdicts));
     }
     out
 }
@@ -282,12 +328,20 @@ mod tests {
             ("t".to_string(), "zz".to_string()),
             ("c".to_string(), format!("nonsense:{id}")),
             ("t".to_string(), h.to_hex()),
+            ("v".to_string(), h.to_hex()),
+            ("v".to_string(), "zz".to_string()),
         ];
+        let channels = Channels {
+            tokens: "t".into(),
+            config: "c".into(),
+            verdicts: "v".into(),
+        };
         assert_eq!(
-            events_of(&batch, "t", "c"),
+            events_of(&batch, &channels),
             vec![
                 ChangeEvent::Tokens(vec![h, h]),
-                ChangeEvent::Config(vec![("routes", id)])
+                ChangeEvent::Config(vec![("routes", id)]),
+                ChangeEvent::Verdicts(vec![h]),
             ]
         );
     }

@@ -17,12 +17,14 @@ pub mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
 use crate::StoreError;
 
 pub use config::PgConfigStore;
+/// The connection pool type the stores share (re-exported so the gateway need not name deadpool).
+pub use deadpool_postgres::Pool;
 pub use migrate::{MigrationStatus, Migrator};
 pub use tokens::PgTokenStore;
 
