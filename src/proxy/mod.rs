@@ -46,9 +46,28 @@ impl ProxyState {
     }
 }
 
-fn request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// A request id: 128 random bits as 32 lower-case hex digits (Kong's format). Drawn from the
+/// thread's user-space CSPRNG: a `getrandom` system call per request (uuid v4) was measurable.
+struct RequestId([u8; 32]);
+
+impl RequestId {
+    fn new() -> Self {
+        let bits: u128 = rand::random();
+        let mut out = [0u8; 32];
+        for (i, byte) in bits.to_be_bytes().iter().enumerate() {
+            out[2 * i] = HEX[usize::from(byte >> 4)];
+            out[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        Self(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The proxy handler: every request on the proxy listeners comes here.
 pub async fn handle(
@@ -59,22 +78,17 @@ pub async fn handle(
     scheme: web::Data<ListenerScheme>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = request_id();
+    let id = RequestId::new();
+    let request_id = id.as_str();
     let mut response = match proxy(
-        &req,
-        payload,
-        &state,
-        &clients,
-        scheme.0,
-        &request_id,
-        started,
+        &req, payload, &state, &clients, scheme.0, request_id, started,
     )
     .await
     {
         Ok(resp) => resp,
-        Err(e) => e.to_response(&request_id),
+        Err(e) => e.to_response(request_id),
     };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_bytes(&id.0) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("x-portcullis-request-id"), v);
@@ -418,6 +432,22 @@ async fn forward(
         Some(len) => builder.body(SizedStream::new(len, upstream)),
         None => builder.streaming(upstream),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestId;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (RequestId::new(), RequestId::new());
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a
+            .as_str()
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a.as_str(), b.as_str());
+    }
 }
 
 fn has_body(req: &HttpRequest) -> bool {
