@@ -434,6 +434,17 @@ async fn forward(
     })
 }
 
+fn has_body(req: &HttpRequest) -> bool {
+    req.headers()
+        .contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0")
+        || req.content_type() == "multipart/form-data"
+}
+
 #[cfg(test)]
 mod tests {
     use super::RequestId;
@@ -448,15 +459,4 @@ mod tests {
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a.as_str(), b.as_str());
     }
-}
-
-fn has_body(req: &HttpRequest) -> bool {
-    req.headers()
-        .contains_key(actix_web::http::header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v != "0")
-        || req.content_type() == "multipart/form-data"
 }
