@@ -369,13 +369,16 @@ async fn forward(
     let mut payload = payload;
     let proxy_latency = started.elapsed();
     let sent_at = Instant::now();
+    // The header map moves into the request once; a frozen request is re-sent on a retry
+    // without copying any header.
+    let mut request = client
+        .request(method.clone(), url.as_str())
+        .timeout(timeout);
+    *request.headers_mut() = upstream_headers;
+    let request = request
+        .freeze()
+        .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
     let upstream = loop {
-        let mut request = client
-            .request(method.clone(), url.as_str())
-            .timeout(timeout);
-        for (name, value) in &upstream_headers {
-            request = request.append_header((name.clone(), value.clone()));
-        }
         let result = if let Some(body) = &replay_body {
             request.send_body(body.clone()).await
         } else if streams_body {
