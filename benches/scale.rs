@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use common::admin::{token_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, RESOURCE};
+use common::admin::{bearer_request, client_credentials_request, token_of, Admin, RESOURCE};
 use common::driver::{self, Load, Req};
 use common::procs::{self, Gateway};
 use common::report::{self, Refs, Row, Run};
@@ -62,28 +62,18 @@ fn seeded_gateway(
     } else {
         format!("{n} tokens")
     };
-    let gw = procs::start_gateway(
-        &format!("portcullis {name}"),
-        env,
-        &[("PORTCULLIS_DATABASE", "memory")],
-    )?;
-    let admin = Admin::new(gw.admin, gw.proxy)?;
-    admin.expose(upstream)?;
-    admin.enable_oauth2()?;
+    let gw = procs::start_gateway(&format!("portcullis {name}"), env, &[])?;
+    Admin::oauth2_service(&gw, upstream)?;
     progress(format_args!(
         "{name}: seeding through client_credentials (at most {})",
         fmt_secs(cap.as_secs())
     ));
-    let issue = Req::form(
-        &format!("{PREFIX}/oauth2/token"),
-        &[
-            ("grant_type", "client_credentials"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", CLIENT_SECRET),
-        ],
-    )
-    .header("x-forwarded-proto", "https");
-    let mut load = Load::new(gw.proxy, vec![issue], env.connections, cap);
+    let mut load = Load::new(
+        gw.proxy,
+        vec![client_credentials_request()],
+        env.connections,
+        cap,
+    );
     load.max_requests = Some(n);
     load.keep_every = Some((n / MIX_TOKENS).max(1));
     let m = driver::run_rust(&load)?;
@@ -95,7 +85,7 @@ fn seeded_gateway(
         .bodies
         .iter()
         .filter_map(|b| token_of(b))
-        .map(|t| Req::get(RESOURCE).header("authorization", &format!("Bearer {t}")))
+        .map(|t| bearer_request(&t))
         .collect();
     if mix.is_empty() {
         bail!("{name}: no token was issued");

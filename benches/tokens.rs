@@ -17,11 +17,13 @@ mod common;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use common::admin::{code_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, PROVISION_KEY};
+use common::admin::{
+    client_credentials_request, code_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, PROVISION_KEY,
+};
 use common::driver::{self, Load, Measured, Order, Req};
 use common::procs::{self, Gateway, Proc};
 use common::report::{self, Refs, Row, Run};
-use common::stores::PgSchema;
+use common::stores::{PgSchema, Settings};
 use common::{fmt_secs, progress, BenchEnv};
 use serde_json::json;
 
@@ -30,7 +32,7 @@ const MAX_CODES: u64 = 300_000;
 
 /// `PORTCULLIS_*` settings of a gateway and the schema it needs kept (Postgres), or why it cannot
 /// be measured here.
-type StoreSettings = Result<(Vec<(String, String)>, Option<PgSchema>), String>;
+type StoreSettings = Result<(Settings, Option<PgSchema>), String>;
 
 /// The stores to measure: memory, and Postgres in a fresh schema (dropped at the end) when it is
 /// reachable.
@@ -38,18 +40,6 @@ fn stores() -> Vec<(&'static str, StoreSettings)> {
     let memory = Ok((vec![("PORTCULLIS_DATABASE".into(), "memory".into())], None));
     let postgres = PgSchema::fresh("tokens").map(|pg| (pg.settings.clone(), Some(pg)));
     vec![("memory", memory), ("postgres", postgres)]
-}
-
-fn token_request() -> Req {
-    Req::form(
-        &format!("{PREFIX}/oauth2/token"),
-        &[
-            ("grant_type", "client_credentials"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", CLIENT_SECRET),
-        ],
-    )
-    .header("x-forwarded-proto", "https")
 }
 
 fn authorize_request() -> Req {
@@ -127,7 +117,7 @@ fn bench_store(env: &BenchEnv, store: &str, gw: &Gateway, rows: &mut Vec<Row>) -
         ));
         let mut load = Load::new(
             gw.proxy,
-            vec![token_request()],
+            vec![client_credentials_request()],
             env.connections,
             env.warmup(),
         );
@@ -202,22 +192,15 @@ fn run() -> Result<()> {
                 continue;
             }
         };
-        let extra: Vec<(&str, &str)> = settings
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         progress(format_args!("{store}: starting the gateway"));
-        let gw = match procs::start_gateway(&format!("portcullis {store}"), &env, &extra) {
+        let gw = match procs::start_gateway(&format!("portcullis {store}"), &env, &settings) {
             Ok(gw) => gw,
             Err(e) => {
                 skip(&mut rows, format!("gateway did not start: {e:#}"));
                 continue;
             }
         };
-        let admin = Admin::new(gw.admin, gw.proxy)?;
-        admin.expose(upstream.addr)?;
-        admin.enable_oauth2()?;
-        admin.client_credentials_token()?;
+        Admin::oauth2_service(&gw, upstream.addr)?.client_credentials_token()?;
         bench_store(&env, store, &gw, &mut rows)?;
     }
     let title = format!(
