@@ -22,9 +22,9 @@ use base64::Engine;
 use common::admin::{bearer_request, client_credentials_request, token_of, Admin, RESOURCE};
 use common::driver::{self, Load, Req};
 use common::procs::{self, Gateway, Proc, Upstream};
-use common::report::{self, Refs, Row, Run};
+use common::report::{self, Refs, Row};
 use common::stores::{PgSchema, RedisPrefix, Settings};
-use common::{fmt_secs, progress, BenchEnv};
+use common::{progress, BenchEnv, RoundTarget};
 use serde_json::json;
 
 /// A target ready to be measured.
@@ -304,16 +304,7 @@ fn introspection_cached(ctx: &Ctx<'_>) -> Result<Setup> {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = common::run_role_if_asked() {
-        return code;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("proxy bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("proxy", run)
 }
 
 fn run() -> Result<()> {
@@ -354,59 +345,31 @@ fn run() -> Result<()> {
         .unwrap_or_else(|| "0123456789abcdef0123456789abcdef".into());
     let mix = vec![bearer_request(&token)];
 
-    let ready: Vec<usize> = (0..setups.len())
-        .filter(|i| matches!(setups[*i].1, Setup::Ready(_)))
+    let ready: Vec<RoundTarget<'_>> = setups
+        .iter()
+        .filter_map(|(name, s)| match s {
+            Setup::Ready(t) => Some(RoundTarget {
+                name,
+                addr: t.addr,
+                requests: t.requests.as_deref().unwrap_or(&mix),
+                proc: t.proc.as_ref(),
+                warmup: t.warmup,
+            }),
+            Setup::Skipped(_) => None,
+        })
         .collect();
-    let mut runs: Vec<Vec<Run>> = setups.iter().map(|_| Vec::new()).collect();
-    let per_run = env.warmup + env.seconds;
-    let total = ready.len() * env.rounds;
-    let mut done = 0;
-    let mut driver_name = "";
-    for round in 1..=env.rounds {
-        for &i in &ready {
-            let (name, Setup::Ready(t)) = &setups[i] else {
-                continue;
-            };
-            let requests = t.requests.clone().unwrap_or_else(|| mix.clone());
-            let mut load = Load::new(t.addr, requests, env.connections, env.warmup());
-            driver_name = driver::driver_for(&load, env.force_rust_driver);
-            progress(format_args!(
-                "round {round}/{}: {name} via {driver_name}, about {} left",
-                env.rounds,
-                fmt_secs((total - done) as u64 * per_run)
-            ));
-            if env.warmup > 0 && t.warmup {
-                driver::run(&load, env.force_rust_driver)?;
-            }
-            load.duration = env.duration();
-            let cpu0 = t.proc.as_ref().map(Proc::cpu_seconds);
-            let m = driver::run(&load, env.force_rust_driver)?;
-            let cpu = t
-                .proc
-                .as_ref()
-                .map(Proc::cpu_seconds)
-                .zip(cpu0)
-                .map(|(b, a)| b - a);
-            let ok = m.rps * m.elapsed;
-            let cpu_s_per_1k = cpu.filter(|_| ok > 0.0).map(|c| c / ok * 1000.0);
-            progress(format_args!(
-                "  {name}: {:.0} req/s, p99 {:.2} ms, {} errors",
-                m.rps, m.p99_ms, m.errors
-            ));
-            runs[i].push(Run {
-                round,
-                measured: m,
-                cpu_s_per_1k,
-            });
-            done += 1;
-        }
-    }
+    let (runs, driver_name) = common::measure_rounds(&env, &ready)?;
 
+    // The runs are in the order of the ready targets.
+    let mut runs = runs.into_iter();
     let rows: Vec<Row> = setups
         .iter()
-        .zip(runs)
-        .map(|((name, s), runs)| match s {
-            Setup::Ready(t) => Row::from_runs(name, runs, t.proc.as_ref().map(Proc::peak_rss_mib)),
+        .map(|(name, s)| match s {
+            Setup::Ready(t) => Row::from_runs(
+                name,
+                runs.next().unwrap_or_default(),
+                t.proc.as_ref().map(Proc::peak_rss_mib),
+            ),
             Setup::Skipped(why) => Row::skipped(name, why.clone()),
         })
         .collect();
@@ -414,25 +377,20 @@ fn run() -> Result<()> {
         "proxy: GET {RESOURCE} with a bearer token, {} connections, {} s × {} round(s) (median), driver {driver_name}, upstream {}; CPU and RSS are the proxy's",
         env.connections, env.seconds, env.rounds, upstream.kind
     );
-    report::print_table(
-        &title,
-        &rows,
-        &Refs {
-            throughput: &[("direct", "direct"), ("nginx", "nginx")],
-            p99: Some(("nginx", "nginx")),
-        },
-    );
     let settings = json!({
         "seconds": env.seconds, "rounds": env.rounds, "connections": env.connections,
         "warmup": env.warmup, "gateway_workers": env.workers, "driver": driver_name,
         "upstream": upstream.kind, "request": format!("GET {RESOURCE}, Authorization: Bearer <token>"),
     });
-    let json_path = report::write_json("proxy", settings, &rows)?;
-    let svg_path = report::write_svg("proxy", "Portcullis vs direct vs nginx", &rows)?;
-    println!(
-        "\nwritten: {} and {}",
-        json_path.display(),
-        svg_path.display()
-    );
-    Ok(())
+    report::publish(
+        "proxy",
+        &title,
+        &Refs {
+            throughput: &[("direct", "direct"), ("nginx", "nginx")],
+            p99: Some(("nginx", "nginx")),
+        },
+        "Portcullis vs direct vs nginx",
+        settings,
+        &rows,
+    )
 }
