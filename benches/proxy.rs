@@ -19,12 +19,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use common::admin::{token_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, RESOURCE};
+use common::admin::{bearer_request, client_credentials_request, token_of, Admin, RESOURCE};
 use common::driver::{self, Load, Req};
 use common::procs::{self, Gateway, Proc, Upstream};
-use common::report::{self, Refs, Row, Run};
-use common::stores::{PgSchema, RedisPrefix};
-use common::{fmt_secs, progress, BenchEnv};
+use common::report::{self, Refs, Row};
+use common::stores::{PgSchema, RedisPrefix, Settings};
+use common::{progress, BenchEnv, RoundTarget};
 use serde_json::json;
 
 /// A target ready to be measured.
@@ -42,6 +42,20 @@ struct Target {
     warmup: bool,
     /// Kept alive until the target is dropped, after its proxy.
     _keep: Keep,
+}
+
+impl Target {
+    /// The gateway `gw` as a target: the shared mix, a warm-up run, nothing else to keep.
+    fn gateway(gw: Gateway) -> Self {
+        Self {
+            addr: gw.proxy,
+            proc: Some(gw.proc),
+            token: None,
+            requests: None,
+            warmup: true,
+            _keep: Vec::new(),
+        }
+    }
 }
 
 enum Setup {
@@ -102,36 +116,30 @@ fn portcullis_plain(ctx: &Ctx<'_>) -> Result<Setup> {
     let gw = procs::start_gateway("portcullis", ctx.env, &[])?;
     let admin = Admin::new(gw.admin, gw.proxy)?;
     admin.expose(ctx.upstream.addr)?;
-    admin.wait_ready(&[])?;
-    Ok(Setup::Ready(Target {
-        addr: gw.proxy,
-        proc: Some(gw.proc),
-        token: None,
-        requests: None,
-        warmup: true,
-        _keep: Vec::new(),
-    }))
+    admin.wait_ready(None)?;
+    Ok(Setup::Ready(Target::gateway(gw)))
+}
+
+/// A gateway on `settings` with the `oauth2` plugin, and a bearer token it issued and already
+/// accepts.
+fn oauth2_gateway(
+    ctx: &Ctx<'_>,
+    name: &str,
+    settings: &[(String, String)],
+) -> Result<(Gateway, String)> {
+    let gw = procs::start_gateway(name, ctx.env, settings)?;
+    let admin = Admin::oauth2_service(&gw, ctx.upstream.addr)?;
+    let token = admin.client_credentials_token()?;
+    admin.wait_ready(Some(&token))?;
+    Ok((gw, token))
 }
 
 /// Target 4: The gateway with the `oauth2` plugin, `database = memory`, one valid bearer token.
 fn oauth2_memory(ctx: &Ctx<'_>) -> Result<Setup> {
-    let gw = procs::start_gateway(
-        "portcullis oauth2",
-        ctx.env,
-        &[("PORTCULLIS_DATABASE", "memory")],
-    )?;
-    let admin = Admin::new(gw.admin, gw.proxy)?;
-    admin.expose(ctx.upstream.addr)?;
-    admin.enable_oauth2()?;
-    let token = admin.client_credentials_token()?;
-    admin.wait_ready(&[("authorization".into(), format!("Bearer {token}"))])?;
+    let (gw, token) = oauth2_gateway(ctx, "portcullis oauth2", &[])?;
     Ok(Setup::Ready(Target {
-        addr: gw.proxy,
-        proc: Some(gw.proc),
         token: Some(token),
-        requests: None,
-        warmup: true,
-        _keep: Vec::new(),
+        ..Target::gateway(gw)
     }))
 }
 
@@ -139,26 +147,13 @@ fn oauth2_memory(ctx: &Ctx<'_>) -> Result<Setup> {
 /// the Redis prefix, the authorization server.
 type Keep = Vec<Box<dyn Any>>;
 
-/// A single-request mix: the resource with `token` as bearer.
-fn bearer_mix(token: &str) -> Vec<Req> {
-    vec![Req::get(RESOURCE).header("authorization", &format!("Bearer {token}"))]
-}
-
 /// A fresh Postgres schema (migrated) and Redis prefix, with the gateway settings for both;
 /// `Err(reason)` when either is unreachable.
-fn pg_redis(tag: &str) -> Result<(Vec<(String, String)>, Keep), String> {
+fn pg_redis(tag: &str) -> Result<(Settings, Keep), String> {
     let redis = RedisPrefix::fresh(tag)?;
     let pg = PgSchema::fresh(tag)?;
     let settings = pg.settings.iter().chain(&redis.settings).cloned().collect();
     Ok((settings, vec![Box::new(pg), Box::new(redis)]))
-}
-
-fn start_with(ctx: &Ctx<'_>, name: &str, settings: &[(String, String)]) -> Result<Gateway> {
-    let extra: Vec<(&str, &str)> = settings
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    procs::start_gateway(name, ctx.env, &extra)
 }
 
 /// Target 5: `oauth2` on Postgres + Redis (near cache → Redis → Postgres), one token, warm in the
@@ -168,19 +163,11 @@ fn oauth2_pg_redis_warm(ctx: &Ctx<'_>) -> Result<Setup> {
         Ok(x) => x,
         Err(why) => return Ok(Setup::Skipped(why)),
     };
-    let gw = start_with(ctx, "portcullis oauth2 pg+redis", &settings)?;
-    let admin = Admin::new(gw.admin, gw.proxy)?;
-    admin.expose(ctx.upstream.addr)?;
-    admin.enable_oauth2()?;
-    let token = admin.client_credentials_token()?;
-    admin.wait_ready(&[("authorization".into(), format!("Bearer {token}"))])?;
+    let (gw, token) = oauth2_gateway(ctx, "portcullis oauth2 pg+redis", &settings)?;
     Ok(Setup::Ready(Target {
-        addr: gw.proxy,
-        proc: Some(gw.proc),
-        token: None,
-        requests: Some(bearer_mix(&token)),
-        warmup: true,
+        requests: Some(vec![bearer_request(&token)]),
         _keep: keep,
+        ..Target::gateway(gw)
     }))
 }
 
@@ -206,25 +193,14 @@ fn oauth2_pg_redis_cold(ctx: &Ctx<'_>) -> Result<Setup> {
     };
     let n = cold_tokens();
     let tokens = {
-        let issuer = start_with(ctx, "portcullis issuer", &settings)?;
-        let admin = Admin::new(issuer.admin, issuer.proxy)?;
-        admin.expose(ctx.upstream.addr)?;
-        admin.enable_oauth2()?;
+        let issuer = procs::start_gateway("portcullis issuer", ctx.env, &settings)?;
+        Admin::oauth2_service(&issuer, ctx.upstream.addr)?;
         progress(format_args!(
             "oauth2 pg+redis cold: issuing {n} tokens (at most 3 min)"
         ));
-        let issue = Req::form(
-            &format!("{PREFIX}/oauth2/token"),
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", CLIENT_ID),
-                ("client_secret", CLIENT_SECRET),
-            ],
-        )
-        .header("x-forwarded-proto", "https");
         let mut load = Load::new(
             issuer.proxy,
-            vec![issue],
+            vec![client_credentials_request()],
             ctx.env.connections,
             Duration::from_secs(180),
         );
@@ -242,19 +218,16 @@ fn oauth2_pg_redis_cold(ctx: &Ctx<'_>) -> Result<Setup> {
         tokens
         // The issuer stops here.
     };
-    let gw = start_with(ctx, "portcullis oauth2 pg+redis cold", &settings)?;
+    let gw = procs::start_gateway("portcullis oauth2 pg+redis cold", ctx.env, &settings)?;
     let admin = Admin::new(gw.admin, gw.proxy)?;
     // Readiness with the last token; the run starts with the first.
-    let last = tokens.last().cloned().unwrap_or_default();
-    admin.wait_ready(&[("authorization".into(), format!("Bearer {last}"))])?;
-    let requests = tokens.iter().flat_map(|t| bearer_mix(t)).collect();
+    admin.wait_ready(tokens.last().map(String::as_str))?;
+    let requests = tokens.iter().map(|t| bearer_request(t)).collect();
     Ok(Setup::Ready(Target {
-        addr: gw.proxy,
-        proc: Some(gw.proc),
-        token: None,
         requests: Some(requests),
         warmup: false,
         _keep: keep,
+        ..Target::gateway(gw)
     }))
 }
 
@@ -322,28 +295,16 @@ fn introspection_cached(ctx: &Ctx<'_>) -> Result<Setup> {
             "authorization_value": format!("Basic {basic}"),
         }}),
     )?;
-    admin.wait_ready(&[("authorization".into(), format!("Bearer {token}"))])?;
+    admin.wait_ready(Some(&token))?;
     Ok(Setup::Ready(Target {
-        addr: gw.proxy,
-        proc: Some(gw.proc),
-        token: None,
-        requests: Some(bearer_mix(&token)),
-        warmup: true,
+        requests: Some(vec![bearer_request(&token)]),
         _keep: vec![Box::new(provider)],
+        ..Target::gateway(gw)
     }))
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = common::run_role_if_asked() {
-        return code;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("proxy bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("proxy", run)
 }
 
 fn run() -> Result<()> {
@@ -382,61 +343,33 @@ fn run() -> Result<()> {
             Setup::Skipped(_) => None,
         })
         .unwrap_or_else(|| "0123456789abcdef0123456789abcdef".into());
-    let mix = vec![Req::get(RESOURCE).header("authorization", &format!("Bearer {token}"))];
+    let mix = vec![bearer_request(&token)];
 
-    let ready: Vec<usize> = (0..setups.len())
-        .filter(|i| matches!(setups[*i].1, Setup::Ready(_)))
+    let ready: Vec<RoundTarget<'_>> = setups
+        .iter()
+        .filter_map(|(name, s)| match s {
+            Setup::Ready(t) => Some(RoundTarget {
+                name,
+                addr: t.addr,
+                requests: t.requests.as_deref().unwrap_or(&mix),
+                proc: t.proc.as_ref(),
+                warmup: t.warmup,
+            }),
+            Setup::Skipped(_) => None,
+        })
         .collect();
-    let mut runs: Vec<Vec<Run>> = setups.iter().map(|_| Vec::new()).collect();
-    let per_run = env.warmup + env.seconds;
-    let total = ready.len() * env.rounds;
-    let mut done = 0;
-    let mut driver_name = "";
-    for round in 1..=env.rounds {
-        for &i in &ready {
-            let (name, Setup::Ready(t)) = &setups[i] else {
-                continue;
-            };
-            let requests = t.requests.clone().unwrap_or_else(|| mix.clone());
-            let mut load = Load::new(t.addr, requests, env.connections, env.warmup());
-            driver_name = driver::driver_for(&load, env.force_rust_driver);
-            progress(format_args!(
-                "round {round}/{}: {name} via {driver_name}, about {} left",
-                env.rounds,
-                fmt_secs((total - done) as u64 * per_run)
-            ));
-            if env.warmup > 0 && t.warmup {
-                driver::run(&load, env.force_rust_driver)?;
-            }
-            load.duration = env.duration();
-            let cpu0 = t.proc.as_ref().map(Proc::cpu_seconds);
-            let m = driver::run(&load, env.force_rust_driver)?;
-            let cpu = t
-                .proc
-                .as_ref()
-                .map(Proc::cpu_seconds)
-                .zip(cpu0)
-                .map(|(b, a)| b - a);
-            let ok = m.rps * m.elapsed;
-            let cpu_s_per_1k = cpu.filter(|_| ok > 0.0).map(|c| c / ok * 1000.0);
-            progress(format_args!(
-                "  {name}: {:.0} req/s, p99 {:.2} ms, {} errors",
-                m.rps, m.p99_ms, m.errors
-            ));
-            runs[i].push(Run {
-                round,
-                measured: m,
-                cpu_s_per_1k,
-            });
-            done += 1;
-        }
-    }
+    let (runs, driver_name) = common::measure_rounds(&env, &ready)?;
 
+    // The runs are in the order of the ready targets.
+    let mut runs = runs.into_iter();
     let rows: Vec<Row> = setups
         .iter()
-        .zip(runs)
-        .map(|((name, s), runs)| match s {
-            Setup::Ready(t) => Row::from_runs(name, runs, t.proc.as_ref().map(Proc::peak_rss_mib)),
+        .map(|(name, s)| match s {
+            Setup::Ready(t) => Row::from_runs(
+                name,
+                runs.next().unwrap_or_default(),
+                t.proc.as_ref().map(Proc::peak_rss_mib),
+            ),
             Setup::Skipped(why) => Row::skipped(name, why.clone()),
         })
         .collect();
@@ -444,25 +377,20 @@ fn run() -> Result<()> {
         "proxy: GET {RESOURCE} with a bearer token, {} connections, {} s × {} round(s) (median), driver {driver_name}, upstream {}; CPU and RSS are the proxy's",
         env.connections, env.seconds, env.rounds, upstream.kind
     );
-    report::print_table(
-        &title,
-        &rows,
-        &Refs {
-            throughput: &[("direct", "direct"), ("nginx", "nginx")],
-            p99: Some(("nginx", "nginx")),
-        },
-    );
     let settings = json!({
         "seconds": env.seconds, "rounds": env.rounds, "connections": env.connections,
         "warmup": env.warmup, "gateway_workers": env.workers, "driver": driver_name,
         "upstream": upstream.kind, "request": format!("GET {RESOURCE}, Authorization: Bearer <token>"),
     });
-    let json_path = report::write_json("proxy", settings, &rows)?;
-    let svg_path = report::write_svg("proxy", "Portcullis vs direct vs nginx", &rows)?;
-    println!(
-        "\nwritten: {} and {}",
-        json_path.display(),
-        svg_path.display()
-    );
-    Ok(())
+    report::publish(
+        "proxy",
+        &title,
+        &Refs {
+            throughput: &[("direct", "direct"), ("nginx", "nginx")],
+            p99: Some(("nginx", "nginx")),
+        },
+        "Portcullis vs direct vs nginx",
+        settings,
+        &rows,
+    )
 }

@@ -17,27 +17,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use common::admin::{token_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, RESOURCE};
+use common::admin::{bearer_request, client_credentials_request, token_of, Admin, RESOURCE};
 use common::driver::{self, Load, Req};
 use common::procs::{self, Gateway};
-use common::report::{self, Refs, Row, Run};
-use common::{fmt_secs, progress, BenchEnv};
+use common::report::{self, Refs, Row};
+use common::{fmt_secs, progress, BenchEnv, RoundTarget};
 use serde_json::json;
 
 /// Distinct tokens in the validation mix.
 const MIX_TOKENS: u64 = 1000;
 
 fn main() -> ExitCode {
-    if let Some(code) = common::run_role_if_asked() {
-        return code;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("scale bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("scale", run)
 }
 
 struct Sized {
@@ -62,28 +53,18 @@ fn seeded_gateway(
     } else {
         format!("{n} tokens")
     };
-    let gw = procs::start_gateway(
-        &format!("portcullis {name}"),
-        env,
-        &[("PORTCULLIS_DATABASE", "memory")],
-    )?;
-    let admin = Admin::new(gw.admin, gw.proxy)?;
-    admin.expose(upstream)?;
-    admin.enable_oauth2()?;
+    let gw = procs::start_gateway(&format!("portcullis {name}"), env, &[])?;
+    Admin::oauth2_service(&gw, upstream)?;
     progress(format_args!(
         "{name}: seeding through client_credentials (at most {})",
         fmt_secs(cap.as_secs())
     ));
-    let issue = Req::form(
-        &format!("{PREFIX}/oauth2/token"),
-        &[
-            ("grant_type", "client_credentials"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", CLIENT_SECRET),
-        ],
-    )
-    .header("x-forwarded-proto", "https");
-    let mut load = Load::new(gw.proxy, vec![issue], env.connections, cap);
+    let mut load = Load::new(
+        gw.proxy,
+        vec![client_credentials_request()],
+        env.connections,
+        cap,
+    );
     load.max_requests = Some(n);
     load.keep_every = Some((n / MIX_TOKENS).max(1));
     let m = driver::run_rust(&load)?;
@@ -95,7 +76,7 @@ fn seeded_gateway(
         .bodies
         .iter()
         .filter_map(|b| token_of(b))
-        .map(|t| Req::get(RESOURCE).header("authorization", &format!("Bearer {t}")))
+        .map(|t| bearer_request(&t))
         .collect();
     if mix.is_empty() {
         bail!("{name}: no token was issued");
@@ -131,41 +112,17 @@ fn run() -> Result<()> {
     for n in sizes {
         targets.push(seeded_gateway(&env, upstream.addr, n, cap)?);
     }
-    let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
-    let per_run = env.warmup + env.seconds;
-    let total = targets.len() * env.rounds;
-    let mut done = 0;
-    let mut driver_name = "";
-    for round in 1..=env.rounds {
-        for (i, t) in targets.iter().enumerate() {
-            let mut load = Load::new(t.gw.proxy, t.mix.clone(), env.connections, env.warmup());
-            driver_name = driver::driver_for(&load, env.force_rust_driver);
-            progress(format_args!(
-                "round {round}/{}: {} via {driver_name}, about {} left",
-                env.rounds,
-                t.name,
-                fmt_secs((total - done) as u64 * per_run)
-            ));
-            if env.warmup > 0 {
-                driver::run(&load, env.force_rust_driver)?;
-            }
-            load.duration = env.duration();
-            let cpu0 = t.gw.proc.cpu_seconds();
-            let m = driver::run(&load, env.force_rust_driver)?;
-            let cpu = t.gw.proc.cpu_seconds() - cpu0;
-            progress(format_args!(
-                "  {}: {:.0} req/s, p99 {:.2} ms, {} errors",
-                t.name, m.rps, m.p99_ms, m.errors
-            ));
-            let cpu_s_per_1k = (m.ok > 0).then(|| cpu / m.ok as f64 * 1000.0);
-            runs[i].push(Run {
-                round,
-                measured: m,
-                cpu_s_per_1k,
-            });
-            done += 1;
-        }
-    }
+    let round_targets: Vec<RoundTarget<'_>> = targets
+        .iter()
+        .map(|t| RoundTarget {
+            name: &t.name,
+            addr: t.gw.proxy,
+            requests: &t.mix,
+            proc: Some(&t.gw.proc),
+            warmup: true,
+        })
+        .collect();
+    let (runs, driver_name) = common::measure_rounds(&env, &round_targets)?;
     let rows: Vec<Row> = targets
         .iter()
         .zip(runs)
@@ -176,14 +133,6 @@ fn run() -> Result<()> {
         "scale: GET {RESOURCE}, each request one of ~{MIX_TOKENS} valid tokens in turn, {} connections, {} s × {} round(s) (median), driver {driver_name}; RSS includes the stored tokens",
         env.connections, env.seconds, env.rounds
     );
-    report::print_table(
-        &title,
-        &rows,
-        &Refs {
-            throughput: &[("1k", &small)],
-            p99: Some(("1k", &small)),
-        },
-    );
     let seeded: Vec<_> = targets
         .iter()
         .map(|t| json!({"target": t.name, "tokens": t.seeded, "seed_tokens_per_s": t.seed_rate, "mix_tokens": t.mix.len()}))
@@ -193,12 +142,15 @@ fn run() -> Result<()> {
         "warmup": env.warmup, "gateway_workers": env.workers, "driver": driver_name,
         "upstream": upstream.kind, "seeded": seeded,
     });
-    let json_path = report::write_json("scale", settings, &rows)?;
-    let svg_path = report::write_svg("scale", "Token validation: 1k vs many stored tokens", &rows)?;
-    println!(
-        "\nwritten: {} and {}",
-        json_path.display(),
-        svg_path.display()
-    );
-    Ok(())
+    report::publish(
+        "scale",
+        &title,
+        &Refs {
+            throughput: &[("1k", &small)],
+            p99: Some(("1k", &small)),
+        },
+        "Token validation: 1k vs many stored tokens",
+        settings,
+        &rows,
+    )
 }

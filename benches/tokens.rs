@@ -17,12 +17,14 @@ mod common;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use common::admin::{code_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, PROVISION_KEY};
+use common::admin::{
+    client_credentials_request, code_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, PROVISION_KEY,
+};
 use common::driver::{self, Load, Measured, Order, Req};
-use common::procs::{self, Gateway, Proc};
-use common::report::{self, Refs, Row, Run};
-use common::stores::PgSchema;
-use common::{fmt_secs, progress, BenchEnv};
+use common::procs::{self, Gateway};
+use common::report::{self, Refs, Row};
+use common::stores::{PgSchema, Settings};
+use common::{fmt_secs, measure, progress, BenchEnv};
 use serde_json::json;
 
 /// Most codes made per round (bounds memory and the redemption run).
@@ -30,7 +32,7 @@ const MAX_CODES: u64 = 300_000;
 
 /// `PORTCULLIS_*` settings of a gateway and the schema it needs kept (Postgres), or why it cannot
 /// be measured here.
-type StoreSettings = Result<(Vec<(String, String)>, Option<PgSchema>), String>;
+type StoreSettings = Result<(Settings, Option<PgSchema>), String>;
 
 /// The stores to measure: memory, and Postgres in a fresh schema (dropped at the end) when it is
 /// reachable.
@@ -38,18 +40,6 @@ fn stores() -> Vec<(&'static str, StoreSettings)> {
     let memory = Ok((vec![("PORTCULLIS_DATABASE".into(), "memory".into())], None));
     let postgres = PgSchema::fresh("tokens").map(|pg| (pg.settings.clone(), Some(pg)));
     vec![("memory", memory), ("postgres", postgres)]
-}
-
-fn token_request() -> Req {
-    Req::form(
-        &format!("{PREFIX}/oauth2/token"),
-        &[
-            ("grant_type", "client_credentials"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", CLIENT_SECRET),
-        ],
-    )
-    .header("x-forwarded-proto", "https")
 }
 
 fn authorize_request() -> Req {
@@ -79,29 +69,7 @@ fn redeem_request(code: &str) -> Req {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = common::run_role_if_asked() {
-        return code;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tokens bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Measures `load` against the gateway, with its CPU per 1k successful responses.
-fn measure(env: &BenchEnv, proc: &Proc, load: &Load, round: usize) -> Result<Run> {
-    let cpu0 = proc.cpu_seconds();
-    let m = driver::run(load, env.force_rust_driver)?;
-    let cpu = proc.cpu_seconds() - cpu0;
-    let cpu_s_per_1k = (m.ok > 0).then(|| cpu / m.ok as f64 * 1000.0);
-    Ok(Run {
-        round,
-        measured: m,
-        cpu_s_per_1k,
-    })
+    common::bench_main("tokens", run)
 }
 
 fn say(what: &str, m: &Measured) {
@@ -127,7 +95,7 @@ fn bench_store(env: &BenchEnv, store: &str, gw: &Gateway, rows: &mut Vec<Row>) -
         ));
         let mut load = Load::new(
             gw.proxy,
-            vec![token_request()],
+            vec![client_credentials_request()],
             env.connections,
             env.warmup(),
         );
@@ -135,7 +103,7 @@ fn bench_store(env: &BenchEnv, store: &str, gw: &Gateway, rows: &mut Vec<Row>) -
             driver::run(&load, env.force_rust_driver)?;
         }
         load.duration = env.duration();
-        let run = measure(env, &gw.proc, &load, round)?;
+        let run = measure(env, Some(&gw.proc), &load, round)?;
         say("client_credentials", &run.measured);
         cc.push(run);
 
@@ -151,7 +119,7 @@ fn bench_store(env: &BenchEnv, store: &str, gw: &Gateway, rows: &mut Vec<Row>) -
         );
         load.keep_every = Some(1);
         load.max_requests = Some(MAX_CODES);
-        let mut run = measure(env, &gw.proc, &load, round)?;
+        let mut run = measure(env, Some(&gw.proc), &load, round)?;
         say("authorize", &run.measured);
         let codes: Vec<String> = std::mem::take(&mut run.measured.bodies)
             .iter()
@@ -169,7 +137,7 @@ fn bench_store(env: &BenchEnv, store: &str, gw: &Gateway, rows: &mut Vec<Row>) -
         let requests: Vec<Req> = codes.iter().map(|c| redeem_request(c)).collect();
         let mut load = Load::new(gw.proxy, requests, env.connections, env.duration() * 3);
         load.order = Order::Once;
-        let run = measure(env, &gw.proc, &load, round)?;
+        let run = measure(env, Some(&gw.proc), &load, round)?;
         say("redemption", &run.measured);
         redeemed.push(run);
     }
@@ -202,46 +170,34 @@ fn run() -> Result<()> {
                 continue;
             }
         };
-        let extra: Vec<(&str, &str)> = settings
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         progress(format_args!("{store}: starting the gateway"));
-        let gw = match procs::start_gateway(&format!("portcullis {store}"), &env, &extra) {
+        let gw = match procs::start_gateway(&format!("portcullis {store}"), &env, &settings) {
             Ok(gw) => gw,
             Err(e) => {
                 skip(&mut rows, format!("gateway did not start: {e:#}"));
                 continue;
             }
         };
-        let admin = Admin::new(gw.admin, gw.proxy)?;
-        admin.expose(upstream.addr)?;
-        admin.enable_oauth2()?;
-        admin.client_credentials_token()?;
+        Admin::oauth2_service(&gw, upstream.addr)?.client_credentials_token()?;
         bench_store(&env, store, &gw, &mut rows)?;
     }
     let title = format!(
         "tokens: successful answers per second, {} connections, {} s × {} round(s) (median); CPU per 1k answers and RSS are the gateway's (goal with Postgres: ≥ 2,000 client_credentials tokens/s)",
         env.connections, env.seconds, env.rounds
     );
-    report::print_table(
-        &title,
-        &rows,
-        &Refs {
-            throughput: &[("cc memory", "client_credentials memory")],
-            p99: None,
-        },
-    );
     let settings = json!({
         "seconds": env.seconds, "rounds": env.rounds, "connections": env.connections,
         "warmup": env.warmup, "gateway_workers": env.workers, "max_codes_per_round": MAX_CODES,
     });
-    let json_path = report::write_json("tokens", settings, &rows)?;
-    let svg_path = report::write_svg("tokens", "Portcullis token endpoints", &rows)?;
-    println!(
-        "\nwritten: {} and {}",
-        json_path.display(),
-        svg_path.display()
-    );
-    Ok(())
+    report::publish(
+        "tokens",
+        &title,
+        &Refs {
+            throughput: &[("cc memory", "client_credentials memory")],
+            p99: None,
+        },
+        "Portcullis token endpoints",
+        settings,
+        &rows,
+    )
 }

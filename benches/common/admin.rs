@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::driver::Req;
+use super::procs::Gateway;
+
 /// Client id of the bench application.
 pub const CLIENT_ID: &str = "bench-client";
 /// Its secret.
@@ -44,6 +47,18 @@ impl Admin {
                 .enable_all()
                 .build()?,
         })
+    }
+
+    /// Client for `gw` with the bench service in front of `upstream` and the `oauth2` plugin
+    /// set up on it ([`Admin::expose`], then [`Admin::enable_oauth2`]).
+    ///
+    /// # Errors
+    /// As [`Admin::new`] and [`Admin::post`].
+    pub fn oauth2_service(gw: &Gateway, upstream: SocketAddr) -> Result<Self> {
+        let admin = Self::new(gw.admin, gw.proxy)?;
+        admin.expose(upstream)?;
+        admin.enable_oauth2()?;
+        Ok(admin)
     }
 
     /// POST JSON to the admin API; the created document.
@@ -134,18 +149,18 @@ impl Admin {
         })
     }
 
-    /// Polls `GET /api/items` with the headers until it answers 200 (the snapshot is
-    /// published), at most 10 s.
+    /// Polls `GET /api/items` (with `token` as bearer, if any) until it answers 200 (the
+    /// snapshot is published), at most 10 s.
     ///
     /// # Errors
     /// It never answered 200.
-    pub fn wait_ready(&self, headers: &[(String, String)]) -> Result<()> {
+    pub fn wait_ready(&self, token: Option<&str>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         self.rt.block_on(async {
             loop {
                 let mut rb = self.http.get(format!("{}{RESOURCE}", self.proxy));
-                for (k, v) in headers {
-                    rb = rb.header(k, v);
+                if let Some(token) = token {
+                    rb = rb.header("authorization", format!("Bearer {token}"));
                 }
                 let status = rb.send().await.map(|r| r.status().as_u16()).unwrap_or(0);
                 if status == 200 {
@@ -158,6 +173,25 @@ impl Admin {
             }
         })
     }
+}
+
+/// The load request of the validation benches: the resource with `token` as bearer.
+pub fn bearer_request(token: &str) -> Req {
+    Req::get(RESOURCE).header("authorization", &format!("Bearer {token}"))
+}
+
+/// The request that issues a token through `client_credentials` (over plain HTTP from a trusted
+/// peer, hence `X-Forwarded-Proto`), for benches that issue tokens by the thousand.
+pub fn client_credentials_request() -> Req {
+    Req::form(
+        &format!("{PREFIX}/oauth2/token"),
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+        ],
+    )
+    .header("x-forwarded-proto", "https")
 }
 
 /// `access_token` of a token endpoint answer.

@@ -14,8 +14,14 @@ pub mod procs;
 pub mod report;
 pub mod stores;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
+
+use driver::{Load, Req};
+use procs::Proc;
+use report::Run;
 
 /// Bench settings, read from `BENCH_*` variables so runs can be shortened while developing.
 #[derive(Debug, Clone)]
@@ -111,10 +117,25 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The `main` of every load bench: the process role this executable was spawned for, if any,
+/// otherwise `run`, with its error (if it fails) on one line as `<bench> bench: <error>`.
+pub fn bench_main(bench: &str, run: fn() -> anyhow::Result<()>) -> ExitCode {
+    if let Some(code) = run_role_if_asked() {
+        return code;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{bench} bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// When this bench executable was started as one of the processes under test (the gateway or
-/// the fixed-response upstream), runs that role and returns its exit code. Benches call this
-/// first thing in `main`, so a bench can spawn itself as a separate, separately measured process.
-pub fn run_role_if_asked() -> Option<std::process::ExitCode> {
+/// the fixed-response upstream), runs that role and returns its exit code. [`bench_main`] calls
+/// this first, so a bench can spawn itself as a separate, separately measured process.
+pub fn run_role_if_asked() -> Option<ExitCode> {
     let role = std::env::var("BENCH_ROLE").ok()?;
     let result = match role.as_str() {
         "gateway" => procs::serve_gateway(),
@@ -122,10 +143,90 @@ pub fn run_role_if_asked() -> Option<std::process::ExitCode> {
         other => Err(anyhow::anyhow!("unknown BENCH_ROLE {other}")),
     };
     Some(match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error ({role}): {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     })
+}
+
+/// Runs `load` once, charging the CPU that `proc` (the process under test, if any) spent on it
+/// to the successful responses.
+///
+/// # Errors
+/// The driver failed.
+pub fn measure(
+    env: &BenchEnv,
+    proc: Option<&Proc>,
+    load: &Load,
+    round: usize,
+) -> anyhow::Result<Run> {
+    let cpu_before = proc.map(Proc::cpu_seconds);
+    let m = driver::run(load, env.force_rust_driver)?;
+    let cpu = proc
+        .map(Proc::cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let cpu_s_per_1k = cpu.filter(|_| m.ok > 0).map(|c| c / m.ok as f64 * 1000.0);
+    Ok(Run {
+        round,
+        measured: m,
+        cpu_s_per_1k,
+    })
+}
+
+/// One target of [`measure_rounds`].
+pub struct RoundTarget<'a> {
+    /// Its name in the progress lines.
+    pub name: &'a str,
+    /// Where the load goes.
+    pub addr: SocketAddr,
+    /// The request mix, sent round robin.
+    pub requests: &'a [Req],
+    /// The process whose CPU is reported (the proxy); `None` for the direct upstream.
+    pub proc: Option<&'a Proc>,
+    /// Whether an unrecorded warm-up run (when `BENCH_WARMUP` > 0) precedes each measured run.
+    pub warmup: bool,
+}
+
+/// Measures every target once per round, in turn, so that a machine that drifts during the bench
+/// affects them all alike; returns each target's runs, and the driver of the last run.
+///
+/// # Errors
+/// The driver failed.
+pub fn measure_rounds(
+    env: &BenchEnv,
+    targets: &[RoundTarget<'_>],
+) -> anyhow::Result<(Vec<Vec<Run>>, &'static str)> {
+    let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    let per_run = env.warmup + env.seconds;
+    let total = targets.len() * env.rounds;
+    let mut done = 0;
+    let mut driver_name = "";
+    for round in 1..=env.rounds {
+        for (t, runs) in targets.iter().zip(&mut runs) {
+            let mut load = Load::new(t.addr, t.requests.to_vec(), env.connections, env.warmup());
+            driver_name = driver::driver_for(&load, env.force_rust_driver);
+            progress(format_args!(
+                "round {round}/{}: {} via {driver_name}, about {} left",
+                env.rounds,
+                t.name,
+                fmt_secs((total - done) as u64 * per_run)
+            ));
+            if env.warmup > 0 && t.warmup {
+                driver::run(&load, env.force_rust_driver)?;
+            }
+            load.duration = env.duration();
+            let run = measure(env, t.proc, &load, round)?;
+            let m = &run.measured;
+            progress(format_args!(
+                "  {}: {:.0} req/s, p99 {:.2} ms, {} errors",
+                t.name, m.rps, m.p99_ms, m.errors
+            ));
+            runs.push(run);
+            done += 1;
+        }
+    }
+    Ok((runs, driver_name))
 }

@@ -338,9 +338,10 @@ pub struct Gateway {
 }
 
 /// Starts the gateway as a child process configured by `PORTCULLIS_*` variables: listeners on
-/// free loopback ports, `log_level = error`, `worker_processes` from the bench settings,
-/// loopback trusted (the token endpoints are then reachable over plain HTTP with
-/// `X-Forwarded-Proto: https`), plus `extra` (e.g. `("PORTCULLIS_DATABASE", "memory")`).
+/// free loopback ports, `database = memory`, `log_level = error`, `worker_processes` from the
+/// bench settings, loopback trusted (the token endpoints are then reachable over plain HTTP with
+/// `X-Forwarded-Proto: https`), then `extra`, which may override them (e.g. the settings of a
+/// [`super::stores::PgSchema`]).
 ///
 /// The executable is `BENCH_GATEWAY_BIN` (e.g. `target/release/portcullis`, run as `serve`) when
 /// set, otherwise this bench executable in its `gateway` role: the same library code, built in
@@ -348,7 +349,7 @@ pub struct Gateway {
 ///
 /// # Errors
 /// It did not start; the message carries its log.
-pub fn start_gateway(name: &str, env: &BenchEnv, extra: &[(&str, &str)]) -> Result<Gateway> {
+pub fn start_gateway(name: &str, env: &BenchEnv, extra: &[(String, String)]) -> Result<Gateway> {
     let proxy = free_addr()?;
     let admin = free_addr()?;
     let mut cmd = match std::env::var_os("BENCH_GATEWAY_BIN") {

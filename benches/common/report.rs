@@ -222,6 +222,31 @@ pub fn write_json(bench: &str, settings: Value, rows: &[Row]) -> Result<PathBuf>
     Ok(path)
 }
 
+/// The last step of every load bench: the table (titled `table_title`, ratios per `refs`) on
+/// stdout, then `target/bench-results/<bench>.json` (with `settings`) and `<bench>.svg` (titled
+/// `chart_title`), and where they were written.
+///
+/// # Errors
+/// As [`write_json`] and [`write_svg`].
+pub fn publish(
+    bench: &str,
+    table_title: &str,
+    refs: &Refs<'_>,
+    chart_title: &str,
+    settings: Value,
+    rows: &[Row],
+) -> Result<()> {
+    print_table(table_title, rows, refs);
+    let json_path = write_json(bench, settings, rows)?;
+    let svg_path = write_svg(bench, chart_title, rows)?;
+    println!(
+        "\nwritten: {} and {}",
+        json_path.display(),
+        svg_path.display()
+    );
+    Ok(())
+}
+
 /// A latency series of the chart: name, colour, bar margin, value.
 type Series = (&'static str, RGBColor, u32, fn(&Row) -> f64);
 

@@ -160,14 +160,20 @@ async fn protected(server: &AuthServer, extra: Value) -> (TestApp, Upstream) {
 
 /// Configures `app` as [`protected`] does; the echo upstream it points at.
 async fn protect(app: &TestApp, server: &AuthServer, extra: Value) -> Upstream {
-    let upstream = spawn_upstream();
-    app.expose("svc", &format!("{}/echo", upstream.url), &["/api"])
-        .await;
-    let mut config = json!({
+    let config = json!({
         "introspection_url": server.introspection_url(),
         "authorization_value": basic("gateway", "gateway-secret"),
         "hide_credentials": false,
     });
+    expose_behind_plugin(app, config, extra).await
+}
+
+/// Exposes an echo upstream on `app`'s `/api`, behind the plugin with `config` and `extra`
+/// merged over it; the upstream.
+async fn expose_behind_plugin(app: &TestApp, mut config: Value, extra: Value) -> Upstream {
+    let upstream = spawn_upstream();
+    app.expose("svc", &format!("{}/echo", upstream.url), &["/api"])
+        .await;
     for (k, v) in extra.as_object().expect("object") {
         config[k] = v.clone();
     }
@@ -262,15 +268,7 @@ async fn revoked_token_is_refused_once_evicted_through_the_admin_api() {
         "the cached verdict stands until evicted or expired"
     );
 
-    let digest = portcullis::crypto::token_hash(&token).to_hex();
-    let (s, _) = app
-        .admin_call(
-            reqwest::Method::DELETE,
-            &format!("/oauth2-introspection/cache/{digest}"),
-            None,
-        )
-        .await;
-    assert_eq!(s, 204);
+    assert_eq!(evict(&app, &token).await, 204);
     let (s, body) = get_with_token(&app, "/api", &token).await;
     assert_eq!(s, 401, "{body}");
     assert_eq!(body["error"], "invalid_token");
@@ -540,20 +538,8 @@ async fn config_is_validated_and_authorization_value_masked() {
 /// Gateway whose plugin introspects at `url` (no oidc-provider involved).
 async fn protected_by(url: &str, extra: Value) -> (TestApp, Upstream) {
     let app = spawn_app().await;
-    let upstream = spawn_upstream();
-    app.expose("svc", &format!("{}/echo", upstream.url), &["/api"])
-        .await;
-    let mut config = json!({ "introspection_url": url, "authorization_value": "Basic eDp5" });
-    for (k, v) in extra.as_object().expect("object") {
-        config[k] = v.clone();
-    }
-    let (s, body) = app
-        .admin_post(
-            "/services/svc/plugins",
-            json!({ "name": "oauth2-introspection", "config": config }),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
+    let config = json!({ "introspection_url": url, "authorization_value": "Basic eDp5" });
+    let upstream = expose_behind_plugin(&app, config, extra).await;
     (app, upstream)
 }
 

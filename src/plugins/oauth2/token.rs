@@ -55,6 +55,19 @@ fn invalid_refresh() -> OAuthError {
     OAuthError::new("invalid_request", "Invalid refresh_token")
 }
 
+fn invalid_provision_key() -> OAuthError {
+    OAuthError::new("invalid_provision_key", "Invalid provision_key")
+}
+
+/// What a grant answers: the token reply's fields, or a refusal with Kong's status rules;
+/// `Err` only when the token store failed.
+type GrantResult = Result<Result<Map<String, Value>, Failure>, StoreError>;
+
+/// A grant's refusal, in the shape every grant returns.
+fn refuse(error: impl Into<Failure>) -> GrantResult {
+    Ok(Err(error.into()))
+}
+
 impl OAuthRuntime {
     /// Client resolution order of §5.2.
     pub(super) fn client_auth(&self, ctx: &RequestCtx, request: &Map<String, Value>) -> ClientAuth {
@@ -137,13 +150,9 @@ impl OAuthRuntime {
         }
     }
 
-    async fn token_inner(
-        &self,
-        ctx: &RequestCtx,
-        request: &Map<String, Value>,
-    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
+    async fn token_inner(&self, ctx: &RequestCtx, request: &Map<String, Value>) -> GrantResult {
         if let Err(e) = self.check_https(ctx) {
-            return Ok(Err(e.into()));
+            return refuse(e);
         }
         let grant = params::string(request, "grant_type");
         let mut error: Option<Failure> = None;
@@ -207,13 +216,19 @@ impl OAuthRuntime {
             }
         }
         if let Some(e) = error {
-            return Ok(Err(e));
+            return refuse(e);
         }
+        if grant == Some("client_credentials") {
+            return self.grant_client_credentials(ctx, request, &auth).await;
+        }
+        // The other grants were refused above unless `client_id` named a client.
+        let Some(client) = &auth.client else {
+            return refuse(invalid_client());
+        };
         match grant {
-            Some("authorization_code") => self.grant_code(ctx, request, &auth).await,
-            Some("client_credentials") => self.grant_client_credentials(ctx, request, &auth).await,
-            Some("password") => self.grant_password(ctx, request, &auth).await,
-            _ => self.grant_refresh(ctx, request, &auth).await,
+            Some("authorization_code") => self.grant_code(ctx, request, client).await,
+            Some("password") => self.grant_password(ctx, request, client).await,
+            _ => self.grant_refresh(ctx, request, client).await,
         }
     }
 
@@ -221,13 +236,10 @@ impl OAuthRuntime {
         &self,
         ctx: &RequestCtx,
         request: &Map<String, Value>,
-        auth: &ClientAuth,
-    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
-        let Some(client) = &auth.client else {
-            return Ok(Err(invalid_client().into()));
-        };
+        client: &OAuthCredential,
+    ) -> GrantResult {
         let Some(code) = params::non_blank(request, "code") else {
-            return Ok(Err(invalid_code().into()));
+            return refuse(invalid_code());
         };
         let now = crate::admin::crud::now();
         let record = match self
@@ -237,7 +249,7 @@ impl OAuthRuntime {
             .await
         {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(Err(invalid_code().into())),
+            Ok(None) => return refuse(invalid_code()),
             Err(StoreError::CodeReplayed { code_id }) => {
                 // RFC 6749 §4.1.2: a replayed code revokes the tokens issued from it.
                 let revoked = self.deps.tokens.revoke_by_code(code_id).await?;
@@ -245,7 +257,7 @@ impl OAuthRuntime {
                     revoked = revoked.len(),
                     "authorization code replayed; its tokens were revoked"
                 );
-                return Ok(Err(invalid_code().into()));
+                return refuse(invalid_code());
             }
             Err(e) => return Err(e),
         };
@@ -254,7 +266,7 @@ impl OAuthRuntime {
         let wrong_plugin =
             self.config.global_credentials && record.plugin_id.is_some_and(|p| p != self.plugin_id);
         if record.credential_id != client.id || wrong_service || wrong_plugin {
-            return Ok(Err(invalid_code().into()));
+            return refuse(invalid_code());
         }
         let pkce = self.config.pkce.as_deref().unwrap_or("lax");
         let required = record.challenge_method.is_some()
@@ -263,27 +275,24 @@ impl OAuthRuntime {
         if required {
             let verifier = match request.get("code_verifier") {
                 None | Some(Value::Null) => {
-                    return Ok(Err(OAuthError::new(
+                    return refuse(OAuthError::new(
                         "invalid_request",
                         "code_verifier is required for PKCE authorization requests",
-                    )
-                    .into()))
+                    ))
                 }
                 Some(Value::String(v)) => v.clone(),
                 Some(_) => {
-                    return Ok(Err(OAuthError::new(
+                    return refuse(OAuthError::new(
                         "invalid_request",
                         "code_verifier is not a string",
-                    )
-                    .into()))
+                    ))
                 }
             };
             if verifier.len() < 43 || verifier.len() > 128 {
-                return Ok(Err(OAuthError::new(
+                return refuse(OAuthError::new(
                     "invalid_request",
                     "code_verifier must be between 43 and 128 characters",
-                )
-                .into()));
+                ));
             }
             let expected = match record.challenge_method.as_deref() {
                 Some("plain") => verifier.clone(),
@@ -294,7 +303,7 @@ impl OAuthRuntime {
                 .as_deref()
                 .is_some_and(|c| crypto::ct_eq(c.as_bytes(), expected.as_bytes()));
             if !matches {
-                return Ok(Err(OAuthError::new("invalid_grant", "Invalid code").into()));
+                return refuse(OAuthError::new("invalid_grant", "Invalid code"));
             }
         }
         Ok(Ok(self
@@ -317,87 +326,68 @@ impl OAuthRuntime {
         ctx: &RequestCtx,
         request: &Map<String, Value>,
         auth: &ClientAuth,
-    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
+    ) -> GrantResult {
         let userid = params::string(request, "authenticated_userid").map(str::to_string);
         if userid.is_some() && !self.provision_key_ok(request) {
-            return Ok(Err(OAuthError::new(
-                "invalid_provision_key",
-                "Invalid provision_key",
-            )
-            .into()));
+            return refuse(invalid_provision_key());
         }
         let Some(client) = &auth.client else {
-            return Ok(Err(invalid_client().into()));
+            return refuse(invalid_client());
         };
-        let scope = match self.check_scope(request) {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(e.into())),
+        let grant = Grant {
+            credential: client.id,
+            userid,
+            ..Grant::default()
         };
-        Ok(Ok(self
-            .issue(
-                ctx,
-                Grant {
-                    credential: client.id,
-                    userid,
-                    scope,
-                    ..Grant::default()
-                },
-            )
-            .await?))
+        self.issue_for_requested_scope(ctx, request, grant).await
     }
 
     async fn grant_password(
         &self,
         ctx: &RequestCtx,
         request: &Map<String, Value>,
-        auth: &ClientAuth,
-    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
-        let Some(client) = &auth.client else {
-            return Ok(Err(invalid_client().into()));
-        };
+        client: &OAuthCredential,
+    ) -> GrantResult {
         if !self.provision_key_ok(request) {
-            return Ok(Err(OAuthError::new(
-                "invalid_provision_key",
-                "Invalid provision_key",
-            )
-            .into()));
+            return refuse(invalid_provision_key());
         }
         let Some(userid) = params::non_blank(request, "authenticated_userid") else {
-            return Ok(Err(OAuthError::new(
+            return refuse(OAuthError::new(
                 "invalid_authenticated_userid",
                 "Missing authenticated_userid parameter",
-            )
-            .into()));
+            ));
         };
-        let scope = match self.check_scope(request) {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(e.into())),
+        let grant = Grant {
+            credential: client.id,
+            userid: Some(userid.to_string()),
+            with_refresh: true,
+            ..Grant::default()
         };
-        Ok(Ok(self
-            .issue(
-                ctx,
-                Grant {
-                    credential: client.id,
-                    userid: Some(userid.to_string()),
-                    scope,
-                    with_refresh: true,
-                    ..Grant::default()
-                },
-            )
-            .await?))
+        self.issue_for_requested_scope(ctx, request, grant).await
+    }
+
+    /// The client_credentials and password grants' last step: the scope the request asks for is
+    /// checked (after the client and user, as Kong does), then the token is issued with it.
+    async fn issue_for_requested_scope(
+        &self,
+        ctx: &RequestCtx,
+        request: &Map<String, Value>,
+        grant: Grant,
+    ) -> GrantResult {
+        match self.check_scope(request) {
+            Ok(scope) => Ok(Ok(self.issue(ctx, Grant { scope, ..grant }).await?)),
+            Err(e) => refuse(e),
+        }
     }
 
     async fn grant_refresh(
         &self,
         ctx: &RequestCtx,
         request: &Map<String, Value>,
-        auth: &ClientAuth,
-    ) -> Result<Result<Map<String, Value>, Failure>, StoreError> {
-        let Some(client) = &auth.client else {
-            return Ok(Err(invalid_client().into()));
-        };
+        client: &OAuthCredential,
+    ) -> GrantResult {
         let Some(refresh) = params::non_blank(request, "refresh_token") else {
-            return Ok(Err(invalid_refresh().into()));
+            return refuse(invalid_refresh());
         };
         let hash = crypto::token_hash(refresh);
         let now = crate::admin::crud::now();
@@ -415,14 +405,14 @@ impl OAuthRuntime {
             {
                 self.punish_reuse(family_id, rotated_at, now).await?;
             }
-            return Ok(Err(invalid_refresh().into()));
+            return refuse(invalid_refresh());
         };
         let service = ctx.service.as_ref().map(|s| s.id);
         if !self.config.global_credentials && current.service_id != service {
-            return Ok(Err(invalid_refresh().into()));
+            return refuse(invalid_refresh());
         }
         if current.credential_id != client.id {
-            return Ok(Err(invalid_client().into()));
+            return refuse(invalid_client());
         }
         if let Some(scope) = &current.scope {
             let allowed = self.config.scopes.as_deref().unwrap_or_default();
@@ -430,9 +420,7 @@ impl OAuthRuntime {
                 .split_whitespace()
                 .any(|s| !allowed.iter().any(|a| a == s))
             {
-                return Ok(Err(
-                    OAuthError::new("invalid_scope", "Scope mismatch").into()
-                ));
+                return refuse(OAuthError::new("invalid_scope", "Scope mismatch"));
             }
         }
         let (replacement, issued) = if self.config.reuse_refresh_token {
@@ -481,9 +469,9 @@ impl OAuthRuntime {
                 rotated_at,
             } => {
                 self.punish_reuse(family_id, rotated_at, now).await?;
-                Ok(Err(invalid_refresh().into()))
+                refuse(invalid_refresh())
             }
-            RefreshOutcome::NotFound => Ok(Err(invalid_refresh().into())),
+            RefreshOutcome::NotFound => refuse(invalid_refresh()),
         }
     }
 
