@@ -62,6 +62,10 @@ pub enum AdminError {
     /// The store cannot be reached; the write was not made.
     #[error("store unavailable")]
     Unavailable,
+    /// A cache eviction took effect on this node and in Redis, but the other nodes could not be
+    /// told (the Postgres bus is down).
+    #[error("eviction not propagated")]
+    NotPropagated,
     /// A bug or corrupt data; details are logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -128,7 +132,7 @@ impl ResponseError for AdminError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::NotPropagated => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -175,6 +179,9 @@ impl ResponseError for AdminError {
             Self::Unavailable => {
                 json!({ "message": "The database is temporarily unavailable; nothing was changed" })
             }
+            Self::NotPropagated => json!({
+                "message": "Evicted on this node and in Redis, but the other nodes could not be told (the database is unavailable); their copies expire with the plugin's ttl"
+            }),
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "admin request failed");
                 json!({ "message": "An unexpected error occurred" })

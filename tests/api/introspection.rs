@@ -10,11 +10,13 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use portcullis::config::{Secret, Settings};
+use portcullis::config::{Database, Secret, Settings};
+use portcullis::startup::pg_settings;
+use portcullis_stores::postgres::{self, Migrator};
 
 use crate::helpers::{
     dead_port, eventually, spawn_app, spawn_upstream, spawn_with, status_json, test_redis_url,
-    PgSchema, TestApp, Upstream,
+    test_settings, PgSchema, PrivateCluster, TestApp, Upstream,
 };
 
 /// Serialises `npm install` between tests running in parallel.
@@ -332,6 +334,52 @@ async fn cluster_nodes_share_verdicts_through_redis_and_evict_everywhere() {
     let c = spawn_with(settings).await;
     let (s, body) = get_with_token(&c, "/api", &token).await;
     assert_eq!(s, 401, "{body}");
+}
+
+#[actix_web::test]
+async fn eviction_with_postgres_down_is_503_but_clears_this_node() {
+    let Some(cluster) = PrivateCluster::start() else {
+        eprintln!("skipped: cannot start a private Postgres cluster here (needs root and initdb)");
+        return;
+    };
+    let server = AuthServer::start().await;
+    let settings = Settings {
+        database: Database::Postgres,
+        pg_host: "127.0.0.1".into(),
+        pg_port: cluster.port,
+        pg_user: "postgres".into(),
+        pg_database: "postgres".into(),
+        pg_schema: Some("pt_evict".into()),
+        pg_timeout: 1000,
+        ..test_settings()
+    };
+    let pg = pg_settings(&settings);
+    let pool = postgres::connect(&pg).await.expect("private cluster up");
+    Migrator::new(pool, pg.schema.clone())
+        .unwrap()
+        .up()
+        .await
+        .unwrap();
+    let app = spawn_with(settings).await;
+    let _upstream = protect(&app, &server, json!({ "ttl": 300 })).await;
+    let token = server.token("gateway").await;
+    assert_eq!(get_with_token(&app, "/api", &token).await.0, 200);
+    server.revoke(&token).await;
+
+    assert!(cluster.pg_ctl("stop"), "private Postgres stops");
+    let digest = portcullis::crypto::token_hash(&token).to_hex();
+    let (s, body) = app
+        .admin_call(
+            reqwest::Method::DELETE,
+            &format!("/oauth2-introspection/cache/{digest}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 503, "the other nodes could not be told: {body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("other nodes could not be told"), "{body}");
+    let (s, body) = get_with_token(&app, "/api", &token).await;
+    assert_eq!(s, 401, "this node dropped its copy anyway: {body}");
 }
 
 #[actix_web::test]
