@@ -201,18 +201,19 @@ impl IntrospectionCache {
         F: Future<Output = Result<Verdict, IntrospectionError>>,
     {
         let redis = self.shared.redis.clone();
-        let (token, context) = (key.token, TokenHash(key.context).to_hex());
+        let (token, context) = (key.token, key.context);
         self.inner
             .try_get_with(key, async move {
-                if let Some(redis) = &redis {
-                    if let Some(verdict) = shared_get(redis, &token, &context).await {
-                        return Ok(Arc::new(verdict));
-                    }
+                // Only a miss gets here: the Redis key is spelled out then, never on a hit.
+                let Some(redis) = &redis else {
+                    return introspect.await.map(Arc::new);
+                };
+                let context = TokenHash(context).to_hex();
+                if let Some(verdict) = shared_get(redis, &token, &context).await {
+                    return Ok(Arc::new(verdict));
                 }
                 let verdict = introspect.await?;
-                if let Some(redis) = &redis {
-                    shared_put(redis, &token, &context, &verdict).await;
-                }
+                shared_put(redis, &token, &context, &verdict).await;
                 Ok(Arc::new(verdict))
             })
             .await

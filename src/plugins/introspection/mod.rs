@@ -412,39 +412,45 @@ impl IntrospectionRuntime {
 
     /// The verdict for `token`, from the cache or one introspection call.
     async fn verdict(&self, ctx: &RequestCtx, token: &str) -> Result<Arc<Verdict>, Rejection> {
-        let mut headers = self.headers.clone();
-        if self.config.introspect_request {
-            for (name, value) in [
-                ("x-request-path", ctx.req.path()),
-                ("x-request-http-method", ctx.req.method().as_str()),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(value) {
-                    headers.push((HeaderName::from_static(name), v));
+        // The call is only prepared on a miss; a cache hit costs the lookup alone.
+        let introspect = async {
+            let mut headers = self.headers.clone();
+            if self.config.introspect_request {
+                for (name, value) in [
+                    ("x-request-path", ctx.req.path()),
+                    ("x-request-http-method", ctx.req.method().as_str()),
+                ] {
+                    if let Ok(v) = HeaderValue::from_str(value) {
+                        headers.push((HeaderName::from_static(name), v));
+                    }
                 }
             }
-        }
-        let call = client::Call {
-            url: &self.config.introspection_url,
-            authorization: &self.authorization,
-            token,
-            token_type_hint: self.config.token_type_hint.as_deref(),
-            headers,
-            timeout: Duration::from_millis(self.config.timeout),
-            keepalive: Duration::from_millis(self.config.keepalive),
-        };
-        let ttl = self.config.ttl;
-        let verdict =
-            self.cache
-                .get_or_introspect(self.cache_key(ctx, token), async move {
-                    let answer = client::introspect(call).await.inspect_err(
-                        |e: &IntrospectionError| {
-                            tracing::warn!(plugin = NAME, error = %e, "token introspection failed");
-                        },
-                    )?;
-                    Ok(Verdict::new(answer.active, answer.claims, ttl, now_unix()))
-                })
+            let call = client::Call {
+                url: &self.config.introspection_url,
+                authorization: &self.authorization,
+                token,
+                token_type_hint: self.config.token_type_hint.as_deref(),
+                headers,
+                timeout: Duration::from_millis(self.config.timeout),
+                keepalive: Duration::from_millis(self.config.keepalive),
+            };
+            let answer = client::introspect(call)
                 .await
-                .map_err(Rejection::Unavailable)?;
+                .inspect_err(|e: &IntrospectionError| {
+                    tracing::warn!(plugin = NAME, error = %e, "token introspection failed");
+                })?;
+            Ok(Verdict::new(
+                answer.active,
+                answer.claims,
+                self.config.ttl,
+                now_unix(),
+            ))
+        };
+        let verdict = self
+            .cache
+            .get_or_introspect(self.cache_key(ctx, token), introspect)
+            .await
+            .map_err(Rejection::Unavailable)?;
         if verdict.active {
             Ok(verdict)
         } else {
