@@ -75,8 +75,18 @@ impl RequestCtx {
 
     /// Removes an upstream header (also a copy sent by the client).
     pub fn clear_upstream(&mut self, name: &'static str) {
-        self.upstream_headers
-            .push((HeaderName::from_static(name), None));
+        self.clear_upstream_named(HeaderName::from_static(name));
+    }
+
+    /// [`RequestCtx::clear_upstream`] for a name built at config time. Nothing is recorded when
+    /// neither the client nor an earlier plugin supplied the header: auth plugins clear a dozen
+    /// identity headers per request, and almost none are ever there.
+    pub fn clear_upstream_named(&mut self, name: HeaderName) {
+        let supplied = self.req.headers().contains_key(&name)
+            || self.upstream_headers.iter().any(|(n, _)| *n == name);
+        if supplied {
+            self.upstream_headers.push((name, None));
+        }
     }
 
     /// Query string arguments of the request.

@@ -393,7 +393,7 @@ impl IntrospectionRuntime {
             ctx.clear_upstream(header);
         }
         for (_, header) in &self.claims {
-            ctx.upstream_headers.push((header.clone(), None));
+            ctx.clear_upstream_named(header.clone());
         }
     }
 

@@ -85,7 +85,7 @@ impl OAuthRuntime {
         match found {
             Found::BearerHeader(_) => {
                 for h in &self.auth_headers {
-                    ctx.upstream_headers.push((h.clone(), None));
+                    ctx.clear_upstream_named(h.clone());
                 }
             }
             Found::Param(_) => {
