@@ -4,15 +4,13 @@
 
 use std::time::Duration;
 
-use portcullis::config::{Database, Secret, Settings};
-use portcullis::startup::pg_settings;
-use portcullis_stores::postgres::{self, Migrator};
+use portcullis::config::{Secret, Settings};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{
-    eventually, spawn_upstream, spawn_with, status_json, test_settings, PgSchema, PrivateCluster,
-    PrivateRedis, TestApp,
+    eventually, spawn_upstream, spawn_with, status_json, PgSchema, PrivateCluster, PrivateRedis,
+    TestApp,
 };
 
 /// Service + route `/api` on `upstream`, the `oauth2` plugin (client credentials), consumer `bob`
@@ -150,24 +148,8 @@ async fn postgres_down_mid_traffic_keeps_cached_tokens_and_refuses_writes_with_5
         eprintln!("skipped: redis-server is not installed");
         return;
     };
-    let base = Settings {
-        database: Database::Postgres,
-        pg_host: "127.0.0.1".into(),
-        pg_port: cluster.port,
-        pg_user: "postgres".into(),
-        pg_database: "postgres".into(),
-        pg_schema: Some("pt_faults".into()),
-        pg_timeout: 2000,
-        ..test_settings()
-    };
+    let base = cluster.migrated_settings("pt_faults", 2000).await;
     let settings = with_redis(&base, &redis, "pt-faults");
-    let pg = pg_settings(&settings);
-    let pool = postgres::connect(&pg).await.expect("private cluster up");
-    Migrator::new(pool, pg.schema.clone())
-        .unwrap()
-        .up()
-        .await
-        .unwrap();
     let upstream = spawn_upstream();
     let a = spawn_with(settings.clone()).await;
     configure(&a, &upstream.url).await;

@@ -434,6 +434,29 @@ impl PrivateCluster {
         (ok && cluster.pg_ctl("start")).then_some(cluster)
     }
 
+    /// Gateway settings on this cluster's `postgres` database in schema `schema`, migrated
+    /// (`pg_timeout` bounds every query, so an outage is noticed quickly).
+    pub async fn migrated_settings(&self, schema: &str, pg_timeout: u64) -> Settings {
+        let settings = Settings {
+            database: Database::Postgres,
+            pg_host: "127.0.0.1".into(),
+            pg_port: self.port,
+            pg_user: "postgres".into(),
+            pg_database: "postgres".into(),
+            pg_schema: Some(schema.into()),
+            pg_timeout,
+            ..test_settings()
+        };
+        let pg = pg_settings(&settings);
+        let pool = postgres::connect(&pg).await.expect("private cluster up");
+        Migrator::new(pool, pg.schema.clone())
+            .expect("schema name")
+            .up()
+            .await
+            .expect("migrations apply");
+        settings
+    }
+
     fn run(&self, tool: &str, args: &[&str]) -> bool {
         Command::new("runuser")
             .args(["-u", "postgres", "--"])

@@ -10,13 +10,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use portcullis::config::{Database, Secret, Settings};
-use portcullis::startup::pg_settings;
-use portcullis_stores::postgres::{self, Migrator};
+use portcullis::config::{Secret, Settings};
 
 use crate::helpers::{
     dead_port, eventually, spawn_app, spawn_upstream, spawn_with, status_json, test_redis_url,
-    test_settings, PgSchema, PrivateCluster, TestApp, Upstream,
+    PgSchema, PrivateCluster, TestApp, Upstream,
 };
 
 /// Serialises `npm install` between tests running in parallel.
@@ -343,23 +341,7 @@ async fn eviction_with_postgres_down_is_503_but_clears_this_node() {
         return;
     };
     let server = AuthServer::start().await;
-    let settings = Settings {
-        database: Database::Postgres,
-        pg_host: "127.0.0.1".into(),
-        pg_port: cluster.port,
-        pg_user: "postgres".into(),
-        pg_database: "postgres".into(),
-        pg_schema: Some("pt_evict".into()),
-        pg_timeout: 1000,
-        ..test_settings()
-    };
-    let pg = pg_settings(&settings);
-    let pool = postgres::connect(&pg).await.expect("private cluster up");
-    Migrator::new(pool, pg.schema.clone())
-        .unwrap()
-        .up()
-        .await
-        .unwrap();
+    let settings = cluster.migrated_settings("pt_evict", 1000).await;
     let app = spawn_with(settings).await;
     let _upstream = protect(&app, &server, json!({ "ttl": 300 })).await;
     let token = server.token("gateway").await;

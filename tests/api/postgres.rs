@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use portcullis::startup::pg_settings;
-use portcullis_stores::postgres::{self, Migrator, PgTokenStore};
+use portcullis_stores::postgres::{self, PgTokenStore};
 use portcullis_stores::{TokenHash, TokenRecord, TokenStore};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    eventually, spawn_pg_app, spawn_upstream, spawn_with, test_settings, PgSchema, PrivateCluster,
+    eventually, spawn_pg_app, spawn_upstream, spawn_with, PgSchema, PrivateCluster,
 };
 
 #[actix_web::test]
@@ -173,23 +173,7 @@ async fn postgres_outage_answers_503_keeps_proxying_and_recovers() {
         eprintln!("skipped: cannot start a private Postgres cluster here (needs root and initdb)");
         return;
     };
-    let settings = portcullis::config::Settings {
-        database: portcullis::config::Database::Postgres,
-        pg_host: "127.0.0.1".into(),
-        pg_port: cluster.port,
-        pg_user: "postgres".into(),
-        pg_database: "postgres".into(),
-        pg_schema: Some("pt_outage".into()),
-        pg_timeout: 2000,
-        ..test_settings()
-    };
-    let pg = pg_settings(&settings);
-    let pool = postgres::connect(&pg).await.expect("private cluster up");
-    Migrator::new(pool, pg.schema.clone())
-        .unwrap()
-        .up()
-        .await
-        .unwrap();
+    let settings = cluster.migrated_settings("pt_outage", 2000).await;
     let app = spawn_with(settings).await;
     let upstream = spawn_upstream();
     app.expose("up", &upstream.url, &["/up"]).await;
