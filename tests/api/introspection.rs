@@ -365,6 +365,22 @@ async fn eviction_with_postgres_down_is_503_but_clears_this_node() {
 }
 
 #[actix_web::test]
+async fn introspect_request_caches_per_path_and_method() {
+    let server = AuthServer::start().await;
+    let (app, _up) = protected(&server, json!({ "introspect_request": true })).await;
+    let token = server.token("gateway").await;
+    let calls = server.introspections().await;
+    for path in ["/api/a", "/api/a", "/api/b", "/api/b"] {
+        assert_eq!(get_with_token(&app, path, &token).await.0, 200, "{path}");
+    }
+    assert_eq!(
+        server.introspections().await,
+        calls + 2,
+        "one call per distinct path: the verdict may depend on it"
+    );
+}
+
+#[actix_web::test]
 async fn eviction_accepts_the_raw_token_too() {
     let server = AuthServer::start().await;
     let (app, _up) = protected(&server, json!({})).await;

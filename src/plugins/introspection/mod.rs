@@ -290,6 +290,11 @@ impl Plugin for IntrospectionPlugin {
             context.update(value.as_bytes());
             context.update([0]);
         }
+        let context = if config.introspect_request {
+            VerdictContext::PerRequest(context)
+        } else {
+            VerdictContext::Fixed(context.finalize().into())
+        };
         Ok(Arc::new(IntrospectionRuntime {
             config,
             authorization,
@@ -308,9 +313,18 @@ pub struct IntrospectionRuntime {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// `custom_claims_forward` with their header names.
     claims: Vec<(String, HeaderName)>,
-    /// Digest state over what the verdict depends on (completed per request).
-    context: Sha256,
+    /// What the verdict depends on besides the token.
+    context: VerdictContext,
     cache: IntrospectionCache,
+}
+
+/// The cache key's context digest: finished at config time unless `introspect_request` makes it
+/// depend on the request's path and method.
+enum VerdictContext {
+    /// Digest of the server, credentials, hint and custom headers.
+    Fixed([u8; 32]),
+    /// The same digest state, completed with the request's path and method on each request.
+    PerRequest(Sha256),
 }
 
 /// Where the token was found (for `hide_credentials`).
@@ -398,15 +412,19 @@ impl IntrospectionRuntime {
     }
 
     fn cache_key(&self, ctx: &RequestCtx, token: &str) -> CacheKey {
-        let mut context = self.context.clone();
-        if self.config.introspect_request {
-            context.update(ctx.req.path().as_bytes());
-            context.update([0]);
-            context.update(ctx.req.method().as_str().as_bytes());
-        }
+        let context = match &self.context {
+            VerdictContext::Fixed(digest) => *digest,
+            VerdictContext::PerRequest(state) => {
+                let mut state = state.clone();
+                state.update(ctx.req.path().as_bytes());
+                state.update([0]);
+                state.update(ctx.req.method().as_str().as_bytes());
+                state.finalize().into()
+            }
+        };
         CacheKey {
             token: crate::crypto::token_hash(token),
-            context: context.finalize().into(),
+            context,
         }
     }
 
