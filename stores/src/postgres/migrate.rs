@@ -120,17 +120,7 @@ impl Migrator {
     /// An unavailable database, or a migration that fails (nothing of this run is kept).
     pub async fn up(&self) -> Result<Vec<String>, StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        // Waiting for another node's run is expected: no statement timeout for this one.
-        tx.batch_execute(
-            "SET LOCAL statement_timeout = 0; SET LOCAL client_min_messages = warning",
-        )
-        .await
-        .map_err(db_error)?;
-        let key = format!("portcullis_migrations:{}", self.schema_name());
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
-            .await
-            .map_err(db_error)?;
+        let tx = self.locked_transaction(&mut client).await?;
         if let Some(schema) = &self.schema {
             // The name was validated: a plain identifier, safe to splice.
             tx.batch_execute(&format!(
@@ -173,16 +163,7 @@ impl Migrator {
     /// An unavailable database.
     pub async fn reset(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        tx.batch_execute(
-            "SET LOCAL statement_timeout = 0; SET LOCAL client_min_messages = warning",
-        )
-        .await
-        .map_err(db_error)?;
-        let key = format!("portcullis_migrations:{}", self.schema_name());
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
-            .await
-            .map_err(db_error)?;
+        let tx = self.locked_transaction(&mut client).await?;
         let sql = match &self.schema {
             Some(schema) => format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
             None => format!(
@@ -194,6 +175,25 @@ impl Migrator {
         tx.batch_execute(&sql).await.map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         Ok(())
+    }
+
+    /// A transaction holding this schema's migration lock. Waiting for another node's run is
+    /// expected, so it has no statement timeout.
+    async fn locked_transaction<'c>(
+        &self,
+        client: &'c mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'c>, StoreError> {
+        let tx = client.transaction().await.map_err(db_error)?;
+        tx.batch_execute(
+            "SET LOCAL statement_timeout = 0; SET LOCAL client_min_messages = warning",
+        )
+        .await
+        .map_err(db_error)?;
+        let key = format!("portcullis_migrations:{}", self.schema_name());
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
+            .await
+            .map_err(db_error)?;
+        Ok(tx)
     }
 
     fn schema_name(&self) -> &str {

@@ -510,36 +510,27 @@ impl TokenStore for PgTokenStore {
             tracing::debug!("another node is sweeping; skipped");
             return Ok(0);
         }
-        // Each sweep walks its expiry index and removes at most `batch` rows per table.
-        let mut removed = execute(
-            &tx,
-            "DELETE FROM oauth2_tokens WHERE id IN (SELECT id FROM oauth2_tokens \
-             WHERE expires_at < $1 ORDER BY expires_at LIMIT $2)",
-            &[&now, &batch],
-        )
-        .await?;
-        removed += execute(
-            &tx,
-            "DELETE FROM oauth2_authorization_codes WHERE id IN (SELECT id FROM \
-             oauth2_authorization_codes WHERE expires_at < $1 ORDER BY expires_at LIMIT $2)",
-            &[&now, &batch],
-        )
-        .await?;
-        removed += execute(
-            &tx,
-            "DELETE FROM oauth2_rotated_refresh_tokens WHERE refresh_token_hash IN \
-             (SELECT refresh_token_hash FROM oauth2_rotated_refresh_tokens \
-             WHERE rotated_at < $1 ORDER BY rotated_at LIMIT $2)",
-            &[&horizon, &batch],
-        )
-        .await?;
-        removed += execute(
-            &tx,
-            "DELETE FROM oauth2_used_codes WHERE code_hash IN (SELECT code_hash FROM \
-             oauth2_used_codes WHERE used_at < $1 ORDER BY used_at LIMIT $2)",
-            &[&horizon, &batch],
-        )
-        .await?;
+        // Each sweep walks its expiry index and removes at most `batch` rows per table:
+        // expired tokens and codes, and replay tombstones past their horizon.
+        let swept = [
+            ("oauth2_tokens", "id", "expires_at", now),
+            ("oauth2_authorization_codes", "id", "expires_at", now),
+            (
+                "oauth2_rotated_refresh_tokens",
+                "refresh_token_hash",
+                "rotated_at",
+                horizon,
+            ),
+            ("oauth2_used_codes", "code_hash", "used_at", horizon),
+        ];
+        let mut removed = 0;
+        for (table, key, at, bound) in swept {
+            let sql = format!(
+                "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} \
+                 WHERE {at} < $1 ORDER BY {at} LIMIT $2)"
+            );
+            removed += execute(&tx, &sql, &[&bound, &batch]).await?;
+        }
         tx.commit().await.map_err(db_error)?;
         Ok(removed)
     }
