@@ -24,6 +24,7 @@ use crate::config::{ConfigError, Database, Listen, Settings};
 use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache};
 use crate::plugins::oauth2::OAuthDeps;
 use crate::plugins::PluginRegistry;
+use crate::proxy::upstream::UpstreamClients;
 use crate::proxy::{self, ListenerScheme, ProxyState};
 use crate::router::RouterSnapshot;
 
@@ -209,42 +210,11 @@ fn bind(key: &'static str, listen: &Listen) -> Result<TcpListener, ConfigError> 
     Ok(listener)
 }
 
-/// Upstream clients of one proxy worker: verifying TLS (services with `tls_verify = true`) or not
-/// (Kong's default).
-pub struct UpstreamClients {
-    /// Default client.
-    pub plain: awc::Client,
-    /// Client that verifies upstream certificates against the web PKI roots.
-    pub verifying: awc::Client,
-}
-
 fn upstream_clients(settings: &Settings) -> UpstreamClients {
-    UpstreamClients {
-        plain: upstream_client(settings, false),
-        verifying: upstream_client(settings, true),
-    }
-}
-
-fn upstream_client(settings: &Settings, verify: bool) -> awc::Client {
-    let connector = if verify {
-        awc::Connector::new()
-    } else {
-        awc::Connector::new().rustls_0_23(crate::tls::unverified_upstream_config())
-    };
-    let connector = connector
-        // Kong's upstream_keepalive_pool_size, per worker: awc caps connections per scheme.
-        .limit(settings.upstream_keepalive_pool_size)
-        .conn_keep_alive(Duration::from_secs(
-            settings.upstream_keepalive_idle_timeout,
-        ))
-        .conn_lifetime(Duration::from_secs(3600))
-        .timeout(Duration::from_secs(60));
-    awc::ClientBuilder::new()
-        .connector(connector)
-        .disable_redirects()
-        .no_default_headers()
-        .timeout(Duration::from_secs(3600))
-        .finish()
+    UpstreamClients::new(
+        settings.upstream_keepalive_pool_size,
+        Duration::from_secs(settings.upstream_keepalive_idle_timeout),
+    )
 }
 
 impl Application {
@@ -302,7 +272,7 @@ impl Application {
                 reason: "not a header name".into(),
             })?,
             max_body: settings.max_body_bytes()?,
-            via: HeaderValue::from_static(concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"))),
+            via: HeaderValue::from_static(proxy::VIA),
         });
         for tls in [false, true] {
             let listeners: Vec<&Listen> = proxy_listen.iter().filter(|l| l.ssl == tls).collect();

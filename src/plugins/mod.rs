@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName};
 use actix_web::{HttpRequest, HttpResponse};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,8 +50,9 @@ pub struct RequestCtx {
     /// A plugin asked for the body and it exceeded `client_max_body_size`; the plugin may answer
     /// in its own format, otherwise the proxy answers 413.
     pub body_too_large: bool,
-    /// Headers to set (`Some`) or remove (`None`) on the upstream request, in order.
-    pub upstream_headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Headers to set (`Some`) or remove (`None`) on the upstream request, in order (hyper's
+    /// header types: the upstream client's).
+    pub upstream_headers: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
     /// Query parameters to strip from the upstream request (e.g. `access_token`).
     pub strip_query: Vec<&'static str>,
     /// Replacement for the buffered body (e.g. `access_token` removed from a form).
@@ -67,26 +68,48 @@ pub struct RequestCtx {
 impl RequestCtx {
     /// Sets an upstream header.
     pub fn set_upstream(&mut self, name: &'static str, value: &str) {
-        if let Ok(v) = HeaderValue::from_str(value) {
+        if let Ok(v) = http::HeaderValue::from_str(value) {
             self.upstream_headers
-                .push((HeaderName::from_static(name), Some(v)));
+                .push((http::HeaderName::from_static(name), Some(v)));
         }
     }
 
-    /// Removes an upstream header (also a copy sent by the client).
-    pub fn clear_upstream(&mut self, name: &'static str) {
-        self.clear_upstream_named(HeaderName::from_static(name));
+    /// [`RequestCtx::set_upstream`] for a name built at config time.
+    pub fn set_upstream_named(&mut self, name: &HeaderName, value: &str) {
+        if let (Ok(name), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            self.upstream_headers.push((name, Some(v)));
+        }
     }
 
-    /// [`RequestCtx::clear_upstream`] for a name built at config time. Nothing is recorded when
+    /// Removes an upstream header (also a copy sent by the client). Nothing is recorded when
     /// neither the client nor an earlier plugin supplied the header: auth plugins clear a dozen
     /// identity headers per request, and almost none are ever there.
-    pub fn clear_upstream_named(&mut self, name: HeaderName) {
-        let supplied = self.req.headers().contains_key(&name)
-            || self.upstream_headers.iter().any(|(n, _)| *n == name);
-        if supplied {
-            self.upstream_headers.push((name, None));
+    pub fn clear_upstream(&mut self, name: &'static str) {
+        if self.supplied(name) {
+            self.upstream_headers
+                .push((http::HeaderName::from_static(name), None));
         }
+    }
+
+    /// [`RequestCtx::clear_upstream`] for a name built at config time.
+    pub fn clear_upstream_named(&mut self, name: &HeaderName) {
+        if self.supplied(name.as_str()) {
+            if let Ok(name) = http::HeaderName::from_bytes(name.as_str().as_bytes()) {
+                self.upstream_headers.push((name, None));
+            }
+        }
+    }
+
+    /// Whether the client or an earlier plugin supplied this (lower-case) upstream header.
+    fn supplied(&self, name: &str) -> bool {
+        self.req.headers().contains_key(name)
+            || self
+                .upstream_headers
+                .iter()
+                .any(|(n, v)| v.is_some() && n.as_str() == name)
     }
 
     /// Query string arguments of the request.

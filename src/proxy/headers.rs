@@ -1,9 +1,13 @@
 //! Header rules of the proxy: hop-by-hop removal (RFC 9110 §7.6.1) and the `X-Forwarded-*`,
 //! `X-Real-IP` and `Via` headers, believed from the client only when it is in `trusted_ips`.
+//!
+//! The client side speaks actix's header types (`http` 0.2), the upstream request hyper's
+//! (`http` 1.x); the upstream map is written once, straight from the client's.
 
 use std::net::IpAddr;
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::HeaderMap as ClientHeaders;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -15,9 +19,9 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Whether a header only concerns one connection and must not be forwarded.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+/// Whether a header (lower-case name) only concerns one connection and must not be forwarded.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
 }
 
 /// `host:port` → `host` (IPv6 literals keep their brackets).
@@ -48,28 +52,34 @@ pub fn filtered_query(query: &str, strip: &[&str]) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
-/// Header names listed in a message's `Connection` header (hop-by-hop by declaration).
-pub fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(actix_web::http::header::CONNECTION)
-        .filter_map(|v| v.to_str().ok())
+/// Header names listed in a message's `Connection` header values (hop-by-hop by declaration).
+pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect()
 }
 
-/// Copies end-to-end request headers; drops hop-by-hop ones and those named in `Connection`.
-pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    let named = connection_tokens(from);
+/// Copies end-to-end request headers; drops hop-by-hop ones, those named in `Connection`, and
+/// `Host` (the proxy decides it).
+pub fn copy_request_headers(from: &ClientHeaders, to: &mut HeaderMap) {
+    let named = connection_tokens(
+        from.get_all(actix_web::http::header::CONNECTION)
+            .map(|v| v.as_bytes()),
+    );
     for (name, value) in from {
-        if is_hop_by_hop(name)
-            || named.iter().any(|n| n == name.as_str())
-            || name == actix_web::http::header::HOST
-        {
+        let name = name.as_str();
+        if is_hop_by_hop(name) || named.iter().any(|n| n == name) || name == "host" {
             continue;
         }
-        to.append(name.clone(), value.clone());
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            to.append(name, value);
+        }
     }
 }
 
@@ -90,68 +100,117 @@ pub struct Forwarded<'a> {
     /// Prefix removed by `strip_path`.
     pub prefix: Option<&'a str>,
     /// Our `Via` entry.
-    pub via: &'a HeaderValue,
+    pub via: &'a str,
     /// Request id.
     pub request_id: &'a str,
 }
 
-fn set(map: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(map: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        map.insert(HeaderName::from_static(name), v);
+        map.insert(name, v);
     }
 }
 
+// Built at compile time: a runtime `from_static` validates the name on every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id");
+
 /// Sets `X-Forwarded-*`, `X-Real-IP`, `Via` and the request id on the upstream request.
-pub fn add_forwarded(map: &mut HeaderMap, client: &HeaderMap, f: &Forwarded<'_>) {
-    let from_client = |name: &str| -> Option<String> {
+pub fn add_forwarded(map: &mut HeaderMap, client: &ClientHeaders, f: &Forwarded<'_>) {
+    // A trusted peer's own value, when it sent one.
+    let from_client = |name: &HeaderName| -> Option<&str> {
         if f.trusted {
-            client
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+            client.get(name.as_str()).and_then(|v| v.to_str().ok())
         } else {
             None
         }
     };
-    let ip = f.client_ip.to_string();
-    let xff = match from_client("x-forwarded-for") {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip.clone(),
-    };
-    set(map, "x-forwarded-for", &xff);
-    set(map, "x-real-ip", &ip);
-    set(
-        map,
-        "x-forwarded-proto",
-        &from_client("x-forwarded-proto").unwrap_or_else(|| f.scheme.to_string()),
-    );
-    set(
-        map,
-        "x-forwarded-host",
-        &from_client("x-forwarded-host").unwrap_or_else(|| f.host.to_string()),
-    );
-    set(
-        map,
-        "x-forwarded-port",
-        &from_client("x-forwarded-port").unwrap_or_else(|| f.port.to_string()),
-    );
-    set(
-        map,
-        "x-forwarded-path",
-        &from_client("x-forwarded-path").unwrap_or_else(|| f.path.to_string()),
-    );
-    match from_client("x-forwarded-prefix").or_else(|| f.prefix.map(str::to_string)) {
-        Some(prefix) => set(map, "x-forwarded-prefix", &prefix),
+    let ip = ip_header_value(f.client_ip);
+    match from_client(&X_FORWARDED_FOR) {
+        Some(existing) => set(
+            map,
+            X_FORWARDED_FOR,
+            &format!("{existing}, {}", ip.to_str().unwrap_or_default()),
+        ),
         None => {
-            map.remove("x-forwarded-prefix");
+            map.insert(X_FORWARDED_FOR, ip.clone());
         }
     }
-    let via = match client.get("via").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {}", f.via.to_str().unwrap_or_default()),
-        None => f.via.to_str().unwrap_or_default().to_string(),
-    };
-    set(map, "via", &via);
-    set(map, "x-portcullis-request-id", f.request_id);
+    map.insert(X_REAL_IP, ip);
+    set(
+        map,
+        X_FORWARDED_PROTO,
+        from_client(&X_FORWARDED_PROTO).unwrap_or(f.scheme),
+    );
+    set(
+        map,
+        X_FORWARDED_HOST,
+        from_client(&X_FORWARDED_HOST).unwrap_or(f.host),
+    );
+    match from_client(&X_FORWARDED_PORT) {
+        Some(port) => set(map, X_FORWARDED_PORT, port),
+        None => {
+            map.insert(X_FORWARDED_PORT, HeaderValue::from(f.port));
+        }
+    }
+    set(
+        map,
+        X_FORWARDED_PATH,
+        from_client(&X_FORWARDED_PATH).unwrap_or(f.path),
+    );
+    match from_client(&X_FORWARDED_PREFIX).or(f.prefix) {
+        Some(prefix) => set(map, X_FORWARDED_PREFIX, prefix),
+        None => {
+            map.remove(X_FORWARDED_PREFIX);
+        }
+    }
+    match client.get("via").and_then(|v| v.to_str().ok()) {
+        Some(existing) => set(map, http::header::VIA, &format!("{existing}, {}", f.via)),
+        None => {
+            if let Ok(v) = HeaderValue::from_str(f.via) {
+                map.insert(http::header::VIA, v);
+            }
+        }
+    }
+    set(map, X_REQUEST_ID, f.request_id);
+}
+
+/// The client address as a header value, without the formatting machinery for IPv4.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("0.0.0.0"))
+        }
+        IpAddr::V6(_) => {
+            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("::"))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,5 +228,20 @@ mod tests {
         );
         assert_eq!(filtered_query("access_token=x", &["access_token"]), None);
         assert_eq!(filtered_query("", &[]), None);
+    }
+
+    #[test]
+    fn client_addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.3.255",
+            "192.168.100.9",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(addr).to_str().unwrap(), addr.to_string());
+        }
     }
 }

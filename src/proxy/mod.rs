@@ -3,17 +3,17 @@
 //! log phases. No lock and no actor mailbox on this path.
 
 pub mod headers;
+pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::body::SizedStream;
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
-use awc::error::SendRequestError;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use ipnet::IpNet;
@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use crate::error::ProxyError;
 use crate::plugins::{Flow, PluginRuntime, RequestCtx};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot};
+use upstream::{UpstreamClient, UpstreamClients};
 
 /// What every proxy worker shares.
 pub struct ProxyState {
@@ -74,7 +75,7 @@ pub async fn handle(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<ProxyState>,
-    clients: web::Data<crate::startup::UpstreamClients>,
+    clients: web::Data<UpstreamClients>,
     scheme: web::Data<ListenerScheme>,
 ) -> HttpResponse {
     let started = Instant::now();
@@ -89,9 +90,7 @@ pub async fn handle(
         Err(e) => e.to_response(request_id),
     };
     if let Ok(v) = HeaderValue::from_bytes(&id.0) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static("x-portcullis-request-id"), v);
+        response.headers_mut().insert(REQUEST_ID, v);
     }
     response
 }
@@ -100,7 +99,7 @@ async fn proxy(
     req: &HttpRequest,
     payload: web::Payload,
     state: &ProxyState,
-    clients: &crate::startup::UpstreamClients,
+    clients: &UpstreamClients,
     scheme: &'static str,
     request_id: &str,
     started: Instant,
@@ -288,7 +287,7 @@ async fn forward(
     preserve_host: bool,
     host: &str,
     state: &ProxyState,
-    client: &awc::Client,
+    client: &UpstreamClient,
     scheme: &'static str,
     request_id: &str,
     started: Instant,
@@ -300,142 +299,168 @@ async fn forward(
     } else {
         "http"
     };
+    // Plain concatenation: `format!` was two of the most expensive calls per request.
+    let mut port = itoa::Buffer::new();
+    let authority = [service.host.as_str(), ":", port.format(service.port)].concat();
     let url = match &query {
-        Some(q) => format!(
-            "{upstream_scheme}://{}:{}{path}?{q}",
-            service.host, service.port
-        ),
+        Some(q) => [upstream_scheme, "://", &authority, &path, "?", q].concat(),
         // Kong passes a bare trailing `?` through unchanged.
-        None if req.uri().query() == Some("") => format!(
-            "{upstream_scheme}://{}:{}{path}?",
-            service.host, service.port
-        ),
-        None => format!(
-            "{upstream_scheme}://{}:{}{path}",
-            service.host, service.port
-        ),
+        None if req.uri().query() == Some("") => {
+            [upstream_scheme, "://", &authority, &path, "?"].concat()
+        }
+        None => [upstream_scheme, "://", &authority, &path].concat(),
     };
-    let mut upstream_headers = HeaderMap::with_capacity(req.headers().len() + 10);
-    headers::copy_request_headers(req.headers(), &mut upstream_headers);
+    let uri = http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
+    let method = http::Method::from_bytes(req.method().as_str().as_bytes())
+        .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
     let host_value = if preserve_host {
-        req.headers().get(actix_web::http::header::HOST).cloned()
+        req.headers()
+            .get(actix_web::http::header::HOST)
+            .and_then(|h| http::HeaderValue::from_bytes(h.as_bytes()).ok())
     } else {
         let default_port = matches!(
             (upstream_scheme, service.port),
             ("http", 80) | ("https", 443)
         );
         let h = if default_port {
-            service.host.clone()
+            service.host.as_str()
         } else {
-            format!("{}:{}", service.host, service.port)
+            authority.as_str()
         };
-        HeaderValue::from_str(&h).ok()
+        http::HeaderValue::from_str(h).ok()
     };
-    if let Some(h) = host_value {
-        upstream_headers.insert(actix_web::http::header::HOST, h);
-    }
-    let local_port = req.app_config().local_addr().port();
-    headers::add_forwarded(
-        &mut upstream_headers,
-        req.headers(),
-        &headers::Forwarded {
-            trusted: ctx.trusted,
-            client_ip: ctx.client_ip,
-            scheme,
-            host,
-            port: local_port,
-            path: req.uri().path(),
-            prefix: stripped,
-            via: &state.via,
-            request_id,
-        },
-    );
-    for (name, value) in ctx.upstream_headers.drain(..) {
-        match value {
-            Some(v) => {
-                upstream_headers.insert(name, v);
-            }
-            None => {
-                upstream_headers.remove(name);
-            }
-        }
-    }
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
     let streams_body = replay_body.is_none() && has_body(req);
+    let local_port = req.app_config().local_addr().port();
+    // The header map is built again for a retry (rare) rather than copied for every request.
+    let upstream_headers = |ctx: &RequestCtx| {
+        let mut map = http::HeaderMap::with_capacity(req.headers().len() + 10);
+        headers::copy_request_headers(req.headers(), &mut map);
+        if let Some(h) = &host_value {
+            map.insert(http::header::HOST, h.clone());
+        }
+        headers::add_forwarded(
+            &mut map,
+            req.headers(),
+            &headers::Forwarded {
+                trusted: ctx.trusted,
+                client_ip: ctx.client_ip,
+                scheme,
+                host,
+                port: local_port,
+                path: req.uri().path(),
+                prefix: stripped,
+                via: VIA,
+                request_id,
+            },
+        );
+        for (name, value) in &ctx.upstream_headers {
+            match value {
+                Some(v) => {
+                    map.insert(name.clone(), v.clone());
+                }
+                None => {
+                    map.remove(name);
+                }
+            }
+        }
+        if let Some(body) = &replay_body {
+            // A plugin may have rewritten the body: its length, not the client's, goes upstream.
+            map.insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(body.len()),
+            );
+        }
+        map
+    };
     let timeout =
         Duration::from_millis(service.connect_timeout.saturating_add(service.read_timeout));
-    let method = req.method().clone();
+    let no_body = req.method() == Method::HEAD;
     let mut attempts = 0u32;
     let mut payload = payload;
     let proxy_latency = started.elapsed();
     let sent_at = Instant::now();
-    // The header map moves into the request once; a frozen request is re-sent on a retry
-    // without copying any header.
-    let mut request = client
-        .request(method.clone(), url.as_str())
-        .timeout(timeout);
-    *request.headers_mut() = upstream_headers;
-    let request = request
-        .freeze()
-        .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
     let upstream = loop {
-        let result = if let Some(body) = &replay_body {
-            request.send_body(body.clone()).await
-        } else if streams_body {
-            match payload.take() {
-                Some(p) => request.send_stream(p).await,
-                None => request.send().await,
-            }
-        } else {
-            request.send().await
+        let body = match (&replay_body, payload.take()) {
+            (Some(body), _) => upstream::full(body.clone()),
+            (None, Some(p)) if streams_body => upstream::streamed(p),
+            _ => upstream::empty(),
         };
-        match result {
-            Ok(resp) => break resp,
-            Err(SendRequestError::Timeout) => return Err(ProxyError::Timeout),
-            Err(SendRequestError::Connect(e)) if attempts < service.retries && !streams_body => {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = upstream_headers(ctx);
+        match tokio::time::timeout(timeout, client.request(request)).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Ok(resp)) => break resp,
+            Ok(Err(e)) if e.is_connect() && attempts < service.retries && !streams_body => {
                 attempts += 1;
                 tracing::debug!(error = %e, attempts, "upstream connect failed; retrying");
             }
-            Err(SendRequestError::Connect(awc::error::ConnectError::Timeout)) => {
-                return Err(ProxyError::Timeout)
+            Ok(Err(e)) => {
+                let detail = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+                return Err(ProxyError::BadGateway(detail));
             }
-            Err(e) => return Err(ProxyError::BadGateway(e.to_string())),
         }
     };
     let upstream_latency = sent_at.elapsed();
-    let mut builder = HttpResponse::build(upstream.status());
-    let named = headers::connection_tokens(upstream.headers());
-    for (name, value) in upstream.headers() {
-        if !headers::is_hop_by_hop(name)
-            && name != actix_web::http::header::CONTENT_LENGTH
-            && !named.iter().any(|n| n == name.as_str())
+    let (parts, body) = upstream.into_parts();
+    let status = StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = HttpResponse::new(status);
+    let out = response.headers_mut();
+    let named = headers::connection_tokens(
+        parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    );
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        if headers::is_hop_by_hop(name)
+            || name == "content-length"
+            || named.iter().any(|n| n == name)
         {
-            builder.append_header((name.clone(), value.clone()));
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            out.append(name, value);
         }
     }
-    builder.append_header((HeaderName::from_static("via"), state.via.clone()));
-    builder.insert_header((
-        "x-portcullis-upstream-latency",
-        upstream_latency.as_millis().to_string(),
-    ));
-    builder.insert_header((
-        "x-portcullis-proxy-latency",
-        proxy_latency.as_millis().to_string(),
-    ));
-    let length = upstream
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
+    out.append(actix_web::http::header::VIA, state.via.clone());
+    out.insert(
+        UPSTREAM_LATENCY,
+        HeaderValue::from(upstream_latency.as_millis() as u64),
+    );
+    out.insert(
+        PROXY_LATENCY,
+        HeaderValue::from(proxy_latency.as_millis() as u64),
+    );
+    let length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let no_body = method == Method::HEAD || matches!(upstream.status().as_u16(), 204 | 304);
-    if no_body {
-        return Ok(builder.finish());
+    if no_body || matches!(status.as_u16(), 204 | 304) {
+        return Ok(response);
     }
+    let stream = http_body_util::BodyDataStream::new(body);
     Ok(match length {
-        Some(len) => builder.body(SizedStream::new(len, upstream)),
-        None => builder.streaming(upstream),
+        Some(len) => response.set_body(BoxBody::new(SizedStream::new(len, stream))),
+        None => response.set_body(BoxBody::new(BodyStream::new(stream))),
     })
 }
+
+const UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-portcullis-upstream-latency");
+const PROXY_LATENCY: HeaderName = HeaderName::from_static("x-portcullis-proxy-latency");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id");
+
+/// Our `Via` entry on upstream requests and client responses.
+pub const VIA: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
 
 fn has_body(req: &HttpRequest) -> bool {
     req.headers()

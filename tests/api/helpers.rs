@@ -380,6 +380,24 @@ pub fn spawn_upstream() -> Upstream {
     }
 }
 
+/// Starts the echo upstream over TLS with a freshly generated self-signed certificate.
+pub fn spawn_tls_upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let port = listener.local_addr().expect("addr").port();
+    let config = portcullis::tls::server_config("upstream", None).expect("self-signed config");
+    let server = HttpServer::new(|| App::new().default_service(web::to(echo)))
+        .workers(1)
+        .disable_signals()
+        .listen_rustls_0_23(listener, (*config).clone())
+        .expect("listen")
+        .run();
+    actix_rt::spawn(server);
+    Upstream {
+        url: format!("https://127.0.0.1:{port}"),
+        port,
+    }
+}
+
 /// A port on which nothing listens.
 pub fn dead_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");

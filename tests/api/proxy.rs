@@ -490,6 +490,37 @@ async fn upstream_down_is_502_with_request_id() {
 }
 
 #[actix_web::test]
+async fn https_upstreams_are_verified_only_when_the_service_asks() {
+    let app = spawn_app().await;
+    let up = crate::helpers::spawn_tls_upstream();
+    for (name, verify) in [("tls-default", None), ("tls-verified", Some(true))] {
+        let mut service = json!({"name": name, "url": up.url, "retries": 0});
+        if let Some(v) = verify {
+            service["tls_verify"] = json!(v);
+        }
+        let (s, body) = app.admin_post("/services", service).await;
+        assert_eq!(s, 201, "{body}");
+        let (s, body) = app
+            .admin_post(
+                &format!("/services/{name}/routes"),
+                json!({"paths": [format!("/{name}")]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    // Kong's default: a self-signed upstream is accepted, and the body and headers come through.
+    let resp = app.proxy_get("/tls-default/x?a=1").await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["uri"], "/x?a=1");
+    assert_eq!(body["headers"]["host"], format!("127.0.0.1:{}", up.port));
+    assert!(body["headers"]["x-forwarded-for"].is_string(), "{body}");
+    // `tls_verify = true`: the self-signed certificate is refused, nothing reaches the upstream.
+    let resp = app.proxy_get("/tls-verified/x").await;
+    assert_eq!(resp.status(), 502);
+}
+
+#[actix_web::test]
 async fn slow_upstream_is_504() {
     let app = spawn_app().await;
     let up = spawn_upstream();

@@ -381,10 +381,8 @@ fn now_unix() -> i64 {
     crate::admin::crud::now()
 }
 
-fn set_header(ctx: &mut RequestCtx, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        ctx.upstream_headers.push((name, Some(v)));
-    }
+fn set_header(ctx: &mut RequestCtx, name: &HeaderName, value: &str) {
+    ctx.set_upstream_named(name, value);
 }
 
 fn set_consumer(ctx: &mut RequestCtx, consumer: Arc<Consumer>) {
@@ -407,7 +405,7 @@ impl IntrospectionRuntime {
             ctx.clear_upstream(header);
         }
         for (_, header) in &self.claims {
-            ctx.clear_upstream_named(header.clone());
+            ctx.clear_upstream_named(header);
         }
     }
 
@@ -509,7 +507,7 @@ impl IntrospectionRuntime {
         }
         for (claim, header) in &self.claims {
             if let Some(value) = verdict.claims.get(claim).and_then(claim_value) {
-                set_header(ctx, header.clone(), &value);
+                set_header(ctx, header, &value);
             }
         }
         if let Some(consumer) = self.find_consumer(&ctx.snapshot, verdict) {

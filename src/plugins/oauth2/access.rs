@@ -85,7 +85,7 @@ impl OAuthRuntime {
         match found {
             Found::BearerHeader(_) => {
                 for h in &self.auth_headers {
-                    ctx.clear_upstream_named(h.clone());
+                    ctx.clear_upstream_named(h);
                 }
             }
             Found::Param(_) => {

@@ -1,0 +1,97 @@
+//! The proxy's upstream HTTP client: hyper's keep-alive pool, one per worker thread so that a
+//! pooled connection is driven by the thread that uses it. (awc, which the introspection client
+//! uses, spawns a task and arms a timer for every request it sends — a measurable cost per
+//! proxied request; this path does neither.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// Error type of request bodies sent upstream.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body of an upstream request: nothing, a buffered body, or the client's body streamed through.
+pub type UpstreamBody = BoxBody<Bytes, BodyError>;
+
+/// One pooled upstream client (HTTP and HTTPS).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Upstream clients of one proxy worker: verifying TLS (services with `tls_verify = true`) or not
+/// (Kong's default).
+pub struct UpstreamClients {
+    /// Default client.
+    pub plain: UpstreamClient,
+    /// Client that verifies upstream certificates against the web PKI roots.
+    pub verifying: UpstreamClient,
+}
+
+impl UpstreamClients {
+    /// Clients keeping at most `pool_size` idle connections per upstream for `idle` (Kong's
+    /// `upstream_keepalive_pool_size` and `upstream_keepalive_idle_timeout`).
+    pub fn new(pool_size: usize, idle: Duration) -> Self {
+        Self {
+            plain: client(crate::tls::unverified_upstream_config(), pool_size, idle),
+            verifying: client(crate::tls::verified_upstream_config(), pool_size, idle),
+        }
+    }
+}
+
+fn client(tls: Arc<rustls::ClientConfig>, pool_size: usize, idle: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    // The scheme is checked by the TLS wrapper; the plain connector must accept `https` URIs.
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    // hyper-rustls announces the ALPN protocols it speaks itself.
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols.clear();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle)
+        .pool_max_idle_per_host(pool_size)
+        .build(connector)
+}
+
+/// An empty request body.
+pub fn empty() -> UpstreamBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A buffered request body (sent again as is on a retry).
+pub fn full(body: Bytes) -> UpstreamBody {
+    Full::new(body).map_err(|never| match never {}).boxed()
+}
+
+/// The client's body streamed through as it arrives. actix's payload lives on this worker
+/// thread, the pooled client wants a `Send` body: a local task hands the chunks over.
+pub fn streamed(mut payload: web::Payload) -> UpstreamBody {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BodyError>>(8);
+    actix_rt::spawn(async move {
+        while let Some(chunk) = payload.next().await {
+            let failed = chunk.is_err();
+            let frame = chunk
+                .map(Frame::data)
+                .map_err(|e| BodyError::from(format!("client body: {e}")));
+            if tx.send(frame).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    BodyExt::boxed(StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+    })))
+}
