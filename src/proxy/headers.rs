@@ -121,18 +121,48 @@ const X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path")
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id");
 
+/// What the client sent of the headers [`add_forwarded`] extends or keeps (the first value of
+/// each), found in one pass over its headers instead of one hashed lookup per name.
+#[derive(Default)]
+struct ClientForwarded<'a> {
+    forwarded_for: Option<&'a str>,
+    proto: Option<&'a str>,
+    host: Option<&'a str>,
+    port: Option<&'a str>,
+    path: Option<&'a str>,
+    prefix: Option<&'a str>,
+    via: Option<&'a str>,
+}
+
+impl<'a> ClientForwarded<'a> {
+    /// `X-Forwarded-*` only from a trusted peer; `Via` from anyone.
+    fn scan(client: &'a ClientHeaders, trusted: bool) -> Self {
+        let mut found = Self::default();
+        for (name, value) in client {
+            let slot = match name.as_str() {
+                "via" => &mut found.via,
+                _ if !trusted => continue,
+                "x-forwarded-for" => &mut found.forwarded_for,
+                "x-forwarded-proto" => &mut found.proto,
+                "x-forwarded-host" => &mut found.host,
+                "x-forwarded-port" => &mut found.port,
+                "x-forwarded-path" => &mut found.path,
+                "x-forwarded-prefix" => &mut found.prefix,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = value.to_str().ok();
+            }
+        }
+        found
+    }
+}
+
 /// Sets `X-Forwarded-*`, `X-Real-IP`, `Via` and the request id on the upstream request.
 pub fn add_forwarded(map: &mut HeaderMap, client: &ClientHeaders, f: &Forwarded<'_>) {
-    // A trusted peer's own value, when it sent one.
-    let from_client = |name: &HeaderName| -> Option<&str> {
-        if f.trusted {
-            client.get(name.as_str()).and_then(|v| v.to_str().ok())
-        } else {
-            None
-        }
-    };
+    let sent = ClientForwarded::scan(client, f.trusted);
     let ip = ip_header_value(f.client_ip);
-    match from_client(&X_FORWARDED_FOR) {
+    match sent.forwarded_for {
         Some(existing) => set(
             map,
             X_FORWARDED_FOR,
@@ -143,40 +173,24 @@ pub fn add_forwarded(map: &mut HeaderMap, client: &ClientHeaders, f: &Forwarded<
         }
     }
     map.insert(X_REAL_IP, ip);
-    set(
-        map,
-        X_FORWARDED_PROTO,
-        from_client(&X_FORWARDED_PROTO).unwrap_or(f.scheme),
-    );
-    set(
-        map,
-        X_FORWARDED_HOST,
-        from_client(&X_FORWARDED_HOST).unwrap_or(f.host),
-    );
-    match from_client(&X_FORWARDED_PORT) {
+    set(map, X_FORWARDED_PROTO, sent.proto.unwrap_or(f.scheme));
+    set(map, X_FORWARDED_HOST, sent.host.unwrap_or(f.host));
+    match sent.port {
         Some(port) => set(map, X_FORWARDED_PORT, port),
         None => {
             map.insert(X_FORWARDED_PORT, HeaderValue::from(f.port));
         }
     }
-    set(
-        map,
-        X_FORWARDED_PATH,
-        from_client(&X_FORWARDED_PATH).unwrap_or(f.path),
-    );
-    match from_client(&X_FORWARDED_PREFIX).or(f.prefix) {
+    set(map, X_FORWARDED_PATH, sent.path.unwrap_or(f.path));
+    match sent.prefix.or(f.prefix) {
         Some(prefix) => set(map, X_FORWARDED_PREFIX, prefix),
         None => {
             map.remove(X_FORWARDED_PREFIX);
         }
     }
-    match client.get("via").and_then(|v| v.to_str().ok()) {
+    match sent.via {
         Some(existing) => set(map, http::header::VIA, &format!("{existing}, {}", f.via)),
-        None => {
-            if let Ok(v) = HeaderValue::from_str(f.via) {
-                map.insert(http::header::VIA, v);
-            }
-        }
+        None => set(map, http::header::VIA, f.via),
     }
     set(map, X_REQUEST_ID, f.request_id);
 }

@@ -240,7 +240,11 @@ impl OAuthRuntime {
 
 /// Sets `X-Consumer-*` from a consumer, removing the ones it has no value for.
 pub fn set_consumer_headers(ctx: &mut RequestCtx, consumer: &Arc<Consumer>) {
-    ctx.set_upstream("x-consumer-id", &consumer.id.to_string());
+    let mut id = uuid::Uuid::encode_buffer();
+    ctx.set_upstream(
+        "x-consumer-id",
+        consumer.id.hyphenated().encode_lower(&mut id),
+    );
     match &consumer.custom_id {
         Some(c) => ctx.set_upstream("x-consumer-custom-id", c),
         None => ctx.clear_upstream("x-consumer-custom-id"),
