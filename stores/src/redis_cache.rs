@@ -5,7 +5,10 @@
 //!
 //! The same connection also holds the `oauth2-introspection` verdicts of the cluster, keyed by
 //! `{prefix}:introspect:{token sha256 hex}:{context hex}` (opaque JSON the gateway writes), so a token
-//! introspected on one node is a hit on the others.
+//! introspected on one node is a hit on the others. An eviction also counts itself under
+//! `{prefix}:introspect-gen:{token sha256 hex}`, and a verdict is stored only if the count is the
+//! one seen when its introspection began: a call in flight during an eviction cannot put the
+//! evicted verdict back.
 //!
 //! Two safety rules while Redis is away:
 //! - after a failed command the cache is skipped for [`SKIP_AFTER_FAILURE`], so an outage costs
@@ -38,6 +41,15 @@ pub struct RedisSettings {
 
 /// How long Redis is left alone after a failed command.
 pub const SKIP_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
+/// How long Redis remembers that a token digest's verdicts were evicted: far longer than any
+/// introspection call can be in flight.
+const VERDICT_GENERATION_TTL_SECS: i64 = 86_400;
+
+/// How many times a token digest's introspection verdicts had been evicted when its cached
+/// verdict was read; a verdict is stored only if that is still the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VerdictGeneration(pub u64);
 
 /// Health shared by the clones of one cache.
 struct Health {
@@ -272,7 +284,15 @@ impl RedisTokenCache {
         format!("{}:introspect:{}:{context}", self.prefix, token.to_hex())
     }
 
-    /// A cached introspection verdict (opaque JSON) for a token digest and a context digest (hex).
+    /// The eviction count of a token digest's verdicts (outside the `introspect:*` pattern, so a
+    /// flush keeps it).
+    fn verdict_generation_key(&self, token: &TokenHash) -> String {
+        format!("{}:introspect-gen:{}", self.prefix, token.to_hex())
+    }
+
+    /// A cached introspection verdict (opaque JSON) for a token digest and a context digest
+    /// (hex), with the digest's current [`VerdictGeneration`] (pass it back to
+    /// [`RedisTokenCache::put_verdict`]).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
@@ -280,14 +300,21 @@ impl RedisTokenCache {
         &self,
         token: &TokenHash,
         context: &str,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<(Option<String>, VerdictGeneration), StoreError> {
         self.ensure_clean().await?;
         let mut conn = self.conn.clone();
-        self.bounded(conn.get(self.verdict_key(token, context)))
-            .await
+        let keys = [
+            self.verdict_key(token, context),
+            self.verdict_generation_key(token),
+        ];
+        let (verdict, generation): (Option<String>, Option<u64>) =
+            self.bounded(conn.mget(&keys)).await?;
+        Ok((verdict, VerdictGeneration(generation.unwrap_or(0))))
     }
 
-    /// Caches an introspection verdict for `ttl` (at least one millisecond).
+    /// Caches an introspection verdict for `ttl` (at least one millisecond), unless the digest
+    /// was evicted since `seen` was read: a verdict fetched before an eviction must not come back
+    /// after it. Returns whether it was stored.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
@@ -297,25 +324,59 @@ impl RedisTokenCache {
         context: &str,
         value: &str,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        seen: VerdictGeneration,
+    ) -> Result<bool, StoreError> {
+        // Compare and set in one step, on the server.
+        const PUT_IF_NOT_EVICTED: &str = "if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then \
+             return 0 end redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut conn = self.conn.clone();
-        self.bounded(conn.pset_ex::<_, _, ()>(self.verdict_key(token, context), value, ms))
-            .await
+        let stored: i64 = self
+            .bounded(
+                redis::cmd("EVAL")
+                    .arg(PUT_IF_NOT_EVICTED)
+                    .arg(2)
+                    .arg(self.verdict_key(token, context))
+                    .arg(self.verdict_generation_key(token))
+                    .arg(value)
+                    .arg(ms)
+                    .arg(seen.0)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(stored == 1)
     }
 
-    /// Drops every cached verdict of a token digest (all contexts). A failure marks the cache
-    /// dirty, like a missed token eviction: nothing in Redis is trusted again before a flush.
+    /// Drops every cached verdict of a token digest (all contexts) and counts the eviction, so
+    /// that a verdict fetched before it is not stored after it. A failure marks the cache dirty,
+    /// like a missed token eviction: nothing in Redis is trusted again before a flush.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub async fn evict_verdicts(&self, token: &TokenHash) -> Result<(), StoreError> {
-        let res = self
-            .delete_matching(&format!("{}:introspect:{}:*", self.prefix, token.to_hex()))
-            .await;
+        let res = self.count_and_delete_verdicts(token).await;
         if res.is_err() {
             self.health.dirty.store(true, Ordering::Release);
         }
         res
+    }
+
+    async fn count_and_delete_verdicts(&self, token: &TokenHash) -> Result<(), StoreError> {
+        // Counted first: a put racing the deletion below either sees the new count or is
+        // deleted by it.
+        let mut conn = self.conn.clone();
+        let generation_key = self.verdict_generation_key(token);
+        self.bounded(
+            redis::pipe()
+                .atomic()
+                .incr(&generation_key, 1)
+                .ignore()
+                .expire(&generation_key, VERDICT_GENERATION_TTL_SECS)
+                .ignore()
+                .query_async::<()>(&mut conn),
+        )
+        .await?;
+        self.delete_matching(&format!("{}:introspect:{}:*", self.prefix, token.to_hex()))
+            .await
     }
 }

@@ -56,6 +56,49 @@ fn now() -> i64 {
 }
 
 #[tokio::test]
+async fn a_verdict_fetched_across_an_eviction_is_not_stored() {
+    let prefix = format!("pt-{}", Uuid::new_v4().simple());
+    let (a, b) = (redis(&prefix).await, redis(&prefix).await);
+    let token = TokenHash([7; 32]);
+    let ttl = Duration::from_secs(60);
+
+    // Node A misses and starts introspecting; node B evicts meanwhile.
+    let (found, seen) = a.get_verdict(&token, "ctx").await.unwrap();
+    assert_eq!(found, None);
+    b.evict_verdicts(&token).await.unwrap();
+    assert!(
+        !a.put_verdict(&token, "ctx", "stale", ttl, seen)
+            .await
+            .unwrap(),
+        "the answer fetched before the eviction is refused"
+    );
+    let (found, now_seen) = a.get_verdict(&token, "ctx").await.unwrap();
+    assert_eq!(found, None, "nothing came back");
+    assert_ne!(now_seen, seen, "the eviction was counted");
+
+    // A miss that starts after the eviction is shared as usual, under every context.
+    assert!(a
+        .put_verdict(&token, "ctx", "fresh", ttl, now_seen)
+        .await
+        .unwrap());
+    assert!(a
+        .put_verdict(&token, "other", "fresh-2", ttl, now_seen)
+        .await
+        .unwrap());
+    assert_eq!(
+        b.get_verdict(&token, "ctx").await.unwrap().0.as_deref(),
+        Some("fresh")
+    );
+    b.evict_verdicts(&token).await.unwrap();
+    assert_eq!(a.get_verdict(&token, "ctx").await.unwrap().0, None);
+    assert_eq!(
+        a.get_verdict(&token, "other").await.unwrap().0,
+        None,
+        "all contexts go"
+    );
+}
+
+#[tokio::test]
 async fn tiered_store_with_redis_meets_the_contract() {
     let prefix = format!("pt-{}", Uuid::new_v4().simple());
     let store = TieredTokenStore::new(

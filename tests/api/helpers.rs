@@ -361,6 +361,16 @@ async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
 
 /// Starts the echo upstream on a free port.
 pub fn spawn_upstream() -> Upstream {
+    spawn_echo(None)
+}
+
+/// Starts the echo upstream over TLS with a freshly generated self-signed certificate.
+pub fn spawn_tls_upstream() -> Upstream {
+    let config = portcullis::tls::server_config("upstream", None).expect("self-signed config");
+    spawn_echo(Some((*config).clone()))
+}
+
+fn spawn_echo(tls: Option<rustls::ServerConfig>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let port = listener.local_addr().expect("addr").port();
     let server = HttpServer::new(|| {
@@ -369,31 +379,14 @@ pub fn spawn_upstream() -> Upstream {
             .default_service(web::to(echo))
     })
     .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .expect("listen")
-    .run();
-    actix_rt::spawn(server);
+    .disable_signals();
+    let (server, scheme) = match tls {
+        Some(config) => (server.listen_rustls_0_23(listener, config), "https"),
+        None => (server.listen(listener), "http"),
+    };
+    actix_rt::spawn(server.expect("listen").run());
     Upstream {
-        url: format!("http://127.0.0.1:{port}"),
-        port,
-    }
-}
-
-/// Starts the echo upstream over TLS with a freshly generated self-signed certificate.
-pub fn spawn_tls_upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-    let port = listener.local_addr().expect("addr").port();
-    let config = portcullis::tls::server_config("upstream", None).expect("self-signed config");
-    let server = HttpServer::new(|| App::new().default_service(web::to(echo)))
-        .workers(1)
-        .disable_signals()
-        .listen_rustls_0_23(listener, (*config).clone())
-        .expect("listen")
-        .run();
-    actix_rt::spawn(server);
-    Upstream {
-        url: format!("https://127.0.0.1:{port}"),
+        url: format!("{scheme}://127.0.0.1:{port}"),
         port,
     }
 }

@@ -618,3 +618,76 @@ async fn a_server_slower_than_timeout_is_503() {
     );
     drop(silent);
 }
+
+/// An authorization server whose answer and speed a test controls: the one way to hold an
+/// introspection call in flight while an eviction is made.
+struct ScriptedServer {
+    active: std::sync::atomic::AtomicBool,
+    delay_ms: std::sync::atomic::AtomicU64,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+async fn scripted_introspect(
+    state: actix_web::web::Data<ScriptedServer>,
+) -> actix_web::HttpResponse {
+    use std::sync::atomic::Ordering;
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    // The verdict as of the moment the call arrives, delivered after the delay.
+    let active = state.active.load(Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    actix_rt::time::sleep(Duration::from_millis(delay)).await;
+    actix_web::HttpResponse::Ok().json(json!({ "active": active, "sub": "scripted-user" }))
+}
+
+fn spawn_scripted_server(state: actix_web::web::Data<ScriptedServer>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(state.clone())
+            .default_service(actix_web::web::to(scripted_introspect))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    format!("http://127.0.0.1:{port}/introspect")
+}
+
+#[actix_web::test]
+async fn an_answer_in_flight_during_an_eviction_is_not_cached() {
+    use std::sync::atomic::Ordering;
+    let state = actix_web::web::Data::new(ScriptedServer {
+        active: true.into(),
+        delay_ms: 800.into(),
+        calls: 0.into(),
+    });
+    let url = spawn_scripted_server(state.clone());
+    let (app, _up) = protected_by(&url, json!({ "ttl": 60 })).await;
+
+    // The first request waits on a slow "active" answer; the token is revoked at the server
+    // and evicted through the admin API while that answer is on its way.
+    let in_flight = get_with_token(&app, "/api", "revoked-in-flight");
+    let revoke = async {
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+        state.active.store(false, Ordering::SeqCst);
+        state.delay_ms.store(0, Ordering::SeqCst);
+        evict(&app, "revoked-in-flight").await
+    };
+    let ((first, body), evicted) = futures_util::future::join(in_flight, revoke).await;
+    assert_eq!(evicted, 204);
+    assert_eq!(first, 200, "it began before the eviction: {body}");
+
+    let (second, body) = get_with_token(&app, "/api", "revoked-in-flight").await;
+    assert_eq!(
+        second, 401,
+        "the answer fetched across the eviction was cached: {body}"
+    );
+    assert_eq!(
+        state.calls.load(Ordering::SeqCst),
+        2,
+        "asked the server again"
+    );
+}

@@ -19,8 +19,12 @@
 //!   from Redis and announces the digest on the Postgres bus; every node's cluster sync actor then
 //!   calls [`IntrospectionCache::evict`] on its own L1 — the same path, and the same sub-second
 //!   delivery, as an `oauth2` token revocation.
+//! - An answer still in flight when an eviction is made is not cached: it serves the requests that
+//!   were waiting for it (they began before the eviction) and nothing after. On this node a count
+//!   of evictions tells; in Redis the digest's eviction count, compared and set on the server.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +32,7 @@ use moka::future::Cache;
 use moka::Expiry;
 use portcullis_stores::postgres::listen::announce_verdict_eviction;
 use portcullis_stores::postgres::Pool;
-use portcullis_stores::redis_cache::RedisTokenCache;
+use portcullis_stores::redis_cache::{RedisTokenCache, VerdictGeneration};
 use portcullis_stores::{StoreError, TokenHash};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -162,6 +166,17 @@ pub struct SharedTier {
 pub struct IntrospectionCache {
     inner: Cache<CacheKey, Arc<Verdict>>,
     shared: SharedTier,
+    /// Evictions made on this node so far (an answer fetched across one is not cached).
+    evictions: Arc<AtomicU64>,
+}
+
+/// Why a miss left nothing in the cache.
+enum Miss {
+    /// The call failed: shared with the waiting requests, never cached.
+    Failed(Arc<IntrospectionError>),
+    /// An eviction was made while the call was in flight: the answer serves the requests that
+    /// were waiting for it and is not cached.
+    Superseded(Arc<Verdict>),
 }
 
 impl Default for IntrospectionCache {
@@ -184,6 +199,7 @@ impl IntrospectionCache {
                 .expire_after(PerEntry)
                 .build(),
             shared,
+            evictions: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -200,23 +216,42 @@ impl IntrospectionCache {
     where
         F: Future<Output = Result<Verdict, IntrospectionError>>,
     {
-        let redis = self.shared.redis.clone();
+        let redis = self.shared.redis.as_ref();
         let (token, context) = (key.token, key.context);
-        self.inner
+        let evictions = &self.evictions;
+        let started = evictions.load(Ordering::Acquire);
+        let fetched = self
+            .inner
             .try_get_with(key, async move {
+                let outcome = |verdict: Verdict| {
+                    let verdict = Arc::new(verdict);
+                    if evictions.load(Ordering::Acquire) == started {
+                        Ok(verdict)
+                    } else {
+                        Err(Miss::Superseded(verdict))
+                    }
+                };
                 // Only a miss gets here: the Redis key is spelled out then, never on a hit.
-                let Some(redis) = &redis else {
-                    return introspect.await.map(Arc::new);
+                let Some(redis) = redis else {
+                    let verdict = introspect.await.map_err(|e| Miss::Failed(Arc::new(e)))?;
+                    return outcome(verdict);
                 };
                 let context = TokenHash(context).to_hex();
-                if let Some(verdict) = shared_get(redis, &token, &context).await {
-                    return Ok(Arc::new(verdict));
+                let (shared, generation) = shared_get(redis, &token, &context).await;
+                if let Some(verdict) = shared {
+                    return outcome(verdict);
                 }
-                let verdict = introspect.await?;
-                shared_put(redis, &token, &context, &verdict).await;
-                Ok(Arc::new(verdict))
+                let verdict = introspect.await.map_err(|e| Miss::Failed(Arc::new(e)))?;
+                if let Some(generation) = generation {
+                    shared_put(redis, &token, &context, &verdict, generation).await;
+                }
+                outcome(verdict)
             })
-            .await
+            .await;
+        fetched.or_else(|miss| match &*miss {
+            Miss::Superseded(verdict) => Ok(verdict.clone()),
+            Miss::Failed(e) => Err(e.clone()),
+        })
     }
 
     /// Drops this token's verdicts on this node, in Redis, and (through the Postgres bus) on every
@@ -241,12 +276,15 @@ impl IntrospectionCache {
 
     /// Empties this node's L1 (the cluster listener reconnected: evictions may have been missed).
     pub fn clear_local(&self) {
+        self.evictions.fetch_add(1, Ordering::AcqRel);
         self.inner.invalidate_all();
     }
 
     /// Drops every verdict for this token digest on this node (all instances); returns how many
     /// were dropped.
     pub async fn evict(&self, token: &TokenHash) -> usize {
+        // Counted first: a call in flight now must not cache what it brings back.
+        self.evictions.fetch_add(1, Ordering::AcqRel);
         let keys: Vec<Arc<CacheKey>> = self
             .inner
             .iter()
@@ -260,22 +298,35 @@ impl IntrospectionCache {
     }
 }
 
-/// The verdict Redis holds for this key, if any is left; a Redis failure is a miss.
-async fn shared_get(redis: &RedisTokenCache, token: &TokenHash, context: &str) -> Option<Verdict> {
-    let raw = match redis.get_verdict(token, context).await {
-        Ok(raw) => raw?,
+/// The verdict Redis holds for this key, if any is left, and the digest's eviction count (`None`:
+/// Redis failed, which is a miss and no put).
+async fn shared_get(
+    redis: &RedisTokenCache,
+    token: &TokenHash,
+    context: &str,
+) -> (Option<Verdict>, Option<VerdictGeneration>) {
+    let (raw, generation) = match redis.get_verdict(token, context).await {
+        Ok(found) => found,
         Err(e) => {
             tracing::debug!(error = %e, "oauth2-introspection: shared cache skipped");
-            return None;
+            return (None, None);
         }
     };
-    serde_json::from_str::<SharedVerdict>(&raw)
-        .ok()?
-        .into_verdict(unix_ms())
+    let verdict = raw
+        .and_then(|raw| serde_json::from_str::<SharedVerdict>(&raw).ok())
+        .and_then(|shared| shared.into_verdict(unix_ms()));
+    (verdict, Some(generation))
 }
 
-/// Shares a fresh verdict with the other nodes; a Redis failure only costs them a call.
-async fn shared_put(redis: &RedisTokenCache, token: &TokenHash, context: &str, verdict: &Verdict) {
+/// Shares a fresh verdict with the other nodes, unless the digest was evicted since `generation`
+/// was read; a Redis failure only costs them a call.
+async fn shared_put(
+    redis: &RedisTokenCache,
+    token: &TokenHash,
+    context: &str,
+    verdict: &Verdict,
+    generation: VerdictGeneration,
+) {
     let ttl = match verdict.cache_for {
         Some(d) if d.is_zero() => return,
         Some(d) => d,
@@ -284,8 +335,15 @@ async fn shared_put(redis: &RedisTokenCache, token: &TokenHash, context: &str, v
     let Ok(value) = serde_json::to_string(&SharedVerdict::of(verdict, unix_ms())) else {
         return;
     };
-    if let Err(e) = redis.put_verdict(token, context, &value, ttl).await {
-        tracing::debug!(error = %e, "oauth2-introspection: verdict not shared");
+    match redis
+        .put_verdict(token, context, &value, ttl, generation)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!("oauth2-introspection: verdict evicted while in flight; not shared")
+        }
+        Err(e) => tracing::debug!(error = %e, "oauth2-introspection: verdict not shared"),
     }
 }
 
