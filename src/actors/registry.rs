@@ -42,6 +42,16 @@ pub struct WriteOutcome {
     pub changes: Vec<Change>,
 }
 
+impl WriteOutcome {
+    /// A row inserted or replaced: answered with it, and mirrored.
+    pub fn upserted(entity: &'static str, stored: Document) -> Self {
+        Self {
+            document: Some(stored.clone()),
+            changes: vec![Change::Upsert(entity, stored)],
+        }
+    }
+}
+
 /// Stores a write may use.
 #[derive(Clone)]
 pub struct WriteCtx {

@@ -344,17 +344,15 @@ pub async fn create(
         resolve_foreign_names(ctx.store.as_ref(), kind, &mut input).await?;
         let doc = build_doc(kind, &plugins, input, coerce, None)?;
         let stored = ctx.store.insert(kind.def, doc).await?;
-        Ok(WriteOutcome {
-            document: Some(stored.clone()),
-            changes: vec![Change::Upsert(kind.def.name, stored)],
-        })
+        Ok(WriteOutcome::upserted(kind.def.name, stored))
     })
     .await?;
-    Ok(HttpResponse::Created().json(render(
-        &state.plugins,
-        kind,
-        outcome.document.unwrap_or_default(),
-    )))
+    Ok(HttpResponse::Created().json(rendered(state, kind, outcome)))
+}
+
+/// The admin API's view of the row a write stored.
+fn rendered(state: &AdminState, kind: &'static EntityKind, outcome: WriteOutcome) -> Value {
+    render(&state.plugins, kind, outcome.document.unwrap_or_default())
 }
 
 /// `GET /E/{key}` (optionally checking it belongs to a parent).
@@ -416,17 +414,10 @@ pub async fn upsert(
             Some(_) => ctx.store.update(kind.def, doc).await?,
             None => ctx.store.insert(kind.def, doc).await?,
         };
-        Ok(WriteOutcome {
-            document: Some(stored.clone()),
-            changes: vec![Change::Upsert(kind.def.name, stored)],
-        })
+        Ok(WriteOutcome::upserted(kind.def.name, stored))
     })
     .await?;
-    Ok(HttpResponse::Ok().json(render(
-        &state.plugins,
-        kind,
-        outcome.document.unwrap_or_default(),
-    )))
+    Ok(HttpResponse::Ok().json(rendered(state, kind, outcome)))
 }
 
 /// `PATCH /E/{key}`: merge into the existing row.
@@ -464,17 +455,10 @@ pub async fn patch(
         schema::merge_patch(kind.schema, &mut merged, input);
         let doc = build_doc(kind, &plugins, merged, coerce, Some(&existing))?;
         let stored = ctx.store.update(kind.def, doc).await?;
-        Ok(WriteOutcome {
-            document: Some(stored.clone()),
-            changes: vec![Change::Upsert(kind.def.name, stored)],
-        })
+        Ok(WriteOutcome::upserted(kind.def.name, stored))
     })
     .await?;
-    Ok(HttpResponse::Ok().json(render(
-        &state.plugins,
-        kind,
-        outcome.document.unwrap_or_default(),
-    )))
+    Ok(HttpResponse::Ok().json(rendered(state, kind, outcome)))
 }
 
 /// `DELETE /E/{key}`: 204 also when nothing existed (top level); cascades and restricts.

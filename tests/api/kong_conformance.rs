@@ -1722,41 +1722,17 @@ async fn c085_token_code_challenge_with_plus_or_slash(store: Store) {
 }
 
 async fn c086_token_code_verifier_longer_than_128(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let code = public_code(&k, O, &challenge(&verifier())).await;
-    let r = k
-        .post(
-            O,
-            "/oauth2/token",
-            public_exchange(&code, json!({"code_verifier": "a".repeat(180)})),
-        )
-        .await;
+    let r = redeem_public_code(store, json!({"code_verifier": "a".repeat(180)})).await;
     r.is(400, verifier_length());
 }
 
 async fn c087_token_code_verifier_shorter_than_43(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let code = public_code(&k, O, &challenge(&verifier())).await;
-    let r = k
-        .post(
-            O,
-            "/oauth2/token",
-            public_exchange(&code, json!({"code_verifier": "abc123"})),
-        )
-        .await;
+    let r = redeem_public_code(store, json!({"code_verifier": "abc123"})).await;
     r.is(400, verifier_length());
 }
 
 async fn c088_token_code_verifier_missing(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let code = public_code(&k, O, &challenge(&verifier())).await;
-    let r = k
-        .post(
-            O,
-            "/oauth2/token",
-            public_exchange(&code, json!({"code_verifier": null})),
-        )
-        .await;
+    let r = redeem_public_code(store, json!({"code_verifier": null})).await;
     r.is(400, verifier_required());
 }
 
@@ -1773,28 +1749,12 @@ async fn c089_token_secret_mismatch_for_non_authorization_code_grant(store: Stor
 }
 
 async fn c090_token_code_verifier_empty(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let code = public_code(&k, O, &challenge(&verifier())).await;
-    let r = k
-        .post(
-            O,
-            "/oauth2/token",
-            public_exchange(&code, json!({"code_verifier": ""})),
-        )
-        .await;
+    let r = redeem_public_code(store, json!({"code_verifier": ""})).await;
     r.is(400, verifier_length());
 }
 
 async fn c091_token_code_verifier_not_a_string(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let code = public_code(&k, O, &challenge(&verifier())).await;
-    let r = k
-        .post(
-            O,
-            "/oauth2/token",
-            public_exchange(&code, json!({"code_verifier": 12})),
-        )
-        .await;
+    let r = redeem_public_code(store, json!({"code_verifier": 12})).await;
     r.is(400, err("invalid_request", "code_verifier is not a string"));
 }
 
@@ -2001,6 +1961,15 @@ async fn c108_request_empty_custom_header(store: Store) {
 }
 
 /// Cases 109–110: a refresh token of one global plugin used at another.
+/// A public client's PKCE code (S256 challenge of [`verifier`]) redeemed with these token-request
+/// fields.
+async fn redeem_public_code(store: Store, token_extra: Value) -> Resp {
+    let k = Kong::start(store, &[O]).await;
+    let code = public_code(&k, O, &challenge(&verifier())).await;
+    k.post(O, "/oauth2/token", public_exchange(&code, token_extra))
+        .await
+}
+
 async fn refresh_across(store: Store, from: &str, to: &str, scope: &str) -> Resp {
     let k = Kong::start(store, &[from, to]).await;
     let t = k

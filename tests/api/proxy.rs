@@ -477,16 +477,24 @@ async fn upstream_down_is_502_with_request_id() {
     app.admin_post("/services/down/routes", json!({"paths": ["/down"]}))
         .await;
     let resp = app.proxy_get("/down").await;
-    assert_eq!(resp.status(), 502);
+    assert_gateway_error(
+        resp,
+        502,
+        "An invalid response was received from the upstream server",
+    )
+    .await;
+}
+
+/// A gateway-written error: its status, and Kong's `{"message", "request_id"}` body carrying the
+/// response's own request id.
+async fn assert_gateway_error(resp: reqwest::Response, status: u16, message: &str) {
+    assert_eq!(resp.status(), status);
     let id = resp.headers()["x-portcullis-request-id"]
         .to_str()
         .unwrap()
         .to_string();
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        body,
-        json!({"message": "An invalid response was received from the upstream server", "request_id": id})
-    );
+    assert_eq!(body, json!({"message": message, "request_id": id}));
 }
 
 #[actix_web::test]
@@ -537,16 +545,7 @@ async fn slow_upstream_is_504() {
     )
     .await;
     let resp = app.proxy_get("/slow/5000").await;
-    assert_eq!(resp.status(), 504);
-    let id = resp.headers()["x-portcullis-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        body,
-        json!({"message": "The upstream server is timing out", "request_id": id})
-    );
+    assert_gateway_error(resp, 504, "The upstream server is timing out").await;
 }
 
 #[actix_web::test]
