@@ -608,15 +608,29 @@ pub async fn token_store_lifecycle(store: &dyn TokenStore) {
         "deleting nothing is fine"
     );
 
-    // The sweep removes expired rows only.
+    // The sweep removes expired rows only (a row expiring at `now` is still live).
     let mut old = token(140, None, Uuid::new_v4(), now);
     old.expires_at = Some(now - 1);
-    store.insert_token(old).await.unwrap();
+    store.insert_token(old.clone()).await.unwrap();
     let keep = token(141, None, Uuid::new_v4(), now);
     store.insert_token(keep.clone()).await.unwrap();
+    let mut last_second = token(142, None, Uuid::new_v4(), now);
+    last_second.expires_at = Some(now);
+    store.insert_token(last_second.clone()).await.unwrap();
+    let earlier = now - 10;
+    assert!(store.token_by_id(old.id, earlier).await.unwrap().is_some());
     let purged = store.purge_expired(now, 100).await.unwrap();
     assert!(purged >= 1, "expired token purged");
+    assert_eq!(
+        store.token_by_id(old.id, earlier).await.unwrap(),
+        None,
+        "the expired row is gone, not only hidden"
+    );
     assert_eq!(store.token_by_id(keep.id, now).await.unwrap(), Some(keep));
+    assert_eq!(
+        store.token_by_id(last_second.id, now).await.unwrap(),
+        Some(last_second)
+    );
 }
 
 /// N concurrent takes of one code: exactly one gets it, the others see nothing or a replay.
