@@ -20,7 +20,7 @@ use ipnet::IpNet;
 
 use crate::error::ProxyError;
 use crate::plugins::{Flow, PluginRuntime, RequestCtx};
-use crate::router::{upstream_path, MatchInput, RouterSnapshot};
+use crate::router::{upstream_path, MatchInput, RouterSnapshot, UpstreamOrigin};
 use upstream::{UpstreamClient, UpstreamClients};
 
 /// What every proxy worker shares.
@@ -176,9 +176,10 @@ async fn proxy(
         .insert_header(("Location", location))
         .finish());
     }
-    let service = entry.service.clone().ok_or(ProxyError::Unavailable(
-        "no Service found with those values",
-    ))?;
+    let no_service = ProxyError::Unavailable("no Service found with those values");
+    let (Some(service), Some(origin)) = (entry.service.clone(), entry.origin.as_deref()) else {
+        return Err(no_service);
+    };
     if !service.enabled {
         return Err(ProxyError::NoRoute);
     }
@@ -238,6 +239,7 @@ async fn proxy(
                 payload,
                 &mut ctx,
                 &service,
+                origin,
                 matched.stripped.as_deref(),
                 entry.route.route.preserve_host,
                 &host,
@@ -283,6 +285,7 @@ async fn forward(
     payload: Option<web::Payload>,
     ctx: &mut RequestCtx,
     service: &crate::entities::Service,
+    origin: &UpstreamOrigin,
     stripped: Option<&str>,
     preserve_host: bool,
     host: &str,
@@ -294,21 +297,11 @@ async fn forward(
 ) -> Result<HttpResponse, ProxyError> {
     let path = upstream_path(service.path.as_deref(), stripped, req.uri().path());
     let query = headers::filtered_query(req.query_string(), &ctx.strip_query);
-    let upstream_scheme = if service.protocol == "https" || service.protocol == "grpcs" {
-        "https"
-    } else {
-        "http"
-    };
-    // Plain concatenation: `format!` was two of the most expensive calls per request.
-    let mut port = itoa::Buffer::new();
-    let authority = [service.host.as_str(), ":", port.format(service.port)].concat();
     let url = match &query {
-        Some(q) => [upstream_scheme, "://", &authority, &path, "?", q].concat(),
+        Some(q) => [origin.base.as_str(), &path, "?", q].concat(),
         // Kong passes a bare trailing `?` through unchanged.
-        None if req.uri().query() == Some("") => {
-            [upstream_scheme, "://", &authority, &path, "?"].concat()
-        }
-        None => [upstream_scheme, "://", &authority, &path].concat(),
+        None if req.uri().query() == Some("") => [origin.base.as_str(), &path, "?"].concat(),
+        None => [origin.base.as_str(), &path].concat(),
     };
     let uri = http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
     let method = http::Method::from_bytes(req.method().as_str().as_bytes())
@@ -318,16 +311,7 @@ async fn forward(
             .get(actix_web::http::header::HOST)
             .and_then(|h| http::HeaderValue::from_bytes(h.as_bytes()).ok())
     } else {
-        let default_port = matches!(
-            (upstream_scheme, service.port),
-            ("http", 80) | ("https", 443)
-        );
-        let h = if default_port {
-            service.host.as_str()
-        } else {
-            authority.as_str()
-        };
-        http::HeaderValue::from_str(h).ok()
+        origin.host.clone()
     };
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
     let streams_body = replay_body.is_none() && has_body(req);

@@ -184,6 +184,8 @@ pub struct RouteEntry {
     path: Option<PathPattern>,
     /// Its service, resolved at compile time.
     pub service: Option<Arc<Service>>,
+    /// Where that service's requests go, spelled out at compile time.
+    pub origin: Option<Arc<UpstreamOrigin>>,
     /// Its plugin chain.
     pub chain: Arc<PluginChain>,
     priority: (usize, bool, usize, bool, i64, usize, std::cmp::Reverse<i64>),
@@ -280,15 +282,54 @@ pub struct SnapshotParts<'a> {
     pub version: u64,
 }
 
+/// A service's upstream origin as the proxy sends it: computed once per snapshot instead of being
+/// formatted for every request.
+pub struct UpstreamOrigin {
+    /// `http://host:port` or `https://host:port`; the path and query follow.
+    pub base: String,
+    /// `Host` sent upstream (unless the route preserves the client's): the port is left out when
+    /// it is the scheme's default.
+    pub host: Option<http::HeaderValue>,
+}
+
+impl UpstreamOrigin {
+    /// The origin of `service`.
+    pub fn of(service: &Service) -> Self {
+        let scheme = if service.protocol == "https" || service.protocol == "grpcs" {
+            "https"
+        } else {
+            "http"
+        };
+        let authority = format!("{}:{}", service.host, service.port);
+        let default_port = matches!((scheme, service.port), ("http", 80) | ("https", 443));
+        let host = if default_port {
+            service.host.as_str()
+        } else {
+            authority.as_str()
+        };
+        Self {
+            host: http::HeaderValue::from_str(host).ok(),
+            base: format!("{scheme}://{authority}"),
+        }
+    }
+}
+
 impl RouterSnapshot {
     /// Builds the ordered matcher list and lookup maps.
     pub fn build(parts: SnapshotParts<'_>) -> Self {
         let mut entries = Vec::new();
+        let mut origins: HashMap<Uuid, Arc<UpstreamOrigin>> = HashMap::new();
         for route in parts.routes {
             let service = route
                 .route
                 .service
                 .and_then(|s| parts.services.get(&s.id).cloned());
+            let origin = service.as_ref().map(|s| {
+                origins
+                    .entry(s.id)
+                    .or_insert_with(|| Arc::new(UpstreamOrigin::of(s)))
+                    .clone()
+            });
             let chain = parts
                 .chains
                 .get(&route.route.id)
@@ -331,6 +372,7 @@ impl RouterSnapshot {
                     route: route.clone(),
                     path,
                     service: service.clone(),
+                    origin: origin.clone(),
                     chain: chain.clone(),
                     priority,
                 });
@@ -469,7 +511,29 @@ pub fn upstream_path(service_path: Option<&str>, stripped: Option<&str>, req_pat
 
 #[cfg(test)]
 mod tests {
-    use super::upstream_path;
+    use super::{upstream_path, UpstreamOrigin};
+
+    #[test]
+    fn origins_leave_out_the_default_port_from_host_only() {
+        let cases = [
+            ("http", 80, "http://api.test:80", "api.test"),
+            ("https", 443, "https://api.test:443", "api.test"),
+            ("http", 8080, "http://api.test:8080", "api.test:8080"),
+            ("https", 80, "https://api.test:80", "api.test:80"),
+            ("grpcs", 443, "https://api.test:443", "api.test"),
+        ];
+        for (protocol, port, base, host) in cases {
+            let service: crate::entities::Service = serde_json::from_value(serde_json::json!({
+                "id": uuid::Uuid::new_v4(), "protocol": protocol, "host": "api.test",
+                "port": port, "retries": 5, "connect_timeout": 60000,
+                "write_timeout": 60000, "read_timeout": 60000
+            }))
+            .unwrap();
+            let origin = UpstreamOrigin::of(&service);
+            assert_eq!(origin.base, base, "{protocol}:{port}");
+            assert_eq!(origin.host.unwrap(), host, "{protocol}:{port}");
+        }
+    }
 
     #[test]
     fn strip_path_table_of_kong() {
