@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix::Actor;
 use actix_web::dev::Server;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::HeaderName;
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 use portcullis_stores::memory::{MemoryConfigStore, MemoryTokenStore};
@@ -272,7 +272,6 @@ impl Application {
                 reason: "not a header name".into(),
             })?,
             max_body: settings.max_body_bytes()?,
-            via: HeaderValue::from_static(proxy::VIA),
         });
         for tls in [false, true] {
             let listeners: Vec<&Listen> = proxy_listen.iter().filter(|l| l.ssl == tls).collect();

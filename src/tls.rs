@@ -138,9 +138,9 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerCert {
 }
 
 /// Client config for upstreams of services without `tls_verify = true`.
-pub fn unverified_upstream_config() -> Arc<rustls::ClientConfig> {
+pub fn unverified_upstream_config() -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map(|b| {
             b.dangerous()
@@ -154,28 +154,23 @@ pub fn unverified_upstream_config() -> Arc<rustls::ClientConfig> {
                     rustls::crypto::ring::default_provider(),
                 ))))
                 .with_no_client_auth()
-        });
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+        })
 }
 
 /// Client config for upstreams of services with `tls_verify = true`: the web PKI roots.
-pub fn verified_upstream_config() -> Arc<rustls::ClientConfig> {
+pub fn verified_upstream_config() -> rustls::ClientConfig {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .map(|b| {
-        b.with_root_certificates(roots.clone())
-            .with_no_client_auth()
-    })
-    .unwrap_or_else(|_| {
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth()
-    });
-    Arc::new(config)
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map(|b| {
+            b.with_root_certificates(roots.clone())
+                .with_no_client_auth()
+        })
+        .unwrap_or_else(|_| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        })
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use actix_web::http::header::{HeaderMap, HeaderName};
+use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,12 +75,9 @@ impl RequestCtx {
     }
 
     /// [`RequestCtx::set_upstream`] for a name built at config time.
-    pub fn set_upstream_named(&mut self, name: &HeaderName, value: &str) {
-        if let (Ok(name), Ok(v)) = (
-            http::HeaderName::from_bytes(name.as_str().as_bytes()),
-            http::HeaderValue::from_str(value),
-        ) {
-            self.upstream_headers.push((name, Some(v)));
+    pub fn set_upstream_named(&mut self, name: &http::HeaderName, value: &str) {
+        if let Ok(v) = http::HeaderValue::from_str(value) {
+            self.upstream_headers.push((name.clone(), Some(v)));
         }
     }
 
@@ -95,11 +92,26 @@ impl RequestCtx {
     }
 
     /// [`RequestCtx::clear_upstream`] for a name built at config time.
-    pub fn clear_upstream_named(&mut self, name: &HeaderName) {
+    pub fn clear_upstream_named(&mut self, name: &http::HeaderName) {
         if self.supplied(name.as_str()) {
-            if let Ok(name) = http::HeaderName::from_bytes(name.as_str().as_bytes()) {
-                self.upstream_headers.push((name, None));
-            }
+            self.upstream_headers.push((name.clone(), None));
+        }
+    }
+
+    /// Sets `X-Consumer-*` from a consumer, removing the ones it has no value for.
+    pub fn set_consumer_headers(&mut self, consumer: &Consumer) {
+        let mut id = uuid::Uuid::encode_buffer();
+        self.set_upstream(
+            "x-consumer-id",
+            consumer.id.hyphenated().encode_lower(&mut id),
+        );
+        match &consumer.custom_id {
+            Some(c) => self.set_upstream("x-consumer-custom-id", c),
+            None => self.clear_upstream("x-consumer-custom-id"),
+        }
+        match &consumer.username {
+            Some(u) => self.set_upstream("x-consumer-username", u),
+            None => self.clear_upstream("x-consumer-username"),
         }
     }
 

@@ -99,8 +99,6 @@ pub struct Forwarded<'a> {
     pub path: &'a str,
     /// Prefix removed by `strip_path`.
     pub prefix: Option<&'a str>,
-    /// Our `Via` entry.
-    pub via: &'a str,
     /// Request id.
     pub request_id: &'a str,
 }
@@ -119,6 +117,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path");
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const VIA_VALUE: HeaderValue = HeaderValue::from_static(super::VIA);
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id");
 
 /// What the client sent of the headers [`add_forwarded`] extends or keeps (the first value of
@@ -189,8 +188,14 @@ pub fn add_forwarded(map: &mut HeaderMap, client: &ClientHeaders, f: &Forwarded<
         }
     }
     match sent.via {
-        Some(existing) => set(map, http::header::VIA, &format!("{existing}, {}", f.via)),
-        None => set(map, http::header::VIA, f.via),
+        Some(existing) => set(
+            map,
+            http::header::VIA,
+            &format!("{existing}, {}", super::VIA),
+        ),
+        None => {
+            map.insert(http::header::VIA, VIA_VALUE);
+        }
     }
     set(map, X_REQUEST_ID, f.request_id);
 }

@@ -33,8 +33,6 @@ pub struct ProxyState {
     pub real_ip_header: HeaderName,
     /// Largest body a plugin may buffer.
     pub max_body: usize,
-    /// `Via` value we add.
-    pub via: HeaderValue,
 }
 
 /// `http` or `https`: which listener the request came in on.
@@ -176,10 +174,10 @@ async fn proxy(
         .insert_header(("Location", location))
         .finish());
     }
-    let no_service = ProxyError::Unavailable("no Service found with those values");
-    let (Some(service), Some(origin)) = (entry.service.clone(), entry.origin.as_deref()) else {
-        return Err(no_service);
-    };
+    let routed = entry.service.as_deref().ok_or(ProxyError::Unavailable(
+        "no Service found with those values",
+    ))?;
+    let (service, origin) = (&routed.service, &routed.origin);
     if !service.enabled {
         return Err(ProxyError::NoRoute);
     }
@@ -238,12 +236,11 @@ async fn proxy(
                 req,
                 payload,
                 &mut ctx,
-                &service,
+                service,
                 origin,
                 matched.stripped.as_deref(),
                 entry.route.route.preserve_host,
                 &host,
-                state,
                 client,
                 scheme,
                 request_id,
@@ -289,7 +286,6 @@ async fn forward(
     stripped: Option<&str>,
     preserve_host: bool,
     host: &str,
-    state: &ProxyState,
     client: &UpstreamClient,
     scheme: &'static str,
     request_id: &str,
@@ -334,7 +330,6 @@ async fn forward(
                 port: local_port,
                 path: req.uri().path(),
                 prefix: stripped,
-                via: VIA,
                 request_id,
             },
         );
@@ -415,7 +410,7 @@ async fn forward(
             out.append(name, value);
         }
     }
-    out.append(actix_web::http::header::VIA, state.via.clone());
+    out.append(actix_web::http::header::VIA, VIA_VALUE);
     out.insert(
         UPSTREAM_LATENCY,
         HeaderValue::from(upstream_latency.as_millis() as u64),
@@ -445,6 +440,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id"
 
 /// Our `Via` entry on upstream requests and client responses.
 pub const VIA: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
+const VIA_VALUE: HeaderValue = HeaderValue::from_static(VIA);
 
 fn has_body(req: &HttpRequest) -> bool {
     req.headers()

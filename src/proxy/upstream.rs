@@ -3,7 +3,6 @@
 //! uses, spawns a task and arms a timer for every request it sends — a measurable cost per
 //! proxied request; this path does neither.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
@@ -46,14 +45,12 @@ impl UpstreamClients {
     }
 }
 
-fn client(tls: Arc<rustls::ClientConfig>, pool_size: usize, idle: Duration) -> UpstreamClient {
+/// `tls` must not name ALPN protocols: hyper-rustls announces the ones it speaks itself.
+fn client(tls: rustls::ClientConfig, pool_size: usize, idle: Duration) -> UpstreamClient {
     let mut http = HttpConnector::new();
     // The scheme is checked by the TLS wrapper; the plain connector must accept `https` URIs.
     http.enforce_http(false);
     http.set_nodelay(true);
-    // hyper-rustls announces the ALPN protocols it speaks itself.
-    let mut tls = (*tls).clone();
-    tls.alpn_protocols.clear();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

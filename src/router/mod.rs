@@ -182,10 +182,8 @@ pub struct RouteEntry {
     /// The compiled route.
     pub route: Arc<CompiledRoute>,
     path: Option<PathPattern>,
-    /// Its service, resolved at compile time.
-    pub service: Option<Arc<Service>>,
-    /// Where that service's requests go, spelled out at compile time.
-    pub origin: Option<Arc<UpstreamOrigin>>,
+    /// Its service and where its requests go, resolved at compile time.
+    pub service: Option<Arc<RoutedService>>,
     /// Its plugin chain.
     pub chain: Arc<PluginChain>,
     priority: (usize, bool, usize, bool, i64, usize, std::cmp::Reverse<i64>),
@@ -282,6 +280,14 @@ pub struct SnapshotParts<'a> {
     pub version: u64,
 }
 
+/// A route's service with its upstream origin.
+pub struct RoutedService {
+    /// The service.
+    pub service: Arc<Service>,
+    /// Where its requests go.
+    pub origin: UpstreamOrigin,
+}
+
 /// A service's upstream origin as the proxy sends it: computed once per snapshot instead of being
 /// formatted for every request.
 pub struct UpstreamOrigin {
@@ -318,18 +324,24 @@ impl RouterSnapshot {
     /// Builds the ordered matcher list and lookup maps.
     pub fn build(parts: SnapshotParts<'_>) -> Self {
         let mut entries = Vec::new();
-        let mut origins: HashMap<Uuid, Arc<UpstreamOrigin>> = HashMap::new();
+        let mut routed: HashMap<Uuid, Arc<RoutedService>> = HashMap::new();
         for route in parts.routes {
+            // One per service, shared by its routes.
             let service = route
                 .route
                 .service
-                .and_then(|s| parts.services.get(&s.id).cloned());
-            let origin = service.as_ref().map(|s| {
-                origins
-                    .entry(s.id)
-                    .or_insert_with(|| Arc::new(UpstreamOrigin::of(s)))
-                    .clone()
-            });
+                .and_then(|s| parts.services.get(&s.id))
+                .map(|s| {
+                    routed
+                        .entry(s.id)
+                        .or_insert_with(|| {
+                            Arc::new(RoutedService {
+                                service: s.clone(),
+                                origin: UpstreamOrigin::of(s),
+                            })
+                        })
+                        .clone()
+                });
             let chain = parts
                 .chains
                 .get(&route.route.id)
@@ -372,7 +384,6 @@ impl RouterSnapshot {
                     route: route.clone(),
                     path,
                     service: service.clone(),
-                    origin: origin.clone(),
                     chain: chain.clone(),
                     priority,
                 });

@@ -111,8 +111,9 @@ fn check_headers(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn claim_header(claim: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(format!("x-credential-{}", claim.to_ascii_lowercase()).as_bytes()).ok()
+fn claim_header(claim: &str) -> Option<http::HeaderName> {
+    http::HeaderName::from_bytes(format!("x-credential-{}", claim.to_ascii_lowercase()).as_bytes())
+        .ok()
 }
 
 fn check_claim(v: &Value) -> Result<(), String> {
@@ -312,7 +313,7 @@ pub struct IntrospectionRuntime {
     authorization: HeaderValue,
     headers: Vec<(HeaderName, HeaderValue)>,
     /// `custom_claims_forward` with their header names.
-    claims: Vec<(String, HeaderName)>,
+    claims: Vec<(String, http::HeaderName)>,
     /// What the verdict depends on besides the token.
     context: VerdictContext,
     cache: IntrospectionCache,
@@ -381,18 +382,8 @@ fn now_unix() -> i64 {
     crate::admin::crud::now()
 }
 
-fn set_header(ctx: &mut RequestCtx, name: &HeaderName, value: &str) {
-    ctx.set_upstream_named(name, value);
-}
-
 fn set_consumer(ctx: &mut RequestCtx, consumer: Arc<Consumer>) {
-    ctx.set_upstream("x-consumer-id", &consumer.id.to_string());
-    if let Some(custom_id) = &consumer.custom_id {
-        ctx.set_upstream("x-consumer-custom-id", custom_id);
-    }
-    if let Some(username) = &consumer.username {
-        ctx.set_upstream("x-consumer-username", username);
-    }
+    ctx.set_consumer_headers(&consumer);
     ctx.consumer = Some(consumer);
 }
 
@@ -507,7 +498,7 @@ impl IntrospectionRuntime {
         }
         for (claim, header) in &self.claims {
             if let Some(value) = verdict.claims.get(claim).and_then(claim_value) {
-                set_header(ctx, header, &value);
+                ctx.set_upstream_named(header, &value);
             }
         }
         if let Some(consumer) = self.find_consumer(&ctx.snapshot, verdict) {

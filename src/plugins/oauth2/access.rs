@@ -1,8 +1,6 @@
 //! The access phase on every other path of a protected route (§7): find the token, check it,
 //! set or clear the consumer headers (clients can never forge them), or fall back to anonymous.
 
-use std::sync::Arc;
-
 use actix_web::http::header::HeaderValue;
 use actix_web::http::Method;
 use actix_web::HttpResponse;
@@ -11,7 +9,6 @@ use serde_json::json;
 use super::reply::realm_prefix;
 use super::{params, OAuthRuntime};
 use crate::crypto;
-use crate::entities::Consumer;
 use crate::plugins::{Flow, RequestCtx};
 
 /// Where the token was found (decides what `hide_credentials` strips).
@@ -42,7 +39,7 @@ impl OAuthRuntime {
     pub(super) fn auth_header_value<'r>(&self, ctx: &'r RequestCtx) -> Option<&'r str> {
         self.auth_headers
             .iter()
-            .find_map(|n| ctx.req.headers().get(n))
+            .find_map(|n| ctx.req.headers().get(n.as_str()))
             .and_then(|v| v.to_str().ok())
     }
 
@@ -152,7 +149,7 @@ impl OAuthRuntime {
             .get(&credential.consumer_id)
             .cloned()
             .ok_or(Denied::Invalid)?;
-        set_consumer_headers(ctx, &consumer);
+        ctx.set_consumer_headers(&consumer);
         ctx.set_upstream("x-credential-identifier", &credential.client_id);
         ctx.clear_upstream("x-anonymous-consumer");
         match &record.scope {
@@ -226,7 +223,7 @@ impl OAuthRuntime {
                         "message": format!("anonymous consumer {anonymous} is configured but doesn't exist")
                     })));
                 };
-                set_consumer_headers(ctx, &consumer);
+                ctx.set_consumer_headers(&consumer);
                 ctx.set_upstream("x-anonymous-consumer", "true");
                 ctx.clear_upstream("x-credential-identifier");
                 ctx.clear_upstream("x-authenticated-scope");
@@ -235,22 +232,5 @@ impl OAuthRuntime {
                 Flow::Continue
             }
         }
-    }
-}
-
-/// Sets `X-Consumer-*` from a consumer, removing the ones it has no value for.
-pub fn set_consumer_headers(ctx: &mut RequestCtx, consumer: &Arc<Consumer>) {
-    let mut id = uuid::Uuid::encode_buffer();
-    ctx.set_upstream(
-        "x-consumer-id",
-        consumer.id.hyphenated().encode_lower(&mut id),
-    );
-    match &consumer.custom_id {
-        Some(c) => ctx.set_upstream("x-consumer-custom-id", c),
-        None => ctx.clear_upstream("x-consumer-custom-id"),
-    }
-    match &consumer.username {
-        Some(u) => ctx.set_upstream("x-consumer-username", u),
-        None => ctx.clear_upstream("x-consumer-username"),
     }
 }

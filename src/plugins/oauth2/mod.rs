@@ -219,15 +219,15 @@ pub struct OAuthRuntime {
     /// Stores.
     pub deps: OAuthDeps,
     /// `auth_header_name` and its `-`/`_` variants, lower case, deduplicated.
-    pub auth_headers: Vec<actix_web::http::header::HeaderName>,
+    pub auth_headers: Vec<http::HeaderName>,
 }
 
 /// The header names `auth_header_name` stands for (Kong treats `-` and `_` alike).
-fn header_variants(name: &str) -> Vec<actix_web::http::header::HeaderName> {
+fn header_variants(name: &str) -> Vec<http::HeaderName> {
     let name = name.to_ascii_lowercase();
     let mut names = Vec::new();
     for n in [name.clone(), name.replace('_', "-"), name.replace('-', "_")] {
-        if let Ok(h) = actix_web::http::header::HeaderName::from_bytes(n.as_bytes()) {
+        if let Ok(h) = http::HeaderName::from_bytes(n.as_bytes()) {
             if !names.contains(&h) {
                 names.push(h);
             }
