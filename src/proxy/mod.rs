@@ -3,6 +3,7 @@
 //! log phases. No lock and no actor mailbox on this path.
 
 pub mod headers;
+pub mod http1;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -21,7 +22,7 @@ use ipnet::IpNet;
 use crate::error::ProxyError;
 use crate::plugins::{Flow, PluginRuntime, RequestCtx};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot, UpstreamOrigin};
-use upstream::{UpstreamClient, UpstreamClients};
+use upstream::UpstreamClients;
 
 /// What every proxy worker shares.
 pub struct ProxyState {
@@ -227,11 +228,6 @@ async fn proxy(
     let mut response = match short_circuit {
         Some(resp) => resp,
         None => {
-            let client = if service.tls_verify == Some(true) {
-                &clients.verifying
-            } else {
-                &clients.plain
-            };
             forward(
                 req,
                 payload,
@@ -241,7 +237,7 @@ async fn proxy(
                 matched.stripped.as_deref(),
                 entry.route.route.preserve_host,
                 &host,
-                client,
+                clients,
                 scheme,
                 request_id,
                 started,
@@ -286,22 +282,19 @@ async fn forward(
     stripped: Option<&str>,
     preserve_host: bool,
     host: &str,
-    client: &UpstreamClient,
+    clients: &UpstreamClients,
     scheme: &'static str,
     request_id: &str,
     started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
     let path = upstream_path(service.path.as_deref(), stripped, req.uri().path());
     let query = headers::filtered_query(req.query_string(), &ctx.strip_query);
-    let url = match &query {
-        Some(q) => [origin.base.as_str(), &path, "?", q].concat(),
+    let target = match &query {
+        Some(q) => [path.as_str(), "?", q].concat(),
         // Kong passes a bare trailing `?` through unchanged.
-        None if req.uri().query() == Some("") => [origin.base.as_str(), &path, "?"].concat(),
-        None => [origin.base.as_str(), &path].concat(),
+        None if req.uri().query() == Some("") => [path.as_str(), "?"].concat(),
+        None => path,
     };
-    let uri = http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
-    let method = http::Method::from_bytes(req.method().as_str().as_bytes())
-        .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
     let host_value = if preserve_host {
         req.headers()
             .get(actix_web::http::header::HOST)
@@ -355,39 +348,104 @@ async fn forward(
     let timeout =
         Duration::from_millis(service.connect_timeout.saturating_add(service.read_timeout));
     let no_body = req.method() == Method::HEAD;
+    // The hot path: a plain upstream and a body the gateway holds (or none).
+    let lean = !origin.tls && !streams_body;
     let mut attempts = 0u32;
     let mut payload = payload;
     let proxy_latency = started.elapsed();
     let sent_at = Instant::now();
-    let upstream = loop {
-        let body = match (&replay_body, payload.take()) {
-            (Some(body), _) => upstream::full(body.clone()),
-            (None, Some(p)) if streams_body => upstream::streamed(p),
-            _ => upstream::empty(),
+    let answer = loop {
+        let headers = upstream_headers(ctx);
+        let outcome = if lean {
+            let to = http1::Destination {
+                key: &origin.base,
+                host: &origin.connect_host,
+                port: origin.port,
+            };
+            let outgoing = http1::Outgoing {
+                method: req.method().as_str(),
+                target: &target,
+                headers: &headers,
+                body: replay_body.as_ref(),
+            };
+            match tokio::time::timeout(timeout, clients.lean.exchange(&to, &outgoing, no_body))
+                .await
+            {
+                Err(_) => return Err(ProxyError::Timeout),
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err((matches!(e, http1::ExchangeError::Connect(_)), e.to_string())),
+            }
+        } else {
+            let body = match (&replay_body, payload.take()) {
+                (Some(body), _) => upstream::full(body.clone()),
+                (None, Some(p)) if streams_body => upstream::streamed(p),
+                _ => upstream::empty(),
+            };
+            let url = [origin.base.as_str(), &target].concat();
+            let uri =
+                http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
+            let method = http::Method::from_bytes(req.method().as_str().as_bytes())
+                .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
+            let mut request = http::Request::new(body);
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers;
+            let client = if service.tls_verify == Some(true) {
+                &clients.verifying
+            } else {
+                &clients.plain
+            };
+            match tokio::time::timeout(timeout, client.request(request)).await {
+                Err(_) => return Err(ProxyError::Timeout),
+                Ok(Ok(resp)) => Ok(answer_of(resp, no_body)),
+                Ok(Err(e)) => {
+                    let detail = std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+                    Err((e.is_connect(), detail))
+                }
+            }
         };
-        let mut request = http::Request::new(body);
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = uri.clone();
-        *request.headers_mut() = upstream_headers(ctx);
-        match tokio::time::timeout(timeout, client.request(request)).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(Ok(resp)) => break resp,
-            Ok(Err(e)) if e.is_connect() && attempts < service.retries && !streams_body => {
+        match outcome {
+            Ok(answer) => break answer,
+            Err((true, detail)) if attempts < service.retries && !streams_body => {
                 attempts += 1;
-                tracing::debug!(error = %e, attempts, "upstream connect failed; retrying");
+                tracing::debug!(error = %detail, attempts, "upstream connect failed; retrying");
             }
-            Ok(Err(e)) => {
-                let detail = std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
-                return Err(ProxyError::BadGateway(detail));
-            }
+            Err((_, detail)) => return Err(ProxyError::BadGateway(detail)),
         }
     };
     let upstream_latency = sent_at.elapsed();
-    let (parts, body) = upstream.into_parts();
-    let status = StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = HttpResponse::new(status);
+    *response.headers_mut() = answer.headers;
     let out = response.headers_mut();
+    out.append(actix_web::http::header::VIA, VIA_VALUE);
+    out.insert(
+        UPSTREAM_LATENCY,
+        HeaderValue::from(upstream_latency.as_millis() as u64),
+    );
+    out.insert(
+        PROXY_LATENCY,
+        HeaderValue::from(proxy_latency.as_millis() as u64),
+    );
+    if no_body || matches!(status.as_u16(), 204 | 304) {
+        return Ok(response);
+    }
+    Ok(match (answer.body, answer.length) {
+        (http1::AnswerBody::Complete(bytes), _) => response.set_body(BoxBody::new(bytes)),
+        (http1::AnswerBody::Streaming(stream), Some(len)) => {
+            response.set_body(BoxBody::new(SizedStream::new(len, stream)))
+        }
+        (http1::AnswerBody::Streaming(stream), None) => {
+            response.set_body(BoxBody::new(BodyStream::new(stream)))
+        }
+    })
+}
+
+/// hyper's answer in the shape the lean client gives: end-to-end headers only, body as a stream.
+fn answer_of(resp: http::Response<hyper::body::Incoming>, no_body: bool) -> http1::Answer {
+    let (parts, body) = resp.into_parts();
+    let mut out = actix_web::http::header::HeaderMap::with_capacity(parts.headers.len() + 4);
     let named = headers::connection_tokens(
         parts
             .headers
@@ -410,28 +468,24 @@ async fn forward(
             out.append(name, value);
         }
     }
-    out.append(actix_web::http::header::VIA, VIA_VALUE);
-    out.insert(
-        UPSTREAM_LATENCY,
-        HeaderValue::from(upstream_latency.as_millis() as u64),
-    );
-    out.insert(
-        PROXY_LATENCY,
-        HeaderValue::from(proxy_latency.as_millis() as u64),
-    );
     let length = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if no_body || matches!(status.as_u16(), 204 | 304) {
-        return Ok(response);
+    let body = if no_body {
+        http1::AnswerBody::Complete(Bytes::new())
+    } else {
+        http1::AnswerBody::Streaming(http1::BodyStream::new(
+            http_body_util::BodyDataStream::new(body).map(|r| r.map_err(std::io::Error::other)),
+        ))
+    };
+    http1::Answer {
+        status: parts.status.as_u16(),
+        headers: out,
+        length,
+        body,
     }
-    let stream = http_body_util::BodyDataStream::new(body);
-    Ok(match length {
-        Some(len) => response.set_body(BoxBody::new(SizedStream::new(len, stream))),
-        None => response.set_body(BoxBody::new(BodyStream::new(stream))),
-    })
 }
 
 const UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-portcullis-upstream-latency");

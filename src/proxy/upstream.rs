@@ -1,8 +1,10 @@
-//! The proxy's upstream HTTP client: hyper's keep-alive pool, one per worker thread so that a
-//! pooled connection is driven by the thread that uses it. (awc, which the introspection client
-//! uses, spawns a task and arms a timer for every request it sends — a measurable cost per
-//! proxied request; this path does neither.)
+//! The proxy's upstream HTTP clients, one set per worker thread so that a pooled connection is
+//! driven by the thread that uses it: the lean HTTP/1.1 client of [`super::http1`] for plain
+//! upstreams and bodies the gateway holds, hyper's keep-alive pool for TLS upstreams and
+//! streamed uploads. (awc, which the introspection client uses, spawns a task and arms a timer
+//! for every request it sends — a measurable cost per proxied request; neither client does.)
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix_web::web;
@@ -16,6 +18,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::http1::Http1Pool;
+
 /// Error type of request bodies sent upstream.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -25,9 +29,11 @@ pub type UpstreamBody = BoxBody<Bytes, BodyError>;
 /// One pooled upstream client (HTTP and HTTPS).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// Upstream clients of one proxy worker: verifying TLS (services with `tls_verify = true`) or not
-/// (Kong's default).
+/// Upstream clients of one proxy worker: the lean plain-HTTP client, and hyper's verifying TLS
+/// (services with `tls_verify = true`) or not (Kong's default).
 pub struct UpstreamClients {
+    /// Plain-HTTP upstreams, request body absent or buffered.
+    pub lean: Rc<Http1Pool>,
     /// Default client.
     pub plain: UpstreamClient,
     /// Client that verifies upstream certificates against the web PKI roots.
@@ -39,6 +45,7 @@ impl UpstreamClients {
     /// `upstream_keepalive_pool_size` and `upstream_keepalive_idle_timeout`).
     pub fn new(pool_size: usize, idle: Duration) -> Self {
         Self {
+            lean: Http1Pool::new(pool_size, idle),
             plain: client(crate::tls::unverified_upstream_config(), pool_size, idle),
             verifying: client(crate::tls::verified_upstream_config(), pool_size, idle),
         }

@@ -296,6 +296,12 @@ pub struct UpstreamOrigin {
     /// `Host` sent upstream (unless the route preserves the client's): the port is left out when
     /// it is the scheme's default.
     pub host: Option<http::HeaderValue>,
+    /// Whether the upstream speaks TLS.
+    pub tls: bool,
+    /// Host name or address to connect to.
+    pub connect_host: String,
+    /// Port to connect to.
+    pub port: u16,
 }
 
 impl UpstreamOrigin {
@@ -316,6 +322,9 @@ impl UpstreamOrigin {
         Self {
             host: http::HeaderValue::from_str(host).ok(),
             base: format!("{scheme}://{authority}"),
+            tls: scheme == "https",
+            connect_host: service.host.clone(),
+            port: service.port,
         }
     }
 }

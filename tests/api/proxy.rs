@@ -811,3 +811,104 @@ async fn a_bare_trailing_question_mark_reaches_the_upstream() {
     assert_eq!(body["path"], "/x");
     assert_eq!(body["uri"], "/x?", "the bare ? is kept");
 }
+
+/// A scripted HTTP/1.1 upstream: answers by path with raw bytes, closes each connection after
+/// its second request, and counts the connections it accepted.
+async fn spawn_scripted_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    actix_rt::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            actix_rt::spawn(async move {
+                let mut buf = Vec::new();
+                for _ in 0..2 {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or_default();
+                    let answer: &[u8] = match path {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+                        "/interim" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                        "/until-close" => b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+                        "/short" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                        _ => b"HTTP/1.1 abc\r\n\r\n",
+                    };
+                    if conn.write_all(answer).await.is_err() || path != "/chunked" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[actix_web::test]
+async fn upstream_answers_are_framed_and_connections_reused_or_replaced() {
+    use std::sync::atomic::Ordering;
+    let app = spawn_app().await;
+    let (port, accepted) = spawn_scripted_upstream().await;
+    app.expose("raw", &format!("http://127.0.0.1:{port}"), &["/raw"])
+        .await;
+    let get = |path: &'static str| {
+        let app = &app;
+        async move {
+            let resp = app.proxy_get(&format!("/raw{path}")).await;
+            let status = resp.status().as_u16();
+            let kind = resp.headers().get("x-kind").cloned();
+            (status, kind, resp.bytes().await)
+        }
+    };
+    // Chunked answers are decoded (extensions and trailers dropped) and the connection reused.
+    for round in 1..=2 {
+        let (status, kind, body) = get("/chunked").await;
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(kind.unwrap(), "chunked");
+        assert_eq!(&body.unwrap()[..], b"hello world");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "round {round} reused");
+    }
+    // The upstream closed that connection after its second answer: a new one is opened.
+    let (status, _, body) = get("/chunked").await;
+    assert_eq!((status, &body.unwrap()[..]), (200, &b"hello world"[..]));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // Interim answers are skipped; a body delimited by closing the connection arrives whole.
+    let (status, _, body) = get("/interim").await;
+    assert_eq!((status, &body.unwrap()[..]), (200, &b"ok"[..]));
+    let (status, _, body) = get("/until-close").await;
+    assert_eq!((status, &body.unwrap()[..]), (200, &b"until the end"[..]));
+    // A malformed head is Kong's 502; a body cut short fails the client's read, not the gateway.
+    let resp = app.proxy_get("/raw/garbage").await;
+    assert_gateway_error(
+        resp,
+        502,
+        "An invalid response was received from the upstream server",
+    )
+    .await;
+    let short = app
+        .http
+        .get(format!("{}/raw/short", app.proxy))
+        .send()
+        .await;
+    let complete = match short {
+        Ok(resp) => resp.bytes().await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!complete, "a truncated body must not look complete");
+    // The gateway still serves after all of that.
+    let (status, _, body) = get("/chunked").await;
+    assert_eq!((status, &body.unwrap()[..]), (200, &b"hello world"[..]));
+}

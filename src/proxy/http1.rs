@@ -1,0 +1,829 @@
+//! A lean HTTP/1.1 client for the proxy's hot path: plain-`http` upstreams and request bodies the
+//! gateway already holds (none, or buffered). The request's own future writes the request and
+//! reads the answer on a keep-alive connection owned by this worker thread: no connection task to
+//! hand the request to and wake, no pool lock, no second header map for the answer. The proxy
+//! bench showed these to be a large share of hyper's client cost per request (issue 7).
+//! `https` upstreams and streamed uploads (which need a full-duplex exchange) stay on hyper.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{HeaderMap as ClientHeaders, HeaderName, HeaderValue};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::headers;
+
+/// Header slots tried first: enough for nearly every answer, and cheap to zero per request.
+const FEW_HEADERS: usize = 32;
+/// Most header lines an upstream answer may carry.
+const MAX_HEADERS: usize = 128;
+/// Largest upstream answer head (status line and headers).
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size line (with extensions) of a chunked answer.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Bodies up to this size are written in the same `send` as the head.
+const COALESCE: usize = 16 * 1024;
+/// How much room each read of the answer asks for.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// No connection could be opened: nothing was sent, the request may be tried again.
+    Connect(io::Error),
+    /// The connection broke or the upstream did not speak HTTP/1.1 properly.
+    Upstream(String),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Upstream(detail) => f.write_str(detail),
+        }
+    }
+}
+
+fn broken(what: &str, e: &io::Error) -> ExchangeError {
+    ExchangeError::Upstream(format!("{what}: {e}"))
+}
+
+/// Where a request goes: the pool key and the address to connect to.
+pub struct Destination<'a> {
+    /// Pool key (the service's `http://host:port`).
+    pub key: &'a str,
+    /// Host name or address to connect to.
+    pub host: &'a str,
+    /// Port to connect to.
+    pub port: u16,
+}
+
+/// What to send: the request line's parts, the headers exactly as they go upstream, and a body
+/// the gateway holds in full.
+pub struct Outgoing<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Origin-form target (path and query).
+    pub target: &'a str,
+    /// Headers sent as they are (the caller decided `Host` and `Content-Length`).
+    pub headers: &'a http::HeaderMap,
+    /// Request body; `None` sends none.
+    pub body: Option<&'a Bytes>,
+}
+
+/// An upstream answer: status, end-to-end headers (the framing ones are consumed here), the
+/// declared length and the body.
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Headers to hand on to the client: hop-by-hop, `Connection`-named and `Content-Length`
+    /// are left out.
+    pub headers: ClientHeaders,
+    /// `Content-Length` of the answer, when it declared one.
+    pub length: Option<u64>,
+    /// The body.
+    pub body: AnswerBody,
+}
+
+/// An answer body: complete already (the usual small answer, read with its head) or still
+/// arriving.
+pub enum AnswerBody {
+    /// Every byte of the body.
+    Complete(Bytes),
+    /// The rest is read as the client takes it.
+    Streaming(BodyStream),
+}
+
+/// Keep-alive connections of one worker thread, per upstream origin.
+pub struct Http1Pool {
+    idle: RefCell<HashMap<String, Vec<IdleConn>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+struct IdleConn {
+    stream: TcpStream,
+    since: Instant,
+}
+
+impl Http1Pool {
+    /// A pool keeping at most `max_idle` idle connections per origin for `idle_timeout`.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Rc<Self> {
+        Rc::new(Self {
+            idle: RefCell::new(HashMap::new()),
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    /// An idle connection to `key` that is still open, if any.
+    fn checkout(&self, key: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let conns = idle.get_mut(key)?;
+        while let Some(conn) = conns.pop() {
+            if conn.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            // The event loop marks a socket readable when the upstream closes it; an idle
+            // connection with nothing to read costs no system call to check.
+            let mut probe = [0u8; 1];
+            match conn.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn.stream),
+                // Closed, failed, or bytes nobody asked for: not reusable.
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream` for the next request to `key`, unless the pool for it is full.
+    fn checkin(&self, key: &str, stream: TcpStream) {
+        let mut idle = self.idle.borrow_mut();
+        if let Some(conns) = idle.get_mut(key) {
+            if conns.len() < self.max_idle {
+                conns.push(IdleConn {
+                    stream,
+                    since: Instant::now(),
+                });
+            }
+            return;
+        }
+        if self.max_idle > 0 {
+            idle.insert(
+                key.to_string(),
+                vec![IdleConn {
+                    stream,
+                    since: Instant::now(),
+                }],
+            );
+        }
+    }
+
+    /// Sends `request` to `to` and reads the answer's head (and its body when it came along).
+    /// A pooled connection the upstream closed before answering is replaced once by a new one
+    /// when the request is safe to send again.
+    ///
+    /// # Errors
+    /// [`ExchangeError::Connect`] when no connection could be opened, otherwise
+    /// [`ExchangeError::Upstream`].
+    pub async fn exchange(
+        self: &Rc<Self>,
+        to: &Destination<'_>,
+        request: &Outgoing<'_>,
+        no_body: bool,
+    ) -> Result<Answer, ExchangeError> {
+        let head = encode_head(request);
+        if let Some(stream) = self.checkout(to.key) {
+            match self.exchange_on(stream, to, &head, request, no_body).await {
+                // Unsent, or safe to send twice: once more on a new connection.
+                Err(Attempt::Stale { written }) if written.is_some() || idempotent(request) => {}
+                Err(Attempt::Stale { .. }) => {
+                    return Err(ExchangeError::Upstream(
+                        "upstream closed a kept-alive connection without answering".into(),
+                    ))
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+                Ok(answer) => return Ok(answer),
+            }
+        }
+        let stream = TcpStream::connect((to.host, to.port))
+            .await
+            .map_err(ExchangeError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        match self.exchange_on(stream, to, &head, request, no_body).await {
+            Ok(answer) => Ok(answer),
+            Err(Attempt::Failed(e)) => Err(e),
+            Err(Attempt::Stale { .. }) => Err(ExchangeError::Upstream(
+                "upstream closed the connection without answering".into(),
+            )),
+        }
+    }
+
+    async fn exchange_on(
+        self: &Rc<Self>,
+        mut stream: TcpStream,
+        to: &Destination<'_>,
+        head: &BytesMut,
+        request: &Outgoing<'_>,
+        no_body: bool,
+    ) -> Result<Answer, Attempt> {
+        let written = match request.body {
+            Some(body) if !body.is_empty() && body.len() <= COALESCE => {
+                let mut all = BytesMut::with_capacity(head.len() + body.len());
+                all.extend_from_slice(head);
+                all.extend_from_slice(body);
+                stream.write_all(&all).await
+            }
+            Some(body) if !body.is_empty() => match stream.write_all(head).await {
+                Ok(()) => stream.write_all(body).await,
+                Err(e) => Err(e),
+            },
+            _ => stream.write_all(head).await,
+        };
+        if let Err(e) = written {
+            return Err(Attempt::Stale { written: Some(e) });
+        }
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let parsed = loop {
+            match read_more(&mut stream, &mut buf).await {
+                Ok(0) if buf.is_empty() => return Err(Attempt::Stale { written: None }),
+                Err(e)
+                    if buf.is_empty()
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                        ) =>
+                {
+                    return Err(Attempt::Stale { written: None })
+                }
+                Ok(0) => {
+                    return Err(Attempt::Failed(ExchangeError::Upstream(
+                        "upstream closed the connection in the middle of its answer head".into(),
+                    )))
+                }
+                Err(e) => return Err(Attempt::Failed(broken("reading the upstream answer", &e))),
+                Ok(_) => {}
+            }
+            match parse_head(&mut buf, no_body)? {
+                Some(head) => break head,
+                None if buf.len() > MAX_HEAD => {
+                    return Err(Attempt::Failed(ExchangeError::Upstream(
+                        "upstream answer head too large".into(),
+                    )))
+                }
+                None => {}
+            }
+        };
+        let Head {
+            status,
+            headers,
+            length,
+            framing,
+            keep_alive,
+        } = parsed;
+        let mut reader = BodyReader {
+            stream: Some(stream),
+            buf,
+            framing,
+            keep_alive,
+            pool: Rc::clone(self),
+            key: to.key.to_string(),
+        };
+        let body = match reader.complete_from_buffer() {
+            Some(bytes) => AnswerBody::Complete(bytes),
+            None => AnswerBody::Streaming(BodyStream::new(futures_util::stream::unfold(
+                reader,
+                |mut reader| async move { reader.next_chunk().await.map(|c| (c, reader)) },
+            ))),
+        };
+        Ok(Answer {
+            status,
+            headers,
+            length,
+            body,
+        })
+    }
+}
+
+/// How one attempt on one connection ended, when it did not end with an answer.
+enum Attempt {
+    /// The connection was closed before any of the answer arrived (`written` holds the write
+    /// error when the request itself could not be written).
+    Stale { written: Option<io::Error> },
+    /// Any other failure.
+    Failed(ExchangeError),
+}
+
+impl From<ExchangeError> for Attempt {
+    fn from(e: ExchangeError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Methods that may be sent again when a kept-alive connection closed before answering.
+fn idempotent(request: &Outgoing<'_>) -> bool {
+    matches!(
+        request.method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    stream.read_buf(buf).await
+}
+
+/// The request line and headers; `Content-Length: 0` for a body-less POST, PUT or PATCH that
+/// does not declare one (as hyper did: some servers want a length on those methods).
+fn encode_head(request: &Outgoing<'_>) -> BytesMut {
+    let mut head = BytesMut::with_capacity(256 + request.headers.len() * 48);
+    head.put_slice(request.method.as_bytes());
+    head.put_u8(b' ');
+    head.put_slice(request.target.as_bytes());
+    head.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers {
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    let has_length = request.headers.contains_key(http::header::CONTENT_LENGTH);
+    if !has_length {
+        match request.body {
+            Some(body) if !body.is_empty() => {
+                head.put_slice(b"content-length: ");
+                head.put_slice(body.len().to_string().as_bytes());
+                head.put_slice(b"\r\n");
+            }
+            _ if matches!(request.method, "POST" | "PUT" | "PATCH") => {
+                head.put_slice(b"content-length: 0\r\n");
+            }
+            _ => {}
+        }
+    }
+    head.put_slice(b"\r\n");
+    head
+}
+
+/// How the answer's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked transfer coding, in the given state.
+    Chunked(ChunkState),
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many data bytes of the current chunk are left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+struct Head {
+    status: u16,
+    headers: ClientHeaders,
+    length: Option<u64>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Parses one answer head off the front of `buf` (skipping interim `1xx` answers); `None` until
+/// the head is complete.
+fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, ExchangeError> {
+    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    let parsed = match parse_head_with(buf, no_body, &mut few) {
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            parse_head_with(buf, no_body, &mut many)
+        }
+        other => other,
+    }
+    .map_err(|e| {
+        ExchangeError::Upstream(format!("upstream answered with a malformed head: {e}"))
+    })??;
+    Ok(parsed.map(|(head, consumed)| {
+        let _ = buf.split_to(consumed);
+        head
+    }))
+}
+
+/// [`parse_head`] with `slots` for the header lines; the outer error is httparse's, the inner
+/// one a framing header the gateway cannot use.
+type Parsed = Result<Option<(Head, usize)>, ExchangeError>;
+
+fn parse_head_with<'b>(
+    buf: &'b [u8],
+    no_body: bool,
+    slots: &mut [httparse::Header<'b>],
+) -> Result<Parsed, httparse::Error> {
+    let mut skipped = 0;
+    loop {
+        let mut response = httparse::Response::new(&mut *slots);
+        let consumed = match response.parse(&buf[skipped..])? {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => return Ok(Ok(None)),
+        };
+        let status = response.code.unwrap_or(502);
+        if (100..200).contains(&status) && status != 101 {
+            skipped += consumed;
+            continue;
+        }
+        let mut chunked = false;
+        let mut length = None;
+        let mut close = response.version != Some(1);
+        let mut named: Vec<String> = Vec::new();
+        for h in response.headers.iter() {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // Only a final `chunked` coding frames the body (RFC 9112 §6.3).
+                chunked = std::str::from_utf8(h.value).is_ok_and(|v| {
+                    v.rsplit(',')
+                        .next()
+                        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+                });
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let parsed = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                match (length, parsed) {
+                    (_, None) => {
+                        return Ok(Err(ExchangeError::Upstream(
+                            "upstream sent an invalid Content-Length".into(),
+                        )))
+                    }
+                    (Some(earlier), Some(n)) if earlier != n => {
+                        return Ok(Err(ExchangeError::Upstream(
+                            "upstream sent conflicting Content-Length headers".into(),
+                        )))
+                    }
+                    (_, n) => length = n,
+                }
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                for token in headers::connection_tokens(std::iter::once(h.value)) {
+                    if token == "close" {
+                        close = true;
+                    } else if token == "keep-alive" && response.version == Some(0) {
+                        close = false;
+                    }
+                    named.push(token);
+                }
+            }
+        }
+        let mut out = ClientHeaders::with_capacity(response.headers.len() + 4);
+        for h in response.headers.iter() {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_bytes(h.value),
+            ) else {
+                continue;
+            };
+            let lower = name.as_str();
+            if headers::is_hop_by_hop(lower)
+                || lower == "content-length"
+                || named.iter().any(|n| n == lower)
+            {
+                continue;
+            }
+            out.append(name, value);
+        }
+        let framing = if no_body || matches!(status, 204 | 304) {
+            Framing::Length(0)
+        } else if chunked {
+            Framing::Chunked(ChunkState::Size)
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        };
+        let head = Head {
+            status,
+            headers: out,
+            length: if chunked { None } else { length },
+            framing,
+            keep_alive: !close && framing != Framing::UntilClose,
+        };
+        return Ok(Ok(Some((head, skipped + consumed))));
+    }
+}
+
+/// Reads an answer body off its connection and gives the connection back to the pool when the
+/// body ended cleanly on a connection that stays open.
+struct BodyReader {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Rc<Http1Pool>,
+    key: String,
+}
+
+impl BodyReader {
+    /// The whole body when it is already buffered with a `Content-Length` (or is empty); the
+    /// connection then goes back to the pool at once.
+    fn complete_from_buffer(&mut self) -> Option<Bytes> {
+        let Framing::Length(n) = self.framing else {
+            return None;
+        };
+        let n = usize::try_from(n).ok()?;
+        if self.buf.len() < n {
+            return None;
+        }
+        let body = self.buf.split_to(n).freeze();
+        self.framing = Framing::Length(0);
+        self.finish();
+        Some(body)
+    }
+
+    /// The body is over: the connection is kept only when nothing unexpected follows it.
+    fn finish(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            if self.keep_alive && self.buf.is_empty() {
+                self.pool.checkin(&self.key, stream);
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), io::Error> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection already released",
+            ));
+        };
+        match read_more(stream, &mut self.buf).await? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upstream closed the connection before the end of the body",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, io::Error>> {
+        loop {
+            match self.framing {
+                Framing::Length(0) => {
+                    self.finish();
+                    return None;
+                }
+                Framing::Length(left) => {
+                    if self.buf.is_empty() {
+                        if let Err(e) = self.fill().await {
+                            return Some(Err(self.fail(e)));
+                        }
+                    }
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len());
+                    self.framing = Framing::Length(left - take as u64);
+                    return Some(Ok(self.buf.split_to(take).freeze()));
+                }
+                Framing::UntilClose => {
+                    if !self.buf.is_empty() {
+                        return Some(Ok(self.buf.split().freeze()));
+                    }
+                    let stream = self.stream.as_mut()?;
+                    match read_more(stream, &mut self.buf).await {
+                        Ok(0) => {
+                            self.stream = None;
+                            return None;
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Some(Err(self.fail(e))),
+                    }
+                }
+                Framing::Chunked(state) => match self.step_chunked(state) {
+                    Ok(Some(Step::Data(bytes))) => return Some(Ok(bytes)),
+                    Ok(Some(Step::Next(next))) => self.framing = Framing::Chunked(next),
+                    Ok(Some(Step::End)) => {
+                        self.framing = Framing::Length(0);
+                    }
+                    Ok(None) => {
+                        if let Err(e) = self.fill().await {
+                            return Some(Err(self.fail(e)));
+                        }
+                    }
+                    Err(e) => return Some(Err(self.fail(e))),
+                },
+            }
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        self.stream = None;
+        e
+    }
+
+    /// One step of the chunked decoder over what is buffered; `None` when it needs more bytes.
+    fn step_chunked(&mut self, state: ChunkState) -> Result<Option<Step>, io::Error> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        match state {
+            ChunkState::Size => {
+                let Some(end) = find_crlf(&self.buf) else {
+                    return if self.buf.len() > MAX_CHUNK_LINE {
+                        Err(bad("upstream chunk-size line too long"))
+                    } else {
+                        Ok(None)
+                    };
+                };
+                let line = self.buf.split_to(end + 2);
+                let size = std::str::from_utf8(&line[..end])
+                    .ok()
+                    .and_then(|l| l.split(';').next())
+                    .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                    .ok_or_else(|| bad("upstream sent an invalid chunk size"))?;
+                Ok(Some(if size == 0 {
+                    Step::Next(ChunkState::Trailers)
+                } else {
+                    Step::Next(ChunkState::Data(size))
+                }))
+            }
+            ChunkState::Data(left) => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
+                let rest = left - take as u64;
+                self.framing = Framing::Chunked(if rest == 0 {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(rest)
+                });
+                Ok(Some(Step::Data(self.buf.split_to(take).freeze())))
+            }
+            ChunkState::DataEnd => {
+                if self.buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &self.buf[..2] != b"\r\n" {
+                    return Err(bad("upstream chunk data not followed by CRLF"));
+                }
+                let _ = self.buf.split_to(2);
+                Ok(Some(Step::Next(ChunkState::Size)))
+            }
+            ChunkState::Trailers => {
+                let Some(end) = find_crlf(&self.buf) else {
+                    return if self.buf.len() > MAX_HEAD {
+                        Err(bad("upstream trailers too large"))
+                    } else {
+                        Ok(None)
+                    };
+                };
+                let _ = self.buf.split_to(end + 2);
+                Ok(Some(if end == 0 {
+                    Step::End
+                } else {
+                    Step::Next(ChunkState::Trailers)
+                }))
+            }
+        }
+    }
+}
+
+enum Step {
+    Data(Bytes),
+    Next(ChunkState),
+    End,
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// The rest of an answer body, read as the client takes it.
+pub struct BodyStream(Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>>>>);
+
+impl BodyStream {
+    /// Wraps any body stream (hyper's, for the answers it fetches).
+    pub fn new(stream: impl Stream<Item = Result<Bytes, io::Error>> + 'static) -> Self {
+        Self(Box::pin(stream))
+    }
+}
+
+impl Stream for BodyStream {
+    type Item = Result<Bytes, io::Error>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, no_body: bool) -> Head {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        parse_head(&mut buf, no_body)
+            .expect("parses")
+            .expect("complete")
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Chunked(ChunkState::Size));
+        assert_eq!(h.length, None);
+        let h = head("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert_eq!(h.framing, Framing::Length(0));
+        let h = head("HTTP/1.1 304 Not Modified\r\n\r\n", false);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(0), true));
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+        assert!(!h.keep_alive);
+        let h = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            false,
+        );
+        assert!(h.keep_alive);
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        );
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_framing_headers_consumed() {
+        let h = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nConnection: x-hop\r\nX-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\nContent-Length: 0\r\nX-Kept: yes\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.status, 201);
+        assert_eq!(h.headers.len(), 1);
+        assert_eq!(h.headers.get("x-kept").unwrap(), "yes");
+        assert_eq!(h.length, Some(0));
+    }
+
+    #[test]
+    fn answers_with_many_headers_parse_and_too_many_are_refused() {
+        let lines = |n: usize| {
+            (0..n)
+                .map(|i| format!("X-H{i}: {i}\r\n"))
+                .collect::<String>()
+        };
+        let raw = format!("HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n", lines(40));
+        assert_eq!(head(&raw, false).headers.len(), 40);
+        let raw = format!("HTTP/1.1 200 OK\r\n{}\r\n", lines(MAX_HEADERS + 1));
+        let mut buf = BytesMut::from(raw.as_bytes());
+        assert!(parse_head(&mut buf, false).is_err());
+    }
+
+    #[test]
+    fn bad_lengths_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(raw.as_bytes());
+            assert!(parse_head(&mut buf, false).is_err(), "{raw}");
+        }
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-"[..]);
+        assert!(parse_head(&mut partial, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn heads_carry_length_and_default_body_length() {
+        let headers = {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::HOST, http::HeaderValue::from_static("up:81"));
+            m
+        };
+        let body = Bytes::from_static(b"abc");
+        let with_body = encode_head(&Outgoing {
+            method: "POST",
+            target: "/a?b=1",
+            headers: &headers,
+            body: Some(&body),
+        });
+        assert_eq!(
+            &with_body[..],
+            b"POST /a?b=1 HTTP/1.1\r\nhost: up:81\r\ncontent-length: 3\r\n\r\n"
+        );
+        let empty_post = encode_head(&Outgoing {
+            method: "POST",
+            target: "/",
+            headers: &headers,
+            body: None,
+        });
+        assert!(empty_post.ends_with(b"content-length: 0\r\n\r\n"));
+        let get = encode_head(&Outgoing {
+            method: "GET",
+            target: "/",
+            headers: &headers,
+            body: None,
+        });
+        assert_eq!(&get[..], b"GET / HTTP/1.1\r\nhost: up:81\r\n\r\n");
+    }
+}
