@@ -1,12 +1,14 @@
 //! Header rules of the proxy: hop-by-hop removal (RFC 9110 §7.6.1) and the `X-Forwarded-*`,
 //! `X-Real-IP` and `Via` headers, believed from the client only when it is in `trusted_ips`.
 //!
-//! The client side speaks actix's header types (`http` 0.2), the upstream request hyper's
-//! (`http` 1.x); the upstream map is written once, straight from the client's.
+//! The client side speaks actix's header types (`http` 0.2); the upstream request's headers are
+//! decided once ([`UpstreamHeaders::write`]) and written either as bytes of the lean client's
+//! request head or into hyper's header map (`http` 1.x).
 
 use std::net::IpAddr;
 
 use actix_web::http::header::HeaderMap as ClientHeaders;
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 const HOP_BY_HOP: &[&str] = &[
@@ -62,28 +64,167 @@ pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<Stri
         .collect()
 }
 
-/// Copies end-to-end request headers; drops hop-by-hop ones, those named in `Connection`, and
-/// `Host` (the proxy decides it).
-pub fn copy_request_headers(from: &ClientHeaders, to: &mut HeaderMap) {
-    let named = connection_tokens(
-        from.get_all(actix_web::http::header::CONNECTION)
-            .map(|v| v.as_bytes()),
-    );
-    for (name, value) in from {
-        let name = name.as_str();
-        if is_hop_by_hop(name) || named.iter().any(|n| n == name) || name == "host" {
-            continue;
-        }
+/// Where the upstream request's headers are written: hyper's header map (TLS upstreams,
+/// streamed uploads) or the lean client's request head, so that one function decides them.
+pub trait HeaderSink {
+    /// Appends `name: value` (a lower-case name, a value that is already a valid header value).
+    fn put(&mut self, name: &str, value: &[u8]);
+
+    /// Appends one header whose value is the concatenation of `parts`.
+    fn put_parts(&mut self, name: &str, parts: &[&[u8]]) {
+        self.put(name, &parts.concat());
+    }
+}
+
+impl HeaderSink for HeaderMap {
+    fn put(&mut self, name: &str, value: &[u8]) {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
+            HeaderValue::from_bytes(value),
         ) {
-            to.append(name, value);
+            self.append(name, value);
         }
     }
 }
 
-/// Inputs of [`add_forwarded`].
+impl HeaderSink for BytesMut {
+    fn put(&mut self, name: &str, value: &[u8]) {
+        self.put_parts(name, &[value]);
+    }
+
+    fn put_parts(&mut self, name: &str, parts: &[&[u8]]) {
+        self.extend_from_slice(name.as_bytes());
+        self.extend_from_slice(b": ");
+        for part in parts {
+            self.extend_from_slice(part);
+        }
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Everything that decides the headers of the upstream request.
+pub struct UpstreamHeaders<'a> {
+    /// The client's headers.
+    pub client: &'a ClientHeaders,
+    /// `Host` to send; `None` leaves it to the client library.
+    pub host: Option<&'a [u8]>,
+    /// Inputs of the `X-Forwarded-*` family.
+    pub forwarded: Forwarded<'a>,
+    /// Plugins' edits in the order they were made: a value sets the header (replacing the
+    /// client's), `None` removes it; the last edit of a name wins.
+    pub edits: &'a [(HeaderName, Option<HeaderValue>)],
+    /// `Content-Length` of a body the gateway sends in place of the client's.
+    pub content_length: Option<usize>,
+}
+
+/// Headers the gateway writes itself; a client's copy is replaced, never forwarded.
+const GATEWAY_WRITTEN: &[&str] = &[
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "via",
+    "x-portcullis-request-id",
+];
+
+impl UpstreamHeaders<'_> {
+    /// Writes the upstream request's headers into `sink`: the client's end-to-end headers
+    /// (hop-by-hop ones, those named in `Connection` and `Host` dropped), then `Host`, the
+    /// `X-Forwarded-*` family, `Via` and the request id, then the plugins' headers, then the
+    /// replacement body's length. A name written by a later step is not written by an earlier one.
+    pub fn write(&self, sink: &mut impl HeaderSink) {
+        let client = self.client;
+        let named = connection_tokens(
+            client
+                .get_all(actix_web::http::header::CONNECTION)
+                .map(|v| v.as_bytes()),
+        );
+        let edited = |name: &str| self.edits.iter().any(|(n, _)| n.as_str() == name);
+        let replaced_length = self.content_length.is_some();
+        for (name, value) in client {
+            let name = name.as_str();
+            let gateway_writes = name == "host"
+                || (name.starts_with("x-") || name == "via") && GATEWAY_WRITTEN.contains(&name)
+                || (replaced_length && name == "content-length");
+            if gateway_writes
+                || is_hop_by_hop(name)
+                || named.iter().any(|n| n == name)
+                || edited(name)
+            {
+                continue;
+            }
+            sink.put(name, value.as_bytes());
+        }
+        let mut gateway = |name: &str, parts: &[&[u8]]| {
+            if !edited(name) {
+                sink.put_parts(name, parts);
+            }
+        };
+        if let Some(host) = self.host {
+            gateway("host", &[host]);
+        }
+        let f = &self.forwarded;
+        let sent = ClientForwarded::scan(client, f.trusted);
+        let ip = IpText::of(f.client_ip);
+        match sent.forwarded_for {
+            Some(existing) => gateway(
+                "x-forwarded-for",
+                &[existing.as_bytes(), b", ", ip.as_bytes()],
+            ),
+            None => gateway("x-forwarded-for", &[ip.as_bytes()]),
+        }
+        gateway("x-real-ip", &[ip.as_bytes()]);
+        gateway(
+            "x-forwarded-proto",
+            &[sent.proto.unwrap_or(f.scheme).as_bytes()],
+        );
+        gateway(
+            "x-forwarded-host",
+            &[sent.host.unwrap_or(f.host).as_bytes()],
+        );
+        let mut port = Decimal::default();
+        let port = sent
+            .port
+            .map_or_else(|| port.of(u64::from(f.port)), str::as_bytes);
+        gateway("x-forwarded-port", &[port]);
+        gateway(
+            "x-forwarded-path",
+            &[sent.path.unwrap_or(f.path).as_bytes()],
+        );
+        if let Some(prefix) = sent.prefix.or(f.prefix) {
+            gateway("x-forwarded-prefix", &[prefix.as_bytes()]);
+        }
+        match sent.via {
+            Some(existing) => gateway("via", &[existing.as_bytes(), b", ", super::VIA.as_bytes()]),
+            None => gateway("via", &[super::VIA.as_bytes()]),
+        }
+        gateway("x-portcullis-request-id", &[f.request_id.as_bytes()]);
+        for (i, (name, value)) in self.edits.iter().enumerate() {
+            let superseded = self.edits[i + 1..].iter().any(|(n, _)| n == name);
+            let length = replaced_length && name == http::header::CONTENT_LENGTH;
+            if let (Some(value), false, false) = (value, superseded, length) {
+                sink.put(name.as_str(), value.as_bytes());
+            }
+        }
+        if let Some(length) = self.content_length {
+            let mut digits = Decimal::default();
+            sink.put("content-length", digits.of(length as u64));
+        }
+    }
+
+    /// Whether the request declares its body's length (the client's, or the replacement's).
+    pub fn declares_length(&self) -> bool {
+        self.content_length.is_some()
+            || self
+                .client
+                .contains_key(actix_web::http::header::CONTENT_LENGTH)
+    }
+}
+
+/// Inputs of the `X-Forwarded-*` family.
 pub struct Forwarded<'a> {
     /// Peer is in `trusted_ips`.
     pub trusted: bool,
@@ -103,25 +244,8 @@ pub struct Forwarded<'a> {
     pub request_id: &'a str,
 }
 
-fn set(map: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        map.insert(name, v);
-    }
-}
-
-// Built at compile time: a runtime `from_static` validates the name on every call.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path");
-const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-const VIA_VALUE: HeaderValue = HeaderValue::from_static(super::VIA);
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id");
-
-/// What the client sent of the headers [`add_forwarded`] extends or keeps (the first value of
-/// each), found in one pass over its headers instead of one hashed lookup per name.
+/// What the client sent of the forwarding headers the gateway extends or keeps (the first value
+/// of each), found in one pass over its headers instead of one hashed lookup per name.
 #[derive(Default)]
 struct ClientForwarded<'a> {
     forwarded_for: Option<&'a str>,
@@ -157,78 +281,74 @@ impl<'a> ClientForwarded<'a> {
     }
 }
 
-/// Sets `X-Forwarded-*`, `X-Real-IP`, `Via` and the request id on the upstream request.
-pub fn add_forwarded(map: &mut HeaderMap, client: &ClientHeaders, f: &Forwarded<'_>) {
-    let sent = ClientForwarded::scan(client, f.trusted);
-    let ip = ip_header_value(f.client_ip);
-    match sent.forwarded_for {
-        Some(existing) => set(
-            map,
-            X_FORWARDED_FOR,
-            &format!("{existing}, {}", ip.to_str().unwrap_or_default()),
-        ),
-        None => {
-            map.insert(X_FORWARDED_FOR, ip.clone());
+/// A number's decimal digits, written without the formatting machinery.
+#[derive(Default)]
+struct Decimal([u8; 20]);
+
+impl Decimal {
+    fn of(&mut self, mut n: u64) -> &[u8] {
+        let mut at = self.0.len();
+        loop {
+            at -= 1;
+            self.0[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return &self.0[at..];
+            }
         }
     }
-    map.insert(X_REAL_IP, ip);
-    set(map, X_FORWARDED_PROTO, sent.proto.unwrap_or(f.scheme));
-    set(map, X_FORWARDED_HOST, sent.host.unwrap_or(f.host));
-    match sent.port {
-        Some(port) => set(map, X_FORWARDED_PORT, port),
-        None => {
-            map.insert(X_FORWARDED_PORT, HeaderValue::from(f.port));
-        }
-    }
-    set(map, X_FORWARDED_PATH, sent.path.unwrap_or(f.path));
-    match sent.prefix.or(f.prefix) {
-        Some(prefix) => set(map, X_FORWARDED_PREFIX, prefix),
-        None => {
-            map.remove(X_FORWARDED_PREFIX);
-        }
-    }
-    match sent.via {
-        Some(existing) => set(
-            map,
-            http::header::VIA,
-            &format!("{existing}, {}", super::VIA),
-        ),
-        None => {
-            map.insert(http::header::VIA, VIA_VALUE);
-        }
-    }
-    set(map, X_REQUEST_ID, f.request_id);
 }
 
-/// The client address as a header value, without the formatting machinery for IPv4.
-fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                let digits = [octet / 100, octet / 10 % 10, octet % 10];
-                let skip = if octet >= 100 {
-                    0
-                } else if octet >= 10 {
-                    1
-                } else {
-                    2
-                };
-                for d in &digits[skip..] {
-                    buf[len] = b'0' + d;
-                    len += 1;
+/// The client address as text, without the formatting machinery for IPv4.
+struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                    let skip = if octet >= 100 {
+                        0
+                    } else if octet >= 10 {
+                        1
+                    } else {
+                        2
+                    };
+                    for d in &digits[skip..] {
+                        text.push(b'0' + d);
+                    }
                 }
             }
-            HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("0.0.0.0"))
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut out = &mut text.buf[..];
+                // 45 bytes hold the longest IPv6 text form.
+                let _ = write!(out, "{v6}");
+                let left = out.len();
+                text.len = 45 - left;
+            }
         }
-        IpAddr::V6(_) => {
-            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("::"))
-        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -250,6 +370,84 @@ mod tests {
     }
 
     #[test]
+    fn upstream_headers_are_decided_once_for_both_clients() {
+        use actix_web::http::header::{HeaderName as N, HeaderValue as V};
+        let mut client = ClientHeaders::new();
+        for (n, v) in [
+            ("host", "gw.test:8000"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("authorization", "Bearer secret"),
+            ("x-forwarded-for", "10.0.0.9"),
+            ("via", "1.0 edge"),
+            ("content-length", "3"),
+            ("accept", "a"),
+        ] {
+            client.append(N::from_static(n), V::from_static(v));
+        }
+        let edits = vec![
+            (HeaderName::from_static("authorization"), None),
+            (
+                HeaderName::from_static("x-consumer-id"),
+                Some(HeaderValue::from_static("first")),
+            ),
+            (
+                HeaderName::from_static("x-consumer-id"),
+                Some(HeaderValue::from_static("last")),
+            ),
+        ];
+        let plan = UpstreamHeaders {
+            client: &client,
+            host: Some(b"up:81"),
+            forwarded: Forwarded {
+                trusted: false,
+                client_ip: "192.0.2.7".parse().unwrap(),
+                scheme: "http",
+                host: "gw.test",
+                port: 8000,
+                path: "/api/x",
+                prefix: None,
+                request_id: "abc",
+            },
+            edits: &edits,
+            content_length: Some(12),
+        };
+        let mut head = BytesMut::new();
+        plan.write(&mut head);
+        let text = String::from_utf8(head.to_vec()).unwrap();
+        let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            lines,
+            [
+                "accept: a",
+                "host: up:81",
+                "x-forwarded-for: 192.0.2.7",
+                "x-real-ip: 192.0.2.7",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: gw.test",
+                "x-forwarded-port: 8000",
+                "x-forwarded-path: /api/x",
+                concat!("via: 1.0 edge, 1.1 portcullis/", env!("CARGO_PKG_VERSION")),
+                "x-portcullis-request-id: abc",
+                "x-consumer-id: last",
+                "content-length: 12",
+            ]
+        );
+        let mut map = HeaderMap::new();
+        plan.write(&mut map);
+        let from_map: Vec<String> = map
+            .iter()
+            .map(|(n, v)| format!("{}: {}", n, v.to_str().unwrap()))
+            .collect();
+        let mut sorted = lines.iter().map(ToString::to_string).collect::<Vec<_>>();
+        sorted.sort();
+        let mut from_map_sorted = from_map;
+        from_map_sorted.sort();
+        assert_eq!(from_map_sorted, sorted);
+        assert!(plan.declares_length());
+    }
+
+    #[test]
     fn client_addresses_read_as_display_writes_them() {
         for ip in [
             "0.0.0.0",
@@ -260,7 +458,7 @@ mod tests {
             "2001:db8::7",
         ] {
             let addr: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_header_value(addr).to_str().unwrap(), addr.to_string());
+            assert_eq!(IpText::of(addr).as_bytes(), addr.to_string().as_bytes());
         }
     }
 }

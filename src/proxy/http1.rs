@@ -65,15 +65,13 @@ pub struct Destination<'a> {
     pub port: u16,
 }
 
-/// What to send: the request line's parts, the headers exactly as they go upstream, and a body
-/// the gateway holds in full.
+/// What to send: the request head ([`start_head`], the headers, [`end_head`]) and a body the
+/// gateway holds in full.
 pub struct Outgoing<'a> {
-    /// Request method.
+    /// Request method (whether a retry is safe depends on it).
     pub method: &'a str,
-    /// Origin-form target (path and query).
-    pub target: &'a str,
-    /// Headers sent as they are (the caller decided `Host` and `Content-Length`).
-    pub headers: &'a http::HeaderMap,
+    /// The complete request head.
+    pub head: &'a [u8],
     /// Request body; `None` sends none.
     pub body: Option<&'a Bytes>,
 }
@@ -179,9 +177,9 @@ impl Http1Pool {
         request: &Outgoing<'_>,
         no_body: bool,
     ) -> Result<Answer, ExchangeError> {
-        let head = encode_head(request);
+        let head = request.head;
         if let Some(stream) = self.checkout(to.key) {
-            match self.exchange_on(stream, to, &head, request, no_body).await {
+            match self.exchange_on(stream, to, head, request, no_body).await {
                 // Unsent, or safe to send twice: once more on a new connection.
                 Err(Attempt::Stale { written }) if written.is_some() || idempotent(request) => {}
                 Err(Attempt::Stale { .. }) => {
@@ -197,7 +195,7 @@ impl Http1Pool {
             .await
             .map_err(ExchangeError::Connect)?;
         let _ = stream.set_nodelay(true);
-        match self.exchange_on(stream, to, &head, request, no_body).await {
+        match self.exchange_on(stream, to, head, request, no_body).await {
             Ok(answer) => Ok(answer),
             Err(Attempt::Failed(e)) => Err(e),
             Err(Attempt::Stale { .. }) => Err(ExchangeError::Upstream(
@@ -210,7 +208,7 @@ impl Http1Pool {
         self: &Rc<Self>,
         mut stream: TcpStream,
         to: &Destination<'_>,
-        head: &BytesMut,
+        head: &[u8],
         request: &Outgoing<'_>,
         no_body: bool,
     ) -> Result<Answer, Attempt> {
@@ -322,36 +320,23 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usi
     stream.read_buf(buf).await
 }
 
-/// The request line and headers; `Content-Length: 0` for a body-less POST, PUT or PATCH that
-/// does not declare one (as hyper did: some servers want a length on those methods).
-fn encode_head(request: &Outgoing<'_>) -> BytesMut {
-    let mut head = BytesMut::with_capacity(256 + request.headers.len() * 48);
-    head.put_slice(request.method.as_bytes());
+/// A request head's request line; the headers follow, then [`end_head`].
+pub fn start_head(method: &str, target: &str, headers: usize) -> BytesMut {
+    let mut head = BytesMut::with_capacity(256 + headers * 48);
+    head.put_slice(method.as_bytes());
     head.put_u8(b' ');
-    head.put_slice(request.target.as_bytes());
+    head.put_slice(target.as_bytes());
     head.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers {
-        head.put_slice(name.as_str().as_bytes());
-        head.put_slice(b": ");
-        head.put_slice(value.as_bytes());
-        head.put_slice(b"\r\n");
-    }
-    let has_length = request.headers.contains_key(http::header::CONTENT_LENGTH);
-    if !has_length {
-        match request.body {
-            Some(body) if !body.is_empty() => {
-                head.put_slice(b"content-length: ");
-                head.put_slice(body.len().to_string().as_bytes());
-                head.put_slice(b"\r\n");
-            }
-            _ if matches!(request.method, "POST" | "PUT" | "PATCH") => {
-                head.put_slice(b"content-length: 0\r\n");
-            }
-            _ => {}
-        }
+    head
+}
+
+/// Ends a request head: `Content-Length: 0` for a body-less POST, PUT or PATCH that declares no
+/// length (as hyper did: some servers insist on a length for those methods), then the empty line.
+pub fn end_head(head: &mut BytesMut, method: &str, declares_length: bool) {
+    if !declares_length && matches!(method, "POST" | "PUT" | "PATCH") {
+        head.put_slice(b"content-length: 0\r\n");
     }
     head.put_slice(b"\r\n");
-    head
 }
 
 /// How the answer's body is delimited.
@@ -794,36 +779,21 @@ mod tests {
     }
 
     #[test]
-    fn heads_carry_length_and_default_body_length() {
-        let headers = {
-            let mut m = http::HeaderMap::new();
-            m.insert(http::header::HOST, http::HeaderValue::from_static("up:81"));
-            m
+    fn heads_end_with_a_length_where_servers_want_one() {
+        let head = |method: &str, declares_length: bool| {
+            let mut head = start_head(method, "/a?b=1", 1);
+            head.put_slice(b"host: up:81\r\n");
+            end_head(&mut head, method, declares_length);
+            head
         };
-        let body = Bytes::from_static(b"abc");
-        let with_body = encode_head(&Outgoing {
-            method: "POST",
-            target: "/a?b=1",
-            headers: &headers,
-            body: Some(&body),
-        });
         assert_eq!(
-            &with_body[..],
-            b"POST /a?b=1 HTTP/1.1\r\nhost: up:81\r\ncontent-length: 3\r\n\r\n"
+            &head("GET", false)[..],
+            b"GET /a?b=1 HTTP/1.1\r\nhost: up:81\r\n\r\n"
         );
-        let empty_post = encode_head(&Outgoing {
-            method: "POST",
-            target: "/",
-            headers: &headers,
-            body: None,
-        });
-        assert!(empty_post.ends_with(b"content-length: 0\r\n\r\n"));
-        let get = encode_head(&Outgoing {
-            method: "GET",
-            target: "/",
-            headers: &headers,
-            body: None,
-        });
-        assert_eq!(&get[..], b"GET / HTTP/1.1\r\nhost: up:81\r\n\r\n");
+        assert_eq!(
+            &head("POST", false)[..],
+            b"POST /a?b=1 HTTP/1.1\r\nhost: up:81\r\ncontent-length: 0\r\n\r\n"
+        );
+        assert!(!head("PUT", true).ends_with(b"content-length: 0\r\n\r\n"));
     }
 }

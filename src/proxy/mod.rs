@@ -295,55 +295,30 @@ async fn forward(
         None if req.uri().query() == Some("") => [path.as_str(), "?"].concat(),
         None => path,
     };
+    let client_host = req.headers().get(actix_web::http::header::HOST);
     let host_value = if preserve_host {
-        req.headers()
-            .get(actix_web::http::header::HOST)
-            .and_then(|h| http::HeaderValue::from_bytes(h.as_bytes()).ok())
+        client_host.map(actix_web::http::header::HeaderValue::as_bytes)
     } else {
-        origin.host.clone()
+        origin.host.as_ref().map(http::HeaderValue::as_bytes)
     };
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
     let streams_body = replay_body.is_none() && has_body(req);
-    let local_port = req.app_config().local_addr().port();
-    // The header map is built again for a retry (rare) rather than copied for every request.
-    let upstream_headers = |ctx: &RequestCtx| {
-        let mut map = http::HeaderMap::with_capacity(req.headers().len() + 10);
-        headers::copy_request_headers(req.headers(), &mut map);
-        if let Some(h) = &host_value {
-            map.insert(http::header::HOST, h.clone());
-        }
-        headers::add_forwarded(
-            &mut map,
-            req.headers(),
-            &headers::Forwarded {
-                trusted: ctx.trusted,
-                client_ip: ctx.client_ip,
-                scheme,
-                host,
-                port: local_port,
-                path: req.uri().path(),
-                prefix: stripped,
-                request_id,
-            },
-        );
-        for (name, value) in &ctx.upstream_headers {
-            match value {
-                Some(v) => {
-                    map.insert(name.clone(), v.clone());
-                }
-                None => {
-                    map.remove(name);
-                }
-            }
-        }
-        if let Some(body) = &replay_body {
-            // A plugin may have rewritten the body: its length, not the client's, goes upstream.
-            map.insert(
-                http::header::CONTENT_LENGTH,
-                http::HeaderValue::from(body.len()),
-            );
-        }
-        map
+    let upstream_headers = headers::UpstreamHeaders {
+        client: req.headers(),
+        host: host_value,
+        forwarded: headers::Forwarded {
+            trusted: ctx.trusted,
+            client_ip: ctx.client_ip,
+            scheme,
+            host,
+            port: req.app_config().local_addr().port(),
+            path: req.uri().path(),
+            prefix: stripped,
+            request_id,
+        },
+        edits: &ctx.upstream_headers,
+        // A plugin may have rewritten the body: its length, not the client's, goes upstream.
+        content_length: replay_body.as_ref().map(Bytes::len),
     };
     let timeout =
         Duration::from_millis(service.connect_timeout.saturating_add(service.read_timeout));
@@ -354,9 +329,21 @@ async fn forward(
     let mut payload = payload;
     let proxy_latency = started.elapsed();
     let sent_at = Instant::now();
+    let lean_head = lean.then(|| {
+        let method = req.method().as_str();
+        let mut head = http1::start_head(method, &target, req.headers().len() + 10);
+        upstream_headers.write(&mut head);
+        // The lean client needs a `Host`; without one from the route, the service's.
+        if host_value.is_none() {
+            if let Some(h) = &origin.host {
+                headers::HeaderSink::put(&mut head, "host", h.as_bytes());
+            }
+        }
+        http1::end_head(&mut head, method, upstream_headers.declares_length());
+        head
+    });
     let answer = loop {
-        let headers = upstream_headers(ctx);
-        let outcome = if lean {
+        let outcome = if let Some(head) = &lean_head {
             let to = http1::Destination {
                 key: &origin.base,
                 host: &origin.connect_host,
@@ -364,8 +351,7 @@ async fn forward(
             };
             let outgoing = http1::Outgoing {
                 method: req.method().as_str(),
-                target: &target,
-                headers: &headers,
+                head,
                 body: replay_body.as_ref(),
             };
             match tokio::time::timeout(timeout, clients.lean.exchange(&to, &outgoing, no_body))
@@ -386,6 +372,8 @@ async fn forward(
                 http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
             let method = http::Method::from_bytes(req.method().as_str().as_bytes())
                 .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
+            let mut headers = http::HeaderMap::with_capacity(req.headers().len() + 10);
+            upstream_headers.write(&mut headers);
             let mut request = http::Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = uri;
