@@ -20,6 +20,9 @@ use tokio::net::TcpStream;
 
 use super::headers;
 
+/// Headers that frame the answer on this connection: read here, never handed on.
+const FRAMING: &[&str] = &["content-length", "transfer-encoding", "connection"];
+
 /// Header slots tried first: enough for nearly every answer, and cheap to zero per request.
 const FEW_HEADERS: usize = 32;
 /// Most header lines an upstream answer may carry.
@@ -441,6 +444,11 @@ fn parse_head_with<'b>(
                     (_, n) => length = n,
                 }
             } else if h.name.eq_ignore_ascii_case("connection") {
+                if h.value.eq_ignore_ascii_case(b"keep-alive") {
+                    // The usual value: nothing to collect.
+                    close &= response.version != Some(0);
+                    continue;
+                }
                 for token in headers::connection_tokens(std::iter::once(h.value)) {
                     if token == "close" {
                         close = true;
@@ -453,6 +461,10 @@ fn parse_head_with<'b>(
         }
         let mut out = ClientHeaders::with_capacity(response.headers.len() + 4);
         for h in response.headers.iter() {
+            // Framing headers were read above; they are not converted only to be dropped.
+            if FRAMING.iter().any(|f| h.name.eq_ignore_ascii_case(f)) {
+                continue;
+            }
             let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(h.name.as_bytes()),
                 HeaderValue::from_bytes(h.value),
@@ -460,10 +472,7 @@ fn parse_head_with<'b>(
                 continue;
             };
             let lower = name.as_str();
-            if headers::is_hop_by_hop(lower)
-                || lower == "content-length"
-                || named.iter().any(|n| n == lower)
-            {
+            if headers::is_hop_by_hop(lower) || named.iter().any(|n| n == lower) {
                 continue;
             }
             out.append(name, value);

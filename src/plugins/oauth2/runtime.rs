@@ -264,7 +264,13 @@ impl PluginRuntime for OAuthRuntime {
         if endpoint_of(ctx.req.path()).is_some() {
             return true;
         }
-        let has_header = self.auth_header_value(ctx).is_some();
+        // Most proxied requests are reads: decided before any header is looked at.
+        if !matches!(
+            *ctx.req.method(),
+            Method::POST | Method::PUT | Method::PATCH
+        ) {
+            return false;
+        }
         let ct = ctx
             .req
             .headers()
@@ -272,14 +278,10 @@ impl PluginRuntime for OAuthRuntime {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        !has_header
-            && matches!(
-                *ctx.req.method(),
-                Method::POST | Method::PUT | Method::PATCH
-            )
-            && (ct.starts_with("application/x-www-form-urlencoded")
-                || ct.starts_with("application/json")
-                || ct.starts_with("multipart/form-data"))
+        (ct.starts_with("application/x-www-form-urlencoded")
+            || ct.starts_with("application/json")
+            || ct.starts_with("multipart/form-data"))
+            && self.auth_header_value(ctx).is_none()
     }
 
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
