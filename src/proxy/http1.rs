@@ -491,7 +491,9 @@ fn parse_head_with<'b>(
             headers: out,
             length: if chunked { None } else { length },
             framing,
-            keep_alive: !close && framing != Framing::UntilClose,
+            // Both framings on one answer smell of smuggling: answered, then not reused
+            // (RFC 9112 §6.3).
+            keep_alive: !close && framing != Framing::UntilClose && !(chunked && length.is_some()),
         };
         return Ok(Ok(Some((head, skipped + consumed))));
     }
@@ -726,6 +728,7 @@ mod tests {
         );
         assert_eq!(h.framing, Framing::Chunked(ChunkState::Size));
         assert_eq!(h.length, None);
+        assert!(!h.keep_alive, "both framings: not reused");
         let h = head("HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
