@@ -608,17 +608,28 @@ impl BodyReader {
         e
     }
 
+    /// Where the buffered line ends (before its CRLF); `None` while it is incomplete, an error
+    /// once more than `limit` bytes wait without one.
+    fn line_end(&self, limit: usize, too_long: &str) -> Result<Option<usize>, io::Error> {
+        match self.buf.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => Ok(Some(end)),
+            None if self.buf.len() > limit => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                too_long.to_string(),
+            )),
+            None => Ok(None),
+        }
+    }
+
     /// One step of the chunked decoder over what is buffered; `None` when it needs more bytes.
     fn step_chunked(&mut self, state: ChunkState) -> Result<Option<Step>, io::Error> {
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         match state {
             ChunkState::Size => {
-                let Some(end) = find_crlf(&self.buf) else {
-                    return if self.buf.len() > MAX_CHUNK_LINE {
-                        Err(bad("upstream chunk-size line too long"))
-                    } else {
-                        Ok(None)
-                    };
+                let Some(end) =
+                    self.line_end(MAX_CHUNK_LINE, "upstream chunk-size line too long")?
+                else {
+                    return Ok(None);
                 };
                 let line = self.buf.split_to(end + 2);
                 let size = std::str::from_utf8(&line[..end])
@@ -658,12 +669,8 @@ impl BodyReader {
                 Ok(Some(Step::Next(ChunkState::Size)))
             }
             ChunkState::Trailers => {
-                let Some(end) = find_crlf(&self.buf) else {
-                    return if self.buf.len() > MAX_HEAD {
-                        Err(bad("upstream trailers too large"))
-                    } else {
-                        Ok(None)
-                    };
+                let Some(end) = self.line_end(MAX_HEAD, "upstream trailers too large")? else {
+                    return Ok(None);
                 };
                 let _ = self.buf.split_to(end + 2);
                 Ok(Some(if end == 0 {
@@ -680,10 +687,6 @@ enum Step {
     Data(Bytes),
     Next(ChunkState),
     End,
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
 }
 
 /// The rest of an answer body, read as the client takes it.
@@ -774,6 +777,47 @@ mod tests {
         let raw = format!("HTTP/1.1 200 OK\r\n{}\r\n", lines(MAX_HEADERS + 1));
         let mut buf = BytesMut::from(raw.as_bytes());
         assert!(parse_head(&mut buf, false).is_err());
+    }
+
+    /// Decodes `wire` fed one byte at a time: the body, or the decoder's error.
+    fn dechunk(wire: &[u8]) -> Result<Vec<u8>, io::Error> {
+        let mut reader = BodyReader {
+            stream: None,
+            buf: BytesMut::new(),
+            framing: Framing::Chunked(ChunkState::Size),
+            keep_alive: true,
+            pool: Http1Pool::new(1, Duration::from_secs(1)),
+            key: "k".into(),
+        };
+        let (mut body, mut fed) = (Vec::new(), 0);
+        loop {
+            let Framing::Chunked(state) = reader.framing else {
+                return Ok(body);
+            };
+            match reader.step_chunked(state)? {
+                Some(Step::Data(bytes)) => body.extend_from_slice(&bytes),
+                Some(Step::Next(next)) => reader.framing = Framing::Chunked(next),
+                Some(Step::End) => return Ok(body),
+                None if fed < wire.len() => {
+                    reader.buf.extend_from_slice(&wire[fed..=fed]);
+                    fed += 1;
+                }
+                None => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let body = dechunk(b"5;ext=1\r\nhello\r\nA\r\n world!!!!\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
+        assert_eq!(body, b"hello world!!!!");
+        assert!(dechunk(b"zz\r\nhello\r\n0\r\n\r\n").is_err());
+        assert!(dechunk(b"5\r\nhelloXX0\r\n\r\n").is_err());
+        assert!(dechunk(b"5\r\nhel").is_err(), "cut short");
+        assert!(
+            dechunk(&[b'1'; MAX_CHUNK_LINE + 2]).is_err(),
+            "endless size line"
+        );
     }
 
     #[test]

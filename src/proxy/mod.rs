@@ -192,7 +192,8 @@ async fn proxy(
         snapshot: snapshot.clone(),
         body: None,
         body_too_large: false,
-        upstream_headers: Vec::new(),
+        // An auth plugin records about six edits: room for them up front.
+        upstream_headers: Vec::with_capacity(8),
         strip_query: Vec::new(),
         replace_body: None,
         consumer: None,

@@ -45,14 +45,14 @@ impl OAuthRuntime {
 
     fn find_token(&self, ctx: &RequestCtx) -> Found {
         if let Some(value) = self.auth_header_value(ctx) {
-            let parts: Vec<&str> = value.split_whitespace().collect();
-            return match parts.as_slice() {
-                [] => Found::Missing,
-                [scheme, token]
+            let mut parts = value.split_whitespace();
+            return match (parts.next(), parts.next(), parts.next()) {
+                (None, _, _) => Found::Missing,
+                (Some(scheme), Some(token), None)
                     if scheme.eq_ignore_ascii_case("bearer")
                         || scheme.eq_ignore_ascii_case("token") =>
                 {
-                    Found::BearerHeader((*token).to_string())
+                    Found::BearerHeader(token.to_string())
                 }
                 _ => Found::RawHeader(value.trim().to_string()),
             };
