@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use crate::error::ProxyError;
 use crate::plugins::{Flow, PluginRuntime, RequestCtx};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot, UpstreamOrigin};
-use upstream::UpstreamClients;
+use upstream::{SendError, UpstreamClients};
 
 /// What every proxy worker shares.
 pub struct ProxyState {
@@ -296,12 +296,14 @@ async fn forward(
         None if req.uri().query() == Some("") => [path.as_str(), "?"].concat(),
         None => path,
     };
-    let client_host = req.headers().get(actix_web::http::header::HOST);
-    let host_value = if preserve_host {
-        client_host.map(actix_web::http::header::HeaderValue::as_bytes)
-    } else {
-        origin.host.as_ref().map(http::HeaderValue::as_bytes)
-    };
+    let service_host = origin.host.as_ref().map(http::HeaderValue::as_bytes);
+    // The client's `Host` when the route preserves it (and the client sent one).
+    let host_value = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .filter(|_| preserve_host)
+        .map(actix_web::http::header::HeaderValue::as_bytes)
+        .or(service_host);
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
     let streams_body = replay_body.is_none() && has_body(req);
     let upstream_headers = headers::UpstreamHeaders {
@@ -334,73 +336,55 @@ async fn forward(
         let method = req.method().as_str();
         let mut head = http1::start_head(method, &target, req.headers().len() + 10);
         upstream_headers.write(&mut head);
-        // The lean client needs a `Host`; without one from the route, the service's.
-        if host_value.is_none() {
-            if let Some(h) = &origin.host {
-                headers::HeaderSink::put(&mut head, "host", h.as_bytes());
-            }
-        }
         http1::end_head(&mut head, method, upstream_headers.declares_length());
         head
     });
     let answer = loop {
-        let outcome = if let Some(head) = &lean_head {
-            let to = http1::Destination {
-                key: &origin.base,
-                host: &origin.connect_host,
-                port: origin.port,
-            };
-            let outgoing = http1::Outgoing {
-                method: req.method().as_str(),
-                head,
-                body: replay_body.as_ref(),
-            };
-            match tokio::time::timeout(timeout, clients.lean.exchange(&to, &outgoing, no_body))
-                .await
-            {
-                Err(_) => return Err(ProxyError::Timeout),
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(e)) => Err((matches!(e, http1::ExchangeError::Connect(_)), e.to_string())),
+        let outcome = match &lean_head {
+            Some(head) => {
+                let to = http1::Destination {
+                    key: &origin.base,
+                    host: &origin.connect_host,
+                    port: origin.port,
+                };
+                let outgoing = http1::Outgoing {
+                    method: req.method().as_str(),
+                    head,
+                    body: replay_body.as_ref(),
+                };
+                clients.send_lean(&to, &outgoing, no_body, timeout).await
             }
-        } else {
-            let body = match (&replay_body, payload.take()) {
-                (Some(body), _) => upstream::full(body.clone()),
-                (None, Some(p)) if streams_body => upstream::streamed(p),
-                _ => upstream::empty(),
-            };
-            let url = [origin.base.as_str(), &target].concat();
-            let uri =
-                http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
-            let method = http::Method::from_bytes(req.method().as_str().as_bytes())
-                .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
-            let mut headers = http::HeaderMap::with_capacity(req.headers().len() + 10);
-            upstream_headers.write(&mut headers);
-            let mut request = http::Request::new(body);
-            *request.method_mut() = method;
-            *request.uri_mut() = uri;
-            *request.headers_mut() = headers;
-            let client = if service.tls_verify == Some(true) {
-                &clients.verifying
-            } else {
-                &clients.plain
-            };
-            match tokio::time::timeout(timeout, client.request(request)).await {
-                Err(_) => return Err(ProxyError::Timeout),
-                Ok(Ok(resp)) => Ok(answer_of(resp, no_body)),
-                Ok(Err(e)) => {
-                    let detail = std::error::Error::source(&e)
-                        .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
-                    Err((e.is_connect(), detail))
-                }
+            None => {
+                let body = match (&replay_body, payload.take()) {
+                    (Some(body), _) => upstream::full(body.clone()),
+                    (None, Some(p)) if streams_body => upstream::streamed(p),
+                    _ => upstream::empty(),
+                };
+                let url = [origin.base.as_str(), &target].concat();
+                let uri =
+                    http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
+                let method = http::Method::from_bytes(req.method().as_str().as_bytes())
+                    .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
+                let mut headers = http::HeaderMap::with_capacity(req.headers().len() + 10);
+                upstream_headers.write(&mut headers);
+                let mut request = http::Request::new(body);
+                *request.method_mut() = method;
+                *request.uri_mut() = uri;
+                *request.headers_mut() = headers;
+                let verify = service.tls_verify == Some(true);
+                clients.send_hyper(request, verify, no_body, timeout).await
             }
         };
         match outcome {
             Ok(answer) => break answer,
-            Err((true, detail)) if attempts < service.retries && !streams_body => {
+            Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {
                 attempts += 1;
                 tracing::debug!(error = %detail, attempts, "upstream connect failed; retrying");
             }
-            Err((_, detail)) => return Err(ProxyError::BadGateway(detail)),
+            Err(SendError::Timeout) => return Err(ProxyError::Timeout),
+            Err(SendError::Connect(detail) | SendError::Failed(detail)) => {
+                return Err(ProxyError::BadGateway(detail))
+            }
         }
     };
     let upstream_latency = sent_at.elapsed();
@@ -429,52 +413,6 @@ async fn forward(
             response.set_body(BoxBody::new(BodyStream::new(stream)))
         }
     })
-}
-
-/// hyper's answer in the shape the lean client gives: end-to-end headers only, body as a stream.
-fn answer_of(resp: http::Response<hyper::body::Incoming>, no_body: bool) -> http1::Answer {
-    let (parts, body) = resp.into_parts();
-    let mut out = actix_web::http::header::HeaderMap::with_capacity(parts.headers.len() + 4);
-    let named = headers::connection_tokens(
-        parts
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .map(http::HeaderValue::as_bytes),
-    );
-    for (name, value) in &parts.headers {
-        let name = name.as_str();
-        if headers::is_hop_by_hop(name)
-            || name == "content-length"
-            || named.iter().any(|n| n == name)
-        {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            out.append(name, value);
-        }
-    }
-    let length = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let body = if no_body {
-        http1::AnswerBody::Complete(Bytes::new())
-    } else {
-        http1::AnswerBody::Streaming(http1::BodyStream::new(
-            http_body_util::BodyDataStream::new(body).map(|r| r.map_err(std::io::Error::other)),
-        ))
-    };
-    http1::Answer {
-        status: parts.status.as_u16(),
-        headers: out,
-        length,
-        body,
-    }
 }
 
 const UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-portcullis-upstream-latency");

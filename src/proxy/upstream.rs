@@ -7,6 +7,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::web;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -18,7 +19,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::http1::Http1Pool;
+use super::http1::{
+    Answer, AnswerBody, BodyStream, Destination, ExchangeError, Http1Pool, Outgoing,
+};
 
 /// Error type of request bodies sent upstream.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,6 +71,111 @@ fn client(tls: rustls::ClientConfig, pool_size: usize, idle: Duration) -> Upstre
         .pool_idle_timeout(idle)
         .pool_max_idle_per_host(pool_size)
         .build(connector)
+}
+
+/// Why an upstream exchange failed, as the proxy's retry loop needs to know it.
+pub enum SendError {
+    /// No answer head within the service's connect + read timeout.
+    Timeout,
+    /// No connection could be opened (may be retried: nothing was sent).
+    Connect(String),
+    /// Any other failure (logged, never shown to the client).
+    Failed(String),
+}
+
+impl UpstreamClients {
+    /// Sends a request with a held body (or none) to a plain-HTTP upstream over the lean client.
+    ///
+    /// # Errors
+    /// As [`SendError`].
+    pub async fn send_lean(
+        &self,
+        to: &Destination<'_>,
+        request: &Outgoing<'_>,
+        no_body: bool,
+        timeout: Duration,
+    ) -> Result<Answer, SendError> {
+        match tokio::time::timeout(timeout, self.lean.exchange(to, request, no_body)).await {
+            Err(_) => Err(SendError::Timeout),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(ExchangeError::Connect(e))) => Err(SendError::Connect(e.to_string())),
+            Ok(Err(e)) => Err(SendError::Failed(e.to_string())),
+        }
+    }
+
+    /// Sends a request over hyper's pooled client (TLS upstreams, streamed uploads); `verify`
+    /// picks the client that checks upstream certificates.
+    ///
+    /// # Errors
+    /// As [`SendError`].
+    pub async fn send_hyper(
+        &self,
+        request: http::Request<UpstreamBody>,
+        verify: bool,
+        no_body: bool,
+        timeout: Duration,
+    ) -> Result<Answer, SendError> {
+        let client = if verify { &self.verifying } else { &self.plain };
+        match tokio::time::timeout(timeout, client.request(request)).await {
+            Err(_) => Err(SendError::Timeout),
+            Ok(Ok(resp)) => Ok(answer_of(resp, no_body)),
+            Ok(Err(e)) => {
+                let detail = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+                Err(if e.is_connect() {
+                    SendError::Connect(detail)
+                } else {
+                    SendError::Failed(detail)
+                })
+            }
+        }
+    }
+}
+
+/// hyper's answer in the shape the lean client gives: end-to-end headers only, body as a stream.
+fn answer_of(resp: http::Response<hyper::body::Incoming>, no_body: bool) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let mut out = actix_web::http::header::HeaderMap::with_capacity(parts.headers.len() + 4);
+    let named = super::headers::connection_tokens(
+        parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    );
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        if super::headers::is_hop_by_hop(name)
+            || name == "content-length"
+            || named.iter().any(|n| n == name)
+        {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            out.append(name, value);
+        }
+    }
+    let length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = if no_body {
+        AnswerBody::Complete(Bytes::new())
+    } else {
+        AnswerBody::Streaming(BodyStream::new(
+            http_body_util::BodyDataStream::new(body).map(|r| r.map_err(std::io::Error::other)),
+        ))
+    };
+    Answer {
+        status: parts.status.as_u16(),
+        headers: out,
+        length,
+        body,
+    }
 }
 
 /// An empty request body.
