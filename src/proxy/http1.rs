@@ -6,7 +6,7 @@
 //! `https` upstreams and streamed uploads (which need a full-duplex exchange) stay on hyper.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -104,7 +104,8 @@ pub enum AnswerBody {
 
 /// Keep-alive connections of one worker thread, per upstream origin.
 pub struct Http1Pool {
-    idle: RefCell<HashMap<String, Vec<IdleConn>>>,
+    /// Per origin, oldest first: reuse takes the newest, pruning drops from the front.
+    idle: RefCell<HashMap<String, VecDeque<IdleConn>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -128,7 +129,7 @@ impl Http1Pool {
     fn checkout(&self, key: &str) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let conns = idle.get_mut(key)?;
-        while let Some(conn) = conns.pop() {
+        while let Some(conn) = conns.pop_back() {
             if conn.since.elapsed() > self.idle_timeout {
                 continue;
             }
@@ -144,26 +145,29 @@ impl Http1Pool {
         None
     }
 
-    /// Keeps `stream` for the next request to `key`, unless the pool for it is full.
+    /// Keeps `stream` for the next request to `key`, unless the pool for it is full. Connections
+    /// idle past the timeout are closed here, so that the ones steady traffic never reaches
+    /// (reuse takes the newest) do not linger.
     fn checkin(&self, key: &str, stream: TcpStream) {
-        let mut idle = self.idle.borrow_mut();
-        if let Some(conns) = idle.get_mut(key) {
-            if conns.len() < self.max_idle {
-                conns.push(IdleConn {
-                    stream,
-                    since: Instant::now(),
-                });
-            }
+        if self.max_idle == 0 {
             return;
         }
-        if self.max_idle > 0 {
-            idle.insert(
-                key.to_string(),
-                vec![IdleConn {
-                    stream,
-                    since: Instant::now(),
-                }],
-            );
+        let mut idle = self.idle.borrow_mut();
+        let conns = match idle.get_mut(key) {
+            Some(conns) => conns,
+            None => idle.entry(key.to_string()).or_default(),
+        };
+        while conns
+            .front()
+            .is_some_and(|c| c.since.elapsed() > self.idle_timeout)
+        {
+            conns.pop_front();
+        }
+        if conns.len() < self.max_idle {
+            conns.push_back(IdleConn {
+                stream,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -777,6 +781,39 @@ mod tests {
         let raw = format!("HTTP/1.1 200 OK\r\n{}\r\n", lines(MAX_HEADERS + 1));
         let mut buf = BytesMut::from(raw.as_bytes());
         assert!(parse_head(&mut buf, false).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_pool_reuses_open_connections_and_closes_stale_ones() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Http1Pool::new(2, Duration::from_millis(200));
+        let mut upstream_sides = Vec::new();
+        for _ in 0..3 {
+            let conn = TcpStream::connect(addr).await.unwrap();
+            upstream_sides.push(listener.accept().await.unwrap().0);
+            pool.checkin("k", conn);
+        }
+        assert_eq!(pool.idle.borrow()["k"].len(), 2, "at most max_idle kept");
+        // The upstream closes the newest idle connection: reuse skips it, takes the other.
+        drop(upstream_sides.remove(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.checkout("k").is_some());
+        assert!(
+            pool.idle.borrow()["k"].is_empty(),
+            "the closed one was dropped"
+        );
+        assert!(pool.checkout("k").is_none());
+        // Connections idle past the timeout are closed when the next one comes back.
+        for _ in 0..2 {
+            let conn = TcpStream::connect(addr).await.unwrap();
+            upstream_sides.push(listener.accept().await.unwrap().0);
+            pool.checkin("k", conn);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let conn = TcpStream::connect(addr).await.unwrap();
+        pool.checkin("k", conn);
+        assert_eq!(pool.idle.borrow()["k"].len(), 1, "both older ones pruned");
     }
 
     /// Decodes `wire` fed one byte at a time: the body, or the decoder's error.
