@@ -26,6 +26,13 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
+/// Whether an upstream answer's header (lower-case name) goes on to the client: not hop-by-hop,
+/// not named in the answer's `Connection` header (`named`), and not `Content-Length` (the
+/// gateway frames the client's answer itself). Both upstream clients follow it.
+pub fn passes_to_client(name: &str, named: &[String]) -> bool {
+    !(is_hop_by_hop(name) || name == "content-length" || named.iter().any(|n| n == name))
+}
+
 /// `host:port` → `host` (IPv6 literals keep their brackets).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {

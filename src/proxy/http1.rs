@@ -475,8 +475,7 @@ fn parse_head_with<'b>(
             ) else {
                 continue;
             };
-            let lower = name.as_str();
-            if headers::is_hop_by_hop(lower) || named.iter().any(|n| n == lower) {
+            if !headers::passes_to_client(name.as_str(), &named) {
                 continue;
             }
             out.append(name, value);

@@ -145,10 +145,7 @@ fn answer_of(resp: http::Response<hyper::body::Incoming>, no_body: bool) -> Answ
     );
     for (name, value) in &parts.headers {
         let name = name.as_str();
-        if super::headers::is_hop_by_hop(name)
-            || name == "content-length"
-            || named.iter().any(|n| n == name)
-        {
+        if !super::headers::passes_to_client(name, &named) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
