@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderMap as ClientHeaders, HeaderName, HeaderValue};
@@ -60,8 +61,8 @@ fn broken(what: &str, e: &io::Error) -> ExchangeError {
 
 /// Where a request goes: the pool key and the address to connect to.
 pub struct Destination<'a> {
-    /// Pool key (the service's `http://host:port`).
-    pub key: &'a str,
+    /// Pool key (the service's `http://host:port`, shared with the snapshot: no copy per request).
+    pub key: &'a Arc<str>,
     /// Host name or address to connect to.
     pub host: &'a str,
     /// Port to connect to.
@@ -105,7 +106,7 @@ pub enum AnswerBody {
 /// Keep-alive connections of one worker thread, per upstream origin.
 pub struct Http1Pool {
     /// Per origin, oldest first: reuse takes the newest, pruning drops from the front.
-    idle: RefCell<HashMap<String, VecDeque<IdleConn>>>,
+    idle: RefCell<HashMap<Arc<str>, VecDeque<IdleConn>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -148,14 +149,14 @@ impl Http1Pool {
     /// Keeps `stream` for the next request to `key`, unless the pool for it is full. Connections
     /// idle past the timeout are closed here, so that the ones steady traffic never reaches
     /// (reuse takes the newest) do not linger.
-    fn checkin(&self, key: &str, stream: TcpStream) {
+    fn checkin(&self, key: &Arc<str>, stream: TcpStream) {
         if self.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let conns = match idle.get_mut(key) {
+        let conns = match idle.get_mut(&**key) {
             Some(conns) => conns,
-            None => idle.entry(key.to_string()).or_default(),
+            None => idle.entry(Arc::clone(key)).or_default(),
         };
         while conns
             .front()
@@ -279,7 +280,7 @@ impl Http1Pool {
             framing,
             keep_alive,
             pool: Rc::clone(self),
-            key: to.key.to_string(),
+            key: Arc::clone(to.key),
         };
         let body = match reader.complete_from_buffer() {
             Some(bytes) => AnswerBody::Complete(bytes),
@@ -510,7 +511,7 @@ struct BodyReader {
     framing: Framing,
     keep_alive: bool,
     pool: Rc<Http1Pool>,
-    key: String,
+    key: Arc<str>,
 }
 
 impl BodyReader {
@@ -787,32 +788,33 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = Http1Pool::new(2, Duration::from_millis(200));
+        let key: Arc<str> = Arc::from("k");
         let mut upstream_sides = Vec::new();
         for _ in 0..3 {
             let conn = TcpStream::connect(addr).await.unwrap();
             upstream_sides.push(listener.accept().await.unwrap().0);
-            pool.checkin("k", conn);
+            pool.checkin(&key, conn);
         }
-        assert_eq!(pool.idle.borrow()["k"].len(), 2, "at most max_idle kept");
+        assert_eq!(pool.idle.borrow()[&*key].len(), 2, "at most max_idle kept");
         // The upstream closes the newest idle connection: reuse skips it, takes the other.
         drop(upstream_sides.remove(1));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(pool.checkout("k").is_some());
+        assert!(pool.checkout(&key).is_some());
         assert!(
-            pool.idle.borrow()["k"].is_empty(),
+            pool.idle.borrow()[&*key].is_empty(),
             "the closed one was dropped"
         );
-        assert!(pool.checkout("k").is_none());
+        assert!(pool.checkout(&key).is_none());
         // Connections idle past the timeout are closed when the next one comes back.
         for _ in 0..2 {
             let conn = TcpStream::connect(addr).await.unwrap();
             upstream_sides.push(listener.accept().await.unwrap().0);
-            pool.checkin("k", conn);
+            pool.checkin(&key, conn);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
         let conn = TcpStream::connect(addr).await.unwrap();
-        pool.checkin("k", conn);
-        assert_eq!(pool.idle.borrow()["k"].len(), 1, "both older ones pruned");
+        pool.checkin(&key, conn);
+        assert_eq!(pool.idle.borrow()[&*key].len(), 1, "both older ones pruned");
     }
 
     /// Decodes `wire` fed one byte at a time: the body, or the decoder's error.
@@ -823,7 +825,7 @@ mod tests {
             framing: Framing::Chunked(ChunkState::Size),
             keep_alive: true,
             pool: Http1Pool::new(1, Duration::from_secs(1)),
-            key: "k".into(),
+            key: Arc::from("k"),
         };
         let (mut body, mut fed) = (Vec::new(), 0);
         loop {

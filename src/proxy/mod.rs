@@ -360,7 +360,7 @@ async fn forward(
                     (None, Some(p)) if streams_body => upstream::streamed(p),
                     _ => upstream::empty(),
                 };
-                let url = [origin.base.as_str(), &target].concat();
+                let url = [&*origin.base, &target].concat();
                 let uri =
                     http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
                 let method = http::Method::from_bytes(req.method().as_str().as_bytes())

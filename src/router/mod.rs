@@ -292,7 +292,7 @@ pub struct RoutedService {
 /// formatted for every request.
 pub struct UpstreamOrigin {
     /// `http://host:port` or `https://host:port`; the path and query follow.
-    pub base: String,
+    pub base: Arc<str>,
     /// `Host` sent upstream (unless the route preserves the client's): the port is left out when
     /// it is the scheme's default.
     pub host: Option<http::HeaderValue>,
@@ -321,7 +321,7 @@ impl UpstreamOrigin {
         };
         Self {
             host: http::HeaderValue::from_str(host).ok(),
-            base: format!("{scheme}://{authority}"),
+            base: format!("{scheme}://{authority}").into(),
             tls: scheme == "https",
             connect_host: service.host.clone(),
             port: service.port,
@@ -550,7 +550,7 @@ mod tests {
             }))
             .unwrap();
             let origin = UpstreamOrigin::of(&service);
-            assert_eq!(origin.base, base, "{protocol}:{port}");
+            assert_eq!(&*origin.base, base, "{protocol}:{port}");
             assert_eq!(origin.host.unwrap(), host, "{protocol}:{port}");
         }
     }
