@@ -25,7 +25,7 @@ use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache}
 use crate::plugins::oauth2::OAuthDeps;
 use crate::plugins::PluginRegistry;
 use crate::proxy::upstream::UpstreamClients;
-use crate::proxy::{self, ListenerScheme, ProxyState};
+use crate::proxy::{self, ListenerScheme, ProxyState, ProxyWorker};
 use crate::router::RouterSnapshot;
 
 /// Why the gateway could not start.
@@ -280,12 +280,14 @@ impl Application {
             }
             let state = proxy_state.clone();
             let client_settings = settings.clone();
-            let scheme = web::Data::new(ListenerScheme(if tls { "https" } else { "http" }));
+            let scheme = ListenerScheme(if tls { "https" } else { "http" });
             let mut server = HttpServer::new(move || {
                 App::new()
-                    .app_data(state.clone())
-                    .app_data(scheme.clone())
-                    .app_data(web::Data::new(upstream_clients(&client_settings)))
+                    .app_data(web::Data::new(ProxyWorker {
+                        state: state.clone(),
+                        clients: upstream_clients(&client_settings),
+                        scheme,
+                    }))
                     .app_data(web::PayloadConfig::new(usize::MAX))
                     .default_service(web::to(proxy::handle))
             })

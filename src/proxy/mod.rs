@@ -6,6 +6,7 @@ pub mod headers;
 pub mod http1;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use ipnet::IpNet;
+use smallvec::SmallVec;
 
 use crate::error::ProxyError;
 use crate::plugins::{Flow, PluginRuntime, RequestCtx};
@@ -39,6 +41,17 @@ pub struct ProxyState {
 /// `http` or `https`: which listener the request came in on.
 #[derive(Clone, Copy)]
 pub struct ListenerScheme(pub &'static str);
+
+/// What one proxy worker thread hands its requests: the shared state, the worker's own upstream
+/// clients and the listener's scheme, in one piece so a request looks up one thing, not three.
+pub struct ProxyWorker {
+    /// Shared by every worker.
+    pub state: web::Data<ProxyState>,
+    /// This worker's connection pools.
+    pub clients: UpstreamClients,
+    /// The listener's scheme.
+    pub scheme: ListenerScheme,
+}
 
 impl ProxyState {
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -73,15 +86,19 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 pub async fn handle(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<ProxyState>,
-    clients: web::Data<UpstreamClients>,
-    scheme: web::Data<ListenerScheme>,
+    worker: web::Data<ProxyWorker>,
 ) -> HttpResponse {
     let started = Instant::now();
     let id = RequestId::new();
     let request_id = id.as_str();
     let mut response = match proxy(
-        &req, payload, &state, &clients, scheme.0, request_id, started,
+        &req,
+        payload,
+        &worker.state,
+        &worker.clients,
+        worker.scheme.0,
+        request_id,
+        started,
     )
     .await
     {
@@ -119,16 +136,20 @@ async fn proxy(
     } else {
         peer
     };
-    let host_with_port = req
+    let sent_host = req
         .headers()
         .get(actix_web::http::header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let host = headers::strip_port(&host_with_port).to_string();
-    let path = req.uri().path().to_string();
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    // Clients almost always send a lower-case host: copy only when there is a letter to fold.
+    let host_with_port = if sent_host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(sent_host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(sent_host)
+    };
+    let host = headers::strip_port(&host_with_port);
+    let path = req.uri().path();
     let header_lookup = |name: &str| {
         req.headers()
             .get(name)
@@ -137,22 +158,19 @@ async fn proxy(
     };
     let input = MatchInput {
         method: req.method(),
-        host: &host,
+        host,
         host_with_port: &host_with_port,
-        path: &path,
+        path,
         header: &header_lookup,
     };
     let matched = snapshot.find(&input).ok_or(ProxyError::NoRoute)?;
     let entry = matched.entry;
-    let forwarded_proto = if trusted {
-        header_lookup("x-forwarded-proto")
-    } else {
-        None
-    };
     let effective_https = scheme == "https"
-        || forwarded_proto
-            .as_deref()
-            .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+        || (trusted
+            && req
+                .headers()
+                .get(X_FORWARDED_PROTO)
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")));
     if matched.https_only && !effective_https {
         let code = entry.route.route.https_redirect_status_code;
         if code == 426 {
@@ -163,7 +181,7 @@ async fn proxy(
         let target_host = trusted
             .then(|| header_lookup("x-forwarded-host"))
             .flatten()
-            .unwrap_or_else(|| host.clone());
+            .unwrap_or_else(|| host.to_string());
         let location = format!(
             "https://{}{}",
             target_host,
@@ -201,7 +219,9 @@ async fn proxy(
         max_body: state.max_body,
     };
     let mut payload = Some(payload);
-    let mut ran: Vec<Arc<dyn PluginRuntime>> = Vec::with_capacity(entry.chain.entries.len());
+    // The runtimes whose access phase ran, for the response and log phases (borrowed from the
+    // snapshot: no allocation and no reference count for the usual handful).
+    let mut ran: SmallVec<[&Arc<dyn PluginRuntime>; 4]> = SmallVec::new();
     let https = scheme == "https";
     let mut short_circuit = None;
     for link in &entry.chain.entries {
@@ -217,7 +237,7 @@ async fn proxy(
                 }
             }
         }
-        ran.push(runtime.clone());
+        ran.push(runtime);
         if let Flow::Respond(resp) = runtime.access(&mut ctx).await {
             short_circuit = Some(resp);
             break;
@@ -235,9 +255,9 @@ async fn proxy(
                 &mut ctx,
                 service,
                 origin,
-                matched.stripped.as_deref(),
+                matched.stripped,
                 entry.route.route.preserve_host,
-                &host,
+                host,
                 clients,
                 scheme,
                 request_id,
@@ -291,9 +311,9 @@ async fn forward(
     let path = upstream_path(service.path.as_deref(), stripped, req.uri().path());
     let query = headers::filtered_query(req.query_string(), &ctx.strip_query);
     let target = match &query {
-        Some(q) => [path.as_str(), "?", q].concat(),
+        Some(q) => Cow::Owned([&*path, "?", q].concat()),
         // Kong passes a bare trailing `?` through unchanged.
-        None if req.uri().query() == Some("") => [path.as_str(), "?"].concat(),
+        None if req.uri().query() == Some("") => Cow::Owned([&*path, "?"].concat()),
         None => path,
     };
     let service_host = origin.host.as_ref().map(http::HeaderValue::as_bytes);
@@ -360,7 +380,7 @@ async fn forward(
                     (None, Some(p)) if streams_body => upstream::streamed(p),
                     _ => upstream::empty(),
                 };
-                let url = [&*origin.base, &target].concat();
+                let url = [&*origin.base, &*target].concat();
                 let uri =
                     http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
                 let method = http::Method::from_bytes(req.method().as_str().as_bytes())
@@ -393,14 +413,8 @@ async fn forward(
     *response.headers_mut() = answer.headers;
     let out = response.headers_mut();
     out.append(actix_web::http::header::VIA, VIA_VALUE);
-    out.insert(
-        UPSTREAM_LATENCY,
-        HeaderValue::from(upstream_latency.as_millis() as u64),
-    );
-    out.insert(
-        PROXY_LATENCY,
-        HeaderValue::from(proxy_latency.as_millis() as u64),
-    );
+    out.insert(UPSTREAM_LATENCY, millis_value(upstream_latency));
+    out.insert(PROXY_LATENCY, millis_value(proxy_latency));
     if no_body || matches!(status.as_u16(), 204 | 304) {
         return Ok(response);
     }
@@ -415,6 +429,35 @@ async fn forward(
     })
 }
 
+/// A latency header's value in whole milliseconds. Values under a second, nearly all of them,
+/// point into a static table: `HeaderValue::from(u64)` allocates.
+fn millis_value(latency: Duration) -> HeaderValue {
+    let ms = latency.as_millis();
+    let Some(digits) = usize::try_from(ms).ok().and_then(|i| MILLIS_DIGITS.get(i)) else {
+        return HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX));
+    };
+    let skip = if ms < 10 { 2 } else { usize::from(ms < 100) };
+    HeaderValue::from_maybe_shared(Bytes::from_static(&digits[skip..]))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// `000` to `999` as ASCII digits.
+static MILLIS_DIGITS: [[u8; 3]; 1000] = {
+    let mut table = [[0u8; 3]; 1000];
+    let mut n = 0;
+    while n < 1000 {
+        table[n] = [
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+        ];
+        n += 1;
+    }
+    table
+};
+
+/// Looked up by a constant name: a lookup by `&str` builds (and allocates) a custom name.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-portcullis-upstream-latency");
 const PROXY_LATENCY: HeaderName = HeaderName::from_static("x-portcullis-proxy-latency");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id");
@@ -436,7 +479,26 @@ fn has_body(req: &HttpRequest) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::RequestId;
+    use std::time::Duration;
+
+    use super::{millis_value, RequestId};
+
+    #[test]
+    fn latency_values_are_plain_decimal_milliseconds() {
+        for (ms, want) in [
+            (0, "0"),
+            (7, "7"),
+            (10, "10"),
+            (99, "99"),
+            (100, "100"),
+            (999, "999"),
+            (1000, "1000"),
+            (123_456, "123456"),
+        ] {
+            assert_eq!(millis_value(Duration::from_millis(ms)), want, "{ms} ms");
+        }
+        assert_eq!(millis_value(Duration::from_micros(1_999)), "1");
+    }
 
     #[test]
     fn request_ids_are_32_hex_digits_and_differ() {

@@ -5,6 +5,7 @@
 //! and candidates are ordered by number of attributes, plain before wildcard hosts, header count,
 //! regex before prefix, `regex_priority`, longest prefix, then age.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -203,12 +204,13 @@ pub struct MatchInput<'a> {
     pub header: &'a dyn Fn(&str) -> Option<String>,
 }
 
-/// A successful match.
-pub struct RouteMatch<'a> {
+/// A successful match: `'a` borrows the table, `'p` the request path.
+pub struct RouteMatch<'a, 'p> {
     /// The matched entry.
     pub entry: &'a RouteEntry,
-    /// The prefix removed when `strip_path` is on (`None` when nothing is stripped).
-    pub stripped: Option<String>,
+    /// The prefix of the request path removed when `strip_path` is on (`None` when nothing is
+    /// stripped). Paths and regexes match from the start, so it is always a prefix.
+    pub stripped: Option<&'p str>,
     /// Whether the route allows only https.
     pub https_only: bool,
 }
@@ -424,11 +426,11 @@ impl RouterSnapshot {
     /// Small tables are scanned in order. Large ones go through [`PathIndex`]: only the entries
     /// whose plain prefix is a prefix of the request path, plus those without one, are tried, so
     /// the cost follows the path's length, not the number of routes.
-    pub fn find(&self, input: &MatchInput<'_>) -> Option<RouteMatch<'_>> {
+    pub fn find<'p>(&self, input: &MatchInput<'p>) -> Option<RouteMatch<'_, 'p>> {
         if self.entries.len() <= INDEX_THRESHOLD {
             return self.entries.iter().find_map(|e| Self::try_entry(e, input));
         }
-        let mut best: Option<(usize, RouteMatch<'_>)> = None;
+        let mut best: Option<(usize, RouteMatch<'_, 'p>)> = None;
         let mut consider = |list: &[usize]| {
             let limit = best.as_ref().map_or(usize::MAX, |(i, _)| *i);
             for &i in list.iter().take_while(|i| **i < limit) {
@@ -454,7 +456,10 @@ impl RouterSnapshot {
         best.map(|(_, m)| m)
     }
 
-    fn try_entry<'s>(entry: &'s RouteEntry, input: &MatchInput<'_>) -> Option<RouteMatch<'s>> {
+    fn try_entry<'s, 'p>(
+        entry: &'s RouteEntry,
+        input: &MatchInput<'p>,
+    ) -> Option<RouteMatch<'s, 'p>> {
         let r = &entry.route;
         if !r.methods.is_empty() && !r.methods.contains(input.method) {
             return None;
@@ -479,12 +484,13 @@ impl RouterSnapshot {
                 if !input.path.starts_with(p.as_str()) {
                     return None;
                 }
-                Some(p.clone())
+                Some(&input.path[..p.len()])
             }
-            Some(PathPattern::Regex(re)) => Some(re.find(input.path)?.as_str().to_string()),
+            // Anchored at the start (`^(?:…)`), so the match is a prefix of the path.
+            Some(PathPattern::Regex(re)) => Some(&input.path[..re.find(input.path)?.end()]),
         };
         let stripped = if r.route.strip_path {
-            matched_prefix.filter(|p| !p.is_empty() && p != "/")
+            matched_prefix.filter(|p| !p.is_empty() && *p != "/")
         } else {
             None
         };
@@ -505,26 +511,33 @@ impl RouterSnapshot {
 }
 
 /// Joins the service path and the request path as Kong does (`path_handling = v0`).
-pub fn upstream_path(service_path: Option<&str>, stripped: Option<&str>, req_path: &str) -> String {
+pub fn upstream_path<'p>(
+    service_path: Option<&str>,
+    stripped: Option<&str>,
+    req_path: &'p str,
+) -> Cow<'p, str> {
     match stripped {
         Some(prefix) => {
             let postfix = &req_path[prefix.len().min(req_path.len())..];
             let base = service_path.unwrap_or("/").trim_end_matches('/');
             if postfix.is_empty() {
                 if base.is_empty() {
-                    "/".to_string()
+                    Cow::Borrowed("/")
                 } else {
-                    base.to_string()
+                    Cow::Owned(base.to_string())
                 }
+            } else if base.is_empty() && postfix.starts_with('/') {
+                // A service without a path (the usual Kong setup): the rest of the request path.
+                Cow::Borrowed(postfix)
             } else if postfix.starts_with('/') {
-                format!("{base}{postfix}")
+                Cow::Owned([base, postfix].concat())
             } else {
-                format!("{base}/{postfix}")
+                Cow::Owned([base, "/", postfix].concat())
             }
         }
         None => match service_path {
-            None => req_path.to_string(),
-            Some(base) => format!("{}{}", base.trim_end_matches('/'), req_path),
+            None => Cow::Borrowed(req_path),
+            Some(base) => Cow::Owned([base.trim_end_matches('/'), req_path].concat()),
         },
     }
 }
