@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::header::{HeaderMap as ClientHeaders, HeaderName, HeaderValue};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -378,6 +380,35 @@ struct Head {
     keep_alive: bool,
 }
 
+/// A parsed head whose header values are still ranges of the read buffer: once the head's bytes
+/// are split off and frozen, each value shares them instead of being copied into its own
+/// allocation.
+struct RawHead {
+    status: u16,
+    lines: SmallVec<[(HeaderName, Range<usize>); 12]>,
+    length: Option<u64>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl RawHead {
+    fn into_head(self, bytes: &Bytes) -> Head {
+        let mut headers = ClientHeaders::with_capacity(self.lines.len() + 4);
+        for (name, range) in self.lines {
+            if let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(range)) {
+                headers.append(name, value);
+            }
+        }
+        Head {
+            status: self.status,
+            headers,
+            length: self.length,
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+        }
+    }
+}
+
 /// Parses one answer head off the front of `buf` (skipping interim `1xx` answers); `None` until
 /// the head is complete.
 fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, ExchangeError> {
@@ -392,15 +423,16 @@ fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, Exchang
     .map_err(|e| {
         ExchangeError::Upstream(format!("upstream answered with a malformed head: {e}"))
     })??;
-    Ok(parsed.map(|(head, consumed)| {
-        let _ = buf.split_to(consumed);
-        head
+    Ok(parsed.map(|(raw, consumed)| {
+        // One allocation makes the buffer shared; the values then point into the head's bytes.
+        let bytes = buf.split_to(consumed).freeze();
+        raw.into_head(&bytes)
     }))
 }
 
 /// [`parse_head`] with `slots` for the header lines; the outer error is httparse's, the inner
 /// one a framing header the gateway cannot use.
-type Parsed = Result<Option<(Head, usize)>, ExchangeError>;
+type Parsed = Result<Option<(RawHead, usize)>, ExchangeError>;
 
 fn parse_head_with<'b>(
     buf: &'b [u8],
@@ -464,22 +496,24 @@ fn parse_head_with<'b>(
                 }
             }
         }
-        let mut out = ClientHeaders::with_capacity(response.headers.len() + 4);
+        let mut lines = SmallVec::new();
         for h in response.headers.iter() {
             // Framing headers were read above; they are not converted only to be dropped.
             if FRAMING.iter().any(|f| h.name.eq_ignore_ascii_case(f)) {
                 continue;
             }
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(h.name.as_bytes()),
-                HeaderValue::from_bytes(h.value),
-            ) else {
+            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
                 continue;
             };
             if !headers::passes_to_client(name.as_str(), &named) {
                 continue;
             }
-            out.append(name, value);
+            // httparse hands out slices of `buf`: the value's place in it.
+            let start = (h.value.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+            let range = start..start.saturating_add(h.value.len());
+            if range.end <= buf.len() {
+                lines.push((name, range));
+            }
         }
         let framing = if no_body || matches!(status, 204 | 304) {
             Framing::Length(0)
@@ -490,9 +524,9 @@ fn parse_head_with<'b>(
         } else {
             Framing::UntilClose
         };
-        let head = Head {
+        let head = RawHead {
             status,
-            headers: out,
+            lines,
             length: if chunked { None } else { length },
             framing,
             // Both framings on one answer smell of smuggling: answered, then not reused
@@ -525,7 +559,12 @@ impl BodyReader {
         if self.buf.len() < n {
             return None;
         }
-        let body = self.buf.split_to(n).freeze();
+        // Usually the body is all that is left: the buffer itself becomes the body's bytes.
+        let body = if self.buf.len() == n {
+            std::mem::take(&mut self.buf).freeze()
+        } else {
+            self.buf.split_to(n).freeze()
+        };
         self.framing = Framing::Length(0);
         self.finish();
         Some(body)
