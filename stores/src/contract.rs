@@ -188,6 +188,17 @@ fn token(access: u8, refresh: Option<u8>, family: Uuid, now: i64) -> TokenRecord
     }
 }
 
+/// The answer from memory, when the store gives one, is the one the full lookup gives.
+async fn in_memory_agrees(store: &dyn TokenStore, digest: &TokenHash, now: i64) {
+    let full = store.token_by_access(digest, now).await.unwrap();
+    if let Some(quick) = store.token_by_access_in_memory(digest, now) {
+        assert_eq!(
+            quick, full,
+            "the in-memory answer differs from the full lookup"
+        );
+    }
+}
+
 /// Lookups by digest, expiry, single-use codes, atomic rotation with reuse detection.
 pub async fn token_store_contract(store: &dyn TokenStore) {
     let now = 1_000_000;
@@ -203,6 +214,8 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         None,
         "row past its TTL is invisible"
     );
+    in_memory_agrees(store, &hash(1), now).await;
+    in_memory_agrees(store, &hash(1), now + 601).await;
 
     assert_eq!(
         store.token_by_refresh(&hash(2), now).await.unwrap(),
@@ -223,6 +236,7 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         None,
         "rotation kills the old access token"
     );
+    in_memory_agrees(store, &hash(1), now + 1).await;
     let again = store
         .redeem_refresh(
             &hash(2),
@@ -244,6 +258,7 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         store.token_by_access(&hash(3), now + 2).await.unwrap(),
         None
     );
+    in_memory_agrees(store, &hash(3), now + 2).await;
 
     let code = CodeRecord {
         id: Uuid::new_v4(),

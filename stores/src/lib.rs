@@ -126,6 +126,17 @@ pub trait TokenStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError>;
 
+    /// [`TokenStore::token_by_access`] when the store can answer from memory, with no I/O:
+    /// `None` means "ask [`TokenStore::token_by_access`]". The token check on every proxied
+    /// request tries this first, which spares it a boxed future per request.
+    fn token_by_access_in_memory(
+        &self,
+        _hash: &TokenHash,
+        _now: i64,
+    ) -> Option<Option<TokenRecord>> {
+        None
+    }
+
     /// Finds a live token by the digest of its refresh token (to check ownership before redeeming).
     ///
     /// # Errors

@@ -316,6 +316,13 @@ impl MemoryTokenStore {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn live_by_access(&self, hash: &TokenHash, now: i64) -> Option<TokenRecord> {
+        self.by_access
+            .get(hash)
+            .map(|r| TokenRecord::clone(r.value()))
+            .filter(|r| r.row_live_at(now))
+    }
+
     fn insert_locked(&self, t: &mut TokenTables, token: TokenRecord) -> Result<(), StoreError> {
         if self.by_access.contains_key(&token.access_token_hash)
             || token
@@ -373,11 +380,11 @@ impl TokenStore for MemoryTokenStore {
         hash: &TokenHash,
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self
-            .by_access
-            .get(hash)
-            .map(|r| TokenRecord::clone(r.value()))
-            .filter(|r| r.row_live_at(now)))
+        Ok(self.live_by_access(hash, now))
+    }
+
+    fn token_by_access_in_memory(&self, hash: &TokenHash, now: i64) -> Option<Option<TokenRecord>> {
+        Some(self.live_by_access(hash, now))
     }
 
     async fn token_by_refresh(

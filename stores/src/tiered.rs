@@ -144,11 +144,8 @@ impl TokenStore for TieredTokenStore {
         hash: &TokenHash,
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        if let Some(hit) = self.near.get(hash) {
-            return Ok(Some(hit.as_ref().clone()).filter(|r| r.row_live_at(now)));
-        }
-        if self.negative.contains_key(hash) {
-            return Ok(None);
+        if let Some(known) = self.token_by_access_in_memory(hash, now) {
+            return Ok(known);
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let unchanged = || self.epoch.load(Ordering::Acquire) == epoch;
@@ -180,6 +177,13 @@ impl TokenStore for TieredTokenStore {
                 Ok(None)
             }
         }
+    }
+
+    fn token_by_access_in_memory(&self, hash: &TokenHash, now: i64) -> Option<Option<TokenRecord>> {
+        if let Some(hit) = self.near.get(hash) {
+            return Some(Some(hit.as_ref().clone()).filter(|r| r.row_live_at(now)));
+        }
+        self.negative.contains_key(hash).then_some(None)
     }
 
     async fn token_by_refresh(

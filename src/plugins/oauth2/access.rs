@@ -10,15 +10,17 @@ use super::reply::realm_prefix;
 use super::{params, OAuthRuntime};
 use crate::crypto;
 use crate::plugins::{Flow, RequestCtx};
+use portcullis_stores::TokenHash;
 
-/// Where the token was found (decides what `hide_credentials` strips).
+/// Where the token was found (decides what `hide_credentials` strips), with its digest: the
+/// digest is all the check needs, so the token itself is never copied.
 enum Found {
     /// `Authorization: Bearer <t>` (or `Token <t>`) in the configured header.
-    BearerHeader(String),
+    BearerHeader(TokenHash),
     /// The configured header holding the raw token (Kong quirk; not stripped).
-    RawHeader(String),
+    RawHeader(TokenHash),
     /// `access_token` query or body parameter.
-    Param(String),
+    Param(TokenHash),
     /// Nothing.
     Missing,
 }
@@ -52,9 +54,9 @@ impl OAuthRuntime {
                     if scheme.eq_ignore_ascii_case("bearer")
                         || scheme.eq_ignore_ascii_case("token") =>
                 {
-                    Found::BearerHeader(token.to_string())
+                    Found::BearerHeader(crypto::token_hash(token))
                 }
-                _ => Found::RawHeader(value.trim().to_string()),
+                _ => Found::RawHeader(crypto::token_hash(value.trim())),
             };
         }
         let ct = ctx
@@ -73,7 +75,7 @@ impl OAuthRuntime {
             ctx.body.as_ref().filter(|_| with_body),
         );
         match params::non_blank(&request, "access_token") {
-            Some(t) => Found::Param(t.to_string()),
+            Some(t) => Found::Param(crypto::token_hash(t)),
             None => Found::Missing,
         }
     }
@@ -112,17 +114,16 @@ impl OAuthRuntime {
         if self.config.hide_credentials {
             self.hide(ctx, &found);
         }
-        let token = match found {
-            Found::BearerHeader(t) | Found::RawHeader(t) | Found::Param(t) => t,
+        let hash = match found {
+            Found::BearerHeader(h) | Found::RawHeader(h) | Found::Param(h) => h,
             Found::Missing => return Err(Denied::Missing),
         };
         let now = crate::admin::crud::now();
-        let record = match self
-            .deps
-            .tokens
-            .token_by_access(&crypto::token_hash(&token), now)
-            .await
-        {
+        let found = match self.deps.tokens.token_by_access_in_memory(&hash, now) {
+            Some(known) => Ok(known),
+            None => self.deps.tokens.token_by_access(&hash, now).await,
+        };
+        let record = match found {
             Ok(Some(r)) if r.access_valid_at(now) => r,
             Ok(_) => return Err(Denied::Invalid),
             Err(e) => {
