@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -80,6 +81,9 @@ pub struct Outgoing<'a> {
     pub head: &'a [u8],
     /// Request body; `None` sends none.
     pub body: Option<&'a Bytes>,
+    /// When the gateway started sending: the pool's clock for judging idle connections, so
+    /// the exchange reads the clock once more (at check-in), not twice.
+    pub at: Instant,
 }
 
 /// An upstream answer: status, end-to-end headers (the framing ones are consumed here), the
@@ -108,7 +112,9 @@ pub enum AnswerBody {
 /// Keep-alive connections of one worker thread, per upstream origin.
 pub struct Http1Pool {
     /// Per origin, oldest first: reuse takes the newest, pruning drops from the front.
-    idle: RefCell<HashMap<Arc<str>, VecDeque<IdleConn>>>,
+    // foldhash: two lookups per request by an origin the admin configured; SipHash's
+    // flood resistance buys nothing here and costs more than the rest of the lookup.
+    idle: RefCell<HashMap<Arc<str>, VecDeque<IdleConn>, foldhash::fast::RandomState>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -122,18 +128,18 @@ impl Http1Pool {
     /// A pool keeping at most `max_idle` idle connections per origin for `idle_timeout`.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Rc<Self> {
         Rc::new(Self {
-            idle: RefCell::new(HashMap::new()),
+            idle: RefCell::new(HashMap::default()),
             max_idle,
             idle_timeout,
         })
     }
 
     /// An idle connection to `key` that is still open, if any.
-    fn checkout(&self, key: &str) -> Option<TcpStream> {
+    fn checkout(&self, key: &str, now: Instant) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let conns = idle.get_mut(key)?;
         while let Some(conn) = conns.pop_back() {
-            if conn.since.elapsed() > self.idle_timeout {
+            if now.saturating_duration_since(conn.since) > self.idle_timeout {
                 continue;
             }
             // The event loop marks a socket readable when the upstream closes it; an idle
@@ -160,17 +166,15 @@ impl Http1Pool {
             Some(conns) => conns,
             None => idle.entry(Arc::clone(key)).or_default(),
         };
+        let now = Instant::now();
         while conns
             .front()
-            .is_some_and(|c| c.since.elapsed() > self.idle_timeout)
+            .is_some_and(|c| now.saturating_duration_since(c.since) > self.idle_timeout)
         {
             conns.pop_front();
         }
         if conns.len() < self.max_idle {
-            conns.push_back(IdleConn {
-                stream,
-                since: Instant::now(),
-            });
+            conns.push_back(IdleConn { stream, since: now });
         }
     }
 
@@ -188,7 +192,7 @@ impl Http1Pool {
         no_body: bool,
     ) -> Result<Answer, ExchangeError> {
         let head = request.head;
-        if let Some(stream) = self.checkout(to.key) {
+        if let Some(stream) = self.checkout(to.key, request.at) {
             match self.exchange_on(stream, to, head, request, no_body).await {
                 // Unsent, or safe to send twice: once more on a new connection.
                 Err(Attempt::Stale { written }) if written.is_some() || idempotent(request) => {}
@@ -201,6 +205,19 @@ impl Http1Pool {
                 Ok(answer) => return Ok(answer),
             }
         }
+        // A new connection is the rare case: its future is boxed so that it does not make every
+        // request's future (copied into actix's box per request) twice as large.
+        Box::pin(self.exchange_on_new(to, head, request, no_body)).await
+    }
+
+    /// [`Http1Pool::exchange`] on a newly opened connection.
+    async fn exchange_on_new(
+        self: &Rc<Self>,
+        to: &Destination<'_>,
+        head: &[u8],
+        request: &Outgoing<'_>,
+        no_body: bool,
+    ) -> Result<Answer, ExchangeError> {
         let stream = TcpStream::connect((to.host, to.port))
             .await
             .map_err(ExchangeError::Connect)?;
@@ -385,16 +402,20 @@ struct Head {
 /// allocation.
 struct RawHead {
     status: u16,
-    lines: SmallVec<[(HeaderName, Range<usize>); 12]>,
     length: Option<u64>,
     framing: Framing,
     keep_alive: bool,
 }
 
+/// The header lines of a head being parsed: each name with its value's place in the buffer.
+/// Filled in place (it is large: moving it through the parser's results cost more than it saved).
+type Lines = SmallVec<[(HeaderName, Range<usize>); 12]>;
+
 impl RawHead {
-    fn into_head(self, bytes: &Bytes) -> Head {
-        let mut headers = ClientHeaders::with_capacity(self.lines.len() + 4);
-        for (name, range) in self.lines {
+    fn into_head(self, lines: &mut Lines, bytes: &Bytes) -> Head {
+        let mut headers = ClientHeaders::with_capacity(lines.len() + 4);
+        for (name, range) in lines.drain(..) {
+            // A value httparse took but `HeaderValue` refuses is left out.
             if let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(range)) {
                 headers.append(name, value);
             }
@@ -412,11 +433,13 @@ impl RawHead {
 /// Parses one answer head off the front of `buf` (skipping interim `1xx` answers); `None` until
 /// the head is complete.
 fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, ExchangeError> {
-    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
-    let parsed = match parse_head_with(buf, no_body, &mut few) {
+    // Uninitialised slots: zeroing them was a kilobyte of stores per answer.
+    let mut few = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; FEW_HEADERS];
+    let mut lines = Lines::new();
+    let parsed = match parse_head_with(buf, no_body, &mut few, &mut lines) {
         Err(httparse::Error::TooManyHeaders) => {
-            let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            parse_head_with(buf, no_body, &mut many)
+            let mut many = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            parse_head_with(buf, no_body, &mut many, &mut lines)
         }
         other => other,
     }
@@ -426,7 +449,7 @@ fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, Exchang
     Ok(parsed.map(|(raw, consumed)| {
         // One allocation makes the buffer shared; the values then point into the head's bytes.
         let bytes = buf.split_to(consumed).freeze();
-        raw.into_head(&bytes)
+        raw.into_head(&mut lines, &bytes)
     }))
 }
 
@@ -437,12 +460,18 @@ type Parsed = Result<Option<(RawHead, usize)>, ExchangeError>;
 fn parse_head_with<'b>(
     buf: &'b [u8],
     no_body: bool,
-    slots: &mut [httparse::Header<'b>],
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
+    lines: &mut Lines,
 ) -> Result<Parsed, httparse::Error> {
     let mut skipped = 0;
     loop {
-        let mut response = httparse::Response::new(&mut *slots);
-        let consumed = match response.parse(&buf[skipped..])? {
+        lines.clear();
+        let mut response = httparse::Response::new(&mut []);
+        let consumed = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &buf[skipped..],
+            &mut *slots,
+        )? {
             httparse::Status::Complete(n) => n,
             httparse::Status::Partial => return Ok(Ok(None)),
         };
@@ -496,7 +525,6 @@ fn parse_head_with<'b>(
                 }
             }
         }
-        let mut lines = SmallVec::new();
         for h in response.headers.iter() {
             // Framing headers were read above; they are not converted only to be dropped.
             if FRAMING.iter().any(|f| h.name.eq_ignore_ascii_case(f)) {
@@ -526,7 +554,6 @@ fn parse_head_with<'b>(
         };
         let head = RawHead {
             status,
-            lines,
             length: if chunked { None } else { length },
             framing,
             // Both framings on one answer smell of smuggling: answered, then not reused
@@ -838,12 +865,12 @@ mod tests {
         // The upstream closes the newest idle connection: reuse skips it, takes the other.
         drop(upstream_sides.remove(1));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(pool.checkout(&key).is_some());
+        assert!(pool.checkout(&key, Instant::now()).is_some());
         assert!(
             pool.idle.borrow()[&*key].is_empty(),
             "the closed one was dropped"
         );
-        assert!(pool.checkout(&key).is_none());
+        assert!(pool.checkout(&key, Instant::now()).is_none());
         // Connections idle past the timeout are closed when the next one comes back.
         for _ in 0..2 {
             let conn = TcpStream::connect(addr).await.unwrap();

@@ -350,8 +350,11 @@ async fn forward(
     let lean = !origin.tls && !streams_body;
     let mut attempts = 0u32;
     let mut payload = payload;
-    let proxy_latency = started.elapsed();
+    // One clock read serves the proxy latency, the first attempt's deadline and the upstream
+    // latency's start (each read is a measurable cost per request on a VM).
     let sent_at = Instant::now();
+    let proxy_latency = sent_at.saturating_duration_since(started);
+    let mut deadline = sent_at + timeout;
     let lean_head = lean.then(|| {
         let method = req.method().as_str();
         let mut head = http1::start_head(method, &target, req.headers().len() + 10);
@@ -371,8 +374,9 @@ async fn forward(
                     method: req.method().as_str(),
                     head,
                     body: replay_body.as_ref(),
+                    at: sent_at,
                 };
-                clients.send_lean(&to, &outgoing, no_body, timeout).await
+                clients.send_lean(&to, &outgoing, no_body, deadline).await
             }
             None => {
                 let body = match (&replay_body, payload.take()) {
@@ -392,13 +396,15 @@ async fn forward(
                 *request.uri_mut() = uri;
                 *request.headers_mut() = headers;
                 let verify = service.tls_verify == Some(true);
-                clients.send_hyper(request, verify, no_body, timeout).await
+                // Boxed: hyper's future would double the size of every request's future.
+                Box::pin(clients.send_hyper(request, verify, no_body, deadline)).await
             }
         };
         match outcome {
             Ok(answer) => break answer,
             Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {
                 attempts += 1;
+                deadline = Instant::now() + timeout;
                 tracing::debug!(error = %detail, attempts, "upstream connect failed; retrying");
             }
             Err(SendError::Timeout) => return Err(ProxyError::Timeout),

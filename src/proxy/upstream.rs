@@ -5,7 +5,7 @@
 //! for every request it sends — a measurable cost per proxied request; neither client does.)
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::web;
@@ -93,9 +93,10 @@ impl UpstreamClients {
         to: &Destination<'_>,
         request: &Outgoing<'_>,
         no_body: bool,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Answer, SendError> {
-        match tokio::time::timeout(timeout, self.lean.exchange(to, request, no_body)).await {
+        let exchange = self.lean.exchange(to, request, no_body);
+        match tokio::time::timeout_at(deadline.into(), exchange).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(ExchangeError::Connect(e))) => Err(SendError::Connect(e.to_string())),
@@ -113,10 +114,10 @@ impl UpstreamClients {
         request: http::Request<UpstreamBody>,
         verify: bool,
         no_body: bool,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Answer, SendError> {
         let client = if verify { &self.verifying } else { &self.plain };
-        match tokio::time::timeout(timeout, client.request(request)).await {
+        match tokio::time::timeout_at(deadline.into(), client.request(request)).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Ok(resp)) => Ok(answer_of(resp, no_body)),
             Ok(Err(e)) => {
