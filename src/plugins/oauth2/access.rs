@@ -39,9 +39,9 @@ impl OAuthRuntime {
     /// The configured header's first value (`-` and `_` equivalent, case-insensitive); the name
     /// variants are resolved once, when the instance is compiled.
     pub(super) fn auth_header_value<'r>(&self, ctx: &'r RequestCtx) -> Option<&'r str> {
-        self.auth_headers
+        self.auth_headers_in
             .iter()
-            .find_map(|n| ctx.req.headers().get(n.as_str()))
+            .find_map(|n| ctx.req.headers().get(n))
             .and_then(|v| v.to_str().ok())
     }
 

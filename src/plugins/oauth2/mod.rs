@@ -201,11 +201,16 @@ impl Plugin for OAuth2Plugin {
                 .as_deref()
                 .unwrap_or("authorization"),
         );
+        let auth_headers_in = auth_headers
+            .iter()
+            .filter_map(|n| actix_web::http::header::HeaderName::from_bytes(n.as_ref()).ok())
+            .collect();
         Ok(Arc::new(OAuthRuntime {
             plugin_id: instance.id,
             config,
             deps: self.deps.clone(),
             auth_headers,
+            auth_headers_in,
         }))
     }
 }
@@ -220,6 +225,9 @@ pub struct OAuthRuntime {
     pub deps: OAuthDeps,
     /// `auth_header_name` and its `-`/`_` variants, lower case, deduplicated.
     pub auth_headers: Vec<http::HeaderName>,
+    /// The same names as the client request's header map spells them (actix's `http` 0.2), so
+    /// the per-request lookup does not parse a name.
+    pub auth_headers_in: Vec<actix_web::http::header::HeaderName>,
 }
 
 /// The header names `auth_header_name` stands for (Kong treats `-` and `_` alike).
