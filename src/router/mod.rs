@@ -204,6 +204,10 @@ pub struct MatchInput<'a> {
     pub header: &'a dyn Fn(&str) -> Option<String>,
 }
 
+/// Entities by id, looked up on every authenticated request. Ids are UUIDs that only the admin
+/// API sets, so foldhash (several times cheaper than SipHash) needs no flood resistance.
+pub type IdMap<T> = HashMap<Uuid, Arc<T>, foldhash::fast::RandomState>;
+
 /// A successful match: `'a` borrows the table, `'p` the request path.
 pub struct RouteMatch<'a, 'p> {
     /// The matched entry.
@@ -255,13 +259,13 @@ pub struct RouterSnapshot {
     /// Prefix index over `entries`.
     index: PathIndex,
     /// Consumers by id.
-    pub consumers: HashMap<Uuid, Arc<Consumer>>,
+    pub consumers: IdMap<Consumer>,
     /// Consumers by username.
     pub consumers_by_username: HashMap<String, Arc<Consumer>>,
     /// OAuth 2.0 credentials by client_id.
     pub oauth2_by_client_id: HashMap<String, Arc<OAuthCredential>>,
     /// OAuth 2.0 credentials by id.
-    pub oauth2_by_id: HashMap<Uuid, Arc<OAuthCredential>>,
+    pub oauth2_by_id: IdMap<OAuthCredential>,
     /// Bumped on every rebuild.
     pub version: u64,
 }
