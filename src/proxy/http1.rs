@@ -397,9 +397,9 @@ struct Head {
     keep_alive: bool,
 }
 
-/// A parsed head whose header values are still ranges of the read buffer: once the head's bytes
-/// are split off and frozen, each value shares them instead of being copied into its own
-/// allocation.
+/// A parsed head whose header lines (in [`Lines`]) still point into the read buffer: once the
+/// head's bytes are split off and frozen, each value shares them instead of being copied into its
+/// own allocation.
 struct RawHead {
     status: u16,
     length: Option<u64>,

@@ -4,13 +4,13 @@
 use actix_web::http::header::HeaderValue;
 use actix_web::http::Method;
 use actix_web::HttpResponse;
+use portcullis_stores::TokenHash;
 use serde_json::json;
 
 use super::reply::realm_prefix;
 use super::{params, OAuthRuntime};
 use crate::crypto;
 use crate::plugins::{Flow, RequestCtx};
-use portcullis_stores::TokenHash;
 
 /// Where the token was found (decides what `hide_credentials` strips), with its digest: the
 /// digest is all the check needs, so the token itself is never copied.
@@ -119,11 +119,11 @@ impl OAuthRuntime {
             Found::Missing => return Err(Denied::Missing),
         };
         let now = crate::admin::crud::now();
-        let found = match self.deps.tokens.token_by_access_in_memory(&hash, now) {
+        let looked_up = match self.deps.tokens.token_by_access_in_memory(&hash, now) {
             Some(known) => Ok(known),
             None => self.deps.tokens.token_by_access(&hash, now).await,
         };
-        let record = match found {
+        let record = match looked_up {
             Ok(Some(r)) if r.access_valid_at(now) => r,
             Ok(_) => return Err(Denied::Invalid),
             Err(e) => {
