@@ -57,34 +57,63 @@ impl Drop for AuthServer {
 }
 
 impl AuthServer {
+    /// Starts oidc-provider on a free port. The port is free when picked but another test may
+    /// take it before node listens: node then exits (EADDRINUSE), and the next port is tried.
     async fn start() -> Self {
         ensure_npm_deps();
-        let port = dead_port();
-        // The provider's output (startup warnings, crashes) goes to a file named in failures.
-        let log_path = std::env::temp_dir().join(format!("portcullis-oidc-provider-{port}.log"));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new("node")
-            .arg("provider.js")
-            .env("PORT", port.to_string())
-            .current_dir(provider_dir())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("node starts");
-        let what = format!("oidc-provider answers (log: {})", log_path.display());
-        let server = Self {
-            child: Some(child),
-            log_path,
-            url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-        };
-        eventually(Duration::from_secs(30), &what, || {
-            let req = server.http.get(format!("{}/__count", server.url)).send();
-            async move { req.await.ok().filter(|r| r.status().is_success()) }
-        })
-        .await;
-        server
+        for _ in 0..5 {
+            let port = dead_port();
+            // The provider's output (startup warnings, crashes) goes to a file named in failures.
+            let log_path =
+                std::env::temp_dir().join(format!("portcullis-oidc-provider-{port}.log"));
+            let log = std::fs::File::create(&log_path).expect("log file");
+            let child = Command::new("node")
+                .arg("provider.js")
+                .env("PORT", port.to_string())
+                .current_dir(provider_dir())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("node starts");
+            let mut server = Self {
+                child: Some(child),
+                log_path,
+                url: format!("http://127.0.0.1:{port}"),
+                http: reqwest::Client::new(),
+            };
+            if server.answers_within(Duration::from_secs(30)).await {
+                return server;
+            }
+            let log = std::fs::read_to_string(&server.log_path).unwrap_or_default();
+            assert!(
+                log.contains("EADDRINUSE"),
+                "oidc-provider did not answer within 30 s (log: {})",
+                server.log_path.display()
+            );
+            server.stop();
+        }
+        panic!("oidc-provider found its port taken five times in a row");
+    }
+
+    /// Whether the provider answers before `limit`; `false` at once when node has exited.
+    async fn answers_within(&mut self, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                return false;
+            }
+            let answer = self.http.get(format!("{}/__count", self.url)).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     fn stop(&mut self) {
