@@ -25,7 +25,7 @@ use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache}
 use crate::plugins::oauth2::OAuthDeps;
 use crate::plugins::PluginRegistry;
 use crate::proxy::upstream::UpstreamClients;
-use crate::proxy::{self, ListenerScheme, ProxyState, ProxyWorker};
+use crate::proxy::{self, ProxyState, ProxyWorker};
 use crate::router::RouterSnapshot;
 
 /// Why the gateway could not start.
@@ -280,7 +280,7 @@ impl Application {
             }
             let state = proxy_state.clone();
             let client_settings = settings.clone();
-            let scheme = ListenerScheme(if tls { "https" } else { "http" });
+            let scheme = if tls { "https" } else { "http" };
             let mut server = HttpServer::new(move || {
                 App::new()
                     .app_data(web::Data::new(ProxyWorker {

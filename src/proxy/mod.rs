@@ -38,10 +38,6 @@ pub struct ProxyState {
     pub max_body: usize,
 }
 
-/// `http` or `https`: which listener the request came in on.
-#[derive(Clone, Copy)]
-pub struct ListenerScheme(pub &'static str);
-
 /// What one proxy worker thread hands its requests: the shared state, the worker's own upstream
 /// clients and the listener's scheme, in one piece so a request looks up one thing, not three.
 pub struct ProxyWorker {
@@ -49,8 +45,8 @@ pub struct ProxyWorker {
     pub state: web::Data<ProxyState>,
     /// This worker's connection pools.
     pub clients: UpstreamClients,
-    /// The listener's scheme.
-    pub scheme: ListenerScheme,
+    /// `http` or `https`: which listener the worker serves.
+    pub scheme: &'static str,
 }
 
 impl ProxyState {
@@ -96,7 +92,7 @@ pub async fn handle(
         payload,
         &worker.state,
         &worker.clients,
-        worker.scheme.0,
+        worker.scheme,
         request_id,
         started,
     )
