@@ -63,6 +63,8 @@ start() {
     esac
   done
   local bin="${PORTCULLIS_BIN:-$root/target/debug/portcullis}"
+  # Not a setting: the gateway refuses unknown PORTCULLIS_* variables.
+  unset PORTCULLIS_BIN
   if [ ! -x "$bin" ]; then (cd "$root" && cargo build --bin portcullis); fi
   mkdir -p "$dir"
   if [ -f "$dir/pids" ]; then stop; fi

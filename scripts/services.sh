@@ -37,3 +37,13 @@ if [ ! -f "$introspection_dir/node_modules/oidc-provider/package.json" ]; then
   (cd "$introspection_dir" && npm ci --no-audit --no-fund)
 fi
 node --version
+
+# The admin API's OpenAPI conformance test (tests/schemathesis.rs) runs schemathesis' `st`.
+schemathesis_version=4.32.5
+schemathesis_cli() { st "$@" 2>/dev/null || python3 -m schemathesis.cli "$@"; }
+if ! schemathesis_cli --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  if ! command -v pip3 >/dev/null 2>&1; then apt_install python3-pip; fi
+  pip3 install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version" \
+    || pip3 install --quiet --disable-pip-version-check --break-system-packages "schemathesis==$schemathesis_version"
+fi
+schemathesis_cli --version

@@ -1,27 +1,95 @@
 //! The shipped container files, validated offline (no Docker engine runs here): the compose file's
-//! shape and its environment checked by the real binary's `config check`, the Dockerfile's
-//! promises, and `docker-compose config -q` when that validator is installed.
+//! shape, its environment (with docker/.env.example's secrets) checked by the real binary's
+//! `config check` against a certificate made by the compose file's own `certs` job, the
+//! Dockerfile's promises (pinned images, a toolchain new enough for Cargo.lock), and
+//! `docker-compose config`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 
+use serde_json::Value as Json;
 use serde_yaml::Value;
 
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const COMPOSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/docker-compose.yml");
+const ENV_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/.env.example");
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap()
+}
+
 fn compose() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/docker/docker-compose.yml"
-    ))
-    .unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_yaml::from_str(&read("docker/docker-compose.yml")).unwrap()
+}
+
+/// `KEY=value` lines of docker/.env.example.
+fn env_example() -> BTreeMap<String, String> {
+    read("docker/.env.example")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=value");
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Compose's `${NAME}` / `${NAME:?message}` interpolation from `vars`; an unknown name fails.
+fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closing brace") + start;
+        let inner = &rest[start + 2..end];
+        let name = inner.split(':').next().unwrap();
+        let value = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in docker/.env.example"));
+        out.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `(major, minor, patch)` of `1.89`, `1.89.0`.
+fn version(text: &str) -> (u64, u64, u64) {
+    let mut parts = text.split('.').map(|p| p.parse::<u64>().unwrap());
+    (
+        parts.next().unwrap(),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// The images of the Dockerfile's `FROM` lines and of the compose services (ours excluded).
+fn base_images() -> Vec<String> {
+    let mut images: Vec<String> = read("docker/Dockerfile")
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    let c = compose();
+    for (_, service) in c["services"].as_mapping().unwrap() {
+        if let Some(image) = service["image"].as_str() {
+            if image != "portcullis:local" {
+                images.push(image.to_string());
+            }
+        }
+    }
+    images
 }
 
 #[test]
 fn compose_has_the_stack_with_health_gated_startup() {
     let c = compose();
     let services = c["services"].as_mapping().unwrap();
-    for name in ["postgres", "redis", "migrations", "gateway"] {
+    for name in ["postgres", "redis", "certs", "migrations", "gateway"] {
         assert!(services.contains_key(name), "service {name} missing");
     }
     for name in ["postgres", "redis", "gateway"] {
@@ -31,10 +99,9 @@ fn compose_has_the_stack_with_health_gated_startup() {
         );
     }
     let deps = &c["services"]["gateway"]["depends_on"];
-    assert_eq!(
-        deps["migrations"]["condition"],
-        "service_completed_successfully"
-    );
+    for job in ["certs", "migrations"] {
+        assert_eq!(deps[job]["condition"], "service_completed_successfully");
+    }
     assert_eq!(deps["postgres"]["condition"], "service_healthy");
     assert_eq!(deps["redis"]["condition"], "service_healthy");
     let ports: Vec<String> = c["services"]["gateway"]["ports"]
@@ -62,8 +129,82 @@ fn compose_has_the_stack_with_health_gated_startup() {
 }
 
 #[test]
-fn compose_environment_is_a_valid_gateway_config() {
+fn secrets_come_from_the_env_file_not_literals() {
+    let text = read("docker/docker-compose.yml");
+    let example = env_example();
+    for (name, value) in &example {
+        assert!(
+            text.contains(&format!("${{{name}:?")),
+            "{name} is required from docker/.env"
+        );
+        assert!(
+            !text.contains(value.as_str()),
+            "{name}'s example value is not a literal"
+        );
+    }
     let c = compose();
+    let gateway = c["services"]["gateway"]["environment"]
+        .as_mapping()
+        .unwrap();
+    for name in ["PORTCULLIS_PG_PASSWORD", "PORTCULLIS_ADMIN_TOKEN"] {
+        let value = gateway[name].as_str().unwrap();
+        assert!(
+            value.starts_with("${") && value.ends_with('}'),
+            "{name}: {value}"
+        );
+    }
+    let postgres = c["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+        .as_str()
+        .unwrap();
+    assert!(postgres.starts_with("${POSTGRES_PASSWORD:?"), "{postgres}");
+    let ignored = read(".gitignore");
+    assert!(
+        ignored.lines().any(|l| l.trim() == "docker/.env"),
+        "docker/.env is never committed"
+    );
+}
+
+#[test]
+fn compose_environment_is_a_valid_gateway_config_with_the_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir(&tls_dir).unwrap();
+    let on_volume = "/var/lib/portcullis/tls";
+    let c = compose();
+    let volumes: Vec<&str> = c["services"]["gateway"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        volumes.contains(&format!("tls:{on_volume}:ro").as_str()),
+        "{volumes:?}"
+    );
+    assert!(c["volumes"].as_mapping().unwrap().contains_key("tls"));
+
+    // The compose file's own certificate job, run here on a temporary directory, twice: the
+    // second run keeps the first certificate.
+    let job = c["services"]["certs"]["command"][0].as_str().unwrap();
+    let job = job.replace(on_volume, tls_dir.to_str().unwrap());
+    for _ in 0..2 {
+        let out = Command::new("sh").args(["-c", &job]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cert = std::fs::read(tls_dir.join("cert.pem")).unwrap();
+    let out = Command::new("sh").args(["-c", &job]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read(tls_dir.join("cert.pem")).unwrap(),
+        cert,
+        "kept"
+    );
+
+    let vars = env_example();
     let env = c["services"]["gateway"]["environment"]
         .as_mapping()
         .unwrap();
@@ -71,9 +212,10 @@ fn compose_environment_is_a_valid_gateway_config() {
     cmd.args(["config", "check"]).env_clear();
     for (k, v) in env {
         let value = match v {
-            Value::String(s) => s.clone(),
+            Value::String(s) => interpolate(s, &vars),
             other => serde_yaml::to_string(other).unwrap().trim().to_string(),
         };
+        let value = value.replace(on_volume, tls_dir.to_str().unwrap());
         cmd.env(k.as_str().unwrap(), value);
     }
     let out = cmd.output().unwrap();
@@ -84,21 +226,48 @@ fn compose_environment_is_a_valid_gateway_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("database = \"postgres\""), "{stdout}");
+    assert!(stdout.contains("cert.pem"), "{stdout}");
+    for secret in vars.values() {
+        assert!(!stdout.contains(secret.as_str()), "masked: {stdout}");
+    }
+}
+
+#[test]
+fn healthchecks_send_the_admin_token() {
+    let c = compose();
+    let test: Vec<&str> = c["services"]["gateway"]["healthcheck"]["test"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(test[0], "CMD-SHELL");
     assert!(
-        !stdout.contains("pg_password = \"portcullis\""),
-        "password masked: {stdout}"
+        test[1].contains("Kong-Admin-Token: $$PORTCULLIS_ADMIN_TOKEN")
+            && test[1].contains("/status"),
+        "{test:?}"
+    );
+    let dockerfile = read("docker/Dockerfile");
+    let check = dockerfile
+        .split("HEALTHCHECK")
+        .nth(1)
+        .expect("a HEALTHCHECK")
+        .lines()
+        .take(2)
+        .collect::<String>();
+    assert!(
+        check.contains("Kong-Admin-Token: ${PORTCULLIS_ADMIN_TOKEN") && check.contains("/status"),
+        "{check}"
     );
 }
 
 #[test]
-fn dockerfile_is_multi_stage_non_root_with_a_status_healthcheck() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/Dockerfile")).unwrap();
+fn dockerfile_is_multi_stage_non_root() {
+    let text = read("docker/Dockerfile");
     let froms = text.lines().filter(|l| l.starts_with("FROM ")).count();
     assert!(froms >= 2, "multi-stage build");
     let user = text.lines().rfind(|l| l.starts_with("USER ")).unwrap();
     assert!(!user.contains("root"), "{user}");
-    assert!(text.contains("HEALTHCHECK") && text.contains("/status"));
     for line in text
         .lines()
         .filter_map(|l| l.strip_prefix("COPY "))
@@ -106,9 +275,8 @@ fn dockerfile_is_multi_stage_non_root_with_a_status_healthcheck() {
     {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for source in &parts[..parts.len() - 1] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
             assert!(
-                path.exists(),
+                Path::new(ROOT).join(source).exists(),
                 "Dockerfile copies {source}, which must exist in the repository"
             );
         }
@@ -116,24 +284,138 @@ fn dockerfile_is_multi_stage_non_root_with_a_status_healthcheck() {
 }
 
 #[test]
-fn docker_compose_validator_accepts_the_file() {
-    let Ok(out) = Command::new("docker-compose")
-        .args([
-            "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/docker/docker-compose.yml"),
-            "config",
-            "-q",
-        ])
-        .output()
-    else {
-        eprintln!(
-            "docker-compose not installed: structural checks above still ran (.ci/run installs it)"
+fn every_image_is_pinned_to_an_exact_version() {
+    let images = base_images();
+    assert!(images.len() >= 4, "{images:?}");
+    for image in images {
+        let (name, tag) = image.split_once(':').unwrap_or((&image, ""));
+        let version = tag.split('-').next().unwrap();
+        let dots = version.matches('.').count();
+        // Debian and Postgres name a release by two numbers (12.15, 16.15); the others by three.
+        let needed = if matches!(name, "debian" | "postgres") {
+            1
+        } else {
+            2
+        };
+        assert!(
+            dots >= needed && version.split('.').all(|p| p.parse::<u64>().is_ok()),
+            "{image} is not pinned to an exact version"
         );
-        return;
-    };
+    }
+}
+
+/// The highest `rust-version` among the locked packages outside this workspace.
+fn locked_rust_version() -> ((u64, u64, u64), String) {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let meta: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let members: Vec<&Json> = meta["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !members.contains(&&p["id"]))
+        .filter_map(|p| {
+            let rv = p["rust_version"].as_str()?;
+            let (name, v) = (p["name"].as_str()?, p["version"].as_str()?);
+            Some((version(rv), format!("{name} {v} needs rust {rv}")))
+        })
+        .max()
+        .expect("locked packages declare rust-version")
+}
+
+#[test]
+fn toolchains_are_new_enough_for_every_locked_package() {
+    let (needed, which) = locked_rust_version();
+
+    let dockerfile = read("docker/Dockerfile");
+    let from = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .expect("a rust builder image");
+    let tag = from.split_whitespace().next().unwrap();
+    let builder = version(tag.split('-').next().unwrap());
+    assert!(
+        builder >= needed,
+        "the Dockerfile builds with rust {tag}, but {which}"
+    );
+
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    let declared = manifest["workspace"]["package"]["rust-version"]
+        .as_str()
+        .unwrap();
+    assert!(
+        version(declared) >= needed,
+        "Cargo.toml says rust-version = {declared}, but {which}"
+    );
+    assert!(
+        builder >= version(declared),
+        "the Dockerfile's rust {tag} < {declared}"
+    );
+}
+
+/// `docker-compose` (the offline validator .ci/run installs): missing fails under CI.
+fn docker_compose() -> Option<Command> {
+    if Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok()
+    {
+        let mut cmd = Command::new("docker-compose");
+        // Only what the command line gives: no docker/.env of a developer's own.
+        cmd.env_remove("POSTGRES_PASSWORD")
+            .env_remove("PORTCULLIS_ADMIN_TOKEN");
+        return Some(cmd);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "docker-compose is not installed (.ci/run installs it)"
+    );
+    eprintln!("docker-compose not installed: the checks above still ran");
+    None
+}
+
+#[test]
+fn docker_compose_accepts_the_file_with_the_example_env() {
+    let Some(mut cmd) = docker_compose() else {
+        return;
+    };
+    let out = cmd
+        .args(["--env-file", ENV_EXAMPLE, "-f", COMPOSE, "config", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn docker_compose_refuses_to_start_without_the_secrets() {
+    let Some(mut cmd) = docker_compose() else {
+        return;
+    };
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = cmd
+        .arg("--env-file")
+        .arg(empty.path())
+        .args(["-f", COMPOSE, "config", "-q"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("docker/.env.example"), "{stderr}");
 }
