@@ -188,19 +188,34 @@ fn token(access: u8, refresh: Option<u8>, family: Uuid, now: i64) -> TokenRecord
     }
 }
 
-/// The answer from memory, when the store gives one, is the one the full lookup gives.
-async fn in_memory_agrees(store: &dyn TokenStore, digest: &TokenHash, now: i64) {
+/// Whether a token store answers [`TokenStore::token_by_access_in_memory`], so that the contract
+/// checks the quick path of the stores that have one instead of skipping it for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuickPath {
+    /// Every lookup is I/O (Postgres): the quick path must always say "ask the full lookup".
+    Absent,
+    /// Answers from memory once a full lookup has been made (the memory store at once, the tiered
+    /// store from its near cache).
+    Present,
+}
+
+/// Right after a full lookup, the quick path answers (`Present`) or declines (`Absent`), and an
+/// answer is the full lookup's.
+async fn in_memory_agrees(store: &dyn TokenStore, quick: QuickPath, digest: &TokenHash, now: i64) {
     let full = store.token_by_access(digest, now).await.unwrap();
-    if let Some(quick) = store.token_by_access_in_memory(digest, now) {
-        assert_eq!(
-            quick, full,
-            "the in-memory answer differs from the full lookup"
-        );
+    let fast = store.token_by_access_in_memory(digest, now);
+    match quick {
+        QuickPath::Absent => assert_eq!(fast, None, "a store without a quick path answered"),
+        QuickPath::Present => assert_eq!(
+            fast,
+            Some(full),
+            "the in-memory answer differs from the full lookup (or is missing)"
+        ),
     }
 }
 
 /// Lookups by digest, expiry, single-use codes, atomic rotation with reuse detection.
-pub async fn token_store_contract(store: &dyn TokenStore) {
+pub async fn token_store_contract(store: &dyn TokenStore, quick: QuickPath) {
     let now = 1_000_000;
     let family = Uuid::new_v4();
     let t1 = token(1, Some(2), family, now);
@@ -214,8 +229,8 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         None,
         "row past its TTL is invisible"
     );
-    in_memory_agrees(store, &hash(1), now).await;
-    in_memory_agrees(store, &hash(1), now + 601).await;
+    in_memory_agrees(store, quick, &hash(1), now).await;
+    in_memory_agrees(store, quick, &hash(1), now + 601).await;
 
     assert_eq!(
         store.token_by_refresh(&hash(2), now).await.unwrap(),
@@ -236,7 +251,7 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         None,
         "rotation kills the old access token"
     );
-    in_memory_agrees(store, &hash(1), now + 1).await;
+    in_memory_agrees(store, quick, &hash(1), now + 1).await;
     let again = store
         .redeem_refresh(
             &hash(2),
@@ -258,7 +273,7 @@ pub async fn token_store_contract(store: &dyn TokenStore) {
         store.token_by_access(&hash(3), now + 2).await.unwrap(),
         None
     );
-    in_memory_agrees(store, &hash(3), now + 2).await;
+    in_memory_agrees(store, quick, &hash(3), now + 2).await;
 
     let code = CodeRecord {
         id: Uuid::new_v4(),
@@ -648,6 +663,17 @@ pub async fn token_store_lifecycle(store: &dyn TokenStore) {
     );
 }
 
+/// A start line for `n` tasks, after checking that they can really run at once: on a
+/// current-thread runtime a store without await points would serve them one after another.
+fn on_many_threads(n: usize) -> std::sync::Arc<tokio::sync::Barrier> {
+    assert_eq!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::MultiThread,
+        "a concurrency check needs a multi-thread runtime"
+    );
+    std::sync::Arc::new(tokio::sync::Barrier::new(n))
+}
+
 /// N concurrent takes of one code: exactly one gets it, the others see nothing or a replay.
 pub async fn concurrent_take_code(store: std::sync::Arc<dyn TokenStore>, n: usize) {
     let now = 3_000_000;
@@ -666,10 +692,15 @@ pub async fn concurrent_take_code(store: std::sync::Arc<dyn TokenStore>, n: usiz
         expires_at: now + 300,
     };
     store.insert_code(code.clone()).await.unwrap();
+    let start = on_many_threads(n);
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.take_code(&hash(77), now).await })
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                store.take_code(&hash(77), now).await
+            })
         })
         .collect();
     let mut wins = 0;
@@ -688,10 +719,13 @@ pub async fn concurrent_take_code(store: std::sync::Arc<dyn TokenStore>, n: usiz
 
 /// N concurrent inserts of one unique name: one succeeds, the rest are unique violations.
 pub async fn concurrent_unique_insert(store: std::sync::Arc<dyn ConfigStore>, n: usize) {
+    let start = on_many_threads(n);
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let store = store.clone();
+            let start = start.clone();
             tokio::spawn(async move {
+                start.wait().await;
                 store
                     .insert(
                         &entities::SERVICES,
@@ -713,4 +747,30 @@ pub async fn concurrent_unique_insert(store: std::sync::Arc<dyn ConfigStore>, n:
         }
     }
     assert_eq!((ok, unique), (1, n - 1));
+}
+
+/// Drops a test's Postgres schema (every Portcullis table in it) from a `Drop` impl. It runs on a
+/// thread and runtime of its own, since the test's runtime may be gone or panicking, and it waits
+/// at most `within`: the drop usually runs on the test's runtime thread, so a connection of that
+/// runtime still holding a lock in the schema cannot release it while we wait. Better a schema
+/// left behind (test schemas have random names) than a test that never ends.
+pub fn drop_test_schema(pg: crate::postgres::PgSettings, within: std::time::Duration) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(pool) = crate::postgres::connect(&pg).await {
+                if let Ok(m) = crate::postgres::Migrator::new(pool, pg.schema.clone()) {
+                    let _ = m.reset().await;
+                }
+            }
+        });
+        let _ = done.send(());
+    });
+    let _ = finished.recv_timeout(within);
 }

@@ -1,19 +1,25 @@
 //! Storage for Portcullis.
 //!
-//! The proxy and the admin API never talk to a database driver directly: they hold an
-//! `Arc<dyn ConfigStore>` and an `Arc<dyn TokenStore>` and this crate decides where the data lives.
+//! The gateway never talks to a database driver directly: the admin API and the config registry
+//! hold an `Arc<dyn ConfigStore>`, the `oauth2` plugin, the admin API's token endpoints
+//! and the token lifecycle an `Arc<dyn TokenStore>`, and this crate decides where the data lives. The proxy reads neither: it
+//! serves from the router snapshot the registry builds.
 //!
 //! # Layout
 //! - [`model`]: entity definitions (unique keys, foreign keys and their delete rules) that every
 //!   `ConfigStore` enforces, and the typed token/code records of the `TokenStore`.
 //! - [`error`]: [`StoreError`], the one error every store answers with; the gateway maps it to HTTP.
-//! - [`memory`]: the embedded default, used by `database = memory` and by tests.
-//! - [`redis_cache`]: the shared token cache in Redis, keyed by digest.
+//! - [`memory`]: the embedded default, used by `database = memory` and by tests; also the document
+//!   helpers (`doc_id`, `foreign_id`) every store and the gateway share.
+//! - [`redis_cache`]: the shared token cache in Redis, keyed by digest, and the cluster's shared
+//!   `oauth2-introspection` verdicts and failed client authentications.
 //! - [`tiered`]: near cache → Redis → durable store for token lookups.
-//! - [`postgres`]: the durable stores (`database = postgres`), their pool and their migrations.
-//! - [`contract`]: the behaviour every implementation must show, as functions the tests run against
-//!   each store.
+//! - [`postgres`]: the durable stores (`database = postgres`), their pool, their migrations and
+//!   the LISTEN/NOTIFY listener that tells each node what the others changed.
+//! - `contract` (feature `contract`, test code): the behaviour every implementation must show, as
+//!   functions the tests run against each store.
 
+#[cfg(feature = "contract")]
 pub mod contract;
 pub mod error;
 pub mod memory;

@@ -204,7 +204,8 @@ pub struct TokenRecord {
 impl TokenRecord {
     /// Whether the access token is still valid at `now` (Kong: `now - created_at <= expires_in`).
     pub fn access_valid_at(&self, now: i64) -> bool {
-        (self.expires_in == 0 || now - self.created_at <= self.expires_in) && self.row_live_at(now)
+        (self.expires_in == 0 || now.saturating_sub(self.created_at) <= self.expires_in)
+            && self.row_live_at(now)
     }
 
     /// Whether the row (and so the refresh token) is still live at `now`.

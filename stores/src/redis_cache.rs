@@ -244,7 +244,8 @@ impl RedisTokenCache {
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub async fn put(&self, record: &TokenRecord, now: i64) -> Result<(), StoreError> {
-        let access_end = (record.expires_in > 0).then(|| record.created_at + record.expires_in);
+        let access_end =
+            (record.expires_in > 0).then(|| record.created_at.saturating_add(record.expires_in));
         let end = match (access_end, record.expires_at) {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, r) => a.or(r),
@@ -379,4 +380,76 @@ impl RedisTokenCache {
         self.delete_matching(&format!("{}:introspect:{}:*", self.prefix, token.to_hex()))
             .await
     }
+
+    fn failures_key(&self, key: &str) -> String {
+        format!("{}:authfail:{key}", self.prefix)
+    }
+
+    /// The failed client authentications recorded under `key` (a client and an address) in the
+    /// window of `window_ms` ending at `now_ms`; older ones are dropped on the way. Shared by the
+    /// nodes of a cluster, so a brute force spread over several nodes is counted once.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn failures_in_window(
+        &self,
+        key: &str,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<FailureWindow, StoreError> {
+        const COUNT: &str = "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) \
+             local n = redis.call('ZCARD', KEYS[1]) \
+             local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES') \
+             if n == 0 then return {0, -1} end return {n, tonumber(first[2])}";
+        let mut conn = self.conn.clone();
+        let (count, oldest): (u64, i64) = self
+            .bounded(
+                redis::cmd("EVAL")
+                    .arg(COUNT)
+                    .arg(1)
+                    .arg(self.failures_key(key))
+                    .arg(now_ms.saturating_sub(window_ms))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(FailureWindow {
+            count,
+            oldest_ms: u64::try_from(oldest).ok(),
+        })
+    }
+
+    /// Records one failed client authentication under `key` at `now_ms`; the key expires with
+    /// the window.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn record_failure(
+        &self,
+        key: &str,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.failures_key(key);
+        let member = format!("{now_ms}:{}", uuid::Uuid::new_v4().simple());
+        let mut conn = self.conn.clone();
+        self.bounded(
+            redis::pipe()
+                .atomic()
+                .zadd(&key, member, now_ms)
+                .ignore()
+                .pexpire(&key, i64::try_from(window_ms).unwrap_or(i64::MAX))
+                .ignore()
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+}
+
+/// What [`RedisTokenCache::failures_in_window`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureWindow {
+    /// Failures inside the window.
+    pub count: u64,
+    /// When the oldest of them happened (milliseconds since the Unix epoch).
+    pub oldest_ms: Option<u64>,
 }

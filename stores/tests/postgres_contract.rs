@@ -42,23 +42,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        // Drop needs its own runtime: the test's may be gone (or panicking).
-        let mut settings = self.settings.clone();
-        let schema = settings.schema.take();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(pool) = postgres::connect(&settings).await {
-                    if let Ok(m) = Migrator::new(pool, schema) {
-                        let _ = m.reset().await;
-                    }
-                }
-            });
-        })
-        .join();
+        contract::drop_test_schema(self.settings.clone(), std::time::Duration::from_secs(30));
     }
 }
 
@@ -77,7 +61,11 @@ async fn pg_config_store_round_trips_documents() {
 #[tokio::test]
 async fn pg_token_store_meets_the_contract() {
     let db = TestDb::new().await;
-    contract::token_store_contract(&PgTokenStore::new(db.pool.clone())).await;
+    contract::token_store_contract(
+        &PgTokenStore::new(db.pool.clone()),
+        contract::QuickPath::Absent,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -86,13 +74,13 @@ async fn pg_token_store_lifecycle() {
     contract::token_store_lifecycle(&PgTokenStore::new(db.pool.clone())).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_concurrent_take_code_has_one_winner() {
     let db = TestDb::new().await;
     contract::concurrent_take_code(Arc::new(PgTokenStore::new(db.pool.clone())), 16).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_concurrent_unique_insert_has_one_winner() {
     let db = TestDb::new().await;
     contract::concurrent_unique_insert(Arc::new(PgConfigStore::new(db.pool.clone())), 16).await;
@@ -111,7 +99,7 @@ async fn migrations_are_recorded_and_idempotent() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_migrations_up_apply_each_migration_once() {
     let settings = test_settings();
     let guard = TestDb {

@@ -1,6 +1,6 @@
 //! [`PgConfigStore`]: configuration documents in tables with real columns.
 //!
-//! Each entity has a column list ([`Column`]); a document maps onto it generically: a field whose
+//! Each entity has a column list (`Column`); a document maps onto it generically: a field whose
 //! value a column holds exactly goes into that column, a field absent from the document is listed
 //! in `missing`, and anything a column cannot hold exactly (unknown fields, non-canonical ids) is
 //! kept in the `extra` jsonb column. Reading reverses this, so the document returned equals the
@@ -506,6 +506,7 @@ impl ConfigStore for PgConfigStore {
             .map_err(db_error)?
             .is_none()
         {
+            tx.rollback().await.map_err(db_error)?;
             return Ok(Vec::new());
         }
         let mut doomed = vec![(def.name, id)];

@@ -266,13 +266,15 @@ impl TokenStore for PgTokenStore {
                 &[&hash],
             )
             .await?;
-            return Ok(match rows.first() {
+            let outcome = match rows.first() {
                 Some(row) => RefreshOutcome::Reused {
                     family_id: row.try_get(0).map_err(db_error)?,
                     rotated_at: row.try_get(1).map_err(db_error)?,
                 },
                 None => RefreshOutcome::NotFound,
-            });
+            };
+            end_read_only(tx).await?;
+            return Ok(outcome);
         };
         let outcome = match replacement {
             RefreshReplacement::Rotate(new) => {
@@ -369,9 +371,9 @@ impl TokenStore for PgTokenStore {
         )
         .await?;
         if let Some(row) = used.first() {
-            return Err(StoreError::CodeReplayed {
-                code_id: row.try_get(0).map_err(db_error)?,
-            });
+            let code_id = row.try_get(0).map_err(db_error)?;
+            end_read_only(tx).await?;
+            return Err(StoreError::CodeReplayed { code_id });
         }
         // Of two concurrent takes, the second DELETE waits on the first's row lock and then
         // finds nothing: exactly one caller gets the code.
@@ -387,10 +389,14 @@ impl TokenStore for PgTokenStore {
                 &[&bytes],
             )
             .await?;
-            return match used.first() {
-                Some(row) => Err(StoreError::CodeReplayed {
-                    code_id: row.try_get(0).map_err(db_error)?,
-                }),
+            let replayed = used
+                .first()
+                .map(|row| row.try_get(0))
+                .transpose()
+                .map_err(db_error)?;
+            end_read_only(tx).await?;
+            return match replayed {
+                Some(code_id) => Err(StoreError::CodeReplayed { code_id }),
                 None => Ok(None),
             };
         };
@@ -508,6 +514,7 @@ impl TokenStore for PgTokenStore {
         };
         if !locked {
             tracing::debug!("another node is sweeping; skipped");
+            end_read_only(tx).await?;
             return Ok(0);
         }
         // Each sweep walks its expiry index and removes at most `batch` rows per table:
@@ -534,4 +541,11 @@ impl TokenStore for PgTokenStore {
         tx.commit().await.map_err(db_error)?;
         Ok(removed)
     }
+}
+
+/// Ends a transaction that changed nothing, before its connection goes back to the pool. Dropping
+/// it would only queue the `ROLLBACK`: the row locks it took stay held until the connection's task
+/// next runs, and a caller that then blocks its runtime (dropping a test schema, say) waits forever.
+async fn end_read_only(tx: deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.rollback().await.map_err(db_error)
 }
