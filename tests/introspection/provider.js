@@ -8,7 +8,7 @@
 //
 // Clients:
 //   gateway / gateway-secret  client_credentials, scopes `read write`; also the introspecting client
-//   short   / short-secret    client_credentials, tokens live 2 seconds (the expiry test)
+//   short   / short-secret    client_credentials, tokens live 4 seconds (the expiry test)
 //
 // Test hooks (not part of oidc-provider):
 //   GET /__count   {"introspections": n}: how many introspection requests reached the server
@@ -51,7 +51,7 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
   },
   ttl: {
     ClientCredentials(ctx, token, client) {
-      return client.clientId === 'short' ? 2 : tokenTtl;
+      return client.clientId === 'short' ? 4 : tokenTtl;
     },
   },
 });

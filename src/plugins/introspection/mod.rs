@@ -1,7 +1,7 @@
 //! The `oauth2-introspection` plugin: tokens issued by a third-party authorization server
 //! (Keycloak, Hydra, Auth0, Okta…) are checked with an RFC 7662 introspection call, cached,
 //! coalesced and evictable. Kong sells this as an Enterprise plugin; config and upstream headers
-//! follow it (`../shared/reference/gateways.md` §4).
+//! follow Kong's documentation of that plugin.
 //!
 //! Where we deliberately differ from Kong: the cache is keyed by a digest, never outlives `exp`,
 //! caches negatives briefly, makes one call per token however many requests miss together, and
@@ -10,9 +10,8 @@
 //! - [`cache`]: the bounded, single-flight verdict cache (and the seam for a shared one).
 //! - [`client`]: the RFC 7662 call.
 //! - [`error`]: refusals and their HTTP answers.
-//! - [`admin`]: `DELETE /oauth2-introspection/cache/{digest}`.
+//! - Its admin endpoint, `DELETE /oauth2-introspection/cache/{digest}`, is `admin::introspection`.
 
-pub mod admin;
 pub mod cache;
 pub mod client;
 pub mod error;
@@ -29,8 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
 use crate::config::Secret;
-use crate::entities::{Consumer, PluginInstance};
-use crate::router::RouterSnapshot;
+use crate::entities::{Consumer, Identities, PluginInstance};
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 pub use cache::IntrospectionCache;
@@ -111,9 +109,8 @@ fn check_headers(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn claim_header(claim: &str) -> Option<http::HeaderName> {
-    http::HeaderName::from_bytes(format!("x-credential-{}", claim.to_ascii_lowercase()).as_bytes())
-        .ok()
+fn claim_header(claim: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(format!("x-credential-{}", claim.to_ascii_lowercase()).as_bytes()).ok()
 }
 
 fn check_claim(v: &Value) -> Result<(), String> {
@@ -313,7 +310,7 @@ pub struct IntrospectionRuntime {
     authorization: HeaderValue,
     headers: Vec<(HeaderName, HeaderValue)>,
     /// `custom_claims_forward` with their header names.
-    claims: Vec<(String, http::HeaderName)>,
+    claims: Vec<(String, HeaderName)>,
     /// What the verdict depends on besides the token.
     context: VerdictContext,
     cache: IntrospectionCache,
@@ -379,7 +376,7 @@ fn claim_value(v: &Value) -> Option<String> {
 }
 
 fn now_unix() -> i64 {
-    crate::admin::crud::now()
+    crate::clock::now()
 }
 
 fn set_consumer(ctx: &mut RequestCtx, consumer: Arc<Consumer>) {
@@ -465,7 +462,7 @@ impl IntrospectionRuntime {
         }
     }
 
-    fn find_consumer(&self, snapshot: &RouterSnapshot, verdict: &Verdict) -> Option<Arc<Consumer>> {
+    fn find_consumer(&self, snapshot: &Identities, verdict: &Verdict) -> Option<Arc<Consumer>> {
         let claim = |name: &str| verdict.claims.get(name).and_then(Value::as_str);
         match self.config.consumer_by {
             ConsumerBy::Username => claim("username")

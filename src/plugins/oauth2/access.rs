@@ -1,4 +1,4 @@
-//! The access phase on every other path of a protected route (§7): find the token, check it,
+//! The access phase on every other path of a protected route: find the token, check it,
 //! set or clear the consumer headers (clients can never forge them), or fall back to anonymous.
 
 use actix_web::http::header::HeaderValue;
@@ -39,7 +39,7 @@ impl OAuthRuntime {
     /// The configured header's first value (`-` and `_` equivalent, case-insensitive); the name
     /// variants are resolved once, when the instance is compiled.
     pub(super) fn auth_header_value<'r>(&self, ctx: &'r RequestCtx) -> Option<&'r str> {
-        self.auth_headers_in
+        self.auth_headers
             .iter()
             .find_map(|n| ctx.req.headers().get(n))
             .and_then(|v| v.to_str().ok())
@@ -118,7 +118,7 @@ impl OAuthRuntime {
             Found::BearerHeader(h) | Found::RawHeader(h) | Found::Param(h) => h,
             Found::Missing => return Err(Denied::Missing),
         };
-        let now = crate::admin::crud::now();
+        let now = crate::clock::now();
         let looked_up = match self.deps.tokens.token_by_access_in_memory(&hash, now) {
             Some(known) => Ok(known),
             None => self.deps.tokens.token_by_access(&hash, now).await,

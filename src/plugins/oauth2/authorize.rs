@@ -1,4 +1,4 @@
-//! `POST …/oauth2/authorize` (§4): the operator's login app vouches for a user with the provision
+//! `POST …/oauth2/authorize`: the operator's login app vouches for a user with the provision
 //! key; we answer with a code (or, implicit grant, a token) inside Kong's `redirect_uri` envelope.
 
 use actix_web::http::StatusCode;
@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::reply::{self, OAuthError};
-use super::runtime::Grant;
+use super::runtime::{Endpoint, Grant};
 use super::{params, OAuthRuntime};
 use crate::crypto;
 use crate::plugins::RequestCtx;
@@ -163,7 +163,7 @@ impl OAuthRuntime {
             (None, Some(client)) => {
                 if response_type == Some("code") {
                     let code = crypto::random_token();
-                    let now = crate::admin::crud::now();
+                    let now = crate::clock::now();
                     let method = method.unwrap_or_else(|| "S256".into());
                     let stored_challenge = challenge.map(|c| {
                         if method == "plain" {
@@ -182,9 +182,11 @@ impl OAuthRuntime {
                         scope,
                         challenge_method: stored_challenge.as_ref().map(|_| method),
                         challenge: stored_challenge,
-                        redirect_uri: target.clone(),
+                        // RFC 6749 §4.1.3: bound to what the request said (or its silence),
+                        // not to the registered URI chosen for an absent one.
+                        redirect_uri: params::string(&request, "redirect_uri").map(str::to_string),
                         created_at: now,
-                        expires_at: now + CODE_TTL,
+                        expires_at: now.saturating_add(CODE_TTL),
                     };
                     match self.deps.tokens.insert_code(record).await {
                         Ok(()) => {
@@ -218,6 +220,9 @@ impl OAuthRuntime {
         match target {
             Some(uri) => {
                 let url = reply::redirect_with(&uri, &body, fragment && status == StatusCode::OK);
+                // RFC 9207: the client learns which authorization server answered (mix-up
+                // attacks), on success and on error alike.
+                let url = reply::with_issuer(url, &self.issuer(ctx, Endpoint::Authorize));
                 reply::endpoint_json(status, &json!({ "redirect_uri": url }))
             }
             None => reply::endpoint_json(status, &Value::Object(body)),

@@ -4,12 +4,11 @@
 use std::sync::LazyLock;
 
 use portcullis_stores::model::entities as defs;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use uuid::Uuid;
 
 use crate::crypto;
 use crate::entities::EntityKind;
+pub use crate::entities::OAuthCredential;
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 fn check_redirect_uri(v: &Value) -> Result<(), String> {
@@ -46,7 +45,10 @@ pub static CREDENTIAL_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             "redirect_uris",
             FieldType::Array(Box::new(FieldType::String)),
         )
-        .check(check_redirect_uri),
+        .check(check_redirect_uri)
+        .pattern(
+            "https?://([a-z0-9-]{1,20}\\.){0,3}[a-z][a-z0-9-]{0,19}(/[A-Za-z0-9._~-]{0,10}){0,3}",
+        ),
         Field::new("client_type", FieldType::String)
             .required()
             .default(|| json!("confidential"))
@@ -94,72 +96,4 @@ pub fn prepare_for_storage(doc: &mut Map<String, Value>) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-#[derive(Deserialize)]
-struct Ref {
-    id: Uuid,
-}
-
-#[derive(Deserialize)]
-struct Raw {
-    id: Uuid,
-    consumer: Ref,
-    name: String,
-    client_id: String,
-    client_secret: String,
-    hash_secret: bool,
-    redirect_uris: Option<Vec<String>>,
-    client_type: String,
-}
-
-/// A client as the endpoints see it.
-#[derive(Debug, Clone)]
-pub struct OAuthCredential {
-    /// Credential id.
-    pub id: Uuid,
-    /// Owning consumer.
-    pub consumer_id: Uuid,
-    /// Display name.
-    pub name: String,
-    /// Public client identifier.
-    pub client_id: String,
-    /// Plain secret, or a hash when `hash_secret`.
-    pub client_secret: String,
-    /// Whether `client_secret` is hashed.
-    pub hash_secret: bool,
-    /// Registered redirect URIs (`None`: the client may only use client_credentials).
-    pub redirect_uris: Option<Vec<String>>,
-    /// Public clients send no secret.
-    pub public: bool,
-}
-
-impl OAuthCredential {
-    /// Typed view of a stored document.
-    ///
-    /// # Errors
-    /// A document that does not satisfy the schema.
-    pub fn from_doc(doc: &Map<String, Value>) -> Result<Self, String> {
-        let raw: Raw =
-            serde_json::from_value(Value::Object(doc.clone())).map_err(|e| e.to_string())?;
-        Ok(Self {
-            id: raw.id,
-            consumer_id: raw.consumer.id,
-            name: raw.name,
-            client_id: raw.client_id,
-            client_secret: raw.client_secret,
-            hash_secret: raw.hash_secret,
-            redirect_uris: raw.redirect_uris,
-            public: raw.client_type == "public",
-        })
-    }
-
-    /// Whether `secret` authenticates this client (constant time for plain secrets).
-    pub fn secret_matches(&self, secret: &str) -> bool {
-        if self.hash_secret || crypto::is_hashed(&self.client_secret) {
-            crypto::verify_secret(secret, &self.client_secret)
-        } else {
-            crypto::ct_eq(secret.as_bytes(), self.client_secret.as_bytes())
-        }
-    }
 }

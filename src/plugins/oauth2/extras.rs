@@ -5,21 +5,49 @@ use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde_json::{json, Map, Value};
 
+use super::client_auth::{too_many_failures, LockedOut, Verdict};
 use super::reply::{self, OAuthError};
-use super::token::ClientAuth;
+use super::runtime::Endpoint;
 use super::{params, OAuthRuntime};
 use crate::crypto;
 use crate::plugins::RequestCtx;
 
 impl OAuthRuntime {
-    /// Confidential clients must authenticate; public clients identify themselves.
-    fn authenticated_client(auth: &ClientAuth) -> Option<uuid::Uuid> {
-        let ok = match &auth.client {
-            Some(c) if c.public => auth.secret.as_deref().is_none_or(|s| s.trim().is_empty()),
-            Some(c) => auth.secret.as_deref().is_some_and(|s| c.secret_matches(s)),
-            None => false,
-        };
-        auth.client.as_ref().filter(|_| ok).map(|c| c.id)
+    /// The client a revocation or introspection request authenticates as: a confidential
+    /// client with its secret, and for revocation also a public client naming itself (RFC 7009
+    /// §2.1 lets public clients revoke their own tokens; RFC 7662 §2.1 wants introspection
+    /// callers authorized, which a public client cannot be).
+    async fn endpoint_client(
+        &self,
+        ctx: &RequestCtx,
+        request: &Map<String, Value>,
+        public_allowed: bool,
+    ) -> Result<(uuid::Uuid, String), HttpResponse> {
+        let auth = self.client_auth(ctx, request).map_err(|e| {
+            reply::endpoint_json(StatusCode::BAD_REQUEST, &Value::Object(e.params()))
+        })?;
+        let verdict = self
+            .verify_client(ctx, &auth)
+            .await
+            .map_err(|LockedOut(seconds)| Self::locked_out(seconds))?;
+        match (verdict, &auth.client) {
+            (Verdict::Authenticated, Some(c)) => Ok((c.id, c.client_id.clone())),
+            (Verdict::Public, Some(c)) if public_allowed => Ok((c.id, c.client_id.clone())),
+            _ => Err(Self::client_refused()),
+        }
+    }
+
+    /// 429 for a client_id that failed to authenticate too often from this address.
+    fn locked_out(seconds: u64) -> HttpResponse {
+        let mut resp = reply::endpoint_json(
+            StatusCode::TOO_MANY_REQUESTS,
+            &Value::Object(too_many_failures().params()),
+        );
+        resp.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from(seconds),
+        );
+        resp
     }
 
     /// 401 `invalid_client` with the Basic challenge.
@@ -47,8 +75,9 @@ impl OAuthRuntime {
         if let Err(e) = self.check_https(ctx) {
             return reply::endpoint_json(StatusCode::BAD_REQUEST, &Value::Object(e.params()));
         }
-        let Some(client) = Self::authenticated_client(&self.client_auth(ctx, &request)) else {
-            return Self::client_refused();
+        let client = match self.endpoint_client(ctx, &request, true).await {
+            Ok((id, _)) => id,
+            Err(refused) => return refused,
         };
         let Some(token) = params::non_blank(&request, "token") else {
             return reply::endpoint_json(
@@ -59,7 +88,7 @@ impl OAuthRuntime {
             );
         };
         let hash = crypto::token_hash(token);
-        let now = crate::admin::crud::now();
+        let now = crate::clock::now();
         let by_refresh = params::string(&request, "token_type_hint") == Some("refresh_token");
         let lookup = if by_refresh {
             match self.deps.tokens.token_by_refresh(&hash, now).await {
@@ -93,14 +122,14 @@ impl OAuthRuntime {
         if let Err(e) = self.check_https(ctx) {
             return reply::endpoint_json(StatusCode::BAD_REQUEST, &Value::Object(e.params()));
         }
-        let auth = self.client_auth(ctx, &request);
-        let Some(client) = Self::authenticated_client(&auth) else {
-            return Self::client_refused();
+        let (client, client_id) = match self.endpoint_client(ctx, &request, false).await {
+            Ok(found) => found,
+            Err(refused) => return refused,
         };
         let Some(token) = params::non_blank(&request, "token") else {
             return reply::endpoint_json(StatusCode::OK, &json!({ "active": false }));
         };
-        let now = crate::admin::crud::now();
+        let now = crate::clock::now();
         let record = match self
             .deps
             .tokens
@@ -114,7 +143,6 @@ impl OAuthRuntime {
         else {
             return reply::endpoint_json(StatusCode::OK, &json!({ "active": false }));
         };
-        let client_id = auth.client.as_ref().map(|c| c.client_id.clone());
         let mut body = json!({
             "active": true,
             "client_id": client_id,
@@ -122,7 +150,7 @@ impl OAuthRuntime {
             "iat": record.created_at,
         });
         if record.expires_in > 0 {
-            body["exp"] = json!(record.created_at + record.expires_in);
+            body["exp"] = json!(record.created_at.saturating_add(record.expires_in));
         }
         if let Some(s) = &record.scope {
             body["scope"] = json!(s);
@@ -136,17 +164,7 @@ impl OAuthRuntime {
 
     /// `GET …/.well-known/oauth-authorization-server`: the route's endpoints and capabilities.
     pub(super) fn metadata(&self, ctx: &RequestCtx) -> HttpResponse {
-        let path = ctx.req.path();
-        let prefix = path
-            .trim_end_matches('/')
-            .trim_end_matches("/.well-known/oauth-authorization-server");
-        let host = ctx
-            .req
-            .headers()
-            .get("host")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost");
-        let issuer = format!("https://{host}{prefix}");
+        let issuer = self.issuer(ctx, Endpoint::Metadata);
         let mut grants = vec!["authorization_code", "refresh_token"];
         if self.config.enable_client_credentials {
             grants.push("client_credentials");
@@ -177,6 +195,7 @@ impl OAuthRuntime {
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "authorization_response_iss_parameter_supported": true,
         }))
     }
 }

@@ -1,21 +1,26 @@
 //! Kong's `oauth2` plugin: the gateway is the authorization server of every route it protects
 //! (`…/oauth2/authorize`, `…/oauth2/token`) and checks bearer tokens on every other path.
 //!
-//! Behaviour spec: `../shared/reference/kong-oauth2.md`. Where we deliberately differ from Kong the
-//! item says so (digests at rest, atomic single-use codes, revocation, introspection).
+//! Behaviour: Kong's plugin and its specs (`spec/03-plugins/25-oauth2` in Kong's repository).
+//! Where we deliberately differ from Kong the item says so (digests at rest, atomic single-use
+//! codes, revocation, introspection).
 
 pub mod access;
-pub mod admin;
 pub mod authorize;
+pub mod basic;
+mod client_auth;
 pub mod credentials;
 pub mod extras;
+pub mod lockout;
 pub mod params;
 pub mod reply;
 pub mod runtime;
 pub mod token;
+pub mod verified;
 
 use std::sync::{Arc, LazyLock};
 
+use actix_web::http::header::HeaderName;
 use portcullis_stores::TokenStore;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -26,12 +31,30 @@ use crate::entities::PluginInstance;
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 pub use credentials::OAuthCredential;
+pub use verified::VerifiedSecrets;
 
-/// Handles the plugin needs beyond the request: where tokens and codes live.
+/// Handles the plugin needs beyond the request: where tokens and codes live, and the failed
+/// client authentications of the gateway.
 #[derive(Clone)]
 pub struct OAuthDeps {
     /// Token and code store.
     pub tokens: Arc<dyn TokenStore>,
+    /// Failed client authentications per client_id and address.
+    pub lockout: lockout::ClientLockout,
+    /// Hashed client secrets verified within the last minute.
+    pub secrets: VerifiedSecrets,
+}
+
+impl OAuthDeps {
+    /// A token store with the default lockout policy, counted in memory (what a gateway without
+    /// Redis runs; tests use it too).
+    pub fn in_memory(tokens: Arc<dyn TokenStore>) -> Self {
+        Self {
+            tokens,
+            lockout: lockout::ClientLockout::new(lockout::LockoutPolicy::default(), None),
+            secrets: VerifiedSecrets::default(),
+        }
+    }
 }
 
 /// The plugin kind.
@@ -49,6 +72,10 @@ impl OAuth2Plugin {
 /// Largest `refresh_token_ttl` (Kong's DAO_MAX_TTL).
 pub const MAX_TTL: i64 = 100_000_000;
 
+/// Largest `token_expiration`: ten years. Kong sets no bound; an unbounded lifetime overflowed
+/// `expires_in` and the introspection `exp`.
+pub const MAX_TOKEN_EXPIRATION: i64 = 315_360_000;
+
 static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     name: "oauth2",
     fields: vec![
@@ -59,7 +86,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("provision_key", FieldType::String),
         Field::new("token_expiration", FieldType::Number)
             .required()
-            .default(|| json!(7200)),
+            .default(|| json!(7200))
+            .between(0, MAX_TOKEN_EXPIRATION),
         Field::new("enable_authorization_code", FieldType::Boolean)
             .required()
             .default(|| json!(false)),
@@ -94,6 +122,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             .default(|| json!("lax"))
             .one_of(&["none", "lax", "strict"]),
         Field::new("realm", FieldType::String),
+        // Beyond Kong: the authorization server's issuer identifier (RFC 8414 §2, RFC 9207).
+        Field::new("issuer", FieldType::String).check(check_issuer),
         // Beyond Kong: seconds during which reusing a just-rotated refresh token is refused without
         // revoking its family (two concurrent refreshes from one client; ory/hydra#1831).
         Field::new("refresh_token_reuse_grace", FieldType::Integer)
@@ -143,6 +173,27 @@ pub struct OAuthConfig {
     pub realm: Option<String>,
     /// Grace window for concurrent refreshes, seconds.
     pub refresh_token_reuse_grace: i64,
+    /// The issuer identifier and base of the endpoints' URLs; `None` = derived from the listener
+    /// and the route (see [`OAuthRuntime::issuer`]).
+    pub issuer: Option<String>,
+}
+
+/// RFC 8414 §2: an `https` URL with no query or fragment.
+fn check_issuer(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    match url::Url::parse(s) {
+        Ok(u)
+            if u.scheme() == "https"
+                && u.host_str().is_some_and(|h| !h.is_empty())
+                && u.query().is_none()
+                && u.fragment().is_none() =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "'{s}' is not an https URL without query or fragment"
+        )),
+    }
 }
 
 impl Plugin for OAuth2Plugin {
@@ -167,29 +218,29 @@ impl Plugin for OAuth2Plugin {
         }
     }
     fn check_config(&self, config: &Map<String, Value>) -> Result<(), FieldErrors> {
+        let mandatory = config.get("mandatory_scope").and_then(Value::as_bool) == Some(true);
+        if mandatory && config.get("scopes").is_none_or(Value::is_null) {
+            let mut errors = FieldErrors::new();
+            errors.insert("scopes".into(), json!("required field missing"));
+            return Err(errors);
+        }
+        Ok(())
+    }
+    fn check_whole_config(&self, config: &Map<String, Value>) -> Result<(), String> {
         let on = |k: &str| config.get(k).and_then(Value::as_bool).unwrap_or(false);
-        let mut errors = FieldErrors::new();
-        if ![
+        let flows = [
             "enable_authorization_code",
             "enable_implicit_grant",
             "enable_client_credentials",
             "enable_password_grant",
-        ]
-        .iter()
-        .any(|k| on(k))
-        {
-            errors.insert(
-                "@entity".into(),
-                json!(["at least one of these fields must be true: enable_authorization_code, enable_implicit_grant, enable_client_credentials, enable_password_grant"]),
-            );
-        }
-        if on("mandatory_scope") && config.get("scopes").is_none_or(Value::is_null) {
-            errors.insert("scopes".into(), json!("required field missing"));
-        }
-        if errors.is_empty() {
+        ];
+        if flows.iter().any(|k| on(k)) {
             Ok(())
         } else {
-            Err(errors)
+            Err(format!(
+                "at least one of these fields must be true: {}",
+                flows.join(", ")
+            ))
         }
     }
     fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String> {
@@ -201,16 +252,11 @@ impl Plugin for OAuth2Plugin {
                 .as_deref()
                 .unwrap_or("authorization"),
         );
-        let auth_headers_in = auth_headers
-            .iter()
-            .filter_map(|n| actix_web::http::header::HeaderName::from_bytes(n.as_ref()).ok())
-            .collect();
         Ok(Arc::new(OAuthRuntime {
             plugin_id: instance.id,
             config,
             deps: self.deps.clone(),
             auth_headers,
-            auth_headers_in,
         }))
     }
 }
@@ -223,19 +269,17 @@ pub struct OAuthRuntime {
     pub config: OAuthConfig,
     /// Stores.
     pub deps: OAuthDeps,
-    /// `auth_header_name` and its `-`/`_` variants, lower case, deduplicated.
-    pub auth_headers: Vec<http::HeaderName>,
-    /// The same names as the client request's header map spells them (actix's `http` 0.2), so
-    /// the per-request lookup does not parse a name.
-    pub auth_headers_in: Vec<actix_web::http::header::HeaderName>,
+    /// `auth_header_name` and its `-`/`_` variants, lower case, deduplicated (parsed once, so the
+    /// per-request lookup does not parse a name).
+    pub auth_headers: Vec<HeaderName>,
 }
 
 /// The header names `auth_header_name` stands for (Kong treats `-` and `_` alike).
-fn header_variants(name: &str) -> Vec<http::HeaderName> {
+fn header_variants(name: &str) -> Vec<HeaderName> {
     let name = name.to_ascii_lowercase();
     let mut names = Vec::new();
     for n in [name.clone(), name.replace('_', "-"), name.replace('-', "_")] {
-        if let Ok(h) = http::HeaderName::from_bytes(n.as_bytes()) {
+        if let Ok(h) = HeaderName::from_bytes(n.as_bytes()) {
             if !names.contains(&h) {
                 names.push(h);
             }

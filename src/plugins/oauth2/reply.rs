@@ -135,6 +135,14 @@ fn decode_args(s: &str) -> Map<String, Value> {
     m
 }
 
+/// A redirect (query or fragment: registered URIs have no fragment of their own) with the RFC
+/// 9207 `iss` parameter appended last, so the rest reads as Kong writes it.
+pub fn with_issuer(mut url: String, issuer: &str) -> String {
+    url.push_str("&iss=");
+    url.push_str(&encode(issuer));
+    url
+}
+
 /// The registered redirect URI with `params` merged into its query (or its fragment).
 pub fn redirect_with(registered: &str, params: &Map<String, Value>, in_fragment: bool) -> String {
     let (base, fragment) = match registered.split_once('#') {

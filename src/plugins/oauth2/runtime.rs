@@ -27,6 +27,19 @@ pub enum Endpoint {
     Metadata,
 }
 
+impl Endpoint {
+    /// The path suffix that addresses it.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            Self::Authorize => "/oauth2/authorize",
+            Self::Token => "/oauth2/token",
+            Self::Revoke => "/oauth2/revoke",
+            Self::Introspect => "/oauth2/introspect",
+            Self::Metadata => "/.well-known/oauth-authorization-server",
+        }
+    }
+}
+
 /// Which endpoint a path addresses, if any (`/` before `oauth2` required, trailing `/` allowed).
 pub fn endpoint_of(path: &str) -> Option<Endpoint> {
     let p = path.strip_suffix('/').unwrap_or(path);
@@ -73,9 +86,9 @@ pub struct Issued {
 }
 
 impl OAuthRuntime {
-    /// Kong's HTTPS rule for the endpoints (§3.3).
+    /// Kong's HTTPS rule for the endpoints.
     pub(super) fn check_https(&self, ctx: &RequestCtx) -> Result<(), OAuthError> {
-        if ctx.scheme == "https" {
+        if ctx.scheme.is_https() {
             return Ok(());
         }
         let denied = OAuthError::new("access_denied", "You must use HTTPS");
@@ -100,7 +113,33 @@ impl OAuthRuntime {
         }
     }
 
-    /// Scope rules shared by authorize, client_credentials and password (§4.3).
+    /// The issuer identifier of this authorization server as seen by a request to `endpoint`
+    /// (RFC 8414 §2): `config.issuer` when set; otherwise the listener's scheme, the route's one
+    /// literal host (else the listener's address) and the path before the endpoint. Never a
+    /// `Host` or `X-Forwarded-Host` the caller chose.
+    pub(super) fn issuer(&self, ctx: &RequestCtx, endpoint: Endpoint) -> String {
+        if let Some(issuer) = &self.config.issuer {
+            return issuer.trim_end_matches('/').to_string();
+        }
+        let path = ctx.req.path();
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let prefix = path.strip_suffix(endpoint.suffix()).unwrap_or("");
+        let route_host = ctx.route.hosts.as_deref().and_then(|hosts| match hosts {
+            [one] if !one.contains('*') => Some(one.clone()),
+            _ => None,
+        });
+        let authority = route_host.unwrap_or_else(|| {
+            let local = ctx.req.app_config().local_addr();
+            if local.ip().is_unspecified() {
+                format!("localhost:{}", local.port())
+            } else {
+                local.to_string()
+            }
+        });
+        format!("{}://{authority}{prefix}", ctx.scheme.as_str())
+    }
+
+    /// Scope rules shared by authorize, client_credentials and password.
     pub(super) fn check_scope(
         &self,
         params: &Map<String, Value>,
@@ -108,26 +147,22 @@ impl OAuthRuntime {
         let Some(allowed) = &self.config.scopes else {
             return Ok(None);
         };
-        match params.get("scope") {
-            None | Some(Value::Null) => {
-                if self.config.mandatory_scope {
-                    Err(OAuthError::new("invalid_scope", "You must specify a scope"))
-                } else {
-                    Ok(None)
-                }
-            }
-            Some(Value::String(s)) => {
-                let items: Vec<&str> = s.split_whitespace().collect();
-                if let Some(bad) = items.iter().find(|i| !allowed.iter().any(|a| a == *i)) {
-                    return Err(OAuthError::new(
-                        "invalid_scope",
-                        format!("\"{bad}\" is an invalid scope"),
-                    ));
-                }
-                Ok((!items.is_empty()).then(|| items.join(" ")))
-            }
-            Some(_) => Err(OAuthError::new("invalid_scope", "scope must be a string")),
+        // A scope that is not one string never gets here: `params::endpoint_params` refused it.
+        let Some(scope) = params::string(params, "scope") else {
+            return if self.config.mandatory_scope {
+                Err(OAuthError::new("invalid_scope", "You must specify a scope"))
+            } else {
+                Ok(None)
+            };
+        };
+        let items: Vec<&str> = scope.split_whitespace().collect();
+        if let Some(bad) = items.iter().find(|i| !allowed.iter().any(|a| a == *i)) {
+            return Err(OAuthError::new(
+                "invalid_scope",
+                format!("\"{bad}\" is an invalid scope"),
+            ));
         }
+        Ok((!items.is_empty()).then(|| items.join(" ")))
     }
 
     /// Whether the provision key matches (constant time).
@@ -153,7 +188,7 @@ impl OAuthRuntime {
             reason = "bounded by the schema to 1e8"
         )]
         let ttl = self.config.refresh_token_ttl.max(0.0) as i64;
-        (self.expiration() > 0 && ttl > 0).then_some(now + ttl)
+        (self.expiration() > 0 && ttl > 0).then_some(now.saturating_add(ttl))
     }
 
     /// The service a new token or code is bound to (`None` with `global_credentials`).
@@ -175,7 +210,7 @@ impl OAuthRuntime {
             family,
             code_id,
         } = grant;
-        let now = crate::admin::crud::now();
+        let now = crate::clock::now();
         let access_token = crypto::random_token();
         let refresh_token = (with_refresh && self.expiration() > 0).then(crypto::random_token);
         let record = TokenRecord {
@@ -233,20 +268,15 @@ impl OAuthRuntime {
         m
     }
 
-    fn params(ctx: &RequestCtx) -> Map<String, Value> {
+    /// The endpoint request's parameters (query and body; endpoints are POST only).
+    fn params(ctx: &RequestCtx) -> Result<Map<String, Value>, params::ParamError> {
         let ct = ctx
             .req
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let body = matches!(
-            *ctx.req.method(),
-            Method::POST | Method::PUT | Method::PATCH
-        )
-        .then_some(())
-        .and(ctx.body.as_ref());
-        params::merged(ctx.req.query_string(), ct, body)
+        params::endpoint_params(ctx.req.query_string(), ct, ctx.body.as_ref())
     }
 }
 
@@ -310,7 +340,17 @@ impl PluginRuntime for OAuthRuntime {
                 &serde_json::json!({"error": "invalid_request", "error_description": "The request body is too large"}),
             ));
         }
-        let params = Self::params(ctx);
+        let params = match Self::params(ctx) {
+            Ok(params) => params,
+            // Kong's HTTPS rule answers first: the endpoint refuses a plain-http request itself.
+            Err(_) if self.check_https(ctx).is_err() => Map::new(),
+            Err(e) => {
+                return Flow::Respond(reply::endpoint_json(
+                    actix_web::http::StatusCode::BAD_REQUEST,
+                    &Value::Object(OAuthError::new("invalid_request", e.to_string()).params()),
+                ))
+            }
+        };
         Flow::Respond(match endpoint {
             Endpoint::Authorize => self.authorize(ctx, params).await,
             Endpoint::Token => self.token(ctx, params).await,

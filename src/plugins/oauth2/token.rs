@@ -1,16 +1,16 @@
-//! `POST …/oauth2/token` (§5): client authentication, then the authorization_code (with PKCE),
+//! `POST …/oauth2/token`: client authentication, then the authorization_code (with PKCE),
 //! client_credentials, password and refresh_token grants. Codes are redeemed atomically; replaying
 //! one revokes what it issued; reusing a rotated refresh token revokes its family.
 
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_stores::{RefreshOutcome, RefreshReplacement, StoreError};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 
+use super::client_auth::{too_many_failures, ClientAuth, LockedOut, Verdict};
 use super::credentials::OAuthCredential;
 use super::reply::{self, OAuthError};
 use super::runtime::Grant;
@@ -18,20 +18,13 @@ use super::{params, OAuthRuntime};
 use crate::crypto;
 use crate::plugins::RequestCtx;
 
-/// The client as the request presented it.
-pub(super) struct ClientAuth {
-    /// The credential, when `client_id` names one.
-    pub client: Option<Arc<OAuthCredential>>,
-    /// Secret presented (body or Basic).
-    pub secret: Option<String>,
-    /// Whether credentials came from the `Authorization` header (401 + Basic challenge on failure).
-    pub from_header: bool,
-}
-
 /// An endpoint failure, with Kong's status rules.
 pub(super) struct Failure {
     pub error: OAuthError,
+    /// 401 with the Basic challenge (credentials came from the header) instead of 400.
     pub unauthorized: bool,
+    /// 429 with `Retry-After` (too many failed client authentications).
+    pub retry_after: Option<u64>,
 }
 
 impl From<OAuthError> for Failure {
@@ -39,6 +32,17 @@ impl From<OAuthError> for Failure {
         Self {
             error,
             unauthorized: false,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<LockedOut> for Failure {
+    fn from(LockedOut(seconds): LockedOut) -> Self {
+        Self {
+            error: too_many_failures(),
+            unauthorized: false,
+            retry_after: Some(seconds),
         }
     }
 }
@@ -69,47 +73,6 @@ fn refuse(error: impl Into<Failure>) -> GrantResult {
 }
 
 impl OAuthRuntime {
-    /// Client resolution order of §5.2.
-    pub(super) fn client_auth(&self, ctx: &RequestCtx, request: &Map<String, Value>) -> ClientAuth {
-        let body_id = params::string(request, "client_id");
-        let body_secret = params::string(request, "client_secret");
-        let (id, secret, from_header) = if let (Some(id), Some(secret)) = (body_id, body_secret) {
-            (Some(id.to_string()), Some(secret.to_string()), false)
-        } else if let Some(header) = self.auth_header_value(ctx) {
-            let lower = header.to_ascii_lowercase();
-            let basic = lower
-                .find("basic ")
-                .map(|i| header[i + 6..].trim().to_string());
-            match basic.and_then(|b| {
-                STANDARD
-                    .decode(b.trim_end_matches('='))
-                    .or_else(|_| STANDARD.decode(&b))
-                    .ok()
-            }) {
-                Some(decoded) => {
-                    let text = String::from_utf8_lossy(&decoded).into_owned();
-                    match text.split_once(':') {
-                        Some((id, secret)) => {
-                            (Some(id.to_string()), Some(secret.to_string()), true)
-                        }
-                        None => (Some(text), None, true),
-                    }
-                }
-                None => (None, None, true),
-            }
-        } else {
-            (body_id.map(str::to_string), None, false)
-        };
-        let client = id
-            .filter(|i| !i.is_empty())
-            .and_then(|i| ctx.snapshot.oauth2_by_client_id.get(&i).cloned());
-        ClientAuth {
-            client,
-            secret,
-            from_header,
-        }
-    }
-
     /// The token endpoint.
     pub(super) async fn token(
         &self,
@@ -130,13 +93,20 @@ impl OAuthRuntime {
                 if let Some(s) = state {
                     body.insert("state".into(), s);
                 }
-                let status = if failure.unauthorized {
+                let status = if failure.retry_after.is_some() {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else if failure.unauthorized {
                     StatusCode::UNAUTHORIZED
                 } else {
                     StatusCode::BAD_REQUEST
                 };
                 let mut resp = reply::endpoint_json(status, &Value::Object(body));
-                if failure.unauthorized {
+                if let Some(seconds) = failure.retry_after {
+                    resp.headers_mut().insert(
+                        actix_web::http::header::RETRY_AFTER,
+                        actix_web::http::header::HeaderValue::from(seconds),
+                    );
+                } else if failure.unauthorized {
                     if let Ok(v) =
                         actix_web::http::header::HeaderValue::from_str("Basic realm=\"OAuth2.0\"")
                     {
@@ -154,7 +124,16 @@ impl OAuthRuntime {
         if let Err(e) = self.check_https(ctx) {
             return refuse(e);
         }
+        let auth = match self.client_auth(ctx, request) {
+            Ok(auth) => auth,
+            Err(e) => return refuse(e),
+        };
+        let verdict = match self.verify_client(ctx, &auth).await {
+            Ok(v) => v,
+            Err(locked) => return refuse(locked),
+        };
         let grant = params::string(request, "grant_type");
+        // Kong runs every check below and the last failure wins.
         let mut error: Option<Failure> = None;
         let allowed = match grant {
             Some("authorization_code" | "refresh_token") => true,
@@ -165,7 +144,6 @@ impl OAuthRuntime {
         if !allowed {
             error = Some(OAuthError::new("unsupported_grant_type", "Invalid grant_type").into());
         }
-        let auth = self.client_auth(ctx, request);
         if grant != Some("client_credentials") {
             match auth
                 .client
@@ -187,33 +165,39 @@ impl OAuthRuntime {
                 }
                 None => {
                     error = Some(Failure {
-                        error: invalid_client(),
                         unauthorized: auth.from_header,
+                        ..invalid_client().into()
                     })
                 }
             }
         }
-        if let Some(client) = &auth.client {
-            if client.public {
-                if auth.secret.as_deref().is_some_and(|s| !s.trim().is_empty()) {
-                    error = Some(
-                        OAuthError::new(
-                            "invalid_request",
-                            "client_secret is disallowed for public clients",
-                        )
-                        .into(),
-                    );
-                }
-            } else if !auth
-                .secret
-                .as_deref()
-                .is_some_and(|s| client.secret_matches(s))
-            {
+        match verdict {
+            Verdict::SecretFromPublic => {
+                error = Some(
+                    OAuthError::new(
+                        "invalid_request",
+                        "client_secret is disallowed for public clients",
+                    )
+                    .into(),
+                );
+            }
+            Verdict::WrongSecret => {
                 error = Some(Failure {
-                    error: invalid_client(),
                     unauthorized: auth.from_header,
+                    ..invalid_client().into()
                 });
             }
+            // RFC 6749 §4.4 and §4.3: these grants are for clients that can keep a secret.
+            Verdict::Public if matches!(grant, Some("client_credentials" | "password")) => {
+                error = Some(
+                    OAuthError::new(
+                        "unauthorized_client",
+                        "Public clients may not use this grant type",
+                    )
+                    .into(),
+                );
+            }
+            _ => {}
         }
         if let Some(e) = error {
             return refuse(e);
@@ -241,7 +225,7 @@ impl OAuthRuntime {
         let Some(code) = params::non_blank(request, "code") else {
             return refuse(invalid_code());
         };
-        let now = crate::admin::crud::now();
+        let now = crate::clock::now();
         let record = match self
             .deps
             .tokens
@@ -267,6 +251,16 @@ impl OAuthRuntime {
             self.config.global_credentials && record.plugin_id.is_some_and(|p| p != self.plugin_id);
         if record.credential_id != client.id || wrong_service || wrong_plugin {
             return refuse(invalid_code());
+        }
+        // RFC 6749 §4.1.3: a code whose authorization request named a redirect_uri is redeemed
+        // only with that exact redirect_uri.
+        if let Some(bound) = record.redirect_uri.as_deref() {
+            if params::string(request, "redirect_uri") != Some(bound) {
+                return refuse(OAuthError::new(
+                    "invalid_grant",
+                    "redirect_uri does not match the one of the authorization request",
+                ));
+            }
         }
         let pkce = self.config.pkce.as_deref().unwrap_or("lax");
         let required = record.challenge_method.is_some()
@@ -390,7 +384,7 @@ impl OAuthRuntime {
             return refuse(invalid_refresh());
         };
         let hash = crypto::token_hash(refresh);
-        let now = crate::admin::crud::now();
+        let now = crate::clock::now();
         let Some(current) = self.deps.tokens.token_by_refresh(&hash, now).await? else {
             // Unknown, expired, or already rotated: find out which without changing anything.
             let probe = RefreshReplacement::Renew {

@@ -1,0 +1,283 @@
+//! No secret in any log line at any level: the real binary at `log_level = trace` runs the Step On
+//! tutorial (credential, provision key, code, tokens, refresh, a wrong secret) on the memory store
+//! and on Postgres + Redis, and its whole log is searched for every secret value it saw.
+
+// A failing test panics with its message: unwrap/expect are the assertion style here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A running gateway whose stderr is collected line by line.
+struct Gateway {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    admin: String,
+    proxy_tls: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn portcullis(env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PORTCULLIS_") {
+            cmd.env_remove(name);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn addr_of(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("addr field")
+        .to_string()
+}
+
+fn start(env: &[(&str, String)]) -> Gateway {
+    let mut env = env.to_vec();
+    env.extend([
+        (
+            "PORTCULLIS_PROXY_LISTEN",
+            "127.0.0.1:0, 127.0.0.1:0 ssl".into(),
+        ),
+        ("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0".into()),
+        ("PORTCULLIS_WORKER_PROCESSES", "1".into()),
+        ("PORTCULLIS_LOG_LEVEL", "trace".into()),
+    ]);
+    let mut child = portcullis(&env)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    let (mut admin, mut proxy_tls) = (String::new(), String::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.is_empty() || proxy_tls.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("listening lines: {:?}", log.lock().unwrap()));
+        if line.contains("admin API listening") {
+            admin = format!("http://{}", addr_of(&line));
+        } else if line.contains("proxy listening") && line.contains("tls=true") {
+            proxy_tls = format!("https://{}", addr_of(&line));
+        }
+    }
+    Gateway {
+        child,
+        log,
+        admin,
+        proxy_tls,
+    }
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let r = http.post(url).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The tutorial's requests; returns every secret value that crossed the gateway.
+async fn run_tutorial(gw: &Gateway) -> Vec<String> {
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let (admin, proxy) = (&gw.admin, &gw.proxy_tls);
+    // The admin API itself is the upstream: a real one without another server.
+    let (s, b) = post(
+        &http,
+        format!("{admin}/services"),
+        json!({"name": "step-on", "url": admin}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = post(
+        &http,
+        format!("{admin}/services/step-on/routes"),
+        json!({"paths": ["/stepon"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, plugin) = post(&http, format!("{admin}/services/step-on/plugins"),
+        json!({"name": "oauth2", "config": {"scopes": ["step_counts"], "enable_authorization_code": true}})).await;
+    assert_eq!(s, 201, "{plugin}");
+    let provision_key = plugin["config"]["provision_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = post(
+        &http,
+        format!("{admin}/consumers"),
+        json!({"username": "shoeflyshoe"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, cred) = post(
+        &http,
+        format!("{admin}/consumers/shoeflyshoe/oauth2"),
+        json!({"name": "Shoe Fly Shoe", "redirect_uris": ["http://localhost:1234/authorize"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{cred}");
+    let client_id = cred["client_id"].as_str().unwrap().to_string();
+    let client_secret = cred["client_secret"].as_str().unwrap().to_string();
+
+    let (s, b) = post(
+        &http,
+        format!("{proxy}/stepon/oauth2/authorize"),
+        json!({"client_id": client_id, "response_type": "code", "scope": "step_counts",
+               "provision_key": provision_key, "authenticated_userid": "clark"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let redirect = b["redirect_uri"].as_str().unwrap();
+    let code = redirect
+        .split_once("code=")
+        .and_then(|(_, rest)| rest.split('&').next())
+        .unwrap()
+        .to_string();
+    let wrong_secret = format!("wrong-{}", uuid::Uuid::new_v4().simple());
+    let (s, b) = post(&http, format!("{proxy}/stepon/oauth2/token"),
+        json!({"grant_type": "authorization_code", "client_id": client_id, "client_secret": wrong_secret, "code": "not-a-code"})).await;
+    assert_eq!(s, 400, "{b}");
+    let (s, tokens) = post(&http, format!("{proxy}/stepon/oauth2/token"),
+        json!({"grant_type": "authorization_code", "client_id": client_id, "client_secret": client_secret, "code": code})).await;
+    assert_eq!(s, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
+    let r = http
+        .get(format!("{proxy}/stepon/status"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, fresh) = post(&http, format!("{proxy}/stepon/oauth2/token"),
+        json!({"grant_type": "refresh_token", "client_id": client_id, "client_secret": client_secret, "refresh_token": refresh})).await;
+    assert_eq!(s, 200, "{fresh}");
+    let r = http
+        .get(format!(
+            "{proxy}/stepon/status?access_token={}",
+            fresh["access_token"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    vec![
+        client_secret,
+        provision_key,
+        code,
+        wrong_secret,
+        access,
+        refresh,
+        fresh["access_token"].as_str().unwrap().to_string(),
+        fresh["refresh_token"].as_str().unwrap().to_string(),
+    ]
+}
+
+fn assert_no_secret_logged(gw: &Gateway, secrets: &[String]) {
+    let log = gw.log.lock().unwrap();
+    // The wrong secret's failure is logged, once, with the client and its address.
+    let failures: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("client authentication failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert!(
+        failures[0].contains("client_ip=127.0.0.1") && failures[0].contains("client_id="),
+        "{}",
+        failures[0]
+    );
+    assert!(log.len() > 50, "trace logging is on: {} lines", log.len());
+    for secret in secrets {
+        let leaks: Vec<String> = log
+            .iter()
+            .filter(|l| l.contains(secret.as_str()))
+            .map(|l| l.chars().take(300).collect::<String>())
+            .collect();
+        assert!(leaks.is_empty(), "a secret is in the log: {leaks:#?}");
+    }
+}
+
+#[tokio::test]
+async fn no_secret_is_logged_at_trace_on_the_memory_store() {
+    let gw = start(&[]);
+    let secrets = run_tutorial(&gw).await;
+    assert_no_secret_logged(&gw, &secrets);
+}
+
+#[tokio::test]
+async fn no_secret_is_logged_at_trace_on_postgres_and_redis() {
+    let conn = std::env::var("PORTCULLIS_TEST_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    let pg = portcullis_stores::postgres::PgSettings::from_conn_str(&conn).unwrap();
+    let redis =
+        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let schema = format!("pt_{}", uuid::Uuid::new_v4().simple());
+    let mut env = vec![
+        ("PORTCULLIS_DATABASE", "postgres".to_string()),
+        ("PORTCULLIS_PG_HOST", pg.host.clone()),
+        ("PORTCULLIS_PG_PORT", pg.port.to_string()),
+        ("PORTCULLIS_PG_USER", pg.user.clone()),
+        ("PORTCULLIS_PG_DATABASE", pg.dbname.clone()),
+        ("PORTCULLIS_PG_SCHEMA", schema.clone()),
+        ("PORTCULLIS_REDIS_URL", redis),
+        ("PORTCULLIS_REDIS_PREFIX", schema.clone()),
+    ];
+    if let Some(password) = &pg.password {
+        env.push(("PORTCULLIS_PG_PASSWORD", password.clone()));
+    }
+    let up = portcullis(&env)
+        .args(["migrations", "up"])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "migrations up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let gw = start(&env);
+    let secrets = run_tutorial(&gw).await;
+    assert_no_secret_logged(&gw, &secrets);
+    drop(gw);
+    let reset = portcullis(&env)
+        .args(["migrations", "reset", "--yes"])
+        .output()
+        .unwrap();
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+}
