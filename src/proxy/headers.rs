@@ -1,15 +1,18 @@
 //! Header rules of the proxy: hop-by-hop removal (RFC 9110 §7.6.1) and the `X-Forwarded-*`,
 //! `X-Real-IP` and `Via` headers, believed from the client only when it is in `trusted_ips`.
 //!
-//! The client side speaks actix's header types (`http` 0.2); the upstream request's headers are
+//! Everything here speaks actix's header types (`http` 0.2); the upstream request's headers are
 //! decided once ([`UpstreamHeaders::write`]) and written either as bytes of the lean client's
-//! request head or into hyper's header map (`http` 1.x).
+//! request head or, through [`HeaderSink`], into hyper's header map (`super::upstream`, the one
+//! place `http` 1.x types appear).
 
 use std::net::IpAddr;
 
 use actix_web::http::header::HeaderMap as ClientHeaders;
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use bytes::BytesMut;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::plugin_api::Scheme;
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -80,17 +83,6 @@ pub trait HeaderSink {
     /// Appends one header whose value is the concatenation of `parts`.
     fn put_parts(&mut self, name: &str, parts: &[&[u8]]) {
         self.put(name, &parts.concat());
-    }
-}
-
-impl HeaderSink for HeaderMap {
-    fn put(&mut self, name: &str, value: &[u8]) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            self.append(name, value);
-        }
     }
 }
 
@@ -186,7 +178,7 @@ impl UpstreamHeaders<'_> {
         gateway("x-real-ip", &[ip.as_bytes()]);
         gateway(
             "x-forwarded-proto",
-            &[sent.proto.unwrap_or(f.scheme).as_bytes()],
+            &[sent.proto.unwrap_or(f.scheme.as_str()).as_bytes()],
         );
         gateway(
             "x-forwarded-host",
@@ -211,7 +203,7 @@ impl UpstreamHeaders<'_> {
         gateway("x-portcullis-request-id", &[f.request_id.as_bytes()]);
         for (i, (name, value)) in self.edits.iter().enumerate() {
             let superseded = self.edits[i + 1..].iter().any(|(n, _)| n == name);
-            let length = replaced_length && name == http::header::CONTENT_LENGTH;
+            let length = replaced_length && name == CONTENT_LENGTH;
             if let (Some(value), false, false) = (value, superseded, length) {
                 sink.put(name.as_str(), value.as_bytes());
             }
@@ -238,7 +230,7 @@ pub struct Forwarded<'a> {
     /// Resolved client address.
     pub client_ip: IpAddr,
     /// Listener scheme.
-    pub scheme: &'static str,
+    pub scheme: Scheme,
     /// Request host without port.
     pub host: &'a str,
     /// Listener port.
@@ -409,7 +401,7 @@ mod tests {
             forwarded: Forwarded {
                 trusted: false,
                 client_ip: "192.0.2.7".parse().unwrap(),
-                scheme: "http",
+                scheme: Scheme::Http,
                 host: "gw.test",
                 port: 8000,
                 path: "/api/x",
@@ -440,7 +432,7 @@ mod tests {
                 "content-length: 12",
             ]
         );
-        let mut map = HeaderMap::new();
+        let mut map = http::HeaderMap::new();
         plan.write(&mut map);
         let from_map: Vec<String> = map
             .iter()

@@ -7,22 +7,26 @@ pub mod http1;
 pub mod upstream;
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::body::{BodySize, BodyStream, BoxBody, MessageBody, SizedStream};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::http::{Method, StatusCode, Version};
+use actix_web::{web, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::LocalBoxStream;
 use futures_util::StreamExt;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
+use crate::entities::Service;
 use crate::error::ProxyError;
-use crate::plugins::{Flow, PluginRuntime, RequestCtx};
+use crate::plugin_api::{Flow, PluginRuntime, RequestCtx, Scheme};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot, UpstreamOrigin};
 use upstream::{SendError, UpstreamClients};
 
@@ -36,6 +40,8 @@ pub struct ProxyState {
     pub real_ip_header: HeaderName,
     /// Largest body a plugin may buffer.
     pub max_body: usize,
+    /// `client_body_timeout`: the longest wait between two reads of a request body.
+    pub client_body_timeout: Duration,
 }
 
 /// What one proxy worker thread hands its requests: the shared state, the worker's own upstream
@@ -45,8 +51,8 @@ pub struct ProxyWorker {
     pub state: web::Data<ProxyState>,
     /// This worker's connection pools.
     pub clients: UpstreamClients,
-    /// `http` or `https`: which listener the worker serves.
-    pub scheme: &'static str,
+    /// Which listener the worker serves.
+    pub scheme: Scheme,
 }
 
 impl ProxyState {
@@ -87,35 +93,99 @@ pub async fn handle(
     let started = Instant::now();
     let id = RequestId::new();
     let request_id = id.as_str();
-    let mut response = match proxy(
-        &req,
-        payload,
-        &worker.state,
-        &worker.clients,
-        worker.scheme,
+    let unread = UnreadBody::default();
+    let incoming = Incoming {
+        req: &req,
+        scheme: worker.scheme,
         request_id,
         started,
-    )
-    .await
-    {
+        body_timeout: worker.state.client_body_timeout,
+        unread: &unread,
+    };
+    let mut response = match proxy(&incoming, payload, &worker.state, &worker.clients).await {
         Ok(resp) => resp,
         Err(e) => e.to_response(request_id),
     };
+    if let Some(payload) = unread.0.take() {
+        // Alive while the answer is written, the unread body makes actix close the connection
+        // after it; dropped earlier, actix would read (drain) the rest of a chunked body first.
+        response = response.map_body(|_, body| {
+            BoxBody::new(HoldingBody {
+                body,
+                _unread: payload,
+            })
+        });
+    }
     if let Ok(v) = HeaderValue::from_bytes(&id.0) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
     response
 }
 
+/// One request as the pipeline hands it along: what arrived, on which listener, and when.
+struct Incoming<'a> {
+    req: &'a HttpRequest,
+    scheme: Scheme,
+    request_id: &'a str,
+    started: Instant,
+    /// `client_body_timeout`.
+    body_timeout: Duration,
+    /// Where a body the gateway stopped reading waits for the answer to be written.
+    unread: &'a UnreadBody,
+}
+
+/// A request body the gateway gave up on (too large, too slow), kept until the answer is written
+/// so that the connection is closed rather than drained.
+#[derive(Clone, Default)]
+struct UnreadBody(Rc<Cell<Option<actix_web::dev::Payload>>>);
+
+/// An answer's body that also owns the request body it refused.
+struct HoldingBody {
+    body: BoxBody,
+    _unread: actix_web::dev::Payload,
+}
+
+impl MessageBody for HoldingBody {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+/// Where a matched request goes and how its upstream request is shaped.
+struct Upstream<'a> {
+    service: &'a Service,
+    origin: &'a UpstreamOrigin,
+    /// The path prefix `strip_path` removed.
+    stripped: Option<&'a str>,
+    /// Send the client's `Host` instead of the service's.
+    preserve_host: bool,
+    /// The request's host without its port (for `X-Forwarded-Host`).
+    host: &'a str,
+    /// The request's authority as the client sent it (what `preserve_host` passes on).
+    sent_host: &'a str,
+}
+
 async fn proxy(
-    req: &HttpRequest,
+    incoming: &Incoming<'_>,
     payload: web::Payload,
     state: &ProxyState,
     clients: &UpstreamClients,
-    scheme: &'static str,
-    request_id: &str,
-    started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
+    let Incoming {
+        req,
+        scheme,
+        request_id,
+        ..
+    } = *incoming;
     let snapshot = state.snapshot.load_full();
     let peer = req
         .peer_addr()
@@ -132,12 +202,7 @@ async fn proxy(
     } else {
         peer
     };
-    let sent_host = req
-        .headers()
-        .get(actix_web::http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or_default();
+    let sent_host = request_authority(req);
     // Clients almost always send a lower-case host: copy only when there is a letter to fold.
     let host_with_port = if sent_host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(sent_host.to_ascii_lowercase())
@@ -161,7 +226,7 @@ async fn proxy(
     };
     let matched = snapshot.find(&input).ok_or(ProxyError::NoRoute)?;
     let entry = matched.entry;
-    let effective_https = scheme == "https"
+    let effective_https = scheme.is_https()
         || (trusted
             && req
                 .headers()
@@ -202,8 +267,9 @@ async fn proxy(
         scheme,
         client_ip,
         trusted,
+        route: entry.route.route.clone(),
         service: Some(service.clone()),
-        snapshot: snapshot.clone(),
+        snapshot: snapshot.identities.clone(),
         body: None,
         body_too_large: false,
         // An auth plugin records about six edits: room for them up front.
@@ -218,7 +284,7 @@ async fn proxy(
     // The runtimes whose access phase ran, for the response and log phases (borrowed from the
     // snapshot: no allocation and no reference count for the usual handful).
     let mut ran: SmallVec<[&Arc<dyn PluginRuntime>; 4]> = SmallVec::new();
-    let https = scheme == "https";
+    let https = scheme.is_https();
     let mut short_circuit = None;
     for link in &entry.chain.entries {
         let Some(runtime) = link.select(ctx.consumer.as_ref().map(|c| c.id), https) else {
@@ -226,7 +292,7 @@ async fn proxy(
         };
         if ctx.body.is_none() && runtime.needs_body(&ctx) {
             if let Some(p) = payload.take() {
-                match buffer(p, state.max_body).await {
+                match buffer(p, state.max_body, incoming).await {
                     Ok(body) => ctx.body = Some(body),
                     Err(ProxyError::TooLarge) => ctx.body_too_large = true,
                     Err(e) => return Err(e),
@@ -245,23 +311,18 @@ async fn proxy(
     let mut response = match short_circuit {
         Some(resp) => resp,
         None => {
-            forward(
-                req,
-                payload,
-                &mut ctx,
+            let upstream = Upstream {
                 service,
                 origin,
-                matched.stripped,
-                entry.route.route.preserve_host,
+                stripped: matched.stripped,
+                preserve_host: entry.route.route.preserve_host,
                 host,
-                clients,
-                scheme,
-                request_id,
-                started,
-            )
-            .await
-            // Answer upstream failures here so the response and log phases still run.
-            .unwrap_or_else(|e| e.to_response(request_id))
+                sent_host,
+            };
+            forward(incoming, &upstream, payload, &mut ctx, clients)
+                .await
+                // Answer upstream failures here so the response and log phases still run.
+                .unwrap_or_else(|e| e.to_response(request_id))
         }
     };
     for runtime in &ran {
@@ -274,11 +335,34 @@ async fn proxy(
     Ok(response)
 }
 
-async fn buffer(mut payload: web::Payload, max: usize) -> Result<Bytes, ProxyError> {
+/// The request's authority: the request target's (absolute form, HTTP/2 `:authority`) wins over
+/// `Host`, as RFC 9112 §3.2.2 and RFC 9113 §8.3.1 require; user information is never part of it.
+fn request_authority(req: &HttpRequest) -> &str {
+    match req.uri().authority() {
+        Some(authority) => authority.as_str().rsplit('@').next().unwrap_or_default(),
+        None => req
+            .headers()
+            .get(actix_web::http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+    }
+}
+
+async fn buffer(
+    mut payload: web::Payload,
+    max: usize,
+    incoming: &Incoming<'_>,
+) -> Result<Bytes, ProxyError> {
     let mut buf = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(incoming.body_timeout, payload.next()).await else {
+            incoming.unread.0.set(Some(payload.into_inner()));
+            return Err(ProxyError::ClientTimeout);
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ProxyError::BadGateway(format!("client body: {e}")))?;
         if buf.len() + chunk.len() > max {
+            incoming.unread.0.set(Some(payload.into_inner()));
             return Err(ProxyError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
@@ -286,24 +370,93 @@ async fn buffer(mut payload: web::Payload, max: usize) -> Result<Bytes, ProxyErr
     Ok(buf.freeze())
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
+/// A client's body on its way upstream: every read bounded by `client_body_timeout`, and a flag
+/// raised when that bound cut it (the upstream request then fails, and the client gets a 408).
+struct ClientBody {
+    chunks: LocalBoxStream<'static, Result<Bytes, String>>,
+    timed_out: Rc<Cell<bool>>,
+}
+
+/// The request's body, or `None` when it has none. HTTP/1.1 framing tells up front (actix hands
+/// no payload to a request without `Content-Length` or `Transfer-Encoding`, whatever its
+/// method); an HTTP/2 request without `content-length` tells only by its first DATA frame or its
+/// end of stream, so that first read is made here.
+async fn client_body(
+    incoming: &Incoming<'_>,
+    payload: web::Payload,
+) -> Result<Option<ClientBody>, ProxyError> {
+    let (req, read_within) = (incoming.req, incoming.body_timeout);
+    let mut payload = payload.into_inner();
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .map(HeaderValue::as_bytes);
+    if matches!(payload, actix_web::dev::Payload::None) || declared == Some(b"0") {
+        return Ok(None);
+    }
+    let mut first = None;
+    if declared.is_none() && req.version() == Version::HTTP_2 {
+        let Ok(next) = tokio::time::timeout(read_within, payload.next()).await else {
+            incoming.unread.0.set(Some(payload));
+            return Err(ProxyError::ClientTimeout);
+        };
+        match next {
+            None => return Ok(None),
+            Some(chunk) => {
+                first =
+                    Some(chunk.map_err(|e| ProxyError::BadGateway(format!("client body: {e}")))?);
+            }
+        }
+    }
+    let timed_out = Rc::new(Cell::new(false));
+    let flag = timed_out.clone();
+    let unread = incoming.unread.clone();
+    let rest = futures_util::stream::unfold(Some(payload), move |state| {
+        let (flag, unread) = (flag.clone(), unread.clone());
+        async move {
+            let mut payload = state?;
+            match tokio::time::timeout(read_within, payload.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(payload))),
+                Ok(Some(Err(e))) => Some((Err(format!("client body: {e}")), None)),
+                Ok(None) => None,
+                Err(_) => {
+                    flag.set(true);
+                    unread.0.set(Some(payload));
+                    Some((Err("client body timeout".to_string()), None))
+                }
+            }
+        }
+    });
+    Ok(Some(ClientBody {
+        chunks: futures_util::stream::iter(first.map(Ok))
+            .chain(rest)
+            .boxed_local(),
+        timed_out,
+    }))
+}
+
 async fn forward(
-    req: &HttpRequest,
+    incoming: &Incoming<'_>,
+    upstream: &Upstream<'_>,
     payload: Option<web::Payload>,
     ctx: &mut RequestCtx,
-    service: &crate::entities::Service,
-    origin: &UpstreamOrigin,
-    stripped: Option<&str>,
-    preserve_host: bool,
-    host: &str,
     clients: &UpstreamClients,
-    scheme: &'static str,
-    request_id: &str,
-    started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
+    let Incoming {
+        req,
+        scheme,
+        request_id,
+        started,
+        ..
+    } = *incoming;
+    let Upstream {
+        service,
+        origin,
+        stripped,
+        preserve_host,
+        host,
+        sent_host,
+    } = *upstream;
     let path = upstream_path(service.path.as_deref(), stripped, req.uri().path());
     let query = headers::filtered_query(req.query_string(), &ctx.strip_query);
     let target = match &query {
@@ -312,16 +465,18 @@ async fn forward(
         None if req.uri().query() == Some("") => Cow::Owned([&*path, "?"].concat()),
         None => path,
     };
-    let service_host = origin.host.as_ref().map(http::HeaderValue::as_bytes);
-    // The client's `Host` when the route preserves it (and the client sent one).
-    let host_value = req
-        .headers()
-        .get(actix_web::http::header::HOST)
-        .filter(|_| preserve_host)
-        .map(actix_web::http::header::HeaderValue::as_bytes)
+    let service_host = origin.host.as_ref().map(HeaderValue::as_bytes);
+    // The client's authority when the route preserves it (and the client sent one).
+    let host_value = Some(sent_host.as_bytes())
+        .filter(|h| preserve_host && !h.is_empty())
         .or(service_host);
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
-    let streams_body = replay_body.is_none() && has_body(req);
+    let mut client_body = match (&replay_body, payload) {
+        (None, Some(p)) => client_body(incoming, p).await?,
+        _ => None,
+    };
+    let streams_body = client_body.is_some();
+    let body_timed_out = client_body.as_ref().map(|b| b.timed_out.clone());
     let upstream_headers = headers::UpstreamHeaders {
         client: req.headers(),
         host: host_value,
@@ -339,13 +494,17 @@ async fn forward(
         // A plugin may have rewritten the body: its length, not the client's, goes upstream.
         content_length: replay_body.as_ref().map(Bytes::len),
     };
-    let timeout =
-        Duration::from_millis(service.connect_timeout.saturating_add(service.read_timeout));
+    // The lean client applies each timeout on its own; hyper's is bounded as a whole.
+    let timeouts = http1::Timeouts {
+        connect: Duration::from_millis(service.connect_timeout),
+        write: Duration::from_millis(service.write_timeout),
+        read: Duration::from_millis(service.read_timeout),
+    };
+    let timeout = timeouts.connect.saturating_add(timeouts.read);
     let no_body = req.method() == Method::HEAD;
     // The hot path: a plain upstream and a body the gateway holds (or none).
     let lean = !origin.tls && !streams_body;
     let mut attempts = 0u32;
-    let mut payload = payload;
     // One clock read serves the proxy latency, the first attempt's deadline and the upstream
     // latency's start (each read is a measurable cost per request on a VM).
     let sent_at = Instant::now();
@@ -371,31 +530,37 @@ async fn forward(
                     head,
                     body: replay_body.as_ref(),
                     at: sent_at,
+                    timeouts,
                 };
-                clients.send_lean(&to, &outgoing, no_body, deadline).await
+                clients.send_lean(&to, &outgoing, no_body).await
             }
             None => {
-                let body = match (&replay_body, payload.take()) {
+                let body = match (&replay_body, client_body.take()) {
                     (Some(body), _) => upstream::full(body.clone()),
-                    (None, Some(p)) if streams_body => upstream::streamed(p),
-                    _ => upstream::empty(),
+                    (None, Some(client)) => upstream::streamed(client.chunks),
+                    (None, None) => upstream::empty(),
                 };
                 let url = [&*origin.base, &*target].concat();
-                let uri =
-                    http::Uri::try_from(url).map_err(|e| ProxyError::BadGateway(e.to_string()))?;
-                let method = http::Method::from_bytes(req.method().as_str().as_bytes())
-                    .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
-                let mut headers = http::HeaderMap::with_capacity(req.headers().len() + 10);
-                upstream_headers.write(&mut headers);
-                let mut request = http::Request::new(body);
-                *request.method_mut() = method;
-                *request.uri_mut() = uri;
-                *request.headers_mut() = headers;
+                let mut request =
+                    upstream::hyper_request(req.method(), url, &upstream_headers, body)
+                        .map_err(ProxyError::BadGateway)?;
+                if streams_body && !request.headers().contains_key(http::header::CONTENT_LENGTH) {
+                    // Said explicitly: hyper sends no body of unknown length on a GET otherwise.
+                    request.headers_mut().insert(
+                        http::header::TRANSFER_ENCODING,
+                        http::HeaderValue::from_static("chunked"),
+                    );
+                }
                 let verify = service.tls_verify == Some(true);
                 // Boxed: hyper's future would double the size of every request's future.
-                Box::pin(clients.send_hyper(request, verify, no_body, deadline)).await
+                Box::pin(clients.send_hyper(request, verify, no_body, deadline, timeouts.read))
+                    .await
             }
         };
+        if outcome.is_err() && body_timed_out.as_ref().is_some_and(|t| t.get()) {
+            // The client stalled, not the upstream (whose connection the failure closed).
+            return Err(ProxyError::ClientTimeout);
+        }
         match outcome {
             Ok(answer) => break answer,
             Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {
@@ -467,17 +632,6 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id"
 /// Our `Via` entry on upstream requests and client responses.
 pub const VIA: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
 const VIA_VALUE: HeaderValue = HeaderValue::from_static(VIA);
-
-fn has_body(req: &HttpRequest) -> bool {
-    req.headers()
-        .contains_key(actix_web::http::header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v != "0")
-        || req.content_type() == "multipart/form-data"
-}
 
 #[cfg(test)]
 mod tests {

@@ -3,12 +3,20 @@
 //! upstreams and bodies the gateway holds, hyper's keep-alive pool for TLS upstreams and
 //! streamed uploads. (awc, which the introspection client uses, spawns a task and arms a timer
 //! for every request it sends — a measurable cost per proxied request; neither client does.)
+//!
+//! Two versions of the `http` crate meet here, and only here. actix-web 4 (on actix-http 3, whose
+//! newest release is still built on `http` 0.2 and offers no conversion to 1.x) gives the gateway
+//! its request; hyper 1 is built on `http` 1.x. Every other module of the request path (plugins'
+//! header edits, the router's `Host` values, the header rules) speaks actix's types; a request
+//! sent through hyper has its method, URL and headers converted once here, and its answer's
+//! headers converted back. Requests on the lean client never meet `http` 1.x. One version would
+//! take an actix release on `http` 1.x, or TLS upstreams and streamed uploads through awc, which
+//! spawns a task and arms a timer per request.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::web;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::combinators::BoxBody;
@@ -19,6 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::headers::{HeaderSink, UpstreamHeaders};
 use super::http1::{
     Answer, AnswerBody, BodyStream, Destination, ExchangeError, Http1Pool, Outgoing,
 };
@@ -75,7 +84,8 @@ fn client(tls: rustls::ClientConfig, pool_size: usize, idle: Duration) -> Upstre
 
 /// Why an upstream exchange failed, as the proxy's retry loop needs to know it.
 pub enum SendError {
-    /// No answer head within the service's connect + read timeout.
+    /// A timeout expired: on the lean client the service's connect, write or read timeout,
+    /// each on its own; on hyper's, no answer head within the connect + read timeouts.
     Timeout,
     /// No connection could be opened (may be retried: nothing was sent).
     Connect(String),
@@ -84,7 +94,8 @@ pub enum SendError {
 }
 
 impl UpstreamClients {
-    /// Sends a request with a held body (or none) to a plain-HTTP upstream over the lean client.
+    /// Sends a request with a held body (or none) to a plain-HTTP upstream over the lean client,
+    /// which applies the service's timeouts carried by `request` itself.
     ///
     /// # Errors
     /// As [`SendError`].
@@ -93,19 +104,21 @@ impl UpstreamClients {
         to: &Destination<'_>,
         request: &Outgoing<'_>,
         no_body: bool,
-        deadline: Instant,
     ) -> Result<Answer, SendError> {
-        let exchange = self.lean.exchange(to, request, no_body);
-        match tokio::time::timeout_at(deadline.into(), exchange).await {
-            Err(_) => Err(SendError::Timeout),
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(ExchangeError::Connect(e))) => Err(SendError::Connect(e.to_string())),
-            Ok(Err(e)) => Err(SendError::Failed(e.to_string())),
+        match self.lean.exchange(to, request, no_body).await {
+            Ok(answer) => Ok(answer),
+            Err(ExchangeError::Connect(e)) => Err(SendError::Connect(e.to_string())),
+            Err(ExchangeError::Timeout(what)) => {
+                tracing::debug!(what, "upstream timed out");
+                Err(SendError::Timeout)
+            }
+            Err(e @ ExchangeError::Upstream(_)) => Err(SendError::Failed(e.to_string())),
         }
     }
 
     /// Sends a request over hyper's pooled client (TLS upstreams, streamed uploads); `verify`
-    /// picks the client that checks upstream certificates.
+    /// picks the client that checks upstream certificates. The head must arrive by `deadline`;
+    /// then `read_timeout` bounds each wait for more of the body.
     ///
     /// # Errors
     /// As [`SendError`].
@@ -115,11 +128,12 @@ impl UpstreamClients {
         verify: bool,
         no_body: bool,
         deadline: Instant,
+        read_timeout: Duration,
     ) -> Result<Answer, SendError> {
         let client = if verify { &self.verifying } else { &self.plain };
         match tokio::time::timeout_at(deadline.into(), client.request(request)).await {
             Err(_) => Err(SendError::Timeout),
-            Ok(Ok(resp)) => Ok(answer_of(resp, no_body)),
+            Ok(Ok(resp)) => Ok(answer_of(resp, no_body, read_timeout)),
             Ok(Err(e)) => {
                 let detail = std::error::Error::source(&e)
                     .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
@@ -133,8 +147,47 @@ impl UpstreamClients {
     }
 }
 
-/// hyper's answer in the shape the lean client gives: end-to-end headers only, body as a stream.
-fn answer_of(resp: http::Response<hyper::body::Incoming>, no_body: bool) -> Answer {
+/// Writes the upstream request's headers into hyper's header map: the one conversion from the
+/// gateway's header types (actix's `http` 0.2) to hyper's (`http` 1.x).
+impl HeaderSink for http::HeaderMap {
+    fn put(&mut self, name: &str, value: &[u8]) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            self.append(name, value);
+        }
+    }
+}
+
+/// hyper's request for `url` with the decided headers.
+///
+/// # Errors
+/// A URL or method hyper's types refuse (described).
+pub fn hyper_request(
+    method: &actix_web::http::Method,
+    url: String,
+    headers: &UpstreamHeaders<'_>,
+    body: UpstreamBody,
+) -> Result<http::Request<UpstreamBody>, String> {
+    let uri = http::Uri::try_from(url).map_err(|e| e.to_string())?;
+    let method = http::Method::from_bytes(method.as_str().as_bytes()).map_err(|e| e.to_string())?;
+    let mut map = http::HeaderMap::with_capacity(headers.client.len() + 10);
+    headers.write(&mut map);
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = map;
+    Ok(request)
+}
+
+/// hyper's answer in the shape the lean client gives: end-to-end headers only, body as a stream
+/// whose every wait is bounded by the service's `read_timeout`.
+fn answer_of(
+    resp: http::Response<hyper::body::Incoming>,
+    no_body: bool,
+    read_timeout: Duration,
+) -> Answer {
     let (parts, body) = resp.into_parts();
     let mut out = actix_web::http::header::HeaderMap::with_capacity(parts.headers.len() + 4);
     let named = super::headers::connection_tokens(
@@ -164,9 +217,29 @@ fn answer_of(resp: http::Response<hyper::body::Incoming>, no_body: bool) -> Answ
     let body = if no_body {
         AnswerBody::Complete(Bytes::new())
     } else {
-        AnswerBody::Streaming(BodyStream::new(
-            http_body_util::BodyDataStream::new(body).map(|r| r.map_err(std::io::Error::other)),
-        ))
+        let data = http_body_util::BodyDataStream::new(body);
+        AnswerBody::Streaming(BodyStream::new(futures_util::stream::unfold(
+            Some(data),
+            move |data| async move {
+                let mut data = data?;
+                match tokio::time::timeout(read_timeout, data.next()).await {
+                    Ok(None) => None,
+                    Ok(Some(piece)) => Some((piece.map_err(std::io::Error::other), Some(data))),
+                    Err(_) => {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "upstream read timed out",
+                        );
+                        tracing::warn!(
+                            error = %e,
+                            "upstream answer body broken after its head was sent; \
+                             closing the client connection"
+                        );
+                        Some((Err(e), None))
+                    }
+                }
+            },
+        )))
     };
     Answer {
         status: parts.status.as_u16(),
@@ -187,15 +260,17 @@ pub fn full(body: Bytes) -> UpstreamBody {
 }
 
 /// The client's body streamed through as it arrives. actix's payload lives on this worker
-/// thread, the pooled client wants a `Send` body: a local task hands the chunks over.
-pub fn streamed(mut payload: web::Payload) -> UpstreamBody {
+/// thread, the pooled client wants a `Send` body: a local task hands the chunks over. The first
+/// error ends the body (the upstream request fails with it).
+pub fn streamed<S>(mut body: S) -> UpstreamBody
+where
+    S: futures_util::Stream<Item = Result<Bytes, String>> + Unpin + 'static,
+{
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BodyError>>(8);
     actix_rt::spawn(async move {
-        while let Some(chunk) = payload.next().await {
+        while let Some(chunk) = body.next().await {
             let failed = chunk.is_err();
-            let frame = chunk
-                .map(Frame::data)
-                .map_err(|e| BodyError::from(format!("client body: {e}")));
+            let frame = chunk.map(Frame::data).map_err(BodyError::from);
             if tx.send(frame).await.is_err() || failed {
                 break;
             }
