@@ -1,4 +1,4 @@
-//! Proxy load bench (issue 7): the gateway side by side with the direct upstream and nginx,
+//! Proxy load bench: the gateway side by side with the direct upstream and nginx,
 //! measured in the same run, in turn, with the same request mix and concurrency.
 //!
 //! ```text
@@ -93,7 +93,7 @@ fn direct(ctx: &Ctx<'_>) -> Result<Setup> {
     }))
 }
 
-/// Target 2: nginx as a plain reverse proxy with upstream keep-alive (perf-ceiling.md's nginx-w1).
+/// Target 2: nginx (one worker) as a plain reverse proxy with upstream keep-alive.
 fn nginx_proxy(ctx: &Ctx<'_>) -> Result<Setup> {
     if procs::nginx().is_none() {
         return Ok(Setup::Skipped(

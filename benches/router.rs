@@ -1,4 +1,4 @@
-//! Router micro-bench (issue 7): time to match a request against a snapshot of 10 vs 10,000
+//! Router micro-bench: time to match a request against a snapshot of 10 vs 10,000
 //! routes, built the way the config registry builds it (`CompiledRoute::compile`, then
 //! `RouterSnapshot::build`).
 //!

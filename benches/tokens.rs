@@ -1,11 +1,16 @@
-//! Token endpoint bench (issue 7): `client_credentials` issuance per second, and
+//! Token endpoint bench: `client_credentials` issuance per second, and
 //! authorization-code redemption per second (codes are made first, each redeemed once, as fast
 //! as the connections allow).
 //!
 //! ```text
 //! cargo bench --bench tokens
 //! BENCH_SECONDS=3 BENCH_ROUNDS=1 cargo bench --bench tokens
+//! BENCH_ONLY=hashed-secret cargo bench --bench tokens      # only the hashed-secret figures
 //! ```
+//!
+//! Hashed secrets (memory store): `client_credentials` issuance with a `hash_secret` credential
+//! next to the plain one, and the p99 of proxied requests (valid bearer token) idle and while
+//! 4 clients issue tokens with the hashed secret as fast as they can (goal: ≤ 2× idle).
 //!
 //! Stores: `memory` always; `postgres` (a fresh `pg_schema`, migrated, dropped afterwards) when
 //! Postgres answers on loopback at `PORTCULLIS_TEST_PG` (libpq `key=value` form, default as in
@@ -16,19 +21,36 @@ mod common;
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
 use common::admin::{
-    client_credentials_request, code_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX, PROVISION_KEY,
+    bearer_request, client_credentials_request, code_of, Admin, CLIENT_ID, CLIENT_SECRET, PREFIX,
+    PROVISION_KEY,
 };
 use common::driver::{self, Load, Measured, Order, Req};
 use common::procs::{self, Gateway};
-use common::report::{self, Refs, Row};
+use common::report::{self, Refs, Row, Run};
 use common::stores::{PgSchema, Settings};
 use common::{fmt_secs, measure, progress, BenchEnv};
 use serde_json::json;
 
 /// Most codes made per round (bounds memory and the redemption run).
 const MAX_CODES: u64 = 300_000;
+
+/// Client id of the application whose secret is stored hashed (argon2id); same secret as the
+/// plain one.
+const HASHED_CLIENT_ID: &str = "bench-hashed-client";
+
+/// Connections issuing tokens with the hashed secret while proxied requests are measured.
+const HASHED_CLIENTS: usize = 4;
+
+/// Row names of the hashed-secret figures.
+const PLAIN_CC: &str = "client_credentials memory";
+const HASHED_CC: &str = "client_credentials hashed secret memory";
+const PROXIED_IDLE: &str = "proxied (oauth2 memory) idle";
+const PROXIED_LOADED: &str = "proxied (oauth2 memory), 4 clients issuing with a hashed secret";
+const HASHED_DURING: &str = "  the 4 clients' hashed-secret issuance meanwhile";
 
 /// `PORTCULLIS_*` settings of a gateway and the schema it needs kept (Postgres), or why it cannot
 /// be measured here.
@@ -62,6 +84,19 @@ fn redeem_request(code: &str) -> Req {
             ("grant_type", "authorization_code"),
             ("code", code),
             ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+        ],
+    )
+    .header("x-forwarded-proto", "https")
+}
+
+/// A `client_credentials` request of the application with the hashed secret.
+fn hashed_request() -> Req {
+    Req::form(
+        &format!("{PREFIX}/oauth2/token"),
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", HASHED_CLIENT_ID),
             ("client_secret", CLIENT_SECRET),
         ],
     )
@@ -148,8 +183,149 @@ fn bench_store(env: &BenchEnv, store: &str, gw: &Gateway, rows: &mut Vec<Row>) -
     Ok(())
 }
 
+/// One measured run of `requests` over `connections`, after the warm-up run if there is one.
+fn warm_then_measure(
+    env: &BenchEnv,
+    gw: &Gateway,
+    requests: Vec<Req>,
+    connections: usize,
+    round: usize,
+) -> Result<Run> {
+    let mut load = Load::new(gw.proxy, requests, connections, env.warmup());
+    if env.warmup > 0 {
+        driver::run(&load, env.force_rust_driver)?;
+    }
+    load.duration = env.duration();
+    measure(env, Some(&gw.proc), &load, round)
+}
+
+/// The proxied requests measured while [`HASHED_CLIENTS`] connections issue tokens with the
+/// hashed secret as fast as they can (they start a warm-up ahead and stop a second after);
+/// the proxied run, and the issuers' run.
+fn measure_under_hashed_load(
+    env: &BenchEnv,
+    gw: &Gateway,
+    probe: &[Req],
+    round: usize,
+) -> Result<(Run, Run)> {
+    let lead = env.warmup().max(Duration::from_secs(1));
+    let issuing = Load::new(
+        gw.proxy,
+        vec![hashed_request()],
+        HASHED_CLIENTS,
+        lead + env.duration() + Duration::from_secs(1),
+    );
+    let force_rust = env.force_rust_driver;
+    let issuers = std::thread::spawn(move || driver::run(&issuing, force_rust));
+    let mut load = Load::new(gw.proxy, probe.to_vec(), env.connections, lead);
+    driver::run(&load, force_rust)?;
+    load.duration = env.duration();
+    let mut proxied = measure(env, Some(&gw.proc), &load, round)?;
+    // The gateway's CPU in this run is mostly the issuers' argon2: not a per-request figure.
+    proxied.cpu_s_per_1k = None;
+    let issued = issuers
+        .join()
+        .map_err(|_| anyhow!("the issuing thread panicked"))??;
+    let issued = Run {
+        round,
+        measured: issued,
+        cpu_s_per_1k: None,
+    };
+    Ok((proxied, issued))
+}
+
+/// The hashed-secret figures on the memory gateway (set up by [`Admin::oauth2_service`]):
+/// issuance with the hashed secret (and with the plain one when `plain`), then the proxied
+/// requests idle and under hashed-secret issuance, each round in that order.
+fn bench_hashed(
+    env: &BenchEnv,
+    gw: &Gateway,
+    admin: &Admin,
+    plain: bool,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    admin.post(
+        "/consumers/bench/oauth2",
+        json!({"name": "bench-hashed-app", "client_id": HASHED_CLIENT_ID,
+               "client_secret": CLIENT_SECRET, "hash_secret": true}),
+    )?;
+    let token = admin.client_credentials_token()?;
+    admin.wait_ready(Some(&token))?;
+    let probe = vec![bearer_request(&token)];
+    let mut runs: [Vec<Run>; 5] = Default::default();
+    let [plain_cc, hashed_cc, idle, loaded, during] = &mut runs;
+    for round in 1..=env.rounds {
+        progress(format_args!(
+            "memory round {round}/{}: hashed secrets, about {} left",
+            env.rounds,
+            fmt_secs((env.rounds - round + 1) as u64 * (4 * (env.warmup + env.seconds) + 2))
+        ));
+        if plain {
+            let run = warm_then_measure(
+                env,
+                gw,
+                vec![client_credentials_request()],
+                env.connections,
+                round,
+            )?;
+            say("client_credentials", &run.measured);
+            plain_cc.push(run);
+        }
+        let run = warm_then_measure(env, gw, vec![hashed_request()], env.connections, round)?;
+        say("client_credentials, hashed secret", &run.measured);
+        hashed_cc.push(run);
+        let run = warm_then_measure(env, gw, probe.clone(), env.connections, round)?;
+        say("proxied, idle", &run.measured);
+        idle.push(run);
+        let (proxied, issued) = measure_under_hashed_load(env, gw, &probe, round)?;
+        say("proxied, under hashed-secret issuance", &proxied.measured);
+        say("  hashed-secret issuance meanwhile", &issued.measured);
+        loaded.push(proxied);
+        during.push(issued);
+    }
+    let rss = Some(gw.proc.peak_rss_mib());
+    let [plain_cc, hashed_cc, idle, loaded, during] = runs;
+    if plain {
+        rows.push(Row::from_runs(PLAIN_CC, plain_cc, rss));
+    }
+    rows.push(Row::from_runs(HASHED_CC, hashed_cc, rss));
+    rows.push(Row::from_runs(PROXIED_IDLE, idle, rss));
+    rows.push(Row::from_runs(PROXIED_LOADED, loaded, rss));
+    rows.push(Row::from_runs(HASHED_DURING, during, rss));
+    Ok(())
+}
+
+/// The hashed-secret summary under the table: issuance next to plain, and the p99 ratio.
+fn print_hashed_summary(rows: &[Row]) {
+    let find = |name: &str| {
+        rows.iter()
+            .find(|r| r.target == name && r.skipped.is_none())
+    };
+    let (Some(plain), Some(hashed), Some(idle), Some(loaded)) = (
+        find(PLAIN_CC),
+        find(HASHED_CC),
+        find(PROXIED_IDLE),
+        find(PROXIED_LOADED),
+    ) else {
+        return;
+    };
+    println!(
+        "\nclient_credentials with a hashed secret: {:.0}/s, {:.2}× the plain secret's {:.0}/s",
+        hashed.rps,
+        hashed.rps / plain.rps.max(f64::MIN_POSITIVE),
+        plain.rps
+    );
+    println!(
+        "p99 of proxied requests while {HASHED_CLIENTS} clients issue with a hashed secret: {:.2} ms, {:.2}× idle ({:.2} ms; goal ≤ 2×)",
+        loaded.p99_ms,
+        loaded.p99_ms / idle.p99_ms.max(f64::MIN_POSITIVE),
+        idle.p99_ms
+    );
+}
+
 fn run() -> Result<()> {
     let env = BenchEnv::from_env();
+    let only_hashed = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "hashed-secret");
     // The token endpoints answer from the plugin; the upstream only backs the route.
     let upstream = procs::start_upstream(&BenchEnv {
         upstream: Some("hyper".into()),
@@ -157,6 +333,9 @@ fn run() -> Result<()> {
     })?;
     let mut rows = Vec::new();
     for (store, settings) in stores() {
+        if only_hashed && store != "memory" {
+            continue;
+        }
         let skip = |rows: &mut Vec<Row>, why: String| {
             progress(format_args!("{store}: skipped: {why}"));
             for what in ["client_credentials", "authorize (code)", "code redemption"] {
@@ -178,26 +357,35 @@ fn run() -> Result<()> {
                 continue;
             }
         };
-        Admin::oauth2_service(&gw, upstream.addr)?.client_credentials_token()?;
-        bench_store(&env, store, &gw, &mut rows)?;
+        let admin = Admin::oauth2_service(&gw, upstream.addr)?;
+        admin.client_credentials_token()?;
+        if !only_hashed {
+            bench_store(&env, store, &gw, &mut rows)?;
+        }
+        if store == "memory" {
+            bench_hashed(&env, &gw, &admin, only_hashed, &mut rows)?;
+        }
     }
     let title = format!(
-        "tokens: successful answers per second, {} connections, {} s × {} round(s) (median); CPU per 1k answers and RSS are the gateway's (goal with Postgres: ≥ 2,000 client_credentials tokens/s)",
+        "tokens: successful answers per second, {} connections, {} s × {} round(s) (median); CPU per 1k answers and RSS are the gateway's (goals: with Postgres ≥ 2,000 client_credentials tokens/s; proxied p99 under hashed-secret issuance ≤ 2× idle)",
         env.connections, env.seconds, env.rounds
     );
     let settings = json!({
         "seconds": env.seconds, "rounds": env.rounds, "connections": env.connections,
         "warmup": env.warmup, "gateway_workers": env.workers, "max_codes_per_round": MAX_CODES,
+        "hashed_secret_clients": HASHED_CLIENTS, "only": if only_hashed { "hashed-secret" } else { "all" },
     });
     report::publish(
         "tokens",
         &title,
         &Refs {
-            throughput: &[("cc memory", "client_credentials memory")],
-            p99: None,
+            throughput: &[("cc memory", PLAIN_CC)],
+            p99: Some(("idle", PROXIED_IDLE)),
         },
         "Portcullis token endpoints",
         settings,
         &rows,
-    )
+    )?;
+    print_hashed_summary(&rows);
+    Ok(())
 }

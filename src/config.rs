@@ -1,9 +1,12 @@
 //! Layered, typed settings: defaults, then a TOML file, then `PORTCULLIS_<KEY>` environment
-//! variables. Key names follow kong.conf so Kong users know them.
+//! variables. Key names follow kong.conf so Kong users know them. Every value is checked at load,
+//! so `config check` refuses exactly what `serve` would: an unknown key or `PORTCULLIS_*` variable
+//! (except `PORTCULLIS_TEST_*`, the test suite's own), a wrong type, or a value out of range.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use actix_web::http::header::HeaderName;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -103,7 +106,8 @@ pub struct Settings {
     pub real_ip_header: String,
     /// Proxy worker threads; 0 = number of cores.
     pub worker_processes: usize,
-    /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing filter.
+    /// A level (`debug`, `info`, `notice`, `warn`, `error`, `crit`, `alert`, `emerg` as in Kong, or
+    /// `trace`, `off`), or a tracing filter of `target=level` directives (`info,portcullis=debug`).
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
@@ -113,8 +117,19 @@ pub struct Settings {
     pub upstream_keepalive_idle_timeout: u64,
     /// Largest request body accepted on the admin API and the OAuth endpoints, e.g. `1m`.
     pub client_max_body_size: String,
+    /// Longest wait, in seconds, between two reads of a proxied request's body (nginx's
+    /// `client_body_timeout`): a client that stalls longer gets `408` and its connection closed.
+    pub client_body_timeout: u64,
     /// When set, every admin request must carry it (`Authorization: Bearer …` or `Kong-Admin-Token`).
     pub admin_token: Option<Secret<String>>,
+    /// Failed client authentications a client_id may have from one address inside
+    /// `oauth2_auth_failure_window` before the OAuth endpoints answer it `429`; 0 = no limit.
+    pub oauth2_auth_failure_limit: u32,
+    /// Length of the sliding window of `oauth2_auth_failure_limit`, seconds.
+    pub oauth2_auth_failure_window: u64,
+    /// Plugins this gateway runs, as Kong's `plugins`: `bundled` (all built-in ones), plugin names,
+    /// or `off`.
+    pub plugins: Vec<String>,
 }
 
 impl Default for Settings {
@@ -147,7 +162,11 @@ impl Default for Settings {
             upstream_keepalive_pool_size: 512,
             upstream_keepalive_idle_timeout: 60,
             client_max_body_size: "1m".into(),
+            client_body_timeout: 60,
             admin_token: None,
+            oauth2_auth_failure_limit: 10,
+            oauth2_auth_failure_window: 60,
+            plugins: vec!["bundled".into()],
         }
     }
 }
@@ -169,6 +188,9 @@ pub enum ConfigError {
     /// A key the gateway does not know (a typo would otherwise be silently ignored).
     #[error("unknown config key `{0}`")]
     UnknownKey(String),
+    /// A `PORTCULLIS_*` environment variable naming no key (a typo would otherwise be ignored).
+    #[error("unknown environment variable `{0}`: no such setting")]
+    UnknownVariable(String),
     /// A key's value is well-typed but wrong.
     #[error("invalid value for `{key}`: {reason}")]
     Value {
@@ -179,6 +201,15 @@ pub enum ConfigError {
     },
 }
 
+impl From<crate::tls::TlsError> for ConfigError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        Self::Value {
+            key: e.key(),
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// One listener of `proxy_listen` / `admin_listen`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen {
@@ -186,7 +217,27 @@ pub struct Listen {
     pub addr: SocketAddr,
     /// TLS listener.
     pub ssl: bool,
+    /// Length of the queue of connections not yet accepted (`backlog=N`, as nginx's flag).
+    pub backlog: u32,
 }
+
+/// The accept queue length of a listener without `backlog=N`.
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// Kong and nginx listen flags the gateway does not implement: refused at start, naming the
+/// flag, rather than accepted and ignored.
+const UNSUPPORTED_LISTEN_FLAGS: &[&str] = &[
+    "http2",
+    "reuseport",
+    "deferred",
+    "bind",
+    "proxy_protocol",
+    "default_server",
+    "ipv6only=on",
+    "ipv6only=off",
+    "so_keepalive=on",
+    "so_keepalive=off",
+];
 
 /// Kind of value of each key, for parsing environment overrides.
 #[derive(Clone, Copy)]
@@ -225,8 +276,30 @@ const KEYS: &[(&str, Kind)] = &[
     ("upstream_keepalive_pool_size", Kind::Int),
     ("upstream_keepalive_idle_timeout", Kind::Int),
     ("client_max_body_size", Kind::Str),
+    ("client_body_timeout", Kind::Int),
     ("admin_token", Kind::Str),
+    ("oauth2_auth_failure_limit", Kind::Int),
+    ("oauth2_auth_failure_window", Kind::Int),
+    ("plugins", Kind::List),
 ];
+
+/// Prefix of the environment variables the test suite reads itself (`PORTCULLIS_TEST_PG`, …):
+/// never settings, so ignored rather than refused (a gateway started by a test inherits them).
+const TEST_VARIABLES: &str = "PORTCULLIS_TEST_";
+
+/// The built-in plugins, as `plugins = bundled` enables them.
+pub const BUNDLED_PLUGINS: &[&str] = &["oauth2", "oauth2-introspection", "request-termination"];
+
+/// Kong's log levels without a tracing equivalent, and the tracing level they mean.
+const KONG_LEVELS: &[(&str, &str)] = &[
+    ("notice", "info"),
+    ("crit", "error"),
+    ("alert", "error"),
+    ("emerg", "error"),
+];
+
+/// The levels tracing knows.
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 
 impl Settings {
     /// Loads defaults, then `file` (if any), then `PORTCULLIS_*` variables from `env`, and checks
@@ -249,16 +322,24 @@ impl Settings {
             }
             None => toml::Table::new(),
         };
-        if let Some(toml::Value::String(s)) = table.get("trusted_ips").cloned() {
-            table.insert("trusted_ips".into(), split_list(&s));
+        for list in ["trusted_ips", "plugins"] {
+            if let Some(toml::Value::String(s)) = table.get(list).cloned() {
+                table.insert(list.into(), split_list(&s));
+            }
         }
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        // The same error whatever order the environment lists its variables in.
+        env.sort();
         for (name, value) in env {
             let Some(key) = name.strip_prefix("PORTCULLIS_") else {
                 continue;
             };
+            if name.starts_with(TEST_VARIABLES) {
+                continue;
+            }
             let key = key.to_ascii_lowercase();
             let Some((k, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
-                continue;
+                return Err(ConfigError::UnknownVariable(name));
             };
             let parsed = match kind {
                 Kind::Str => toml::Value::String(value),
@@ -317,6 +398,24 @@ impl Settings {
         self.admin_listeners()?;
         self.trusted_networks()?;
         self.max_body_bytes()?;
+        if !(1..=86_400).contains(&self.client_body_timeout) {
+            return Err(ConfigError::Value {
+                key: "client_body_timeout",
+                reason: format!(
+                    "expected 1 to 86400 seconds, got {}",
+                    self.client_body_timeout
+                ),
+            });
+        }
+        if !(1..=86_400).contains(&self.oauth2_auth_failure_window) {
+            return Err(ConfigError::Value {
+                key: "oauth2_auth_failure_window",
+                reason: format!(
+                    "expected 1 to 86400 seconds, got {}",
+                    self.oauth2_auth_failure_window
+                ),
+            });
+        }
         for (key, cert, pem_key) in [
             ("ssl_cert", &self.ssl_cert, &self.ssl_cert_key),
             (
@@ -340,16 +439,9 @@ impl Settings {
                 }
             }
         }
-        if !matches!(
-            self.log_level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace" | "notice" | "crit"
-        ) && tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
-        {
-            return Err(ConfigError::Value {
-                key: "log_level",
-                reason: format!("unknown level '{}'", self.log_level),
-            });
-        }
+        self.log_filter()?;
+        self.enabled_plugins()?;
+        self.check_values()?;
         if let Some(schema) = &self.pg_schema {
             if !portcullis_stores::postgres::valid_schema_name(schema) {
                 return Err(ConfigError::Value {
@@ -373,6 +465,121 @@ impl Settings {
             });
         }
         Ok(())
+    }
+
+    /// The ranges and shapes serde's types do not say.
+    fn check_values(&self) -> Result<(), ConfigError> {
+        let value = |key: &'static str, reason: &str| ConfigError::Value {
+            key,
+            reason: reason.into(),
+        };
+        for (key, text) in [
+            ("pg_host", &self.pg_host),
+            ("pg_user", &self.pg_user),
+            ("pg_database", &self.pg_database),
+            ("redis_prefix", &self.redis_prefix),
+        ] {
+            if text.trim().is_empty() {
+                return Err(value(key, "must not be empty"));
+            }
+        }
+        if self.pg_port == 0 {
+            return Err(value("pg_port", "must be a port from 1 to 65535"));
+        }
+        for (key, millis) in [
+            ("pg_timeout", self.pg_timeout),
+            ("redis_timeout", self.redis_timeout),
+        ] {
+            if millis == 0 {
+                return Err(value(key, "must be at least 1 (milliseconds)"));
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            let scheme = url::Url::parse(url.expose()).map(|u| u.scheme().to_string());
+            if !matches!(scheme.as_deref(), Ok("redis" | "rediss")) {
+                // The URL may carry a password: never echoed.
+                return Err(value("redis_url", "not a redis:// or rediss:// URL"));
+            }
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
+            return Err(value(
+                "admin_token",
+                "must not be empty (leave it unset for an admin API without a token)",
+            ));
+        }
+        if HeaderName::from_bytes(self.real_ip_header.to_ascii_lowercase().as_bytes()).is_err() {
+            return Err(value("real_ip_header", "not a header name"));
+        }
+        Ok(())
+    }
+
+    /// `log_level` as a tracing filter: Kong's levels mapped to tracing's, directives checked. A
+    /// bare word that is not a level is refused: tracing would read `loud` as "every event of the
+    /// target `loud`", and the gateway would then log nothing.
+    ///
+    /// # Errors
+    /// An unknown level or a directive that does not parse, naming `log_level`.
+    pub fn log_filter(&self) -> Result<String, ConfigError> {
+        let level = self.log_level.trim().to_ascii_lowercase();
+        if let Some((_, mapped)) = KONG_LEVELS.iter().find(|(kong, _)| *kong == level) {
+            return Ok((*mapped).to_string());
+        }
+        let invalid = |reason: String| ConfigError::Value {
+            key: "log_level",
+            reason,
+        };
+        for directive in self.log_level.split(',').map(str::trim) {
+            let bare_level = LEVELS.contains(&directive.to_ascii_lowercase().as_str());
+            if !bare_level && !directive.contains('=') {
+                return Err(invalid(format!(
+                    "unknown level '{directive}': use debug, info, notice, warn, error, crit, \
+                     or a filter like info,portcullis=debug"
+                )));
+            }
+        }
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&self.log_level)
+            .map_err(|e| invalid(format!("'{}' is not a log filter: {e}", self.log_level)))?;
+        Ok(self.log_level.clone())
+    }
+
+    /// The plugins `plugins` enables, each a built-in one.
+    ///
+    /// # Errors
+    /// An unknown plugin name, or `off` with other names.
+    pub fn enabled_plugins(&self) -> Result<Vec<&'static str>, ConfigError> {
+        let mut enabled: Vec<&'static str> = Vec::new();
+        let off = self.plugins.iter().any(|p| p == "off");
+        if off && self.plugins.len() > 1 {
+            return Err(ConfigError::Value {
+                key: "plugins",
+                reason: "'off' cannot be combined with plugin names".into(),
+            });
+        }
+        for name in self.plugins.iter().filter(|p| *p != "off") {
+            let names: Vec<&'static str> = if name == "bundled" {
+                BUNDLED_PLUGINS.to_vec()
+            } else {
+                let known = BUNDLED_PLUGINS.iter().find(|p| **p == name.as_str());
+                vec![*known.ok_or_else(|| ConfigError::Value {
+                    key: "plugins",
+                    reason: format!(
+                        "unknown plugin '{name}': use bundled, off, or some of {}",
+                        BUNDLED_PLUGINS.join(", ")
+                    ),
+                })?]
+            };
+            for name in names {
+                if !enabled.contains(&name) {
+                    enabled.push(name);
+                }
+            }
+        }
+        Ok(enabled)
     }
 
     /// Parsed `proxy_listen`.
@@ -422,14 +629,18 @@ impl Settings {
             Some('g') => (&s[..s.len() - 1], 1024 * 1024 * 1024),
             _ => (s.as_str(), 1),
         };
-        let n: usize = num.parse().map_err(|_| ConfigError::Value {
+        let invalid = || ConfigError::Value {
             key: "client_max_body_size",
             reason: format!(
                 "'{}' is not a size like 8k or 1m",
                 self.client_max_body_size
             ),
-        })?;
-        Ok(if n == 0 { usize::MAX } else { n * mult })
+        };
+        let n: usize = num.parse().map_err(|_| invalid())?;
+        if n == 0 {
+            return Ok(usize::MAX);
+        }
+        n.checked_mul(mult).ok_or_else(invalid)
     }
 
     /// Worker threads for the proxy.
@@ -494,23 +705,44 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
                     key,
                     reason: format!("'{addr_text}' is not an address like 0.0.0.0:8000"),
                 })?;
-            let mut ssl = false;
+            let mut listen = Listen {
+                addr,
+                ssl: false,
+                backlog: DEFAULT_BACKLOG,
+            };
             for flag in words {
-                match flag {
-                    "ssl" => ssl = true,
-                    "http2" | "reuseport" | "deferred" | "bind" | "proxy_protocol" => {}
-                    f if f.starts_with("backlog=") => {}
-                    f => {
-                        return Err(ConfigError::Value {
-                            key,
-                            reason: format!("unknown listen flag '{f}'"),
-                        })
+                let reason = match flag {
+                    "ssl" => {
+                        listen.ssl = true;
+                        continue;
                     }
-                }
+                    f if f.starts_with("backlog=") => match parse_backlog(&f["backlog=".len()..]) {
+                        Some(n) => {
+                            listen.backlog = n;
+                            continue;
+                        }
+                        None => format!("'{f}' is not a backlog from 1 to {}", i32::MAX),
+                    },
+                    f if UNSUPPORTED_LISTEN_FLAGS.contains(&f) => {
+                        format!("listen flag '{f}' is not supported by this gateway")
+                    }
+                    f => format!("unknown listen flag '{f}'"),
+                };
+                return Err(ConfigError::Value { key, reason });
             }
-            Ok(Listen { addr, ssl })
+            Ok(listen)
         })
         .collect()
+}
+
+/// `N` of `backlog=N`: a positive count the kernel's `listen` takes (it caps it at `somaxconn`).
+fn parse_backlog(text: &str) -> Option<u32> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=i32::MAX.unsigned_abs()).contains(n))
 }
 
 #[cfg(test)]
@@ -528,7 +760,8 @@ mod tests {
             s.proxy_listeners().unwrap(),
             vec![Listen {
                 addr: "127.0.0.1:0".parse().unwrap(),
-                ssl: false
+                ssl: false,
+                backlog: DEFAULT_BACKLOG,
             }]
         );
         let err = Settings::load(None, [("PORTCULLIS_PG_PORT".into(), "abc".into())]).unwrap_err();
@@ -564,6 +797,34 @@ mod tests {
     }
 
     #[test]
+    fn listen_flags_are_honoured_or_refused_by_name() {
+        let listen = |value: &str| parse_listen("proxy_listen", value).map_err(|e| e.to_string());
+        let parsed = listen("127.0.0.1:0 ssl backlog=16, 127.0.0.1:0").unwrap();
+        assert_eq!((parsed[0].ssl, parsed[0].backlog), (true, 16));
+        assert_eq!((parsed[1].ssl, parsed[1].backlog), (false, DEFAULT_BACKLOG));
+        for flag in ["http2", "reuseport", "deferred", "bind", "proxy_protocol"] {
+            assert_eq!(
+                listen(&format!("127.0.0.1:0 {flag}")).unwrap_err(),
+                format!(
+                    "invalid value for `proxy_listen`: listen flag '{flag}' is not supported by this gateway"
+                )
+            );
+        }
+        for bad in [
+            "backlog=",
+            "backlog=0",
+            "backlog=-1",
+            "backlog=+5",
+            "backlog=2147483648",
+        ] {
+            assert_eq!(
+                listen(&format!("127.0.0.1:0 {bad}")).unwrap_err(),
+                format!("invalid value for `proxy_listen`: '{bad}' is not a backlog from 1 to 2147483647")
+            );
+        }
+    }
+
+    #[test]
     fn secrets_are_masked() {
         let s = Settings {
             admin_token: Some(Secret::new("hunter2".into())),
@@ -582,6 +843,112 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("pg_schema"), "{err}");
         assert!(Settings::load(None, [("PORTCULLIS_PG_SCHEMA".into(), "tenant_1".into())]).is_ok());
+    }
+
+    #[test]
+    fn log_level_is_a_level_or_a_filter() {
+        let load = |level: &str| {
+            Settings::load(None, [("PORTCULLIS_LOG_LEVEL".into(), level.into())])
+                .map(|s| s.log_filter().unwrap())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(load("notice").unwrap(), "info");
+        assert_eq!(load("crit").unwrap(), "error");
+        assert_eq!(load("debug").unwrap(), "debug");
+        assert_eq!(
+            load("info,portcullis=debug").unwrap(),
+            "info,portcullis=debug"
+        );
+        for bad in ["loud", "info,loud", "portcullis=loud", ""] {
+            let err = load(bad).unwrap_err();
+            assert!(
+                err.starts_with("invalid value for `log_level`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_variables_are_refused_but_the_test_suite_s_are_not() {
+        let err = Settings::load(None, [("PORTCULLIS_PG_PROT".into(), "5432".into())])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unknown environment variable `PORTCULLIS_PG_PROT`: no such setting"
+        );
+        let s = Settings::load(
+            None,
+            [
+                ("PORTCULLIS_TEST_PG".into(), "host=127.0.0.1".into()),
+                ("PORTCULLIS_TEST_DATABASE".into(), "postgres".into()),
+                ("PORTCULLISX".into(), "1".into()),
+            ],
+        );
+        assert!(s.is_ok());
+    }
+
+    #[test]
+    fn plugins_is_bundled_a_list_or_off() {
+        let load = |value: &str| {
+            Settings::load(None, [("PORTCULLIS_PLUGINS".into(), value.into())])
+                .and_then(|s| s.enabled_plugins())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            Settings::default().enabled_plugins().unwrap(),
+            BUNDLED_PLUGINS
+        );
+        assert_eq!(load("bundled").unwrap(), BUNDLED_PLUGINS);
+        assert_eq!(load("oauth2, oauth2").unwrap(), vec!["oauth2"]);
+        assert!(load("off").unwrap().is_empty());
+        let err = load("bundled,acme").unwrap_err();
+        assert!(
+            err.starts_with("invalid value for `plugins`: unknown plugin 'acme'"),
+            "{err}"
+        );
+        assert!(load("off,oauth2").is_err());
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused() {
+        for (name, value, key) in [
+            ("PORTCULLIS_PG_PORT", "0", "pg_port"),
+            ("PORTCULLIS_PG_HOST", " ", "pg_host"),
+            ("PORTCULLIS_PG_TIMEOUT", "0", "pg_timeout"),
+            ("PORTCULLIS_CLIENT_BODY_TIMEOUT", "0", "client_body_timeout"),
+            (
+                "PORTCULLIS_CLIENT_BODY_TIMEOUT",
+                "86401",
+                "client_body_timeout",
+            ),
+            ("PORTCULLIS_REDIS_PREFIX", "", "redis_prefix"),
+            ("PORTCULLIS_ADMIN_TOKEN", "", "admin_token"),
+            ("PORTCULLIS_REAL_IP_HEADER", "x real ip", "real_ip_header"),
+            (
+                "PORTCULLIS_CLIENT_MAX_BODY_SIZE",
+                "99999999999999999999g",
+                "client_max_body_size",
+            ),
+        ] {
+            let err = Settings::load(None, [(name.into(), value.into())])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{key}`")), "{name}={value}: {err}");
+        }
+        let err = Settings::load(
+            None,
+            [
+                ("PORTCULLIS_DATABASE".into(), "postgres".into()),
+                (
+                    "PORTCULLIS_REDIS_URL".into(),
+                    "http://:pw@cache:6379".into(),
+                ),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`redis_url`") && !err.contains("pw"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,9 @@ use base64::Engine;
 use portcullis_stores::TokenHash;
 use rand::Rng;
 use sha2::{Digest, Sha256, Sha512};
+use std::sync::LazyLock;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 /// A 32-character `[A-Za-z0-9]` random string, the shape Kong gives keys, ids, secrets and tokens.
 pub fn random_token() -> String {
@@ -58,6 +60,24 @@ pub fn verify_secret(secret: &str, stored: &str) -> bool {
             .verify_password(secret.as_bytes(), &h)
             .is_ok()
     })
+}
+
+/// How many secret verifications run at once: argon2id is built to cost ~20 ms of CPU and 19 MiB,
+/// so each runs on the blocking pool (never on a proxy worker, whose other requests would wait),
+/// and no more of them than there are cores (a burst of logins queues instead of taking the box).
+static VERIFICATIONS: LazyLock<Semaphore> = LazyLock::new(|| {
+    Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+});
+
+/// [`verify_secret`] off the calling thread: on the blocking pool, at most one per core at once.
+pub async fn verify_secret_off_thread(secret: &str, stored: &str) -> bool {
+    let Ok(_permit) = VERIFICATIONS.acquire().await else {
+        return false;
+    };
+    let (secret, stored) = (secret.to_owned(), stored.to_owned());
+    tokio::task::spawn_blocking(move || verify_secret(&secret, &stored))
+        .await
+        .unwrap_or(false)
 }
 
 /// Kong's format: `$pbkdf2-sha512$i=<iter>,l=<len>$<b64 salt>$<b64 hash>` (standard alphabet,

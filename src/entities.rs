@@ -1,7 +1,11 @@
-//! Kong's core entities (services, routes, consumers, plugins) as schemas, plus the typed views the
-//! router compiles from validated documents.
+//! Kong's core entities (services, routes, consumers, plugins): their admin schemas and
+//! [`EntityKind`]s, and the typed views the config registry builds from validated documents
+//! ([`Service`], [`Route`], [`Consumer`], [`PluginInstance`], and [`OAuthCredential`], whose schema
+//! lives with the `oauth2` plugin), plus [`Identities`]: one snapshot's consumers and OAuth clients
+//! indexed for the plugins. A leaf: it imports only the schema language.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use portcullis_stores::model::entities as defs;
 use portcullis_stores::EntityDef;
@@ -52,9 +56,16 @@ fn base_fields() -> Vec<Field> {
         Field::new("id", FieldType::Uuid),
         Field::new("created_at", FieldType::Integer),
         Field::new("updated_at", FieldType::Integer),
-        Field::new("tags", FieldType::Set(Box::new(FieldType::String))).check(check_tag),
+        Field::new("tags", FieldType::Set(Box::new(FieldType::String)))
+            .check(check_tag)
+            .pattern(TAG_PATTERN),
     ]
 }
+
+/// Tags: printable ASCII except `,` and `/` (see `check_tag`).
+const TAG_PATTERN: &str = "[!-+\\-.0-~]{1,32}";
+/// Names: see `check_name` (which also takes non-ASCII letters and digits).
+const NAME_PATTERN: &str = "[A-Za-z0-9._~-]{1,32}";
 
 fn check_tag(v: &Value) -> Result<(), String> {
     match v.as_str() {
@@ -264,14 +275,17 @@ fn strings(list: &[&str]) -> Value {
 pub static SERVICE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let mut fields = base_fields();
     fields.extend([
-        Field::new("name", FieldType::String).check(check_name),
+        Field::new("name", FieldType::String)
+            .check(check_name)
+            .pattern(NAME_PATTERN),
         Field::new("protocol", FieldType::String)
             .required()
             .default(|| json!("http"))
             .one_of(SERVICE_PROTOCOLS),
         Field::new("host", FieldType::String)
             .required()
-            .check(check_host),
+            .check(check_host)
+            .pattern("[A-Za-z0-9_-]{1,20}(\\.[A-Za-z0-9_-]{1,20}){0,3}"),
         Field::new("port", FieldType::Integer)
             .required()
             .default(|| json!(80))
@@ -309,14 +323,22 @@ pub static SERVICE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 pub static ROUTE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let mut fields = base_fields();
     fields.extend([
-        Field::new("name", FieldType::String).check(check_name),
+        Field::new("name", FieldType::String)
+            .check(check_name)
+            .pattern(NAME_PATTERN),
         Field::new("protocols", FieldType::Set(Box::new(FieldType::String)))
             .required()
             .default(|| strings(&["http", "https"]))
             .one_of(ROUTE_PROTOCOLS),
-        Field::new("methods", FieldType::Set(Box::new(FieldType::String))).check(check_method),
-        Field::new("hosts", FieldType::Array(Box::new(FieldType::String))).check(check_route_host),
-        Field::new("paths", FieldType::Array(Box::new(FieldType::String))).check(check_route_path),
+        Field::new("methods", FieldType::Set(Box::new(FieldType::String)))
+            .check(check_method)
+            .pattern("[A-Z]{1,10}"),
+        Field::new("hosts", FieldType::Array(Box::new(FieldType::String)))
+            .check(check_route_host)
+            .pattern("(\\*\\.)?[a-z0-9-]{1,20}(\\.[a-z0-9-]{1,20}){0,3}"),
+        Field::new("paths", FieldType::Array(Box::new(FieldType::String)))
+            .check(check_route_path)
+            .pattern("/[A-Za-z0-9._~/-]{0,30}"),
         Field::new("headers", FieldType::StringListMap),
         Field::new("snis", FieldType::Set(Box::new(FieldType::String))),
         Field::new("sources", FieldType::Array(Box::new(FieldType::StringMap))),
@@ -372,7 +394,9 @@ pub static PLUGIN_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let mut fields = base_fields();
     fields.extend([
         Field::new("name", FieldType::String).required(),
-        Field::new("instance_name", FieldType::String).check(check_name),
+        Field::new("instance_name", FieldType::String)
+            .check(check_name)
+            .pattern(NAME_PATTERN),
         Field::new("config", FieldType::AnyRecord),
         Field::new("protocols", FieldType::Set(Box::new(FieldType::String)))
             .required()
@@ -563,4 +587,111 @@ pub struct PluginInstance {
     pub route: Option<Ref>,
     /// Consumer scope.
     pub consumer: Option<Ref>,
+}
+
+#[derive(Deserialize)]
+struct CredentialRef {
+    id: Uuid,
+}
+
+#[derive(Deserialize)]
+struct RawCredential {
+    id: Uuid,
+    consumer: CredentialRef,
+    name: String,
+    client_id: String,
+    client_secret: String,
+    hash_secret: bool,
+    redirect_uris: Option<Vec<String>>,
+    client_type: String,
+}
+
+/// An OAuth 2.0 client (an `oauth2_credentials` row) as the router snapshot indexes it and the
+/// `oauth2` plugin authenticates against. Its schema and secret check live with the plugin
+/// (`plugins::oauth2::credentials`, `plugins::oauth2::verified`); the view lives here so the
+/// router does not import plugins.
+#[derive(Debug, Clone)]
+pub struct OAuthCredential {
+    /// Credential id.
+    pub id: Uuid,
+    /// Owning consumer.
+    pub consumer_id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Public client identifier.
+    pub client_id: String,
+    /// Plain secret, or a hash when `hash_secret`.
+    pub client_secret: String,
+    /// Whether `client_secret` is hashed.
+    pub hash_secret: bool,
+    /// Registered redirect URIs (`None`: the client may only use client_credentials).
+    pub redirect_uris: Option<Vec<String>>,
+    /// Public clients send no secret.
+    pub public: bool,
+}
+
+impl OAuthCredential {
+    /// Typed view of a stored document.
+    ///
+    /// # Errors
+    /// A document that does not satisfy the schema.
+    pub fn from_doc(doc: &Map<String, Value>) -> Result<Self, String> {
+        let raw: RawCredential =
+            serde_json::from_value(Value::Object(doc.clone())).map_err(|e| e.to_string())?;
+        Ok(Self {
+            id: raw.id,
+            consumer_id: raw.consumer.id,
+            name: raw.name,
+            client_id: raw.client_id,
+            client_secret: raw.client_secret,
+            hash_secret: raw.hash_secret,
+            redirect_uris: raw.redirect_uris,
+            public: raw.client_type == "public",
+        })
+    }
+}
+
+/// Entities by id, looked up on every authenticated request. Ids are UUIDs that only the admin
+/// API sets, so foldhash (several times cheaper than SipHash) needs no flood resistance.
+pub type IdMap<T> = HashMap<Uuid, Arc<T>, foldhash::fast::RandomState>;
+
+/// The consumers and OAuth clients of one configuration snapshot, indexed the ways plugins look
+/// them up. Built by the router snapshot and shared whole (one reference count) with each
+/// request's plugins, so plugins read identities without depending on the router.
+#[derive(Default)]
+pub struct Identities {
+    /// Consumers by id.
+    pub consumers: IdMap<Consumer>,
+    /// Consumers by username.
+    pub consumers_by_username: HashMap<String, Arc<Consumer>>,
+    /// OAuth 2.0 credentials by client_id.
+    pub oauth2_by_client_id: HashMap<String, Arc<OAuthCredential>>,
+    /// OAuth 2.0 credentials by id.
+    pub oauth2_by_id: IdMap<OAuthCredential>,
+}
+
+impl Identities {
+    /// Indexes the given consumers and credentials.
+    pub fn build(consumers: Vec<Arc<Consumer>>, credentials: Vec<Arc<OAuthCredential>>) -> Self {
+        Self {
+            consumers_by_username: consumers
+                .iter()
+                .filter_map(|c| c.username.clone().map(|u| (u, c.clone())))
+                .collect(),
+            consumers: consumers.into_iter().map(|c| (c.id, c)).collect(),
+            oauth2_by_client_id: credentials
+                .iter()
+                .map(|c| (c.client_id.clone(), c.clone()))
+                .collect(),
+            oauth2_by_id: credentials.into_iter().map(|c| (c.id, c)).collect(),
+        }
+    }
+
+    /// Finds a consumer by id or username (the `anonymous` setting accepts either).
+    pub fn consumer_by_id_or_name(&self, key: &str) -> Option<&Arc<Consumer>> {
+        Uuid::parse_str(key)
+            .ok()
+            .and_then(|id| self.consumers.get(&id))
+            .or_else(|| self.consumers_by_username.get(key))
+    }
 }

@@ -1,8 +1,17 @@
-//! The error enums of each boundary and the one place each becomes an HTTP answer.
+//! The error enums of the admin API, the config registry and the proxy, and the one place each
+//! becomes an HTTP answer.
 //!
-//! - [`AdminError`]: admin API, Kong's `{"code","name","message","fields"}` shapes.
+//! - [`AdminError`]: admin API, Kong's `{"code","name","message","fields"}` shapes; the stores'
+//!   `StoreError` becomes one here.
+//! - [`RegistryError`]: why the config registry did not make (or only partly made) a write; the
+//!   admin API answers it as an [`AdminError`].
 //! - [`ProxyError`]: gateway-generated proxy answers, Kong's `{"message","request_id"}`.
-//! - OAuth answers (`error`/`error_description`) live with the plugin, in `plugins::oauth2::error`.
+//!
+//! The plugins answer in their own protocols, each from one place of its own: the OAuth endpoints'
+//! RFC 6749 `error`/`error_description` from `plugins::oauth2::reply` (`OAuthError`), the
+//! introspection plugin's refusals from `plugins::introspection::error`. Start-up problems never
+//! become HTTP: `config::ConfigError` (a `tls::TlsError` becomes one) and `startup::StartError`
+//! name the setting at fault.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -66,9 +75,53 @@ pub enum AdminError {
     /// told (the Postgres bus is down).
     #[error("eviction not propagated")]
     NotPropagated,
+    /// The row kept changing under this request (another write on this node each time it was
+    /// re-read); nothing was changed.
+    #[error("contended")]
+    Contended,
+    /// The delete committed and is live (its credentials and services are gone from the router,
+    /// so their tokens are refused), but the token store could not remove their tokens and codes.
+    #[error("tokens kept")]
+    TokensKept,
     /// A bug or corrupt data; details are logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<crate::forms::FormError> for AdminError {
+    fn from(e: crate::forms::FormError) -> Self {
+        Self::BadBody(e.to_string())
+    }
+}
+
+/// Why the config registry did not make a write, or made it only in part.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The store refused the write or could not be reached; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The row is no longer the one the caller read (changed, created or deleted since); nothing
+    /// changed. The caller re-reads and tries again.
+    #[error("the row changed since it was read")]
+    Changed,
+    /// The delete committed and the new snapshot is published, but the tokens and codes of the
+    /// deleted credentials and services could not be removed (removal is retried in the
+    /// background; meanwhile they are refused, their owner being gone).
+    #[error("deleted, but its tokens and codes could not be removed: {0}")]
+    TokensKept(StoreError),
+}
+
+impl From<RegistryError> for AdminError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Store(e) => e.into(),
+            RegistryError::Changed => Self::Contended,
+            RegistryError::TokensKept(cause) => {
+                tracing::warn!(error = %cause, "delete committed; its tokens and codes are kept for now");
+                Self::TokensKept
+            }
+        }
+    }
 }
 
 impl From<StoreError> for AdminError {
@@ -127,12 +180,14 @@ impl ResponseError for AdminError {
             | Self::InvalidSize(_)
             | Self::InvalidOffset(_)
             | Self::BadBody(_) => StatusCode::BAD_REQUEST,
-            Self::Unique(_) => StatusCode::CONFLICT,
+            Self::Unique(_) | Self::Contended => StatusCode::CONFLICT,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Unavailable | Self::NotPropagated => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::NotPropagated | Self::TokensKept => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -182,6 +237,12 @@ impl ResponseError for AdminError {
             Self::NotPropagated => json!({
                 "message": "Evicted on this node and in Redis, but the other nodes could not be told (the database is unavailable); their copies expire with the plugin's ttl"
             }),
+            Self::Contended => json!({
+                "message": "The entity kept changing while this request was applied; nothing was changed"
+            }),
+            Self::TokensKept => json!({
+                "message": "Deleted. Its tokens and authorization codes are refused from now on, but the token store could not remove them (it is unavailable); removal is retried in the background"
+            }),
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "admin request failed");
                 json!({ "message": "An unexpected error occurred" })
@@ -216,6 +277,9 @@ pub enum ProxyError {
     /// An http request on an https-only route with 426.
     #[error("https required")]
     UseHttps,
+    /// The client stalled in its body longer than `client_body_timeout`.
+    #[error("client body timeout")]
+    ClientTimeout,
     /// A bug; details are logged.
     #[error("internal: {0}")]
     Internal(String),
@@ -237,6 +301,7 @@ impl ProxyError {
             Self::Unavailable(msg) => (StatusCode::SERVICE_UNAVAILABLE, msg),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded"),
             Self::UseHttps => (StatusCode::UPGRADE_REQUIRED, "Please use HTTPS protocol"),
+            Self::ClientTimeout => (StatusCode::REQUEST_TIMEOUT, "Request timeout"),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "An unexpected error occurred",
@@ -255,9 +320,16 @@ impl ProxyError {
         }
         let (status, message) = self.status_and_message();
         let mut resp = HttpResponse::build(status);
-        if let Self::UseHttps = self {
-            resp.insert_header(("Upgrade", "TLS/1.2, HTTP/1.1"));
-            resp.insert_header(("Connection", "Upgrade"));
+        match self {
+            Self::UseHttps => {
+                resp.insert_header(("Upgrade", "TLS/1.2, HTTP/1.1"));
+                resp.insert_header(("Connection", "Upgrade"));
+            }
+            // The rest of the body is never read: the connection cannot carry another request.
+            Self::TooLarge | Self::ClientTimeout => {
+                resp.force_close();
+            }
+            _ => {}
         }
         resp.json(json!({ "message": message, "request_id": request_id }))
     }

@@ -7,20 +7,32 @@
 //!   opens the stores (memory, or Postgres after checking its migrations, with the near cache and
 //!   Redis tiers in front of its token store).
 //! - [`migrations`]: the `portcullis migrations …` commands over the stores crate's migrator.
-//! - [`error`]: the error enums of the admin API and the proxy, and their one mapping to HTTP.
+//! - [`error`]: the error enums of the admin API, the config registry and the proxy, and their one
+//!   mapping to HTTP.
 //! - [`schema`]: the declarative schema language (Kong-shaped validation errors, defaults).
-//! - [`entities`]: services, routes, consumers, plugins: schemas and typed views.
-//! - [`admin`]: the Kong-compatible admin API.
+//! - [`entities`]: services, routes, consumers, plugins: schemas and typed views; the OAuth client
+//!   view and the consumers and clients a snapshot hands to plugins ([`entities::Identities`]).
+//! - [`forms`]: request bodies (JSON, url-encoded and multipart forms) as Kong reads them, for the
+//!   admin API and the OAuth endpoints alike.
+//! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, and its
+//!   OpenAPI document (`GET /openapi.json`) generated from the dispatcher's tables and the schemas.
 //! - [`router`]: the compiled, immutable route table read lock-free by the proxy.
 //! - [`proxy`]: the request pipeline (match → plugins → forward → respond) and header rules.
-//! - [`plugins`]: the plugin framework and the built-in plugins (`oauth2`, `oauth2-introspection`,
-//!   `request-termination`).
+//! - [`plugin_api`]: the plugin contract (`Plugin`, `PluginRuntime`, `RequestCtx`, `Flow`,
+//!   `Scheme`), a leaf the router, the proxy and the plugins share.
+//! - [`plugins`]: the built-in plugins (`oauth2`, `oauth2-introspection`, `request-termination`)
+//!   and the registry of the kinds this build offers.
 //! - [`actors`]: the single writers: config registry, token lifecycle, cluster sync (other nodes'
 //!   changes heard through Postgres LISTEN/NOTIFY → caches and router snapshot).
+//! - [`clock`]: the wall clock in unix seconds, a leaf every layer reads time from.
 //! - [`crypto`]: random tokens, digests, constant-time comparison, secret hashing.
-//! - [`tls`]: rustls server configs, self-signed certificates.
+//! - [`tls`]: rustls server and client configs, self-signed certificates, and their own error.
 //! - [`telemetry`]: logging (text or JSON).
 //!
+//! Layers, lowest first: `clock`, `crypto`, `schema`, `tls` → `config`, `entities`, `error`,
+//! `forms` → `telemetry`, `plugin_api` → `router` → `plugins`, `proxy` → `actors` → `admin` →
+//! `startup` → `migrations`. Each module imports only from layers below it. A unit test
+//! (`layers`) fails on an import cycle or a lower layer importing a higher one.
 //!
 //! Storage lives in the `portcullis-stores` crate (`stores/`).
 
@@ -32,11 +44,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod actors;
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod entities;
 pub mod error;
+pub mod forms;
+#[cfg(test)]
+mod layers;
 pub mod migrations;
+pub mod plugin_api;
 pub mod plugins;
 pub mod proxy;
 pub mod router;

@@ -59,6 +59,10 @@ pub struct Field {
     pub check: Option<Check>,
     /// Never returned on reads (e.g. the service `url` shorthand).
     pub write_only: bool,
+    /// A regular expression (unanchored, whole value) whose matches `check` always accepts; `check`
+    /// may accept more. The OpenAPI document shows it on input, so that clients and generated
+    /// requests can form valid values; validation never uses it.
+    pub pattern: Option<&'static str>,
 }
 
 impl Field {
@@ -73,6 +77,7 @@ impl Field {
             between: None,
             check: None,
             write_only: false,
+            pattern: None,
         }
     }
     /// Marks the field required.
@@ -98,6 +103,11 @@ impl Field {
     /// Adds a value check.
     pub const fn check(mut self, c: Check) -> Self {
         self.check = Some(c);
+        self
+    }
+    /// Documents values the check accepts (see [`Field::pattern`]).
+    pub const fn pattern(mut self, p: &'static str) -> Self {
+        self.pattern = Some(p);
         self
     }
 }
@@ -338,8 +348,14 @@ fn check_value(field: &Field, ty: &FieldType, v: Value, coerce: Coerce) -> Resul
             }
         }
     }
-    if let (Some((lo, hi)), Some(n)) = (field.between, v.as_i64()) {
-        if n < lo || n > hi {
+    // As f64: a JSON number such as 1e308 has no i64 form and must not slip past the range.
+    if let (Some((lo, hi)), Some(n)) = (field.between, v.as_f64()) {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "bounds are small configured constants"
+        )]
+        let (lo_f, hi_f) = (lo as f64, hi as f64);
+        if n < lo_f || n > hi_f {
             return Err(Value::String(format!(
                 "value should be between {lo} and {hi}"
             )));

@@ -21,8 +21,10 @@ use crate::actors::registry::{ConfigRegistry, Reload};
 use crate::actors::token_lifecycle::TokenLifecycle;
 use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, Database, Listen, Settings};
+use crate::plugin_api::Scheme;
 use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache};
-use crate::plugins::oauth2::OAuthDeps;
+use crate::plugins::oauth2::lockout::{ClientLockout, LockoutPolicy};
+use crate::plugins::oauth2::{OAuthDeps, VerifiedSecrets};
 use crate::plugins::PluginRegistry;
 use crate::proxy::upstream::UpstreamClients;
 use crate::proxy::{self, ProxyState, ProxyWorker};
@@ -37,6 +39,61 @@ pub enum StartError {
     /// A store could not be opened.
     #[error("{0}")]
     Store(String),
+    /// The store configures a plugin that `plugins` leaves out: running without it would
+    /// silently drop what it enforces (Kong refuses to start the same way).
+    #[error("plugin '{0}' is in use but not enabled: add it to `plugins` or delete its instances")]
+    PluginNotEnabled(String),
+}
+
+/// The store in use, for the start-up log: where it is, never a password.
+fn store_description(settings: &Settings) -> String {
+    match settings.database {
+        Database::Memory => "memory (nothing survives a restart)".into(),
+        Database::Postgres => {
+            let mut text = format!(
+                "postgres {}@{}:{}/{}",
+                settings.pg_user, settings.pg_host, settings.pg_port, settings.pg_database
+            );
+            if let Some(schema) = &settings.pg_schema {
+                text.push_str(&format!(" schema {schema}"));
+            }
+            let redis = settings
+                .redis_url
+                .as_ref()
+                .and_then(|u| url::Url::parse(u.expose()).ok());
+            if let Some(url) = redis {
+                let host = url.host_str().unwrap_or_default();
+                let port = url.port().unwrap_or(6379);
+                text.push_str(&format!(", redis {host}:{port}"));
+            }
+            text
+        }
+    }
+}
+
+/// Refuses to start when a stored plugin instance names a plugin that is not enabled.
+async fn refuse_disabled_plugins_in_use(
+    store: &dyn ConfigStore,
+    enabled: &[&str],
+) -> Result<(), StartError> {
+    let instances = store
+        .all(crate::entities::PLUGINS.def)
+        .await
+        .map_err(|e| StartError::Store(format!("cannot load configuration: {}", start_line(e))))?;
+    match instances
+        .iter()
+        .filter_map(|doc| doc.get("name").and_then(serde_json::Value::as_str))
+        .find(|name| !enabled.contains(name))
+    {
+        Some(name) => Err(StartError::PluginNotEnabled(name.to_string())),
+        None => Ok(()),
+    }
+}
+
+impl From<crate::tls::TlsError> for StartError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        Self::Config(e.into())
+    }
 }
 
 /// The stores a gateway runs on.
@@ -49,6 +106,9 @@ pub struct Stores {
     pub cluster: Option<ClusterLink>,
     /// The `oauth2-introspection` verdict cache (in front of Redis and the bus in a cluster).
     pub verdicts: IntrospectionCache,
+    /// Redis, when configured: state the nodes of a cluster share beyond tokens (failed client
+    /// authentications).
+    pub redis: Option<RedisTokenCache>,
 }
 
 /// What the cluster sync actor needs: the database to listen on and the caches to invalidate.
@@ -156,7 +216,7 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
     );
     let tiered = Arc::new(TieredTokenStore::new(
         Arc::new(PgTokenStore::new(pool.clone())),
-        redis,
+        redis.clone(),
         &NearCacheSettings::default(),
     ));
     Ok(Stores {
@@ -168,6 +228,7 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
             verdicts: verdicts.clone(),
         }),
         verdicts,
+        redis,
     })
 }
 
@@ -182,6 +243,7 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
             tokens: Arc::new(MemoryTokenStore::new()),
             cluster: None,
             verdicts: IntrospectionCache::default(),
+            redis: None,
         }),
         Database::Postgres => open_postgres(settings).await,
     }
@@ -194,20 +256,32 @@ pub struct Application {
     servers: Vec<Server>,
     /// The current router snapshot (tests inspect it).
     pub snapshot: Arc<ArcSwap<RouterSnapshot>>,
+    /// Hashed client secrets verified recently (tests count the verifications it saves).
+    pub verified_secrets: VerifiedSecrets,
 }
 
+/// A listening socket with the entry's backlog (std's `TcpListener::bind` fixes it at 128, and
+/// actix's own `backlog` applies only to the addresses it binds itself).
 fn bind(key: &'static str, listen: &Listen) -> Result<TcpListener, ConfigError> {
-    let listener = TcpListener::bind(listen.addr).map_err(|e| ConfigError::Value {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let failed = |e: std::io::Error| ConfigError::Value {
         key,
         reason: format!("cannot bind {}: {e}", listen.addr),
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| ConfigError::Value {
-            key,
-            reason: e.to_string(),
-        })?;
-    Ok(listener)
+    };
+    let socket = Socket::new(
+        Domain::for_address(listen.addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(failed)?;
+    // As std does: a restarted gateway may bind while old connections sit in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true).map_err(failed)?;
+    socket.bind(&listen.addr.into()).map_err(failed)?;
+    let backlog = i32::try_from(listen.backlog).unwrap_or(i32::MAX);
+    socket.listen(backlog).map_err(failed)?;
+    socket.set_nonblocking(true).map_err(failed)?;
+    Ok(socket.into())
 }
 
 fn upstream_clients(settings: &Settings) -> UpstreamClients {
@@ -236,12 +310,32 @@ impl Application {
         crate::tls::install_crypto_provider();
         let settings = Arc::new(settings);
         let snapshot = Arc::new(ArcSwap::from_pointee(RouterSnapshot::default()));
-        let plugins = Arc::new(PluginRegistry::builtin(
-            OAuthDeps {
-                tokens: stores.tokens.clone(),
-            },
-            stores.verdicts.clone(),
-        ));
+        let enabled = settings.enabled_plugins()?;
+        tracing::info!(
+            version = %env!("CARGO_PKG_VERSION"),
+            store = %store_description(&settings),
+            plugins = %enabled.join(","),
+            "portcullis starting"
+        );
+        refuse_disabled_plugins_in_use(stores.config.as_ref(), &enabled).await?;
+        let verified_secrets = VerifiedSecrets::default();
+        let plugins = Arc::new(
+            PluginRegistry::builtin(
+                OAuthDeps {
+                    tokens: stores.tokens.clone(),
+                    lockout: ClientLockout::new(
+                        LockoutPolicy {
+                            limit: settings.oauth2_auth_failure_limit,
+                            window: Duration::from_secs(settings.oauth2_auth_failure_window),
+                        },
+                        stores.redis.clone(),
+                    ),
+                    secrets: verified_secrets.clone(),
+                },
+                stores.verdicts.clone(),
+            )
+            .only(&enabled),
+        );
         let registry = ConfigRegistry::new(
             stores.config.clone(),
             stores.tokens.clone(),
@@ -272,6 +366,7 @@ impl Application {
                 reason: "not a header name".into(),
             })?,
             max_body: settings.max_body_bytes()?,
+            client_body_timeout: Duration::from_secs(settings.client_body_timeout),
         });
         for tls in [false, true] {
             let listeners: Vec<&Listen> = proxy_listen.iter().filter(|l| l.ssl == tls).collect();
@@ -280,7 +375,7 @@ impl Application {
             }
             let state = proxy_state.clone();
             let client_settings = settings.clone();
-            let scheme = if tls { "https" } else { "http" };
+            let scheme = if tls { Scheme::Https } else { Scheme::Http };
             let mut server = HttpServer::new(move || {
                 App::new()
                     .app_data(web::Data::new(ProxyWorker {
@@ -292,7 +387,6 @@ impl Application {
                     .default_service(web::to(proxy::handle))
             })
             .workers(settings.workers())
-            .backlog(4096)
             .max_connection_rate(4096)
             .shutdown_timeout(5)
             .disable_signals();
@@ -386,6 +480,7 @@ impl Application {
             admin: admin_addrs,
             servers,
             snapshot,
+            verified_secrets,
         })
     }
 
@@ -422,6 +517,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handles: Vec<_> = self.servers.iter().map(Server::handle).collect();
         let servers = futures_util::future::try_join_all(self.servers);
+        tracing::info!(
+            pid = std::process::id(),
+            "ready; stop with Ctrl-C or SIGTERM (requests in flight get 5 s to finish)"
+        );
         tokio::select! {
             res = servers => res.map(|_| ()),
             () = shutdown_signal() => {
@@ -455,5 +554,39 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[actix_rt::test]
+    async fn a_stored_plugin_that_is_not_enabled_stops_the_start() {
+        let store = MemoryConfigStore::new();
+        let serde_json::Value::Object(doc) = json!({
+            "id": uuid::Uuid::new_v4(),
+            "name": "oauth2",
+            "config": {},
+            "enabled": true,
+        }) else {
+            unreachable!()
+        };
+        store
+            .insert(crate::entities::PLUGINS.def, doc)
+            .await
+            .unwrap();
+        let err = refuse_disabled_plugins_in_use(&store, &["request-termination"])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin 'oauth2' is in use but not enabled: add it to `plugins` or delete its instances"
+        );
+        assert!(refuse_disabled_plugins_in_use(&store, &["oauth2"])
+            .await
+            .is_ok());
     }
 }

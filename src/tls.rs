@@ -7,7 +7,62 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-use crate::config::ConfigError;
+/// Why a TLS server configuration cannot be made. Each variant names the setting it came from
+/// (`ssl_cert`, `admin_ssl_cert`) so the configuration layer can report it as that key's problem;
+/// the message is the reason alone.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file cannot be read or is not PEM.
+    #[error("cannot read {path}: {reason}")]
+    Unreadable {
+        /// The setting naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// The OS or PEM error.
+        reason: String,
+    },
+    /// The certificate file holds no certificate.
+    #[error("no PEM certificate in {path}")]
+    NoCertificate {
+        /// The setting naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+    },
+    /// The key file holds no private key.
+    #[error("no PEM private key in {path}")]
+    NoPrivateKey {
+        /// The setting naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+    },
+    /// The self-signed certificate could not be generated.
+    #[error("cannot generate a certificate: {0}")]
+    Generate(String),
+    /// rustls refused the pair.
+    #[error("certificate and key do not form a valid pair: {reason}")]
+    Mismatch {
+        /// The setting naming the files.
+        key: &'static str,
+        /// rustls's reason.
+        reason: String,
+    },
+}
+
+impl TlsError {
+    /// The setting the problem belongs to.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Unreadable { key, .. }
+            | Self::NoCertificate { key, .. }
+            | Self::NoPrivateKey { key, .. }
+            | Self::Mismatch { key, .. } => key,
+            Self::Generate(_) => "ssl_cert",
+        }
+    }
+}
 
 /// Installs ring as the process crypto provider (idempotent).
 pub fn install_crypto_provider() {
@@ -18,27 +73,28 @@ fn read_pem(
     key: &'static str,
     cert: &Path,
     pkey: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
-    let unreadable = |path: &Path, e: &dyn std::fmt::Display| ConfigError::Value {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let unreadable = |path: &Path, e: &dyn std::fmt::Display| TlsError::Unreadable {
         key,
-        reason: format!("cannot read {}: {e}", path.display()),
+        path: path.display().to_string(),
+        reason: e.to_string(),
     };
     let cert_bytes = std::fs::read(cert).map_err(|e| unreadable(cert, &e))?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_bytes.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| unreadable(cert, &e))?;
     if certs.is_empty() {
-        return Err(ConfigError::Value {
+        return Err(TlsError::NoCertificate {
             key,
-            reason: format!("no PEM certificate in {}", cert.display()),
+            path: cert.display().to_string(),
         });
     }
     let key_bytes = std::fs::read(pkey).map_err(|e| unreadable(pkey, &e))?;
     let private = rustls_pemfile::private_key(&mut key_bytes.as_slice())
         .map_err(|e| unreadable(pkey, &e))?
-        .ok_or_else(|| ConfigError::Value {
+        .ok_or_else(|| TlsError::NoPrivateKey {
             key,
-            reason: format!("no PEM private key in {}", pkey.display()),
+            path: pkey.display().to_string(),
         })?;
     Ok((certs, private))
 }
@@ -47,16 +103,13 @@ fn read_pem(
 ///
 /// # Errors
 /// Only if key generation fails.
-pub fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError>
-{
+pub fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     if let Ok(h) = std::env::var("HOSTNAME") {
         names.push(h);
     }
-    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| ConfigError::Value {
-        key: "ssl_cert",
-        reason: format!("cannot generate a certificate: {e}"),
-    })?;
+    let generated =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     let cert = generated.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
     Ok((vec![cert], key))
@@ -69,7 +122,7 @@ pub fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'sta
 pub fn server_config(
     key: &'static str,
     files: Option<(&Path, &Path)>,
-) -> Result<Arc<ServerConfig>, ConfigError> {
+) -> Result<Arc<ServerConfig>, TlsError> {
     let (certs, private) = match files {
         Some((cert, pkey)) => read_pem(key, cert, pkey)?,
         None => self_signed()?,
@@ -80,9 +133,9 @@ pub fn server_config(
     ])
     .with_no_client_auth()
     .with_single_cert(certs, private)
-    .map_err(|e| ConfigError::Value {
+    .map_err(|e| TlsError::Mismatch {
         key,
-        reason: format!("certificate and key do not form a valid pair: {e}"),
+        reason: e.to_string(),
     })?;
     Ok(Arc::new(config))
 }

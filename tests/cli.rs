@@ -195,6 +195,40 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
 }
 
 #[test]
+fn listen_flags_the_gateway_does_not_implement_stop_it_naming_the_flag() {
+    for flag in ["http2", "reuseport", "deferred", "bind", "proxy_protocol"] {
+        for command in [&["config", "check"][..], &["serve"][..]] {
+            let out = portcullis()
+                .args(command)
+                .env("PORTCULLIS_PROXY_LISTEN", format!("127.0.0.1:0 {flag}"))
+                .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")
+                .output()
+                .unwrap();
+            assert_one_line_error(&out, "proxy_listen");
+            assert!(
+                text(&out.stderr).contains(&format!("listen flag '{flag}' is not supported")),
+                "{flag}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_listener_s_backlog_is_the_one_its_flag_asks_for() {
+    let served = serve_with(&[("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0 backlog=37")]);
+    let port = served.proxy.rsplit(':').next().unwrap();
+    // For a listening socket, ss's Send-Q column is the accept queue's maximum length.
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) to read the backlog back");
+    let listing = text(&out.stdout);
+    let columns: Vec<&str> = listing.split_whitespace().collect();
+    assert_eq!(columns.get(2).copied(), Some("37"), "{listing}");
+}
+
+#[test]
 fn serve_fails_cleanly_when_a_port_is_taken() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -225,6 +259,8 @@ struct Served {
     child: Child,
     proxy: String,
     admin: String,
+    /// Its log up to the "ready" line.
+    log: Vec<String>,
 }
 
 impl Drop for Served {
@@ -243,12 +279,21 @@ fn addr_of(line: &str) -> String {
 }
 
 fn serve() -> Served {
-    let mut child = portcullis()
-        .arg("serve")
+    serve_with(&[])
+}
+
+/// `portcullis serve` on free ports with `env` added, once it logged that it is ready.
+fn serve_with(env: &[(&str, &str)]) -> Served {
+    let mut cmd = portcullis();
+    cmd.arg("serve")
         .env("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0")
         .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PORTCULLIS_WORKER_PROCESSES", "1")
-        .env("PORTCULLIS_LOG_LEVEL", "info")
+        .env("PORTCULLIS_LOG_LEVEL", "info");
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -268,9 +313,10 @@ fn serve() -> Served {
         child,
         proxy: String::new(),
         admin: String::new(),
+        log: Vec::new(),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while served.proxy.is_empty() || served.admin.is_empty() {
+    while !served.log.last().is_some_and(|l| l.contains(" ready; ")) {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).expect("listening lines on stderr");
         assert!(
@@ -282,6 +328,7 @@ fn serve() -> Served {
         } else if line.contains("admin API listening") {
             served.admin = format!("http://{}", addr_of(&line));
         }
+        served.log.push(line);
     }
     served
 }
@@ -339,4 +386,263 @@ async fn serve_answers_on_the_logged_ports_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "graceful stop exits 0: {status:?}");
+}
+
+#[test]
+fn log_level_must_be_a_level_or_a_filter() {
+    for level in ["loud", "info,loud", "portcullis=loud"] {
+        for command in [&["config", "check"][..], &["serve"][..]] {
+            let out = portcullis()
+                .args(command)
+                .env("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0")
+                .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")
+                .env("PORTCULLIS_LOG_LEVEL", level)
+                .output()
+                .unwrap();
+            assert_one_line_error(&out, "log_level");
+        }
+    }
+    for level in ["notice", "info,portcullis=debug"] {
+        let out = portcullis()
+            .args(["config", "check"])
+            .env("PORTCULLIS_LOG_LEVEL", level)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{level}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn unknown_portcullis_variables_are_refused_like_unknown_keys() {
+    for command in [&["config", "check"][..], &["serve"][..]] {
+        let out = portcullis()
+            .args(command)
+            .env("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0")
+            .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("PORTCULLIS_ADMIN_TOKN", "typo")
+            .output()
+            .unwrap();
+        assert_one_line_error(&out, "PORTCULLIS_ADMIN_TOKN");
+    }
+}
+
+#[test]
+fn the_plugins_setting_is_checked_and_honoured() {
+    for command in [&["config", "check"][..], &["serve"][..]] {
+        let out = portcullis()
+            .args(command)
+            .env("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0")
+            .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("PORTCULLIS_PLUGINS", "bundled,acme-auth")
+            .output()
+            .unwrap();
+        assert_one_line_error(&out, "plugins");
+        assert!(text(&out.stderr).contains("'acme-auth'"));
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_left_out_of_plugins_is_not_enabled() {
+    let served = serve_with(&[("PORTCULLIS_PLUGINS", "request-termination")]);
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/plugins", served.admin))
+        .json(&json!({"name": "oauth2", "config": {"enable_client_credentials": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["fields"]["name"],
+        "plugin 'oauth2' not enabled; add it to the 'plugins' configuration property"
+    );
+    let resp = http
+        .post(format!("{}/plugins", served.admin))
+        .json(&json!({"name": "request-termination"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let root: Value = http
+        .get(format!("{}/", served.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        root["plugins"]["enabled_in_cluster"],
+        json!(["request-termination"])
+    );
+}
+
+#[test]
+fn start_up_logs_each_event_once_with_version_store_listeners_and_how_to_stop() {
+    // The test suite's own variables are not settings: a gateway started under it still starts.
+    let served = serve_with(&[
+        ("PORTCULLIS_TEST_PG", "host=127.0.0.1 port=1 user=nobody"),
+        ("PORTCULLIS_TEST_DATABASE", "postgres"),
+    ]);
+    let log = &served.log;
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    let starting: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("portcullis starting"))
+        .collect();
+    assert_eq!(starting.len(), 1, "{log:#?}");
+    assert!(
+        starting[0].contains(&format!("version={}", env!("CARGO_PKG_VERSION"))),
+        "{log:#?}"
+    );
+    assert!(starting[0].contains("store=memory"), "{log:#?}");
+    assert!(
+        starting[0].contains("plugins=oauth2,oauth2-introspection,request-termination"),
+        "{log:#?}"
+    );
+    assert_eq!(count("proxy listening"), 1, "{log:#?}");
+    assert_eq!(count("admin API listening"), 1, "{log:#?}");
+    let ready: Vec<&String> = log.iter().filter(|l| l.contains(" ready; ")).collect();
+    assert_eq!(ready.len(), 1, "{log:#?}");
+    assert!(
+        ready[0].contains("Ctrl-C or SIGTERM")
+            && ready[0].contains(&format!("pid={}", served.child.id())),
+        "{log:#?}"
+    );
+    // actix-server's own announcements of the same listeners are not repeated.
+    assert_eq!(count("actix"), 0, "{log:#?}");
+    assert_eq!(log.len(), 4, "one line per event: {log:#?}");
+}
+
+/// The test Postgres (`PORTCULLIS_TEST_PG`) as stores settings in `schema`.
+fn test_pg(schema: &str) -> portcullis_stores::postgres::PgSettings {
+    let conn = std::env::var("PORTCULLIS_TEST_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    let mut pg = portcullis_stores::postgres::PgSettings::from_conn_str(&conn).unwrap();
+    pg.schema = Some(schema.to_string());
+    pg
+}
+
+/// The same, as the gateway's `PORTCULLIS_*` variables.
+fn pg_env(pg: &portcullis_stores::postgres::PgSettings) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("PORTCULLIS_DATABASE", "postgres".to_string()),
+        ("PORTCULLIS_PG_HOST", pg.host.clone()),
+        ("PORTCULLIS_PG_PORT", pg.port.to_string()),
+        ("PORTCULLIS_PG_USER", pg.user.clone()),
+        ("PORTCULLIS_PG_DATABASE", pg.dbname.clone()),
+        (
+            "PORTCULLIS_PG_SCHEMA",
+            pg.schema.clone().unwrap_or_default(),
+        ),
+        ("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0".into()),
+        ("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0".into()),
+        ("PORTCULLIS_LOG_LEVEL", "warn".into()),
+    ];
+    if let Some(p) = &pg.password {
+        env.push(("PORTCULLIS_PG_PASSWORD", p.clone()));
+    }
+    env
+}
+
+#[tokio::test]
+async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
+    let schema = format!("pt_{}", uuid::Uuid::new_v4().simple());
+    let pg = test_pg(&schema);
+    let env = pg_env(&pg);
+    let run = |args: &[&str]| portcullis().envs(env.clone()).args(args).output().unwrap();
+    // Dropped last: the schema goes even if an assertion fails.
+    struct Reset<'a>(&'a dyn Fn(&[&str]) -> Output);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["migrations", "reset", "--yes"]);
+        }
+    }
+    let _reset = Reset(&run);
+    let stdout = |out: &Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let place = format!("database '{}' schema '{schema}'", pg.dbname);
+
+    assert_eq!(
+        stdout(&run(&["migrations", "list"])),
+        format!(
+            "{place}\nexecuted migrations:\npending migrations:\n  0001_core\n  \
+             0002_oauth2_tokens\n  0003_cluster_notify\nrun `portcullis migrations bootstrap`\n"
+        )
+    );
+    stdout(&run(&["migrations", "bootstrap"]));
+
+    // The database of an older release: the last migration not applied yet.
+    let pool = portcullis_stores::postgres::connect(&pg).await.unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "DELETE FROM portcullis_migrations WHERE version = 3; \
+             DROP FUNCTION portcullis_notify_token(), portcullis_notify_config(), \
+                           portcullis_channel(text, text) CASCADE",
+        )
+        .await
+        .unwrap();
+    drop(pool);
+    assert_eq!(
+        stdout(&run(&["migrations", "list"])),
+        format!(
+            "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n\
+             pending migrations:\n  0003_cluster_notify\nrun `portcullis migrations up`\n"
+        )
+    );
+    let refused = run(&["serve"]);
+    assert!(
+        !refused.status.success(),
+        "serve refuses pending migrations"
+    );
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "has pending migrations (0003_cluster_notify): run `portcullis migrations up`"
+        ),
+        "{stderr}"
+    );
+
+    assert_eq!(
+        stdout(&run(&["migrations", "up"])),
+        "migrating 0003_cluster_notify... done\n1 migration(s) applied\n"
+    );
+    assert_eq!(
+        stdout(&run(&["migrations", "up"])),
+        "database is already up-to-date\n"
+    );
+    assert_eq!(
+        stdout(&run(&["migrations", "list"])),
+        format!(
+            "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n  \
+             0003_cluster_notify\ndatabase is up-to-date\n"
+        )
+    );
+
+    let unconfirmed = run(&["migrations", "reset"]);
+    assert!(!unconfirmed.status.success());
+    assert_eq!(
+        text(&unconfirmed.stderr),
+        format!(
+            "Error: reset drops every Portcullis table of {place}: run \
+             `portcullis migrations reset --yes` to confirm\n"
+        )
+    );
+    assert!(
+        stdout(&run(&["migrations", "list"])).ends_with("database is up-to-date\n"),
+        "nothing dropped without --yes"
+    );
+    assert_eq!(
+        stdout(&run(&["migrations", "reset", "--yes"])),
+        format!("{place} reset: every Portcullis table dropped\n")
+    );
+    assert!(
+        stdout(&run(&["migrations", "list"])).ends_with("run `portcullis migrations bootstrap`\n"),
+        "fresh again"
+    );
 }

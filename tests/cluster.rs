@@ -2,7 +2,7 @@
 //! prefix (the topology of `scripts/cluster.sh`, which sets the same `PORTCULLIS_*` variables; the
 //! tests start each node themselves so that they can kill and restart one).
 //!
-//! The "within 1 s" of issue 5 is the deadline of the polling loops below, counted from the moment
+//! "Within 1 s" is the deadline of the polling loops below, counted from the moment
 //! the change was acknowledged; nothing here sleeps to wait for an outcome.
 
 // A failing test panics with its message: unwrap/expect are the assertion style here.

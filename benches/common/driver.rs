@@ -508,7 +508,11 @@ async fn connection_loop(shared: &Shared, hist: &mut Histogram<u64>, stats: &mut
                     stats.last = Some(now);
                     if status.is_success() || status.is_redirection() {
                         let n = shared.ok.fetch_add(1, Ordering::Relaxed);
-                        if shared.load.keep_every.is_some_and(|k| n % k.max(1) == 0) {
+                        if shared
+                            .load
+                            .keep_every
+                            .is_some_and(|k| n.is_multiple_of(k.max(1)))
+                        {
                             stats.bodies.push(body);
                         }
                     } else {

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use super::driver::find_program;
 use super::BenchEnv;
 
-/// The 205-byte JSON body every upstream answers (perf-ceiling.md).
+/// The 205-byte JSON body every upstream answers: a small API response, the same for every target.
 pub const BODY: &str = r#"{"id":"0b9a3f2e-7c41-4d8e-9a6b-2f1e5c3d4a70","status":"ok","service":"inventory","version":"1.4.2","items":[{"sku":"A-1001","qty":12},{"sku":"B-2002","qty":7}],"ts":"2025-01-01T00:00:00Z","region":"local"}"#;
 
 /// Linux reports `/proc/<pid>/stat` times in USER_HZ, which is 100 on every architecture we run.
@@ -212,8 +212,8 @@ pub fn nginx() -> Option<PathBuf> {
     find_program("nginx")
 }
 
-/// Starts the upstream: nginx `return 200` (one worker, as in perf-ceiling.md) when nginx is
-/// installed, otherwise this executable in its `upstream` role (a one-thread hyper server).
+/// Starts the upstream: nginx `return 200` (one worker) when nginx is installed, otherwise this
+/// executable in its `upstream` role (a one-thread hyper server).
 ///
 /// # Errors
 /// It could not start.
@@ -304,8 +304,8 @@ fn start_nginx(bin: &Path, name: &str, server: &str, http_extra: &str) -> Result
     Proc::spawn(name, cmd, dir)
 }
 
-/// nginx as a plain reverse proxy to `upstream` with upstream keep-alive (perf-ceiling.md's
-/// nginx-w1), listening on the returned address.
+/// nginx as a plain reverse proxy to `upstream` with upstream keep-alive (one worker), listening
+/// on the returned address.
 ///
 /// # Errors
 /// nginx is missing or did not start.

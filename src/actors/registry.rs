@@ -1,71 +1,75 @@
-//! The config registry actor: the single writer of the gateway configuration.
+//! The config registry actor: the single writer of the gateway configuration on this node.
 //!
-//! Admin writes arrive as closures run one at a time inside the actor (so read-merge-write
-//! sequences such as PATCH are atomic on this node); each successful write updates the actor's typed
-//! mirror of the configuration and publishes a new [`RouterSnapshot`]. Request handlers only load
-//! the snapshot; they never wait on this mailbox.
+//! Its protocol is typed: three writes ([`Insert`], [`Update`], [`Delete`]) and two re-reads
+//! ([`Reload`], [`Refresh`]). The admin API validates a document before sending it; the actor
+//! checks that the row is still the one the caller read (so a read-merge-write such as PATCH loses
+//! no concurrent change made on this node: the caller re-reads and retries on
+//! [`RegistryError::Changed`]), writes it, removes the tokens and codes of deleted credentials and
+//! services, and publishes a new [`RouterSnapshot`]. A write the store committed is always
+//! published, whatever fails after the commit. Request handlers only load the snapshot; they never
+//! wait on this mailbox.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
-use futures_util::future::LocalBoxFuture;
 use portcullis_stores::model::entities as defs;
-use portcullis_stores::{ConfigStore, Document, StoreError, TokenStore};
+use portcullis_stores::{ConfigStore, Document, EntityDef, StoreError, TokenStore};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::entities::{Consumer, PluginInstance, Route, Service};
-use crate::error::AdminError;
-use crate::plugins::oauth2::OAuthCredential;
-use crate::plugins::{PluginRegistry, PluginRuntime};
+use crate::entities::{Consumer, OAuthCredential, PluginInstance, Route, Service};
+use crate::error::RegistryError;
+use crate::plugin_api::PluginRuntime;
+use crate::plugins::PluginRegistry;
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
 };
 
-/// A change a write made, applied to the mirror afterwards.
+/// A change to apply to the mirror.
 #[derive(Debug, Clone)]
-pub enum Change {
+enum Change {
     /// A document was inserted or replaced.
     Upsert(&'static str, Document),
     /// Documents were deleted (the entity and id of each, cascades included).
     Delete(Vec<(&'static str, Uuid)>),
 }
 
-/// What a write returns: the document to answer with, and the changes made.
-#[derive(Debug, Default)]
-pub struct WriteOutcome {
-    /// Document for the response body (`None` for deletes).
-    pub document: Option<Document>,
-    /// Changes to apply to the mirror.
-    pub changes: Vec<Change>,
-}
-
-impl WriteOutcome {
-    /// A row inserted or replaced: answered with it, and mirrored.
-    pub fn upserted(entity: &'static str, stored: Document) -> Self {
-        Self {
-            document: Some(stored.clone()),
-            changes: vec![Change::Upsert(entity, stored)],
-        }
-    }
-}
-
-/// Stores a write may use.
-#[derive(Clone)]
-pub struct WriteCtx {
-    /// Configuration store.
-    pub store: Arc<dyn ConfigStore>,
-}
-
-type WriteFn =
-    Box<dyn FnOnce(WriteCtx) -> LocalBoxFuture<'static, Result<WriteOutcome, AdminError>> + Send>;
-
-/// Run a write inside the registry.
+/// Inserts a validated document (`doc["id"]` set); answers with the stored row.
 #[derive(Message)]
-#[rtype(result = "Result<WriteOutcome, AdminError>")]
-pub struct Write(pub WriteFn);
+#[rtype(result = "Result<Document, RegistryError>")]
+pub struct Insert {
+    /// The entity.
+    pub def: &'static EntityDef,
+    /// The document to store.
+    pub doc: Document,
+}
+
+/// Replaces a row with a validated document, provided the row is still `expected` (what the
+/// caller read and merged into); answers with the stored row.
+#[derive(Message)]
+#[rtype(result = "Result<Document, RegistryError>")]
+pub struct Update {
+    /// The entity.
+    pub def: &'static EntityDef,
+    /// The replacement, with the same id.
+    pub doc: Document,
+    /// The row as the caller read it.
+    pub expected: Document,
+}
+
+/// Deletes a row and what depends on it, provided the row is still `expected`; answers with
+/// every `(entity, id)` removed.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(&'static str, Uuid)>, RegistryError>")]
+pub struct Delete {
+    /// The entity.
+    pub def: &'static EntityDef,
+    /// The row as the caller read it (and checked against the request's path).
+    pub expected: Document,
+}
 
 /// Re-read everything from the store and republish (start-up, cluster resync).
 #[derive(Message)]
@@ -76,6 +80,53 @@ pub struct Reload;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Refresh(pub Vec<(&'static str, Uuid)>);
+
+/// Tries again to remove the tokens and codes of deleted credentials and services.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RetryCascade {
+    owners: Owners,
+    attempt: u32,
+}
+
+/// How often a failed token cascade is retried (after 1, 2, 4 … 128 s: about four minutes).
+const CASCADE_RETRIES: u32 = 8;
+
+/// Deleted rows that own tokens and codes.
+#[derive(Debug, Default, Clone)]
+struct Owners {
+    credentials: Vec<Uuid>,
+    services: Vec<Uuid>,
+}
+
+impl Owners {
+    fn of(removed: &[(&'static str, Uuid)]) -> Self {
+        let mut owners = Self::default();
+        for (entity, id) in removed {
+            match *entity {
+                "oauth2_credentials" => owners.credentials.push(*id),
+                "services" => owners.services.push(*id),
+                _ => {}
+            }
+        }
+        owners
+    }
+
+    fn is_empty(&self) -> bool {
+        self.credentials.is_empty() && self.services.is_empty()
+    }
+
+    /// Deletes their tokens and codes.
+    async fn cascade(&self, tokens: &dyn TokenStore) -> Result<(), StoreError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        tokens
+            .delete_owned_by(&self.credentials, &self.services)
+            .await
+            .map(drop)
+    }
+}
 
 /// Best default instance and best consumer-scoped instances of one plugin name (with rank).
 type NameSlot = (
@@ -297,51 +348,114 @@ impl Actor for ConfigRegistry {
     }
 }
 
-/// Deletes the tokens and codes owned by removed credentials and services.
-async fn cascade_tokens(
-    tokens: Arc<dyn TokenStore>,
-    changes: Vec<Change>,
-) -> Result<(), AdminError> {
-    let mut credentials = Vec::new();
-    let mut services = Vec::new();
-    for change in &changes {
-        if let Change::Delete(rows) = change {
-            for (entity, id) in rows {
-                match *entity {
-                    "oauth2_credentials" => credentials.push(*id),
-                    "services" => services.push(*id),
-                    _ => {}
-                }
-            }
-        }
+/// The row's id when the stored row is still `expected`; [`RegistryError::Changed`] otherwise.
+async fn unchanged(
+    store: &dyn ConfigStore,
+    def: &'static EntityDef,
+    expected: &Document,
+) -> Result<Uuid, RegistryError> {
+    let id = portcullis_stores::memory::doc_id(expected)?;
+    match store.get(def, id).await? {
+        Some(current) if current == *expected => Ok(id),
+        _ => Err(RegistryError::Changed),
     }
-    if !credentials.is_empty() || !services.is_empty() {
-        tokens.delete_owned_by(&credentials, &services).await?;
-    }
-    Ok(())
 }
 
-impl Handler<Write> for ConfigRegistry {
-    type Result = AtomicResponse<Self, Result<WriteOutcome, AdminError>>;
+impl Handler<Insert> for ConfigRegistry {
+    type Result = AtomicResponse<Self, Result<Document, RegistryError>>;
 
-    fn handle(&mut self, msg: Write, _ctx: &mut Self::Context) -> Self::Result {
-        let ctx = WriteCtx {
-            store: self.store.clone(),
-        };
-        let tokens = self.tokens.clone();
-        let fut = async move {
-            let outcome = (msg.0)(ctx).await?;
-            cascade_tokens(tokens, outcome.changes.clone()).await?;
-            Ok(outcome)
-        };
+    fn handle(&mut self, msg: Insert, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let Insert { def, doc } = msg;
+        let fut = async move { store.insert(def, doc).await };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            |res: Result<WriteOutcome, AdminError>, act, _| {
-                if let Ok(outcome) = &res {
-                    act.apply(&outcome.changes);
-                }
-                res
+            move |res: Result<Document, StoreError>, act, _| {
+                let stored = res?;
+                act.apply(&[Change::Upsert(def.name, stored.clone())]);
+                Ok(stored)
             },
         )))
+    }
+}
+
+impl Handler<Update> for ConfigRegistry {
+    type Result = AtomicResponse<Self, Result<Document, RegistryError>>;
+
+    fn handle(&mut self, msg: Update, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let Update { def, doc, expected } = msg;
+        let fut = async move {
+            unchanged(store.as_ref(), def, &expected).await?;
+            Ok(store.update(def, doc).await?)
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            move |res: Result<Document, RegistryError>, act, _| {
+                let stored = res?;
+                act.apply(&[Change::Upsert(def.name, stored.clone())]);
+                Ok(stored)
+            },
+        )))
+    }
+}
+
+impl Handler<Delete> for ConfigRegistry {
+    type Result = AtomicResponse<Self, Result<Vec<(&'static str, Uuid)>, RegistryError>>;
+
+    fn handle(&mut self, msg: Delete, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let tokens = self.tokens.clone();
+        let Delete { def, expected } = msg;
+        let fut = async move {
+            let id = unchanged(store.as_ref(), def, &expected).await?;
+            let removed = store.delete(def, id).await?;
+            // Committed: from here on the snapshot is published whatever the token store says.
+            let owners = Owners::of(&removed);
+            let cascade = owners.cascade(tokens.as_ref()).await;
+            Ok::<_, RegistryError>((removed, owners, cascade))
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |res: Result<_, RegistryError>, act, ctx| {
+                let (removed, owners, cascade) = res?;
+                act.apply(&[Change::Delete(removed.clone())]);
+                match cascade {
+                    Ok(()) => Ok(removed),
+                    Err(e) => {
+                        ctx.notify_later(
+                            RetryCascade { owners, attempt: 1 },
+                            Duration::from_secs(1),
+                        );
+                        Err(RegistryError::TokensKept(e))
+                    }
+                }
+            },
+        )))
+    }
+}
+
+impl Handler<RetryCascade> for ConfigRegistry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: RetryCascade, _ctx: &mut Self::Context) -> Self::Result {
+        let tokens = self.tokens.clone();
+        let RetryCascade { owners, attempt } = msg;
+        let fut = async move {
+            let result = owners.cascade(tokens.as_ref()).await;
+            (owners, result)
+        };
+        Box::pin(fut.into_actor(self).map(move |(owners, result), _, ctx| {
+            let Err(e) = result else {
+                tracing::info!(attempt, "tokens of deleted credentials and services removed");
+                return;
+            };
+            if attempt < CASCADE_RETRIES {
+                tracing::warn!(error = %e, attempt, "cannot remove the tokens of deleted credentials and services yet; retrying");
+                let next = RetryCascade { owners, attempt: attempt + 1 };
+                ctx.notify_later(next, Duration::from_secs(1 << attempt));
+            } else {
+                tracing::error!(error = %e, credentials = ?owners.credentials, services = ?owners.services,
+                    "gave up removing the tokens of deleted credentials and services; they stay refused (their owner is gone) and the expiry sweep removes those that expire");
+            }
+        }))
     }
 }
 
@@ -395,5 +509,91 @@ impl Handler<Refresh> for ConfigRegistry {
             fut.into_actor(self)
                 .map(|changes, act, _| act.apply(&changes)),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use actix::Actor;
+    use arc_swap::ArcSwap;
+    use portcullis_stores::memory::{MemoryConfigStore, MemoryTokenStore};
+    use portcullis_stores::model::entities as defs;
+    use portcullis_stores::{ConfigStore, Document};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::{ConfigRegistry, Delete, Insert, Update};
+    use crate::error::RegistryError;
+    use crate::plugins::introspection::IntrospectionCache;
+    use crate::plugins::oauth2::OAuthDeps;
+    use crate::plugins::PluginRegistry;
+    use crate::router::RouterSnapshot;
+
+    fn consumer(id: Uuid, username: &str) -> Document {
+        let doc = json!({"id": id, "username": username, "custom_id": null, "created_at": 1});
+        doc.as_object().cloned().unwrap_or_default()
+    }
+
+    /// A write whose row changed since the caller read it changes nothing (store and snapshot),
+    /// so the caller's re-read sees the other write instead of overwriting it.
+    #[actix_web::test]
+    async fn writes_on_a_row_changed_since_it_was_read_change_nothing() {
+        let store = Arc::new(MemoryConfigStore::new());
+        let tokens = Arc::new(MemoryTokenStore::new());
+        let plugins = Arc::new(PluginRegistry::builtin(
+            OAuthDeps::in_memory(tokens.clone()),
+            IntrospectionCache::default(),
+        ));
+        let snapshot = Arc::new(ArcSwap::from_pointee(RouterSnapshot::default()));
+        let registry =
+            ConfigRegistry::new(store.clone(), tokens, plugins, snapshot.clone()).start();
+        let def = &defs::CONSUMERS;
+        let id = Uuid::new_v4();
+        let read = registry
+            .send(Insert {
+                def,
+                doc: consumer(id, "a"),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let first = Update {
+            def,
+            doc: consumer(id, "b"),
+            expected: read.clone(),
+        };
+        registry.send(first).await.unwrap().unwrap();
+
+        let stale = Update {
+            def,
+            doc: consumer(id, "c"),
+            expected: read.clone(),
+        };
+        let updated = registry.send(stale).await.unwrap();
+        let deleted = registry
+            .send(Delete {
+                def,
+                expected: read,
+            })
+            .await
+            .unwrap();
+
+        assert!(
+            matches!(updated, Err(RegistryError::Changed)),
+            "{updated:?}"
+        );
+        assert!(
+            matches!(deleted, Err(RegistryError::Changed)),
+            "{deleted:?}"
+        );
+        let stored = store.get(def, id).await.unwrap().unwrap();
+        assert_eq!(stored["username"], "b");
+        let published = snapshot.load();
+        assert_eq!(
+            published.identities.consumers[&id].username.as_deref(),
+            Some("b")
+        );
     }
 }

@@ -31,7 +31,7 @@ pub struct Sweep;
 async fn sweep(tokens: Arc<dyn TokenStore>) -> u64 {
     let mut total = 0;
     loop {
-        let now = crate::admin::crud::now();
+        let now = crate::clock::now();
         match tokens.purge_expired(now, SWEEP_BATCH).await {
             Ok(n) => {
                 total += n;

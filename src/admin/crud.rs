@@ -1,9 +1,11 @@
 //! Kong's generated endpoints for every entity: list, create, read, upsert (PUT), merge (PATCH),
-//! delete, nested under a parent and through a foreign key. Writes run inside the config registry.
+//! delete, nested under a parent and through a foreign key. Documents are read and validated
+//! here; the config registry makes each write, checking the row is still the one read.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::{Handler, Message};
 use actix_web::HttpResponse;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -12,9 +14,10 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::AdminState;
-use crate::actors::registry::{Change, Write, WriteCtx, WriteOutcome};
+use crate::actors::registry::{ConfigRegistry, Delete, Insert, Update};
+use crate::clock::now;
 use crate::entities::{expand_service_url, EntityKind};
-use crate::error::AdminError;
+use crate::error::{AdminError, RegistryError};
 use crate::plugins::oauth2::credentials;
 use crate::plugins::PluginRegistry;
 use crate::schema::{self, Coerce, FieldErrors};
@@ -22,13 +25,10 @@ use crate::schema::{self, Coerce, FieldErrors};
 /// How long an admin write may wait for the registry before answering 503.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
 
-/// Current unix time in seconds.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+/// How many times a write is re-read and tried when its row changed between the read and the
+/// registry's check. Each round one of the writers racing for a row wins, so this many writers to
+/// one row at once all succeed.
+const WRITE_TRIES: u32 = 32;
 
 /// Finds a document by UUID or by the entity's endpoint key.
 ///
@@ -143,6 +143,11 @@ fn validate_plugin(
     plugin
         .check_config(&config)
         .map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
+    plugin.check_whole_config(&config).map_err(|message| {
+        let mut e = FieldErrors::new();
+        e.insert("config".into(), Value::String(message));
+        AdminError::Schema(e)
+    })?;
     doc.insert("config".into(), Value::Object(config));
     Ok(())
 }
@@ -204,20 +209,26 @@ pub async fn resolve_foreign_names(
     Ok(())
 }
 
-/// Runs a write inside the registry, bounding the wait.
+/// Sends one typed write to the registry, bounding the wait.
 ///
 /// # Errors
 /// The write's own error, or 503 when the registry is saturated.
-pub async fn write<F, Fut>(state: &AdminState, f: F) -> Result<WriteOutcome, AdminError>
+pub async fn send<M, T>(state: &AdminState, msg: M) -> Result<T, AdminError>
 where
-    F: FnOnce(WriteCtx) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<WriteOutcome, AdminError>> + 'static,
+    M: Message<Result = Result<T, RegistryError>> + Send + 'static,
+    T: Send + 'static,
+    ConfigRegistry: Handler<M>,
 {
-    let msg = Write(Box::new(move |ctx| Box::pin(f(ctx))));
     match tokio::time::timeout(WRITE_WAIT, state.registry.send(msg)).await {
-        Ok(Ok(result)) => result,
+        Ok(Ok(result)) => result.map_err(AdminError::from),
         Ok(Err(_)) | Err(_) => Err(AdminError::Unavailable),
     }
+}
+
+/// Whether a write that found its row changed should be read and tried again.
+fn again(result: &Result<impl Sized, AdminError>, tries: &mut u32) -> bool {
+    *tries += 1;
+    matches!(result, Err(AdminError::Contended)) && *tries < WRITE_TRIES
 }
 
 /// Kong's `size` (1..=1000, default 100) and opaque `offset` query parameters.
@@ -338,21 +349,10 @@ pub async fn create(
     if let Some((field, id)) = foreign {
         input.insert(field.into(), json!({ "id": id.to_string() }));
     }
-    let plugins = state.plugins.clone();
-    let outcome = write(state, move |ctx| async move {
-        let mut input = input;
-        resolve_foreign_names(ctx.store.as_ref(), kind, &mut input).await?;
-        let doc = build_doc(kind, &plugins, input, coerce, None)?;
-        let stored = ctx.store.insert(kind.def, doc).await?;
-        Ok(WriteOutcome::upserted(kind.def.name, stored))
-    })
-    .await?;
-    Ok(HttpResponse::Created().json(rendered(state, kind, outcome)))
-}
-
-/// The admin API's view of the row a write stored.
-fn rendered(state: &AdminState, kind: &'static EntityKind, outcome: WriteOutcome) -> Value {
-    render(&state.plugins, kind, outcome.document.unwrap_or_default())
+    resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
+    let doc = build_doc(kind, &state.plugins, input, coerce, None)?;
+    let stored = send(state, Insert { def: kind.def, doc }).await?;
+    Ok(HttpResponse::Created().json(render(&state.plugins, kind, stored)))
 }
 
 /// `GET /E/{key}` (optionally checking it belongs to a parent).
@@ -399,25 +399,39 @@ pub async fn upsert(
             input.insert(kind.endpoint_key.into(), json!(key));
         }
     }
-    let plugins = state.plugins.clone();
-    let outcome = write(state, move |ctx| async move {
-        let mut input = input;
-        resolve_foreign_names(ctx.store.as_ref(), kind, &mut input).await?;
-        let existing = resolve(ctx.store.as_ref(), kind, &key).await?;
+    resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
+    let mut tries = 0;
+    loop {
+        let existing = resolve(state.store.as_ref(), kind, &key).await?;
         if let (Some(doc), Some((field, pid))) = (&existing, parent) {
             if fk(doc, field) != Some(pid) {
                 return Err(AdminError::NotFound);
             }
         }
-        let doc = build_doc(kind, &plugins, input, coerce, existing.as_ref())?;
-        let stored = match existing {
-            Some(_) => ctx.store.update(kind.def, doc).await?,
-            None => ctx.store.insert(kind.def, doc).await?,
+        let doc = build_doc(
+            kind,
+            &state.plugins,
+            input.clone(),
+            coerce,
+            existing.as_ref(),
+        )?;
+        let def = kind.def;
+        let result = match existing {
+            Some(expected) => send(state, Update { def, doc, expected }).await,
+            // Created meanwhile by another request: read it again and replace it, as PUT does.
+            None => match send(state, Insert { def, doc }).await {
+                Err(AdminError::Unique(_))
+                    if resolve(state.store.as_ref(), kind, &key).await?.is_some() =>
+                {
+                    Err(AdminError::Contended)
+                }
+                other => other,
+            },
         };
-        Ok(WriteOutcome::upserted(kind.def.name, stored))
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(rendered(state, kind, outcome)))
+        if !again(&result, &mut tries) {
+            return Ok(HttpResponse::Ok().json(render(&state.plugins, kind, result?)));
+        }
+    }
 }
 
 /// `PATCH /E/{key}`: merge into the existing row.
@@ -435,9 +449,9 @@ pub async fn patch(
     if kind.def.name == "oauth2_credentials" {
         credentials::check_patch(&input).map_err(AdminError::Schema)?;
     }
-    let plugins = state.plugins.clone();
-    let outcome = write(state, move |ctx| async move {
-        let existing = resolve(ctx.store.as_ref(), kind, &key)
+    let mut tries = 0;
+    loop {
+        let existing = resolve(state.store.as_ref(), kind, &key)
             .await?
             .ok_or(AdminError::NotFound)?;
         if let Some((field, pid)) = parent {
@@ -447,18 +461,23 @@ pub async fn patch(
         }
         let mut merged = existing.clone();
         merged.remove("updated_at");
-        let mut input = input;
-        resolve_foreign_names(ctx.store.as_ref(), kind, &mut input).await?;
+        let mut input = input.clone();
+        resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
         if kind.def.name == "services" && input.contains_key("url") {
             expand_service_url(&mut input).map_err(AdminError::Schema)?;
         }
         schema::merge_patch(kind.schema, &mut merged, input);
-        let doc = build_doc(kind, &plugins, merged, coerce, Some(&existing))?;
-        let stored = ctx.store.update(kind.def, doc).await?;
-        Ok(WriteOutcome::upserted(kind.def.name, stored))
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(rendered(state, kind, outcome)))
+        let doc = build_doc(kind, &state.plugins, merged, coerce, Some(&existing))?;
+        let update = Update {
+            def: kind.def,
+            doc,
+            expected: existing,
+        };
+        let result = send(state, update).await;
+        if !again(&result, &mut tries) {
+            return Ok(HttpResponse::Ok().json(render(&state.plugins, kind, result?)));
+        }
+    }
 }
 
 /// `DELETE /E/{key}`: 204 also when nothing existed (top level); cascades and restricts.
@@ -471,12 +490,13 @@ pub async fn delete(
     key: String,
     parent: Option<(&'static str, Uuid)>,
 ) -> Result<HttpResponse, AdminError> {
-    write(state, move |ctx| async move {
-        let Some(existing) = resolve(ctx.store.as_ref(), kind, &key).await? else {
+    let mut tries = 0;
+    loop {
+        let Some(existing) = resolve(state.store.as_ref(), kind, &key).await? else {
             return if parent.is_some() {
                 Err(AdminError::NotFound)
             } else {
-                Ok(WriteOutcome::default())
+                Ok(HttpResponse::NoContent().finish())
             };
         };
         if let Some((field, pid)) = parent {
@@ -484,15 +504,18 @@ pub async fn delete(
                 return Err(AdminError::NotFound);
             }
         }
-        let id = fk_id(&existing)?;
-        let removed = ctx.store.delete(kind.def, id).await?;
-        Ok(WriteOutcome {
-            document: None,
-            changes: vec![Change::Delete(removed)],
-        })
-    })
-    .await?;
-    Ok(HttpResponse::NoContent().finish())
+        let result = send(
+            state,
+            Delete {
+                def: kind.def,
+                expected: existing,
+            },
+        )
+        .await;
+        if !again(&result, &mut tries) {
+            return result.map(|_| HttpResponse::NoContent().finish());
+        }
+    }
 }
 
 fn fk_id(doc: &Document) -> Result<Uuid, AdminError> {

@@ -1,11 +1,16 @@
 //! The Kong-compatible admin API. One dispatcher maps Kong's URL shapes onto the generic entity
-//! operations of [`crud`]; bodies are parsed by [`body`]; node info and schemas live in [`info`].
+//! operations of [`crud`]; bodies are parsed by [`crate::forms`]; node info and schemas live in
+//! [`info`], the OpenAPI document in [`openapi`]. The plugins' own endpoints live here too, so
+//! plugins never import the admin API: [`oauth2_tokens`] (issued tokens) and [`introspection`]
+//! (verdict cache eviction).
 
-pub mod body;
 pub mod crud;
 pub mod info;
+pub mod introspection;
+pub mod oauth2_tokens;
+pub mod openapi;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use actix::Addr;
@@ -44,35 +49,58 @@ pub struct AdminState {
     pub node_id: uuid::Uuid,
 }
 
+/// The entity collections at the top of the URL space: segment → entity. The dispatcher and the
+/// OpenAPI document both read this table.
+pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 5] = [
+    ("services", &SERVICES),
+    ("routes", &ROUTES),
+    ("consumers", &CONSUMERS),
+    ("plugins", &PLUGINS),
+    ("oauth2", &CREDENTIALS),
+];
+
+/// Collections nested under a parent (`/services/{s}/routes`): `(parent segment, child segment,
+/// foreign-key field of the child)`.
+pub const NESTED: [(&str, &str, &str); 5] = [
+    ("services", "routes", "service"),
+    ("services", "plugins", "service"),
+    ("routes", "plugins", "route"),
+    ("consumers", "plugins", "consumer"),
+    ("consumers", "oauth2", "consumer"),
+];
+
+/// A child's parent reached through its foreign key (`/routes/{r}/service`): `(child segment,
+/// foreign-key field, parent segment)`.
+pub const FOREIGN: [(&str, &str, &str); 5] = [
+    ("routes", "service", "services"),
+    ("plugins", "service", "services"),
+    ("plugins", "route", "routes"),
+    ("plugins", "consumer", "consumers"),
+    ("oauth2", "consumer", "consumers"),
+];
+
+/// The entity of a collection segment.
 fn kind_of(segment: &str) -> Option<&'static EntityKind> {
-    Some(match segment {
-        "services" => &SERVICES,
-        "routes" => &ROUTES,
-        "consumers" => &CONSUMERS,
-        "plugins" => &PLUGINS,
-        "oauth2" => &CREDENTIALS,
-        _ => return None,
-    })
+    COLLECTIONS
+        .iter()
+        .find(|(s, _)| *s == segment)
+        .map(|(_, kind)| &***kind)
 }
 
 /// `(parent segment, child segment) → foreign-key field of the child`.
 fn nested_field(parent: &str, child: &str) -> Option<&'static str> {
-    Some(match (parent, child) {
-        ("services", "routes") | ("services", "plugins") => "service",
-        ("routes", "plugins") => "route",
-        ("consumers", "plugins") | ("consumers", "oauth2") => "consumer",
-        _ => return None,
-    })
+    NESTED
+        .iter()
+        .find(|(p, c, _)| *p == parent && *c == child)
+        .map(|(_, _, field)| *field)
 }
 
 /// `(child segment, fk segment) → parent segment` for `/routes/{r}/service` style paths.
 fn foreign_parent(child: &str, field: &str) -> Option<&'static str> {
-    Some(match (child, field) {
-        ("routes", "service") | ("plugins", "service") => "services",
-        ("plugins", "route") => "routes",
-        ("plugins", "consumer") | ("oauth2", "consumer") => "consumers",
-        _ => return None,
-    })
+    FOREIGN
+        .iter()
+        .find(|(c, f, _)| *c == child && *f == field)
+        .map(|(_, _, parent)| *parent)
 }
 
 fn authorized(state: &AdminState, req: &HttpRequest) -> bool {
@@ -105,7 +133,9 @@ pub async fn dispatch(
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, AdminError> {
     let path = req.path().trim_end_matches('/').to_string();
-    if !(path == "/status" || authorized(&state, &req)) {
+    // Every request, `/status` included: it reveals the node's configuration counts and store
+    // health, which are the operator's business.
+    if !authorized(&state, &req) {
         return Err(AdminError::Unauthorized);
     }
     let max = state.settings.max_body_bytes().unwrap_or(usize::MAX);
@@ -130,25 +160,26 @@ pub async fn dispatch(
         .unwrap_or("")
         .to_string();
     let parse = || -> Result<(serde_json::Map<String, serde_json::Value>, Coerce), AdminError> {
-        body::parse(&content_type, &body)
+        Ok(crate::forms::parse(&content_type, &body)?)
     };
     let st = state.get_ref();
 
     match (seg.as_slice(), &method) {
         ([], &Method::GET) => return info::node(st),
         (["status"], &Method::GET) => return info::status(st).await,
+        (["openapi.json"], &Method::GET) => {
+            return Ok(HttpResponse::Ok().json(openapi::document(&st.plugins)))
+        }
         (["plugins", "enabled"], &Method::GET) => return info::enabled(st),
         (["schemas", "plugins", name], &Method::GET)
         | (["plugins", "schema", name], &Method::GET) => return info::plugin_schema(st, name),
         (["schemas", entity], &Method::GET) => return info::entity_schema(entity),
         _ => {}
     }
-    if let Some(resp) = crate::plugins::introspection::admin::dispatch(st, &seg, &method).await {
+    if let Some(resp) = introspection::dispatch(st, &seg, &method).await {
         return resp;
     }
-    if let Some(resp) =
-        crate::plugins::oauth2::admin::dispatch(st, &seg, &method, &query, &parse).await
-    {
+    if let Some(resp) = oauth2_tokens::dispatch(st, &seg, &method, &query, &parse).await {
         return resp;
     }
 
@@ -262,5 +293,26 @@ async fn entity_item(
         }
         Method::DELETE => crud::delete(st, kind, key.to_string(), parent).await,
         _ => Err(AdminError::MethodNotAllowed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_names_known_collections() {
+        for (parent, child, _) in NESTED {
+            assert!(
+                kind_of(parent).is_some() && kind_of(child).is_some(),
+                "{parent}/{child}"
+            );
+        }
+        for (child, field, parent) in FOREIGN {
+            assert!(
+                kind_of(child).is_some() && kind_of(parent).is_some(),
+                "{child}/{field}"
+            );
+        }
     }
 }

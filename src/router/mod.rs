@@ -9,19 +9,19 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use actix_web::http::header::HeaderValue;
 use actix_web::http::Method;
 use regex::Regex;
 use uuid::Uuid;
 
-use crate::entities::{Consumer, Route, Service};
-use crate::plugins::oauth2::OAuthCredential;
-use crate::plugins::PluginRuntime;
+use crate::entities::{Consumer, Identities, OAuthCredential, Route, Service};
+use crate::plugin_api::{PluginRuntime, Scheme};
 
 /// A route with its matchers compiled (regexes built once, hosts lower-cased).
 #[derive(Debug)]
 pub struct CompiledRoute {
-    /// The route as configured.
-    pub route: Route,
+    /// The route as configured (shared with the requests it serves: plugins read its `hosts`).
+    pub route: Arc<Route>,
     methods: Vec<Method>,
     hosts: Vec<HostPattern>,
     headers: Vec<(String, Vec<String>)>,
@@ -128,7 +128,7 @@ impl CompiledRoute {
         let https_only = !route.protocols.iter().any(|p| p == "http")
             && route.protocols.iter().any(|p| p == "https");
         Ok(Self {
-            route,
+            route: Arc::new(route),
             methods,
             hosts,
             headers,
@@ -204,10 +204,6 @@ pub struct MatchInput<'a> {
     pub header: &'a dyn Fn(&str) -> Option<String>,
 }
 
-/// Entities by id, looked up on every authenticated request. Ids are UUIDs that only the admin
-/// API sets, so foldhash (several times cheaper than SipHash) needs no flood resistance.
-pub type IdMap<T> = HashMap<Uuid, Arc<T>, foldhash::fast::RandomState>;
-
 /// A successful match: `'a` borrows the table, `'p` the request path.
 pub struct RouteMatch<'a, 'p> {
     /// The matched entry.
@@ -258,14 +254,8 @@ pub struct RouterSnapshot {
     pub entries: Vec<RouteEntry>,
     /// Prefix index over `entries`.
     index: PathIndex,
-    /// Consumers by id.
-    pub consumers: IdMap<Consumer>,
-    /// Consumers by username.
-    pub consumers_by_username: HashMap<String, Arc<Consumer>>,
-    /// OAuth 2.0 credentials by client_id.
-    pub oauth2_by_client_id: HashMap<String, Arc<OAuthCredential>>,
-    /// OAuth 2.0 credentials by id.
-    pub oauth2_by_id: IdMap<OAuthCredential>,
+    /// Consumers and OAuth clients, handed whole to each request's plugins.
+    pub identities: Arc<Identities>,
     /// Bumped on every rebuild.
     pub version: u64,
 }
@@ -301,7 +291,7 @@ pub struct UpstreamOrigin {
     pub base: Arc<str>,
     /// `Host` sent upstream (unless the route preserves the client's): the port is left out when
     /// it is the scheme's default.
-    pub host: Option<http::HeaderValue>,
+    pub host: Option<HeaderValue>,
     /// Whether the upstream speaks TLS.
     pub tls: bool,
     /// Host name or address to connect to.
@@ -314,21 +304,24 @@ impl UpstreamOrigin {
     /// The origin of `service`.
     pub fn of(service: &Service) -> Self {
         let scheme = if service.protocol == "https" || service.protocol == "grpcs" {
-            "https"
+            Scheme::Https
         } else {
-            "http"
+            Scheme::Http
         };
         let authority = format!("{}:{}", service.host, service.port);
-        let default_port = matches!((scheme, service.port), ("http", 80) | ("https", 443));
+        let default_port = matches!(
+            (scheme, service.port),
+            (Scheme::Http, 80) | (Scheme::Https, 443)
+        );
         let host = if default_port {
             service.host.as_str()
         } else {
             authority.as_str()
         };
         Self {
-            host: http::HeaderValue::from_str(host).ok(),
-            base: format!("{scheme}://{authority}").into(),
-            tls: scheme == "https",
+            host: HeaderValue::from_str(host).ok(),
+            base: format!("{}://{authority}", scheme.as_str()).into(),
+            tls: scheme.is_https(),
             connect_host: service.host.clone(),
             port: service.port,
         }
@@ -405,22 +398,10 @@ impl RouterSnapshot {
             }
         }
         entries.sort_by_key(|e| std::cmp::Reverse(e.priority));
-        let consumers_by_username = parts
-            .consumers
-            .iter()
-            .filter_map(|c| c.username.clone().map(|u| (u, c.clone())))
-            .collect();
         Self {
             index: PathIndex::build(&entries),
             entries,
-            consumers: parts.consumers.into_iter().map(|c| (c.id, c)).collect(),
-            consumers_by_username,
-            oauth2_by_client_id: parts
-                .credentials
-                .iter()
-                .map(|c| (c.client_id.clone(), c.clone()))
-                .collect(),
-            oauth2_by_id: parts.credentials.into_iter().map(|c| (c.id, c)).collect(),
+            identities: Arc::new(Identities::build(parts.consumers, parts.credentials)),
             version: parts.version,
         }
     }
@@ -503,14 +484,6 @@ impl RouterSnapshot {
             stripped,
             https_only: r.https_only,
         })
-    }
-
-    /// Finds a consumer by id or username (the `anonymous` setting accepts either).
-    pub fn consumer_by_id_or_name(&self, key: &str) -> Option<&Arc<Consumer>> {
-        Uuid::parse_str(key)
-            .ok()
-            .and_then(|id| self.consumers.get(&id))
-            .or_else(|| self.consumers_by_username.get(key))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Admin API behaviour (Kong's semantics, `../shared/reference/gateways.md` §1).
+//! Admin API behaviour (Kong's semantics).
 
 use serde_json::json;
 
@@ -740,7 +740,15 @@ async fn admin_token_is_required_when_set() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let (s, _) = app.admin_get("/status").await;
-    assert_eq!(s, 200, "health checks need no token");
+    assert_eq!(s, 401, "/status needs the token like every admin request");
+    let r = app
+        .http
+        .get(format!("{}/status", app.admin))
+        .header("kong-admin-token", "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let (s, node) = app.admin_get("/").await;
     assert_eq!(s, 401, "{node}");
 }

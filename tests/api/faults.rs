@@ -9,34 +9,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{
-    eventually, spawn_upstream, spawn_with, status_json, PgSchema, PrivateCluster, PrivateRedis,
-    TestApp,
+    eventually, or_skip, spawn_upstream, spawn_with, status_json, PgSchema, PrivateCluster,
+    PrivateRedis, TestApp,
 };
-
-/// Service + route `/api` on `upstream`, the `oauth2` plugin (client credentials), consumer `bob`
-/// with clientid123/secret123.
-async fn configure(app: &TestApp, upstream: &str) {
-    app.expose("svc", upstream, &["/api"]).await;
-    let (s, b) = app
-        .admin_post(
-            "/services/svc/plugins",
-            json!({"name": "oauth2", "config": {"enable_client_credentials": true}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, b) = app
-        .admin_post("/consumers", json!({"username": "bob"}))
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, b) = app
-        .admin_post(
-            "/consumers/bob/oauth2",
-            json!({"name": "app", "client_id": "clientid123", "client_secret": "secret123",
-                   "redirect_uris": ["http://google.test/kong"]}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-}
 
 /// Client-credentials issuance on `app`; status and body.
 async fn issue(app: &TestApp) -> (u16, Value) {
@@ -83,8 +58,7 @@ fn with_redis(settings: &Settings, redis: &PrivateRedis, prefix: &str) -> Settin
 
 #[actix_web::test]
 async fn redis_killed_mid_traffic_costs_nothing_and_is_refilled_when_back() {
-    let Some(mut redis) = PrivateRedis::start() else {
-        eprintln!("skipped: redis-server is not installed");
+    let Some(mut redis) = or_skip(PrivateRedis::start()) else {
         return;
     };
     let schema = PgSchema::migrated().await;
@@ -98,7 +72,7 @@ async fn redis_killed_mid_traffic_costs_nothing_and_is_refilled_when_back() {
     };
     let upstream = spawn_upstream();
     let a = spawn_with(settings.clone()).await;
-    configure(&a, &upstream.url).await;
+    crate::helpers::client_credentials_fixture(&a, &upstream.url).await;
     let before = token(&a).await;
     assert_eq!(use_token(&a, &before).await, 200);
     assert!(keys(&redis) >= 1, "issuance writes through to Redis");
@@ -140,26 +114,34 @@ async fn redis_killed_mid_traffic_costs_nothing_and_is_refilled_when_back() {
 
 #[actix_web::test]
 async fn postgres_down_mid_traffic_keeps_cached_tokens_and_refuses_writes_with_503() {
-    let Some(cluster) = PrivateCluster::start() else {
-        eprintln!("skipped: cannot start a private Postgres cluster here (needs root and initdb)");
+    let Some(cluster) = or_skip(PrivateCluster::start()) else {
         return;
     };
-    let Some(redis) = PrivateRedis::start() else {
-        eprintln!("skipped: redis-server is not installed");
+    let Some(redis) = or_skip(PrivateRedis::start()) else {
         return;
     };
     let base = cluster.migrated_settings("pt_faults", 2000).await;
     let settings = with_redis(&base, &redis, "pt-faults");
     let upstream = spawn_upstream();
     let a = spawn_with(settings.clone()).await;
-    configure(&a, &upstream.url).await;
+    crate::helpers::client_credentials_fixture(&a, &upstream.url).await;
     let b = spawn_with(settings.clone()).await;
     let seen_by_both = token(&a).await;
     assert_eq!(use_token(&a, &seen_by_both).await, 200);
     assert_eq!(use_token(&b, &seen_by_both).await, 200);
     let only_in_redis_for_b = token(&a).await;
+    // In neither cache of node B: B never saw it, and its Redis copy is gone.
+    let in_neither_cache = token(&a).await;
+    let digest = portcullis::crypto::token_hash(&in_neither_cache).to_hex();
+    assert_eq!(
+        redis
+            .cli(&["del", &format!("pt-faults:tok:{digest}")])
+            .trim(),
+        "1",
+        "issuance wrote the token through to Redis"
+    );
 
-    assert!(cluster.pg_ctl("stop"), "cluster stops");
+    cluster.pg_ctl("stop").expect("cluster stops");
     for _ in 0..5 {
         assert_eq!(use_token(&a, &seen_by_both).await, 200, "near cache");
         assert_eq!(use_token(&b, &seen_by_both).await, 200, "near cache");
@@ -169,6 +151,24 @@ async fn postgres_down_mid_traffic_keeps_cached_tokens_and_refuses_writes_with_5
         200,
         "Redis answers for a token B never saw"
     );
+    for unknown in [in_neither_cache.as_str(), "never-issued"] {
+        let r = b
+            .http
+            .get(format!("{}/api/request", b.proxy))
+            .bearer_auth(unknown)
+            .send()
+            .await
+            .unwrap();
+        let (s, body) = status_json(r).await;
+        assert_eq!(
+            (s, body),
+            (
+                503,
+                json!({"message": "The token store is temporarily unavailable"})
+            ),
+            "a token found in no cache cannot be checked, and is not called invalid"
+        );
+    }
     let (s, body) = issue(&a).await;
     assert_eq!(s, 503, "{body}");
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
@@ -178,7 +178,7 @@ async fn postgres_down_mid_traffic_keeps_cached_tokens_and_refuses_writes_with_5
     assert_eq!(s, 503, "{body}");
     assert!(body["message"].is_string(), "{body}");
 
-    assert!(cluster.pg_ctl("start"), "cluster starts again");
+    cluster.pg_ctl("start").expect("cluster starts again");
     eventually(Duration::from_secs(20), "issuance works again", || async {
         (issue(&a).await.0 == 200).then_some(())
     })
@@ -187,9 +187,69 @@ async fn postgres_down_mid_traffic_keeps_cached_tokens_and_refuses_writes_with_5
     assert_eq!(s, 200, "{list}");
     assert_eq!(
         list["data"].as_array().unwrap().len(),
-        3,
-        "both tokens issued before the outage are still there, and the new one: {list}"
+        4,
+        "the three tokens issued before the outage are still there, and the new one: {list}"
     );
     assert_eq!(use_token(&a, &seen_by_both).await, 200);
     assert_eq!(use_token(&b, &only_in_redis_for_b).await, 200);
+    assert_eq!(
+        use_token(&b, &in_neither_cache).await,
+        200,
+        "valid again once it can be checked"
+    );
+}
+
+/// A node that missed notices resyncs when its listener reconnects: changes committed without a
+/// notice (triggers off, as for a node cut off at that moment) are served stale until Postgres
+/// restarts, and are seen once the listener is back, long before the near cache's 30 s would
+/// have dropped the token on its own.
+#[actix_web::test]
+async fn a_listener_reconnect_resyncs_what_the_node_missed() {
+    let Some(cluster) = or_skip(PrivateCluster::start()) else {
+        return;
+    };
+    let settings = cluster.migrated_settings("pt_resync", 2000).await;
+    let upstream = spawn_upstream();
+    let app = spawn_with(settings).await;
+    crate::helpers::client_credentials_fixture(&app, &upstream.url).await;
+    app.expose("gone", &upstream.url, &["/gone"]).await;
+    assert_eq!(app.proxy_get("/gone/echo").await.status(), 200);
+    let revoked = token(&app).await;
+    assert_eq!(use_token(&app, &revoked).await, 200);
+    let cached_at = std::time::Instant::now();
+
+    // Changed behind the node's back: in replica mode no trigger fires, so nothing is notified.
+    cluster.psql(
+        "SET session_replication_role = replica; \
+         DELETE FROM pt_resync.oauth2_tokens; \
+         DELETE FROM pt_resync.routes WHERE name = 'gone-route'",
+    );
+    assert_eq!(use_token(&app, &revoked).await, 200, "near cache, stale");
+    assert_eq!(
+        app.proxy_get("/gone/echo").await.status(),
+        200,
+        "snapshot, stale"
+    );
+
+    cluster.pg_ctl("stop").expect("cluster stops");
+    cluster.pg_ctl("start").expect("cluster starts again");
+    eventually(
+        Duration::from_secs(20),
+        "the reconnected listener resyncs routes and tokens",
+        || async {
+            let route = app.proxy_get("/gone/echo").await.status().as_u16();
+            let token = use_token(&app, &revoked).await;
+            (route == 404 && token == 401).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        cached_at.elapsed() < Duration::from_secs(30),
+        "the token went with the resync, not with the near cache's lifetime"
+    );
+    assert_eq!(
+        app.proxy_get("/api/request").await.status(),
+        401,
+        "the rest is served"
+    );
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use portcullis::config::{Database, Secret, Settings};
-use portcullis::startup::{pg_settings, Application};
+use portcullis::plugins::oauth2::VerifiedSecrets;
+use portcullis::startup::{pg_settings, Application, Stores};
 use portcullis_stores::postgres::{self, Migrator, PgSettings};
 use serde_json::{json, Value};
 
@@ -32,6 +33,8 @@ pub struct TestApp {
     pub handles: Vec<ServerHandle>,
     /// The Postgres schema of a `spawn_pg_app` gateway, dropped with the app.
     pub pg: Option<PgSchema>,
+    /// The gateway's map of verified hashed secrets (tests count its full verifications).
+    pub verified_secrets: VerifiedSecrets,
 }
 
 /// Settings every test starts from: loopback, port 0 everywhere, memory store.
@@ -113,23 +116,10 @@ impl PgSchema {
 impl Drop for PgSchema {
     fn drop(&mut self) {
         // Its own runtime: the test's may be gone, or panicking.
-        let pg = pg_settings(&self.settings);
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(pool) = postgres::connect(&pg).await {
-                    if let Ok(m) = Migrator::new(pool, pg.schema.clone()) {
-                        let _ = m.reset().await;
-                    }
-                }
-            });
-        })
-        .join();
+        portcullis_stores::contract::drop_test_schema(
+            pg_settings(&self.settings),
+            Duration::from_secs(30),
+        );
     }
 }
 
@@ -159,9 +149,25 @@ where
 
 /// Starts a gateway with the given settings.
 pub async fn spawn_with(settings: Settings) -> TestApp {
-    portcullis::telemetry::init(&settings);
+    logs::install();
     let app = Application::build(settings).await.expect("gateway builds");
+    serve(app)
+}
+
+/// Starts a gateway on stores the test opened itself (and keeps a handle to, to read what the
+/// gateway stored as Kong's tests read the database).
+pub async fn spawn_on(settings: Settings, stores: Stores) -> TestApp {
+    logs::install();
+    let app = Application::build_with(settings, stores)
+        .await
+        .expect("gateway builds");
+    serve(app)
+}
+
+/// Runs a built gateway in the background.
+fn serve(app: Application) -> TestApp {
     let handles = app.server_handles();
+    let verified_secrets = app.verified_secrets.clone();
     let admin = format!("http://127.0.0.1:{}", app.admin_port().expect("admin port"));
     let admin_tls = app
         .admin_tls_port()
@@ -184,12 +190,16 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
         http: client(),
         handles,
         pg: None,
+        verified_secrets,
     }
 }
 
-/// A client that trusts any certificate (the generated one is self-signed).
+/// A client that trusts any certificate (the generated one is self-signed). It speaks HTTP/1.1
+/// as Kong's test client does: over HTTP/2 a request's `:authority` (the URL's) wins over the
+/// `Host` header the tests set to pick a route. HTTP/2 tests build their own client.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
+        .http1_only()
         .danger_accept_invalid_certs(true)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -397,6 +407,24 @@ pub fn dead_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// Whether this run is CI (`CI=true`), where a test that cannot run must fail, not skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The private server, or `None` after saying on stderr why the test does not run here. Under
+/// `CI=true` it fails the test instead: a green CI run means every test ran.
+pub fn or_skip<T>(started: Result<T, String>) -> Option<T> {
+    match started {
+        Ok(server) => Some(server),
+        Err(why) if in_ci() => panic!("CI=true and this test cannot run: {why}"),
+        Err(why) => {
+            eprintln!("skipped: {why} (under CI=true this fails)");
+            None
+        }
+    }
+}
+
 /// A Postgres cluster of its own in a temporary directory, run as the `postgres` user.
 pub struct PrivateCluster {
     bin: PathBuf,
@@ -407,22 +435,26 @@ pub struct PrivateCluster {
 }
 
 impl PrivateCluster {
-    /// `None` when this machine cannot run one (no server binaries, not root).
-    pub fn start() -> Option<Self> {
+    /// Starts one, or says why this machine cannot (no server binaries, not root, initdb or
+    /// start failed: the server's log is quoted).
+    pub fn start() -> Result<Self, String> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
+            .map_err(|e| format!("no PostgreSQL server installed (/usr/lib/postgresql: {e})"))?
             .filter_map(Result::ok)
             .map(|e| e.path().join("bin"))
-            .find(|b| b.join("initdb").exists())?;
-        let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("chown")
+            .find(|b| b.join("initdb").exists())
+            .ok_or("no initdb under /usr/lib/postgresql/*/bin")?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        let chown = Command::new("chown")
             .arg("postgres")
             .arg(dir.path())
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            return None;
+            .output()
+            .map_err(|e| format!("chown: {e}"))?;
+        if !chown.status.success() {
+            return Err(format!(
+                "cannot give a directory to the postgres user (needs root): {}",
+                String::from_utf8_lossy(&chown.stderr).trim()
+            ));
         }
         let data = dir.path().join("data");
         let cluster = Self {
@@ -431,18 +463,18 @@ impl PrivateCluster {
             port: dead_port(),
             _dir: dir,
         };
-        let ok = cluster.run(
-            "initdb",
-            &[
-                "-D",
-                cluster.data.to_str()?,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-            ],
-        );
-        (ok && cluster.pg_ctl("start")).then_some(cluster)
+        let data = cluster.data.to_string_lossy().into_owned();
+        cluster
+            .run(
+                "initdb",
+                &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"],
+            )
+            .map_err(|e| format!("initdb: {e}"))?;
+        cluster.pg_ctl("start").map_err(|e| {
+            let log = std::fs::read_to_string(format!("{data}.log")).unwrap_or_default();
+            format!("pg_ctl start: {e}; server log: {log}")
+        })?;
+        Ok(cluster)
     }
 
     /// Gateway settings on this cluster's `postgres` database in schema `schema`, migrated
@@ -468,17 +500,44 @@ impl PrivateCluster {
         settings
     }
 
-    fn run(&self, tool: &str, args: &[&str]) -> bool {
-        Command::new("runuser")
+    /// Runs a server tool as the `postgres` user; its stderr when it fails.
+    fn run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
+        let out = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join(tool))
             .args(args)
             .output()
-            .is_ok_and(|o| o.status.success())
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Runs `sql` with `psql` as the superuser on this cluster's `postgres` database (stopping
+    /// at the first error); its output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-X", "-A", "-t"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `pg_ctl start|stop` (fast shutdown), waiting for it.
-    pub fn pg_ctl(&self, action: &str) -> bool {
+    pub fn pg_ctl(&self, action: &str) -> Result<(), String> {
         let socket_dir = self.data.parent().unwrap_or(Path::new("/tmp"));
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
@@ -499,7 +558,7 @@ impl PrivateCluster {
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         let data = self.data.to_string_lossy().into_owned();
-        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
     }
 }
 
@@ -511,13 +570,14 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
-    /// `None` when `redis-server` is not installed.
-    pub fn start() -> Option<Self> {
+    /// Starts one, or says why it could not (`redis-server` not installed, or not answering).
+    pub fn start() -> Result<Self, String> {
         let mut redis = Self {
             port: dead_port(),
             child: None,
         };
-        redis.restart().then_some(redis)
+        redis.start_again()?;
+        Ok(redis)
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -535,25 +595,30 @@ impl PrivateRedis {
 
     /// Starts the server (again) on the same port; true once it answers.
     pub fn restart(&mut self) -> bool {
+        self.start_again().is_ok()
+    }
+
+    fn start_again(&mut self) -> Result<(), String> {
         self.kill();
-        let Ok(child) = Command::new("redis-server")
+        let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-        else {
-            return false;
-        };
+            .map_err(|e| format!("redis-server: {e}"))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.cli(&["ping"]).trim() == "PONG" {
-                return true;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
+        Err(format!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        ))
     }
 
     /// Runs `redis-cli` against this server; its stdout.
@@ -571,4 +636,155 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// What the gateway logs, captured per test.
+///
+/// One subscriber is installed per test binary (the first gateway a test starts installs it, in
+/// place of the gateway's own): it prints warnings and errors to stderr as the gateway would, and
+/// keeps every WARN and ERROR event with the id of the actix system it was logged on. Each
+/// `#[actix_web::test]` runs its own actix system, and the gateway's servers (their worker
+/// arbiters), actors and the tasks they spawn all run on that system, so a test reads only what
+/// its own gateways logged although tests run in parallel. Events logged on threads outside any
+/// actix system (the blocking pool) are printed but not attributed to a test.
+pub mod logs {
+    use std::fmt::Write as _;
+    use std::io::IsTerminal;
+    use std::sync::{Mutex, Once};
+
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Level, Subscriber};
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    /// One captured event.
+    #[derive(Debug, Clone)]
+    pub struct Line {
+        /// The actix system it was logged on.
+        pub system: usize,
+        /// Its level.
+        pub level: Level,
+        /// Target, message and fields, as one line.
+        pub text: String,
+    }
+
+    static LINES: Mutex<Vec<Line>> = Mutex::new(Vec::new());
+    static INSTALL: Once = Once::new();
+
+    /// Installs the capturing subscriber (once per test binary).
+    pub fn install() {
+        INSTALL.call_once(|| {
+            let print = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()));
+            let _ = tracing_subscriber::registry()
+                .with(print)
+                .with(Capture.with_filter(LevelFilter::WARN))
+                .try_init();
+        });
+    }
+
+    /// The ERROR events logged so far on the calling test's actix system.
+    pub fn errors() -> Vec<String> {
+        logged(Level::ERROR)
+    }
+
+    /// The events at `level` logged so far on the calling test's actix system.
+    pub fn logged(level: Level) -> Vec<String> {
+        let system = actix_rt::System::current().id();
+        LINES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|l| l.system == system && l.level == level)
+            .map(|l| l.text.clone())
+            .collect()
+    }
+
+    struct Capture;
+
+    impl<S: Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            let Some(system) = actix_rt::System::try_current() else {
+                return;
+            };
+            let mut text = Text(event.metadata().target().to_string());
+            event.record(&mut text);
+            LINES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(Line {
+                    system: system.id(),
+                    level: *event.metadata().level(),
+                    text: text.0,
+                });
+        }
+    }
+
+    struct Text(String);
+
+    impl Visit for Text {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+
+    /// What this test's gateway logs on its worker threads is this test's; what another actix
+    /// system logs is not.
+    #[actix_web::test]
+    async fn a_test_reads_what_its_own_gateway_logged() {
+        let app = super::spawn_with(super::test_settings()).await;
+        let url = format!("http://127.0.0.1:{}", super::dead_port());
+        app.expose("down", &url, &["/down"]).await;
+        assert_eq!(app.proxy_get("/down").await.status(), 502);
+        let warnings = logged(Level::WARN);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("upstream failed"), "{warnings:?}");
+        std::thread::spawn(|| {
+            actix_rt::System::new().block_on(async { tracing::error!("another test's error") });
+        })
+        .join()
+        .expect("the other system ran");
+        assert_eq!(errors(), Vec::<String>::new());
+        tracing::error!("this test's error");
+        assert_eq!(errors().len(), 1);
+    }
+}
+
+/// Service + route `/api` on `upstream`, the `oauth2` plugin (client credentials), consumer `bob`
+/// with clientid123/secret123.
+pub async fn client_credentials_fixture(app: &TestApp, upstream: &str) {
+    client_credentials_fixture_with(
+        app,
+        upstream,
+        json!({"name": "app", "client_id": "clientid123", "client_secret": "secret123",
+               "redirect_uris": ["http://google.test/kong"]}),
+    )
+    .await;
+}
+
+/// [`client_credentials_fixture`] with `bob`'s credential given whole; returns it as created.
+pub async fn client_credentials_fixture_with(
+    app: &TestApp,
+    upstream: &str,
+    credential: Value,
+) -> Value {
+    app.expose("svc", upstream, &["/api"]).await;
+    let (s, b) = app
+        .admin_post(
+            "/services/svc/plugins",
+            json!({"name": "oauth2", "config": {"enable_client_credentials": true}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post("/consumers", json!({"username": "bob"}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app.admin_post("/consumers/bob/oauth2", credential).await;
+    assert_eq!(s, 201, "{b}");
+    b
 }

@@ -1,13 +1,17 @@
-//! Kong's own `oauth2` test suite (kong-oauth2.md §10), one test per checklist case, each run on
-//! the memory store (`kong_conformance::memory::…`) and on Postgres (`kong_conformance::postgres::…`).
+//! Kong's own `oauth2` test suite (`spec/03-plugins/25-oauth2`: `01-schema_spec.lua` to
+//! `05-kdf_spec.lua`), one test per case, each run on the memory store
+//! (`kong_conformance::memory::…`) and on Postgres (`kong_conformance::postgres::…`).
 //!
-//! Every case sends Kong's request to Kong's 10.0 fixture — one service + route (by `Host`, as in
-//! Kong) + `oauth2` plugin per Kong host, consumer `bob` with Kong's credentials — and checks Kong's
-//! status, body and headers. Where we differ from Kong on purpose, the case says `DIFFERENCE:` and
-//! the README lists it. The recurring one: tokens and codes are stored as digests, so Kong's
-//! "read the DB row" checks (20, 21, 27, 28, 31, 32, 124, 139, 141, 160, 161) are made through the
-//! admin API (which shows `access_token_digest`, `expires_in`, `scope`, `ttl`…) or through what the
-//! token does.
+//! Every case sends Kong's request to Kong's fixture — for the access spec one service + route (by
+//! `Host`, as in Kong) + `oauth2` plugin per Kong host, consumer `bob` with Kong's credentials; the
+//! invalidation and TTL cases use those specs' own fixtures — and checks all of Kong's assertions.
+//! Where Kong reads a database row (the code and token rows of cases 20, 21, 27, 28, 31, 32, 124,
+//! 139, 141, 160, 161 and schema 14), the case reads the same record through the token store the
+//! gateway writes to (`Kong::token_row`, `Kong::code_row`): codes and tokens are stored as digests,
+//! so a row is found by the digest of the value Kong looks up. Where Kong checks that its log has
+//! no `[error]` line (115, invalidation 4), the case reads what its own gateway logged
+//! (`helpers::logs`). Where we differ from Kong on purpose, the case says `Deliberate difference
+//! from Kong:` and the README lists it.
 //!
 //! Not ported, and why (no fake tests):
 //! - 2 (*rejects gRPC call without credentials*) and 118 (*accepts gRPC call with credentials*):
@@ -17,10 +21,13 @@
 //! - 103 (*should not fail when plugin_id is not present … old code*) on the memory store: a code
 //!   without a plugin id cannot be made through any interface (only Kong's pre-3.3 migrations left
 //!   such rows). It is ported on Postgres, where the test nulls the column as Kong's test does.
-//! - 10.5's "raw insert validation without defaults" (`credential.id … expected a valid UUID`) and
-//!   10.7 (KDF vectors): DAO-level and unit-level, covered by the unit tests of `crypto` and the
-//!   admin API cases below, not by the gateway.
+//! - schema 13 (*errors when given an invalid service_id on oauth authorization codes*): Kong
+//!   validates a raw DAO insert of a code. Codes have no admin API and no request names their
+//!   credential or service (the authorize endpoint takes both from the authenticated client and
+//!   the matched route), and the store's `CodeRecord` types both as UUIDs, so an invalid one
+//!   cannot be expressed anywhere.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,10 +39,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use portcullis::config::Settings;
-use portcullis::startup::pg_settings;
+use portcullis::startup::{open_stores, pg_settings};
 use portcullis_stores::postgres as pg_store;
+use portcullis_stores::{CodeRecord, TokenRecord, TokenStore};
 
-use crate::helpers::{spawn_upstream, spawn_with, test_settings, PgSchema, TestApp, Upstream};
+use crate::helpers::{logs, spawn_on, spawn_upstream, test_settings, PgSchema, TestApp, Upstream};
 
 // ------------------------------------------------------------------------------------------------
 // Fixture (§10.0)
@@ -93,6 +101,12 @@ fn overrides(host: &str, no_body_id: &str) -> Value {
         "oauth2_19.test" => with(global, json!({"scopes": ["scope19", "profile"]})),
         "oauth2_20.test" => with(global, json!({"scopes": ["scope20", "profile"]})),
         "oauth2_21.test" => with(global, json!({"scopes": ["scope20", "scope21"]})),
+        // Kong's "ttl" fixture: its own plugins, not the blueprint's defaults.
+        "oauth2_21.refresh.test" | "oauth2_22.refresh.test" => json!({
+            "scopes": null, "mandatory_scope": false, "token_expiration": null,
+            "enable_implicit_grant": null, "global_credentials": false,
+            "refresh_token_ttl": if host == "oauth2_21.refresh.test" { 2 } else { 0 },
+        }),
         other => panic!("no Kong host {other}"),
     }
 }
@@ -167,12 +181,17 @@ const CREDENTIALS: &[(&str, &str, bool, &[&str], bool)] = &[
 /// would; argon2id hashing of new secrets is covered by the API cases 5 and 6. It is also much
 /// cheaper than argon2id in a debug build, which keeps ~430 tests fast.
 fn kong_pbkdf2(secret: &str) -> String {
-    use base64::engine::general_purpose::STANDARD_NO_PAD;
     use rand::RngCore;
     let mut salt = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut salt);
+    kong_pbkdf2_salted(secret, &salt)
+}
+
+/// [`kong_pbkdf2`] with a given salt (Kong's `secret.hash(s, { salt = … })`).
+fn kong_pbkdf2_salted(secret: &str, salt: &[u8]) -> String {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
     let mut out = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(secret.as_bytes(), &salt, 10_000, &mut out);
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(secret.as_bytes(), salt, 10_000, &mut out);
     format!(
         "$pbkdf2-sha512$i=10000,l=32${}${}",
         STANDARD_NO_PAD.encode(salt),
@@ -186,6 +205,8 @@ pub struct Kong {
     _upstream: Upstream,
     /// Consumer `no-body`.
     pub no_body: Value,
+    /// The gateway's token store (Kong's tests read the same rows from its database).
+    pub tokens: Arc<dyn TokenStore>,
 }
 
 /// The gateway settings of the fixture: Kong's `trusted_ips = 127.0.0.1`.
@@ -199,12 +220,18 @@ fn kong_settings() -> Settings {
 /// A gateway with `settings` on `store`; on Postgres, in a fresh migrated schema of its own
 /// (dropped with the app).
 async fn start_app(store: Store, settings: Settings) -> TestApp {
-    match store {
-        Store::Memory => spawn_with(settings).await,
+    start_app_on_stores(store, settings).await.0
+}
+
+/// Same, also returning the gateway's token store: Kong's tests read the database rows of codes
+/// and tokens; these tests read the same records through the store the gateway writes to.
+async fn start_app_on_stores(store: Store, settings: Settings) -> (TestApp, Arc<dyn TokenStore>) {
+    let (settings, schema) = match store {
+        Store::Memory => (settings, None),
         Store::Postgres => {
             let schema = PgSchema::migrated().await;
             let pg = schema.settings.clone();
-            let mut app = spawn_with(Settings {
+            let settings = Settings {
                 database: pg.database,
                 pg_host: pg.pg_host,
                 pg_port: pg.pg_port,
@@ -214,12 +241,15 @@ async fn start_app(store: Store, settings: Settings) -> TestApp {
                 pg_schema: pg.pg_schema,
                 pg_max_connections: pg.pg_max_connections,
                 ..settings
-            })
-            .await;
-            app.pg = Some(schema);
-            app
+            };
+            (settings, Some(schema))
         }
-    }
+    };
+    let stores = open_stores(&settings).await.expect("stores open");
+    let tokens = stores.tokens.clone();
+    let mut app = spawn_on(settings, stores).await;
+    app.pg = schema;
+    (app, tokens)
 }
 
 impl Kong {
@@ -240,7 +270,7 @@ impl Kong {
         hosts: &[&str],
         patch: Value,
     ) -> Self {
-        let app = start_app(store, settings).await;
+        let (app, tokens) = start_app_on_stores(store, settings).await;
         let upstream = spawn_upstream();
         let (s, bob) = app
             .admin_post("/consumers", json!({"username": "bob"}))
@@ -298,6 +328,7 @@ impl Kong {
             app,
             _upstream: upstream,
             no_body,
+            tokens,
         }
     }
 
@@ -396,11 +427,23 @@ impl Kong {
         .await
     }
 
-    /// Admin view of a token, by its plain value.
-    pub async fn admin_token(&self, access: &str) -> (u16, Value) {
-        self.app
-            .admin_get(&format!("/oauth2_tokens/{access}"))
-            .await
+    /// GET `/request?access_token=<token>` over HTTPS (Kong's "sets the right upstream headers"
+    /// request).
+    pub async fn get_ssl_query(&self, host: &str, token: &Value) -> Resp {
+        let token = token.as_str().expect("a token string");
+        send(self.tls(Method::GET, host, &format!("/request?access_token={token}"))).await
+    }
+
+    /// Status 200, and the upstream was told consumer `bob`, `scope`, `userid` and credential
+    /// `clientid123` (Kong's "sets the right upstream headers" assertions).
+    pub async fn upstream_saw_bob(&self, r: &Resp, scope: &str, userid: &str) {
+        assert_eq!(r.status, 200, "{}", r.body);
+        let h = r.upstream();
+        assert_eq!(h["x-consumer-id"], self.bob_id().await);
+        assert_eq!(h["x-consumer-username"], "bob");
+        assert_eq!(h["x-authenticated-scope"], scope);
+        assert_eq!(h["x-authenticated-userid"], userid);
+        assert_eq!(h["x-credential-identifier"], "clientid123");
     }
 
     /// The id of consumer `bob`.
@@ -416,6 +459,34 @@ impl Kong {
         assert_eq!(s, 200, "{c}");
         c["id"].as_str().unwrap().to_string()
     }
+}
+
+impl Kong {
+    /// Kong's `db.oauth2_tokens:select_by_access_token`: the stored token, as the store shows it
+    /// `ahead` seconds from now (rows past their TTL are gone).
+    pub async fn token_row(&self, access: &str, ahead: i64) -> Option<TokenRecord> {
+        self.tokens
+            .token_by_access(&portcullis::crypto::token_hash(access), unix_now() + ahead)
+            .await
+            .expect("token store answers")
+    }
+
+    /// Kong's `db.oauth2_authorization_codes:select_by_code`. The store only gives a code out by
+    /// taking it, so the code cannot be redeemed afterwards (Kong's tests never do).
+    pub async fn code_row(&self, code: &str) -> Option<CodeRecord> {
+        self.tokens
+            .take_code(&portcullis::crypto::token_hash(code), unix_now())
+            .await
+            .expect("token store answers")
+    }
+}
+
+/// Seconds since the epoch, the store's clock.
+fn unix_now() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since.as_secs()).expect("fits")
 }
 
 /// An answer: status, headers, JSON body (`Null` if none).
@@ -501,10 +572,20 @@ pub async fn send(rb: RequestBuilder) -> Resp {
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let text = r.text().await.unwrap_or_default();
+    let mut body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    // Deliberate difference from Kong: every authorize redirect ends with RFC 9207's `iss` (Kong sends none). It is
+    // checked and cut here, so the cases compare the rest with Kong's exact redirect.
+    if let Some(uri) = body["redirect_uri"].as_str() {
+        let (kong, iss) = uri
+            .rsplit_once("&iss=")
+            .unwrap_or_else(|| panic!("no iss in {uri}"));
+        assert!(iss.starts_with("http") && !iss.contains('&'), "{uri}");
+        body["redirect_uri"] = Value::String(kong.to_string());
+    }
     Resp {
         status,
         headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        body,
     }
 }
 
@@ -691,13 +772,14 @@ async fn c010_authorize_redirect_uri_with_query_string(store: Store) {
 async fn c011_authorize_multiple_redirect_uris(store: Store) {
     let h = "oauth2_6.test";
     let k = Kong::start(store, &[h]).await;
-    let r = k
-        .post(
-            h,
-            "/oauth2/authorize",
-            authz(json!({"client_id": "clientid456", "scope": "email", "response_type": "code"})),
-        )
-        .await;
+    let r = send(
+        k.plain(Method::POST, h, "/oauth2/authorize")
+            .header("x-forwarded-proto", "https")
+            .json(&authz(
+                json!({"client_id": "clientid456", "scope": "email", "response_type": "code"}),
+            )),
+    )
+    .await;
     r.redirects_like(r"^http://one\.test/one/\?code=\w{32}$");
 }
 
@@ -796,26 +878,27 @@ async fn c019_authorize_success_with_state(store: Store) {
     r.no_cache();
 }
 
-/// DIFFERENCE: Kong reads the code row; codes are digests here, so the stored properties are
-/// checked through the token the code yields (what the upstream is told).
-async fn c020_authorize_stores_authenticated_user_properties(store: Store) {
+/// Cases 20–21: Kong's code request with `scope`; Kong then reads the code row (here: through the
+/// token store, where the code is kept as its digest).
+async fn stored_code(store: Store, scope: &str) {
     let k = Kong::start(store, &[O]).await;
-    let access = k.access(O).await;
-    let r = k.get_bearer(O, &access).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.upstream()["x-authenticated-userid"], "userid123");
-    assert_eq!(r.upstream()["x-authenticated-scope"], "email");
-    assert_eq!(r.upstream()["x-credential-identifier"], "clientid123");
+    let code = k.code(O, json!({"scope": scope})).await;
+    let row = k.code_row(&code).await.expect("the code is stored");
+    assert_eq!(row.code_hash, portcullis::crypto::token_hash(&code));
+    assert_eq!(row.authenticated_userid.as_deref(), Some("userid123"));
+    assert_eq!(row.scope.as_deref(), Some(scope));
+    assert_eq!(
+        row.credential_id.to_string(),
+        k.credential_id("clientid123").await
+    );
 }
 
-/// DIFFERENCE: as 20, through the token.
+async fn c020_authorize_stores_authenticated_user_properties(store: Store) {
+    stored_code(store, "email").await;
+}
+
 async fn c021_authorize_stores_dotted_scope(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let t = k.token(O, json!({"scope": "user.email"}), json!({})).await;
-    let r = k.get_bearer(O, t["access_token"].as_str().unwrap()).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.upstream()["x-authenticated-scope"], "user.email");
-    assert_eq!(r.upstream()["x-authenticated-userid"], "userid123");
+    stored_code(store, "user.email").await;
 }
 
 fn public_authz(extra: Value) -> Value {
@@ -879,32 +962,35 @@ async fn c026_authorize_public_client_without_challenge_when_pkce_none(store: St
     r.redirects_like(r"^http://google\.test/kong\?code=\w{32}&state=hello$");
 }
 
-/// DIFFERENCE: Kong reads `challenge=1234, challenge_method=S256` from the code row; here the
-/// stored challenge shows in the exchange: a valid-length verifier is refused with `invalid_grant`
-/// (S256 of any verifier never equals `1234`).
-async fn c027_authorize_defaults_challenge_method_to_s256(store: Store) {
+/// Cases 27–28: Kong's request for the public client with challenge `1234`; Kong then reads the
+/// code row (here: through the token store) for the stored challenge and method.
+async fn stored_challenge(store: Store, method: Value) {
     let k = Kong::start(store, &[O]).await;
     let r = k
-        .exchange(
+        .post(
             O,
-            json!({"code_challenge": "1234"}),
-            json!({"code_verifier": verifier()}),
+            "/oauth2/authorize",
+            authz(json!({"client_id": "clientid11211", "scope": "user.email",
+                         "response_type": "code", "state": "hello",
+                         "authenticated_userid": "userid123", "code_challenge": "1234",
+                         "code_challenge_method": method})),
         )
         .await;
-    r.is(400, err("invalid_grant", "Invalid code"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let uri = r.redirect().to_string();
+    let re = Regex::new(r"^http://google\.test/kong\?code=(\w{32})&state=hello$").unwrap();
+    let code = re.captures(&uri).unwrap_or_else(|| panic!("{uri}"))[1].to_string();
+    let row = k.code_row(&code).await.expect("the code is stored");
+    assert_eq!(row.challenge.as_deref(), Some("1234"));
+    assert_eq!(row.challenge_method.as_deref(), Some("S256"));
 }
 
-/// DIFFERENCE: as 27.
+async fn c027_authorize_defaults_challenge_method_to_s256(store: Store) {
+    stored_challenge(store, Value::Null).await;
+}
+
 async fn c028_authorize_saves_code_challenge(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let r = k
-        .exchange(
-            O,
-            json!({"code_challenge": "1234", "code_challenge_method": "S256"}),
-            json!({"code_verifier": verifier()}),
-        )
-        .await;
-    r.is(400, err("invalid_grant", "Invalid code"));
+    stored_challenge(store, json!("S256")).await;
 }
 
 // 10.1 OAuth2 Authorization › Implicit Grant
@@ -944,18 +1030,34 @@ async fn c030_implicit_returns_the_state(store: Store) {
     );
 }
 
-/// DIFFERENCE: the token row is read through the admin API (no refresh token: none in the answer).
-async fn c031_implicit_token_has_the_right_expiration(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let r = k.post(O, "/oauth2/authorize", implicit(json!({}))).await;
+/// Cases 31 and 124: an implicit token for `client` on `host`; Kong reads its row: the token,
+/// `expires_in` and no refresh token (here: through the token store).
+async fn implicit_row(store: Store, host: &str, client: &str, expires_in: i64) {
+    let k = Kong::start(store, &[host]).await;
+    let r = k
+        .post(
+            host,
+            "/oauth2/authorize",
+            implicit(json!({"authenticated_userid": "id123", "client_id": client})),
+        )
+        .await;
+    r.redirects_like(
+        r"^http://google\.test/kong#access_token=\w{32}&expires_in=\d+&token_type=bearer$",
+    );
     let token = fragment_token(&r);
-    let (s, row) = k.admin_token(&token).await;
-    assert_eq!(s, 200, "{row}");
-    assert_eq!(row["expires_in"], 5);
-    assert_eq!(row["refresh_token"], Value::Null);
+    let row = k.token_row(&token, 0).await.expect("the token is stored");
+    assert_eq!(
+        row.access_token_hash,
+        portcullis::crypto::token_hash(&token)
+    );
+    assert_eq!(row.expires_in, expires_in);
+    assert_eq!(row.refresh_token_hash, None);
 }
 
-/// DIFFERENCE: as 31.
+async fn c031_implicit_token_has_the_right_expiration(store: Store) {
+    implicit_row(store, O, "clientid123", 5).await;
+}
+
 async fn c032_implicit_stores_authenticated_user_properties(store: Store) {
     let k = Kong::start(store, &[O]).await;
     let r = k
@@ -965,16 +1067,19 @@ async fn c032_implicit_stores_authenticated_user_properties(store: Store) {
             implicit(json!({"scope": "email  profile"})),
         )
         .await;
-    let token = fragment_token(&r);
-    let (s, row) = k.admin_token(&token).await;
-    assert_eq!(s, 200, "{row}");
-    assert_eq!(row["authenticated_userid"], "userid123");
-    assert_eq!(row["scope"], "email profile");
-    assert_eq!(row["expires_in"], 5);
-    assert_eq!(
-        row["credential"]["id"],
-        k.credential_id("clientid123").await
+    r.redirects_like(
+        r"^http://google\.test/kong#access_token=\w{32}&expires_in=\d+&token_type=bearer$",
     );
+    let token = fragment_token(&r);
+    let row = k.token_row(&token, 0).await.expect("the token is stored");
+    assert_eq!(
+        row.access_token_hash,
+        portcullis::crypto::token_hash(&token)
+    );
+    assert_eq!(row.authenticated_userid.as_deref(), Some("userid123"));
+    assert_eq!(row.scope.as_deref(), Some("email profile"));
+    assert_eq!(row.expires_in, 5);
+    assert_eq!(row.refresh_token_hash, None);
 }
 
 async fn c033_implicit_sets_the_right_upstream_headers(store: Store) {
@@ -1251,15 +1356,9 @@ async fn c051_client_credentials_sets_the_right_upstream_headers(store: Store) {
             cc(json!({"authenticated_userid": "hello", "provision_key": "provision123"})),
         )
         .await;
-    let r = k
-        .get_bearer(CC, t.body["access_token"].as_str().unwrap())
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let h = r.upstream();
-    assert_eq!(h["x-consumer-username"], "bob");
-    assert_eq!(h["x-authenticated-scope"], "email");
-    assert_eq!(h["x-authenticated-userid"], "hello");
-    assert_eq!(h["x-credential-identifier"], "clientid123");
+    assert_eq!(t.status, 200, "{}", t.body);
+    let r = k.get_ssl_query(CC, &t.body["access_token"]).await;
+    k.upstream_saw_bob(&r, "email", "hello").await;
 }
 
 async fn c052_client_credentials_works_in_a_multipart_request(store: Store) {
@@ -1323,7 +1422,7 @@ async fn c055_password_no_client_secret(store: Store) {
         .post(
             PW,
             "/oauth2/token",
-            json!({"client_id": "clientid123", "scope": "email", "grant_type": "password"}),
+            json!({"client_id": "clientid123", "scope": "email", "response_type": "token"}),
         )
         .await;
     r.is(400, invalid_client());
@@ -1414,16 +1513,18 @@ async fn c062_password_wrong_authorization_header(store: Store) {
 
 async fn c063_password_sets_the_right_upstream_headers(store: Store) {
     let k = Kong::start(store, &[PW]).await;
-    let t = k.post(PW, "/oauth2/token", pw(json!({}))).await;
-    let r = k
-        .get_bearer(PW, t.body["access_token"].as_str().unwrap())
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let h = r.upstream();
-    assert_eq!(h["x-consumer-username"], "bob");
-    assert_eq!(h["x-authenticated-scope"], "email");
-    assert_eq!(h["x-authenticated-userid"], "id123");
-    assert_eq!(h["x-credential-identifier"], "clientid123");
+    let t = send(
+        k.tls(Method::POST, PW, "/oauth2/token")
+            .header("authorization", "Basic Y2xpZW50aWQxMjM6c2VjcmV0MTIz")
+            .json(
+                &json!({"provision_key": "provision123", "authenticated_userid": "id123",
+                          "scope": "email", "grant_type": "password"}),
+            ),
+    )
+    .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let r = k.get_ssl_query(PW, &t.body["access_token"]).await;
+    k.upstream_saw_bob(&r, "email", "id123").await;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1456,6 +1557,7 @@ async fn c066_token_only_code_and_client_secret(store: Store) {
         )
         .await;
     r.is(400, invalid_client());
+    r.no_cache();
 }
 
 async fn c067_token_no_grant_type(store: Store) {
@@ -1512,14 +1614,13 @@ async fn c071_token_code_of_another_client(store: Store) {
 
 async fn c072_token_sets_the_right_upstream_headers(store: Store) {
     let k = Kong::start(store, &[O]).await;
-    let access = k.access(O).await;
-    let r = k.get_bearer(O, &access).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.upstream()["x-authenticated-userid"], "userid123");
-    assert_eq!(r.upstream()["x-authenticated-scope"], "email");
+    let t = k.token(O, json!({}), json!({})).await;
+    let r = k.get_ssl_query(O, &t["access_token"]).await;
+    k.upstream_saw_bob(&r, "email", "userid123").await;
 }
 
-/// DIFFERENCE (beyond this case's assertions): the replay also revokes the tokens the code issued.
+/// Deliberate difference from Kong (beyond this case's assertions): the replay also revokes the
+/// tokens the code issued.
 async fn c073_token_code_used_more_than_once(store: Store) {
     let k = Kong::start(store, &[O]).await;
     let code = k.code(O, json!({})).await;
@@ -1558,11 +1659,13 @@ async fn c075_token_code_used_for_another_api(store: Store) {
     r.is(400, err("invalid_request", "Invalid code"));
 }
 
-/// A code for the public client with the S256 challenge of `verifier`.
+/// A code for the public client with `challenge` (the S256 challenge of a verifier).
+/// As Kong's `provision_code`, it also sends `code_method: S256`, a misspelt parameter that is
+/// ignored (the method defaults to S256).
 async fn public_code(k: &Kong, host: &str, challenge: &str) -> String {
     k.code(
         host,
-        json!({"client_id": "clientid11211", "code_challenge": challenge}),
+        json!({"client_id": "clientid11211", "code_challenge": challenge, "code_method": "S256"}),
     )
     .await
 }
@@ -1721,13 +1824,25 @@ async fn c085_token_code_challenge_with_plus_or_slash(store: Store) {
     r.is_token(5, true);
 }
 
+/// Cases 86–87: a public code whose challenge is the S256 of `v`, redeemed with `v`.
+async fn redeem_with_own_verifier(store: Store, v: &str) -> Resp {
+    let k = Kong::start(store, &[O]).await;
+    let code = public_code(&k, O, &challenge(v)).await;
+    k.post(
+        O,
+        "/oauth2/token",
+        public_exchange(&code, json!({"code_verifier": v})),
+    )
+    .await
+}
+
 async fn c086_token_code_verifier_longer_than_128(store: Store) {
-    let r = redeem_public_code(store, json!({"code_verifier": "a".repeat(180)})).await;
+    let r = redeem_with_own_verifier(store, &"abc123".repeat(30)).await;
     r.is(400, verifier_length());
 }
 
 async fn c087_token_code_verifier_shorter_than_43(store: Store) {
-    let r = redeem_public_code(store, json!({"code_verifier": "abc123"})).await;
+    let r = redeem_with_own_verifier(store, "abc123").await;
     r.is(400, verifier_length());
 }
 
@@ -1800,13 +1915,12 @@ async fn c094_token_wrong_code_for_public_app(store: Store) {
 
 async fn c095_token_no_code_for_public_app(store: Store) {
     let k = Kong::start(store, &[O]).await;
-    let v = verifier();
-    public_code(&k, O, &challenge(&v)).await;
     let r = k
         .post(
             O,
             "/oauth2/token",
-            public_exchange("x", json!({"code": null, "code_verifier": v})),
+            json!({"client_id": "clientid11211", "grant_type": "authorization_code",
+                   "code_verifier": "verifier"}),
         )
         .await;
     r.is(400, err("invalid_request", "Invalid code"));
@@ -2030,9 +2144,10 @@ async fn c114_request_access_token_in_a_form_body(store: Store) {
 
 async fn c115_request_without_body(store: Store) {
     let k = Kong::start(store, &[O]).await;
-    let t = k.access(O).await;
-    let r = send(k.plain(Method::GET, O, &format!("/request?access_token={t}"))).await;
+    let t = k.token(O, json!({}), json!({})).await;
+    let r = k.get_ssl_query(O, &t["access_token"]).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(logs::errors(), Vec::<String>::new(), "no error in the log");
 }
 
 async fn c116_request_authorization_header_bearer(store: Store) {
@@ -2056,25 +2171,33 @@ async fn c117_request_authorization_header_token(store: Store) {
     assert!(h.get("x-anonymous-consumer").is_none(), "{h}");
 }
 
+/// Deliberate difference from Kong: Kong answers `invalid_scope` "scope must be a string"; a parameter that is not
+/// one string is a malformed request (RFC 6749 §5.2 `invalid_request`), named in the answer.
 async fn c119_password_scope_not_a_string(store: Store) {
     let k = Kong::start(store, &[PW]).await;
     for scope in [json!(["email"]), json!(123), json!(false)] {
         let r = k
             .post(PW, "/oauth2/token", pw(json!({"scope": scope})))
             .await;
-        r.is(400, err("invalid_scope", "scope must be a string"));
+        r.is(400, err("invalid_request", "scope is not a string"));
     }
 }
 
 async fn c120_anonymous_with_right_credentials(store: Store) {
     let h = "oauth2_7.test";
     let k = Kong::start(store, &[h]).await;
-    let t = k.access(h).await;
-    let r = k.get_bearer(h, &t).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.upstream()["x-consumer-username"], "bob");
-    assert_eq!(r.upstream()["x-credential-identifier"], "clientid123");
-    assert!(r.upstream().get("x-anonymous-consumer").is_none());
+    let t = k.token(h, json!({}), json!({})).await;
+    let r = send(k.tls(Method::POST, h, "/request").header(
+        "authorization",
+        format!("bearer {}", t["access_token"].as_str().unwrap()),
+    ))
+    .await;
+    k.upstream_saw_bob(&r, "email", "userid123").await;
+    assert!(
+        r.upstream().get("x-anonymous-consumer").is_none(),
+        "{}",
+        r.body
+    );
 }
 
 /// Cases 121–122: no token, anonymous by id or by username.
@@ -2107,22 +2230,8 @@ async fn c123_anonymous_user_does_not_exist(store: Store) {
     );
 }
 
-/// DIFFERENCE: the token row is read through the admin API.
 async fn c124_implicit_token_expiration_with_custom_header(store: Store) {
-    let k = Kong::start(store, &[CUSTOM]).await;
-    let r = k
-        .post(
-            CUSTOM,
-            "/oauth2/authorize",
-            implicit(json!({"client_id": "clientid1011"})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let token = fragment_token(&r);
-    let (s, row) = k.admin_token(&token).await;
-    assert_eq!(s, 200, "{row}");
-    assert_eq!(row["expires_in"], 7);
-    assert_eq!(row["refresh_token"], Value::Null);
+    implicit_row(store, CUSTOM, "clientid1011", 7).await;
 }
 
 async fn c125_request_correct_service_after_the_wrong_one(store: Store) {
@@ -2290,18 +2399,34 @@ async fn c138_refresh_token_of_another_application(store: Store) {
     r.no_cache();
 }
 
-/// token_expiration 2 instead of 5 (polled). DIFFERENCE: "old DB row gone" is read through the
-/// admin API (the old access token is no longer found).
+/// `POST /request` over plain HTTP with `authorization: bearer <token>` (cases 139, 141).
+async fn post_bearer(k: &Kong, host: &str, token: &str) -> Resp {
+    send(
+        k.plain(Method::POST, host, "/request")
+            .header("authorization", format!("bearer {token}")),
+    )
+    .await
+}
+
 async fn c139_refresh_after_expiry(store: Store) {
-    let k = Kong::start_with(store, &[O], json!({"token_expiration": 2})).await;
+    let k = Kong::start(store, &[O]).await;
     let t = k.token(O, json!({}), json!({})).await;
     let old = t["access_token"].as_str().unwrap().to_string();
-    assert_eq!(k.get_bearer(O, &old).await.status, 200);
-    eventually(Duration::from_secs(8), "the token expires", || async {
-        k.get_bearer(O, &old).await.status == 401
+    assert_eq!(post_bearer(&k, O, &old).await.status, 200);
+    let id = k.token_row(&old, 0).await.expect("stored").id;
+    assert!(k
+        .tokens
+        .token_by_id(id, unix_now())
+        .await
+        .unwrap()
+        .is_some());
+    eventually(Duration::from_secs(7), "the token expires", || async {
+        post_bearer(&k, O, &old).await.status == 401
     })
     .await;
-    k.get_bearer(O, &old).await.is(401, invalid_token());
+    let r = post_bearer(&k, O, &old).await;
+    r.is(401, invalid_token());
+    assert_eq!(r.header("www-authenticate"), INVALID_TOKEN_CHALLENGE);
     let r = send(
         k.tls(Method::POST, O, "/oauth2/token")
             .header("authorization", format!("bearer {old}"))
@@ -2311,10 +2436,11 @@ async fn c139_refresh_after_expiry(store: Store) {
             ),
     )
     .await;
-    r.is_token(2, true);
+    r.is_token(5, true);
     assert_ne!(r.body["access_token"], t["access_token"]);
     assert_ne!(r.body["refresh_token"], t["refresh_token"]);
-    assert_eq!(k.admin_token(&old).await.0, 404, "old row gone");
+    let gone = k.tokens.token_by_id(id, unix_now()).await.unwrap();
+    assert!(gone.is_none(), "old row gone");
 }
 
 async fn c140_refresh_rewrites_non_persistent_refresh_tokens(store: Store) {
@@ -2325,29 +2451,58 @@ async fn c140_refresh_rewrites_non_persistent_refresh_tokens(store: Store) {
     assert_ne!(r.body["refresh_token"], t["refresh_token"]);
 }
 
-/// DIFFERENCE: Kong forces `created_at = 123` in the DB to expire the new access token; here the
-/// plugin has token_expiration 2 and the test polls until it expires.
 async fn c141_refresh_does_not_rewrite_persistent_refresh_tokens(store: Store) {
     let h = "oauth2_13.test";
-    let k = Kong::start_with(store, &[h], json!({"token_expiration": 2})).await;
+    let k = Kong::start(store, &[h]).await;
     let t = k.token(h, json!({}), json!({})).await;
-    let (_, row) = k.admin_token(t["access_token"].as_str().unwrap()).await;
     let r = k.refresh(h, &t["refresh_token"]).await;
-    r.is_token(2, true);
-    assert_eq!(r.body["refresh_token"], t["refresh_token"]);
-    let new = r.body["access_token"].as_str().unwrap().to_string();
-    assert_ne!(new, t["access_token"].as_str().unwrap());
-    let (s, renewed) = k.admin_token(&new).await;
-    assert_eq!((s, &renewed["id"]), (200, &row["id"]), "same row");
-    eventually(Duration::from_secs(8), "the new token expires", || async {
-        k.get_bearer(h, &new).await.status == 401
+    assert_eq!(r.status, 200, "{}", r.body);
+    let refreshed = r.body;
+    let new_access = k
+        .token_row(refreshed["access_token"].as_str().unwrap(), 0)
+        .await
+        .expect("new access token stored");
+    let refresh_hash = portcullis::crypto::token_hash(t["refresh_token"].as_str().unwrap());
+    let new_refresh = k
+        .tokens
+        .token_by_refresh(&refresh_hash, unix_now())
+        .await
+        .unwrap()
+        .expect("the refresh token is kept");
+    assert_eq!(new_access.id, new_refresh.id);
+
+    // Kong sets the row's created_at to 123: the refreshed access token has expired.
+    k.tokens
+        .update_token(TokenRecord {
+            created_at: 123,
+            ..new_refresh
+        })
+        .await
+        .expect("row updated");
+    let access = refreshed["access_token"].as_str().unwrap().to_string();
+    let expired = || async {
+        send(
+            k.tls(Method::POST, h, "/request")
+                .header("authorization", format!("bearer {access}")),
+        )
+        .await
+    };
+    eventually(Duration::from_secs(7), "the token expires", || async {
+        expired().await.status == 401
     })
     .await;
-    k.get_bearer(h, &new).await.is(401, invalid_token());
-    let r = k.refresh(h, &t["refresh_token"]).await;
-    r.is_token(2, true);
-    let newest = r.body["access_token"].as_str().unwrap().to_string();
-    let r = k.get_bearer(h, &newest).await;
+    let r = expired().await;
+    r.is(401, invalid_token());
+    assert_eq!(r.header("www-authenticate"), INVALID_TOKEN_CHALLENGE);
+
+    let last = k.refresh(h, &refreshed["refresh_token"]).await;
+    assert_eq!(last.status, 200, "{}", last.body);
+    let newest = last.body["access_token"].as_str().unwrap().to_string();
+    let r = send(
+        k.plain(Method::GET, h, "/request")
+            .header("authorization", format!("bearer {newest}")),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.upstream()["authorization"], format!("bearer {newest}"));
 }
@@ -2467,40 +2622,55 @@ async fn c150_does_not_abort_on_multipart_upload(store: Store) {
 // 10.3 TTL and regressions
 // ------------------------------------------------------------------------------------------------
 
-/// DIFFERENCE: the row is looked up through the admin API. refresh_token_ttl 2, as in Kong.
-async fn c160_refresh_token_deleted_after_ttl(store: Store) {
-    let k = Kong::start_with(
-        store,
-        &[O],
-        json!({"refresh_token_ttl": 2, "token_expiration": 7200, "mandatory_scope": false}),
-    )
-    .await;
-    let t = k.token(O, json!({}), json!({})).await;
+/// Kong's "ttl" fixture on `host`: consumer `bobo` with `clientid7890`; a token provisioned for
+/// it, and its row read at once (it exists).
+async fn ttl_token(store: Store, host: &str) -> (Kong, String) {
+    let k = Kong::start(store, &[host]).await;
+    let (s, c) = k
+        .app
+        .admin_post("/consumers", json!({"username": "bobo"}))
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let (s, c) = k
+        .app
+        .admin_post(
+            "/consumers/bobo/oauth2",
+            json!({"client_id": "clientid7890", "client_secret": "secret7890",
+                   "redirect_uris": ["http://google.test/kong"], "name": "testapp"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let t = k
+        .token(
+            host,
+            json!({"client_id": "clientid7890"}),
+            json!({"client_secret": "secret7890"}),
+        )
+        .await;
     let access = t["access_token"].as_str().unwrap().to_string();
-    assert_eq!(k.admin_token(&access).await.0, 200);
-    eventually(Duration::from_secs(8), "the row expires", || async {
-        k.admin_token(&access).await.0 == 404
-    })
-    .await;
-    k.refresh(O, &t["refresh_token"])
-        .await
-        .is(400, err("invalid_request", "Invalid refresh_token"));
+    assert!(k.token_row(&access, 0).await.is_some(), "stored");
+    (k, access)
 }
 
-/// DIFFERENCE: instead of waiting 2.2 s to see the row still there, the admin API shows that it
-/// has no expiry at all (`ttl: null`), and it is still there and refreshable.
-async fn c161_refresh_token_not_deleted_when_ttl_is_0(store: Store) {
-    let k = Kong::start_with(
-        store,
-        &[O],
-        json!({"refresh_token_ttl": 0, "token_expiration": 7200, "mandatory_scope": false}),
-    )
+async fn c160_refresh_token_deleted_after_ttl(store: Store) {
+    let (k, access) = ttl_token(store, "oauth2_21.refresh.test").await;
+    eventually(Duration::from_secs(3), "the row expires", || async {
+        k.token_row(&access, 0).await.is_none()
+    })
     .await;
-    let t = k.token(O, json!({}), json!({})).await;
-    let (s, row) = k.admin_token(t["access_token"].as_str().unwrap()).await;
-    assert_eq!(s, 200, "{row}");
-    assert_eq!(row["ttl"], Value::Null, "never deleted");
-    k.refresh(O, &t["refresh_token"]).await.is_token(7200, true);
+}
+
+/// Kong waits 2.2 s and reads the row again; these tests do not sleep, so the row is read as the
+/// store will show it 2.2 s later (rounded up: 3 s) and a year later: it is there.
+async fn c161_refresh_token_not_deleted_when_ttl_is_0(store: Store) {
+    let (k, access) = ttl_token(store, "oauth2_22.refresh.test").await;
+    assert!(k.token_row(&access, 3).await.is_some(), "kept after 3 s");
+    k.tokens
+        .purge_expired(unix_now() + 3, 1000)
+        .await
+        .expect("the sweeper runs");
+    assert!(k.token_row(&access, 3).await.is_some(), "not swept");
+    assert!(k.token_row(&access, 365 * 86_400).await.is_some(), "kept");
 }
 
 async fn c162_global_token_on_non_global_plugin(store: Store) {
@@ -2589,51 +2759,62 @@ async fn api04_creates_credentials_with_the_same_client_secret(store: Store) {
     assert_eq!(s, 201, "{c}");
 }
 
-/// DIFFERENCE: new hashes are argon2id, not Kong's PBKDF2 (whose format still verifies).
+/// Kong's body of cases 5–8, with `extra`.
+fn test_app(extra: Value) -> Value {
+    with(
+        json!({"name": "Test APP", "redirect_uris": ["http://google.test/"]}),
+        extra,
+    )
+}
+
+/// Deliberate difference from Kong: new secrets are hashed with argon2id, not Kong's PBKDF2
+/// (Kong's "does not need rehash" = the current format; Kong's PBKDF2 hashes still verify).
 async fn api05_creates_a_credential_with_a_hashed_auto_generated_secret(store: Store) {
     let (app, _) = api(store).await;
-    let c = bob_credential(&app, json!({"name": "a", "hash_secret": true})).await;
+    let c = bob_credential(&app, test_app(json!({"hash_secret": true}))).await;
     assert_eq!(c["hash_secret"], true);
     let secret = c["client_secret"].as_str().unwrap();
     assert!(secret.starts_with("$argon2id$"), "{secret}");
 }
 
-/// The hashed secret "test" verifies, "invalid" does not — checked where it matters, at the
-/// token endpoint.
+/// As 5 for the format; the hashed secret "test" verifies and "invalid" does not, checked where
+/// it matters, at the token endpoint.
 async fn api06_creates_a_credential_with_a_hashed_client_secret(store: Store) {
     let k = Kong::start(store, &[CC]).await;
     let c = bob_credential(
         &k.app,
-        json!({"name": "a", "client_id": "hashed", "client_secret": "test", "hash_secret": true}),
+        test_app(json!({"client_secret": "test", "hash_secret": true})),
     )
     .await;
     assert_eq!(c["hash_secret"], true);
-    assert_ne!(c["client_secret"], "test");
+    let secret = c["client_secret"].as_str().unwrap();
+    assert!(secret.starts_with("$argon2id$"), "{secret}");
+    let client = c["client_id"].as_str().unwrap().to_string();
     let ask = |secret: &'static str| {
         k.post(
             CC,
             "/oauth2/token",
-            cc(json!({"client_id": "hashed", "client_secret": secret})),
+            cc(json!({"client_id": client, "client_secret": secret})),
         )
     };
     ask("test").await.is_token(5, false);
     ask("invalid").await.is(400, invalid_client());
 }
 
+/// `hash_secret` left out: it defaults to false and the generated secret is kept as is (Kong:
+/// "needs rehash", i.e. not a hash).
 async fn api07_creates_a_credential_without_hashing_the_auto_generated_secret(store: Store) {
     let (app, _) = api(store).await;
-    let c = bob_credential(&app, json!({"name": "a", "hash_secret": false})).await;
+    let c = bob_credential(&app, test_app(json!({}))).await;
     assert_eq!(c["hash_secret"], false);
     assert!(is_token32(&c["client_secret"]), "{c}");
 }
 
+/// `hash_secret` left out: the given secret is stored as is, not as a hash of it.
 async fn api08_creates_a_credential_without_hashing_the_client_secret(store: Store) {
     let (app, _) = api(store).await;
-    let c = bob_credential(
-        &app,
-        json!({"name": "a", "client_secret": "test", "hash_secret": false}),
-    )
-    .await;
+    let c = bob_credential(&app, test_app(json!({"client_secret": "test"}))).await;
+    assert_eq!(c["hash_secret"], false);
     assert_eq!(c["client_secret"], "test");
 }
 
@@ -2975,7 +3156,7 @@ async fn api33_get_token_by_id(store: Store) {
     assert_eq!((s, &b["id"]), (200, &t["id"]));
 }
 
-/// DIFFERENCE: the answer shows `access_token_digest`, not the plain token.
+/// Deliberate difference from Kong: the answer shows `access_token_digest`, not the plain token.
 async fn api34_get_token_by_access_token(store: Store) {
     let (app, cred, svc) = tokens_api(store).await;
     let t = new_token(&app, &cred, &svc).await;
@@ -3153,9 +3334,11 @@ async fn schema09_reuse_refresh_token_defaults_false(store: Store) {
 async fn schema10_error_when_no_flow_is_enabled(store: Store) {
     let (s, b) = plugin_with(store, json!({})).await;
     assert_eq!(s, 400, "{b}");
+    let message = "at least one of these fields must be true: enable_authorization_code, enable_implicit_grant, enable_client_credentials, enable_password_grant";
+    assert_eq!(b["fields"], json!({ "config": message }));
     assert_eq!(
-        b["fields"]["config"]["@entity"],
-        json!(["at least one of these fields must be true: enable_authorization_code, enable_implicit_grant, enable_client_credentials, enable_password_grant"])
+        b["message"],
+        format!("schema violation (config: {message})")
     );
 }
 
@@ -3169,145 +3352,399 @@ async fn schema11_error_when_mandatory_scope_without_scopes(store: Store) {
     assert_eq!(b["fields"]["config"]["scopes"], "required field missing");
 }
 
-/// Kong validates a raw DAO insert; here the same validation answers on the admin API.
+/// Kong validates raw DAO inserts of tokens; here the same validation answers on the admin API.
+///
+/// Deliberate difference from Kong: the admin API fills `token_type`'s default (`bearer`), as
+/// Kong's own admin API does, so Kong's `token_type: "required field missing"` (a raw insert
+/// without defaults) cannot appear; and it refuses references to rows that do not exist, so the
+/// valid insert names an existing credential and service where Kong's uses random UUIDs.
 async fn schema12_token_with_invalid_uuids(store: Store) {
-    let (app, _, _) = tokens_api(store).await;
+    let (app, cred, svc) = tokens_api(store).await;
     let (s, b) = app
         .admin_post(
             "/oauth2_tokens",
-            json!({"credential": {"id": "123"}, "service": {"id": "abc"}, "expires_in": 1}),
+            json!({"credential": {"id": "foo"}, "service": {"id": "bar"}, "expires_in": 1}),
         )
         .await;
     assert_eq!(s, 400, "{b}");
-    assert_eq!(b["fields"]["credential"]["id"], "expected a valid UUID");
-    assert_eq!(b["fields"]["service"]["id"], "expected a valid UUID");
+    assert_eq!(
+        b["fields"],
+        json!({"credential": {"id": "expected a valid UUID"},
+               "service": {"id": "expected a valid UUID"}})
+    );
+    let (s, b) = app
+        .admin_post(
+            "/oauth2_tokens",
+            json!({"credential": {"id": "foo"}, "service": {"id": uuid::Uuid::new_v4()},
+                   "expires_in": 1}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"],
+        json!({"credential": {"id": "expected a valid UUID"}})
+    );
+    let (s, b) = app
+        .admin_post(
+            "/oauth2_tokens",
+            json!({"credential": {"id": cred}, "service": {"id": svc}, "expires_in": 1,
+                   "token_type": "bearer"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
 }
 
-/// Deleting a service deletes its tokens (seen through the admin API; codes have no API, and a
-/// code is useless without its route anyway).
-async fn schema13_deleting_a_service_deletes_its_tokens(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let access = k.access(O).await;
-    assert_eq!(k.admin_token(&access).await.0, 200);
-    assert_eq!(k.app.admin_delete("/routes/r0").await.0, 204);
-    assert_eq!(k.app.admin_delete("/services/s0").await.0, 204);
-    assert_eq!(k.admin_token(&access).await.0, 404);
+/// Kong inserts a token and a code for a service straight into the database, deletes the service
+/// and reads both again. Here the token is made through the admin API and the code through the
+/// token store (codes have no admin API), the service is deleted through the admin API, and both
+/// are read through the token store.
+async fn schema14_deleting_a_service_deletes_its_tokens_and_codes(store: Store) {
+    let (app, tokens) = start_app_on_stores(store, test_settings()).await;
+    let (s, service) = app
+        .admin_post("/services", json!({"url": "http://127.0.0.1:9"}))
+        .await;
+    assert_eq!(s, 201, "{service}");
+    let (s, consumer) = app.admin_post("/consumers", json!({"username": "c"})).await;
+    assert_eq!(s, 201, "{consumer}");
+    let (s, credential) = app
+        .admin_post(
+            "/consumers/c/oauth2",
+            json!({"name": "app", "redirect_uris": ["http://example.com"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{credential}");
+    let (service_id, credential_id) = (service["id"].clone(), credential["id"].clone());
+    let (s, token) = app
+        .admin_post(
+            "/oauth2_tokens",
+            json!({"credential": {"id": credential_id}, "service": {"id": service_id},
+                   "expires_in": 10}),
+        )
+        .await;
+    assert_eq!(s, 201, "{token}");
+    let token_id: uuid::Uuid = serde_json::from_value(token["id"].clone()).unwrap();
+    // Two codes: the store shows a code only by taking it, so one is read before, one after.
+    let [before, code] =
+        ["code-read-before", "code-read-after"].map(portcullis::crypto::token_hash);
+    let now = unix_now();
+    for hash in [before, code] {
+        tokens
+            .insert_code(CodeRecord {
+                id: uuid::Uuid::new_v4(),
+                code_hash: hash,
+                credential_id: serde_json::from_value(credential_id.clone()).unwrap(),
+                service_id: Some(serde_json::from_value(service_id.clone()).unwrap()),
+                plugin_id: None,
+                authenticated_userid: None,
+                scope: None,
+                challenge: None,
+                challenge_method: None,
+                redirect_uri: None,
+                created_at: now,
+                expires_at: now + 300,
+            })
+            .await
+            .expect("code stored");
+    }
+    assert!(tokens.token_by_id(token_id, now).await.unwrap().is_some());
+    assert!(tokens.take_code(&before, now).await.unwrap().is_some());
+
+    let path = format!("/services/{}", service_id.as_str().unwrap());
+    assert_eq!(app.admin_delete(&path).await.0, 204);
+    assert_eq!(app.admin_get(&path).await.0, 404, "no more service");
+    let now = unix_now();
+    assert!(
+        tokens.token_by_id(token_id, now).await.unwrap().is_none(),
+        "no more token"
+    );
+    assert!(
+        tokens.take_code(&code, now).await.unwrap().is_none(),
+        "no more code"
+    );
 }
 
 // ------------------------------------------------------------------------------------------------
-// 10.6 04-invalidations_spec.lua — admin changes take effect at once
+// 10.6 04-invalidations_spec.lua — a credential, consumer or token first used (so the gateway
+// holds it in its snapshot or near cache), then changed through the admin API
 // ------------------------------------------------------------------------------------------------
+
+/// Kong's invalidations fixture: one route by host `oauth2.com` with its oauth2 plugin, consumer
+/// `bob` with a plain-secret credential `clientid123` redirecting to `http://google.com/kong`.
+///
+/// Deliberate difference from Kong: Kong checks that its cache holds the credential or token
+/// (`GET /cache/<key>`) before changing it, and waits for the invalidation event; Portcullis has no
+/// `/cache` endpoint (credentials live in the router snapshot, tokens in the near cache in front of
+/// Postgres), and an admin change has taken effect on this node when the admin API answers, so the
+/// cases use the credential or token first and check the change at once.
+struct Invalidations {
+    app: TestApp,
+    _upstream: Upstream,
+}
+
+const INV: &str = "oauth2.com";
+
+impl Invalidations {
+    async fn start(store: Store) -> Self {
+        let app = start_app(store, test_settings()).await;
+        let upstream = spawn_upstream();
+        let (s, b) = app
+            .admin_post("/services", json!({"name": "s", "url": upstream.url}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = app
+            .admin_post(
+                "/services/s/routes",
+                json!({"name": "r", "hosts": [INV], "protocols": ["http", "https"]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let config = json!({"scopes": ["email", "profile"], "enable_authorization_code": true,
+                            "mandatory_scope": true, "provision_key": "provision123",
+                            "token_expiration": 5, "enable_implicit_grant": true});
+        let (s, b) = app
+            .admin_post(
+                "/routes/r/plugins",
+                json!({"name": "oauth2", "config": config}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = app
+            .admin_post("/consumers", json!({"username": "bob"}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = app
+            .admin_post(
+                "/consumers/bob/oauth2",
+                json!({"client_id": "clientid123", "client_secret": "secret123",
+                       "redirect_uris": ["http://google.com/kong"], "name": "testapp"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        Self {
+            app,
+            _upstream: upstream,
+        }
+    }
+
+    fn ssl(&self, method: Method, path: &str) -> RequestBuilder {
+        self.app
+            .http
+            .request(method, format!("{}{path}", self.app.proxy_tls))
+            .header("host", INV)
+    }
+
+    /// Kong's `provision_code`: the code, or `None` when the answer has no redirect.
+    async fn code(&self, client_id: &str) -> Option<String> {
+        let r = send(self.ssl(Method::POST, "/oauth2/authorize").json(&json!({
+            "provision_key": "provision123", "client_id": client_id, "scope": "email",
+            "response_type": "code", "state": "hello", "authenticated_userid": "userid123"})))
+        .await;
+        let uri = r.body["redirect_uri"].as_str()?;
+        let re = Regex::new(r"^http://google\.com/kong\?code=(\w{32})&state=hello$").unwrap();
+        Some(re.captures(uri).unwrap_or_else(|| panic!("{uri}"))[1].to_string())
+    }
+
+    /// A code of `code_client` exchanged by `client` (Kong sends no `code` when it got none).
+    async fn exchange(&self, code_client: &str, client: &str) -> Resp {
+        let mut body = json!({"client_id": client, "client_secret": "secret123",
+                              "grant_type": "authorization_code"});
+        if let Some(code) = self.code(code_client).await {
+            body["code"] = json!(code);
+        }
+        send(self.ssl(Method::POST, "/oauth2/token").json(&body)).await
+    }
+
+    /// `GET /status/200?access_token=…`: the status.
+    async fn use_token(&self, access: &str) -> u16 {
+        send(self.ssl(Method::GET, &format!("/status/200?access_token={access}")))
+            .await
+            .status
+    }
+
+    /// A token of `clientid123`, used once (200).
+    async fn used_token(&self) -> String {
+        let r = self.exchange("clientid123", "clientid123").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let access = r.body["access_token"].as_str().unwrap().to_string();
+        assert_eq!(self.use_token(&access).await, 200);
+        access
+    }
+
+    /// The id of credential `clientid123`.
+    async fn credential_id(&self) -> String {
+        let (s, c) = self
+            .app
+            .admin_get("/consumers/bob/oauth2/clientid123")
+            .await;
+        assert_eq!(s, 200, "{c}");
+        c["id"].as_str().unwrap().to_string()
+    }
+
+    /// The id of a token (Kong: `db.oauth2_tokens:select_by_access_token`).
+    async fn token_id(&self, access: &str) -> String {
+        let (s, t) = self
+            .app
+            .admin_get(&format!("/oauth2_tokens/{access}"))
+            .await;
+        assert_eq!(s, 200, "{t}");
+        t["id"].as_str().unwrap().to_string()
+    }
+}
 
 async fn inv1_deleting_the_credential(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let code = k.code(O, json!({})).await;
-    assert_eq!(
-        k.app
-            .admin_delete("/consumers/bob/oauth2/clientid123")
-            .await
-            .0,
-        204
-    );
-    let r = k
-        .post(
-            O,
-            "/oauth2/token",
-            json!({"code": code, "client_id": "clientid123", "client_secret": "secret123",
-                   "grant_type": "authorization_code"}),
-        )
+    let k = Invalidations::start(store).await;
+    let r = k.exchange("clientid123", "clientid123").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = k.credential_id().await;
+    let (s, b) = k
+        .app
+        .admin_delete(&format!("/consumers/bob/oauth2/{id}"))
         .await;
+    assert_eq!(s, 204, "{b}");
+    let r = k.exchange("clientid123", "clientid123").await;
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = k
-        .post(
-            O,
-            "/oauth2/authorize",
-            authz(json!({"scope": "email", "response_type": "code"})),
-        )
-        .await;
-    r.is(400, invalid_client());
 }
 
-async fn inv2_updating_the_client_id(store: Store) {
-    let k = Kong::start(store, &[O]).await;
+async fn inv2_updating_the_credential(store: Store) {
+    let k = Invalidations::start(store).await;
+    let r = k.exchange("clientid123", "clientid123").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = k.exchange("updated_clientid123", "clientid123").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let id = k.credential_id().await;
     let (s, b) = k
         .app
         .admin_patch(
-            "/consumers/bob/oauth2/clientid123",
+            &format!("/consumers/bob/oauth2/{id}"),
             json!({"client_id": "updated_clientid123"}),
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    let ask = |client: &'static str| {
-        k.post(
-            O,
-            "/oauth2/authorize",
-            authz(json!({"client_id": client, "scope": "email", "response_type": "code"})),
-        )
-    };
-    ask("updated_clientid123").await.redirects_like(CODE_RE);
-    ask("clientid123").await.is(400, invalid_client());
+    let r = k
+        .exchange("updated_clientid123", "updated_clientid123")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = k.exchange("clientid123", "clientid123").await;
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 async fn inv3_deleting_the_consumer(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let access = k.access(O).await;
-    assert_eq!(k.get_bearer(O, &access).await.status, 200);
+    let k = Invalidations::start(store).await;
+    let access = k.used_token().await;
     assert_eq!(k.app.admin_delete("/consumers/bob").await.0, 204);
-    let r = k.exchange_after_delete().await;
+    let r = k.exchange("clientid123", "clientid123").await;
     assert_eq!(r.status, 400, "{}", r.body);
-    k.get_bearer(O, &access).await.is(401, invalid_token());
+    assert_eq!(k.use_token(&access).await, 401);
 }
 
 async fn inv4_deleting_the_token(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let access = k.access(O).await;
-    let (_, row) = k.admin_token(&access).await;
-    let path = format!("/oauth2_tokens/{}", row["id"].as_str().unwrap());
-    assert_eq!(k.app.admin_delete(&path).await.0, 204);
-    k.get_bearer(O, &access).await.is(401, invalid_token());
+    let k = Invalidations::start(store).await;
+    let access = k.used_token().await;
+    assert_eq!(logs::errors(), Vec::<String>::new(), "no error in the log");
+    let id = k.token_id(&access).await;
+    assert_eq!(
+        k.app.admin_delete(&format!("/oauth2_tokens/{id}")).await.0,
+        204
+    );
+    assert_eq!(k.use_token(&access).await, 401);
 }
 
 async fn inv5_updating_the_access_token(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let access = k.access(O).await;
-    let (_, row) = k.admin_token(&access).await;
+    let k = Invalidations::start(store).await;
+    let access = k.used_token().await;
+    let id = k.token_id(&access).await;
     let (s, b) = k
         .app
         .admin_patch(
-            &format!("/oauth2_tokens/{}", row["id"].as_str().unwrap()),
+            &format!("/oauth2_tokens/{id}"),
             json!({"access_token": "updated_token"}),
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(k.get_bearer(O, "updated_token").await.status, 200);
-    k.get_bearer(O, &access).await.is(401, invalid_token());
+    assert_eq!(k.use_token("updated_token").await, 200);
+    assert_eq!(k.use_token(&access).await, 401);
 }
 
 async fn inv6_deleting_the_credential_invalidates_its_tokens(store: Store) {
-    let k = Kong::start(store, &[O]).await;
-    let access = k.access(O).await;
-    assert_eq!(
-        k.app
-            .admin_delete("/consumers/bob/oauth2/clientid123")
-            .await
-            .0,
-        204
-    );
-    k.get_bearer(O, &access).await.is(401, invalid_token());
+    let k = Invalidations::start(store).await;
+    let access = k.used_token().await;
+    let id = k.credential_id().await;
+    let (s, b) = k
+        .app
+        .admin_delete(&format!("/consumers/bob/oauth2/{id}"))
+        .await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(k.use_token(&access).await, 401);
 }
 
-impl Kong {
-    /// A client_credentials-shaped token request for clientid123 on oauth2.test (after its
-    /// consumer is gone: must fail).
-    async fn exchange_after_delete(&self) -> Resp {
-        self.post(
-            O,
-            "/oauth2/token",
-            json!({"code": "whatever", "client_id": "clientid123", "client_secret": "secret123",
-                   "grant_type": "authorization_code"}),
-        )
-        .await
+// ------------------------------------------------------------------------------------------------
+// 10.7 05-kdf_spec.lua — client secret hashing, seen through the admin API and the token endpoint
+// ------------------------------------------------------------------------------------------------
+//
+// Deliberate difference from Kong: Kong hashes secrets with PBKDF2-SHA512; Portcullis hashes new
+// secrets with argon2id and verifies Kong's PBKDF2 hashes (a database migrated from Kong). Kong's
+// unit spec calls `hash` and `verify` directly; here a hash is what the admin API stores for
+// `hash_secret = true`, and "verifies" is a client_credentials token answered 200 (or refused).
+
+/// Kong's static vector: PBKDF2 of "tofu" with the salt "a litte bit, just a little bit".
+const KDF_STATIC_KEY: &str = "$pbkdf2-sha512$i=10000,l=32$YSBsaXR0ZSBiaXQsIGp1c3QgYSBsaXR0bGUgYml0$z6ysNworexAhDELywIDi0ba0B0T7F/MBZ6Ige9lWRYI";
+
+/// A credential of bob with `client_id` and this `client_secret`, hashed (or kept if a hash).
+async fn hashed_credential(k: &Kong, client_id: &str, secret: &str) -> Value {
+    bob_credential(
+        &k.app,
+        json!({"name": client_id, "client_id": client_id, "client_secret": secret,
+               "hash_secret": true}),
+    )
+    .await
+}
+
+/// A client_credentials token request of `client_id` with secret "tofu".
+async fn tofu_token(k: &Kong, client_id: &str) -> Resp {
+    k.post(
+        CC,
+        "/oauth2/token",
+        cc(json!({"client_id": client_id, "client_secret": "tofu"})),
+    )
+    .await
+}
+
+/// Kong: `hash("tofu", { salt })` equals the static vector. Ours does not derive PBKDF2 hashes
+/// (see above); the vector is what the fixture's Kong-format hashes are made by, and a credential
+/// stored with it is kept as is and verifies "tofu".
+async fn kdf1_sanity(store: Store) {
+    assert_eq!(
+        kong_pbkdf2_salted("tofu", b"a litte bit, just a little bit"),
+        KDF_STATIC_KEY
+    );
+    let k = Kong::start(store, &[CC]).await;
+    let c = hashed_credential(&k, "static", KDF_STATIC_KEY).await;
+    assert_eq!(c["client_secret"], KDF_STATIC_KEY);
+    tofu_token(&k, "static").await.is_token(5, false);
+}
+
+/// Kong: `hash("tofu")` is not the static vector (a random salt). Here: two credentials hashing
+/// "tofu" store two different hashes, neither of them the vector.
+async fn kdf2_uses_random_salt_by_default(store: Store) {
+    let k = Kong::start(store, &[CC]).await;
+    let a = hashed_credential(&k, "tofu-a", "tofu").await["client_secret"].clone();
+    let b = hashed_credential(&k, "tofu-b", "tofu").await["client_secret"].clone();
+    assert_ne!(a, b);
+    for h in [&a, &b] {
+        assert_ne!(h, KDF_STATIC_KEY);
+        assert!(h.as_str().unwrap().starts_with("$argon2id$"), "{h}");
     }
+}
+
+/// Kong: "tofu" verifies against `hash("tofu")` and the static vector, not against `hash("bun")`.
+async fn kdf3_verifies_correctly(store: Store) {
+    let k = Kong::start(store, &[CC]).await;
+    hashed_credential(&k, "tofu", "tofu").await;
+    hashed_credential(&k, "static", KDF_STATIC_KEY).await;
+    hashed_credential(&k, "bun", "bun").await;
+    tofu_token(&k, "tofu").await.is_token(5, false);
+    tofu_token(&k, "static").await.is_token(5, false);
+    tofu_token(&k, "bun").await.is(400, invalid_client());
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -3342,7 +3779,8 @@ async fn bad1_oversized_body_on_the_token_endpoint(store: Store) {
         .is_token(5, false);
 }
 
-/// Repeated form parameters become lists (as in Kong) and are refused as such.
+/// Deliberate difference from Kong: a repeated parameter is refused by name as RFC 6749 §3.1 says ("MUST NOT be
+/// included more than once"); Kong turns it into a list that whichever check meets it refuses.
 async fn bad2_repeated_form_parameters(store: Store) {
     let k = Kong::start(store, &[CC]).await;
     let base =
@@ -3350,12 +3788,24 @@ async fn bad2_repeated_form_parameters(store: Store) {
     let cases = [
         (
             format!("{base}&grant_type=client_credentials"),
-            err("unsupported_grant_type", "Invalid grant_type"),
+            err(
+                "invalid_request",
+                "grant_type must not be included more than once",
+            ),
         ),
-        (format!("{base}&client_id=clientid123"), invalid_client()),
+        (
+            format!("{base}&client_id=clientid123"),
+            err(
+                "invalid_request",
+                "client_id must not be included more than once",
+            ),
+        ),
         (
             format!("{base}&scope=email"),
-            err("invalid_scope", "scope must be a string"),
+            err(
+                "invalid_request",
+                "scope must not be included more than once",
+            ),
         ),
     ];
     for (body, expected) in cases {
@@ -3670,9 +4120,12 @@ on_every_store!(
     schema10_error_when_no_flow_is_enabled,
     schema11_error_when_mandatory_scope_without_scopes,
     schema12_token_with_invalid_uuids,
-    schema13_deleting_a_service_deletes_its_tokens,
+    schema14_deleting_a_service_deletes_its_tokens_and_codes,
+    kdf1_sanity,
+    kdf2_uses_random_salt_by_default,
+    kdf3_verifies_correctly,
     inv1_deleting_the_credential,
-    inv2_updating_the_client_id,
+    inv2_updating_the_credential,
     inv3_deleting_the_consumer,
     inv4_deleting_the_token,
     inv5_updating_the_access_token,

@@ -4,12 +4,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod bodies;
 mod faults;
+mod hashed_secrets;
 mod helpers;
 mod introspection;
 mod kong_conformance;
 mod oauth2;
+mod oauth2_deviations;
+mod oauth2_rfc;
+mod openapi;
 mod postgres;
 mod proxy;
+mod registry;
 mod tls;
 mod tutorial;

@@ -1,4 +1,4 @@
-//! Proxy behaviour (Kong's semantics, `../shared/reference/gateways.md` §2).
+//! Proxy behaviour (Kong's semantics).
 
 use serde_json::Value;
 
@@ -214,7 +214,7 @@ async fn route_priority_follows_kong() {
 async fn strip_path_table_through_the_proxy() {
     let app = spawn_app().await;
     let up = spawn_upstream();
-    // (service path, strip_path, request, upstream path) from gateways.md §2.2.
+    // (service path, strip_path, request, upstream path), Kong's `strip_path` rules.
     let cases: &[(&str, bool, &str, &str)] = &[
         ("/svc", true, "/api/foo", "/svc/foo"),
         ("/svc", true, "/api", "/svc"),
@@ -322,7 +322,20 @@ async fn https_only_routes_answer_426_or_redirect() {
 
 #[actix_web::test]
 async fn forwarded_headers_from_untrusted_clients_are_replaced() {
-    let app = spawn_app().await;
+    assert_forwarded_headers_replaced(spawn_app().await).await;
+}
+
+/// `trusted_ips` set, but not to the peer: its headers are replaced all the same.
+#[actix_web::test]
+async fn forwarded_headers_from_a_peer_outside_trusted_ips_are_replaced() {
+    let mut settings = test_settings();
+    settings.trusted_ips = vec!["10.0.0.0/8".into(), "127.0.0.2".into(), "::1".into()];
+    assert_forwarded_headers_replaced(spawn_with(settings).await).await;
+}
+
+/// Spoofed `X-Forwarded-*`, `X-Real-IP` and `Via` from 127.0.0.1 reach the upstream as the
+/// gateway's own values.
+async fn assert_forwarded_headers_replaced(app: TestApp) {
     let up = spawn_upstream();
     service_with_route(
         &app,
@@ -840,7 +853,24 @@ async fn spawn_scripted_upstream() -> (u16, std::sync::Arc<std::sync::atomic::At
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     buf.drain(..end);
                     let path = head.split(' ').nth(1).unwrap_or_default();
+                    let huge_head;
                     let answer: &[u8] = match path {
+                        "/huge-head" => {
+                            // 130,000 bytes in 20 lines: over the size limit, not the line limit.
+                            let filler = "x".repeat(6490);
+                            let lines = (0..20).map(|i| format!("X-F{i:02}: {filler}\r\n"));
+                            huge_head = format!(
+                                "HTTP/1.1 200 OK\r\n{}Content-Length: 2\r\n\r\nok",
+                                lines.collect::<String>()
+                            );
+                            huge_head.as_bytes()
+                        }
+                        "/coded-with-length" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nall of it",
+                        "/plus-length" => b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+                        "/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+                        "/signed-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+2\r\nok\r\n0\r\n\r\n",
+                        "/stall" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                        "/switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nraw bytes",
                         "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
                         "/interim" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                         "/until-close" => b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
@@ -848,6 +878,10 @@ async fn spawn_scripted_upstream() -> (u16, std::sync::Arc<std::sync::atomic::At
                         _ => b"HTTP/1.1 abc\r\n\r\n",
                     };
                     if conn.write_all(answer).await.is_err() || path != "/chunked" {
+                        if path == "/stall" {
+                            // Part of the body, then nothing more, the connection held open.
+                            std::future::pending::<()>().await;
+                        }
                         return;
                     }
                 }
@@ -908,7 +942,87 @@ async fn upstream_answers_are_framed_and_connections_reused_or_replaced() {
         Err(_) => false,
     };
     assert!(!complete, "a truncated body must not look complete");
+    // The head was already on its way: the log says why the client's connection was closed.
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(5),
+        "the broken body is logged",
+        || async {
+            crate::helpers::logs::logged(tracing::Level::WARN)
+                .into_iter()
+                .find(|line| {
+                    line.contains("closing the client connection")
+                        && line.contains("before the end of the body")
+                })
+        },
+    )
+    .await;
     // The gateway still serves after all of that.
     let (status, _, body) = get("/chunked").await;
     assert_eq!((status, &body.unwrap()[..]), (200, &b"hello world"[..]));
+}
+
+#[actix_web::test]
+async fn upstream_answers_that_could_desynchronise_are_refused_with_502() {
+    let app = spawn_app().await;
+    let (port, _) = spawn_scripted_upstream().await;
+    app.expose("raw", &format!("http://127.0.0.1:{port}"), &["/raw"])
+        .await;
+    for path in [
+        "/plus-length",
+        "/two-lengths",
+        "/signed-chunk",
+        "/switch",
+        "/huge-head",
+    ] {
+        let resp = app.proxy_get(&format!("/raw{path}")).await;
+        assert_eq!(resp.status(), 502, "{path}");
+        assert_gateway_error(
+            resp,
+            502,
+            "An invalid response was received from the upstream server",
+        )
+        .await;
+    }
+    // A coding that does not end in chunked overrides the length: the body runs until close.
+    let resp = app.proxy_get("/raw/coded-with-length").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&resp.bytes().await.unwrap()[..], b"all of it");
+}
+
+#[actix_web::test]
+async fn read_timeout_bounds_the_waits_for_an_upstream_body_on_both_clients() {
+    let app = spawn_app().await;
+    let (port, _) = spawn_scripted_upstream().await;
+    let (s, _) = app
+        .admin_post(
+            "/services",
+            json!({"name": "stall", "url": format!("http://127.0.0.1:{port}"), "read_timeout": 200}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = app
+        .admin_post(
+            "/services/stall/routes",
+            json!({"paths": ["/stall"], "strip_path": false}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // A body-less GET takes the lean client; a streamed upload takes hyper's.
+    let get = app.http.get(format!("{}/stall", app.proxy));
+    let upload = app
+        .http
+        .post(format!("{}/stall", app.proxy))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter([
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"up")),
+        ])));
+    for request in [get, upload] {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // The gateway cuts the body, long before this test's own patience runs out.
+        let body = tokio::time::timeout(std::time::Duration::from_secs(10), resp.bytes()).await;
+        assert!(
+            matches!(body, Ok(Err(_))),
+            "the stalled body ends in an error"
+        );
+    }
 }

@@ -1,0 +1,214 @@
+//! The plugin contract, a leaf the router, the proxy and every plugin depend on: a [`Plugin`] is a
+//! kind of plugin (its schema, its priority, how to compile a configured instance); a
+//! [`PluginRuntime`] is one compiled instance with typed config that runs in the request phases,
+//! shaped like pingora's `ProxyHttp`: access (may short-circuit), response header filter, and a
+//! log phase that always runs. [`RequestCtx`] is what a plugin may read or change about one
+//! request. It imports only the entities and the schema language: never the router, the proxy, the
+//! admin API or a plugin.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse};
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::entities::{Consumer, Identities, PluginInstance, Route, Service};
+use crate::schema::{FieldErrors, Schema};
+
+/// The scheme of the listener a request arrived on. Never taken from a client header: whether a
+/// trusted peer's `X-Forwarded-Proto` counts is each consumer's own decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// A plain listener.
+    Http,
+    /// A TLS listener.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`, as it appears in URLs and `X-Forwarded-Proto`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+
+    /// Whether the listener terminates TLS.
+    pub const fn is_https(self) -> bool {
+        matches!(self, Self::Https)
+    }
+}
+
+/// What the access phase decided.
+pub enum Flow {
+    /// Go on with the next plugin, then the upstream.
+    Continue,
+    /// Answer the client with this response; later plugins' access phases and the upstream are
+    /// skipped, the log phase still runs.
+    Respond(HttpResponse),
+}
+
+/// Everything a plugin may read or change about one request.
+pub struct RequestCtx {
+    /// The client request (headers, URI, peer).
+    pub req: HttpRequest,
+    /// The listener's scheme (never from a client header; plugins decide themselves whether a
+    /// trusted peer's `X-Forwarded-Proto` counts).
+    pub scheme: Scheme,
+    /// Client address after `trusted_ips` / `real_ip_header` resolution.
+    pub client_ip: IpAddr,
+    /// Whether the peer is in `trusted_ips` (its `X-Forwarded-*` headers are believed).
+    pub trusted: bool,
+    /// The matched route (its `hosts` name the authorization server of an `oauth2` route).
+    pub route: Arc<Route>,
+    /// Service of the matched route.
+    pub service: Option<Arc<Service>>,
+    /// The consumers and OAuth clients of the router snapshot the request is served from.
+    pub snapshot: Arc<Identities>,
+    /// Buffered request body, when a plugin asked for it.
+    pub body: Option<Bytes>,
+    /// A plugin asked for the body and it exceeded `client_max_body_size`; the plugin may answer
+    /// in its own format, otherwise the proxy answers 413.
+    pub body_too_large: bool,
+    /// Headers to set (`Some`) or remove (`None`) on the upstream request, in order.
+    pub upstream_headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Query parameters to strip from the upstream request (e.g. `access_token`).
+    pub strip_query: Vec<&'static str>,
+    /// Replacement for the buffered body (e.g. `access_token` removed from a form).
+    pub replace_body: Option<Bytes>,
+    /// The authenticated (or anonymous) consumer.
+    pub consumer: Option<Arc<Consumer>>,
+    /// Whether an auth plugin has authenticated a credential.
+    pub authenticated: bool,
+    /// Largest body a plugin may buffer.
+    pub max_body: usize,
+}
+
+impl RequestCtx {
+    /// Sets an upstream header.
+    pub fn set_upstream(&mut self, name: &'static str, value: &str) {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.upstream_headers
+                .push((HeaderName::from_static(name), Some(v)));
+        }
+    }
+
+    /// [`RequestCtx::set_upstream`] for a name built at config time.
+    pub fn set_upstream_named(&mut self, name: &HeaderName, value: &str) {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.upstream_headers.push((name.clone(), Some(v)));
+        }
+    }
+
+    /// Removes an upstream header (also a copy sent by the client). Nothing is recorded when
+    /// neither the client nor an earlier plugin supplied the header: auth plugins clear a dozen
+    /// identity headers per request, and almost none are ever there.
+    pub fn clear_upstream(&mut self, name: &'static str) {
+        if self.supplied(name) {
+            self.upstream_headers
+                .push((HeaderName::from_static(name), None));
+        }
+    }
+
+    /// [`RequestCtx::clear_upstream`] for a name built at config time.
+    pub fn clear_upstream_named(&mut self, name: &HeaderName) {
+        if self.supplied(name.as_str()) {
+            self.upstream_headers.push((name.clone(), None));
+        }
+    }
+
+    /// Sets `X-Consumer-*` from a consumer, removing the ones it has no value for.
+    pub fn set_consumer_headers(&mut self, consumer: &Consumer) {
+        let mut id = uuid::Uuid::encode_buffer();
+        self.set_upstream(
+            "x-consumer-id",
+            consumer.id.hyphenated().encode_lower(&mut id),
+        );
+        match &consumer.custom_id {
+            Some(c) => self.set_upstream("x-consumer-custom-id", c),
+            None => self.clear_upstream("x-consumer-custom-id"),
+        }
+        match &consumer.username {
+            Some(u) => self.set_upstream("x-consumer-username", u),
+            None => self.clear_upstream("x-consumer-username"),
+        }
+    }
+
+    /// Whether the client or an earlier plugin supplied this (lower-case) upstream header.
+    fn supplied(&self, name: &str) -> bool {
+        // A scan of the client's few headers: a lookup by `&str` parses the name (allocating a
+        // custom one) and hashes it, for a dozen clears per request.
+        self.req.headers().keys().any(|n| n.as_str() == name)
+            || self
+                .upstream_headers
+                .iter()
+                .any(|(n, v)| v.is_some() && n.as_str() == name)
+    }
+
+    /// Query string arguments of the request.
+    pub fn query(&self) -> Vec<(String, String)> {
+        serde_urlencoded::from_str(self.req.query_string()).unwrap_or_default()
+    }
+}
+
+/// A kind of plugin: identity, schema and compilation of configured instances.
+pub trait Plugin: Send + Sync + 'static {
+    /// Name used in the admin API (`oauth2`).
+    fn name(&self) -> &'static str;
+    /// Execution order: higher runs first (Kong's handler priorities).
+    fn priority(&self) -> i32;
+    /// Schema of `config`.
+    fn schema(&self) -> &'static Schema;
+    /// Whether the plugin may be scoped to a consumer.
+    fn allows_consumer_scope(&self) -> bool {
+        true
+    }
+    /// Fills generated values (e.g. a `provision_key`) after schema validation.
+    fn complete_config(&self, _config: &mut Map<String, Value>) {}
+    /// Hides secrets (e.g. `authorization_value`) in a config about to be shown by the admin API.
+    fn mask_config(&self, _config: &mut Map<String, Value>) {}
+    /// Plugin-specific checks beyond the schema (errors under `config`).
+    ///
+    /// # Errors
+    /// Field errors under `config`.
+    fn check_config(&self, _config: &Map<String, Value>) -> Result<(), FieldErrors> {
+        Ok(())
+    }
+    /// A check of the config as a whole, run once its fields pass (Kong's `custom_validator` on
+    /// the `config` record): Kong answers its failure as one message, `fields.config = "<message>"`,
+    /// not as field errors.
+    ///
+    /// # Errors
+    /// The message.
+    fn check_whole_config(&self, _config: &Map<String, Value>) -> Result<(), String> {
+        Ok(())
+    }
+    /// Compiles one instance into its runtime form (typed config, shared handles).
+    ///
+    /// # Errors
+    /// A description of why the stored config cannot run.
+    fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String>;
+}
+
+/// One compiled plugin instance, run for each request on its scope.
+#[async_trait(?Send)]
+pub trait PluginRuntime: Send + Sync + 'static {
+    /// Plugin name.
+    fn name(&self) -> &'static str;
+    /// Priority (copied from the [`Plugin`]).
+    fn priority(&self) -> i32;
+    /// Whether the access phase needs the buffered body.
+    fn needs_body(&self, _ctx: &RequestCtx) -> bool {
+        false
+    }
+    /// Access phase: authenticate, transform, or answer directly.
+    async fn access(&self, ctx: &mut RequestCtx) -> Flow;
+    /// Response phase: adjust the headers sent to the client.
+    fn response_headers(&self, _ctx: &RequestCtx, _headers: &mut HeaderMap) {}
+    /// Log phase: always runs, after the response.
+    fn log(&self, _ctx: &RequestCtx, _status: u16) {}
+}
