@@ -9,14 +9,35 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::HttpRequest;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::entities::{Consumer, Identities, PluginInstance, Route, Service};
 use crate::schema::{FieldErrors, Schema};
+
+/// The header types plugins read and write: named here so that plugins do not name a server
+/// stack.
+pub use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+/// Status codes and methods as plugins see them.
+pub use actix_web::http::{Method, StatusCode};
+
+/// An answer a plugin (or the gateway itself) gives the client instead of the upstream's. Built
+/// with [`json_answer`] or [`empty_answer`]; headers are added through `headers_mut()`.
+pub type Answer = actix_web::HttpResponse;
+
+/// An answer with a JSON body (`Content-Type: application/json; charset=utf-8`, Kong's).
+pub fn json_answer(status: StatusCode, body: &Value) -> Answer {
+    actix_web::HttpResponse::build(status)
+        .content_type("application/json; charset=utf-8")
+        .body(body.to_string())
+}
+
+/// An answer without a body.
+pub fn empty_answer(status: StatusCode) -> Answer {
+    actix_web::HttpResponse::new(status)
+}
 
 /// The scheme of the listener a request arrived on. Never taken from a client header: whether a
 /// trusted peer's `X-Forwarded-Proto` counts is each consumer's own decision.
@@ -49,7 +70,7 @@ pub enum Flow {
     Continue,
     /// Answer the client with this response; later plugins' access phases and the upstream are
     /// skipped, the log phase still runs.
-    Respond(HttpResponse),
+    Respond(Answer),
 }
 
 /// Everything a plugin may read or change about one request.
