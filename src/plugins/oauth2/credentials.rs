@@ -46,8 +46,10 @@ pub static CREDENTIAL_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             FieldType::Array(Box::new(FieldType::String)),
         )
         .check(check_redirect_uri)
+        // Host labels never hold `--`: one starting `xn--` is punycode, which URL parsers decode
+        // and may refuse.
         .pattern(
-            "https?://([a-z0-9-]{1,20}\\.){0,3}[a-z][a-z0-9-]{0,19}(/[A-Za-z0-9._~-]{0,10}){0,3}",
+            "https?://([a-z0-9]{1,10}(-[a-z0-9]{1,9})?\\.){0,3}[a-z][a-z0-9]{0,9}(-[a-z0-9]{1,9})?(/[A-Za-z0-9._~-]{0,10}){0,3}",
         ),
         Field::new("client_type", FieldType::String)
             .required()
