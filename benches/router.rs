@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use actix_web::http::Method;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::Method;
 use portcullis::entities::Route;
 use portcullis::router::{CompiledRoute, MatchInput, RouterSnapshot, SnapshotParts};
 use serde_json::json;

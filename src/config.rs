@@ -120,6 +120,10 @@ pub struct Settings {
     /// Longest wait, in seconds, between two reads of a proxied request's body (nginx's
     /// `client_body_timeout`): a client that stalls longer gets `408` and its connection closed.
     pub client_body_timeout: u64,
+    /// Longest time, in seconds, a client may take to send the whole head of a request (every
+    /// request of a keep-alive connection, and the TLS handshake) on the proxy listeners (nginx's
+    /// `client_header_timeout`); a client that takes longer has its connection closed.
+    pub client_header_timeout: u64,
     /// When set, every admin request must carry it (`Authorization: Bearer …` or `Kong-Admin-Token`).
     pub admin_token: Option<Secret<String>>,
     /// Failed client authentications a client_id may have from one address inside
@@ -163,6 +167,7 @@ impl Default for Settings {
             upstream_keepalive_idle_timeout: 60,
             client_max_body_size: "1m".into(),
             client_body_timeout: 60,
+            client_header_timeout: 5,
             admin_token: None,
             oauth2_auth_failure_limit: 10,
             oauth2_auth_failure_window: 60,
@@ -219,6 +224,12 @@ pub struct Listen {
     pub ssl: bool,
     /// Length of the queue of connections not yet accepted (`backlog=N`, as nginx's flag).
     pub backlog: u32,
+    /// Kong's `http2`: on a plain proxy listener, HTTP/2 with prior knowledge (h2c) beside
+    /// HTTP/1.1 (TLS proxy listeners offer h2 by ALPN whatever the flag).
+    pub http2: bool,
+    /// Kong's `reuseport`: one socket per worker thread (`SO_REUSEPORT`), the kernel spreading
+    /// new connections over them.
+    pub reuseport: bool,
 }
 
 /// The accept queue length of a listener without `backlog=N`.
@@ -227,8 +238,6 @@ pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Kong and nginx listen flags the gateway does not implement: refused at start, naming the
 /// flag, rather than accepted and ignored.
 const UNSUPPORTED_LISTEN_FLAGS: &[&str] = &[
-    "http2",
-    "reuseport",
     "deferred",
     "bind",
     "proxy_protocol",
@@ -277,6 +286,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("upstream_keepalive_idle_timeout", Kind::Int),
     ("client_max_body_size", Kind::Str),
     ("client_body_timeout", Kind::Int),
+    ("client_header_timeout", Kind::Int),
     ("admin_token", Kind::Str),
     ("oauth2_auth_failure_limit", Kind::Int),
     ("oauth2_auth_failure_window", Kind::Int),
@@ -404,6 +414,15 @@ impl Settings {
                 reason: format!(
                     "expected 1 to 86400 seconds, got {}",
                     self.client_body_timeout
+                ),
+            });
+        }
+        if !(1..=3_600).contains(&self.client_header_timeout) {
+            return Err(ConfigError::Value {
+                key: "client_header_timeout",
+                reason: format!(
+                    "expected 1 to 3600 seconds, got {}",
+                    self.client_header_timeout
                 ),
             });
         }
@@ -709,11 +728,25 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
                 addr,
                 ssl: false,
                 backlog: DEFAULT_BACKLOG,
+                http2: false,
+                reuseport: false,
             };
             for flag in words {
                 let reason = match flag {
                     "ssl" => {
                         listen.ssl = true;
+                        continue;
+                    }
+                    // The admin API's listeners (actix-web) serve neither.
+                    "http2" | "reuseport" if key == "admin_listen" => {
+                        format!("listen flag '{flag}' is not supported by this gateway")
+                    }
+                    "http2" => {
+                        listen.http2 = true;
+                        continue;
+                    }
+                    "reuseport" => {
+                        listen.reuseport = true;
                         continue;
                     }
                     f if f.starts_with("backlog=") => match parse_backlog(&f["backlog=".len()..]) {
@@ -762,6 +795,8 @@ mod tests {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 ssl: false,
                 backlog: DEFAULT_BACKLOG,
+                http2: false,
+                reuseport: false,
             }]
         );
         let err = Settings::load(None, [("PORTCULLIS_PG_PORT".into(), "abc".into())]).unwrap_err();
@@ -802,7 +837,20 @@ mod tests {
         let parsed = listen("127.0.0.1:0 ssl backlog=16, 127.0.0.1:0").unwrap();
         assert_eq!((parsed[0].ssl, parsed[0].backlog), (true, 16));
         assert_eq!((parsed[1].ssl, parsed[1].backlog), (false, DEFAULT_BACKLOG));
-        for flag in ["http2", "reuseport", "deferred", "bind", "proxy_protocol"] {
+        let flagged = listen("127.0.0.1:0 http2 reuseport").unwrap();
+        assert!(flagged[0].http2 && flagged[0].reuseport);
+        assert!(!parsed[0].http2 && !parsed[0].reuseport);
+        for flag in ["http2", "reuseport"] {
+            assert_eq!(
+                parse_listen("admin_listen", &format!("127.0.0.1:0 {flag}"))
+                    .unwrap_err()
+                    .to_string(),
+                format!(
+                    "invalid value for `admin_listen`: listen flag '{flag}' is not supported by this gateway"
+                )
+            );
+        }
+        for flag in ["deferred", "bind", "proxy_protocol"] {
             assert_eq!(
                 listen(&format!("127.0.0.1:0 {flag}")).unwrap_err(),
                 format!(
@@ -917,6 +965,16 @@ mod tests {
             ("PORTCULLIS_PG_HOST", " ", "pg_host"),
             ("PORTCULLIS_PG_TIMEOUT", "0", "pg_timeout"),
             ("PORTCULLIS_CLIENT_BODY_TIMEOUT", "0", "client_body_timeout"),
+            (
+                "PORTCULLIS_CLIENT_HEADER_TIMEOUT",
+                "0",
+                "client_header_timeout",
+            ),
+            (
+                "PORTCULLIS_CLIENT_HEADER_TIMEOUT",
+                "3601",
+                "client_header_timeout",
+            ),
             (
                 "PORTCULLIS_CLIENT_BODY_TIMEOUT",
                 "86401",

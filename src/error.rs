@@ -18,6 +18,7 @@ use actix_web::{HttpResponse, ResponseError};
 use portcullis_stores::StoreError;
 use serde_json::{json, Map, Value};
 
+use crate::body::AnswerBody;
 use crate::schema::{violation_message, FieldErrors};
 
 /// Why an admin request failed.
@@ -287,7 +288,8 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Status and message of Kong's answer for this error.
-    pub fn status_and_message(&self) -> (StatusCode, &'static str) {
+    pub fn status_and_message(&self) -> (http::StatusCode, &'static str) {
+        use http::StatusCode;
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no Route matched with those values"),
             Self::BadGateway(_) => (
@@ -310,7 +312,8 @@ impl ProxyError {
     }
 
     /// Kong's JSON answer carrying the request id.
-    pub fn to_response(&self, request_id: &str) -> HttpResponse {
+    pub fn to_response(&self, request_id: &str) -> http::Response<AnswerBody> {
+        use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
         match self {
             Self::BadGateway(detail) => {
                 tracing::warn!(request_id, error = %detail, "upstream failed")
@@ -319,18 +322,25 @@ impl ProxyError {
             _ => {}
         }
         let (status, message) = self.status_and_message();
-        let mut resp = HttpResponse::build(status);
+        let body = json!({ "message": message, "request_id": request_id }).to_string();
+        let mut resp = http::Response::new(AnswerBody::from(body));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         match self {
             Self::UseHttps => {
-                resp.insert_header(("Upgrade", "TLS/1.2, HTTP/1.1"));
-                resp.insert_header(("Connection", "Upgrade"));
+                headers.insert(UPGRADE, HeaderValue::from_static("TLS/1.2, HTTP/1.1"));
+                headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
             }
             // The rest of the body is never read: the connection cannot carry another request.
             Self::TooLarge | Self::ClientTimeout => {
-                resp.force_close();
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
-        resp.json(json!({ "message": message, "request_id": request_id }))
+        resp
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 /// Modules that shared contracts and data live in: they must not depend on the request
 /// pipeline, the admin API, the plugins or the actors.
 const LOWER: &[&str] = &[
+    "body",
     "clock",
     "config",
     "crypto",

@@ -24,6 +24,7 @@
 //!   and the registry of the kinds this build offers.
 //! - [`actors`]: the single writers: config registry, token lifecycle, cluster sync (other nodes'
 //!   changes heard through Postgres LISTEN/NOTIFY → caches and router snapshot).
+//! - [`body`]: the body type of every answer the proxy listeners write.
 //! - [`clock`]: the wall clock in unix seconds, a leaf every layer reads time from.
 //! - [`crypto`]: random tokens, digests, constant-time comparison, secret hashing.
 //! - [`tls`]: rustls server and client configs, self-signed certificates, and their own error.
@@ -44,6 +45,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod actors;
 pub mod admin;
+pub mod body;
 pub mod clock;
 pub mod config;
 pub mod crypto;

@@ -6,10 +6,10 @@
 //! request. It imports only the entities and the schema language: never the router, the proxy, the
 //! admin API or a plugin.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 
-use actix_web::HttpRequest;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -17,26 +17,91 @@ use serde_json::{Map, Value};
 use crate::entities::{Consumer, Identities, PluginInstance, Route, Service};
 use crate::schema::{FieldErrors, Schema};
 
-/// The header types plugins read and write: named here so that plugins do not name a server
-/// stack.
-pub use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-/// Status codes and methods as plugins see them.
-pub use actix_web::http::{Method, StatusCode};
+use crate::body::AnswerBody;
+
+/// The header types plugins read and write (`http` 1.x, hyper's): named here so that plugins do
+/// not name a server stack.
+pub use http::header::{HeaderMap, HeaderName, HeaderValue};
+/// Status codes, methods and URIs as plugins see them.
+pub use http::{Method, StatusCode, Uri, Version};
 
 /// An answer a plugin (or the gateway itself) gives the client instead of the upstream's. Built
 /// with [`json_answer`] or [`empty_answer`]; headers are added through `headers_mut()`.
-pub type Answer = actix_web::HttpResponse;
+pub type Answer = http::Response<AnswerBody>;
 
 /// An answer with a JSON body (`Content-Type: application/json; charset=utf-8`, Kong's).
 pub fn json_answer(status: StatusCode, body: &Value) -> Answer {
-    actix_web::HttpResponse::build(status)
-        .content_type("application/json; charset=utf-8")
-        .body(body.to_string())
+    let mut answer = http::Response::new(AnswerBody::from(body.to_string()));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    answer
 }
 
 /// An answer without a body.
 pub fn empty_answer(status: StatusCode) -> Answer {
-    actix_web::HttpResponse::new(status)
+    let mut answer = http::Response::new(AnswerBody::Empty);
+    *answer.status_mut() = status;
+    answer
+}
+
+/// A client request as plugins see it: its head (method, URI, version, headers) and the
+/// addresses of the connection it came on. The body is not here: the proxy reads it, and hands a
+/// plugin that asks for it ([`PluginRuntime::needs_body`]) the buffered bytes in
+/// [`RequestCtx::body`].
+pub struct ClientRequest {
+    head: http::request::Parts,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl ClientRequest {
+    /// A request head from a connection between `peer` and `local`.
+    pub fn new(head: http::request::Parts, peer: SocketAddr, local: SocketAddr) -> Self {
+        Self { head, peer, local }
+    }
+
+    /// Request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.head.headers
+    }
+
+    /// Request target.
+    pub fn uri(&self) -> &Uri {
+        &self.head.uri
+    }
+
+    /// Request method.
+    pub fn method(&self) -> &Method {
+        &self.head.method
+    }
+
+    /// HTTP version.
+    pub fn version(&self) -> Version {
+        self.head.version
+    }
+
+    /// The path of the request target.
+    pub fn path(&self) -> &str {
+        self.head.uri.path()
+    }
+
+    /// The query string without its `?` (empty when there is none).
+    pub fn query_string(&self) -> &str {
+        self.head.uri.query().unwrap_or_default()
+    }
+
+    /// The connection's peer (before `trusted_ips` / `real_ip_header`).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The listener's address the connection arrived on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
 }
 
 /// The scheme of the listener a request arrived on. Never taken from a client header: whether a
@@ -76,7 +141,7 @@ pub enum Flow {
 /// Everything a plugin may read or change about one request.
 pub struct RequestCtx {
     /// The client request (headers, URI, peer).
-    pub req: HttpRequest,
+    pub req: Rc<ClientRequest>,
     /// The listener's scheme (never from a client header; plugins decide themselves whether a
     /// trusted peer's `X-Forwarded-Proto` counts).
     pub scheme: Scheme,

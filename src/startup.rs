@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use actix::Actor;
 use actix_web::dev::Server;
-use actix_web::http::header::HeaderName;
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 use portcullis_stores::memory::{MemoryConfigStore, MemoryTokenStore};
@@ -21,13 +20,13 @@ use crate::actors::registry::{ConfigRegistry, Reload};
 use crate::actors::token_lifecycle::TokenLifecycle;
 use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, Database, Listen, Settings};
-use crate::plugin_api::Scheme;
 use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache};
 use crate::plugins::oauth2::lockout::{ClientLockout, LockoutPolicy};
 use crate::plugins::oauth2::{OAuthDeps, VerifiedSecrets};
 use crate::plugins::PluginRegistry;
+use crate::proxy::server::{ConnectionLimits, ProxyListener, ProxyServer, ProxyServerHandle};
 use crate::proxy::upstream::UpstreamClients;
-use crate::proxy::{self, ProxyState, ProxyWorker};
+use crate::proxy::ProxyState;
 use crate::router::RouterSnapshot;
 
 /// Why the gateway could not start.
@@ -249,11 +248,32 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
     }
 }
 
+/// Stops one of the gateway's servers: the proxy listeners (hyper, their own worker threads) or
+/// an admin server (actix-web).
+#[derive(Clone)]
+pub enum ServerHandle {
+    /// The proxy listeners.
+    Proxy(ProxyServerHandle),
+    /// An admin API server.
+    Admin(actix_web::dev::ServerHandle),
+}
+
+impl ServerHandle {
+    /// Stops the server; `graceful` gives requests in flight the shutdown timeout.
+    pub async fn stop(&self, graceful: bool) {
+        match self {
+            Self::Proxy(handle) => handle.stop(graceful).await,
+            Self::Admin(handle) => handle.stop(graceful).await,
+        }
+    }
+}
+
 /// A built gateway: listeners bound, actors started, servers ready to run.
 pub struct Application {
     proxy: Vec<(SocketAddr, bool)>,
     admin: Vec<(SocketAddr, bool)>,
     servers: Vec<Server>,
+    proxy_server: Option<ProxyServer>,
     /// The current router snapshot (tests inspect it).
     pub snapshot: Arc<ArcSwap<RouterSnapshot>>,
     /// Hashed client secrets verified recently (tests count the verifications it saves).
@@ -262,26 +282,32 @@ pub struct Application {
 
 /// A listening socket with the entry's backlog (std's `TcpListener::bind` fixes it at 128, and
 /// actix's own `backlog` applies only to the addresses it binds itself).
-fn bind(key: &'static str, listen: &Listen) -> Result<TcpListener, ConfigError> {
+fn bind(key: &'static str, listen: &Listen, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let failed = |e: std::io::Error| ConfigError::Value {
         key,
         reason: format!("cannot bind {}: {e}", listen.addr),
     };
-    let socket = Socket::new(
-        Domain::for_address(listen.addr),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )
-    .map_err(failed)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(failed)?;
     // As std does: a restarted gateway may bind while old connections sit in TIME_WAIT.
     #[cfg(unix)]
     socket.set_reuse_address(true).map_err(failed)?;
-    socket.bind(&listen.addr.into()).map_err(failed)?;
+    #[cfg(unix)]
+    if listen.reuseport {
+        socket.set_reuse_port(true).map_err(failed)?;
+    }
+    socket.bind(&addr.into()).map_err(failed)?;
     let backlog = i32::try_from(listen.backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(failed)?;
     socket.set_nonblocking(true).map_err(failed)?;
     Ok(socket.into())
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|e| StartError::Store(e.to_string()))
 }
 
 fn upstream_clients(settings: &Settings) -> UpstreamClients {
@@ -355,10 +381,10 @@ impl Application {
         let mut proxy_addrs = Vec::new();
         let mut admin_addrs = Vec::new();
 
-        let proxy_state = web::Data::new(ProxyState {
+        let proxy_state = Arc::new(ProxyState {
             snapshot: snapshot.clone(),
             trusted: settings.trusted_networks()?,
-            real_ip_header: HeaderName::from_bytes(
+            real_ip_header: http::HeaderName::from_bytes(
                 settings.real_ip_header.to_ascii_lowercase().as_bytes(),
             )
             .map_err(|_| ConfigError::Value {
@@ -368,54 +394,62 @@ impl Application {
             max_body: settings.max_body_bytes()?,
             client_body_timeout: Duration::from_secs(settings.client_body_timeout),
         });
-        for tls in [false, true] {
-            let listeners: Vec<&Listen> = proxy_listen.iter().filter(|l| l.ssl == tls).collect();
-            if listeners.is_empty() {
-                continue;
+        let mut proxy_server = None;
+        if !proxy_listen.is_empty() {
+            let workers = settings.workers();
+            let mut tls_config = None;
+            let mut listeners = Vec::with_capacity(proxy_listen.len());
+            for listen in &proxy_listen {
+                let tls = if listen.ssl {
+                    if tls_config.is_none() {
+                        let files = settings
+                            .ssl_cert
+                            .as_deref()
+                            .zip(settings.ssl_cert_key.as_deref());
+                        tls_config = Some(crate::tls::server_config("ssl_cert", files)?);
+                    }
+                    tls_config.clone()
+                } else {
+                    None
+                };
+                let sockets = if listen.reuseport {
+                    let first = bind("proxy_listen", listen, listen.addr)?;
+                    // Port 0: the others take the port the first one got.
+                    let addr = local_addr(&first)?;
+                    let mut sockets = vec![first];
+                    for _ in 1..workers {
+                        sockets.push(bind("proxy_listen", listen, addr)?);
+                    }
+                    sockets
+                } else {
+                    vec![bind("proxy_listen", listen, listen.addr)?]
+                };
+                let addr = local_addr(&sockets[0])?;
+                tracing::info!(%addr, tls = listen.ssl, http2 = listen.http2, reuseport = listen.reuseport, "proxy listening");
+                proxy_addrs.push((addr, listen.ssl));
+                listeners.push(ProxyListener {
+                    sockets,
+                    addr,
+                    tls,
+                    http2: listen.http2,
+                });
             }
-            let state = proxy_state.clone();
             let client_settings = settings.clone();
-            let scheme = if tls { Scheme::Https } else { Scheme::Http };
-            let mut server = HttpServer::new(move || {
-                App::new()
-                    .app_data(web::Data::new(ProxyWorker {
-                        state: state.clone(),
-                        clients: upstream_clients(&client_settings),
-                        scheme,
-                    }))
-                    .app_data(web::PayloadConfig::new(usize::MAX))
-                    .default_service(web::to(proxy::handle))
-            })
-            .workers(settings.workers())
-            .max_connection_rate(4096)
-            .shutdown_timeout(5)
-            .disable_signals();
-            let tls_config = if tls {
-                let files = settings
-                    .ssl_cert
-                    .as_deref()
-                    .zip(settings.ssl_cert_key.as_deref());
-                Some(crate::tls::server_config("ssl_cert", files)?)
-            } else {
-                None
-            };
-            for listen in listeners {
-                let listener = bind("proxy_listen", listen)?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(|e| StartError::Store(e.to_string()))?;
-                server = match &tls_config {
-                    Some(cfg) => server.listen_rustls_0_23(listener, (**cfg).clone()),
-                    None => server.listen(listener),
-                }
-                .map_err(|e| ConfigError::Value {
-                    key: "proxy_listen",
-                    reason: e.to_string(),
-                })?;
-                tracing::info!(%addr, tls, "proxy listening");
-                proxy_addrs.push((addr, tls));
-            }
-            servers.push(server.run());
+            let server = ProxyServer::start(
+                listeners,
+                workers,
+                proxy_state,
+                Arc::new(move || upstream_clients(&client_settings)),
+                ConnectionLimits {
+                    header_timeout: Duration::from_secs(settings.client_header_timeout),
+                    shutdown_timeout: Duration::from_secs(5),
+                },
+            )
+            .map_err(|e| ConfigError::Value {
+                key: "proxy_listen",
+                reason: e.to_string(),
+            })?;
+            proxy_server = Some(server);
         }
 
         if !admin_listen.is_empty() {
@@ -440,7 +474,7 @@ impl Application {
             .disable_signals();
             let mut tls_config = None;
             for listen in &admin_listen {
-                let listener = bind("admin_listen", listen)?;
+                let listener = bind("admin_listen", listen, listen.addr)?;
                 let addr = listener
                     .local_addr()
                     .map_err(|e| StartError::Store(e.to_string()))?;
@@ -479,14 +513,20 @@ impl Application {
             proxy: proxy_addrs,
             admin: admin_addrs,
             servers,
+            proxy_server,
             snapshot,
             verified_secrets,
         })
     }
 
     /// Handles to stop the servers (tests stop a node to start it again on the same database).
-    pub fn server_handles(&self) -> Vec<actix_web::dev::ServerHandle> {
-        self.servers.iter().map(Server::handle).collect()
+    pub fn server_handles(&self) -> Vec<ServerHandle> {
+        let admin = self.servers.iter().map(|s| ServerHandle::Admin(s.handle()));
+        let proxy = self
+            .proxy_server
+            .iter()
+            .map(|s| ServerHandle::Proxy(s.handle()));
+        proxy.chain(admin).collect()
     }
 
     fn port(list: &[(SocketAddr, bool)], tls: bool) -> Option<u16> {
@@ -515,8 +555,20 @@ impl Application {
     /// # Errors
     /// I/O errors of the servers.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let handles: Vec<_> = self.servers.iter().map(Server::handle).collect();
-        let servers = futures_util::future::try_join_all(self.servers);
+        let handles = self.server_handles();
+        let proxy_stopped = self.proxy_server.as_ref().map(ProxyServer::stopped);
+        let admin = futures_util::future::try_join_all(self.servers);
+        // Held until this returns: dropping it stops the proxy workers.
+        let _proxy_server = self.proxy_server;
+        let servers = async move {
+            let (admin, ()) = futures_util::future::join(admin, async move {
+                if let Some(stopped) = proxy_stopped {
+                    stopped.await;
+                }
+            })
+            .await;
+            admin
+        };
         tracing::info!(
             pid = std::process::id(),
             "ready; stop with Ctrl-C or SIGTERM (requests in flight get 5 s to finish)"

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix_web::http::Method;
 use bytes::Bytes;
+use http::Method;
 use portcullis::entities::Route;
 use portcullis::forms;
 use portcullis::plugins::oauth2::params;

@@ -3,14 +3,15 @@
 
 use std::sync::{Arc, LazyLock};
 
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use crate::body::AnswerBody;
 use crate::entities::PluginInstance;
+use crate::plugin_api::{empty_answer, HeaderValue, StatusCode};
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 /// The plugin kind.
@@ -44,8 +45,8 @@ struct Config {
 
 struct Runtime {
     status: StatusCode,
-    content_type: String,
-    body: String,
+    content_type: HeaderValue,
+    body: Bytes,
 }
 
 impl Plugin for RequestTermination {
@@ -66,6 +67,12 @@ impl Plugin for RequestTermination {
                 "@entity".into(),
                 json!(["message cannot be used with content_type or body"]),
             );
+            return Err(e);
+        }
+        let content_type = config.get("content_type").and_then(Value::as_str);
+        if content_type.is_some_and(|c| HeaderValue::from_str(c).is_err()) {
+            let mut e = FieldErrors::new();
+            e.insert("content_type".into(), json!("not a valid header value"));
             return Err(e);
         }
         Ok(())
@@ -93,10 +100,12 @@ impl Plugin for RequestTermination {
                 )
             }
         };
+        let content_type = HeaderValue::from_str(&content_type)
+            .map_err(|_| format!("content_type {content_type:?} is not a header value"))?;
         Ok(Arc::new(Runtime {
             status,
             content_type,
-            body,
+            body: Bytes::from(body),
         }))
     }
 }
@@ -110,10 +119,11 @@ impl PluginRuntime for Runtime {
         2
     }
     async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
-        Flow::Respond(
-            HttpResponse::build(self.status)
-                .content_type(self.content_type.as_str())
-                .body(self.body.clone()),
-        )
+        let mut answer = empty_answer(self.status);
+        *answer.body_mut() = AnswerBody::full(self.body.clone());
+        answer
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, self.content_type.clone());
+        Flow::Respond(answer)
     }
 }

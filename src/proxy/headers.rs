@@ -1,16 +1,15 @@
 //! Header rules of the proxy: hop-by-hop removal (RFC 9110 §7.6.1) and the `X-Forwarded-*`,
 //! `X-Real-IP` and `Via` headers, believed from the client only when it is in `trusted_ips`.
 //!
-//! Everything here speaks actix's header types (`http` 0.2); the upstream request's headers are
-//! decided once ([`UpstreamHeaders::write`]) and written either as bytes of the lean client's
-//! request head or, through [`HeaderSink`], into hyper's header map (`super::upstream`, the one
-//! place `http` 1.x types appear).
+//! The upstream request's headers are decided once ([`UpstreamHeaders::write`]) and written
+//! either as bytes of the lean client's request head or, through [`HeaderSink`], into hyper's
+//! header map (`super::upstream`).
 
 use std::net::IpAddr;
 
-use actix_web::http::header::HeaderMap as ClientHeaders;
-use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use bytes::BytesMut;
+use http::header::HeaderMap as ClientHeaders;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 
 use crate::plugin_api::Scheme;
 
@@ -138,7 +137,8 @@ impl UpstreamHeaders<'_> {
         let client = self.client;
         let named = connection_tokens(
             client
-                .get_all(actix_web::http::header::CONNECTION)
+                .get_all(http::header::CONNECTION)
+                .iter()
                 .map(|v| v.as_bytes()),
         );
         let edited = |name: &str| self.edits.iter().any(|(n, _)| n.as_str() == name);
@@ -216,10 +216,7 @@ impl UpstreamHeaders<'_> {
 
     /// Whether the request declares its body's length (the client's, or the replacement's).
     pub fn declares_length(&self) -> bool {
-        self.content_length.is_some()
-            || self
-                .client
-                .contains_key(actix_web::http::header::CONTENT_LENGTH)
+        self.content_length.is_some() || self.client.contains_key(http::header::CONTENT_LENGTH)
     }
 }
 
@@ -370,7 +367,7 @@ mod tests {
 
     #[test]
     fn upstream_headers_are_decided_once_for_both_clients() {
-        use actix_web::http::header::{HeaderName as N, HeaderValue as V};
+        use http::header::{HeaderName as N, HeaderValue as V};
         let mut client = ClientHeaders::new();
         for (n, v) in [
             ("host", "gw.test:8000"),

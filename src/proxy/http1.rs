@@ -24,9 +24,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderMap as ClientHeaders, HeaderName, HeaderValue};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::Stream;
+use http::header::{HeaderMap as ClientHeaders, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -4,6 +4,7 @@
 
 pub mod headers;
 pub mod http1;
+pub mod server;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -13,21 +14,24 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::body::{BodySize, BodyStream, BoxBody, MessageBody, SizedStream};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode, Version};
-use actix_web::{web, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::LocalBoxStream;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
+use crate::body::{AnswerBody, BodyError};
 use crate::entities::Service;
 use crate::error::ProxyError;
-use crate::plugin_api::{Flow, PluginRuntime, RequestCtx, Scheme};
+use crate::plugin_api::{empty_answer, Answer, ClientRequest, Flow, PluginRuntime, RequestCtx};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot, UpstreamOrigin};
+use server::Connection;
 use upstream::{SendError, UpstreamClients};
 
 /// What every proxy worker shares.
@@ -44,15 +48,13 @@ pub struct ProxyState {
     pub client_body_timeout: Duration,
 }
 
-/// What one proxy worker thread hands its requests: the shared state, the worker's own upstream
-/// clients and the listener's scheme, in one piece so a request looks up one thing, not three.
+/// What one proxy worker thread hands its requests: the shared state and the worker's own
+/// upstream clients, in one piece so a request looks up one thing, not two.
 pub struct ProxyWorker {
     /// Shared by every worker.
-    pub state: web::Data<ProxyState>,
+    pub state: Arc<ProxyState>,
     /// This worker's connection pools.
     pub clients: UpstreamClients,
-    /// Which listener the worker serves.
-    pub scheme: Scheme,
 }
 
 impl ProxyState {
@@ -86,78 +88,64 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The proxy handler: every request on the proxy listeners comes here.
 pub async fn handle(
-    req: HttpRequest,
-    payload: web::Payload,
-    worker: web::Data<ProxyWorker>,
-) -> HttpResponse {
+    req: http::Request<Incoming>,
+    conn: &Connection,
+    worker: &ProxyWorker,
+) -> Answer {
     let started = Instant::now();
     let id = RequestId::new();
     let request_id = id.as_str();
-    let unread = UnreadBody::default();
-    let incoming = Incoming {
+    let (head, body) = req.into_parts();
+    let req = Rc::new(ClientRequest::new(head, conn.peer, conn.local));
+    let refused_body = Cell::new(None);
+    let incoming = Arrival {
         req: &req,
-        scheme: worker.scheme,
+        conn,
         request_id,
         started,
         body_timeout: worker.state.client_body_timeout,
-        unread: &unread,
+        refused_body: &refused_body,
     };
-    let mut response = match proxy(&incoming, payload, &worker.state, &worker.clients).await {
+    let mut response = match proxy(&incoming, body, &worker.state, &worker.clients).await {
         Ok(resp) => resp,
         Err(e) => e.to_response(request_id),
     };
-    if let Some(payload) = unread.0.take() {
-        // Alive while the answer is written, the unread body makes actix close the connection
-        // after it; dropped earlier, actix would read (drain) the rest of a chunked body first.
-        response = response.map_body(|_, body| {
-            BoxBody::new(HoldingBody {
-                body,
-                _unread: payload,
-            })
-        });
-    }
     if let Ok(v) = HeaderValue::from_bytes(&id.0) {
         response.headers_mut().insert(REQUEST_ID, v);
+    }
+    if let Some(body) = refused_body.take() {
+        tokio::task::spawn_local(linger(body));
     }
     response
 }
 
-/// One request as the pipeline hands it along: what arrived, on which listener, and when.
-struct Incoming<'a> {
-    req: &'a HttpRequest,
-    scheme: Scheme,
+/// Reads and discards the rest of a body the gateway refused (413), while its answer is written
+/// and until the client stops sending, as nginx's lingering close does: a connection closed with
+/// unread bytes is reset, and a client still sending would lose the answer. Bounded by
+/// [`LINGER_TIME`] in all and [`LINGER_TIMEOUT`] between two reads; then the connection closes.
+async fn linger(mut body: Incoming) {
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    while let Ok(Ok(Some(Ok(_)))) =
+        tokio::time::timeout_at(deadline, tokio::time::timeout(LINGER_TIMEOUT, body.frame())).await
+    {
+    }
+}
+
+/// nginx's `lingering_time`.
+const LINGER_TIME: Duration = Duration::from_secs(30);
+/// nginx's `lingering_timeout`.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request as the pipeline hands it along: what arrived, on which connection, and when.
+struct Arrival<'a> {
+    req: &'a Rc<ClientRequest>,
+    conn: &'a Connection,
     request_id: &'a str,
     started: Instant,
     /// `client_body_timeout`.
     body_timeout: Duration,
-    /// Where a body the gateway stopped reading waits for the answer to be written.
-    unread: &'a UnreadBody,
-}
-
-/// A request body the gateway gave up on (too large, too slow), kept until the answer is written
-/// so that the connection is closed rather than drained.
-#[derive(Clone, Default)]
-struct UnreadBody(Rc<Cell<Option<actix_web::dev::Payload>>>);
-
-/// An answer's body that also owns the request body it refused.
-struct HoldingBody {
-    body: BoxBody,
-    _unread: actix_web::dev::Payload,
-}
-
-impl MessageBody for HoldingBody {
-    type Error = <BoxBody as MessageBody>::Error;
-
-    fn size(&self) -> BodySize {
-        self.body.size()
-    }
-
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_next(cx)
-    }
+    /// A body refused as too large, drained after the answer (see [`linger`]).
+    refused_body: &'a Cell<Option<Incoming>>,
 }
 
 /// Where a matched request goes and how its upstream request is shaped.
@@ -175,22 +163,20 @@ struct Upstream<'a> {
 }
 
 async fn proxy(
-    incoming: &Incoming<'_>,
-    payload: web::Payload,
+    incoming: &Arrival<'_>,
+    payload: Incoming,
     state: &ProxyState,
     clients: &UpstreamClients,
-) -> Result<HttpResponse, ProxyError> {
-    let Incoming {
+) -> Result<Answer, ProxyError> {
+    let Arrival {
         req,
-        scheme,
+        conn,
         request_id,
         ..
     } = *incoming;
+    let scheme = conn.scheme;
     let snapshot = state.snapshot.load_full();
-    let peer = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let peer = conn.peer.ip();
     let trusted = state.is_trusted(peer);
     let client_ip = if trusted {
         req.headers()
@@ -248,11 +234,14 @@ async fn proxy(
             target_host,
             req.uri().path_and_query().map_or("/", |p| p.as_str())
         );
-        return Ok(HttpResponse::build(
-            StatusCode::from_u16(code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
-        )
-        .insert_header(("Location", location))
-        .finish());
+        let mut answer =
+            empty_answer(StatusCode::from_u16(code).unwrap_or(StatusCode::MOVED_PERMANENTLY));
+        let location = HeaderValue::try_from(location)
+            .map_err(|_| ProxyError::Internal("redirect location is not a header value".into()))?;
+        answer
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+        return Ok(answer);
     }
     let routed = entry.service.as_deref().ok_or(ProxyError::Unavailable(
         "no Service found with those values",
@@ -263,7 +252,7 @@ async fn proxy(
     }
 
     let mut ctx = RequestCtx {
-        req: req.clone(),
+        req: Rc::clone(req),
         scheme,
         client_ip,
         trusted,
@@ -309,7 +298,15 @@ async fn proxy(
         return Err(ProxyError::TooLarge);
     }
     let mut response = match short_circuit {
-        Some(resp) => resp,
+        Some(mut resp) => {
+            if ctx.body_too_large {
+                // The rest of the body is never read: the connection cannot carry another
+                // request.
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
         None => {
             let upstream = Upstream {
                 service,
@@ -337,32 +334,35 @@ async fn proxy(
 
 /// The request's authority: the request target's (absolute form, HTTP/2 `:authority`) wins over
 /// `Host`, as RFC 9112 §3.2.2 and RFC 9113 §8.3.1 require; user information is never part of it.
-fn request_authority(req: &HttpRequest) -> &str {
+fn request_authority(req: &ClientRequest) -> &str {
     match req.uri().authority() {
         Some(authority) => authority.as_str().rsplit('@').next().unwrap_or_default(),
         None => req
             .headers()
-            .get(actix_web::http::header::HOST)
+            .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default(),
     }
 }
 
 async fn buffer(
-    mut payload: web::Payload,
+    mut payload: Incoming,
     max: usize,
-    incoming: &Incoming<'_>,
+    incoming: &Arrival<'_>,
 ) -> Result<Bytes, ProxyError> {
     let mut buf = BytesMut::new();
     loop {
-        let Ok(next) = tokio::time::timeout(incoming.body_timeout, payload.next()).await else {
-            incoming.unread.0.set(Some(payload.into_inner()));
+        let Ok(next) = tokio::time::timeout(incoming.body_timeout, payload.frame()).await else {
             return Err(ProxyError::ClientTimeout);
         };
-        let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|e| ProxyError::BadGateway(format!("client body: {e}")))?;
+        let Some(frame) = next else { break };
+        let frame = frame.map_err(|e| ProxyError::BadGateway(format!("client body: {e}")))?;
+        let Ok(chunk) = frame.into_data() else {
+            // Trailers: nothing a plugin reads.
+            continue;
+        };
         if buf.len() + chunk.len() > max {
-            incoming.unread.0.set(Some(payload.into_inner()));
+            incoming.refused_body.set(Some(payload));
             return Err(ProxyError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
@@ -377,27 +377,37 @@ struct ClientBody {
     timed_out: Rc<Cell<bool>>,
 }
 
-/// The request's body, or `None` when it has none. HTTP/1.1 framing tells up front (actix hands
-/// no payload to a request without `Content-Length` or `Transfer-Encoding`, whatever its
-/// method); an HTTP/2 request without `content-length` tells only by its first DATA frame or its
-/// end of stream, so that first read is made here.
+/// The next piece of a client body, trailers skipped.
+async fn next_data(payload: &mut Incoming) -> Option<Result<Bytes, hyper::Error>> {
+    loop {
+        match payload.frame().await? {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => return Some(Ok(data)),
+                Err(_) => continue,
+            },
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
+/// The request's body, or `None` when it has none. HTTP/1.1 framing tells up front; an HTTP/2
+/// request without `content-length` and without END_STREAM on its headers tells only by its
+/// first DATA frame or its end of stream, so that first read is made here.
 async fn client_body(
-    incoming: &Incoming<'_>,
-    payload: web::Payload,
+    incoming: &Arrival<'_>,
+    mut payload: Incoming,
 ) -> Result<Option<ClientBody>, ProxyError> {
     let (req, read_within) = (incoming.req, incoming.body_timeout);
-    let mut payload = payload.into_inner();
     let declared = req
         .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
+        .get(http::header::CONTENT_LENGTH)
         .map(HeaderValue::as_bytes);
-    if matches!(payload, actix_web::dev::Payload::None) || declared == Some(b"0") {
+    if payload.is_end_stream() || declared == Some(b"0") {
         return Ok(None);
     }
     let mut first = None;
     if declared.is_none() && req.version() == Version::HTTP_2 {
-        let Ok(next) = tokio::time::timeout(read_within, payload.next()).await else {
-            incoming.unread.0.set(Some(payload));
+        let Ok(next) = tokio::time::timeout(read_within, next_data(&mut payload)).await else {
             return Err(ProxyError::ClientTimeout);
         };
         match next {
@@ -410,18 +420,16 @@ async fn client_body(
     }
     let timed_out = Rc::new(Cell::new(false));
     let flag = timed_out.clone();
-    let unread = incoming.unread.clone();
     let rest = futures_util::stream::unfold(Some(payload), move |state| {
-        let (flag, unread) = (flag.clone(), unread.clone());
+        let flag = flag.clone();
         async move {
             let mut payload = state?;
-            match tokio::time::timeout(read_within, payload.next()).await {
+            match tokio::time::timeout(read_within, next_data(&mut payload)).await {
                 Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(payload))),
                 Ok(Some(Err(e))) => Some((Err(format!("client body: {e}")), None)),
                 Ok(None) => None,
                 Err(_) => {
                     flag.set(true);
-                    unread.0.set(Some(payload));
                     Some((Err("client body timeout".to_string()), None))
                 }
             }
@@ -436,19 +444,20 @@ async fn client_body(
 }
 
 async fn forward(
-    incoming: &Incoming<'_>,
+    incoming: &Arrival<'_>,
     upstream: &Upstream<'_>,
-    payload: Option<web::Payload>,
+    payload: Option<Incoming>,
     ctx: &mut RequestCtx,
     clients: &UpstreamClients,
-) -> Result<HttpResponse, ProxyError> {
-    let Incoming {
+) -> Result<Answer, ProxyError> {
+    let Arrival {
         req,
-        scheme,
+        conn,
         request_id,
         started,
         ..
     } = *incoming;
+    let scheme = conn.scheme;
     let Upstream {
         service,
         origin,
@@ -485,7 +494,7 @@ async fn forward(
             client_ip: ctx.client_ip,
             scheme,
             host,
-            port: req.app_config().local_addr().port(),
+            port: conn.local.port(),
             path: req.uri().path(),
             prefix: stripped,
             request_id,
@@ -576,24 +585,26 @@ async fn forward(
     };
     let upstream_latency = sent_at.elapsed();
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = HttpResponse::new(status);
+    let mut response = empty_answer(status);
     *response.headers_mut() = answer.headers;
     let out = response.headers_mut();
-    out.append(actix_web::http::header::VIA, VIA_VALUE);
+    out.append(http::header::VIA, VIA_VALUE);
     out.insert(UPSTREAM_LATENCY, millis_value(upstream_latency));
     out.insert(PROXY_LATENCY, millis_value(proxy_latency));
     if no_body || matches!(status.as_u16(), 204 | 304) {
+        if let (true, Some(length)) = (no_body, answer.length) {
+            // A HEAD answer tells the length its GET would have.
+            out.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
         return Ok(response);
     }
-    Ok(match (answer.body, answer.length) {
-        (http1::AnswerBody::Complete(bytes), _) => response.set_body(BoxBody::new(bytes)),
-        (http1::AnswerBody::Streaming(stream), Some(len)) => {
-            response.set_body(BoxBody::new(SizedStream::new(len, stream)))
+    *response.body_mut() = match answer.body {
+        http1::AnswerBody::Complete(bytes) => AnswerBody::full(bytes),
+        http1::AnswerBody::Streaming(stream) => {
+            AnswerBody::stream(stream.map_err(BodyError::from), answer.length)
         }
-        (http1::AnswerBody::Streaming(stream), None) => {
-            response.set_body(BoxBody::new(BodyStream::new(stream)))
-        }
-    })
+    };
+    Ok(response)
 }
 
 /// A latency header's value in whole milliseconds. Values under a second, nearly all of them,

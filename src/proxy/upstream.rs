@@ -4,21 +4,15 @@
 //! streamed uploads. (awc, which the introspection client uses, spawns a task and arms a timer
 //! for every request it sends — a measurable cost per proxied request; neither client does.)
 //!
-//! Two versions of the `http` crate meet here, and only here. actix-web 4 (on actix-http 3, whose
-//! newest release is still built on `http` 0.2 and offers no conversion to 1.x) gives the gateway
-//! its request; hyper 1 is built on `http` 1.x. Every other module of the request path (plugins'
-//! header edits, the router's `Host` values, the header rules) speaks actix's types; a request
-//! sent through hyper has its method, URL and headers converted once here, and its answer's
-//! headers converted back. Requests on the lean client never meet `http` 1.x. One version would
-//! take an actix release on `http` 1.x, or TLS upstreams and streamed uploads through awc, which
-//! spawns a task and arms a timer per request.
+//! Both speak `http` 1.x, the types the proxy listeners hand the gateway: a request's headers
+//! reach either client without conversion.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use http::header::HeaderName;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
@@ -147,8 +141,7 @@ impl UpstreamClients {
     }
 }
 
-/// Writes the upstream request's headers into hyper's header map: the one conversion from the
-/// gateway's header types (actix's `http` 0.2) to hyper's (`http` 1.x).
+/// Writes the upstream request's headers into hyper's header map.
 impl HeaderSink for http::HeaderMap {
     fn put(&mut self, name: &str, value: &[u8]) {
         if let (Ok(name), Ok(value)) = (
@@ -165,13 +158,13 @@ impl HeaderSink for http::HeaderMap {
 /// # Errors
 /// A URL or method hyper's types refuse (described).
 pub fn hyper_request(
-    method: &actix_web::http::Method,
+    method: &http::Method,
     url: String,
     headers: &UpstreamHeaders<'_>,
     body: UpstreamBody,
 ) -> Result<http::Request<UpstreamBody>, String> {
     let uri = http::Uri::try_from(url).map_err(|e| e.to_string())?;
-    let method = http::Method::from_bytes(method.as_str().as_bytes()).map_err(|e| e.to_string())?;
+    let method = method.clone();
     let mut map = http::HeaderMap::with_capacity(headers.client.len() + 10);
     headers.write(&mut map);
     let mut request = http::Request::new(body);
@@ -189,7 +182,7 @@ fn answer_of(
     read_timeout: Duration,
 ) -> Answer {
     let (parts, body) = resp.into_parts();
-    let mut out = actix_web::http::header::HeaderMap::with_capacity(parts.headers.len() + 4);
+    let mut out = http::header::HeaderMap::with_capacity(parts.headers.len() + 4);
     let named = super::headers::connection_tokens(
         parts
             .headers
@@ -202,11 +195,8 @@ fn answer_of(
         if !super::headers::passes_to_client(name, &named) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            out.append(name, value);
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            out.append(name, value.clone());
         }
     }
     let length = parts
@@ -259,15 +249,15 @@ pub fn full(body: Bytes) -> UpstreamBody {
     Full::new(body).map_err(|never| match never {}).boxed()
 }
 
-/// The client's body streamed through as it arrives. actix's payload lives on this worker
-/// thread, the pooled client wants a `Send` body: a local task hands the chunks over. The first
+/// The client's body streamed through as it arrives. The body's reads are bounded by timers of
+/// this worker thread, the pooled client wants a `Send` body: a local task hands the chunks over. The first
 /// error ends the body (the upstream request fails with it).
 pub fn streamed<S>(mut body: S) -> UpstreamBody
 where
     S: futures_util::Stream<Item = Result<Bytes, String>> + Unpin + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BodyError>>(8);
-    actix_rt::spawn(async move {
+    tokio::task::spawn_local(async move {
         while let Some(chunk) = body.next().await {
             let failed = chunk.is_err();
             let frame = chunk.map(Frame::data).map_err(BodyError::from);

@@ -9,8 +9,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix_web::http::header::HeaderValue;
-use actix_web::http::Method;
+use http::header::HeaderValue;
+use http::Method;
 use regex::Regex;
 use uuid::Uuid;
 
@@ -576,7 +576,7 @@ mod index_tests {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use actix_web::http::Method;
+    use http::Method;
     use serde_json::json;
 
     use super::{CompiledRoute, MatchInput, RouterSnapshot, SnapshotParts};

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use portcullis::config::{Database, Secret, Settings};
 use portcullis::plugins::oauth2::VerifiedSecrets;
+use portcullis::startup::ServerHandle;
 use portcullis::startup::{pg_settings, Application, Stores};
 use portcullis_stores::postgres::{self, Migrator, PgSettings};
 use serde_json::{json, Value};

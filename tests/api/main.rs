@@ -10,6 +10,7 @@ mod hashed_secrets;
 mod helpers;
 mod introspection;
 mod kong_conformance;
+mod listeners;
 mod oauth2;
 mod oauth2_deviations;
 mod oauth2_rfc;

@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use awc::error::{ConnectError, SendRequestError};
+use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::error::IntrospectionError;
@@ -80,9 +80,9 @@ pub async fn introspect(call: Call<'_>) -> Result<Answer, IntrospectionError> {
         .post(call.url)
         .timeout(call.timeout)
         .insert_header(("accept", "application/json"))
-        .insert_header(("authorization", call.authorization.clone()));
+        .insert_header(("authorization", call.authorization.as_bytes()));
     for (name, value) in call.headers {
-        request = request.insert_header((name, value));
+        request = request.insert_header((name.as_str(), value.as_bytes()));
     }
     let mut form = vec![("token", call.token)];
     if let Some(hint) = call.token_type_hint {

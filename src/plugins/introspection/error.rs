@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use crate::plugin_api::{json_answer, Answer, HeaderValue};
+use http::StatusCode;
 use serde_json::json;
 
 /// Why the authorization server could not give a verdict. The request fails closed (503): a token
@@ -61,25 +61,36 @@ impl Rejection {
     }
 
     /// The answer sent to the client.
-    pub fn to_response(&self) -> HttpResponse {
+    pub fn to_response(&self) -> Answer {
         let invalid = |description: &str| {
-            HttpResponse::build(StatusCode::UNAUTHORIZED)
-                .insert_header((
-                    "WWW-Authenticate",
-                    format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
-                ))
-                .json(json!({ "error": "invalid_token", "error_description": description }))
+            let mut answer = json_answer(
+                StatusCode::UNAUTHORIZED,
+                &json!({ "error": "invalid_token", "error_description": description }),
+            );
+            let challenge =
+                format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                answer
+                    .headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, value);
+            }
+            answer
         };
         match self {
             Self::Missing => invalid("The access token is missing"),
             Self::Inactive => invalid("The access token is invalid or has expired"),
-            Self::Unavailable(e) => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
-                .json(json!({ "message": e.client_message() })),
+            Self::Unavailable(e) => json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "message": e.client_message() }),
+            ),
             Self::AnonymousMissing(key) => {
                 tracing::error!(anonymous = %key, "oauth2-introspection: anonymous consumer not found");
-                HttpResponse::build(StatusCode::INTERNAL_SERVER_ERROR).json(json!({
-                    "message": format!("anonymous consumer {key} is configured but doesn't exist")
-                }))
+                json_answer(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({
+                        "message": format!("anonymous consumer {key} is configured but doesn't exist")
+                    }),
+                )
             }
         }
     }

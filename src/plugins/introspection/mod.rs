@@ -19,9 +19,9 @@ pub mod error;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::Method;
 use async_trait::async_trait;
+use http::header::{HeaderName, HeaderValue};
+use http::Method;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};

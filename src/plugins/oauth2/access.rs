@@ -1,9 +1,9 @@
 //! The access phase on every other path of a protected route: find the token, check it,
 //! set or clear the consumer headers (clients can never forge them), or fall back to anonymous.
 
-use actix_web::http::header::HeaderValue;
-use actix_web::http::Method;
-use actix_web::HttpResponse;
+use crate::plugin_api::{json_answer, Answer, StatusCode};
+use http::header::HeaderValue;
+use http::Method;
 use portcullis_stores::TokenHash;
 use serde_json::json;
 
@@ -166,10 +166,12 @@ impl OAuthRuntime {
         Ok(())
     }
 
-    fn denial(&self, why: &Denied) -> HttpResponse {
+    fn denial(&self, why: &Denied) -> Answer {
         if let Denied::Unavailable = why {
-            return HttpResponse::ServiceUnavailable()
-                .json(json!({"message": "The token store is temporarily unavailable"}));
+            return json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"message": "The token store is temporarily unavailable"}),
+            );
         }
         let realm = realm_prefix(self.config.realm.as_deref());
         let invalid_header = format!(
@@ -192,10 +194,9 @@ impl OAuthRuntime {
                 invalid_header,
             ),
         };
-        let mut resp = HttpResponse::Unauthorized().json(body);
+        let mut resp = json_answer(StatusCode::UNAUTHORIZED, &body);
         if let Ok(v) = HeaderValue::from_str(&header) {
-            resp.headers_mut()
-                .insert(actix_web::http::header::WWW_AUTHENTICATE, v);
+            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
         }
         resp
     }
@@ -220,9 +221,12 @@ impl OAuthRuntime {
             Err(_) => {
                 let Some(consumer) = ctx.snapshot.consumer_by_id_or_name(&anonymous).cloned()
                 else {
-                    return Flow::Respond(HttpResponse::InternalServerError().json(json!({
-                        "message": format!("anonymous consumer {anonymous} is configured but doesn't exist")
-                    })));
+                    return Flow::Respond(json_answer(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &json!({
+                            "message": format!("anonymous consumer {anonymous} is configured but doesn't exist")
+                        }),
+                    ));
                 };
                 ctx.set_consumer_headers(&consumer);
                 ctx.set_upstream("x-anonymous-consumer", "true");

@@ -1,10 +1,10 @@
 //! `POST …/oauth2/authorize`: the operator's login app vouches for a user with the provision
 //! key; we answer with a code (or, implicit grant, a token) inside Kong's `redirect_uri` envelope.
 
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use crate::plugin_api::Answer;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use http::StatusCode;
 use portcullis_stores::CodeRecord;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -39,11 +39,7 @@ fn with_state(mut params: Map<String, Value>, request: &Map<String, Value>) -> M
 
 impl OAuthRuntime {
     /// The authorize endpoint.
-    pub(super) async fn authorize(
-        &self,
-        ctx: &RequestCtx,
-        request: Map<String, Value>,
-    ) -> HttpResponse {
+    pub(super) async fn authorize(&self, ctx: &RequestCtx, request: Map<String, Value>) -> Answer {
         let plain = |e: OAuthError| {
             reply::endpoint_json(
                 StatusCode::BAD_REQUEST,
@@ -230,7 +226,7 @@ impl OAuthRuntime {
     }
 
     /// A store failure on an endpoint: 503 `temporarily_unavailable` (never a 500 with details).
-    pub(super) fn store_failure(&self, e: &portcullis_stores::StoreError) -> HttpResponse {
+    pub(super) fn store_failure(&self, e: &portcullis_stores::StoreError) -> Answer {
         tracing::warn!(error = %e, "token store failed during an OAuth request");
         reply::endpoint_json(
             StatusCode::SERVICE_UNAVAILABLE,

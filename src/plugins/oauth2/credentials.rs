@@ -23,7 +23,8 @@ fn check_redirect_uri(v: &Value) -> Result<(), String> {
 }
 
 /// Schema of `oauth2_credentials`.
-pub static CREDENTIAL_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+pub static CREDENTIAL_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    Schema {
     name: "oauth2_credentials",
     fields: vec![
         Field::new("id", FieldType::Uuid),
@@ -57,6 +58,7 @@ pub static CREDENTIAL_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             .one_of(&["confidential", "public"]),
     ],
     entity_checks: vec![],
+}
 });
 
 /// Credentials as an admin entity.

@@ -1,8 +1,8 @@
 //! Beyond Kong: RFC 7009 revocation (Kong #1918, #4474), RFC 7662 introspection for tokens this
 //! gateway issued (Kong #1540), and RFC 8414 metadata for each protected route.
 
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use crate::plugin_api::{json_answer, Answer};
+use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::client_auth::{too_many_failures, LockedOut, Verdict};
@@ -22,7 +22,7 @@ impl OAuthRuntime {
         ctx: &RequestCtx,
         request: &Map<String, Value>,
         public_allowed: bool,
-    ) -> Result<(uuid::Uuid, String), HttpResponse> {
+    ) -> Result<(uuid::Uuid, String), Answer> {
         let auth = self.client_auth(ctx, request).map_err(|e| {
             reply::endpoint_json(StatusCode::BAD_REQUEST, &Value::Object(e.params()))
         })?;
@@ -38,40 +38,35 @@ impl OAuthRuntime {
     }
 
     /// 429 for a client_id that failed to authenticate too often from this address.
-    fn locked_out(seconds: u64) -> HttpResponse {
+    fn locked_out(seconds: u64) -> Answer {
         let mut resp = reply::endpoint_json(
             StatusCode::TOO_MANY_REQUESTS,
             &Value::Object(too_many_failures().params()),
         );
         resp.headers_mut().insert(
-            actix_web::http::header::RETRY_AFTER,
-            actix_web::http::header::HeaderValue::from(seconds),
+            http::header::RETRY_AFTER,
+            http::header::HeaderValue::from(seconds),
         );
         resp
     }
 
     /// 401 `invalid_client` with the Basic challenge.
-    fn client_refused() -> HttpResponse {
+    fn client_refused() -> Answer {
         let mut resp = reply::endpoint_json(
             StatusCode::UNAUTHORIZED,
             &Value::Object(
                 OAuthError::new("invalid_client", "Invalid client authentication").params(),
             ),
         );
-        if let Ok(v) = actix_web::http::header::HeaderValue::from_str("Basic realm=\"OAuth2.0\"") {
-            resp.headers_mut()
-                .insert(actix_web::http::header::WWW_AUTHENTICATE, v);
+        if let Ok(v) = http::header::HeaderValue::from_str("Basic realm=\"OAuth2.0\"") {
+            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
         }
         resp
     }
 
     /// `POST …/oauth2/revoke`: revokes an access or refresh token of the calling client. Unknown
     /// tokens answer 200 too (RFC 7009 §2.2), so the endpoint reveals nothing.
-    pub(super) async fn revoke(
-        &self,
-        ctx: &RequestCtx,
-        request: Map<String, Value>,
-    ) -> HttpResponse {
+    pub(super) async fn revoke(&self, ctx: &RequestCtx, request: Map<String, Value>) -> Answer {
         if let Err(e) = self.check_https(ctx) {
             return reply::endpoint_json(StatusCode::BAD_REQUEST, &Value::Object(e.params()));
         }
@@ -114,11 +109,7 @@ impl OAuthRuntime {
     }
 
     /// `POST …/oauth2/introspect`: RFC 7662 answer for a token of the calling client.
-    pub(super) async fn introspect(
-        &self,
-        ctx: &RequestCtx,
-        request: Map<String, Value>,
-    ) -> HttpResponse {
+    pub(super) async fn introspect(&self, ctx: &RequestCtx, request: Map<String, Value>) -> Answer {
         if let Err(e) = self.check_https(ctx) {
             return reply::endpoint_json(StatusCode::BAD_REQUEST, &Value::Object(e.params()));
         }
@@ -163,7 +154,7 @@ impl OAuthRuntime {
     }
 
     /// `GET …/.well-known/oauth-authorization-server`: the route's endpoints and capabilities.
-    pub(super) fn metadata(&self, ctx: &RequestCtx) -> HttpResponse {
+    pub(super) fn metadata(&self, ctx: &RequestCtx) -> Answer {
         let issuer = self.issuer(ctx, Endpoint::Metadata);
         let mut grants = vec!["authorization_code", "refresh_token"];
         if self.config.enable_client_credentials {
@@ -182,20 +173,23 @@ impl OAuthRuntime {
         if self.config.enable_implicit_grant {
             response_types.push("token");
         }
-        HttpResponse::Ok().json(json!({
-            "issuer": issuer,
-            "authorization_endpoint": format!("{issuer}/oauth2/authorize"),
-            "token_endpoint": format!("{issuer}/oauth2/token"),
-            "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
-            "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
-            "grant_types_supported": grants,
-            "response_types_supported": response_types,
-            "scopes_supported": self.config.scopes,
-            "code_challenge_methods_supported": ["S256", "plain"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "authorization_response_iss_parameter_supported": true,
-        }))
+        json_answer(
+            StatusCode::OK,
+            &json!({
+                "issuer": issuer,
+                "authorization_endpoint": format!("{issuer}/oauth2/authorize"),
+                "token_endpoint": format!("{issuer}/oauth2/token"),
+                "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+                "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+                "grant_types_supported": grants,
+                "response_types_supported": response_types,
+                "scopes_supported": self.config.scopes,
+                "code_challenge_methods_supported": ["S256", "plain"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+                "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+                "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "authorization_response_iss_parameter_supported": true,
+            }),
+        )
     }
 }

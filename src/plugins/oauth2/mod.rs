@@ -20,7 +20,7 @@ pub mod verified;
 
 use std::sync::{Arc, LazyLock};
 
-use actix_web::http::header::HeaderName;
+use http::header::HeaderName;
 use portcullis_stores::TokenStore;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

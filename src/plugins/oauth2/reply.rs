@@ -1,8 +1,8 @@
 //! How the OAuth endpoints answer: RFC 6749 `error`/`error_description` JSON with Kong's cache
 //! headers and challenges, and Kong's `{"redirect_uri": …}` envelope with its exact encoding.
 
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use crate::plugin_api::{json_answer, Answer, HeaderValue};
+use http::StatusCode;
 use serde_json::{Map, Value};
 
 /// An OAuth error: RFC 6749 code and Kong's description text.
@@ -36,12 +36,15 @@ impl OAuthError {
 }
 
 /// JSON answer of the authorize/token endpoints (always `Cache-Control: no-store`).
-pub fn endpoint_json(status: StatusCode, body: &Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header(("Cache-Control", "no-store"))
-        .insert_header(("Pragma", "no-cache"))
-        .content_type("application/json; charset=utf-8")
-        .body(body.to_string())
+pub fn endpoint_json(status: StatusCode, body: &Value) -> Answer {
+    let mut answer = json_answer(status, body);
+    let headers = answer.headers_mut();
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    headers.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
+    answer
 }
 
 /// The `realm="…", ` prefix of Bearer challenges, if a realm is configured.
@@ -53,15 +56,22 @@ pub fn realm_prefix(realm: Option<&str>) -> String {
 }
 
 /// 405 for anything but POST on the endpoints.
-pub fn invalid_method(method: &str, endpoint: &str, realm: Option<&str>) -> HttpResponse {
+pub fn invalid_method(method: &str, endpoint: &str, realm: Option<&str>) -> Answer {
     let description = format!("The HTTP method {method} is invalid for the {endpoint} endpoint");
     let challenge = format!(
         "Bearer {}error=\"invalid_method\", error_description=\"{description}\"",
         realm_prefix(realm)
     );
-    HttpResponse::MethodNotAllowed()
-        .insert_header(("WWW-Authenticate", challenge))
-        .json(serde_json::json!({ "error": "invalid_method", "error_description": description }))
+    let mut answer = json_answer(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({ "error": "invalid_method", "error_description": description }),
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        answer
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, value);
+    }
+    answer
 }
 
 /// Kong's query encoding for redirect URIs: every byte but `A-Za-z0-9_` as lower-case `%xx`.

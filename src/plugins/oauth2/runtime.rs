@@ -1,8 +1,8 @@
 //! What one `oauth2` instance does with a request: route it to an endpoint by path suffix, or check
 //! its bearer token; plus the pieces every grant shares (HTTPS rule, scopes, token issuance).
 
-use actix_web::http::Method;
 use async_trait::async_trait;
+use http::Method;
 use portcullis_stores::TokenRecord;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -99,6 +99,7 @@ impl OAuthRuntime {
             .req
             .headers()
             .get_all("x-forwarded-proto")
+            .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
         if forwarded.len() > 1 || forwarded.iter().any(|v| v.contains(',')) {
@@ -129,7 +130,7 @@ impl OAuthRuntime {
             _ => None,
         });
         let authority = route_host.unwrap_or_else(|| {
-            let local = ctx.req.app_config().local_addr();
+            let local = ctx.req.local_addr();
             if local.ip().is_unspecified() {
                 format!("localhost:{}", local.port())
             } else {
@@ -336,7 +337,7 @@ impl PluginRuntime for OAuthRuntime {
         }
         if ctx.body_too_large {
             return Flow::Respond(reply::endpoint_json(
-                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                http::StatusCode::PAYLOAD_TOO_LARGE,
                 &serde_json::json!({"error": "invalid_request", "error_description": "The request body is too large"}),
             ));
         }
@@ -346,7 +347,7 @@ impl PluginRuntime for OAuthRuntime {
             Err(_) if self.check_https(ctx).is_err() => Map::new(),
             Err(e) => {
                 return Flow::Respond(reply::endpoint_json(
-                    actix_web::http::StatusCode::BAD_REQUEST,
+                    http::StatusCode::BAD_REQUEST,
                     &Value::Object(OAuthError::new("invalid_request", e.to_string()).params()),
                 ))
             }

@@ -2,10 +2,10 @@
 //! client_credentials, password and refresh_token grants. Codes are redeemed atomically; replaying
 //! one revokes what it issued; reusing a rotated refresh token revokes its family.
 
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use crate::plugin_api::Answer;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use http::StatusCode;
 use portcullis_stores::{RefreshOutcome, RefreshReplacement, StoreError};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -74,11 +74,7 @@ fn refuse(error: impl Into<Failure>) -> GrantResult {
 
 impl OAuthRuntime {
     /// The token endpoint.
-    pub(super) async fn token(
-        &self,
-        ctx: &RequestCtx,
-        request: Map<String, Value>,
-    ) -> HttpResponse {
+    pub(super) async fn token(&self, ctx: &RequestCtx, request: Map<String, Value>) -> Answer {
         let result = self.token_inner(ctx, &request).await;
         let state = request.get("state").cloned();
         match result {
@@ -103,15 +99,12 @@ impl OAuthRuntime {
                 let mut resp = reply::endpoint_json(status, &Value::Object(body));
                 if let Some(seconds) = failure.retry_after {
                     resp.headers_mut().insert(
-                        actix_web::http::header::RETRY_AFTER,
-                        actix_web::http::header::HeaderValue::from(seconds),
+                        http::header::RETRY_AFTER,
+                        http::header::HeaderValue::from(seconds),
                     );
                 } else if failure.unauthorized {
-                    if let Ok(v) =
-                        actix_web::http::header::HeaderValue::from_str("Basic realm=\"OAuth2.0\"")
-                    {
-                        resp.headers_mut()
-                            .insert(actix_web::http::header::WWW_AUTHENTICATE, v);
+                    if let Ok(v) = http::header::HeaderValue::from_str("Basic realm=\"OAuth2.0\"") {
+                        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
                     }
                 }
                 resp

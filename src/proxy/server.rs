@@ -1,0 +1,433 @@
+//! The proxy listeners: hyper 1.x (hyper-util's `auto` builder: HTTP/1.1, and HTTP/2 by ALPN or
+//! prior knowledge) on one current-thread tokio runtime per worker thread, nginx's model. Each
+//! worker accepts on its own listening socket (`reuseport`: `SO_REUSEPORT`, the kernel spreads new
+//! connections) or on its copy of one shared socket; a connection, its requests, its upstream
+//! pools and its plugins' futures stay on the thread that accepted it, so nothing on the request
+//! path is `Send` or locked. Why hyper and not actix-web: `docs/proxy-server-stack.md`.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::upstream::UpstreamClients;
+use super::{handle, ProxyState, ProxyWorker};
+use crate::plugin_api::Scheme;
+
+/// The connection a request came on, as the pipeline needs it.
+pub struct Connection {
+    /// The client's address (before `trusted_ips` / `real_ip_header`).
+    pub peer: SocketAddr,
+    /// The listener's address.
+    pub local: SocketAddr,
+    /// Whether the listener terminates TLS.
+    pub scheme: Scheme,
+}
+
+/// One `proxy_listen` entry, bound at start (so a taken port fails the start, not a worker).
+pub struct ProxyListener {
+    /// The sockets: one shared by every worker, or with `reuseport` one per worker.
+    pub sockets: Vec<std::net::TcpListener>,
+    /// The bound address (the real port when 0 was asked).
+    pub addr: SocketAddr,
+    /// TLS, when the entry has `ssl`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Kong's `http2` flag: on a plain listener, HTTP/2 with prior knowledge (h2c) beside
+    /// HTTP/1.1. TLS listeners offer h2 by ALPN whatever the flag.
+    pub http2: bool,
+}
+
+/// Per-connection limits of the proxy listeners.
+#[derive(Clone, Copy)]
+pub struct ConnectionLimits {
+    /// `client_header_timeout`: the whole head of every request on a connection, keep-alive ones
+    /// included, and the TLS handshake.
+    pub header_timeout: Duration,
+    /// How long stopping waits for requests in flight.
+    pub shutdown_timeout: Duration,
+}
+
+/// The running proxy listeners. Dropping it stops them (and their worker threads).
+pub struct ProxyServer {
+    stop: watch::Sender<bool>,
+    running: watch::Receiver<usize>,
+}
+
+/// Stops the proxy listeners from anywhere (tests stop a node and start another on its store).
+#[derive(Clone)]
+pub struct ProxyServerHandle {
+    stop: watch::Sender<bool>,
+    running: watch::Receiver<usize>,
+}
+
+impl ProxyServerHandle {
+    /// Stops accepting, gives requests in flight the shutdown timeout (when `graceful`), and
+    /// returns once every worker thread has finished.
+    pub async fn stop(&self, graceful: bool) {
+        self.stop.send_replace(graceful);
+        let mut running = self.running.clone();
+        let _ = running.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Builds one worker's upstream clients (pools belong to the thread that uses them).
+pub type ClientsFactory = Arc<dyn Fn() -> UpstreamClients + Send + Sync>;
+
+impl ProxyServer {
+    /// Starts `workers` threads serving every listener.
+    ///
+    /// # Errors
+    /// A socket that cannot be shared with a worker, or a thread that cannot be started.
+    pub fn start(
+        listeners: Vec<ProxyListener>,
+        workers: usize,
+        state: Arc<ProxyState>,
+        clients: ClientsFactory,
+        limits: ConnectionLimits,
+    ) -> std::io::Result<Self> {
+        let workers = workers.max(1);
+        let (stop, stop_rx) = watch::channel(false);
+        let (running_tx, running) = watch::channel(workers);
+        let running_tx = Arc::new(running_tx);
+        // The actix system the gateway's actors run in: a worker that belongs to it (as
+        // actix-server's workers did) can reach them and is told apart from another gateway's in
+        // the same process (tests).
+        let system = actix_rt::System::try_current();
+        for index in 0..workers {
+            // Each worker's own copy of every socket, made here so that a failure is the start's.
+            let mut sockets = Vec::with_capacity(listeners.len());
+            for listener in &listeners {
+                let socket = match listener.sockets.get(index) {
+                    Some(own) if listener.sockets.len() > 1 => own.try_clone()?,
+                    _ => listener.sockets[0].try_clone()?,
+                };
+                sockets.push(WorkerSocket {
+                    socket,
+                    tls: listener.tls.clone().map(tls_acceptor),
+                    // TLS listeners offer h2 by ALPN whatever the flag.
+                    http2: listener.http2 || listener.tls.is_some(),
+                });
+            }
+            let (state, clients, stop_rx) = (state.clone(), clients.clone(), stop_rx.clone());
+            let running_tx = running_tx.clone();
+            let system = system.clone();
+            std::thread::Builder::new()
+                .name(format!("proxy-worker-{index}"))
+                .spawn(move || {
+                    if let Some(system) = system {
+                        actix_rt::System::set_current(system);
+                    }
+                    let worker = ProxyWorker {
+                        state,
+                        clients: clients(),
+                    };
+                    run_worker(sockets, worker, limits, stop_rx);
+                    running_tx.send_modify(|n| *n = n.saturating_sub(1));
+                })?;
+        }
+        Ok(Self { stop, running })
+    }
+
+    /// A handle to stop the listeners.
+    pub fn handle(&self) -> ProxyServerHandle {
+        ProxyServerHandle {
+            stop: self.stop.clone(),
+            running: self.running.clone(),
+        }
+    }
+
+    /// Resolves when every worker thread has finished.
+    pub fn stopped(&self) -> impl Future<Output = ()> + 'static {
+        let mut running = self.running.clone();
+        async move {
+            let _ = running.wait_for(|n| *n == 0).await;
+        }
+    }
+}
+
+impl Drop for ProxyServer {
+    fn drop(&mut self) {
+        // Graceful only if a handle asked for it before: whoever wanted to wait for requests in
+        // flight stopped the listeners first.
+        self.stop.send_modify(|_| {});
+    }
+}
+
+/// A listener as one worker serves it.
+struct WorkerSocket {
+    socket: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    http2: bool,
+}
+
+/// The TLS acceptor of a listener: h2 and HTTP/1.1 offered by ALPN.
+fn tls_acceptor(config: Arc<rustls::ServerConfig>) -> tokio_rustls::TlsAcceptor {
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Runs tasks of a worker's connections on the worker's own thread: hyper's HTTP/2 streams
+/// carry the pipeline's futures, which are not `Send`.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+fn run_worker(
+    sockets: Vec<WorkerSocket>,
+    worker: ProxyWorker,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "proxy worker cannot start its runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let worker = Rc::new(worker);
+        let open = Rc::new(OpenConnections::default());
+        let mut accepting = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let listener = match TcpListener::from_std(socket.socket) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!(error = %e, "proxy worker cannot use its listener");
+                    return;
+                }
+            };
+            let listen = Rc::new(Listen {
+                scheme: if socket.tls.is_some() {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                },
+                tls: socket.tls,
+                protocols: protocols(socket.http2, limits),
+                header_timeout: limits.header_timeout,
+            });
+            accepting.push(tokio::task::spawn_local(accept_loop(
+                listener,
+                listen,
+                worker.clone(),
+                open.clone(),
+                stop.clone(),
+            )));
+        }
+        let _ = stop.changed().await;
+        let wait = *stop.borrow();
+        for task in &accepting {
+            task.abort();
+        }
+        drop(accepting);
+        if wait {
+            // Every connection was told to finish its request in flight and close.
+            let _ = tokio::time::timeout(limits.shutdown_timeout, open.all_closed()).await;
+        }
+    });
+}
+
+/// What a worker's connections on one listener share.
+struct Listen {
+    scheme: Scheme,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    protocols: Protocols,
+    header_timeout: Duration,
+}
+
+/// The HTTP versions a listener serves.
+enum Protocols {
+    /// HTTP/1.1 only: a plain listener without `http2`. hyper's own HTTP/1 server: hyper-util's
+    /// `auto` builder serves h2 to a client that sends the preface even when told HTTP/1 only
+    /// (0.1.21, with upgrades), and Kong without `http2` answers the preface with 400.
+    Http1(hyper::server::conn::http1::Builder),
+    /// HTTP/1.1 and HTTP/2 (by ALPN on TLS, by the preface on plain `http2` listeners).
+    Both(auto::Builder<LocalExec>),
+}
+
+fn protocols(http2: bool, limits: ConnectionLimits) -> Protocols {
+    if !http2 {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        return Protocols::Http1(http1);
+    }
+    let mut both = auto::Builder::new(LocalExec);
+    both.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    both.http2().timer(TokioTimer::new());
+    Protocols::Both(both)
+}
+
+/// The connections a worker has open, so that stopping can wait for them.
+#[derive(Default)]
+struct OpenConnections {
+    count: Cell<usize>,
+    none_left: tokio::sync::Notify,
+}
+
+impl OpenConnections {
+    fn opened(self: &Rc<Self>) -> OpenGuard {
+        self.count.set(self.count.get() + 1);
+        OpenGuard(self.clone())
+    }
+
+    async fn all_closed(&self) {
+        while self.count.get() > 0 {
+            self.none_left.notified().await;
+        }
+    }
+}
+
+/// One open connection; counted down when dropped.
+struct OpenGuard(Rc<OpenConnections>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let count = self.0.count.get().saturating_sub(1);
+        self.0.count.set(count);
+        if count == 0 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
+/// Drives a connection; when the worker is told to stop, the connection finishes the request in
+/// flight and closes (hyper's graceful shutdown).
+macro_rules! drive {
+    ($conn:expr, $stop:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let mut stop = $stop;
+        tokio::select! {
+            result = conn.as_mut() => result.map_err(BoxError::from),
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(BoxError::from)
+            }
+        }
+    }};
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn accept_loop(
+    listener: TcpListener,
+    listen: Rc<Listen>,
+    worker: Rc<ProxyWorker>,
+    open: Rc<OpenConnections>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted: the
+                // listener itself is fine; give the process a moment to free descriptors.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let connection = Connection {
+            peer,
+            local,
+            scheme: listen.scheme,
+        };
+        tokio::task::spawn_local(serve(
+            stream,
+            connection,
+            listen.clone(),
+            worker.clone(),
+            (open.opened(), stop.clone()),
+        ));
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    connection: Connection,
+    listen: Rc<Listen>,
+    worker: Rc<ProxyWorker>,
+    (_open, stop): (OpenGuard, watch::Receiver<bool>),
+) {
+    let connection = Rc::new(connection);
+    let service = service_fn(move |req| {
+        let (connection, worker) = (connection.clone(), worker.clone());
+        async move { Ok::<_, Infallible>(handle(req, &connection, &worker).await) }
+    });
+    let result = match (&listen.tls, &listen.protocols) {
+        (None, Protocols::Http1(http1)) => drive!(
+            http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades(),
+            stop
+        ),
+        (None, Protocols::Both(both)) => drive!(
+            both.serve_connection_with_upgrades(TokioIo::new(stream), service),
+            stop
+        ),
+        (Some(acceptor), protocols) => {
+            let handshake = acceptor.accept(stream);
+            let tls = match tokio::time::timeout(listen.header_timeout, handshake).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+            match protocols {
+                Protocols::Http1(http1) => drive!(
+                    http1
+                        .serve_connection(TokioIo::new(tls), service)
+                        .with_upgrades(),
+                    stop
+                ),
+                Protocols::Both(both) => drive!(
+                    both.serve_connection_with_upgrades(TokioIo::new(tls), service),
+                    stop
+                ),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
