@@ -5,6 +5,7 @@
 pub mod headers;
 pub mod http1;
 pub mod server;
+pub mod tunnel;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -23,6 +24,7 @@ use http::{Method, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
@@ -95,7 +97,9 @@ pub async fn handle(
     let started = Instant::now();
     let id = RequestId::new();
     let request_id = id.as_str();
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
+    // hyper leaves this only on requests that ask for an upgrade.
+    let upgrade = Cell::new(head.extensions.remove::<OnUpgrade>());
     let req = Rc::new(ClientRequest::new(head, conn.peer, conn.local));
     let refused_body = Cell::new(None);
     let incoming = Arrival {
@@ -105,6 +109,7 @@ pub async fn handle(
         started,
         body_timeout: worker.state.client_body_timeout,
         refused_body: &refused_body,
+        upgrade: &upgrade,
     };
     let mut response = match proxy(&incoming, body, &worker.state, &worker.clients).await {
         Ok(resp) => resp,
@@ -146,6 +151,8 @@ struct Arrival<'a> {
     body_timeout: Duration,
     /// A body refused as too large, drained after the answer (see [`linger`]).
     refused_body: &'a Cell<Option<Incoming>>,
+    /// The client connection's upgrade, when the request asked for one.
+    upgrade: &'a Cell<Option<OnUpgrade>>,
 }
 
 /// Where a matched request goes and how its upstream request is shaped.
@@ -526,60 +533,80 @@ async fn forward(
         http1::end_head(&mut head, method, upstream_headers.declares_length());
         head
     });
-    let answer = loop {
-        let outcome = match &lean_head {
-            Some(head) => {
-                let to = http1::Destination {
-                    key: &origin.base,
-                    host: &origin.connect_host,
-                    port: origin.port,
-                };
-                let outgoing = http1::Outgoing {
-                    method: req.method().as_str(),
-                    head,
-                    body: replay_body.as_ref(),
-                    at: sent_at,
-                    timeouts,
-                };
-                clients.send_lean(&to, &outgoing, no_body).await
-            }
-            None => {
-                let body = match (&replay_body, client_body.take()) {
-                    (Some(body), _) => upstream::full(body.clone()),
-                    (None, Some(client)) => upstream::streamed(client.chunks),
-                    (None, None) => upstream::empty(),
-                };
-                let url = [&*origin.base, &*target].concat();
-                let mut request =
-                    upstream::hyper_request(req.method(), url, &upstream_headers, body)
-                        .map_err(ProxyError::BadGateway)?;
-                if streams_body && !request.headers().contains_key(http::header::CONTENT_LENGTH) {
-                    // Said explicitly: hyper sends no body of unknown length on a GET otherwise.
-                    request.headers_mut().insert(
-                        http::header::TRANSFER_ENCODING,
-                        http::HeaderValue::from_static("chunked"),
-                    );
-                }
-                let verify = service.tls_verify == Some(true);
-                // Boxed: hyper's future would double the size of every request's future.
-                Box::pin(clients.send_hyper(request, verify, no_body, deadline, timeouts.read))
-                    .await
-            }
+    let websocket = incoming
+        .upgrade
+        .take()
+        .filter(|_| tunnel::wants_websocket(req));
+    let tunnelled = websocket.is_some();
+    let answer = if let Some(client) = websocket {
+        let mut request = http::Request::new(http_body_util::Empty::new());
+        *request.uri_mut() = http::Uri::try_from(&*target)
+            .map_err(|e| ProxyError::BadGateway(format!("websocket target: {e}")))?;
+        upstream_headers.write(request.headers_mut());
+        let to = tunnel::Destination {
+            origin,
+            verify: service.tls_verify == Some(true),
+            timeouts,
         };
-        if outcome.is_err() && body_timed_out.as_ref().is_some_and(|t| t.get()) {
-            // The client stalled, not the upstream (whose connection the failure closed).
-            return Err(ProxyError::ClientTimeout);
-        }
-        match outcome {
-            Ok(answer) => break answer,
-            Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {
-                attempts += 1;
-                deadline = Instant::now() + timeout;
-                tracing::debug!(error = %detail, attempts, "upstream connect failed; retrying");
+        let answer = tunnel::handshake(&to, request, client).await?;
+        upstream::answer_of(answer, false, timeouts.read)
+    } else {
+        loop {
+            let outcome = match &lean_head {
+                Some(head) => {
+                    let to = http1::Destination {
+                        key: &origin.base,
+                        host: &origin.connect_host,
+                        port: origin.port,
+                    };
+                    let outgoing = http1::Outgoing {
+                        method: req.method().as_str(),
+                        head,
+                        body: replay_body.as_ref(),
+                        at: sent_at,
+                        timeouts,
+                    };
+                    clients.send_lean(&to, &outgoing, no_body).await
+                }
+                None => {
+                    let body = match (&replay_body, client_body.take()) {
+                        (Some(body), _) => upstream::full(body.clone()),
+                        (None, Some(client)) => upstream::streamed(client.chunks),
+                        (None, None) => upstream::empty(),
+                    };
+                    let url = [&*origin.base, &*target].concat();
+                    let mut request =
+                        upstream::hyper_request(req.method(), url, &upstream_headers, body)
+                            .map_err(ProxyError::BadGateway)?;
+                    if streams_body && !request.headers().contains_key(http::header::CONTENT_LENGTH)
+                    {
+                        // Said explicitly: hyper sends no body of unknown length on a GET otherwise.
+                        request.headers_mut().insert(
+                            http::header::TRANSFER_ENCODING,
+                            http::HeaderValue::from_static("chunked"),
+                        );
+                    }
+                    let verify = service.tls_verify == Some(true);
+                    // Boxed: hyper's future would double the size of every request's future.
+                    Box::pin(clients.send_hyper(request, verify, no_body, deadline, timeouts.read))
+                        .await
+                }
+            };
+            if outcome.is_err() && body_timed_out.as_ref().is_some_and(|t| t.get()) {
+                // The client stalled, not the upstream (whose connection the failure closed).
+                return Err(ProxyError::ClientTimeout);
             }
-            Err(SendError::Timeout) => return Err(ProxyError::Timeout),
-            Err(SendError::Connect(detail) | SendError::Failed(detail)) => {
-                return Err(ProxyError::BadGateway(detail))
+            match outcome {
+                Ok(answer) => break answer,
+                Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {
+                    attempts += 1;
+                    deadline = Instant::now() + timeout;
+                    tracing::debug!(error = %detail, attempts, "upstream connect failed; retrying");
+                }
+                Err(SendError::Timeout) => return Err(ProxyError::Timeout),
+                Err(SendError::Connect(detail) | SendError::Failed(detail)) => {
+                    return Err(ProxyError::BadGateway(detail))
+                }
             }
         }
     };
@@ -591,6 +618,20 @@ async fn forward(
     out.append(http::header::VIA, VIA_VALUE);
     out.insert(UPSTREAM_LATENCY, millis_value(upstream_latency));
     out.insert(PROXY_LATENCY, millis_value(proxy_latency));
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if !tunnelled {
+            // The connection would carry some other protocol than the answer's HTTP.
+            return Err(ProxyError::BadGateway(
+                "the upstream switched protocols unasked".into(),
+            ));
+        }
+        out.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        out.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        return Ok(response);
+    }
     if no_body || matches!(status.as_u16(), 204 | 304) {
         if let (true, Some(length)) = (no_body, answer.length) {
             // A HEAD answer tells the length its GET would have.

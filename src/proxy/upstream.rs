@@ -176,7 +176,7 @@ pub fn hyper_request(
 
 /// hyper's answer in the shape the lean client gives: end-to-end headers only, body as a stream
 /// whose every wait is bounded by the service's `read_timeout`.
-fn answer_of(
+pub(super) fn answer_of(
     resp: http::Response<hyper::body::Incoming>,
     no_body: bool,
     read_timeout: Duration,

@@ -20,3 +20,4 @@ mod proxy;
 mod registry;
 mod tls;
 mod tutorial;
+mod websocket;
