@@ -29,6 +29,9 @@ pub enum AnswerBody {
         /// Bytes still expected, when declared.
         length: Option<u64>,
     },
+    /// An upstream HTTP/2 body passed on frame by frame, trailers included (gRPC's
+    /// `grpc-status` comes in them).
+    Frames(hyper::body::Incoming),
 }
 
 impl AnswerBody {
@@ -71,6 +74,9 @@ impl Body for AnswerBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Self::Frames(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
         }
     }
 
@@ -79,6 +85,7 @@ impl Body for AnswerBody {
             Self::Empty | Self::Full(None) => true,
             Self::Full(Some(bytes)) => bytes.is_empty(),
             Self::Stream { length, .. } => *length == Some(0),
+            Self::Frames(incoming) => incoming.is_end_stream(),
         }
     }
 
@@ -90,6 +97,7 @@ impl Body for AnswerBody {
                 length: Some(n), ..
             } => SizeHint::with_exact(*n),
             Self::Stream { length: None, .. } => SizeHint::default(),
+            Self::Frames(incoming) => incoming.size_hint(),
         }
     }
 }

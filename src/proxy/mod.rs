@@ -2,6 +2,7 @@
 //! phases → forward to the service over a keep-alive pool → stream the answer back → response and
 //! log phases. No lock and no actor mailbox on this path.
 
+pub mod grpc;
 pub mod headers;
 pub mod http1;
 pub mod server;
@@ -113,6 +114,7 @@ pub async fn handle(
     };
     let mut response = match proxy(&incoming, body, &worker.state, &worker.clients).await {
         Ok(resp) => resp,
+        Err(e) if grpc::is_grpc(&req) => grpc::refusal(e.to_response(request_id)),
         Err(e) => e.to_response(request_id),
     };
     if let Ok(v) = HeaderValue::from_bytes(&id.0) {
@@ -312,6 +314,9 @@ async fn proxy(
                 resp.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
+            if grpc::is_grpc(req) {
+                resp = grpc::refusal(resp);
+            }
             resp
         }
         None => {
@@ -326,7 +331,10 @@ async fn proxy(
             forward(incoming, &upstream, payload, &mut ctx, clients)
                 .await
                 // Answer upstream failures here so the response and log phases still run.
-                .unwrap_or_else(|e| e.to_response(request_id))
+                .unwrap_or_else(|e| match grpc::is_grpc(req) {
+                    true => grpc::refusal(e.to_response(request_id)),
+                    false => e.to_response(request_id),
+                })
         }
     };
     for runtime in &ran {
@@ -487,9 +495,12 @@ async fn forward(
         .filter(|h| preserve_host && !h.is_empty())
         .or(service_host);
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
-    let mut client_body = match (&replay_body, payload) {
-        (None, Some(p)) => client_body(incoming, p).await?,
-        _ => None,
+    // gRPC: the client's HTTP/2 stream goes on as it is, trailers included.
+    let grpc = matches!(service.protocol.as_str(), "grpc" | "grpcs");
+    let (mut client_body, grpc_body) = match (&replay_body, payload) {
+        (_, payload) if grpc => (None, Some(payload)),
+        (None, Some(p)) => (client_body(incoming, p).await?, None),
+        _ => (None, None),
     };
     let streams_body = client_body.is_some();
     let body_timed_out = client_body.as_ref().map(|b| b.timed_out.clone());
@@ -519,13 +530,58 @@ async fn forward(
     let timeout = timeouts.connect.saturating_add(timeouts.read);
     let no_body = req.method() == Method::HEAD;
     // The hot path: a plain upstream and a body the gateway holds (or none).
-    let lean = !origin.tls && !streams_body;
+    let lean = !origin.tls && !streams_body && !grpc;
     let mut attempts = 0u32;
     // One clock read serves the proxy latency, the first attempt's deadline and the upstream
     // latency's start (each read is a measurable cost per request on a VM).
     let sent_at = Instant::now();
     let proxy_latency = sent_at.saturating_duration_since(started);
     let mut deadline = sent_at + timeout;
+    if let Some(payload) = grpc_body {
+        let body = match (&replay_body, payload) {
+            (Some(bytes), _) => upstream::full(bytes.clone()),
+            (None, Some(p)) => p.map_err(upstream::BodyError::from).boxed(),
+            (None, None) => upstream::empty(),
+        };
+        let url = [&*origin.base, &*target].concat();
+        let mut request = upstream::hyper_request(req.method(), url, &upstream_headers, body)
+            .map_err(ProxyError::BadGateway)?;
+        // Hop-by-hop to the header rules, but what gRPC servers require of a call.
+        request
+            .headers_mut()
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        *request.version_mut() = Version::HTTP_2;
+        let verify = service.tls_verify == Some(true);
+        let answer = Box::pin(clients.send_grpc(request, verify, deadline))
+            .await
+            .map_err(|e| match e {
+                SendError::Timeout => ProxyError::Timeout,
+                SendError::Connect(detail) | SendError::Failed(detail) => {
+                    ProxyError::BadGateway(detail)
+                }
+            })?;
+        let upstream_latency = sent_at.elapsed();
+        let (parts, body) = answer.into_parts();
+        let mut response = empty_answer(parts.status);
+        *response.body_mut() = AnswerBody::Frames(body);
+        let out = response.headers_mut();
+        let named = headers::connection_tokens(
+            parts
+                .headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        for (name, value) in &parts.headers {
+            if headers::passes_to_client(name.as_str(), &named) {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        out.append(http::header::VIA, VIA_VALUE);
+        out.insert(UPSTREAM_LATENCY, millis_value(upstream_latency));
+        out.insert(PROXY_LATENCY, millis_value(proxy_latency));
+        return Ok(response);
+    }
     let lean_head = lean.then(|| {
         let method = req.method().as_str();
         let mut head = http1::start_head(method, &target, req.headers().len() + 10);

@@ -44,6 +44,10 @@ pub struct UpstreamClients {
     pub plain: UpstreamClient,
     /// Client that verifies upstream certificates against the web PKI roots.
     pub verifying: UpstreamClient,
+    /// gRPC services: HTTP/2 only (h2c with prior knowledge for `grpc`, ALPN h2 for `grpcs`).
+    pub grpc: UpstreamClient,
+    /// [`UpstreamClients::grpc`] verifying certificates (`tls_verify`).
+    pub grpc_verifying: UpstreamClient,
 }
 
 impl UpstreamClients {
@@ -54,6 +58,8 @@ impl UpstreamClients {
             lean: Http1Pool::new(pool_size, idle),
             plain: client(crate::tls::unverified_upstream_config(), pool_size, idle),
             verifying: client(crate::tls::verified_upstream_config(), pool_size, idle),
+            grpc: grpc_client(crate::tls::unverified_upstream_config(), pool_size, idle),
+            grpc_verifying: grpc_client(crate::tls::verified_upstream_config(), pool_size, idle),
         }
     }
 }
@@ -74,6 +80,36 @@ fn client(tls: rustls::ClientConfig, pool_size: usize, idle: Duration) -> Upstre
         .pool_idle_timeout(idle)
         .pool_max_idle_per_host(pool_size)
         .build(connector)
+}
+
+/// [`client`] for gRPC: HTTP/2 only, over TLS (ALPN h2) or plain (prior knowledge).
+fn grpc_client(tls: rustls::ClientConfig, pool_size: usize, idle: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(idle)
+        .pool_max_idle_per_host(pool_size)
+        .http2_only(true)
+        .build(connector)
+}
+
+/// A failure of hyper's pooled client as the retry loop needs it.
+fn send_error(e: &hyper_util::client::legacy::Error) -> SendError {
+    let detail =
+        std::error::Error::source(e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+    if e.is_connect() {
+        SendError::Connect(detail)
+    } else {
+        SendError::Failed(detail)
+    }
 }
 
 /// Why an upstream exchange failed, as the proxy's retry loop needs to know it.
@@ -110,6 +146,31 @@ impl UpstreamClients {
         }
     }
 
+    /// Sends a gRPC request (HTTP/2) and returns the answer as it comes: its body, trailers
+    /// included, streams to the client without a timeout of its own (gRPC streams may be quiet
+    /// for long; the client's deadline and the service's connect + read timeout for the head
+    /// bound the call).
+    ///
+    /// # Errors
+    /// As [`SendError`].
+    pub async fn send_grpc(
+        &self,
+        request: http::Request<UpstreamBody>,
+        verify: bool,
+        deadline: Instant,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let client = if verify {
+            &self.grpc_verifying
+        } else {
+            &self.grpc
+        };
+        match tokio::time::timeout_at(deadline.into(), client.request(request)).await {
+            Err(_) => Err(SendError::Timeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(send_error(&e)),
+        }
+    }
+
     /// Sends a request over hyper's pooled client (TLS upstreams, streamed uploads); `verify`
     /// picks the client that checks upstream certificates. The head must arrive by `deadline`;
     /// then `read_timeout` bounds each wait for more of the body.
@@ -128,15 +189,7 @@ impl UpstreamClients {
         match tokio::time::timeout_at(deadline.into(), client.request(request)).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Ok(resp)) => Ok(answer_of(resp, no_body, read_timeout)),
-            Ok(Err(e)) => {
-                let detail = std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
-                Err(if e.is_connect() {
-                    SendError::Connect(detail)
-                } else {
-                    SendError::Failed(detail)
-                })
-            }
+            Ok(Err(e)) => Err(send_error(&e)),
         }
     }
 }

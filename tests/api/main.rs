@@ -6,6 +6,7 @@
 mod admin;
 mod bodies;
 mod faults;
+mod grpc;
 mod hashed_secrets;
 mod helpers;
 mod introspection;
