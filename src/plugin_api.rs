@@ -23,6 +23,10 @@ pub use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 /// Status codes and methods as plugins see them.
 pub use actix_web::http::{Method, StatusCode};
 
+/// The `access_token` query argument, which token plugins strip for `hide_credentials`.
+pub static ACCESS_TOKEN_ARG: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("access_token"));
+
 /// An answer a plugin (or the gateway itself) gives the client instead of the upstream's. Built
 /// with [`json_answer`] or [`empty_answer`]; headers are added through `headers_mut()`.
 pub type Answer = actix_web::HttpResponse;
@@ -97,8 +101,9 @@ pub struct RequestCtx {
     pub body_too_large: bool,
     /// Headers to set (`Some`) or remove (`None`) on the upstream request, in order.
     pub upstream_headers: Vec<(HeaderName, Option<HeaderValue>)>,
-    /// Query parameters to strip from the upstream request (e.g. `access_token`).
-    pub strip_query: Vec<&'static str>,
+    /// Query parameters to strip from the upstream request (e.g. `access_token`), shared with the
+    /// config that names them so that stripping one allocates nothing.
+    pub strip_query: Vec<Arc<str>>,
     /// Replacement for the buffered body (e.g. `access_token` removed from a form).
     pub replace_body: Option<Bytes>,
     /// The authenticated (or anonymous) consumer.
@@ -140,6 +145,11 @@ impl RequestCtx {
         if self.supplied(name.as_str()) {
             self.upstream_headers.push((name.clone(), None));
         }
+    }
+
+    /// Strips a query argument from the upstream request.
+    pub fn strip_query_arg(&mut self, name: &Arc<str>) {
+        self.strip_query.push(name.clone());
     }
 
     /// Sets `X-Consumer-*` from a consumer, removing the ones it has no value for.

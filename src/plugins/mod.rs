@@ -3,6 +3,7 @@
 //! [`crate::plugin_api`], so the router and the proxy depend on it and not on the plugins.
 
 pub mod introspection;
+pub mod key_auth;
 pub mod oauth2;
 pub mod request_termination;
 
@@ -29,6 +30,7 @@ impl PluginRegistry {
                 introspection_cache.clone(),
             )),
             Arc::new(request_termination::RequestTermination),
+            Arc::new(key_auth::KeyAuth),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),

@@ -9,6 +9,7 @@ mod faults;
 mod hashed_secrets;
 mod helpers;
 mod introspection;
+mod key_auth;
 mod kong_conformance;
 mod oauth2;
 mod oauth2_deviations;
