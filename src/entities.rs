@@ -717,7 +717,6 @@ struct RawAcl {
     id: Uuid,
     consumer: CredentialRef,
     group: String,
-    created_at: i64,
 }
 
 /// A consumer's membership of one group (an `acls` row), which the `acl` plugin checks.
@@ -729,8 +728,6 @@ pub struct AclMembership {
     pub consumer_id: Uuid,
     /// Group name.
     pub group: String,
-    /// Creation time: groups are listed in the order they were granted.
-    pub created_at: i64,
 }
 
 impl AclMembership {
@@ -745,7 +742,6 @@ impl AclMembership {
             id: raw.id,
             consumer_id: raw.consumer.id,
             group: raw.group,
-            created_at: raw.created_at,
         })
     }
 }
@@ -754,7 +750,7 @@ impl AclMembership {
 /// the `X-Consumer-Groups` value, so a request neither joins nor allocates.
 #[derive(Debug, Clone, Default)]
 pub struct ConsumerGroups {
-    /// Group names, in the order they were granted.
+    /// Group names, sorted (Kong lists them in storage order, which no client can rely on).
     pub names: Vec<String>,
     /// The names joined with `", "` (Kong's header value).
     pub header: String,
@@ -813,7 +809,7 @@ impl Identities {
             keyauth,
             mut acls,
         } = parts;
-        acls.sort_by_key(|a| (a.created_at, a.id));
+        acls.sort_by(|a, b| a.group.cmp(&b.group));
         let mut groups: HashMap<Uuid, ConsumerGroups, foldhash::fast::RandomState> =
             HashMap::default();
         for m in acls {

@@ -218,6 +218,12 @@ pub trait Plugin: Send + Sync + 'static {
     fn check_whole_config(&self, _config: &Map<String, Value>) -> Result<(), String> {
         Ok(())
     }
+    /// Checks across the plugin's fields that Kong declares on the plugin entity itself (its
+    /// `entity_checks`, such as `only_one_of = { "config.allow", "config.deny" }`): Kong answers
+    /// them under `fields["@entity"]`, beside `config`, not inside it.
+    fn check_entity(&self, _config: &Map<String, Value>) -> Vec<String> {
+        Vec::new()
+    }
     /// Compiles one instance into its runtime form (typed config, shared handles).
     ///
     /// # Errors

@@ -239,6 +239,12 @@ fn validate_plugin(
     let mut config = schema::validate(plugin.schema(), &raw, coerce)
         .map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
     plugin.complete_config(&mut config);
+    let entity_errors = plugin.check_entity(&config);
+    if !entity_errors.is_empty() {
+        let mut e = FieldErrors::new();
+        e.insert("@entity".into(), json!(entity_errors));
+        return Err(AdminError::Schema(e));
+    }
     plugin
         .check_config(&config)
         .map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
@@ -260,6 +266,7 @@ pub fn kind_by_table(table: &str) -> Option<&'static EntityKind> {
         "plugins" => &crate::entities::PLUGINS,
         "oauth2_credentials" => &credentials::CREDENTIALS,
         "keyauth_credentials" => &keyauth::CREDENTIALS,
+        "acls" => &crate::plugins::acl::acls::ACLS,
         _ => return None,
     })
 }

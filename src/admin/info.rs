@@ -151,6 +151,7 @@ pub fn entity_schema(entity: &str) -> Result<HttpResponse, AdminError> {
         "keyauth_credentials" | "key-auths" => {
             &crate::plugins::key_auth::credentials::CREDENTIAL_SCHEMA
         }
+        "acls" => &crate::plugins::acl::acls::ACL_SCHEMA,
         _ => return Err(AdminError::NotFound),
     };
     Ok(HttpResponse::Ok().json(json!({ "fields": fields(schema) })))

@@ -24,6 +24,7 @@ use crate::actors::registry::ConfigRegistry;
 use crate::config::Settings;
 use crate::entities::{EntityKind, CONSUMERS, PLUGINS, ROUTES, SERVICES};
 use crate::error::AdminError;
+use crate::plugins::acl::acls::ACLS;
 use crate::plugins::key_auth::credentials::CREDENTIALS as KEYAUTH_CREDENTIALS;
 use crate::plugins::oauth2::credentials::CREDENTIALS;
 use crate::plugins::PluginRegistry;
@@ -52,13 +53,14 @@ pub struct AdminState {
 
 /// The entity collections at the top of the URL space: segment → entity. The dispatcher and the
 /// OpenAPI document both read this table.
-pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 6] = [
+pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 7] = [
     ("services", &SERVICES),
     ("routes", &ROUTES),
     ("consumers", &CONSUMERS),
     ("plugins", &PLUGINS),
     ("oauth2", &CREDENTIALS),
     ("key-auths", &KEYAUTH_CREDENTIALS),
+    ("acls", &ACLS),
 ];
 
 /// Collections whose nested segment differs from their top-level one (Kong's
@@ -67,24 +69,26 @@ const NESTED_NAMES: [(&str, &str); 1] = [("key-auth", "key-auths")];
 
 /// Collections nested under a parent (`/services/{s}/routes`): `(parent segment, child segment,
 /// foreign-key field of the child)`.
-pub const NESTED: [(&str, &str, &str); 6] = [
+pub const NESTED: [(&str, &str, &str); 7] = [
     ("services", "routes", "service"),
     ("services", "plugins", "service"),
     ("routes", "plugins", "route"),
     ("consumers", "plugins", "consumer"),
     ("consumers", "oauth2", "consumer"),
     ("consumers", "key-auth", "consumer"),
+    ("consumers", "acls", "consumer"),
 ];
 
 /// A child's parent reached through its foreign key (`/routes/{r}/service`): `(child segment,
 /// foreign-key field, parent segment)`.
-pub const FOREIGN: [(&str, &str, &str); 6] = [
+pub const FOREIGN: [(&str, &str, &str); 7] = [
     ("routes", "service", "services"),
     ("plugins", "service", "services"),
     ("plugins", "route", "routes"),
     ("plugins", "consumer", "consumers"),
     ("oauth2", "consumer", "consumers"),
     ("key-auths", "consumer", "consumers"),
+    ("acls", "consumer", "consumers"),
 ];
 
 /// The entity of a collection segment.

@@ -2,6 +2,7 @@
 //! implement ([`Plugin`], [`PluginRuntime`], [`RequestCtx`], [`Flow`]) lives in the leaf
 //! [`crate::plugin_api`], so the router and the proxy depend on it and not on the plugins.
 
+pub mod acl;
 pub mod introspection;
 pub mod key_auth;
 pub mod oauth2;
@@ -31,6 +32,7 @@ impl PluginRegistry {
             )),
             Arc::new(request_termination::RequestTermination),
             Arc::new(key_auth::KeyAuth),
+            Arc::new(acl::Acl),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),

@@ -3,6 +3,7 @@
 // A failing test panics with its message: unwrap/expect are the assertion style here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acl;
 mod admin;
 mod bodies;
 mod faults;
