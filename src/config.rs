@@ -290,6 +290,7 @@ const TEST_VARIABLES: &str = "PORTCULLIS_TEST_";
 /// The built-in plugins, as `plugins = bundled` enables them.
 pub const BUNDLED_PLUGINS: &[&str] = &[
     "acl",
+    "cors",
     "key-auth",
     "oauth2",
     "oauth2-introspection",

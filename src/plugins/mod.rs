@@ -3,6 +3,7 @@
 //! [`crate::plugin_api`], so the router and the proxy depend on it and not on the plugins.
 
 pub mod acl;
+pub mod cors;
 pub mod introspection;
 pub mod key_auth;
 pub mod oauth2;
@@ -33,6 +34,7 @@ impl PluginRegistry {
             Arc::new(request_termination::RequestTermination),
             Arc::new(key_auth::KeyAuth),
             Arc::new(acl::Acl),
+            Arc::new(cors::Cors),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),

@@ -324,7 +324,8 @@ pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
 }
 
 /// A real upstream: `/echo…` answers JSON describing the request, `/slow?ms=` waits first,
-/// `/big?bytes=` streams a large body, `/status/{code}` answers that status.
+/// `/big?bytes=` streams a large body, `/status/{code}` answers that status,
+/// `/response-headers?name=value` adds those response headers.
 pub struct Upstream {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
@@ -359,7 +360,16 @@ async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
             .content_type("application/octet-stream")
             .body(body);
     }
-    HttpResponse::Ok().json(json!({
+    let mut answer = HttpResponse::Ok();
+    if path == "/response-headers" {
+        // Each query argument becomes a response header (Kong's mock upstream).
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+        for (name, value) in pairs {
+            answer.append_header((name, value));
+        }
+    }
+    answer.json(json!({
         "method": req.method().as_str(),
         "path": path,
         "query": req.query_string(),

@@ -6,6 +6,7 @@
 mod acl;
 mod admin;
 mod bodies;
+mod cors;
 mod faults;
 mod hashed_secrets;
 mod helpers;
