@@ -3,6 +3,7 @@
 //! `kong/plugins/cors` and its specs (`spec/03-plugins/13-cors`). Origins are normalised and
 //! regexes compiled once, when the config is compiled.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
@@ -155,50 +156,59 @@ fn lua_number(n: f64) -> String {
 }
 
 /// An origin as Kong normalises it: `scheme://host[:port]` without a default port, and the host.
+/// Both borrow from the request's `Origin` unless a default port or user information is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Normalized {
-    domain: String,
-    host: String,
+struct Normalized<'a> {
+    domain: Cow<'a, str>,
+    host: &'a str,
 }
 
 /// Kong's `normalize_origin` (LuaSocket's `url.parse`): a value without an authority is its own
 /// domain and host.
-fn normalize(origin: &str) -> Normalized {
+fn normalize(origin: &str) -> Normalized<'_> {
     let (scheme, rest) = match origin.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => match origin.strip_prefix("//") {
             Some(rest) => (None, rest),
             None => {
                 return Normalized {
-                    domain: origin.to_string(),
-                    host: origin.to_string(),
+                    domain: Cow::Borrowed(origin),
+                    host: origin,
                 }
             }
         },
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit('@').next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
-        _ => (authority, None),
+    let start = origin.len() - rest.len();
+    let end = start + rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &origin[start..end];
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((_, hostport)) => (true, hostport),
+        None => (false, authority),
     };
-    let port = port.filter(|p| {
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (h, Some(p)),
+        _ => (hostport, None),
+    };
+    let kept_port = port.filter(|p| {
         !p.is_empty() && !matches!((scheme, *p), (Some("http"), "80") | (Some("https"), "443"))
     });
-    let mut domain = String::new();
-    if let Some(s) = scheme {
-        domain.push_str(s);
-        domain.push_str("://");
-    }
-    domain.push_str(host);
-    if let Some(p) = port {
-        domain.push(':');
-        domain.push_str(p);
-    }
-    Normalized {
-        domain,
-        host: host.to_string(),
-    }
+    let domain_start = if scheme.is_some() { 0 } else { start };
+    let domain = if !userinfo && kept_port == port {
+        Cow::Borrowed(&origin[domain_start..end])
+    } else {
+        let mut d = String::new();
+        if let Some(s) = scheme {
+            d.push_str(s);
+            d.push_str("://");
+        }
+        d.push_str(host);
+        if let Some(p) = kept_port {
+            d.push(':');
+            d.push_str(p);
+        }
+        Cow::Owned(d)
+    };
+    Normalized { domain, host }
 }
 
 /// One configured origin after Kong's preparation.
@@ -245,7 +255,7 @@ impl Origins {
             if entry == "*" {
                 list.push(Allowed::Any);
             } else if plain(&entry) {
-                list.push(Allowed::Exact(normalize(&entry).domain));
+                list.push(Allowed::Exact(normalize(&entry).domain.into_owned()));
             } else {
                 // Kong appends `$` unless present, drops a leading `^`, and anchors the start.
                 let mut re = entry.strip_prefix('^').unwrap_or(&entry).to_string();
@@ -318,7 +328,7 @@ impl Runtime {
             Origins::List(list) => list,
         };
         set_vary(headers, append_vary);
-        let Some(origin) = origin.and_then(|o| o.to_str().ok()) else {
+        let Some((value, origin)) = origin.and_then(|o| o.to_str().ok().map(|s| (o, s))) else {
             headers.remove(ACAO);
             return false;
         };
@@ -330,14 +340,17 @@ impl Runtime {
                     return true;
                 }
                 Allowed::Regex { re, by_host } => re.is_match(if *by_host {
-                    &normalized.host
+                    normalized.host
                 } else {
                     &normalized.domain
                 }),
                 Allowed::Exact(domain) => *domain == normalized.domain,
             };
             if found {
-                if let Ok(v) = HeaderValue::from_str(&normalized.domain) {
+                // The request's own value when nothing was normalised away: no copy.
+                if normalized.domain.len() == origin.len() {
+                    headers.insert(ACAO, value.clone());
+                } else if let Ok(v) = HeaderValue::from_str(&normalized.domain) {
                     headers.insert(ACAO, v);
                 }
                 return false;
@@ -459,12 +472,18 @@ mod tests {
 
     #[test]
     fn origins_normalise_as_kong() {
-        let n = |s: &str| normalize(s).domain;
+        let n = |s: &str| normalize(s).domain.into_owned();
         assert_eq!(n("http://example.com:80"), "http://example.com");
         assert_eq!(n("https://example.com:443/path"), "https://example.com");
         assert_eq!(n("http://example.com:8080"), "http://example.com:8080");
         assert_eq!(n("example.com"), "example.com");
         assert_eq!(normalize("http://a.b.test").host, "a.b.test");
+        assert_eq!(n("//a.test:81/x"), "a.test:81");
+        assert_eq!(n("http://user@a.test"), "http://a.test");
+        assert!(matches!(
+            normalize("https://a.test:8443").domain,
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
