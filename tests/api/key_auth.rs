@@ -10,8 +10,9 @@
 //! - *creates a key-auth credential with a ttl*, *GET #ttl*, *contains #ttl*, *auto-expiring keys*:
 //!   credentials have no `ttl` here; the field is refused (see `post_with_ttl_is_refused`).
 //! - *key in gRPC headers*: the gateway proxies HTTP only.
-//! - *multiple auth … logical AND / OR*: Kong pairs key-auth with basic-auth, which this build
-//!   does not have.
+//! - *multiple auth … logical AND / OR* of this spec: Kong pairs key-auth with basic-auth, which
+//!   this build does not have. The same cases of Kong's oauth2 spec (`25-oauth2/03-access_spec`,
+//!   key-auth with oauth2) are ported here instead (`and_*`, `or_*`), but for the one with `jwt`.
 //! - *removes apikey in encoded query*: Kong re-encodes the whole query when it strips one
 //!   argument; the gateway forwards every other argument byte for byte (the exact answer is in
 //!   `hide_credentials_strips_an_encoded_query_key_only`).
@@ -859,6 +860,226 @@ async fn forged_consumer_headers_are_replaced(backend: Backend) {
     assert!(h.get("x-consumer-custom-id").is_none(), "{h}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// 25-oauth2/03-access_spec.lua: multiple auth (oauth2 1400, then key-auth 1250)
+// ---------------------------------------------------------------------------------------------
+
+/// Kong's fixture: `logical-and.test` (oauth2 + key-auth), `logical-or.test` (both with
+/// `anonymous`), consumers `Anonymous`, `Mickey` (key `Mouse`) and `Aladdin` (OAuth client
+/// `clientid4567`).
+struct Multi {
+    app: TestApp,
+    _upstream: Upstream,
+    anonymous: Value,
+    mickey: Value,
+    aladdin: Value,
+    keyauth: Value,
+}
+
+impl Multi {
+    async fn start(backend: Backend) -> Self {
+        let app = spawn_on_backend(backend).await;
+        let upstream = spawn_upstream();
+        let mut consumers = Vec::new();
+        for name in ["Anonymous", "Mickey", "Aladdin"] {
+            let (s, c) = app
+                .admin_post("/consumers", json!({"username": name}))
+                .await;
+            assert_eq!(s, 201);
+            consumers.push(c);
+        }
+        let anonymous_id = consumers[0]["id"].clone();
+        let oauth2 = |anonymous: bool| {
+            let mut c = json!({"scopes": ["email", "profile", "user.email"],
+                "provision_key": "provision123", "enable_authorization_code": true});
+            if anonymous {
+                c["anonymous"] = anonymous_id.clone();
+            }
+            c
+        };
+        for (host, anonymous) in [("logical-and.test", false), ("logical-or.test", true)] {
+            app.host_with_plugin(&upstream.url, host, "oauth2", oauth2(anonymous))
+                .await;
+            let key_auth = if anonymous {
+                json!({"anonymous": anonymous_id})
+            } else {
+                json!({})
+            };
+            let (s, b) = app
+                .admin_post(
+                    &format!("/routes/route-{host}/plugins"),
+                    json!({"name": "key-auth", "config": key_auth}),
+                )
+                .await;
+            assert_eq!(s, 201, "{b}");
+        }
+        let (s, keyauth) = app
+            .admin_post("/consumers/Mickey/key-auth", json!({"key": "Mouse"}))
+            .await;
+        assert_eq!(s, 201);
+        let (s, b) = app
+            .admin_post(
+                "/consumers/Aladdin/oauth2",
+                json!({"client_id": "clientid4567", "client_secret": "secret4567",
+                       "redirect_uris": ["http://google.test/kong"], "name": "testapp"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let aladdin = consumers.pop().unwrap();
+        let mickey = consumers.pop().unwrap();
+        Self {
+            app,
+            _upstream: upstream,
+            anonymous: consumers.pop().unwrap(),
+            mickey,
+            aladdin,
+            keyauth,
+        }
+    }
+
+    /// Kong's `provision_token`: a code for `clientid4567`, exchanged, over HTTPS.
+    async fn token(&self, host: &str) -> String {
+        let post = |path: &str, body: Value| {
+            self.app
+                .http
+                .post(format!("{}{path}", self.app.proxy_tls))
+                .header("host", host)
+                .header("apikey", "Mouse")
+                .json(&body)
+        };
+        let r = post(
+            "/oauth2/authorize",
+            json!({"provision_key": "provision123",
+            "client_id": "clientid4567", "scope": "email", "response_type": "code",
+            "state": "hello", "authenticated_userid": "userid123"}),
+        );
+        let (s, body) = crate::helpers::status_json(r.send().await.unwrap()).await;
+        assert_eq!(s, 200, "{body}");
+        let uri = body["redirect_uri"].as_str().unwrap();
+        let code = uri
+            .split("code=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        let r = post(
+            "/oauth2/token",
+            json!({"code": code, "client_id": "clientid4567",
+            "client_secret": "secret4567", "grant_type": "authorization_code"}),
+        );
+        let (s, body) = crate::helpers::status_json(r.send().await.unwrap()).await;
+        assert_eq!(s, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    async fn get(&self, host: &str, headers: &[(&str, &str)]) -> (u16, Value, Option<String>) {
+        let mut rb = self.app.proxy_to(Method::GET, host, "/request");
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        answer(rb).await
+    }
+}
+
+async fn and_passes_with_all_credentials(backend: Backend) {
+    let m = Multi::start(backend).await;
+    let bearer = format!("bearer {}", m.token("logical-and.test").await);
+    let (s, body, _) = m
+        .get(
+            "logical-and.test",
+            &[("apikey", "Mouse"), ("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let h = &body["headers"];
+    assert!(h.get("x-anonymous-consumer").is_none(), "{h}");
+    // key-auth runs last: its consumer and credential are the ones sent.
+    assert_eq!(h["x-consumer-id"], m.mickey["id"]);
+    assert_eq!(h["x-credential-identifier"], m.keyauth["id"]);
+}
+
+async fn and_fails_with_only_the_key(backend: Backend) {
+    let m = Multi::start(backend).await;
+    let (s, _, challenge) = m.get("logical-and.test", &[("apikey", "Mouse")]).await;
+    assert_eq!(s, 401);
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+}
+
+async fn and_fails_with_only_the_token(backend: Backend) {
+    let m = Multi::start(backend).await;
+    let bearer = format!("bearer {}", m.token("logical-and.test").await);
+    let (s, _, challenge) = m
+        .get("logical-and.test", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(s, 401);
+    assert_eq!(challenge.as_deref(), Some("Key"));
+}
+
+async fn and_fails_with_no_credential(backend: Backend) {
+    let m = Multi::start(backend).await;
+    let (s, _, challenge) = m.get("logical-and.test", &[]).await;
+    assert_eq!(s, 401);
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+}
+
+async fn or_passes_with_all_credentials(backend: Backend) {
+    let m = Multi::start(backend).await;
+    let bearer = format!("bearer {}", m.token("logical-or.test").await);
+    let (s, body, _) = m
+        .get(
+            "logical-or.test",
+            &[("apikey", "Mouse"), ("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let h = &body["headers"];
+    assert!(h.get("x-anonymous-consumer").is_none(), "{h}");
+    // oauth2 ran first and authenticated; key-auth (logical OR) keeps its consumer.
+    assert_eq!(h["x-consumer-id"], m.aladdin["id"]);
+    assert_eq!(h["x-credential-identifier"], "clientid4567");
+}
+
+async fn or_passes_with_only_the_key(backend: Backend) {
+    let m = Multi::start(backend).await;
+    let headers = [
+        ("apikey", "Mouse"),
+        ("x-authenticated-scope", "all-access"),
+        ("x-authenticated-userid", "admin"),
+    ];
+    let (s, body, _) = m.get("logical-or.test", &headers).await;
+    assert_eq!(s, 200, "{body}");
+    let h = &body["headers"];
+    assert!(h.get("x-anonymous-consumer").is_none(), "{h}");
+    assert_eq!(h["x-consumer-id"], m.mickey["id"]);
+    assert_eq!(h["x-credential-identifier"], m.keyauth["id"]);
+    assert!(h.get("x-authenticated-scope").is_none(), "{h}");
+    assert!(h.get("x-authenticated-userid").is_none(), "{h}");
+}
+
+async fn or_passes_with_only_the_token(backend: Backend) {
+    let m = Multi::start(backend).await;
+    let bearer = format!("bearer {}", m.token("logical-or.test").await);
+    let (s, body, _) = m
+        .get("logical-or.test", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let h = &body["headers"];
+    assert!(h.get("x-anonymous-consumer").is_none(), "{h}");
+    assert_eq!(h["x-consumer-id"], m.aladdin["id"]);
+    assert_eq!(h["x-credential-identifier"], "clientid4567");
+}
+
+async fn or_passes_with_no_credential(backend: Backend) {
+    let m = Multi::start(backend).await;
+    let (s, body, _) = m.get("logical-or.test", &[]).await;
+    assert_eq!(s, 200, "{body}");
+    let h = &body["headers"];
+    assert_eq!(h["x-anonymous-consumer"], "true");
+    assert_eq!(h["x-consumer-id"], m.anonymous["id"]);
+    assert!(h.get("x-credential-identifier").is_none(), "{h}");
+}
+
 on_both_stores!(
     post_creates_with_key,
     post_generates_a_unique_key,
@@ -906,4 +1127,12 @@ on_both_stores!(
     anonymous_that_does_not_exist,
     deleted_keys_stop_working,
     forged_consumer_headers_are_replaced,
+    and_passes_with_all_credentials,
+    and_fails_with_only_the_key,
+    and_fails_with_only_the_token,
+    and_fails_with_no_credential,
+    or_passes_with_all_credentials,
+    or_passes_with_only_the_key,
+    or_passes_with_only_the_token,
+    or_passes_with_no_credential,
 );
