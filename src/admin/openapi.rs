@@ -603,6 +603,10 @@ fn example(table: &str, omit: Option<&str>) -> Option<Value> {
             "redirect_uris": ["https://example.com/cb"],
             "consumer": { "username": "example-user" },
         }),
+        "keyauth_credentials" => json!({
+            "key": "example-key", "consumer": { "username": "example-user" },
+        }),
+        "acls" => json!({ "group": "example-group", "consumer": { "username": "example-user" } }),
         _ => return None,
     };
     if let (Some(field), Some(o)) = (omit, example.as_object_mut()) {
@@ -619,6 +623,7 @@ fn example_key(param: &str) -> Option<&'static str> {
         "consumer" => "example-user",
         "plugin" => "example-plugin",
         "oauth2_credential" => "example-client",
+        "keyauth_credential" => "example-key",
         "entity" => "services",
         "plugin_name" => "oauth2",
         _ => return None,
