@@ -50,8 +50,7 @@ fn snapshot(n: usize) -> RouterSnapshot {
         routes,
         services: &services,
         chains: HashMap::new(),
-        consumers: Vec::new(),
-        credentials: Vec::new(),
+        identities: Default::default(),
         version: 1,
     })
 }

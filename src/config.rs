@@ -298,7 +298,14 @@ const KEYS: &[(&str, Kind)] = &[
 const TEST_VARIABLES: &str = "PORTCULLIS_TEST_";
 
 /// The built-in plugins, as `plugins = bundled` enables them.
-pub const BUNDLED_PLUGINS: &[&str] = &["oauth2", "oauth2-introspection", "request-termination"];
+pub const BUNDLED_PLUGINS: &[&str] = &[
+    "acl",
+    "cors",
+    "key-auth",
+    "oauth2",
+    "oauth2-introspection",
+    "request-termination",
+];
 
 /// Kong's log levels without a tracing equivalent, and the tracing level they mean.
 const KONG_LEVELS: &[(&str, &str)] = &[

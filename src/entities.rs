@@ -1,14 +1,15 @@
 //! Kong's core entities (services, routes, consumers, plugins): their admin schemas and
 //! [`EntityKind`]s, and the typed views the config registry builds from validated documents
-//! ([`Service`], [`Route`], [`Consumer`], [`PluginInstance`], and [`OAuthCredential`], whose schema
-//! lives with the `oauth2` plugin), plus [`Identities`]: one snapshot's consumers and OAuth clients
-//! indexed for the plugins. A leaf: it imports only the schema language.
+//! ([`Service`], [`Route`], [`Consumer`], [`PluginInstance`], and the plugins' credentials
+//! [`OAuthCredential`], [`KeyAuthCredential`] and [`AclMembership`], whose schemas live with their
+//! plugins), plus [`Identities`]: one snapshot's consumers and credentials indexed for the plugins.
+//! A leaf: it imports only the schema language.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use portcullis_stores::model::entities as defs;
-use portcullis_stores::EntityDef;
+use portcullis_stores::{EntityDef, TokenHash};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -49,6 +50,25 @@ pub struct EntityKind {
     pub schema: &'static Schema,
     /// Field used for id-or-name addressing (`name`, `username`, `instance_name`, `client_id`).
     pub endpoint_key: &'static str,
+    /// How an endpoint key is found in the store when the stored field is not the input one.
+    pub endpoint_lookup: EndpointLookup,
+}
+
+/// How the admin API finds a row by its endpoint key (a path segment that is not a UUID).
+#[derive(Debug, Clone, Copy)]
+pub enum EndpointLookup {
+    /// The stored field `endpoint_key` holds the value itself.
+    Plain,
+    /// The stored field holds a digest of the value (`key-auth` keys: `key_hash`).
+    Digest {
+        /// Stored field.
+        field: &'static str,
+        /// The digest as stored.
+        digest: fn(&str) -> String,
+    },
+    /// The key names a row only under its parent (`/consumers/{c}/acls/{group}`); at the top
+    /// level only ids address rows.
+    UnderParent,
 }
 
 fn base_fields() -> Vec<Field> {
@@ -421,24 +441,28 @@ pub static SERVICES: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
     def: &defs::SERVICES,
     schema: &SERVICE_SCHEMA,
     endpoint_key: "name",
+    endpoint_lookup: EndpointLookup::Plain,
 });
 /// Routes as an admin entity.
 pub static ROUTES: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
     def: &defs::ROUTES,
     schema: &ROUTE_SCHEMA,
     endpoint_key: "name",
+    endpoint_lookup: EndpointLookup::Plain,
 });
 /// Consumers as an admin entity.
 pub static CONSUMERS: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
     def: &defs::CONSUMERS,
     schema: &CONSUMER_SCHEMA,
     endpoint_key: "username",
+    endpoint_lookup: EndpointLookup::Plain,
 });
 /// Plugins as an admin entity.
 pub static PLUGINS: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
     def: &defs::PLUGINS,
     schema: &PLUGIN_SCHEMA,
     endpoint_key: "instance_name",
+    endpoint_lookup: EndpointLookup::Plain,
 });
 
 /// Expands the write-only service `url` into protocol/host/port/path (Kong's rules).
@@ -651,11 +675,112 @@ impl OAuthCredential {
     }
 }
 
+#[derive(Deserialize)]
+struct RawKeyAuth {
+    id: Uuid,
+    consumer: CredentialRef,
+    key_hash: String,
+}
+
+/// An API key (a `keyauth_credentials` row) as the router snapshot indexes it and the `key-auth`
+/// plugin authenticates against: only the key's SHA-256 digest is known. Its schema lives with the
+/// plugin (`plugins::key_auth::credentials`).
+#[derive(Debug, Clone)]
+pub struct KeyAuthCredential {
+    /// Credential id (sent upstream as `X-Credential-Identifier`).
+    pub id: Uuid,
+    /// Owning consumer.
+    pub consumer_id: Uuid,
+    /// SHA-256 digest of the key.
+    pub key_hash: TokenHash,
+}
+
+impl KeyAuthCredential {
+    /// Typed view of a stored document.
+    ///
+    /// # Errors
+    /// A document that does not satisfy the schema.
+    pub fn from_doc(doc: &Map<String, Value>) -> Result<Self, String> {
+        let raw: RawKeyAuth =
+            serde_json::from_value(Value::Object(doc.clone())).map_err(|e| e.to_string())?;
+        let key_hash = TokenHash::from_hex(&raw.key_hash).ok_or("key_hash is not a digest")?;
+        Ok(Self {
+            id: raw.id,
+            consumer_id: raw.consumer.id,
+            key_hash,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct RawAcl {
+    id: Uuid,
+    consumer: CredentialRef,
+    group: String,
+}
+
+/// A consumer's membership of one group (an `acls` row), which the `acl` plugin checks.
+#[derive(Debug, Clone)]
+pub struct AclMembership {
+    /// Row id.
+    pub id: Uuid,
+    /// The member.
+    pub consumer_id: Uuid,
+    /// Group name.
+    pub group: String,
+}
+
+impl AclMembership {
+    /// Typed view of a stored document.
+    ///
+    /// # Errors
+    /// A document that does not satisfy the schema.
+    pub fn from_doc(doc: &Map<String, Value>) -> Result<Self, String> {
+        let raw: RawAcl =
+            serde_json::from_value(Value::Object(doc.clone())).map_err(|e| e.to_string())?;
+        Ok(Self {
+            id: raw.id,
+            consumer_id: raw.consumer.id,
+            group: raw.group,
+        })
+    }
+}
+
+/// One consumer's groups, prepared once per snapshot for the `acl` plugin: the names to match and
+/// the `X-Consumer-Groups` value, so a request neither joins nor allocates.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerGroups {
+    /// Group names, sorted (Kong lists them in storage order, which no client can rely on).
+    pub names: Vec<String>,
+    /// The names joined with `", "` (Kong's header value).
+    pub header: String,
+}
+
+impl ConsumerGroups {
+    /// Whether the consumer belongs to any of `groups`.
+    pub fn any_of(&self, groups: &[String]) -> bool {
+        groups.iter().any(|g| self.names.iter().any(|n| n == g))
+    }
+}
+
 /// Entities by id, looked up on every authenticated request. Ids are UUIDs that only the admin
 /// API sets, so foldhash (several times cheaper than SipHash) needs no flood resistance.
 pub type IdMap<T> = HashMap<Uuid, Arc<T>, foldhash::fast::RandomState>;
 
-/// The consumers and OAuth clients of one configuration snapshot, indexed the ways plugins look
+/// The identity rows of one configuration snapshot, before indexing.
+#[derive(Default)]
+pub struct IdentityParts {
+    /// Consumers.
+    pub consumers: Vec<Arc<Consumer>>,
+    /// OAuth 2.0 clients.
+    pub oauth2: Vec<Arc<OAuthCredential>>,
+    /// API keys.
+    pub keyauth: Vec<Arc<KeyAuthCredential>>,
+    /// Group memberships.
+    pub acls: Vec<Arc<AclMembership>>,
+}
+
+/// The consumers and credentials of one configuration snapshot, indexed the ways plugins look
 /// them up. Built by the router snapshot and shared whole (one reference count) with each
 /// request's plugins, so plugins read identities without depending on the router.
 #[derive(Default)]
@@ -668,22 +793,49 @@ pub struct Identities {
     pub oauth2_by_client_id: HashMap<String, Arc<OAuthCredential>>,
     /// OAuth 2.0 credentials by id.
     pub oauth2_by_id: IdMap<OAuthCredential>,
+    /// API keys by the digest of the key. The digest is uniformly distributed and chosen by no
+    /// one, so foldhash needs no flood resistance here either.
+    pub keyauth_by_hash: HashMap<TokenHash, Arc<KeyAuthCredential>, foldhash::fast::RandomState>,
+    /// Groups by consumer id (consumers without groups are absent).
+    pub groups: IdMap<ConsumerGroups>,
 }
 
 impl Identities {
     /// Indexes the given consumers and credentials.
-    pub fn build(consumers: Vec<Arc<Consumer>>, credentials: Vec<Arc<OAuthCredential>>) -> Self {
+    pub fn build(parts: IdentityParts) -> Self {
+        let IdentityParts {
+            consumers,
+            oauth2,
+            keyauth,
+            mut acls,
+        } = parts;
+        acls.sort_by(|a, b| a.group.cmp(&b.group));
+        let mut groups: HashMap<Uuid, ConsumerGroups, foldhash::fast::RandomState> =
+            HashMap::default();
+        for m in acls {
+            let entry = groups.entry(m.consumer_id).or_default();
+            if !entry.header.is_empty() {
+                entry.header.push_str(", ");
+            }
+            entry.header.push_str(&m.group);
+            entry.names.push(m.group.clone());
+        }
         Self {
             consumers_by_username: consumers
                 .iter()
                 .filter_map(|c| c.username.clone().map(|u| (u, c.clone())))
                 .collect(),
             consumers: consumers.into_iter().map(|c| (c.id, c)).collect(),
-            oauth2_by_client_id: credentials
+            oauth2_by_client_id: oauth2
                 .iter()
                 .map(|c| (c.client_id.clone(), c.clone()))
                 .collect(),
-            oauth2_by_id: credentials.into_iter().map(|c| (c.id, c)).collect(),
+            oauth2_by_id: oauth2.into_iter().map(|c| (c.id, c)).collect(),
+            keyauth_by_hash: keyauth.into_iter().map(|c| (c.key_hash, c)).collect(),
+            groups: groups
+                .into_iter()
+                .map(|(id, g)| (id, Arc::new(g)))
+                .collect(),
         }
     }
 

@@ -112,8 +112,15 @@ fn insert(map: &mut Map<String, Value>, path: &[String], value: Value, is_array:
     }
 }
 
-/// The named parts of a multipart body, in order, as `(name, text)`; unnamed parts are skipped.
-fn multipart_fields(content_type: &str, body: &[u8]) -> Result<Vec<(String, String)>, FormError> {
+/// The named parts of a multipart body, in order, as `(name, text)`; unnamed parts are skipped
+/// and repeated names kept.
+///
+/// # Errors
+/// A missing boundary, a malformed body, or a part that is not UTF-8.
+pub fn multipart_fields(
+    content_type: &str,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, FormError> {
     let boundary = multer::parse_boundary(content_type).map_err(|_| FormError::MissingBoundary)?;
     let chunk: Result<Bytes, std::convert::Infallible> = Ok(Bytes::copy_from_slice(body));
     let mut multipart = multer::Multipart::new(futures_util::stream::iter([chunk]), boundary);

@@ -10,8 +10,9 @@
 //! - [`error`]: the error enums of the admin API, the config registry and the proxy, and their one
 //!   mapping to HTTP.
 //! - [`schema`]: the declarative schema language (Kong-shaped validation errors, defaults).
-//! - [`entities`]: services, routes, consumers, plugins: schemas and typed views; the OAuth client
-//!   view and the consumers and clients a snapshot hands to plugins ([`entities::Identities`]).
+//! - [`entities`]: services, routes, consumers, plugins: schemas and typed views; the views of the
+//!   plugins' credentials (OAuth clients, API keys, group memberships) and the consumers and
+//!   credentials a snapshot hands to plugins ([`entities::Identities`]).
 //! - [`forms`]: request bodies (JSON, url-encoded and multipart forms) as Kong reads them, for the
 //!   admin API and the OAuth endpoints alike.
 //! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, and its
@@ -20,8 +21,8 @@
 //! - [`proxy`]: the request pipeline (match → plugins → forward → respond) and header rules.
 //! - [`plugin_api`]: the plugin contract (`Plugin`, `PluginRuntime`, `RequestCtx`, `Flow`,
 //!   `Scheme`), a leaf the router, the proxy and the plugins share.
-//! - [`plugins`]: the built-in plugins (`oauth2`, `oauth2-introspection`, `request-termination`)
-//!   and the registry of the kinds this build offers.
+//! - [`plugins`]: the built-in plugins (`oauth2`, `oauth2-introspection`, `key-auth`, `acl`,
+//!   `cors`, `request-termination`) and the registry of the kinds this build offers.
 //! - [`actors`]: the single writers: config registry, token lifecycle, cluster sync (other nodes'
 //!   changes heard through Postgres LISTEN/NOTIFY → caches and router snapshot).
 //! - [`body`]: the body type of every answer the proxy listeners write.

@@ -25,6 +25,10 @@ pub use http::header::{HeaderMap, HeaderName, HeaderValue};
 /// Status codes, methods and URIs as plugins see them.
 pub use http::{Method, StatusCode, Uri, Version};
 
+/// The `access_token` query argument, which token plugins strip for `hide_credentials`.
+pub static ACCESS_TOKEN_ARG: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("access_token"));
+
 /// An answer a plugin (or the gateway itself) gives the client instead of the upstream's. Built
 /// with [`json_answer`] or [`empty_answer`]; headers are added through `headers_mut()`.
 pub type Answer = http::Response<AnswerBody>;
@@ -162,8 +166,9 @@ pub struct RequestCtx {
     pub body_too_large: bool,
     /// Headers to set (`Some`) or remove (`None`) on the upstream request, in order.
     pub upstream_headers: Vec<(HeaderName, Option<HeaderValue>)>,
-    /// Query parameters to strip from the upstream request (e.g. `access_token`).
-    pub strip_query: Vec<&'static str>,
+    /// Query parameters to strip from the upstream request (e.g. `access_token`), shared with the
+    /// config that names them so that stripping one allocates nothing.
+    pub strip_query: Vec<Arc<str>>,
     /// Replacement for the buffered body (e.g. `access_token` removed from a form).
     pub replace_body: Option<Bytes>,
     /// The authenticated (or anonymous) consumer.
@@ -205,6 +210,11 @@ impl RequestCtx {
         if self.supplied(name.as_str()) {
             self.upstream_headers.push((name.clone(), None));
         }
+    }
+
+    /// Strips a query argument from the upstream request.
+    pub fn strip_query_arg(&mut self, name: &Arc<str>) {
+        self.strip_query.push(name.clone());
     }
 
     /// Sets `X-Consumer-*` from a consumer, removing the ones it has no value for.
@@ -272,6 +282,12 @@ pub trait Plugin: Send + Sync + 'static {
     /// The message.
     fn check_whole_config(&self, _config: &Map<String, Value>) -> Result<(), String> {
         Ok(())
+    }
+    /// Checks across the plugin's fields that Kong declares on the plugin entity itself (its
+    /// `entity_checks`, such as `only_one_of = { "config.allow", "config.deny" }`): Kong answers
+    /// them under `fields["@entity"]`, beside `config`, not inside it.
+    fn check_entity(&self, _config: &Map<String, Value>) -> Vec<String> {
+        Vec::new()
     }
     /// Compiles one instance into its runtime form (typed config, shared handles).
     ///

@@ -457,6 +457,55 @@ async fn a_route_added_on_one_node_routes_on_another_and_a_restarted_node_serves
     assert_eq!(cluster.use_token(C, &revoked).await, 401);
 }
 
+/// API keys and group memberships written on one node are honoured by every node within a second
+/// (the `keyauth_credentials` and `acls` notify triggers), and so are their deletions.
+#[tokio::test]
+async fn keys_and_groups_written_on_one_node_apply_on_every_node() {
+    let cluster = Cluster::start(3);
+    let upstream = cluster.node(A).admin.clone();
+    let writes = [
+        ("/services", json!({"name": "keyed", "url": upstream})),
+        (
+            "/services/keyed/routes",
+            json!({"name": "keyed", "paths": ["/keyed"]}),
+        ),
+        ("/routes/keyed/plugins", json!({"name": "key-auth"})),
+        (
+            "/routes/keyed/plugins",
+            json!({"name": "acl", "config": {"allow": ["ops"]}}),
+        ),
+        ("/consumers", json!({"username": "ann"})),
+        ("/consumers/ann/key-auth", json!({"key": "ann-key"})),
+    ];
+    for (path, body) in writes {
+        let (s, b) = cluster.post(A, path, body).await;
+        assert_eq!(s, 201, "{path}: {b}");
+    }
+    let keyed = "/keyed/status?apikey=ann-key";
+    cluster
+        .within_a_second(&[B, C], keyed, None, 403, "key added on A, no group yet")
+        .await;
+    let (s, b) = cluster
+        .post(B, "/consumers/ann/acls", json!({"group": "ops"}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    cluster
+        .within_a_second(&[A, C], keyed, None, 200, "group added on B")
+        .await;
+    let (s, _) = cluster
+        .admin(
+            C,
+            reqwest::Method::DELETE,
+            "/consumers/ann/key-auth/ann-key",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    cluster
+        .within_a_second(&[A, B], keyed, None, 401, "key deleted on C")
+        .await;
+}
+
 #[tokio::test]
 async fn a_revocation_committed_by_a_node_that_dies_at_once_still_reaches_every_node() {
     let mut cluster = Cluster::start(3);

@@ -194,7 +194,8 @@ async fn run_tutorial(gw: &Gateway) -> Vec<String> {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    vec![
+    let mut keys = use_api_keys(&http, admin, proxy).await;
+    keys.extend([
         client_secret,
         provision_key,
         code,
@@ -203,7 +204,87 @@ async fn run_tutorial(gw: &Gateway) -> Vec<String> {
         refresh,
         fresh["access_token"].as_str().unwrap().to_string(),
         fresh["refresh_token"].as_str().unwrap().to_string(),
-    ]
+    ]);
+    keys
+}
+
+/// `key-auth` on another service: a generated key and a chosen one, each sent in a header, the
+/// query string and a body, a wrong key, and a key replaced through the admin API; returns them.
+async fn use_api_keys(http: &reqwest::Client, admin: &str, proxy: &str) -> Vec<String> {
+    // A service of its own: the tutorial's oauth2 plugin covers every route of `step-on`.
+    let (s, b) = post(
+        http,
+        format!("{admin}/services"),
+        json!({"name": "keyed", "url": admin}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = post(
+        http,
+        format!("{admin}/services/keyed/routes"),
+        json!({"name": "keyed", "paths": ["/keyed"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = post(
+        http,
+        format!("{admin}/routes/keyed/plugins"),
+        json!({"name": "key-auth", "config": {"key_in_body": true, "hide_credentials": true}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, generated) = post(
+        http,
+        format!("{admin}/consumers/shoeflyshoe/key-auth"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 201, "{generated}");
+    let generated_key = generated["key"].as_str().unwrap().to_string();
+    let chosen_key = format!("chosen-{}", uuid::Uuid::new_v4().simple());
+    let (s, b) = post(
+        http,
+        format!("{admin}/key-auths"),
+        json!({"key": chosen_key, "consumer": {"username": "shoeflyshoe"}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let wrong_key = format!("wrong-key-{}", uuid::Uuid::new_v4().simple());
+    for key in [&generated_key, &chosen_key, &wrong_key] {
+        let expected = if *key == wrong_key { 401 } else { 200 };
+        let by_header = http
+            .get(format!("{proxy}/keyed/status"))
+            .header("apikey", key.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(by_header.status(), expected);
+        let by_query = http
+            .get(format!("{proxy}/keyed/status?apikey={key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(by_query.status(), expected);
+        let by_body = http
+            .post(format!("{proxy}/keyed/status"))
+            .form(&[("apikey", key.as_str())])
+            .send()
+            .await
+            .unwrap();
+        // The admin API answers 404 to a POST on /status: the key got through.
+        assert_eq!(by_body.status(), if *key == wrong_key { 401 } else { 404 });
+    }
+    let replaced = format!("replaced-{}", uuid::Uuid::new_v4().simple());
+    let r = http
+        .patch(format!(
+            "{admin}/consumers/shoeflyshoe/key-auth/{generated_key}"
+        ))
+        .json(&json!({"key": replaced}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    vec![generated_key, chosen_key, wrong_key, replaced]
 }
 
 fn assert_no_secret_logged(gw: &Gateway, secrets: &[String]) {

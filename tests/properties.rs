@@ -258,8 +258,7 @@ proptest! {
             routes: compiled,
             services: &HashMap::new(),
             chains: HashMap::new(),
-            consumers: Vec::new(),
-            credentials: Vec::new(),
+            identities: Default::default(),
             version: 1,
         });
         let lookup = |n: &str| (n == "x-v").then(|| header.clone()).flatten();

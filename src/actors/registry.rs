@@ -20,7 +20,10 @@ use portcullis_stores::{ConfigStore, Document, EntityDef, StoreError, TokenStore
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::entities::{Consumer, OAuthCredential, PluginInstance, Route, Service};
+use crate::entities::{
+    AclMembership, Consumer, IdentityParts, KeyAuthCredential, OAuthCredential, PluginInstance,
+    Route, Service,
+};
 use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
@@ -147,6 +150,8 @@ struct Mirror {
     consumers: HashMap<Uuid, Arc<Consumer>>,
     plugins: BTreeMap<Uuid, Plugged>,
     credentials: HashMap<Uuid, Arc<OAuthCredential>>,
+    keyauth: HashMap<Uuid, Arc<KeyAuthCredential>>,
+    acls: HashMap<Uuid, Arc<AclMembership>>,
 }
 
 /// The actor.
@@ -221,6 +226,14 @@ impl ConfigRegistry {
                     let c = OAuthCredential::from_doc(doc)?;
                     self.mirror.credentials.insert(c.id, Arc::new(c));
                 }
+                "keyauth_credentials" => {
+                    let c = KeyAuthCredential::from_doc(doc)?;
+                    self.mirror.keyauth.insert(c.id, Arc::new(c));
+                }
+                "acls" => {
+                    let m = AclMembership::from_doc(doc)?;
+                    self.mirror.acls.insert(m.id, Arc::new(m));
+                }
                 _ => {}
             }
             Ok(())
@@ -237,6 +250,8 @@ impl ConfigRegistry {
             "consumers" => drop(self.mirror.consumers.remove(&id)),
             "plugins" => drop(self.mirror.plugins.remove(&id)),
             "oauth2_credentials" => drop(self.mirror.credentials.remove(&id)),
+            "keyauth_credentials" => drop(self.mirror.keyauth.remove(&id)),
+            "acls" => drop(self.mirror.acls.remove(&id)),
             _ => {}
         }
     }
@@ -317,8 +332,12 @@ impl ConfigRegistry {
             routes: self.mirror.routes.values().cloned().collect(),
             services: &self.mirror.services,
             chains: self.chains(),
-            consumers: self.mirror.consumers.values().cloned().collect(),
-            credentials: self.mirror.credentials.values().cloned().collect(),
+            identities: IdentityParts {
+                consumers: self.mirror.consumers.values().cloned().collect(),
+                oauth2: self.mirror.credentials.values().cloned().collect(),
+                keyauth: self.mirror.keyauth.values().cloned().collect(),
+                acls: self.mirror.acls.values().cloned().collect(),
+            },
             version: self.version,
         };
         self.snapshot.store(Arc::new(RouterSnapshot::build(parts)));

@@ -16,8 +16,9 @@ use uuid::Uuid;
 use super::AdminState;
 use crate::actors::registry::{ConfigRegistry, Delete, Insert, Update};
 use crate::clock::now;
-use crate::entities::{expand_service_url, EntityKind};
+use crate::entities::{expand_service_url, EndpointLookup, EntityKind};
 use crate::error::{AdminError, RegistryError};
+use crate::plugins::key_auth::credentials as keyauth;
 use crate::plugins::oauth2::credentials;
 use crate::plugins::PluginRegistry;
 use crate::schema::{self, Coerce, FieldErrors};
@@ -30,7 +31,7 @@ const WRITE_WAIT: Duration = Duration::from_secs(10);
 /// one row at once all succeed.
 const WRITE_TRIES: u32 = 32;
 
-/// Finds a document by UUID or by the entity's endpoint key.
+/// Finds a document by UUID or by the entity's endpoint key (outside any parent).
 ///
 /// # Errors
 /// Store failures.
@@ -39,15 +40,108 @@ pub async fn resolve(
     kind: &EntityKind,
     key: &str,
 ) -> Result<Option<Document>, AdminError> {
+    resolve_under(store, kind, key, None).await
+}
+
+/// Finds a document by UUID or by the entity's endpoint key, as seen from `parent` (the parent
+/// row of a nested path): a key that names rows only under a parent (`acls` groups) is looked up
+/// among that parent's rows.
+///
+/// # Errors
+/// Store failures.
+pub async fn resolve_under(
+    store: &dyn ConfigStore,
+    kind: &EntityKind,
+    key: &str,
+    parent: Option<(&'static str, Uuid)>,
+) -> Result<Option<Document>, AdminError> {
     if let Ok(id) = Uuid::parse_str(key) {
         return Ok(store.get(kind.def, id).await?);
     }
-    Ok(store.get_by(kind.def, kind.endpoint_key, key).await?)
+    match kind.endpoint_lookup {
+        EndpointLookup::Plain => Ok(store.get_by(kind.def, kind.endpoint_key, key).await?),
+        EndpointLookup::Digest { field, digest } => {
+            Ok(store.get_by(kind.def, field, &digest(key)).await?)
+        }
+        EndpointLookup::UnderParent => match parent {
+            Some(foreign) => find_among_children(store, kind, key, foreign).await,
+            None => Ok(None),
+        },
+    }
+}
+
+/// The row of `parent` whose endpoint key is `key` (a consumer has a handful of groups: the
+/// pages are read until it is found).
+async fn find_among_children(
+    store: &dyn ConfigStore,
+    kind: &EntityKind,
+    key: &str,
+    parent: (&'static str, Uuid),
+) -> Result<Option<Document>, AdminError> {
+    let mut offset = None;
+    loop {
+        let filter = ListFilter {
+            foreign: Some(parent),
+            tags: None,
+            offset,
+            size: 1000,
+        };
+        let page = store.list(kind.def, &filter).await?;
+        if let Some(found) = page
+            .data
+            .into_iter()
+            .find(|d| d.get(kind.endpoint_key).and_then(Value::as_str) == Some(key))
+        {
+            return Ok(Some(found));
+        }
+        match page.next_offset {
+            Some(next) => offset = Some(next),
+            None => return Ok(None),
+        }
+    }
 }
 
 /// Reads `doc[field]["id"]`.
 pub fn fk(doc: &Document, field: &str) -> Option<Uuid> {
     portcullis_stores::memory::foreign_id(doc, field)
+}
+
+/// A validated document ready to store, and a secret the write's answer shows once (a `key-auth`
+/// key, stored only as its digest).
+pub struct Built {
+    /// The document to store.
+    pub doc: Document,
+    /// `(field, value)` added to the answer of this write only.
+    pub shown_once: Option<(&'static str, String)>,
+}
+
+/// The answer to a write: the stored row as [`render`] shows it, plus the secret it showed once.
+fn render_written(
+    plugins: &PluginRegistry,
+    kind: &EntityKind,
+    stored: Document,
+    shown_once: Option<(&'static str, String)>,
+) -> Value {
+    let mut out = render(plugins, kind, stored);
+    if let (Some((field, value)), Some(o)) = (shown_once, out.as_object_mut()) {
+        o.insert(field.into(), Value::String(value));
+    }
+    out
+}
+
+/// A unique violation on a stored digest is reported on the field the client wrote (`key`), with
+/// the value the client sent, as Kong reports it.
+fn unique_on_shown(e: AdminError, kind: &EntityKind, shown: Option<&(&str, String)>) -> AdminError {
+    match (e, kind.endpoint_lookup, shown) {
+        (AdminError::Unique(fields), EndpointLookup::Digest { field, .. }, Some((name, value)))
+            if fields.contains_key(field) =>
+        {
+            let mut f = Map::new();
+            f.insert((*name).into(), Value::String(value.clone()));
+            AdminError::Unique(f)
+        }
+        (e, _, _) => e,
+    }
 }
 
 /// The document as the API returns it (write-only fields removed, plugin secrets masked).
@@ -81,7 +175,7 @@ pub fn build_doc(
     mut input: Map<String, Value>,
     coerce: Coerce,
     existing: Option<&Document>,
-) -> Result<Document, AdminError> {
+) -> Result<Built, AdminError> {
     if kind.def.name == "services" {
         expand_service_url(&mut input).map_err(AdminError::Schema)?;
     }
@@ -92,6 +186,11 @@ pub fn build_doc(
     if kind.def.name == "oauth2_credentials" {
         credentials::prepare_for_storage(&mut doc).map_err(AdminError::Internal)?;
     }
+    let shown_once = if kind.def.name == "keyauth_credentials" {
+        keyauth::prepare_for_storage(&mut doc).map(|key| ("key", key))
+    } else {
+        None
+    };
     let id = existing
         .and_then(|e| e.get("id").cloned())
         .or_else(|| doc.get("id").filter(|v| !v.is_null()).cloned())
@@ -105,7 +204,7 @@ pub fn build_doc(
     if kind.schema.field("updated_at").is_some() {
         doc.insert("updated_at".into(), json!(now));
     }
-    Ok(doc)
+    Ok(Built { doc, shown_once })
 }
 
 fn validate_plugin(
@@ -140,6 +239,12 @@ fn validate_plugin(
     let mut config = schema::validate(plugin.schema(), &raw, coerce)
         .map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
     plugin.complete_config(&mut config);
+    let entity_errors = plugin.check_entity(&config);
+    if !entity_errors.is_empty() {
+        let mut e = FieldErrors::new();
+        e.insert("@entity".into(), json!(entity_errors));
+        return Err(AdminError::Schema(e));
+    }
     plugin
         .check_config(&config)
         .map_err(|e| AdminError::Schema(nest_errors("config", e)))?;
@@ -160,6 +265,8 @@ pub fn kind_by_table(table: &str) -> Option<&'static EntityKind> {
         "consumers" => &crate::entities::CONSUMERS,
         "plugins" => &crate::entities::PLUGINS,
         "oauth2_credentials" => &credentials::CREDENTIALS,
+        "keyauth_credentials" => &keyauth::CREDENTIALS,
+        "acls" => &crate::plugins::acl::acls::ACLS,
         _ => return None,
     })
 }
@@ -350,9 +457,11 @@ pub async fn create(
         input.insert(field.into(), json!({ "id": id.to_string() }));
     }
     resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
-    let doc = build_doc(kind, &state.plugins, input, coerce, None)?;
-    let stored = send(state, Insert { def: kind.def, doc }).await?;
-    Ok(HttpResponse::Created().json(render(&state.plugins, kind, stored)))
+    let Built { doc, shown_once } = build_doc(kind, &state.plugins, input, coerce, None)?;
+    let stored = send(state, Insert { def: kind.def, doc })
+        .await
+        .map_err(|e| unique_on_shown(e, kind, shown_once.as_ref()))?;
+    Ok(HttpResponse::Created().json(render_written(&state.plugins, kind, stored, shown_once)))
 }
 
 /// `GET /E/{key}` (optionally checking it belongs to a parent).
@@ -365,7 +474,7 @@ pub async fn read(
     key: &str,
     parent: Option<(&'static str, Uuid)>,
 ) -> Result<HttpResponse, AdminError> {
-    let doc = resolve(state.store.as_ref(), kind, key)
+    let doc = resolve_under(state.store.as_ref(), kind, key, parent)
         .await?
         .ok_or(AdminError::NotFound)?;
     if let Some((field, pid)) = parent {
@@ -402,13 +511,13 @@ pub async fn upsert(
     resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
     let mut tries = 0;
     loop {
-        let existing = resolve(state.store.as_ref(), kind, &key).await?;
+        let existing = resolve_under(state.store.as_ref(), kind, &key, parent).await?;
         if let (Some(doc), Some((field, pid))) = (&existing, parent) {
             if fk(doc, field) != Some(pid) {
                 return Err(AdminError::NotFound);
             }
         }
-        let doc = build_doc(
+        let Built { doc, shown_once } = build_doc(
             kind,
             &state.plugins,
             input.clone(),
@@ -421,7 +530,9 @@ pub async fn upsert(
             // Created meanwhile by another request: read it again and replace it, as PUT does.
             None => match send(state, Insert { def, doc }).await {
                 Err(AdminError::Unique(_))
-                    if resolve(state.store.as_ref(), kind, &key).await?.is_some() =>
+                    if resolve_under(state.store.as_ref(), kind, &key, parent)
+                        .await?
+                        .is_some() =>
                 {
                     Err(AdminError::Contended)
                 }
@@ -429,7 +540,9 @@ pub async fn upsert(
             },
         };
         if !again(&result, &mut tries) {
-            return Ok(HttpResponse::Ok().json(render(&state.plugins, kind, result?)));
+            let stored = result.map_err(|e| unique_on_shown(e, kind, shown_once.as_ref()))?;
+            let body = render_written(&state.plugins, kind, stored, shown_once);
+            return Ok(HttpResponse::Ok().json(body));
         }
     }
 }
@@ -451,7 +564,7 @@ pub async fn patch(
     }
     let mut tries = 0;
     loop {
-        let existing = resolve(state.store.as_ref(), kind, &key)
+        let existing = resolve_under(state.store.as_ref(), kind, &key, parent)
             .await?
             .ok_or(AdminError::NotFound)?;
         if let Some((field, pid)) = parent {
@@ -467,7 +580,8 @@ pub async fn patch(
             expand_service_url(&mut input).map_err(AdminError::Schema)?;
         }
         schema::merge_patch(kind.schema, &mut merged, input);
-        let doc = build_doc(kind, &state.plugins, merged, coerce, Some(&existing))?;
+        let Built { doc, shown_once } =
+            build_doc(kind, &state.plugins, merged, coerce, Some(&existing))?;
         let update = Update {
             def: kind.def,
             doc,
@@ -475,7 +589,9 @@ pub async fn patch(
         };
         let result = send(state, update).await;
         if !again(&result, &mut tries) {
-            return Ok(HttpResponse::Ok().json(render(&state.plugins, kind, result?)));
+            let stored = result.map_err(|e| unique_on_shown(e, kind, shown_once.as_ref()))?;
+            let body = render_written(&state.plugins, kind, stored, shown_once);
+            return Ok(HttpResponse::Ok().json(body));
         }
     }
 }
@@ -492,7 +608,7 @@ pub async fn delete(
 ) -> Result<HttpResponse, AdminError> {
     let mut tries = 0;
     loop {
-        let Some(existing) = resolve(state.store.as_ref(), kind, &key).await? else {
+        let Some(existing) = resolve_under(state.store.as_ref(), kind, &key, parent).await? else {
             return if parent.is_some() {
                 Err(AdminError::NotFound)
             } else {

@@ -148,6 +148,10 @@ pub fn entity_schema(entity: &str) -> Result<HttpResponse, AdminError> {
         "consumers" => &crate::entities::CONSUMER_SCHEMA,
         "plugins" => &crate::entities::PLUGIN_SCHEMA,
         "oauth2_credentials" | "oauth2" => &crate::plugins::oauth2::credentials::CREDENTIAL_SCHEMA,
+        "keyauth_credentials" | "key-auths" => {
+            &crate::plugins::key_auth::credentials::CREDENTIAL_SCHEMA
+        }
+        "acls" => &crate::plugins::acl::acls::ACL_SCHEMA,
         _ => return Err(AdminError::NotFound),
     };
     Ok(HttpResponse::Ok().json(json!({ "fields": fields(schema) })))

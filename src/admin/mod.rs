@@ -24,6 +24,8 @@ use crate::actors::registry::ConfigRegistry;
 use crate::config::Settings;
 use crate::entities::{EntityKind, CONSUMERS, PLUGINS, ROUTES, SERVICES};
 use crate::error::AdminError;
+use crate::plugins::acl::acls::ACLS;
+use crate::plugins::key_auth::credentials::CREDENTIALS as KEYAUTH_CREDENTIALS;
 use crate::plugins::oauth2::credentials::CREDENTIALS;
 use crate::plugins::PluginRegistry;
 use crate::router::RouterSnapshot;
@@ -51,32 +53,42 @@ pub struct AdminState {
 
 /// The entity collections at the top of the URL space: segment → entity. The dispatcher and the
 /// OpenAPI document both read this table.
-pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 5] = [
+pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 7] = [
     ("services", &SERVICES),
     ("routes", &ROUTES),
     ("consumers", &CONSUMERS),
     ("plugins", &PLUGINS),
     ("oauth2", &CREDENTIALS),
+    ("key-auths", &KEYAUTH_CREDENTIALS),
+    ("acls", &ACLS),
 ];
+
+/// Collections whose nested segment differs from their top-level one (Kong's
+/// `admin_api_nested_name`): `/consumers/{c}/key-auth` lists `/key-auths` rows.
+const NESTED_NAMES: [(&str, &str); 1] = [("key-auth", "key-auths")];
 
 /// Collections nested under a parent (`/services/{s}/routes`): `(parent segment, child segment,
 /// foreign-key field of the child)`.
-pub const NESTED: [(&str, &str, &str); 5] = [
+pub const NESTED: [(&str, &str, &str); 7] = [
     ("services", "routes", "service"),
     ("services", "plugins", "service"),
     ("routes", "plugins", "route"),
     ("consumers", "plugins", "consumer"),
     ("consumers", "oauth2", "consumer"),
+    ("consumers", "key-auth", "consumer"),
+    ("consumers", "acls", "consumer"),
 ];
 
 /// A child's parent reached through its foreign key (`/routes/{r}/service`): `(child segment,
 /// foreign-key field, parent segment)`.
-pub const FOREIGN: [(&str, &str, &str); 5] = [
+pub const FOREIGN: [(&str, &str, &str); 7] = [
     ("routes", "service", "services"),
     ("plugins", "service", "services"),
     ("plugins", "route", "routes"),
     ("plugins", "consumer", "consumers"),
     ("oauth2", "consumer", "consumers"),
+    ("key-auths", "consumer", "consumers"),
+    ("acls", "consumer", "consumers"),
 ];
 
 /// The entity of a collection segment.
@@ -85,6 +97,19 @@ fn kind_of(segment: &str) -> Option<&'static EntityKind> {
         .iter()
         .find(|(s, _)| *s == segment)
         .map(|(_, kind)| &***kind)
+}
+
+/// The top-level segment of a nested collection segment (`key-auth` → `key-auths`).
+fn top_segment(segment: &str) -> &str {
+    NESTED_NAMES
+        .iter()
+        .find(|(nested, _)| *nested == segment)
+        .map_or(segment, |(_, top)| *top)
+}
+
+/// The entity of a nested collection segment.
+fn nested_kind_of(segment: &str) -> Option<&'static EntityKind> {
+    kind_of(top_segment(segment))
 }
 
 /// `(parent segment, child segment) → foreign-key field of the child`.
@@ -201,7 +226,7 @@ pub async fn dispatch(
         }
         [parent, pkey, third] => {
             if let (Some(field), Some(pkind)) = (nested_field(parent, third), kind_of(parent)) {
-                let kind = kind_of(third).ok_or(AdminError::NotFound)?;
+                let kind = nested_kind_of(third).ok_or(AdminError::NotFound)?;
                 let pid = crud::parent_id(st, pkind, pkey).await?;
                 return match method {
                     Method::GET => {
@@ -239,7 +264,7 @@ pub async fn dispatch(
         [parent, pkey, child, ckey] => {
             let field = nested_field(parent, child).ok_or(AdminError::NotFound)?;
             let pkind = kind_of(parent).ok_or(AdminError::NotFound)?;
-            let kind = kind_of(child).ok_or(AdminError::NotFound)?;
+            let kind = nested_kind_of(child).ok_or(AdminError::NotFound)?;
             let pid = crud::parent_id(st, pkind, pkey).await?;
             entity_item(st, kind, ckey, &method, parse, Some((field, pid))).await
         }
@@ -304,7 +329,7 @@ mod tests {
     fn every_table_names_known_collections() {
         for (parent, child, _) in NESTED {
             assert!(
-                kind_of(parent).is_some() && kind_of(child).is_some(),
+                kind_of(parent).is_some() && nested_kind_of(child).is_some(),
                 "{parent}/{child}"
             );
         }

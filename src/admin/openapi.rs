@@ -7,7 +7,7 @@
 use serde_json::{json, Map, Value};
 
 use super::oauth2_tokens::{TOKEN_RESPONSE_EXTRA, TOKEN_SCHEMA, TOKEN_SCOPES};
-use super::{kind_of, COLLECTIONS, FOREIGN, NESTED};
+use super::{kind_of, nested_kind_of, top_segment, COLLECTIONS, FOREIGN, NESTED};
 use crate::entities::EntityKind;
 use crate::plugins::PluginRegistry;
 use crate::schema::{Field, FieldType, Schema};
@@ -25,7 +25,7 @@ pub fn document(plugins: &PluginRegistry) -> Value {
         doc.creates.push((base, vec![item], param(kind)));
     }
     for (parent, child, field) in NESTED {
-        let (Some(pkind), Some(ckind)) = (kind_of(parent), kind_of(child)) else {
+        let (Some(pkind), Some(ckind)) = (kind_of(parent), nested_kind_of(child)) else {
             continue;
         };
         let base = format!("/{parent}/{{{}}}/{child}", param(pkind));
@@ -37,7 +37,7 @@ pub fn document(plugins: &PluginRegistry) -> Value {
             &[param(pkind), param(ckind)],
             Some(field),
         );
-        let top = format!("/{child}/{{{}}}", param(ckind));
+        let top = format!("/{}/{{{}}}", top_segment(child), param(ckind));
         doc.creates.push((base, vec![item, top], param(ckind)));
     }
     for (child, field, parent) in FOREIGN {
@@ -603,6 +603,10 @@ fn example(table: &str, omit: Option<&str>) -> Option<Value> {
             "redirect_uris": ["https://example.com/cb"],
             "consumer": { "username": "example-user" },
         }),
+        "keyauth_credentials" => json!({
+            "key": "example-key", "consumer": { "username": "example-user" },
+        }),
+        "acls" => json!({ "group": "example-group", "consumer": { "username": "example-user" } }),
         _ => return None,
     };
     if let (Some(field), Some(o)) = (omit, example.as_object_mut()) {
@@ -619,6 +623,7 @@ fn example_key(param: &str) -> Option<&'static str> {
         "consumer" => "example-user",
         "plugin" => "example-plugin",
         "oauth2_credential" => "example-client",
+        "keyauth_credential" => "example-key",
         "entity" => "services",
         "plugin_name" => "oauth2",
         _ => return None,

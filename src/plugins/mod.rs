@@ -2,7 +2,10 @@
 //! implement ([`Plugin`], [`PluginRuntime`], [`RequestCtx`], [`Flow`]) lives in the leaf
 //! [`crate::plugin_api`], so the router and the proxy depend on it and not on the plugins.
 
+pub mod acl;
+pub mod cors;
 pub mod introspection;
+pub mod key_auth;
 pub mod oauth2;
 pub mod request_termination;
 
@@ -29,6 +32,9 @@ impl PluginRegistry {
                 introspection_cache.clone(),
             )),
             Arc::new(request_termination::RequestTermination),
+            Arc::new(key_auth::KeyAuth),
+            Arc::new(acl::Acl),
+            Arc::new(cors::Cors),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),

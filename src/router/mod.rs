@@ -14,7 +14,7 @@ use http::Method;
 use regex::Regex;
 use uuid::Uuid;
 
-use crate::entities::{Consumer, Identities, OAuthCredential, Route, Service};
+use crate::entities::{Identities, IdentityParts, Route, Service};
 use crate::plugin_api::{PluginRuntime, Scheme};
 
 /// A route with its matchers compiled (regexes built once, hosts lower-cased).
@@ -268,10 +268,8 @@ pub struct SnapshotParts<'a> {
     pub services: &'a HashMap<Uuid, Arc<Service>>,
     /// Chains by route id.
     pub chains: HashMap<Uuid, Arc<PluginChain>>,
-    /// Consumers.
-    pub consumers: Vec<Arc<Consumer>>,
-    /// OAuth credentials.
-    pub credentials: Vec<Arc<OAuthCredential>>,
+    /// Consumers and credentials.
+    pub identities: IdentityParts,
     /// Version number.
     pub version: u64,
 }
@@ -401,7 +399,7 @@ impl RouterSnapshot {
         Self {
             index: PathIndex::build(&entries),
             entries,
-            identities: Arc::new(Identities::build(parts.consumers, parts.credentials)),
+            identities: Arc::new(Identities::build(parts.identities)),
             version: parts.version,
         }
     }
@@ -625,8 +623,7 @@ mod index_tests {
             routes,
             services: &services,
             chains: HashMap::new(),
-            consumers: Vec::new(),
-            credentials: Vec::new(),
+            identities: crate::entities::IdentityParts::default(),
             version: 1,
         });
         assert!(snapshot.entries.len() > super::INDEX_THRESHOLD);

@@ -31,7 +31,7 @@ pub struct ForeignKeyDef {
 /// The constraints a store enforces for one entity; the gateway's schemas own the field types.
 #[derive(Debug)]
 pub struct EntityDef {
-    /// Table / endpoint name (`services`, `routes`, `consumers`, `plugins`, `oauth2_credentials`).
+    /// Table name (`services`, `routes`, `consumers`, `plugins`, `oauth2_credentials`, …).
     pub name: &'static str,
     /// Unique keys; each is a list of fields whose combined value must be unique. A single-field
     /// key ignores nulls; a multi-field key treats null as a value (Kong's plugin cache key).
@@ -102,13 +102,36 @@ pub mod entities {
         }],
     };
 
+    /// `key-auth` API keys, owned by a consumer; only the key's SHA-256 digest is stored.
+    pub static KEYAUTH_CREDENTIALS: EntityDef = EntityDef {
+        name: "keyauth_credentials",
+        unique: &[&["key_hash"]],
+        foreign_keys: &[ForeignKeyDef {
+            field: "consumer",
+            references: "consumers",
+            on_delete: OnDelete::Cascade,
+        }],
+    };
+    /// `acl` group memberships: one row per consumer and group.
+    pub static ACLS: EntityDef = EntityDef {
+        name: "acls",
+        unique: &[&["consumer", "group"]],
+        foreign_keys: &[ForeignKeyDef {
+            field: "consumer",
+            references: "consumers",
+            on_delete: OnDelete::Cascade,
+        }],
+    };
+
     /// All configuration entities, referenced before referencing.
-    pub static ALL: [&EntityDef; 5] = [
+    pub static ALL: [&EntityDef; 7] = [
         &SERVICES,
         &ROUTES,
         &CONSUMERS,
         &PLUGINS,
         &OAUTH2_CREDENTIALS,
+        &KEYAUTH_CREDENTIALS,
+        &ACLS,
     ];
 
     /// Looks an entity up by name.

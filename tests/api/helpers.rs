@@ -324,7 +324,8 @@ pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
 }
 
 /// A real upstream: `/echo…` answers JSON describing the request, `/slow?ms=` waits first,
-/// `/big?bytes=` streams a large body, `/status/{code}` answers that status.
+/// `/big?bytes=` streams a large body, `/status/{code}` answers that status,
+/// `/response-headers?name=value` adds those response headers.
 pub struct Upstream {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
@@ -359,7 +360,16 @@ async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
             .content_type("application/octet-stream")
             .body(body);
     }
-    HttpResponse::Ok().json(json!({
+    let mut answer = HttpResponse::Ok();
+    if path == "/response-headers" {
+        // Each query argument becomes a response header (Kong's mock upstream).
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+        for (name, value) in pairs {
+            answer.append_header((name, value));
+        }
+    }
+    answer.json(json!({
         "method": req.method().as_str(),
         "path": path,
         "query": req.query_string(),
@@ -787,4 +797,89 @@ pub async fn client_credentials_fixture_with(
     let (s, b) = app.admin_post("/consumers/bob/oauth2", credential).await;
     assert_eq!(s, 201, "{b}");
     b
+}
+
+/// Which store a plugin conformance test runs its gateway on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Memory,
+    Postgres,
+}
+
+/// A gateway on `backend` with the default test settings; on Postgres in a fresh migrated schema
+/// of its own (dropped with the app).
+pub async fn spawn_on_backend(backend: Backend) -> TestApp {
+    match backend {
+        Backend::Memory => spawn_with(test_settings()).await,
+        Backend::Postgres => spawn_pg_app().await,
+    }
+}
+
+/// Expands the listed cases (`async fn case(backend: Backend)`) into `memory::<case>` and
+/// `postgres::<case>` tests.
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[actix_web::test]
+                async fn $case() {
+                    super::$case(crate::helpers::Backend::Memory).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[actix_web::test]
+                async fn $case() {
+                    super::$case(crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_stores;
+
+impl TestApp {
+    /// Sends a proxy request with the given `Host` (Kong's fixtures pick routes by host).
+    pub fn proxy_to(
+        &self,
+        method: reqwest::Method,
+        host: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.proxy))
+            .header("host", host)
+    }
+
+    /// Creates a service on `upstream` with a route for `host` and the plugin `name` with
+    /// `config` on that route; returns the route.
+    pub async fn host_with_plugin(
+        &self,
+        upstream: &str,
+        host: &str,
+        name: &str,
+        config: Value,
+    ) -> Value {
+        let service = format!("svc-{host}");
+        let (s, svc) = self
+            .admin_post("/services", json!({"name": service, "url": upstream}))
+            .await;
+        assert_eq!(s, 201, "{svc}");
+        let (s, route) = self
+            .admin_post(
+                &format!("/services/{service}/routes"),
+                json!({"name": format!("route-{host}"), "hosts": [host]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{route}");
+        let (s, plugin) = self
+            .admin_post(
+                &format!("/routes/route-{host}/plugins"),
+                json!({"name": name, "config": config}),
+            )
+            .await;
+        assert_eq!(s, 201, "{host}: {plugin}");
+        route
+    }
 }

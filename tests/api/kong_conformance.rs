@@ -16,8 +16,8 @@
 //! Not ported, and why (no fake tests):
 //! - 2 (*rejects gRPC call without credentials*) and 118 (*accepts gRPC call with credentials*):
 //!   the gateway proxies HTTP only; there are no gRPC routes.
-//! - 151–159 (*multiple auth, logical AND / OR*): need the `key-auth` and `jwt` plugins, which
-//!   Portcullis does not have.
+//! - 151–159 (*multiple auth, logical AND / OR*): ported with the `key-auth` plugin in
+//!   `key_auth.rs` (`and_*`, `or_*`), but for the lower-priority OR case, which needs `jwt`.
 //! - 103 (*should not fail when plugin_id is not present … old code*) on the memory store: a code
 //!   without a plugin id cannot be made through any interface (only Kong's pre-3.3 migrations left
 //!   such rows). It is ported on Postgres, where the test nulls the column as Kong's test does.

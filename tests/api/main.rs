@@ -3,13 +3,16 @@
 // A failing test panics with its message: unwrap/expect are the assertion style here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acl;
 mod admin;
 mod bodies;
+mod cors;
 mod faults;
 mod grpc;
 mod hashed_secrets;
 mod helpers;
 mod introspection;
+mod key_auth;
 mod kong_conformance;
 mod listeners;
 mod oauth2;

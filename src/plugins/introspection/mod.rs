@@ -539,7 +539,7 @@ impl PluginRuntime for IntrospectionRuntime {
                 if self.config.hide_credentials {
                     match source {
                         Source::Header => ctx.clear_upstream("authorization"),
-                        Source::Query => ctx.strip_query.push("access_token"),
+                        Source::Query => ctx.strip_query_arg(&crate::plugin_api::ACCESS_TOKEN_ARG),
                     }
                 }
                 self.verdict(ctx, &token).await

@@ -88,7 +88,7 @@ impl OAuthRuntime {
                 }
             }
             Found::Param(_) => {
-                ctx.strip_query.push("access_token");
+                ctx.strip_query_arg(&crate::plugin_api::ACCESS_TOKEN_ARG);
                 let ct = ctx
                     .req
                     .headers()

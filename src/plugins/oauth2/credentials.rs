@@ -7,8 +7,8 @@ use portcullis_stores::model::entities as defs;
 use serde_json::{json, Map, Value};
 
 use crate::crypto;
-use crate::entities::EntityKind;
 pub use crate::entities::OAuthCredential;
+use crate::entities::{EndpointLookup, EntityKind};
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 fn check_redirect_uri(v: &Value) -> Result<(), String> {
@@ -66,6 +66,7 @@ pub static CREDENTIALS: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
     def: &defs::OAUTH2_CREDENTIALS,
     schema: &CREDENTIAL_SCHEMA,
     endpoint_key: "client_id",
+    endpoint_lookup: EndpointLookup::Plain,
 });
 
 /// Kong couples `hash_secret` and `client_secret` on partial updates.

@@ -147,6 +147,27 @@ const OAUTH2_CREDENTIALS: &[Column] = &[
     col("client_type", Kind::Text),
 ];
 
+const KEYAUTH_CREDENTIALS: &[Column] = &[
+    col("id", Kind::Uuid),
+    col("created_at", Kind::Int),
+    col("tags", Kind::TextArray),
+    fk("consumer", "consumer_id"),
+    col("key_hash", Kind::Text),
+];
+
+const ACLS: &[Column] = &[
+    col("id", Kind::Uuid),
+    col("created_at", Kind::Int),
+    col("tags", Kind::TextArray),
+    fk("consumer", "consumer_id"),
+    // `group` is an SQL keyword.
+    Column {
+        field: "group",
+        column: "group_name",
+        kind: Kind::Text,
+    },
+];
+
 /// The columns of an entity's table (its name is `def.name`).
 fn columns(def: &EntityDef) -> Result<&'static [Column], StoreError> {
     Ok(match def.name {
@@ -155,6 +176,8 @@ fn columns(def: &EntityDef) -> Result<&'static [Column], StoreError> {
         "consumers" => CONSUMERS,
         "plugins" => PLUGINS,
         "oauth2_credentials" => OAUTH2_CREDENTIALS,
+        "keyauth_credentials" => KEYAUTH_CREDENTIALS,
+        "acls" => ACLS,
         other => return Err(StoreError::Internal(format!("no table for entity {other}"))),
     })
 }
