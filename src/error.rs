@@ -59,6 +59,9 @@ pub enum AdminError {
     /// `offset` was not handed out by us.
     #[error("invalid offset")]
     InvalidOffset(String),
+    /// The key in the URL can never name an entity (Kong checks it before looking it up).
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
     /// The body cannot be parsed at all.
     #[error("bad body: {0}")]
     BadBody(String),
@@ -179,6 +182,7 @@ impl ResponseError for AdminError {
             | Self::Referenced { .. }
             | Self::InvalidSize(_)
             | Self::InvalidOffset(_)
+            | Self::InvalidKey(_)
             | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::Unique(_) | Self::Contended => StatusCode::CONFLICT,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -226,7 +230,7 @@ impl ResponseError for AdminError {
                 "code": 7, "name": "invalid offset",
                 "message": format!("'{offset}' is not a valid offset: bad base64 encoding"),
             }),
-            Self::BadBody(msg) => json!({ "message": msg }),
+            Self::BadBody(msg) | Self::InvalidKey(msg) => json!({ "message": msg }),
             Self::TooLarge => json!({ "message": "request body too large" }),
             Self::Unauthorized => {
                 json!({ "message": "Unauthorized: a valid admin token is required" })

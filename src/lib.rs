@@ -10,8 +10,9 @@
 //! - [`error`]: the error enums of the admin API, the config registry and the proxy, and their one
 //!   mapping to HTTP.
 //! - [`schema`]: the declarative schema language (Kong-shaped validation errors, defaults).
-//! - [`entities`]: services, routes, consumers, plugins: schemas and typed views; the OAuth client
-//!   view and the consumers and clients a snapshot hands to plugins ([`entities::Identities`]).
+//! - [`entities`]: services, routes, consumers, plugins, upstreams and targets: schemas and typed
+//!   views; the OAuth client view and the consumers and clients a snapshot hands to plugins
+//!   ([`entities::Identities`]).
 //! - [`forms`]: request bodies (JSON, url-encoded and multipart forms) as Kong reads them, for the
 //!   admin API and the OAuth endpoints alike.
 //! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, and its

@@ -570,7 +570,8 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])),
         format!(
             "{place}\nexecuted migrations:\npending migrations:\n  0001_core\n  \
-             0002_oauth2_tokens\n  0003_cluster_notify\nrun `portcullis migrations bootstrap`\n"
+             0002_oauth2_tokens\n  0003_cluster_notify\n  0004_upstreams\n\
+             run `portcullis migrations bootstrap`\n"
         )
     );
     stdout(&run(&["migrations", "bootstrap"]));
@@ -581,9 +582,8 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         .await
         .unwrap()
         .batch_execute(
-            "DELETE FROM portcullis_migrations WHERE version = 3; \
-             DROP FUNCTION portcullis_notify_token(), portcullis_notify_config(), \
-                           portcullis_channel(text, text) CASCADE",
+            "DELETE FROM portcullis_migrations WHERE version = 4; \
+             DROP TABLE targets, upstreams",
         )
         .await
         .unwrap();
@@ -591,8 +591,9 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
     assert_eq!(
         stdout(&run(&["migrations", "list"])),
         format!(
-            "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n\
-             pending migrations:\n  0003_cluster_notify\nrun `portcullis migrations up`\n"
+            "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n  \
+             0003_cluster_notify\npending migrations:\n  0004_upstreams\n\
+             run `portcullis migrations up`\n"
         )
     );
     let refused = run(&["serve"]);
@@ -602,15 +603,13 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
     );
     let stderr = text(&refused.stderr);
     assert!(
-        stderr.contains(
-            "has pending migrations (0003_cluster_notify): run `portcullis migrations up`"
-        ),
+        stderr.contains("has pending migrations (0004_upstreams): run `portcullis migrations up`"),
         "{stderr}"
     );
 
     assert_eq!(
         stdout(&run(&["migrations", "up"])),
-        "migrating 0003_cluster_notify... done\n1 migration(s) applied\n"
+        "migrating 0004_upstreams... done\n1 migration(s) applied\n"
     );
     assert_eq!(
         stdout(&run(&["migrations", "up"])),
@@ -620,7 +619,7 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])),
         format!(
             "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n  \
-             0003_cluster_notify\ndatabase is up-to-date\n"
+             0003_cluster_notify\n  0004_upstreams\ndatabase is up-to-date\n"
         )
     );
 

@@ -15,12 +15,15 @@ use uuid::Uuid;
 
 use super::AdminState;
 use crate::actors::registry::{ConfigRegistry, Delete, Insert, Update};
-use crate::clock::now;
+use crate::clock::{now, now_ms};
+use crate::entities::upstreams::{
+    check_upstream_name, expand_upstream_shorthands, format_target, validate_upstream,
+};
 use crate::entities::{expand_service_url, EntityKind};
 use crate::error::{AdminError, RegistryError};
 use crate::plugins::oauth2::credentials;
 use crate::plugins::PluginRegistry;
-use crate::schema::{self, Coerce, FieldErrors};
+use crate::schema::{self, Coerce, FieldErrors, FieldType};
 
 /// How long an admin write may wait for the registry before answering 503.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
@@ -43,6 +46,64 @@ pub async fn resolve(
         return Ok(store.get(kind.def, id).await?);
     }
     Ok(store.get_by(kind.def, kind.endpoint_key, key).await?)
+}
+
+/// Finds a document by UUID or endpoint key among the children of `parent` when given. Targets
+/// are addressed by `host:port`, which is unique only within their upstream, so they are looked
+/// up among the upstream's own.
+///
+/// # Errors
+/// Store failures.
+pub async fn resolve_in(
+    store: &dyn ConfigStore,
+    kind: &EntityKind,
+    key: &str,
+    parent: Option<(&'static str, Uuid)>,
+) -> Result<Option<Document>, AdminError> {
+    let Some((field, pid)) = parent.filter(|_| kind.def.name == "targets") else {
+        return resolve(store, kind, key).await;
+    };
+    if Uuid::parse_str(key).is_ok() {
+        return resolve(store, kind, key).await;
+    }
+    let mut filter = ListFilter {
+        foreign: Some((field, pid)),
+        size: 1000,
+        ..ListFilter::default()
+    };
+    loop {
+        let page = store.list(kind.def, &filter).await?;
+        if let Some(doc) = page
+            .data
+            .into_iter()
+            .find(|d| d.get(kind.endpoint_key).and_then(Value::as_str) == Some(key))
+        {
+            return Ok(Some(doc));
+        }
+        match page.next_offset {
+            Some(next) => filter.offset = Some(next),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Applies an entity's input shorthands (Kong runs them on the request's fields, before any
+/// merge with a stored row): the service `url`, the upstream `algorithm`/`hash_on` pair.
+///
+/// # Errors
+/// The field error of a shorthand that does not parse.
+pub fn expand_shorthands(
+    kind: &EntityKind,
+    input: &mut Map<String, Value>,
+) -> Result<(), AdminError> {
+    match kind.def.name {
+        "services" => expand_service_url(input).map_err(AdminError::Schema),
+        "upstreams" => {
+            expand_upstream_shorthands(input);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads `doc[field]["id"]`.
@@ -82,10 +143,15 @@ pub fn build_doc(
     coerce: Coerce,
     existing: Option<&Document>,
 ) -> Result<Document, AdminError> {
-    if kind.def.name == "services" {
-        expand_service_url(&mut input).map_err(AdminError::Schema)?;
+    if kind.def.name == "targets" {
+        format_target(&mut input).map_err(AdminError::Schema)?;
     }
-    let mut doc = schema::validate(kind.schema, &input, coerce).map_err(AdminError::Schema)?;
+    let mut doc = if kind.def.name == "upstreams" {
+        validate_upstream(&input, coerce)
+    } else {
+        schema::validate(kind.schema, &input, coerce)
+    }
+    .map_err(AdminError::Schema)?;
     if kind.def.name == "plugins" {
         validate_plugin(plugins, &mut doc, coerce)?;
     }
@@ -97,10 +163,19 @@ pub fn build_doc(
         .or_else(|| doc.get("id").filter(|v| !v.is_null()).cloned())
         .unwrap_or_else(|| json!(Uuid::new_v4().to_string()));
     doc.insert("id".into(), id);
-    let now = now();
+    // Kong's `auto_timestamp_ms` fields are numbers with milliseconds, the others whole seconds.
+    let millis = matches!(
+        kind.schema.field("created_at").map(|f| &f.ty),
+        Some(FieldType::Number)
+    );
+    let now = if millis {
+        json!(now_ms())
+    } else {
+        json!(now())
+    };
     let created = existing
         .and_then(|e| e.get("created_at").cloned())
-        .unwrap_or_else(|| json!(now));
+        .unwrap_or_else(|| now.clone());
     doc.insert("created_at".into(), created);
     if kind.schema.field("updated_at").is_some() {
         doc.insert("updated_at".into(), json!(now));
@@ -160,6 +235,8 @@ pub fn kind_by_table(table: &str) -> Option<&'static EntityKind> {
         "consumers" => &crate::entities::CONSUMERS,
         "plugins" => &crate::entities::PLUGINS,
         "oauth2_credentials" => &credentials::CREDENTIALS,
+        "upstreams" => &crate::entities::upstreams::UPSTREAMS,
+        "targets" => &crate::entities::upstreams::TARGETS,
         _ => return None,
     })
 }
@@ -273,6 +350,22 @@ pub async fn list(
     query: &[(String, String)],
     base_path: &str,
 ) -> Result<HttpResponse, AdminError> {
+    let body = list_page(state, kind, foreign, query, base_path).await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// One page of a list as its JSON body (`data`, `next`, `offset`), for endpoints that shape
+/// their `next` link themselves.
+///
+/// # Errors
+/// Bad size/offset, store failures.
+pub async fn list_page(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    foreign: Option<(&'static str, Uuid)>,
+    query: &[(String, String)],
+    base_path: &str,
+) -> Result<Value, AdminError> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let (size, offset) = paging(query)?;
     let tags = get("tags").map(|t| {
@@ -292,7 +385,7 @@ pub async fn list(
                 .into_iter()
                 .map(|d| render(&state.plugins, kind, d))
                 .collect();
-            return Ok(HttpResponse::Ok().json(json!({ "data": data, "next": null })));
+            return Ok(json!({ "data": data, "next": null }));
         }
     }
     let filter = ListFilter {
@@ -332,7 +425,7 @@ pub async fn list(
         body["offset"] = json!(token);
         body["next"] = json!(next_url);
     }
-    Ok(HttpResponse::Ok().json(body))
+    Ok(body)
 }
 
 /// `POST /E`, `POST /P/{p}/E` (foreign key injected from the URL).
@@ -350,6 +443,7 @@ pub async fn create(
         input.insert(field.into(), json!({ "id": id.to_string() }));
     }
     resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
+    expand_shorthands(kind, &mut input)?;
     let doc = build_doc(kind, &state.plugins, input, coerce, None)?;
     let stored = send(state, Insert { def: kind.def, doc }).await?;
     Ok(HttpResponse::Created().json(render(&state.plugins, kind, stored)))
@@ -365,7 +459,7 @@ pub async fn read(
     key: &str,
     parent: Option<(&'static str, Uuid)>,
 ) -> Result<HttpResponse, AdminError> {
-    let doc = resolve(state.store.as_ref(), kind, key)
+    let doc = resolve_in(state.store.as_ref(), kind, key, parent)
         .await?
         .ok_or(AdminError::NotFound)?;
     if let Some((field, pid)) = parent {
@@ -396,13 +490,17 @@ pub async fn upsert(
             input.insert("id".into(), json!(id.to_string()));
         }
         Err(_) => {
+            if kind.def.name == "upstreams" {
+                check_upstream_name(&key).map_err(AdminError::InvalidKey)?;
+            }
             input.insert(kind.endpoint_key.into(), json!(key));
         }
     }
     resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
+    expand_shorthands(kind, &mut input)?;
     let mut tries = 0;
     loop {
-        let existing = resolve(state.store.as_ref(), kind, &key).await?;
+        let existing = resolve_in(state.store.as_ref(), kind, &key, parent).await?;
         if let (Some(doc), Some((field, pid))) = (&existing, parent) {
             if fk(doc, field) != Some(pid) {
                 return Err(AdminError::NotFound);
@@ -421,7 +519,9 @@ pub async fn upsert(
             // Created meanwhile by another request: read it again and replace it, as PUT does.
             None => match send(state, Insert { def, doc }).await {
                 Err(AdminError::Unique(_))
-                    if resolve(state.store.as_ref(), kind, &key).await?.is_some() =>
+                    if resolve_in(state.store.as_ref(), kind, &key, parent)
+                        .await?
+                        .is_some() =>
                 {
                     Err(AdminError::Contended)
                 }
@@ -451,7 +551,7 @@ pub async fn patch(
     }
     let mut tries = 0;
     loop {
-        let existing = resolve(state.store.as_ref(), kind, &key)
+        let existing = resolve_in(state.store.as_ref(), kind, &key, parent)
             .await?
             .ok_or(AdminError::NotFound)?;
         if let Some((field, pid)) = parent {
@@ -463,9 +563,7 @@ pub async fn patch(
         merged.remove("updated_at");
         let mut input = input.clone();
         resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
-        if kind.def.name == "services" && input.contains_key("url") {
-            expand_service_url(&mut input).map_err(AdminError::Schema)?;
-        }
+        expand_shorthands(kind, &mut input)?;
         schema::merge_patch(kind.schema, &mut merged, input);
         let doc = build_doc(kind, &state.plugins, merged, coerce, Some(&existing))?;
         let update = Update {
@@ -492,7 +590,7 @@ pub async fn delete(
 ) -> Result<HttpResponse, AdminError> {
     let mut tries = 0;
     loop {
-        let Some(existing) = resolve(state.store.as_ref(), kind, &key).await? else {
+        let Some(existing) = resolve_in(state.store.as_ref(), kind, &key, parent).await? else {
             return if parent.is_some() {
                 Err(AdminError::NotFound)
             } else {

@@ -102,13 +102,32 @@ pub mod entities {
         }],
     };
 
+    /// Load-balanced upstreams, addressed by a service's `host`.
+    pub static UPSTREAMS: EntityDef = EntityDef {
+        name: "upstreams",
+        unique: &[&["name"]],
+        foreign_keys: &[],
+    };
+    /// The targets of an upstream; one per address within an upstream (Kong's cache key).
+    pub static TARGETS: EntityDef = EntityDef {
+        name: "targets",
+        unique: &[&["upstream", "target"]],
+        foreign_keys: &[ForeignKeyDef {
+            field: "upstream",
+            references: "upstreams",
+            on_delete: OnDelete::Cascade,
+        }],
+    };
+
     /// All configuration entities, referenced before referencing.
-    pub static ALL: [&EntityDef; 5] = [
+    pub static ALL: [&EntityDef; 7] = [
         &SERVICES,
         &ROUTES,
         &CONSUMERS,
         &PLUGINS,
         &OAUTH2_CREDENTIALS,
+        &UPSTREAMS,
+        &TARGETS,
     ];
 
     /// Looks an entity up by name.

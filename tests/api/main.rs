@@ -19,3 +19,4 @@ mod proxy;
 mod registry;
 mod tls;
 mod tutorial;
+mod upstreams;

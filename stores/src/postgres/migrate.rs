@@ -38,6 +38,11 @@ pub static MIGRATIONS: &[Migration] = &[
         name: "0003_cluster_notify",
         sql: include_str!("../../../migrations/0003_cluster_notify.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_upstreams",
+        sql: include_str!("../../../migrations/0004_upstreams.sql"),
+    },
 ];
 
 /// The tables the migrations create, dropped by `reset` (most dependent first).
@@ -47,6 +52,8 @@ const TABLES: &[&str] = &[
     "oauth2_authorization_codes",
     "oauth2_tokens",
     "oauth2_credentials",
+    "targets",
+    "upstreams",
     "plugins",
     "routes",
     "consumers",

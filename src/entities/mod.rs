@@ -2,7 +2,8 @@
 //! [`EntityKind`]s, and the typed views the config registry builds from validated documents
 //! ([`Service`], [`Route`], [`Consumer`], [`PluginInstance`], and [`OAuthCredential`], whose schema
 //! lives with the `oauth2` plugin), plus [`Identities`]: one snapshot's consumers and OAuth clients
-//! indexed for the plugins. A leaf: it imports only the schema language.
+//! indexed for the plugins; [`upstreams`]: upstreams and their targets. A leaf: it imports only
+//! the schema language.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -14,6 +15,8 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::schema::{Field, FieldType, Schema};
+
+pub mod upstreams;
 
 /// Protocols a service may use.
 pub const SERVICE_PROTOCOLS: &[&str] = &[
