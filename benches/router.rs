@@ -52,6 +52,8 @@ fn snapshot(n: usize) -> RouterSnapshot {
         chains: HashMap::new(),
         consumers: Vec::new(),
         credentials: Vec::new(),
+        upstreams: &HashMap::new(),
+        targets: &HashMap::new(),
         version: 1,
     })
 }

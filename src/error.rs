@@ -272,7 +272,8 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream timeout")]
     Timeout,
-    /// The upstream cannot be used (disabled service, route without a service, DNS).
+    /// The upstream cannot be used (disabled service, route without a service, DNS, an upstream
+    /// without a target that takes traffic).
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
     /// Body larger than allowed.

@@ -260,6 +260,8 @@ proptest! {
             chains: HashMap::new(),
             consumers: Vec::new(),
             credentials: Vec::new(),
+            upstreams: &HashMap::new(),
+            targets: &HashMap::new(),
             version: 1,
         });
         let lookup = |n: &str| (n == "x-v").then(|| header.clone()).flatten();

@@ -20,6 +20,7 @@ use portcullis_stores::{ConfigStore, Document, EntityDef, StoreError, TokenStore
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::entities::upstreams::{Target, Upstream};
 use crate::entities::{Consumer, OAuthCredential, PluginInstance, Route, Service};
 use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
@@ -147,6 +148,8 @@ struct Mirror {
     consumers: HashMap<Uuid, Arc<Consumer>>,
     plugins: BTreeMap<Uuid, Plugged>,
     credentials: HashMap<Uuid, Arc<OAuthCredential>>,
+    upstreams: HashMap<Uuid, Arc<Upstream>>,
+    targets: HashMap<Uuid, Arc<Target>>,
 }
 
 /// The actor.
@@ -221,6 +224,14 @@ impl ConfigRegistry {
                     let c = OAuthCredential::from_doc(doc)?;
                     self.mirror.credentials.insert(c.id, Arc::new(c));
                 }
+                "upstreams" => {
+                    let u: Upstream = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                    self.mirror.upstreams.insert(u.id, Arc::new(u));
+                }
+                "targets" => {
+                    let t: Target = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                    self.mirror.targets.insert(t.id, Arc::new(t));
+                }
                 _ => {}
             }
             Ok(())
@@ -237,6 +248,8 @@ impl ConfigRegistry {
             "consumers" => drop(self.mirror.consumers.remove(&id)),
             "plugins" => drop(self.mirror.plugins.remove(&id)),
             "oauth2_credentials" => drop(self.mirror.credentials.remove(&id)),
+            "upstreams" => drop(self.mirror.upstreams.remove(&id)),
+            "targets" => drop(self.mirror.targets.remove(&id)),
             _ => {}
         }
     }
@@ -319,6 +332,8 @@ impl ConfigRegistry {
             chains: self.chains(),
             consumers: self.mirror.consumers.values().cloned().collect(),
             credentials: self.mirror.credentials.values().cloned().collect(),
+            upstreams: &self.mirror.upstreams,
+            targets: &self.mirror.targets,
             version: self.version,
         };
         self.snapshot.store(Arc::new(RouterSnapshot::build(parts)));

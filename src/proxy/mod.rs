@@ -27,7 +27,8 @@ use smallvec::SmallVec;
 use crate::entities::Service;
 use crate::error::ProxyError;
 use crate::plugin_api::{Flow, PluginRuntime, RequestCtx, Scheme};
-use crate::router::{upstream_path, MatchInput, RouterSnapshot, UpstreamOrigin};
+use crate::router::balancer::{Peers, NO_PEER};
+use crate::router::{upstream_path, MatchInput, RouterSnapshot};
 use upstream::{SendError, UpstreamClients};
 
 /// What every proxy worker shares.
@@ -163,7 +164,7 @@ impl MessageBody for HoldingBody {
 /// Where a matched request goes and how its upstream request is shaped.
 struct Upstream<'a> {
     service: &'a Service,
-    origin: &'a UpstreamOrigin,
+    peers: Peers<'a>,
     /// The path prefix `strip_path` removed.
     stripped: Option<&'a str>,
     /// Send the client's `Host` instead of the service's.
@@ -257,7 +258,7 @@ async fn proxy(
     let routed = entry.service.as_deref().ok_or(ProxyError::Unavailable(
         "no Service found with those values",
     ))?;
-    let (service, origin) = (&routed.service, &routed.origin);
+    let (service, peers) = (&routed.service, routed.destinations.peers());
     if !service.enabled {
         return Err(ProxyError::NoRoute);
     }
@@ -313,7 +314,7 @@ async fn proxy(
         None => {
             let upstream = Upstream {
                 service,
-                origin,
+                peers,
                 stripped: matched.stripped,
                 preserve_host: entry.route.route.preserve_host,
                 host,
@@ -435,9 +436,9 @@ async fn client_body(
     }))
 }
 
-async fn forward(
+async fn forward<'a>(
     incoming: &Incoming<'_>,
-    upstream: &Upstream<'_>,
+    upstream: &Upstream<'a>,
     payload: Option<web::Payload>,
     ctx: &mut RequestCtx,
     clients: &UpstreamClients,
@@ -451,7 +452,7 @@ async fn forward(
     } = *incoming;
     let Upstream {
         service,
-        origin,
+        peers,
         stripped,
         preserve_host,
         host,
@@ -465,11 +466,13 @@ async fn forward(
         None if req.uri().query() == Some("") => Cow::Owned([&*path, "?"].concat()),
         None => path,
     };
-    let service_host = origin.host.as_ref().map(HeaderValue::as_bytes);
+    let mut origin = peers.pick(0).ok_or(ProxyError::Unavailable(NO_PEER))?;
     // The client's authority when the route preserves it (and the client sent one).
-    let host_value = Some(sent_host.as_bytes())
-        .filter(|h| preserve_host && !h.is_empty())
-        .or(service_host);
+    let host_for = |origin: &'a crate::router::UpstreamOrigin| {
+        Some(sent_host.as_bytes())
+            .filter(|h| preserve_host && !h.is_empty())
+            .or(origin.host.as_ref().map(HeaderValue::as_bytes))
+    };
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
     let mut client_body = match (&replay_body, payload) {
         (None, Some(p)) => client_body(incoming, p).await?,
@@ -477,9 +480,9 @@ async fn forward(
     };
     let streams_body = client_body.is_some();
     let body_timed_out = client_body.as_ref().map(|b| b.timed_out.clone());
-    let upstream_headers = headers::UpstreamHeaders {
+    let mut upstream_headers = headers::UpstreamHeaders {
         client: req.headers(),
-        host: host_value,
+        host: host_for(origin),
         forwarded: headers::Forwarded {
             trusted: ctx.trusted,
             client_ip: ctx.client_ip,
@@ -510,13 +513,16 @@ async fn forward(
     let sent_at = Instant::now();
     let proxy_latency = sent_at.saturating_duration_since(started);
     let mut deadline = sent_at + timeout;
-    let lean_head = lean.then(|| {
-        let method = req.method().as_str();
-        let mut head = http1::start_head(method, &target, req.headers().len() + 10);
-        upstream_headers.write(&mut head);
-        http1::end_head(&mut head, method, upstream_headers.declares_length());
-        head
-    });
+    let head_for = |headers: &headers::UpstreamHeaders<'_>| {
+        lean.then(|| {
+            let method = req.method().as_str();
+            let mut head = http1::start_head(method, &target, req.headers().len() + 10);
+            headers.write(&mut head);
+            http1::end_head(&mut head, method, headers.declares_length());
+            head
+        })
+    };
+    let mut lean_head = head_for(&upstream_headers);
     let answer = loop {
         let outcome = match &lean_head {
             Some(head) => {
@@ -565,6 +571,12 @@ async fn forward(
             Ok(answer) => break answer,
             Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {
                 attempts += 1;
+                // The next try goes to the next target (the same origin without an upstream).
+                origin = peers
+                    .pick(attempts)
+                    .ok_or(ProxyError::Unavailable(NO_PEER))?;
+                upstream_headers.host = host_for(origin);
+                lean_head = head_for(&upstream_headers);
                 deadline = Instant::now() + timeout;
                 tracing::debug!(error = %detail, attempts, "upstream connect failed; retrying");
             }

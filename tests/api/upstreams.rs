@@ -2,7 +2,7 @@
 //! (U…) and `08-targets_routes_spec.lua` (T…) ported case by case, each with Kong's request and
 //! all of Kong's assertions, on the memory store (`upstreams::memory::…`) and on Postgres
 //! (`upstreams::postgres::…`); Kong's `it_content_types` cases run with each of its three body
-//! types.
+//! types. Then load balancing through the proxy to real upstreams the test starts (B…).
 //!
 //! Deliberate differences from Kong, each asserted as such (the README lists them):
 //! - consistent hashing is not implemented, so an upstream whose `hash_on` is not `none` (Kong then
@@ -20,10 +20,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_pg_app, spawn_with, test_settings, TestApp};
+use crate::helpers::{
+    dead_port, eventually, spawn_pg_app, spawn_upstream, spawn_with, test_settings, PgSchema,
+    TestApp,
+};
 
 /// Which store the gateway runs on.
 #[derive(Clone, Copy, Debug)]
@@ -186,6 +190,11 @@ on_every_store!(
     t13_patch_is_allowed_and_works,
     t14_put_updates_target_by_id_and_by_target,
     t15_delete_deletes_targets_by_target_and_by_id,
+    b1_weighted_round_robin_follows_the_weights,
+    b2_a_dead_target_is_retried_on_the_other,
+    b3_no_usable_target_is_kongs_503,
+    b4_targets_get_their_own_host_or_the_host_header,
+    b5_changes_apply_to_the_next_request,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -1194,4 +1203,252 @@ async fn t15_delete_deletes_targets_by_target_and_by_id(store: Store) {
         assert_eq!(json["data"].as_array().unwrap().len(), 1);
         assert_eq!(json["data"][0]["target"], "api-1:80");
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Balancing through the proxy
+// ------------------------------------------------------------------------------------------------
+
+/// A service `lb` whose host is the upstream `name`, with `retries`, and its route `/lb`.
+async fn balanced_service(app: &TestApp, name: &str, retries: u32) {
+    let (s, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": "lb", "host": name, "port": 80, "retries": retries}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post("/services/lb/routes", json!({"paths": ["/lb"]}))
+        .await;
+    assert_eq!(s, 201, "{body}");
+}
+
+/// Sends `n` requests to `/lb/echo` (16 at a time); counts answers by status and, for 200s, by the
+/// `Host` the upstream received.
+async fn spread(app: &TestApp, n: usize) -> (HashMap<u16, usize>, HashMap<String, usize>) {
+    let url = format!("{}/lb/echo", app.proxy);
+    let answers: Vec<(u16, Value)> = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let (http, url) = (app.http.clone(), url.clone());
+            async move {
+                let r = http.get(url).send().await.expect("proxy reachable");
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut statuses = HashMap::new();
+    let mut hosts = HashMap::new();
+    for (status, body) in answers {
+        *statuses.entry(status).or_default() += 1;
+        if status == 200 {
+            let host = body["headers"]["host"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            *hosts.entry(host).or_default() += 1;
+        }
+    }
+    (statuses, hosts)
+}
+
+/// B1: 10,000 requests over targets weighted 30/60/10 land within 2 % of the weights; a live
+/// target of weight 0 gets none.
+async fn b1_weighted_round_robin_follows_the_weights(store: Store) {
+    let app = app(store).await;
+    let backends: Vec<_> = (0..4).map(|_| spawn_upstream()).collect();
+    let upstream = bp_upstream(&app, json!({"name": "weighted.test"})).await;
+    for (backend, weight) in backends.iter().zip([30, 60, 10, 0]) {
+        bp_target(
+            &app,
+            &upstream,
+            &format!("127.0.0.1:{}", backend.port),
+            weight,
+        )
+        .await;
+    }
+    balanced_service(&app, "weighted.test", 5).await;
+
+    let n = 10_000;
+    let (statuses, hosts) = spread(&app, n).await;
+    assert_eq!(statuses.get(&200), Some(&n), "{statuses:?}");
+    for (backend, weight) in backends.iter().zip([30.0, 60.0, 10.0, 0.0]) {
+        let got = hosts
+            .get(&format!("127.0.0.1:{}", backend.port))
+            .copied()
+            .unwrap_or_default();
+        #[expect(clippy::cast_precision_loss, reason = "counts of 10,000")]
+        let share = got as f64 / n as f64 * 100.0;
+        assert!(
+            (share - weight).abs() <= 2.0,
+            "target of weight {weight} took {share:.2} % ({hosts:?})"
+        );
+        if weight == 0.0 {
+            assert_eq!(got, 0, "a target of weight 0 is never chosen");
+        }
+    }
+}
+
+/// B2: a target where nothing listens, with `retries` ≥ 1: every request succeeds on the other
+/// target. With `retries` 0 the same setup fails every request the dead target draws (half), so
+/// the retry is what saves them.
+async fn b2_a_dead_target_is_retried_on_the_other(store: Store) {
+    let app = app(store).await;
+    let live = spawn_upstream();
+    let upstream = bp_upstream(&app, json!({"name": "half-dead.test"})).await;
+    bp_target(&app, &upstream, &format!("127.0.0.1:{}", live.port), 100).await;
+    bp_target(&app, &upstream, &format!("127.0.0.1:{}", dead_port()), 100).await;
+    balanced_service(&app, "half-dead.test", 1).await;
+
+    let (statuses, hosts) = spread(&app, 200).await;
+    assert_eq!(statuses.get(&200), Some(&200), "{statuses:?}");
+    assert_eq!(
+        hosts,
+        HashMap::from([(format!("127.0.0.1:{}", live.port), 200)])
+    );
+
+    let (s, _) = app.admin_patch("/services/lb", json!({"retries": 0})).await;
+    assert_eq!(s, 200);
+    let (statuses, _) = spread(&app, 200).await;
+    assert_eq!(
+        statuses,
+        HashMap::from([(200, 100), (502, 100)]),
+        "without retries the dead target's turns fail"
+    );
+}
+
+/// B3: an upstream without targets, or with only weight-0 targets: Kong's 503.
+async fn b3_no_usable_target_is_kongs_503(store: Store) {
+    let app = app(store).await;
+    let upstream = bp_upstream(&app, json!({"name": "empty.test"})).await;
+    balanced_service(&app, "empty.test", 5).await;
+    let check = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(
+            body["message"],
+            "failure to get a peer from the ring-balancer"
+        );
+        assert!(body["request_id"].is_string());
+    };
+    check(app.proxy_get("/lb/echo").await).await;
+    let backend = spawn_upstream();
+    bp_target(&app, &upstream, &format!("127.0.0.1:{}", backend.port), 0).await;
+    check(app.proxy_get("/lb/echo").await).await;
+}
+
+/// B4: each target gets `Host: <target host>:<port>` (Kong's `set_host_header`), or the
+/// upstream's `host_header` with the target's port.
+async fn b4_targets_get_their_own_host_or_the_host_header(store: Store) {
+    let app = app(store).await;
+    let backend = spawn_upstream();
+    let upstream = bp_upstream(&app, json!({"name": "hosted.test"})).await;
+    bp_target(&app, &upstream, &format!("localhost:{}", backend.port), 100).await;
+    balanced_service(&app, "hosted.test", 5).await;
+    let r = app.proxy_get("/lb/echo").await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["headers"]["host"],
+        format!("localhost:{}", backend.port)
+    );
+
+    let (s, _) = app
+        .admin_patch(
+            "/upstreams/hosted.test",
+            json!({"host_header": "api.internal"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let body: Value = app.proxy_get("/lb/echo").await.json().await.unwrap();
+    assert_eq!(
+        body["headers"]["host"],
+        format!("api.internal:{}", backend.port)
+    );
+}
+
+/// B5: a new target, a weight change and a deletion apply to the very next request.
+async fn b5_changes_apply_to_the_next_request(store: Store) {
+    let app = app(store).await;
+    let (a, b) = (spawn_upstream(), spawn_upstream());
+    let upstream = bp_upstream(&app, json!({"name": "changing.test"})).await;
+    let ta = bp_target(&app, &upstream, &format!("127.0.0.1:{}", a.port), 100).await;
+    balanced_service(&app, "changing.test", 5).await;
+    let host_a = format!("127.0.0.1:{}", a.port);
+    let host_b = format!("127.0.0.1:{}", b.port);
+    let (_, hosts) = spread(&app, 10).await;
+    assert_eq!(hosts, HashMap::from([(host_a.clone(), 10)]));
+
+    bp_target(&app, &upstream, &host_b, 100).await;
+    let (_, hosts) = spread(&app, 10).await;
+    assert_eq!(
+        hosts,
+        HashMap::from([(host_a.clone(), 5), (host_b.clone(), 5)])
+    );
+
+    let (s, _) = app
+        .admin_patch(
+            &format!(
+                "/upstreams/changing.test/targets/{}",
+                ta["id"].as_str().unwrap()
+            ),
+            json!({"weight": 0}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, hosts) = spread(&app, 10).await;
+    assert_eq!(hosts, HashMap::from([(host_b.clone(), 10)]));
+
+    let (s, _) = app
+        .admin_delete(&format!("/upstreams/changing.test/targets/{host_b}"))
+        .await;
+    assert_eq!(s, 204);
+    let r = app.proxy_get("/lb/echo").await;
+    assert_eq!(r.status(), 503);
+}
+
+/// B6 (Postgres): a target added and removed on one node reaches another node's balancer through
+/// the database's change notifications.
+#[actix_web::test]
+async fn b6_target_changes_reach_the_other_node() {
+    let schema = PgSchema::migrated().await;
+    let one = spawn_with(schema.settings.clone()).await;
+    let other = spawn_with(schema.settings.clone()).await;
+    let backend = spawn_upstream();
+    let upstream = bp_upstream(&one, json!({"name": "shared.test"})).await;
+    balanced_service(&one, "shared.test", 5).await;
+    let status = |app: &TestApp| {
+        let (http, url) = (app.http.clone(), format!("{}/lb/echo", app.proxy));
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the other node routes to the upstream",
+        || async { (status(&other).await == 503).then_some(()) },
+    )
+    .await;
+    let target = bp_target(&one, &upstream, &format!("127.0.0.1:{}", backend.port), 100).await;
+    eventually(
+        Duration::from_secs(5),
+        "the other node balances to the new target",
+        || async { (status(&other).await == 200).then_some(()) },
+    )
+    .await;
+    let (s, _) = one
+        .admin_delete(&format!(
+            "/upstreams/shared.test/targets/{}",
+            target["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, 204);
+    eventually(
+        Duration::from_secs(5),
+        "the other node drops the deleted target",
+        || async { (status(&other).await == 503).then_some(()) },
+    )
+    .await;
 }
