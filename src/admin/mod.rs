@@ -76,6 +76,20 @@ pub const NESTED: [(&str, &str, &str); 6] = [
     ("upstreams", "targets", "upstream"),
 ];
 
+/// Lists decK reads whose entities this gateway does not have: always empty, so a sync sees
+/// nothing to manage there.
+pub const EMPTY_LISTS: [&str; 9] = [
+    "ca_certificates",
+    "vaults",
+    "consumer_groups",
+    "basic-auths",
+    "jwts",
+    "hmac-auths",
+    "certificates",
+    "snis",
+    "tags",
+];
+
 /// A child's parent reached through its foreign key (`/routes/{r}/service`): `(child segment,
 /// foreign-key field, parent segment)`.
 pub const FOREIGN: [(&str, &str, &str); 5] = [
@@ -201,6 +215,12 @@ pub async fn dispatch(
     }
 
     match seg.as_slice() {
+        [list] if EMPTY_LISTS.contains(list) => match method {
+            Method::GET => {
+                Ok(HttpResponse::Ok().json(serde_json::json!({"data": [], "next": null})))
+            }
+            _ => Err(AdminError::MethodNotAllowed),
+        },
         [entity] => {
             let kind = top_kind_of(entity).ok_or(AdminError::NotFound)?;
             match method {

@@ -2,7 +2,8 @@
 //! (U…) and `08-targets_routes_spec.lua` (T…) ported case by case, each with Kong's request and
 //! all of Kong's assertions, on the memory store (`upstreams::memory::…`) and on Postgres
 //! (`upstreams::postgres::…`); Kong's `it_content_types` cases run with each of its three body
-//! types. Then load balancing through the proxy to real upstreams the test starts (B…).
+//! types. Then load balancing through the proxy to real upstreams the test starts (B…), and the
+//! lists decK reads (D…).
 //!
 //! Deliberate differences from Kong, each asserted as such (the README lists them):
 //! - consistent hashing is not implemented, so an upstream whose `hash_on` is not `none` (Kong then
@@ -195,6 +196,7 @@ on_every_store!(
     b3_no_usable_target_is_kongs_503,
     b4_targets_get_their_own_host_or_the_host_header,
     b5_changes_apply_to_the_next_request,
+    d1_lists_deck_reads_are_empty,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -1409,6 +1411,57 @@ async fn b5_changes_apply_to_the_next_request(store: Store) {
     assert_eq!(s, 204);
     let r = app.proxy_get("/lb/echo").await;
     assert_eq!(r.status(), 503);
+}
+
+// ------------------------------------------------------------------------------------------------
+// What decK reads
+// ------------------------------------------------------------------------------------------------
+
+/// D1: every list decK reads that has no entity here answers an empty page; `GET /` reports a
+/// Kong 3.x version that go-kong's `ParseSemanticVersion` accepts (decK refuses a 3.0 format file
+/// for an older Kong) and the database in `configuration.database`.
+async fn d1_lists_deck_reads_are_empty(store: Store) {
+    let app = app(store).await;
+    for list in [
+        "ca_certificates",
+        "vaults",
+        "consumer_groups",
+        "basic-auths",
+        "jwts",
+        "hmac-auths",
+        "certificates",
+        "snis",
+        "tags",
+    ] {
+        let (s, json) = app.admin_get(&format!("/{list}")).await;
+        assert_eq!(
+            (s, &json),
+            (200, &json!({"data": [], "next": null})),
+            "{list}"
+        );
+    }
+    for list in ["upstreams", "consumers", "services", "routes", "plugins"] {
+        let (s, json) = app.admin_get(&format!("/{list}")).await;
+        assert_eq!(
+            (s, &json),
+            (200, &json!({"data": [], "next": null})),
+            "{list}"
+        );
+    }
+    let (s, root) = app.admin_get("/").await;
+    assert_eq!(s, 200);
+    let version = root["version"].as_str().unwrap();
+    // go-kong's ParseSemanticVersion pattern, then decK's `>= 3.0.0` gate.
+    let re = regex::Regex::new(r"((?:\d+\.\d+\.\d+)|(?:\d+\.\d+))(?:[\.-](\d+))?(?:\-?(.+)$|$)")
+        .unwrap();
+    let caps = re.captures(version).expect("go-kong parses the version");
+    let major: u64 = caps[1].split('.').next().unwrap().parse().unwrap();
+    assert!(major >= 3, "{version}");
+    let database = match store {
+        Store::Memory => "memory",
+        Store::Postgres => "postgres",
+    };
+    assert_eq!(root["configuration"]["database"], database);
 }
 
 /// B6 (Postgres): a target added and removed on one node reaches another node's balancer through
