@@ -54,6 +54,7 @@ fn snapshot(n: usize) -> RouterSnapshot {
         credentials: Vec::new(),
         upstreams: &HashMap::new(),
         targets: &HashMap::new(),
+        rotations: &HashMap::new(),
         version: 1,
     })
 }

@@ -262,6 +262,7 @@ proptest! {
             credentials: Vec::new(),
             upstreams: &HashMap::new(),
             targets: &HashMap::new(),
+            rotations: &HashMap::new(),
             version: 1,
         });
         let lookup = |n: &str| (n == "x-v").then(|| header.clone()).flatten();

@@ -25,6 +25,7 @@ use crate::entities::{Consumer, OAuthCredential, PluginInstance, Route, Service}
 use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
+use crate::router::balancer::Rotation;
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
 };
@@ -152,6 +153,11 @@ struct Mirror {
     targets: HashMap<Uuid, Arc<Target>>,
 }
 
+/// Each balanced service's round-robin position, kept across snapshots (and mirror reloads) so
+/// that a configuration change — this node's own echoed back by the cluster bus included — does
+/// not restart the rotation.
+type Rotations = HashMap<Uuid, Arc<Rotation>>;
+
 /// The actor.
 pub struct ConfigRegistry {
     store: Arc<dyn ConfigStore>,
@@ -159,6 +165,7 @@ pub struct ConfigRegistry {
     plugins: Arc<PluginRegistry>,
     snapshot: Arc<ArcSwap<RouterSnapshot>>,
     mirror: Mirror,
+    rotations: Rotations,
     version: u64,
 }
 
@@ -176,6 +183,7 @@ impl ConfigRegistry {
             plugins,
             snapshot,
             mirror: Mirror::default(),
+            rotations: Rotations::default(),
             version: 0,
         }
     }
@@ -326,6 +334,11 @@ impl ConfigRegistry {
 
     fn publish(&mut self) {
         self.version += 1;
+        let services = &self.mirror.services;
+        self.rotations.retain(|id, _| services.contains_key(id));
+        for id in services.keys() {
+            self.rotations.entry(*id).or_default();
+        }
         let parts = SnapshotParts {
             routes: self.mirror.routes.values().cloned().collect(),
             services: &self.mirror.services,
@@ -334,6 +347,7 @@ impl ConfigRegistry {
             credentials: self.mirror.credentials.values().cloned().collect(),
             upstreams: &self.mirror.upstreams,
             targets: &self.mirror.targets,
+            rotations: &self.rotations,
             version: self.version,
         };
         self.snapshot.store(Arc::new(RouterSnapshot::build(parts)));

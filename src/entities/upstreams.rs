@@ -18,7 +18,10 @@ use portcullis_stores::model::entities as defs;
 pub const DEFAULT_TARGET_PORT: u16 = 8000;
 
 /// Algorithms this build balances with; Kong's others are refused by name.
-pub const SUPPORTED_ALGORITHMS: &[&str] = &["round-robin"];
+pub const SUPPORTED_ALGORITHMS: &[&str] = &["round-robin", "consistent-hashing"];
+
+/// Hash inputs this build supports; Kong's `cookie` and `uri_capture` are refused by name.
+pub const SUPPORTED_HASH_ON: &[&str] = &["none", "consumer", "ip", "header", "path", "query_arg"];
 
 const HASH_ON: &[&str] = &[
     "none",
@@ -668,11 +671,23 @@ fn refuse_unsupported(doc: &Map<String, Value>) -> Result<(), FieldErrors> {
             errors.insert(
                 "algorithm".into(),
                 json!(format!(
-                    "'{a}' is not supported by this gateway (supported: {}); \
-                     a 'hash_on' other than 'none' selects 'consistent-hashing'",
+                    "'{a}' is not supported by this gateway (supported: {})",
                     SUPPORTED_ALGORITHMS.join(", ")
                 )),
             );
+        }
+    }
+    for field in ["hash_on", "hash_fallback"] {
+        if let Some(h) = doc.get(field).and_then(Value::as_str) {
+            if !SUPPORTED_HASH_ON.contains(&h) {
+                errors.insert(
+                    field.into(),
+                    json!(format!(
+                        "'{h}' is not supported by this gateway (supported: {})",
+                        SUPPORTED_HASH_ON.join(", ")
+                    )),
+                );
+            }
         }
     }
     if let Some(given) = doc.get("healthchecks") {
@@ -762,6 +777,20 @@ pub struct Upstream {
     pub name: String,
     /// Balancing algorithm (only the supported ones are stored).
     pub algorithm: String,
+    /// What consistent hashing hashes (`none`, `consumer`, `ip`, `header`, `path`, `query_arg`).
+    pub hash_on: String,
+    /// What it hashes when `hash_on` gives nothing.
+    pub hash_fallback: String,
+    /// Header hashed when `hash_on` is `header`.
+    pub hash_on_header: Option<String>,
+    /// Header hashed when `hash_fallback` is `header`.
+    pub hash_fallback_header: Option<String>,
+    /// Query argument hashed when `hash_on` is `query_arg`.
+    pub hash_on_query_arg: Option<String>,
+    /// Query argument hashed when `hash_fallback` is `query_arg`.
+    pub hash_fallback_query_arg: Option<String>,
+    /// Positions of the consistent-hashing table (10..65536).
+    pub slots: u32,
     /// `Host` sent to the targets instead of the target's own name.
     pub host_header: Option<String>,
 }

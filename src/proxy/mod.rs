@@ -466,7 +466,7 @@ async fn forward<'a>(
         None if req.uri().query() == Some("") => Cow::Owned([&*path, "?"].concat()),
         None => path,
     };
-    let mut origin = peers.pick(0).ok_or(ProxyError::Unavailable(NO_PEER))?;
+    let mut origin = peers.pick(0, ctx).ok_or(ProxyError::Unavailable(NO_PEER))?;
     // The client's authority when the route preserves it (and the client sent one).
     let host_for = |origin: &'a crate::router::UpstreamOrigin| {
         Some(sent_host.as_bytes())
@@ -573,7 +573,7 @@ async fn forward<'a>(
                 attempts += 1;
                 // The next try goes to the next target (the same origin without an upstream).
                 origin = peers
-                    .pick(attempts)
+                    .pick(attempts, ctx)
                     .ok_or(ProxyError::Unavailable(NO_PEER))?;
                 upstream_headers.host = host_for(origin);
                 lean_head = head_for(&upstream_headers);

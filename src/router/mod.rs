@@ -283,6 +283,9 @@ pub struct SnapshotParts<'a> {
     pub upstreams: &'a HashMap<Uuid, Arc<Upstream>>,
     /// Targets by id.
     pub targets: &'a HashMap<Uuid, Arc<Target>>,
+    /// Each service's round-robin position, carried across snapshots (a service without one
+    /// starts at 0).
+    pub rotations: &'a HashMap<Uuid, Arc<balancer::Rotation>>,
     /// Version number.
     pub version: u64,
 }
@@ -371,7 +374,11 @@ impl RouterSnapshot {
                         .or_insert_with(|| {
                             Arc::new(RoutedService {
                                 service: s.clone(),
-                                destinations: Destinations::of(s, &upstreams),
+                                destinations: Destinations::of(
+                                    s,
+                                    &upstreams,
+                                    parts.rotations.get(&s.id).cloned().unwrap_or_default(),
+                                ),
                             })
                         })
                         .clone()
@@ -655,6 +662,7 @@ mod index_tests {
             credentials: Vec::new(),
             upstreams: &HashMap::new(),
             targets: &HashMap::new(),
+            rotations: &HashMap::new(),
             version: 1,
         });
         assert!(snapshot.entries.len() > super::INDEX_THRESHOLD);
