@@ -18,8 +18,8 @@
 //! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, and its
 //!   OpenAPI document (`GET /openapi.json`) generated from the dispatcher's tables and the schemas.
 //! - [`router`]: the compiled, immutable route table read lock-free by the proxy, with each
-//!   service's destinations (its own origin, or its upstream's targets balanced by weighted
-//!   round-robin).
+//!   service's destinations (its own origin, or its upstream's targets, chosen by weighted
+//!   round-robin or consistent hashing).
 //! - [`proxy`]: the request pipeline (match → plugins → forward → respond) and header rules.
 //! - [`plugin_api`]: the plugin contract (`Plugin`, `PluginRuntime`, `RequestCtx`, `Flow`,
 //!   `Scheme`), a leaf the router, the proxy and the plugins share.

@@ -412,7 +412,7 @@ pub static UPSTREAM_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         Field::new("name", FieldType::String)
             .required()
             .check(check_name_field)
-            .pattern("[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,20}){0,3}"),
+            .pattern("[a-z]([a-z0-9-]{0,19}[a-z0-9])?(\\.[a-z]([a-z0-9-]{0,19}[a-z0-9])?){0,3}"),
         Field::new("algorithm", FieldType::String)
             .default(|| json!("round-robin"))
             .one_of(&[
