@@ -59,6 +59,14 @@ pub enum AdminError {
     /// `offset` was not handed out by us.
     #[error("invalid offset")]
     InvalidOffset(String),
+    /// A list option has no usable value (Kong's `invalid options`, code 11).
+    #[error("invalid option {field}: {reason}")]
+    InvalidOption {
+        /// The option (`tags`).
+        field: &'static str,
+        /// Why (`cannot be null`).
+        reason: &'static str,
+    },
     /// The key in the URL can never name an entity (Kong checks it before looking it up).
     #[error("invalid key: {0}")]
     InvalidKey(String),
@@ -183,6 +191,7 @@ impl ResponseError for AdminError {
             | Self::InvalidSize(_)
             | Self::InvalidOffset(_)
             | Self::InvalidKey(_)
+            | Self::InvalidOption { .. }
             | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::Unique(_) | Self::Contended => StatusCode::CONFLICT,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -229,6 +238,11 @@ impl ResponseError for AdminError {
             Self::InvalidOffset(offset) => json!({
                 "code": 7, "name": "invalid offset",
                 "message": format!("'{offset}' is not a valid offset: bad base64 encoding"),
+            }),
+            Self::InvalidOption { field, reason } => json!({
+                "code": 11, "name": "invalid options",
+                "message": format!("invalid option ({field}: {reason})"),
+                "fields": { *field: reason },
             }),
             Self::BadBody(msg) | Self::InvalidKey(msg) => json!({ "message": msg }),
             Self::TooLarge => json!({ "message": "request body too large" }),

@@ -368,6 +368,13 @@ pub async fn list_page(
 ) -> Result<Value, AdminError> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let (size, offset) = paging(query)?;
+    // `?tags` without a value: Kong refuses it rather than listing everything.
+    if get("tags").is_some_and(|t| t.is_empty()) {
+        return Err(AdminError::InvalidOption {
+            field: "tags",
+            reason: "cannot be null",
+        });
+    }
     let tags = get("tags").map(|t| {
         if t.contains('/') {
             (t.split('/').map(str::to_string).collect(), false)

@@ -13,9 +13,7 @@
 //!
 //! Not ported, and why: the `/upstreams/{u}/health` cases and the
 //! `/upstreams/{u}/targets/{t}/(un)healthy` cases (they need health checks and DNS mocks);
-//! *returns bad request for empty tags* (a `tags` option without a value: no list of this gateway
-//! checks it yet, for any entity); *healthcheck endpoints not included in /endpoints* (hybrid
-//! mode).
+//! *healthcheck endpoints not included in /endpoints* (hybrid mode).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -645,7 +643,7 @@ async fn u12_put_handles_invalid_input(store: Store) {
 }
 
 /// U13 *retrieves the first page*, U14 *paginates a set*, U15 *ignores filters*, U16 *ignores an
-/// invalid body*, U18 *data property is an empty array*.
+/// invalid body*, U17 *returns bad request for empty tags*, U18 *data property is an empty array*.
 async fn u13_u18_get_lists_pages_and_empty_results(store: Store) {
     let app = app(store).await;
     let (s, body) = raw(&app, Method::GET, "/upstreams", "text/plain", "").await;
@@ -683,6 +681,10 @@ async fn u13_u18_get_lists_pages_and_empty_results(store: Store) {
 
     let (s, _) = app.admin_get("/upstreams?foo=bar").await;
     assert_eq!(s, 200);
+    // U17 *returns bad request for empty tags*.
+    let (s, json) = app.admin_get("/upstreams?tags").await;
+    assert_eq!(s, 400);
+    assert_eq!(json["message"], "invalid option (tags: cannot be null)");
     let (s, _) = raw(
         &app,
         Method::GET,
