@@ -19,13 +19,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix_web::http::header::HeaderName;
 use uuid::Uuid;
 
 use super::UpstreamOrigin;
 use crate::entities::upstreams::{AddressKind, Target, Upstream};
 use crate::entities::Service;
-use crate::plugin_api::RequestCtx;
+use crate::plugin_api::{HeaderName, RequestCtx};
 
 /// Largest wheel built; weights whose reduced sum is larger are scaled down to it (each usable
 /// target keeps at least one slot).
@@ -42,7 +41,8 @@ pub enum Destinations {
     Balanced(Balancer),
 }
 
-/// The round-robin state of one service over its upstream's targets.
+/// How one service balances over its upstream's targets: the round-robin wheel and, for
+/// consistent hashing, the hash table.
 pub struct Balancer {
     /// One origin per target with a weight above 0.
     origins: Vec<UpstreamOrigin>,
