@@ -51,6 +51,9 @@ fn snapshot(n: usize) -> RouterSnapshot {
         services: &services,
         chains: HashMap::new(),
         identities: Default::default(),
+        upstreams: &HashMap::new(),
+        targets: &HashMap::new(),
+        rotations: &HashMap::new(),
         version: 1,
     })
 }

@@ -9,3 +9,18 @@ pub fn now() -> i64 {
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or_default()
 }
+
+/// Current unix time in seconds with millisecond precision (Kong's `auto_timestamp_ms`, which
+/// targets carry so that two changes within a second still order).
+pub fn now_ms() -> f64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "milliseconds since 1970 stay far below 2^53"
+    )]
+    let seconds = (ms as f64) / 1000.0;
+    seconds
+}

@@ -60,6 +60,17 @@ pub enum AdminError {
     /// `offset` was not handed out by us.
     #[error("invalid offset")]
     InvalidOffset(String),
+    /// A list option has no usable value (Kong's `invalid options`, code 11).
+    #[error("invalid option {field}: {reason}")]
+    InvalidOption {
+        /// The option (`tags`).
+        field: &'static str,
+        /// Why (`cannot be null`).
+        reason: &'static str,
+    },
+    /// The key in the URL can never name an entity (Kong checks it before looking it up).
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
     /// The body cannot be parsed at all.
     #[error("bad body: {0}")]
     BadBody(String),
@@ -180,6 +191,8 @@ impl ResponseError for AdminError {
             | Self::Referenced { .. }
             | Self::InvalidSize(_)
             | Self::InvalidOffset(_)
+            | Self::InvalidKey(_)
+            | Self::InvalidOption { .. }
             | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::Unique(_) | Self::Contended => StatusCode::CONFLICT,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -227,7 +240,12 @@ impl ResponseError for AdminError {
                 "code": 7, "name": "invalid offset",
                 "message": format!("'{offset}' is not a valid offset: bad base64 encoding"),
             }),
-            Self::BadBody(msg) => json!({ "message": msg }),
+            Self::InvalidOption { field, reason } => json!({
+                "code": 11, "name": "invalid options",
+                "message": format!("invalid option ({field}: {reason})"),
+                "fields": { *field: reason },
+            }),
+            Self::BadBody(msg) | Self::InvalidKey(msg) => json!({ "message": msg }),
             Self::TooLarge => json!({ "message": "request body too large" }),
             Self::Unauthorized => {
                 json!({ "message": "Unauthorized: a valid admin token is required" })
@@ -269,7 +287,8 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream timeout")]
     Timeout,
-    /// The upstream cannot be used (disabled service, route without a service, DNS).
+    /// The upstream cannot be used (disabled service, route without a service, DNS, an upstream
+    /// without a target that takes traffic).
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
     /// Body larger than allowed.

@@ -10,14 +10,16 @@
 //! - [`error`]: the error enums of the admin API, the config registry and the proxy, and their one
 //!   mapping to HTTP.
 //! - [`schema`]: the declarative schema language (Kong-shaped validation errors, defaults).
-//! - [`entities`]: services, routes, consumers, plugins: schemas and typed views; the views of the
-//!   plugins' credentials (OAuth clients, API keys, group memberships) and the consumers and
-//!   credentials a snapshot hands to plugins ([`entities::Identities`]).
+//! - [`entities`]: services, routes, consumers, plugins, upstreams and targets: schemas and typed
+//!   views; the views of the plugins' credentials (OAuth clients, API keys, group memberships)
+//!   and the consumers and credentials a snapshot hands to plugins ([`entities::Identities`]).
 //! - [`forms`]: request bodies (JSON, url-encoded and multipart forms) as Kong reads them, for the
 //!   admin API and the OAuth endpoints alike.
 //! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, and its
 //!   OpenAPI document (`GET /openapi.json`) generated from the dispatcher's tables and the schemas.
-//! - [`router`]: the compiled, immutable route table read lock-free by the proxy.
+//! - [`router`]: the compiled, immutable route table read lock-free by the proxy, with each
+//!   service's destinations (its own origin, or its upstream's targets, chosen by weighted
+//!   round-robin or consistent hashing).
 //! - [`proxy`]: the request pipeline (match → plugins → forward → respond) and header rules.
 //! - [`plugin_api`]: the plugin contract (`Plugin`, `PluginRuntime`, `RequestCtx`, `Flow`,
 //!   `Scheme`), a leaf the router, the proxy and the plugins share.

@@ -570,7 +570,7 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])),
         format!(
             "{place}\nexecuted migrations:\npending migrations:\n  0001_core\n  \
-             0002_oauth2_tokens\n  0003_cluster_notify\n  0004_key_auth_acl\n\
+             0002_oauth2_tokens\n  0003_cluster_notify\n  0004_key_auth_acl\n  0005_upstreams\n\
              run `portcullis migrations bootstrap`\n"
         )
     );
@@ -582,8 +582,8 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         .await
         .unwrap()
         .batch_execute(
-            "DELETE FROM portcullis_migrations WHERE version = 4; \
-             DROP TABLE keyauth_credentials, acls",
+            "DELETE FROM portcullis_migrations WHERE version = 5; \
+             DROP TABLE targets, upstreams",
         )
         .await
         .unwrap();
@@ -592,7 +592,7 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])),
         format!(
             "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n  \
-             0003_cluster_notify\npending migrations:\n  0004_key_auth_acl\n\
+             0003_cluster_notify\n  0004_key_auth_acl\npending migrations:\n  0005_upstreams\n\
              run `portcullis migrations up`\n"
         )
     );
@@ -603,14 +603,13 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
     );
     let stderr = text(&refused.stderr);
     assert!(
-        stderr
-            .contains("has pending migrations (0004_key_auth_acl): run `portcullis migrations up`"),
+        stderr.contains("has pending migrations (0005_upstreams): run `portcullis migrations up`"),
         "{stderr}"
     );
 
     assert_eq!(
         stdout(&run(&["migrations", "up"])),
-        "migrating 0004_key_auth_acl... done\n1 migration(s) applied\n"
+        "migrating 0005_upstreams... done\n1 migration(s) applied\n"
     );
     assert_eq!(
         stdout(&run(&["migrations", "up"])),
@@ -620,7 +619,7 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])),
         format!(
             "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n  \
-             0003_cluster_notify\n  0004_key_auth_acl\ndatabase is up-to-date\n"
+             0003_cluster_notify\n  0004_key_auth_acl\n  0005_upstreams\ndatabase is up-to-date\n"
         )
     );
 

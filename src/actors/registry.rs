@@ -20,6 +20,7 @@ use portcullis_stores::{ConfigStore, Document, EntityDef, StoreError, TokenStore
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::entities::upstreams::{Target, Upstream};
 use crate::entities::{
     AclMembership, Consumer, IdentityParts, KeyAuthCredential, OAuthCredential, PluginInstance,
     Route, Service,
@@ -27,6 +28,7 @@ use crate::entities::{
 use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
+use crate::router::balancer::Rotation;
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
 };
@@ -152,7 +154,14 @@ struct Mirror {
     credentials: HashMap<Uuid, Arc<OAuthCredential>>,
     keyauth: HashMap<Uuid, Arc<KeyAuthCredential>>,
     acls: HashMap<Uuid, Arc<AclMembership>>,
+    upstreams: HashMap<Uuid, Arc<Upstream>>,
+    targets: HashMap<Uuid, Arc<Target>>,
 }
+
+/// Each balanced service's round-robin position, kept across snapshots (and mirror reloads) so
+/// that a configuration change — this node's own echoed back by the cluster bus included — does
+/// not restart the rotation.
+type Rotations = HashMap<Uuid, Arc<Rotation>>;
 
 /// The actor.
 pub struct ConfigRegistry {
@@ -161,6 +170,7 @@ pub struct ConfigRegistry {
     plugins: Arc<PluginRegistry>,
     snapshot: Arc<ArcSwap<RouterSnapshot>>,
     mirror: Mirror,
+    rotations: Rotations,
     version: u64,
 }
 
@@ -178,6 +188,7 @@ impl ConfigRegistry {
             plugins,
             snapshot,
             mirror: Mirror::default(),
+            rotations: Rotations::default(),
             version: 0,
         }
     }
@@ -234,6 +245,14 @@ impl ConfigRegistry {
                     let m = AclMembership::from_doc(doc)?;
                     self.mirror.acls.insert(m.id, Arc::new(m));
                 }
+                "upstreams" => {
+                    let u: Upstream = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                    self.mirror.upstreams.insert(u.id, Arc::new(u));
+                }
+                "targets" => {
+                    let t: Target = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                    self.mirror.targets.insert(t.id, Arc::new(t));
+                }
                 _ => {}
             }
             Ok(())
@@ -252,6 +271,8 @@ impl ConfigRegistry {
             "oauth2_credentials" => drop(self.mirror.credentials.remove(&id)),
             "keyauth_credentials" => drop(self.mirror.keyauth.remove(&id)),
             "acls" => drop(self.mirror.acls.remove(&id)),
+            "upstreams" => drop(self.mirror.upstreams.remove(&id)),
+            "targets" => drop(self.mirror.targets.remove(&id)),
             _ => {}
         }
     }
@@ -328,6 +349,11 @@ impl ConfigRegistry {
 
     fn publish(&mut self) {
         self.version += 1;
+        let services = &self.mirror.services;
+        self.rotations.retain(|id, _| services.contains_key(id));
+        for id in services.keys() {
+            self.rotations.entry(*id).or_default();
+        }
         let parts = SnapshotParts {
             routes: self.mirror.routes.values().cloned().collect(),
             services: &self.mirror.services,
@@ -338,6 +364,9 @@ impl ConfigRegistry {
                 keyauth: self.mirror.keyauth.values().cloned().collect(),
                 acls: self.mirror.acls.values().cloned().collect(),
             },
+            upstreams: &self.mirror.upstreams,
+            targets: &self.mirror.targets,
+            rotations: &self.rotations,
             version: self.version,
         };
         self.snapshot.store(Arc::new(RouterSnapshot::build(parts)));

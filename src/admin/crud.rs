@@ -15,13 +15,16 @@ use uuid::Uuid;
 
 use super::AdminState;
 use crate::actors::registry::{ConfigRegistry, Delete, Insert, Update};
-use crate::clock::now;
+use crate::clock::{now, now_ms};
+use crate::entities::upstreams::{
+    check_upstream_name, expand_upstream_shorthands, format_target, validate_upstream,
+};
 use crate::entities::{expand_service_url, EndpointLookup, EntityKind};
 use crate::error::{AdminError, RegistryError};
 use crate::plugins::key_auth::credentials as keyauth;
 use crate::plugins::oauth2::credentials;
 use crate::plugins::PluginRegistry;
-use crate::schema::{self, Coerce, FieldErrors};
+use crate::schema::{self, Coerce, FieldErrors, FieldType};
 
 /// How long an admin write may wait for the registry before answering 503.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
@@ -101,6 +104,25 @@ async fn find_among_children(
     }
 }
 
+/// Applies an entity's input shorthands (Kong runs them on the request's fields, before any
+/// merge with a stored row): the service `url`, the upstream `algorithm`/`hash_on` pair.
+///
+/// # Errors
+/// The field error of a shorthand that does not parse.
+pub fn expand_shorthands(
+    kind: &EntityKind,
+    input: &mut Map<String, Value>,
+) -> Result<(), AdminError> {
+    match kind.def.name {
+        "services" => expand_service_url(input).map_err(AdminError::Schema),
+        "upstreams" => {
+            expand_upstream_shorthands(input);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads `doc[field]["id"]`.
 pub fn fk(doc: &Document, field: &str) -> Option<Uuid> {
     portcullis_stores::memory::foreign_id(doc, field)
@@ -176,10 +198,15 @@ pub fn build_doc(
     coerce: Coerce,
     existing: Option<&Document>,
 ) -> Result<Built, AdminError> {
-    if kind.def.name == "services" {
-        expand_service_url(&mut input).map_err(AdminError::Schema)?;
+    if kind.def.name == "targets" {
+        format_target(&mut input).map_err(AdminError::Schema)?;
     }
-    let mut doc = schema::validate(kind.schema, &input, coerce).map_err(AdminError::Schema)?;
+    let mut doc = if kind.def.name == "upstreams" {
+        validate_upstream(&input, coerce)
+    } else {
+        schema::validate(kind.schema, &input, coerce)
+    }
+    .map_err(AdminError::Schema)?;
     if kind.def.name == "plugins" {
         validate_plugin(plugins, &mut doc, coerce)?;
     }
@@ -196,10 +223,19 @@ pub fn build_doc(
         .or_else(|| doc.get("id").filter(|v| !v.is_null()).cloned())
         .unwrap_or_else(|| json!(Uuid::new_v4().to_string()));
     doc.insert("id".into(), id);
-    let now = now();
+    // Kong's `auto_timestamp_ms` fields are numbers with milliseconds, the others whole seconds.
+    let millis = matches!(
+        kind.schema.field("created_at").map(|f| &f.ty),
+        Some(FieldType::Number)
+    );
+    let now = if millis {
+        json!(now_ms())
+    } else {
+        json!(now())
+    };
     let created = existing
         .and_then(|e| e.get("created_at").cloned())
-        .unwrap_or_else(|| json!(now));
+        .unwrap_or_else(|| now.clone());
     doc.insert("created_at".into(), created);
     if kind.schema.field("updated_at").is_some() {
         doc.insert("updated_at".into(), json!(now));
@@ -267,6 +303,8 @@ pub fn kind_by_table(table: &str) -> Option<&'static EntityKind> {
         "oauth2_credentials" => &credentials::CREDENTIALS,
         "keyauth_credentials" => &keyauth::CREDENTIALS,
         "acls" => &crate::plugins::acl::acls::ACLS,
+        "upstreams" => &crate::entities::upstreams::UPSTREAMS,
+        "targets" => &crate::entities::upstreams::TARGETS,
         _ => return None,
     })
 }
@@ -380,8 +418,31 @@ pub async fn list(
     query: &[(String, String)],
     base_path: &str,
 ) -> Result<HttpResponse, AdminError> {
+    let body = list_page(state, kind, foreign, query, base_path).await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// One page of a list as its JSON body (`data`, `next`, `offset`), for endpoints that shape
+/// their `next` link themselves.
+///
+/// # Errors
+/// Bad size/offset, store failures.
+pub async fn list_page(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    foreign: Option<(&'static str, Uuid)>,
+    query: &[(String, String)],
+    base_path: &str,
+) -> Result<Value, AdminError> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let (size, offset) = paging(query)?;
+    // `?tags` without a value: Kong refuses it rather than listing everything.
+    if get("tags").is_some_and(|t| t.is_empty()) {
+        return Err(AdminError::InvalidOption {
+            field: "tags",
+            reason: "cannot be null",
+        });
+    }
     let tags = get("tags").map(|t| {
         if t.contains('/') {
             (t.split('/').map(str::to_string).collect(), false)
@@ -399,7 +460,7 @@ pub async fn list(
                 .into_iter()
                 .map(|d| render(&state.plugins, kind, d))
                 .collect();
-            return Ok(HttpResponse::Ok().json(json!({ "data": data, "next": null })));
+            return Ok(json!({ "data": data, "next": null }));
         }
     }
     let filter = ListFilter {
@@ -439,7 +500,7 @@ pub async fn list(
         body["offset"] = json!(token);
         body["next"] = json!(next_url);
     }
-    Ok(HttpResponse::Ok().json(body))
+    Ok(body)
 }
 
 /// `POST /E`, `POST /P/{p}/E` (foreign key injected from the URL).
@@ -457,6 +518,7 @@ pub async fn create(
         input.insert(field.into(), json!({ "id": id.to_string() }));
     }
     resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
+    expand_shorthands(kind, &mut input)?;
     let Built { doc, shown_once } = build_doc(kind, &state.plugins, input, coerce, None)?;
     let stored = send(state, Insert { def: kind.def, doc })
         .await
@@ -505,10 +567,14 @@ pub async fn upsert(
             input.insert("id".into(), json!(id.to_string()));
         }
         Err(_) => {
+            if kind.def.name == "upstreams" {
+                check_upstream_name(&key).map_err(AdminError::InvalidKey)?;
+            }
             input.insert(kind.endpoint_key.into(), json!(key));
         }
     }
     resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
+    expand_shorthands(kind, &mut input)?;
     let mut tries = 0;
     loop {
         let existing = resolve_under(state.store.as_ref(), kind, &key, parent).await?;
@@ -576,9 +642,7 @@ pub async fn patch(
         merged.remove("updated_at");
         let mut input = input.clone();
         resolve_foreign_names(state.store.as_ref(), kind, &mut input).await?;
-        if kind.def.name == "services" && input.contains_key("url") {
-            expand_service_url(&mut input).map_err(AdminError::Schema)?;
-        }
+        expand_shorthands(kind, &mut input)?;
         schema::merge_patch(kind.schema, &mut merged, input);
         let Built { doc, shown_once } =
             build_doc(kind, &state.plugins, merged, coerce, Some(&existing))?;

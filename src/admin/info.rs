@@ -7,8 +7,13 @@ use super::AdminState;
 use crate::error::AdminError;
 use crate::schema::{Field, FieldType, Schema};
 
-/// Version reported everywhere.
+/// This build's version (plugins' versions, `portcullis_version` in `GET /`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The Kong release whose admin API this gateway speaks, reported as `version` by `GET /`:
+/// decK and go-kong read it to pick their formats (go-kong's `ParseSemanticVersion` must parse
+/// it, and decK refuses a `_format_version: "3.0"` file for a Kong below 3.0).
+pub const KONG_VERSION: &str = "3.10.0";
 
 /// `GET /`.
 ///
@@ -29,7 +34,8 @@ pub fn node(st: &AdminState) -> Result<HttpResponse, AdminError> {
         .and_then(|v| serde_json::to_value(v).ok())
         .unwrap_or(Value::Null);
     Ok(HttpResponse::Ok().json(json!({
-        "version": VERSION,
+        "version": KONG_VERSION,
+        "portcullis_version": VERSION,
         "tagline": "Welcome to portcullis",
         "node_id": st.node_id,
         "hostname": std::env::var("HOSTNAME").unwrap_or_default(),

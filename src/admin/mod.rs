@@ -22,6 +22,7 @@ use portcullis_stores::{ConfigStore, TokenStore};
 
 use crate::actors::registry::ConfigRegistry;
 use crate::config::Settings;
+use crate::entities::upstreams::{TARGETS, UPSTREAMS};
 use crate::entities::{EntityKind, CONSUMERS, PLUGINS, ROUTES, SERVICES};
 use crate::error::AdminError;
 use crate::plugins::acl::acls::ACLS;
@@ -53,7 +54,7 @@ pub struct AdminState {
 
 /// The entity collections at the top of the URL space: segment → entity. The dispatcher and the
 /// OpenAPI document both read this table.
-pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 7] = [
+pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 8] = [
     ("services", &SERVICES),
     ("routes", &ROUTES),
     ("consumers", &CONSUMERS),
@@ -61,15 +62,20 @@ pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 7] = [
     ("oauth2", &CREDENTIALS),
     ("key-auths", &KEYAUTH_CREDENTIALS),
     ("acls", &ACLS),
+    ("upstreams", &UPSTREAMS),
 ];
 
 /// Collections whose nested segment differs from their top-level one (Kong's
 /// `admin_api_nested_name`): `/consumers/{c}/key-auth` lists `/key-auths` rows.
 const NESTED_NAMES: [(&str, &str); 1] = [("key-auth", "key-auths")];
 
+/// Entities reached only under their parent: Kong disables `/targets` (404), targets live under
+/// `/upstreams/{u}/targets`.
+pub static NESTED_ONLY: [(&str, &LazyLock<EntityKind>); 1] = [("targets", &TARGETS)];
+
 /// Collections nested under a parent (`/services/{s}/routes`): `(parent segment, child segment,
 /// foreign-key field of the child)`.
-pub const NESTED: [(&str, &str, &str); 7] = [
+pub const NESTED: [(&str, &str, &str); 8] = [
     ("services", "routes", "service"),
     ("services", "plugins", "service"),
     ("routes", "plugins", "route"),
@@ -77,6 +83,21 @@ pub const NESTED: [(&str, &str, &str); 7] = [
     ("consumers", "oauth2", "consumer"),
     ("consumers", "key-auth", "consumer"),
     ("consumers", "acls", "consumer"),
+    ("upstreams", "targets", "upstream"),
+];
+
+/// Lists decK reads whose entities this gateway does not have: always empty, so a sync sees
+/// nothing to manage there.
+pub const EMPTY_LISTS: [&str; 9] = [
+    "ca_certificates",
+    "vaults",
+    "consumer_groups",
+    "basic-auths",
+    "jwts",
+    "hmac-auths",
+    "certificates",
+    "snis",
+    "tags",
 ];
 
 /// A child's parent reached through its foreign key (`/routes/{r}/service`): `(child segment,
@@ -91,8 +112,18 @@ pub const FOREIGN: [(&str, &str, &str); 7] = [
     ("acls", "consumer", "consumers"),
 ];
 
-/// The entity of a collection segment.
+/// The entity of a collection segment, top-level or nested-only.
 fn kind_of(segment: &str) -> Option<&'static EntityKind> {
+    top_kind_of(segment).or_else(|| {
+        NESTED_ONLY
+            .iter()
+            .find(|(s, _)| *s == segment)
+            .map(|(_, kind)| &***kind)
+    })
+}
+
+/// The entity of a collection at the top of the URL space.
+fn top_kind_of(segment: &str) -> Option<&'static EntityKind> {
     COLLECTIONS
         .iter()
         .find(|(s, _)| *s == segment)
@@ -209,8 +240,14 @@ pub async fn dispatch(
     }
 
     match seg.as_slice() {
+        [list] if EMPTY_LISTS.contains(list) => match method {
+            Method::GET => {
+                Ok(HttpResponse::Ok().json(serde_json::json!({"data": [], "next": null})))
+            }
+            _ => Err(AdminError::MethodNotAllowed),
+        },
         [entity] => {
-            let kind = kind_of(entity).ok_or(AdminError::NotFound)?;
+            let kind = top_kind_of(entity).ok_or(AdminError::NotFound)?;
             match method {
                 Method::GET => crud::list(st, kind, None, &query, &format!("/{entity}")).await,
                 Method::POST => {
@@ -221,7 +258,7 @@ pub async fn dispatch(
             }
         }
         [entity, key] => {
-            let kind = kind_of(entity).ok_or(AdminError::NotFound)?;
+            let kind = top_kind_of(entity).ok_or(AdminError::NotFound)?;
             entity_item(st, kind, key, &method, parse, None).await
         }
         [parent, pkey, third] => {
@@ -261,6 +298,20 @@ pub async fn dispatch(
             }
             Err(AdminError::NotFound)
         }
+        ["upstreams", pkey, "targets", "all"] => match method {
+            Method::GET => {
+                let pid = crud::parent_id(st, &UPSTREAMS, pkey).await?;
+                let base = format!("/upstreams/{pkey}/targets/all");
+                let mut body =
+                    crud::list_page(st, &TARGETS, Some(("upstream", pid)), &query, &base).await?;
+                // Kong's link here carries the offset alone.
+                if let Some(offset) = body.get("offset").and_then(|o| o.as_str()) {
+                    body["next"] = serde_json::json!(format!("{base}?offset={offset}"));
+                }
+                Ok(HttpResponse::Ok().json(body))
+            }
+            _ => Err(AdminError::MethodNotAllowed),
+        },
         [parent, pkey, child, ckey] => {
             let field = nested_field(parent, child).ok_or(AdminError::NotFound)?;
             let pkind = kind_of(parent).ok_or(AdminError::NotFound)?;
@@ -308,6 +359,11 @@ async fn entity_item(
 ) -> Result<HttpResponse, AdminError> {
     match *method {
         Method::GET => crud::read(st, kind, key, parent).await,
+        // Kong's PUT on a target updates it in place, like PATCH (it never creates one).
+        Method::PUT if kind.def.name == "targets" => {
+            let (input, coerce) = parse()?;
+            crud::patch(st, kind, key.to_string(), input, coerce, parent).await
+        }
         Method::PUT => {
             let (input, coerce) = parse()?;
             crud::upsert(st, kind, key.to_string(), input, coerce, parent).await

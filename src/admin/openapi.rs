@@ -7,7 +7,9 @@
 use serde_json::{json, Map, Value};
 
 use super::oauth2_tokens::{TOKEN_RESPONSE_EXTRA, TOKEN_SCHEMA, TOKEN_SCOPES};
-use super::{kind_of, nested_kind_of, top_segment, COLLECTIONS, FOREIGN, NESTED};
+use super::{
+    kind_of, nested_kind_of, top_segment, COLLECTIONS, EMPTY_LISTS, FOREIGN, NESTED, NESTED_ONLY,
+};
 use crate::entities::EntityKind;
 use crate::plugins::PluginRegistry;
 use crate::schema::{Field, FieldType, Schema};
@@ -24,6 +26,9 @@ pub fn document(plugins: &PluginRegistry) -> Value {
         doc.item(&item, kind.schema, &[param(kind)], None);
         doc.creates.push((base, vec![item], param(kind)));
     }
+    for (_, kind) in &NESTED_ONLY {
+        doc.entity(kind.schema);
+    }
     for (parent, child, field) in NESTED {
         let (Some(pkind), Some(ckind)) = (kind_of(parent), nested_kind_of(child)) else {
             continue;
@@ -37,8 +42,11 @@ pub fn document(plugins: &PluginRegistry) -> Value {
             &[param(pkind), param(ckind)],
             Some(field),
         );
-        let top = format!("/{}/{{{}}}", top_segment(child), param(ckind));
-        doc.creates.push((base, vec![item, top], param(ckind)));
+        let mut items = vec![item];
+        if NESTED_ONLY.iter().all(|(segment, _)| *segment != child) {
+            items.push(format!("/{}/{{{}}}", top_segment(child), param(ckind)));
+        }
+        doc.creates.push((base, items, param(ckind)));
     }
     for (child, field, parent) in FOREIGN {
         let (Some(ckind), Some(pkind)) = (kind_of(child), kind_of(parent)) else {
@@ -47,6 +55,7 @@ pub fn document(plugins: &PluginRegistry) -> Value {
         let path = format!("/{child}/{{{}}}/{field}", param(ckind));
         doc.item(&path, pkind.schema, &[param(ckind)], Some("@foreign"));
     }
+    doc.balancing_extras();
     doc.tokens();
     doc.plugin_configs(plugins);
     // A plugin is named by one of the plugins this build offers (the registry checks it).
@@ -142,6 +151,38 @@ impl Document {
             .entry(path.to_string())
             .or_insert_with(|| json!({}));
         entry[method] = op;
+    }
+
+    /// `/upstreams/{upstream}/targets/all`, and the lists decK reads that are always empty here.
+    fn balancing_extras(&mut self) {
+        let mut all = Self::operation(
+            "List every target of an upstream, weight 0 included".into(),
+            &["upstream"],
+            None,
+            ("200", response("One page", reference("targets_page"))),
+            Failures {
+                not_found: true,
+                ..Failures::LIST
+            },
+        );
+        if let Some(Value::Array(params)) = all.get_mut("parameters") {
+            params.extend(paging_params());
+        }
+        self.op("/upstreams/{upstream}/targets/all", "get", all);
+        let empty = json!({
+            "type": "object", "required": ["data", "next"],
+            "properties": { "data": { "type": "array", "maxItems": 0 }, "next": { "type": "null" } },
+        });
+        for list in EMPTY_LISTS {
+            let op = Self::operation(
+                format!("{list}: not managed by this gateway; always an empty page"),
+                &[],
+                None,
+                ("200", response("An empty page", empty.clone())),
+                Failures::NONE,
+            );
+            self.op(&format!("/{list}"), "get", op);
+        }
     }
 
     /// An operation with its success answer and the failures it can meet.
@@ -607,6 +648,8 @@ fn example(table: &str, omit: Option<&str>) -> Option<Value> {
             "key": "example-key", "consumer": { "username": "example-user" },
         }),
         "acls" => json!({ "group": "example-group", "consumer": { "username": "example-user" } }),
+        "upstreams" => json!({ "name": "example.upstream" }),
+        "targets" => json!({ "target": "127.0.0.1:8080", "weight": 100 }),
         _ => return None,
     };
     if let (Some(field), Some(o)) = (omit, example.as_object_mut()) {
@@ -624,6 +667,8 @@ fn example_key(param: &str) -> Option<&'static str> {
         "plugin" => "example-plugin",
         "oauth2_credential" => "example-client",
         "keyauth_credential" => "example-key",
+        "upstream" => "example.upstream",
+        "target" => "127.0.0.1:8080",
         "entity" => "services",
         "plugin_name" => "oauth2",
         _ => return None,

@@ -33,7 +33,8 @@ use crate::body::{AnswerBody, BodyError};
 use crate::entities::Service;
 use crate::error::ProxyError;
 use crate::plugin_api::{empty_answer, Answer, ClientRequest, Flow, PluginRuntime, RequestCtx};
-use crate::router::{upstream_path, MatchInput, RouterSnapshot, UpstreamOrigin};
+use crate::router::balancer::{Peers, NO_PEER};
+use crate::router::{upstream_path, MatchInput, RouterSnapshot};
 use server::Connection;
 use upstream::{SendError, UpstreamClients};
 
@@ -160,7 +161,7 @@ struct Arrival<'a> {
 /// Where a matched request goes and how its upstream request is shaped.
 struct Upstream<'a> {
     service: &'a Service,
-    origin: &'a UpstreamOrigin,
+    peers: Peers<'a>,
     /// The path prefix `strip_path` removed.
     stripped: Option<&'a str>,
     /// Send the client's `Host` instead of the service's.
@@ -255,7 +256,7 @@ async fn proxy(
     let routed = entry.service.as_deref().ok_or(ProxyError::Unavailable(
         "no Service found with those values",
     ))?;
-    let (service, origin) = (&routed.service, &routed.origin);
+    let (service, peers) = (&routed.service, routed.destinations.peers());
     if !service.enabled {
         return Err(ProxyError::NoRoute);
     }
@@ -322,7 +323,7 @@ async fn proxy(
         None => {
             let upstream = Upstream {
                 service,
-                origin,
+                peers,
                 stripped: matched.stripped,
                 preserve_host: entry.route.route.preserve_host,
                 host,
@@ -458,9 +459,9 @@ async fn client_body(
     }))
 }
 
-async fn forward(
+async fn forward<'a>(
     incoming: &Arrival<'_>,
-    upstream: &Upstream<'_>,
+    upstream: &Upstream<'a>,
     payload: Option<Incoming>,
     ctx: &mut RequestCtx,
     clients: &UpstreamClients,
@@ -475,7 +476,7 @@ async fn forward(
     let scheme = conn.scheme;
     let Upstream {
         service,
-        origin,
+        peers,
         stripped,
         preserve_host,
         host,
@@ -489,11 +490,13 @@ async fn forward(
         None if req.uri().query() == Some("") => Cow::Owned([&*path, "?"].concat()),
         None => path,
     };
-    let service_host = origin.host.as_ref().map(HeaderValue::as_bytes);
+    let mut origin = peers.pick(0, ctx).ok_or(ProxyError::Unavailable(NO_PEER))?;
     // The client's authority when the route preserves it (and the client sent one).
-    let host_value = Some(sent_host.as_bytes())
-        .filter(|h| preserve_host && !h.is_empty())
-        .or(service_host);
+    let host_for = |origin: &'a crate::router::UpstreamOrigin| {
+        Some(sent_host.as_bytes())
+            .filter(|h| preserve_host && !h.is_empty())
+            .or(origin.host.as_ref().map(HeaderValue::as_bytes))
+    };
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
     // gRPC: the client's HTTP/2 stream goes on as it is, trailers included.
     let grpc = matches!(service.protocol.as_str(), "grpc" | "grpcs");
@@ -504,9 +507,9 @@ async fn forward(
     };
     let streams_body = client_body.is_some();
     let body_timed_out = client_body.as_ref().map(|b| b.timed_out.clone());
-    let upstream_headers = headers::UpstreamHeaders {
+    let mut upstream_headers = headers::UpstreamHeaders {
         client: req.headers(),
-        host: host_value,
+        host: host_for(origin),
         forwarded: headers::Forwarded {
             trusted: ctx.trusted,
             client_ip: ctx.client_ip,
@@ -582,13 +585,16 @@ async fn forward(
         out.insert(PROXY_LATENCY, millis_value(proxy_latency));
         return Ok(response);
     }
-    let lean_head = lean.then(|| {
-        let method = req.method().as_str();
-        let mut head = http1::start_head(method, &target, req.headers().len() + 10);
-        upstream_headers.write(&mut head);
-        http1::end_head(&mut head, method, upstream_headers.declares_length());
-        head
-    });
+    let head_for = |headers: &headers::UpstreamHeaders<'_>| {
+        lean.then(|| {
+            let method = req.method().as_str();
+            let mut head = http1::start_head(method, &target, req.headers().len() + 10);
+            headers.write(&mut head);
+            http1::end_head(&mut head, method, headers.declares_length());
+            head
+        })
+    };
+    let mut lean_head = head_for(&upstream_headers);
     let websocket = incoming
         .upgrade
         .take()
@@ -656,6 +662,13 @@ async fn forward(
                 Ok(answer) => break answer,
                 Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {
                     attempts += 1;
+                    // The next try goes to the next target (the same origin without an
+                    // upstream).
+                    origin = peers
+                        .pick(attempts, ctx)
+                        .ok_or(ProxyError::Unavailable(NO_PEER))?;
+                    upstream_headers.host = host_for(origin);
+                    lean_head = head_for(&upstream_headers);
                     deadline = Instant::now() + timeout;
                     tracing::debug!(error = %detail, attempts, "upstream connect failed; retrying");
                 }

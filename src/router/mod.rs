@@ -4,6 +4,11 @@
 //! Matching follows Kong's traditional_compatible router: every configured attribute must match,
 //! and candidates are ordered by number of attributes, plain before wildcard hosts, header count,
 //! regex before prefix, `regex_priority`, longest prefix, then age.
+//!
+//! [`balancer`] compiles where each service's requests go (its own host, or its upstream's
+//! targets) into the same snapshot.
+
+pub mod balancer;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -14,8 +19,10 @@ use http::Method;
 use regex::Regex;
 use uuid::Uuid;
 
+use crate::entities::upstreams::{Target, Upstream};
 use crate::entities::{Identities, IdentityParts, Route, Service};
 use crate::plugin_api::{PluginRuntime, Scheme};
+use balancer::Destinations;
 
 /// A route with its matchers compiled (regexes built once, hosts lower-cased).
 #[derive(Debug)]
@@ -270,16 +277,23 @@ pub struct SnapshotParts<'a> {
     pub chains: HashMap<Uuid, Arc<PluginChain>>,
     /// Consumers and credentials.
     pub identities: IdentityParts,
+    /// Upstreams by id.
+    pub upstreams: &'a HashMap<Uuid, Arc<Upstream>>,
+    /// Targets by id.
+    pub targets: &'a HashMap<Uuid, Arc<Target>>,
+    /// Each service's round-robin position, carried across snapshots (a service without one
+    /// starts at 0).
+    pub rotations: &'a HashMap<Uuid, Arc<balancer::Rotation>>,
     /// Version number.
     pub version: u64,
 }
 
-/// A route's service with its upstream origin.
+/// A route's service with where its requests go.
 pub struct RoutedService {
     /// The service.
     pub service: Arc<Service>,
-    /// Where its requests go.
-    pub origin: UpstreamOrigin,
+    /// Its own origin, or its upstream's targets.
+    pub destinations: Destinations,
 }
 
 /// A service's upstream origin as the proxy sends it: computed once per snapshot instead of being
@@ -301,27 +315,41 @@ pub struct UpstreamOrigin {
 impl UpstreamOrigin {
     /// The origin of `service`.
     pub fn of(service: &Service) -> Self {
-        let scheme = if service.protocol == "https" || service.protocol == "grpcs" {
+        Self::new(
+            &service.protocol,
+            &service.host,
+            &service.host,
+            &service.host,
+            service.port,
+        )
+    }
+
+    /// An origin speaking `protocol` at `connect_host:port`, written `url_host` in its URL and
+    /// announced as `host_name` in `Host` (with the port unless it is the scheme's default).
+    pub fn new(
+        protocol: &str,
+        connect_host: &str,
+        url_host: &str,
+        host_name: &str,
+        port: u16,
+    ) -> Self {
+        let scheme = if protocol == "https" || protocol == "grpcs" {
             Scheme::Https
         } else {
             Scheme::Http
         };
-        let authority = format!("{}:{}", service.host, service.port);
-        let default_port = matches!(
-            (scheme, service.port),
-            (Scheme::Http, 80) | (Scheme::Https, 443)
-        );
+        let default_port = matches!((scheme, port), (Scheme::Http, 80) | (Scheme::Https, 443));
         let host = if default_port {
-            service.host.as_str()
+            host_name.to_string()
         } else {
-            authority.as_str()
+            format!("{host_name}:{port}")
         };
         Self {
-            host: HeaderValue::from_str(host).ok(),
-            base: format!("{}://{authority}", scheme.as_str()).into(),
+            host: HeaderValue::from_str(&host).ok(),
+            base: format!("{}://{url_host}:{port}", scheme.as_str()).into(),
             tls: scheme.is_https(),
-            connect_host: service.host.clone(),
-            port: service.port,
+            connect_host: connect_host.to_string(),
+            port,
         }
     }
 }
@@ -331,6 +359,7 @@ impl RouterSnapshot {
     pub fn build(parts: SnapshotParts<'_>) -> Self {
         let mut entries = Vec::new();
         let mut routed: HashMap<Uuid, Arc<RoutedService>> = HashMap::new();
+        let upstreams = balancer::index(parts.upstreams, parts.targets);
         for route in parts.routes {
             // One per service, shared by its routes.
             let service = route
@@ -343,7 +372,11 @@ impl RouterSnapshot {
                         .or_insert_with(|| {
                             Arc::new(RoutedService {
                                 service: s.clone(),
-                                origin: UpstreamOrigin::of(s),
+                                destinations: Destinations::of(
+                                    s,
+                                    &upstreams,
+                                    parts.rotations.get(&s.id).cloned().unwrap_or_default(),
+                                ),
                             })
                         })
                         .clone()
@@ -624,6 +657,9 @@ mod index_tests {
             services: &services,
             chains: HashMap::new(),
             identities: crate::entities::IdentityParts::default(),
+            upstreams: &HashMap::new(),
+            targets: &HashMap::new(),
+            rotations: &HashMap::new(),
             version: 1,
         });
         assert!(snapshot.entries.len() > super::INDEX_THRESHOLD);

@@ -122,9 +122,25 @@ pub mod entities {
             on_delete: OnDelete::Cascade,
         }],
     };
+    /// Load-balanced upstreams, addressed by a service's `host`.
+    pub static UPSTREAMS: EntityDef = EntityDef {
+        name: "upstreams",
+        unique: &[&["name"]],
+        foreign_keys: &[],
+    };
+    /// The targets of an upstream; one per address within an upstream (Kong's cache key).
+    pub static TARGETS: EntityDef = EntityDef {
+        name: "targets",
+        unique: &[&["upstream", "target"]],
+        foreign_keys: &[ForeignKeyDef {
+            field: "upstream",
+            references: "upstreams",
+            on_delete: OnDelete::Cascade,
+        }],
+    };
 
     /// All configuration entities, referenced before referencing.
-    pub static ALL: [&EntityDef; 7] = [
+    pub static ALL: [&EntityDef; 9] = [
         &SERVICES,
         &ROUTES,
         &CONSUMERS,
@@ -132,6 +148,8 @@ pub mod entities {
         &OAUTH2_CREDENTIALS,
         &KEYAUTH_CREDENTIALS,
         &ACLS,
+        &UPSTREAMS,
+        &TARGETS,
     ];
 
     /// Looks an entity up by name.

@@ -24,4 +24,5 @@ mod proxy;
 mod registry;
 mod tls;
 mod tutorial;
+mod upstreams;
 mod websocket;

@@ -28,6 +28,8 @@ enum Kind {
     Uuid,
     /// `bigint`, a JSON integer.
     Int,
+    /// `double precision`, any JSON number (millisecond timestamps).
+    Float,
     /// `text`, a JSON string.
     Text,
     /// `boolean`.
@@ -168,6 +170,40 @@ const ACLS: &[Column] = &[
     },
 ];
 
+const UPSTREAMS: &[Column] = &[
+    col("id", Kind::Uuid),
+    col("created_at", Kind::Int),
+    col("updated_at", Kind::Int),
+    col("tags", Kind::TextArray),
+    col("name", Kind::Text),
+    col("algorithm", Kind::Text),
+    col("hash_on", Kind::Text),
+    col("hash_fallback", Kind::Text),
+    col("hash_on_header", Kind::Text),
+    col("hash_fallback_header", Kind::Text),
+    col("hash_on_cookie", Kind::Text),
+    col("hash_on_cookie_path", Kind::Text),
+    col("hash_on_query_arg", Kind::Text),
+    col("hash_fallback_query_arg", Kind::Text),
+    col("hash_on_uri_capture", Kind::Text),
+    col("hash_fallback_uri_capture", Kind::Text),
+    col("slots", Kind::Int),
+    col("healthchecks", Kind::Json),
+    col("host_header", Kind::Text),
+    fk("client_certificate", "client_certificate_id"),
+    col("use_srv_name", Kind::Bool),
+];
+
+const TARGETS: &[Column] = &[
+    col("id", Kind::Uuid),
+    col("created_at", Kind::Float),
+    col("updated_at", Kind::Float),
+    col("tags", Kind::TextArray),
+    fk("upstream", "upstream_id"),
+    col("target", Kind::Text),
+    col("weight", Kind::Int),
+];
+
 /// The columns of an entity's table (its name is `def.name`).
 fn columns(def: &EntityDef) -> Result<&'static [Column], StoreError> {
     Ok(match def.name {
@@ -178,6 +214,8 @@ fn columns(def: &EntityDef) -> Result<&'static [Column], StoreError> {
         "oauth2_credentials" => OAUTH2_CREDENTIALS,
         "keyauth_credentials" => KEYAUTH_CREDENTIALS,
         "acls" => ACLS,
+        "upstreams" => UPSTREAMS,
+        "targets" => TARGETS,
         other => return Err(StoreError::Internal(format!("no table for entity {other}"))),
     })
 }
@@ -194,6 +232,7 @@ fn column_of(def: &EntityDef, field: &str) -> Result<&'static Column, StoreError
 enum Cell {
     Uuid(Option<Uuid>),
     Int(Option<i64>),
+    Float(Option<f64>),
     Text(Option<String>),
     Bool(Option<bool>),
     TextArray(Option<Vec<String>>),
@@ -205,6 +244,7 @@ impl Cell {
         match kind {
             Kind::Uuid | Kind::Foreign => Self::Uuid(None),
             Kind::Int => Self::Int(None),
+            Kind::Float => Self::Float(None),
             Kind::Text => Self::Text(None),
             Kind::Bool => Self::Bool(None),
             Kind::TextArray => Self::TextArray(None),
@@ -218,6 +258,7 @@ impl Cell {
             Kind::Uuid => Self::Uuid(Some(Uuid::parse_str(v.as_str()?).ok()?)),
             Kind::Foreign => Self::Uuid(Some(Uuid::parse_str(v.get("id")?.as_str()?).ok()?)),
             Kind::Int => Self::Int(Some(v.as_i64()?)),
+            Kind::Float => Self::Float(Some(v.as_f64()?)),
             Kind::Text => Self::Text(Some(v.as_str()?.to_string())),
             Kind::Bool => Self::Bool(Some(v.as_bool()?)),
             Kind::TextArray => Self::TextArray(Some(
@@ -240,6 +281,7 @@ impl Cell {
             }
             Self::Uuid(Some(u)) => Value::String(u.to_string()),
             Self::Int(Some(i)) => Value::from(*i),
+            Self::Float(Some(f)) => Value::from(*f),
             Self::Text(Some(s)) => Value::String(s.clone()),
             Self::Bool(Some(b)) => Value::Bool(*b),
             Self::TextArray(Some(a)) => {
@@ -254,6 +296,7 @@ impl Cell {
         Ok(match kind {
             Kind::Uuid | Kind::Foreign => Self::Uuid(row.try_get(idx)?),
             Kind::Int => Self::Int(row.try_get(idx)?),
+            Kind::Float => Self::Float(row.try_get(idx)?),
             Kind::Text => Self::Text(row.try_get(idx)?),
             Kind::Bool => Self::Bool(row.try_get(idx)?),
             Kind::TextArray => Self::TextArray(row.try_get(idx)?),
@@ -265,6 +308,7 @@ impl Cell {
         match self {
             Self::Uuid(v) => Box::new(v),
             Self::Int(v) => Box::new(v),
+            Self::Float(v) => Box::new(v),
             Self::Text(v) => Box::new(v),
             Self::Bool(v) => Box::new(v),
             Self::TextArray(v) => Box::new(v),

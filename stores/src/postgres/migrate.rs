@@ -43,6 +43,11 @@ pub static MIGRATIONS: &[Migration] = &[
         name: "0004_key_auth_acl",
         sql: include_str!("../../../migrations/0004_key_auth_acl.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_upstreams",
+        sql: include_str!("../../../migrations/0005_upstreams.sql"),
+    },
 ];
 
 /// The tables the migrations create, dropped by `reset` (most dependent first).
@@ -54,6 +59,8 @@ const TABLES: &[&str] = &[
     "oauth2_credentials",
     "keyauth_credentials",
     "acls",
+    "targets",
+    "upstreams",
     "plugins",
     "routes",
     "consumers",

@@ -2,8 +2,8 @@
 //! [`EntityKind`]s, and the typed views the config registry builds from validated documents
 //! ([`Service`], [`Route`], [`Consumer`], [`PluginInstance`], and the plugins' credentials
 //! [`OAuthCredential`], [`KeyAuthCredential`] and [`AclMembership`], whose schemas live with their
-//! plugins), plus [`Identities`]: one snapshot's consumers and credentials indexed for the plugins.
-//! A leaf: it imports only the schema language.
+//! plugins), plus [`Identities`]: one snapshot's consumers and credentials indexed for the plugins;
+//! [`upstreams`]: upstreams and their targets. A leaf: it imports only the schema language.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -15,6 +15,8 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::schema::{Field, FieldType, Schema};
+
+pub mod upstreams;
 
 /// Protocols a service may use.
 pub const SERVICE_PROTOCOLS: &[&str] = &[

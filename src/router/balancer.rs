@@ -1,0 +1,420 @@
+//! Where a service's requests go: its own `host:port`, or — when its `host` names an upstream —
+//! one of the upstream's targets, chosen by weighted round-robin (Kong's default algorithm) or by
+//! consistent hashing.
+//!
+//! Everything is compiled into the router snapshot when the configuration changes: the targets'
+//! origins and a wheel of target positions in which each target appears as often as its weight
+//! (interleaved, nginx's smooth weighted round-robin), so a request only bumps one atomic counter
+//! and indexes the wheel. Consistent hashing compiles a table of `slots` positions, each owned by
+//! the target with the highest weighted rendezvous score for it: a request hashes its key (the
+//! consumer, client address, a header, the path or a query argument, with Kong's fallback) to a
+//! position, and adding a target moves only the positions the new target wins (about 1/N of the
+//! keys). A request with no key to hash takes the round-robin wheel.
+//!
+//! The proxy takes a [`Peers`] cursor per request and asks it for a peer once per attempt:
+//! attempt 0 is the algorithm's choice, each retry the next target after it, so a connect
+//! failure is retried on another target.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::UpstreamOrigin;
+use crate::entities::upstreams::{AddressKind, Target, Upstream};
+use crate::entities::Service;
+use crate::plugin_api::{HeaderName, RequestCtx};
+
+/// Largest wheel built; weights whose reduced sum is larger are scaled down to it (each usable
+/// target keeps at least one slot).
+const MAX_WHEEL: u64 = 10_000;
+
+/// Kong's answer when no target can take the request.
+pub const NO_PEER: &str = "failure to get a peer from the ring-balancer";
+
+/// Where a routed service's requests go.
+pub enum Destinations {
+    /// The service's own host and port.
+    Fixed(UpstreamOrigin),
+    /// The targets of the upstream its host names.
+    Balanced(Balancer),
+}
+
+/// How one service balances over its upstream's targets: the round-robin wheel and, for
+/// consistent hashing, the hash table.
+pub struct Balancer {
+    /// One origin per target with a weight above 0.
+    origins: Vec<UpstreamOrigin>,
+    /// Positions in `origins`, each as often as its (reduced) weight, interleaved.
+    wheel: Vec<u32>,
+    /// Requests started so far (the rotation): the service's own counter, carried from snapshot to
+    /// snapshot so that a configuration change does not restart the rotation.
+    next: Arc<Rotation>,
+    /// Consistent hashing, when the upstream's algorithm is `consistent-hashing`.
+    hashing: Option<Hashing>,
+}
+
+/// One input of consistent hashing (Kong's `hash_on` values this build supports).
+enum HashSource {
+    None,
+    Consumer,
+    Ip,
+    Header(HeaderName),
+    Path,
+    QueryArg(String),
+}
+
+/// The consistent-hashing table of a balancer and what it hashes.
+struct Hashing {
+    /// Origin position owning each slot.
+    table: Vec<u32>,
+    on: HashSource,
+    fallback: HashSource,
+}
+
+/// A service's round-robin position, kept by the config registry across snapshots.
+pub type Rotation = AtomicUsize;
+
+/// One request's view of its service's destinations: which wheel slot it drew.
+#[derive(Clone, Copy)]
+pub struct Peers<'a> {
+    destinations: &'a Destinations,
+    ticket: usize,
+}
+
+impl Destinations {
+    /// The destinations of `service`: balanced when an upstream of `upstreams` (by name) has its
+    /// host as name, rotating with `rotation`.
+    pub fn of(service: &Service, upstreams: &UpstreamIndex<'_>, rotation: Arc<Rotation>) -> Self {
+        match upstreams.get(service.host.as_str()) {
+            Some((upstream, targets)) => {
+                Self::Balanced(Balancer::build(service, upstream, targets, rotation))
+            }
+            None => Self::Fixed(UpstreamOrigin::of(service)),
+        }
+    }
+
+    /// A cursor for one request (draws its wheel slot).
+    pub fn peers(&self) -> Peers<'_> {
+        let ticket = match self {
+            Self::Fixed(_) => 0,
+            Self::Balanced(b) => b.next.fetch_add(1, Ordering::Relaxed),
+        };
+        Peers {
+            destinations: self,
+            ticket,
+        }
+    }
+}
+
+impl<'a> Peers<'a> {
+    /// The origin for attempt `attempt` (0 first, then each retry) of the request `ctx`: `None`
+    /// when the upstream has no target that takes traffic.
+    pub fn pick(&self, attempt: u32, ctx: &RequestCtx) -> Option<&'a UpstreamOrigin> {
+        match self.destinations {
+            Destinations::Fixed(origin) => Some(origin),
+            Destinations::Balanced(b) => b.pick(self.ticket, attempt, ctx),
+        }
+    }
+}
+
+/// Upstreams by name, each with its targets.
+pub type UpstreamIndex<'a> = HashMap<&'a str, (&'a Upstream, Vec<&'a Target>)>;
+
+/// Indexes upstreams by name with their targets (in `host:port` order, so every node builds the
+/// same wheel).
+pub fn index<'a>(
+    upstreams: &'a HashMap<Uuid, Arc<Upstream>>,
+    targets: &'a HashMap<Uuid, Arc<Target>>,
+) -> UpstreamIndex<'a> {
+    let mut by_id: HashMap<Uuid, Vec<&Target>> = HashMap::new();
+    for t in targets.values() {
+        by_id.entry(t.upstream.id).or_default().push(t);
+    }
+    upstreams
+        .values()
+        .map(|u| {
+            let mut list = by_id.remove(&u.id).unwrap_or_default();
+            list.sort_by(|a, b| a.target.cmp(&b.target));
+            (u.name.as_str(), (&**u, list))
+        })
+        .collect()
+}
+
+impl Balancer {
+    /// Compiles the targets of `upstream` for `service` (whose protocol and timeouts apply).
+    pub fn build(
+        service: &Service,
+        upstream: &Upstream,
+        targets: &[&Target],
+        rotation: Arc<Rotation>,
+    ) -> Self {
+        let mut origins = Vec::new();
+        let mut weights = Vec::new();
+        let mut keys = Vec::new();
+        for target in targets.iter().filter(|t| t.weight > 0) {
+            let Ok(address) = target.address() else {
+                tracing::error!(target = %target.target, "stored target does not parse; skipped");
+                continue;
+            };
+            let port = address
+                .port
+                .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
+            let url_host = match address.kind {
+                AddressKind::Ipv6 => format!("[{}]", address.host),
+                _ => address.host.clone(),
+            };
+            let host_name = upstream.host_header.as_deref().unwrap_or(&url_host);
+            origins.push(UpstreamOrigin::new(
+                &service.protocol,
+                &address.host,
+                &url_host,
+                host_name,
+                port,
+            ));
+            weights.push(u64::from(target.weight));
+            let mut h = Fnv::default();
+            h.write(target.target.as_bytes());
+            keys.push(h.finish());
+        }
+        let hashing = (upstream.algorithm == "consistent-hashing").then(|| Hashing {
+            table: table(&keys, &weights, upstream.slots),
+            on: HashSource::of(
+                &upstream.hash_on,
+                upstream.hash_on_header.as_deref(),
+                upstream.hash_on_query_arg.as_deref(),
+            ),
+            fallback: HashSource::of(
+                &upstream.hash_fallback,
+                upstream.hash_fallback_header.as_deref(),
+                upstream.hash_fallback_query_arg.as_deref(),
+            ),
+        });
+        Self {
+            wheel: wheel(&weights),
+            origins,
+            next: rotation,
+            hashing,
+        }
+    }
+
+    fn pick(&self, ticket: usize, attempt: u32, ctx: &RequestCtx) -> Option<&UpstreamOrigin> {
+        let hashed = self.hashing.as_ref().and_then(|h| {
+            let key = h.on.hash(ctx).or_else(|| h.fallback.hash(ctx))?;
+            let slot = usize::try_from(key % h.table.len().max(1) as u64).ok()?;
+            h.table.get(slot).copied()
+        });
+        let slot = match hashed {
+            Some(slot) => slot,
+            None => *self.wheel.get(ticket % self.wheel.len().max(1))?,
+        };
+        let first = usize::try_from(slot).ok()?;
+        let step = usize::try_from(attempt).ok()?;
+        self.origins.get((first + step) % self.origins.len())
+    }
+}
+
+impl HashSource {
+    fn of(kind: &str, header: Option<&str>, arg: Option<&str>) -> Self {
+        match kind {
+            "consumer" => Self::Consumer,
+            "ip" => Self::Ip,
+            "header" => header
+                .and_then(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+                .map_or(Self::None, Self::Header),
+            "path" => Self::Path,
+            "query_arg" => arg.map_or(Self::None, |a| Self::QueryArg(a.to_string())),
+            _ => Self::None,
+        }
+    }
+
+    /// The request's key for this source, hashed; `None` when the request has none.
+    fn hash(&self, ctx: &RequestCtx) -> Option<u64> {
+        let mut h = Fnv::default();
+        match self {
+            Self::None => return None,
+            Self::Consumer => h.write(ctx.consumer.as_ref()?.id.as_bytes()),
+            Self::Ip => match ctx.client_ip {
+                std::net::IpAddr::V4(a) => h.write(&a.octets()),
+                std::net::IpAddr::V6(a) => h.write(&a.octets()),
+            },
+            Self::Header(name) => {
+                // Several lines of one header count as one value, joined as nginx joins them.
+                let mut any = false;
+                for value in ctx.req.headers().get_all(name) {
+                    if any {
+                        h.write(b", ");
+                    }
+                    h.write(value.as_bytes());
+                    any = true;
+                }
+                if !any {
+                    return None;
+                }
+            }
+            Self::Path => h.write(ctx.req.uri().path().as_bytes()),
+            Self::QueryArg(arg) => {
+                let mut values: Vec<String> =
+                    url::form_urlencoded::parse(ctx.req.query_string().as_bytes())
+                        .filter(|(k, _)| k == arg)
+                        .map(|(_, v)| v.into_owned())
+                        .collect();
+                if values.is_empty() {
+                    return None;
+                }
+                values.sort();
+                h.write(values.join(",").as_bytes());
+            }
+        }
+        Some(h.finish())
+    }
+}
+
+/// FNV-1a with a final mix: the same on every node and every run (the table must map a key to the
+/// same target cluster-wide), unlike the std hasher's random keys.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(self) -> u64 {
+        mix(self.0)
+    }
+}
+
+/// splitmix64's finaliser: spreads every input bit over the output.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The consistent-hashing table: for each of `slots` positions, the target (by its `host:port`
+/// `keys` and `weights`) with the highest weighted rendezvous score. A target's score for a
+/// position does not depend on the other targets, so adding one changes only the positions it
+/// wins, and each target wins a share of positions proportional to its weight.
+fn table(keys: &[u64], weights: &[u64], slots: u32) -> Vec<u32> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    (0..u64::from(slots.max(1)))
+        .map(|slot| {
+            let mut best = (f64::NEG_INFINITY, 0u32);
+            for (i, (key, weight)) in keys.iter().zip(weights).enumerate() {
+                // A uniform draw in (0, 1) from the pair, then w / -ln(u): the largest wins.
+                let draw = mix(key ^ mix(slot));
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "53 bits of the draw and weights below 2^16 are exact"
+                )]
+                let (u, w) = (
+                    ((draw >> 11) as f64 + 0.5) / (1u64 << 53) as f64,
+                    *weight as f64,
+                );
+                let score = w / -u.ln();
+                if score > best.0 {
+                    best = (score, u32::try_from(i).unwrap_or_default());
+                }
+            }
+            best.1
+        })
+        .collect()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The smooth weighted round-robin sequence of `weights` (all above 0): position `i` appears
+/// `weights[i] / gcd` times, spread out rather than in runs.
+fn wheel(weights: &[u64]) -> Vec<u32> {
+    let divisor = weights.iter().copied().fold(0, gcd).max(1);
+    let mut reduced: Vec<u64> = weights.iter().map(|w| w / divisor).collect();
+    let mut total: u64 = reduced.iter().sum();
+    if total > MAX_WHEEL {
+        for w in &mut reduced {
+            *w = (*w * MAX_WHEEL / total).max(1);
+        }
+        total = reduced.iter().sum();
+    }
+    let signed = |w: u64| i64::try_from(w).unwrap_or(i64::MAX);
+    let mut current = vec![0i64; reduced.len()];
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or_default());
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in reduced.iter().enumerate() {
+            current[i] += signed(*w);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= signed(total);
+        out.push(u32::try_from(best).unwrap_or_default());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{table, wheel, Fnv};
+
+    fn key(target: &str) -> u64 {
+        let mut h = Fnv::default();
+        h.write(target.as_bytes());
+        h.finish()
+    }
+
+    #[test]
+    fn the_hash_table_follows_the_weights_and_a_new_target_takes_only_its_share() {
+        let targets: Vec<u64> = (0..4).map(|i| key(&format!("10.0.0.{i}:80"))).collect();
+        let before = table(&targets[..3], &[100, 100, 200], 10_000);
+        let count = |t: &[u32], i: u32| t.iter().filter(|x| **x == i).count();
+        for (i, want) in [(0, 2500), (1, 2500), (2, 5000)] {
+            let got = count(&before, i);
+            assert!(got.abs_diff(want) < 300, "target {i}: {got} of 10000");
+        }
+        let after = table(&targets, &[100, 100, 200, 100], 10_000);
+        let moved: Vec<usize> = (0..10_000).filter(|s| before[*s] != after[*s]).collect();
+        assert!(
+            moved.iter().all(|s| after[*s] == 3),
+            "only to the new target"
+        );
+        assert!(
+            moved.len().abs_diff(2000) < 300,
+            "{} of 10000 moved",
+            moved.len()
+        );
+    }
+
+    #[test]
+    fn the_wheel_holds_each_target_as_often_as_its_weight_interleaved() {
+        let w = wheel(&[300, 100, 200]);
+        assert_eq!(w.len(), 6);
+        let count = |i: u32| w.iter().filter(|x| **x == i).count();
+        assert_eq!((count(0), count(1), count(2)), (3, 1, 2));
+        // Smooth: the heaviest target never takes three slots in a row.
+        assert!(!w.windows(3).any(|s| s.iter().all(|x| *x == 0)), "{w:?}");
+        assert_eq!(wheel(&[]), Vec::<u32>::new());
+        let big = wheel(&[65535, 1]);
+        assert!(big.len() <= 10_001 && big.contains(&1), "{}", big.len());
+    }
+}
