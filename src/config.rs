@@ -230,6 +230,9 @@ pub struct Listen {
     /// Kong's `reuseport`: one socket per worker thread (`SO_REUSEPORT`), the kernel spreading
     /// new connections over them.
     pub reuseport: bool,
+    /// Kong's `proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2),
+    /// whose client address counts when the connecting peer is in `trusted_ips`.
+    pub proxy_protocol: bool,
 }
 
 /// The accept queue length of a listener without `backlog=N`.
@@ -240,7 +243,6 @@ pub const DEFAULT_BACKLOG: u32 = 4096;
 const UNSUPPORTED_LISTEN_FLAGS: &[&str] = &[
     "deferred",
     "bind",
-    "proxy_protocol",
     "default_server",
     "ipv6only=on",
     "ipv6only=off",
@@ -737,6 +739,7 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
                 backlog: DEFAULT_BACKLOG,
                 http2: false,
                 reuseport: false,
+                proxy_protocol: false,
             };
             for flag in words {
                 let reason = match flag {
@@ -745,7 +748,7 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
                         continue;
                     }
                     // The admin API's listeners (actix-web) serve neither.
-                    "http2" | "reuseport" if key == "admin_listen" => {
+                    "http2" | "reuseport" | "proxy_protocol" if key == "admin_listen" => {
                         format!("listen flag '{flag}' is not supported by this gateway")
                     }
                     "http2" => {
@@ -754,6 +757,10 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
                     }
                     "reuseport" => {
                         listen.reuseport = true;
+                        continue;
+                    }
+                    "proxy_protocol" => {
+                        listen.proxy_protocol = true;
                         continue;
                     }
                     f if f.starts_with("backlog=") => match parse_backlog(&f["backlog=".len()..]) {
@@ -804,6 +811,7 @@ mod tests {
                 backlog: DEFAULT_BACKLOG,
                 http2: false,
                 reuseport: false,
+                proxy_protocol: false,
             }]
         );
         let err = Settings::load(None, [("PORTCULLIS_PG_PORT".into(), "abc".into())]).unwrap_err();
@@ -844,10 +852,10 @@ mod tests {
         let parsed = listen("127.0.0.1:0 ssl backlog=16, 127.0.0.1:0").unwrap();
         assert_eq!((parsed[0].ssl, parsed[0].backlog), (true, 16));
         assert_eq!((parsed[1].ssl, parsed[1].backlog), (false, DEFAULT_BACKLOG));
-        let flagged = listen("127.0.0.1:0 http2 reuseport").unwrap();
-        assert!(flagged[0].http2 && flagged[0].reuseport);
-        assert!(!parsed[0].http2 && !parsed[0].reuseport);
-        for flag in ["http2", "reuseport"] {
+        let flagged = listen("127.0.0.1:0 http2 reuseport proxy_protocol").unwrap();
+        assert!(flagged[0].http2 && flagged[0].reuseport && flagged[0].proxy_protocol);
+        assert!(!parsed[0].http2 && !parsed[0].reuseport && !parsed[0].proxy_protocol);
+        for flag in ["http2", "reuseport", "proxy_protocol"] {
             assert_eq!(
                 parse_listen("admin_listen", &format!("127.0.0.1:0 {flag}"))
                     .unwrap_err()
@@ -857,7 +865,7 @@ mod tests {
                 )
             );
         }
-        for flag in ["deferred", "bind", "proxy_protocol"] {
+        for flag in ["deferred", "bind"] {
             assert_eq!(
                 listen(&format!("127.0.0.1:0 {flag}")).unwrap_err(),
                 format!(

@@ -432,6 +432,7 @@ impl Application {
                     addr,
                     tls,
                     http2: listen.http2,
+                    proxy_protocol: listen.proxy_protocol,
                 });
             }
             let client_settings = settings.clone();

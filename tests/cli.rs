@@ -196,7 +196,7 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
 
 #[test]
 fn listen_flags_the_gateway_does_not_implement_stop_it_naming_the_flag() {
-    for flag in ["deferred", "bind", "proxy_protocol"] {
+    for flag in ["deferred", "bind"] {
         for command in [&["config", "check"][..], &["serve"][..]] {
             let out = portcullis()
                 .args(command)

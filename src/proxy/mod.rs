@@ -5,6 +5,7 @@
 pub mod grpc;
 pub mod headers;
 pub mod http1;
+pub mod proxy_protocol;
 pub mod server;
 pub mod tunnel;
 pub mod upstream;

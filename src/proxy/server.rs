@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::proxy_protocol;
 use super::upstream::UpstreamClients;
 use super::{handle, ProxyState, ProxyWorker};
 use crate::plugin_api::Scheme;
@@ -44,6 +45,8 @@ pub struct ProxyListener {
     /// Kong's `http2` flag: on a plain listener, HTTP/2 with prior knowledge (h2c) beside
     /// HTTP/1.1. TLS listeners offer h2 by ALPN whatever the flag.
     pub http2: bool,
+    /// Kong's `proxy_protocol`: connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// Per-connection limits of the proxy listeners.
@@ -115,6 +118,7 @@ impl ProxyServer {
                     tls: listener.tls.clone().map(tls_acceptor),
                     // TLS listeners offer h2 by ALPN whatever the flag.
                     http2: listener.http2 || listener.tls.is_some(),
+                    proxy_protocol: listener.proxy_protocol,
                 });
             }
             let (state, clients, stop_rx) = (state.clone(), clients.clone(), stop_rx.clone());
@@ -167,6 +171,7 @@ struct WorkerSocket {
     socket: std::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     http2: bool,
+    proxy_protocol: bool,
 }
 
 /// The TLS acceptor of a listener: h2 and HTTP/1.1 offered by ALPN.
@@ -228,6 +233,7 @@ fn run_worker(
                 tls: socket.tls,
                 protocols: protocols(socket.http2, limits),
                 header_timeout: limits.header_timeout,
+                proxy_protocol: socket.proxy_protocol,
             });
             accepting.push(tokio::task::spawn_local(accept_loop(
                 listener,
@@ -256,6 +262,7 @@ struct Listen {
     tls: Option<tokio_rustls::TlsAcceptor>,
     protocols: Protocols,
     header_timeout: Duration,
+    proxy_protocol: bool,
 }
 
 /// The HTTP versions a listener serves.
@@ -378,12 +385,25 @@ async fn accept_loop(
 }
 
 async fn serve(
-    stream: TcpStream,
-    connection: Connection,
+    mut stream: TcpStream,
+    mut connection: Connection,
     listen: Rc<Listen>,
     worker: Rc<ProxyWorker>,
     (_open, stop): (OpenGuard, watch::Receiver<bool>),
 ) {
+    if listen.proxy_protocol {
+        match proxy_protocol::read_header(&mut stream, listen.header_timeout).await {
+            // The balancer's word counts only when the balancer is trusted.
+            Ok(Some(client)) if worker.state.is_trusted(connection.peer.ip()) => {
+                connection.peer = client;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(peer = %connection.peer, error = %e, "connection closed");
+                return;
+            }
+        }
+    }
     let connection = Rc::new(connection);
     let service = service_fn(move |req| {
         let (connection, worker) = (connection.clone(), worker.clone());

@@ -175,3 +175,97 @@ async fn a_keep_alive_request_whose_head_drips_is_cut_at_client_header_timeout()
         "cut after {elapsed:?} with client_header_timeout = 1 s"
     );
 }
+
+/// A gateway whose plain listener takes the PROXY protocol, an echo route, and the listener's
+/// address.
+async fn proxy_protocol_gateway(trusted_ips: &[&str]) -> (TestApp, String) {
+    let mut settings = test_settings();
+    settings.proxy_listen = "127.0.0.1:0 proxy_protocol, 127.0.0.1:0 ssl".into();
+    settings.trusted_ips = trusted_ips.iter().map(|s| (*s).to_string()).collect();
+    let app = spawn_with(settings).await;
+    let upstream = spawn_upstream();
+    app.expose("echo", &upstream.url, &["/echo"]).await;
+    let addr = plain_addr(&app);
+    (app, addr)
+}
+
+/// Sends `header` then one request, and returns the `x-real-ip` the upstream saw.
+async fn real_ip_behind(addr: &str, header: &[u8]) -> String {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(header).await.unwrap();
+    conn.write_all(b"GET /echo/pp HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    echo["headers"]["x-real-ip"].as_str().unwrap().to_string()
+}
+
+fn v2_header(source: &str) -> Vec<u8> {
+    let source: std::net::SocketAddr = source.parse().unwrap();
+    // Both addresses of one family, as a balancer sends them.
+    let destination: std::net::SocketAddr = if source.is_ipv6() {
+        "[2001:db8::1]:8000".parse().unwrap()
+    } else {
+        "10.0.0.1:8000".parse().unwrap()
+    };
+    let addresses = (source, destination);
+    ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        addresses,
+    )
+    .build()
+    .unwrap()
+}
+
+#[actix_web::test]
+async fn a_trusted_balancer_s_proxy_protocol_header_names_the_client() {
+    let (_app, addr) = proxy_protocol_gateway(&["127.0.0.1/32"]).await;
+    assert_eq!(
+        real_ip_behind(&addr, b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 8000\r\n").await,
+        "203.0.113.7"
+    );
+    assert_eq!(
+        real_ip_behind(&addr, &v2_header("[2001:db8::7]:51234")).await,
+        "2001:db8::7"
+    );
+    assert_eq!(
+        real_ip_behind(&addr, &v2_header("198.51.100.9:4000")).await,
+        "198.51.100.9"
+    );
+    // A health check of the balancer itself names no client: the peer counts.
+    assert_eq!(
+        real_ip_behind(&addr, b"PROXY UNKNOWN\r\n").await,
+        "127.0.0.1"
+    );
+}
+
+#[actix_web::test]
+async fn an_untrusted_peer_s_proxy_protocol_header_is_read_but_not_believed() {
+    let (_app, addr) = proxy_protocol_gateway(&[]).await;
+    assert_eq!(
+        real_ip_behind(&addr, b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 8000\r\n").await,
+        "127.0.0.1"
+    );
+}
+
+#[actix_web::test]
+async fn a_connection_without_a_proxy_protocol_header_is_closed_unanswered() {
+    let (_app, addr) = proxy_protocol_gateway(&["127.0.0.1/32"]).await;
+    for start in [
+        &b"GET /echo/x HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        b"PROXY TCP4 not-an-address 10.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n",
+    ] {
+        let mut conn = TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(start).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
+            .await
+            .expect("closed")
+            .unwrap_or_default();
+        assert_eq!(raw, b"", "{:?}", String::from_utf8_lossy(&raw));
+    }
+}

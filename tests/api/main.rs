@@ -8,6 +8,7 @@ mod admin;
 mod bodies;
 mod cors;
 mod faults;
+mod framing;
 mod grpc;
 mod hashed_secrets;
 mod helpers;
