@@ -25,6 +25,7 @@ use super::headers::{HeaderSink, UpstreamHeaders};
 use super::http1::{
     Answer, AnswerBody, BodyStream, Destination, ExchangeError, Http1Pool, Outgoing,
 };
+use crate::tls::{unverified_upstream_config as unverified, verified_upstream_config as verified};
 
 /// Error type of request bodies sent upstream.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,49 +57,50 @@ impl UpstreamClients {
     pub fn new(pool_size: usize, idle: Duration) -> Self {
         Self {
             lean: Http1Pool::new(pool_size, idle),
-            plain: client(crate::tls::unverified_upstream_config(), pool_size, idle),
-            verifying: client(crate::tls::verified_upstream_config(), pool_size, idle),
-            grpc: grpc_client(crate::tls::unverified_upstream_config(), pool_size, idle),
-            grpc_verifying: grpc_client(crate::tls::verified_upstream_config(), pool_size, idle),
+            plain: client(unverified(), Speaks::Http1, pool_size, idle),
+            verifying: client(verified(), Speaks::Http1, pool_size, idle),
+            grpc: client(unverified(), Speaks::Http2, pool_size, idle),
+            grpc_verifying: client(verified(), Speaks::Http2, pool_size, idle),
         }
     }
 }
 
+/// Which HTTP version a pooled client speaks to its upstreams.
+#[derive(Clone, Copy)]
+enum Speaks {
+    /// HTTP/1.1: services `http` and `https`.
+    Http1,
+    /// HTTP/2 only, over TLS (ALPN h2) or plain (prior knowledge): services `grpc` and `grpcs`.
+    Http2,
+}
+
 /// `tls` must not name ALPN protocols: hyper-rustls announces the ones it speaks itself.
-fn client(tls: rustls::ClientConfig, pool_size: usize, idle: Duration) -> UpstreamClient {
+fn client(
+    tls: rustls::ClientConfig,
+    speaks: Speaks,
+    pool_size: usize,
+    idle: Duration,
+) -> UpstreamClient {
     let mut http = HttpConnector::new();
     // The scheme is checked by the TLS wrapper; the plain connector must accept `https` URIs.
     http.enforce_http(false);
     http.set_nodelay(true);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+        .https_or_http();
+    let connector = match speaks {
+        Speaks::Http1 => connector.enable_http1().wrap_connector(http),
+        Speaks::Http2 => connector.enable_http2().wrap_connector(http),
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(idle)
-        .pool_max_idle_per_host(pool_size)
-        .build(connector)
-}
-
-/// [`client`] for gRPC: HTTP/2 only, over TLS (ALPN h2) or plain (prior knowledge).
-fn grpc_client(tls: rustls::ClientConfig, pool_size: usize, idle: Duration) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(idle)
-        .pool_max_idle_per_host(pool_size)
-        .http2_only(true)
-        .build(connector)
+        .pool_max_idle_per_host(pool_size);
+    if let Speaks::Http2 = speaks {
+        builder.timer(TokioTimer::new()).http2_only(true);
+    }
+    builder.build(connector)
 }
 
 /// A failure of hyper's pooled client as the retry loop needs it.
