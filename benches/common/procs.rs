@@ -350,6 +350,19 @@ pub struct Gateway {
 /// # Errors
 /// It did not start; the message carries its log.
 pub fn start_gateway(name: &str, env: &BenchEnv, extra: &[(String, String)]) -> Result<Gateway> {
+    start_gateway_flagged(name, env, extra, "")
+}
+
+/// [`start_gateway`] with listen flags on the proxy listener (`http2` for h2c).
+///
+/// # Errors
+/// As [`start_gateway`].
+pub fn start_gateway_flagged(
+    name: &str,
+    env: &BenchEnv,
+    extra: &[(String, String)],
+    flags: &str,
+) -> Result<Gateway> {
     let proxy = free_addr()?;
     let admin = free_addr()?;
     let mut cmd = match std::env::var_os("BENCH_GATEWAY_BIN") {
@@ -369,12 +382,15 @@ pub fn start_gateway(name: &str, env: &BenchEnv, extra: &[(String, String)]) -> 
             cmd.env_remove(k);
         }
     }
-    cmd.env("PORTCULLIS_PROXY_LISTEN", proxy.to_string())
-        .env("PORTCULLIS_ADMIN_LISTEN", admin.to_string())
-        .env("PORTCULLIS_DATABASE", "memory")
-        .env("PORTCULLIS_LOG_LEVEL", "error")
-        .env("PORTCULLIS_WORKER_PROCESSES", env.workers.to_string())
-        .env("PORTCULLIS_TRUSTED_IPS", "127.0.0.1/32");
+    cmd.env(
+        "PORTCULLIS_PROXY_LISTEN",
+        format!("{proxy} {flags}").trim_end(),
+    )
+    .env("PORTCULLIS_ADMIN_LISTEN", admin.to_string())
+    .env("PORTCULLIS_DATABASE", "memory")
+    .env("PORTCULLIS_LOG_LEVEL", "error")
+    .env("PORTCULLIS_WORKER_PROCESSES", env.workers.to_string())
+    .env("PORTCULLIS_TRUSTED_IPS", "127.0.0.1/32");
     for (k, v) in extra {
         cmd.env(k, v);
     }

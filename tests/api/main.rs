@@ -7,6 +7,8 @@ mod acl;
 mod admin;
 mod bodies;
 mod cors;
+#[path = "../support/echo_servers.rs"]
+mod echo_servers;
 mod faults;
 mod framing;
 mod grpc;

@@ -1,7 +1,6 @@
 //! WebSocket through the gateway: a real client (tokio-tungstenite) and a real WebSocket server
 //! as the upstream, over ws and wss, on open and oauth2-protected routes.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,63 +11,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::echo_servers::{spawn_ws_upstream, Upstream};
 use crate::helpers::{spawn_app, TestApp};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// What the echo upstream does with each connection.
-#[derive(Clone, Copy)]
-enum Upstream {
-    /// Sends every message back.
-    Echo,
-    /// Answers the first message with "bye" and closes.
-    CloseAfterFirst,
-}
-
-/// A WebSocket server on its own thread and runtime; returns its `http://` URL.
-fn spawn_ws_upstream(kind: Upstream) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                        return;
-                    };
-                    while let Some(Ok(message)) = ws.next().await {
-                        match (kind, message) {
-                            // Read on: the next read flushes tungstenite's reply to the close.
-                            (_, Message::Close(_)) => {}
-                            (Upstream::Echo, m @ (Message::Text(_) | Message::Binary(_))) => {
-                                let sent = ws.send(m).await;
-                                if sent.is_err() {
-                                    break;
-                                }
-                            }
-                            (Upstream::CloseAfterFirst, _) => {
-                                let _ = ws.send(Message::text("bye")).await;
-                                let _ = ws.close(None).await;
-                                break;
-                            }
-                            _ => {}
-                        }
-                    }
-                });
-            }
-        });
-    });
-    format!("http://{addr}")
-}
 
 fn ws_url(base: &str, path: &str) -> String {
     format!(
