@@ -35,6 +35,23 @@ pub fn passes_to_client(name: &str, named: &[String]) -> bool {
     !(is_hop_by_hop(name) || name == "content-length" || named.iter().any(|n| n == name))
 }
 
+/// The headers of an upstream answer that go on to the client ([`passes_to_client`]).
+pub fn end_to_end(answer: &http::HeaderMap) -> http::HeaderMap {
+    let named = connection_tokens(
+        answer
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    let mut out = http::HeaderMap::with_capacity(answer.len() + 4);
+    for (name, value) in answer {
+        if passes_to_client(name.as_str(), &named) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// `host:port` → `host` (IPv6 literals keep their brackets).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {

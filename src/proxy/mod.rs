@@ -116,8 +116,7 @@ pub async fn handle(
     };
     let mut response = match proxy(&incoming, body, &worker.state, &worker.clients).await {
         Ok(resp) => resp,
-        Err(e) if grpc::is_grpc(&req) => grpc::refusal(e.to_response(request_id)),
-        Err(e) => e.to_response(request_id),
+        Err(e) => made_here(&req, e.to_response(request_id)),
     };
     if let Ok(v) = HeaderValue::from_bytes(&id.0) {
         response.headers_mut().insert(REQUEST_ID, v);
@@ -316,10 +315,7 @@ async fn proxy(
                 resp.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
-            if grpc::is_grpc(req) {
-                resp = grpc::refusal(resp);
-            }
-            resp
+            made_here(req, resp)
         }
         None => {
             let upstream = Upstream {
@@ -333,10 +329,7 @@ async fn proxy(
             forward(incoming, &upstream, payload, &mut ctx, clients)
                 .await
                 // Answer upstream failures here so the response and log phases still run.
-                .unwrap_or_else(|e| match grpc::is_grpc(req) {
-                    true => grpc::refusal(e.to_response(request_id)),
-                    false => e.to_response(request_id),
-                })
+                .unwrap_or_else(|e| made_here(req, e.to_response(request_id)))
         }
     };
     for runtime in &ran {
@@ -568,22 +561,8 @@ async fn forward<'a>(
         let (parts, body) = answer.into_parts();
         let mut response = empty_answer(parts.status);
         *response.body_mut() = AnswerBody::Frames(body);
-        let out = response.headers_mut();
-        let named = headers::connection_tokens(
-            parts
-                .headers
-                .get_all(http::header::CONNECTION)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        );
-        for (name, value) in &parts.headers {
-            if headers::passes_to_client(name.as_str(), &named) {
-                out.append(name.clone(), value.clone());
-            }
-        }
-        out.append(http::header::VIA, VIA_VALUE);
-        out.insert(UPSTREAM_LATENCY, millis_value(upstream_latency));
-        out.insert(PROXY_LATENCY, millis_value(proxy_latency));
+        *response.headers_mut() = headers::end_to_end(&parts.headers);
+        stamp(response.headers_mut(), upstream_latency, proxy_latency);
         return Ok(response);
     }
     let head_for = |headers: &headers::UpstreamHeaders<'_>| {
@@ -684,10 +663,8 @@ async fn forward<'a>(
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = empty_answer(status);
     *response.headers_mut() = answer.headers;
+    stamp(response.headers_mut(), upstream_latency, proxy_latency);
     let out = response.headers_mut();
-    out.append(http::header::VIA, VIA_VALUE);
-    out.insert(UPSTREAM_LATENCY, millis_value(upstream_latency));
-    out.insert(PROXY_LATENCY, millis_value(proxy_latency));
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if !tunnelled {
             // The connection would carry some other protocol than the answer's HTTP.
@@ -716,6 +693,23 @@ async fn forward<'a>(
         }
     };
     Ok(response)
+}
+
+/// The one place an answer the gateway makes itself (a plugin's, or a [`ProxyError`]'s) takes
+/// the client's protocol: a gRPC call gets a gRPC status.
+fn made_here(req: &ClientRequest, answer: Answer) -> Answer {
+    if grpc::is_grpc(req) {
+        grpc::refusal(answer)
+    } else {
+        answer
+    }
+}
+
+/// What the gateway adds to every upstream answer: its `Via` entry and the two latencies.
+fn stamp(out: &mut http::HeaderMap, upstream_latency: Duration, proxy_latency: Duration) {
+    out.append(http::header::VIA, VIA_VALUE);
+    out.insert(UPSTREAM_LATENCY, millis_value(upstream_latency));
+    out.insert(PROXY_LATENCY, millis_value(proxy_latency));
 }
 
 /// A latency header's value in whole milliseconds. Values under a second, nearly all of them,

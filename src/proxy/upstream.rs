@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::HeaderName;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
@@ -237,23 +236,7 @@ pub(super) fn answer_of(
     read_timeout: Duration,
 ) -> Answer {
     let (parts, body) = resp.into_parts();
-    let mut out = http::header::HeaderMap::with_capacity(parts.headers.len() + 4);
-    let named = super::headers::connection_tokens(
-        parts
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .map(http::HeaderValue::as_bytes),
-    );
-    for (name, value) in &parts.headers {
-        let name = name.as_str();
-        if !super::headers::passes_to_client(name, &named) {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            out.append(name, value.clone());
-        }
-    }
+    let out = super::headers::end_to_end(&parts.headers);
     let length = parts
         .headers
         .get(http::header::CONTENT_LENGTH)

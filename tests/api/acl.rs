@@ -16,17 +16,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    on_both_stores, spawn_on_backend, spawn_upstream, status_json, Backend, TestApp, Upstream,
+    on_both_stores, spawn_on_backend, spawn_upstream, status_json, with_bob, Backend, TestApp,
+    Upstream,
 };
-
-async fn with_bob(backend: Backend) -> (TestApp, Value) {
-    let app = spawn_on_backend(backend).await;
-    let (s, bob) = app
-        .admin_post("/consumers", json!({"username": "bob"}))
-        .await;
-    assert_eq!(s, 201, "{bob}");
-    (app, bob)
-}
 
 // ---------------------------------------------------------------------------------------------
 // 01-api_spec.lua

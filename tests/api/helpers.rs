@@ -883,3 +883,13 @@ impl TestApp {
         route
     }
 }
+
+/// A gateway on `backend` with consumer `bob`; returns it and `bob` as created.
+pub async fn with_bob(backend: Backend) -> (TestApp, Value) {
+    let app = spawn_on_backend(backend).await;
+    let (s, bob) = app
+        .admin_post("/consumers", json!({"username": "bob"}))
+        .await;
+    assert_eq!(s, 201, "{bob}");
+    (app, bob)
+}

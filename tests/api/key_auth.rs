@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    on_both_stores, spawn_on_backend, spawn_upstream, Backend, TestApp, Upstream,
+    on_both_stores, spawn_on_backend, spawn_upstream, with_bob, Backend, TestApp, Upstream,
 };
 
 fn digest(key: &str) -> String {
@@ -30,16 +30,6 @@ fn digest(key: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// A gateway with consumer `bob` (and `no-body`, Kong's anonymous).
-async fn with_bob(backend: Backend) -> (TestApp, Value) {
-    let app = spawn_on_backend(backend).await;
-    let (s, bob) = app
-        .admin_post("/consumers", json!({"username": "bob"}))
-        .await;
-    assert_eq!(s, 201, "{bob}");
-    (app, bob)
 }
 
 // ---------------------------------------------------------------------------------------------
