@@ -50,6 +50,7 @@ fn snapshot(n: usize) -> RouterSnapshot {
         routes,
         services: &services,
         chains: HashMap::new(),
+        global: Default::default(),
         identities: Default::default(),
         upstreams: &HashMap::new(),
         targets: &HashMap::new(),

@@ -32,12 +32,49 @@ pub enum AnswerBody {
     /// An upstream HTTP/2 body passed on frame by frame, trailers included (gRPC's
     /// `grpc-status` comes in them).
     Frames(hyper::body::Incoming),
+    /// Another body, counted as it is written, with what to do once it is done.
+    Watched(Box<Watched>),
+}
+
+/// What runs once an answer's body is done: written to its end, or dropped because the client
+/// went away or the upstream broke off. The proxy's log phase hangs here.
+pub trait Finish {
+    /// Called once, with the body bytes written and whether the body reached its end.
+    fn finish(self: Box<Self>, body_bytes: u64, complete: bool);
+}
+
+/// A body being counted (see [`AnswerBody::watch`]).
+pub struct Watched {
+    inner: AnswerBody,
+    written: u64,
+    complete: bool,
+    then: Option<Box<dyn Finish>>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(then) = self.then.take() {
+            then.finish(self.written, self.complete);
+        }
+    }
 }
 
 impl AnswerBody {
     /// A body of these bytes.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self::Full(Some(bytes.into()))
+    }
+
+    /// This body, counted as it is written; `then` runs once it is done (at its end, or when
+    /// hyper drops it because the connection closed).
+    pub fn watch(self, then: Box<dyn Finish>) -> Self {
+        let complete = self.is_end_stream();
+        Self::Watched(Box::new(Watched {
+            inner: self,
+            written: 0,
+            complete,
+            then: Some(then),
+        }))
     }
 
     /// A body read as the client takes it.
@@ -77,6 +114,19 @@ impl Body for AnswerBody {
             Self::Frames(incoming) => Pin::new(incoming)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
+            Self::Watched(watched) => {
+                let polled = Pin::new(&mut watched.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            watched.written += data.len() as u64;
+                        }
+                    }
+                    Poll::Ready(None) => watched.complete = true,
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -86,6 +136,7 @@ impl Body for AnswerBody {
             Self::Full(Some(bytes)) => bytes.is_empty(),
             Self::Stream { length, .. } => *length == Some(0),
             Self::Frames(incoming) => incoming.is_end_stream(),
+            Self::Watched(watched) => watched.inner.is_end_stream(),
         }
     }
 
@@ -98,6 +149,7 @@ impl Body for AnswerBody {
             } => SizeHint::with_exact(*n),
             Self::Stream { length: None, .. } => SizeHint::default(),
             Self::Frames(incoming) => incoming.size_hint(),
+            Self::Watched(watched) => watched.inner.size_hint(),
         }
     }
 }

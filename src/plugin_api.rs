@@ -175,6 +175,8 @@ pub struct RequestCtx {
     pub consumer: Option<Arc<Consumer>>,
     /// Whether an auth plugin has authenticated a credential.
     pub authenticated: bool,
+    /// The id of the credential an auth plugin authenticated (Kong's `authenticated_entity`).
+    pub credential: Option<uuid::Uuid>,
     /// Largest body a plugin may buffer.
     pub max_body: usize,
 }
@@ -311,6 +313,106 @@ pub trait PluginRuntime: Send + Sync + 'static {
     async fn access(&self, ctx: &mut RequestCtx) -> Flow;
     /// Response phase: adjust the headers sent to the client.
     fn response_headers(&self, _ctx: &RequestCtx, _headers: &mut HeaderMap) {}
-    /// Log phase: always runs, after the response.
-    fn log(&self, _ctx: &RequestCtx, _status: u16) {}
+    /// Whether the plugin has a log phase: the proxy gathers an [`Exchange`] only when one of
+    /// the request's plugins has.
+    fn logs(&self) -> bool {
+        false
+    }
+    /// Whether the log phase reads the answer's headers ([`Exchange::response_headers`]): they
+    /// are copied for it only then.
+    fn logs_response_headers(&self) -> bool {
+        false
+    }
+    /// Log phase: runs once the answer is written (or the client went away), for every request
+    /// whose access phase reached the plugin, and for global plugins also when no route matched.
+    /// It runs on a proxy thread after the answer: it must not block (hand work to a queue).
+    fn log(&self, _exchange: &Exchange) {}
+}
+
+/// Who made the answer the client got (Kong's `kong.response.get_source()`, the `source` label of
+/// its metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The upstream service answered.
+    Service,
+    /// A plugin answered in its access phase (`kong.response.exit`).
+    Exit,
+    /// The gateway answered itself: no route, upstream failure or timeout, a bad request.
+    Gateway,
+}
+
+impl Source {
+    /// Kong's name for it (`service`, `exit`, `error`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Exit => "exit",
+            Self::Gateway => "error",
+        }
+    }
+}
+
+/// The times of one exchange (Kong's `latencies`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latencies {
+    /// From the first byte of the request to the last byte of the answer (Kong's `request`).
+    pub request: std::time::Duration,
+    /// Waiting for the upstream: from sending the request to its answer's head (Kong's
+    /// `proxy`); `None` when no upstream was asked.
+    pub upstream: Option<std::time::Duration>,
+    /// The gateway's own time: `request` less `upstream` (Kong's `kong`).
+    pub gateway: std::time::Duration,
+}
+
+/// One upstream attempt (Kong's `tries`).
+#[derive(Debug, Clone)]
+pub struct Try {
+    /// The address or host name connected to.
+    pub host: Arc<str>,
+    /// The port.
+    pub port: u16,
+}
+
+/// One finished exchange as the log phase sees it: what the client asked, where it went, what it
+/// got and how long it took.
+pub struct Exchange {
+    /// The client request.
+    pub req: Rc<ClientRequest>,
+    /// The `X-Portcullis-Request-Id` the client got.
+    pub request_id: String,
+    /// The listener's scheme.
+    pub scheme: Scheme,
+    /// The client address after `trusted_ips` / `real_ip_header`.
+    pub client_ip: IpAddr,
+    /// The matched route, if one matched.
+    pub route: Option<Arc<Route>>,
+    /// Its service.
+    pub service: Option<Arc<Service>>,
+    /// The authenticated (or anonymous) consumer.
+    pub consumer: Option<Arc<Consumer>>,
+    /// The authenticated credential's id.
+    pub credential: Option<uuid::Uuid>,
+    /// The status the client got.
+    pub status: StatusCode,
+    /// Who made that answer.
+    pub source: Source,
+    /// The status the upstream answered with, when it did.
+    pub upstream_status: Option<StatusCode>,
+    /// The request target sent upstream (path and query).
+    pub upstream_uri: Option<String>,
+    /// Upstream attempts, in order.
+    pub tries: Vec<Try>,
+    /// The answer's headers, when a plugin asked for them ([`PluginRuntime::logs_response_headers`]).
+    pub response_headers: Option<HeaderMap>,
+    /// Bytes received: the request head as written on the wire (HTTP/1.1 form) plus its body.
+    pub request_size: u64,
+    /// Bytes sent: the answer's head (HTTP/1.1 form) plus the body bytes written.
+    pub response_size: u64,
+    /// Whether the whole answer body was written (false: the client went away, or the upstream
+    /// broke off).
+    pub complete: bool,
+    /// When the request arrived (wall clock).
+    pub started_at: std::time::SystemTime,
+    /// Its times.
+    pub latencies: Latencies,
 }

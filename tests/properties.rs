@@ -258,6 +258,7 @@ proptest! {
             routes: compiled,
             services: &HashMap::new(),
             chains: HashMap::new(),
+            global: Default::default(),
             identities: Default::default(),
             upstreams: &HashMap::new(),
             targets: &HashMap::new(),

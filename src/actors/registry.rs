@@ -278,73 +278,30 @@ impl ConfigRegistry {
     }
 
     fn chains(&self) -> HashMap<Uuid, Arc<PluginChain>> {
-        let active: Vec<(&PluginInstance, &Arc<dyn PluginRuntime>)> = self
-            .mirror
+        let active = self.active_plugins();
+        self.mirror
+            .routes
+            .values()
+            .map(|route| {
+                let rid = route.route.id;
+                let sid = route.route.service.map(|s| s.id);
+                (rid, Arc::new(chain_of(&active, Some(rid), sid)))
+            })
+            .collect()
+    }
+
+    /// The global plugins alone: what runs (its log phase) for a request no route matched.
+    fn global_chain(&self) -> Arc<PluginChain> {
+        Arc::new(chain_of(&self.active_plugins(), None, None))
+    }
+
+    fn active_plugins(&self) -> Vec<(&PluginInstance, &Arc<dyn PluginRuntime>)> {
+        self.mirror
             .plugins
             .values()
             .filter(|p| p.instance.enabled)
             .filter_map(|p| p.runtime.as_ref().map(|r| (&p.instance, r)))
-            .collect();
-        let mut chains = HashMap::new();
-        for route in self.mirror.routes.values() {
-            let rid = route.route.id;
-            let sid = route.route.service.map(|s| s.id);
-            // Kong's precedence, most specific first (consumer-less and consumer-scoped lists).
-            let rank = |p: &PluginInstance| -> Option<(bool, u8)> {
-                let r = p.route.map(|x| x.id);
-                let s = p.service.map(|x| x.id);
-                if r.is_some() && r != Some(rid) || s.is_some() && s != sid {
-                    return None;
-                }
-                let c = p.consumer.is_some();
-                Some(match (r.is_some(), s.is_some()) {
-                    (true, true) => (c, 0),
-                    (true, false) => (c, 1),
-                    (false, true) => (c, 2),
-                    (false, false) => (c, 3),
-                })
-            };
-            let mut by_name: BTreeMap<&str, NameSlot> = BTreeMap::new();
-            for (inst, runtime) in &active {
-                let Some((consumer_scoped, level)) = rank(inst) else {
-                    continue;
-                };
-                let scoped = ScopedRuntime {
-                    runtime: (*runtime).clone(),
-                    http: inst.protocols.iter().any(|p| p == "http" || p == "grpc"),
-                    https: inst.protocols.iter().any(|p| p == "https" || p == "grpcs"),
-                };
-                let slot = by_name.entry(inst.name.as_str()).or_default();
-                if consumer_scoped {
-                    let Some(c) = inst.consumer.map(|c| c.id) else {
-                        continue;
-                    };
-                    let better = slot.1.get(&c).is_none_or(|(l, _)| level < *l);
-                    if better {
-                        slot.1.insert(c, (level, scoped));
-                    }
-                } else if slot.0.as_ref().is_none_or(|(l, _)| level < *l) {
-                    slot.0 = Some((level, scoped));
-                }
-            }
-            let mut entries: Vec<ChainEntry> = by_name
-                .into_values()
-                .map(|(default, by_consumer)| ChainEntry {
-                    default: default.map(|(_, s)| s),
-                    by_consumer: by_consumer.into_iter().map(|(c, (_, s))| (c, s)).collect(),
-                })
-                .collect();
-            let priority = |e: &ChainEntry| {
-                e.default
-                    .as_ref()
-                    .or_else(|| e.by_consumer.values().next())
-                    .map(|s| s.runtime.priority())
-                    .unwrap_or_default()
-            };
-            entries.sort_by_key(|e| std::cmp::Reverse(priority(e)));
-            chains.insert(rid, Arc::new(PluginChain { entries }));
-        }
-        chains
+            .collect()
     }
 
     fn publish(&mut self) {
@@ -358,6 +315,7 @@ impl ConfigRegistry {
             routes: self.mirror.routes.values().cloned().collect(),
             services: &self.mirror.services,
             chains: self.chains(),
+            global: self.global_chain(),
             identities: IdentityParts {
                 consumers: self.mirror.consumers.values().cloned().collect(),
                 oauth2: self.mirror.credentials.values().cloned().collect(),
@@ -558,6 +516,70 @@ impl Handler<Refresh> for ConfigRegistry {
                 .map(|changes, act, _| act.apply(&changes)),
         ))
     }
+}
+
+/// The chain of a route (`rid`) of a service (`sid`): each plugin name's most specific instance,
+/// by Kong's precedence, highest priority first. Without a route and a service, the global
+/// plugins alone.
+fn chain_of(
+    active: &[(&PluginInstance, &Arc<dyn PluginRuntime>)],
+    rid: Option<Uuid>,
+    sid: Option<Uuid>,
+) -> PluginChain {
+    // Kong's precedence, most specific first (consumer-less and consumer-scoped lists).
+    let rank = |p: &PluginInstance| -> Option<(bool, u8)> {
+        let r = p.route.map(|x| x.id);
+        let s = p.service.map(|x| x.id);
+        if r.is_some() && r != rid || s.is_some() && s != sid {
+            return None;
+        }
+        let c = p.consumer.is_some();
+        Some(match (r.is_some(), s.is_some()) {
+            (true, true) => (c, 0),
+            (true, false) => (c, 1),
+            (false, true) => (c, 2),
+            (false, false) => (c, 3),
+        })
+    };
+    let mut by_name: BTreeMap<&str, NameSlot> = BTreeMap::new();
+    for (inst, runtime) in active {
+        let Some((consumer_scoped, level)) = rank(inst) else {
+            continue;
+        };
+        let scoped = ScopedRuntime {
+            runtime: (*runtime).clone(),
+            http: inst.protocols.iter().any(|p| p == "http" || p == "grpc"),
+            https: inst.protocols.iter().any(|p| p == "https" || p == "grpcs"),
+        };
+        let slot = by_name.entry(inst.name.as_str()).or_default();
+        if consumer_scoped {
+            let Some(c) = inst.consumer.map(|c| c.id) else {
+                continue;
+            };
+            let better = slot.1.get(&c).is_none_or(|(l, _)| level < *l);
+            if better {
+                slot.1.insert(c, (level, scoped));
+            }
+        } else if slot.0.as_ref().is_none_or(|(l, _)| level < *l) {
+            slot.0 = Some((level, scoped));
+        }
+    }
+    let mut entries: Vec<ChainEntry> = by_name
+        .into_values()
+        .map(|(default, by_consumer)| ChainEntry {
+            default: default.map(|(_, s)| s),
+            by_consumer: by_consumer.into_iter().map(|(c, (_, s))| (c, s)).collect(),
+        })
+        .collect();
+    let priority = |e: &ChainEntry| {
+        e.default
+            .as_ref()
+            .or_else(|| e.by_consumer.values().next())
+            .map(|s| s.runtime.priority())
+            .unwrap_or_default()
+    };
+    entries.sort_by_key(|e| std::cmp::Reverse(priority(e)));
+    PluginChain { entries }
 }
 
 #[cfg(test)]

@@ -30,10 +30,13 @@ use hyper::upgrade::OnUpgrade;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
-use crate::body::{AnswerBody, BodyError};
+use crate::body::{AnswerBody, BodyError, Finish};
 use crate::entities::Service;
 use crate::error::ProxyError;
-use crate::plugin_api::{empty_answer, Answer, ClientRequest, Flow, PluginRuntime, RequestCtx};
+use crate::plugin_api::{
+    empty_answer, Answer, ClientRequest, Exchange, Flow, Latencies, PluginRuntime, RequestCtx,
+    Source, Try,
+};
 use crate::router::balancer::{Peers, NO_PEER};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot};
 use server::Connection;
@@ -114,9 +117,21 @@ pub async fn handle(
         refused_body: &refused_body,
         upgrade: &upgrade,
     };
-    let mut response = match proxy(&incoming, body, &worker.state, &worker.clients).await {
+    let mut journey = Journey::default();
+    let mut response = match proxy(
+        &incoming,
+        body,
+        &worker.state,
+        &worker.clients,
+        &mut journey,
+    )
+    .await
+    {
         Ok(resp) => resp,
-        Err(e) => made_here(&req, e.to_response(request_id)),
+        Err(e) => {
+            journey.source = Source::Gateway;
+            made_here(&req, e.to_response(request_id))
+        }
     };
     if let Ok(v) = HeaderValue::from_bytes(&id.0) {
         response.headers_mut().insert(REQUEST_ID, v);
@@ -124,7 +139,174 @@ pub async fn handle(
     if let Some(body) = refused_body.take() {
         tokio::task::spawn_local(linger(body));
     }
+    if !journey.loggers.is_empty() {
+        journey.hand_to_log_phase(&incoming, &mut response);
+    }
     response
+}
+
+/// What the log phase needs, gathered as a request goes through the pipeline. Filled only in
+/// part (and without allocating) when no plugin of the request has a log phase.
+struct Journey {
+    /// The runtimes whose log phase runs for this request.
+    loggers: Vec<Arc<dyn PluginRuntime>>,
+    client_ip: Option<IpAddr>,
+    scheme: Option<crate::plugin_api::Scheme>,
+    route: Option<Arc<crate::entities::Route>>,
+    service: Option<Arc<Service>>,
+    consumer: Option<Arc<crate::entities::Consumer>>,
+    credential: Option<uuid::Uuid>,
+    source: Source,
+    /// Bytes of the request body the gateway knows of (declared or buffered).
+    request_body: u64,
+    trail: Trail,
+}
+
+impl Default for Journey {
+    fn default() -> Self {
+        Self {
+            loggers: Vec::new(),
+            client_ip: None,
+            scheme: None,
+            route: None,
+            service: None,
+            consumer: None,
+            credential: None,
+            source: Source::Gateway,
+            request_body: 0,
+            trail: Trail::default(),
+        }
+    }
+}
+
+/// What happened upstream, recorded for the log phase (only when [`Trail::wanted`]).
+#[derive(Default)]
+struct Trail {
+    /// Whether a log phase will read it: nothing is copied otherwise.
+    wanted: bool,
+    upstream_uri: Option<String>,
+    upstream_status: Option<StatusCode>,
+    upstream_latency: Option<Duration>,
+    tries: Vec<Try>,
+}
+
+impl Trail {
+    fn attempt(&mut self, origin: &crate::router::UpstreamOrigin) {
+        if self.wanted {
+            self.tries.push(Try {
+                host: Arc::from(origin.connect_host.as_str()),
+                port: origin.port,
+            });
+        }
+    }
+}
+
+impl Journey {
+    /// Picks the runtimes of `chain` (as selected for this request) that have a log phase.
+    fn log_with(&mut self, chain: &crate::router::PluginChain, https: bool) {
+        let consumer = self.consumer.as_ref().map(|c| c.id);
+        self.loggers.clear();
+        self.loggers.extend(
+            chain
+                .entries
+                .iter()
+                .filter_map(|link| link.select(consumer, https))
+                .filter(|runtime| runtime.logs())
+                .cloned(),
+        );
+        self.trail.wanted = !self.loggers.is_empty();
+    }
+
+    /// Watches the answer's body: once it is written (or dropped) the log phases run.
+    fn hand_to_log_phase(self, incoming: &Arrival<'_>, response: &mut Answer) {
+        let req = incoming.req;
+        let wants_headers = self.loggers.iter().any(|l| l.logs_response_headers());
+        let upstream = self.trail.upstream_latency;
+        let exchange = Exchange {
+            req: Rc::clone(req),
+            request_id: incoming.request_id.to_string(),
+            scheme: self.scheme.unwrap_or(incoming.conn.scheme),
+            client_ip: self.client_ip.unwrap_or(incoming.conn.peer.ip()),
+            route: self.route,
+            service: self.service,
+            consumer: self.consumer,
+            credential: self.credential,
+            status: response.status(),
+            source: self.source,
+            upstream_status: self.trail.upstream_status,
+            upstream_uri: self.trail.upstream_uri,
+            tries: self.trail.tries,
+            response_headers: wants_headers.then(|| response.headers().clone()),
+            request_size: head_size(req) + self.request_body,
+            response_size: answer_head_size(response),
+            complete: false,
+            started_at: std::time::SystemTime::now()
+                .checked_sub(incoming.started.elapsed())
+                .unwrap_or(std::time::UNIX_EPOCH),
+            latencies: Latencies {
+                upstream,
+                ..Latencies::default()
+            },
+        };
+        let pending = Box::new(PendingLog {
+            exchange,
+            loggers: self.loggers,
+            started: incoming.started,
+        });
+        let body = std::mem::replace(response.body_mut(), AnswerBody::Empty);
+        *response.body_mut() = body.watch(pending);
+    }
+}
+
+/// The log phases of one exchange, run once its answer is done.
+struct PendingLog {
+    exchange: Exchange,
+    loggers: Vec<Arc<dyn PluginRuntime>>,
+    started: Instant,
+}
+
+impl Finish for PendingLog {
+    fn finish(self: Box<Self>, body_bytes: u64, complete: bool) {
+        let PendingLog {
+            mut exchange,
+            loggers,
+            started,
+        } = *self;
+        exchange.response_size += body_bytes;
+        exchange.complete = complete;
+        let request = started.elapsed();
+        exchange.latencies.request = request;
+        exchange.latencies.gateway =
+            request.saturating_sub(exchange.latencies.upstream.unwrap_or_default());
+        for logger in &loggers {
+            logger.log(&exchange);
+        }
+    }
+}
+
+/// The request head's size as HTTP/1.1 writes it (`METHOD target HTTP/1.1`, the headers, the
+/// blank line): what nginx's `$request_length` counts before the body, whatever the version.
+fn head_size(req: &ClientRequest) -> u64 {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n".len();
+    (line + headers_size(req.headers()) + 2) as u64
+}
+
+/// The answer head's size as HTTP/1.1 writes it (nginx's `$bytes_sent` before the body).
+fn answer_head_size(answer: &Answer) -> u64 {
+    ("HTTP/1.1 200 ".len()
+        + answer.status().canonical_reason().map_or(0, str::len)
+        + 2
+        + headers_size(answer.headers())
+        + 2) as u64
+}
+
+fn headers_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum()
 }
 
 /// Reads and discards the rest of a body the gateway refused (413), while its answer is written
@@ -177,6 +359,7 @@ async fn proxy(
     payload: Incoming,
     state: &ProxyState,
     clients: &UpstreamClients,
+    journey: &mut Journey,
 ) -> Result<Answer, ProxyError> {
     let Arrival {
         req,
@@ -185,7 +368,12 @@ async fn proxy(
         ..
     } = *incoming;
     let scheme = conn.scheme;
+    let https = scheme.is_https();
     let snapshot = state.snapshot.load_full();
+    // Until a route matches, the global plugins' log phases are the ones that run.
+    if !snapshot.global.entries.is_empty() {
+        journey.log_with(&snapshot.global, https);
+    }
     let peer = conn.peer.ip();
     let trusted = state.is_trusted(peer);
     let client_ip = if trusted {
@@ -222,6 +410,12 @@ async fn proxy(
     };
     let matched = snapshot.find(&input).ok_or(ProxyError::NoRoute)?;
     let entry = matched.entry;
+    journey.log_with(&entry.chain, https);
+    if journey.trail.wanted {
+        journey.client_ip = Some(client_ip);
+        journey.route = Some(entry.route.route.clone());
+        journey.service = entry.service.as_ref().map(|s| s.service.clone());
+    }
     let effective_https = scheme.is_https()
         || (trusted
             && req
@@ -277,13 +471,13 @@ async fn proxy(
         replace_body: None,
         consumer: None,
         authenticated: false,
+        credential: None,
         max_body: state.max_body,
     };
     let mut payload = Some(payload);
     // The runtimes whose access phase ran, for the response and log phases (borrowed from the
     // snapshot: no allocation and no reference count for the usual handful).
     let mut ran: SmallVec<[&Arc<dyn PluginRuntime>; 4]> = SmallVec::new();
-    let https = scheme.is_https();
     let mut short_circuit = None;
     for link in &entry.chain.entries {
         let Some(runtime) = link.select(ctx.consumer.as_ref().map(|c| c.id), https) else {
@@ -304,11 +498,32 @@ async fn proxy(
             break;
         }
     }
+    if ctx.consumer.is_some() {
+        // A consumer-scoped instance may now be the one that runs.
+        journey.consumer = ctx.consumer.clone();
+        journey.log_with(&entry.chain, https);
+    }
+    if journey.trail.wanted {
+        journey.credential = ctx.credential;
+        journey.route = Some(ctx.route.clone());
+        journey.service = ctx.service.clone();
+        journey.client_ip = Some(client_ip);
+        journey.request_body = match &ctx.body {
+            Some(body) => body.len() as u64,
+            None => req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        };
+    }
     if short_circuit.is_none() && ctx.body_too_large {
         return Err(ProxyError::TooLarge);
     }
     let mut response = match short_circuit {
         Some(mut resp) => {
+            journey.source = Source::Exit;
             if ctx.body_too_large {
                 // The rest of the body is never read: the connection cannot carry another
                 // request.
@@ -326,18 +541,27 @@ async fn proxy(
                 host,
                 sent_host,
             };
-            forward(incoming, &upstream, payload, &mut ctx, clients)
-                .await
-                // Answer upstream failures here so the response and log phases still run.
-                .unwrap_or_else(|e| made_here(req, e.to_response(request_id)))
+            match forward(
+                incoming,
+                &upstream,
+                payload,
+                &mut ctx,
+                clients,
+                &mut journey.trail,
+            )
+            .await
+            {
+                Ok(answer) => {
+                    journey.source = Source::Service;
+                    answer
+                }
+                // Answered here so the response phases still run.
+                Err(e) => made_here(req, e.to_response(request_id)),
+            }
         }
     };
     for runtime in &ran {
         runtime.response_headers(&ctx, response.headers_mut());
-    }
-    let status = response.status().as_u16();
-    for runtime in &ran {
-        runtime.log(&ctx, status);
     }
     Ok(response)
 }
@@ -459,6 +683,7 @@ async fn forward<'a>(
     payload: Option<Incoming>,
     ctx: &mut RequestCtx,
     clients: &UpstreamClients,
+    trail: &mut Trail,
 ) -> Result<Answer, ProxyError> {
     let Arrival {
         req,
@@ -485,6 +710,10 @@ async fn forward<'a>(
         None => path,
     };
     let mut origin = peers.pick(0, ctx).ok_or(ProxyError::Unavailable(NO_PEER))?;
+    trail.attempt(origin);
+    if trail.wanted {
+        trail.upstream_uri = Some(target.to_string());
+    }
     // The client's authority when the route preserves it (and the client sent one).
     let host_for = |origin: &'a crate::router::UpstreamOrigin| {
         Some(sent_host.as_bytes())
@@ -558,6 +787,8 @@ async fn forward<'a>(
                 }
             })?;
         let upstream_latency = sent_at.elapsed();
+        trail.upstream_latency = Some(upstream_latency);
+        trail.upstream_status = Some(answer.status());
         let (parts, body) = answer.into_parts();
         let mut response = empty_answer(parts.status);
         *response.body_mut() = AnswerBody::Frames(body);
@@ -647,6 +878,7 @@ async fn forward<'a>(
                     origin = peers
                         .pick(attempts, ctx)
                         .ok_or(ProxyError::Unavailable(NO_PEER))?;
+                    trail.attempt(origin);
                     upstream_headers.host = host_for(origin);
                     lean_head = head_for(&upstream_headers);
                     deadline = Instant::now() + timeout;
@@ -661,6 +893,8 @@ async fn forward<'a>(
     };
     let upstream_latency = sent_at.elapsed();
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    trail.upstream_latency = Some(upstream_latency);
+    trail.upstream_status = Some(status);
     let mut response = empty_answer(status);
     *response.headers_mut() = answer.headers;
     stamp(response.headers_mut(), upstream_latency, proxy_latency);

@@ -263,6 +263,8 @@ pub struct RouterSnapshot {
     index: PathIndex,
     /// Consumers and OAuth clients, handed whole to each request's plugins.
     pub identities: Arc<Identities>,
+    /// The global plugins alone: their log phase runs for requests no route matched.
+    pub global: Arc<PluginChain>,
     /// Bumped on every rebuild.
     pub version: u64,
 }
@@ -275,6 +277,8 @@ pub struct SnapshotParts<'a> {
     pub services: &'a HashMap<Uuid, Arc<Service>>,
     /// Chains by route id.
     pub chains: HashMap<Uuid, Arc<PluginChain>>,
+    /// The global plugins' chain (see [`RouterSnapshot::global`]).
+    pub global: Arc<PluginChain>,
     /// Consumers and credentials.
     pub identities: IdentityParts,
     /// Upstreams by id.
@@ -433,6 +437,7 @@ impl RouterSnapshot {
             index: PathIndex::build(&entries),
             entries,
             identities: Arc::new(Identities::build(parts.identities)),
+            global: parts.global,
             version: parts.version,
         }
     }
@@ -656,6 +661,7 @@ mod index_tests {
             routes,
             services: &services,
             chains: HashMap::new(),
+            global: Default::default(),
             identities: crate::entities::IdentityParts::default(),
             upstreams: &HashMap::new(),
             targets: &HashMap::new(),

@@ -258,6 +258,7 @@ impl Runtime {
         set_consumer(ctx, consumer, Some(credential.id));
         ctx.consumer = Some(consumer.clone());
         ctx.authenticated = true;
+        ctx.credential = Some(credential.id);
         Ok(())
     }
 

@@ -163,6 +163,7 @@ impl OAuthRuntime {
         }
         ctx.consumer = Some(consumer);
         ctx.authenticated = true;
+        ctx.credential = Some(credential.id);
         Ok(())
     }
 
