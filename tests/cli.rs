@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "support/echo_servers.rs"]
+mod echo_servers;
+
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// The binary with no `PORTCULLIS_*` variables inherited from the test environment.
@@ -645,4 +648,88 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])).ends_with("run `portcullis migrations bootstrap`\n"),
         "fresh again"
     );
+}
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[tokio::test]
+async fn a_thousand_idle_websocket_tunnels_cost_the_gateway_little_memory() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const TUNNELS: usize = 1_000;
+    let served = serve();
+    let upstream = echo_servers::spawn_ws_upstream(echo_servers::Upstream::Echo);
+    let admin = reqwest::Client::new();
+    let created = admin
+        .post(format!("{}/services", served.admin))
+        .json(&json!({ "name": "ws", "url": upstream }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created = admin
+        .post(format!("{}/services/ws/routes", served.admin))
+        .json(&json!({ "paths": ["/ws"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = served.proxy.replacen("http://", "ws://", 1) + "/ws";
+    // One tunnel first, so the worker's buffers and pools exist before the baseline.
+    let (mut warm, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    warm.send(Message::text("warm")).await.unwrap();
+    assert_eq!(warm.next().await.unwrap().unwrap(), Message::text("warm"));
+    let before = rss_kib(served.child.id());
+
+    let mut tunnels = Vec::with_capacity(TUNNELS);
+    for _ in 0..TUNNELS {
+        let (ws, response) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 101);
+        tunnels.push(ws);
+    }
+    // Every tunnel carries a message both ways, then sits idle.
+    for (i, ws) in tunnels.iter_mut().enumerate() {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for (i, ws) in tunnels.iter_mut().enumerate() {
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an echo within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, Message::text(format!("m{i}")));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rss_kib(served.child.id());
+    let per_tunnel = during.saturating_sub(before) / TUNNELS as u64;
+    println!("gateway RSS: {before} KiB before, {during} KiB with {TUNNELS} idle tunnels ({per_tunnel} KiB each)");
+    // Two sockets and two copy buffers per tunnel: a leaked buffer per message or a thread per
+    // tunnel would cost far more.
+    assert!(
+        per_tunnel <= 64,
+        "{per_tunnel} KiB per idle tunnel ({before} KiB before, {during} KiB during)"
+    );
+
+    // They all close, and the gateway goes on answering.
+    for mut ws in tunnels {
+        ws.close(None).await.unwrap();
+    }
+    let status = reqwest::get(format!("{}/nowhere", served.proxy))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
 }

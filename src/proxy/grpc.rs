@@ -4,6 +4,8 @@
 //! body, `grpc-status` mapped from the HTTP status by Kong's table, and `grpc-message`.
 
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use std::time::Duration;
+
 use http::StatusCode;
 
 use crate::body::AnswerBody;
@@ -17,6 +19,26 @@ pub fn is_grpc(req: &ClientRequest) -> bool {
 }
 
 /// Kong's `HTTP_TO_GRPC_STATUS` (kong/pdk/response.lua); anything else is 2, UNKNOWN.
+/// The call's deadline from its `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a
+/// unit, `H`, `M`, `S`, `m`, `u` or `n`). A malformed value is no deadline, as gRPC servers read it.
+pub fn client_deadline(req: &ClientRequest) -> Option<Duration> {
+    let value = req.headers().get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(amount.checked_mul(3600)?),
+        b"M" => Duration::from_secs(amount.checked_mul(60)?),
+        b"S" => Duration::from_secs(amount),
+        b"m" => Duration::from_millis(amount),
+        b"u" => Duration::from_micros(amount),
+        b"n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 fn grpc_status(status: StatusCode) -> u8 {
     match status.as_u16() {
         200 => 0,
@@ -98,6 +120,29 @@ fn percent_encoded(message: &str) -> String {
 mod tests {
     use super::*;
     use crate::plugin_api::json_answer;
+
+    fn deadline_of(value: &str) -> Option<Duration> {
+        let mut head = http::Request::new(()).into_parts().0;
+        head.headers.insert("grpc-timeout", value.parse().unwrap());
+        let peer = "127.0.0.1:1".parse().unwrap();
+        client_deadline(&ClientRequest::new(head, peer, peer))
+    }
+
+    #[test]
+    fn grpc_timeouts_read_as_the_grpc_spec_writes_them() {
+        assert_eq!(deadline_of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline_of("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(deadline_of("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(deadline_of("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(deadline_of("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(
+            deadline_of("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "S", "123456789S", "10x", "-1S", "+1S", "1.5S", " 1S"] {
+            assert_eq!(deadline_of(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn refusals_map_as_kong_maps_them() {

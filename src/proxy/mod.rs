@@ -188,6 +188,8 @@ struct Trail {
     upstream_status: Option<StatusCode>,
     upstream_latency: Option<Duration>,
     tries: Vec<Try>,
+    /// The WebSocket tunnel this request opened: its log phase waits for the tunnel's end.
+    tunnel: Option<Rc<tunnel::TunnelLog>>,
 }
 
 impl Trail {
@@ -220,6 +222,7 @@ impl Journey {
     /// Watches the answer's body: once it is written (or dropped) the log phases run.
     fn hand_to_log_phase(self, incoming: &Arrival<'_>, response: &mut Answer) {
         let req = incoming.req;
+        let tunnel = self.trail.tunnel;
         let wants_headers = self.loggers.iter().any(|l| l.logs_response_headers());
         let upstream = self.trail.upstream_latency;
         let exchange = Exchange {
@@ -253,6 +256,10 @@ impl Journey {
             loggers: self.loggers,
             started: incoming.started,
         });
+        if let (Some(tunnel), StatusCode::SWITCHING_PROTOCOLS) = (tunnel, response.status()) {
+            tunnel.hand(pending);
+            return;
+        }
         let body = std::mem::replace(response.body_mut(), AnswerBody::Empty);
         *response.body_mut() = body.watch(pending);
     }
@@ -263,6 +270,14 @@ struct PendingLog {
     exchange: Exchange,
     loggers: Vec<Arc<dyn PluginRuntime>>,
     started: Instant,
+}
+
+impl PendingLog {
+    /// A WebSocket tunnel closed: the exchange counts the bytes carried each way.
+    fn tunnel_closed(mut self: Box<Self>, to_upstream: u64, to_client: u64) {
+        self.exchange.request_size += to_upstream;
+        self.finish(to_client, true);
+    }
 }
 
 impl Finish for PendingLog {
@@ -777,6 +792,11 @@ async fn forward<'a>(
             .headers_mut()
             .insert(http::header::TE, HeaderValue::from_static("trailers"));
         *request.version_mut() = Version::HTTP_2;
+        // The client's deadline bounds the wait as well: past it nobody reads the answer, and
+        // the client gets DEADLINE_EXCEEDED (a 504) from here instead of a late answer.
+        if let Some(left) = grpc::client_deadline(req) {
+            deadline = deadline.min(sent_at + left);
+        }
         let verify = service.tls_verify == Some(true);
         let answer = Box::pin(clients.send_grpc(request, verify, deadline))
             .await
@@ -821,7 +841,12 @@ async fn forward<'a>(
             verify: service.tls_verify == Some(true),
             timeouts,
         };
-        let answer = tunnel::handshake(&to, request, client).await?;
+        let log = trail.wanted.then(|| {
+            let log = Rc::new(tunnel::TunnelLog::default());
+            trail.tunnel = Some(log.clone());
+            log
+        });
+        let answer = tunnel::handshake(&to, request, client, log).await?;
         upstream::answer_of(answer, false, timeouts.read)
     } else {
         loop {

@@ -63,6 +63,7 @@ pub async fn handshake(
     to: &Destination<'_>,
     mut request: http::Request<Empty<Bytes>>,
     client: OnUpgrade,
+    log: Option<Rc<TunnelLog>>,
 ) -> Result<http::Response<hyper::body::Incoming>, ProxyError> {
     let headers = request.headers_mut();
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -97,7 +98,12 @@ pub async fn handshake(
     };
     if answer.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut answer);
-        tokio::task::spawn_local(splice(client, upstream, timeouts.read));
+        tokio::task::spawn_local(async move {
+            let (to_upstream, to_client) = splice(client, upstream, timeouts.read).await;
+            if let Some(log) = log {
+                log.closed(to_upstream, to_client);
+            }
+        });
     }
     Ok(answer)
 }
@@ -125,35 +131,63 @@ where
         .map_err(|e| ProxyError::BadGateway(format!("websocket upstream: {e}")))
 }
 
-/// Copies bytes both ways until both sides have closed, or neither sent anything for `idle`.
-async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+/// Copies bytes both ways until both sides have closed, or neither sent anything for `idle`;
+/// returns the bytes carried (client to upstream, upstream to client).
+async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) -> (u64, u64) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(e) => {
             tracing::debug!(error = %e, "websocket upgrade did not complete");
-            return;
+            return (0, 0);
         }
     };
     let last = Rc::new(Cell::new(Instant::now()));
-    let mut client = Active::new(TokioIo::new(client), last.clone());
-    let mut upstream = Active::new(TokioIo::new(upstream), last.clone());
+    let (from_client, from_upstream) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    let mut client = Active::new(TokioIo::new(client), last.clone(), from_client.clone());
+    let mut upstream = Active::new(TokioIo::new(upstream), last.clone(), from_upstream.clone());
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
     loop {
         let quiet_until = last.get() + idle;
         tokio::select! {
             done = &mut copy => {
-                if let Err(e) = done {
+                if let Err(e) = &done {
                     tracing::debug!(error = %e, "websocket tunnel ended with an error");
                 }
-                return;
+                return done.unwrap_or((from_client.get(), from_upstream.get()));
             }
             () = tokio::time::sleep_until(quiet_until) => {
                 if last.get() + idle <= Instant::now() {
                     tracing::debug!(?idle, "websocket tunnel idle; closing both sides");
-                    return;
+                    return (from_client.get(), from_upstream.get());
                 }
             }
+        }
+    }
+}
+
+/// A tunnel's log phase: it runs when the tunnel closes, with the bytes it carried, whichever
+/// comes first of the close and the proxy handing over the pending log.
+#[derive(Default)]
+pub struct TunnelLog {
+    pending: Cell<Option<Box<super::PendingLog>>>,
+    closed: Cell<Option<(u64, u64)>>,
+}
+
+impl TunnelLog {
+    /// The tunnel closed after carrying these bytes.
+    fn closed(&self, to_upstream: u64, to_client: u64) {
+        match self.pending.take() {
+            Some(pending) => pending.tunnel_closed(to_upstream, to_client),
+            None => self.closed.set(Some((to_upstream, to_client))),
+        }
+    }
+
+    /// The log phases to run when the tunnel closes.
+    pub(super) fn hand(&self, pending: Box<super::PendingLog>) {
+        match self.closed.get() {
+            Some((to_upstream, to_client)) => pending.tunnel_closed(to_upstream, to_client),
+            None => self.pending.set(Some(pending)),
         }
     }
 }
@@ -162,11 +196,13 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
 struct Active<T> {
     inner: T,
     last: Rc<Cell<Instant>>,
+    /// Bytes read from this side.
+    read: Rc<Cell<u64>>,
 }
 
 impl<T> Active<T> {
-    fn new(inner: T, last: Rc<Cell<Instant>>) -> Self {
-        Self { inner, last }
+    fn new(inner: T, last: Rc<Cell<Instant>>, read: Rc<Cell<u64>>) -> Self {
+        Self { inner, last, read }
     }
 }
 
@@ -181,6 +217,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.last.set(Instant::now());
+            this.read
+                .set(this.read.get() + (buf.filled().len() - before) as u64);
         }
         poll
     }

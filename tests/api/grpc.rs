@@ -1,8 +1,9 @@
 //! gRPC through the gateway: a tonic client and a tonic server (messages as raw bytes, so no
 //! protobuf code generation), over h2c (a plain listener with `http2`) and TLS, unary and every
-//! kind of streaming, trailers, a 10 MiB message, and an oauth2 refusal as UNAUTHENTICATED.
+//! kind of streaming, trailers, a 10 MiB message, deadlines, and an oauth2 refusal as
+//! UNAUTHENTICATED.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -178,4 +179,47 @@ async fn refusals_are_grpc_statuses() {
         .unwrap_err();
     assert_eq!(nowhere.code(), Code::NotFound);
     assert_eq!(nowhere.message(), "no Route matched with those values");
+}
+
+#[actix_web::test]
+async fn a_call_past_its_deadline_ends_deadline_exceeded_and_the_connection_serves_on() {
+    let app = gateway().await;
+    let mut grpc = client(&app.proxy);
+    // The client's own deadline (grpc-timeout), far shorter than the service's read_timeout.
+    grpc.ready().await.unwrap();
+    let mut call = Request::new(Bytes::from_static(b"3000"));
+    call.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let late = grpc.unary(call, method("Slow"), Raw).await.unwrap_err();
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ended at the client's deadline, not the upstream's answer: {:?}",
+        started.elapsed()
+    );
+    // A call within its deadline on the same connection.
+    let mut call = Request::new(Bytes::from_static(b"10"));
+    call.set_timeout(Duration::from_secs(5));
+    grpc.ready().await.unwrap();
+    let answer = grpc.unary(call, method("Slow"), Raw).await.unwrap();
+    assert_eq!(answer.into_inner(), Bytes::from_static(b"10"));
+
+    // Without a client deadline, the service's timeouts bound the call.
+    let (s, b) = app
+        .admin_patch(
+            "/services/echo",
+            json!({"connect_timeout": 300, "read_timeout": 300}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let late = unary(&mut grpc, "Slow", Bytes::from_static(b"3000"))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    assert_eq!(
+        unary(&mut grpc, "Unary", Bytes::from_static(b"ping"))
+            .await
+            .unwrap(),
+        Bytes::from_static(b"ping")
+    );
 }

@@ -59,7 +59,8 @@ impl Decoder for Raw {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The test service `test.Echo`: Unary, Fail (an error with a custom trailer), ServerStream
+/// The test service `test.Echo`: Unary, Fail (an error with a custom trailer), Slow (answers
+/// after the milliseconds its message names), ServerStream
 /// (three copies), ClientStream (the concatenation) and Bidi (echo each).
 #[derive(Clone)]
 struct Echo;
@@ -88,6 +89,24 @@ impl tonic::server::UnaryService<Bytes> for Fail {
                 .metadata_mut()
                 .insert("x-custom-trailer", MetadataValue::from_static("kept"));
             Err(status)
+        })
+    }
+}
+
+/// Answers after sleeping the number of milliseconds its message spells (ASCII digits).
+struct Slow;
+impl tonic::server::UnaryService<Bytes> for Slow {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<Response<Bytes>, Status>>;
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let message = request.into_inner();
+        let millis = std::str::from_utf8(&message)
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+            Ok(Response::new(message))
         })
     }
 }
@@ -153,6 +172,7 @@ where
             Ok(match request.uri().path() {
                 "/test.Echo/Unary" => grpc.unary(Unary, request).await,
                 "/test.Echo/Fail" => grpc.unary(Fail, request).await,
+                "/test.Echo/Slow" => grpc.unary(Slow, request).await,
                 "/test.Echo/ServerStream" => grpc.server_streaming(ServerStream, request).await,
                 "/test.Echo/ClientStream" => grpc.client_streaming(ClientStream, request).await,
                 "/test.Echo/Bidi" => grpc.streaming(Bidi, request).await,
