@@ -55,6 +55,7 @@ fn snapshot(n: usize) -> RouterSnapshot {
         upstreams: &HashMap::new(),
         targets: &HashMap::new(),
         rotations: &HashMap::new(),
+        health: &Default::default(),
         version: 1,
     })
 }

@@ -263,6 +263,7 @@ proptest! {
             upstreams: &HashMap::new(),
             targets: &HashMap::new(),
             rotations: &HashMap::new(),
+            health: &Default::default(),
             version: 1,
         });
         let lookup = |n: &str| (n == "x-v").then(|| header.clone()).flatten();

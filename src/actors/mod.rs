@@ -2,5 +2,6 @@
 //! lifecycle (expiry sweeps) and the cluster sync (other nodes' changes → caches and snapshot).
 
 pub mod cluster_sync;
+pub mod health_checker;
 pub mod registry;
 pub mod token_lifecycle;

@@ -20,6 +20,7 @@ use portcullis_stores::{ConfigStore, Document, EntityDef, StoreError, TokenStore
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::health_checker::{HealthChecker, Probe, Stop};
 use crate::entities::upstreams::{Target, Upstream};
 use crate::entities::{
     AclMembership, Consumer, IdentityParts, KeyAuthCredential, OAuthCredential, PluginInstance,
@@ -29,6 +30,7 @@ use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
 use crate::router::balancer::Rotation;
+use crate::router::health::HealthBook;
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
 };
@@ -171,6 +173,10 @@ pub struct ConfigRegistry {
     snapshot: Arc<ArcSwap<RouterSnapshot>>,
     mirror: Mirror,
     rotations: Rotations,
+    /// The targets' health, kept across snapshots.
+    health: Arc<HealthBook>,
+    /// The running active checkers, by upstream, with the configuration each was started for.
+    checkers: HashMap<Uuid, (String, Addr<HealthChecker>)>,
     version: u64,
 }
 
@@ -189,6 +195,8 @@ impl ConfigRegistry {
             snapshot,
             mirror: Mirror::default(),
             rotations: Rotations::default(),
+            health: Arc::default(),
+            checkers: HashMap::new(),
             version: 0,
         }
     }
@@ -304,6 +312,84 @@ impl ConfigRegistry {
             .collect()
     }
 
+    /// Starts an active checker for each upstream whose checks have an interval, and stops
+    /// those whose upstream, checks or targets changed.
+    fn run_checkers(&mut self) {
+        let mut wanted: HashMap<Uuid, (String, HealthChecker)> = HashMap::new();
+        for upstream in self.mirror.upstreams.values() {
+            let active = &upstream.healthchecks.active;
+            if active.healthy.interval <= 0.0 && active.unhealthy.interval <= 0.0 {
+                continue;
+            }
+            let mut targets: Vec<&Target> = self
+                .mirror
+                .targets
+                .values()
+                .filter(|t| t.upstream.id == upstream.id && t.weight > 0)
+                .map(|t| &**t)
+                .collect();
+            targets.sort_by(|a, b| a.target.cmp(&b.target));
+            let fingerprint = format!(
+                "{:?}|{:?}|{}",
+                upstream.healthchecks,
+                upstream.host_header,
+                targets
+                    .iter()
+                    .map(|t| t.target.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            if self
+                .checkers
+                .get(&upstream.id)
+                .is_some_and(|(running, _)| *running == fingerprint)
+            {
+                continue;
+            }
+            let probes = targets
+                .iter()
+                .filter_map(|t| {
+                    let address = t.address().ok()?;
+                    let port = address
+                        .port
+                        .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
+                    Some(Probe {
+                        target: t.target.clone(),
+                        host_header: upstream
+                            .host_header
+                            .clone()
+                            .unwrap_or_else(|| format!("{}:{port}", address.host)),
+                        host: address.host,
+                        port,
+                        health: self.health.of(upstream.id, &t.target),
+                    })
+                })
+                .collect();
+            wanted.insert(
+                upstream.id,
+                (
+                    fingerprint,
+                    HealthChecker::new(upstream.name.clone(), active.clone(), probes),
+                ),
+            );
+        }
+        self.checkers.retain(|id, (fingerprint, addr)| {
+            let keep = !wanted.contains_key(id)
+                && self.mirror.upstreams.get(id).is_some_and(|u| {
+                    u.healthchecks.active.healthy.interval > 0.0
+                        || u.healthchecks.active.unhealthy.interval > 0.0
+                });
+            if !keep {
+                tracing::debug!(upstream = %id, %fingerprint, "active health checker stopped");
+                addr.do_send(Stop);
+            }
+            keep
+        });
+        for (id, (fingerprint, checker)) in wanted {
+            self.checkers.insert(id, (fingerprint, checker.start()));
+        }
+    }
+
     fn publish(&mut self) {
         self.version += 1;
         let services = &self.mirror.services;
@@ -311,6 +397,19 @@ impl ConfigRegistry {
         for id in services.keys() {
             self.rotations.entry(*id).or_default();
         }
+        self.run_checkers();
+        let mut live: HashMap<Uuid, Vec<&str>> = self
+            .mirror
+            .upstreams
+            .keys()
+            .map(|id| (*id, Vec::new()))
+            .collect();
+        for target in self.mirror.targets.values() {
+            if let Some(list) = live.get_mut(&target.upstream.id) {
+                list.push(target.target.as_str());
+            }
+        }
+        self.health.retain(&live);
         let parts = SnapshotParts {
             routes: self.mirror.routes.values().cloned().collect(),
             services: &self.mirror.services,
@@ -325,6 +424,7 @@ impl ConfigRegistry {
             upstreams: &self.mirror.upstreams,
             targets: &self.mirror.targets,
             rotations: &self.rotations,
+            health: &self.health,
             version: self.version,
         };
         self.snapshot.store(Arc::new(RouterSnapshot::build(parts)));

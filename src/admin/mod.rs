@@ -9,6 +9,7 @@ pub mod info;
 pub mod introspection;
 pub mod oauth2_tokens;
 pub mod openapi;
+pub mod upstream_health;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
@@ -233,6 +234,9 @@ pub async fn dispatch(
         _ => {}
     }
     if let Some(resp) = introspection::dispatch(st, &seg, &method).await {
+        return resp;
+    }
+    if let Some(resp) = upstream_health::dispatch(st, &seg, &method, &query).await {
         return resp;
     }
     if let Some(resp) = oauth2_tokens::dispatch(st, &seg, &method, &query, &parse).await {

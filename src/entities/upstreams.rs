@@ -693,9 +693,40 @@ fn refuse_unsupported(doc: &Map<String, Value>) -> Result<(), FieldErrors> {
             }
         }
     }
-    if let Some(given) = doc.get("healthchecks") {
-        if let Some(e) = non_default(given, &defaults_of(&HEALTHCHECKS)) {
-            errors.insert("healthchecks".into(), e);
+    if let Some(checks) = doc.get("healthchecks") {
+        let mut unsupported = Map::new();
+        for kind in ["active", "passive"] {
+            let kind_type = checks
+                .pointer(&format!("/{kind}/type"))
+                .and_then(Value::as_str);
+            if let Some(t @ ("grpc" | "grpcs")) = kind_type {
+                unsupported.insert(
+                    kind.into(),
+                    json!({"type": format!("'{t}' health checks are not supported by this gateway (supported: http, https, tcp)")}),
+                );
+            }
+        }
+        if !checks
+            .pointer("/active/https_sni")
+            .is_none_or(Value::is_null)
+        {
+            let active = unsupported.entry("active").or_insert_with(|| json!({}));
+            active["https_sni"] = json!(
+                "https_sni is not supported by this gateway: probes send the target's host name"
+            );
+        }
+        if checks
+            .get("threshold")
+            .and_then(Value::as_f64)
+            .is_some_and(|t| t != 0.0)
+        {
+            unsupported.insert(
+                "threshold".into(),
+                json!("a health threshold is not supported by this gateway: only 0 is accepted"),
+            );
+        }
+        if !unsupported.is_empty() {
+            errors.insert("healthchecks".into(), Value::Object(unsupported));
         }
     }
     if !doc.get("client_certificate").is_none_or(Value::is_null) {
@@ -714,35 +745,6 @@ fn refuse_unsupported(doc: &Map<String, Value>) -> Result<(), FieldErrors> {
         Ok(())
     } else {
         Err(errors)
-    }
-}
-
-/// The error tree naming each health-check setting that differs from Kong's default; `None`
-/// when all are defaults. Numbers compare by value (`1` equals `1.0`).
-fn non_default(given: &Value, default: &Value) -> Option<Value> {
-    match (given, default) {
-        (Value::Object(g), Value::Object(d)) => {
-            let mut errors = Map::new();
-            for (k, dv) in d {
-                let gv = g.get(k).unwrap_or(&Value::Null);
-                if let Some(e) = non_default(gv, dv) {
-                    errors.insert(k.clone(), e);
-                }
-            }
-            (!errors.is_empty()).then_some(Value::Object(errors))
-        }
-        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
-        (Value::Array(a), Value::Array(b))
-            if a.len() == b.len()
-                && a.iter().zip(b).all(|(x, y)| non_default(x, y).is_none()) =>
-        {
-            None
-        }
-        (g, d) if g == d => None,
-        (_, d) => Some(json!(format!(
-            "health checks are not supported by this gateway yet: only the default ({}) is accepted",
-            if d.is_null() { "null".to_string() } else { d.to_string() }
-        ))),
     }
 }
 
@@ -796,6 +798,106 @@ pub struct Upstream {
     pub slots: u32,
     /// `Host` sent to the targets instead of the target's own name.
     pub host_header: Option<String>,
+    /// How the targets' health is checked.
+    #[serde(default)]
+    pub healthchecks: HealthChecks,
+}
+
+/// An upstream's `healthchecks` (Kong's record; every field has Kong's default).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HealthChecks {
+    /// Probes sent by the gateway on an interval.
+    #[serde(default)]
+    pub active: ActiveChecks,
+    /// Outcomes of proxied requests (the circuit breaker).
+    #[serde(default)]
+    pub passive: PassiveChecks,
+}
+
+/// What a check looks at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    /// Connections only: any answer is a success.
+    Tcp,
+    /// HTTP statuses over plain connections.
+    #[default]
+    Http,
+    /// HTTP statuses over TLS.
+    Https,
+    /// gRPC health (refused by the schema checks of this build).
+    Grpc,
+    /// gRPC health over TLS (refused likewise).
+    Grpcs,
+}
+
+/// Kong's `healthy` / `unhealthy` records (fields absent from one of them stay 0 or empty).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Seconds between active probes of targets in this state (0: none).
+    pub interval: f64,
+    /// Statuses that count for this state.
+    pub http_statuses: Vec<u16>,
+    /// Consecutive successes that make a target healthy.
+    pub successes: u32,
+    /// Consecutive bad statuses that make a target unhealthy.
+    pub http_failures: u32,
+    /// Consecutive connection failures that make a target unhealthy.
+    pub tcp_failures: u32,
+    /// Consecutive timeouts that make a target unhealthy.
+    pub timeouts: u32,
+}
+
+/// `healthchecks.active`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ActiveChecks {
+    /// What the probe looks at.
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    /// Seconds a probe may take.
+    pub timeout: f64,
+    /// Probes in flight at once.
+    pub concurrency: u32,
+    /// Path probed.
+    pub http_path: String,
+    /// Verify the target's certificate (`https`).
+    pub https_verify_certificate: bool,
+    /// Headers sent with each probe.
+    pub headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Probing healthy targets.
+    pub healthy: Counters,
+    /// Probing unhealthy targets.
+    pub unhealthy: Counters,
+}
+
+impl Default for ActiveChecks {
+    fn default() -> Self {
+        Self {
+            kind: CheckType::Http,
+            timeout: 1.0,
+            concurrency: 10,
+            http_path: "/".into(),
+            https_verify_certificate: true,
+            headers: None,
+            healthy: Counters::default(),
+            unhealthy: Counters::default(),
+        }
+    }
+}
+
+/// `healthchecks.passive`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PassiveChecks {
+    /// What counts.
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    /// Outcomes that count as successes.
+    pub healthy: Counters,
+    /// Outcomes that count as failures.
+    pub unhealthy: Counters,
 }
 
 /// Typed view of a validated target.

@@ -38,6 +38,7 @@ use crate::plugin_api::{
     Source, Try,
 };
 use crate::router::balancer::{Peers, NO_PEER};
+use crate::router::health::Outcome;
 use crate::router::{upstream_path, MatchInput, RouterSnapshot};
 use server::Connection;
 use upstream::{SendError, UpstreamClients};
@@ -798,14 +799,18 @@ async fn forward<'a>(
             deadline = deadline.min(sent_at + left);
         }
         let verify = service.tls_verify == Some(true);
-        let answer = Box::pin(clients.send_grpc(request, verify, deadline))
-            .await
-            .map_err(|e| match e {
-                SendError::Timeout => ProxyError::Timeout,
-                SendError::Connect(detail) | SendError::Failed(detail) => {
-                    ProxyError::BadGateway(detail)
-                }
-            })?;
+        let answer = Box::pin(clients.send_grpc(request, verify, deadline)).await;
+        origin.report(match &answer {
+            Ok(answer) => Outcome::Status(answer.status().as_u16()),
+            Err(SendError::Timeout) => Outcome::Timeout,
+            Err(_) => Outcome::TcpFailure,
+        });
+        let answer = answer.map_err(|e| match e {
+            SendError::Timeout => ProxyError::Timeout,
+            SendError::Connect(detail) | SendError::Failed(detail) => {
+                ProxyError::BadGateway(detail)
+            }
+        })?;
         let upstream_latency = sent_at.elapsed();
         trail.upstream_latency = Some(upstream_latency);
         trail.upstream_status = Some(answer.status());
@@ -894,6 +899,11 @@ async fn forward<'a>(
                 // The client stalled, not the upstream (whose connection the failure closed).
                 return Err(ProxyError::ClientTimeout);
             }
+            origin.report(match &outcome {
+                Ok(answer) => Outcome::Status(answer.status),
+                Err(SendError::Timeout) => Outcome::Timeout,
+                Err(SendError::Connect(_) | SendError::Failed(_)) => Outcome::TcpFailure,
+            });
             match outcome {
                 Ok(answer) => break answer,
                 Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::health::{HealthBook, UpstreamChecks};
 use super::UpstreamOrigin;
 use crate::entities::upstreams::{AddressKind, Target, Upstream};
 use crate::entities::Service;
@@ -86,11 +87,16 @@ pub struct Peers<'a> {
 impl Destinations {
     /// The destinations of `service`: balanced when an upstream of `upstreams` (by name) has its
     /// host as name, rotating with `rotation`.
-    pub fn of(service: &Service, upstreams: &UpstreamIndex<'_>, rotation: Arc<Rotation>) -> Self {
+    pub fn of(
+        service: &Service,
+        upstreams: &UpstreamIndex<'_>,
+        health: &HealthBook,
+        rotation: Arc<Rotation>,
+    ) -> Self {
         match upstreams.get(service.host.as_str()) {
-            Some((upstream, targets)) => {
-                Self::Balanced(Balancer::build(service, upstream, targets, rotation))
-            }
+            Some((upstream, targets)) => Self::Balanced(Balancer::build(
+                service, upstream, targets, health, rotation,
+            )),
             None => Self::Fixed(UpstreamOrigin::of(service)),
         }
     }
@@ -148,8 +154,10 @@ impl Balancer {
         service: &Service,
         upstream: &Upstream,
         targets: &[&Target],
+        health: &HealthBook,
         rotation: Arc<Rotation>,
     ) -> Self {
+        let checks = UpstreamChecks::of(&upstream.healthchecks);
         let mut origins = Vec::new();
         let mut weights = Vec::new();
         let mut keys = Vec::new();
@@ -166,13 +174,13 @@ impl Balancer {
                 _ => address.host.clone(),
             };
             let host_name = upstream.host_header.as_deref().unwrap_or(&url_host);
-            origins.push(UpstreamOrigin::new(
-                &service.protocol,
-                &address.host,
-                &url_host,
-                host_name,
-                port,
-            ));
+            let mut origin =
+                UpstreamOrigin::new(&service.protocol, &address.host, &url_host, host_name, port);
+            // Always read: a target set unhealthy through the admin API gets no traffic even
+            // with the checks off.
+            origin.health = Some(health.of(upstream.id, &target.target));
+            origin.passive.clone_from(&checks.passive);
+            origins.push(origin);
             weights.push(u64::from(target.weight));
             let mut h = Fnv::default();
             h.write(target.target.as_bytes());
@@ -211,7 +219,14 @@ impl Balancer {
         };
         let first = usize::try_from(slot).ok()?;
         let step = usize::try_from(attempt).ok()?;
-        self.origins.get((first + step) % self.origins.len())
+        let count = self.origins.len();
+        // The `attempt`-th healthy target from the chosen one on: unhealthy targets get nothing,
+        // and each retry moves to another healthy one.
+        (0..count)
+            .filter_map(|k| self.origins.get((first + k) % count))
+            .filter(|o| o.health.as_ref().is_none_or(|h| h.is_healthy()))
+            .cycle()
+            .nth(step)
     }
 }
 

@@ -9,6 +9,7 @@
 //! targets) into the same snapshot.
 
 pub mod balancer;
+pub mod health;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -265,6 +266,8 @@ pub struct RouterSnapshot {
     pub identities: Arc<Identities>,
     /// The global plugins alone: their log phase runs for requests no route matched.
     pub global: Arc<PluginChain>,
+    /// The targets' health (for the admin API's `/upstreams/{u}/health`).
+    pub health: Arc<health::HealthBook>,
     /// Bumped on every rebuild.
     pub version: u64,
 }
@@ -288,6 +291,8 @@ pub struct SnapshotParts<'a> {
     /// Each service's round-robin position, carried across snapshots (a service without one
     /// starts at 0).
     pub rotations: &'a HashMap<Uuid, Arc<balancer::Rotation>>,
+    /// The targets' health, carried across snapshots.
+    pub health: &'a Arc<health::HealthBook>,
     /// Version number.
     pub version: u64,
 }
@@ -310,6 +315,11 @@ pub struct UpstreamOrigin {
     pub host: Option<HeaderValue>,
     /// Whether the upstream speaks TLS.
     pub tls: bool,
+    /// The target's health, when it belongs to an upstream.
+    pub health: Option<Arc<health::TargetHealth>>,
+    /// The upstream's passive checks, when they can fail a target: the proxy reports each
+    /// outcome under them.
+    pub passive: Option<Arc<health::Rules>>,
     /// Host name or address to connect to.
     pub connect_host: String,
     /// Port to connect to.
@@ -317,6 +327,20 @@ pub struct UpstreamOrigin {
 }
 
 impl UpstreamOrigin {
+    /// Counts a proxied request's outcome under the upstream's passive checks (nothing when
+    /// they are off).
+    pub fn report(&self, outcome: health::Outcome) {
+        if let (Some(health), Some(rules)) = (&self.health, &self.passive) {
+            if let Some(healthy) = health.record(outcome, rules) {
+                tracing::warn!(
+                    target = %format_args!("{}:{}", self.connect_host, self.port),
+                    healthy,
+                    "passive health check changed the target's state"
+                );
+            }
+        }
+    }
+
     /// The origin of `service`.
     pub fn of(service: &Service) -> Self {
         Self::new(
@@ -354,6 +378,8 @@ impl UpstreamOrigin {
             tls: scheme.is_https(),
             connect_host: connect_host.to_string(),
             port,
+            health: None,
+            passive: None,
         }
     }
 }
@@ -379,6 +405,7 @@ impl RouterSnapshot {
                                 destinations: Destinations::of(
                                     s,
                                     &upstreams,
+                                    parts.health,
                                     parts.rotations.get(&s.id).cloned().unwrap_or_default(),
                                 ),
                             })
@@ -438,6 +465,7 @@ impl RouterSnapshot {
             entries,
             identities: Arc::new(Identities::build(parts.identities)),
             global: parts.global,
+            health: parts.health.clone(),
             version: parts.version,
         }
     }
@@ -666,6 +694,7 @@ mod index_tests {
             upstreams: &HashMap::new(),
             targets: &HashMap::new(),
             rotations: &HashMap::new(),
+            health: &Default::default(),
             version: 1,
         });
         assert!(snapshot.entries.len() > super::INDEX_THRESHOLD);

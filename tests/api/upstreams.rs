@@ -8,12 +8,15 @@
 //! Deliberate differences from Kong, each asserted as such (the README lists them):
 //! - hashing on a cookie or a URI capture, and the `least-connections` and `latency` algorithms,
 //!   are not implemented and are refused by name: U3 asserts that refusal instead of Kong's 201;
-//! - health checks are not implemented: Kong's defaults (which disable them) are accepted and
-//!   returned, any other setting is refused (U22).
+//! - gRPC health checks, `https_sni` and a non-zero `healthchecks.threshold` are refused by name
+//!   (U22).
 //!
-//! Not ported, and why: the `/upstreams/{u}/health` cases and the
-//! `/upstreams/{u}/targets/{t}/(un)healthy` cases (they need health checks and DNS mocks);
-//! *healthcheck endpoints not included in /endpoints* (hybrid mode).
+//! Health checks (H…): passive (a target answering the unhealthy statuses, or refusing
+//! connections, stops getting traffic at the threshold), active (probes take a target out and
+//! bring it back), and `/upstreams/{u}/health` with `…/targets/{t}/(un)healthy`.
+//!
+//! Not ported, and why: Kong's `/upstreams/{u}/health` cases that resolve names through its DNS
+//! mocks; *healthcheck endpoints not included in /endpoints* (hybrid mode).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -178,7 +181,11 @@ on_every_store!(
     u19_deletes_by_id_by_name_and_with_targets,
     u20_returns_405_on_invalid_method,
     u21_page_size_1,
-    u22_health_checks_other_than_the_defaults_are_refused,
+    u22_health_checks_this_build_cannot_run_are_refused,
+    h1_passive_checks_stop_traffic_to_a_failing_target_at_the_threshold,
+    h2_passive_tcp_failures_are_retried_and_the_dead_target_gets_none,
+    h3_active_checks_take_a_target_out_and_bring_it_back,
+    h4_targets_set_unhealthy_by_hand_get_no_traffic,
     t1_targets_collection_is_not_found,
     t2_t3_t4_creates_targets,
     t5_handles_malformed_json_body,
@@ -801,47 +808,55 @@ async fn u21_page_size_1(store: Store) {
     assert!(json["offset"].is_string());
 }
 
-/// U22 (not Kong's): health checks are not implemented, so Kong's defaults (checks off) round-trip
-/// and any other setting is refused, naming the setting and its default; nothing is stored.
-async fn u22_health_checks_other_than_the_defaults_are_refused(store: Store) {
+/// U22 (not Kong's): the health-check settings this build does not honour are refused by name
+/// (gRPC checks, `https_sni`, a non-zero `threshold`); Kong's defaults round-trip, and checks with
+/// intervals and thresholds are stored as given.
+async fn u22_health_checks_this_build_cannot_run_are_refused(store: Store) {
     let app = app(store).await;
     let u = bp_upstream(&app, json!({})).await;
+    let id = u["id"].as_str().unwrap().to_string();
     let defaults = u["healthchecks"].clone();
     // decK sends back what it read: accepted.
     let (s, again) = app
         .admin_patch(
-            &format!("/upstreams/{}", u["id"].as_str().unwrap()),
+            &format!("/upstreams/{id}"),
             json!({"healthchecks": defaults}),
         )
         .await;
     assert_eq!(s, 200, "{again}");
     assert_eq!(again["healthchecks"], defaults);
-    // Kong's own spec turns passive checks on this way: refused.
+    // Kong's own spec turns passive checks on this way: stored.
     let (s, json) = app
         .admin_patch(
-            &format!("/upstreams/{}", u["id"].as_str().unwrap()),
+            &format!("/upstreams/{id}"),
             json!({"healthchecks": {"passive": {"healthy": {"successes": 1},
                    "unhealthy": {"tcp_failures": 1, "http_failures": 1, "timeouts": 1}}}}),
         )
         .await;
-    assert_eq!(s, 400, "{json}");
-    let off =
-        "health checks are not supported by this gateway yet: only the default (0) is accepted";
+    assert_eq!(s, 200, "{json}");
     assert_eq!(
-        json["fields"],
-        json!({"healthchecks": {"passive": {"healthy": {"successes": off},
-               "unhealthy": {"tcp_failures": off, "http_failures": off, "timeouts": off}}}})
+        json["healthchecks"]["passive"]["unhealthy"]["tcp_failures"],
+        1
     );
+    assert_eq!(json["healthchecks"]["passive"]["healthy"]["successes"], 1);
     let (s, json) = app
         .admin_post(
             "/upstreams",
-            json!({"name": "checked", "healthchecks": {"active": {"healthy": {"interval": 1}}}}),
+            json!({"name": "checked", "healthchecks": {"active": {"type": "grpc", "https_sni": "a.test"}, "threshold": 50}}),
         )
         .await;
-    assert_eq!(s, 400);
+    assert_eq!(s, 400, "{json}");
     assert_eq!(
-        json["fields"]["healthchecks"]["active"]["healthy"]["interval"],
-        off
+        json["fields"]["healthchecks"]["active"]["type"],
+        "'grpc' health checks are not supported by this gateway (supported: http, https, tcp)"
+    );
+    assert!(json["fields"]["healthchecks"]["active"]["https_sni"]
+        .as_str()
+        .unwrap()
+        .contains("not supported"));
+    assert_eq!(
+        json["fields"]["healthchecks"]["threshold"],
+        "a health threshold is not supported by this gateway: only 0 is accepted"
     );
     let (s, json) = app
         .admin_post("/upstreams", json!({"name": "srv", "use_srv_name": true}))
@@ -851,10 +866,6 @@ async fn u22_health_checks_other_than_the_defaults_are_refused(store: Store) {
         .as_str()
         .unwrap()
         .contains("not supported"));
-    let (_, stored) = app
-        .admin_get(&format!("/upstreams/{}", u["id"].as_str().unwrap()))
-        .await;
-    assert_eq!(stored["healthchecks"], defaults);
     assert_eq!(app.count("upstreams").await, 1);
 }
 
@@ -1730,4 +1741,322 @@ async fn b6_target_changes_reach_the_other_node() {
         || async { (status(&other).await == 503).then_some(()) },
     )
     .await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Health checks
+// ------------------------------------------------------------------------------------------------
+
+/// A backend whose every answer has the status in `status` (a probe of `/health` included), and
+/// that counts the requests other than probes in `hits`.
+struct Switchable {
+    port: u16,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn spawn_switchable(status: u16) -> Switchable {
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (answer, hits) = (
+        Arc::new(AtomicU16::new(status)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (a, h) = (answer.clone(), hits.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (a, h) = (a.clone(), h.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (a, h) = (a.clone(), h.clone());
+                            async move {
+                                if req.uri().path() != "/health" {
+                                    h.fetch_add(1, Ordering::SeqCst);
+                                }
+                                let mut answer = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from_static(b"{}"),
+                                ));
+                                *answer.status_mut() =
+                                    hyper::StatusCode::from_u16(a.load(Ordering::SeqCst)).unwrap();
+                                Ok::<_, std::convert::Infallible>(answer)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    Switchable {
+        port,
+        status: answer,
+        hits,
+    }
+}
+
+impl Switchable {
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn answer(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// `target`'s `health` in `/upstreams/{upstream}/health`.
+async fn health_of(app: &TestApp, upstream: &str, target: &str) -> String {
+    let (s, body) = app
+        .admin_get(&format!("/upstreams/{upstream}/health"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body["node_id"].is_string(), "{body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target)
+        .map(|t| text(&t["health"]))
+        .unwrap_or_else(|| panic!("{target} in {body}"))
+}
+
+/// H1: passive checks with `http_failures = 2` on a target that answers 500: it gets exactly
+/// two requests (the two failures), then none; the healthy one takes the rest; the health
+/// endpoint shows each state.
+async fn h1_passive_checks_stop_traffic_to_a_failing_target_at_the_threshold(store: Store) {
+    let app = app(store).await;
+    let (good, sick) = (spawn_switchable(200), spawn_switchable(500));
+    let upstream = bp_upstream(
+        &app,
+        json!({"name": "passive.test", "healthchecks": {"passive": {"unhealthy": {"http_failures": 2}}}}),
+    )
+    .await;
+    bp_target(&app, &upstream, &good.target(), 100).await;
+    bp_target(&app, &upstream, &sick.target(), 100).await;
+    balanced_service(&app, "passive.test", 5).await;
+    assert_eq!(
+        health_of(&app, "passive.test", &sick.target()).await,
+        "HEALTHY"
+    );
+
+    let mut statuses = HashMap::<u16, usize>::new();
+    for _ in 0..40 {
+        let status = app.proxy_get("/lb/x").await.status().as_u16();
+        *statuses.entry(status).or_default() += 1;
+    }
+    assert_eq!(
+        sick.hits(),
+        2,
+        "the failing target got no request after its second failure"
+    );
+    assert_eq!(statuses, HashMap::from([(200, 38), (500, 2)]));
+    assert_eq!(good.hits(), 38);
+    assert_eq!(
+        health_of(&app, "passive.test", &sick.target()).await,
+        "UNHEALTHY"
+    );
+    assert_eq!(
+        health_of(&app, "passive.test", &good.target()).await,
+        "HEALTHY"
+    );
+    // Passive checks alone never bring it back (it gets no traffic): the admin API does.
+    sick.answer(200);
+    let (s, _) = app
+        .admin_post(
+            &format!("/upstreams/passive.test/targets/{}/healthy", sick.target()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 204);
+    for _ in 0..10 {
+        assert_eq!(app.proxy_get("/lb/x").await.status(), 200);
+    }
+    assert_eq!(sick.hits(), 7, "back in the rotation: every other request");
+}
+
+/// H2: a target where nothing listens, under a load of 400 requests 16 at a time: with passive
+/// `tcp_failures = 1` and retries, no request fails, every answer comes from the live target, and
+/// the dead one is marked unhealthy (so later requests skip it instead of retrying).
+async fn h2_passive_tcp_failures_are_retried_and_the_dead_target_gets_none(store: Store) {
+    let app = app(store).await;
+    let live = spawn_upstream();
+    let upstream = bp_upstream(
+        &app,
+        json!({"name": "doomed.test", "healthchecks": {"passive": {"unhealthy": {"tcp_failures": 1}}}}),
+    )
+    .await;
+    bp_target(&app, &upstream, &format!("127.0.0.1:{}", live.port), 100).await;
+    let dead = dead_port();
+    bp_target(&app, &upstream, &format!("127.0.0.1:{dead}"), 100).await;
+    balanced_service(&app, "doomed.test", 2).await;
+
+    let (statuses, hosts) = spread(&app, 400).await;
+    assert_eq!(statuses, HashMap::from([(200, 400)]), "no request fails");
+    assert_eq!(
+        hosts,
+        HashMap::from([(format!("127.0.0.1:{}", live.port), 400)])
+    );
+    assert_eq!(
+        health_of(&app, "doomed.test", &format!("127.0.0.1:{dead}")).await,
+        "UNHEALTHY"
+    );
+}
+
+/// H3: active checks probing `/health` every 0.2 s: a target whose probe answers 500 is taken
+/// out (after `http_failures = 2` probes) and gets no traffic; when the probe answers 200 again it
+/// is brought back (after `successes = 2`) and gets its share again.
+async fn h3_active_checks_take_a_target_out_and_bring_it_back(store: Store) {
+    let app = app(store).await;
+    let (a, b) = (spawn_switchable(200), spawn_switchable(200));
+    let upstream = bp_upstream(
+        &app,
+        json!({"name": "active.test", "healthchecks": {"active": {
+            "http_path": "/health", "timeout": 1,
+            "healthy": {"interval": 0.2, "successes": 2},
+            "unhealthy": {"interval": 0.2, "http_failures": 2}}}}),
+    )
+    .await;
+    bp_target(&app, &upstream, &a.target(), 100).await;
+    bp_target(&app, &upstream, &b.target(), 100).await;
+    balanced_service(&app, "active.test", 0).await;
+
+    b.answer(503);
+    eventually(
+        Duration::from_secs(10),
+        "the probes mark b unhealthy",
+        || async {
+            (health_of(&app, "active.test", &b.target()).await == "UNHEALTHY").then_some(())
+        },
+    )
+    .await;
+    let before = b.hits();
+    for _ in 0..20 {
+        assert_eq!(app.proxy_get("/lb/x").await.status(), 200);
+    }
+    assert_eq!(b.hits(), before, "an unhealthy target gets no traffic");
+
+    b.answer(200);
+    eventually(
+        Duration::from_secs(10),
+        "the probes bring b back",
+        || async { (health_of(&app, "active.test", &b.target()).await == "HEALTHY").then_some(()) },
+    )
+    .await;
+    let before = b.hits();
+    for _ in 0..20 {
+        assert_eq!(app.proxy_get("/lb/x").await.status(), 200);
+    }
+    assert_eq!(b.hits() - before, 10, "back in the rotation");
+}
+
+/// H4: with the checks off, `…/unhealthy` takes a target out (its health reads UNHEALTHY; the
+/// healthy one reads HEALTHCHECKS_OFF); both out is Kong's 503; `…/healthy` brings one back.
+/// Unknown upstreams and targets are 404, other methods 405.
+async fn h4_targets_set_unhealthy_by_hand_get_no_traffic(store: Store) {
+    let app = app(store).await;
+    let (a, b) = (spawn_switchable(200), spawn_switchable(200));
+    let upstream = bp_upstream(&app, json!({"name": "manual.test"})).await;
+    bp_target(&app, &upstream, &a.target(), 100).await;
+    let b_row = bp_target(&app, &upstream, &b.target(), 100).await;
+    balanced_service(&app, "manual.test", 0).await;
+
+    let (s, _) = app
+        .admin_post(
+            &format!("/upstreams/manual.test/targets/{}/unhealthy", b.target()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        health_of(&app, "manual.test", &b.target()).await,
+        "UNHEALTHY"
+    );
+    assert_eq!(
+        health_of(&app, "manual.test", &a.target()).await,
+        "HEALTHCHECKS_OFF"
+    );
+    for _ in 0..10 {
+        assert_eq!(app.proxy_get("/lb/x").await.status(), 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (10, 0));
+
+    // By id as well as by target.
+    let (s, _) = app
+        .admin_post(
+            &format!(
+                "/upstreams/{}/targets/{}/unhealthy",
+                upstream["id"].as_str().unwrap(),
+                a.target()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let r = app.proxy_get("/lb/x").await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        "failure to get a peer from the ring-balancer"
+    );
+    let (s, body) = app
+        .admin_get("/upstreams/manual.test/health?balancer_health=1")
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["data"]["health"], "UNHEALTHY", "{body}");
+
+    let (s, _) = app
+        .admin_post(
+            &format!(
+                "/upstreams/manual.test/targets/{}/healthy",
+                b_row["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(app.proxy_get("/lb/x").await.status(), 200);
+    assert_eq!(b.hits(), 1);
+
+    let (s, _) = app
+        .admin_post(
+            "/upstreams/manual.test/targets/10.0.0.1:80/healthy",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = app
+        .admin_post(
+            &format!("/upstreams/nowhere.test/targets/{}/healthy", a.target()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = app.admin_get("/upstreams/nowhere.test/health").await;
+    assert_eq!(s, 404);
+    let (s, _) = app
+        .admin_delete(&format!(
+            "/upstreams/manual.test/targets/{}/healthy",
+            a.target()
+        ))
+        .await;
+    assert_eq!(s, 405);
 }

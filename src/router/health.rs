@@ -1,0 +1,276 @@
+//! The health of an upstream's targets, as Kong's health checker keeps it: a target is healthy
+//! until its consecutive failures reach a threshold, then unhealthy (it gets no traffic) until its
+//! consecutive successes reach another. Two sources feed the counters: the proxy, which reports
+//! the outcome of every request it sends to a target (passive checks, Kong's circuit breaker), and
+//! the active checker (`crate::actors::health_checker`), which probes each target on an interval.
+//!
+//! One [`TargetHealth`] per target and node, made of atomics: the proxy reads and reports without
+//! a lock, the active checker and the admin API (`…/healthy`, `…/unhealthy`) write the same
+//! cells. The [`HealthBook`] keeps them across configuration changes (a new snapshot does not
+//! forget which targets are down), and every snapshot carries it for the admin API to read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use uuid::Uuid;
+
+use crate::entities::upstreams::{CheckType, Counters, HealthChecks};
+
+/// What a request (or a probe) to a target came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target answered with this status.
+    Status(u16),
+    /// The connection failed (refused, reset, broken mid-answer).
+    TcpFailure,
+    /// The target did not answer in time.
+    Timeout,
+}
+
+/// The thresholds and statuses of one kind of check (active or passive), compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// `tcp`: only connection failures and timeouts count; any answer is a success.
+    tcp_only: bool,
+    healthy_statuses: Vec<u16>,
+    successes: u32,
+    unhealthy_statuses: Vec<u16>,
+    http_failures: u32,
+    tcp_failures: u32,
+    timeouts: u32,
+}
+
+impl Rules {
+    /// The rules of `kind` with its counters.
+    pub fn new(kind: CheckType, healthy: &Counters, unhealthy: &Counters) -> Self {
+        Self {
+            tcp_only: kind == CheckType::Tcp,
+            healthy_statuses: healthy.http_statuses.clone(),
+            successes: healthy.successes,
+            unhealthy_statuses: unhealthy.http_statuses.clone(),
+            http_failures: unhealthy.http_failures,
+            tcp_failures: unhealthy.tcp_failures,
+            timeouts: unhealthy.timeouts,
+        }
+    }
+
+    /// Whether any failure can make a target unhealthy (Kong's checks are off at all zeros).
+    pub fn can_fail(&self) -> bool {
+        self.http_failures > 0 || self.tcp_failures > 0 || self.timeouts > 0
+    }
+}
+
+/// The health of one target on this node.
+#[derive(Debug)]
+pub struct TargetHealth {
+    healthy: AtomicBool,
+    successes: AtomicU32,
+    http_failures: AtomicU32,
+    tcp_failures: AtomicU32,
+    timeouts: AtomicU32,
+}
+
+impl Default for TargetHealth {
+    fn default() -> Self {
+        Self {
+            healthy: AtomicBool::new(true),
+            successes: AtomicU32::new(0),
+            http_failures: AtomicU32::new(0),
+            tcp_failures: AtomicU32::new(0),
+            timeouts: AtomicU32::new(0),
+        }
+    }
+}
+
+impl TargetHealth {
+    /// Whether the target takes traffic.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Sets the state (the admin API's `…/healthy` and `…/unhealthy`, or a threshold reached);
+    /// the counters start again.
+    pub fn set(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        for counter in [
+            &self.successes,
+            &self.http_failures,
+            &self.tcp_failures,
+            &self.timeouts,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `outcome` under `rules`; flips the state when a threshold is reached. Returns the
+    /// new state when it changed.
+    pub fn record(&self, outcome: Outcome, rules: &Rules) -> Option<bool> {
+        let success = match outcome {
+            Outcome::Status(_) if rules.tcp_only => true,
+            Outcome::Status(s) if rules.unhealthy_statuses.contains(&s) => {
+                return self.failed(&self.http_failures, rules.http_failures);
+            }
+            Outcome::Status(s) => rules.healthy_statuses.contains(&s),
+            Outcome::TcpFailure => return self.failed(&self.tcp_failures, rules.tcp_failures),
+            Outcome::Timeout => return self.failed(&self.timeouts, rules.timeouts),
+        };
+        if !success {
+            return None;
+        }
+        for counter in [&self.http_failures, &self.tcp_failures, &self.timeouts] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        let count = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.is_healthy() && rules.successes > 0 && count >= rules.successes {
+            self.set(true);
+            return Some(true);
+        }
+        None
+    }
+
+    fn failed(&self, counter: &AtomicU32, threshold: u32) -> Option<bool> {
+        self.successes.store(0, Ordering::Relaxed);
+        let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.is_healthy() && threshold > 0 && count >= threshold {
+            self.set(false);
+            return Some(false);
+        }
+        None
+    }
+}
+
+/// How one upstream's targets are checked.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamChecks {
+    /// Passive rules, when passive checks can fail a target.
+    pub passive: Option<Arc<Rules>>,
+    /// Whether active probes run.
+    pub active: bool,
+}
+
+impl UpstreamChecks {
+    /// The checks `config` turns on.
+    pub fn of(config: &HealthChecks) -> Self {
+        let passive = Rules::new(
+            config.passive.kind,
+            &config.passive.healthy,
+            &config.passive.unhealthy,
+        );
+        Self {
+            passive: passive.can_fail().then(|| Arc::new(passive)),
+            active: config.active.healthy.interval > 0.0 || config.active.unhealthy.interval > 0.0,
+        }
+    }
+
+    /// Whether any check runs (Kong's `HEALTHCHECKS_OFF` otherwise).
+    pub fn on(&self) -> bool {
+        self.passive.is_some() || self.active
+    }
+}
+
+/// The health of every target this node knows, by upstream and `host:port`, kept by the config
+/// registry across snapshots.
+#[derive(Debug, Default)]
+pub struct HealthBook {
+    targets: RwLock<HashMap<Uuid, HashMap<String, Arc<TargetHealth>>>>,
+}
+
+impl HealthBook {
+    /// The cell of `target` (`host:port`) of `upstream`, made healthy the first time. Called when
+    /// snapshots are built and by the admin API, never per request.
+    pub fn of(&self, upstream: Uuid, target: &str) -> Arc<TargetHealth> {
+        if let Some(found) = self
+            .targets
+            .read()
+            .ok()
+            .and_then(|t| t.get(&upstream).and_then(|u| u.get(target)).cloned())
+        {
+            return found;
+        }
+        let Ok(mut all) = self.targets.write() else {
+            return Arc::default();
+        };
+        all.entry(upstream)
+            .or_default()
+            .entry(target.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The cell of `target` of `upstream`, if the node has one.
+    pub fn find(&self, upstream: Uuid, target: &str) -> Option<Arc<TargetHealth>> {
+        self.targets
+            .read()
+            .ok()?
+            .get(&upstream)
+            .and_then(|u| u.get(target))
+            .cloned()
+    }
+
+    /// Forgets the targets no longer configured (`keep` lists the live ones by upstream).
+    pub fn retain(&self, keep: &HashMap<Uuid, Vec<&str>>) {
+        if let Ok(mut all) = self.targets.write() {
+            all.retain(|upstream, _| keep.contains_key(upstream));
+            for (upstream, targets) in all.iter_mut() {
+                let live = &keep[upstream];
+                targets.retain(|t, _| live.contains(&t.as_str()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            tcp_only: false,
+            healthy_statuses: vec![200],
+            successes: 2,
+            unhealthy_statuses: vec![500],
+            http_failures: 3,
+            tcp_failures: 1,
+            timeouts: 2,
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_up_to_the_threshold_make_a_target_unhealthy() {
+        let health = TargetHealth::default();
+        let rules = rules();
+        assert_eq!(health.record(Outcome::Status(500), &rules), None);
+        assert_eq!(health.record(Outcome::Status(500), &rules), None);
+        // A success in between starts the count again.
+        assert_eq!(health.record(Outcome::Status(200), &rules), None);
+        assert_eq!(health.record(Outcome::Status(500), &rules), None);
+        assert_eq!(health.record(Outcome::Status(500), &rules), None);
+        assert!(health.is_healthy());
+        assert_eq!(health.record(Outcome::Status(500), &rules), Some(false));
+        assert!(!health.is_healthy());
+        assert_eq!(health.record(Outcome::Status(200), &rules), None);
+        assert_eq!(health.record(Outcome::Status(200), &rules), Some(true));
+        assert!(health.is_healthy());
+        assert_eq!(health.record(Outcome::TcpFailure, &rules), Some(false));
+    }
+
+    #[test]
+    fn tcp_rules_count_any_answer_as_a_success_and_zero_thresholds_never_fail() {
+        let health = TargetHealth::default();
+        let tcp = Rules {
+            tcp_only: true,
+            ..rules()
+        };
+        for _ in 0..10 {
+            assert_eq!(health.record(Outcome::Status(500), &tcp), None);
+        }
+        assert!(health.is_healthy());
+        let off = Rules::default();
+        assert!(!off.can_fail());
+        for _ in 0..10 {
+            assert_eq!(health.record(Outcome::TcpFailure, &off), None);
+        }
+        assert!(health.is_healthy());
+    }
+}
