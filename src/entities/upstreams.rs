@@ -18,7 +18,12 @@ use portcullis_stores::model::entities as defs;
 pub const DEFAULT_TARGET_PORT: u16 = 8000;
 
 /// Algorithms this build balances with; Kong's others are refused by name.
-pub const SUPPORTED_ALGORITHMS: &[&str] = &["round-robin", "consistent-hashing"];
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "round-robin",
+    "consistent-hashing",
+    "least-connections",
+    "latency",
+];
 
 /// Hash inputs this build supports; Kong's `cookie` and `uri_capture` are refused by name.
 pub const SUPPORTED_HASH_ON: &[&str] = &["none", "consumer", "ip", "header", "path", "query_arg"];

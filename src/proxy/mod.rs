@@ -38,7 +38,7 @@ use crate::plugin_api::{
     Source, Try,
 };
 use crate::router::balancer::{Peers, NO_PEER};
-use crate::router::health::Outcome;
+use crate::router::health::{Outcome, TargetLoad};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot};
 use server::Connection;
 use upstream::{SendError, UpstreamClients};
@@ -799,7 +799,12 @@ async fn forward<'a>(
             deadline = deadline.min(sent_at + left);
         }
         let verify = service.tls_verify == Some(true);
+        let in_flight = origin.load.as_ref().map(TargetLoad::start);
         let answer = Box::pin(clients.send_grpc(request, verify, deadline)).await;
+        if let (Some(load), true) = (&origin.load, answer.is_ok()) {
+            load.answered(sent_at.elapsed());
+        }
+        drop(in_flight);
         origin.report(match &answer {
             Ok(answer) => Outcome::Status(answer.status().as_u16()),
             Err(SendError::Timeout) => Outcome::Timeout,
@@ -855,6 +860,8 @@ async fn forward<'a>(
         upstream::answer_of(answer, false, timeouts.read)
     } else {
         loop {
+            let in_flight = origin.load.as_ref().map(TargetLoad::start);
+            let tried_at = origin.load.is_some().then(Instant::now);
             let outcome = match &lean_head {
                 Some(head) => {
                     let to = http1::Destination {
@@ -904,6 +911,10 @@ async fn forward<'a>(
                 Err(SendError::Timeout) => Outcome::Timeout,
                 Err(SendError::Connect(_) | SendError::Failed(_)) => Outcome::TcpFailure,
             });
+            if let (Some(load), Some(at), true) = (&origin.load, tried_at, outcome.is_ok()) {
+                load.answered(at.elapsed());
+            }
+            drop(in_flight);
             match outcome {
                 Ok(answer) => break answer,
                 Err(SendError::Connect(detail)) if attempts < service.retries && !streams_body => {

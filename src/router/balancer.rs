@@ -42,6 +42,18 @@ pub enum Destinations {
     Balanced(Balancer),
 }
 
+/// What a balancer chooses by besides the wheel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// The wheel (round-robin), or the hash table when the request has a key.
+    Rotation,
+    /// The target with the fewest requests in flight for its weight (`least-connections`).
+    LeastConnections,
+    /// The target with the lowest decaying average answer time, weighed by its requests in
+    /// flight (`latency`, a peak-EWMA choice).
+    Latency,
+}
+
 /// How one service balances over its upstream's targets: the round-robin wheel and, for
 /// consistent hashing, the hash table.
 pub struct Balancer {
@@ -54,6 +66,10 @@ pub struct Balancer {
     next: Arc<Rotation>,
     /// Consistent hashing, when the upstream's algorithm is `consistent-hashing`.
     hashing: Option<Hashing>,
+    /// The algorithm's choice.
+    choice: Choice,
+    /// Each origin's weight (for `least-connections`).
+    weights: Vec<u64>,
 }
 
 /// One input of consistent hashing (Kong's `hash_on` values this build supports).
@@ -180,6 +196,9 @@ impl Balancer {
             // with the checks off.
             origin.health = Some(health.of(upstream.id, &target.target));
             origin.passive.clone_from(&checks.passive);
+            if upstream.algorithm == "least-connections" || upstream.algorithm == "latency" {
+                origin.load = Some(health.load_of(upstream.id, &target.target));
+            }
             origins.push(origin);
             weights.push(u64::from(target.weight));
             let mut h = Fnv::default();
@@ -199,11 +218,18 @@ impl Balancer {
                 upstream.hash_fallback_query_arg.as_deref(),
             ),
         });
+        let choice = match upstream.algorithm.as_str() {
+            "least-connections" => Choice::LeastConnections,
+            "latency" => Choice::Latency,
+            _ => Choice::Rotation,
+        };
         Self {
             wheel: wheel(&weights),
             origins,
             next: rotation,
             hashing,
+            choice,
+            weights,
         }
     }
 
@@ -213,9 +239,10 @@ impl Balancer {
             let slot = usize::try_from(key % h.table.len().max(1) as u64).ok()?;
             h.table.get(slot).copied()
         });
-        let slot = match hashed {
-            Some(slot) => slot,
-            None => *self.wheel.get(ticket % self.wheel.len().max(1))?,
+        let slot = match (hashed, self.choice) {
+            (Some(slot), _) => slot,
+            (None, Choice::Rotation) => *self.wheel.get(ticket % self.wheel.len().max(1))?,
+            (None, choice) => self.least_loaded(choice, ticket)?,
         };
         let first = usize::try_from(slot).ok()?;
         let step = usize::try_from(attempt).ok()?;
@@ -227,6 +254,42 @@ impl Balancer {
             .filter(|o| o.health.as_ref().is_none_or(|h| h.is_healthy()))
             .cycle()
             .nth(step)
+    }
+}
+
+impl Balancer {
+    /// The healthy origin with the lowest load score: requests in flight per weight
+    /// (`least-connections`), or average answer time times requests in flight plus one
+    /// (`latency`; a target not yet measured scores 0, so each is tried). Ties go to the first
+    /// from the request's rotation ticket on, so equal targets share the traffic.
+    fn least_loaded(&self, choice: Choice, ticket: usize) -> Option<u32> {
+        let count = self.origins.len();
+        let mut best: Option<(u128, usize)> = None;
+        for k in 0..count {
+            let i = (ticket + k) % count;
+            let origin = self.origins.get(i)?;
+            if origin.health.as_ref().is_some_and(|h| !h.is_healthy()) {
+                continue;
+            }
+            let Some(load) = origin.load.as_deref() else {
+                continue;
+            };
+            let score = match choice {
+                // (in flight + 1) / weight, compared as a fraction over the common weight product.
+                Choice::LeastConnections => {
+                    let weight = u128::from(*self.weights.get(i)?).max(1);
+                    u128::from(load.in_flight() + 1) * 1_000_000 / weight
+                }
+                Choice::Latency => {
+                    u128::from(load.average_micros()) * u128::from(load.in_flight() + 1)
+                }
+                Choice::Rotation => 0,
+            };
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, i));
+            }
+        }
+        best.and_then(|(_, i)| u32::try_from(i).ok())
     }
 }
 

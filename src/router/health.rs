@@ -10,7 +10,7 @@
 //! forget which targets are down), and every snapshot carries it for the admin API to read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
@@ -140,6 +140,55 @@ impl TargetHealth {
     }
 }
 
+/// The load of one target as this node sees it: requests in flight and the decaying average of
+/// its answer times. Kept across snapshots with the health.
+#[derive(Debug, Default)]
+pub struct TargetLoad {
+    in_flight: AtomicU32,
+    /// Microseconds, exponentially weighted (0: no answer yet).
+    ewma_micros: AtomicU64,
+}
+
+impl TargetLoad {
+    /// A request leaves for the target: counted until the returned guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// The target answered (its head) after `took`.
+    pub fn answered(&self, took: std::time::Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        // Lost updates between workers only blur an average.
+        let old = self.ewma_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old.saturating_mul(7) / 8).saturating_add(sample / 8)
+        };
+        self.ewma_micros.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        u64::from(self.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// The decaying average answer time in microseconds (0: none measured yet).
+    pub fn average_micros(&self) -> u64 {
+        self.ewma_micros.load(Ordering::Relaxed)
+    }
+}
+
+/// A request in flight to a target (see [`TargetLoad::start`]).
+pub struct InFlight(Arc<TargetLoad>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How one upstream's targets are checked.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamChecks {
@@ -174,6 +223,7 @@ impl UpstreamChecks {
 #[derive(Debug, Default)]
 pub struct HealthBook {
     targets: RwLock<HashMap<Uuid, HashMap<String, Arc<TargetHealth>>>>,
+    loads: RwLock<HashMap<Uuid, HashMap<String, Arc<TargetLoad>>>>,
 }
 
 impl HealthBook {
@@ -198,6 +248,26 @@ impl HealthBook {
             .clone()
     }
 
+    /// The load of `target` of `upstream` (made the first time).
+    pub fn load_of(&self, upstream: Uuid, target: &str) -> Arc<TargetLoad> {
+        if let Some(found) = self
+            .loads
+            .read()
+            .ok()
+            .and_then(|t| t.get(&upstream).and_then(|u| u.get(target)).cloned())
+        {
+            return found;
+        }
+        let Ok(mut all) = self.loads.write() else {
+            return Arc::default();
+        };
+        all.entry(upstream)
+            .or_default()
+            .entry(target.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// The cell of `target` of `upstream`, if the node has one.
     pub fn find(&self, upstream: Uuid, target: &str) -> Option<Arc<TargetHealth>> {
         self.targets
@@ -211,13 +281,23 @@ impl HealthBook {
     /// Forgets the targets no longer configured (`keep` lists the live ones by upstream).
     pub fn retain(&self, keep: &HashMap<Uuid, Vec<&str>>) {
         if let Ok(mut all) = self.targets.write() {
-            all.retain(|upstream, _| keep.contains_key(upstream));
-            for (upstream, targets) in all.iter_mut() {
-                let live = &keep[upstream];
-                targets.retain(|t, _| live.contains(&t.as_str()));
-            }
+            forget_gone(&mut all, keep);
+        }
+        if let Ok(mut all) = self.loads.write() {
+            forget_gone(&mut all, keep);
         }
     }
+}
+
+/// Drops the entries of `cells` whose upstream or target `keep` does not list.
+fn forget_gone<T>(cells: &mut HashMap<Uuid, HashMap<String, T>>, keep: &HashMap<Uuid, Vec<&str>>) {
+    cells.retain(|upstream, targets| {
+        let Some(live) = keep.get(upstream) else {
+            return false;
+        };
+        targets.retain(|t, _| live.contains(&t.as_str()));
+        true
+    });
 }
 
 #[cfg(test)]

@@ -320,6 +320,8 @@ pub struct UpstreamOrigin {
     /// The upstream's passive checks, when they can fail a target: the proxy reports each
     /// outcome under them.
     pub passive: Option<Arc<health::Rules>>,
+    /// The target's load, when the upstream balances by it (`least-connections`, `latency`).
+    pub load: Option<Arc<health::TargetLoad>>,
     /// Host name or address to connect to.
     pub connect_host: String,
     /// Port to connect to.
@@ -380,6 +382,7 @@ impl UpstreamOrigin {
             port,
             health: None,
             passive: None,
+            load: None,
         }
     }
 }

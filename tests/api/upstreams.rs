@@ -6,8 +6,8 @@
 //! lists decK reads (D…).
 //!
 //! Deliberate differences from Kong, each asserted as such (the README lists them):
-//! - hashing on a cookie or a URI capture, and the `least-connections` and `latency` algorithms,
-//!   are not implemented and are refused by name: U3 asserts that refusal instead of Kong's 201;
+//! - hashing on a cookie or a URI capture is not implemented and is refused by name: U3 asserts
+//!   that refusal instead of Kong's 201;
 //! - gRPC health checks, `https_sni` and a non-zero `healthchecks.threshold` are refused by name
 //!   (U22).
 //!
@@ -168,7 +168,7 @@ on_every_store!(
     u2_creates_an_upstream_without_defaults,
     u3_hash_on_cookie_is_refused,
     u4_creates_an_upstream_with_2_header_hashes,
-    u4b_least_connections_and_latency_are_refused,
+    u4b_least_connections_and_latency_are_accepted,
     u5_creates_an_upstream_with_65536_slots,
     u6_creates_an_upstream_with_host_header,
     u7_handles_malformed_json_body,
@@ -186,6 +186,8 @@ on_every_store!(
     h2_passive_tcp_failures_are_retried_and_the_dead_target_gets_none,
     h3_active_checks_take_a_target_out_and_bring_it_back,
     h4_targets_set_unhealthy_by_hand_get_no_traffic,
+    b10_least_connections_sends_less_to_the_target_that_holds_requests_longer,
+    b11_latency_sends_to_the_faster_target,
     t1_targets_collection_is_not_found,
     t2_t3_t4_creates_targets,
     t5_handles_malformed_json_body,
@@ -316,9 +318,9 @@ async fn u4_creates_an_upstream_with_2_header_hashes(store: Store) {
     }
 }
 
-/// Not Kong's: the `least-connections` and `latency` algorithms are not implemented and are
-/// refused by name (Kong accepts them).
-async fn u4b_least_connections_and_latency_are_refused(store: Store) {
+/// U4b (Kong's *creates an upstream with least-connections / latency*): both algorithms are
+/// accepted and stored, with each of Kong's body types.
+async fn u4b_least_connections_and_latency_are_accepted(store: Store) {
     let app = app(store).await;
     for algorithm in ["least-connections", "latency"] {
         for body in BODIES {
@@ -329,14 +331,13 @@ async fn u4b_least_connections_and_latency_are_refused(store: Store) {
                 json!({"name": "my.upstream", "algorithm": algorithm}),
             )
             .await;
-            assert_eq!(s, 400, "{json}");
-            schema_violation(
-                &json,
-                json!({"algorithm": format!("'{algorithm}' is not supported by this gateway (supported: round-robin, consistent-hashing)")}),
-            );
+            assert_eq!(s, 201, "{json}");
+            assert_eq!(json["algorithm"], algorithm);
+            assert_eq!(json["hash_on"], "none");
+            let (s, _) = app.admin_delete("/upstreams/my.upstream").await;
+            assert_eq!(s, 204);
         }
     }
-    assert_eq!(app.count("upstreams").await, 0, "nothing half-written");
 }
 
 /// U5 *creates an upstream with 65536 slots*.
@@ -1756,6 +1757,11 @@ struct Switchable {
 }
 
 fn spawn_switchable(status: u16) -> Switchable {
+    spawn_slow(status, 0)
+}
+
+/// [`spawn_switchable`] answering each request after `delay_ms`.
+fn spawn_slow(status: u16, delay_ms: u64) -> Switchable {
     use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
     use std::sync::Arc;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1786,6 +1792,7 @@ fn spawn_switchable(status: u16) -> Switchable {
                                 if req.uri().path() != "/health" {
                                     h.fetch_add(1, Ordering::SeqCst);
                                 }
+                                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                                 let mut answer = hyper::Response::new(http_body_util::Full::new(
                                     bytes::Bytes::from_static(b"{}"),
                                 ));
@@ -2059,4 +2066,49 @@ async fn h4_targets_set_unhealthy_by_hand_get_no_traffic(store: Store) {
         ))
         .await;
     assert_eq!(s, 405);
+}
+
+/// B10: `least-connections` over a target that holds each request 200 ms and one that answers at
+/// once, 64 requests 16 at a time: the quick one takes far more than the half round-robin would
+/// give it, and every request succeeds.
+async fn b10_least_connections_sends_less_to_the_target_that_holds_requests_longer(store: Store) {
+    let app = app(store).await;
+    let (slow, quick) = (spawn_slow(200, 200), spawn_switchable(200));
+    let upstream = bp_upstream(
+        &app,
+        json!({"name": "least.test", "algorithm": "least-connections"}),
+    )
+    .await;
+    bp_target(&app, &upstream, &slow.target(), 100).await;
+    bp_target(&app, &upstream, &quick.target(), 100).await;
+    balanced_service(&app, "least.test", 0).await;
+    let (statuses, _) = spread(&app, 64).await;
+    assert_eq!(statuses, HashMap::from([(200, 64)]));
+    assert_eq!(slow.hits() + quick.hits(), 64);
+    assert!(
+        quick.hits() >= 48,
+        "the quick target took {} of 64, the slow one {}",
+        quick.hits(),
+        slow.hits()
+    );
+}
+
+/// B11: `latency` over a target answering in 50 ms and one answering at once, one request after
+/// another: once each has answered, the quick one takes every request.
+async fn b11_latency_sends_to_the_faster_target(store: Store) {
+    let app = app(store).await;
+    let (slow, quick) = (spawn_slow(200, 50), spawn_switchable(200));
+    let upstream = bp_upstream(
+        &app,
+        json!({"name": "latency.test", "algorithm": "latency"}),
+    )
+    .await;
+    bp_target(&app, &upstream, &slow.target(), 100).await;
+    bp_target(&app, &upstream, &quick.target(), 100).await;
+    balanced_service(&app, "latency.test", 0).await;
+    for _ in 0..40 {
+        assert_eq!(app.proxy_get("/lb/x").await.status(), 200);
+    }
+    assert!(slow.hits() <= 1, "the slow target took {}", slow.hits());
+    assert_eq!(quick.hits(), 40 - slow.hits());
 }
