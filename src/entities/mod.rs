@@ -200,6 +200,18 @@ fn check_redirect_code(v: &Value) -> Result<(), String> {
     }
 }
 
+/// Kong's stream protocols (`tcp`, `tls`, `tls_passthrough`, `udp`) are in its schema but this
+/// gateway proxies HTTP and gRPC only: a service or route naming one is refused rather than
+/// stored and never served.
+fn check_proxied_protocol(v: &Value) -> Result<(), String> {
+    match v.as_str() {
+        Some(p @ ("tcp" | "tls" | "tls_passthrough" | "udp")) => Err(format!(
+            "'{p}' is not supported by this gateway: it proxies http, https, grpc and grpcs (stream routes are not implemented)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn service_checks(doc: &Map<String, Value>) -> Vec<String> {
     let protocol = doc
         .get("protocol")
@@ -303,7 +315,8 @@ pub static SERVICE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         Field::new("protocol", FieldType::String)
             .required()
             .default(|| json!("http"))
-            .one_of(SERVICE_PROTOCOLS),
+            .one_of(SERVICE_PROTOCOLS)
+            .check(check_proxied_protocol),
         Field::new("host", FieldType::String)
             .required()
             .check(check_host)
@@ -351,7 +364,8 @@ pub static ROUTE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         Field::new("protocols", FieldType::Set(Box::new(FieldType::String)))
             .required()
             .default(|| strings(&["http", "https"]))
-            .one_of(ROUTE_PROTOCOLS),
+            .one_of(ROUTE_PROTOCOLS)
+            .check(check_proxied_protocol),
         Field::new("methods", FieldType::Set(Box::new(FieldType::String)))
             .check(check_method)
             .pattern("[A-Z]{1,10}"),

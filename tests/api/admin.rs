@@ -903,3 +903,37 @@ async fn plugin_config_from_a_form_and_consumer_cascade() {
         "expected an integer"
     );
 }
+
+/// Kong's stream protocols are in its schema, but this gateway proxies HTTP and gRPC only: a
+/// service or route naming one is refused, and nothing is stored.
+#[actix_web::test]
+async fn stream_protocols_are_refused_by_name() {
+    let app = spawn_app().await;
+    let refusal = |p: &str| {
+        format!("'{p}' is not supported by this gateway: it proxies http, https, grpc and grpcs (stream routes are not implemented)")
+    };
+    for protocol in ["tcp", "tls", "tls_passthrough", "udp"] {
+        let (s, body) = app
+            .admin_post(
+                "/services",
+                json!({"host": "a.test", "port": 9000, "protocol": protocol}),
+            )
+            .await;
+        assert_eq!(s, 400, "{body}");
+        assert_eq!(body["fields"]["protocol"], refusal(protocol), "{body}");
+        let (s, body) = app
+            .admin_post(
+                "/routes",
+                json!({"protocols": ["http", protocol], "paths": ["/s"]}),
+            )
+            .await;
+        assert_eq!(s, 400, "{body}");
+        assert_eq!(
+            body["fields"]["protocols"],
+            json!([null, refusal(protocol)]),
+            "{body}"
+        );
+    }
+    assert_eq!(app.count("services").await, 0);
+    assert_eq!(app.count("routes").await, 0);
+}
