@@ -54,6 +54,7 @@ fn snapshot(n: usize) -> RouterSnapshot {
         upstreams: &HashMap::new(),
         targets: &HashMap::new(),
         rotations: &HashMap::new(),
+        upstream_tls: &HashMap::new(),
         version: 1,
     })
 }

@@ -262,6 +262,7 @@ proptest! {
             upstreams: &HashMap::new(),
             targets: &HashMap::new(),
             rotations: &HashMap::new(),
+            upstream_tls: &HashMap::new(),
             version: 1,
         });
         let lookup = |n: &str| (n == "x-v").then(|| header.clone()).flatten();

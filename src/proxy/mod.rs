@@ -161,6 +161,8 @@ struct Arrival<'a> {
 /// Where a matched request goes and how its upstream request is shaped.
 struct Upstream<'a> {
     service: &'a Service,
+    /// How the upstream's TLS is checked.
+    trust: upstream::Trust<'a>,
     peers: Peers<'a>,
     /// The path prefix `strip_path` removed.
     stripped: Option<&'a str>,
@@ -320,6 +322,7 @@ async fn proxy(
         None => {
             let upstream = Upstream {
                 service,
+                trust: upstream::Trust::of(service.tls_verify, routed.tls.as_deref()),
                 peers,
                 stripped: matched.stripped,
                 preserve_host: entry.route.route.preserve_host,
@@ -470,6 +473,7 @@ async fn forward<'a>(
     let scheme = conn.scheme;
     let Upstream {
         service,
+        trust,
         peers,
         stripped,
         preserve_host,
@@ -548,8 +552,7 @@ async fn forward<'a>(
             .headers_mut()
             .insert(http::header::TE, HeaderValue::from_static("trailers"));
         *request.version_mut() = Version::HTTP_2;
-        let verify = service.tls_verify == Some(true);
-        let answer = Box::pin(clients.send_grpc(request, verify, deadline))
+        let answer = Box::pin(clients.send_grpc(request, trust, deadline))
             .await
             .map_err(|e| match e {
                 SendError::Timeout => ProxyError::Timeout,
@@ -587,7 +590,7 @@ async fn forward<'a>(
         upstream_headers.write(request.headers_mut());
         let to = tunnel::Destination {
             origin,
-            verify: service.tls_verify == Some(true),
+            trust,
             timeouts,
         };
         let answer = tunnel::handshake(&to, request, client).await?;
@@ -628,9 +631,8 @@ async fn forward<'a>(
                             http::HeaderValue::from_static("chunked"),
                         );
                     }
-                    let verify = service.tls_verify == Some(true);
                     // Boxed: hyper's future would double the size of every request's future.
-                    Box::pin(clients.send_hyper(request, verify, no_body, deadline, timeouts.read))
+                    Box::pin(clients.send_hyper(request, trust, no_body, deadline, timeouts.read))
                         .await
                 }
             };

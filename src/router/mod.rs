@@ -284,6 +284,8 @@ pub struct SnapshotParts<'a> {
     /// Each service's round-robin position, carried across snapshots (a service without one
     /// starts at 0).
     pub rotations: &'a HashMap<Uuid, Arc<balancer::Rotation>>,
+    /// Upstream TLS settings of the services that have their own.
+    pub upstream_tls: &'a HashMap<Uuid, Arc<crate::tls::UpstreamTls>>,
     /// Version number.
     pub version: u64,
 }
@@ -294,6 +296,8 @@ pub struct RoutedService {
     pub service: Arc<Service>,
     /// Its own origin, or its upstream's targets.
     pub destinations: Destinations,
+    /// Its own upstream TLS settings (client certificate, CA certificates), if it has any.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 /// A service's upstream origin as the proxy sends it: computed once per snapshot instead of being
@@ -377,6 +381,7 @@ impl RouterSnapshot {
                                     &upstreams,
                                     parts.rotations.get(&s.id).cloned().unwrap_or_default(),
                                 ),
+                                tls: parts.upstream_tls.get(&s.id).cloned(),
                             })
                         })
                         .clone()
@@ -660,6 +665,7 @@ mod index_tests {
             upstreams: &HashMap::new(),
             targets: &HashMap::new(),
             rotations: &HashMap::new(),
+            upstream_tls: &HashMap::new(),
             version: 1,
         });
         assert!(snapshot.entries.len() > super::INDEX_THRESHOLD);
