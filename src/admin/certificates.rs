@@ -65,16 +65,18 @@ fn snis_violation(message: String) -> AdminError {
     AdminError::Schema(e)
 }
 
-/// Takes `snis` out of the input: validated, duplicates refused (Kong's text), sorted. `name`
-/// is the SNI of a `PUT /certificates/{name}`, which the list always includes.
+/// Takes `snis` out of the input: validated, duplicates refused (Kong's text), sorted. For a
+/// `PUT`, `put_name` is the SNI of `PUT /certificates/{name}` (if so addressed), which a given
+/// list always includes.
 fn take_names(
     input: &mut Map<String, Value>,
     coerce: Coerce,
+    put: bool,
     put_name: Option<&str>,
 ) -> Result<Names, AdminError> {
     // Kong: a PUT without `snis` leaves the certificate without names, even the one in its URL.
     let raw = match input.remove("snis") {
-        None if put_name.is_some() => return Ok(Some(Vec::new())),
+        None if put => return Ok(Some(Vec::new())),
         other => other,
     };
     let mut names: Vec<String> = match raw {
@@ -252,7 +254,7 @@ async fn list(st: &AdminState, query: &[(String, String)]) -> Result<HttpRespons
 
 async fn create(st: &AdminState, parse: ParseBody<'_>) -> Result<HttpResponse, AdminError> {
     let (mut input, coerce) = parse()?;
-    let names = take_names(&mut input, coerce, None)?;
+    let names = take_names(&mut input, coerce, false, None)?;
     if let Some(names) = &names {
         names_are_free(st, names, None).await?;
     }
@@ -288,7 +290,7 @@ async fn item(
         Method::PUT | Method::PATCH => {
             let (mut input, coerce) = parse()?;
             let put = *method == Method::PUT;
-            let names = take_names(&mut input, coerce, name.as_deref().filter(|_| put))?;
+            let names = take_names(&mut input, coerce, put, name.as_deref().filter(|_| put))?;
             if let Some(names) = &names {
                 names_are_free(st, names, Some(id)).await?;
             }
