@@ -384,10 +384,7 @@ impl rustls::client::ResolvesClientCert for FixedClientCert {
         _root_hint_subjects: &[&[u8]],
         sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.0
-            .key
-            .choose_scheme(sigschemes)
-            .map(|_| self.0.clone())
+        self.0.key.choose_scheme(sigschemes).map(|_| self.0.clone())
     }
 
     fn has_certs(&self) -> bool {

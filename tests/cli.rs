@@ -605,9 +605,8 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
     );
     let stderr = text(&refused.stderr);
     assert!(
-        stderr.contains(
-            "has pending migrations (0006_certificates): run `portcullis migrations up`"
-        ),
+        stderr
+            .contains("has pending migrations (0006_certificates): run `portcullis migrations up`"),
         "{stderr}"
     );
 

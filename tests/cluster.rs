@@ -635,7 +635,10 @@ async fn presented(node: &Node, server_name: &str) -> Vec<u8> {
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .tls_info(true)
-        .resolve(server_name, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .resolve(
+            server_name,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        )
         .build()
         .unwrap();
     let resp = client
@@ -675,7 +678,10 @@ async fn a_certificate_written_on_one_node_is_served_by_every_node() {
     let id = body["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + PROPAGATION;
     while presented(cluster.node(B), "shared.test").await != der {
-        assert!(Instant::now() < deadline, "certificate added on A not served by B");
+        assert!(
+            Instant::now() < deadline,
+            "certificate added on A not served by B"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -691,7 +697,10 @@ async fn a_certificate_written_on_one_node_is_served_by_every_node() {
     assert_eq!(s, 200, "{body}");
     let deadline = Instant::now() + PROPAGATION;
     while presented(cluster.node(A), "shared.test").await != renewed {
-        assert!(Instant::now() < deadline, "certificate renewed on B not served by A");
+        assert!(
+            Instant::now() < deadline,
+            "certificate renewed on B not served by A"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -30,10 +30,10 @@ use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
 use crate::router::balancer::Rotation;
-use crate::tls::{Served, SniIndex, UpstreamTls};
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
 };
+use crate::tls::{Served, SniIndex, UpstreamTls};
 
 /// A change to apply to the mirror.
 #[derive(Debug, Clone)]
@@ -390,17 +390,25 @@ impl ConfigRegistry {
         let mut next = HashMap::new();
         for service in mirror.services.values() {
             let verify = service.tls_verify == Some(true);
-            let cas = service.ca_certificates.as_deref().filter(|c| !c.is_empty() && verify);
+            let cas = service
+                .ca_certificates
+                .as_deref()
+                .filter(|c| !c.is_empty() && verify);
             if service.client_certificate.is_none() && cas.is_none() {
                 continue;
             }
             let client = service
                 .client_certificate
                 .map(|c| mirror.certificates.get(&c.id).cloned());
-            let ca_rows: Option<Vec<Option<Arc<CaCertificate>>>> =
-                cas.map(|ids| ids.iter().map(|id| mirror.ca_certificates.get(id).cloned()).collect());
+            let ca_rows: Option<Vec<Option<Arc<CaCertificate>>>> = cas.map(|ids| {
+                ids.iter()
+                    .map(|id| mirror.ca_certificates.get(id).cloned())
+                    .collect()
+            });
             let key: TlsKey = (
-                client.as_ref().map(|c| c.as_ref().map_or(0, |c| Arc::as_ptr(c) as usize)),
+                client
+                    .as_ref()
+                    .map(|c| c.as_ref().map_or(0, |c| Arc::as_ptr(c) as usize)),
                 ca_rows.as_ref().map(|rows| {
                     rows.iter()
                         .map(|r| r.as_ref().map(|r| Arc::as_ptr(r) as usize))
@@ -415,15 +423,16 @@ impl ConfigRegistry {
                 }
             }
             if client.as_ref().is_some_and(Option::is_none)
-                || ca_rows.as_ref().is_some_and(|r| r.iter().any(Option::is_none))
+                || ca_rows
+                    .as_ref()
+                    .is_some_and(|r| r.iter().any(Option::is_none))
             {
                 // Kong answers 500 for such a service; here its upstream TLS fails (502).
                 tracing::error!(service = %service.id, "a certificate the service names does not exist");
             }
             let client = client.flatten().map(|c| c.key.clone());
-            let ders: Option<Vec<_>> = ca_rows.map(|rows| {
-                rows.into_iter().flatten().map(|r| r.der.clone()).collect()
-            });
+            let ders: Option<Vec<_>> =
+                ca_rows.map(|rows| rows.into_iter().flatten().map(|r| r.der.clone()).collect());
             match UpstreamTls::new(client, ders.as_deref(), verify) {
                 Ok(tls) => {
                     next.insert(service.id, (key, Arc::new(tls)));

@@ -35,12 +35,10 @@ pub async fn dispatch(
         ["certificates", key, "snis", name] => nested_item(st, key, name, method, parse).await,
         // Kong disables it: a certificate is reached as `/certificates/{sni}`.
         ["snis", _, "certificate"] => Err(AdminError::MethodNotAllowed),
-        ["ca_certificates", key] if *method == Method::DELETE => {
-            match ca_in_use(st, key).await {
-                Ok(()) => return None,
-                Err(e) => Err(e),
-            }
-        }
+        ["ca_certificates", key] if *method == Method::DELETE => match ca_in_use(st, key).await {
+            Ok(()) => return None,
+            Err(e) => Err(e),
+        },
         _ => return None,
     })
 }
@@ -139,7 +137,10 @@ async fn names_are_free(
 }
 
 /// The SNI rows of a certificate.
-async fn sni_rows(st: &AdminState, certificate: Uuid) -> Result<Vec<Map<String, Value>>, AdminError> {
+async fn sni_rows(
+    st: &AdminState,
+    certificate: Uuid,
+) -> Result<Vec<Map<String, Value>>, AdminError> {
     let mut rows = Vec::new();
     let mut offset = None;
     loop {
@@ -181,7 +182,10 @@ async fn set_names(st: &AdminState, certificate: Uuid, names: &[String]) -> Resu
     for name in names.iter().filter(|n| !has(n)) {
         let mut input = Map::new();
         input.insert("name".into(), json!(name));
-        input.insert("certificate".into(), json!({ "id": certificate.to_string() }));
+        input.insert(
+            "certificate".into(),
+            json!({ "id": certificate.to_string() }),
+        );
         let built = crud::build_doc(&SNIS, &st.plugins, input, Coerce::No, None)?;
         crud::send(
             st,

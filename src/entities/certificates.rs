@@ -306,7 +306,10 @@ pub static CA_CERTIFICATES: LazyLock<EntityKind> = LazyLock::new(|| EntityKind {
 /// Sets `cert_digest` from `cert` (Kong's on-write transformation).
 pub fn set_cert_digest(doc: &mut Map<String, Value>) {
     let digest = text(doc, "cert").and_then(cert_digest);
-    doc.insert("cert_digest".into(), digest.map_or(Value::Null, Value::String));
+    doc.insert(
+        "cert_digest".into(),
+        digest.map_or(Value::Null, Value::String),
+    );
 }
 
 /// A stored certificate ready for handshakes: its main pair and the alternative one (Kong's

@@ -298,9 +298,11 @@ fn strings(list: &[&str]) -> Value {
 /// so a depth would be accepted and not honoured: any value is refused (null, the default, is
 /// what Kong does without one: nginx's default depth).
 fn refuse_verify_depth(_: &Value) -> Result<(), String> {
-    Err("not supported by this gateway: its TLS library cannot bound the verified chain's \
+    Err(
+        "not supported by this gateway: its TLS library cannot bound the verified chain's \
          depth; leave it null"
-        .into())
+            .into(),
+    )
 }
 
 /// Services schema.

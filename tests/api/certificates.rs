@@ -107,7 +107,10 @@ fn expired_ca() -> Pair {
 
 /// A unique name (Kong's `get_name`).
 fn name() -> String {
-    format!("name{}.test", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "name{}.test",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Kong's three request body types (`it_content_types`).
@@ -549,7 +552,12 @@ async fn c15_c16_put_upserts_if_found(store: Store) {
         .await;
     assert_eq!(s, 200, "{json}");
     assert_eq!(
-        (&json["cert"], &json["key"], &json["cert_alt"], &json["key_alt"]),
+        (
+            &json["cert"],
+            &json["key"],
+            &json["cert_alt"],
+            &json["key_alt"]
+        ),
         (&json!(p.cert), &json!(p.key), &json!(a.cert), &json!(a.key))
     );
     assert_eq!(json["snis"], json!([]));
@@ -562,7 +570,10 @@ async fn c15_c16_put_upserts_if_found(store: Store) {
 async fn c17_c18_put_handles_invalid_input(store: Store) {
     let app = app(store).await;
     let (s, body) = app
-        .admin_put(&format!("/certificates/{}", uuid::Uuid::new_v4()), json!({}))
+        .admin_put(
+            &format!("/certificates/{}", uuid::Uuid::new_v4()),
+            json!({}),
+        )
         .await;
     assert_eq!(s, 400);
     assert_eq!(
@@ -744,7 +755,12 @@ async fn c25_patch_updates_a_certificate_by_sni(store: Store) {
         .await;
         assert_eq!(s, 200, "{body:?}: {json}");
         assert_eq!(
-            (&json["cert"], &json["key"], &json["cert_alt"], &json["key_alt"]),
+            (
+                &json["cert"],
+                &json["key"],
+                &json["cert_alt"],
+                &json["key_alt"]
+            ),
             (&json!(p.cert), &json!(p.key), &json!(a.cert), &json!(a.key))
         );
     }
@@ -784,7 +800,10 @@ async fn c27_patch_updates_the_snis_of_a_certificate(store: Store) {
         assert_eq!(s, 200, "{json}");
         assert_eq!(json["snis"], json!([n1]));
         let after = get_certificates(&app).await;
-        let (b, a) = (before["data"].as_array().unwrap(), after["data"].as_array().unwrap());
+        let (b, a) = (
+            before["data"].as_array().unwrap(),
+            after["data"].as_array().unwrap(),
+        );
         assert_eq!(b.len(), a.len());
         for (i, data) in a.iter().enumerate() {
             if data["id"] == certificate["id"] {
@@ -809,14 +828,20 @@ async fn c28_patch_updates_only_the_certificate_without_snis(store: Store) {
         .await;
     assert_eq!(s, 200, "{json}");
     assert_eq!(json["snis"], json!(names));
-    assert_eq!((&json["cert"], &json["key"]), (&json!(p.cert), &json!(p.key)));
+    assert_eq!(
+        (&json["cert"], &json["key"]),
+        (&json!(p.cert), &json!(p.key))
+    );
     assert_eq!(json["cert_alt"], Value::Null);
     assert_eq!(json["key_alt"], Value::Null);
     let (s, json) = app
         .admin_get(&format!("/certificates/{}", id(&certificate)))
         .await;
     assert_eq!(s, 200);
-    assert_eq!((&json["cert"], &json["key"]), (&json!(p.cert), &json!(p.key)));
+    assert_eq!(
+        (&json["cert"], &json["key"]),
+        (&json!(p.cert), &json!(p.key))
+    );
     let after = get_certificates(&app).await;
     assert_eq!(all_snis(&before), all_snis(&after));
     assert_eq!(
@@ -897,7 +922,9 @@ async fn c32_c33_delete_deletes_the_certificate_and_its_snis(store: Store) {
     let app = app(store).await;
     let before = get_certificates(&app).await;
     let (_, names) = add_certificate(&app).await;
-    let (s, _) = app.admin_delete(&format!("/certificates/{}", names[0])).await;
+    let (s, _) = app
+        .admin_delete(&format!("/certificates/{}", names[0]))
+        .await;
     assert_eq!(s, 204);
     assert_eq!(before, get_certificates(&app).await);
     assert_eq!(app.count("snis").await, 0);
@@ -1006,7 +1033,10 @@ async fn s8_rejects_invalid_snis(store: Store) {
         )
         .await;
     assert_eq!(s, 400);
-    assert_eq!(json["fields"]["name"], "only one wildcard must be specified");
+    assert_eq!(
+        json["fields"]["name"],
+        "only one wildcard must be specified"
+    );
 }
 
 async fn s9_s11_retrieves_snis_by_name_and_id(store: Store) {
@@ -1220,7 +1250,9 @@ async fn a7_a8_delete_refused_while_a_service_lists_it(store: Store) {
             id(&service)
         )
     );
-    let (s, _) = app.admin_delete(&format!("/services/{}", id(&service))).await;
+    let (s, _) = app
+        .admin_delete(&format!("/services/{}", id(&service)))
+        .await;
     assert_eq!(s, 204);
 
     let (s, _) = app
@@ -1251,7 +1283,9 @@ async fn a9_a11_patch_checks_ca_certificates(store: Store) {
     );
     actix_rt::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (other_ca, _, _) = ca();
-    let (s, new_ca) = app.admin_patch(&path, json!({ "cert": other_ca.cert })).await;
+    let (s, new_ca) = app
+        .admin_patch(&path, json!({ "cert": other_ca.cert }))
+        .await;
     assert_eq!(s, 200, "{new_ca}");
     assert!(ca_row["updated_at"].as_i64() < new_ca["updated_at"].as_i64());
 }
@@ -1523,7 +1557,11 @@ async fn p3_upstream_mtls_presents_the_service_client_certificate() {
     let r = app.proxy_get("/with-cert/echo").await;
     assert_eq!(r.status(), 200);
     let r = app.proxy_get("/without-cert/echo").await;
-    assert_eq!(r.status(), 502, "the upstream requires a client certificate");
+    assert_eq!(
+        r.status(),
+        502,
+        "the upstream requires a client certificate"
+    );
 }
 
 #[actix_web::test]
