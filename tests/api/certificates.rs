@@ -293,6 +293,7 @@ on_every_store!(
     a12_a16_put_ca_certificates,
     x1_tls_verify_depth_is_refused,
     x2_a_service_client_certificate_must_exist,
+    x3_tags_and_pages_as_every_entity,
 );
 
 async fn c1_retrieves_all_certificates_with_snis(store: Store) {
@@ -1391,6 +1392,63 @@ async fn x2_a_service_client_certificate_must_exist(store: Store) {
         json["message"],
         "an existing 'services' entity references this 'certificates' entity"
     );
+}
+
+/// Tags filter and pages walk certificates, SNIs and CA certificates as every other entity.
+async fn x3_tags_and_pages_as_every_entity(store: Store) {
+    let app = app(store).await;
+    for i in 0..3 {
+        let p = pair(&["cert.test"]);
+        let tags = if i == 0 {
+            json!(["blue"])
+        } else {
+            json!(["red"])
+        };
+        let (s, json) = app
+            .admin_post(
+                "/certificates",
+                json!({ "cert": p.cert, "key": p.key, "tags": tags,
+                        "snis": [format!("tagged{i}.test")] }),
+            )
+            .await;
+        assert_eq!(s, 201, "{json}");
+        let (s, json) = app
+            .admin_post(
+                "/ca_certificates",
+                json!({ "cert": ca().0.cert, "tags": tags }),
+            )
+            .await;
+        assert_eq!(s, 201, "{json}");
+    }
+    for entity in ["certificates", "ca_certificates"] {
+        let (s, blue) = app.admin_get(&format!("/{entity}?tags=blue")).await;
+        assert_eq!(s, 200);
+        assert_eq!(blue["data"].as_array().unwrap().len(), 1, "{entity}");
+        assert_eq!(blue["data"][0]["tags"], json!(["blue"]));
+        let mut seen = Vec::new();
+        let mut path = format!("/{entity}?size=2");
+        loop {
+            let (s, page) = app.admin_get(&path).await;
+            assert_eq!(s, 200, "{page}");
+            for row in page["data"].as_array().unwrap() {
+                seen.push(row["id"].clone());
+            }
+            match page["next"].as_str() {
+                Some(next) => path = next.to_string(),
+                None => break,
+            }
+        }
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "{entity}: every row once");
+    }
+    let (s, first) = app.admin_get("/certificates?size=2").await;
+    assert_eq!(s, 200);
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    assert!(first["data"][0]["snis"].is_array());
+    let (s, snis) = app.admin_get("/snis?size=2").await;
+    assert_eq!(s, 200);
+    assert_eq!(snis["data"].as_array().unwrap().len(), 2);
+    assert!(snis["next"].is_string(), "{snis}");
 }
 
 // ---- TLS through the proxy -------------------------------------------------------------------
