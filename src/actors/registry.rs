@@ -168,9 +168,41 @@ struct Mirror {
 /// not restart the rotation.
 type Rotations = HashMap<Uuid, Arc<Rotation>>;
 
-/// What a service's upstream TLS settings were built from: the certificate rows by identity (a
-/// changed row is a new `Arc`) and `tls_verify`.
-type TlsKey = (Option<usize>, Option<Vec<Option<usize>>>, bool);
+/// What a service's upstream TLS settings were built from: the certificate rows (a changed row
+/// is a new `Arc`; the key holds them, so their addresses cannot be reused meanwhile) and
+/// `tls_verify`.
+#[derive(Clone)]
+struct TlsKey {
+    client: Option<Option<Arc<Certificate>>>,
+    cas: Option<Vec<Option<Arc<CaCertificate>>>>,
+    verify: bool,
+}
+
+impl TlsKey {
+    /// Built from the very same rows.
+    fn same(&self, other: &Self) -> bool {
+        fn same_row<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        let client = match (&self.client, &other.client) {
+            (Some(a), Some(b)) => same_row(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let cas = match (&self.cas, &other.cas) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_row(x, y))
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        client && cas && self.verify == other.verify
+    }
+}
 
 /// The actor.
 pub struct ConfigRegistry {
@@ -405,19 +437,13 @@ impl ConfigRegistry {
                     .map(|id| mirror.ca_certificates.get(id).cloned())
                     .collect()
             });
-            let key: TlsKey = (
-                client
-                    .as_ref()
-                    .map(|c| c.as_ref().map_or(0, |c| Arc::as_ptr(c) as usize)),
-                ca_rows.as_ref().map(|rows| {
-                    rows.iter()
-                        .map(|r| r.as_ref().map(|r| Arc::as_ptr(r) as usize))
-                        .collect()
-                }),
+            let key = TlsKey {
+                client: client.clone(),
+                cas: ca_rows.clone(),
                 verify,
-            );
+            };
             if let Some((old_key, tls)) = self.upstream_tls.get(&service.id) {
-                if *old_key == key {
+                if old_key.same(&key) {
                     next.insert(service.id, (key, tls.clone()));
                     continue;
                 }
