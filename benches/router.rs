@@ -56,6 +56,7 @@ fn snapshot(n: usize) -> RouterSnapshot {
         targets: &HashMap::new(),
         rotations: &HashMap::new(),
         health: &Default::default(),
+        upstream_tls: &HashMap::new(),
         version: 1,
     })
 }

@@ -51,6 +51,13 @@ pub enum AdminError {
     /// Entity (or parent) not found.
     #[error("not found")]
     NotFound,
+    /// `/certificates/{name}` names no SNI (Kong's own 404 text for it).
+    #[error("SNI not found")]
+    SniNotFound,
+    /// A delete refused because other rows still use the entity without a foreign key (a CA
+    /// certificate listed by a service); the message names one of them, as Kong's does.
+    #[error("referenced by others: {0}")]
+    ReferencedByOthers(String),
     /// Method not allowed on this path.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -189,13 +196,14 @@ impl ResponseError for AdminError {
             Self::Schema(_)
             | Self::ForeignMissing { .. }
             | Self::Referenced { .. }
+            | Self::ReferencedByOthers(_)
             | Self::InvalidSize(_)
             | Self::InvalidOffset(_)
             | Self::InvalidKey(_)
             | Self::InvalidOption { .. }
             | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::Unique(_) | Self::Contended => StatusCode::CONFLICT,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::SniNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -234,6 +242,10 @@ impl ResponseError for AdminError {
                 "fields": { "@referenced_by": referenced_by },
             }),
             Self::NotFound => json!({ "message": "Not found" }),
+            Self::SniNotFound => json!({ "message": "SNI not found" }),
+            Self::ReferencedByOthers(msg) => json!({
+                "code": 19, "name": "referenced by others", "message": msg,
+            }),
             Self::MethodNotAllowed => json!({ "message": "Method not allowed" }),
             Self::InvalidSize(msg) => json!({ "code": 9, "name": "invalid size", "message": msg }),
             Self::InvalidOffset(offset) => json!({

@@ -10,8 +10,8 @@
 //! - [`error`]: the error enums of the admin API, the config registry and the proxy, and their one
 //!   mapping to HTTP.
 //! - [`schema`]: the declarative schema language (Kong-shaped validation errors, defaults).
-//! - [`entities`]: services, routes, consumers, plugins, upstreams and targets: schemas and typed
-//!   views; the views of the plugins' credentials (OAuth clients, API keys, group memberships)
+//! - [`entities`]: services, routes, consumers, plugins, upstreams and targets, certificates,
+//!   SNIs and CA certificates: schemas (with Kong's PEM checks) and typed views; the views of the plugins' credentials (OAuth clients, API keys, group memberships)
 //!   and the consumers and credentials a snapshot hands to plugins ([`entities::Identities`]).
 //! - [`forms`]: request bodies (JSON, url-encoded and multipart forms) as Kong reads them, for the
 //!   admin API and the OAuth endpoints alike.
@@ -30,7 +30,8 @@
 //! - [`body`]: the body type of every answer the proxy listeners write.
 //! - [`clock`]: the wall clock in unix seconds, a leaf every layer reads time from.
 //! - [`crypto`]: random tokens, digests, constant-time comparison, secret hashing.
-//! - [`tls`]: rustls server and client configs, self-signed certificates, and their own error.
+//! - [`tls`]: rustls server and client configs, self-signed certificates, the proxy listeners'
+//!   certificate choice by SNI, services' own upstream TLS settings, and their own error.
 //! - [`telemetry`]: logging (text or JSON).
 //!
 //! Layers, lowest first: `clock`, `crypto`, `schema`, `tls` → `config`, `entities`, `error`,

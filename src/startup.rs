@@ -362,12 +362,14 @@ impl Application {
             )
             .only(&enabled),
         );
+        let sni = Arc::new(ArcSwap::from_pointee(crate::tls::SniIndex::default()));
         let registry = ConfigRegistry::new(
             stores.config.clone(),
             stores.tokens.clone(),
             plugins.clone(),
             snapshot.clone(),
         )
+        .serving_sni(sni.clone())
         .start();
         registry
             .send(Reload)
@@ -406,7 +408,11 @@ impl Application {
                             .ssl_cert
                             .as_deref()
                             .zip(settings.ssl_cert_key.as_deref());
-                        tls_config = Some(crate::tls::server_config("ssl_cert", files)?);
+                        tls_config = Some(crate::tls::sni_server_config(
+                            "ssl_cert",
+                            files,
+                            sni.clone(),
+                        )?);
                     }
                     tls_config.clone()
                 } else {

@@ -1,11 +1,16 @@
 //! TLS listeners through rustls (TLS 1.2 and 1.3 only): configured PEM files, or a self-signed
-//! certificate generated at start as Kong does.
+//! certificate generated at start as Kong does; on the proxy listeners, the certificate of the
+//! client's server name ([`SniResolver`] over the [`SniIndex`] the config registry publishes).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SignatureScheme};
 
 /// Why a TLS server configuration cannot be made. Each variant names the setting it came from
 /// (`ssl_cert`, `admin_ssl_cert`) so the configuration layer can report it as that key's problem;
@@ -140,6 +145,146 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Server config of the proxy's TLS listeners: the certificate of the client's server name from
+/// `index` (kept current by the config registry), else the default from `ssl_cert` (files) or
+/// generated.
+///
+/// # Errors
+/// Unreadable or invalid PEM files, naming the key.
+pub fn sni_server_config(
+    key: &'static str,
+    files: Option<(&Path, &Path)>,
+    index: Arc<ArcSwap<SniIndex>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let (certs, private) = match files {
+        Some((cert, pkey)) => read_pem(key, cert, pkey)?,
+        None => self_signed()?,
+    };
+    let mismatch = |reason: String| TlsError::Mismatch { key, reason };
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| mismatch(e.to_string()))?;
+    let default = CertifiedKey::new(certs, signing);
+    default.keys_match().map_err(|e| mismatch(e.to_string()))?;
+    let config = ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ])
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(SniResolver {
+        index,
+        default: Arc::new(default),
+    }));
+    Ok(Arc::new(config))
+}
+
+/// A certificate as served: its main pair and Kong's alternative pair (a key of another type,
+/// for clients that cannot verify the main one's signatures).
+#[derive(Clone)]
+pub struct Served {
+    /// The main pair.
+    pub main: Arc<CertifiedKey>,
+    /// The alternative pair.
+    pub alt: Option<Arc<CertifiedKey>>,
+}
+
+impl Served {
+    /// The main pair, unless the client can verify only the alternative one's signatures.
+    fn pick(&self, schemes: &[SignatureScheme]) -> Arc<CertifiedKey> {
+        match &self.alt {
+            Some(alt)
+                if self.main.key.choose_scheme(schemes).is_none()
+                    && alt.key.choose_scheme(schemes).is_some() =>
+            {
+                alt.clone()
+            }
+            _ => self.main.clone(),
+        }
+    }
+}
+
+/// The certificates of the configured SNIs, by lower-case name (`example.com`, `*.example.com`,
+/// `example.*`, and `*`, which replaces the default certificate). Immutable: the config
+/// registry builds a new one on every change and swaps it in.
+#[derive(Default)]
+pub struct SniIndex {
+    names: HashMap<String, Served>,
+}
+
+impl std::fmt::Debug for SniIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: the keys are secrets.
+        f.debug_struct("SniIndex")
+            .field("names", &self.names.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SniIndex {
+    /// An index over `(name, certificate)` pairs.
+    pub fn new(pairs: impl IntoIterator<Item = (String, Served)>) -> Self {
+        Self {
+            names: pairs
+                .into_iter()
+                .map(|(n, c)| (n.to_ascii_lowercase(), c))
+                .collect(),
+        }
+    }
+
+    /// The certificate for a server name, in Kong's order: the exact name, the name with its
+    /// first label replaced by `*` (names of three labels or more), the name with its last label
+    /// replaced by `*`, then the `*` SNI.
+    pub fn find(&self, server_name: &str) -> Option<&Served> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let lower;
+        let name = if server_name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = server_name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            server_name
+        };
+        if let Some(found) = self.names.get(name) {
+            return Some(found);
+        }
+        let prefix = name
+            .find('.')
+            .map(|i| &name[i..])
+            .filter(|rest| rest[1..].contains('.'));
+        if let Some(found) = prefix.and_then(|rest| self.names.get(&format!("*{rest}"))) {
+            return Some(found);
+        }
+        let suffix = name.rfind('.').map(|i| &name[..=i]);
+        if let Some(found) = suffix.and_then(|head| self.names.get(&format!("{head}*"))) {
+            return Some(found);
+        }
+        self.names.get("*")
+    }
+}
+
+/// Picks the proxy listener's certificate by SNI from the current [`SniIndex`]: one atomic load
+/// per handshake, no lock.
+#[derive(Debug)]
+pub struct SniResolver {
+    index: Arc<ArcSwap<SniIndex>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let index = self.index.load();
+        match hello.server_name().and_then(|name| index.find(name)) {
+            Some(served) => Some(served.pick(hello.signature_schemes())),
+            None => Some(self.default.clone()),
+        }
+    }
+}
+
 /// Kong does not verify upstream certificates unless a service sets `tls_verify`; neither do we,
 /// so self-signed upstreams (a tutorial's `https://localhost:3000`) work as they do behind Kong.
 #[derive(Debug)]
@@ -226,4 +371,84 @@ pub fn verified_upstream_config() -> rustls::ClientConfig {
                 .with_root_certificates(roots)
                 .with_no_client_auth()
         })
+}
+
+/// Presents one configured certificate (a service's `client_certificate`) to upstreams that ask
+/// for a client certificate.
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.key.choose_scheme(sigschemes).map(|_| self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A service's own upstream TLS client settings (`client_certificate`, `ca_certificates` with
+/// `tls_verify`), built once per change by the config registry. `id` names it for the proxy
+/// workers' client caches: a new configuration gets a new id, so no connection made with the old
+/// settings is reused.
+pub struct UpstreamTls {
+    /// Unique among all built in this process.
+    pub id: u64,
+    /// The client configuration.
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").field("id", &self.id).finish()
+    }
+}
+
+impl UpstreamTls {
+    /// Client settings presenting `client` (if any) and, when `verify`, trusting exactly `cas`
+    /// (Kong's `ca_certificates`; an empty list trusts nothing), or the web PKI roots when `cas`
+    /// is `None`.
+    ///
+    /// # Errors
+    /// A CA certificate the trust store refuses (the reason names no key material).
+    pub fn new(
+        client: Option<Arc<CertifiedKey>>,
+        cas: Option<&[CertificateDer<'static>]>,
+        verify: bool,
+    ) -> Result<Self, String> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?;
+        let builder = if verify {
+            let mut roots = rustls::RootCertStore::empty();
+            match cas {
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+                Some(cas) => {
+                    for ca in cas {
+                        roots.add(ca.clone()).map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            builder.with_root_certificates(roots)
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)))
+        };
+        let config = match client {
+            Some(key) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(key))),
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Self {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            config: Arc::new(config),
+        })
+    }
 }

@@ -574,8 +574,8 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])),
         format!(
             "{place}\nexecuted migrations:\npending migrations:\n  0001_core\n  \
-             0002_oauth2_tokens\n  0003_cluster_notify\n  0004_key_auth_acl\n  0005_upstreams\n\
-             run `portcullis migrations bootstrap`\n"
+             0002_oauth2_tokens\n  0003_cluster_notify\n  0004_key_auth_acl\n  0005_upstreams\n  \
+             0006_certificates\nrun `portcullis migrations bootstrap`\n"
         )
     );
     stdout(&run(&["migrations", "bootstrap"]));
@@ -586,8 +586,9 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         .await
         .unwrap()
         .batch_execute(
-            "DELETE FROM portcullis_migrations WHERE version = 5; \
-             DROP TABLE targets, upstreams",
+            "DELETE FROM portcullis_migrations WHERE version = 6; \
+             ALTER TABLE services DROP CONSTRAINT services_client_certificate_fk; \
+             DROP TABLE snis, certificates, ca_certificates",
         )
         .await
         .unwrap();
@@ -596,8 +597,8 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])),
         format!(
             "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n  \
-             0003_cluster_notify\n  0004_key_auth_acl\npending migrations:\n  0005_upstreams\n\
-             run `portcullis migrations up`\n"
+             0003_cluster_notify\n  0004_key_auth_acl\n  0005_upstreams\npending migrations:\n  \
+             0006_certificates\nrun `portcullis migrations up`\n"
         )
     );
     let refused = run(&["serve"]);
@@ -607,13 +608,14 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
     );
     let stderr = text(&refused.stderr);
     assert!(
-        stderr.contains("has pending migrations (0005_upstreams): run `portcullis migrations up`"),
+        stderr
+            .contains("has pending migrations (0006_certificates): run `portcullis migrations up`"),
         "{stderr}"
     );
 
     assert_eq!(
         stdout(&run(&["migrations", "up"])),
-        "migrating 0005_upstreams... done\n1 migration(s) applied\n"
+        "migrating 0006_certificates... done\n1 migration(s) applied\n"
     );
     assert_eq!(
         stdout(&run(&["migrations", "up"])),
@@ -623,7 +625,8 @@ async fn migrations_list_up_and_reset_and_serve_refuses_pending_ones() {
         stdout(&run(&["migrations", "list"])),
         format!(
             "{place}\nexecuted migrations:\n  0001_core\n  0002_oauth2_tokens\n  \
-             0003_cluster_notify\n  0004_key_auth_acl\n  0005_upstreams\ndatabase is up-to-date\n"
+             0003_cluster_notify\n  0004_key_auth_acl\n  0005_upstreams\n  0006_certificates\n\
+             database is up-to-date\n"
         )
     );
 

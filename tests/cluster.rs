@@ -628,3 +628,79 @@ async fn the_cluster_script_starts_nodes_that_share_state_and_stops_them() {
         "stopped"
     );
 }
+
+/// The certificate `node`'s TLS proxy listener presents for `server_name` (SNI), DER encoded.
+async fn presented(node: &Node, server_name: &str) -> Vec<u8> {
+    let port: u16 = node.proxy_tls.rsplit(':').next().unwrap().parse().unwrap();
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .resolve(
+            server_name,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("https://{server_name}:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .expect("a peer certificate")
+        .to_vec()
+}
+
+/// A self-signed certificate for `name`: (PEM certificate, PEM key, DER certificate).
+fn certificate(name: &str) -> (String, String, Vec<u8>) {
+    let generated = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    (
+        generated.cert.pem(),
+        generated.key_pair.serialize_pem(),
+        generated.cert.der().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn a_certificate_written_on_one_node_is_served_by_every_node() {
+    let cluster = Cluster::start(2);
+    let (cert, key, der) = certificate("shared.test");
+    let (s, body) = cluster
+        .post(
+            A,
+            "/certificates",
+            json!({ "cert": cert, "key": key, "snis": ["shared.test"] }),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + PROPAGATION;
+    while presented(cluster.node(B), "shared.test").await != der {
+        assert!(
+            Instant::now() < deadline,
+            "certificate added on A not served by B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (cert, key, renewed) = certificate("shared.test");
+    let (s, body) = cluster
+        .admin(
+            B,
+            reqwest::Method::PATCH,
+            &format!("/certificates/{id}"),
+            Some(json!({ "cert": cert, "key": key })),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let deadline = Instant::now() + PROPAGATION;
+    while presented(cluster.node(A), "shared.test").await != renewed {
+        assert!(
+            Instant::now() < deadline,
+            "certificate renewed on B not served by A"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -195,6 +195,7 @@ async fn run_tutorial(gw: &Gateway) -> Vec<String> {
         .unwrap();
     assert_eq!(r.status(), 200);
     let mut keys = use_api_keys(&http, admin, proxy).await;
+    keys.extend(use_certificates(&http, admin, proxy).await);
     keys.extend([
         client_secret,
         provision_key,
@@ -285,6 +286,62 @@ async fn use_api_keys(http: &reqwest::Client, admin: &str, proxy: &str) -> Vec<S
         .unwrap();
     assert_eq!(r.status(), 200);
     vec![generated_key, chosen_key, wrong_key, replaced]
+}
+
+/// TLS per host: a certificate with its private key created, served by SNI, renewed, and a
+/// renewal refused (its key does not match); returns each line of every private key's PEM body.
+async fn use_certificates(http: &reqwest::Client, admin: &str, proxy_tls: &str) -> Vec<String> {
+    let pair = || {
+        let g = rcgen::generate_simple_self_signed(vec!["logged.test".to_string()]).unwrap();
+        (g.cert.pem(), g.key_pair.serialize_pem())
+    };
+    let (first, renewed, stray) = (pair(), pair(), pair());
+    let (s, cert) = post(
+        http,
+        format!("{admin}/certificates"),
+        json!({"cert": first.0, "key": first.1, "snis": ["logged.test"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{cert}");
+    let port: u16 = proxy_tls.rsplit(':').next().unwrap().parse().unwrap();
+    let sni_client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve(
+            "logged.test",
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+        .build()
+        .unwrap();
+    let r = sni_client
+        .get(format!("https://logged.test:{port}/none"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let path = format!("{admin}/certificates/{}", cert["id"].as_str().unwrap());
+    let r = http
+        .patch(&path)
+        .json(&json!({"cert": renewed.0, "key": renewed.1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .patch(&path)
+        .json(&json!({"cert": renewed.0, "key": stray.1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    [first.1, renewed.1, stray.1]
+        .iter()
+        .flat_map(|k| {
+            k.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 fn assert_no_secret_logged(gw: &Gateway, secrets: &[String]) {

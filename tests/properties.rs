@@ -264,6 +264,7 @@ proptest! {
             targets: &HashMap::new(),
             rotations: &HashMap::new(),
             health: &Default::default(),
+            upstream_tls: &HashMap::new(),
             version: 1,
         });
         let lookup = |n: &str| (n == "x-v").then(|| header.clone()).flatten();

@@ -21,6 +21,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::health_checker::{HealthChecker, Probe, Stop};
+use crate::entities::certificates::{CaCertificate, Certificate, Sni};
 use crate::entities::upstreams::{Target, Upstream};
 use crate::entities::{
     AclMembership, Consumer, IdentityParts, KeyAuthCredential, OAuthCredential, PluginInstance,
@@ -34,6 +35,7 @@ use crate::router::health::HealthBook;
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
 };
+use crate::tls::{Served, SniIndex, UpstreamTls};
 
 /// A change to apply to the mirror.
 #[derive(Debug, Clone)]
@@ -158,6 +160,9 @@ struct Mirror {
     acls: HashMap<Uuid, Arc<AclMembership>>,
     upstreams: HashMap<Uuid, Arc<Upstream>>,
     targets: HashMap<Uuid, Arc<Target>>,
+    certificates: HashMap<Uuid, Arc<Certificate>>,
+    snis: HashMap<Uuid, Arc<Sni>>,
+    ca_certificates: HashMap<Uuid, Arc<CaCertificate>>,
 }
 
 /// Each balanced service's round-robin position, kept across snapshots (and mirror reloads) so
@@ -165,12 +170,50 @@ struct Mirror {
 /// not restart the rotation.
 type Rotations = HashMap<Uuid, Arc<Rotation>>;
 
+/// What a service's upstream TLS settings were built from: the certificate rows (a changed row
+/// is a new `Arc`; the key holds them, so their addresses cannot be reused meanwhile) and
+/// `tls_verify`.
+#[derive(Clone)]
+struct TlsKey {
+    client: Option<Option<Arc<Certificate>>>,
+    cas: Option<Vec<Option<Arc<CaCertificate>>>>,
+    verify: bool,
+}
+
+impl TlsKey {
+    /// Built from the very same rows.
+    fn same(&self, other: &Self) -> bool {
+        fn same_row<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        let client = match (&self.client, &other.client) {
+            (Some(a), Some(b)) => same_row(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let cas = match (&self.cas, &other.cas) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_row(x, y))
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        client && cas && self.verify == other.verify
+    }
+}
+
 /// The actor.
 pub struct ConfigRegistry {
     store: Arc<dyn ConfigStore>,
     tokens: Arc<dyn TokenStore>,
     plugins: Arc<PluginRegistry>,
     snapshot: Arc<ArcSwap<RouterSnapshot>>,
+    sni: Arc<ArcSwap<SniIndex>>,
+    upstream_tls: HashMap<Uuid, (TlsKey, Arc<UpstreamTls>)>,
     mirror: Mirror,
     rotations: Rotations,
     /// The targets' health, kept across snapshots.
@@ -193,12 +236,22 @@ impl ConfigRegistry {
             tokens,
             plugins,
             snapshot,
+            sni: Arc::new(ArcSwap::from_pointee(SniIndex::default())),
+            upstream_tls: HashMap::new(),
             mirror: Mirror::default(),
             rotations: Rotations::default(),
             health: Arc::default(),
             checkers: HashMap::new(),
             version: 0,
         }
+    }
+
+    /// Publishes the certificates of the configured SNIs into `sni` too (the proxy's TLS
+    /// listeners read it on every handshake).
+    #[must_use]
+    pub fn serving_sni(mut self, sni: Arc<ArcSwap<SniIndex>>) -> Self {
+        self.sni = sni;
+        self
     }
 
     fn upsert(&mut self, entity: &str, doc: &Document) {
@@ -261,6 +314,18 @@ impl ConfigRegistry {
                     let t: Target = serde_json::from_value(value).map_err(|e| e.to_string())?;
                     self.mirror.targets.insert(t.id, Arc::new(t));
                 }
+                "certificates" => {
+                    let c = Certificate::from_doc(doc)?;
+                    self.mirror.certificates.insert(c.id, Arc::new(c));
+                }
+                "snis" => {
+                    let n = Sni::from_doc(doc)?;
+                    self.mirror.snis.insert(n.id, Arc::new(n));
+                }
+                "ca_certificates" => {
+                    let c = CaCertificate::from_doc(doc)?;
+                    self.mirror.ca_certificates.insert(c.id, Arc::new(c));
+                }
                 _ => {}
             }
             Ok(())
@@ -281,6 +346,9 @@ impl ConfigRegistry {
             "acls" => drop(self.mirror.acls.remove(&id)),
             "upstreams" => drop(self.mirror.upstreams.remove(&id)),
             "targets" => drop(self.mirror.targets.remove(&id)),
+            "certificates" => drop(self.mirror.certificates.remove(&id)),
+            "snis" => drop(self.mirror.snis.remove(&id)),
+            "ca_certificates" => drop(self.mirror.ca_certificates.remove(&id)),
             _ => {}
         }
     }
@@ -390,8 +458,74 @@ impl ConfigRegistry {
         }
     }
 
+    /// Rebuilds the upstream TLS settings of the services whose own settings (or certificate
+    /// rows) changed; the others keep theirs, and with them their pooled connections.
+    fn refresh_upstream_tls(&mut self) {
+        let mirror = &self.mirror;
+        let mut next = HashMap::new();
+        for service in mirror.services.values() {
+            let verify = service.tls_verify == Some(true);
+            let cas = service
+                .ca_certificates
+                .as_deref()
+                .filter(|c| !c.is_empty() && verify);
+            if service.client_certificate.is_none() && cas.is_none() {
+                continue;
+            }
+            let client = service
+                .client_certificate
+                .map(|c| mirror.certificates.get(&c.id).cloned());
+            let ca_rows: Option<Vec<Option<Arc<CaCertificate>>>> = cas.map(|ids| {
+                ids.iter()
+                    .map(|id| mirror.ca_certificates.get(id).cloned())
+                    .collect()
+            });
+            let key = TlsKey {
+                client: client.clone(),
+                cas: ca_rows.clone(),
+                verify,
+            };
+            if let Some((old_key, tls)) = self.upstream_tls.get(&service.id) {
+                if old_key.same(&key) {
+                    next.insert(service.id, (key, tls.clone()));
+                    continue;
+                }
+            }
+            if client.as_ref().is_some_and(Option::is_none)
+                || ca_rows
+                    .as_ref()
+                    .is_some_and(|r| r.iter().any(Option::is_none))
+            {
+                // Kong answers 500 for such a service; here its upstream TLS fails (502).
+                tracing::error!(service = %service.id, "a certificate the service names does not exist");
+            }
+            let client = client.flatten().map(|c| c.key.clone());
+            let ders: Option<Vec<_>> =
+                ca_rows.map(|rows| rows.into_iter().flatten().map(|r| r.der.clone()).collect());
+            match UpstreamTls::new(client, ders.as_deref(), verify) {
+                Ok(tls) => {
+                    next.insert(service.id, (key, Arc::new(tls)));
+                }
+                Err(e) => {
+                    tracing::error!(service = %service.id, error = %e, "cannot build the service's upstream TLS settings; its upstream is trusted by nothing");
+                    // Fail closed: never fall back to the default (unverified) client.
+                    if let Ok(tls) = UpstreamTls::new(None, Some(&[]), true) {
+                        next.insert(service.id, (key, Arc::new(tls)));
+                    }
+                }
+            }
+        }
+        self.upstream_tls = next;
+    }
+
     fn publish(&mut self) {
         self.version += 1;
+        self.refresh_upstream_tls();
+        let upstream_tls: HashMap<Uuid, Arc<UpstreamTls>> = self
+            .upstream_tls
+            .iter()
+            .map(|(id, (_, tls))| (*id, tls.clone()))
+            .collect();
         let services = &self.mirror.services;
         self.rotations.retain(|id, _| services.contains_key(id));
         for id in services.keys() {
@@ -425,9 +559,25 @@ impl ConfigRegistry {
             targets: &self.mirror.targets,
             rotations: &self.rotations,
             health: &self.health,
+            upstream_tls: &upstream_tls,
             version: self.version,
         };
         self.snapshot.store(Arc::new(RouterSnapshot::build(parts)));
+        self.sni.store(Arc::new(self.sni_index()));
+    }
+
+    /// The served certificate of every SNI whose certificate is loaded.
+    fn sni_index(&self) -> SniIndex {
+        let certificates = &self.mirror.certificates;
+        SniIndex::new(self.mirror.snis.values().filter_map(|sni| {
+            certificates.get(&sni.certificate).map(|c| {
+                let served = Served {
+                    main: c.key.clone(),
+                    alt: c.alt.clone(),
+                };
+                (sni.name.clone(), served)
+            })
+        }))
     }
 
     fn apply(&mut self, changes: &[Change]) {

@@ -210,6 +210,12 @@ pub fn build_doc(
     if kind.def.name == "plugins" {
         validate_plugin(plugins, &mut doc, coerce)?;
     }
+    match kind.def.name {
+        // Kong's transient field: the names are `snis` rows, written by the certificates module.
+        "certificates" => drop(doc.remove("snis")),
+        "ca_certificates" => crate::entities::certificates::set_cert_digest(&mut doc),
+        _ => {}
+    }
     if kind.def.name == "oauth2_credentials" {
         credentials::prepare_for_storage(&mut doc).map_err(AdminError::Internal)?;
     }
@@ -305,6 +311,9 @@ pub fn kind_by_table(table: &str) -> Option<&'static EntityKind> {
         "acls" => &crate::plugins::acl::acls::ACLS,
         "upstreams" => &crate::entities::upstreams::UPSTREAMS,
         "targets" => &crate::entities::upstreams::TARGETS,
+        "certificates" => &crate::entities::certificates::CERTIFICATES,
+        "snis" => &crate::entities::certificates::SNIS,
+        "ca_certificates" => &crate::entities::certificates::CA_CERTIFICATES,
         _ => return None,
     })
 }
@@ -510,10 +519,25 @@ pub async fn list_page(
 pub async fn create(
     state: &AdminState,
     kind: &'static EntityKind,
-    mut input: Map<String, Value>,
+    input: Map<String, Value>,
     coerce: Coerce,
     foreign: Option<(&'static str, Uuid)>,
 ) -> Result<HttpResponse, AdminError> {
+    let body = create_value(state, kind, input, coerce, foreign).await?;
+    Ok(HttpResponse::Created().json(body))
+}
+
+/// [`create`]'s answer body, for endpoints that add to it (a certificate's `snis`).
+///
+/// # Errors
+/// As [`create`].
+pub async fn create_value(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    mut input: Map<String, Value>,
+    coerce: Coerce,
+    foreign: Option<(&'static str, Uuid)>,
+) -> Result<Value, AdminError> {
     if let Some((field, id)) = foreign {
         input.insert(field.into(), json!({ "id": id.to_string() }));
     }
@@ -523,7 +547,7 @@ pub async fn create(
     let stored = send(state, Insert { def: kind.def, doc })
         .await
         .map_err(|e| unique_on_shown(e, kind, shown_once.as_ref()))?;
-    Ok(HttpResponse::Created().json(render_written(&state.plugins, kind, stored, shown_once)))
+    Ok(render_written(&state.plugins, kind, stored, shown_once))
 }
 
 /// `GET /E/{key}` (optionally checking it belongs to a parent).
@@ -555,10 +579,26 @@ pub async fn upsert(
     state: &AdminState,
     kind: &'static EntityKind,
     key: String,
-    mut input: Map<String, Value>,
+    input: Map<String, Value>,
     coerce: Coerce,
     parent: Option<(&'static str, Uuid)>,
 ) -> Result<HttpResponse, AdminError> {
+    let body = upsert_value(state, kind, key, input, coerce, parent).await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// [`upsert`]'s answer body, for endpoints that add to it.
+///
+/// # Errors
+/// As [`upsert`].
+pub async fn upsert_value(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    key: String,
+    mut input: Map<String, Value>,
+    coerce: Coerce,
+    parent: Option<(&'static str, Uuid)>,
+) -> Result<Value, AdminError> {
     if let Some((field, id)) = parent {
         input.insert(field.into(), json!({ "id": id.to_string() }));
     }
@@ -607,8 +647,7 @@ pub async fn upsert(
         };
         if !again(&result, &mut tries) {
             let stored = result.map_err(|e| unique_on_shown(e, kind, shown_once.as_ref()))?;
-            let body = render_written(&state.plugins, kind, stored, shown_once);
-            return Ok(HttpResponse::Ok().json(body));
+            return Ok(render_written(&state.plugins, kind, stored, shown_once));
         }
     }
 }
@@ -625,6 +664,22 @@ pub async fn patch(
     coerce: Coerce,
     parent: Option<(&'static str, Uuid)>,
 ) -> Result<HttpResponse, AdminError> {
+    let body = patch_value(state, kind, key, input, coerce, parent).await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// [`patch`]'s answer body, for endpoints that add to it.
+///
+/// # Errors
+/// As [`patch`].
+pub async fn patch_value(
+    state: &AdminState,
+    kind: &'static EntityKind,
+    key: String,
+    input: Map<String, Value>,
+    coerce: Coerce,
+    parent: Option<(&'static str, Uuid)>,
+) -> Result<Value, AdminError> {
     if kind.def.name == "oauth2_credentials" {
         credentials::check_patch(&input).map_err(AdminError::Schema)?;
     }
@@ -654,8 +709,7 @@ pub async fn patch(
         let result = send(state, update).await;
         if !again(&result, &mut tries) {
             let stored = result.map_err(|e| unique_on_shown(e, kind, shown_once.as_ref()))?;
-            let body = render_written(&state.plugins, kind, stored, shown_once);
-            return Ok(HttpResponse::Ok().json(body));
+            return Ok(render_written(&state.plugins, kind, stored, shown_once));
         }
     }
 }

@@ -158,6 +158,9 @@ pub fn entity_schema(entity: &str) -> Result<HttpResponse, AdminError> {
             &crate::plugins::key_auth::credentials::CREDENTIAL_SCHEMA
         }
         "acls" => &crate::plugins::acl::acls::ACL_SCHEMA,
+        "certificates" => &crate::entities::certificates::CERTIFICATE_SCHEMA,
+        "snis" => &crate::entities::certificates::SNI_SCHEMA,
+        "ca_certificates" => &crate::entities::certificates::CA_CERTIFICATE_SCHEMA,
         _ => return Err(AdminError::NotFound),
     };
     Ok(HttpResponse::Ok().json(json!({ "fields": fields(schema) })))

@@ -4,6 +4,7 @@
 //! plugins never import the admin API: [`oauth2_tokens`] (issued tokens) and [`introspection`]
 //! (verdict cache eviction).
 
+pub mod certificates;
 pub mod crud;
 pub mod info;
 pub mod introspection;
@@ -23,6 +24,7 @@ use portcullis_stores::{ConfigStore, TokenStore};
 
 use crate::actors::registry::ConfigRegistry;
 use crate::config::Settings;
+use crate::entities::certificates::{CA_CERTIFICATES, CERTIFICATES, SNIS};
 use crate::entities::upstreams::{TARGETS, UPSTREAMS};
 use crate::entities::{EntityKind, CONSUMERS, PLUGINS, ROUTES, SERVICES};
 use crate::error::AdminError;
@@ -55,7 +57,7 @@ pub struct AdminState {
 
 /// The entity collections at the top of the URL space: segment → entity. The dispatcher and the
 /// OpenAPI document both read this table.
-pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 8] = [
+pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 11] = [
     ("services", &SERVICES),
     ("routes", &ROUTES),
     ("consumers", &CONSUMERS),
@@ -64,6 +66,9 @@ pub static COLLECTIONS: [(&str, &LazyLock<EntityKind>); 8] = [
     ("key-auths", &KEYAUTH_CREDENTIALS),
     ("acls", &ACLS),
     ("upstreams", &UPSTREAMS),
+    ("certificates", &CERTIFICATES),
+    ("snis", &SNIS),
+    ("ca_certificates", &CA_CERTIFICATES),
 ];
 
 /// Collections whose nested segment differs from their top-level one (Kong's
@@ -76,7 +81,7 @@ pub static NESTED_ONLY: [(&str, &LazyLock<EntityKind>); 1] = [("targets", &TARGE
 
 /// Collections nested under a parent (`/services/{s}/routes`): `(parent segment, child segment,
 /// foreign-key field of the child)`.
-pub const NESTED: [(&str, &str, &str); 8] = [
+pub const NESTED: [(&str, &str, &str); 9] = [
     ("services", "routes", "service"),
     ("services", "plugins", "service"),
     ("routes", "plugins", "route"),
@@ -85,19 +90,17 @@ pub const NESTED: [(&str, &str, &str); 8] = [
     ("consumers", "key-auth", "consumer"),
     ("consumers", "acls", "consumer"),
     ("upstreams", "targets", "upstream"),
+    ("certificates", "snis", "certificate"),
 ];
 
 /// Lists decK reads whose entities this gateway does not have: always empty, so a sync sees
 /// nothing to manage there.
-pub const EMPTY_LISTS: [&str; 9] = [
-    "ca_certificates",
+pub const EMPTY_LISTS: [&str; 6] = [
     "vaults",
     "consumer_groups",
     "basic-auths",
     "jwts",
     "hmac-auths",
-    "certificates",
-    "snis",
     "tags",
 ];
 
@@ -240,6 +243,9 @@ pub async fn dispatch(
         return resp;
     }
     if let Some(resp) = oauth2_tokens::dispatch(st, &seg, &method, &query, &parse).await {
+        return resp;
+    }
+    if let Some(resp) = certificates::dispatch(st, &seg, &method, &query, &parse).await {
         return resp;
     }
 

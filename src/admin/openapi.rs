@@ -381,7 +381,8 @@ impl Document {
                 None,
                 ("204", no_content()),
                 Failures {
-                    not_found: parent_field.is_some(),
+                    // A certificate addressed by an SNI name that does not exist: Kong's 404.
+                    not_found: parent_field.is_some() || name == "certificates",
                     ..Failures::DELETE
                 },
             );

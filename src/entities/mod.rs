@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::schema::{Field, FieldType, Schema};
 
+pub mod certificates;
 pub mod upstreams;
 
 /// Protocols a service may use.
@@ -305,6 +306,17 @@ fn strings(list: &[&str]) -> Value {
     Value::Array(list.iter().map(|s| Value::String((*s).into())).collect())
 }
 
+/// rustls verifies the whole chain to a trust anchor and has no setting that bounds its length,
+/// so a depth would be accepted and not honoured: any value is refused (null, the default, is
+/// what Kong does without one: nginx's default depth).
+fn refuse_verify_depth(_: &Value) -> Result<(), String> {
+    Err(
+        "not supported by this gateway: its TLS library cannot bound the verified chain's \
+         depth; leave it null"
+            .into(),
+    )
+}
+
 /// Services schema.
 pub static SERVICE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let mut fields = base_fields();
@@ -341,7 +353,9 @@ pub static SERVICE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         Field::new("enabled", FieldType::Boolean).default(|| json!(true)),
         Field::new("client_certificate", FieldType::Foreign("certificates")),
         Field::new("tls_verify", FieldType::Boolean),
-        Field::new("tls_verify_depth", FieldType::Integer).between(0, 64),
+        Field::new("tls_verify_depth", FieldType::Integer)
+            .between(0, 64)
+            .check(refuse_verify_depth),
         Field::new(
             "ca_certificates",
             FieldType::Array(Box::new(FieldType::Uuid)),
@@ -548,6 +562,12 @@ pub struct Service {
     /// Verify the upstream certificate (Kong's default: no).
     #[serde(default)]
     pub tls_verify: Option<bool>,
+    /// Certificate presented to the upstream when it asks for one (mutual TLS).
+    #[serde(default)]
+    pub client_certificate: Option<Ref>,
+    /// CA certificates the upstream's certificate is verified against (with `tls_verify`).
+    #[serde(default)]
+    pub ca_certificates: Option<Vec<Uuid>>,
     /// Disabled services answer like a missing route.
     #[serde(default = "yes")]
     pub enabled: bool,

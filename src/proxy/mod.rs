@@ -359,6 +359,8 @@ struct Arrival<'a> {
 /// Where a matched request goes and how its upstream request is shaped.
 struct Upstream<'a> {
     service: &'a Service,
+    /// How the upstream's TLS is checked.
+    trust: upstream::Trust<'a>,
     peers: Peers<'a>,
     /// The path prefix `strip_path` removed.
     stripped: Option<&'a str>,
@@ -551,6 +553,7 @@ async fn proxy(
         None => {
             let upstream = Upstream {
                 service,
+                trust: upstream::Trust::of(service.tls_verify, routed.tls.as_deref()),
                 peers,
                 stripped: matched.stripped,
                 preserve_host: entry.route.route.preserve_host,
@@ -711,6 +714,7 @@ async fn forward<'a>(
     let scheme = conn.scheme;
     let Upstream {
         service,
+        trust,
         peers,
         stripped,
         preserve_host,
@@ -798,9 +802,8 @@ async fn forward<'a>(
         if let Some(left) = grpc::client_deadline(req) {
             deadline = deadline.min(sent_at + left);
         }
-        let verify = service.tls_verify == Some(true);
         let in_flight = origin.load.as_ref().map(TargetLoad::start);
-        let answer = Box::pin(clients.send_grpc(request, verify, deadline)).await;
+        let answer = Box::pin(clients.send_grpc(request, trust, deadline)).await;
         if let (Some(load), true) = (&origin.load, answer.is_ok()) {
             load.answered(sent_at.elapsed());
         }
@@ -848,7 +851,7 @@ async fn forward<'a>(
         upstream_headers.write(request.headers_mut());
         let to = tunnel::Destination {
             origin,
-            verify: service.tls_verify == Some(true),
+            trust,
             timeouts,
         };
         let log = trail.wanted.then(|| {
@@ -896,9 +899,8 @@ async fn forward<'a>(
                             http::HeaderValue::from_static("chunked"),
                         );
                     }
-                    let verify = service.tls_verify == Some(true);
                     // Boxed: hyper's future would double the size of every request's future.
-                    Box::pin(clients.send_hyper(request, verify, no_body, deadline, timeouts.read))
+                    Box::pin(clients.send_hyper(request, trust, no_body, deadline, timeouts.read))
                         .await
                 }
             };

@@ -9,7 +9,6 @@ use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,8 +46,8 @@ pub fn wants_websocket(req: &ClientRequest) -> bool {
 pub struct Destination<'a> {
     /// The service's origin.
     pub origin: &'a UpstreamOrigin,
-    /// Verify the upstream's certificate (`tls_verify`).
-    pub verify: bool,
+    /// How the upstream's TLS is checked (`tls_verify`, the service's own settings).
+    pub trust: super::upstream::Trust<'a>,
     /// The service's timeouts; `read` also bounds how long a tunnel may sit idle.
     pub timeouts: Timeouts,
 }
@@ -78,16 +77,12 @@ pub async fn handshake(
     .map_err(|e| ProxyError::BadGateway(format!("websocket upstream connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let mut answer = if to.origin.tls {
-        let config = if to.verify {
-            crate::tls::verified_upstream_config()
-        } else {
-            crate::tls::unverified_upstream_config()
-        };
+        let config = to.trust.config();
         let name = rustls::pki_types::ServerName::try_from(to.origin.connect_host.clone())
             .map_err(|e| ProxyError::BadGateway(format!("websocket upstream name: {e}")))?;
         let tls = tokio::time::timeout(
             timeouts.connect,
-            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
         )
         .await
         .map_err(|_| ProxyError::Timeout)?

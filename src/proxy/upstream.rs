@@ -7,7 +7,10 @@
 //! Both speak `http` 1.x, the types the proxy listeners hand the gateway: a request's headers
 //! reach either client without conversion.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,7 +27,9 @@ use super::headers::{HeaderSink, UpstreamHeaders};
 use super::http1::{
     Answer, AnswerBody, BodyStream, Destination, ExchangeError, Http1Pool, Outgoing,
 };
-use crate::tls::{unverified_upstream_config as unverified, verified_upstream_config as verified};
+use crate::tls::{
+    unverified_upstream_config as unverified, verified_upstream_config as verified, UpstreamTls,
+};
 
 /// Error type of request bodies sent upstream.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,7 +53,16 @@ pub struct UpstreamClients {
     pub grpc: UpstreamClient,
     /// [`UpstreamClients::grpc`] verifying certificates (`tls_verify`).
     pub grpc_verifying: UpstreamClient,
+    /// Clients of services with their own TLS settings, by [`UpstreamTls::id`]: (HTTP/1.1,
+    /// gRPC). This worker's alone, so no lock.
+    custom: RefCell<HashMap<u64, (UpstreamClient, UpstreamClient)>>,
+    pool_size: usize,
+    idle: Duration,
 }
+
+/// How many services' own TLS clients a worker keeps before starting afresh (settings replaced
+/// by a configuration change are never asked for again).
+const CUSTOM_CLIENTS: usize = 256;
 
 impl UpstreamClients {
     /// Clients keeping at most `pool_size` idle connections per upstream for `idle` (Kong's
@@ -60,6 +74,60 @@ impl UpstreamClients {
             verifying: client(verified(), Speaks::Http1, pool_size, idle),
             grpc: client(unverified(), Speaks::Http2, pool_size, idle),
             grpc_verifying: client(verified(), Speaks::Http2, pool_size, idle),
+            custom: RefCell::new(HashMap::new()),
+            pool_size,
+            idle,
+        }
+    }
+
+    /// The pooled client of a service with its own TLS settings (built on first use).
+    fn custom_client(&self, tls: &UpstreamTls, grpc: bool) -> UpstreamClient {
+        let mut custom = self.custom.borrow_mut();
+        if !custom.contains_key(&tls.id) && custom.len() >= CUSTOM_CLIENTS {
+            custom.clear();
+        }
+        let (http1, http2) = custom.entry(tls.id).or_insert_with(|| {
+            let config = (*tls.config).clone();
+            (
+                client(config.clone(), Speaks::Http1, self.pool_size, self.idle),
+                client(config, Speaks::Http2, self.pool_size, self.idle),
+            )
+        });
+        if grpc {
+            http2.clone()
+        } else {
+            http1.clone()
+        }
+    }
+}
+
+/// Which TLS client settings an upstream request uses.
+#[derive(Clone, Copy)]
+pub enum Trust<'a> {
+    /// Kong's default: no verification, no client certificate.
+    Any,
+    /// `tls_verify` against the web PKI roots.
+    Verify,
+    /// The service's own settings (client certificate, CA certificates).
+    Own(&'a UpstreamTls),
+}
+
+impl<'a> Trust<'a> {
+    /// What a service with `tls_verify` and its own settings `own` asks for.
+    pub fn of(tls_verify: Option<bool>, own: Option<&'a UpstreamTls>) -> Self {
+        match (own, tls_verify) {
+            (Some(tls), _) => Self::Own(tls),
+            (None, Some(true)) => Self::Verify,
+            (None, _) => Self::Any,
+        }
+    }
+
+    /// The rustls settings of a connection made outside the pools (WebSocket tunnels).
+    pub fn config(self) -> Arc<rustls::ClientConfig> {
+        match self {
+            Self::Own(tls) => tls.config.clone(),
+            Self::Verify => Arc::new(verified()),
+            Self::Any => Arc::new(unverified()),
         }
     }
 }
@@ -157,13 +225,17 @@ impl UpstreamClients {
     pub async fn send_grpc(
         &self,
         request: http::Request<UpstreamBody>,
-        verify: bool,
+        trust: Trust<'_>,
         deadline: Instant,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let client = if verify {
-            &self.grpc_verifying
-        } else {
-            &self.grpc
+        let custom;
+        let client = match trust {
+            Trust::Own(tls) => {
+                custom = self.custom_client(tls, true);
+                &custom
+            }
+            Trust::Verify => &self.grpc_verifying,
+            Trust::Any => &self.grpc,
         };
         match tokio::time::timeout_at(deadline.into(), client.request(request)).await {
             Err(_) => Err(SendError::Timeout),
@@ -172,8 +244,8 @@ impl UpstreamClients {
         }
     }
 
-    /// Sends a request over hyper's pooled client (TLS upstreams, streamed uploads); `verify`
-    /// picks the client that checks upstream certificates. The head must arrive by `deadline`;
+    /// Sends a request over hyper's pooled client (TLS upstreams, streamed uploads); `trust`
+    /// picks the client that checks upstream certificates as the service asks. The head must arrive by `deadline`;
     /// then `read_timeout` bounds each wait for more of the body.
     ///
     /// # Errors
@@ -181,12 +253,20 @@ impl UpstreamClients {
     pub async fn send_hyper(
         &self,
         request: http::Request<UpstreamBody>,
-        verify: bool,
+        trust: Trust<'_>,
         no_body: bool,
         deadline: Instant,
         read_timeout: Duration,
     ) -> Result<Answer, SendError> {
-        let client = if verify { &self.verifying } else { &self.plain };
+        let custom;
+        let client = match trust {
+            Trust::Own(tls) => {
+                custom = self.custom_client(tls, false);
+                &custom
+            }
+            Trust::Verify => &self.verifying,
+            Trust::Any => &self.plain,
+        };
         match tokio::time::timeout_at(deadline.into(), client.request(request)).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Ok(resp)) => Ok(answer_of(resp, no_body, read_timeout)),

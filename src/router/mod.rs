@@ -293,6 +293,8 @@ pub struct SnapshotParts<'a> {
     pub rotations: &'a HashMap<Uuid, Arc<balancer::Rotation>>,
     /// The targets' health, carried across snapshots.
     pub health: &'a Arc<health::HealthBook>,
+    /// Upstream TLS settings of the services that have their own.
+    pub upstream_tls: &'a HashMap<Uuid, Arc<crate::tls::UpstreamTls>>,
     /// Version number.
     pub version: u64,
 }
@@ -303,6 +305,8 @@ pub struct RoutedService {
     pub service: Arc<Service>,
     /// Its own origin, or its upstream's targets.
     pub destinations: Destinations,
+    /// Its own upstream TLS settings (client certificate, CA certificates), if it has any.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 /// A service's upstream origin as the proxy sends it: computed once per snapshot instead of being
@@ -411,6 +415,7 @@ impl RouterSnapshot {
                                     parts.health,
                                     parts.rotations.get(&s.id).cloned().unwrap_or_default(),
                                 ),
+                                tls: parts.upstream_tls.get(&s.id).cloned(),
                             })
                         })
                         .clone()
@@ -698,6 +703,7 @@ mod index_tests {
             targets: &HashMap::new(),
             rotations: &HashMap::new(),
             health: &Default::default(),
+            upstream_tls: &HashMap::new(),
             version: 1,
         });
         assert!(snapshot.entries.len() > super::INDEX_THRESHOLD);

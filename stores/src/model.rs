@@ -44,11 +44,39 @@ pub struct EntityDef {
 pub mod entities {
     use super::{EntityDef, ForeignKeyDef, OnDelete};
 
-    /// Upstream services.
+    /// TLS certificates with their private keys: served by SNI on the proxy's TLS listeners and
+    /// presented to upstreams as client certificates.
+    pub static CERTIFICATES: EntityDef = EntityDef {
+        name: "certificates",
+        unique: &[],
+        foreign_keys: &[],
+    };
+    /// Server names a certificate is served for; deleted with their certificate.
+    pub static SNIS: EntityDef = EntityDef {
+        name: "snis",
+        unique: &[&["name"]],
+        foreign_keys: &[ForeignKeyDef {
+            field: "certificate",
+            references: "certificates",
+            on_delete: OnDelete::Cascade,
+        }],
+    };
+    /// Trusted CA certificates services verify their upstreams with; one row per certificate
+    /// (its SHA-256 digest is unique).
+    pub static CA_CERTIFICATES: EntityDef = EntityDef {
+        name: "ca_certificates",
+        unique: &[&["cert_digest"]],
+        foreign_keys: &[],
+    };
+    /// Upstream services; a service's client certificate cannot be deleted while it is used.
     pub static SERVICES: EntityDef = EntityDef {
         name: "services",
         unique: &[&["name"]],
-        foreign_keys: &[],
+        foreign_keys: &[ForeignKeyDef {
+            field: "client_certificate",
+            references: "certificates",
+            on_delete: OnDelete::Restrict,
+        }],
     };
     /// Routes, restricted by their service.
     pub static ROUTES: EntityDef = EntityDef {
@@ -140,7 +168,10 @@ pub mod entities {
     };
 
     /// All configuration entities, referenced before referencing.
-    pub static ALL: [&EntityDef; 9] = [
+    pub static ALL: [&EntityDef; 12] = [
+        &CERTIFICATES,
+        &SNIS,
+        &CA_CERTIFICATES,
         &SERVICES,
         &ROUTES,
         &CONSUMERS,

@@ -390,6 +390,12 @@ pub fn spawn_tls_upstream() -> Upstream {
     spawn_echo(Some((*config).clone()))
 }
 
+/// Starts the echo upstream over TLS with the given server settings (a certificate of the
+/// test's, a client certificate required).
+pub fn spawn_tls_upstream_with(config: rustls::ServerConfig) -> Upstream {
+    spawn_echo(Some(config))
+}
+
 fn spawn_echo(tls: Option<rustls::ServerConfig>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let port = listener.local_addr().expect("addr").port();

@@ -6,6 +6,7 @@
 mod acl;
 mod admin;
 mod bodies;
+mod certificates;
 mod cors;
 #[path = "../support/echo_servers.rs"]
 mod echo_servers;

@@ -1505,14 +1505,11 @@ async fn b5_changes_apply_to_the_next_request(store: Store) {
 async fn d1_lists_deck_reads_are_empty(store: Store) {
     let app = app(store).await;
     for list in [
-        "ca_certificates",
         "vaults",
         "consumer_groups",
         "basic-auths",
         "jwts",
         "hmac-auths",
-        "certificates",
-        "snis",
         "tags",
     ] {
         let (s, json) = app.admin_get(&format!("/{list}")).await;
@@ -1522,7 +1519,16 @@ async fn d1_lists_deck_reads_are_empty(store: Store) {
             "{list}"
         );
     }
-    for list in ["upstreams", "consumers", "services", "routes", "plugins"] {
+    for list in [
+        "upstreams",
+        "consumers",
+        "services",
+        "routes",
+        "plugins",
+        "certificates",
+        "snis",
+        "ca_certificates",
+    ] {
         let (s, json) = app.admin_get(&format!("/{list}")).await;
         assert_eq!(
             (s, &json),

@@ -204,6 +204,35 @@ const TARGETS: &[Column] = &[
     col("weight", Kind::Int),
 ];
 
+const CERTIFICATES: &[Column] = &[
+    col("id", Kind::Uuid),
+    col("created_at", Kind::Int),
+    col("updated_at", Kind::Int),
+    col("tags", Kind::TextArray),
+    col("cert", Kind::Text),
+    col("key", Kind::Text),
+    col("cert_alt", Kind::Text),
+    col("key_alt", Kind::Text),
+];
+
+const SNIS: &[Column] = &[
+    col("id", Kind::Uuid),
+    col("created_at", Kind::Int),
+    col("updated_at", Kind::Int),
+    col("tags", Kind::TextArray),
+    col("name", Kind::Text),
+    fk("certificate", "certificate_id"),
+];
+
+const CA_CERTIFICATES: &[Column] = &[
+    col("id", Kind::Uuid),
+    col("created_at", Kind::Int),
+    col("updated_at", Kind::Int),
+    col("tags", Kind::TextArray),
+    col("cert", Kind::Text),
+    col("cert_digest", Kind::Text),
+];
+
 /// The columns of an entity's table (its name is `def.name`).
 fn columns(def: &EntityDef) -> Result<&'static [Column], StoreError> {
     Ok(match def.name {
@@ -216,6 +245,9 @@ fn columns(def: &EntityDef) -> Result<&'static [Column], StoreError> {
         "acls" => ACLS,
         "upstreams" => UPSTREAMS,
         "targets" => TARGETS,
+        "certificates" => CERTIFICATES,
+        "snis" => SNIS,
+        "ca_certificates" => CA_CERTIFICATES,
         other => return Err(StoreError::Internal(format!("no table for entity {other}"))),
     })
 }

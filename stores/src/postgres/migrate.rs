@@ -48,6 +48,11 @@ pub static MIGRATIONS: &[Migration] = &[
         name: "0005_upstreams",
         sql: include_str!("../../../migrations/0005_upstreams.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_certificates",
+        sql: include_str!("../../../migrations/0006_certificates.sql"),
+    },
 ];
 
 /// The tables the migrations create, dropped by `reset` (most dependent first).
@@ -65,6 +70,9 @@ const TABLES: &[&str] = &[
     "routes",
     "consumers",
     "services",
+    "snis",
+    "certificates",
+    "ca_certificates",
     "portcullis_migrations",
 ];
 
