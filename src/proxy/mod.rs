@@ -160,6 +160,8 @@ struct Journey {
     /// Bytes of the request body the gateway knows of (declared or buffered).
     request_body: u64,
     trail: Trail,
+    /// The plugins' per-request values, taken from the context once its phases ran.
+    slots: crate::plugin_api::PluginSlots,
 }
 
 impl Default for Journey {
@@ -175,6 +177,7 @@ impl Default for Journey {
             source: Source::Gateway,
             request_body: 0,
             trail: Trail::default(),
+            slots: crate::plugin_api::PluginSlots::default(),
         }
     }
 }
@@ -187,6 +190,8 @@ struct Trail {
     upstream_uri: Option<String>,
     upstream_status: Option<StatusCode>,
     upstream_latency: Option<Duration>,
+    /// From the request's arrival to the first upstream attempt.
+    before_upstream: Option<Duration>,
     tries: Vec<Try>,
 }
 
@@ -245,8 +250,10 @@ impl Journey {
                 .unwrap_or(std::time::UNIX_EPOCH),
             latencies: Latencies {
                 upstream,
+                before_upstream: self.trail.before_upstream,
                 ..Latencies::default()
             },
+            slots: self.slots,
         };
         let pending = Box::new(PendingLog {
             exchange,
@@ -473,6 +480,7 @@ async fn proxy(
         authenticated: false,
         credential: None,
         max_body: state.max_body,
+        slots: crate::plugin_api::PluginSlots::default(),
     };
     let mut payload = Some(payload);
     // The runtimes whose access phase ran, for the response and log phases (borrowed from the
@@ -562,6 +570,9 @@ async fn proxy(
     };
     for runtime in &ran {
         runtime.response_headers(&ctx, response.headers_mut());
+    }
+    if journey.trail.wanted {
+        journey.slots = std::mem::take(&mut ctx.slots);
     }
     Ok(response)
 }
@@ -762,6 +773,7 @@ async fn forward<'a>(
     // latency's start (each read is a measurable cost per request on a VM).
     let sent_at = Instant::now();
     let proxy_latency = sent_at.saturating_duration_since(started);
+    trail.before_upstream = Some(proxy_latency);
     let mut deadline = sent_at + timeout;
     if let Some(payload) = grpc_body {
         let body = match (&replay_body, payload) {
