@@ -110,7 +110,11 @@ impl Exporter {
     ///
     /// # Errors
     /// The exporter thread could not be started.
-    pub fn shared(settings: ExportSettings, key: String, endpoint: &str) -> Result<Arc<Self>, String> {
+    pub fn shared(
+        settings: ExportSettings,
+        key: String,
+        endpoint: &str,
+    ) -> Result<Arc<Self>, String> {
         static EXPORTERS: LazyLock<Mutex<HashMap<String, Weak<Exporter>>>> =
             LazyLock::new(Mutex::default);
         let mut exporters = EXPORTERS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -164,7 +168,11 @@ fn http_client(connect_timeout: Duration) -> HttpClient {
 }
 
 /// The exporter thread: batches what arrives and sends it, until every sender is gone.
-async fn drain(mut entries: mpsc::Receiver<Entry>, settings: ExportSettings, counters: Arc<ExportCounters>) {
+async fn drain(
+    mut entries: mpsc::Receiver<Entry>,
+    settings: ExportSettings,
+    counters: Arc<ExportCounters>,
+) {
     let settings = Arc::new(settings);
     let client = http_client(settings.connect_timeout);
     let max = settings.queue.max_batch_size.max(1);
@@ -254,13 +262,14 @@ async fn send(client: &HttpClient, settings: &ExportSettings, body: Bytes) -> Re
         headers.insert(name.clone(), value.clone());
     }
     let exchange = async {
-        let answer = client
-            .request(request)
-            .await
-            .map_err(|e| match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            })?;
+        let answer =
+            client
+                .request(request)
+                .await
+                .map_err(|e| match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                })?;
         let status = answer.status();
         // Read to the end so the connection can carry the next batch.
         let _ = answer.into_body().collect().await;

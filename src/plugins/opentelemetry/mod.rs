@@ -44,17 +44,43 @@ const PRIORITY: i32 = 14;
 /// Kong's `header_type` values (those this build refuses included, so that they get a clear
 /// message rather than "expected one of").
 const HEADER_TYPES: &[&str] = &[
-    "preserve", "ignore", "b3", "b3-single", "w3c", "jaeger", "ot", "aws", "gcp", "datadog",
+    "preserve",
+    "ignore",
+    "b3",
+    "b3-single",
+    "w3c",
+    "jaeger",
+    "ot",
+    "aws",
+    "gcp",
+    "datadog",
     "instana",
 ];
 const EXTRACTORS: &[&str] = &[
     "w3c", "b3", "jaeger", "ot", "aws", "gcp", "datadog", "instana",
 ];
 const INJECTORS: &[&str] = &[
-    "w3c", "b3", "b3-single", "jaeger", "ot", "aws", "gcp", "datadog", "instana",
+    "w3c",
+    "b3",
+    "b3-single",
+    "jaeger",
+    "ot",
+    "aws",
+    "gcp",
+    "datadog",
+    "instana",
 ];
 const INJECT_CHOICES: &[&str] = &[
-    "preserve", "w3c", "b3", "b3-single", "jaeger", "ot", "aws", "gcp", "datadog", "instana",
+    "preserve",
+    "w3c",
+    "b3",
+    "b3-single",
+    "jaeger",
+    "ot",
+    "aws",
+    "gcp",
+    "datadog",
+    "instana",
 ];
 
 fn check_url(v: &Value) -> Result<(), String> {
@@ -140,10 +166,8 @@ static PROPAGATION: LazyLock<Schema> = LazyLock::new(|| Schema {
     name: "propagation",
     fields: vec![
         Field::new("extract", FieldType::Array(Box::new(FieldType::String))).one_of(EXTRACTORS),
-        Field::new("clear", FieldType::Array(Box::new(FieldType::String)))
-            .check(check_header_name),
-        Field::new("inject", FieldType::Array(Box::new(FieldType::String)))
-            .one_of(INJECT_CHOICES),
+        Field::new("clear", FieldType::Array(Box::new(FieldType::String))).check(check_header_name),
+        Field::new("inject", FieldType::Array(Box::new(FieldType::String))).one_of(INJECT_CHOICES),
         Field::new("default_format", FieldType::String)
             .required()
             .one_of(INJECTORS),
@@ -188,8 +212,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             .required()
             .default(|| json!(5000))
             .check(check_timeout),
-        Field::new("http_response_header_for_traceid", FieldType::String)
-            .check(check_header_name),
+        Field::new("http_response_header_for_traceid", FieldType::String).check(check_header_name),
         Field::new("header_type", FieldType::String)
             .default(|| json!("preserve"))
             .one_of(HEADER_TYPES),
@@ -219,9 +242,7 @@ fn field_error(errors: &mut FieldErrors, path: &[&str], message: String) {
 }
 
 fn unsupported_format(name: &str) -> String {
-    format!(
-        "the '{name}' format is not supported; use w3c, b3, b3-single, jaeger or ot"
-    )
+    format!("the '{name}' format is not supported; use w3c, b3, b3-single, jaeger or ot")
 }
 
 impl Plugin for OpenTelemetry {
@@ -287,8 +308,7 @@ impl Plugin for OpenTelemetry {
                     field_error(
                         &mut e,
                         &["resource_attributes"],
-                        "template values ($(...)) are not supported; give the value itself"
-                            .into(),
+                        "template values ($(...)) are not supported; give the value itself".into(),
                     );
                 }
             }
@@ -658,28 +678,35 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 fn server_span(exchange: &Exchange, trace: &Trace) -> Span {
     let req = &exchange.req;
     let start = unix_nanos(exchange.started_at);
-    let end = start.saturating_add(u64::try_from(exchange.latencies.request.as_nanos()).unwrap_or(0));
-    let host = req
+    let end =
+        start.saturating_add(u64::try_from(exchange.latencies.request.as_nanos()).unwrap_or(0));
+    // The authority as the client sent it (absolute form or `Host`), and its host alone.
+    let authority = req
         .uri()
         .authority()
-        .map(|a| a.host().to_string())
+        .map(http::uri::Authority::as_str)
         .or_else(|| {
             req.headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h).to_string())
         })
         .unwrap_or_default();
+    let host = authority
+        .parse::<http::uri::Authority>()
+        .map_or_else(|_| authority.to_string(), |a| a.host().to_string());
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut attributes = vec![
         string_attribute("http.request.method", req.method().as_str()),
         string_attribute(
             "url.full",
-            format!("{}://{}{}", exchange.scheme.as_str(), host, target),
+            format!("{}://{authority}{target}", exchange.scheme.as_str()),
         ),
         string_attribute("url.path", req.path()),
         string_attribute("url.scheme", exchange.scheme.as_str()),
-        int_attribute("http.response.status_code", i64::from(exchange.status.as_u16())),
+        int_attribute(
+            "http.response.status_code",
+            i64::from(exchange.status.as_u16()),
+        ),
         string_attribute("server.address", host),
         int_attribute("server.port", i64::from(req.local_addr().port())),
         string_attribute("client.address", exchange.client_ip.to_string()),
@@ -721,7 +748,12 @@ fn server_span(exchange: &Exchange, trace: &Trace) -> Span {
         end_time_unix_nano: end,
         attributes,
         status: Some(Status {
-            code: if error { SpanStatus::Error } else { SpanStatus::Unset }.into(),
+            code: if error {
+                SpanStatus::Error
+            } else {
+                SpanStatus::Unset
+            }
+            .into(),
             ..Status::default()
         }),
         ..Span::default()
@@ -748,10 +780,13 @@ fn client_span(exchange: &Exchange, trace: &Trace) -> Option<Span> {
         ),
     ];
     if let Some(uri) = &exchange.upstream_uri {
-        let scheme = exchange
-            .service
-            .as_ref()
-            .map_or("http", |s| if s.protocol == "https" { "https" } else { "http" });
+        let scheme = exchange.service.as_ref().map_or("http", |s| {
+            if s.protocol == "https" {
+                "https"
+            } else {
+                "http"
+            }
+        });
         attributes.push(string_attribute(
             "url.full",
             format!("{scheme}://{}:{}{uri}", last.host, last.port),
@@ -778,7 +813,12 @@ fn client_span(exchange: &Exchange, trace: &Trace) -> Option<Span> {
         end_time_unix_nano: end,
         attributes,
         status: Some(Status {
-            code: if error { SpanStatus::Error } else { SpanStatus::Unset }.into(),
+            code: if error {
+                SpanStatus::Error
+            } else {
+                SpanStatus::Unset
+            }
+            .into(),
             message: if exchange.upstream_status.is_none() {
                 "the upstream did not answer".into()
             } else {

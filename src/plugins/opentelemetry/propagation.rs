@@ -164,21 +164,18 @@ fn b3_span_id(s: &str) -> Option<[u8; 8]> {
 
 /// The single header (`b3`, or a `b3=` entry of `tracestate`), then the `x-b3-*` headers for
 /// what it left open. A B3 context is found whenever one of its headers is there, even without a
-/// trace id (a bare sampling decision).
+/// trace id (a bare sampling decision). Kong also counts any `tracestate` as a B3 header, so a
+/// W3C caller's `tracestate` hides its `traceparent` from `preserve`; here only a `b3=` entry
+/// does.
 fn b3(headers: &HeaderMap) -> Option<Extracted> {
     const NAMES: &[&str] = &[
         "b3",
-        "tracestate",
         "x-b3-traceid",
         "x-b3-spanid",
         "x-b3-parentspanid",
         "x-b3-sampled",
         "x-b3-flags",
     ];
-    if !NAMES.iter().any(|n| headers.contains_key(*n)) {
-        return None;
-    }
-    let mut out = Extracted::default();
     let single = header(headers, "b3").or_else(|| {
         headers
             .get_all("tracestate")
@@ -186,6 +183,10 @@ fn b3(headers: &HeaderMap) -> Option<Extracted> {
             .filter_map(|v| v.to_str().ok())
             .find_map(|v| v.strip_prefix("b3="))
     });
+    if single.is_none() && !NAMES.iter().any(|n| headers.contains_key(*n)) {
+        return None;
+    }
+    let mut out = Extracted::default();
     if let Some(single) = single {
         out.single_header = true;
         read_b3_single(single, &mut out);
@@ -228,9 +229,10 @@ fn read_b3_single(value: &str, out: &mut Extracted) {
         }
         _ => {
             let mut parts = value.split('-');
-            let ids = parts.next().and_then(b3_trace_id).zip(
-                parts.next().and_then(b3_span_id),
-            );
+            let ids = parts
+                .next()
+                .and_then(b3_trace_id)
+                .zip(parts.next().and_then(b3_span_id));
             let sampled = parts.next().unwrap_or("");
             let parent = parts.next().unwrap_or("");
             let valid = matches!(sampled, "" | "0" | "1" | "d")
@@ -255,8 +257,7 @@ fn read_b3_single(value: &str, out: &mut Extracted) {
 fn jaeger(headers: &HeaderMap) -> Option<Extracted> {
     let value = header(headers, "uber-trace-id")?;
     let mut parts = value.split(':');
-    let (trace, span, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (trace, span, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || !is_hex(parent) || !matches!(flags.len(), 1 | 2) {
         return None;
     }
@@ -419,7 +420,10 @@ mod tests {
 
     #[test]
     fn w3c_traceparent_is_read_with_its_sampled_flag() {
-        let h = headers(&[("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]);
+        let h = headers(&[(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )]);
         let (f, e) = extract(&h, EXTRACT_ALL).unwrap();
         assert_eq!(f, Format::W3c);
         assert_eq!(to_hex(&e.trace_id.unwrap()), TRACE);
@@ -454,7 +458,10 @@ mod tests {
         let (f, e) = extract(&h, EXTRACT_ALL).unwrap();
         assert_eq!(f, Format::B3);
         assert!(e.short_trace_id);
-        assert_eq!(to_hex(&e.trace_id.unwrap()), "000000000000000080f198ee56343ba8");
+        assert_eq!(
+            to_hex(&e.trace_id.unwrap()),
+            "000000000000000080f198ee56343ba8"
+        );
         assert_eq!(to_hex(&e.span_id.unwrap()), "e457b5a2e4d86bd1");
         assert_eq!(e.sampled, Some(false));
 
@@ -470,8 +477,31 @@ mod tests {
     }
 
     #[test]
+    fn a_w3c_tracestate_is_not_a_b3_context() {
+        let h = headers(&[
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "vendor=opaque"),
+        ]);
+        let (f, _) = extract(&h, EXTRACT_ALL).unwrap();
+        assert_eq!(f, Format::W3c);
+        let h = headers(&[(
+            "tracestate",
+            "b3=0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+        )]);
+        let (f, e) = extract(&h, EXTRACT_ALL).unwrap();
+        assert_eq!(f, Format::B3);
+        assert_eq!(to_hex(&e.trace_id.unwrap()), TRACE);
+    }
+
+    #[test]
     fn jaeger_and_ot_headers_are_read() {
-        let h = headers(&[("uber-trace-id", "0af7651916cd43dd8448eb211c80319c:b7ad6b7169203331:0:1")]);
+        let h = headers(&[(
+            "uber-trace-id",
+            "0af7651916cd43dd8448eb211c80319c:b7ad6b7169203331:0:1",
+        )]);
         let (f, e) = extract(&h, EXTRACT_ALL).unwrap();
         assert_eq!(f, Format::Jaeger);
         assert_eq!(to_hex(&e.trace_id.unwrap()), TRACE);
