@@ -444,6 +444,85 @@ async fn preserve_answers_a_b3_caller_in_b3(backend: Backend) {
     assert_eq!(saw.get("traceparent"), None);
 }
 
+async fn ignore_starts_a_trace_of_its_own(backend: Backend) {
+    let app = spawn_on_backend(backend).await;
+    let upstream = spawn_upstream();
+    let collector = Collector::start();
+    traced_route(
+        &app,
+        &upstream,
+        "ignore",
+        "/ignore",
+        config(&collector.url, json!({ "header_type": "ignore" })),
+    )
+    .await;
+
+    let saw = upstream_saw(
+        &app,
+        "/ignore",
+        &[("traceparent", &format!("00-{TRACE}-{CALLER}-01"))],
+    )
+    .await;
+
+    let spans = collector.spans(2).await;
+    let (_, server) = find(&spans, SpanKind::Server);
+    let (_, client) = find(&spans, SpanKind::Client);
+    assert_ne!(hex(&server.trace_id), TRACE);
+    assert!(server.parent_span_id.is_empty());
+    assert_eq!(
+        saw["traceparent"],
+        json!(format!(
+            "00-{}-{}-01",
+            hex(&server.trace_id),
+            hex(&client.span_id)
+        ))
+    );
+}
+
+async fn the_propagation_record_extracts_clears_and_injects(backend: Backend) {
+    let app = spawn_on_backend(backend).await;
+    let upstream = spawn_upstream();
+    let collector = Collector::start();
+    traced_route(
+        &app,
+        &upstream,
+        "jaeger",
+        "/jaeger",
+        config(
+            &collector.url,
+            json!({ "propagation": {
+                "extract": ["w3c"],
+                "clear": ["traceparent"],
+                "inject": ["jaeger", "ot"],
+                "default_format": "w3c",
+            }}),
+        ),
+    )
+    .await;
+
+    let saw = upstream_saw(
+        &app,
+        "/jaeger",
+        &[("traceparent", &format!("00-{TRACE}-{CALLER}-01"))],
+    )
+    .await;
+
+    let spans = collector.spans(2).await;
+    let (_, server) = find(&spans, SpanKind::Server);
+    let (_, client) = find(&spans, SpanKind::Client);
+    assert_eq!(hex(&server.trace_id), TRACE);
+    assert_eq!(hex(&server.parent_span_id), CALLER);
+    let (span, parent) = (hex(&client.span_id), hex(&server.span_id));
+    assert_eq!(saw.get("traceparent"), None, "cleared: {saw}");
+    assert_eq!(
+        saw["uber-trace-id"],
+        json!(format!("{TRACE}:{span}:{parent}:01"))
+    );
+    assert_eq!(saw["ot-tracer-traceid"], json!(TRACE));
+    assert_eq!(saw["ot-tracer-spanid"], json!(span));
+    assert_eq!(saw["ot-tracer-sampled"], json!("1"));
+}
+
 async fn the_trace_id_response_header_names_the_trace(backend: Backend) {
     let app = spawn_on_backend(backend).await;
     let upstream = spawn_upstream();
@@ -596,6 +675,8 @@ on_both_stores!(
     header_type_b3_adds_b3_headers_beside_the_callers_format,
     preserve_answers_a_b3_caller_in_b3,
     the_trace_id_response_header_names_the_trace,
+    ignore_starts_a_trace_of_its_own,
+    the_propagation_record_extracts_clears_and_injects,
     rejects_empty_attribute_values,
     refuses_template_values,
     endpoint_is_the_older_name_of_traces_endpoint,
