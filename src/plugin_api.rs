@@ -451,4 +451,27 @@ pub struct Exchange {
     /// What the request's plugins kept in [`RequestCtx::slots`] (empty when no route matched
     /// or the request failed before its plugins ran).
     pub slots: PluginSlots,
+    /// The gateway's own steps, in order (the route match, each plugin's access phase), for
+    /// tracing plugins; timed only for requests with a log phase.
+    pub steps: Vec<Step>,
+}
+
+/// One step of the gateway's own work on a request, and when it ran.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// Which step.
+    pub kind: StepKind,
+    /// When it began, from the request's arrival.
+    pub start: std::time::Duration,
+    /// How long it took.
+    pub took: std::time::Duration,
+}
+
+/// The steps the gateway times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Finding the route (from the request's arrival to the match).
+    Router,
+    /// A plugin's access phase, by plugin name.
+    Access(&'static str),
 }

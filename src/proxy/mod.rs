@@ -35,7 +35,7 @@ use crate::entities::Service;
 use crate::error::ProxyError;
 use crate::plugin_api::{
     empty_answer, Answer, ClientRequest, Exchange, Flow, Latencies, PluginRuntime, RequestCtx,
-    Source, Try,
+    Source, Step, StepKind, Try,
 };
 use crate::router::balancer::{Peers, NO_PEER};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot};
@@ -162,6 +162,8 @@ struct Journey {
     trail: Trail,
     /// The plugins' per-request values, taken from the context once its phases ran.
     slots: crate::plugin_api::PluginSlots,
+    /// The timed steps (only when [`Trail::wanted`]).
+    steps: Vec<Step>,
 }
 
 impl Default for Journey {
@@ -178,6 +180,7 @@ impl Default for Journey {
             request_body: 0,
             trail: Trail::default(),
             slots: crate::plugin_api::PluginSlots::default(),
+            steps: Vec::new(),
         }
     }
 }
@@ -254,6 +257,7 @@ impl Journey {
                 ..Latencies::default()
             },
             slots: self.slots,
+            steps: self.steps,
         };
         let pending = Box::new(PendingLog {
             exchange,
@@ -418,7 +422,14 @@ async fn proxy(
     let matched = snapshot.find(&input).ok_or(ProxyError::NoRoute)?;
     let entry = matched.entry;
     journey.log_with(&entry.chain, https);
-    if journey.trail.wanted {
+    // Steps are timed only for a log phase: a clock read is a measurable cost per request.
+    let timed = journey.trail.wanted.then_some(incoming.started);
+    if let Some(started) = timed {
+        journey.steps.push(Step {
+            kind: StepKind::Router,
+            start: Duration::ZERO,
+            took: started.elapsed(),
+        });
         journey.client_ip = Some(client_ip);
         journey.route = Some(entry.route.route.clone());
         journey.service = entry.service.as_ref().map(|s| s.service.clone());
@@ -501,7 +512,16 @@ async fn proxy(
             }
         }
         ran.push(runtime);
-        if let Flow::Respond(resp) = runtime.access(&mut ctx).await {
+        let began = timed.map(|started| (started, Instant::now()));
+        let flow = runtime.access(&mut ctx).await;
+        if let Some((started, began)) = began {
+            journey.steps.push(Step {
+                kind: StepKind::Access(runtime.name()),
+                start: began.saturating_duration_since(started),
+                took: began.elapsed(),
+            });
+        }
+        if let Flow::Respond(resp) = flow {
             short_circuit = Some(resp);
             break;
         }

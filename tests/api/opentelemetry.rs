@@ -191,8 +191,8 @@ async fn continues_the_callers_w3c_trace(backend: Backend) {
     )
     .await;
 
-    let spans = collector.spans(2).await;
-    assert_eq!(spans.len(), 2);
+    let spans = collector.spans(4).await;
+    assert_eq!(spans.len(), 4);
     let (resource, server) = find(&spans, SpanKind::Server);
     let (_, client) = find(&spans, SpanKind::Client);
     // The caller's trace, the caller's span as parent; the upstream call is its child.
@@ -204,6 +204,21 @@ async fn continues_the_callers_w3c_trace(backend: Backend) {
     assert_eq!(server.name, "kong");
     assert_eq!(client.name, "kong.balancer");
     assert_eq!(server.trace_state, "vendor=opaque");
+    // The gateway's own steps: children of the request span, within it.
+    let mut steps: Vec<&Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.kind == i32::from(SpanKind::Internal))
+        .collect();
+    steps.sort_by_key(|s| s.start_time_unix_nano);
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["kong.router", "kong.access.plugin.opentelemetry"]);
+    for step in &steps {
+        assert_eq!(step.parent_span_id, server.span_id);
+        assert_eq!(hex(&step.trace_id), TRACE);
+        assert!(server.start_time_unix_nano <= step.start_time_unix_nano);
+        assert!(step.end_time_unix_nano <= client.start_time_unix_nano);
+    }
     // The upstream continues the trace under the gateway's CLIENT span; tracestate goes on.
     assert_eq!(
         saw["traceparent"],
@@ -265,7 +280,7 @@ async fn starts_a_new_trace_without_a_traceparent(backend: Backend) {
 
     let saw = upstream_saw(&app, "/fresh", &[]).await;
 
-    let spans = collector.spans(2).await;
+    let spans = collector.spans(4).await;
     let (_, server) = find(&spans, SpanKind::Server);
     let (_, client) = find(&spans, SpanKind::Client);
     assert!(server.parent_span_id.is_empty(), "a root span");
@@ -329,8 +344,8 @@ async fn sampling_rate_zero_exports_nothing(backend: Backend) {
     // A later sampled request on the same collector: once it is there, the others would be.
     upstream_saw(&app, "/sampled", &[]).await;
 
-    let spans = collector.spans(2).await;
-    assert_eq!(spans.len(), 2, "{spans:?}");
+    let spans = collector.spans(4).await;
+    assert_eq!(spans.len(), 4, "{spans:?}");
     let mine = hex(&spans[0].1.trace_id);
     assert!(
         mine != TRACE && mine != "11111111111111111111111111111111",
@@ -361,9 +376,10 @@ async fn a_dead_collector_drops_spans_and_the_proxy_answers(backend: Backend) {
     }
 
     let counters = portcullis::plugins::opentelemetry::export::counters(&endpoint);
-    eventually(Duration::from_secs(10), "6 spans dropped", || {
+    // Each request: the request, the route match, the plugin's access phase, the upstream call.
+    eventually(Duration::from_secs(10), "12 spans dropped", || {
         let dropped = counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
-        async move { (dropped == 6).then_some(()) }
+        async move { (dropped == 12).then_some(()) }
     })
     .await;
     assert_eq!(
@@ -395,7 +411,7 @@ async fn header_type_b3_adds_b3_headers_beside_the_callers_format(backend: Backe
     )
     .await;
 
-    let spans = collector.spans(2).await;
+    let spans = collector.spans(4).await;
     let (_, server) = find(&spans, SpanKind::Server);
     let (_, client) = find(&spans, SpanKind::Client);
     let span = hex(&client.span_id);
@@ -433,7 +449,7 @@ async fn preserve_answers_a_b3_caller_in_b3(backend: Backend) {
     )
     .await;
 
-    let spans = collector.spans(2).await;
+    let spans = collector.spans(4).await;
     let (_, server) = find(&spans, SpanKind::Server);
     let (_, client) = find(&spans, SpanKind::Client);
     assert_eq!(hex(&server.trace_id), "000000000000000080f198ee56343ba8");
@@ -464,7 +480,7 @@ async fn ignore_starts_a_trace_of_its_own(backend: Backend) {
     )
     .await;
 
-    let spans = collector.spans(2).await;
+    let spans = collector.spans(4).await;
     let (_, server) = find(&spans, SpanKind::Server);
     let (_, client) = find(&spans, SpanKind::Client);
     assert_ne!(hex(&server.trace_id), TRACE);
@@ -507,7 +523,7 @@ async fn the_propagation_record_extracts_clears_and_injects(backend: Backend) {
     )
     .await;
 
-    let spans = collector.spans(2).await;
+    let spans = collector.spans(4).await;
     let (_, server) = find(&spans, SpanKind::Server);
     let (_, client) = find(&spans, SpanKind::Client);
     assert_eq!(hex(&server.trace_id), TRACE);

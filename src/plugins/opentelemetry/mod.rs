@@ -7,7 +7,9 @@
 //!   (`sampling_rate`, over the trace id as Kong does; a caller's "not sampled" wins) and writes
 //!   the context to the upstream request with the CLIENT span as parent. The ids wait in the
 //!   request's [`PluginSlots`](crate::plugin_api::PluginSlots) for the log phase.
-//! - Log phase: builds the two spans from the exchange's facts (OTel HTTP semantic conventions)
+//! - Log phase: builds the spans from the exchange's facts (OTel HTTP semantic conventions):
+//!   the request (SERVER, `kong`), the route match and each plugin's access phase (INTERNAL,
+//!   `kong.router`, `kong.access.plugin.<name>`) and the upstream call (CLIENT, `kong.balancer`),
 //!   and queues them for [`export`], which never makes a request wait.
 //!
 //! Refused, with a message: `logs_endpoint`, the `aws`, `gcp`, `datadog` and `instana` formats,
@@ -30,7 +32,9 @@ use serde_json::{json, Map, Value};
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
 use crate::entities::PluginInstance;
-use crate::plugin_api::{Exchange, HeaderMap, HeaderName, HeaderValue, Uri, Version};
+use crate::plugin_api::{
+    Exchange, HeaderMap, HeaderName, HeaderValue, Step, StepKind, Uri, Version,
+};
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 use export::{ExportSettings, Exporter, QueueSettings};
 use propagation::{Extracted, Format, Inject, Outgoing, Propagation};
@@ -645,8 +649,14 @@ impl PluginRuntime for Runtime {
         if !trace.sampled {
             return;
         }
-        let mut spans = Vec::with_capacity(2);
+        let mut spans = Vec::with_capacity(2 + exchange.steps.len());
         spans.push(server_span(exchange, &trace));
+        spans.extend(
+            exchange
+                .steps
+                .iter()
+                .map(|step| step_span(exchange, &trace, step)),
+        );
         if let Some(client) = client_span(exchange, &trace) {
             spans.push(client);
         }
@@ -756,6 +766,27 @@ fn server_span(exchange: &Exchange, trace: &Trace) -> Span {
             .into(),
             ..Status::default()
         }),
+        ..Span::default()
+    }
+}
+
+/// One of the gateway's own steps, a child of the request's span (Kong's `kong.router` and
+/// `kong.access.plugin.<name>` spans).
+fn step_span(exchange: &Exchange, trace: &Trace, step: &Step) -> Span {
+    let start = unix_nanos(exchange.started_at + step.start);
+    let name = match step.kind {
+        StepKind::Router => "kong.router".to_string(),
+        StepKind::Access(plugin) => format!("kong.access.plugin.{plugin}"),
+    };
+    Span {
+        trace_id: trace.trace_id.to_vec(),
+        span_id: rand::random::<u64>().to_be_bytes().to_vec(),
+        parent_span_id: trace.server_span.to_vec(),
+        flags: FLAG_SAMPLED | FLAG_HAS_IS_REMOTE,
+        name,
+        kind: SpanKind::Internal.into(),
+        start_time_unix_nano: start,
+        end_time_unix_nano: start.saturating_add(u64::try_from(step.took.as_nanos()).unwrap_or(0)),
         ..Span::default()
     }
 }
