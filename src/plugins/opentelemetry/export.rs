@@ -233,14 +233,18 @@ async fn send_with_retries(
             .max_retry_time
             .is_some_and(|limit| started.elapsed() + delay <= limit);
         if !retry {
-            counters.dropped.fetch_add(count, Ordering::Relaxed);
-            // The endpoint's host only: a URL may carry credentials, headers often do.
-            tracing::warn!(
-                collector = settings.endpoint.host().unwrap_or_default(),
-                error = %error,
-                spans = count,
-                "opentelemetry: spans dropped, the collector did not take them"
-            );
+            let earlier = counters.dropped.fetch_add(count, Ordering::Relaxed);
+            // The endpoint's host only: a URL may carry credentials, headers often do. Once
+            // per hundred thousand spans dropped: a collector that is down is said, not
+            // shouted.
+            if earlier / 100_000 != (earlier + count) / 100_000 || earlier == 0 {
+                tracing::warn!(
+                    collector = settings.endpoint.host().unwrap_or_default(),
+                    error = %error,
+                    dropped = earlier + count,
+                    "opentelemetry: spans dropped, the collector did not take them"
+                );
+            }
             return;
         }
         tokio::time::sleep(delay).await;

@@ -412,6 +412,21 @@ impl Plugin for OpenTelemetry {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn query_values_are_redacted() {
+        assert_eq!(redacted("/a"), "/a");
+        assert_eq!(redacted("/a?"), "/a?");
+        assert_eq!(
+            redacted("/a?access_token=abc&flag&apikey=k&e="),
+            "/a?access_token=REDACTED&flag&apikey=REDACTED&e="
+        );
+    }
+}
+
 #[derive(Deserialize)]
 struct Config {
     traces_endpoint: Option<String>,
@@ -679,6 +694,30 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
+/// A request target with every query value replaced by `REDACTED`: query strings carry tokens
+/// and keys (`access_token`, `apikey`, signatures) that must not leave for a collector.
+fn redacted(target: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_string();
+    };
+    let mut out = String::with_capacity(target.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, value)) if !value.is_empty() => {
+                out.push_str(name);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
+}
+
 /// Span flags: sampled, and whether the parent is known to be remote (OTLP 1.1).
 const FLAG_SAMPLED: u32 = 0x01;
 const FLAG_HAS_IS_REMOTE: u32 = 0x100;
@@ -701,10 +740,12 @@ fn server_span(exchange: &Exchange, trace: &Trace) -> Span {
                 .and_then(|h| h.to_str().ok())
         })
         .unwrap_or_default();
+    // User information is never part of what is exported.
+    let authority = authority.rsplit('@').next().unwrap_or_default();
     let host = authority
         .parse::<http::uri::Authority>()
         .map_or_else(|_| authority.to_string(), |a| a.host().to_string());
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = redacted(req.uri().path_and_query().map_or("/", |p| p.as_str()));
     let mut attributes = vec![
         string_attribute("http.request.method", req.method().as_str()),
         string_attribute(
@@ -724,8 +765,8 @@ fn server_span(exchange: &Exchange, trace: &Trace) -> Span {
         string_attribute("network.protocol.version", protocol_version(req.version())),
         string_attribute("portcullis.request.id", exchange.request_id.as_str()),
     ];
-    if !req.query_string().is_empty() {
-        attributes.push(string_attribute("url.query", req.query_string()));
+    if let Some((_, query)) = target.split_once('?') {
+        attributes.push(string_attribute("url.query", query));
     }
     if let Some(path) = exchange
         .route
@@ -820,7 +861,7 @@ fn client_span(exchange: &Exchange, trace: &Trace) -> Option<Span> {
         });
         attributes.push(string_attribute(
             "url.full",
-            format!("{scheme}://{}:{}{uri}", last.host, last.port),
+            format!("{scheme}://{}:{}{}", last.host, last.port, redacted(uri)),
         ));
     }
     let error = match exchange.upstream_status {
