@@ -545,6 +545,132 @@ async fn the_propagation_record_extracts_clears_and_injects(backend: Backend) {
     assert_eq!(saw["ot-tracer-sampled"], json!("1"));
 }
 
+/// Kong's `04-exporter_spec`: *With config.sampling_rate set*: at 0.5, one trace id is always
+/// sampled and another never, whatever the caller's flag says.
+async fn sampling_rate_decides_over_the_trace_id_as_kong_does(backend: Backend) {
+    let app = spawn_on_backend(backend).await;
+    let upstream = spawn_upstream();
+    let collector = Collector::start();
+    traced_route(
+        &app,
+        &upstream,
+        "half",
+        "/half",
+        config(&collector.url, json!({ "sampling_rate": 0.5 })),
+    )
+    .await;
+    let (never, always) = (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "92a54b3e1a7c4f2da9e44b8a6f3e1dab",
+    );
+
+    let saw = upstream_saw(
+        &app,
+        "/half",
+        &[("traceparent", &format!("00-{never}-0123456789abcdef-01"))],
+    )
+    .await;
+    assert!(
+        saw["traceparent"].as_str().unwrap().ends_with("-00"),
+        "{saw}"
+    );
+    let saw = upstream_saw(
+        &app,
+        "/half",
+        &[("traceparent", &format!("00-{always}-0123456789abcdef-01"))],
+    )
+    .await;
+    assert!(
+        saw["traceparent"].as_str().unwrap().ends_with("-01"),
+        "{saw}"
+    );
+
+    let spans = collector.spans(4).await;
+    assert_eq!(spans.len(), 4);
+    assert!(spans.iter().all(|(_, s)| hex(&s.trace_id) == always));
+}
+
+/// Kong's `03-propagation_spec`, the cases of its default (`preserve`) route.
+async fn kong_propagation_cases(backend: Backend) {
+    let app = spawn_on_backend(backend).await;
+    let upstream = spawn_upstream();
+    let collector = Collector::start();
+    traced_route(
+        &app,
+        &upstream,
+        "kong",
+        "/kong",
+        config(&collector.url, json!({})),
+    )
+    .await;
+    let matches = |value: &Value, pattern: &str| {
+        let re = regex::Regex::new(pattern).unwrap();
+        assert!(
+            re.is_match(value.as_str().unwrap_or_default()),
+            "{value} ~ {pattern}"
+        );
+    };
+
+    // default propagation headers (w3c)
+    let saw = upstream_saw(&app, "/kong", &[]).await;
+    matches(&saw["traceparent"], "^00-[0-9a-f]{32}-[0-9a-f]{16}-01$");
+    // propagates tracing headers (b3 request)
+    let saw = upstream_saw(
+        &app,
+        "/kong",
+        &[("x-b3-sampled", "1"), ("x-b3-traceid", TRACE)],
+    )
+    .await;
+    assert_eq!(saw["x-b3-traceid"], json!(TRACE));
+    // propagates tracing headers (b3-single request): with parent_id
+    let b3 = format!("{TRACE}-{CALLER}-1-e457b5a2e4d86bd1");
+    let saw = upstream_saw(&app, "/kong", &[("b3", &b3)]).await;
+    matches(
+        &saw["b3"],
+        &format!("^{TRACE}-[0-9a-f]{{16}}-1-[0-9a-f]{{16}}$"),
+    );
+    // without parent_id
+    let b3 = format!("{TRACE}-{CALLER}-1");
+    let saw = upstream_saw(&app, "/kong", &[("b3", &b3)]).await;
+    matches(&saw["b3"], &format!("^{TRACE}-[0-9a-f]{{16}}-1"));
+    // reflects the disabled sampled flag of the incoming tracing header
+    let b3 = format!("{TRACE}-{CALLER}-0");
+    let saw = upstream_saw(&app, "/kong", &[("b3", &b3)]).await;
+    matches(&saw["b3"], &format!("^{TRACE}-[0-9a-f]{{16}}-0"));
+    // propagates w3c tracing headers
+    let saw = upstream_saw(
+        &app,
+        "/kong",
+        &[("traceparent", &format!("00-{TRACE}-{CALLER}-01"))],
+    )
+    .await;
+    matches(
+        &saw["traceparent"],
+        &format!("^00-{TRACE}-[0-9a-f]{{16}}-01$"),
+    );
+    // propagates jaeger tracing headers
+    let jaeger = format!("{TRACE}:{CALLER}:0:1");
+    let saw = upstream_saw(&app, "/kong", &[("uber-trace-id", &jaeger)]).await;
+    matches(
+        &saw["uber-trace-id"],
+        &format!("^{TRACE}:[0-9a-f]{{16}}:[0-9a-f]{{16}}:01$"),
+    );
+    // propagates ot headers
+    let saw = upstream_saw(
+        &app,
+        "/kong",
+        &[
+            ("ot-tracer-traceid", TRACE),
+            ("ot-tracer-spanid", CALLER),
+            ("ot-tracer-sampled", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(saw["ot-tracer-traceid"], json!(TRACE));
+    assert_eq!(saw["ot-tracer-sampled"], json!("1"));
+    assert_ne!(saw["ot-tracer-spanid"], json!(CALLER));
+}
+
 async fn the_trace_id_response_header_names_the_trace(backend: Backend) {
     let app = spawn_on_backend(backend).await;
     let upstream = spawn_upstream();
@@ -697,6 +823,8 @@ on_both_stores!(
     header_type_b3_adds_b3_headers_beside_the_callers_format,
     preserve_answers_a_b3_caller_in_b3,
     the_trace_id_response_header_names_the_trace,
+    sampling_rate_decides_over_the_trace_id_as_kong_does,
+    kong_propagation_cases,
     ignore_starts_a_trace_of_its_own,
     the_propagation_record_extracts_clears_and_injects,
     rejects_empty_attribute_values,

@@ -373,8 +373,9 @@ pub fn inject(format: Format, out: &Outgoing, ctx: &mut RequestCtx) {
     }
 }
 
-/// Kong's trace-id sampler: sampled when the trace id's first 8 bytes, as a number, fall below
-/// `rate` of their range, so every gateway of a trace decides alike.
+/// Kong's trace-id sampler: sampled when the trace id's first 8 bytes, read as a little-endian
+/// number (Kong casts them to a `uint64_t` on x86), fall below `rate` of their range, so every
+/// gateway of a trace, Kong's included, decides alike.
 pub fn sampled_by_rate(trace_id: &[u8; 16], rate: f64) -> bool {
     if rate >= 1.0 {
         return true;
@@ -393,7 +394,7 @@ pub fn sampled_by_rate(trace_id: &[u8; 16], rate: f64) -> bool {
         clippy::cast_precision_loss,
         reason = "compared against a probability bound"
     )]
-    let value = u64::from_be_bytes(first) as f64;
+    let value = u64::from_le_bytes(first) as f64;
     value < bound
 }
 
@@ -520,11 +521,15 @@ mod tests {
     #[test]
     fn the_sampler_follows_the_rate_over_the_trace_id() {
         let low = [0u8; 16];
-        let mut high = [0xffu8; 16];
+        let high = [0xffu8; 16];
         assert!(sampled_by_rate(&low, 0.5));
         assert!(!sampled_by_rate(&high, 0.5));
         assert!(sampled_by_rate(&high, 1.0));
-        high[0] = 0;
-        assert!(!sampled_by_rate(&high, 0.0));
+        assert!(!sampled_by_rate(&low, 0.0));
+        // Kong's exporter spec: at 0.5 the first is always sampled, the second never.
+        let kong_sampled = from_hex::<16>("92a54b3e1a7c4f2da9e44b8a6f3e1dab").unwrap();
+        let kong_not_sampled = from_hex::<16>("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        assert!(sampled_by_rate(&kong_sampled, 0.5));
+        assert!(!sampled_by_rate(&kong_not_sampled, 0.5));
     }
 }
