@@ -179,6 +179,36 @@ pub struct RequestCtx {
     pub credential: Option<uuid::Uuid>,
     /// Largest body a plugin may buffer.
     pub max_body: usize,
+    /// What plugins keep about this request between their phases (a tracing plugin's span ids),
+    /// handed on to the log phase in [`Exchange::slots`].
+    pub slots: PluginSlots,
+}
+
+/// Per-request values plugins keep from one phase to the next, one per Rust type: a plugin
+/// stores a private type of its own, so no two plugins meet in the same slot. Empty (and without
+/// an allocation) for requests whose plugins keep nothing.
+#[derive(Default)]
+pub struct PluginSlots(Vec<(std::any::TypeId, Box<dyn std::any::Any>)>);
+
+impl PluginSlots {
+    /// Stores `value`, replacing an earlier value of the same type.
+    pub fn insert<T: 'static>(&mut self, value: T) {
+        let id = std::any::TypeId::of::<T>();
+        let value: Box<dyn std::any::Any> = Box::new(value);
+        match self.0.iter_mut().find(|(t, _)| *t == id) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((id, value)),
+        }
+    }
+
+    /// The stored value of type `T`.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        let id = std::any::TypeId::of::<T>();
+        self.0
+            .iter()
+            .find(|(t, _)| *t == id)
+            .and_then(|(_, v)| v.downcast_ref())
+    }
 }
 
 impl RequestCtx {
@@ -362,6 +392,9 @@ pub struct Latencies {
     pub upstream: Option<std::time::Duration>,
     /// The gateway's own time: `request` less `upstream` (Kong's `kong`).
     pub gateway: std::time::Duration,
+    /// From the request's arrival to its first upstream attempt (where `upstream` starts);
+    /// `None` when no upstream was asked.
+    pub before_upstream: Option<std::time::Duration>,
 }
 
 /// One upstream attempt (Kong's `tries`).
@@ -415,4 +448,30 @@ pub struct Exchange {
     pub started_at: std::time::SystemTime,
     /// Its times.
     pub latencies: Latencies,
+    /// What the request's plugins kept in [`RequestCtx::slots`] (empty when no route matched
+    /// or the request failed before its plugins ran).
+    pub slots: PluginSlots,
+    /// The gateway's own steps, in order (the route match, each plugin's access phase), for
+    /// tracing plugins; timed only for requests with a log phase.
+    pub steps: Vec<Step>,
+}
+
+/// One step of the gateway's own work on a request, and when it ran.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// Which step.
+    pub kind: StepKind,
+    /// When it began, from the request's arrival.
+    pub start: std::time::Duration,
+    /// How long it took.
+    pub took: std::time::Duration,
+}
+
+/// The steps the gateway times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Finding the route (from the request's arrival to the match).
+    Router,
+    /// A plugin's access phase, by plugin name.
+    Access(&'static str),
 }

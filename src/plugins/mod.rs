@@ -7,6 +7,7 @@ pub mod cors;
 pub mod introspection;
 pub mod key_auth;
 pub mod oauth2;
+pub mod opentelemetry;
 pub mod request_termination;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ impl PluginRegistry {
             Arc::new(key_auth::KeyAuth),
             Arc::new(acl::Acl),
             Arc::new(cors::Cors),
+            Arc::new(opentelemetry::OpenTelemetry),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),

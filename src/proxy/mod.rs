@@ -35,7 +35,7 @@ use crate::entities::Service;
 use crate::error::ProxyError;
 use crate::plugin_api::{
     empty_answer, Answer, ClientRequest, Exchange, Flow, Latencies, PluginRuntime, RequestCtx,
-    Source, Try,
+    Source, Step, StepKind, Try,
 };
 use crate::router::balancer::{Peers, NO_PEER};
 use crate::router::health::{Outcome, TargetLoad};
@@ -161,6 +161,10 @@ struct Journey {
     /// Bytes of the request body the gateway knows of (declared or buffered).
     request_body: u64,
     trail: Trail,
+    /// The plugins' per-request values, taken from the context once its phases ran.
+    slots: crate::plugin_api::PluginSlots,
+    /// The timed steps (only when [`Trail::wanted`]).
+    steps: Vec<Step>,
 }
 
 impl Default for Journey {
@@ -176,6 +180,8 @@ impl Default for Journey {
             source: Source::Gateway,
             request_body: 0,
             trail: Trail::default(),
+            slots: crate::plugin_api::PluginSlots::default(),
+            steps: Vec::new(),
         }
     }
 }
@@ -188,6 +194,8 @@ struct Trail {
     upstream_uri: Option<String>,
     upstream_status: Option<StatusCode>,
     upstream_latency: Option<Duration>,
+    /// From the request's arrival to the first upstream attempt.
+    before_upstream: Option<Duration>,
     tries: Vec<Try>,
     /// The WebSocket tunnel this request opened: its log phase waits for the tunnel's end.
     tunnel: Option<Rc<tunnel::TunnelLog>>,
@@ -249,8 +257,11 @@ impl Journey {
                 .unwrap_or(std::time::UNIX_EPOCH),
             latencies: Latencies {
                 upstream,
+                before_upstream: self.trail.before_upstream,
                 ..Latencies::default()
             },
+            slots: self.slots,
+            steps: self.steps,
         };
         let pending = Box::new(PendingLog {
             exchange,
@@ -429,7 +440,14 @@ async fn proxy(
     let matched = snapshot.find(&input).ok_or(ProxyError::NoRoute)?;
     let entry = matched.entry;
     journey.log_with(&entry.chain, https);
-    if journey.trail.wanted {
+    // Steps are timed only for a log phase: a clock read is a measurable cost per request.
+    let timed = journey.trail.wanted.then_some(incoming.started);
+    if let Some(started) = timed {
+        journey.steps.push(Step {
+            kind: StepKind::Router,
+            start: Duration::ZERO,
+            took: started.elapsed(),
+        });
         journey.client_ip = Some(client_ip);
         journey.route = Some(entry.route.route.clone());
         journey.service = entry.service.as_ref().map(|s| s.service.clone());
@@ -491,6 +509,7 @@ async fn proxy(
         authenticated: false,
         credential: None,
         max_body: state.max_body,
+        slots: crate::plugin_api::PluginSlots::default(),
     };
     let mut payload = Some(payload);
     // The runtimes whose access phase ran, for the response and log phases (borrowed from the
@@ -511,7 +530,16 @@ async fn proxy(
             }
         }
         ran.push(runtime);
-        if let Flow::Respond(resp) = runtime.access(&mut ctx).await {
+        let began = timed.map(|started| (started, Instant::now()));
+        let flow = runtime.access(&mut ctx).await;
+        if let Some((started, began)) = began {
+            journey.steps.push(Step {
+                kind: StepKind::Access(runtime.name()),
+                start: began.saturating_duration_since(started),
+                took: began.elapsed(),
+            });
+        }
+        if let Flow::Respond(resp) = flow {
             short_circuit = Some(resp);
             break;
         }
@@ -581,6 +609,9 @@ async fn proxy(
     };
     for runtime in &ran {
         runtime.response_headers(&ctx, response.headers_mut());
+    }
+    if journey.trail.wanted {
+        journey.slots = std::mem::take(&mut ctx.slots);
     }
     Ok(response)
 }
@@ -782,6 +813,7 @@ async fn forward<'a>(
     // latency's start (each read is a measurable cost per request on a VM).
     let sent_at = Instant::now();
     let proxy_latency = sent_at.saturating_duration_since(started);
+    trail.before_upstream = Some(proxy_latency);
     let mut deadline = sent_at + timeout;
     if let Some(payload) = grpc_body {
         let body = match (&replay_body, payload) {

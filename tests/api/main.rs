@@ -23,6 +23,7 @@ mod oauth2;
 mod oauth2_deviations;
 mod oauth2_rfc;
 mod openapi;
+mod opentelemetry;
 mod postgres;
 mod proxy;
 mod registry;
