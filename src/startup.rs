@@ -576,6 +576,7 @@ impl Application {
         );
         tokio::select! {
             res = servers => res.map(|_| ()),
+            () = reopen_log_files_on_sigusr1() => Ok(()),
             () = shutdown_signal() => {
                 tracing::info!("shutting down");
                 for h in handles {
@@ -585,6 +586,21 @@ impl Application {
             }
         }
     }
+}
+
+/// `SIGUSR1` asks the log plugins to reopen their files (logrotate's `postrotate`), as it asks
+/// nginx in Kong. Never returns; without the signal's support it waits forever.
+async fn reopen_log_files_on_sigusr1() {
+    #[cfg(unix)]
+    if let Ok(mut usr1) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+    {
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening log files");
+            crate::plugin_api::reopen_log_files();
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 async fn shutdown_signal() {
