@@ -434,7 +434,11 @@ async fn file_log_reopens_its_file_on_sigusr1_after_logrotate_moved_it() {
     // logrotate: move the file, then signal the gateway.
     std::fs::rename(&path, &rotated).unwrap();
     let pid = served.child.id().to_string();
-    assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-USR1", &pid])
+        .status()
+        .unwrap()
+        .success());
     // The signal is handled asynchronously: requests go on until a line lands in a new file.
     let mut n = 1;
     while json_lines(&path).is_empty() {
@@ -444,7 +448,10 @@ async fn file_log_reopens_its_file_on_sigusr1_after_logrotate_moved_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     while json_lines(&rotated).len() + json_lines(&path).len() < n as usize {
-        assert!(Instant::now() < deadline, "lines of the last requests never written");
+        assert!(
+            Instant::now() < deadline,
+            "lines of the last requests never written"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let old = json_lines(&rotated);
@@ -453,7 +460,10 @@ async fn file_log_reopens_its_file_on_sigusr1_after_logrotate_moved_it() {
     assert_eq!(uri(&old[0]), "/gw/status?n=1");
     let all: Vec<String> = old.iter().chain(&new).map(uri).collect();
     let expected: Vec<String> = (1..=n).map(|i| format!("/gw/status?n={i}")).collect();
-    assert_eq!(all, expected, "every request logged once, in order, across the two files");
+    assert_eq!(
+        all, expected,
+        "every request logged once, in order, across the two files"
+    );
 }
 
 #[test]

@@ -349,22 +349,36 @@ async fn no_secret_reaches_http_log_file_log_or_the_gateway_log() {
         if lines > 5 && lines == receiver.all().len() {
             break written;
         }
-        assert!(Instant::now() < deadline, "{lines} lines, {} sent", receiver.all().len());
+        assert!(
+            Instant::now() < deadline,
+            "{lines} lines, {} sent",
+            receiver.all().len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let sent: String = receiver.all().iter().map(|r| r.body.clone()).collect();
     assert!(written.contains("REDACTED") && sent.contains("REDACTED"));
     for secret in &secrets {
-        assert!(!sent.contains(secret.as_str()), "a secret sent to the log server");
-        assert!(!written.contains(secret.as_str()), "a secret written to the log file");
+        assert!(
+            !sent.contains(secret.as_str()),
+            "a secret sent to the log server"
+        );
+        assert!(
+            !written.contains(secret.as_str()),
+            "a secret written to the log file"
+        );
     }
     assert_no_secret_logged(&gw, &secrets);
     let log = gw.log.lock().unwrap();
     assert!(
-        log.iter().any(|l| l.contains("log entries could not be sent")),
+        log.iter()
+            .any(|l| l.contains("log entries could not be sent")),
         "the log server's refusals are logged"
     );
-    assert!(!log.iter().any(|l| l.contains("pa55")), "the log server's password is not logged");
+    assert!(
+        !log.iter().any(|l| l.contains("pa55")),
+        "the log server's password is not logged"
+    );
 }
 
 #[tokio::test]

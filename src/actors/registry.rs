@@ -218,7 +218,12 @@ impl ConfigRegistry {
                 }
                 "plugins" => {
                     let id = portcullis_stores::memory::doc_id(doc).map_err(|e| e.to_string())?;
-                    if self.mirror.plugins.get(&id).is_some_and(|old| old.doc == *doc) {
+                    if self
+                        .mirror
+                        .plugins
+                        .get(&id)
+                        .is_some_and(|old| old.doc == *doc)
+                    {
                         return Ok(());
                     }
                     let p: PluginInstance =

@@ -134,9 +134,8 @@ impl Writer {
             .is_none_or(|(_, opened)| self.reopen || *opened != generation);
         if stale {
             *open = None;
-            let file = open_append(&self.path).map_err(|e| {
-                format!("failed to open the file {}: {e}", self.path.display())
-            })?;
+            let file = open_append(&self.path)
+                .map_err(|e| format!("failed to open the file {}: {e}", self.path.display()))?;
             *open = Some((file, generation));
         }
         let Some((file, _)) = open.as_mut() else {
@@ -202,8 +201,21 @@ mod tests {
         for good in ["/tmp/log.json", "ab", "a b"] {
             assert!(check_path(&json!(good)).is_ok(), "{good}");
         }
-        for bad in ["/ovo*", "/ovo`", "test&thing", "test%thing", "test\\thing", " /a", "/a ", "a"] {
-            assert_eq!(check_path(&json!(bad)), Err("not a valid filename".into()), "{bad}");
+        for bad in [
+            "/ovo*",
+            "/ovo`",
+            "test&thing",
+            "test%thing",
+            "test\\thing",
+            " /a",
+            "/a ",
+            "a",
+        ] {
+            assert_eq!(
+                check_path(&json!(bad)),
+                Err("not a valid filename".into()),
+                "{bad}"
+            );
         }
     }
 
@@ -222,7 +234,10 @@ mod tests {
         writer.write(&["{\"a\":2}".into()]).unwrap();
         crate::plugin_api::reopen_log_files();
         writer.write(&["{\"a\":3}".into()]).unwrap();
-        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":3}\n");
     }
 }

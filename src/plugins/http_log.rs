@@ -116,7 +116,10 @@ fn check_headers(v: &Value) -> Result<(), String> {
 
 /// The `custom_fields_by_lua` refusal both log plugins share.
 pub(super) fn refuse_lua(config: &Map<String, Value>) -> Result<(), FieldErrors> {
-    if config.get("custom_fields_by_lua").is_some_and(|v| !v.is_null()) {
+    if config
+        .get("custom_fields_by_lua")
+        .is_some_and(|v| !v.is_null())
+    {
         let mut e = FieldErrors::new();
         e.insert(
             "custom_fields_by_lua".into(),
@@ -276,7 +279,8 @@ impl Target {
 
     async fn send(&self, batch: &[String], batched: bool) -> Result<(), String> {
         let body = if batched {
-            let mut body = String::with_capacity(batch.iter().map(|e| e.len() + 1).sum::<usize>() + 1);
+            let mut body =
+                String::with_capacity(batch.iter().map(|e| e.len() + 1).sum::<usize>() + 1);
             body.push('[');
             for (n, entry) in batch.iter().enumerate() {
                 if n > 0 {
@@ -394,7 +398,8 @@ mod tests {
 
     #[test]
     fn userinfo_becomes_basic_auth_and_leaves_the_url() {
-        let out = config(json!({ "http_endpoint": "http://hi:there@myservice.test/path" })).unwrap();
+        let out =
+            config(json!({ "http_endpoint": "http://hi:there@myservice.test/path" })).unwrap();
         let target = Target::from_config(&out).unwrap();
         assert_eq!(target.uri.to_string(), "http://myservice.test/path");
         assert_eq!(target.headers["authorization"], "Basic aGk6dGhlcmU=");

@@ -126,7 +126,8 @@ impl QueueSettings {
     pub fn backoff(&self, n: u32) -> Duration {
         let factor = 2f64.powi(i32::try_from(n.min(64)).unwrap_or(64));
         Duration::from_secs_f64(
-            (self.initial_retry_delay.as_secs_f64() * factor).min(self.max_retry_delay.as_secs_f64()),
+            (self.initial_retry_delay.as_secs_f64() * factor)
+                .min(self.max_retry_delay.as_secs_f64()),
         )
     }
 }
@@ -358,7 +359,10 @@ mod tests {
             json!({ "initial_retry_delay": 0 }),
         ] {
             let Value::Object(input) = bad else { panic!() };
-            assert!(validate(&QUEUE_SCHEMA, &input, Coerce::No).is_err(), "{input:?}");
+            assert!(
+                validate(&QUEUE_SCHEMA, &input, Coerce::No).is_err(),
+                "{input:?}"
+            );
         }
     }
 
@@ -430,7 +434,8 @@ mod tests {
     #[test]
     fn max_bytes_bounds_what_waits() {
         let (sender, _seen) = recording();
-        let s = settings(json!({ "max_bytes": 4, "max_batch_size": 10, "max_coalescing_delay": 0.3 }));
+        let s =
+            settings(json!({ "max_bytes": 4, "max_batch_size": 10, "max_coalescing_delay": 0.3 }));
         let queue = LogQueue::start("test", uuid::Uuid::new_v4(), s, sender).unwrap();
         queue.push("abc".into());
         queue.push("de".into());
@@ -448,7 +453,9 @@ mod tests {
             counted.fetch_add(1, Ordering::Relaxed);
             Box::pin(async { Err("down".to_string()) })
         });
-        let s = settings(json!({ "max_retry_time": 0.2, "initial_retry_delay": 0.05, "max_retry_delay": 0.05 }));
+        let s = settings(
+            json!({ "max_retry_time": 0.2, "initial_retry_delay": 0.05, "max_retry_delay": 0.05 }),
+        );
         let queue = LogQueue::start("test", uuid::Uuid::new_v4(), s, sender).unwrap();
         queue.push("x".into());
         wait_for(queue.stats(), 1);

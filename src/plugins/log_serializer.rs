@@ -79,14 +79,24 @@ pub fn serialize(exchange: &Exchange) -> Value {
     response.insert("size".into(), json!(exchange.response_size));
     response.insert(
         "headers".into(),
-        Value::Object(exchange.response_headers.as_ref().map(headers).unwrap_or_default()),
+        Value::Object(
+            exchange
+                .response_headers
+                .as_ref()
+                .map(headers)
+                .unwrap_or_default(),
+        ),
     );
 
     let mut root = Map::new();
     root.insert("request".into(), Value::Object(request));
     root.insert(
         "upstream_uri".into(),
-        json!(exchange.upstream_uri.as_deref().map(redact_target).unwrap_or_default()),
+        json!(exchange
+            .upstream_uri
+            .as_deref()
+            .map(redact_target)
+            .unwrap_or_default()),
     );
     root.insert(
         "upstream_status".into(),
@@ -146,10 +156,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn millis_since_epoch(exchange: &Exchange) -> u64 {
-    exchange
-        .started_at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, ms)
+    exchange.started_at.duration_since(UNIX_EPOCH).map_or(0, ms)
 }
 
 /// Whether a header's value is a credential.
@@ -248,7 +255,9 @@ pub fn redact_target(target: &str) -> Cow<'_, str> {
     let redacted: Vec<Cow<'_, str>> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if secret_arg(&decode(name)) => Cow::Owned(format!("{name}={REDACTED}")),
+            Some((name, _)) if secret_arg(&decode(name)) => {
+                Cow::Owned(format!("{name}={REDACTED}"))
+            }
             _ => Cow::Borrowed(pair),
         })
         .collect();
@@ -325,7 +334,10 @@ mod tests {
             redact_target("/p?a=1&client_secret=s3&refresh_token=r&password=pw&apikey=k&z"),
             "/p?a=1&client_secret=REDACTED&refresh_token=REDACTED&password=REDACTED&apikey=REDACTED&z"
         );
-        assert_eq!(redact_target("/p?access%5Ftoken=x"), "/p?access%5Ftoken=REDACTED");
+        assert_eq!(
+            redact_target("/p?access%5Ftoken=x"),
+            "/p?access%5Ftoken=REDACTED"
+        );
     }
 
     #[test]

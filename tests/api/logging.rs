@@ -82,8 +82,11 @@ async fn http_log_accepts_minimal_config_with_defaults() {
 async fn http_log_accepts_empty_headers_with_username_password_in_the_endpoint() {
     let app = spawn_app().await;
     let (s, p) = app
-        .admin_post("/plugins", json!({ "name": "http-log", "config": {
-            "http_endpoint": "http://bob:password@myservice.test/path", "headers": {} } }))
+        .admin_post(
+            "/plugins",
+            json!({ "name": "http-log", "config": {
+            "http_endpoint": "http://bob:password@myservice.test/path", "headers": {} } }),
+        )
         .await;
     assert_eq!(s, 201, "{p}");
 }
@@ -91,10 +94,17 @@ async fn http_log_accepts_empty_headers_with_username_password_in_the_endpoint()
 #[actix_rt::test]
 async fn http_log_does_not_accept_empty_header_values() {
     let app = spawn_app().await;
-    let f = schema_error(&app, "http-log", json!({ "http_endpoint": "http://myservice.test/path",
-        "headers": { "X-My-Header": "" } }))
+    let f = schema_error(
+        &app,
+        "http-log",
+        json!({ "http_endpoint": "http://myservice.test/path",
+        "headers": { "X-My-Header": "" } }),
+    )
     .await;
-    assert_eq!(f, json!({ "config": { "headers": "length must be at least 1" } }));
+    assert_eq!(
+        f,
+        json!({ "config": { "headers": "length must be at least 1" } })
+    );
 }
 
 #[actix_rt::test]
@@ -105,8 +115,12 @@ async fn http_log_does_not_accept_host_content_length_or_content_type_headers() 
         ("coNTEnt-Length", "Content-Length"),
         ("coNTEnt-Type", "Content-Type"),
     ] {
-        let f = schema_error(&app, "http-log", json!({ "http_endpoint": "http://myservice.test/path",
-            "headers": { header: "123" } }))
+        let f = schema_error(
+            &app,
+            "http-log",
+            json!({ "http_endpoint": "http://myservice.test/path",
+            "headers": { header: "123" } }),
+        )
         .await;
         assert_eq!(
             f,
@@ -118,8 +132,12 @@ async fn http_log_does_not_accept_host_content_length_or_content_type_headers() 
 #[actix_rt::test]
 async fn http_log_does_not_accept_userinfo_and_an_authorization_header() {
     let app = spawn_app().await;
-    let f = schema_error(&app, "http-log", json!({ "http_endpoint": "http://hi:there@myservice.test/path",
-        "headers": { "AuthoRIZATion": "bad" } }))
+    let f = schema_error(
+        &app,
+        "http-log",
+        json!({ "http_endpoint": "http://hi:there@myservice.test/path",
+        "headers": { "AuthoRIZATion": "bad" } }),
+    )
     .await;
     assert_eq!(
         f,
@@ -131,15 +149,23 @@ async fn http_log_does_not_accept_userinfo_and_an_authorization_header() {
 async fn custom_fields_by_lua_is_refused_by_both_log_plugins() {
     let app = spawn_app().await;
     let lua = json!({ "new_field": "return 123" });
-    let f = schema_error(&app, "http-log", json!({ "http_endpoint": "http://myservice.test/path",
-        "custom_fields_by_lua": lua }))
+    let f = schema_error(
+        &app,
+        "http-log",
+        json!({ "http_endpoint": "http://myservice.test/path",
+        "custom_fields_by_lua": lua }),
+    )
     .await;
     assert_eq!(
         f["config"]["custom_fields_by_lua"],
         "not supported: Portcullis runs no Lua; remove the field"
     );
-    let f = schema_error(&app, "file-log", json!({ "path": "/tmp/x.log", "custom_fields_by_lua": lua }))
-        .await;
+    let f = schema_error(
+        &app,
+        "file-log",
+        json!({ "path": "/tmp/x.log", "custom_fields_by_lua": lua }),
+    )
+    .await;
     assert_eq!(
         f["config"]["custom_fields_by_lua"],
         "not supported: Portcullis runs no Lua; remove the field"
@@ -160,7 +186,11 @@ async fn file_log_rejects_invalid_filenames() {
     let app = spawn_app().await;
     for path in ["/ovo*", "/ovo`", "test&thing", "test%thing", "test\\thing"] {
         let f = schema_error(&app, "file-log", json!({ "path": path, "reopen": true })).await;
-        assert_eq!(f, json!({ "config": { "path": "not a valid filename" } }), "{path}");
+        assert_eq!(
+            f,
+            json!({ "config": { "path": "not a valid filename" } }),
+            "{path}"
+        );
     }
 }
 
@@ -168,7 +198,10 @@ async fn file_log_rejects_invalid_filenames() {
 async fn file_log_accepts_a_valid_filename() {
     let app = spawn_app().await;
     let (s, p) = app
-        .admin_post("/plugins", json!({ "name": "file-log", "config": { "path": "/tmp/ovo.log" } }))
+        .admin_post(
+            "/plugins",
+            json!({ "name": "file-log", "config": { "path": "/tmp/ovo.log" } }),
+        )
         .await;
     assert_eq!(s, 201, "{p}");
     assert_eq!(p["config"]["reopen"], false);
@@ -180,7 +213,11 @@ async fn file_log_accepts_a_valid_filename() {
 async fn http_log_posts_one_json_object_per_request_with_kong_s_fields() {
     let app = spawn_app().await;
     let receiver = spawn_receiver(200, Duration::ZERO);
-    let plugin = http_log(&app, json!({ "http_endpoint": format!("{}/post_log/http", receiver.url) })).await;
+    let plugin = http_log(
+        &app,
+        json!({ "http_endpoint": format!("{}/post_log/http", receiver.url) }),
+    )
+    .await;
     let r = app
         .http
         .get(format!("{}/logged/echo?a=1&flag&a=2", app.proxy))
@@ -203,11 +240,17 @@ async fn http_log_posts_one_json_object_per_request_with_kong_s_fields() {
         entry["request"]["url"],
         format!("http://127.0.0.1:{port}/logged/echo?a=1&flag&a=2")
     );
-    assert_eq!(entry["request"]["querystring"], json!({ "a": ["1", "2"], "flag": true }));
+    assert_eq!(
+        entry["request"]["querystring"],
+        json!({ "a": ["1", "2"], "flag": true })
+    );
     assert_eq!(entry["request"]["headers"]["x-test"], "yes");
     assert_eq!(entry["response"]["status"], 200);
     assert!(entry["response"]["size"].as_u64().unwrap() > 0);
-    assert_eq!(entry["response"]["headers"]["content-type"], "application/json");
+    assert_eq!(
+        entry["response"]["headers"]["content-type"],
+        "application/json"
+    );
     assert_eq!(entry["upstream_uri"], "/echo?a=1&flag&a=2");
     assert_eq!(entry["upstream_status"], "200");
     assert_eq!(entry["source"], "service");
@@ -218,7 +261,10 @@ async fn http_log_posts_one_json_object_per_request_with_kong_s_fields() {
     assert!(entry["consumer"].is_null());
     assert!(entry["authenticated_entity"].is_null());
     for latency in ["kong", "proxy", "request"] {
-        assert!(entry["latencies"][latency].as_i64().unwrap() >= 0, "{entry}");
+        assert!(
+            entry["latencies"][latency].as_i64().unwrap() >= 0,
+            "{entry}"
+        );
     }
     let started = entry["started_at"].as_u64().unwrap();
     let now = std::time::SystemTime::now()
@@ -237,7 +283,9 @@ async fn http_log_posts_one_json_object_per_request_with_kong_s_fields() {
 async fn http_log_sends_put_or_patch_basic_auth_from_userinfo_and_custom_headers() {
     let app = spawn_app().await;
     let receiver = spawn_receiver(200, Duration::ZERO);
-    let endpoint = receiver.url.replace("http://", "http://testuser:testpassword@");
+    let endpoint = receiver
+        .url
+        .replace("http://", "http://testuser:testpassword@");
     http_log(&app, json!({ "http_endpoint": format!("{endpoint}/post_auth_log/basic_auth/testuser/testpassword/http"),
         "method": "PUT", "content_type": "application/json; charset=utf-8",
         "headers": { "X-Custom": "custom value" } }))
@@ -245,9 +293,15 @@ async fn http_log_sends_put_or_patch_basic_auth_from_userinfo_and_custom_headers
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     let got = arrived(&receiver, 1).await;
     assert_eq!(got[0].method, "PUT");
-    assert_eq!(got[0].headers["authorization"], "Basic dGVzdHVzZXI6dGVzdHBhc3N3b3Jk");
+    assert_eq!(
+        got[0].headers["authorization"],
+        "Basic dGVzdHVzZXI6dGVzdHBhc3N3b3Jk"
+    );
     assert_eq!(got[0].headers["x-custom"], "custom value");
-    assert_eq!(got[0].headers["content-type"], "application/json; charset=utf-8");
+    assert_eq!(
+        got[0].headers["content-type"],
+        "application/json; charset=utf-8"
+    );
     assert_eq!(got[0].json()["request"]["method"], "GET");
 }
 
@@ -255,11 +309,17 @@ async fn http_log_sends_put_or_patch_basic_auth_from_userinfo_and_custom_headers
 async fn http_log_batches_entries_as_a_json_array_when_max_batch_size_is_above_one() {
     let app = spawn_app().await;
     let receiver = spawn_receiver(200, Duration::ZERO);
-    http_log(&app, json!({ "http_endpoint": receiver.url,
-        "queue": { "max_batch_size": 3, "max_coalescing_delay": 3600 } }))
+    http_log(
+        &app,
+        json!({ "http_endpoint": receiver.url,
+        "queue": { "max_batch_size": 3, "max_coalescing_delay": 3600 } }),
+    )
     .await;
     for n in 0..3 {
-        assert_eq!(app.proxy_get(&format!("/logged/echo?n={n}")).await.status(), 200);
+        assert_eq!(
+            app.proxy_get(&format!("/logged/echo?n={n}")).await.status(),
+            200
+        );
     }
     let got = arrived(&receiver, 1).await;
     assert_eq!(got.len(), 1);
@@ -270,7 +330,10 @@ async fn http_log_batches_entries_as_a_json_array_when_max_batch_size_is_above_o
         .iter()
         .map(|e| e["request"]["uri"].as_str().unwrap())
         .collect();
-    assert_eq!(uris, ["/logged/echo?n=0", "/logged/echo?n=1", "/logged/echo?n=2"]);
+    assert_eq!(
+        uris,
+        ["/logged/echo?n=0", "/logged/echo?n=1", "/logged/echo?n=2"]
+    );
 }
 
 #[actix_rt::test]
@@ -290,11 +353,18 @@ async fn http_log_legacy_queue_size_and_flush_timeout_batch_as_kong_3_does() {
 async fn http_log_logs_gateway_answers_too() {
     let app = spawn_app().await;
     let receiver = spawn_receiver(200, Duration::ZERO);
-    app.expose("down", &format!("http://127.0.0.1:{}", dead_port()), &["/down"])
-        .await;
+    app.expose(
+        "down",
+        &format!("http://127.0.0.1:{}", dead_port()),
+        &["/down"],
+    )
+    .await;
     let (s, b) = app
-        .admin_post("/services/down/plugins", json!({ "name": "http-log",
-            "config": { "http_endpoint": receiver.url } }))
+        .admin_post(
+            "/services/down/plugins",
+            json!({ "name": "http-log",
+            "config": { "http_endpoint": receiver.url } }),
+        )
         .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(app.proxy_get("/down/x").await.status(), 502);
@@ -307,8 +377,11 @@ async fn http_log_logs_gateway_answers_too() {
 #[actix_rt::test]
 async fn a_log_server_that_is_down_loses_entries_counted_and_the_proxy_keeps_answering() {
     let app = spawn_app().await;
-    let plugin = http_log(&app, json!({ "http_endpoint": format!("http://127.0.0.1:{}", dead_port()),
-        "queue": { "max_retry_time": -1 } }))
+    let plugin = http_log(
+        &app,
+        json!({ "http_endpoint": format!("http://127.0.0.1:{}", dead_port()),
+        "queue": { "max_retry_time": -1 } }),
+    )
     .await;
     for _ in 0..5 {
         assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
@@ -325,8 +398,11 @@ async fn a_log_server_that_is_down_loses_entries_counted_and_the_proxy_keeps_ans
 async fn a_failing_log_server_is_retried_until_it_accepts() {
     let app = spawn_app().await;
     let receiver = spawn_receiver(500, Duration::ZERO);
-    let plugin = http_log(&app, json!({ "http_endpoint": receiver.url,
-        "queue": { "initial_retry_delay": 0.05, "max_retry_delay": 0.05, "max_retry_time": 0.3 } }))
+    let plugin = http_log(
+        &app,
+        json!({ "http_endpoint": receiver.url,
+        "queue": { "initial_retry_delay": 0.05, "max_retry_delay": 0.05, "max_retry_time": 0.3 } }),
+    )
     .await;
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     let stats = stats_of(plugin_id(&plugin)).unwrap();
@@ -336,15 +412,21 @@ async fn a_failing_log_server_is_retried_until_it_accepts() {
     .await;
     let tries = receiver.all().len();
     assert!(tries >= 3, "retried with backoff: {tries} tries");
-    assert!(receiver.all().iter().all(|r| r.body == receiver.all()[0].body));
+    assert!(receiver
+        .all()
+        .iter()
+        .all(|r| r.body == receiver.all()[0].body));
 }
 
 #[actix_rt::test]
 async fn a_slow_log_server_does_not_slow_the_proxy_and_a_full_queue_drops_and_counts() {
     let app = spawn_app().await;
     let receiver = spawn_receiver(200, Duration::from_secs(5));
-    let plugin = http_log(&app, json!({ "http_endpoint": receiver.url,
-        "queue": { "max_entries": 1 } }))
+    let plugin = http_log(
+        &app,
+        json!({ "http_endpoint": receiver.url,
+        "queue": { "max_entries": 1 } }),
+    )
     .await;
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     // The queue's thread has taken the first entry and waits on the sleeping server.
@@ -353,7 +435,10 @@ async fn a_slow_log_server_does_not_slow_the_proxy_and_a_full_queue_drops_and_co
         let started = Instant::now();
         assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(1), "answered in {took:?} while the log server sleeps");
+        assert!(
+            took < Duration::from_secs(1),
+            "answered in {took:?} while the log server sleeps"
+        );
     }
     let stats = stats_of(plugin_id(&plugin)).unwrap();
     // One waits in the queue (max_entries = 1), three are dropped.
@@ -383,7 +468,11 @@ async fn file_log_logs_to_file() {
     let app = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file.log");
-    logged(&app, json!({ "name": "file-log", "config": { "path": path } })).await;
+    logged(
+        &app,
+        json!({ "name": "file-log", "config": { "path": path } }),
+    )
+    .await;
     let r = app
         .http
         .get(format!("{}/logged/echo", app.proxy))
@@ -409,7 +498,11 @@ async fn file_log_reopens_the_file_on_each_request_when_reopen_is_true() {
     let app = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file.log");
-    logged(&app, json!({ "name": "file-log", "config": { "path": path, "reopen": true } })).await;
+    logged(
+        &app,
+        json!({ "name": "file-log", "config": { "path": path, "reopen": true } }),
+    )
+    .await;
     assert_eq!(app.proxy_get("/logged/echo?n=1").await.status(), 200);
     file_lines(&path, 1).await;
     std::fs::remove_file(&path).unwrap();
@@ -425,7 +518,11 @@ async fn file_log_keeps_writing_to_the_open_file_when_reopen_is_false() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file.log");
     let moved = dir.path().join("file.log.1");
-    logged(&app, json!({ "name": "file-log", "config": { "path": path } })).await;
+    logged(
+        &app,
+        json!({ "name": "file-log", "config": { "path": path } }),
+    )
+    .await;
     assert_eq!(app.proxy_get("/logged/echo?n=1").await.status(), 200);
     file_lines(&path, 1).await;
     std::fs::rename(&path, &moved).unwrap();
@@ -443,16 +540,25 @@ async fn no_credential_reaches_a_log_entry() {
     let receiver = spawn_receiver(200, Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file.log");
-    logged(&app, json!({ "name": "http-log", "config": { "http_endpoint": receiver.url } })).await;
+    logged(
+        &app,
+        json!({ "name": "http-log", "config": { "http_endpoint": receiver.url } }),
+    )
+    .await;
     let (s, b) = app
-        .admin_post("/services/logged/plugins", json!({ "name": "file-log", "config": { "path": path } }))
+        .admin_post(
+            "/services/logged/plugins",
+            json!({ "name": "file-log", "config": { "path": path } }),
+        )
         .await;
     assert_eq!(s, 201, "{b}");
     let (s, b) = app
         .admin_post("/services/logged/plugins", json!({ "name": "key-auth" }))
         .await;
     assert_eq!(s, 201, "{b}");
-    let (s, b) = app.admin_post("/consumers", json!({ "username": "bob" })).await;
+    let (s, b) = app
+        .admin_post("/consumers", json!({ "username": "bob" }))
+        .await;
     assert_eq!(s, 201, "{b}");
     let secret = |what: &str| format!("{what}-{}", uuid::Uuid::new_v4().simple());
     let apikey = secret("apikey");
@@ -496,9 +602,24 @@ async fn no_credential_reaches_a_log_entry() {
         .collect();
     let written = file_lines(&path, 2).await;
     let written = serde_json::to_string(&written).unwrap();
-    for secret in [&apikey, &token, &client_secret, &code, &refresh, &password, &bearer, &cookie] {
-        assert!(!sent.contains(secret.as_str()), "{secret} sent to the log server: {sent}");
-        assert!(!written.contains(secret.as_str()), "{secret} written to the file: {written}");
+    for secret in [
+        &apikey,
+        &token,
+        &client_secret,
+        &code,
+        &refresh,
+        &password,
+        &bearer,
+        &cookie,
+    ] {
+        assert!(
+            !sent.contains(secret.as_str()),
+            "{secret} sent to the log server: {sent}"
+        );
+        assert!(
+            !written.contains(secret.as_str()),
+            "{secret} written to the file: {written}"
+        );
     }
     let entry = receiver.all()[0].json();
     assert_eq!(
@@ -514,14 +635,29 @@ async fn no_credential_reaches_a_log_entry() {
         "/logged/echo?access_token=REDACTED&client_secret=REDACTED&code=REDACTED&refresh_token=REDACTED&password=REDACTED&keep=me"
     );
     assert_eq!(entry["consumer"]["username"], "bob");
-    assert_eq!(entry["authenticated_entity"]["consumer_id"], entry["consumer"]["id"]);
+    assert_eq!(
+        entry["authenticated_entity"]["consumer_id"],
+        entry["consumer"]["id"]
+    );
     assert!(entry["authenticated_entity"]["id"].is_string());
     for line in crate::helpers::logs::logged(tracing::Level::WARN)
         .iter()
         .chain(&crate::helpers::logs::errors())
     {
-        for secret in [&apikey, &token, &client_secret, &code, &refresh, &password, &bearer, &cookie] {
-            assert!(!line.contains(secret.as_str()), "{secret} in the gateway's log: {line}");
+        for secret in [
+            &apikey,
+            &token,
+            &client_secret,
+            &code,
+            &refresh,
+            &password,
+            &bearer,
+            &cookie,
+        ] {
+            assert!(
+                !line.contains(secret.as_str()),
+                "{secret} in the gateway's log: {line}"
+            );
         }
     }
 }
