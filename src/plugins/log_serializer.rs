@@ -264,47 +264,62 @@ pub fn redact_target(target: &str) -> Cow<'_, str> {
     Cow::Owned(format!("{path}?{}", redacted.join("&")))
 }
 
-/// A service as the admin API shows its fields.
+/// An entity as the admin API shows it: the row's other fields, then the typed ones.
+fn entity(other: &Map<String, Value>, typed: Value) -> Value {
+    let mut out = other.clone();
+    if let Value::Object(typed) = typed {
+        out.extend(typed);
+    }
+    Value::Object(out)
+}
+
 fn service_json(s: &Service) -> Value {
-    json!({
-        "id": s.id,
-        "name": s.name,
-        "protocol": s.protocol,
-        "host": s.host,
-        "port": s.port,
-        "path": s.path,
-        "retries": s.retries,
-        "connect_timeout": s.connect_timeout,
-        "write_timeout": s.write_timeout,
-        "read_timeout": s.read_timeout,
-        "tls_verify": s.tls_verify,
-        "enabled": s.enabled,
-    })
+    entity(
+        &s.other,
+        json!({
+            "id": s.id,
+            "name": s.name,
+            "protocol": s.protocol,
+            "host": s.host,
+            "port": s.port,
+            "path": s.path,
+            "retries": s.retries,
+            "connect_timeout": s.connect_timeout,
+            "write_timeout": s.write_timeout,
+            "read_timeout": s.read_timeout,
+            "tls_verify": s.tls_verify,
+            "enabled": s.enabled,
+        }),
+    )
 }
 
-/// A route as the admin API shows its fields.
 fn route_json(r: &Route) -> Value {
-    json!({
-        "id": r.id,
-        "name": r.name,
-        "created_at": r.created_at,
-        "protocols": r.protocols,
-        "methods": r.methods,
-        "hosts": r.hosts,
-        "paths": r.paths,
-        "headers": r.headers,
-        "https_redirect_status_code": r.https_redirect_status_code,
-        "regex_priority": r.regex_priority,
-        "strip_path": r.strip_path,
-        "preserve_host": r.preserve_host,
-        "service": r.service.map(|s| json!({ "id": s.id })),
-    })
+    entity(
+        &r.other,
+        json!({
+            "id": r.id,
+            "name": r.name,
+            "created_at": r.created_at,
+            "protocols": r.protocols,
+            "methods": r.methods,
+            "hosts": r.hosts,
+            "paths": r.paths,
+            "headers": r.headers,
+            "https_redirect_status_code": r.https_redirect_status_code,
+            "regex_priority": r.regex_priority,
+            "strip_path": r.strip_path,
+            "preserve_host": r.preserve_host,
+            "service": r.service.map(|s| json!({ "id": s.id })),
+        }),
+    )
 }
 
-/// A consumer as the admin API shows it (a consumer holds no secret; its credentials are not
-/// part of it).
+/// A consumer holds no secret: its credentials are entities of their own, never part of it.
 fn consumer_json(c: &Consumer) -> Value {
-    json!({ "id": c.id, "username": c.username, "custom_id": c.custom_id })
+    entity(
+        &c.other,
+        json!({ "id": c.id, "username": c.username, "custom_id": c.custom_id }),
+    )
 }
 
 #[cfg(test)]
