@@ -3,9 +3,10 @@
 //!
 //! Beyond Kong, which redacts only `Authorization` and `Proxy-Authorization`, the values of every
 //! header and query argument that carries a credential are written as `REDACTED`: a log line
-//! must never hold a token, a client secret, an authorization code, a password or an API key (see
-//! [`SECRET_HEADERS`] and [`SECRET_ARGS`]). The query string is redacted wherever it appears:
-//! `request.querystring`, `request.uri`, `request.url` and `upstream_uri`.
+//! must never hold a token, a client secret, an authorization code, a password or an API key
+//! (see [`SECRET_HEADERS`], [`SECRET_ARGS`] and [`SECRET_NAME_PARTS`]). The query string is
+//! redacted wherever it appears: `request.querystring`, `request.uri`, `request.url` and
+//! `upstream_uri`.
 
 use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,20 +25,15 @@ pub const SECRET_HEADERS: &[&str] = &[
     "proxy-authorization",
     "cookie",
     "set-cookie",
-    "apikey",
-    "x-api-key",
 ];
 
-/// Query (and form) arguments whose values are credentials: never written in a log entry.
-pub const SECRET_ARGS: &[&str] = &[
-    "access_token",
-    "refresh_token",
-    "client_secret",
-    "code",
-    "password",
-    "apikey",
-    "provision_key",
-];
+/// Query arguments whose values are credentials: never written in a log entry.
+pub const SECRET_ARGS: &[&str] = &["code", "provision_key"];
+
+/// A header or query argument whose name contains one of these (ASCII case-insensitive) carries
+/// a credential: `apikey`, `x-api-key` and most `key-auth` `key_names`, `access_token`,
+/// `refresh_token`, `client_secret`, `password`.
+pub const SECRET_NAME_PARTS: &[&str] = &["key", "token", "secret", "password", "passwd"];
 
 /// Kong's serializer output for one exchange (as a JSON value).
 pub fn serialize(exchange: &Exchange) -> Value {
@@ -161,12 +157,22 @@ fn millis_since_epoch(exchange: &Exchange) -> u64 {
 
 /// Whether a header's value is a credential.
 fn secret_header(name: &str) -> bool {
-    SECRET_HEADERS.contains(&name)
+    SECRET_HEADERS.contains(&name) || secret_part(name)
 }
 
 /// Whether a query argument's value is a credential (names compared as sent, case-insensitive).
 fn secret_arg(name: &str) -> bool {
-    SECRET_ARGS.iter().any(|s| s.eq_ignore_ascii_case(name))
+    SECRET_ARGS.iter().any(|s| s.eq_ignore_ascii_case(name)) || secret_part(name)
+}
+
+/// Whether a name contains one of [`SECRET_NAME_PARTS`].
+fn secret_part(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    SECRET_NAME_PARTS.iter().any(|part| {
+        bytes
+            .windows(part.len())
+            .any(|w| w.eq_ignore_ascii_case(part.as_bytes()))
+    })
 }
 
 /// Headers as Kong shows them: lower-case names, a repeated header as an array of its values.
@@ -364,6 +370,8 @@ mod tests {
         map.append("Authorization", "Bearer t".parse().unwrap());
         map.append("cookie", "s=1".parse().unwrap());
         map.append("apikey", "k".parse().unwrap());
+        map.append("x-my-api-key", "k".parse().unwrap());
+        map.append("x-auth-token", "t".parse().unwrap());
         assert_eq!(
             Value::Object(headers(&map)),
             json!({
@@ -372,6 +380,8 @@ mod tests {
                 "authorization": REDACTED,
                 "cookie": REDACTED,
                 "apikey": REDACTED,
+                "x-my-api-key": REDACTED,
+                "x-auth-token": REDACTED,
             })
         );
     }
