@@ -13,14 +13,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::log_queue::{LogQueue, QueueSettings, Sender, Sending};
-use super::log_serializer::serialize;
-use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use super::log_serializer::{refuse_lua, SerializingLogger};
+use super::{Plugin, PluginRuntime};
 use crate::entities::PluginInstance;
-use crate::plugin_api::{log_files_generation, Exchange};
+use crate::plugin_api::log_files_generation;
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 const NAME: &str = "file-log";
@@ -75,7 +74,7 @@ impl Plugin for FileLog {
         &SCHEMA
     }
     fn check_config(&self, config: &Map<String, Value>) -> Result<(), FieldErrors> {
-        super::http_log::refuse_lua(config)
+        refuse_lua(config)
     }
     fn compile(&self, instance: &PluginInstance) -> Result<Arc<dyn PluginRuntime>, String> {
         let path = instance
@@ -108,7 +107,11 @@ impl Plugin for FileLog {
             unlimited_concurrency: false,
         };
         let queue = LogQueue::start(NAME, instance.id, settings, sender)?;
-        Ok(Arc::new(Runtime { queue }))
+        Ok(Arc::new(SerializingLogger {
+            name: NAME,
+            priority: PRIORITY,
+            queue,
+        }))
     }
 }
 
@@ -164,32 +167,6 @@ fn open_append(path: &std::path::Path) -> std::io::Result<File> {
         options.mode(0o644);
     }
     options.open(path)
-}
-
-struct Runtime {
-    queue: LogQueue,
-}
-
-#[async_trait(?Send)]
-impl PluginRuntime for Runtime {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn priority(&self) -> i32 {
-        PRIORITY
-    }
-    async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
-        Flow::Continue
-    }
-    fn logs(&self) -> bool {
-        true
-    }
-    fn logs_response_headers(&self) -> bool {
-        true
-    }
-    fn log(&self, exchange: &Exchange) {
-        self.queue.push(serialize(exchange).to_string());
-    }
 }
 
 #[cfg(test)]

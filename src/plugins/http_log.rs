@@ -11,7 +11,6 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -22,10 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{json, Map, Value};
 
 use super::log_queue::{LogQueue, QueueSettings, Sender, Sending, QUEUE_SCHEMA};
-use super::log_serializer::serialize;
-use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use super::log_serializer::{refuse_lua, SerializingLogger};
+use super::{Plugin, PluginRuntime};
 use crate::entities::PluginInstance;
-use crate::plugin_api::{Exchange, HeaderMap, HeaderName, HeaderValue, Method};
+use crate::plugin_api::{HeaderMap, HeaderName, HeaderValue, Method};
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 const NAME: &str = "http-log";
@@ -114,22 +113,6 @@ fn check_headers(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// The `custom_fields_by_lua` refusal both log plugins share.
-pub(super) fn refuse_lua(config: &Map<String, Value>) -> Result<(), FieldErrors> {
-    if config
-        .get("custom_fields_by_lua")
-        .is_some_and(|v| !v.is_null())
-    {
-        let mut e = FieldErrors::new();
-        e.insert(
-            "custom_fields_by_lua".into(),
-            json!("not supported: Portcullis runs no Lua; remove the field"),
-        );
-        return Err(e);
-    }
-    Ok(())
-}
-
 impl Plugin for HttpLog {
     fn name(&self) -> &'static str {
         NAME
@@ -168,7 +151,11 @@ impl Plugin for HttpLog {
         let batched = queue.max_batch_size > 1;
         let sender = target.into_sender(batched);
         let queue = LogQueue::start(NAME, instance.id, queue, sender)?;
-        Ok(Arc::new(Runtime { queue }))
+        Ok(Arc::new(SerializingLogger {
+            name: NAME,
+            priority: PRIORITY,
+            queue,
+        }))
     }
 }
 
@@ -339,32 +326,6 @@ fn client(keepalive: Duration) -> LogClient {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(keepalive)
         .build(connector)
-}
-
-struct Runtime {
-    queue: LogQueue,
-}
-
-#[async_trait(?Send)]
-impl PluginRuntime for Runtime {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn priority(&self) -> i32 {
-        PRIORITY
-    }
-    async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
-        Flow::Continue
-    }
-    fn logs(&self) -> bool {
-        true
-    }
-    fn logs_response_headers(&self) -> bool {
-        true
-    }
-    fn log(&self, exchange: &Exchange) {
-        self.queue.push(serialize(exchange).to_string());
-    }
 }
 
 #[cfg(test)]

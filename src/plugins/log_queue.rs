@@ -461,6 +461,6 @@ mod tests {
         wait_for(queue.stats(), 1);
         assert_eq!(queue.stats().lost.load(Ordering::Relaxed), 1);
         let tries = calls.load(Ordering::Relaxed);
-        assert!((3..=7).contains(&tries), "{tries} tries");
+        assert!(tries >= 2, "retried: {tries} tries");
     }
 }

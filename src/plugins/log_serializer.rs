@@ -11,10 +11,13 @@
 use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
+use super::log_queue::LogQueue;
 use crate::entities::{Consumer, Route, Service};
-use crate::plugin_api::{Exchange, HeaderMap};
+use crate::plugin_api::{Exchange, Flow, HeaderMap, PluginRuntime, RequestCtx};
+use crate::schema::FieldErrors;
 
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "REDACTED";
@@ -34,6 +37,59 @@ pub const SECRET_ARGS: &[&str] = &["code", "provision_key"];
 /// a credential: `apikey`, `x-api-key` and most `key-auth` `key_names`, `access_token`,
 /// `refresh_token`, `client_secret`, `password`.
 pub const SECRET_NAME_PARTS: &[&str] = &["key", "token", "secret", "password", "passwd"];
+
+/// The runtime of a log plugin: its log phase serializes the exchange and queues the entry for
+/// the instance's own thread (which sends it or writes it); nothing else runs per request.
+pub struct SerializingLogger {
+    /// Plugin name.
+    pub name: &'static str,
+    /// Its priority.
+    pub priority: i32,
+    /// Where entries go.
+    pub queue: LogQueue,
+}
+
+#[async_trait(?Send)]
+impl PluginRuntime for SerializingLogger {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn priority(&self) -> i32 {
+        self.priority
+    }
+    async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
+        Flow::Continue
+    }
+    fn logs(&self) -> bool {
+        true
+    }
+    fn logs_response_headers(&self) -> bool {
+        true
+    }
+    fn log(&self, exchange: &Exchange) {
+        self.queue.push(serialize(exchange).to_string());
+    }
+}
+
+/// Kong's `custom_fields_by_lua` adds Lua-computed fields to the entry: Portcullis runs no Lua,
+/// so a config that sets it is refused rather than silently logging without them.
+///
+/// # Errors
+/// The field error when the field is set.
+pub fn refuse_lua(config: &Map<String, Value>) -> Result<(), FieldErrors> {
+    if config
+        .get("custom_fields_by_lua")
+        .is_some_and(|v| !v.is_null())
+    {
+        let mut e = FieldErrors::new();
+        e.insert(
+            "custom_fields_by_lua".into(),
+            json!("not supported: Portcullis runs no Lua; remove the field"),
+        );
+        return Err(e);
+    }
+    Ok(())
+}
 
 /// Kong's serializer output for one exchange (as a JSON value).
 pub fn serialize(exchange: &Exchange) -> Value {
