@@ -452,6 +452,155 @@ async fn a_slow_log_server_does_not_slow_the_proxy_and_a_full_queue_drops_and_co
     .await;
 }
 
+#[actix_rt::test]
+async fn http_log_s_client_adds_the_host_header() {
+    let app = spawn_app().await;
+    let receiver = spawn_receiver(200, Duration::ZERO);
+    http_log(&app, json!({ "http_endpoint": receiver.url })).await;
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    let got = arrived(&receiver, 1).await;
+    assert_eq!(
+        got[0].headers["host"],
+        receiver.url.trim_start_matches("http://")
+    );
+}
+
+#[actix_rt::test]
+async fn http_log_puts_changed_configuration_into_effect_immediately() {
+    let app = spawn_app().await;
+    let receiver = spawn_receiver(200, Duration::ZERO);
+    let plugin = http_log(
+        &app,
+        json!({ "http_endpoint": receiver.url, "headers": { "key1": "value1" } }),
+    )
+    .await;
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    assert_eq!(arrived(&receiver, 1).await[0].headers["key1"], "value1");
+    let (s, b) = app
+        .admin_patch(
+            &format!("/plugins/{}", plugin["id"].as_str().unwrap()),
+            json!({ "config": { "headers": { "key1": "value2" } } }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    assert_eq!(arrived(&receiver, 2).await[1].headers["key1"], "value2");
+}
+
+#[actix_rt::test]
+async fn http_log_sends_each_entry_at_once_when_concurrency_limit_is_minus_one() {
+    let app = spawn_app().await;
+    let receiver = spawn_receiver(200, Duration::ZERO);
+    http_log(
+        &app,
+        json!({ "http_endpoint": receiver.url,
+        "queue": { "concurrency_limit": -1, "max_batch_size": 10, "max_coalescing_delay": 3600 } }),
+    )
+    .await;
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    // Not held for a batch of ten or an hour: sent alone, in an array as every entry is when
+    // max_batch_size is above 1 (Kong's shape).
+    let body = arrived(&receiver, 1).await[0].json();
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert_eq!(body[0]["client_ip"], "127.0.0.1");
+}
+
+#[actix_rt::test]
+async fn http_log_enabled_globally_logs_a_request_no_route_matches() {
+    let app = spawn_app().await;
+    let receiver = spawn_receiver(200, Duration::ZERO);
+    let (s, b) = app
+        .admin_post(
+            "/plugins",
+            json!({ "name": "http-log", "config": { "http_endpoint": receiver.url } }),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(app.proxy_get("/nonexistant/proxy/path").await.status(), 404);
+    let entry = arrived(&receiver, 1).await[0].json();
+    assert_eq!(entry["client_ip"], "127.0.0.1");
+    assert_eq!(entry["response"]["status"], 404);
+    assert!(entry["route"].is_null() && entry["service"].is_null());
+    assert_eq!(crate::helpers::logs::errors(), Vec::<String>::new());
+}
+
+#[actix_rt::test]
+async fn http_log_gracefully_handles_a_log_server_that_never_answers() {
+    let app = spawn_app().await;
+    let receiver = spawn_receiver(200, Duration::from_secs(30));
+    let plugin = http_log(
+        &app,
+        json!({ "http_endpoint": receiver.url, "timeout": 100,
+        "queue": { "max_retry_time": -1 } }),
+    )
+    .await;
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    let stats = stats_of(plugin_id(&plugin)).unwrap();
+    // `timeout` (100 ms), not the default 10 s, ends the try.
+    eventually(
+        Duration::from_secs(5),
+        "the entry given up after its timeout",
+        || async { (stats.lost.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(()) },
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn http_log_instances_do_not_mix_their_entries() {
+    let app = spawn_app().await;
+    let (one, two) = (
+        spawn_receiver(200, Duration::ZERO),
+        spawn_receiver(200, Duration::ZERO),
+    );
+    let upstream = spawn_upstream();
+    for (name, receiver) in [("one", &one), ("two", &two)] {
+        app.expose(name, &upstream.url, &[&format!("/{name}")])
+            .await;
+        let (s, b) = app
+            .admin_post(
+                &format!("/services/{name}/plugins"),
+                json!({ "name": "http-log",
+                "config": { "http_endpoint": receiver.url,
+                    "queue": { "max_batch_size": 5, "max_coalescing_delay": 0.2 } } }),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    for i in 0..10 {
+        assert_eq!(
+            app.proxy_get(&format!("/one/status/{}", 200 + i % 5))
+                .await
+                .status(),
+            200 + i % 5
+        );
+        assert_eq!(
+            app.proxy_get(&format!("/two/status/{}", 400 + i % 5))
+                .await
+                .status(),
+            400 + i % 5
+        );
+    }
+    for (receiver, base) in [(&one, 200), (&two, 400)] {
+        let entries = eventually(WITHIN, "ten entries each", || async {
+            let entries: Vec<Value> = receiver
+                .all()
+                .iter()
+                .flat_map(|r| r.json().as_array().cloned().unwrap())
+                .collect();
+            (entries.len() >= 10).then_some(entries)
+        })
+        .await;
+        let mut statuses: Vec<u64> = entries
+            .iter()
+            .map(|e| e["response"]["status"].as_u64().unwrap())
+            .collect();
+        statuses.sort_unstable();
+        let mut expected: Vec<u64> = (0..10).map(|i| base + i % 5).collect();
+        expected.sort_unstable();
+        assert_eq!(statuses, expected);
+    }
+}
+
 // ---- file-log (04-file-log/01-log_spec.lua) ----
 
 async fn file_lines(path: &std::path::Path, n: usize) -> Vec<Value> {
@@ -533,6 +682,65 @@ async fn file_log_keeps_writing_to_the_open_file_when_reopen_is_false() {
     let lines = file_lines(&moved, 2).await;
     assert_eq!(lines[1]["request"]["uri"], "/logged/echo?n=2");
     assert!(!path.exists());
+}
+
+#[actix_rt::test]
+async fn file_log_does_not_create_the_file_when_its_directory_does_not_exist() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing").join("file.log");
+    let plugin = logged(
+        &app,
+        json!({ "name": "file-log", "config": { "path": path } }),
+    )
+    .await;
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    let stats = stats_of(plugin_id(&plugin)).unwrap();
+    eventually(WITHIN, "the entry lost", || async {
+        (stats.lost.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
+    assert!(!path.exists());
+}
+
+#[actix_rt::test]
+async fn file_log_survives_a_path_that_is_a_directory() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = logged(
+        &app,
+        json!({ "name": "file-log", "config": { "path": dir.path() } }),
+    )
+    .await;
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    let stats = stats_of(plugin_id(&plugin)).unwrap();
+    eventually(WITHIN, "both entries lost", || async {
+        (stats.lost.load(std::sync::atomic::Ordering::Relaxed) == 2).then_some(())
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn file_log_loses_lines_when_the_file_is_removed_and_reopen_is_false() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file.log");
+    let plugin = logged(
+        &app,
+        json!({ "name": "file-log", "config": { "path": path } }),
+    )
+    .await;
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    file_lines(&path, 1).await;
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
+    let stats = stats_of(plugin_id(&plugin)).unwrap();
+    eventually(WITHIN, "the second line written", || async {
+        (stats.sent.load(std::sync::atomic::Ordering::Relaxed) == 2).then_some(())
+    })
+    .await;
+    assert!(!path.exists(), "written to the removed file, as Kong does");
 }
 
 // ---- redaction (Portcullis) ----
