@@ -582,11 +582,18 @@ impl Application {
                 for h in handles {
                     h.stop(true).await;
                 }
+                let unsent = crate::plugins::log_queue::flush_all(LOG_FLUSH).await;
+                if unsent > 0 {
+                    tracing::warn!(unsent, "log entries not sent before the stop");
+                }
                 Ok(())
             }
         }
     }
 }
+
+/// How long a graceful stop waits for the log plugins' queues to empty.
+const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `SIGUSR1` asks the log plugins to reopen their files (logrotate's `postrotate`), as it asks
 /// nginx in Kong. Never returns; without the signal's support it waits forever.

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "support/log_receiver.rs"]
+mod log_receiver;
+
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// The binary with no `PORTCULLIS_*` variables inherited from the test environment.
@@ -464,6 +467,64 @@ async fn file_log_reopens_its_file_on_sigusr1_after_logrotate_moved_it() {
         all, expected,
         "every request logged once, in order, across the two files"
     );
+}
+
+#[tokio::test]
+async fn a_graceful_stop_sends_the_log_entries_still_waiting_for_a_batch() {
+    let mut served = serve();
+    let http = reqwest::Client::new();
+    let receiver = log_receiver::spawn_receiver(200, Duration::ZERO);
+    for (url, body) in [
+        ("/services", json!({"name": "self", "url": served.admin})),
+        ("/services/self/routes", json!({"paths": ["/gw"]})),
+        (
+            "/services/self/plugins",
+            json!({"name": "http-log", "config": {"http_endpoint": receiver.url,
+                "queue": {"max_batch_size": 10, "max_coalescing_delay": 3600}}}),
+        ),
+    ] {
+        let resp = http
+            .post(format!("{}{url}", served.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{url}");
+    }
+    for n in 0..2 {
+        let resp = http
+            .get(format!("{}/gw/status?n={n}", served.proxy))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert!(receiver.all().is_empty(), "held for a fuller batch");
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let got = receiver.all();
+    assert_eq!(got.len(), 1, "one batch");
+    let uris: Vec<String> = got[0]
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["uri"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uris, ["/gw/status?n=0", "/gw/status?n=1"]);
 }
 
 #[test]

@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -135,6 +135,8 @@ impl QueueSettings {
 /// Counters of one plugin instance's queue, bumped without a lock.
 #[derive(Debug, Default)]
 pub struct QueueStats {
+    /// Entries taken into the queue.
+    pub accepted: AtomicU64,
     /// Entries refused because the queue was full (`max_entries` / `max_bytes`).
     pub dropped: AtomicU64,
     /// Entries the sender accepted.
@@ -144,6 +146,13 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// Entries taken and not yet sent or given up.
+    pub fn pending(&self) -> u64 {
+        self.accepted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.sent.load(Ordering::Relaxed) + self.lost.load(Ordering::Relaxed))
+    }
+
     /// Dropped + sent + lost: every entry the queue has finished with.
     pub fn settled(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -167,6 +176,27 @@ pub fn all_stats() -> Vec<(uuid::Uuid, Arc<QueueStats>)> {
         .iter()
         .map(|e| (*e.key(), Arc::clone(e.value())))
         .collect()
+}
+
+/// Set once the process stops: batches no longer wait for `max_coalescing_delay`.
+static FLUSHING: AtomicBool = AtomicBool::new(false);
+/// Wakes the batches waiting for more entries when the process stops.
+static FLUSH: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// On a graceful stop: sends what every queue holds without waiting for fuller batches, and
+/// waits until nothing is pending or `within` has passed (a log server that keeps failing
+/// loses what it had not taken). Returns the entries still pending.
+pub async fn flush_all(within: Duration) -> u64 {
+    FLUSHING.store(true, Ordering::Relaxed);
+    FLUSH.notify_waiters();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let pending: u64 = STATS.iter().map(|s| s.pending()).sum();
+        if pending == 0 || std::time::Instant::now() >= deadline {
+            return pending;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// What a sender's try returns: `Err` carries a description for the log (no secret in it).
@@ -234,7 +264,10 @@ impl LogQueue {
                 return;
             }
         }
+        // Counted first: the queue's thread may send it before `try_send` returns.
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         if self.tx.try_send(entry).is_err() {
+            self.stats.accepted.fetch_sub(1, Ordering::Relaxed);
             if self.max_bytes.is_some() {
                 self.bytes.fetch_sub(len, Ordering::Relaxed);
             }
@@ -267,9 +300,26 @@ impl Worker {
             if s.max_batch_size > 1 && !s.unlimited_concurrency {
                 let deadline = Instant::now() + s.max_coalescing_delay;
                 while batch.len() < s.max_batch_size {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(entry)) => batch.push(entry),
-                        Ok(None) | Err(_) => break,
+                    // Registered before the flag is read, so that a stop in between still wakes it.
+                    let flush = FLUSH.notified();
+                    tokio::pin!(flush);
+                    flush.as_mut().enable();
+                    if FLUSHING.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    tokio::select! {
+                        more = tokio::time::timeout_at(deadline, rx.recv()) => match more {
+                            Ok(Some(entry)) => batch.push(entry),
+                            Ok(None) | Err(_) => break,
+                        },
+                        () = flush => break,
+                    }
+                }
+                // Whatever already waits joins the batch.
+                while batch.len() < s.max_batch_size {
+                    match rx.try_recv() {
+                        Ok(entry) => batch.push(entry),
+                        Err(_) => break,
                     }
                 }
             }
