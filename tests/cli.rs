@@ -336,6 +336,21 @@ fn serve_with(env: &[(&str, &str)]) -> Served {
     served
 }
 
+/// Sends SIGTERM and waits (at most 20 s) for the gateway to exit.
+async fn stop_with_sigterm(served: &mut Served) -> std::process::ExitStatus {
+    let pid = served.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn serve_answers_on_the_logged_ports_and_stops_on_sigterm() {
     let mut served = serve();
@@ -377,17 +392,7 @@ async fn serve_answers_on_the_logged_ports_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 
-    let pid = served.child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = stop_with_sigterm(&mut served).await;
     assert!(status.success(), "graceful stop exits 0: {status:?}");
 }
 
@@ -500,20 +505,7 @@ async fn a_graceful_stop_sends_the_log_entries_still_waiting_for_a_batch() {
         assert_eq!(resp.status(), 200);
     }
     assert!(receiver.all().is_empty(), "held for a fuller batch");
-    let pid = served.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = stop_with_sigterm(&mut served).await;
     assert!(status.success(), "{status:?}");
     let got = receiver.all();
     assert_eq!(got.len(), 1, "one batch");

@@ -38,7 +38,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     fields: vec![
         Field::new("http_endpoint", FieldType::String)
             .required()
-            .check(check_endpoint),
+            .check(crate::schema::check_http_url),
         Field::new("method", FieldType::String)
             .required()
             .default(|| json!("POST"))
@@ -66,14 +66,6 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     ],
     entity_checks: vec![],
 });
-
-fn check_endpoint(v: &Value) -> Result<(), String> {
-    match url::Url::parse(v.as_str().unwrap_or_default()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(_) => Err("expected an http or https URL with a host".into()),
-        Err(e) => Err(format!("invalid URL: {e}")),
-    }
-}
 
 fn check_ms(v: &Value) -> Result<(), String> {
     match v.as_f64() {

@@ -10,9 +10,10 @@
 //!   queue here.
 //! - TLS/mTLS fields of the entry (`request.tls`), gRPC and stream entries.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use portcullis::plugins::log_queue::stats_of;
+use portcullis::plugins::log_queue::{stats_of, QueueStats};
 use serde_json::{json, Value};
 
 use crate::helpers::{dead_port, eventually, spawn_app, spawn_upstream, TestApp};
@@ -39,6 +40,20 @@ async fn arrived(receiver: &Receiver, n: usize) -> Vec<Received> {
         (all.len() >= n).then_some(all)
     })
     .await
+}
+
+/// Waits until one of a queue's counters reaches `n`.
+async fn counted(
+    stats: &QueueStats,
+    within: Duration,
+    what: &str,
+    counter: fn(&QueueStats) -> &AtomicU64,
+    n: u64,
+) {
+    eventually(within, what, || async {
+        (counter(stats).load(Ordering::Relaxed) == n).then_some(())
+    })
+    .await;
 }
 
 fn plugin_id(plugin: &Value) -> uuid::Uuid {
@@ -276,10 +291,7 @@ async fn http_log_posts_one_json_object_per_request_with_kong_s_fields() {
         .as_millis() as u64;
     assert!(started <= now && now - started < 60_000);
     let stats = stats_of(plugin_id(&plugin)).unwrap();
-    eventually(WITHIN, "counted as sent", || async {
-        (stats.sent.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(())
-    })
-    .await;
+    counted(&stats, WITHIN, "counted as sent", |s| &s.sent, 1).await;
 }
 
 #[actix_rt::test]
@@ -390,11 +402,8 @@ async fn a_log_server_that_is_down_loses_entries_counted_and_the_proxy_keeps_ans
         assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     }
     let stats = stats_of(plugin_id(&plugin)).unwrap();
-    eventually(WITHIN, "five entries lost", || async {
-        (stats.lost.load(std::sync::atomic::Ordering::Relaxed) == 5).then_some(())
-    })
-    .await;
-    assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+    counted(&stats, WITHIN, "five entries lost", |s| &s.lost, 5).await;
+    assert_eq!(stats.sent.load(Ordering::Relaxed), 0);
 }
 
 #[actix_rt::test]
@@ -409,10 +418,7 @@ async fn a_failing_log_server_is_retried_until_it_accepts() {
     .await;
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     let stats = stats_of(plugin_id(&plugin)).unwrap();
-    eventually(WITHIN, "the entry given up", || async {
-        (stats.lost.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(())
-    })
-    .await;
+    counted(&stats, WITHIN, "the entry given up", |s| &s.lost, 1).await;
     let tries = receiver.all().len();
     assert!(tries >= 2, "retried: {tries} tries");
     assert!(receiver
@@ -445,11 +451,8 @@ async fn a_slow_log_server_does_not_slow_the_proxy_and_a_full_queue_drops_and_co
     }
     let stats = stats_of(plugin_id(&plugin)).unwrap();
     // One waits in the queue (max_entries = 1), three are dropped.
-    assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 3);
-    eventually(WITHIN, "the two kept entries sent", || async {
-        (stats.sent.load(std::sync::atomic::Ordering::Relaxed) == 2).then_some(())
-    })
-    .await;
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
+    counted(&stats, WITHIN, "the two kept entries sent", |s| &s.sent, 2).await;
 }
 
 #[actix_rt::test]
@@ -537,12 +540,8 @@ async fn http_log_gracefully_handles_a_log_server_that_never_answers() {
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     let stats = stats_of(plugin_id(&plugin)).unwrap();
     // `timeout` (100 ms), not the default 10 s, ends the try.
-    eventually(
-        Duration::from_secs(5),
-        "the entry given up after its timeout",
-        || async { (stats.lost.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(()) },
-    )
-    .await;
+    let within = Duration::from_secs(5);
+    counted(&stats, within, "given up after its timeout", |s| &s.lost, 1).await;
 }
 
 #[actix_rt::test]
@@ -696,10 +695,7 @@ async fn file_log_does_not_create_the_file_when_its_directory_does_not_exist() {
     .await;
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     let stats = stats_of(plugin_id(&plugin)).unwrap();
-    eventually(WITHIN, "the entry lost", || async {
-        (stats.lost.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(())
-    })
-    .await;
+    counted(&stats, WITHIN, "the entry lost", |s| &s.lost, 1).await;
     assert!(!path.exists());
 }
 
@@ -715,10 +711,7 @@ async fn file_log_survives_a_path_that_is_a_directory() {
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     let stats = stats_of(plugin_id(&plugin)).unwrap();
-    eventually(WITHIN, "both entries lost", || async {
-        (stats.lost.load(std::sync::atomic::Ordering::Relaxed) == 2).then_some(())
-    })
-    .await;
+    counted(&stats, WITHIN, "both entries lost", |s| &s.lost, 2).await;
 }
 
 #[actix_rt::test]
@@ -736,10 +729,7 @@ async fn file_log_loses_lines_when_the_file_is_removed_and_reopen_is_false() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(app.proxy_get("/logged/echo").await.status(), 200);
     let stats = stats_of(plugin_id(&plugin)).unwrap();
-    eventually(WITHIN, "the second line written", || async {
-        (stats.sent.load(std::sync::atomic::Ordering::Relaxed) == 2).then_some(())
-    })
-    .await;
+    counted(&stats, WITHIN, "the second line written", |s| &s.sent, 2).await;
     assert!(!path.exists(), "written to the removed file, as Kong does");
 }
 
