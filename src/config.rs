@@ -303,6 +303,8 @@ const TEST_VARIABLES: &str = "PORTCULLIS_TEST_";
 pub const BUNDLED_PLUGINS: &[&str] = &[
     "acl",
     "cors",
+    "file-log",
+    "http-log",
     "key-auth",
     "oauth2",
     "oauth2-introspection",

@@ -475,3 +475,18 @@ pub enum StepKind {
     /// A plugin's access phase, by plugin name.
     Access(&'static str),
 }
+
+/// How many times the process was asked to reopen its log files (`SIGUSR1`, after logrotate
+/// moved them): a file-writing plugin reopens its file when this differs from the count it
+/// opened it under. One counter for the process, so one signal listener serves every plugin.
+static LOG_FILES_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Asks every log file writer to reopen its file before its next line (the `SIGUSR1` handler).
+pub fn reopen_log_files() {
+    LOG_FILES_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The current reopen generation (see [`reopen_log_files`]).
+pub fn log_files_generation() -> u64 {
+    LOG_FILES_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -130,6 +130,20 @@ impl Schema {
     }
 }
 
+/// A [`Check`] for URLs the gateway calls itself (a plugin's introspection or log endpoint):
+/// `http` or `https`, with a host.
+///
+/// # Errors
+/// Kong-style text naming what is wrong.
+pub fn check_http_url(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err("expected an http or https URL with a host".into()),
+        Err(e) => Err(format!("invalid URL: {e}")),
+    }
+}
+
 /// Validation errors in Kong's `fields` shape (nested objects, `@entity` arrays).
 pub type FieldErrors = Map<String, Value>;
 

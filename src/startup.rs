@@ -582,15 +582,38 @@ impl Application {
         );
         tokio::select! {
             res = servers => res.map(|_| ()),
+            () = reopen_log_files_on_sigusr1() => Ok(()),
             () = shutdown_signal() => {
                 tracing::info!("shutting down");
                 for h in handles {
                     h.stop(true).await;
                 }
+                let unsent = crate::plugins::log_queue::flush_all(LOG_FLUSH).await;
+                if unsent > 0 {
+                    tracing::warn!(unsent, "log entries not sent before the stop");
+                }
                 Ok(())
             }
         }
     }
+}
+
+/// How long a graceful stop waits for the log plugins' queues to empty.
+const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `SIGUSR1` asks the log plugins to reopen their files (logrotate's `postrotate`), as it asks
+/// nginx in Kong. Never returns; without the signal's support it waits forever.
+async fn reopen_log_files_on_sigusr1() {
+    #[cfg(unix)]
+    if let Ok(mut usr1) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+    {
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening log files");
+            crate::plugin_api::reopen_log_files();
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 async fn shutdown_signal() {

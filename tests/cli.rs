@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 #[path = "support/echo_servers.rs"]
 mod echo_servers;
+#[path = "support/log_receiver.rs"]
+mod log_receiver;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -336,6 +338,21 @@ fn serve_with(env: &[(&str, &str)]) -> Served {
     served
 }
 
+/// Sends SIGTERM and waits (at most 20 s) for the gateway to exit.
+async fn stop_with_sigterm(served: &mut Served) -> std::process::ExitStatus {
+    let pid = served.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn serve_answers_on_the_logged_ports_and_stops_on_sigterm() {
     let mut served = serve();
@@ -377,18 +394,131 @@ async fn serve_answers_on_the_logged_ports_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 
-    let pid = served.child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = stop_with_sigterm(&mut served).await;
     assert!(status.success(), "graceful stop exits 0: {status:?}");
+}
+
+/// The JSON lines of a `file-log` file (none when it does not exist).
+fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn file_log_reopens_its_file_on_sigusr1_after_logrotate_moved_it() {
+    let served = serve();
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    for (url, body) in [
+        ("/services", json!({"name": "self", "url": served.admin})),
+        ("/services/self/routes", json!({"paths": ["/gw"]})),
+        (
+            "/services/self/plugins",
+            json!({"name": "file-log", "config": {"path": path}}),
+        ),
+    ] {
+        let resp = http
+            .post(format!("{}{url}", served.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{url}");
+    }
+    let get = |n: u32| {
+        let http = http.clone();
+        let url = format!("{}/gw/status?n={n}", served.proxy);
+        async move { assert_eq!(http.get(url).send().await.unwrap().status(), 200) }
+    };
+    get(1).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while json_lines(&path).is_empty() {
+        assert!(Instant::now() < deadline, "first line never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // logrotate: move the file, then signal the gateway.
+    std::fs::rename(&path, &rotated).unwrap();
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-USR1", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The signal is handled asynchronously: requests go on until a line lands in a new file.
+    let mut n = 1;
+    while json_lines(&path).is_empty() {
+        assert!(Instant::now() < deadline, "no new file after SIGUSR1");
+        n += 1;
+        get(n).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while json_lines(&rotated).len() + json_lines(&path).len() < n as usize {
+        assert!(
+            Instant::now() < deadline,
+            "lines of the last requests never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = json_lines(&rotated);
+    let new = json_lines(&path);
+    let uri = |l: &Value| l["request"]["uri"].as_str().unwrap().to_string();
+    assert_eq!(uri(&old[0]), "/gw/status?n=1");
+    let all: Vec<String> = old.iter().chain(&new).map(uri).collect();
+    let expected: Vec<String> = (1..=n).map(|i| format!("/gw/status?n={i}")).collect();
+    assert_eq!(
+        all, expected,
+        "every request logged once, in order, across the two files"
+    );
+}
+
+#[tokio::test]
+async fn a_graceful_stop_sends_the_log_entries_still_waiting_for_a_batch() {
+    let mut served = serve();
+    let http = reqwest::Client::new();
+    let receiver = log_receiver::spawn_receiver(200, Duration::ZERO);
+    for (url, body) in [
+        ("/services", json!({"name": "self", "url": served.admin})),
+        ("/services/self/routes", json!({"paths": ["/gw"]})),
+        (
+            "/services/self/plugins",
+            json!({"name": "http-log", "config": {"http_endpoint": receiver.url,
+                "queue": {"max_batch_size": 10, "max_coalescing_delay": 3600}}}),
+        ),
+    ] {
+        let resp = http
+            .post(format!("{}{url}", served.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{url}");
+    }
+    for n in 0..2 {
+        let resp = http
+            .get(format!("{}/gw/status?n={n}", served.proxy))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert!(receiver.all().is_empty(), "held for a fuller batch");
+    let status = stop_with_sigterm(&mut served).await;
+    assert!(status.success(), "{status:?}");
+    let got = receiver.all();
+    assert_eq!(got.len(), 1, "one batch");
+    let uris: Vec<String> = got[0]
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["uri"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uris, ["/gw/status?n=0", "/gw/status?n=1"]);
 }
 
 #[test]
@@ -502,7 +632,7 @@ fn start_up_logs_each_event_once_with_version_store_listeners_and_how_to_stop() 
     assert!(starting[0].contains("store=memory"), "{log:#?}");
     assert!(
         starting[0]
-            .contains("plugins=acl,cors,key-auth,oauth2,oauth2-introspection,opentelemetry,request-termination"),
+            .contains("plugins=acl,cors,file-log,http-log,key-auth,oauth2,oauth2-introspection,opentelemetry,request-termination"),
         "{log:#?}"
     );
     assert_eq!(count("proxy listening"), 1, "{log:#?}");

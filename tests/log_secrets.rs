@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "support/log_receiver.rs"]
+mod log_receiver;
+
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// A running gateway whose stderr is collected line by line.
@@ -373,6 +376,66 @@ async fn no_secret_is_logged_at_trace_on_the_memory_store() {
     let gw = start(&[]);
     let secrets = run_tutorial(&gw).await;
     assert_no_secret_logged(&gw, &secrets);
+}
+
+/// The tutorial again with `http-log` (to a log server that refuses every batch, so that the
+/// gateway logs each failure) and `file-log` on every route: no secret in the log server's bodies, in the
+/// file, or in the gateway's own log.
+#[tokio::test]
+async fn no_secret_reaches_http_log_file_log_or_the_gateway_log() {
+    let gw = start(&[]);
+    let http = reqwest::Client::new();
+    let receiver = log_receiver::spawn_receiver(500, Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    for plugin in [
+        json!({"name": "http-log", "config": {
+            "http_endpoint": receiver.url.replace("http://", "http://user:pa55@"),
+            "queue": {"max_retry_time": -1}}}),
+        json!({"name": "file-log", "config": {"path": file}}),
+    ] {
+        let (s, b) = post(&http, format!("{}/plugins", gw.admin), plugin).await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let secrets = run_tutorial(&gw).await;
+    // Every proxied request is logged; wait until the log server and the file have them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let written = loop {
+        let written = std::fs::read_to_string(&file).unwrap_or_default();
+        let lines = written.lines().count();
+        if lines > 5 && lines == receiver.all().len() {
+            break written;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{lines} lines, {} sent",
+            receiver.all().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sent: String = receiver.all().iter().map(|r| r.body.clone()).collect();
+    assert!(written.contains("REDACTED") && sent.contains("REDACTED"));
+    for secret in &secrets {
+        assert!(
+            !sent.contains(secret.as_str()),
+            "a secret sent to the log server"
+        );
+        assert!(
+            !written.contains(secret.as_str()),
+            "a secret written to the log file"
+        );
+    }
+    assert_no_secret_logged(&gw, &secrets);
+    let log = gw.log.lock().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("log entries could not be sent")),
+        "the log server's refusals are logged"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("pa55")),
+        "the log server's password is not logged"
+    );
 }
 
 #[tokio::test]

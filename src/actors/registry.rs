@@ -144,6 +144,10 @@ type NameSlot = (
 );
 
 struct Plugged {
+    /// The stored row it was compiled from: the same row heard again (a node's own write coming
+    /// back through the cluster feed) keeps the runtime, whose queue thread and open file a
+    /// recompile would replace.
+    doc: Document,
     instance: PluginInstance,
     runtime: Option<Arc<dyn PluginRuntime>>,
 }
@@ -274,6 +278,15 @@ impl ConfigRegistry {
                     self.mirror.consumers.insert(c.id, Arc::new(c));
                 }
                 "plugins" => {
+                    let id = portcullis_stores::memory::doc_id(doc).map_err(|e| e.to_string())?;
+                    if self
+                        .mirror
+                        .plugins
+                        .get(&id)
+                        .is_some_and(|old| old.doc == *doc)
+                    {
+                        return Ok(());
+                    }
                     let p: PluginInstance =
                         serde_json::from_value(value).map_err(|e| e.to_string())?;
                     let runtime = match self.plugins.get(&p.name) {
@@ -289,6 +302,7 @@ impl ConfigRegistry {
                     self.mirror.plugins.insert(
                         p.id,
                         Plugged {
+                            doc: doc.clone(),
                             instance: p,
                             runtime,
                         },

@@ -571,6 +571,10 @@ pub struct Service {
     /// Disabled services answer like a missing route.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// The row's other fields (`created_at`, `tags`, …), kept so that the log plugins show the
+    /// entity as the admin API does.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 fn yes() -> bool {
@@ -613,6 +617,10 @@ pub struct Route {
     pub preserve_host: bool,
     /// Target service.
     pub service: Option<Ref>,
+    /// The row's other fields (`created_at`, `tags`, …), kept so that the log plugins show the
+    /// entity as the admin API does.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 /// Typed view of a validated consumer.
@@ -624,6 +632,10 @@ pub struct Consumer {
     pub username: Option<String>,
     /// Custom id.
     pub custom_id: Option<String>,
+    /// The row's other fields (`created_at`, `tags`, …), kept so that the log plugins show the
+    /// entity as the admin API does.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 /// Typed view of a validated plugin instance.

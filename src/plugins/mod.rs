@@ -4,8 +4,12 @@
 
 pub mod acl;
 pub mod cors;
+pub mod file_log;
+pub mod http_log;
 pub mod introspection;
 pub mod key_auth;
+pub mod log_queue;
+pub mod log_serializer;
 pub mod oauth2;
 pub mod opentelemetry;
 pub mod request_termination;
@@ -37,6 +41,8 @@ impl PluginRegistry {
             Arc::new(acl::Acl),
             Arc::new(cors::Cors),
             Arc::new(opentelemetry::OpenTelemetry),
+            Arc::new(http_log::HttpLog),
+            Arc::new(file_log::FileLog),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),

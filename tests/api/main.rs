@@ -19,6 +19,9 @@ mod introspection;
 mod key_auth;
 mod kong_conformance;
 mod listeners;
+#[path = "../support/log_receiver.rs"]
+mod log_receiver;
+mod logging;
 mod oauth2;
 mod oauth2_deviations;
 mod oauth2_rfc;

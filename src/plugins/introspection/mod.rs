@@ -69,15 +69,6 @@ const CONSUMER_HEADERS: &[&str] = &[
     "x-anonymous-consumer",
 ];
 
-fn check_url(v: &Value) -> Result<(), String> {
-    let s = v.as_str().unwrap_or_default();
-    match url::Url::parse(s) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(_) => Err("expected an http or https URL with a host".into()),
-        Err(e) => Err(format!("invalid URL: {e}")),
-    }
-}
-
 fn check_non_empty(v: &Value) -> Result<(), String> {
     match v.as_str() {
         Some(s) if !s.trim().is_empty() => HeaderValue::from_str(s)
@@ -125,7 +116,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     fields: vec![
         Field::new("introspection_url", FieldType::String)
             .required()
-            .check(check_url),
+            .check(crate::schema::check_http_url),
         Field::new("authorization_value", FieldType::String)
             .required()
             .check(check_non_empty),
