@@ -306,6 +306,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "key-auth",
     "oauth2",
     "oauth2-introspection",
+    "rate-limiting",
     "request-termination",
 ];
 

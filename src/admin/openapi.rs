@@ -913,6 +913,7 @@ mod tests {
                 portcullis_stores::memory::MemoryTokenStore::new(),
             )),
             crate::plugins::introspection::IntrospectionCache::default(),
+            crate::plugins::rate_limiting::RateLimitDeps::default(),
         )
     }
 

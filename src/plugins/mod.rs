@@ -7,6 +7,7 @@ pub mod cors;
 pub mod introspection;
 pub mod key_auth;
 pub mod oauth2;
+pub mod rate_limiting;
 pub mod request_termination;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ impl PluginRegistry {
     pub fn builtin(
         tokens: oauth2::OAuthDeps,
         introspection_cache: introspection::IntrospectionCache,
+        rate_limits: rate_limiting::RateLimitDeps,
     ) -> Self {
         let list: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(oauth2::OAuth2Plugin::new(tokens)),
@@ -35,6 +37,7 @@ impl PluginRegistry {
             Arc::new(key_auth::KeyAuth),
             Arc::new(acl::Acl),
             Arc::new(cors::Cors),
+            Arc::new(rate_limiting::RateLimiting::new(rate_limits)),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),
@@ -79,6 +82,7 @@ mod tests {
         PluginRegistry::builtin(
             oauth2::OAuthDeps::in_memory(Arc::new(MemoryTokenStore::new())),
             introspection::IntrospectionCache::default(),
+            rate_limiting::RateLimitDeps::default(),
         )
     }
 

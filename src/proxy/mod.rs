@@ -277,6 +277,8 @@ async fn proxy(
         replace_body: None,
         consumer: None,
         authenticated: false,
+        credential: None,
+        response_headers: Vec::new(),
         max_body: state.max_body,
     };
     let mut payload = Some(payload);
@@ -332,6 +334,9 @@ async fn proxy(
                 .unwrap_or_else(|e| made_here(req, e.to_response(request_id)))
         }
     };
+    for (name, value) in ctx.response_headers.drain(..) {
+        response.headers_mut().insert(name, value);
+    }
     for runtime in &ran {
         runtime.response_headers(&ctx, response.headers_mut());
     }
