@@ -24,6 +24,7 @@ mod oauth2_rfc;
 mod openapi;
 mod postgres;
 mod proxy;
+mod rate_limiting;
 mod registry;
 mod tls;
 mod tutorial;
