@@ -447,7 +447,11 @@ fn run() -> Result<()> {
         "proxy",
         &title,
         &Refs {
-            throughput: &[("direct", "direct"), ("nginx", "nginx"), ("oauth2", "oauth2 memory")],
+            throughput: &[
+                ("direct", "direct"),
+                ("nginx", "nginx"),
+                ("oauth2", "oauth2 memory"),
+            ],
             p99: Some(("nginx", "nginx")),
         },
         "Portcullis vs direct vs nginx",

@@ -24,7 +24,8 @@
 //! - [`plugin_api`]: the plugin contract (`Plugin`, `PluginRuntime`, `RequestCtx`, `Flow`,
 //!   `Scheme`), a leaf the router, the proxy and the plugins share.
 //! - [`plugins`]: the built-in plugins (`oauth2`, `oauth2-introspection`, `key-auth`, `acl`,
-//!   `cors`, `request-termination`) and the registry of the kinds this build offers.
+//!   `cors`, `rate-limiting`, `request-termination`) and the registry of the kinds this build
+//!   offers.
 //! - [`actors`]: the single writers: config registry, token lifecycle, cluster sync (other nodes'
 //!   changes heard through Postgres LISTEN/NOTIFY → caches and router snapshot).
 //! - [`body`]: the body type of every answer the proxy listeners write.

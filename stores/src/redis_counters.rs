@@ -169,8 +169,8 @@ impl RedisCounters {
             .map_err(|_| unavailable("timed out"))
             .and_then(|r| r);
         if res.is_err() {
-            let until = self.now_ms()
-                + u64::try_from(SKIP_AFTER_FAILURE.as_millis()).unwrap_or(u64::MAX);
+            let until =
+                self.now_ms() + u64::try_from(SKIP_AFTER_FAILURE.as_millis()).unwrap_or(u64::MAX);
             self.shared.skip_until_ms.store(until, Ordering::Relaxed);
         }
         res

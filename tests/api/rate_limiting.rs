@@ -116,7 +116,10 @@ async fn key_auth(app: &TestApp, service: Option<&Value>, credentials: &[(&str, 
             .await;
         assert_eq!(s, 201, "{consumer}");
         let (s, cred) = app
-            .admin_post(&format!("/consumers/{username}/key-auth"), json!({"key": key}))
+            .admin_post(
+                &format!("/consumers/{username}/key-auth"),
+                json!({"key": key}),
+            )
             .await;
         assert_eq!(s, 201, "{cred}");
     }
@@ -125,10 +128,17 @@ async fn key_auth(app: &TestApp, service: Option<&Value>, credentials: &[(&str, 
 /// Waits (bounded) until the current minute has `seconds` left, so a case's requests fall in one
 /// window: Kong retries such a case once instead.
 async fn room_in_this_minute(seconds: u64) {
-    eventually(Duration::from_secs(seconds + 1), "room left in this minute", || async {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        (60 - now % 60 > seconds).then_some(())
-    })
+    eventually(
+        Duration::from_secs(seconds + 1),
+        "room left in this minute",
+        || async {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            (60 - now % 60 > seconds).then_some(())
+        },
+    )
     .await;
 }
 
@@ -167,11 +177,13 @@ async fn client_requests(app: &TestApp, n: usize, path: &str, headers: &[(&str, 
         let (status, h, _) = get(app, path, headers).await;
         ret.reset.push(number(&h, "ratelimit-reset"));
         ret.status.push(status);
-        ret.minute_limit.push(number(&h, "x-ratelimit-limit-minute"));
+        ret.minute_limit
+            .push(number(&h, "x-ratelimit-limit-minute"));
         ret.minute_remaining
             .push(number(&h, "x-ratelimit-remaining-minute"));
         ret.hour_limit.push(number(&h, "x-ratelimit-limit-hour"));
-        ret.hour_remaining.push(number(&h, "x-ratelimit-remaining-hour"));
+        ret.hour_remaining
+            .push(number(&h, "x-ratelimit-remaining-hour"));
         ret.limit.push(number(&h, "ratelimit-limit"));
         ret.remaining.push(number(&h, "ratelimit-remaining"));
     }
@@ -183,10 +195,17 @@ fn validate_headers(ret: &Answers, check_minute: bool, check_hour: bool) {
     let some = |v: &[u64]| v.iter().map(|n| Some(*n)).collect::<Vec<_>>();
     if check_minute {
         assert_eq!(ret.minute_limit, some(&[6; 7]), "{ret:?}");
-        assert_eq!(ret.minute_remaining, some(&[5, 4, 3, 2, 1, 0, 0]), "{ret:?}");
+        assert_eq!(
+            ret.minute_remaining,
+            some(&[5, 4, 3, 2, 1, 0, 0]),
+            "{ret:?}"
+        );
     }
     if check_hour {
-        assert!(ret.hour_limit.iter().all(|v| v.is_some_and(|v| v > 0)), "{ret:?}");
+        assert!(
+            ret.hour_limit.iter().all(|v| v.is_some_and(|v| v > 0)),
+            "{ret:?}"
+        );
         assert!(ret.hour_remaining.iter().all(Option::is_some), "{ret:?}");
     }
     assert_eq!(ret.limit, some(&[6; 7]), "{ret:?}");
@@ -236,7 +255,11 @@ async fn blocks_if_exceeding_limit_single(policy: Policy, limit_by: &str) {
         headers.push(("test-header", "test"));
     }
     room_in_this_minute(5).await;
-    validate_headers(&client_requests(&app, 7, "/test", &headers).await, true, false);
+    validate_headers(
+        &client_requests(&app, 7, "/test", &headers).await,
+        true,
+        false,
+    );
 }
 
 async fn blocks_if_exceeding_limit_single_ip(policy: Policy) {
@@ -262,7 +285,13 @@ async fn blocks_if_exceeding_limit_multiple_ip(policy: Policy) {
     let app = gateway().await;
     let upstream = spawn_upstream();
     let service = service_with_route(&app, &upstream.url, &["/test"]).await;
-    rate_limiting(&app, policy, json!({"minute": 6, "limit_by": "ip"}), Some(&service)).await;
+    rate_limiting(
+        &app,
+        policy,
+        json!({"minute": 6, "limit_by": "ip"}),
+        Some(&service),
+    )
+    .await;
     room_in_this_minute(8).await;
     for ip in ["127.0.0.1", "127.0.0.2"] {
         let ret = client_requests(&app, 7, "/test", &[("x-real-ip", ip)]).await;
@@ -313,11 +342,20 @@ async fn expire_counter(policy: Policy) {
     let app = gateway().await;
     let upstream = spawn_upstream();
     let service = service_with_route(&app, &upstream.url, &["/test"]).await;
-    rate_limiting(&app, policy, json!({"second": 1, "limit_by": "ip"}), Some(&service)).await;
+    rate_limiting(
+        &app,
+        policy,
+        json!({"second": 1, "limit_by": "ip"}),
+        Some(&service),
+    )
+    .await;
     let ip = [("x-real-ip", "127.0.0.3")];
     // Early in a second, so that both requests fall in it.
     eventually(Duration::from_secs(2), "the start of a second", || async {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_millis();
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
         (ms < 500).then_some(())
     })
     .await;
@@ -363,7 +401,13 @@ async fn blocks_if_exceeding_limit_multiple_service(policy: Policy) {
     let upstream = spawn_upstream();
     service_with_route(&app, &upstream.url, &["/1-test"]).await;
     service_with_route(&app, &upstream.url, &["/2-test"]).await;
-    rate_limiting(&app, policy, json!({"minute": 6, "limit_by": "service"}), None).await;
+    rate_limiting(
+        &app,
+        policy,
+        json!({"minute": 6, "limit_by": "service"}),
+        None,
+    )
+    .await;
     room_in_this_minute(8).await;
     for path in ["/1-test", "/2-test"] {
         validate_headers(&client_requests(&app, 7, path, &[]).await, true, false);
@@ -416,7 +460,13 @@ async fn blocks_if_exceeding_limit_multiple(policy: Policy, limit_by: &str) {
     let app = gateway().await;
     let upstream = spawn_upstream();
     let service = service_with_route(&app, &upstream.url, &["/test"]).await;
-    rate_limiting(&app, policy, json!({"minute": 6, "limit_by": limit_by}), Some(&service)).await;
+    rate_limiting(
+        &app,
+        policy,
+        json!({"minute": 6, "limit_by": limit_by}),
+        Some(&service),
+    )
+    .await;
     key_auth(
         &app,
         Some(&service),
@@ -534,7 +584,11 @@ async fn global_for_single_consumer() {
     .await;
     room_in_this_minute(8).await;
     let key = [("test-key", "test-credential")];
-    validate_headers(&client_requests(&app, 7, "/1-test", &key).await, true, false);
+    validate_headers(
+        &client_requests(&app, 7, "/1-test", &key).await,
+        true,
+        false,
+    );
     let ret = client_requests(&app, 7, "/2-test", &key).await;
     let some = |v: &[u64]| v.iter().map(|n| Some(*n)).collect::<Vec<_>>();
     assert_eq!(ret.minute_limit, some(&[6; 7]));
@@ -574,7 +628,11 @@ async fn a_stopped_redis_passes_or_refuses_as_configured_and_counting_resumes() 
     for path in ["/tolerant", "/strict"] {
         let (s, h, _) = get(&app, path, &[]).await;
         assert_eq!(s, 200, "{path}");
-        assert_eq!(number(&h, "x-ratelimit-remaining-minute"), Some(99), "{path}");
+        assert_eq!(
+            number(&h, "x-ratelimit-remaining-minute"),
+            Some(99),
+            "{path}"
+        );
     }
 
     redis.kill();
@@ -594,7 +652,9 @@ async fn a_stopped_redis_passes_or_refuses_as_configured_and_counting_resumes() 
     for path in ["/tolerant", "/strict"] {
         let remaining = eventually(Duration::from_secs(5), "counting again", || async {
             let (s, h, _) = get(&app, path, &[]).await;
-            (s == 200).then(|| number(&h, "x-ratelimit-remaining-minute")).flatten()
+            (s == 200)
+                .then(|| number(&h, "x-ratelimit-remaining-minute"))
+                .flatten()
         })
         .await;
         assert_eq!(remaining, 99, "{path}");
@@ -633,7 +693,10 @@ async fn a_redis_instance_naming_no_redis_counts_in_the_gateways_redis() {
     assert_eq!(statuses, [200, 200, 429]);
     let keys = std::process::Command::new("redis-cli")
         .args(["-u", &test_redis_url(), "--scan", "--pattern"])
-        .arg(format!("{prefix}:ratelimit:{}:*", plugin["id"].as_str().unwrap()))
+        .arg(format!(
+            "{prefix}:ratelimit:{}:*",
+            plugin["id"].as_str().unwrap()
+        ))
         .output()
         .expect("redis-cli runs");
     let keys = String::from_utf8_lossy(&keys.stdout);
@@ -646,8 +709,11 @@ async fn a_redis_instance_naming_no_redis_counts_in_the_gateways_redis() {
 // ---------------------------------------------------------------------------------------------
 
 async fn post_plugin(app: &TestApp, config: Value) -> (u16, Value) {
-    app.admin_post("/plugins", json!({"name": "rate-limiting", "config": config}))
-        .await
+    app.admin_post(
+        "/plugins",
+        json!({"name": "rate-limiting", "config": config}),
+    )
+    .await
 }
 
 #[actix_web::test]
@@ -725,7 +791,10 @@ async fn is_limited_by_header_but_the_header_name_field_is_missing() {
     let app = gateway().await;
     let (s, b) = post_plugin(&app, json!({"second": 10, "limit_by": "header"})).await;
     assert_eq!(s, 400);
-    assert_eq!(b["fields"]["config"]["header_name"], "required field missing");
+    assert_eq!(
+        b["fields"]["config"]["header_name"],
+        "required field missing"
+    );
 }
 
 #[actix_web::test]
@@ -814,7 +883,10 @@ async fn sync_rate_is_refused() {
     );
     let (s, b) = post_plugin(&app, json!({"second": 10, "sync_rate": 10})).await;
     assert_eq!(s, 400);
-    assert_eq!(b["fields"]["config"], "sync_rate can only be used with the redis policy");
+    assert_eq!(
+        b["fields"]["config"],
+        "sync_rate can only be used with the redis policy"
+    );
 }
 
 #[actix_web::test]
@@ -854,7 +926,10 @@ fn assert_redis_config_same(expected: &Value, received: &Value) {
         ("redis_ssl_verify", "ssl_verify"),
         ("redis_server_name", "server_name"),
     ] {
-        assert_eq!(expected[flat], received["redis"][inner], "redis.{inner}: {received}");
+        assert_eq!(
+            expected[flat], received["redis"][inner],
+            "redis.{inner}: {received}"
+        );
         assert_eq!(expected[flat], received[flat], "{flat}: {received}");
     }
     assert_eq!(received["redis"]["password"], "******");

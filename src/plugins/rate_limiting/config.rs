@@ -41,9 +41,11 @@ fn check_positive(v: &Value) -> Result<(), String> {
 fn check_policy(v: &Value) -> Result<(), String> {
     match v.as_str() {
         Some("local" | "redis") => Ok(()),
-        Some("cluster") => Err("the cluster policy is not supported: this gateway keeps no \
+        Some("cluster") => Err(
+            "the cluster policy is not supported: this gateway keeps no \
              counters in its database; use local (per node) or redis (shared by the nodes, exact)"
-            .into()),
+                .into(),
+        ),
         _ => Err("expected one of: local, redis".into()),
     }
 }
@@ -109,8 +111,7 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         Field::new("error_code", FieldType::Integer)
             .default(|| json!(429))
             .between(100, 599),
-        Field::new("error_message", FieldType::String)
-            .default(|| json!("API rate limit exceeded")),
+        Field::new("error_message", FieldType::String).default(|| json!("API rate limit exceeded")),
         Field::new("sync_rate", FieldType::Number)
             .required()
             .default(|| json!(-1)),
@@ -284,9 +285,11 @@ pub fn at_least_one_limit(config: &Map<String, Value>) -> Vec<String> {
     {
         return Vec::new();
     }
-    vec!["at least one of these fields must be non-empty: 'config.second', 'config.minute', \
+    vec![
+        "at least one of these fields must be non-empty: 'config.second', 'config.minute', \
           'config.hour', 'config.day', 'config.month', 'config.year'"
-        .into()]
+            .into(),
+    ]
 }
 
 fn is_set(config: &Map<String, Value>, key: &str) -> bool {
@@ -322,16 +325,20 @@ pub fn check_fields(config: &Map<String, Value>, gateway_redis: bool) -> Result<
         } else if !gateway_redis {
             redis_errors.insert(
                 "host".into(),
-                json!("required field missing: policy 'redis' needs config.redis.host, or the \
-                       gateway's redis_url setting"),
+                json!(
+                    "required field missing: policy 'redis' needs config.redis.host, or the \
+                       gateway's redis_url setting"
+                ),
             );
         }
     }
     if redis.get("ssl").and_then(Value::as_bool) == Some(true) {
         redis_errors.insert(
             "ssl".into(),
-            json!("TLS to Redis is not supported: connect in plain text (through a local TLS \
-                   tunnel if the network needs one)"),
+            json!(
+                "TLS to Redis is not supported: connect in plain text (through a local TLS \
+                   tunnel if the network needs one)"
+            ),
         );
     }
     if redis.get("password").and_then(Value::as_str) == Some(MASK) {
@@ -378,9 +385,11 @@ pub fn check_whole(config: &Map<String, Value>) -> Result<(), String> {
         if config.get("policy").and_then(Value::as_str) != Some("redis") {
             return Err("sync_rate can only be used with the redis policy".into());
         }
-        return Err("sync_rate is not supported: every request is counted in Redis as it \
+        return Err(
+            "sync_rate is not supported: every request is counted in Redis as it \
                     arrives, exactly across nodes; use -1 (the default)"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }

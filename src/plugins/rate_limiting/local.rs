@@ -191,12 +191,8 @@ fn count_one(slot: &AtomicU64, tag: u64, cap: u64) -> (u64, bool) {
 fn take_back(slot: &AtomicU64, tag: u64) {
     let mut current = slot.load(Ordering::Acquire);
     while current >> COUNT_BITS == tag && current & COUNT_MASK > 0 {
-        match slot.compare_exchange_weak(
-            current,
-            current - 1,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match slot.compare_exchange_weak(current, current - 1, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => return,
             Err(seen) => current = seen,
         }
@@ -229,11 +225,20 @@ mod tests {
         let now = 1_709_214_330;
         let mut before = [0; 6];
         for n in 0..3 {
-            assert!(counters.check_and_count(plugin, who.clone(), &checks(3, 10, now), &mut before));
+            assert!(counters.check_and_count(
+                plugin,
+                who.clone(),
+                &checks(3, 10, now),
+                &mut before
+            ));
             assert_eq!(before[..2], [n, n]);
         }
         assert!(!counters.check_and_count(plugin, who.clone(), &checks(3, 10, now), &mut before));
-        assert_eq!(before[..2], [3, 3], "the refused request counted in no window");
+        assert_eq!(
+            before[..2],
+            [3, 3],
+            "the refused request counted in no window"
+        );
         // The next minute starts empty; the hour remembers.
         let later = now + 60;
         assert!(counters.check_and_count(plugin, who, &checks(3, 10, later), &mut before));

@@ -177,19 +177,24 @@ impl Plugin for RateLimiting {
             store,
             fault_tolerant: cfg.fault_tolerant,
             hide_headers: cfg.hide_client_headers,
-            refusal: (status, Bytes::from(json!({ "message": message }).to_string())),
+            refusal: (
+                status,
+                Bytes::from(json!({ "message": message }).to_string()),
+            ),
         }))
     }
 }
 
 /// One configured window.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Limit {
     period: Period,
     /// As configured (Kong's limits are numbers: `6.5` admits 7 requests).
     value: f64,
     /// Requests the window admits.
     cap: u64,
+    /// `value` as a header value, made once.
+    shown: HeaderValue,
 }
 
 impl Limit {
@@ -200,7 +205,12 @@ impl Limit {
             reason = "a positive limit, saturating at u64::MAX"
         )]
         let cap = value.ceil() as u64;
-        Self { period, value, cap }
+        Self {
+            period,
+            value,
+            cap,
+            shown: number(value),
+        }
     }
 }
 
@@ -289,13 +299,7 @@ impl Runtime {
                 let keys: SmallVec<[String; 6]> = self
                     .limits
                     .iter()
-                    .map(|l| {
-                        format!(
-                            "{prefix}:{who}:{}:{}",
-                            l.period.start(now),
-                            l.period.name()
-                        )
-                    })
+                    .map(|l| format!("{prefix}:{who}:{}:{}", l.period.start(now), l.period.name()))
                     .collect();
                 let windows: SmallVec<[Window<'_>; 6]> = self
                     .limits
@@ -331,7 +335,7 @@ impl Runtime {
                 .unwrap_or(0)
         });
         let mut out = SmallVec::new();
-        let mut best: Option<(f64, f64, u64)> = None;
+        let mut best: Option<(&HeaderValue, f64, u64)> = None;
         for (i, (limit, used)) in self.limits.iter().zip(usage.before).enumerate() {
             #[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^53")]
             let mut remaining = limit.value - used as f64;
@@ -340,13 +344,14 @@ impl Runtime {
             }
             let remaining = remaining.max(0.0);
             if best.is_none_or(|(_, r, _)| remaining <= r) {
-                best = Some((limit.value, remaining, limit.period.reset(now)));
+                best = Some((&limit.shown, remaining, limit.period.reset(now)));
             }
-            out.push((limit.period.limit_header(), number(limit.value)));
+            out.push((limit.period.limit_header(), limit.shown.clone()));
             out.push((limit.period.remaining_header(), number(remaining)));
         }
-        let (limit, remaining, reset) = best.unwrap_or((0.0, 0.0, 1));
-        out.push((HeaderName::from_static("ratelimit-limit"), number(limit)));
+        let zero = HeaderValue::from_static("0");
+        let (limit, remaining, reset) = best.unwrap_or((&zero, 0.0, 1));
+        out.push((HeaderName::from_static("ratelimit-limit"), limit.clone()));
         out.push((
             HeaderName::from_static("ratelimit-remaining"),
             number(remaining),
@@ -503,7 +508,10 @@ mod tests {
             admitted: false,
         };
         let (h, reset) = rt.headers(&usage, NOW);
-        assert_eq!(reset, 30, "the minute's reset: waiting a second would not help");
+        assert_eq!(
+            reset, 30,
+            "the minute's reset: waiting a second would not help"
+        );
         assert_eq!(header(&h, "ratelimit-limit"), "5");
     }
 
