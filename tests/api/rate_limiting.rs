@@ -64,14 +64,24 @@ fn redis_conf() -> Value {
 }
 
 /// A gateway trusting every address's `X-Real-IP` (Kong's `trusted_ips = 0.0.0.0/0,::/0`), with
-/// a Redis prefix of its own.
+/// a Redis prefix of its own; on the memory store, or in a fresh Postgres schema when
+/// `PORTCULLIS_TEST_DATABASE=postgres`.
 async fn gateway() -> TestApp {
-    spawn_with(portcullis::config::Settings {
+    let postgres = std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() == Ok("postgres");
+    let schema = if postgres {
+        Some(crate::helpers::PgSchema::migrated().await)
+    } else {
+        None
+    };
+    let base = schema.as_ref().map_or_else(test_settings, |s| s.settings.clone());
+    let mut app = spawn_with(portcullis::config::Settings {
         trusted_ips: vec!["0.0.0.0/0".into(), "::/0".into()],
         redis_prefix: format!("pt-{}", uuid::Uuid::new_v4().simple()),
-        ..test_settings()
+        ..base
     })
-    .await
+    .await;
+    app.pg = schema;
+    app
 }
 
 /// Kong's `setup_service` + `setup_route`: a service on the upstream, a route with `paths`.
