@@ -131,16 +131,8 @@ impl RedisCounters {
     fn open_info(info: redis::ConnectionInfo, timeout: Duration) -> Result<Self, StoreError> {
         let client =
             redis::Client::open(info).map_err(|e| StoreError::Internal(format!("redis: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Internal(format!("redis: {e}")))?;
         Ok(Self {
-            conn,
+            conn: crate::redis_cache::lazy_connection(client, timeout)?,
             timeout,
             shared: Arc::new(Shared {
                 sha: OnceLock::new(),

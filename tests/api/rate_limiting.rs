@@ -73,7 +73,9 @@ async fn gateway() -> TestApp {
     } else {
         None
     };
-    let base = schema.as_ref().map_or_else(test_settings, |s| s.settings.clone());
+    let base = schema
+        .as_ref()
+        .map_or_else(test_settings, |s| s.settings.clone());
     let mut app = spawn_with(portcullis::config::Settings {
         trusted_ips: vec!["0.0.0.0/0".into(), "::/0".into()],
         redis_prefix: format!("pt-{}", uuid::Uuid::new_v4().simple()),

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::window::PERIODS;
 use crate::config::Secret;
+use crate::entities::check_path;
 use crate::schema::{check_header_name, Field, FieldErrors, FieldType, Schema};
 
 /// What the admin API shows instead of a Redis password.
@@ -48,17 +49,6 @@ fn check_policy(v: &Value) -> Result<(), String> {
         ),
         _ => Err("expected one of: local, redis".into()),
     }
-}
-
-fn check_path(v: &Value) -> Result<(), String> {
-    let s = v.as_str().unwrap_or_default();
-    if !s.starts_with('/') {
-        return Err("should start with: /".into());
-    }
-    if s.contains("//") {
-        return Err("must not have empty segments".into());
-    }
-    Ok(())
 }
 
 fn check_non_empty(v: &Value) -> Result<(), String> {
