@@ -7,6 +7,7 @@
 //! ```
 //!
 //! Targets, each one function (`Setup`); the ones this build cannot run yet say what they need.
+//! The `rate-limiting` targets are read against `oauth2 memory` (the same gateway without it).
 
 mod common;
 
@@ -76,6 +77,8 @@ const TARGETS: &[(&str, SetupFn)] = &[
     ("nginx", nginx_proxy),
     ("portcullis", portcullis_plain),
     ("oauth2 memory", oauth2_memory),
+    ("oauth2 + rate-limiting local", oauth2_rate_limiting_local),
+    ("oauth2 + rate-limiting redis", oauth2_rate_limiting_redis),
     ("oauth2 pg+redis warm", oauth2_pg_redis_warm),
     ("oauth2 pg+redis cold", oauth2_pg_redis_cold),
     ("introspection cached", introspection_cached),
@@ -140,6 +143,64 @@ fn oauth2_memory(ctx: &Ctx<'_>) -> Result<Setup> {
     Ok(Setup::Ready(Target {
         token: Some(token),
         ..Target::gateway(gw)
+    }))
+}
+
+/// A limit no run reaches: every request is checked and counted, none refused.
+const NEVER_REACHED: u64 = 1_000_000_000_000;
+
+/// [`oauth2_memory`] plus `rate-limiting` per consumer (one consumer: every request counts on
+/// the same counters, the most contended case) with `policy` and its extra `config`.
+fn oauth2_rate_limited(
+    ctx: &Ctx<'_>,
+    name: &str,
+    settings: &[(String, String)],
+    config: serde_json::Value,
+) -> Result<Target> {
+    let (gw, token) = oauth2_gateway(ctx, name, settings)?;
+    let admin = Admin::new(gw.admin, gw.proxy)?;
+    let mut config = config;
+    config["minute"] = json!(NEVER_REACHED);
+    admin.post(
+        "/services/bench/plugins",
+        json!({"name": "rate-limiting", "config": config}),
+    )?;
+    admin.wait_ready(Some(&token))?;
+    Ok(Target {
+        requests: Some(vec![bearer_request(&token)]),
+        ..Target::gateway(gw)
+    })
+}
+
+/// Target: `oauth2` + `rate-limiting`, `policy = local` (this node's lock-free counters).
+fn oauth2_rate_limiting_local(ctx: &Ctx<'_>) -> Result<Setup> {
+    let target = oauth2_rate_limited(
+        ctx,
+        "portcullis oauth2 + rate-limiting local",
+        &[],
+        json!({"policy": "local"}),
+    )?;
+    Ok(Setup::Ready(target))
+}
+
+/// Target: `oauth2` + `rate-limiting`, `policy = redis` (one script call per request to the
+/// loopback Redis), on the memory store: the plugin names the Redis itself.
+fn oauth2_rate_limiting_redis(ctx: &Ctx<'_>) -> Result<Setup> {
+    let redis = match RedisPrefix::fresh("ratelimit") {
+        Ok(r) => r,
+        Err(why) => return Ok(Setup::Skipped(why)),
+    };
+    let (host, port) = redis.host_port();
+    let config = json!({"policy": "redis", "redis": {"host": host, "port": port}});
+    let target = oauth2_rate_limited(
+        ctx,
+        "portcullis oauth2 + rate-limiting redis",
+        &redis.prefix_setting(),
+        config,
+    )?;
+    Ok(Setup::Ready(Target {
+        _keep: vec![Box::new(redis)],
+        ..target
     }))
 }
 
@@ -386,7 +447,11 @@ fn run() -> Result<()> {
         "proxy",
         &title,
         &Refs {
-            throughput: &[("direct", "direct"), ("nginx", "nginx")],
+            throughput: &[
+                ("direct", "direct"),
+                ("nginx", "nginx"),
+                ("oauth2", "oauth2 memory"),
+            ],
             p99: Some(("nginx", "nginx")),
         },
         "Portcullis vs direct vs nginx",

@@ -309,6 +309,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "oauth2",
     "oauth2-introspection",
     "opentelemetry",
+    "rate-limiting",
     "request-termination",
 ];
 

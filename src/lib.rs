@@ -24,8 +24,9 @@
 //! - [`plugin_api`]: the plugin contract (`Plugin`, `PluginRuntime`, `RequestCtx`, `Flow`,
 //!   `Scheme`, `Exchange`, `PluginSlots`), a leaf the router, the proxy and the plugins share.
 //! - [`plugins`]: the built-in plugins (`oauth2`, `oauth2-introspection`, `key-auth`, `acl`,
-//!   `cors`, `request-termination`, `http-log`, `file-log`, `opentelemetry`), the log plugins'
-//!   serializer and bounded queue, and the registry of the kinds this build offers.
+//!   `cors`, `rate-limiting`, `request-termination`, `http-log`, `file-log`, `opentelemetry`),
+//!   the log plugins' serializer and bounded queue, and the registry of the kinds this build
+//!   offers.
 //! - [`actors`]: the single writers: config registry, token lifecycle, cluster sync (other nodes'
 //!   changes heard through Postgres LISTEN/NOTIFY → caches and router snapshot).
 //! - [`body`]: the body type of every answer the proxy listeners write.

@@ -175,8 +175,12 @@ pub struct RequestCtx {
     pub consumer: Option<Arc<Consumer>>,
     /// Whether an auth plugin has authenticated a credential.
     pub authenticated: bool,
-    /// The id of the credential an auth plugin authenticated (Kong's `authenticated_entity`).
+    /// The id of the credential an auth plugin authenticated (Kong's `kong.client.get_credential`),
+    /// for plugins that count or decide per credential (`rate-limiting`'s `limit_by`).
     pub credential: Option<uuid::Uuid>,
+    /// Headers to set on the answer the client gets, whoever made it (`rate-limiting`'s
+    /// `RateLimit-*`, decided in the access phase as Kong decides them).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Largest body a plugin may buffer.
     pub max_body: usize,
     /// What plugins keep about this request between their phases (a tracing plugin's span ids),

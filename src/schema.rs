@@ -112,6 +112,24 @@ impl Field {
     }
 }
 
+/// Kong's `typedefs.header_name`: a header name of letters, digits, `_` and `-`.
+///
+/// # Errors
+/// Kong's message naming the value.
+pub fn check_header_name(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad header name '{s}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+        ))
+    }
+}
+
 /// A record schema: fields plus whole-record checks.
 #[derive(Debug)]
 pub struct Schema {

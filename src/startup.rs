@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use portcullis_stores::memory::{MemoryConfigStore, MemoryTokenStore};
 use portcullis_stores::postgres::{self, Migrator, PgConfigStore, PgSettings, PgTokenStore};
 use portcullis_stores::redis_cache::{RedisSettings, RedisTokenCache};
+use portcullis_stores::redis_counters::RedisCounters;
 use portcullis_stores::tiered::{NearCacheSettings, TieredTokenStore};
 use portcullis_stores::{ConfigStore, StoreError, TokenStore};
 
@@ -23,6 +24,7 @@ use crate::config::{ConfigError, Database, Listen, Settings};
 use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache};
 use crate::plugins::oauth2::lockout::{ClientLockout, LockoutPolicy};
 use crate::plugins::oauth2::{OAuthDeps, VerifiedSecrets};
+use crate::plugins::rate_limiting::RateLimitDeps;
 use crate::plugins::PluginRegistry;
 use crate::proxy::server::{ConnectionLimits, ProxyListener, ProxyServer, ProxyServerHandle};
 use crate::proxy::upstream::UpstreamClients;
@@ -150,6 +152,28 @@ async fn open_redis(settings: &Settings) -> Result<Option<RedisTokenCache>, Star
         );
     }
     Ok(Some(cache))
+}
+
+/// What the `rate-limiting` plugin shares with the gateway: a connection to `redis_url` (made on
+/// first use, never waited for) and `redis_prefix`.
+///
+/// # Errors
+/// [`StartError::Config`] for a `redis_url` that does not parse.
+fn rate_limit_deps(settings: &Settings) -> Result<RateLimitDeps, StartError> {
+    let gateway_redis = match &settings.redis_url {
+        Some(url) => Some(
+            RedisCounters::open_url(url.expose(), Duration::from_millis(settings.redis_timeout))
+                .map_err(|e| ConfigError::Value {
+                    key: "redis_url",
+                    reason: start_line(e),
+                })?,
+        ),
+        None => None,
+    };
+    Ok(RateLimitDeps {
+        gateway_redis,
+        prefix: settings.redis_prefix.clone(),
+    })
 }
 
 /// The stores crate's view of the `pg_*` settings.
@@ -359,6 +383,7 @@ impl Application {
                     secrets: verified_secrets.clone(),
                 },
                 stores.verdicts.clone(),
+                rate_limit_deps(&settings)?,
             )
             .only(&enabled),
         );

@@ -199,6 +199,7 @@ async fn run_tutorial(gw: &Gateway) -> Vec<String> {
     assert_eq!(r.status(), 200);
     let mut keys = use_api_keys(&http, admin, proxy).await;
     keys.extend(use_certificates(&http, admin, proxy).await);
+    keys.push(rate_limit_on_a_dead_redis(&http, admin, proxy).await);
     keys.extend([
         client_secret,
         provision_key,
@@ -210,6 +211,40 @@ async fn run_tutorial(gw: &Gateway) -> Vec<String> {
         fresh["refresh_token"].as_str().unwrap().to_string(),
     ]);
     keys
+}
+
+/// `rate-limiting` with a Redis password, on a port where no Redis listens (so the failure is
+/// logged); returns the password.
+async fn rate_limit_on_a_dead_redis(http: &reqwest::Client, admin: &str, proxy: &str) -> String {
+    let password = format!("redis-password-{}", uuid::Uuid::new_v4().simple());
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    for (path, body) in [
+        ("/services", json!({"name": "limited", "url": admin})),
+        (
+            "/services/limited/routes",
+            json!({"name": "limited", "paths": ["/limited"]}),
+        ),
+        (
+            "/services/limited/plugins",
+            json!({"name": "rate-limiting", "config": {"minute": 5, "policy": "redis",
+                "redis": {"host": "127.0.0.1", "port": port, "password": password,
+                          "username": "default", "timeout": 200}}}),
+        ),
+    ] {
+        let (s, b) = post(http, format!("{admin}{path}"), body).await;
+        assert_eq!(s, 201, "{path}: {b}");
+        assert!(!b.to_string().contains(&password), "{b}");
+    }
+    let r = http
+        .get(format!("{proxy}/limited/status"))
+        .send()
+        .await
+        .unwrap();
+    // fault_tolerant (the default): the request passes unlimited.
+    assert_eq!(r.status(), 200);
+    password
 }
 
 /// `key-auth` on another service: a generated key and a chosen one, each sent in a header, the

@@ -132,9 +132,22 @@ pub struct RedisPrefix {
     pub settings: Settings,
     url: String,
     prefix: String,
+    host: String,
+    port: u16,
 }
 
 impl RedisPrefix {
+    /// The Redis server's host and port (for a plugin that names its Redis field by field).
+    pub fn host_port(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
+    /// `PORTCULLIS_REDIS_PREFIX` alone: the prefix without `redis_url`, for a gateway on the
+    /// memory store whose plugin names the Redis itself.
+    pub fn prefix_setting(&self) -> Settings {
+        vec![("PORTCULLIS_REDIS_PREFIX".into(), self.prefix.clone())]
+    }
+
     /// A fresh prefix `bench_<tag>_<pid>`.
     ///
     /// # Errors
@@ -165,6 +178,8 @@ impl RedisPrefix {
             ],
             url,
             prefix,
+            host: host.to_string(),
+            port,
         })
     }
 

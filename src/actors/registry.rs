@@ -879,6 +879,7 @@ mod tests {
         let plugins = Arc::new(PluginRegistry::builtin(
             OAuthDeps::in_memory(tokens.clone()),
             IntrospectionCache::default(),
+            crate::plugins::rate_limiting::RateLimitDeps::default(),
         ));
         let snapshot = Arc::new(ArcSwap::from_pointee(RouterSnapshot::default()));
         let registry =

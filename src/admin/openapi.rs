@@ -914,6 +914,7 @@ mod tests {
                 portcullis_stores::memory::MemoryTokenStore::new(),
             )),
             crate::plugins::introspection::IntrospectionCache::default(),
+            crate::plugins::rate_limiting::RateLimitDeps::default(),
         )
     }
 

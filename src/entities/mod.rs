@@ -139,7 +139,11 @@ fn check_host(v: &Value) -> Result<(), String> {
     }
 }
 
-fn check_path(v: &Value) -> Result<(), String> {
+/// Kong's `typedefs.path`: starts with `/`, no empty segment (a service's `path`, a plugin's).
+///
+/// # Errors
+/// Kong's message.
+pub fn check_path(v: &Value) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     if !s.starts_with('/') {
         return Err("should start with: /".into());

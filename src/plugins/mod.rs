@@ -12,6 +12,7 @@ pub mod log_queue;
 pub mod log_serializer;
 pub mod oauth2;
 pub mod opentelemetry;
+pub mod rate_limiting;
 pub mod request_termination;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ impl PluginRegistry {
     pub fn builtin(
         tokens: oauth2::OAuthDeps,
         introspection_cache: introspection::IntrospectionCache,
+        rate_limits: rate_limiting::RateLimitDeps,
     ) -> Self {
         let list: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(oauth2::OAuth2Plugin::new(tokens)),
@@ -43,6 +45,7 @@ impl PluginRegistry {
             Arc::new(opentelemetry::OpenTelemetry),
             Arc::new(http_log::HttpLog),
             Arc::new(file_log::FileLog),
+            Arc::new(rate_limiting::RateLimiting::new(rate_limits)),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),
@@ -87,6 +90,7 @@ mod tests {
         PluginRegistry::builtin(
             oauth2::OAuthDeps::in_memory(Arc::new(MemoryTokenStore::new())),
             introspection::IntrospectionCache::default(),
+            rate_limiting::RateLimitDeps::default(),
         )
     }
 

@@ -508,6 +508,7 @@ async fn proxy(
         consumer: None,
         authenticated: false,
         credential: None,
+        response_headers: Vec::new(),
         max_body: state.max_body,
         slots: crate::plugin_api::PluginSlots::default(),
     };
@@ -607,6 +608,9 @@ async fn proxy(
             }
         }
     };
+    for (name, value) in ctx.response_headers.drain(..) {
+        response.headers_mut().insert(name, value);
+    }
     for runtime in &ran {
         runtime.response_headers(&ctx, response.headers_mut());
     }

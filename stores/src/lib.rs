@@ -13,6 +13,8 @@
 //!   helpers (`doc_id`, `foreign_id`) every store and the gateway share.
 //! - [`redis_cache`]: the shared token cache in Redis, keyed by digest, and the cluster's shared
 //!   `oauth2-introspection` verdicts and failed client authentications.
+//! - [`redis_counters`]: request counters per time window in Redis (the `rate-limiting` plugin's
+//!   `redis` policy), checked and counted in one atomic round trip.
 //! - [`tiered`]: near cache → Redis → durable store for token lookups.
 //! - [`postgres`]: the durable stores (`database = postgres`), their pool, their migrations and
 //!   the LISTEN/NOTIFY listener that tells each node what the others changed.
@@ -26,6 +28,7 @@ pub mod memory;
 pub mod model;
 pub mod postgres;
 pub mod redis_cache;
+pub mod redis_counters;
 pub mod tiered;
 
 pub use error::StoreError;

@@ -76,6 +76,23 @@ impl Health {
     }
 }
 
+/// A connection made on first use and re-made after failures, every attempt and command bounded
+/// by `timeout`; never waits for Redis (a gateway starts while Redis is down and uses it once it
+/// is up). Shared by the token cache and the rate-limiting counters.
+pub(crate) fn lazy_connection(
+    client: redis::Client,
+    timeout: Duration,
+) -> Result<ConnectionManager, StoreError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(100));
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| StoreError::Internal(format!("redis: {e}")))
+}
+
 /// Token cache in Redis.
 #[derive(Clone)]
 pub struct RedisTokenCache {
@@ -98,14 +115,7 @@ impl RedisTokenCache {
     pub fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| StoreError::Internal(format!("redis_url: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Internal(format!("redis: {e}")))?;
+        let conn = lazy_connection(client, settings.timeout)?;
         Ok(Self {
             conn,
             prefix: settings.prefix.clone(),

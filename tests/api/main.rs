@@ -29,6 +29,7 @@ mod openapi;
 mod opentelemetry;
 mod postgres;
 mod proxy;
+mod rate_limiting;
 mod registry;
 mod tls;
 mod tutorial;

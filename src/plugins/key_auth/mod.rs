@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use portcullis_stores::TokenHash;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
 use crate::entities::{Consumer, PluginInstance};
@@ -20,21 +20,6 @@ use lookup::Found;
 
 /// Kong's handler priority: after `cors` (2000), before `oauth2` (1400) and `acl` (950).
 const PRIORITY: i32 = 1250;
-
-/// Kong's `typedefs.header_name`.
-fn check_key_name(v: &Value) -> Result<(), String> {
-    let s = v.as_str().unwrap_or_default();
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "bad header name '{s}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
-        ))
-    }
-}
 
 static SCHEMA: LazyLock<crate::schema::Schema> = LazyLock::new(|| {
     use crate::schema::{Field, FieldType, Schema};
@@ -53,7 +38,7 @@ static SCHEMA: LazyLock<crate::schema::Schema> = LazyLock::new(|| {
             Field::new("key_names", FieldType::Array(Box::new(FieldType::String)))
                 .required()
                 .default(|| json!(["apikey"]))
-                .check(check_key_name)
+                .check(crate::schema::check_header_name)
                 .pattern("[A-Za-z0-9_-]{1,32}"),
             flag("hide_credentials", false),
             Field::new("anonymous", FieldType::String),
@@ -257,6 +242,7 @@ impl Runtime {
             .ok_or(Denied::Invalid)?;
         set_consumer(ctx, consumer, Some(credential.id));
         ctx.consumer = Some(consumer.clone());
+        ctx.credential = Some(credential.id);
         ctx.authenticated = true;
         ctx.credential = Some(credential.id);
         Ok(())

@@ -162,6 +162,7 @@ impl OAuthRuntime {
             None => ctx.clear_upstream("x-authenticated-userid"),
         }
         ctx.consumer = Some(consumer);
+        ctx.credential = Some(credential.id);
         ctx.authenticated = true;
         ctx.credential = Some(credential.id);
         Ok(())
