@@ -79,6 +79,7 @@ fn bench_match(c: &mut Criterion) {
         for (case, path) in cases {
             let found = snap
                 .find(&MatchInput {
+                    sni: None,
                     method: &Method::GET,
                     host: "api.example.com",
                     host_with_port: "api.example.com:8000",
@@ -90,6 +91,7 @@ fn bench_match(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(case, n), &path, |b, path| {
                 b.iter(|| {
                     let input = MatchInput {
+                        sni: None,
                         method: &Method::GET,
                         host: "api.example.com",
                         host_with_port: "api.example.com:8000",

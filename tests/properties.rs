@@ -268,7 +268,7 @@ proptest! {
             version: 1,
         });
         let lookup = |n: &str| (n == "x-v").then(|| header.clone()).flatten();
-        let input = MatchInput { method: &method, host: &host, host_with_port: &host, path: &path, header: &lookup };
+        let input = MatchInput { sni: None, method: &method, host: &host, host_with_port: &host, path: &path, header: &lookup };
         if let Some(found) = snapshot.find(&input) {
             let route = &found.entry.route.route;
             if let Some(methods) = &route.methods {

@@ -611,6 +611,9 @@ pub struct Route {
     pub paths: Option<Vec<String>>,
     /// Header conditions.
     pub headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// TLS server names (SNI) the route matches (https / grpcs only).
+    #[serde(default)]
+    pub snis: Option<Vec<String>>,
     /// Status for http requests on https-only routes.
     pub https_redirect_status_code: u16,
     /// Order among regex routes.

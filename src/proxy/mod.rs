@@ -431,6 +431,7 @@ async fn proxy(
             .map(str::to_string)
     };
     let input = MatchInput {
+        sni: conn.sni.as_deref(),
         method: req.method(),
         host,
         host_with_port: &host_with_port,

@@ -32,6 +32,9 @@ pub struct Connection {
     pub local: SocketAddr,
     /// Whether the listener terminates TLS.
     pub scheme: Scheme,
+    /// The server name the client asked for in its TLS handshake (lower case), for routes
+    /// with `snis`.
+    pub sni: Option<Box<str>>,
 }
 
 /// One `proxy_listen` entry, bound at start (so a taken port fails the start, not a worker).
@@ -373,6 +376,7 @@ async fn accept_loop(
             peer,
             local,
             scheme: listen.scheme,
+            sni: None,
         };
         tokio::task::spawn_local(serve(
             stream,
@@ -404,26 +408,20 @@ async fn serve(
             }
         }
     }
-    let connection = Rc::new(connection);
-    let service = service_fn(move |req| {
-        let (connection, worker) = (connection.clone(), worker.clone());
-        async move { Ok::<_, Infallible>(handle(req, &connection, &worker).await) }
-    });
-    let result = match (&listen.tls, &listen.protocols) {
-        (None, Protocols::Http1(http1)) => drive!(
-            http1
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades(),
-            stop
-        ),
-        (None, Protocols::Both(both)) => drive!(
-            both.serve_connection_with_upgrades(TokioIo::new(stream), service),
-            stop
-        ),
-        (Some(acceptor), protocols) => {
+    // The handshake comes first: the server name it carries is part of every request's routing.
+    let (plain, tls) = match &listen.tls {
+        None => (Some(stream), None),
+        Some(acceptor) => {
             let handshake = acceptor.accept(stream);
-            let tls = match tokio::time::timeout(listen.header_timeout, handshake).await {
-                Ok(Ok(tls)) => tls,
+            match tokio::time::timeout(listen.header_timeout, handshake).await {
+                Ok(Ok(tls)) => {
+                    connection.sni = tls
+                        .get_ref()
+                        .1
+                        .server_name()
+                        .map(|name| name.to_ascii_lowercase().into_boxed_str());
+                    (None, Some(tls))
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
                     return;
@@ -432,20 +430,36 @@ async fn serve(
                     tracing::debug!("TLS handshake timed out");
                     return;
                 }
-            };
-            match protocols {
-                Protocols::Http1(http1) => drive!(
-                    http1
-                        .serve_connection(TokioIo::new(tls), service)
-                        .with_upgrades(),
-                    stop
-                ),
-                Protocols::Both(both) => drive!(
-                    both.serve_connection_with_upgrades(TokioIo::new(tls), service),
-                    stop
-                ),
             }
         }
+    };
+    let connection = Rc::new(connection);
+    let service = service_fn(move |req| {
+        let (connection, worker) = (connection.clone(), worker.clone());
+        async move { Ok::<_, Infallible>(handle(req, &connection, &worker).await) }
+    });
+    let result = match (plain, tls, &listen.protocols) {
+        (Some(stream), _, Protocols::Http1(http1)) => drive!(
+            http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades(),
+            stop
+        ),
+        (Some(stream), _, Protocols::Both(both)) => drive!(
+            both.serve_connection_with_upgrades(TokioIo::new(stream), service),
+            stop
+        ),
+        (None, Some(tls), Protocols::Http1(http1)) => drive!(
+            http1
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades(),
+            stop
+        ),
+        (None, Some(tls), Protocols::Both(both)) => drive!(
+            both.serve_connection_with_upgrades(TokioIo::new(tls), service),
+            stop
+        ),
+        (None, None, _) => return,
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended with an error");

@@ -32,6 +32,8 @@ pub struct CompiledRoute {
     pub route: Arc<Route>,
     methods: Vec<Method>,
     hosts: Vec<HostPattern>,
+    /// The TLS server names the connection must have asked for (exact or wildcard).
+    snis: Vec<HostPattern>,
     headers: Vec<(String, Vec<String>)>,
     paths: Vec<PathPattern>,
     https_only: bool,
@@ -111,6 +113,12 @@ impl CompiledRoute {
             .flatten()
             .map(|h| HostPattern::parse(h))
             .collect();
+        let snis = route
+            .snis
+            .iter()
+            .flatten()
+            .map(|h| HostPattern::parse(h))
+            .collect();
         let headers = route
             .headers
             .iter()
@@ -139,6 +147,7 @@ impl CompiledRoute {
             route: Arc::new(route),
             methods,
             hosts,
+            snis,
             headers,
             paths,
             https_only,
@@ -208,6 +217,8 @@ pub struct MatchInput<'a> {
     pub host_with_port: &'a str,
     /// URI path.
     pub path: &'a str,
+    /// The TLS server name the connection asked for (lower case), if any.
+    pub sni: Option<&'a str>,
     /// Header lookup (lower-case name → first value).
     pub header: &'a dyn Fn(&str) -> Option<String>,
 }
@@ -433,6 +444,7 @@ impl RouterSnapshot {
             for path in paths {
                 let attributes = usize::from(!route.methods.is_empty())
                     + usize::from(!route.hosts.is_empty())
+                    + usize::from(!route.snis.is_empty())
                     + usize::from(!route.headers.is_empty())
                     + usize::from(path.is_some());
                 let plain_host = !route.hosts.is_empty()
@@ -526,6 +538,13 @@ impl RouterSnapshot {
                 .hosts
                 .iter()
                 .any(|h| h.matches(input.host, input.host_with_port))
+        {
+            return None;
+        }
+        if !r.snis.is_empty()
+            && !input
+                .sni
+                .is_some_and(|sni| r.snis.iter().any(|s| s.matches(sni, sni)))
         {
             return None;
         }
@@ -735,6 +754,7 @@ mod index_tests {
                             }
                         };
                         let input = MatchInput {
+                            sni: None,
                             method,
                             host,
                             host_with_port: host,

@@ -181,3 +181,55 @@ async fn unreadable_or_mismatched_pem_files_fail_start_naming_the_key() {
         .to_string();
     assert!(err.contains("`admin_ssl_cert`"), "{err}");
 }
+
+/// The upstream (`Host` it received) that answered `path` for a TLS client asking for `sni`.
+async fn served_for_sni(app: &crate::helpers::TestApp, sni: &str, path: &str) -> String {
+    let port: u16 = app.proxy_tls.rsplit(':').next().unwrap().parse().unwrap();
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve(sni, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("https://{sni}:{port}{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{sni}{path}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["headers"]["host"].as_str().unwrap().to_string()
+}
+
+/// A route's `snis` match the server name of the TLS handshake (exact or wildcard), outrank a
+/// route without them, and never match a request that asked for another name or came over
+/// plain HTTP.
+#[actix_web::test]
+async fn routes_with_snis_match_the_handshake_s_server_name() {
+    let app = spawn_app().await;
+    let (by_sni, other) = (spawn_upstream(), spawn_upstream());
+    for (name, url) in [("by-sni", &by_sni.url), ("other", &other.url)] {
+        let (s, b) = app
+            .admin_post("/services", json!({"name": name, "url": url}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, b) = app
+        .admin_post(
+            "/services/by-sni/routes",
+            json!({"protocols": ["https"], "snis": ["a.test", "*.wild.test"], "paths": ["/x"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post("/services/other/routes", json!({"paths": ["/x"]}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let sni_host = format!("127.0.0.1:{}", by_sni.port);
+    let other_host = format!("127.0.0.1:{}", other.port);
+    assert_eq!(served_for_sni(&app, "a.test", "/x").await, sni_host);
+    assert_eq!(served_for_sni(&app, "api.wild.test", "/x").await, sni_host);
+    assert_eq!(served_for_sni(&app, "b.test", "/x").await, other_host);
+    assert_eq!(served_for_sni(&app, "wild.test", "/x").await, other_host);
+    let plain: serde_json::Value = app.proxy_get("/x").await.json().await.unwrap();
+    assert_eq!(plain["headers"]["host"], other_host.as_str());
+}
