@@ -863,3 +863,91 @@ async fn no_credential_reaches_a_log_entry() {
         }
     }
 }
+
+/// The log phase runs for every plugin of the route, not only those whose access phase ran:
+/// `oauth2` (priority 1004) refuses a request without a token before `http-log` (12) is reached,
+/// and the refusal is still logged, as a plugin's answer.
+#[actix_rt::test]
+async fn a_request_a_plugin_refused_is_logged_with_the_status_the_client_got() {
+    let app = spawn_app().await;
+    let receiver = spawn_receiver(200, Duration::ZERO);
+    http_log(&app, json!({ "http_endpoint": receiver.url })).await;
+    let (s, b) = app
+        .admin_post(
+            "/services/logged/plugins",
+            json!({"name": "oauth2", "config": {"enable_client_credentials": true}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let refused = app.proxy_get("/logged/echo").await;
+    assert_eq!(refused.status(), 401);
+    let entry = arrived(&receiver, 1).await[0].json();
+    assert_eq!(entry["response"]["status"], 401);
+    assert_eq!(entry["source"], "exit");
+    assert_eq!(entry["latencies"]["proxy"], -1);
+    assert_eq!(entry["upstream_uri"], "", "{entry}");
+}
+
+/// The bytes of a logged part's header lines (`name: value` and their line ends).
+fn header_bytes(part: &Value) -> u64 {
+    let headers = part["headers"].as_object().unwrap();
+    headers
+        .iter()
+        .map(|(k, v)| k.len() + 2 + v.as_str().map_or(0, str::len) + 2)
+        .sum::<usize>() as u64
+}
+
+/// A WebSocket tunnel is one request in the log phase, logged when it closes, with the bytes it
+/// carried each way.
+#[actix_rt::test]
+async fn a_websocket_tunnel_is_logged_once_closed_with_its_bytes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app().await;
+    let receiver = spawn_receiver(200, Duration::ZERO);
+    let upstream = crate::echo_servers::spawn_ws_upstream(crate::echo_servers::Upstream::Echo);
+    app.expose("ws", &upstream, &["/ws"]).await;
+    let (s, b) = app
+        .admin_post(
+            "/services/ws/plugins",
+            json!({"name": "http-log", "config": {"http_endpoint": receiver.url}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let url = app.proxy.replacen("http://", "ws://", 1) + "/ws";
+    let (mut ws, response) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    let message = "x".repeat(10_000);
+    ws.send(Message::text(message.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(message));
+    // Open for a while: nothing logged yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.all().is_empty(), "logged before the tunnel closed");
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    // Both sides closed: the tunnel ends.
+    drop(ws);
+    let entry = arrived(&receiver, 1).await[0].json();
+    assert_eq!(entry["response"]["status"], 101);
+    assert_eq!(entry["source"], "service");
+    // 10,000 bytes each way, in masked (client) and unmasked (server) frames.
+    let (sent, got) = (
+        entry["request"]["size"].as_u64().unwrap(),
+        entry["response"]["size"].as_u64().unwrap(),
+    );
+    // Each size: the head (its header lines, a start line under 100 bytes) and the frames.
+    for (size, part) in [(sent, &entry["request"]), (got, &entry["response"])] {
+        let lines = header_bytes(part);
+        assert!(
+            (lines + 10_000..lines + 10_700).contains(&size),
+            "{size} bytes for {lines} bytes of header lines: {entry}"
+        );
+    }
+    assert!(
+        entry["latencies"]["request"].as_u64().unwrap() >= 500,
+        "{entry}"
+    );
+}
