@@ -7,6 +7,7 @@ pub mod cors;
 pub mod introspection;
 pub mod key_auth;
 pub mod oauth2;
+pub mod prometheus;
 pub mod request_termination;
 
 use std::collections::HashMap;
@@ -26,15 +27,18 @@ impl PluginRegistry {
         tokens: oauth2::OAuthDeps,
         introspection_cache: introspection::IntrospectionCache,
     ) -> Self {
+        let metrics = tokens.metrics.clone();
         let list: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(oauth2::OAuth2Plugin::new(tokens)),
             Arc::new(introspection::IntrospectionPlugin::new(
                 introspection_cache.clone(),
+                metrics.introspection.clone(),
             )),
             Arc::new(request_termination::RequestTermination),
             Arc::new(key_auth::KeyAuth),
             Arc::new(acl::Acl),
             Arc::new(cors::Cors),
+            Arc::new(prometheus::Prometheus::new(metrics)),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),

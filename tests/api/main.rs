@@ -18,6 +18,7 @@ mod introspection;
 mod key_auth;
 mod kong_conformance;
 mod listeners;
+mod metrics;
 mod oauth2;
 mod oauth2_deviations;
 mod oauth2_rfc;
