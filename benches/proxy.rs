@@ -76,6 +76,7 @@ const TARGETS: &[(&str, SetupFn)] = &[
     ("nginx", nginx_proxy),
     ("portcullis", portcullis_plain),
     ("oauth2 memory", oauth2_memory),
+    ("oauth2 + prometheus", oauth2_prometheus),
     ("oauth2 pg+redis warm", oauth2_pg_redis_warm),
     ("oauth2 pg+redis cold", oauth2_pg_redis_cold),
     ("introspection cached", introspection_cached),
@@ -137,6 +138,27 @@ fn oauth2_gateway(
 /// Target 4: The gateway with the `oauth2` plugin, `database = memory`, one valid bearer token.
 fn oauth2_memory(ctx: &Ctx<'_>) -> Result<Setup> {
     let (gw, token) = oauth2_gateway(ctx, "portcullis oauth2", &[])?;
+    Ok(Setup::Ready(Target {
+        token: Some(token),
+        ..Target::gateway(gw)
+    }))
+}
+
+/// Target 4b: target 4 plus a global `prometheus` plugin recording every Kong metric (status
+/// codes, latencies, bandwidth): the cost of metrics, as a ratio to "oauth2 memory".
+fn oauth2_prometheus(ctx: &Ctx<'_>) -> Result<Setup> {
+    let gw = procs::start_gateway("portcullis oauth2 + prometheus", ctx.env, &[])?;
+    let admin = Admin::oauth2_service(&gw, ctx.upstream.addr)?;
+    admin.post(
+        "/plugins",
+        json!({"name": "prometheus", "config": {
+            "status_code_metrics": true,
+            "latency_metrics": true,
+            "bandwidth_metrics": true,
+        }}),
+    )?;
+    let token = admin.client_credentials_token()?;
+    admin.wait_ready(Some(&token))?;
     Ok(Setup::Ready(Target {
         token: Some(token),
         ..Target::gateway(gw)
@@ -386,7 +408,11 @@ fn run() -> Result<()> {
         "proxy",
         &title,
         &Refs {
-            throughput: &[("direct", "direct"), ("nginx", "nginx")],
+            throughput: &[
+                ("direct", "direct"),
+                ("nginx", "nginx"),
+                ("oauth2", "oauth2 memory"),
+            ],
             p99: Some(("nginx", "nginx")),
         },
         "Portcullis vs direct vs nginx",

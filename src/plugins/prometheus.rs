@@ -340,6 +340,83 @@ mod tests {
             .is_ok());
     }
 
+    fn exchange(route: &Arc<Route>, status: u16) -> Exchange {
+        let (head, ()) = http::Request::new(()).into_parts();
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Exchange {
+            req: Rc::new(crate::plugin_api::ClientRequest::new(head, addr, addr)),
+            request_id: String::new(),
+            scheme: crate::plugin_api::Scheme::Http,
+            client_ip: addr.ip(),
+            route: Some(route.clone()),
+            service: None,
+            consumer: None,
+            credential: None,
+            status: http::StatusCode::from_u16(status).unwrap(),
+            source: Source::Service,
+            upstream_status: None,
+            upstream_uri: None,
+            tries: Vec::new(),
+            response_headers: None,
+            request_size: 100,
+            response_size: 200,
+            complete: true,
+            started_at: std::time::SystemTime::now(),
+            latencies: crate::plugin_api::Latencies::default(),
+        }
+    }
+
+    fn route(name: &str) -> Arc<Route> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "id": Uuid::new_v4(),
+                "name": name,
+                "created_at": 0,
+                "protocols": ["http"],
+                "https_redirect_status_code": 426,
+                "regex_priority": 0,
+                "strip_path": true,
+                "preserve_host": false,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_known_label_set_is_served_from_the_thread_cache() {
+        let metrics = Metrics::standalone();
+        let runtime = Runtime {
+            metrics: metrics.clone(),
+            per_consumer: false,
+            groups: Groups {
+                status_code: true,
+                latency: true,
+                bandwidth: true,
+            },
+        };
+        let route = route("cached");
+        let first = runtime.handles(&exchange(&route, 200), &route);
+        let second = runtime.handles(&exchange(&route, 200), &route);
+        assert!(Rc::ptr_eq(&first, &second), "resolved once");
+        let other_code = runtime.handles(&exchange(&route, 404), &route);
+        assert!(!Rc::ptr_eq(&first, &other_code));
+        // The route replaced by a configuration change (same id, new name): resolved again.
+        let renamed: Arc<Route> = Arc::new(Route {
+            name: Some("renamed".into()),
+            ..(*route).clone()
+        });
+        let third = runtime.handles(&exchange(&renamed, 200), &renamed);
+        assert!(!Rc::ptr_eq(&first, &third));
+        runtime.log(&exchange(&renamed, 200));
+        let text = metrics.render(Default::default());
+        assert!(text.contains("kong_http_requests_total{code=\"200\",consumer=\"\",route=\"renamed\",service=\"\",source=\"service\",workspace=\"default\"} 1\n"), "{text}");
+        assert!(text.contains("kong_bandwidth_bytes{consumer=\"\",direction=\"ingress\",route=\"renamed\",service=\"\",workspace=\"default\"} 100\n"), "{text}");
+        assert!(text.contains("kong_bandwidth_bytes{consumer=\"\",direction=\"egress\",route=\"renamed\",service=\"\",workspace=\"default\"} 200\n"), "{text}");
+        // No upstream was asked: no upstream latency observed, the others once.
+        assert!(text.contains("kong_upstream_latency_ms_count{route=\"renamed\",service=\"\",workspace=\"default\"} 0\n"), "{text}");
+        assert!(text.contains("kong_request_latency_ms_count{route=\"renamed\",service=\"\",workspace=\"default\"} 1\n"), "{text}");
+    }
+
     #[test]
     fn latencies_are_whole_milliseconds() {
         assert_eq!(millis(std::time::Duration::from_micros(2_999)), 2.0);
