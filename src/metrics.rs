@@ -20,7 +20,7 @@
 //! The `prometheus` plugin resolves the handles of a (route, service, consumer, status, source)
 //! once per proxy worker thread and keeps them in a thread-local map keyed by ids
 //! (`src/plugins/prometheus.rs`): a request that hits the map bumps atomics and allocates
-//! nothing. The connection counters are relaxed atomics. The `portcullis_*` counters the plugins
+//! nothing. The connection counters and the upstream pool gauge are relaxed atomics. The `portcullis_*` counters the plugins
 //! bump are pre-resolved children, plain atomics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +30,9 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// A gauge the proxy keeps up to date itself (an atomic; no lock).
+pub type Gauge = IntGauge;
 
 /// Kong's buckets of `kong_kong_latency_ms`, milliseconds.
 pub const KONG_LATENCY_BUCKETS: &[f64] = &[
@@ -288,6 +291,8 @@ pub struct Metrics {
     pub oauth2: OAuth2Counters,
     /// The `oauth2-introspection` plugin's counters.
     pub introspection: IntrospectionCounters,
+    /// Idle keep-alive connections to plain-HTTP upstreams, kept by every proxy worker's pool.
+    pub upstream_idle: Gauge,
     http_requests: IntCounterVec,
     bandwidth: IntCounterVec,
     latency: [HistogramVec; 3],
@@ -421,6 +426,13 @@ impl Metrics {
             )?,
         )?;
         let oauth2 = Self::oauth2_counters(r)?;
+        let upstream_idle = register(
+            r,
+            IntGauge::new(
+                "portcullis_upstream_idle_connections",
+                "Idle keep-alive connections to plain-HTTP upstreams held by the proxy workers",
+            )?,
+        )?;
         let introspection = Self::introspection_counters(r)?;
         let postgres_up = IntGauge::new(
             "portcullis_postgres_up",
@@ -437,6 +449,7 @@ impl Metrics {
             server: ServerCounters::default(),
             oauth2,
             introspection,
+            upstream_idle,
             http_requests,
             bandwidth,
             latency,

@@ -361,10 +361,11 @@ fn status_server(
     Ok(server.run())
 }
 
-fn upstream_clients(settings: &Settings) -> UpstreamClients {
+fn upstream_clients(settings: &Settings, metrics: &Metrics) -> UpstreamClients {
     UpstreamClients::new(
         settings.upstream_keepalive_pool_size,
         Duration::from_secs(settings.upstream_keepalive_idle_timeout),
+        metrics.upstream_idle.clone(),
     )
 }
 
@@ -500,11 +501,12 @@ impl Application {
                 });
             }
             let client_settings = settings.clone();
+            let client_metrics = metrics.clone();
             let server = ProxyServer::start(
                 listeners,
                 workers,
                 proxy_state,
-                Arc::new(move || upstream_clients(&client_settings)),
+                Arc::new(move || upstream_clients(&client_settings, &client_metrics)),
                 ConnectionLimits {
                     header_timeout: Duration::from_secs(settings.client_header_timeout),
                     shutdown_timeout: Duration::from_secs(5),

@@ -498,8 +498,9 @@ fn start_up_logs_each_event_once_with_version_store_listeners_and_how_to_stop() 
     );
     assert!(starting[0].contains("store=memory"), "{log:#?}");
     assert!(
-        starting[0]
-            .contains("plugins=acl,cors,key-auth,oauth2,oauth2-introspection,prometheus,request-termination"),
+        starting[0].contains(
+            "plugins=acl,cors,key-auth,oauth2,oauth2-introspection,prometheus,request-termination"
+        ),
         "{log:#?}"
     );
     assert_eq!(count("proxy listening"), 1, "{log:#?}");

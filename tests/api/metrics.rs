@@ -276,6 +276,9 @@ async fn exposes_node_info_and_connection_counts(backend: Backend) {
     assert!(has_line(&body, &state("waiting", "1")), "{body}");
     // With no switch on, the plugin records nothing per request (Kong 3.x defaults).
     assert!(!body.contains("kong_http_requests_total"), "{body}");
+    // The one upstream connection the three requests used went back to the worker's pool.
+    app.scrape_until("portcullis_upstream_idle_connections 1")
+        .await;
 }
 
 async fn does_not_expose_per_consumer_metrics_by_default(backend: Backend) {
