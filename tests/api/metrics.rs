@@ -669,6 +669,116 @@ async fn oauth2_counts_tokens_issued_and_checked(backend: Backend) {
     }
 }
 
+/// An authorization server that calls every token active.
+fn spawn_introspection_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = actix_web::HttpServer::new(|| {
+        actix_web::App::new().default_service(actix_web::web::to(|| async {
+            actix_web::HttpResponse::Ok().json(json!({ "active": true, "sub": "someone" }))
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    format!("http://127.0.0.1:{port}/introspect")
+}
+
+/// `/api` behind `oauth2-introspection` asking `url`.
+async fn behind_introspection(app: &TestApp, url: &str) {
+    let upstream = spawn_upstream();
+    app.expose("svc", &upstream.url, &["/api"]).await;
+    let (s, b) = app
+        .admin_post(
+            "/services/svc/plugins",
+            json!({"name": "oauth2-introspection", "config": {
+                "introspection_url": url, "authorization_value": "Basic eDp5",
+            }}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+}
+
+async fn introspection_counts_cache_hits_misses_and_calls(backend: Backend) {
+    let app = gateway(backend).await;
+    behind_introspection(&app, &spawn_introspection_server()).await;
+    for _ in 0..3 {
+        let r = app
+            .http
+            .get(format!("{}/api/echo", app.proxy))
+            .bearer_auth("one-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (_, _, body) = app.admin_metrics().await;
+    for line in [
+        "portcullis_introspection_cache_total{result=\"miss\"} 1",
+        "portcullis_introspection_cache_total{result=\"hit\"} 2",
+        "portcullis_introspection_calls_total 1",
+        "portcullis_introspection_errors_total 0",
+    ] {
+        assert!(has_line(&body, line), "{line}\n{body}");
+    }
+}
+
+async fn introspection_counts_failed_calls(backend: Backend) {
+    let app = gateway(backend).await;
+    // The echo upstream answers JSON without `active`: not an RFC 7662 answer.
+    let fake = spawn_upstream();
+    behind_introspection(&app, &format!("{}/echo", fake.url)).await;
+    for _ in 0..2 {
+        let r = app
+            .http
+            .get(format!("{}/api/echo", app.proxy))
+            .bearer_auth("one-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    let (_, _, body) = app.admin_metrics().await;
+    for line in [
+        "portcullis_introspection_cache_total{result=\"miss\"} 2",
+        "portcullis_introspection_cache_total{result=\"hit\"} 0",
+        "portcullis_introspection_calls_total 2",
+        "portcullis_introspection_errors_total 2",
+    ] {
+        assert!(has_line(&body, line), "{line}\n{body}");
+    }
+}
+
+/// Redis answering, then a Redis that does not: `portcullis_redis_up` says which.
+#[actix_web::test]
+async fn redis_reachability_is_reported() {
+    let app = gateway_with(Backend::Postgres, |s| {
+        s.redis_url = Some(portcullis::config::Secret::new(
+            crate::helpers::test_redis_url(),
+        ));
+        s.redis_prefix = format!("metrics-{}", uuid::Uuid::new_v4().simple());
+    })
+    .await;
+    let (_, _, body) = app.admin_metrics().await;
+    assert!(has_line(&body, "portcullis_redis_up 1"), "{body}");
+    assert!(has_line(&body, "portcullis_postgres_up 1"), "{body}");
+
+    let down = gateway_with(Backend::Postgres, |s| {
+        s.redis_url = Some(portcullis::config::Secret::new(format!(
+            "redis://127.0.0.1:{}",
+            crate::helpers::dead_port()
+        )));
+        s.redis_timeout = 300;
+    })
+    .await;
+    let (_, _, body) = down.admin_metrics().await;
+    assert!(has_line(&body, "portcullis_redis_up 0"), "{body}");
+    assert!(has_line(&body, "kong_datastore_reachable 1"), "{body}");
+}
+
 on_both_stores!(
     increments_the_count_for_proxied_requests,
     does_not_count_a_request_no_route_matched,
@@ -690,6 +800,8 @@ on_both_stores!(
     status_api_over_tls,
     admin_metrics_require_the_admin_token,
     oauth2_counts_tokens_issued_and_checked,
+    introspection_counts_cache_hits_misses_and_calls,
+    introspection_counts_failed_calls,
 );
 
 /// A Prometheus server of its own: a generated config scraping `target` every second, its data
