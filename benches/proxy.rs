@@ -79,6 +79,7 @@ const TARGETS: &[(&str, SetupFn)] = &[
     ("oauth2 memory", oauth2_memory),
     ("oauth2 + rate-limiting local", oauth2_rate_limiting_local),
     ("oauth2 + rate-limiting redis", oauth2_rate_limiting_redis),
+    ("oauth2 + prometheus", oauth2_prometheus),
     ("oauth2 pg+redis warm", oauth2_pg_redis_warm),
     ("oauth2 pg+redis cold", oauth2_pg_redis_cold),
     ("introspection cached", introspection_cached),
@@ -201,6 +202,27 @@ fn oauth2_rate_limiting_redis(ctx: &Ctx<'_>) -> Result<Setup> {
     Ok(Setup::Ready(Target {
         _keep: vec![Box::new(redis)],
         ..target
+    }))
+}
+
+/// Target 4b: target 4 plus a global `prometheus` plugin recording every Kong metric (status
+/// codes, latencies, bandwidth): the cost of metrics, as a ratio to "oauth2 memory".
+fn oauth2_prometheus(ctx: &Ctx<'_>) -> Result<Setup> {
+    let gw = procs::start_gateway("portcullis oauth2 + prometheus", ctx.env, &[])?;
+    let admin = Admin::oauth2_service(&gw, ctx.upstream.addr)?;
+    admin.post(
+        "/plugins",
+        json!({"name": "prometheus", "config": {
+            "status_code_metrics": true,
+            "latency_metrics": true,
+            "bandwidth_metrics": true,
+        }}),
+    )?;
+    let token = admin.client_credentials_token()?;
+    admin.wait_ready(Some(&token))?;
+    Ok(Setup::Ready(Target {
+        token: Some(token),
+        ..Target::gateway(gw)
     }))
 }
 

@@ -66,6 +66,9 @@ pub struct Settings {
     pub proxy_listen: String,
     /// Admin API listeners: `addr[ ssl], …` or `off`.
     pub admin_listen: String,
+    /// Kong's `status_listen`: read-only listeners serving `GET /status` and `GET /metrics`
+    /// (`addr[ ssl], …`, TLS with the proxy's `ssl_cert`), or `off` (the default).
+    pub status_listen: String,
     /// `memory` or `postgres`.
     pub database: Database,
     /// Postgres host.
@@ -141,6 +144,7 @@ impl Default for Settings {
         Self {
             proxy_listen: "0.0.0.0:8000, 0.0.0.0:8443 ssl".into(),
             admin_listen: "127.0.0.1:8001, 127.0.0.1:8444 ssl".into(),
+            status_listen: "off".into(),
             database: Database::Memory,
             pg_host: "127.0.0.1".into(),
             pg_port: 5432,
@@ -262,6 +266,7 @@ enum Kind {
 const KEYS: &[(&str, Kind)] = &[
     ("proxy_listen", Kind::Str),
     ("admin_listen", Kind::Str),
+    ("status_listen", Kind::Str),
     ("database", Kind::Str),
     ("pg_host", Kind::Str),
     ("pg_port", Kind::Int),
@@ -309,6 +314,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "oauth2",
     "oauth2-introspection",
     "opentelemetry",
+    "prometheus",
     "rate-limiting",
     "request-termination",
 ];
@@ -419,6 +425,7 @@ impl Settings {
     fn check(&self) -> Result<(), ConfigError> {
         self.proxy_listeners()?;
         self.admin_listeners()?;
+        self.status_listeners()?;
         self.trusted_networks()?;
         self.max_body_bytes()?;
         if !(1..=86_400).contains(&self.client_body_timeout) {
@@ -630,6 +637,15 @@ impl Settings {
         parse_listen("admin_listen", &self.admin_listen)
     }
 
+    /// Parsed `status_listen`.
+    ///
+    /// # Errors
+    /// A malformed entry, or a flag other than `ssl` and `backlog=N`. (`ssl` serves the proxy's
+    /// certificate: `ssl_cert`, or the generated one the proxy serves without it.)
+    pub fn status_listeners(&self) -> Result<Vec<Listen>, ConfigError> {
+        parse_listen("status_listen", &self.status_listen)
+    }
+
     /// Parsed `trusted_ips` (`0.0.0.0/0,::/0` or `unix` as in Kong).
     ///
     /// # Errors
@@ -751,8 +767,10 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
                         listen.ssl = true;
                         continue;
                     }
-                    // The admin API's listeners (actix-web) serve neither.
-                    "http2" | "reuseport" | "proxy_protocol" if key == "admin_listen" => {
+                    // The admin API's and the status listeners (actix-web) serve neither.
+                    "http2" | "reuseport" | "proxy_protocol"
+                        if key == "admin_listen" || key == "status_listen" =>
+                    {
                         format!("listen flag '{flag}' is not supported by this gateway")
                     }
                     "http2" => {
@@ -848,6 +866,31 @@ mod tests {
         assert_eq!(proxy.len(), 2);
         assert!(proxy[1].ssl);
         assert_eq!(s.admin_listeners().unwrap()[0].addr.port(), 8001);
+    }
+
+    #[test]
+    fn status_listen_is_off_by_default_and_takes_only_ssl_and_backlog() {
+        let mut s = Settings::default();
+        assert!(s.status_listeners().unwrap().is_empty());
+        s.status_listen = "127.0.0.1:8100, 127.0.0.1:8101 ssl backlog=64".into();
+        let parsed = s.status_listeners().unwrap();
+        assert_eq!(parsed[0].addr.port(), 8100);
+        assert!(!parsed[0].ssl);
+        assert_eq!((parsed[1].ssl, parsed[1].backlog), (true, 64));
+        for flag in ["http2", "reuseport", "proxy_protocol"] {
+            s.status_listen = format!("127.0.0.1:8100 {flag}");
+            assert_eq!(
+                s.status_listeners().unwrap_err().to_string(),
+                format!(
+                    "invalid value for `status_listen`: listen flag '{flag}' is not supported by this gateway"
+                )
+            );
+        }
+        s.status_listen = "127.0.0.1:8100 h3".into();
+        assert_eq!(
+            s.status_listeners().unwrap_err().to_string(),
+            "invalid value for `status_listen`: unknown listen flag 'h3'"
+        );
     }
 
     #[test]

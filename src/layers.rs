@@ -15,6 +15,7 @@ const LOWER: &[&str] = &[
     "entities",
     "error",
     "forms",
+    "metrics",
     "plugin_api",
     "router",
     "schema",
@@ -22,7 +23,7 @@ const LOWER: &[&str] = &[
 ];
 
 /// The layers built on top of them.
-const HIGHER: &[&str] = &["actors", "admin", "plugins", "proxy", "startup"];
+const HIGHER: &[&str] = &["actors", "admin", "plugins", "proxy", "startup", "status"];
 
 /// Edges that exist for a stated reason, as (file under `src/`, imported module).
 const EXCEPTIONS: &[(&str, &str)] = &[];

@@ -35,10 +35,13 @@
 //! - [`tls`]: rustls server and client configs, self-signed certificates, the proxy listeners'
 //!   certificate choice by SNI, services' own upstream TLS settings, and their own error.
 //! - [`telemetry`]: logging (text or JSON).
+//! - [`metrics`]: the registry of one gateway: Kong's `prometheus` metrics, the proxy server's
+//!   connection counters and the `portcullis_*` metrics, rendered for `GET /metrics`.
+//! - [`status`]: the read-only status listener (`status_listen`): `GET /status`, `GET /metrics`.
 //!
 //! Layers, lowest first: `clock`, `crypto`, `schema`, `tls` → `config`, `entities`, `error`,
-//! `forms` → `telemetry`, `plugin_api` → `router` → `plugins`, `proxy` → `actors` → `admin` →
-//! `startup` → `migrations`. Each module imports only from layers below it. A unit test
+//! `forms`, `metrics` → `telemetry`, `plugin_api` → `router` → `plugins`, `proxy` → `actors` → `admin` →
+//! `status` → `startup` → `migrations`. Each module imports only from layers below it. A unit test
 //! (`layers`) fails on an import cycle or a lower layer importing a higher one.
 //!
 //! Storage lives in the `portcullis-stores` crate (`stores/`).
@@ -60,6 +63,7 @@ pub mod error;
 pub mod forms;
 #[cfg(test)]
 mod layers;
+pub mod metrics;
 pub mod migrations;
 pub mod plugin_api;
 pub mod plugins;
@@ -67,5 +71,6 @@ pub mod proxy;
 pub mod router;
 pub mod schema;
 pub mod startup;
+pub mod status;
 pub mod telemetry;
 pub mod tls;

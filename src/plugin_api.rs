@@ -19,6 +19,9 @@ use crate::schema::{FieldErrors, Schema};
 
 use crate::body::AnswerBody;
 
+/// The gateway's metrics registry and the counters plugins bump (named here so that plugins
+/// depend on the contract, not on a module beside it).
+pub use crate::metrics;
 /// The header types plugins read and write (`http` 1.x, hyper's): named here so that plugins do
 /// not name a server stack.
 pub use http::header::{HeaderMap, HeaderName, HeaderValue};

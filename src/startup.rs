@@ -21,6 +21,7 @@ use crate::actors::registry::{ConfigRegistry, Reload};
 use crate::actors::token_lifecycle::TokenLifecycle;
 use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, Database, Listen, Settings};
+use crate::metrics::Metrics;
 use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache};
 use crate::plugins::oauth2::lockout::{ClientLockout, LockoutPolicy};
 use crate::plugins::oauth2::{OAuthDeps, VerifiedSecrets};
@@ -30,6 +31,7 @@ use crate::proxy::server::{ConnectionLimits, ProxyListener, ProxyServer, ProxySe
 use crate::proxy::upstream::UpstreamClients;
 use crate::proxy::ProxyState;
 use crate::router::RouterSnapshot;
+use crate::status::{Probe, StatusState};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +298,7 @@ impl ServerHandle {
 pub struct Application {
     proxy: Vec<(SocketAddr, bool)>,
     admin: Vec<(SocketAddr, bool)>,
+    status: Vec<(SocketAddr, bool)>,
     servers: Vec<Server>,
     proxy_server: Option<ProxyServer>,
     /// The current router snapshot (tests inspect it).
@@ -334,10 +337,59 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
         .map_err(|e| StartError::Store(e.to_string()))
 }
 
-fn upstream_clients(settings: &Settings) -> UpstreamClients {
+/// The status listeners (`status_listen`): one actix-web worker, read-only handlers, TLS with the
+/// proxy's certificate.
+fn status_server(
+    settings: &Settings,
+    listen: &[Listen],
+    metrics: Arc<Metrics>,
+    probe: Probe,
+    addrs: &mut Vec<(SocketAddr, bool)>,
+) -> Result<Server, StartError> {
+    let state = web::Data::new(StatusState { metrics, probe });
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .default_service(web::to(crate::status::dispatch))
+    })
+    .workers(1)
+    .shutdown_timeout(5)
+    .disable_signals();
+    let mut tls_config = None;
+    for entry in listen {
+        let listener = bind("status_listen", entry, entry.addr)?;
+        let addr = local_addr(&listener)?;
+        server = if entry.ssl {
+            if tls_config.is_none() {
+                let files = settings
+                    .ssl_cert
+                    .as_deref()
+                    .zip(settings.ssl_cert_key.as_deref());
+                tls_config = Some(crate::tls::server_config("ssl_cert", files)?);
+            }
+            let cfg = tls_config
+                .as_ref()
+                .map(|c| (**c).clone())
+                .ok_or_else(|| StartError::Store("tls".into()))?;
+            server.listen_rustls_0_23(listener, cfg)
+        } else {
+            server.listen(listener)
+        }
+        .map_err(|e| ConfigError::Value {
+            key: "status_listen",
+            reason: e.to_string(),
+        })?;
+        tracing::info!(%addr, tls = entry.ssl, "status listener listening");
+        addrs.push((addr, entry.ssl));
+    }
+    Ok(server.run())
+}
+
+fn upstream_clients(settings: &Settings, metrics: &Metrics) -> UpstreamClients {
     UpstreamClients::new(
         settings.upstream_keepalive_pool_size,
         Duration::from_secs(settings.upstream_keepalive_idle_timeout),
+        metrics.upstream_idle.clone(),
     )
 }
 
@@ -368,6 +420,16 @@ impl Application {
             "portcullis starting"
         );
         refuse_disabled_plugins_in_use(stores.config.as_ref(), &enabled).await?;
+        let node_id = uuid::Uuid::new_v4();
+        let metrics = Arc::new(
+            Metrics::new(node_id, crate::admin::info::KONG_VERSION)
+                .map_err(|e| StartError::Store(e.to_string()))?,
+        );
+        let probe = Probe {
+            store: stores.config.clone(),
+            postgres: settings.database == Database::Postgres,
+            redis: stores.redis.clone(),
+        };
         let verified_secrets = VerifiedSecrets::default();
         let plugins = Arc::new(
             PluginRegistry::builtin(
@@ -381,6 +443,7 @@ impl Application {
                         stores.redis.clone(),
                     ),
                     secrets: verified_secrets.clone(),
+                    metrics: metrics.clone(),
                 },
                 stores.verdicts.clone(),
                 rate_limit_deps(&settings)?,
@@ -404,6 +467,7 @@ impl Application {
 
         let proxy_listen = settings.proxy_listeners()?;
         let admin_listen = settings.admin_listeners()?;
+        let status_listen = settings.status_listeners()?;
         let mut servers = Vec::new();
         let mut proxy_addrs = Vec::new();
         let mut admin_addrs = Vec::new();
@@ -420,6 +484,7 @@ impl Application {
             })?,
             max_body: settings.max_body_bytes()?,
             client_body_timeout: Duration::from_secs(settings.client_body_timeout),
+            metrics: metrics.clone(),
         });
         let mut proxy_server = None;
         if !proxy_listen.is_empty() {
@@ -467,11 +532,12 @@ impl Application {
                 });
             }
             let client_settings = settings.clone();
+            let client_metrics = metrics.clone();
             let server = ProxyServer::start(
                 listeners,
                 workers,
                 proxy_state,
-                Arc::new(move || upstream_clients(&client_settings)),
+                Arc::new(move || upstream_clients(&client_settings, &client_metrics)),
                 ConnectionLimits {
                     header_timeout: Duration::from_secs(settings.client_header_timeout),
                     shutdown_timeout: Duration::from_secs(5),
@@ -493,7 +559,9 @@ impl Application {
                 settings: settings.clone(),
                 snapshot: snapshot.clone(),
                 started: Instant::now(),
-                node_id: uuid::Uuid::new_v4(),
+                node_id,
+                metrics: metrics.clone(),
+                probe: probe.clone(),
             });
             let mut server = HttpServer::new(move || {
                 App::new()
@@ -535,6 +603,12 @@ impl Application {
             }
             servers.push(server.run());
         }
+        let mut status_addrs = Vec::new();
+        if !status_listen.is_empty() {
+            let server =
+                status_server(&settings, &status_listen, metrics, probe, &mut status_addrs)?;
+            servers.push(server);
+        }
         // Started last: an actor started but never polled (a bind failed above) would set its
         // timer while the runtime is being dropped, and panic instead of the one-line error.
         TokenLifecycle::new(stores.tokens.clone(), Duration::from_secs(60)).start();
@@ -544,6 +618,7 @@ impl Application {
         Ok(Self {
             proxy: proxy_addrs,
             admin: admin_addrs,
+            status: status_addrs,
             servers,
             proxy_server,
             snapshot,
@@ -580,6 +655,14 @@ impl Application {
     /// First TLS admin port.
     pub fn admin_tls_port(&self) -> Option<u16> {
         Self::port(&self.admin, true)
+    }
+    /// First plain status port.
+    pub fn status_port(&self) -> Option<u16> {
+        Self::port(&self.status, false)
+    }
+    /// First TLS status port.
+    pub fn status_tls_port(&self) -> Option<u16> {
+        Self::port(&self.status, true)
     }
 
     /// Runs until every server stops (or the process gets SIGINT/SIGTERM).

@@ -632,7 +632,7 @@ fn start_up_logs_each_event_once_with_version_store_listeners_and_how_to_stop() 
     assert!(starting[0].contains("store=memory"), "{log:#?}");
     assert!(
         starting[0]
-            .contains("plugins=acl,cors,file-log,http-log,key-auth,oauth2,oauth2-introspection,opentelemetry,rate-limiting,request-termination"),
+            .contains("plugins=acl,cors,file-log,http-log,key-auth,oauth2,oauth2-introspection,opentelemetry,prometheus,rate-limiting,request-termination"),
         "{log:#?}"
     );
     assert_eq!(count("proxy listening"), 1, "{log:#?}");

@@ -1,8 +1,9 @@
 //! The shipped container files, validated offline (no Docker engine runs here): the compose file's
 //! shape, its environment (with docker/.env.example's secrets) checked by the real binary's
 //! `config check` against a certificate made by the compose file's own `certs` job, the
-//! Dockerfile's promises (pinned images, a toolchain new enough for Cargo.lock), and
-//! `docker-compose config`.
+//! Dockerfile's promises (pinned images, a toolchain new enough for Cargo.lock), the monitoring
+//! services (Prometheus's config through `promtool`, Grafana's provisioning, and a dashboard whose
+//! every query parses and names only metrics the gateway exports), and `docker-compose config`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -89,7 +90,15 @@ fn base_images() -> Vec<String> {
 fn compose_has_the_stack_with_health_gated_startup() {
     let c = compose();
     let services = c["services"].as_mapping().unwrap();
-    for name in ["postgres", "redis", "certs", "migrations", "gateway"] {
+    for name in [
+        "postgres",
+        "redis",
+        "certs",
+        "migrations",
+        "gateway",
+        "prometheus",
+        "grafana",
+    ] {
         assert!(services.contains_key(name), "service {name} missing");
     }
     for name in ["postgres", "redis", "gateway"] {
@@ -115,6 +124,7 @@ fn compose_has_the_stack_with_health_gated_startup() {
         "8443:8443",
         "127.0.0.1:8001:8001",
         "127.0.0.1:8444:8444",
+        "127.0.0.1:8100:8100",
     ] {
         assert!(
             ports.contains(&port.to_string()),
@@ -289,7 +299,8 @@ fn every_image_is_pinned_to_an_exact_version() {
     assert!(images.len() >= 4, "{images:?}");
     for image in images {
         let (name, tag) = image.split_once(':').unwrap_or((&image, ""));
-        let version = tag.split('-').next().unwrap();
+        // Prometheus tags its releases `v3.5.0`.
+        let version = tag.split('-').next().unwrap().trim_start_matches('v');
         let dots = version.matches('.').count();
         // Debian and Postgres name a release by two numbers (12.15, 16.15); the others by three.
         let needed = if matches!(name, "debian" | "postgres") {
@@ -418,4 +429,226 @@ fn docker_compose_refuses_to_start_without_the_secrets() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("docker/.env.example"), "{stderr}");
+}
+
+/// `promtool` (the `prometheus` package .ci/run installs): missing fails under CI.
+fn promtool() -> Option<Command> {
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        return Some(Command::new("promtool"));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "promtool is not installed (.ci/run installs the prometheus package)"
+    );
+    eprintln!("promtool not installed: the checks above still ran");
+    None
+}
+
+/// The `source:target` bind mounts of a compose service.
+fn mounts(service: &str) -> Vec<(String, String)> {
+    compose()["services"][service]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            let mut parts = v.as_str().unwrap().split(':');
+            let (source, target) = (parts.next()?, parts.next()?);
+            source
+                .starts_with("./")
+                .then(|| (source.to_string(), target.to_string()))
+        })
+        .collect()
+}
+
+fn yaml(path: &str) -> Value {
+    serde_yaml::from_str(&read(path)).unwrap()
+}
+
+#[test]
+fn prometheus_scrapes_every_gateway_status_listener() {
+    let c = compose();
+    let gateway = &c["services"]["gateway"];
+    let status = gateway["environment"]["PORTCULLIS_STATUS_LISTEN"]
+        .as_str()
+        .unwrap();
+    let port = status.rsplit(':').next().unwrap();
+    assert_eq!(status, format!("0.0.0.0:{port}"), "reachable by Prometheus");
+    assert_eq!(
+        mounts("prometheus"),
+        [(
+            "./prometheus/prometheus.yml".to_string(),
+            "/etc/prometheus/prometheus.yml".to_string()
+        )]
+    );
+    let config = yaml("docker/prometheus/prometheus.yml");
+    let jobs = config["scrape_configs"].as_sequence().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["metrics_path"], "/metrics");
+    let targets: Vec<&str> = jobs[0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(targets, [format!("gateway:{port}")]);
+    let Some(mut promtool) = promtool() else {
+        return;
+    };
+    let out = promtool
+        .args(["check", "config"])
+        .arg(Path::new(ROOT).join("docker/prometheus/prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn grafana_is_provisioned_with_prometheus_and_our_dashboard() {
+    let mut grafana = mounts("grafana");
+    grafana.sort();
+    assert_eq!(
+        grafana,
+        [
+            (
+                "./grafana/dashboards".to_string(),
+                "/var/lib/grafana/dashboards".to_string()
+            ),
+            (
+                "./grafana/provisioning".to_string(),
+                "/etc/grafana/provisioning".to_string()
+            ),
+        ]
+    );
+    let sources = yaml("docker/grafana/provisioning/datasources/prometheus.yml");
+    let source = &sources["datasources"][0];
+    assert_eq!(source["type"], "prometheus");
+    assert_eq!(source["url"], "http://prometheus:9090");
+    let providers = yaml("docker/grafana/provisioning/dashboards/portcullis.yml");
+    assert_eq!(
+        providers["providers"][0]["options"]["path"],
+        "/var/lib/grafana/dashboards"
+    );
+    let dashboard: Json =
+        serde_json::from_str(&read("docker/grafana/dashboards/portcullis.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{}", panels.len());
+    for panel in panels {
+        assert_eq!(
+            panel["datasource"]["uid"].as_str(),
+            source["uid"].as_str(),
+            "{}",
+            panel["title"]
+        );
+    }
+}
+
+/// Every metric family name the gateway can export (per-request families recorded once).
+fn exported_names() -> Vec<String> {
+    use portcullis::metrics::{Groups, Metrics, Probes, RequestLabels};
+    let metrics = Metrics::standalone();
+    let handles = metrics.request_handles(
+        &RequestLabels {
+            service: "s",
+            route: "r",
+            code: 200,
+            source: "service",
+            consumer: "",
+        },
+        Groups {
+            status_code: true,
+            latency: true,
+            bandwidth: true,
+        },
+    );
+    handles.requests.unwrap().inc();
+    let text = metrics.render(Probes {
+        datastore: true,
+        postgres: Some(true),
+        redis: Some(true),
+    });
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        names.push(name.to_string());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.push(format!("{name}{suffix}"));
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_dashboard_query_parses_and_names_exported_metrics() {
+    let dashboard: Json =
+        serde_json::from_str(&read("docker/grafana/dashboards/portcullis.json")).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    let exported = exported_names();
+    let name = regex::Regex::new(r"\b(?:kong|portcullis)_[a-z0-9_]+").unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let names: Vec<&str> = name.find_iter(expr).map(|m| m.as_str()).collect();
+        assert!(!names.is_empty(), "{expr}");
+        for n in names {
+            assert!(
+                exported.iter().any(|e| e == n),
+                "{n} is not exported: {expr}"
+            );
+            used.insert(n.to_string());
+        }
+    }
+    // Kong's dashboard families and the OAuth2 ones are all shown.
+    for family in [
+        "kong_http_requests_total",
+        "kong_kong_latency_ms_bucket",
+        "kong_upstream_latency_ms_bucket",
+        "kong_request_latency_ms_bucket",
+        "kong_bandwidth_bytes",
+        "kong_nginx_connections_total",
+        "kong_datastore_reachable",
+        "portcullis_oauth2_tokens_issued_total",
+        "portcullis_oauth2_token_checks_total",
+    ] {
+        assert!(used.contains(family), "{family} has no panel");
+    }
+    let Some(mut promtool) = promtool() else {
+        return;
+    };
+    // promtool parses PromQL when it checks recording rules: one rule per query.
+    let rules: Vec<Json> = exprs
+        .iter()
+        .enumerate()
+        .map(
+            |(i, expr)| serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": expr}),
+        )
+        .collect();
+    let file = tempfile::NamedTempFile::with_suffix(".yml").unwrap();
+    let doc = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(file.path(), serde_json::to_string(&doc).unwrap()).unwrap();
+    let out = promtool
+        .args(["check", "rules"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

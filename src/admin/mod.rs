@@ -53,6 +53,10 @@ pub struct AdminState {
     pub started: Instant,
     /// Node id reported by `/`.
     pub node_id: uuid::Uuid,
+    /// The gateway's metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The stores `GET /metrics` asks.
+    pub probe: crate::status::Probe,
 }
 
 /// The entity collections at the top of the URL space: segment → entity. The dispatcher and the
@@ -227,6 +231,9 @@ pub async fn dispatch(
     match (seg.as_slice(), &method) {
         ([], &Method::GET) => return info::node(st),
         (["status"], &Method::GET) => return info::status(st).await,
+        (["metrics"], &Method::GET) => {
+            return Ok(crate::status::metrics_answer(&st.metrics, &st.probe).await)
+        }
         (["openapi.json"], &Method::GET) => {
             return Ok(HttpResponse::Ok().json(openapi::document(&st.plugins)))
         }

@@ -477,6 +477,19 @@ impl Document {
             );
             self.op(path, "get", op);
         }
+        // The Prometheus text, not JSON.
+        let mut metrics = Self::operation(
+            "Metrics in the Prometheus text format".into(),
+            &[],
+            None,
+            ("200", no_content()),
+            Failures::NONE,
+        );
+        metrics["responses"]["200"] = json!({
+            "description": "Metrics in the Prometheus text format (0.0.4)",
+            "content": { "text/plain": { "schema": { "type": "string" } } },
+        });
+        self.op("/metrics", "get", metrics);
         let fields = json!({
             "type": "object",
             "required": ["fields"],
@@ -948,6 +961,7 @@ mod tests {
             "/oauth2-introspection/cache/{token_or_digest}",
             "/schemas/plugins/{plugin_name}",
             "/openapi.json",
+            "/metrics",
         ] {
             assert!(paths.contains_key(want), "{want} missing");
         }

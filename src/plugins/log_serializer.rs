@@ -369,6 +369,7 @@ fn route_json(r: &Route) -> Value {
             "hosts": r.hosts,
             "paths": r.paths,
             "headers": r.headers,
+            "snis": r.snis,
             "https_redirect_status_code": r.https_redirect_status_code,
             "regex_priority": r.regex_priority,
             "strip_path": r.strip_path,

@@ -12,6 +12,7 @@ pub mod log_queue;
 pub mod log_serializer;
 pub mod oauth2;
 pub mod opentelemetry;
+pub mod prometheus;
 pub mod rate_limiting;
 pub mod request_termination;
 
@@ -33,10 +34,12 @@ impl PluginRegistry {
         introspection_cache: introspection::IntrospectionCache,
         rate_limits: rate_limiting::RateLimitDeps,
     ) -> Self {
+        let metrics = tokens.metrics.clone();
         let list: Vec<Arc<dyn Plugin>> = vec![
             Arc::new(oauth2::OAuth2Plugin::new(tokens)),
             Arc::new(introspection::IntrospectionPlugin::new(
                 introspection_cache.clone(),
+                metrics.introspection.clone(),
             )),
             Arc::new(request_termination::RequestTermination),
             Arc::new(key_auth::KeyAuth),
@@ -46,6 +49,7 @@ impl PluginRegistry {
             Arc::new(http_log::HttpLog),
             Arc::new(file_log::FileLog),
             Arc::new(rate_limiting::RateLimiting::new(rate_limits)),
+            Arc::new(prometheus::Prometheus::new(metrics)),
         ];
         Self {
             plugins: list.into_iter().map(|p| (p.name(), p)).collect(),

@@ -150,11 +150,20 @@ pub struct Http1Pool {
     idle: RefCell<HashMap<Arc<str>, VecDeque<IdleConn>, foldhash::fast::RandomState>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// `portcullis_upstream_idle_connections`, when the pool is counted.
+    gauge: Option<crate::metrics::Gauge>,
 }
 
 struct IdleConn {
     stream: TcpStream,
     since: Instant,
+}
+
+impl Drop for Http1Pool {
+    fn drop(&mut self) {
+        let held: usize = self.idle.get_mut().values().map(VecDeque::len).sum();
+        self.count(-i64::try_from(held).unwrap_or(i64::MAX));
+    }
 }
 
 impl Http1Pool {
@@ -164,7 +173,29 @@ impl Http1Pool {
             idle: RefCell::new(HashMap::default()),
             max_idle,
             idle_timeout,
+            gauge: None,
         })
+    }
+
+    /// [`Http1Pool::new`], its idle connections counted in `gauge` (shared by every worker).
+    pub fn counted(
+        max_idle: usize,
+        idle_timeout: Duration,
+        gauge: crate::metrics::Gauge,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            idle: RefCell::new(HashMap::default()),
+            max_idle,
+            idle_timeout,
+            gauge: Some(gauge),
+        })
+    }
+
+    /// Adds `n` (negative: removes) to the idle count.
+    fn count(&self, n: i64) {
+        if let Some(gauge) = &self.gauge {
+            gauge.add(n);
+        }
     }
 
     /// An idle connection to `key` that is still open, if any.
@@ -172,6 +203,7 @@ impl Http1Pool {
         let mut idle = self.idle.borrow_mut();
         let conns = idle.get_mut(key)?;
         while let Some(conn) = conns.pop_back() {
+            self.count(-1);
             if now.saturating_duration_since(conn.since) > self.idle_timeout {
                 continue;
             }
@@ -205,9 +237,11 @@ impl Http1Pool {
             .is_some_and(|c| now.saturating_duration_since(c.since) > self.idle_timeout)
         {
             conns.pop_front();
+            self.count(-1);
         }
         if conns.len() < self.max_idle {
             conns.push_back(IdleConn { stream, since: now });
+            self.count(1);
         }
     }
 

@@ -55,6 +55,8 @@ pub struct ProxyState {
     pub max_body: usize,
     /// `client_body_timeout`: the longest wait between two reads of a request body.
     pub client_body_timeout: Duration,
+    /// The gateway's metrics (connection and request counters).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What one proxy worker thread hands its requests: the shared state and the worker's own
@@ -102,6 +104,7 @@ pub async fn handle(
     worker: &ProxyWorker,
 ) -> Answer {
     let started = Instant::now();
+    let _in_flight = worker.state.metrics.server.request_started();
     let id = RequestId::new();
     let request_id = id.as_str();
     let (mut head, body) = req.into_parts();

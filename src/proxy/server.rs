@@ -327,6 +327,23 @@ impl Drop for OpenGuard {
     }
 }
 
+/// One connection in the server counters of `/status` and `/metrics`: opened when made, closed
+/// when dropped.
+struct Counted(Arc<super::ProxyState>);
+
+impl Counted {
+    fn new(state: Arc<super::ProxyState>) -> Self {
+        state.metrics.server.connection_opened();
+        Self(state)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.metrics.server.connection_closed();
+    }
+}
+
 /// Drives a connection; when the worker is told to stop, the connection finishes the request in
 /// flight and closes (hyper's graceful shutdown).
 macro_rules! drive {
@@ -395,6 +412,7 @@ async fn serve(
     worker: Rc<ProxyWorker>,
     (_open, stop): (OpenGuard, watch::Receiver<bool>),
 ) {
+    let _counted = Counted::new(worker.state.clone());
     if listen.proxy_protocol {
         match proxy_protocol::read_header(&mut stream, listen.header_timeout).await {
             // The balancer's word counts only when the balancer is trusted.

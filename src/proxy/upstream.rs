@@ -66,10 +66,11 @@ const CUSTOM_CLIENTS: usize = 256;
 
 impl UpstreamClients {
     /// Clients keeping at most `pool_size` idle connections per upstream for `idle` (Kong's
-    /// `upstream_keepalive_pool_size` and `upstream_keepalive_idle_timeout`).
-    pub fn new(pool_size: usize, idle: Duration) -> Self {
+    /// `upstream_keepalive_pool_size` and `upstream_keepalive_idle_timeout`); the plain-HTTP
+    /// pool's idle connections are counted in `idle_gauge`.
+    pub fn new(pool_size: usize, idle: Duration, idle_gauge: crate::metrics::Gauge) -> Self {
         Self {
-            lean: Http1Pool::new(pool_size, idle),
+            lean: Http1Pool::counted(pool_size, idle, idle_gauge),
             plain: client(unverified(), Speaks::Http1, pool_size, idle),
             verifying: client(verified(), Speaks::Http1, pool_size, idle),
             grpc: client(unverified(), Speaks::Http2, pool_size, idle),

@@ -27,6 +27,10 @@ pub struct TestApp {
     pub proxy_tls: String,
     /// `https://127.0.0.1:<admin tls port>`.
     pub admin_tls: String,
+    /// `http://127.0.0.1:<status port>` (empty when `status_listen` is off).
+    pub status: String,
+    /// `https://127.0.0.1:<status tls port>` (empty without an `ssl` status listener).
+    pub status_tls: String,
     /// Client that accepts the generated certificate and never follows redirects.
     pub http: reqwest::Client,
     /// Handles to stop this gateway's servers.
@@ -181,9 +185,19 @@ fn serve(app: Application) -> TestApp {
         .proxy_tls_port()
         .map(|p| format!("https://127.0.0.1:{p}"))
         .unwrap_or_default();
+    let status = app
+        .status_port()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .unwrap_or_default();
+    let status_tls = app
+        .status_tls_port()
+        .map(|p| format!("https://127.0.0.1:{p}"))
+        .unwrap_or_default();
     actix_rt::spawn(app.run_until_stopped());
     TestApp {
         admin,
+        status,
+        status_tls,
         proxy,
         proxy_tls,
         admin_tls,

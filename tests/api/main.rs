@@ -22,6 +22,7 @@ mod listeners;
 #[path = "../support/log_receiver.rs"]
 mod log_receiver;
 mod logging;
+mod metrics;
 mod oauth2;
 mod oauth2_deviations;
 mod oauth2_rfc;

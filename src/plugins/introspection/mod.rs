@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
 use crate::config::Secret;
 use crate::entities::{Consumer, Identities, PluginInstance};
+use crate::plugin_api::metrics::IntrospectionCounters;
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 pub use cache::IntrospectionCache;
@@ -206,12 +207,14 @@ pub struct IntrospectionConfig {
 /// The plugin kind; owns the process-wide verdict cache.
 pub struct IntrospectionPlugin {
     cache: IntrospectionCache,
+    counters: IntrospectionCounters,
 }
 
 impl IntrospectionPlugin {
-    /// The plugin sharing `cache` with the admin API.
-    pub fn new(cache: IntrospectionCache) -> Self {
-        Self { cache }
+    /// The plugin sharing `cache` with the admin API, counting its lookups and calls in
+    /// `counters`.
+    pub fn new(cache: IntrospectionCache, counters: IntrospectionCounters) -> Self {
+        Self { cache, counters }
     }
 }
 
@@ -291,6 +294,7 @@ impl Plugin for IntrospectionPlugin {
             claims,
             context,
             cache: self.cache.clone(),
+            counters: self.counters.clone(),
         }))
     }
 }
@@ -305,6 +309,7 @@ pub struct IntrospectionRuntime {
     /// What the verdict depends on besides the token.
     context: VerdictContext,
     cache: IntrospectionCache,
+    counters: IntrospectionCounters,
 }
 
 /// The cache key's context digest: finished at config time unless `introspect_request` makes it
@@ -408,7 +413,10 @@ impl IntrospectionRuntime {
     /// The verdict for `token`, from the cache or one introspection call.
     async fn verdict(&self, ctx: &RequestCtx, token: &str) -> Result<Arc<Verdict>, Rejection> {
         // The call is only prepared on a miss; a cache hit costs the lookup alone.
+        let called = std::cell::Cell::new(false);
         let introspect = async {
+            called.set(true);
+            self.counters.calls.inc();
             let mut headers = self.headers.clone();
             if self.config.introspect_request {
                 for (name, value) in [
@@ -432,6 +440,7 @@ impl IntrospectionRuntime {
             let answer = client::introspect(call)
                 .await
                 .inspect_err(|e: &IntrospectionError| {
+                    self.counters.errors.inc();
                     tracing::warn!(plugin = NAME, error = %e, "token introspection failed");
                 })?;
             Ok(Verdict::new(
@@ -444,8 +453,13 @@ impl IntrospectionRuntime {
         let verdict = self
             .cache
             .get_or_introspect(self.cache_key(ctx, token), introspect)
-            .await
-            .map_err(Rejection::Unavailable)?;
+            .await;
+        if called.get() {
+            self.counters.cache_misses.inc();
+        } else {
+            self.counters.cache_hits.inc();
+        }
+        let verdict = verdict.map_err(Rejection::Unavailable)?;
         if verdict.active {
             Ok(verdict)
         } else {

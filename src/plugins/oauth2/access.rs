@@ -10,6 +10,7 @@ use serde_json::json;
 use super::reply::realm_prefix;
 use super::{params, OAuthRuntime};
 use crate::crypto;
+use crate::plugin_api::metrics::TokenCheck;
 use crate::plugins::{Flow, RequestCtx};
 
 /// Where the token was found (decides what `hide_credentials` strips), with its digest: the
@@ -116,21 +117,49 @@ impl OAuthRuntime {
         }
         let hash = match found {
             Found::BearerHeader(h) | Found::RawHeader(h) | Found::Param(h) => h,
-            Found::Missing => return Err(Denied::Missing),
+            Found::Missing => {
+                self.deps.metrics.oauth2.checked(TokenCheck::Missing);
+                return Err(Denied::Missing);
+            }
         };
         let now = crate::clock::now();
         let looked_up = match self.deps.tokens.token_by_access_in_memory(&hash, now) {
             Some(known) => Ok(known),
             None => self.deps.tokens.token_by_access(&hash, now).await,
         };
+        let checks = &self.deps.metrics.oauth2;
         let record = match looked_up {
             Ok(Some(r)) if r.access_valid_at(now) => r,
-            Ok(_) => return Err(Denied::Invalid),
+            Ok(Some(_)) => {
+                checks.checked(TokenCheck::Expired);
+                return Err(Denied::Invalid);
+            }
+            Ok(None) => {
+                checks.checked(TokenCheck::Invalid);
+                return Err(Denied::Invalid);
+            }
             Err(e) => {
+                checks.checked(TokenCheck::StoreUnavailable);
                 tracing::warn!(error = %e, "token store unavailable during token check");
                 return Err(Denied::Unavailable);
             }
         };
+        let verdict = self.check_record(ctx, &record);
+        checks.checked(if verdict.is_ok() {
+            TokenCheck::Valid
+        } else {
+            TokenCheck::Invalid
+        });
+        verdict
+    }
+
+    /// The rest of the check once a live token is found: its scope (service or global), its
+    /// credential and consumer; sets the consumer headers.
+    fn check_record(
+        &self,
+        ctx: &mut RequestCtx,
+        record: &portcullis_stores::TokenRecord,
+    ) -> Result<(), Denied> {
         match record.service_id {
             None if !self.config.global_credentials => return Err(Denied::Global),
             Some(s) if Some(s) != ctx.service.as_ref().map(|x| x.id) => {

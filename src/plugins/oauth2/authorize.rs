@@ -1,6 +1,7 @@
 //! `POST …/oauth2/authorize`: the operator's login app vouches for a user with the provision
 //! key; we answer with a code (or, implicit grant, a token) inside Kong's `redirect_uri` envelope.
 
+use crate::plugin_api::metrics::GrantType;
 use crate::plugin_api::Answer;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -201,6 +202,7 @@ impl OAuthRuntime {
                     };
                     match self.issue(ctx, grant).await {
                         Ok(params) => {
+                            self.deps.metrics.oauth2.issued(GrantType::Implicit);
                             fragment = true;
                             Ok(params)
                         }

@@ -43,6 +43,8 @@ pub struct OAuthDeps {
     pub lockout: lockout::ClientLockout,
     /// Hashed client secrets verified within the last minute.
     pub secrets: VerifiedSecrets,
+    /// The gateway's metrics: the plugins count tokens issued and checked there.
+    pub metrics: Arc<crate::plugin_api::metrics::Metrics>,
 }
 
 impl OAuthDeps {
@@ -53,6 +55,7 @@ impl OAuthDeps {
             tokens,
             lockout: lockout::ClientLockout::new(lockout::LockoutPolicy::default(), None),
             secrets: VerifiedSecrets::default(),
+            metrics: crate::plugin_api::metrics::Metrics::standalone(),
         }
     }
 }

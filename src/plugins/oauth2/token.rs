@@ -2,6 +2,7 @@
 //! client_credentials, password and refresh_token grants. Codes are redeemed atomically; replaying
 //! one revokes what it issued; reusing a rotated refresh token revokes its family.
 
+use crate::plugin_api::metrics::GrantType;
 use crate::plugin_api::Answer;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -79,6 +80,13 @@ impl OAuthRuntime {
         let state = request.get("state").cloned();
         match result {
             Ok(Ok(mut body)) => {
+                let grant = match params::string(&request, "grant_type") {
+                    Some("authorization_code") => GrantType::AuthorizationCode,
+                    Some("client_credentials") => GrantType::ClientCredentials,
+                    Some("password") => GrantType::Password,
+                    _ => GrantType::RefreshToken,
+                };
+                self.deps.metrics.oauth2.issued(grant);
                 if let Some(s) = state {
                     body.insert("state".into(), s);
                 }

@@ -1,0 +1,757 @@
+//! The gateway's metrics registry: Kong's `prometheus` plugin metrics (`kong_*`, with Kong's
+//! names, labels and buckets, so that Kong's Grafana dashboard 7424 works unchanged), the proxy
+//! server's connection counters, and the gateway's own `portcullis_*` metrics (tokens issued,
+//! token checks, introspection cache and calls, store reachability).
+//!
+//! One [`Metrics`] per gateway: `Application::build` makes it and hands it to the plugins, the
+//! proxy server and the listeners that serve `GET /metrics`. (A process runs one gateway; tests
+//! run several in one process, and each must count only its own requests.)
+//!
+//! # Why the `prometheus` crate
+//! Recording must take no lock and allocate nothing on the request path. The `prometheus` crate's
+//! counters are atomics and its histograms are lock-free (atomic hot/cold shards); a labelled
+//! child, once resolved with `with_label_values`, is a handle (an `Arc` of atomics) that can be
+//! kept and bumped without a lookup. `prometheus-client`'s histogram takes a write lock on every
+//! observation, and its labelled families are behind a `RwLock` read on every lookup. The
+//! `prometheus` crate sorts a metric's labels by name in its text output; Prometheus treats label
+//! order as meaningless, so queries and dashboards see exactly Kong's series.
+//!
+//! # The hot path
+//! The `prometheus` plugin resolves the handles of a (route, service, consumer, status, source)
+//! once per proxy worker thread and keeps them in a thread-local map keyed by ids
+//! (`src/plugins/prometheus.rs`): a request that hits the map bumps atomics and allocates
+//! nothing. The connection counters and the upstream pool gauge are relaxed atomics. The `portcullis_*` counters the plugins
+//! bump are pre-resolved children, plain atomics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// A gauge the proxy keeps up to date itself (an atomic; no lock).
+pub type Gauge = IntGauge;
+
+/// Kong's buckets of `kong_kong_latency_ms`, milliseconds.
+pub const KONG_LATENCY_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0, 500.0, 750.0, 1000.0,
+    3000.0, 6000.0,
+];
+
+/// Kong's buckets of `kong_upstream_latency_ms` and `kong_request_latency_ms`, milliseconds.
+pub const UPSTREAM_LATENCY_BUCKETS: &[f64] = &[
+    25.0, 50.0, 80.0, 100.0, 250.0, 400.0, 700.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, 60000.0,
+];
+
+/// Kong's workspace label: the gateway has one workspace, Kong's `default`.
+pub const WORKSPACE: &str = "default";
+
+/// Connections and requests of the proxy listeners, counted by the proxy server with relaxed
+/// atomics (Kong reads nginx's `stub_status` for the same figures).
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    accepted: AtomicU64,
+    closed: AtomicU64,
+    requests: AtomicU64,
+    in_flight_started: AtomicU64,
+    in_flight_done: AtomicU64,
+}
+
+/// The counters as one reading, named as Kong's `/status` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerReading {
+    /// Connections accepted since start (nginx's `accepted`).
+    pub accepted: u64,
+    /// Connections handed to the HTTP server: every accepted one (nginx's `handled`; the gateway
+    /// has no connection limit that would drop one at accept).
+    pub handled: u64,
+    /// Connections open now (nginx's `active`).
+    pub active: u64,
+    /// Requests whose answer is being made now: from the request head read to the answer head
+    /// (nginx's `writing`).
+    pub writing: u64,
+    /// Open connections with no request being answered: idle keep-alive ones, and ones whose
+    /// next request head is on its way (nginx's `waiting`; the gateway cannot tell the latter,
+    /// nginx's `reading`, apart, so it reports no `reading`).
+    pub waiting: u64,
+    /// Requests received since start (nginx's `requests`).
+    pub requests: u64,
+}
+
+impl ServerCounters {
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed.
+    pub fn connection_closed(&self) {
+        self.closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request head arrived; the returned guard marks the answer head made when dropped.
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight_started.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// The figures now.
+    pub fn read(&self) -> ServerReading {
+        // Read the "done" sides first: a concurrent event can only make the difference larger.
+        let closed = self.closed.load(Ordering::Relaxed);
+        let done = self.in_flight_done.load(Ordering::Relaxed);
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        let started = self.in_flight_started.load(Ordering::Relaxed);
+        let active = accepted.saturating_sub(closed);
+        let writing = started.saturating_sub(done);
+        ServerReading {
+            accepted,
+            handled: accepted,
+            active,
+            writing,
+            waiting: active.saturating_sub(writing),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A request being answered (see [`ServerCounters::request_started`]).
+pub struct InFlight<'a>(&'a ServerCounters);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight_done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Grant types the token endpoint issues tokens for (`portcullis_oauth2_tokens_issued_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantType {
+    /// `authorization_code`.
+    AuthorizationCode,
+    /// `client_credentials`.
+    ClientCredentials,
+    /// `password`.
+    Password,
+    /// `refresh_token`.
+    RefreshToken,
+    /// The implicit grant (`response_type=token` at `/oauth2/authorize`).
+    Implicit,
+}
+
+impl GrantType {
+    const ALL: [Self; 5] = [
+        Self::AuthorizationCode,
+        Self::ClientCredentials,
+        Self::Password,
+        Self::RefreshToken,
+        Self::Implicit,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::ClientCredentials => "client_credentials",
+            Self::Password => "password",
+            Self::RefreshToken => "refresh_token",
+            Self::Implicit => "implicit",
+        }
+    }
+}
+
+/// Outcomes of the `oauth2` plugin's token check on a protected route
+/// (`portcullis_oauth2_token_checks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// A live token of this service (or a global one where allowed).
+    Valid,
+    /// Unknown, revoked, of another service, or global where not allowed.
+    Invalid,
+    /// Known but expired.
+    Expired,
+    /// No token in the request.
+    Missing,
+    /// The token store could not answer (the client got 503).
+    StoreUnavailable,
+}
+
+impl TokenCheck {
+    const ALL: [Self; 5] = [
+        Self::Valid,
+        Self::Invalid,
+        Self::Expired,
+        Self::Missing,
+        Self::StoreUnavailable,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+            Self::Missing => "missing",
+            Self::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+/// The `oauth2-introspection` plugin's counters.
+#[derive(Clone)]
+pub struct IntrospectionCounters {
+    /// Verdicts served from the cache.
+    pub cache_hits: IntCounter,
+    /// Verdicts the cache did not have.
+    pub cache_misses: IntCounter,
+    /// Calls made to the introspection endpoint.
+    pub calls: IntCounter,
+    /// Calls that failed (unreachable, timeout, non-2xx, unreadable answer).
+    pub errors: IntCounter,
+}
+
+/// The `oauth2` plugin's counters: one pre-resolved child per label value, so bumping one is an
+/// atomic add.
+#[derive(Clone)]
+pub struct OAuth2Counters {
+    issued: [IntCounter; 5],
+    checks: [IntCounter; 5],
+}
+
+impl OAuth2Counters {
+    /// A token was issued for `grant`.
+    pub fn issued(&self, grant: GrantType) {
+        self.issued[grant as usize].inc();
+    }
+
+    /// A token check ended with `outcome`.
+    pub fn checked(&self, outcome: TokenCheck) {
+        self.checks[outcome as usize].inc();
+    }
+}
+
+/// The labels of one proxied request as Kong's metrics name it.
+pub struct RequestLabels<'a> {
+    /// The service's name, else its host (Kong's `service`).
+    pub service: &'a str,
+    /// The route's name, else its id (Kong's `route`).
+    pub route: &'a str,
+    /// The status code the client got.
+    pub code: u16,
+    /// `service` when the upstream answered, `kong` otherwise.
+    pub source: &'static str,
+    /// The consumer's username with `per_consumer`, else empty.
+    pub consumer: &'a str,
+}
+
+/// The handles one proxied request bumps, resolved once per label set.
+pub struct RequestHandles {
+    /// `kong_http_requests_total` (with `status_code_metrics`).
+    pub requests: Option<IntCounter>,
+    /// `kong_bandwidth_bytes` ingress and egress (with `bandwidth_metrics`).
+    pub bandwidth: Option<(IntCounter, IntCounter)>,
+    /// `kong_kong_latency_ms`, `kong_upstream_latency_ms`, `kong_request_latency_ms` (with
+    /// `latency_metrics`).
+    pub latency: Option<[Histogram; 3]>,
+}
+
+/// Which of Kong's per-request metric groups a `prometheus` plugin instance records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Groups {
+    /// `status_code_metrics`.
+    pub status_code: bool,
+    /// `latency_metrics`.
+    pub latency: bool,
+    /// `bandwidth_metrics`.
+    pub bandwidth: bool,
+}
+
+/// What the scrape asks the stores at the moment it is made.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Probes {
+    /// Whether the configuration store answered (`kong_datastore_reachable`).
+    pub datastore: bool,
+    /// Postgres answered, when it is the store (`portcullis_postgres_up`).
+    pub postgres: Option<bool>,
+    /// Redis answered, when configured (`portcullis_redis_up`).
+    pub redis: Option<bool>,
+}
+
+/// The registry and every metric of one gateway.
+pub struct Metrics {
+    id: u64,
+    registry: Registry,
+    node_id: String,
+    /// The proxy listeners' connection and request counters.
+    pub server: ServerCounters,
+    /// The `oauth2` plugin's counters.
+    pub oauth2: OAuth2Counters,
+    /// The `oauth2-introspection` plugin's counters.
+    pub introspection: IntrospectionCounters,
+    /// Idle keep-alive connections to plain-HTTP upstreams, kept by every proxy worker's pool.
+    pub upstream_idle: Gauge,
+    http_requests: IntCounterVec,
+    bandwidth: IntCounterVec,
+    latency: [HistogramVec; 3],
+    connections: IntGaugeVec,
+    nginx_requests: IntGaugeVec,
+    datastore_reachable: IntGauge,
+    postgres_up: IntGauge,
+    redis_up: IntGauge,
+}
+
+/// Ids of [`Metrics`] objects, so that caches keyed by them never mix two gateways of a process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why the registry could not be made: a metric registered twice or badly named (a programming
+/// error, caught by the unit tests).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: T,
+) -> Result<T, MetricsError> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl Metrics {
+    /// Every metric, registered; `node_id` and `version` are what `kong_node_info` reports (the
+    /// Kong release whose admin API the gateway speaks, as `GET /` reports it).
+    ///
+    /// # Errors
+    /// A metric that cannot be registered (never with these names).
+    pub fn new(node_id: uuid::Uuid, version: &str) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let r = &registry;
+        let node_id = node_id.hyphenated().to_string();
+        let http_requests = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kong_http_requests_total",
+                    "HTTP status codes per consumer/service/route in Kong",
+                ),
+                &[
+                    "service",
+                    "route",
+                    "code",
+                    "source",
+                    "workspace",
+                    "consumer",
+                ],
+            )?,
+        )?;
+        let bandwidth = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kong_bandwidth_bytes",
+                    "Total bandwidth (ingress/egress) throughput in bytes",
+                ),
+                &["service", "route", "direction", "workspace", "consumer"],
+            )?,
+        )?;
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                &["service", "route", "workspace"],
+            )
+            .map_err(MetricsError::from)
+            .and_then(|h| register(r, h))
+        };
+        let latency = [
+            histogram(
+                "kong_kong_latency_ms",
+                "Latency added by Kong and enabled plugins for each service/route in Kong",
+                KONG_LATENCY_BUCKETS,
+            )?,
+            histogram(
+                "kong_upstream_latency_ms",
+                "Latency added by upstream response for each service/route in Kong",
+                UPSTREAM_LATENCY_BUCKETS,
+            )?,
+            histogram(
+                "kong_request_latency_ms",
+                "Total latency incurred during requests for each service/route in Kong",
+                UPSTREAM_LATENCY_BUCKETS,
+            )?,
+        ];
+        let connections = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "kong_nginx_connections_total",
+                    "Number of connections by subsystem",
+                ),
+                &["node_id", "subsystem", "state"],
+            )?,
+        )?;
+        let nginx_requests = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("kong_nginx_requests_total", "Number of requests total"),
+                &["node_id", "subsystem"],
+            )?,
+        )?;
+        let datastore_reachable = register(
+            r,
+            IntGauge::new(
+                "kong_datastore_reachable",
+                "Datastore reachable from Kong, 0 is unreachable",
+            )?,
+        )?;
+        let node_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("kong_node_info", "Kong Node metadata information"),
+                &["node_id", "version"],
+            )?,
+        )?;
+        node_info
+            .with_label_values(&[node_id.as_str(), version])
+            .set(1);
+        // Kong counts failures of its shared-dict metric writes here; recording cannot fail in
+        // this registry, so it stays 0 (Kong's tests and alerts read it).
+        register(
+            r,
+            IntCounter::new(
+                "kong_nginx_metric_errors_total",
+                "Number of nginx-lua-prometheus errors",
+            )?,
+        )?;
+        let oauth2 = Self::oauth2_counters(r)?;
+        let upstream_idle = register(
+            r,
+            IntGauge::new(
+                "portcullis_upstream_idle_connections",
+                "Idle keep-alive connections to plain-HTTP upstreams held by the proxy workers",
+            )?,
+        )?;
+        let introspection = Self::introspection_counters(r)?;
+        let postgres_up = IntGauge::new(
+            "portcullis_postgres_up",
+            "Postgres answered the scrape's check, 0 is unreachable",
+        )?;
+        let redis_up = IntGauge::new(
+            "portcullis_redis_up",
+            "Redis answered the scrape's check, 0 is unreachable",
+        )?;
+        Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            registry,
+            node_id,
+            server: ServerCounters::default(),
+            oauth2,
+            introspection,
+            upstream_idle,
+            http_requests,
+            bandwidth,
+            latency,
+            connections,
+            nginx_requests,
+            datastore_reachable,
+            postgres_up,
+            redis_up,
+        })
+    }
+
+    fn oauth2_counters(r: &Registry) -> Result<OAuth2Counters, MetricsError> {
+        let issued = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "portcullis_oauth2_tokens_issued_total",
+                    "Access tokens issued by the oauth2 plugin, per grant type",
+                ),
+                &["grant_type"],
+            )?,
+        )?;
+        let checks = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "portcullis_oauth2_token_checks_total",
+                    "Token checks of the oauth2 plugin on protected routes, per outcome",
+                ),
+                &["outcome"],
+            )?,
+        )?;
+        Ok(OAuth2Counters {
+            issued: GrantType::ALL.map(|g| issued.with_label_values(&[g.as_str()])),
+            checks: TokenCheck::ALL.map(|c| checks.with_label_values(&[c.as_str()])),
+        })
+    }
+
+    fn introspection_counters(r: &Registry) -> Result<IntrospectionCounters, MetricsError> {
+        let cache = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "portcullis_introspection_cache_total",
+                    "Verdict lookups of the oauth2-introspection plugin, hit or miss",
+                ),
+                &["result"],
+            )?,
+        )?;
+        let calls = register(
+            r,
+            IntCounter::new(
+                "portcullis_introspection_calls_total",
+                "Calls of the oauth2-introspection plugin to the introspection endpoint",
+            )?,
+        )?;
+        let errors = register(
+            r,
+            IntCounter::new(
+                "portcullis_introspection_errors_total",
+                "Calls to the introspection endpoint that failed",
+            )?,
+        )?;
+        Ok(IntrospectionCounters {
+            cache_hits: cache.with_label_values(&["hit"]),
+            cache_misses: cache.with_label_values(&["miss"]),
+            calls,
+            errors,
+        })
+    }
+
+    /// A registry for unit tests and tools that need one and have no node id.
+    ///
+    /// # Panics
+    /// Never: the names are fixed and valid (the unit tests build one).
+    #[expect(clippy::expect_used, reason = "fixed, tested metric names")]
+    pub fn standalone() -> Arc<Self> {
+        Arc::new(Self::new(uuid::Uuid::new_v4(), "0.0.0").expect("the metric names are valid"))
+    }
+
+    /// This registry's id, unique in the process (keys of per-thread handle caches).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The node id the node metrics carry.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Resolves the handles of one label set (allocates: callers cache the result).
+    pub fn request_handles(&self, labels: &RequestLabels<'_>, groups: Groups) -> RequestHandles {
+        let (service, route) = (labels.service, labels.route);
+        let requests = groups.status_code.then(|| {
+            let code = labels.code.to_string();
+            self.http_requests.with_label_values(&[
+                service,
+                route,
+                code.as_str(),
+                labels.source,
+                WORKSPACE,
+                labels.consumer,
+            ])
+        });
+        let bandwidth = groups.bandwidth.then(|| {
+            let child = |direction| {
+                self.bandwidth.with_label_values(&[
+                    service,
+                    route,
+                    direction,
+                    WORKSPACE,
+                    labels.consumer,
+                ])
+            };
+            (child("ingress"), child("egress"))
+        });
+        let latency = groups.latency.then(|| {
+            self.latency
+                .each_ref()
+                .map(|h| h.with_label_values(&[service, route, WORKSPACE]))
+        });
+        RequestHandles {
+            requests,
+            bandwidth,
+            latency,
+        }
+    }
+
+    /// The text exposition (Prometheus format 0.0.4) with the gauges set from `probes` and the
+    /// server counters now.
+    pub fn render(&self, probes: Probes) -> String {
+        let server = self.server.read();
+        let node = self.node_id.as_str();
+        for (state, value) in [
+            ("accepted", server.accepted),
+            ("handled", server.handled),
+            ("total", server.requests),
+            ("active", server.active),
+            ("writing", server.writing),
+            ("waiting", server.waiting),
+        ] {
+            self.connections
+                .with_label_values(&[node, "http", state])
+                .set(gauge(value));
+        }
+        self.nginx_requests
+            .with_label_values(&[node, "http"])
+            .set(gauge(server.requests));
+        self.datastore_reachable.set(i64::from(probes.datastore));
+        let mut families = self.registry.gather();
+        let mut extra = Vec::new();
+        if let Some(up) = probes.postgres {
+            self.postgres_up.set(i64::from(up));
+            extra.extend(prometheus::core::Collector::collect(&self.postgres_up));
+        }
+        if let Some(up) = probes.redis {
+            self.redis_up.set(i64::from(up));
+            extra.extend(prometheus::core::Collector::collect(&self.redis_up));
+        }
+        families.extend(extra);
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The media type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> RequestLabels<'static> {
+        RequestLabels {
+            service: "mock-service",
+            route: "http-route",
+            code: 200,
+            source: "service",
+            consumer: "",
+        }
+    }
+
+    const ALL: Groups = Groups {
+        status_code: true,
+        latency: true,
+        bandwidth: true,
+    };
+
+    #[test]
+    fn the_registry_builds_and_renders_the_node_metrics() {
+        let metrics = Metrics::standalone();
+        let text = metrics.render(Probes {
+            datastore: true,
+            ..Probes::default()
+        });
+        assert!(text.contains("kong_datastore_reachable 1\n"), "{text}");
+        assert!(
+            text.contains("kong_nginx_metric_errors_total 0\n"),
+            "{text}"
+        );
+        let info = format!(
+            "kong_node_info{{node_id=\"{}\",version=\"{}\"}} 1\n",
+            metrics.node_id(),
+            "0.0.0"
+        );
+        assert!(text.contains(&info), "{text}");
+        assert!(!text.contains("portcullis_redis_up"), "{text}");
+    }
+
+    #[test]
+    fn per_request_families_appear_only_once_recorded() {
+        let metrics = Metrics::standalone();
+        let text = metrics.render(Probes::default());
+        assert!(!text.contains("kong_http_requests_total"), "{text}");
+        assert!(!text.contains("kong_kong_latency_ms"), "{text}");
+        let handles = metrics.request_handles(&labels(), ALL);
+        if let Some(c) = handles.requests {
+            c.inc();
+        }
+        let text = metrics.render(Probes::default());
+        assert!(text.contains(
+            "kong_http_requests_total{code=\"200\",consumer=\"\",route=\"http-route\",service=\"mock-service\",source=\"service\",workspace=\"default\"} 1\n"
+        ), "{text}");
+    }
+
+    #[test]
+    fn the_latency_buckets_are_kongs() {
+        let metrics = Metrics::standalone();
+        let handles = metrics.request_handles(&labels(), ALL);
+        let [kong, upstream, request] = handles.latency.unwrap();
+        kong.observe(3.0);
+        upstream.observe(30.0);
+        request.observe(33.0);
+        let text = metrics.render(Probes::default());
+        let le = |name: &str, bound: &str, n: u32| {
+            format!("{name}_bucket{{route=\"http-route\",service=\"mock-service\",workspace=\"default\",le=\"{bound}\"}} {n}\n")
+        };
+        assert!(text.contains(&le("kong_kong_latency_ms", "2", 0)), "{text}");
+        assert!(text.contains(&le("kong_kong_latency_ms", "5", 1)), "{text}");
+        assert!(
+            text.contains(&le("kong_kong_latency_ms", "6000", 1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&le("kong_upstream_latency_ms", "25", 0)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&le("kong_upstream_latency_ms", "50", 1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&le("kong_request_latency_ms", "60000", 1)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn server_counters_split_active_connections_into_writing_and_waiting() {
+        let counters = ServerCounters::default();
+        counters.connection_opened();
+        counters.connection_opened();
+        counters.connection_opened();
+        counters.connection_closed();
+        let in_flight = counters.request_started();
+        let reading = counters.read();
+        assert_eq!(
+            reading,
+            ServerReading {
+                accepted: 3,
+                handled: 3,
+                active: 2,
+                writing: 1,
+                waiting: 1,
+                requests: 1,
+            }
+        );
+        drop(in_flight);
+        assert_eq!(counters.read().writing, 0);
+        assert_eq!(counters.read().waiting, 2);
+    }
+
+    #[test]
+    fn oauth2_counters_start_at_zero_for_every_label() {
+        let metrics = Metrics::standalone();
+        metrics.oauth2.issued(GrantType::Password);
+        metrics.oauth2.checked(TokenCheck::Expired);
+        let text = metrics.render(Probes::default());
+        assert!(text.contains("portcullis_oauth2_tokens_issued_total{grant_type=\"password\"} 1\n"));
+        assert!(text.contains(
+            "portcullis_oauth2_tokens_issued_total{grant_type=\"client_credentials\"} 0\n"
+        ));
+        assert!(text.contains("portcullis_oauth2_token_checks_total{outcome=\"expired\"} 1\n"));
+        assert!(text
+            .contains("portcullis_oauth2_token_checks_total{outcome=\"store_unavailable\"} 0\n"));
+    }
+}
