@@ -17,7 +17,7 @@ use crate::plugin_api::{empty_answer, HeaderMap, HeaderName, HeaderValue, Method
 use crate::schema::{Field, FieldType, Schema};
 
 /// Kong's handler priority: before every auth plugin, so preflights are answered unauthenticated.
-const PRIORITY: i32 = 2000;
+const PRIORITY: i32 = super::priority("cors");
 
 const METHODS: &[&str] = &[
     "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT",

@@ -23,7 +23,7 @@ use crate::plugin_api::log_files_generation;
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 const NAME: &str = "file-log";
-const PRIORITY: i32 = 9;
+const PRIORITY: i32 = super::priority("file-log");
 
 /// Entries that may wait for the writer (Kong's queue default `max_entries`).
 const MAX_WAITING: usize = 10_000;

@@ -28,7 +28,7 @@ use crate::plugin_api::{HeaderMap, HeaderName, HeaderValue, Method};
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 const NAME: &str = "http-log";
-const PRIORITY: i32 = 12;
+const PRIORITY: i32 = super::priority("http-log");
 
 /// The plugin kind.
 pub struct HttpLog;

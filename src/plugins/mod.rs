@@ -21,6 +21,56 @@ use std::sync::Arc;
 
 pub use crate::plugin_api::{Flow, Plugin, PluginRuntime, RequestCtx, Scheme};
 
+/// Every plugin's priority, Kong's (higher runs first), in one place: each plugin reads its own
+/// from here, and the README's list is this table.
+pub const PRIORITIES: &[(&str, i32)] = &[
+    ("cors", 2000),
+    ("oauth2-introspection", 1700),
+    ("oauth2", 1400),
+    ("key-auth", 1250),
+    ("acl", 950),
+    ("rate-limiting", 910),
+    ("opentelemetry", 14),
+    ("prometheus", 13),
+    ("http-log", 12),
+    ("file-log", 9),
+    ("request-termination", 2),
+];
+
+/// The priority of the plugin `name` in [`PRIORITIES`]; evaluated at compile time, so a plugin
+/// missing from the table does not build.
+#[expect(
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a compile-time lookup: a missing name stops the build"
+)]
+pub const fn priority(name: &str) -> i32 {
+    let mut i = 0;
+    while i < PRIORITIES.len() {
+        let (candidate, priority) = PRIORITIES[i];
+        if same(candidate.as_bytes(), name.as_bytes()) {
+            return priority;
+        }
+        i += 1;
+    }
+    panic!("a plugin without a priority in PRIORITIES")
+}
+
+#[expect(clippy::indexing_slicing, reason = "bounded by the length check")]
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// The plugins this build offers, by name.
 pub struct PluginRegistry {
     plugins: HashMap<&'static str, Arc<dyn Plugin>>,
@@ -103,6 +153,22 @@ mod tests {
         let mut bundled = crate::config::BUNDLED_PLUGINS.to_vec();
         bundled.sort_unstable();
         assert_eq!(registry().names(), bundled);
+    }
+
+    #[test]
+    fn every_plugin_runs_at_its_priority_in_the_table_and_the_table_names_only_plugins() {
+        let registry = registry();
+        for name in registry.names() {
+            let plugin = registry.get(name).unwrap();
+            assert_eq!(plugin.priority(), priority(name), "{name}");
+        }
+        let mut listed: Vec<&str> = PRIORITIES.iter().map(|(n, _)| *n).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, registry.names());
+        assert!(
+            PRIORITIES.windows(2).all(|w| w[0].1 > w[1].1),
+            "the table is in running order"
+        );
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Plugin for Prometheus {
         "prometheus"
     }
     fn priority(&self) -> i32 {
-        13
+        crate::plugins::priority("prometheus")
     }
     fn schema(&self) -> &'static Schema {
         &SCHEMA
@@ -264,7 +264,7 @@ impl PluginRuntime for Runtime {
         "prometheus"
     }
     fn priority(&self) -> i32 {
-        13
+        crate::plugins::priority("prometheus")
     }
     async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue

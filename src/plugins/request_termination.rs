@@ -54,7 +54,7 @@ impl Plugin for RequestTermination {
         "request-termination"
     }
     fn priority(&self) -> i32 {
-        2
+        crate::plugins::priority("request-termination")
     }
     fn schema(&self) -> &'static Schema {
         &SCHEMA
@@ -116,7 +116,7 @@ impl PluginRuntime for Runtime {
         "request-termination"
     }
     fn priority(&self) -> i32 {
-        2
+        crate::plugins::priority("request-termination")
     }
     async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
         let mut answer = empty_answer(self.status);

@@ -23,7 +23,7 @@ use crate::plugin_api::{json_answer, Answer, StatusCode};
 use crate::schema::{Field, FieldType, Schema};
 
 /// Kong's handler priority: after every auth plugin.
-const PRIORITY: i32 = 950;
+const PRIORITY: i32 = super::priority("acl");
 
 static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     name: "acl",

@@ -39,7 +39,7 @@ use error::{IntrospectionError, Rejection};
 /// Plugin name in the admin API.
 pub const NAME: &str = "oauth2-introspection";
 /// Runs before `oauth2` (1400), as in Kong.
-pub const PRIORITY: i32 = 1700;
+pub const PRIORITY: i32 = super::priority("oauth2-introspection");
 /// What admin GET output shows instead of `authorization_value`.
 pub const MASK: &str = "******";
 /// Largest `timeout` / `keepalive` (ms), Kong's limit for timeouts.

@@ -19,7 +19,7 @@ use crate::plugin_api::{json_answer, Answer, HeaderName, HeaderValue, Method, St
 use lookup::Found;
 
 /// Kong's handler priority: after `cors` (2000), before `oauth2` (1400) and `acl` (950).
-const PRIORITY: i32 = 1250;
+const PRIORITY: i32 = super::priority("key-auth");
 
 static SCHEMA: LazyLock<crate::schema::Schema> = LazyLock::new(|| {
     use crate::schema::{Field, FieldType, Schema};

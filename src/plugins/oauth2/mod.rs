@@ -204,7 +204,7 @@ impl Plugin for OAuth2Plugin {
         "oauth2"
     }
     fn priority(&self) -> i32 {
-        1400
+        crate::plugins::priority("oauth2")
     }
     fn schema(&self) -> &'static Schema {
         &SCHEMA

@@ -288,7 +288,7 @@ impl PluginRuntime for OAuthRuntime {
     }
 
     fn priority(&self) -> i32 {
-        1400
+        crate::plugins::priority("oauth2")
     }
 
     fn needs_body(&self, ctx: &RequestCtx) -> bool {

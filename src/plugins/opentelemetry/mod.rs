@@ -43,7 +43,7 @@ use propagation::{Extracted, Format, Inject, Outgoing, Propagation};
 pub struct OpenTelemetry;
 
 const NAME: &str = "opentelemetry";
-const PRIORITY: i32 = 14;
+const PRIORITY: i32 = super::priority("opentelemetry");
 
 /// Kong's `header_type` values (those this build refuses included, so that they get a clear
 /// message rather than "expected one of").

@@ -46,7 +46,7 @@ use window::{Period, PERIODS};
 /// Plugin name in the admin API.
 pub const NAME: &str = "rate-limiting";
 /// Kong's handler priority: after the authentication plugins, so it can count per consumer.
-pub const PRIORITY: i32 = 910;
+pub const PRIORITY: i32 = super::priority("rate-limiting");
 
 static PASSED_WITHOUT_REDIS: AtomicU64 = AtomicU64::new(0);
 static LAST_REDIS_ERROR_LOG: AtomicI64 = AtomicI64::new(0);
