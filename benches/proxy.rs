@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench proxy                              # 64 connections, 2 s warm-up + 10 s, 3 rounds
 //! BENCH_SECONDS=3 BENCH_ROUNDS=1 cargo bench --bench proxy   # quick look
+//! BENCH_TARGETS="nginx,oauth2 memory,oauth2 + prometheus" cargo bench --bench proxy   # some targets
 //! ```
 //!
 //! Targets, each one function (`Setup`); the ones this build cannot run yet say what they need.
@@ -402,7 +403,17 @@ fn run() -> Result<()> {
         upstream: &upstream,
     };
     let mut setups = Vec::new();
+    // `BENCH_TARGETS=nginx,oauth2 memory,…` measures only those (names as in the table).
+    let only = std::env::var("BENCH_TARGETS").ok();
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|n| n.trim() == name))
+    };
     for (name, setup) in TARGETS {
+        if !wanted(name) {
+            setups.push((*name, Setup::Skipped("not in BENCH_TARGETS".into())));
+            continue;
+        }
         progress(format_args!("setting up {name}"));
         let s = match setup(&ctx) {
             Ok(s) => s,
