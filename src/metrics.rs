@@ -163,6 +163,27 @@ impl GrantType {
     }
 }
 
+/// Why the `oauth2` plugin revoked tokens on its own (`portcullis_oauth2_revocations_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// An authorization code was presented again: the tokens issued from it (RFC 6749 §4.1.2).
+    CodeReplay,
+    /// A rotated refresh token was used again: its whole family (OAuth 2.0 Security BCP).
+    RefreshReuse,
+}
+
+impl Revocation {
+    const ALL: [Self; 2] = [Self::CodeReplay, Self::RefreshReuse];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::CodeReplay => "code_replay",
+            Self::RefreshReuse => "refresh_reuse",
+        }
+    }
+}
+
 /// Outcomes of the `oauth2` plugin's token check on a protected route
 /// (`portcullis_oauth2_token_checks_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +240,7 @@ pub struct IntrospectionCounters {
 pub struct OAuth2Counters {
     issued: [IntCounter; 5],
     checks: [IntCounter; 5],
+    revocations: [IntCounter; 2],
 }
 
 impl OAuth2Counters {
@@ -230,6 +252,11 @@ impl OAuth2Counters {
     /// A token check ended with `outcome`.
     pub fn checked(&self, outcome: TokenCheck) {
         self.checks[outcome as usize].inc();
+    }
+
+    /// Tokens were revoked for `why` (a replayed code, a reused refresh token).
+    pub fn revoked(&self, why: Revocation) {
+        self.revocations[why as usize].inc();
     }
 }
 
@@ -270,7 +297,7 @@ pub struct Groups {
 }
 
 /// What the scrape asks the stores at the moment it is made.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Probes {
     /// Whether the configuration store answered (`kong_datastore_reachable`).
     pub datastore: bool,
@@ -278,6 +305,33 @@ pub struct Probes {
     pub postgres: Option<bool>,
     /// Redis answered, when configured (`portcullis_redis_up`).
     pub redis: Option<bool>,
+    /// The plugins' own counters, read now.
+    pub plugins: PluginReadings,
+}
+
+/// Counters the plugins keep outside the registry (their queues run on threads of their own),
+/// read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct PluginReadings {
+    /// Each log plugin instance's queue (`http-log`, `file-log`): its id and its counts.
+    pub log_queues: Vec<(String, QueueReading)>,
+    /// Spans the `opentelemetry` exporters delivered and dropped, all instances together.
+    pub spans: (u64, u64),
+    /// Requests `rate-limiting` let through without counting because Redis could not answer.
+    pub rate_limit_unchecked: u64,
+}
+
+/// One log queue's counts since start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueReading {
+    /// Entries taken into the queue.
+    pub accepted: u64,
+    /// Entries refused because the queue was full.
+    pub dropped: u64,
+    /// Entries delivered.
+    pub sent: u64,
+    /// Entries given up after `max_retry_time`.
+    pub lost: u64,
 }
 
 /// The registry and every metric of one gateway.
@@ -301,6 +355,12 @@ pub struct Metrics {
     datastore_reachable: IntGauge,
     postgres_up: IntGauge,
     redis_up: IntGauge,
+    /// Log plugin queue entries by plugin instance and outcome (read from the queues).
+    log_entries: IntCounterVec,
+    /// Spans by outcome (read from the exporters).
+    spans: IntCounterVec,
+    /// Requests rate-limiting passed uncounted (read from the plugin).
+    rate_limit_unchecked: IntCounter,
 }
 
 /// Ids of [`Metrics`] objects, so that caches keyed by them never mix two gateways of a process.
@@ -442,6 +502,24 @@ impl Metrics {
             "portcullis_redis_up",
             "Redis answered the scrape's check, 0 is unreachable",
         )?;
+        let log_entries = IntCounterVec::new(
+            Opts::new(
+                "portcullis_log_queue_entries_total",
+                "Entries of the http-log and file-log queues, per plugin instance: accepted, dropped (queue full), sent, lost (retries exhausted)",
+            ),
+            &["plugin_id", "outcome"],
+        )?;
+        let spans = IntCounterVec::new(
+            Opts::new(
+                "portcullis_opentelemetry_spans_total",
+                "Spans of the opentelemetry plugin: exported, or dropped (queue full, collector down)",
+            ),
+            &["outcome"],
+        )?;
+        let rate_limit_unchecked = IntCounter::new(
+            "portcullis_rate_limiting_unchecked_total",
+            "Requests rate-limiting let through uncounted because Redis did not answer (fault_tolerant)",
+        )?;
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
@@ -458,6 +536,9 @@ impl Metrics {
             datastore_reachable,
             postgres_up,
             redis_up,
+            log_entries,
+            spans,
+            rate_limit_unchecked,
         })
     }
 
@@ -482,9 +563,20 @@ impl Metrics {
                 &["outcome"],
             )?,
         )?;
+        let revocations = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "portcullis_oauth2_revocations_total",
+                    "Revocations the oauth2 plugin made itself: a replayed code, a reused rotated refresh token",
+                ),
+                &["reason"],
+            )?,
+        )?;
         Ok(OAuth2Counters {
             issued: GrantType::ALL.map(|g| issued.with_label_values(&[g.as_str()])),
             checks: TokenCheck::ALL.map(|c| checks.with_label_values(&[c.as_str()])),
+            revocations: Revocation::ALL.map(|w| revocations.with_label_values(&[w.as_str()])),
         })
     }
 
@@ -609,13 +701,50 @@ impl Metrics {
             self.redis_up.set(i64::from(up));
             extra.extend(prometheus::core::Collector::collect(&self.redis_up));
         }
+        self.record_plugins(&probes.plugins);
         families.extend(extra);
+        families.extend(prometheus::core::Collector::collect(&self.log_entries));
+        families.extend(prometheus::core::Collector::collect(&self.spans));
+        families.extend(prometheus::core::Collector::collect(
+            &self.rate_limit_unchecked,
+        ));
+        // The encoder refuses a family without a sample (no log plugin yet, say).
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(8192);
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Metrics {
+    /// Brings the plugin counters up to `readings` (they only grow, so each moves by the
+    /// difference).
+    fn record_plugins(&self, readings: &PluginReadings) {
+        let catch_up = |counter: IntCounter, now: u64| {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        };
+        for (id, queue) in &readings.log_queues {
+            for (outcome, now) in [
+                ("accepted", queue.accepted),
+                ("dropped", queue.dropped),
+                ("sent", queue.sent),
+                ("lost", queue.lost),
+            ] {
+                catch_up(self.log_entries.with_label_values(&[id, outcome]), now);
+            }
+        }
+        catch_up(
+            self.spans.with_label_values(&["exported"]),
+            readings.spans.0,
+        );
+        catch_up(self.spans.with_label_values(&["dropped"]), readings.spans.1);
+        catch_up(
+            self.rate_limit_unchecked.clone(),
+            readings.rate_limit_unchecked,
+        );
     }
 }
 
@@ -654,6 +783,39 @@ mod tests {
             ..Probes::default()
         });
         assert!(text.contains("kong_datastore_reachable 1\n"), "{text}");
+        assert!(
+            !text.contains("portcullis_log_queue_entries_total"),
+            "no queue, no family: {text}"
+        );
+        let readings = PluginReadings {
+            log_queues: vec![(
+                "q1".into(),
+                QueueReading {
+                    accepted: 5,
+                    dropped: 2,
+                    sent: 3,
+                    lost: 0,
+                },
+            )],
+            spans: (7, 1),
+            rate_limit_unchecked: 4,
+        };
+        for _ in 0..2 {
+            // Read twice: the counters follow the readings, never add them up.
+            let text = metrics.render(Probes {
+                plugins: readings.clone(),
+                ..Probes::default()
+            });
+            for line in [
+                "portcullis_log_queue_entries_total{outcome=\"dropped\",plugin_id=\"q1\"} 2",
+                "portcullis_log_queue_entries_total{outcome=\"sent\",plugin_id=\"q1\"} 3",
+                "portcullis_opentelemetry_spans_total{outcome=\"exported\"} 7",
+                "portcullis_opentelemetry_spans_total{outcome=\"dropped\"} 1",
+                "portcullis_rate_limiting_unchecked_total 4",
+            ] {
+                assert!(text.contains(line), "{line} in {text}");
+            }
+        }
         assert!(
             text.contains("kong_nginx_metric_errors_total 0\n"),
             "{text}"

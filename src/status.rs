@@ -15,7 +15,7 @@ use portcullis_stores::redis_cache::RedisTokenCache;
 use portcullis_stores::ConfigStore;
 use serde_json::json;
 
-use crate::metrics::{Metrics, Probes, CONTENT_TYPE};
+use crate::metrics::{Metrics, PluginReadings, Probes, QueueReading, CONTENT_TYPE};
 
 /// What a scrape or a status request asks the stores.
 #[derive(Clone)]
@@ -54,7 +54,31 @@ impl Probe {
             datastore,
             postgres: self.postgres.then_some(datastore),
             redis,
+            plugins: plugin_readings(),
         }
+    }
+}
+
+/// The counters the plugins keep themselves (log queues, span exporters, rate-limiting's Redis
+/// misses), read now.
+fn plugin_readings() -> PluginReadings {
+    use std::sync::atomic::Ordering::Relaxed;
+    let log_queues = crate::plugins::log_queue::all_stats()
+        .into_iter()
+        .map(|(id, stats)| {
+            let reading = QueueReading {
+                accepted: stats.accepted.load(Relaxed),
+                dropped: stats.dropped.load(Relaxed),
+                sent: stats.sent.load(Relaxed),
+                lost: stats.lost.load(Relaxed),
+            };
+            (id.to_string(), reading)
+        })
+        .collect();
+    PluginReadings {
+        log_queues,
+        spans: crate::plugins::opentelemetry::export::totals(),
+        rate_limit_unchecked: crate::plugins::rate_limiting::passed_without_redis(),
     }
 }
 

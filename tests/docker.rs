@@ -570,6 +570,10 @@ fn exported_names() -> Vec<String> {
         datastore: true,
         postgres: Some(true),
         redis: Some(true),
+        plugins: portcullis::metrics::PluginReadings {
+            log_queues: vec![("id".into(), portcullis::metrics::QueueReading::default())],
+            ..Default::default()
+        },
     });
     let mut names = Vec::new();
     for line in text.lines() {

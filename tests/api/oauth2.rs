@@ -339,6 +339,23 @@ async fn code_flow_sets_upstream_headers_and_codes_are_single_use() {
         s, 401,
         "tokens from a replayed code are revoked (RFC 6749 §4.1.2)"
     );
+    // And counted.
+    let metrics = f
+        .app
+        .http
+        .get(format!("{}/metrics", f.app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "portcullis_oauth2_revocations_total{reason=\"code_replay\"} 1",
+        "portcullis_oauth2_revocations_total{reason=\"refresh_reuse\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 #[actix_web::test]

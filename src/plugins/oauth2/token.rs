@@ -238,6 +238,10 @@ impl OAuthRuntime {
             Err(StoreError::CodeReplayed { code_id }) => {
                 // RFC 6749 §4.1.2: a replayed code revokes the tokens issued from it.
                 let revoked = self.deps.tokens.revoke_by_code(code_id).await?;
+                self.deps
+                    .metrics
+                    .oauth2
+                    .revoked(crate::plugin_api::metrics::Revocation::CodeReplay);
                 tracing::warn!(
                     revoked = revoked.len(),
                     "authorization code replayed; its tokens were revoked"
@@ -480,6 +484,10 @@ impl OAuthRuntime {
     ) -> Result<(), StoreError> {
         if now - rotated_at >= self.config.refresh_token_reuse_grace {
             let revoked = self.deps.tokens.revoke_family(family).await?;
+            self.deps
+                .metrics
+                .oauth2
+                .revoked(crate::plugin_api::metrics::Revocation::RefreshReuse);
             tracing::warn!(
                 revoked = revoked.len(),
                 "rotated refresh token reused; token family revoked"

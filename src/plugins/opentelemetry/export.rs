@@ -81,11 +81,27 @@ pub struct ExportCounters {
     pub dropped: AtomicU64,
 }
 
+/// Every exporter's counters, by `traces_endpoint`.
+static COUNTERS: LazyLock<Mutex<HashMap<String, Arc<ExportCounters>>>> =
+    LazyLock::new(Mutex::default);
+
+/// Spans exported and dropped by every exporter together (for `/metrics`, read at scrape time).
+pub fn totals() -> (u64, u64) {
+    COUNTERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .fold((0, 0), |(exported, dropped), c| {
+            (
+                exported + c.exported.load(Ordering::Relaxed),
+                dropped + c.dropped.load(Ordering::Relaxed),
+            )
+        })
+}
+
 /// The counters of spans sent to `endpoint` (the configured `traces_endpoint`, as written),
 /// created on first use and kept for the process's life.
 pub fn counters(endpoint: &str) -> Arc<ExportCounters> {
-    static COUNTERS: LazyLock<Mutex<HashMap<String, Arc<ExportCounters>>>> =
-        LazyLock::new(Mutex::default);
     COUNTERS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
