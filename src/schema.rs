@@ -112,6 +112,18 @@ impl Field {
     }
 }
 
+/// A number from `lo` to `hi` (fractions allowed), with Kong's message: the check of Kong's
+/// `number` fields with a `between`, which [`Field::between`] (integers) does not cover.
+///
+/// # Errors
+/// Kong's `value should be between …` message.
+pub fn check_number_between(v: &Value, lo: f64, hi: f64) -> Result<(), String> {
+    match v.as_f64() {
+        Some(n) if (lo..=hi).contains(&n) => Ok(()),
+        _ => Err(format!("value should be between {lo} and {hi}")),
+    }
+}
+
 /// Kong's `typedefs.header_name`: a header name of letters, digits, `_` and `-`.
 ///
 /// # Errors

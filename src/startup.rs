@@ -331,6 +331,22 @@ fn bind(key: &'static str, listen: &Listen, addr: SocketAddr) -> Result<TcpListe
     Ok(socket.into())
 }
 
+/// The TLS configuration of a group of actix listeners: read (or generated) for the first
+/// `ssl` listener of the group, the same for the others.
+fn tls_once(
+    made: &mut Option<Arc<rustls::ServerConfig>>,
+    key: &'static str,
+    files: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<rustls::ServerConfig, StartError> {
+    if let Some(config) = made {
+        return Ok((**config).clone());
+    }
+    let config = crate::tls::server_config(key, files)?;
+    let copy = (*config).clone();
+    *made = Some(config);
+    Ok(copy)
+}
+
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
     listener
         .local_addr()
@@ -360,17 +376,11 @@ fn status_server(
         let listener = bind("status_listen", entry, entry.addr)?;
         let addr = local_addr(&listener)?;
         server = if entry.ssl {
-            if tls_config.is_none() {
-                let files = settings
-                    .ssl_cert
-                    .as_deref()
-                    .zip(settings.ssl_cert_key.as_deref());
-                tls_config = Some(crate::tls::server_config("ssl_cert", files)?);
-            }
-            let cfg = tls_config
-                .as_ref()
-                .map(|c| (**c).clone())
-                .ok_or_else(|| StartError::Store("tls".into()))?;
+            let files = settings
+                .ssl_cert
+                .as_deref()
+                .zip(settings.ssl_cert_key.as_deref());
+            let cfg = tls_once(&mut tls_config, "ssl_cert", files)?;
             server.listen_rustls_0_23(listener, cfg)
         } else {
             server.listen(listener)
@@ -579,17 +589,11 @@ impl Application {
                     .local_addr()
                     .map_err(|e| StartError::Store(e.to_string()))?;
                 server = if listen.ssl {
-                    if tls_config.is_none() {
-                        let files = settings
-                            .admin_ssl_cert
-                            .as_deref()
-                            .zip(settings.admin_ssl_cert_key.as_deref());
-                        tls_config = Some(crate::tls::server_config("admin_ssl_cert", files)?);
-                    }
-                    let cfg = tls_config
-                        .as_ref()
-                        .map(|c| (**c).clone())
-                        .ok_or_else(|| StartError::Store("tls".into()))?;
+                    let files = settings
+                        .admin_ssl_cert
+                        .as_deref()
+                        .zip(settings.admin_ssl_cert_key.as_deref());
+                    let cfg = tls_once(&mut tls_config, "admin_ssl_cert", files)?;
                     server.listen_rustls_0_23(listener, cfg)
                 } else {
                     server.listen(listener)

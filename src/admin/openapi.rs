@@ -598,7 +598,9 @@ impl Document {
             json!({
                 "type": "object",
                 "required": ["message"],
-                "properties": { "message": { "const": "Not found" } },
+                // `SNI not found`: a certificate addressed by a server name no certificate has
+                // (Kong's message).
+                "properties": { "message": { "enum": ["Not found", "SNI not found"] } },
             }),
         );
         json!({

@@ -50,11 +50,11 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("timeout", FieldType::Number)
             .required()
             .default(|| json!(10_000))
-            .check(check_ms),
+            .check(|v| crate::schema::check_number_between(v, 0.0, 1e9)),
         Field::new("keepalive", FieldType::Number)
             .required()
             .default(|| json!(60_000))
-            .check(check_ms),
+            .check(|v| crate::schema::check_number_between(v, 0.0, 1e9)),
         Field::new("retry_count", FieldType::Integer),
         Field::new("queue_size", FieldType::Integer),
         Field::new("flush_timeout", FieldType::Number),
@@ -66,13 +66,6 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     ],
     entity_checks: vec![],
 });
-
-fn check_ms(v: &Value) -> Result<(), String> {
-    match v.as_f64() {
-        Some(n) if (0.0..=1e9).contains(&n) => Ok(()),
-        _ => Err("value should be between 0 and 1000000000".into()),
-    }
-}
 
 /// Kong's header rules: a valid name that is not `Host`, `Content-Length` or `Content-Type`
 /// (the plugin sets those), and a non-empty value.

@@ -34,7 +34,7 @@ pub static QUEUE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("max_coalescing_delay", FieldType::Number)
             .required()
             .default(|| json!(1))
-            .check(|v| between_f64(v, 0.0, 3600.0)),
+            .check(|v| crate::schema::check_number_between(v, 0.0, 3600.0)),
         Field::new("max_entries", FieldType::Integer)
             .required()
             .default(|| json!(10_000))
@@ -46,11 +46,11 @@ pub static QUEUE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("initial_retry_delay", FieldType::Number)
             .required()
             .default(|| json!(0.01))
-            .check(|v| between_f64(v, 0.001, 1_000_000.0)),
+            .check(|v| crate::schema::check_number_between(v, 0.001, 1_000_000.0)),
         Field::new("max_retry_delay", FieldType::Number)
             .required()
             .default(|| json!(60))
-            .check(|v| between_f64(v, 0.001, 1_000_000.0)),
+            .check(|v| crate::schema::check_number_between(v, 0.001, 1_000_000.0)),
         Field::new("concurrency_limit", FieldType::Integer)
             .required()
             .default(|| json!(1))
@@ -61,13 +61,6 @@ pub static QUEUE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     ],
     entity_checks: vec![],
 });
-
-fn between_f64(v: &Value, lo: f64, hi: f64) -> Result<(), String> {
-    match v.as_f64() {
-        Some(n) if (lo..=hi).contains(&n) => Ok(()),
-        _ => Err(format!("value should be between {lo} and {hi}")),
-    }
-}
 
 /// The `queue` record, typed.
 #[derive(Debug, Clone)]

@@ -230,42 +230,12 @@ impl HealthBook {
     /// The cell of `target` (`host:port`) of `upstream`, made healthy the first time. Called when
     /// snapshots are built and by the admin API, never per request.
     pub fn of(&self, upstream: Uuid, target: &str) -> Arc<TargetHealth> {
-        if let Some(found) = self
-            .targets
-            .read()
-            .ok()
-            .and_then(|t| t.get(&upstream).and_then(|u| u.get(target)).cloned())
-        {
-            return found;
-        }
-        let Ok(mut all) = self.targets.write() else {
-            return Arc::default();
-        };
-        all.entry(upstream)
-            .or_default()
-            .entry(target.to_string())
-            .or_default()
-            .clone()
+        cell_in(&self.targets, upstream, target)
     }
 
     /// The load of `target` of `upstream` (made the first time).
     pub fn load_of(&self, upstream: Uuid, target: &str) -> Arc<TargetLoad> {
-        if let Some(found) = self
-            .loads
-            .read()
-            .ok()
-            .and_then(|t| t.get(&upstream).and_then(|u| u.get(target)).cloned())
-        {
-            return found;
-        }
-        let Ok(mut all) = self.loads.write() else {
-            return Arc::default();
-        };
-        all.entry(upstream)
-            .or_default()
-            .entry(target.to_string())
-            .or_default()
-            .clone()
+        cell_in(&self.loads, upstream, target)
     }
 
     /// The cell of `target` of `upstream`, if the node has one.
@@ -287,6 +257,29 @@ impl HealthBook {
             forget_gone(&mut all, keep);
         }
     }
+}
+
+/// The cell of `target` of `upstream` in `cells`, made the first time.
+fn cell_in<T: Default>(
+    cells: &RwLock<HashMap<Uuid, HashMap<String, Arc<T>>>>,
+    upstream: Uuid,
+    target: &str,
+) -> Arc<T> {
+    if let Some(found) = cells
+        .read()
+        .ok()
+        .and_then(|t| t.get(&upstream).and_then(|u| u.get(target)).cloned())
+    {
+        return found;
+    }
+    let Ok(mut all) = cells.write() else {
+        return Arc::default();
+    };
+    all.entry(upstream)
+        .or_default()
+        .entry(target.to_string())
+        .or_default()
+        .clone()
 }
 
 /// Drops the entries of `cells` whose upstream or target `keep` does not list.

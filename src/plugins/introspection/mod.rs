@@ -79,13 +79,6 @@ fn check_non_empty(v: &Value) -> Result<(), String> {
     }
 }
 
-fn check_ttl(v: &Value) -> Result<(), String> {
-    match v.as_f64() {
-        Some(n) if (0.0..=1e8).contains(&n) => Ok(()),
-        _ => Err("value should be between 0 and 100000000".into()),
-    }
-}
-
 fn check_headers(v: &Value) -> Result<(), String> {
     let Some(map) = v.as_object() else {
         return Err("expected a map".into());
@@ -125,7 +118,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("ttl", FieldType::Number)
             .required()
             .default(|| json!(30))
-            .check(check_ttl),
+            .check(|v| crate::schema::check_number_between(v, 0.0, 1e8)),
         Field::new("hide_credentials", FieldType::Boolean)
             .required()
             .default(|| json!(true)),

@@ -103,13 +103,6 @@ fn check_timeout(v: &Value) -> Result<(), String> {
     }
 }
 
-fn check_rate(v: &Value) -> Result<(), String> {
-    match v.as_f64() {
-        Some(r) if (0.0..=1.0).contains(&r) => Ok(()),
-        _ => Err("value should be between 0 and 1".into()),
-    }
-}
-
 fn check_header_name(v: &Value) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     if HeaderName::from_bytes(s.as_bytes()).is_ok() {
@@ -118,52 +111,6 @@ fn check_header_name(v: &Value) -> Result<(), String> {
         Err(format!("bad header name '{s}'"))
     }
 }
-
-fn number_between(v: &Value, lo: f64, hi: f64) -> Result<(), String> {
-    match v.as_f64() {
-        Some(n) if (lo..=hi).contains(&n) => Ok(()),
-        _ => Err(format!("value should be between {lo} and {hi}")),
-    }
-}
-
-/// Kong's `typedefs.queue`.
-static QUEUE: LazyLock<Schema> = LazyLock::new(|| Schema {
-    name: "queue",
-    fields: vec![
-        Field::new("max_batch_size", FieldType::Integer)
-            .required()
-            .default(|| json!(1))
-            .between(1, 1_000_000),
-        Field::new("max_coalescing_delay", FieldType::Number)
-            .required()
-            .default(|| json!(1))
-            .check(|v| number_between(v, 0.0, 3600.0)),
-        Field::new("max_entries", FieldType::Integer)
-            .required()
-            .default(|| json!(10_000))
-            .between(1, 1_000_000),
-        Field::new("max_bytes", FieldType::Integer),
-        Field::new("max_retry_time", FieldType::Number)
-            .required()
-            .default(|| json!(60)),
-        Field::new("initial_retry_delay", FieldType::Number)
-            .required()
-            .default(|| json!(0.01))
-            .check(|v| number_between(v, 0.001, 1_000_000.0)),
-        Field::new("max_retry_delay", FieldType::Number)
-            .required()
-            .default(|| json!(60))
-            .check(|v| number_between(v, 0.001, 1_000_000.0)),
-        Field::new("concurrency_limit", FieldType::Integer)
-            .required()
-            .default(|| json!(1))
-            .check(|v| match v.as_i64() {
-                Some(-1 | 1) => Ok(()),
-                _ => Err("expected one of: -1, 1".into()),
-            }),
-    ],
-    entity_checks: vec![],
-});
 
 /// Kong's `typedefs.propagation`.
 static PROPAGATION: LazyLock<Schema> = LazyLock::new(|| Schema {
@@ -191,9 +138,12 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("logs_endpoint", FieldType::String),
         Field::new("headers", FieldType::StringMap),
         Field::new("resource_attributes", FieldType::StringMap),
-        Field::new("queue", FieldType::Record(&QUEUE))
-            .required()
-            .default(|| json!({ "max_batch_size": 200 })),
+        Field::new(
+            "queue",
+            FieldType::Record(&crate::plugins::log_queue::QUEUE_SCHEMA),
+        )
+        .required()
+        .default(|| json!({ "max_batch_size": 200 })),
         // Deprecated by Kong for `queue.max_batch_size` / `queue.max_coalescing_delay`, which
         // they set (shorthands: never stored).
         Field {
@@ -220,7 +170,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("header_type", FieldType::String)
             .default(|| json!("preserve"))
             .one_of(HEADER_TYPES),
-        Field::new("sampling_rate", FieldType::Number).check(check_rate),
+        Field::new("sampling_rate", FieldType::Number)
+            .check(|v| crate::schema::check_number_between(v, 0.0, 1.0)),
         Field::new("propagation", FieldType::Record(&PROPAGATION))
             .required()
             .default(|| json!({ "default_format": "w3c" })),
