@@ -5,6 +5,7 @@
 //! (verdict cache eviction).
 
 pub mod certificates;
+pub mod config;
 pub mod crud;
 pub mod info;
 pub mod introspection;
@@ -53,6 +54,8 @@ pub struct AdminState {
     pub started: Instant,
     /// Node id reported by `/`.
     pub node_id: uuid::Uuid,
+    /// DB-less mode (`database = off`): entity writes refused, `/config` replaces everything.
+    pub dbless: Option<Arc<config::DbLess>>,
 }
 
 /// The entity collections at the top of the URL space: segment → entity. The dispatcher and the
@@ -242,6 +245,12 @@ pub async fn dispatch(
     if let Some(resp) = upstream_health::dispatch(st, &seg, &method, &query).await {
         return resp;
     }
+    if let Some(resp) = config::dispatch(st, &seg, &method, &query, &content_type, &body).await {
+        return resp;
+    }
+    if let Some(e) = config::refuse_entity_write(st, written_table(&seg), &method) {
+        return Err(e);
+    }
     if let Some(resp) = oauth2_tokens::dispatch(st, &seg, &method, &query, &parse).await {
         return resp;
     }
@@ -331,6 +340,22 @@ pub async fn dispatch(
         }
         _ => Err(AdminError::NotFound),
     }
+}
+
+/// The entity table a path writes to (`/services/{s}/routes` → `routes`), `None` for paths
+/// that are no entity's.
+fn written_table(seg: &[&str]) -> Option<&'static str> {
+    let kind = match seg {
+        [entity] | [entity, _] => top_kind_of(entity)?,
+        [parent, _, third] => match (nested_field(parent, third), foreign_parent(parent, third)) {
+            (Some(_), _) => nested_kind_of(third)?,
+            (None, Some(parent_seg)) => kind_of(parent_seg)?,
+            _ => return None,
+        },
+        [parent, _, child, _] if nested_field(parent, child).is_some() => nested_kind_of(child)?,
+        _ => return None,
+    };
+    Some(kind.def.name)
 }
 
 /// Reads the body up to `max` bytes: a larger declared length is refused before reading, a

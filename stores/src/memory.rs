@@ -30,6 +30,21 @@ impl MemoryConfigStore {
         Self::default()
     }
 
+    /// Replaces every table at once with those of `other` (a DB-less configuration swap):
+    /// readers see the whole old configuration or the whole new one, never a mix.
+    pub fn replace_with(&self, other: MemoryConfigStore) {
+        let tables = other.tables.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.write() = tables;
+    }
+
+    /// Every document of an entity, without awaiting (the embedded store answers at once).
+    pub fn documents(&self, def: &EntityDef) -> Vec<Document> {
+        self.read()
+            .get(def.name)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, HashMap<&'static str, BTreeMap<Uuid, Document>>> {
         self.tables.read().unwrap_or_else(|e| e.into_inner())
     }
