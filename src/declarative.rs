@@ -405,6 +405,9 @@ fn push_section(
             continue;
         };
         let original = input.clone();
+        // Kong's annotations on any entity.
+        input.remove("_comment");
+        input.remove("_ignore");
         let mut nested = Vec::new();
         for (child, field) in children_of(table) {
             if let Some(v) = input.remove(*child) {
