@@ -72,6 +72,8 @@ const UNSUPPORTED_SECTIONS: &[&str] = &[
 pub struct Problem {
     /// Where: `services[0].routes[1]`, or the top-level key.
     pub path: String,
+    /// The same place as `(section, index)` steps; empty for a top-level key.
+    pub place: Vec<(&'static str, usize)>,
     /// The entity (`services`), when the problem is an entity's.
     pub entity: Option<&'static str>,
     /// The entity as the file gave it.
@@ -119,6 +121,7 @@ impl Invalid {
         Self {
             problems: vec![Problem {
                 path: path.into(),
+                place: Vec::new(),
                 entity: None,
                 input: None,
                 field: None,
@@ -168,21 +171,99 @@ impl Invalid {
             if let Some(Value::Array(errors)) = flattened[idx].get_mut("errors") {
                 errors.push(error);
             }
-            let place = fields
-                .entry(p.path.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(place) = place {
-                let field = p.field.clone().unwrap_or_else(|| "@entity".into());
-                place.insert(field, json!(p.message));
-            }
+            place_error(&mut fields, p);
         }
+        let fields = Value::Object(fields);
         json!({
             "code": 14,
             "name": "invalid declarative configuration",
-            "message": self.to_string(),
+            "message": format!("declarative config is invalid: {}", lua_pretty(&fields)),
             "fields": fields,
             "flattened_errors": flattened,
         })
+    }
+}
+
+/// Puts a problem where Kong's nested error table has it: `{services: [{routes: [{field}]}]}`,
+/// an entity's own error as the entry's text.
+fn place_error(fields: &mut Map<String, Value>, p: &Problem) {
+    let mut node = fields;
+    let last = p.place.len().saturating_sub(1);
+    for (step, (section, idx)) in p.place.iter().enumerate() {
+        let list = node
+            .entry((*section).to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        let Value::Array(list) = list else { return };
+        if list.len() <= *idx {
+            list.resize(idx + 1, Value::Null);
+        }
+        let entry = &mut list[*idx];
+        if step == last && p.field.is_none() {
+            if entry.is_null() {
+                *entry = json!(p.message);
+            }
+            return;
+        }
+        if entry.is_null() {
+            *entry = Value::Object(Map::new());
+        }
+        let Value::Object(obj) = entry else { return };
+        node = obj;
+    }
+    let Some(field) = &p.field else { return };
+    let mut parts: Vec<&str> = field.split('.').collect();
+    let leaf = parts.pop().unwrap_or_default();
+    for part in parts {
+        let next = node
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(obj) = next else { return };
+        node = obj;
+    }
+    node.insert(leaf.to_string(), json!(p.message));
+}
+
+/// A value as Penlight's `pretty.write(t, "")` prints a Lua table (Kong's error message).
+fn lua_pretty(v: &Value) -> String {
+    fn key(k: &str) -> String {
+        let ident = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ident {
+            format!("{k}=")
+        } else {
+            format!("[{}]=", lua_pretty(&json!(k)))
+        }
+    }
+    match v {
+        Value::String(s) => format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")),
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}{}", key(k), lua_pretty(&o[k])))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => {
+            let mut parts = Vec::new();
+            let mut holes = false;
+            for (i, e) in a.iter().enumerate() {
+                if e.is_null() {
+                    holes = true;
+                } else if holes {
+                    parts.push(format!("[{}]={}", i + 1, lua_pretty(e)));
+                } else {
+                    parts.push(lua_pretty(e));
+                }
+            }
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Null => "null".into(),
+        other => other.to_string(),
     }
 }
 
@@ -237,6 +318,7 @@ pub fn hash_of(value: &Value) -> String {
 struct Item {
     table: &'static str,
     path: String,
+    place: Vec<(&'static str, usize)>,
     input: Map<String, Value>,
     original: Map<String, Value>,
     parent: Option<(&'static str, usize)>,
@@ -319,7 +401,10 @@ fn cache_key(items: &[Item], item: &Item) -> Option<String> {
 /// Flattens the document into items, parents before children.
 fn flatten(doc: &Value) -> Result<Vec<Item>, Invalid> {
     let Value::Object(top) = doc else {
-        return Err(Invalid::one("document", "expected an object"));
+        return Err(Invalid::one(
+            "error",
+            "failed parsing declarative configuration: expected an object",
+        ));
     };
     let mut invalid = Invalid::default();
     match top.get("_format_version") {
@@ -358,7 +443,7 @@ fn flatten(doc: &Value) -> Result<Vec<Item>, Invalid> {
             }
             k if table_key(k).is_some() => {
                 let table = table_key(k).unwrap_or_default();
-                push_section(&mut items, &mut invalid, table, k, value, None);
+                push_section(&mut items, &mut invalid, table, k, value, None, &[]);
             }
             k if UNSUPPORTED_SECTIONS.contains(&k) => invalid.problems.extend(
                 Invalid::one(k, format!("entity '{k}' is not supported by this gateway")).problems,
@@ -382,6 +467,7 @@ fn push_section(
     path: &str,
     value: &Value,
     parent: Option<(&'static str, usize)>,
+    place: &[(&'static str, usize)],
 ) {
     let Value::Array(list) = value else {
         if !value.is_null() {
@@ -393,6 +479,8 @@ fn push_section(
     };
     for (i, entry) in list.iter().enumerate() {
         let here = format!("{path}[{i}]");
+        let mut here_place = place.to_vec();
+        here_place.push((table, i));
         let entry = match (table, entry) {
             // A certificate's `snis` may list names.
             ("snis", Value::String(name)) => json!({ "name": name }),
@@ -418,6 +506,7 @@ fn push_section(
             if input.get(field).is_some_and(|v| !v.is_null()) {
                 invalid.problems.push(Problem {
                     path: here.clone(),
+                    place: here_place.clone(),
                     entity: Some(table),
                     input: Some(original.clone()),
                     field: Some(field.into()),
@@ -428,6 +517,7 @@ fn push_section(
         items.push(Item {
             table,
             path: here.clone(),
+            place: here_place.clone(),
             input,
             original,
             parent,
@@ -445,6 +535,7 @@ fn push_section(
                 &format!("{here}.{child}"),
                 &v,
                 Some((field, idx)),
+                &here_place,
             );
         }
     }
@@ -453,6 +544,7 @@ fn push_section(
 fn problem(item: &Item, field: Option<String>, message: impl Into<String>) -> Problem {
     Problem {
         path: item.path.clone(),
+        place: item.place.clone(),
         entity: Some(item.table),
         input: Some(item.original.clone()),
         field,
@@ -643,10 +735,17 @@ pub async fn load(doc: &Value, plugins: &PluginRegistry) -> Result<Loaded, Inval
                                 )
                             })
                             .unwrap_or_default();
-                        let k = if k == "id" {
-                            "primary key".to_string()
-                        } else {
-                            k
+                        // A derived id collides when the natural key does: name that key.
+                        let derived = (k == "id" && !item.original.contains_key("id"))
+                            .then(|| endpoint_field(item.table))
+                            .and_then(|f| {
+                                let v = item.input.get(f)?.as_str()?;
+                                Some((f.to_string(), v.to_string()))
+                            });
+                        let (k, v) = match derived {
+                            Some(kv) => kv,
+                            None if k == "id" => ("primary key".to_string(), v),
+                            None => (k, v),
                         };
                         format!(
                             "uniqueness violation: '{}' entity with {k} set to '{v}' already declared",
@@ -774,6 +873,11 @@ mod tests {
         );
         assert_eq!(generated_id("services", "a").get_version_num(), 5);
         assert_ne!(generated_id("services", "a"), generated_id("routes", "a"));
+        // RFC 4122 v5 as Python's `uuid.uuid5(uuid.uuid5(NS, "services"), "svc")` gives it.
+        assert_eq!(
+            generated_id("services", "svc").to_string(),
+            "b9f04b04-ab65-5e2a-b4c4-f82b7d5b781c"
+        );
     }
 
     #[actix_rt::test]
@@ -787,6 +891,7 @@ mod tests {
     fn problems_name_the_entity_path_and_field() {
         let p = Problem {
             path: "services[0].routes[1]".into(),
+            place: vec![("services", 0), ("routes", 1)],
             entity: Some("routes"),
             input: Some(Map::from_iter([("name".to_string(), json!("r1"))])),
             field: Some("protocols".into()),

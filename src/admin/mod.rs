@@ -248,7 +248,7 @@ pub async fn dispatch(
     if let Some(resp) = config::dispatch(st, &seg, &method, &query, &content_type, &body).await {
         return resp;
     }
-    if let Some(e) = config::refuse_entity_write(st, written_table(&seg), &method) {
+    if let Some(e) = config::refuse_entity_write(st, written_table(&seg, &method), &method) {
         return Err(e);
     }
     if let Some(resp) = oauth2_tokens::dispatch(st, &seg, &method, &query, &parse).await {
@@ -344,15 +344,22 @@ pub async fn dispatch(
 
 /// The entity table a path writes to (`/services/{s}/routes` → `routes`), `None` for paths
 /// that are no entity's.
-fn written_table(seg: &[&str]) -> Option<&'static str> {
+fn written_table(seg: &[&str], method: &Method) -> Option<&'static str> {
+    // Only the methods a path answers are refused as writes; others stay `Method not allowed`.
+    let on_collection = *method == Method::POST;
+    let on_item = matches!(*method, Method::PUT | Method::PATCH | Method::DELETE);
     let kind = match seg {
-        [entity] | [entity, _] => top_kind_of(entity)?,
-        [parent, _, third] => match (nested_field(parent, third), foreign_parent(parent, third)) {
-            (Some(_), _) => nested_kind_of(third)?,
-            (None, Some(parent_seg)) => kind_of(parent_seg)?,
-            _ => return None,
-        },
-        [parent, _, child, _] if nested_field(parent, child).is_some() => nested_kind_of(child)?,
+        [entity] if on_collection => top_kind_of(entity)?,
+        [entity, _] if on_item => top_kind_of(entity)?,
+        [parent, _, third] if nested_field(parent, third).is_some() && on_collection => {
+            nested_kind_of(third)?
+        }
+        [parent, _, third] if *method == Method::PUT || *method == Method::PATCH => {
+            kind_of(foreign_parent(parent, third)?)?
+        }
+        [parent, _, child, _] if nested_field(parent, child).is_some() && on_item => {
+            nested_kind_of(child)?
+        }
         _ => return None,
     };
     Some(kind.def.name)

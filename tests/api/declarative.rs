@@ -357,7 +357,10 @@ async fn bad_configurations_name_entity_and_field_and_change_nothing() {
         b["flattened_errors"][0]["errors"],
         json!([{"type": "field", "field": "colour", "message": "unknown field"}])
     );
-    assert_eq!(b["fields"]["services[0]"]["colour"], "unknown field");
+    assert_eq!(
+        b["fields"],
+        json!({"services": [{"colour": "unknown field"}]})
+    );
 
     // Unknown top-level section, and an unsupported one named.
     let (s, b) = post_config(&app, "", &svc(json!({"jwt_secrets": []}))).await;
@@ -420,7 +423,10 @@ async fn bad_configurations_name_entity_and_field_and_change_nothing() {
         b["flattened_errors"][0]["errors"][0]["field"],
         "config.status_code"
     );
-    assert!(b["fields"].get("services[0].plugins[0]").is_some(), "{b}");
+    assert!(
+        b["fields"]["services"][0]["plugins"][0]["config"]["status_code"].is_string(),
+        "{b}"
+    );
 
     // A plugin this gateway does not have.
     let (s, b) = post_config(&app, "", &svc(json!({"plugins": [{"name": "basic-auth"}]}))).await;
@@ -509,7 +515,7 @@ fn a_declarative_file_with_another_database_is_refused() {
             ),
         ]
     };
-    let err = Settings::load(None, env("memory")).err().expect("refused");
+    let err = Settings::load(None, env("memory")).expect_err("refused");
     assert_eq!(
         err.to_string(),
         "invalid value for `declarative_config`: a declarative configuration is only read with database = \"off\"; set database = \"off\" or remove declarative_config"
@@ -576,4 +582,146 @@ consumers:
         "{b}"
     );
     assert_eq!(app.count("services").await, 1);
+}
+
+/// Kong's answer without `flattened_errors` (Kong adds them with `?flatten_errors=1`; we always do).
+fn kong_shape(mut b: Value) -> Value {
+    b.as_object_mut().unwrap().remove("flattened_errors");
+    b
+}
+
+/// Kong's off_spec `/config` cases: an invalid config string, a validation error, primary and
+/// endpoint key uniqueness errors, no input.
+#[actix_web::test]
+async fn kong_s_config_error_answers() {
+    let app = spawn_with(dbless_settings(None)).await;
+    let (s, b) = app
+        .admin_post("/config", json!({"config": "bobby tables"}))
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        kong_shape(b),
+        json!({
+            "code": 14,
+            "fields": {"error": "failed parsing declarative configuration: expected an object"},
+            "message": "declarative config is invalid: {error=\"failed parsing declarative configuration: expected an object\"}",
+            "name": "invalid declarative configuration",
+        })
+    );
+
+    let (s, b) = app
+        .admin_post(
+            "/config",
+            json!({"config": "_format_version: \"3.0\"\nservices:\n- port: -12\n"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        kong_shape(b),
+        json!({
+            "code": 14,
+            "fields": {"services": [{"host": "required field missing", "port": "value should be between 0 and 65535"}]},
+            "message": "declarative config is invalid: {services={{host=\"required field missing\",port=\"value should be between 0 and 65535\"}}}",
+            "name": "invalid declarative configuration",
+        })
+    );
+
+    let id = "0855b320-0dd2-547d-891d-601e9b38647f";
+    let (s, b) = app.admin_post("/config", json!({"config": format!(
+        "_format_version: \"3.0\"\nservices:\n- id: {id}\n  name: foo\n  host: example.com\n- id: {id}\n  name: bar\n  host: example.test\n")})).await;
+    assert_eq!(s, 400);
+    let msg = format!(
+        "uniqueness violation: 'services' entity with primary key set to '{id}' already declared"
+    );
+    assert_eq!(
+        kong_shape(b),
+        json!({
+            "code": 14,
+            "fields": {"services": [null, msg]},
+            "message": format!("declarative config is invalid: {{services={{[2]=\"{msg}\"}}}}"),
+            "name": "invalid declarative configuration",
+        })
+    );
+
+    let (s, b) = app.admin_post("/config", json!({"config":
+        "_format_version: \"3.0\"\nservices:\n- name: foo\n  host: example.com\n- name: foo\n  host: example.test\n"})).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        b["fields"],
+        json!({"services": [null,
+        "uniqueness violation: 'services' entity with name set to 'foo' already declared"]})
+    );
+
+    let r = app
+        .http
+        .post(format!("{}/config", app.admin))
+        .send()
+        .await
+        .unwrap();
+    let (s, b) = status_json(r).await;
+    assert_eq!(
+        (s, b),
+        (
+            400,
+            json!({"message": "expected a declarative configuration"})
+        )
+    );
+}
+
+/// Kong's off_spec: on a collection only POST is a (refused) write, on an item PUT is one and
+/// POST is not allowed at all.
+#[actix_web::test]
+async fn kong_s_405_cases() {
+    let app = spawn_with(dbless_settings(None)).await;
+    let unsupported = |m: &str| json!({"code": 12, "name": "operation unsupported", "message": m});
+    for method in [
+        reqwest::Method::DELETE,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::POST,
+    ] {
+        let (s, b) = app
+            .admin_call(method.clone(), "/routes", Some(json!({"paths": ["/"]})))
+            .await;
+        assert_eq!(s, 405);
+        if method == reqwest::Method::POST {
+            assert_eq!(
+                b,
+                unsupported("cannot create 'routes' entities when not using a database")
+            );
+        } else {
+            assert_eq!(b, json!({"message": "Method not allowed"}), "{method}");
+        }
+    }
+    let item = format!("/routes/{}", uuid::Uuid::new_v4());
+    let (s, b) = app
+        .admin_call(reqwest::Method::PUT, &item, Some(json!({"paths": ["/"]})))
+        .await;
+    assert_eq!(
+        (s, b),
+        (
+            405,
+            unsupported("cannot create or update 'routes' entities when not using a database")
+        )
+    );
+    let (s, b) = app
+        .admin_call(reqwest::Method::POST, &item, Some(json!({"paths": ["/"]})))
+        .await;
+    assert_eq!((s, b), (405, json!({"message": "Method not allowed"})));
+    // Kong's invalid offset answer holds in DB-less mode too.
+    let (s, b) = app.admin_get("/routes?offset=x").await;
+    assert_eq!(s, 400);
+    assert_eq!(b["name"], "invalid offset");
+}
+
+/// `POST /config` on a gateway with a database: Kong's 400.
+#[actix_web::test]
+async fn config_endpoint_needs_dbless_mode() {
+    let app = spawn_with(test_settings()).await;
+    let (s, b) = app.admin_get("/config").await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        b,
+        json!({"message": "this endpoint is only available when the gateway is configured to not use a database (database = off)"})
+    );
 }
