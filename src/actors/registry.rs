@@ -741,6 +741,17 @@ impl Handler<RetryCascade> for ConfigRegistry {
     }
 }
 
+/// Equal rows but for when they were written.
+fn same_but_timestamps(a: &Document, b: &Document) -> bool {
+    let strip = |d: &Document| {
+        let mut d = d.clone();
+        d.remove("created_at");
+        d.remove("updated_at");
+        d
+    };
+    strip(a) == strip(b)
+}
+
 impl Handler<ReplaceAll> for ConfigRegistry {
     type Result = AtomicResponse<Self, Result<(), RegistryError>>;
 
@@ -749,19 +760,26 @@ impl Handler<ReplaceAll> for ConfigRegistry {
         let mut removed = Vec::new();
         let mut upserts = Vec::new();
         for def in defs::ALL {
-            let docs = next.documents(def);
-            let kept: std::collections::HashSet<Uuid> = docs
-                .iter()
-                .filter_map(|d| portcullis_stores::memory::doc_id(d).ok())
+            let mut running: HashMap<Uuid, Document> = target
+                .documents(def)
+                .into_iter()
+                .filter_map(|d| Some((portcullis_stores::memory::doc_id(&d).ok()?, d)))
                 .collect();
-            for old in target.documents(def) {
-                if let Ok(id) = portcullis_stores::memory::doc_id(&old) {
-                    if !kept.contains(&id) {
-                        removed.push((def.name, id));
+            for mut doc in next.documents(def) {
+                let Ok(id) = portcullis_stores::memory::doc_id(&doc) else {
+                    continue;
+                };
+                // A row the new configuration repeats keeps the running one (its timestamps):
+                // its plugin runtime, and the counters and queues it holds, carry on.
+                if let Some(old) = running.remove(&id) {
+                    if same_but_timestamps(&old, &doc) {
+                        next.replace_document(def, id, old.clone());
+                        doc = old;
                     }
                 }
+                upserts.push(Change::Upsert(def.name, doc));
             }
-            upserts.extend(docs.into_iter().map(|d| Change::Upsert(def.name, d)));
+            removed.extend(running.into_keys().map(|id| (def.name, id)));
         }
         // No await between the swap and the publication: the admin API's reads and the proxy's
         // snapshot move to the new configuration together.

@@ -2,7 +2,8 @@
 //! operations of [`crud`]; bodies are parsed by [`crate::forms`]; node info and schemas live in
 //! [`info`], the OpenAPI document in [`openapi`]. The plugins' own endpoints live here too, so
 //! plugins never import the admin API: [`oauth2_tokens`] (issued tokens) and [`introspection`]
-//! (verdict cache eviction).
+//! (verdict cache eviction). DB-less mode (`database = off`) lives in [`config`]: `POST /config`,
+//! `GET /config`, and Kong's `405` for single-entity writes.
 
 pub mod certificates;
 pub mod config;

@@ -725,3 +725,32 @@ async fn config_endpoint_needs_dbless_mode() {
         json!({"message": "this endpoint is only available when the gateway is configured to not use a database (database = off)"})
     );
 }
+
+/// Re-applying a configuration that repeats a plugin keeps its running instance: a
+/// `rate-limiting` counter is not reset by a `POST /config` (a controller may post every few
+/// seconds).
+#[actix_web::test]
+async fn reapplying_a_configuration_keeps_rate_limit_counters() {
+    let upstream = spawn_upstream();
+    let app = spawn_with(dbless_settings(None)).await;
+    let doc = json!({"_format_version": "3.0", "services": [{
+        "name": "limited", "url": upstream.url, "routes": [{"name": "limited", "paths": ["/limited"]}],
+        "plugins": [{"name": "rate-limiting", "config": {"minute": 2, "policy": "local"}}],
+    }]});
+    let (s, b) = post_config(&app, "", &doc).await;
+    assert_eq!(s, 201, "{b}");
+    let get = || async {
+        app.http
+            .get(format!("{}/limited", app.proxy))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(get().await, 200);
+    assert_eq!(get().await, 200);
+    let (s, _) = post_config(&app, "", &doc).await;
+    assert_eq!(s, 201);
+    assert_eq!(get().await, 429);
+}
