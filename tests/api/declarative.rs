@@ -255,8 +255,14 @@ async fn check_hash_answers_304_for_the_running_configuration() {
     let doc = every_kind(upstream.port, "/api", true);
     let app = spawn_with(dbless_settings(None)).await;
     assert_eq!(app.count("services").await, 0);
+    let (_, status) = app.admin_get("/status").await;
+    assert_eq!(status["configuration_hash"], json!("0".repeat(32)));
     let (s, _) = post_config(&app, "?check_hash=1", &doc).await;
     assert_eq!(s, 201);
+    let (_, status) = app.admin_get("/status").await;
+    let hash = status["configuration_hash"].as_str().unwrap();
+    assert_eq!(hash.len(), 32);
+    assert_ne!(hash, "0".repeat(32));
     let r = app
         .http
         .post(format!("{}/config?check_hash=1", app.admin))
