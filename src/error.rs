@@ -106,9 +106,10 @@ pub enum AdminError {
     /// `operation unsupported`, code 12).
     #[error("{0}")]
     OperationUnsupported(String),
-    /// A declarative configuration was refused; nothing changed.
-    #[error("{0}")]
-    Declarative(crate::declarative::Invalid),
+    /// A declarative configuration was refused; nothing changed. Holds Kong's answer body
+    /// (code 14, `fields`, `flattened_errors`), built where the configuration is read.
+    #[error("invalid declarative configuration")]
+    Declarative(Box<Value>),
     /// A bug or corrupt data; details are logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -286,7 +287,7 @@ impl ResponseError for AdminError {
             Self::OperationUnsupported(msg) => json!({
                 "code": 12, "name": "operation unsupported", "message": msg,
             }),
-            Self::Declarative(invalid) => invalid.to_kong_body(),
+            Self::Declarative(body) => (**body).clone(),
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "admin request failed");
                 json!({ "message": "An unexpected error occurred" })

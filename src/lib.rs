@@ -6,8 +6,6 @@
 //! - [`startup`]: `Application::build`, binding listeners (port 0 allowed) for `main` and tests;
 //!   opens the stores (memory, or Postgres after checking its migrations, with the near cache and
 //!   Redis tiers in front of its token store).
-//! - [`declarative`]: Kong's declarative configuration (DB-less mode, `POST /config`, `config
-//!   parse`): parsed, validated entity by entity with the admin API's rules, ids derived as Kong's.
 //! - [`migrations`]: the `portcullis migrations …` commands over the stores crate's migrator.
 //! - [`error`]: the error enums of the admin API, the config registry and the proxy, and their one
 //!   mapping to HTTP.
@@ -57,7 +55,6 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod crypto;
-pub mod declarative;
 pub mod entities;
 pub mod error;
 pub mod forms;

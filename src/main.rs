@@ -82,7 +82,7 @@ enum ConfigCommand {
 
 fn parse_declarative(file: &std::path::Path) -> Result<(), String> {
     actix_rt::System::new().block_on(async {
-        let plugins = portcullis::declarative::offline_plugins();
+        let plugins = portcullis::admin::declarative::offline_plugins();
         portcullis::admin::config::read_file(file, &plugins)
             .await
             .map(|_| println!("parse successful"))
@@ -97,7 +97,7 @@ fn init_declarative(file: &std::path::Path) -> Result<(), String> {
         .create_new(true)
         .open(file)
         .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
-    out.write_all(portcullis::declarative::STARTER.as_bytes())
+    out.write_all(portcullis::admin::declarative::STARTER.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     println!(
         "{} written; check it with `portcullis config parse {}`",

@@ -13,9 +13,9 @@ use portcullis_stores::memory::MemoryConfigStore;
 use portcullis_stores::model::entities as defs;
 use serde_json::{json, Map, Value};
 
+use super::declarative::{self, Invalid, Loaded};
 use super::{crud, AdminState};
 use crate::actors::registry::{ConfigRegistry, ReplaceAll};
-use crate::declarative::{self, Invalid, Loaded};
 use crate::error::AdminError;
 use crate::plugins::PluginRegistry;
 
@@ -92,6 +92,11 @@ impl DbLess {
     }
 }
 
+/// A refused declarative configuration as the admin API answers it (Kong's body).
+fn refused(invalid: Invalid) -> AdminError {
+    AdminError::Declarative(Box::new(invalid.to_kong_body()))
+}
+
 /// Kong's verb for a refused write.
 fn operation(method: &Method) -> Option<&'static str> {
     match *method {
@@ -165,9 +170,7 @@ fn document_of(content_type: &str, body: &[u8]) -> Result<Value, AdminError> {
             return Ok(Value::Object(fields));
         }
         return match fields.remove("config") {
-            Some(Value::String(text)) => {
-                declarative::parse_text(&text).map_err(AdminError::Declarative)
-            }
+            Some(Value::String(text)) => declarative::parse_text(&text).map_err(refused),
             Some(Value::Object(o)) => Ok(Value::Object(o)),
             _ => Err(AdminError::BadBody(
                 "expected a declarative configuration".into(),
@@ -181,7 +184,7 @@ fn document_of(content_type: &str, body: &[u8]) -> Result<Value, AdminError> {
             "expected a declarative configuration".into(),
         ));
     }
-    declarative::parse_text(text).map_err(AdminError::Declarative)
+    declarative::parse_text(text).map_err(refused)
 }
 
 async fn post(
@@ -198,7 +201,7 @@ async fn post(
     }
     let loaded = declarative::load(&doc, &st.plugins)
         .await
-        .map_err(AdminError::Declarative)?;
+        .map_err(refused)?;
     let mut entities = Map::new();
     for def in defs::ALL {
         let Some(kind) = crud::kind_by_table(def.name) else {

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use portcullis::admin::declarative::generated_id;
 use portcullis::config::{Database, Settings};
-use portcullis::declarative::generated_id;
 use portcullis::startup::Application;
 use serde_json::{json, Value};
 

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::admin::crud;
+use super::crud;
 use crate::error::AdminError;
 use crate::plugins::PluginRegistry;
 use crate::schema::Coerce;
