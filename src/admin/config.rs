@@ -19,6 +19,9 @@ use crate::actors::registry::{ConfigRegistry, ReplaceAll};
 use crate::error::AdminError;
 use crate::plugins::PluginRegistry;
 
+/// How long a swap may wait for the registry before answering 503.
+const SWAP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What DB-less mode keeps: the store a declarative configuration replaces, the file it was read
 /// from, and the digest of the running one (`check_hash`).
 pub struct DbLess {
@@ -80,9 +83,10 @@ impl DbLess {
             target: self.target.clone(),
             next: loaded.store,
         };
-        let result = match registry.send(msg).await {
-            Ok(r) => r.map_err(AdminError::from),
-            Err(_) => Err(AdminError::Unavailable),
+        // Bounded as every admin write: a saturated registry answers 503.
+        let result = match tokio::time::timeout(SWAP_WAIT, registry.send(msg)).await {
+            Ok(Ok(r)) => r.map_err(AdminError::from),
+            Ok(Err(_)) | Err(_) => Err(AdminError::Unavailable),
         };
         // The swap itself happened unless the mailbox refused it.
         if !matches!(result, Err(AdminError::Unavailable)) {
