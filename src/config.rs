@@ -46,6 +46,9 @@ pub enum Database {
     Memory,
     /// Durable, shared by the nodes of a cluster.
     Postgres,
+    /// DB-less (Kong's `database = off`): the configuration comes from `declarative_config` or
+    /// `POST /config` and the admin API refuses single-entity writes; held in memory.
+    Off,
 }
 
 /// Log line format.
@@ -69,8 +72,10 @@ pub struct Settings {
     /// Kong's `status_listen`: read-only listeners serving `GET /status` and `GET /metrics`
     /// (`addr[ ssl], …`, TLS with the proxy's `ssl_cert`), or `off` (the default).
     pub status_listen: String,
-    /// `memory` or `postgres`.
+    /// `memory`, `postgres` or `off`.
     pub database: Database,
+    /// With `database = off`: the declarative file (YAML or JSON) loaded at start and on SIGHUP.
+    pub declarative_config: Option<PathBuf>,
     /// Postgres host.
     pub pg_host: String,
     /// Postgres port.
@@ -146,6 +151,7 @@ impl Default for Settings {
             admin_listen: "127.0.0.1:8001, 127.0.0.1:8444 ssl".into(),
             status_listen: "off".into(),
             database: Database::Memory,
+            declarative_config: None,
             pg_host: "127.0.0.1".into(),
             pg_port: 5432,
             pg_user: "portcullis".into(),
@@ -268,6 +274,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("admin_listen", Kind::Str),
     ("status_listen", Kind::Str),
     ("database", Kind::Str),
+    ("declarative_config", Kind::Str),
     ("pg_host", Kind::Str),
     ("pg_port", Kind::Int),
     ("pg_user", Kind::Str),
@@ -497,7 +504,13 @@ impl Settings {
                 reason: "must be at least 1".into(),
             });
         }
-        if self.redis_url.is_some() && self.database == Database::Memory {
+        if self.declarative_config.is_some() && self.database != Database::Off {
+            return Err(ConfigError::Value {
+                key: "declarative_config",
+                reason: "a declarative configuration is only read with database = \"off\"; set database = \"off\" or remove declarative_config".into(),
+            });
+        }
+        if self.redis_url.is_some() && self.database != Database::Postgres {
             return Err(ConfigError::Value {
                 key: "redis_url",
                 reason: "Redis needs a durable store behind it: set database = \"postgres\" or remove redis_url".into(),

@@ -102,6 +102,14 @@ pub enum AdminError {
     /// so their tokens are refused), but the token store could not remove their tokens and codes.
     #[error("tokens kept")]
     TokensKept,
+    /// DB-less mode: entities change only through a declarative configuration (Kong's
+    /// `operation unsupported`, code 12).
+    #[error("{0}")]
+    OperationUnsupported(String),
+    /// A declarative configuration was refused; nothing changed. Holds Kong's answer body
+    /// (code 14, `fields`, `flattened_errors`), built where the configuration is read.
+    #[error("invalid declarative configuration")]
+    Declarative(Box<Value>),
     /// A bug or corrupt data; details are logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -201,7 +209,9 @@ impl ResponseError for AdminError {
             | Self::InvalidOffset(_)
             | Self::InvalidKey(_)
             | Self::InvalidOption { .. }
-            | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            | Self::BadBody(_)
+            | Self::Declarative(_) => StatusCode::BAD_REQUEST,
+            Self::OperationUnsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unique(_) | Self::Contended => StatusCode::CONFLICT,
             Self::NotFound | Self::SniNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -274,6 +284,10 @@ impl ResponseError for AdminError {
             Self::TokensKept => json!({
                 "message": "Deleted. Its tokens and authorization codes are refused from now on, but the token store could not remove them (it is unavailable); removal is retried in the background"
             }),
+            Self::OperationUnsupported(msg) => json!({
+                "code": 12, "name": "operation unsupported", "message": msg,
+            }),
+            Self::Declarative(body) => (**body).clone(),
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "admin request failed");
                 json!({ "message": "An unexpected error occurred" })

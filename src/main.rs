@@ -67,6 +67,44 @@ enum ConfigCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Validate a declarative configuration file (YAML or JSON), as `database = off` loads it.
+    Parse {
+        /// The declarative file.
+        file: PathBuf,
+    },
+    /// Write a commented starter declarative configuration (refuses to overwrite a file).
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "kong.yml")]
+        file: PathBuf,
+    },
+}
+
+fn parse_declarative(file: &std::path::Path) -> Result<(), String> {
+    actix_rt::System::new().block_on(async {
+        let plugins = portcullis::admin::declarative::offline_plugins();
+        portcullis::admin::config::read_file(file, &plugins)
+            .await
+            .map(|_| println!("parse successful"))
+            .map_err(|e| format!("{}: {e}", file.display()))
+    })
+}
+
+fn init_declarative(file: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+    out.write_all(portcullis::admin::declarative::STARTER.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    println!(
+        "{} written; check it with `portcullis config parse {}`",
+        file.display(),
+        file.display()
+    );
+    Ok(())
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Settings, String> {
@@ -82,6 +120,12 @@ fn main() -> ExitCode {
             print!("{}", s.to_masked_toml());
             eprintln!("configuration ok");
         }),
+        Command::Config {
+            command: ConfigCommand::Parse { file },
+        } => parse_declarative(&file),
+        Command::Config {
+            command: ConfigCommand::Init { file },
+        } => init_declarative(&file),
         Command::Serve { config } => load(config.as_ref()).and_then(serve),
         Command::Migrations { config, command } => {
             let command = match command {

@@ -17,7 +17,7 @@ use portcullis_stores::tiered::{NearCacheSettings, TieredTokenStore};
 use portcullis_stores::{ConfigStore, StoreError, TokenStore};
 
 use crate::actors::cluster_sync::ClusterSync;
-use crate::actors::registry::{ConfigRegistry, Reload};
+use crate::actors::registry::{ConfigRegistry, Reload, ReplaceAll};
 use crate::actors::token_lifecycle::TokenLifecycle;
 use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, Database, Listen, Settings};
@@ -46,12 +46,24 @@ pub enum StartError {
     /// silently drop what it enforces (Kong refuses to start the same way).
     #[error("plugin '{0}' is in use but not enabled: add it to `plugins` or delete its instances")]
     PluginNotEnabled(String),
+    /// `declarative_config` cannot be read or is invalid; every problem is named.
+    #[error("declarative_config {path}: {reason}")]
+    Declarative {
+        /// The file.
+        path: String,
+        /// Why, each problem with its entity path and field.
+        reason: String,
+    },
 }
 
 /// The store in use, for the start-up log: where it is, never a password.
 fn store_description(settings: &Settings) -> String {
     match settings.database {
         Database::Memory => "memory (nothing survives a restart)".into(),
+        Database::Off => match &settings.declarative_config {
+            Some(path) => format!("off (declarative_config {})", path.display()),
+            None => "off (empty until POST /config)".into(),
+        },
         Database::Postgres => {
             let mut text = format!(
                 "postgres {}@{}:{}/{}",
@@ -112,6 +124,8 @@ pub struct Stores {
     /// Redis, when configured: state the nodes of a cluster share beyond tokens (failed client
     /// authentications).
     pub redis: Option<RedisTokenCache>,
+    /// DB-less mode: the store `config` is, replaced whole by a declarative configuration.
+    pub declarative: Option<Arc<MemoryConfigStore>>,
 }
 
 /// What the cluster sync actor needs: the database to listen on and the caches to invalidate.
@@ -254,6 +268,7 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
         }),
         verdicts,
         redis,
+        declarative: None,
     })
 }
 
@@ -269,7 +284,19 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
             cluster: None,
             verdicts: IntrospectionCache::default(),
             redis: None,
+            declarative: None,
         }),
+        Database::Off => {
+            let store = Arc::new(MemoryConfigStore::new());
+            Ok(Stores {
+                config: store.clone(),
+                tokens: Arc::new(MemoryTokenStore::new()),
+                cluster: None,
+                verdicts: IntrospectionCache::default(),
+                redis: None,
+                declarative: Some(store),
+            })
+        }
         Database::Postgres => open_postgres(settings).await,
     }
 }
@@ -305,6 +332,15 @@ pub struct Application {
     pub snapshot: Arc<ArcSwap<RouterSnapshot>>,
     /// Hashed client secrets verified recently (tests count the verifications it saves).
     pub verified_secrets: VerifiedSecrets,
+    /// DB-less mode: what SIGHUP needs to re-read `declarative_config`.
+    hup: Option<Reloader>,
+}
+
+/// Re-reads `declarative_config` on SIGHUP.
+struct Reloader {
+    dbless: Arc<crate::admin::config::DbLess>,
+    registry: actix::Addr<ConfigRegistry>,
+    plugins: Arc<PluginRegistry>,
 }
 
 /// A listening socket with the entry's backlog (std's `TcpListener::bind` fixes it at 128, and
@@ -474,6 +510,34 @@ impl Application {
             .await
             .map_err(|e| StartError::Store(e.to_string()))?
             .map_err(|e| StartError::Store(format!("cannot load configuration: {e}")))?;
+        let declarative = match &stores.declarative {
+            Some(target) => {
+                let dbless = crate::admin::config::DbLess {
+                    target: target.clone(),
+                    file: settings.declarative_config.clone(),
+                    hash: Arc::new(ArcSwap::from_pointee(String::new())),
+                };
+                if let Some(path) = &dbless.file {
+                    let loaded = crate::admin::config::read_file(path, &plugins)
+                        .await
+                        .map_err(|reason| StartError::Declarative {
+                            path: path.display().to_string(),
+                            reason,
+                        })?;
+                    dbless.hash.store(Arc::new(loaded.hash.clone()));
+                    registry
+                        .send(ReplaceAll {
+                            target: target.clone(),
+                            next: loaded.store,
+                        })
+                        .await
+                        .map_err(|e| StartError::Store(e.to_string()))?
+                        .map_err(|e| StartError::Store(e.to_string()))?;
+                }
+                Some(Arc::new(dbless))
+            }
+            None => None,
+        };
 
         let proxy_listen = settings.proxy_listeners()?;
         let admin_listen = settings.admin_listeners()?;
@@ -572,6 +636,7 @@ impl Application {
                 node_id,
                 metrics: metrics.clone(),
                 probe: probe.clone(),
+                dbless: declarative.clone(),
             });
             let mut server = HttpServer::new(move || {
                 App::new()
@@ -627,6 +692,11 @@ impl Application {
             proxy_server,
             snapshot,
             verified_secrets,
+            hup: declarative.map(|dbless| Reloader {
+                dbless,
+                registry: registry.clone(),
+                plugins: plugins.clone(),
+            }),
         })
     }
 
@@ -695,6 +765,7 @@ impl Application {
         tokio::select! {
             res = servers => res.map(|_| ()),
             () = reopen_log_files_on_sigusr1() => Ok(()),
+            () = reload_on_sighup(self.hup) => Ok(()),
             () = shutdown_signal() => {
                 tracing::info!("shutting down");
                 for h in handles {
@@ -712,6 +783,22 @@ impl Application {
 
 /// How long a graceful stop waits for the log plugins' queues to empty.
 const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `SIGHUP` re-reads `declarative_config` in DB-less mode (a bad file is logged and changes
+/// nothing). Never returns.
+async fn reload_on_sighup(hup: Option<Reloader>) {
+    #[cfg(unix)]
+    if let Some(hup) = hup {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            while signal.recv().await.is_some() {
+                hup.dbless.reload_file(&hup.registry, &hup.plugins).await;
+            }
+        }
+    }
+    std::future::pending::<()>().await;
+}
 
 /// `SIGUSR1` asks the log plugins to reopen their files (logrotate's `postrotate`), as it asks
 /// nginx in Kong. Never returns; without the signal's support it waits forever.

@@ -866,3 +866,152 @@ async fn a_thousand_idle_websocket_tunnels_cost_the_gateway_little_memory() {
         .status();
     assert_eq!(status, 404);
 }
+
+#[test]
+fn config_init_writes_a_starter_file_that_config_parse_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kong.yml");
+    let out = portcullis()
+        .args(["config", "init"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.contains("_format_version: \"3.0\""), "{written}");
+    assert!(written.contains("name: oauth2"), "{written}");
+    // Never overwrites.
+    let again = portcullis()
+        .args(["config", "init"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).starts_with("Error: cannot create"),
+        "{}",
+        text(&again.stderr)
+    );
+    let parsed = portcullis()
+        .args(["config", "parse"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{}", text(&parsed.stderr));
+    assert_eq!(text(&parsed.stdout), "parse successful\n");
+    // Without a file: kong.yml in the working directory, as Kong's.
+    let cwd = tempfile::tempdir().unwrap();
+    let out = portcullis()
+        .args(["config", "init"])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(cwd.path().join("kong.yml")).unwrap(),
+        written
+    );
+}
+
+#[test]
+fn config_parse_names_each_entity_path_and_field_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "bad.yml",
+        "_format_version: \"3.0\"\nservices:\n  - name: s1\n    url: http://127.0.0.1:1\n    colour: blue\n    routes:\n      - name: r1\n        protocols: [nope]\nroutes:\n  - name: r2\n    paths: [/x]\n    service: missing\n",
+    );
+    let out = portcullis()
+        .args(["config", "parse"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("services[0] (s1): colour: unknown field"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("services[0].routes[0] (r1): protocols"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[0] (r2): service: invalid reference 'service: missing' (no such entry in 'services')"),
+        "{stderr}"
+    );
+}
+
+async fn admin_status(http: &reqwest::Client, url: &str) -> u16 {
+    http.get(url).send().await.unwrap().status().as_u16()
+}
+
+async fn until_status(http: &reqwest::Client, url: &str, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin_status(http, url).await != want {
+        assert!(Instant::now() < deadline, "{url} never answered {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_dbless_loads_the_file_and_sighup_reloads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = |name: &str| {
+        format!(
+            "_format_version: \"3.0\"\nservices:\n  - name: {name}\n    url: http://127.0.0.1:1\n"
+        )
+    };
+    let file = write(dir.path(), "kong.yml", &service("one"));
+    let mut served = serve_with(&[
+        ("PORTCULLIS_DATABASE", "off"),
+        ("PORTCULLIS_DECLARATIVE_CONFIG", file.to_str().unwrap()),
+    ]);
+    let http = reqwest::Client::new();
+    let url = |name: &str| format!("{}/services/{name}", served.admin);
+    assert_eq!(admin_status(&http, &url("one")).await, 200);
+    let hup = |pid: u32| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    std::fs::write(&file, service("two")).unwrap();
+    hup(served.child.id());
+    until_status(&http, &url("two"), 200).await;
+    assert_eq!(admin_status(&http, &url("one")).await, 404);
+    // A bad file is refused; the running configuration stays.
+    std::fs::write(&file, "services: [").unwrap();
+    hup(served.child.id());
+    std::fs::write(&file, service("three")).unwrap();
+    hup(served.child.id());
+    until_status(&http, &url("three"), 200).await;
+    assert!(served.child.try_wait().unwrap().is_none(), "still serving");
+    let status = stop_with_sigterm(&mut served).await;
+    assert!(status.success());
+}
+
+#[test]
+fn serve_refuses_an_invalid_declarative_file_naming_entity_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "kong.yml",
+        "_format_version: \"3.0\"\nconsumers:\n  - username: bob\n    acls:\n      - group: 7\n",
+    );
+    let out = portcullis()
+        .arg("serve")
+        .env("PORTCULLIS_DATABASE", "off")
+        .env("PORTCULLIS_DECLARATIVE_CONFIG", &file)
+        .env("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0")
+        .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("consumers[0].acls[0]: group: expected a string"),
+        "{stderr}"
+    );
+}

@@ -85,6 +85,18 @@ pub struct Delete {
 #[rtype(result = "Result<(), StoreError>")]
 pub struct Reload;
 
+/// Replaces the whole configuration held in `target` with `next` (DB-less: a declarative file
+/// or `POST /config`), then publishes it; rows whose id the new configuration keeps keep their
+/// tokens, the tokens of removed credentials and services are deleted.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct ReplaceAll {
+    /// The store the admin API reads (the registry's own store in DB-less mode).
+    pub target: Arc<portcullis_stores::memory::MemoryConfigStore>,
+    /// The validated configuration.
+    pub next: portcullis_stores::memory::MemoryConfigStore,
+}
+
 /// Apply changes made elsewhere (another node) after re-reading the named rows.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -726,6 +738,72 @@ impl Handler<RetryCascade> for ConfigRegistry {
                     "gave up removing the tokens of deleted credentials and services; they stay refused (their owner is gone) and the expiry sweep removes those that expire");
             }
         }))
+    }
+}
+
+/// Equal rows but for when they were written.
+fn same_but_timestamps(a: &Document, b: &Document) -> bool {
+    let strip = |d: &Document| {
+        let mut d = d.clone();
+        d.remove("created_at");
+        d.remove("updated_at");
+        d
+    };
+    strip(a) == strip(b)
+}
+
+impl Handler<ReplaceAll> for ConfigRegistry {
+    type Result = AtomicResponse<Self, Result<(), RegistryError>>;
+
+    fn handle(&mut self, msg: ReplaceAll, _ctx: &mut Self::Context) -> Self::Result {
+        let ReplaceAll { target, next } = msg;
+        let mut removed = Vec::new();
+        let mut upserts = Vec::new();
+        for def in defs::ALL {
+            let mut running: HashMap<Uuid, Document> = target
+                .documents(def)
+                .into_iter()
+                .filter_map(|d| Some((portcullis_stores::memory::doc_id(&d).ok()?, d)))
+                .collect();
+            for mut doc in next.documents(def) {
+                let Ok(id) = portcullis_stores::memory::doc_id(&doc) else {
+                    continue;
+                };
+                // A row the new configuration repeats keeps the running one (its timestamps):
+                // its plugin runtime, and the counters and queues it holds, carry on.
+                if let Some(old) = running.remove(&id) {
+                    if same_but_timestamps(&old, &doc) {
+                        next.replace_document(def, id, old.clone());
+                        doc = old;
+                    }
+                }
+                upserts.push(Change::Upsert(def.name, doc));
+            }
+            removed.extend(running.into_keys().map(|id| (def.name, id)));
+        }
+        // No await between the swap and the publication: the admin API's reads and the proxy's
+        // snapshot move to the new configuration together.
+        target.replace_with(next);
+        let mut changes = vec![Change::Delete(removed.clone())];
+        changes.extend(upserts);
+        self.apply(&changes);
+        let owners = Owners::of(&removed);
+        let tokens = self.tokens.clone();
+        let fut = async move {
+            owners
+                .cascade(tokens.as_ref())
+                .await
+                .map_err(|e| (owners, e))
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |res: Result<(), (Owners, StoreError)>, _act, ctx| match res {
+                Ok(()) => Ok(()),
+                Err((owners, e)) => {
+                    ctx.notify_later(RetryCascade { owners, attempt: 1 }, Duration::from_secs(1));
+                    Err(RegistryError::TokensKept(e))
+                }
+            },
+        )))
     }
 }
 

@@ -61,11 +61,21 @@ pub async fn status(st: &AdminState) -> Result<HttpResponse, AdminError> {
         .await
         .is_ok();
     let snapshot = st.snapshot.load();
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "database": { "reachable": reachable },
         "server": { "uptime_seconds": st.started.elapsed().as_secs() },
         "configuration": { "version": snapshot.version, "routes": snapshot.entries.len() },
-    })))
+    });
+    // DB-less: Kong's digest of the running declarative configuration (zeros before the first).
+    if let Some(dbless) = &st.dbless {
+        let hash = dbless.hash.load();
+        body["configuration_hash"] = if hash.is_empty() {
+            json!("0".repeat(32))
+        } else {
+            json!(hash.as_str())
+        };
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// `GET /plugins/enabled`.

@@ -2,10 +2,14 @@
 //! operations of [`crud`]; bodies are parsed by [`crate::forms`]; node info and schemas live in
 //! [`info`], the OpenAPI document in [`openapi`]. The plugins' own endpoints live here too, so
 //! plugins never import the admin API: [`oauth2_tokens`] (issued tokens) and [`introspection`]
-//! (verdict cache eviction).
+//! (verdict cache eviction). DB-less mode (`database = off`) lives in [`config`]: `POST /config`,
+//! `GET /config`, and Kong's `405` for single-entity writes; [`declarative`] reads Kong's
+//! declarative format with the same validation as every write here.
 
 pub mod certificates;
+pub mod config;
 pub mod crud;
+pub mod declarative;
 pub mod info;
 pub mod introspection;
 pub mod oauth2_tokens;
@@ -57,6 +61,8 @@ pub struct AdminState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The stores `GET /metrics` asks.
     pub probe: crate::status::Probe,
+    /// DB-less mode (`database = off`): entity writes refused, `/config` replaces everything.
+    pub dbless: Option<Arc<config::DbLess>>,
 }
 
 /// The entity collections at the top of the URL space: segment → entity. The dispatcher and the
@@ -249,6 +255,12 @@ pub async fn dispatch(
     if let Some(resp) = upstream_health::dispatch(st, &seg, &method, &query).await {
         return resp;
     }
+    if let Some(resp) = config::dispatch(st, &seg, &method, &query, &content_type, &body).await {
+        return resp;
+    }
+    if let Some(e) = config::refuse_entity_write(st, written_table(&seg, &method), &method) {
+        return Err(e);
+    }
     if let Some(resp) = oauth2_tokens::dispatch(st, &seg, &method, &query, &parse).await {
         return resp;
     }
@@ -338,6 +350,29 @@ pub async fn dispatch(
         }
         _ => Err(AdminError::NotFound),
     }
+}
+
+/// The entity table a path writes to (`/services/{s}/routes` → `routes`), `None` for paths
+/// that are no entity's.
+fn written_table(seg: &[&str], method: &Method) -> Option<&'static str> {
+    // Only the methods a path answers are refused as writes; others stay `Method not allowed`.
+    let on_collection = *method == Method::POST;
+    let on_item = matches!(*method, Method::PUT | Method::PATCH | Method::DELETE);
+    let kind = match seg {
+        [entity] if on_collection => top_kind_of(entity)?,
+        [entity, _] if on_item => top_kind_of(entity)?,
+        [parent, _, third] if nested_field(parent, third).is_some() && on_collection => {
+            nested_kind_of(third)?
+        }
+        [parent, _, third] if *method == Method::PUT || *method == Method::PATCH => {
+            kind_of(foreign_parent(parent, third)?)?
+        }
+        [parent, _, child, _] if nested_field(parent, child).is_some() && on_item => {
+            nested_kind_of(child)?
+        }
+        _ => return None,
+    };
+    Some(kind.def.name)
 }
 
 /// Reads the body up to `max` bytes: a larger declared length is refused before reading, a

@@ -30,6 +30,29 @@ impl MemoryConfigStore {
         Self::default()
     }
 
+    /// Replaces every table at once with those of `other` (a DB-less configuration swap):
+    /// readers see the whole old configuration or the whole new one, never a mix.
+    pub fn replace_with(&self, other: MemoryConfigStore) {
+        let tables = other.tables.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.write() = tables;
+    }
+
+    /// Every document of an entity, without awaiting (the embedded store answers at once).
+    pub fn documents(&self, def: &EntityDef) -> Vec<Document> {
+        self.read()
+            .get(def.name)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces a document by id without checking constraints: for a caller that swaps in an
+    /// equal row (the running one, with its timestamps) for one it already checked.
+    pub fn replace_document(&self, def: &EntityDef, id: Uuid, doc: Document) {
+        if let Some(row) = self.write().get_mut(def.name).and_then(|t| t.get_mut(&id)) {
+            *row = doc;
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, HashMap<&'static str, BTreeMap<Uuid, Document>>> {
         self.tables.read().unwrap_or_else(|e| e.into_inner())
     }

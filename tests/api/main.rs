@@ -8,6 +8,7 @@ mod admin;
 mod bodies;
 mod certificates;
 mod cors;
+mod declarative;
 #[path = "../support/echo_servers.rs"]
 mod echo_servers;
 mod faults;
