@@ -201,7 +201,7 @@ impl Slab {
     fn insert(&mut self, row: Row) -> u32 {
         let slot = self.free.pop().unwrap_or_else(|| {
             let slot = self.next;
-            if slot as usize % CHUNK == 0 {
+            if (slot as usize).is_multiple_of(CHUNK) {
                 self.chunks.push((0..CHUNK).map(|_| None).collect());
             }
             self.next += 1;
@@ -329,8 +329,8 @@ impl Shard {
         let rows = &self.rows;
         let key = |s: &u32, f: &dyn Fn(&Row) -> u64| rows.get(*s).map_or(0, f);
         self.by_access
-            .insert_unique(h.hash_one(&t.access_token_hash), slot, |s| {
-                key(s, &|r| h.hash_one(&r.access))
+            .insert_unique(h.hash_one(t.access_token_hash), slot, |s| {
+                key(s, &|r| h.hash_one(r.access))
             });
         self.by_id
             .insert_unique(h.hash_one(t.id), slot, |s| key(s, &|r| h.hash_one(r.id)));
@@ -360,7 +360,7 @@ impl Shard {
         let record = self.record(slot)?;
         if let Ok(e) = self
             .by_access
-            .find_entry(h.hash_one(&record.access_token_hash), |&s| s == slot)
+            .find_entry(h.hash_one(record.access_token_hash), |&s| s == slot)
         {
             e.remove();
         }
