@@ -65,7 +65,7 @@ impl Target {
     /// The gateway `gw` as a target: the shared mix, a warm-up run, nothing else to keep.
     fn gateway(gw: Gateway) -> Self {
         Self {
-            addr: gw.proxy,
+            addr: gw.tls_proxy.unwrap_or(gw.proxy),
             proc: Some(gw.proc),
             token: None,
             requests: None,
@@ -642,7 +642,11 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
             throughput,
             p99: Some(("nginx", "nginx")),
         },
-        &format!("Portcullis vs nginx ({})", variant.about),
+        &if variant.name == "plain" {
+            "Portcullis vs direct vs nginx".to_string()
+        } else {
+            format!("Portcullis vs nginx ({})", variant.about)
+        },
         settings,
         &rows,
     )

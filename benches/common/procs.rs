@@ -416,6 +416,9 @@ pub struct Gateway {
     pub proxy: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// The TLS proxy listener of a gateway started with a [`Front`] with TLS (the plain one,
+    /// `proxy`, still serves the bench's setup requests).
+    pub tls_proxy: Option<SocketAddr>,
     /// The process.
     pub proc: Proc,
 }
@@ -462,8 +465,21 @@ pub fn start_gateway_front(
         ));
     }
     settings.extend(extra.iter().cloned());
-    let flags = if front.tls.is_some() { "ssl" } else { "" };
-    start_gateway_flagged(name, env, &settings, flags)
+    let tls_proxy = match front.tls {
+        Some(_) => Some(free_addr()?),
+        None => None,
+    };
+    let proxy = free_addr()?;
+    let listen = match tls_proxy {
+        Some(tls) => format!("{proxy}, {tls} ssl"),
+        None => proxy.to_string(),
+    };
+    let mut gw = spawn_gateway(name, env, &settings, proxy, &listen)?;
+    if let Some(tls) = tls_proxy {
+        gw.proc.wait_listening(tls)?;
+        gw.tls_proxy = Some(tls);
+    }
+    Ok(gw)
 }
 
 /// [`start_gateway`] with listen flags on the proxy listener (`http2` for h2c).
@@ -477,6 +493,18 @@ pub fn start_gateway_flagged(
     flags: &str,
 ) -> Result<Gateway> {
     let proxy = free_addr()?;
+    let listen = format!("{proxy} {flags}");
+    spawn_gateway(name, env, extra, proxy, listen.trim_end())
+}
+
+/// Starts the gateway with `listen` as its proxy listeners, `proxy` among them (plain).
+fn spawn_gateway(
+    name: &str,
+    env: &BenchEnv,
+    extra: &[(String, String)],
+    proxy: SocketAddr,
+    listen: &str,
+) -> Result<Gateway> {
     let admin = free_addr()?;
     let mut cmd = match std::env::var_os("BENCH_GATEWAY_BIN") {
         Some(bin) => {
@@ -495,22 +523,24 @@ pub fn start_gateway_flagged(
             cmd.env_remove(k);
         }
     }
-    cmd.env(
-        "PORTCULLIS_PROXY_LISTEN",
-        format!("{proxy} {flags}").trim_end(),
-    )
-    .env("PORTCULLIS_ADMIN_LISTEN", admin.to_string())
-    .env("PORTCULLIS_DATABASE", "memory")
-    .env("PORTCULLIS_LOG_LEVEL", "error")
-    .env("PORTCULLIS_WORKER_PROCESSES", env.workers.to_string())
-    .env("PORTCULLIS_TRUSTED_IPS", "127.0.0.1/32");
+    cmd.env("PORTCULLIS_PROXY_LISTEN", listen)
+        .env("PORTCULLIS_ADMIN_LISTEN", admin.to_string())
+        .env("PORTCULLIS_DATABASE", "memory")
+        .env("PORTCULLIS_LOG_LEVEL", "error")
+        .env("PORTCULLIS_WORKER_PROCESSES", env.workers.to_string())
+        .env("PORTCULLIS_TRUSTED_IPS", "127.0.0.1/32");
     for (k, v) in extra {
         cmd.env(k, v);
     }
     let mut proc = Proc::spawn(name, cmd, tempfile::tempdir()?)?;
     proc.wait_listening(admin)?;
     proc.wait_listening(proxy)?;
-    Ok(Gateway { proxy, admin, proc })
+    Ok(Gateway {
+        proxy,
+        admin,
+        tls_proxy: None,
+        proc,
+    })
 }
 
 /// The `gateway` role: what `portcullis serve` does, with settings from `PORTCULLIS_*`.
