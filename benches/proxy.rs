@@ -5,10 +5,26 @@
 //! cargo bench --bench proxy                              # 64 connections, 2 s warm-up + 10 s, 3 rounds
 //! BENCH_SECONDS=3 BENCH_ROUNDS=1 cargo bench --bench proxy   # quick look
 //! BENCH_TARGETS="nginx,oauth2 memory,oauth2 + prometheus" cargo bench --bench proxy   # some targets
+//! BENCH_VARIANTS=tls,h2 cargo bench --bench proxy        # some variants only
 //! ```
 //!
 //! Targets, each one function (`Setup`); the ones this build cannot run yet say what they need.
 //! The `rate-limiting` targets are read against `oauth2 memory` (the same gateway without it).
+//!
+//! Variants (`BENCH_VARIANTS`, comma separated, default all), each its own table, JSON and SVG
+//! (`target/bench-results/<bench>.json|svg`):
+//!
+//! | variant | bench | what changes |
+//! | --- | --- | --- |
+//! | `plain` | `proxy` | every target above, HTTP/1.1 keep-alive, one worker each |
+//! | `tls` | `proxy-tls` | nginx and the gateway terminate TLS; keep-alive connections |
+//! | `tls-close` | `proxy-tls-close` | TLS with `Connection: close`: a full handshake per request (no resumption) |
+//! | `workers2` | `proxy-workers2` | nginx `worker_processes 2`, the gateway 2 workers, plain HTTP/1.1 |
+//! | `h2` | `proxy-h2` | HTTP/2 over TLS driven by `h2load` (one stream per connection at a time) |
+//!
+//! nginx runs with `keepalive_requests 1000000` on the client and the upstream side in every
+//! variant. The TLS variants use the Rust driver (it trusts the bench's certificate), `h2` needs
+//! `h2load` (`apt-get install nghttp2-client`).
 
 mod common;
 
@@ -23,7 +39,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use common::admin::{bearer_request, client_credentials_request, token_of, Admin, RESOURCE};
 use common::driver::{self, Load, Req};
-use common::procs::{self, Gateway, Proc, Upstream};
+use common::procs::{self, Front, Gateway, Proc, TlsFiles, Upstream};
 use common::report::{self, Refs, Row};
 use common::stores::{PgSchema, RedisPrefix, Settings};
 use common::{progress, BenchEnv, RoundTarget};
@@ -50,7 +66,7 @@ impl Target {
     /// The gateway `gw` as a target: the shared mix, a warm-up run, nothing else to keep.
     fn gateway(gw: Gateway) -> Self {
         Self {
-            addr: gw.proxy,
+            addr: gw.tls_proxy.unwrap_or(gw.proxy),
             proc: Some(gw.proc),
             token: None,
             requests: None,
@@ -68,7 +84,86 @@ enum Setup {
 struct Ctx<'a> {
     env: &'a BenchEnv,
     upstream: &'a Upstream,
+    /// How nginx and the gateway serve clients in this variant.
+    front: Front,
 }
+
+/// One table of the bench: how the proxies are served and which targets are measured.
+struct Variant {
+    /// Its name in `BENCH_VARIANTS`.
+    name: &'static str,
+    /// The report's name (`target/bench-results/<bench>.json`).
+    bench: &'static str,
+    /// What the table's title says about it.
+    about: &'static str,
+    /// The targets measured (names of [`TARGETS`]).
+    targets: &'static [&'static str],
+    /// TLS on the client side.
+    tls: bool,
+    /// `Connection: close` on every request.
+    close: bool,
+    /// Workers of nginx and the gateway (0: one nginx worker, `BENCH_GATEWAY_WORKERS`).
+    workers: usize,
+    /// HTTP/2 over TLS (`h2load`).
+    h2: bool,
+}
+
+/// The targets of the TLS and HTTP/2 variants: the direct upstream speaks plain HTTP/1.1 only.
+const FRONTED: &[&str] = &["nginx", "portcullis", "oauth2 memory"];
+
+/// Every variant, in the order they run.
+const VARIANTS: &[Variant] = &[
+    Variant {
+        name: "plain",
+        bench: "proxy",
+        about: "HTTP/1.1 keep-alive",
+        targets: &[],
+        tls: false,
+        close: false,
+        workers: 0,
+        h2: false,
+    },
+    Variant {
+        name: "tls",
+        bench: "proxy-tls",
+        about: "TLS keep-alive",
+        targets: FRONTED,
+        tls: true,
+        close: false,
+        workers: 0,
+        h2: false,
+    },
+    Variant {
+        name: "tls-close",
+        bench: "proxy-tls-close",
+        about: "TLS, Connection: close (a full handshake per request)",
+        targets: FRONTED,
+        tls: true,
+        close: true,
+        workers: 0,
+        h2: false,
+    },
+    Variant {
+        name: "workers2",
+        bench: "proxy-workers2",
+        about: "HTTP/1.1 keep-alive, nginx worker_processes 2, gateway 2 workers",
+        targets: &["direct", "nginx", "portcullis", "oauth2 memory"],
+        tls: false,
+        close: false,
+        workers: 2,
+        h2: false,
+    },
+    Variant {
+        name: "h2",
+        bench: "proxy-h2",
+        about: "HTTP/2 over TLS (h2load, one stream per connection at a time)",
+        targets: FRONTED,
+        tls: true,
+        close: false,
+        workers: 0,
+        h2: true,
+    },
+];
 
 type SetupFn = fn(&Ctx<'_>) -> Result<Setup>;
 
@@ -105,7 +200,7 @@ fn nginx_proxy(ctx: &Ctx<'_>) -> Result<Setup> {
             "needs nginx (apt-get install nginx-light)".into(),
         ));
     }
-    let (addr, proc) = procs::start_nginx_proxy(ctx.upstream.addr)?;
+    let (addr, proc) = procs::start_nginx_front(ctx.upstream.addr, &ctx.front)?;
     Ok(Setup::Ready(Target {
         addr,
         proc: Some(proc),
@@ -118,7 +213,7 @@ fn nginx_proxy(ctx: &Ctx<'_>) -> Result<Setup> {
 
 /// Target 3: The gateway with a service and a route, no plugin.
 fn portcullis_plain(ctx: &Ctx<'_>) -> Result<Setup> {
-    let gw = procs::start_gateway("portcullis", ctx.env, &[])?;
+    let gw = procs::start_gateway_front("portcullis", ctx.env, &[], &ctx.front)?;
     let admin = Admin::new(gw.admin, gw.proxy)?;
     admin.expose(ctx.upstream.addr)?;
     admin.wait_ready(None)?;
@@ -132,7 +227,7 @@ fn oauth2_gateway(
     name: &str,
     settings: &[(String, String)],
 ) -> Result<(Gateway, String)> {
-    let gw = procs::start_gateway(name, ctx.env, settings)?;
+    let gw = procs::start_gateway_front(name, ctx.env, settings, &ctx.front)?;
     let admin = Admin::oauth2_service(&gw, ctx.upstream.addr)?;
     let token = admin.client_credentials_token()?;
     admin.wait_ready(Some(&token))?;
@@ -391,17 +486,68 @@ fn main() -> ExitCode {
     common::bench_main("proxy", run)
 }
 
+/// The variants `BENCH_VARIANTS` asks for (default all).
+fn chosen_variants() -> Result<Vec<&'static Variant>> {
+    let Ok(wanted) = std::env::var("BENCH_VARIANTS") else {
+        return Ok(VARIANTS.iter().collect());
+    };
+    wanted
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            VARIANTS.iter().find(|v| v.name == w).with_context(|| {
+                let names: Vec<&str> = VARIANTS.iter().map(|v| v.name).collect();
+                format!(
+                    "unknown variant {w} in BENCH_VARIANTS (known: {})",
+                    names.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
 fn run() -> Result<()> {
+    let variants = chosen_variants()?;
     let env = BenchEnv::from_env();
     let upstream = procs::start_upstream(&env)?;
     progress(format_args!(
         "upstream: {} on {} ({} connections, {} s warm-up + {} s per run, {} round(s))",
         upstream.kind, upstream.addr, env.connections, env.warmup, env.seconds, env.rounds
     ));
-    let ctx = Ctx {
-        env: &env,
-        upstream: &upstream,
+    let tls = if variants.iter().any(|v| v.tls) {
+        Some(std::sync::Arc::new(TlsFiles::generate()?))
+    } else {
+        None
     };
+    for variant in variants {
+        progress(format_args!("variant {}: {}", variant.name, variant.about));
+        let front = Front {
+            workers: variant.workers,
+            tls: tls.clone().filter(|_| variant.tls),
+            h2: variant.h2,
+        };
+        if variant.h2 && driver::find_program("h2load").is_none() {
+            progress(format_args!(
+                "variant {}: skipped: needs h2load (apt-get install nghttp2-client)",
+                variant.name
+            ));
+            continue;
+        }
+        run_variant(&env, &upstream, variant, front)?;
+    }
+    Ok(())
+}
+
+fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Front) -> Result<()> {
+    let ctx = Ctx {
+        env,
+        upstream,
+        front,
+    };
+    let targets = TARGETS
+        .iter()
+        .filter(|(name, _)| variant.targets.is_empty() || variant.targets.contains(name));
     let mut setups = Vec::new();
     // `BENCH_TARGETS=nginx,oauth2 memory,…` measures only those (names as in the table).
     let only = std::env::var("BENCH_TARGETS").ok();
@@ -409,7 +555,7 @@ fn run() -> Result<()> {
         only.as_deref()
             .is_none_or(|list| list.split(',').any(|n| n.trim() == name))
     };
-    for (name, setup) in TARGETS {
+    for (name, setup) in targets {
         if !wanted(name) {
             setups.push((*name, Setup::Skipped("not in BENCH_TARGETS".into())));
             continue;
@@ -438,21 +584,42 @@ fn run() -> Result<()> {
         })
         .unwrap_or_else(|| "0123456789abcdef0123456789abcdef".into());
     let mix = vec![bearer_request(&token)];
+    let close = |reqs: &[Req]| -> Vec<Req> {
+        reqs.iter()
+            .map(|r| {
+                if variant.close {
+                    r.clone().header("connection", "close")
+                } else {
+                    r.clone()
+                }
+            })
+            .collect()
+    };
+    let mixes: Vec<Vec<Req>> = setups
+        .iter()
+        .map(|(_, s)| match s {
+            Setup::Ready(t) => close(t.requests.as_deref().unwrap_or(&mix)),
+            Setup::Skipped(_) => Vec::new(),
+        })
+        .collect();
 
     let ready: Vec<RoundTarget<'_>> = setups
         .iter()
-        .filter_map(|(name, s)| match s {
+        .zip(&mixes)
+        .filter_map(|((name, s), requests)| match s {
             Setup::Ready(t) => Some(RoundTarget {
                 name,
                 addr: t.addr,
-                requests: t.requests.as_deref().unwrap_or(&mix),
+                requests,
                 proc: t.proc.as_ref(),
                 warmup: t.warmup,
+                tls: ctx.front.tls.as_ref().map(|f| f.client.clone()),
+                h2: variant.h2,
             }),
             Setup::Skipped(_) => None,
         })
         .collect();
-    let (runs, driver_name) = common::measure_rounds(&env, &ready)?;
+    let (runs, driver_name) = common::measure_rounds(env, &ready)?;
 
     // The runs are in the order of the ready targets.
     let mut runs = runs.into_iter();
@@ -467,27 +634,52 @@ fn run() -> Result<()> {
             Setup::Skipped(why) => Row::skipped(name, why.clone()),
         })
         .collect();
-    let title = format!(
-        "proxy: GET {RESOURCE} with a bearer token, {} connections, {} s × {} round(s) (median), driver {driver_name}, upstream {}; CPU and RSS are the proxy's",
-        env.connections, env.seconds, env.rounds, upstream.kind
+    let request = format!(
+        "GET {RESOURCE}, Authorization: Bearer <token>{}",
+        if variant.close {
+            ", Connection: close"
+        } else {
+            ""
+        }
     );
+    let title = format!(
+        "proxy ({}): {request}, {} connections, {} s × {} round(s) (median), driver {driver_name}, upstream {}; CPU and RSS are the proxy's",
+        variant.about, env.connections, env.seconds, env.rounds, upstream.kind
+    );
+    let workers = if variant.workers > 0 {
+        variant.workers
+    } else {
+        env.workers
+    };
     let settings = json!({
-        "seconds": env.seconds, "rounds": env.rounds, "connections": env.connections,
-        "warmup": env.warmup, "gateway_workers": env.workers, "driver": driver_name,
-        "upstream": upstream.kind, "request": format!("GET {RESOURCE}, Authorization: Bearer <token>"),
+        "variant": variant.name, "seconds": env.seconds, "rounds": env.rounds,
+        "connections": env.connections, "warmup": env.warmup, "gateway_workers": workers,
+        "nginx_workers": variant.workers.max(1), "tls": variant.tls, "http2": variant.h2,
+        "connection_close": variant.close, "driver": driver_name,
+        "upstream": upstream.kind, "request": request,
     });
-    report::publish(
-        "proxy",
-        &title,
-        &Refs {
-            throughput: &[
+    let throughput: &[(&str, &str)] =
+        if variant.targets.contains(&"direct") || variant.targets.is_empty() {
+            &[
                 ("direct", "direct"),
                 ("nginx", "nginx"),
                 ("oauth2", "oauth2 memory"),
-            ],
+            ]
+        } else {
+            &[("nginx", "nginx"), ("oauth2", "oauth2 memory")]
+        };
+    report::publish(
+        variant.bench,
+        &title,
+        &Refs {
+            throughput,
             p99: Some(("nginx", "nginx")),
         },
-        "Portcullis vs direct vs nginx",
+        &if variant.name == "plain" {
+            "Portcullis vs direct vs nginx".to_string()
+        } else {
+            format!("Portcullis vs nginx ({})", variant.about)
+        },
         settings,
         &rows,
     )

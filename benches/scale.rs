@@ -120,6 +120,8 @@ fn run() -> Result<()> {
             requests: &t.mix,
             proc: Some(&t.gw.proc),
             warmup: true,
+            tls: None,
+            h2: false,
         })
         .collect();
     let (runs, driver_name) = common::measure_rounds(&env, &round_targets)?;

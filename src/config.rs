@@ -139,9 +139,21 @@ pub struct Settings {
     pub oauth2_auth_failure_limit: u32,
     /// Length of the sliding window of `oauth2_auth_failure_limit`, seconds.
     pub oauth2_auth_failure_window: u64,
+    /// Most tokens the memory token store holds (`database = memory` only): beyond it, once the
+    /// expired ones are swept, issuance answers `503 temporarily_unavailable` instead of growing
+    /// the process until it is killed. Unset: [`DEFAULT_MEMORY_MAX_TOKENS`].
+    pub memory_max_tokens: Option<u64>,
     /// Plugins this gateway runs, as Kong's `plugins`: `bundled` (all built-in ones), plugin names,
     /// or `off`.
     pub plugins: Vec<String>,
+}
+
+impl Settings {
+    /// The token limit of the memory token store: the setting, or its default.
+    pub fn memory_max_tokens(&self) -> usize {
+        usize::try_from(self.memory_max_tokens.unwrap_or(DEFAULT_MEMORY_MAX_TOKENS))
+            .unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for Settings {
@@ -181,10 +193,15 @@ impl Default for Settings {
             admin_token: None,
             oauth2_auth_failure_limit: 10,
             oauth2_auth_failure_window: 60,
+            memory_max_tokens: None,
             plugins: vec!["bundled".into()],
         }
     }
 }
+
+/// `memory_max_tokens` when unset: about 1 GiB of tokens at the ~146 bytes a client-credentials
+/// token costs in the memory token store (`stores/tests/memory_footprint.rs` measures it).
+pub const DEFAULT_MEMORY_MAX_TOKENS: u64 = 7_000_000;
 
 /// A configuration problem, always naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -304,6 +321,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("admin_token", Kind::Str),
     ("oauth2_auth_failure_limit", Kind::Int),
     ("oauth2_auth_failure_window", Kind::Int),
+    ("memory_max_tokens", Kind::Int),
     ("plugins", Kind::List),
 ];
 
@@ -509,6 +527,23 @@ impl Settings {
                 key: "declarative_config",
                 reason: "a declarative configuration is only read with database = \"off\"; set database = \"off\" or remove declarative_config".into(),
             });
+        }
+        match self.memory_max_tokens {
+            Some(0) => {
+                return Err(ConfigError::Value {
+                    key: "memory_max_tokens",
+                    reason: "must be at least 1".into(),
+                })
+            }
+            // Postgres holds the tokens on disk; the near cache in front of it is bounded by
+            // itself, so a memory limit there would be a setting that does nothing.
+            Some(_) if self.database == Database::Postgres => {
+                return Err(ConfigError::Value {
+                    key: "memory_max_tokens",
+                    reason: "applies to database = \"memory\" only: with postgres tokens are stored in the database".into(),
+                })
+            }
+            _ => {}
         }
         if self.redis_url.is_some() && self.database != Database::Postgres {
             return Err(ConfigError::Value {
@@ -955,6 +990,42 @@ mod tests {
         };
         assert!(!s.to_masked_toml().contains("hunter2"));
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn memory_max_tokens_is_positive_and_for_the_memory_store_only() {
+        let load = |pairs: &[(&str, &str)]| {
+            Settings::load(
+                None,
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            load(&[]).unwrap().memory_max_tokens(),
+            usize::try_from(DEFAULT_MEMORY_MAX_TOKENS).unwrap()
+        );
+        assert_eq!(
+            load(&[("PORTCULLIS_MEMORY_MAX_TOKENS", "5")])
+                .unwrap()
+                .memory_max_tokens(),
+            5
+        );
+        assert_eq!(
+            load(&[("PORTCULLIS_MEMORY_MAX_TOKENS", "0")]).unwrap_err(),
+            "invalid value for `memory_max_tokens`: must be at least 1"
+        );
+        assert_eq!(
+            load(&[
+                ("PORTCULLIS_MEMORY_MAX_TOKENS", "5"),
+                ("PORTCULLIS_DATABASE", "postgres")
+            ])
+            .unwrap_err(),
+            "invalid value for `memory_max_tokens`: applies to database = \"memory\" only: with postgres tokens are stored in the database"
+        );
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl From<StoreError> for AdminError {
             },
             StoreError::NotFound => Self::NotFound,
             StoreError::InvalidOffset => Self::InvalidOffset(String::new()),
-            StoreError::Unavailable(_) => Self::Unavailable,
+            StoreError::Unavailable(_) | StoreError::Full => Self::Unavailable,
             StoreError::InvalidValue { field, reason } => {
                 let mut fields = FieldErrors::new();
                 fields.insert(field, Value::String(reason.into()));

@@ -280,7 +280,9 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
     match settings.database {
         Database::Memory => Ok(Stores {
             config: Arc::new(MemoryConfigStore::new()),
-            tokens: Arc::new(MemoryTokenStore::new()),
+            tokens: Arc::new(MemoryTokenStore::with_max_tokens(
+                settings.memory_max_tokens(),
+            )),
             cluster: None,
             verdicts: IntrospectionCache::default(),
             redis: None,

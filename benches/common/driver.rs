@@ -1,6 +1,8 @@
 //! The load driver: `wrk` when it is on PATH, otherwise our own closed-loop driver (hyper 1.x
 //! client, N keep-alive connections on one thread like `wrk -t1`, fixed duration, HDR histogram).
-//! Both report the same [`Measured`] figures.
+//! TLS runs always use our driver (it trusts the bench's own certificate; a request with
+//! `Connection: close` makes it reconnect, handshake included), HTTP/2 runs use `h2load`.
+//! All report the same [`Measured`] figures.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -90,6 +92,10 @@ pub struct Load {
     pub max_requests: Option<u64>,
     /// Keep the body of every n-th successful response (Rust driver only).
     pub keep_every: Option<u64>,
+    /// Speak TLS with this client configuration (Rust driver, or `h2load` when `h2`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// HTTP/2 over TLS with `h2load` (one stream per connection at a time, like HTTP/1.1).
+    pub h2: bool,
 }
 
 impl Load {
@@ -108,6 +114,8 @@ impl Load {
             duration,
             max_requests: None,
             keep_every: None,
+            tls: None,
+            h2: false,
         }
     }
 }
@@ -149,8 +157,13 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 
 /// Which driver [`run`] will use for a mix.
 pub fn driver_for(load: &Load, force_rust: bool) -> &'static str {
-    let wrk_can =
-        load.order == Order::Cycle && load.keep_every.is_none() && load.max_requests.is_none();
+    if load.h2 {
+        return "h2load";
+    }
+    let wrk_can = load.tls.is_none()
+        && load.order == Order::Cycle
+        && load.keep_every.is_none()
+        && load.max_requests.is_none();
     if !force_rust && wrk_can && find_program("wrk").is_some() {
         "wrk"
     } else {
@@ -164,11 +177,87 @@ pub fn driver_for(load: &Load, force_rust: bool) -> &'static str {
 /// # Errors
 /// The driver could not start or its output could not be read.
 pub fn run(load: &Load, force_rust: bool) -> Result<Measured> {
-    if driver_for(load, force_rust) == "wrk" {
-        run_wrk(load)
-    } else {
-        run_rust(load)
+    match driver_for(load, force_rust) {
+        "h2load" => run_h2load(load),
+        "wrk" => run_wrk(load),
+        _ => run_rust(load),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// h2load
+
+/// Runs the load with `h2load` over TLS (ALPN h2): `connections` clients on one thread, one
+/// stream each at a time, for the duration; latencies from its per-request log.
+fn run_h2load(load: &Load) -> Result<Measured> {
+    let h2load =
+        find_program("h2load").context("h2load not found (apt-get install nghttp2-client)")?;
+    let first = load.requests.first().context("empty request mix")?;
+    if load.requests.len() > 1 || !first.body.is_empty() {
+        bail!("h2load runs take one bodiless request");
+    }
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("requests.tsv");
+    let mut cmd = Command::new(h2load);
+    cmd.arg("-t1")
+        .arg(format!("-c{}", load.connections))
+        .arg("-m1")
+        .arg(format!("-D{}", load.duration.as_secs().max(1)))
+        .arg("--log-file")
+        .arg(&log);
+    for (k, v) in &first.headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    let out = cmd
+        .arg(format!("https://{}{}", load.addr, first.path))
+        .output()
+        .context("running h2load")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "h2load failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut hist = new_hist()?;
+    let (mut responses, mut ok) = (0u64, 0u64);
+    for line in std::fs::read_to_string(&log)?.lines() {
+        // start (µs since the epoch), status, µs until the end of the response
+        let f: Vec<&str> = line.split('\t').collect();
+        let (Some(status), Some(micros)) = (
+            f.get(1).and_then(|x| x.parse::<u16>().ok()),
+            f.get(2).and_then(|x| x.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        responses += 1;
+        if (200..400).contains(&status) {
+            ok += 1;
+            hist.saturating_record(micros);
+        }
+    }
+    let errored: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("requests:"))
+        .and_then(|l| {
+            l.split(',')
+                .find_map(|p| p.trim().strip_suffix(" errored"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let elapsed = load.duration.as_secs_f64().max(1e-6);
+    Ok(Measured {
+        driver: "h2load",
+        responses,
+        ok,
+        errors: responses - ok + errored,
+        elapsed,
+        rps: ok as f64 / elapsed,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1e3,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1e3,
+        p999_ms: hist.value_at_quantile(0.999) as f64 / 1e3,
+        bodies: Vec::new(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -445,8 +534,16 @@ async fn tick(shared: Arc<Shared>) {
     }
 }
 
+/// What a connection's request loop ended with.
+enum Flow {
+    /// The run is over.
+    Done,
+    /// Open a new connection (an error, or the request asked for `Connection: close`).
+    Reconnect,
+}
+
 async fn connection_loop(shared: &Shared, hist: &mut Histogram<u64>, stats: &mut ConnStats) {
-    'connect: loop {
+    loop {
         let remaining = shared.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return;
@@ -464,60 +561,98 @@ async fn connection_loop(shared: &Shared, hist: &mut Histogram<u64>, stats: &mut
                 Err(_) => return,
             };
         let _ = stream.set_nodelay(true);
-        let Ok((mut sender, conn)) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await
-        else {
-            stats.errors += 1;
-            continue;
-        };
-        let driver = tokio::spawn(conn);
-        loop {
-            let Some(idx) = shared.next() else {
-                driver.abort();
-                return;
-            };
-            let (method, uri, headers, body) = &shared.prepared[idx];
-            let mut req = hyper::Request::new(Full::new(body.clone()));
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = uri.clone();
-            *req.headers_mut() = headers.clone();
-            let remaining = shared.deadline.saturating_duration_since(Instant::now());
-            let start = Instant::now();
-            let exchange = async {
-                sender.ready().await?;
-                let resp = sender.send_request(req).await?;
-                let status = resp.status();
-                let body = resp.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, body))
-            };
-            match tokio::time::timeout(remaining, exchange).await {
-                Err(_) => {
-                    // Still in flight at the deadline: not counted, like wrk.
-                    driver.abort();
-                    return;
-                }
-                Ok(Err(_)) => {
-                    stats.errors += 1;
-                    driver.abort();
-                    continue 'connect;
-                }
-                Ok(Ok((status, body))) => {
-                    let now = Instant::now();
-                    hist.saturating_record(now.duration_since(start).as_micros() as u64);
-                    stats.responses += 1;
-                    stats.last = Some(now);
-                    if status.is_success() || status.is_redirection() {
-                        let n = shared.ok.fetch_add(1, Ordering::Relaxed);
-                        if shared
-                            .load
-                            .keep_every
-                            .is_some_and(|k| n.is_multiple_of(k.max(1)))
-                        {
-                            stats.bodies.push(body);
-                        }
-                    } else {
+        let flow = match &shared.load.tls {
+            None => requests(shared, hist, stats, stream).await,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(shared.load.addr.ip().into());
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let handshake = tokio::time::timeout(remaining, connector.connect(name, stream));
+                match handshake.await {
+                    Ok(Ok(tls)) => requests(shared, hist, stats, tls).await,
+                    Ok(Err(_)) => {
                         stats.errors += 1;
+                        Flow::Reconnect
                     }
+                    Err(_) => Flow::Done,
+                }
+            }
+        };
+        if let Flow::Done = flow {
+            return;
+        }
+    }
+}
+
+/// Sends requests on one connection until the run ends or the connection must be replaced.
+async fn requests<IO>(
+    shared: &Shared,
+    hist: &mut Histogram<u64>,
+    stats: &mut ConnStats,
+    io: IO,
+) -> Flow
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok((mut sender, conn)) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await
+    else {
+        stats.errors += 1;
+        return Flow::Reconnect;
+    };
+    let driver = tokio::spawn(conn);
+    loop {
+        let Some(idx) = shared.next() else {
+            driver.abort();
+            return Flow::Done;
+        };
+        let (method, uri, headers, body) = &shared.prepared[idx];
+        let close = headers
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let mut req = hyper::Request::new(Full::new(body.clone()));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = headers.clone();
+        let remaining = shared.deadline.saturating_duration_since(Instant::now());
+        let start = Instant::now();
+        let exchange = async {
+            sender.ready().await?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        match tokio::time::timeout(remaining, exchange).await {
+            Err(_) => {
+                // Still in flight at the deadline: not counted, like wrk.
+                driver.abort();
+                return Flow::Done;
+            }
+            Ok(Err(_)) => {
+                stats.errors += 1;
+                driver.abort();
+                return Flow::Reconnect;
+            }
+            Ok(Ok((status, body))) => {
+                let now = Instant::now();
+                hist.saturating_record(now.duration_since(start).as_micros() as u64);
+                stats.responses += 1;
+                stats.last = Some(now);
+                if status.is_success() || status.is_redirection() {
+                    let n = shared.ok.fetch_add(1, Ordering::Relaxed);
+                    if shared
+                        .load
+                        .keep_every
+                        .is_some_and(|k| n.is_multiple_of(k.max(1)))
+                    {
+                        stats.bodies.push(body);
+                    }
+                } else {
+                    stats.errors += 1;
+                }
+                if close {
+                    driver.abort();
+                    return Flow::Reconnect;
                 }
             }
         }

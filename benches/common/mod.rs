@@ -188,6 +188,10 @@ pub struct RoundTarget<'a> {
     pub proc: Option<&'a Proc>,
     /// Whether an unrecorded warm-up run (when `BENCH_WARMUP` > 0) precedes each measured run.
     pub warmup: bool,
+    /// Speak TLS with this client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// HTTP/2 over TLS (`h2load`).
+    pub h2: bool,
 }
 
 /// Measures every target once per round, in turn, so that a machine that drifts during the bench
@@ -207,6 +211,8 @@ pub fn measure_rounds(
     for round in 1..=env.rounds {
         for (t, runs) in targets.iter().zip(&mut runs) {
             let mut load = Load::new(t.addr, t.requests.to_vec(), env.connections, env.warmup());
+            load.tls.clone_from(&t.tls);
+            load.h2 = t.h2;
             driver_name = driver::driver_for(&load, env.force_rust_driver);
             progress(format_args!(
                 "round {round}/{}: {} via {driver_name}, about {} left",

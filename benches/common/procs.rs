@@ -280,11 +280,22 @@ pub fn serve_upstream() -> Result<()> {
 /// Starts nginx with one worker and `server` blocks (plus `http_extra`) from a config written
 /// into a fresh temp dir.
 fn start_nginx(bin: &Path, name: &str, server: &str, http_extra: &str) -> Result<Proc> {
+    start_nginx_workers(bin, name, server, http_extra, 1)
+}
+
+/// [`start_nginx`] with `workers` worker processes.
+fn start_nginx_workers(
+    bin: &Path,
+    name: &str,
+    server: &str,
+    http_extra: &str,
+    workers: usize,
+) -> Result<Proc> {
     let dir = tempfile::tempdir()?;
     let p = dir.path();
     std::fs::create_dir_all(p.join("logs"))?;
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
+        "worker_processes {workers};\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 120s;\n  \
          client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n{http_extra}{server}}}\n",
@@ -310,16 +321,88 @@ fn start_nginx(bin: &Path, name: &str, server: &str, http_extra: &str) -> Result
 /// # Errors
 /// nginx is missing or did not start.
 pub fn start_nginx_proxy(upstream: SocketAddr) -> Result<(SocketAddr, Proc)> {
+    start_nginx_front(upstream, &Front::default())
+}
+
+/// How the client side of a proxy under test is served: worker count, TLS, HTTP/2.
+#[derive(Clone, Default)]
+pub struct Front {
+    /// Worker processes (nginx) or threads (the gateway); 0 = the bench's default.
+    pub workers: usize,
+    /// Serve TLS with this certificate.
+    pub tls: Option<std::sync::Arc<TlsFiles>>,
+    /// Offer HTTP/2 (by ALPN on TLS).
+    pub h2: bool,
+}
+
+/// A self-signed certificate for 127.0.0.1 in PEM files, and a client configuration trusting it
+/// (session resumption off: with `Connection: close` every request pays a full handshake).
+pub struct TlsFiles {
+    /// Certificate chain file.
+    pub cert: PathBuf,
+    /// Private key file.
+    pub key: PathBuf,
+    /// What the load driver connects with.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    /// Generates the certificate.
+    ///
+    /// # Errors
+    /// Generation or writing failed.
+    pub fn generate() -> Result<Self> {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+        let dir = tempfile::tempdir()?;
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, certified.cert.pem())?;
+        std::fs::write(&key, certified.key_pair.serialize_pem())?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone())?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.resumption = rustls::client::Resumption::disabled();
+        Ok(Self {
+            cert,
+            key,
+            client: std::sync::Arc::new(client),
+            _dir: dir,
+        })
+    }
+}
+
+/// nginx as a reverse proxy to `upstream` (upstream keep-alive, `keepalive_requests 1000000` on
+/// both sides) served as `front` says, listening on the returned address.
+///
+/// # Errors
+/// nginx is missing or did not start.
+pub fn start_nginx_front(upstream: SocketAddr, front: &Front) -> Result<(SocketAddr, Proc)> {
     let bin = nginx().context("nginx is not installed")?;
     let addr = free_addr()?;
     let upstream_block = format!(
         "  upstream backend {{\n    server {upstream};\n    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n"
     );
+    let listen = match (&front.tls, front.h2) {
+        (Some(tls), h2) => format!(
+            "{addr} ssl{} backlog=4096;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+             ssl_session_tickets off;\n    ssl_session_cache off;",
+            if h2 { " http2" } else { "" },
+            tls.cert.display(),
+            tls.key.display()
+        ),
+        (None, _) => format!("{addr} backlog=4096;"),
+    };
     let server = format!(
-        "  server {{\n    listen {addr} backlog=4096;\n    location / {{\n      proxy_pass http://backend;\n      \
+        "  server {{\n    listen {listen}\n    location / {{\n      proxy_pass http://backend;\n      \
          proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n  }}\n"
     );
-    let mut proc = start_nginx(&bin, "nginx proxy", &server, &upstream_block)?;
+    let workers = front.workers.max(1);
+    let mut proc = start_nginx_workers(&bin, "nginx proxy", &server, &upstream_block, workers)?;
     proc.wait_listening(addr)?;
     Ok((addr, proc))
 }
@@ -333,6 +416,9 @@ pub struct Gateway {
     pub proxy: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// The TLS proxy listener of a gateway started with a [`Front`] with TLS (the plain one,
+    /// `proxy`, still serves the bench's setup requests).
+    pub tls_proxy: Option<SocketAddr>,
     /// The process.
     pub proc: Proc,
 }
@@ -353,6 +439,49 @@ pub fn start_gateway(name: &str, env: &BenchEnv, extra: &[(String, String)]) -> 
     start_gateway_flagged(name, env, extra, "")
 }
 
+/// [`start_gateway`] served as `front` says: its worker count, and a TLS proxy listener with the
+/// bench's certificate (which offers h2 by ALPN).
+///
+/// # Errors
+/// As [`start_gateway`].
+pub fn start_gateway_front(
+    name: &str,
+    env: &BenchEnv,
+    extra: &[(String, String)],
+    front: &Front,
+) -> Result<Gateway> {
+    let mut settings: Vec<(String, String)> = Vec::new();
+    if front.workers > 0 {
+        settings.push((
+            "PORTCULLIS_WORKER_PROCESSES".into(),
+            front.workers.to_string(),
+        ));
+    }
+    if let Some(tls) = &front.tls {
+        settings.push(("PORTCULLIS_SSL_CERT".into(), tls.cert.display().to_string()));
+        settings.push((
+            "PORTCULLIS_SSL_CERT_KEY".into(),
+            tls.key.display().to_string(),
+        ));
+    }
+    settings.extend(extra.iter().cloned());
+    let tls_proxy = match front.tls {
+        Some(_) => Some(free_addr()?),
+        None => None,
+    };
+    let proxy = free_addr()?;
+    let listen = match tls_proxy {
+        Some(tls) => format!("{proxy}, {tls} ssl"),
+        None => proxy.to_string(),
+    };
+    let mut gw = spawn_gateway(name, env, &settings, proxy, &listen)?;
+    if let Some(tls) = tls_proxy {
+        gw.proc.wait_listening(tls)?;
+        gw.tls_proxy = Some(tls);
+    }
+    Ok(gw)
+}
+
 /// [`start_gateway`] with listen flags on the proxy listener (`http2` for h2c).
 ///
 /// # Errors
@@ -364,6 +493,18 @@ pub fn start_gateway_flagged(
     flags: &str,
 ) -> Result<Gateway> {
     let proxy = free_addr()?;
+    let listen = format!("{proxy} {flags}");
+    spawn_gateway(name, env, extra, proxy, listen.trim_end())
+}
+
+/// Starts the gateway with `listen` as its proxy listeners, `proxy` among them (plain).
+fn spawn_gateway(
+    name: &str,
+    env: &BenchEnv,
+    extra: &[(String, String)],
+    proxy: SocketAddr,
+    listen: &str,
+) -> Result<Gateway> {
     let admin = free_addr()?;
     let mut cmd = match std::env::var_os("BENCH_GATEWAY_BIN") {
         Some(bin) => {
@@ -382,22 +523,24 @@ pub fn start_gateway_flagged(
             cmd.env_remove(k);
         }
     }
-    cmd.env(
-        "PORTCULLIS_PROXY_LISTEN",
-        format!("{proxy} {flags}").trim_end(),
-    )
-    .env("PORTCULLIS_ADMIN_LISTEN", admin.to_string())
-    .env("PORTCULLIS_DATABASE", "memory")
-    .env("PORTCULLIS_LOG_LEVEL", "error")
-    .env("PORTCULLIS_WORKER_PROCESSES", env.workers.to_string())
-    .env("PORTCULLIS_TRUSTED_IPS", "127.0.0.1/32");
+    cmd.env("PORTCULLIS_PROXY_LISTEN", listen)
+        .env("PORTCULLIS_ADMIN_LISTEN", admin.to_string())
+        .env("PORTCULLIS_DATABASE", "memory")
+        .env("PORTCULLIS_LOG_LEVEL", "error")
+        .env("PORTCULLIS_WORKER_PROCESSES", env.workers.to_string())
+        .env("PORTCULLIS_TRUSTED_IPS", "127.0.0.1/32");
     for (k, v) in extra {
         cmd.env(k, v);
     }
     let mut proc = Proc::spawn(name, cmd, tempfile::tempdir()?)?;
     proc.wait_listening(admin)?;
     proc.wait_listening(proxy)?;
-    Ok(Gateway { proxy, admin, proc })
+    Ok(Gateway {
+        proxy,
+        admin,
+        tls_proxy: None,
+        proc,
+    })
 }
 
 /// The `gateway` role: what `portcullis serve` does, with settings from `PORTCULLIS_*`.

@@ -52,6 +52,10 @@ pub enum StoreError {
         /// Why, in words a client may see.
         reason: &'static str,
     },
+    /// The store holds as many tokens as it may (`memory_max_tokens`) even after sweeping the
+    /// expired ones: issuance waits until tokens expire or are revoked, existing tokens still work.
+    #[error("token store full")]
+    Full,
     /// The backend cannot be reached right now; retrying later may work.
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -25,6 +25,7 @@
 pub mod contract;
 pub mod error;
 pub mod memory;
+mod memory_tokens;
 pub mod model;
 pub mod postgres;
 pub mod redis_cache;

@@ -16,7 +16,11 @@ pub struct Fixture {
 }
 
 pub async fn fixture(config: Value) -> Fixture {
-    let app = spawn_app().await;
+    fixture_on(spawn_app().await, config).await
+}
+
+/// [`fixture`] on a gateway started with particular settings.
+pub async fn fixture_on(app: TestApp, config: Value) -> Fixture {
     let upstream = spawn_upstream();
     app.expose("svc", &upstream.url, &["/api"]).await;
     let (s, plugin) = app

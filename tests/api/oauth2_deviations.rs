@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::eventually;
-use crate::oauth2::{fixture, Fixture};
+use crate::helpers::{eventually, spawn_with, test_settings};
+use crate::oauth2::{fixture, fixture_on, Fixture};
 
 /// RFC 7636 appendix B: a verifier and its S256 challenge.
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -166,4 +166,82 @@ async fn reusing_a_rotated_refresh_token_revokes_the_family_once_the_grace_has_p
         "revoked after {:?}, inside a 2 s grace",
         rotated.elapsed()
     );
+}
+
+/// A gateway on the memory store bounded to 5 tokens, with client_credentials enabled.
+async fn bounded_fixture(extra: Value) -> Fixture {
+    let settings = portcullis::config::Settings {
+        memory_max_tokens: Some(5),
+        ..test_settings()
+    };
+    let mut config = json!({"scopes": ["email"], "provision_key": "provision123",
+                            "enable_client_credentials": true, "token_expiration": 3600});
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    fixture_on(spawn_with(settings).await, config).await
+}
+
+async fn client_credentials(f: &Fixture) -> (u16, Value) {
+    let (s, _, b) = f
+        .post(
+            "/api/oauth2/token",
+            json!({"client_id": "clientid123", "client_secret": "secret123",
+                                          "grant_type": "client_credentials", "scope": "email"}),
+        )
+        .await;
+    (s, b)
+}
+
+fn store_full() -> Value {
+    json!({"error": "temporarily_unavailable",
+           "error_description": "The authorization server holds as many tokens as it may; try again later"})
+}
+
+/// Kong's memory-less design has no such limit; `database = memory` here stops issuing at
+/// `memory_max_tokens` instead of growing until the process is killed, and existing tokens work on.
+#[actix_web::test]
+async fn memory_max_tokens_refuses_issuance_until_a_token_is_revoked() {
+    let f = bounded_fixture(json!({})).await;
+    let mut tokens = Vec::new();
+    for _ in 0..5 {
+        let (s, b) = client_credentials(&f).await;
+        assert_eq!(s, 200, "{b}");
+        tokens.push(b["access_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(client_credentials(&f).await, (503, store_full()));
+    for token in &tokens {
+        assert_eq!(
+            f.get_with(token).await.0,
+            200,
+            "existing tokens keep working"
+        );
+    }
+    let (s, page) = f.app.admin_get("/oauth2_tokens").await;
+    assert_eq!(s, 200, "{page}");
+    let id = page["data"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        f.app.admin_delete(&format!("/oauth2_tokens/{id}")).await.0,
+        204
+    );
+    let (s, b) = client_credentials(&f).await;
+    assert_eq!(s, 200, "one revoked, one issued: {b}");
+    assert_eq!(client_credentials(&f).await, (503, store_full()));
+}
+
+/// Expired tokens are swept before issuance is refused: the limit counts live tokens only.
+#[actix_web::test]
+async fn memory_max_tokens_issues_again_once_tokens_expire() {
+    let f = bounded_fixture(json!({"token_expiration": 1, "refresh_token_ttl": 1})).await;
+    for _ in 0..5 {
+        let (s, b) = client_credentials(&f).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    assert_eq!(client_credentials(&f).await, (503, store_full()));
+    eventually(Duration::from_secs(10), "issuance after expiry", || async {
+        let (s, b) = client_credentials(&f).await;
+        assert!(s == 200 || (s, &b) == (503, &store_full()), "{s} {b}");
+        (s == 200).then_some(())
+    })
+    .await;
 }

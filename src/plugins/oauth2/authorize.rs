@@ -230,9 +230,15 @@ impl OAuthRuntime {
     /// A store failure on an endpoint: 503 `temporarily_unavailable` (never a 500 with details).
     pub(super) fn store_failure(&self, e: &portcullis_stores::StoreError) -> Answer {
         tracing::warn!(error = %e, "token store failed during an OAuth request");
+        let description = match e {
+            portcullis_stores::StoreError::Full => {
+                "The authorization server holds as many tokens as it may; try again later"
+            }
+            _ => "The authorization server is temporarily unavailable",
+        };
         reply::endpoint_json(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "error": "temporarily_unavailable", "error_description": "The authorization server is temporarily unavailable" }),
+            &json!({ "error": "temporarily_unavailable", "error_description": description }),
         )
     }
 }
