@@ -26,6 +26,16 @@ pub enum FormError {
     Json,
 }
 
+/// A `Content-Type`'s media type, lower case, without its parameters (`; charset=…`).
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Parses a body by its content type into an object, and says whether form coercion applies
 /// (form values are all strings; the schema converts them to the field types).
 ///
@@ -35,13 +45,7 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<(Map<String, Value>, Coe
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((Map::new(), Coerce::No));
     }
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
+    match media_type(content_type).as_str() {
         "application/x-www-form-urlencoded" => {
             let pairs: Vec<(String, String)> =
                 serde_urlencoded::from_bytes(body).map_err(|_| FormError::Form)?;

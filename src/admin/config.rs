@@ -158,12 +158,7 @@ async fn export(st: &AdminState) -> Result<HttpResponse, AdminError> {
 /// The declarative document a request carries: a `config` field (text or object) of a JSON or
 /// form body, the JSON body itself when it has `_format_version`, or a raw YAML body.
 fn document_of(content_type: &str, body: &[u8]) -> Result<Value, AdminError> {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = crate::forms::media_type(content_type);
     let structured = matches!(
         essence.as_str(),
         "application/json" | "application/x-www-form-urlencoded" | "multipart/form-data"

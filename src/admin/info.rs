@@ -49,17 +49,7 @@ pub fn node(st: &AdminState) -> Result<HttpResponse, AdminError> {
 /// # Errors
 /// Never; an unreachable store is reported in the body.
 pub async fn status(st: &AdminState) -> Result<HttpResponse, AdminError> {
-    let reachable = st
-        .store
-        .list(
-            &portcullis_stores::model::entities::SERVICES,
-            &portcullis_stores::ListFilter {
-                size: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .is_ok();
+    let reachable = st.probe.datastore_reachable().await;
     let snapshot = st.snapshot.load();
     let mut body = json!({
         "database": { "reachable": reachable },
