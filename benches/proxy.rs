@@ -316,8 +316,10 @@ fn oauth2_prometheus(ctx: &Ctx<'_>) -> Result<Setup> {
     )?;
     let token = admin.client_credentials_token()?;
     admin.wait_ready(Some(&token))?;
+    // Its own token: the shared mix carries the first oauth2 target's, which this gateway
+    // never issued.
     Ok(Setup::Ready(Target {
-        token: Some(token),
+        requests: Some(vec![bearer_request(&token)]),
         ..Target::gateway(gw)
     }))
 }
