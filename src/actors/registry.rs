@@ -921,7 +921,7 @@ fn chain_of(
             .unwrap_or_default()
     };
     entries.sort_by_key(|e| std::cmp::Reverse(priority(e)));
-    PluginChain { entries }
+    PluginChain::new(entries)
 }
 
 #[cfg(test)]

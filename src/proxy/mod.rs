@@ -218,8 +218,12 @@ impl Trail {
 impl Journey {
     /// Picks the runtimes of `chain` (as selected for this request) that have a log phase.
     fn log_with(&mut self, chain: &crate::router::PluginChain, https: bool) {
-        let consumer = self.consumer.as_ref().map(|c| c.id);
         self.loggers.clear();
+        self.trail.wanted = false;
+        if !chain.logs {
+            return;
+        }
+        let consumer = self.consumer.as_ref().map(|c| c.id);
         self.loggers.extend(
             chain
                 .entries
@@ -403,9 +407,7 @@ async fn proxy(
     let https = scheme.is_https();
     let snapshot = state.snapshot.load_full();
     // Until a route matches, the global plugins' log phases are the ones that run.
-    if !snapshot.global.entries.is_empty() {
-        journey.log_with(&snapshot.global, https);
-    }
+    journey.log_with(&snapshot.global, https);
     let peer = conn.peer.ip();
     let trusted = state.is_trusted(peer);
     let client_ip = if trusted {
@@ -549,7 +551,7 @@ async fn proxy(
             break;
         }
     }
-    if ctx.consumer.is_some() {
+    if entry.chain.logs && ctx.consumer.is_some() {
         // A consumer-scoped instance may now be the one that runs.
         journey.consumer = ctx.consumer.clone();
         journey.log_with(&entry.chain, https);

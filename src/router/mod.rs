@@ -160,6 +160,22 @@ impl CompiledRoute {
 pub struct PluginChain {
     /// One entry per plugin name, highest priority first.
     pub entries: Vec<ChainEntry>,
+    /// Whether any instance of the chain has a log phase, decided when the chain is built: a
+    /// request on a chain without one gathers nothing for the log phase.
+    pub logs: bool,
+}
+
+impl PluginChain {
+    /// The chain of these entries (highest priority first).
+    pub fn new(entries: Vec<ChainEntry>) -> Self {
+        let logs = entries.iter().any(|e| {
+            e.default
+                .iter()
+                .chain(e.by_consumer.values())
+                .any(|s| s.runtime.logs())
+        });
+        Self { entries, logs }
+    }
 }
 
 /// The instances of one plugin name that may run for a route.
