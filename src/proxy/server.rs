@@ -294,6 +294,49 @@ fn protocols(http2: bool, limits: ConnectionLimits) -> Protocols {
     Protocols::Both(both)
 }
 
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4), up to the end of
+/// its request line: enough to tell it from any HTTP/1 request.
+const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// How a connection to a plain HTTP/1-only listener opens.
+enum Opening {
+    /// With the HTTP/2 preface: refused.
+    H2Preface,
+    /// With anything else: hyper reads it (the bytes were only peeked at).
+    Other,
+    /// With nothing before `client_header_timeout`, or with an error: closed, as hyper would.
+    Silent,
+}
+
+/// Looks once per connection at its first bytes, leaving them for hyper.
+async fn opening(stream: &TcpStream, wait: Duration) -> Opening {
+    let mut first = [0u8; H2_PREFACE_LINE.len()];
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        // "PRI " begins no HTTP/1 request this gateway serves: the first four bytes decide even
+        // when the rest of the line is still on its way.
+        Ok(Ok(n)) if n >= 4 && first[..n] == H2_PREFACE_LINE[..n] => Opening::H2Preface,
+        Ok(Ok(n)) if n > 0 => Opening::Other,
+        _ => Opening::Silent,
+    }
+}
+
+/// Answers the HTTP/2 preface on a listener without Kong's `http2` flag as nginx does: `400`,
+/// then close (hyper alone closes without a word, and the client cannot tell why). What the
+/// client sent after the preface is read and dropped for a moment first, so that closing with
+/// unread bytes does not reset the connection before the client has read the answer.
+async fn refuse_h2_preface(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const REFUSAL: &[u8] =
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    tracing::debug!("HTTP/2 preface on a listener without `http2`: 400");
+    if stream.write_all(REFUSAL).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let linger = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), linger).await;
+}
+
 /// The connections a worker has open, so that stopping can wait for them.
 #[derive(Default)]
 struct OpenConnections {
@@ -450,6 +493,16 @@ async fn serve(
                 }
             }
         }
+    };
+    let plain = match (plain, &listen.protocols) {
+        (Some(stream), Protocols::Http1(_)) => {
+            match opening(&stream, listen.header_timeout).await {
+                Opening::Other => Some(stream),
+                Opening::H2Preface => return refuse_h2_preface(stream).await,
+                Opening::Silent => return,
+            }
+        }
+        (plain, _) => plain,
     };
     let connection = Rc::new(connection);
     let service = service_fn(move |req| {

@@ -77,8 +77,29 @@ async fn without_the_http2_flag_a_plain_listener_refuses_the_h2c_preface() {
         .await
         .expect("closed")
         .unwrap();
-    // No HTTP/2 SETTINGS frame, no answer: the connection is closed.
-    assert_eq!(raw, b"", "{:?}", String::from_utf8_lossy(&raw));
+    // No HTTP/2 SETTINGS frame: an HTTP/1.1 400, then the connection is closed.
+    let answer = String::from_utf8_lossy(&raw);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+
+    // The line alone, the rest of the preface still to come, is refused as well; an HTTP/1
+    // request on the same listener is served.
+    let mut conn = TcpStream::connect(plain_addr(&app)).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 400 "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(app.proxy_get("/nowhere").await.status(), 404);
 }
 
 /// Listening sockets on `port` in the kernel's table (`/proc/net/tcp`, state 0A = LISTEN).
