@@ -427,8 +427,7 @@ impl portcullis_stores::observe::LookupObserver for Tally {
 async fn each_lookup_is_reported_once_by_the_tier_that_answered_it() {
     let prefix = format!("pt-{}", Uuid::new_v4().simple());
     let tally = Arc::new(Tally::default());
-    let durable: Arc<dyn TokenStore> =
-        Arc::new(MemoryTokenStore::new().observed_by(tally.clone()));
+    let durable: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new().observed_by(tally.clone()));
     let writer = TieredTokenStore::new(
         durable.clone(),
         Some(redis(&prefix).await),
@@ -447,7 +446,11 @@ async fn each_lookup_is_reported_once_by_the_tier_that_answered_it() {
         let found = reader.token_by_access(&t.access_token_hash, now()).await;
         assert_eq!(found.unwrap(), Some(t.clone()));
     }
-    assert_eq!(tally.answered(), [2, 0, 1, 0], "Redis once, then the near cache");
+    assert_eq!(
+        tally.answered(),
+        [2, 0, 1, 0],
+        "Redis once, then the near cache"
+    );
     assert_eq!(tally.waited(), [1, 0]);
     let unknown = TokenHash([42; 32]);
     for _ in 0..3 {
@@ -459,12 +462,19 @@ async fn each_lookup_is_reported_once_by_the_tier_that_answered_it() {
         "a Redis miss, the durable store, then the negative entry"
     );
     assert_eq!(tally.waited(), [2, 0]);
-    assert_eq!(reader.token_by_access_in_memory(&unknown, now()), Some(None));
+    assert_eq!(
+        reader.token_by_access_in_memory(&unknown, now()),
+        Some(None)
+    );
     assert_eq!(tally.answered()[0], 5);
     assert_eq!(
         reader.token_by_access_in_memory(&TokenHash([43; 32]), now()),
         None
     );
-    assert_eq!(tally.answered(), [5, 1, 1, 0], "a near miss is not an answer");
+    assert_eq!(
+        tally.answered(),
+        [5, 1, 1, 0],
+        "a near miss is not an answer"
+    );
     reader.invalidate(&[t.access_token_hash]).await;
 }

@@ -164,7 +164,7 @@ where
 /// A connection of its own, its driver spawned.
 async fn connect(settings: &PgSettings) -> Result<(Client, mpsc::UnboundedReceiver<Note>), String> {
     let mut cfg = driver_config(settings).map_err(|e| e.to_string())?;
-    cfg.application_name(&application_name(settings));
+    cfg.application_name(application_name(settings));
     let (tx, rx) = mpsc::unbounded_channel();
     let connecting = async {
         let client: Result<Client, String> = if settings.ssl {
