@@ -1,7 +1,8 @@
 //! The gateway's metrics registry: Kong's `prometheus` plugin metrics (`kong_*`, with Kong's
 //! names, labels and buckets, so that Kong's Grafana dashboard 7424 works unchanged), the proxy
 //! server's connection counters, and the gateway's own `portcullis_*` metrics (tokens issued,
-//! token checks, introspection cache and calls, store reachability).
+//! token checks, token lookups per store tier, cluster notices and resyncs, introspection cache
+//! and calls, store reachability).
 //!
 //! One [`Metrics`] per gateway: `Application::build` makes it and hands it to the plugins, the
 //! proxy server and the listeners that serve `GET /metrics`. (A process runs one gateway; tests
@@ -21,11 +22,13 @@
 //! once per proxy worker thread and keeps them in a thread-local map keyed by ids
 //! (`src/plugins/prometheus.rs`): a request that hits the map bumps atomics and allocates
 //! nothing. The connection counters and the upstream pool gauge are relaxed atomics. The `portcullis_*` counters the plugins
-//! bump are pre-resolved children, plain atomics.
+//! bump are pre-resolved children, plain atomics; so are the token lookup counters and histograms
+//! the stores bump ([`TokenLookups`], one child per tier resolved when it is made).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use portcullis_stores::observe::{LookupObserver, LookupTier, RemoteTier};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -43,6 +46,12 @@ pub const KONG_LATENCY_BUCKETS: &[f64] = &[
 /// Kong's buckets of `kong_upstream_latency_ms` and `kong_request_latency_ms`, milliseconds.
 pub const UPSTREAM_LATENCY_BUCKETS: &[f64] = &[
     25.0, 50.0, 80.0, 100.0, 250.0, 400.0, 700.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, 60000.0,
+];
+
+/// Buckets of `portcullis_token_lookup_ms`, milliseconds: a Redis or Postgres round trip on a
+/// local network takes a fraction of a millisecond, so the buckets start well below Kong's 1 ms.
+pub const TOKEN_LOOKUP_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
 ];
 
 /// Kong's workspace label: the gateway has one workspace, Kong's `default`.
@@ -260,6 +269,175 @@ impl OAuth2Counters {
     }
 }
 
+/// Token lookups by access-token digest, per store tier: the stores report into it (it is their
+/// [`LookupObserver`]), through handles resolved once, so recording is an atomic add (and, for
+/// Redis and Postgres, one lock-free histogram observation).
+///
+/// Made before the stores are opened (they keep it) and registered when the gateway's
+/// [`Metrics`] are made with it ([`Metrics::with_token_lookups`]).
+pub struct TokenLookups {
+    answered_family: IntCounterVec,
+    waited_family: HistogramVec,
+    answered: [IntCounter; 4],
+    waited: [Histogram; 2],
+}
+
+impl TokenLookups {
+    /// The families, not registered yet, with a child per tier.
+    ///
+    /// # Errors
+    /// A bad metric name (never with these names).
+    pub fn new() -> Result<Arc<Self>, MetricsError> {
+        let answered_family = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_lookups_total",
+                "Token lookups by access-token digest, per tier that answered: near (in-process cache), memory, redis, postgres",
+            ),
+            &["tier"],
+        )?;
+        let waited_family = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_token_lookup_ms",
+                "Time of each token lookup in Redis and Postgres (hits, misses and errors), milliseconds",
+            )
+            .buckets(TOKEN_LOOKUP_BUCKETS.to_vec()),
+            &["tier"],
+        )?;
+        Ok(Arc::new(Self {
+            answered: LookupTier::ALL.map(|t| answered_family.with_label_values(&[t.as_str()])),
+            waited: RemoteTier::ALL.map(|t| waited_family.with_label_values(&[t.as_str()])),
+            answered_family,
+            waited_family,
+        }))
+    }
+
+    fn register(&self, r: &Registry) -> Result<(), MetricsError> {
+        register(r, self.answered_family.clone())?;
+        register(r, self.waited_family.clone())?;
+        Ok(())
+    }
+}
+
+impl LookupObserver for TokenLookups {
+    fn answered(&self, tier: LookupTier) {
+        self.answered[tier as usize].inc();
+    }
+
+    fn waited(&self, tier: RemoteTier, took: std::time::Duration) {
+        self.waited[tier as usize].observe(took.as_secs_f64() * 1000.0);
+    }
+}
+
+/// Kinds of cluster notices (`portcullis_cluster_notices_total`): the channels other nodes'
+/// commits are announced on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Access tokens changed or deleted (revocations, rotations, purges).
+    Tokens,
+    /// Configuration rows inserted, updated or deleted.
+    Config,
+    /// `oauth2-introspection` verdicts evicted by an operator.
+    Verdicts,
+}
+
+impl Notice {
+    const ALL: [Self; 3] = [Self::Tokens, Self::Config, Self::Verdicts];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tokens => "tokens",
+            Self::Config => "config",
+            Self::Verdicts => "verdicts",
+        }
+    }
+}
+
+/// The cluster sync actor's counters: notices heard on the invalidation bus and full resyncs.
+#[derive(Clone)]
+pub struct ClusterCounters {
+    notices: [IntCounter; 3],
+    resyncs: IntCounter,
+}
+
+impl ClusterCounters {
+    /// `count` notices of `kind` were heard.
+    pub fn heard(&self, kind: Notice, count: usize) {
+        self.notices[kind as usize].inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    /// The node reloaded everything because it may have missed notices.
+    pub fn resynced(&self) {
+        self.resyncs.inc();
+    }
+}
+
+/// The state of an upstream's target as `kong_upstream_target_health` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetHealthState {
+    /// No health check runs for its upstream, and nobody set it unhealthy.
+    HealthchecksOff,
+    /// Checked and taking traffic.
+    Healthy,
+    /// Taking no traffic (a check failed it, or the admin API set it so).
+    Unhealthy,
+    /// Its name does not resolve. Never reported yet: the gateway resolves a target's name when
+    /// it connects and keeps no DNS state (the row is there, at 0, as in Kong).
+    DnsError,
+}
+
+impl TargetHealthState {
+    /// The state of a target whose upstream runs checks (`checks_on`) or not: a target set
+    /// unhealthy (by hand too) is unhealthy even with the checks off, since it gets no traffic.
+    pub const fn of(checks_on: bool, healthy: bool) -> Self {
+        match (checks_on, healthy) {
+            (_, false) => Self::Unhealthy,
+            (false, true) => Self::HealthchecksOff,
+            (true, true) => Self::Healthy,
+        }
+    }
+
+    /// The name `GET /upstreams/{u}/health` answers (Kong's, upper case).
+    pub const fn admin_name(self) -> &'static str {
+        match self {
+            Self::HealthchecksOff => "HEALTHCHECKS_OFF",
+            Self::Healthy => "HEALTHY",
+            Self::Unhealthy => "UNHEALTHY",
+            Self::DnsError => "DNS_ERROR",
+        }
+    }
+
+    const ALL: [Self; 4] = [
+        Self::HealthchecksOff,
+        Self::Healthy,
+        Self::Unhealthy,
+        Self::DnsError,
+    ];
+
+    /// The label value (Kong's, lower case).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HealthchecksOff => "healthchecks_off",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::DnsError => "dns_error",
+        }
+    }
+}
+
+/// One target's health read at scrape time (`kong_upstream_target_health`).
+#[derive(Debug, Clone)]
+pub struct TargetHealthReading {
+    /// The upstream's name.
+    pub upstream: String,
+    /// The target as configured, `host:port`.
+    pub target: String,
+    /// Where it is reached, `host:port` (empty with [`TargetHealthState::DnsError`]).
+    pub address: String,
+    /// Its state now.
+    pub state: TargetHealthState,
+}
+
 /// The labels of one proxied request as Kong's metrics name it.
 pub struct RequestLabels<'a> {
     /// The service's name, else its host (Kong's `service`).
@@ -307,6 +485,9 @@ pub struct Probes {
     pub redis: Option<bool>,
     /// The plugins' own counters, read now.
     pub plugins: PluginReadings,
+    /// Every upstream target's health, when a `prometheus` plugin asks for it
+    /// (`upstream_health_metrics`).
+    pub upstream_health: Option<Vec<TargetHealthReading>>,
 }
 
 /// Counters the plugins keep outside the registry (their queues run on threads of their own),
@@ -345,6 +526,10 @@ pub struct Metrics {
     pub oauth2: OAuth2Counters,
     /// The `oauth2-introspection` plugin's counters.
     pub introspection: IntrospectionCounters,
+    /// Token lookups per store tier (the stores hold the same object).
+    pub token_lookups: Arc<TokenLookups>,
+    /// The cluster sync actor's counters.
+    pub cluster: ClusterCounters,
     /// Idle keep-alive connections to plain-HTTP upstreams, kept by every proxy worker's pool.
     pub upstream_idle: Gauge,
     http_requests: IntCounterVec,
@@ -361,6 +546,8 @@ pub struct Metrics {
     spans: IntCounterVec,
     /// Requests rate-limiting passed uncounted (read from the plugin).
     rate_limit_unchecked: IntCounter,
+    /// Kong's `kong_upstream_target_health` (set from the health book at scrape time).
+    upstream_target_health: IntGaugeVec,
 }
 
 /// Ids of [`Metrics`] objects, so that caches keyed by them never mix two gateways of a process.
@@ -387,6 +574,18 @@ impl Metrics {
     /// # Errors
     /// A metric that cannot be registered (never with these names).
     pub fn new(node_id: uuid::Uuid, version: &str) -> Result<Self, MetricsError> {
+        Self::with_token_lookups(node_id, version, TokenLookups::new()?)
+    }
+
+    /// As [`Metrics::new`], with the token lookup counters the stores were opened with.
+    ///
+    /// # Errors
+    /// A metric that cannot be registered (never with these names).
+    pub fn with_token_lookups(
+        node_id: uuid::Uuid,
+        version: &str,
+        token_lookups: Arc<TokenLookups>,
+    ) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let r = &registry;
         let node_id = node_id.hyphenated().to_string();
@@ -494,6 +693,15 @@ impl Metrics {
             )?,
         )?;
         let introspection = Self::introspection_counters(r)?;
+        token_lookups.register(r)?;
+        let cluster = Self::cluster_counters(r)?;
+        let upstream_target_health = IntGaugeVec::new(
+            Opts::new(
+                "kong_upstream_target_health",
+                "Health status of targets of upstream. States = healthchecks_off|healthy|unhealthy|dns_error, value is 1 when state is populated.",
+            ),
+            &["upstream", "target", "address", "state", "subsystem"],
+        )?;
         let postgres_up = IntGauge::new(
             "portcullis_postgres_up",
             "Postgres answered the scrape's check, 0 is unreachable",
@@ -527,6 +735,8 @@ impl Metrics {
             server: ServerCounters::default(),
             oauth2,
             introspection,
+            token_lookups,
+            cluster,
             upstream_idle,
             http_requests,
             bandwidth,
@@ -539,6 +749,31 @@ impl Metrics {
             log_entries,
             spans,
             rate_limit_unchecked,
+            upstream_target_health,
+        })
+    }
+
+    fn cluster_counters(r: &Registry) -> Result<ClusterCounters, MetricsError> {
+        let notices = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "portcullis_cluster_notices_total",
+                    "Change notices heard on the cluster bus (Postgres LISTEN), per kind: tokens, config, verdicts",
+                ),
+                &["kind"],
+            )?,
+        )?;
+        let resyncs = register(
+            r,
+            IntCounter::new(
+                "portcullis_cluster_resyncs_total",
+                "Full reloads from the database because notices may have been missed: the first LISTEN after start and every reconnect",
+            )?,
+        )?;
+        Ok(ClusterCounters {
+            notices: Notice::ALL.map(|k| notices.with_label_values(&[k.as_str()])),
+            resyncs,
         })
     }
 
@@ -702,6 +937,12 @@ impl Metrics {
             extra.extend(prometheus::core::Collector::collect(&self.redis_up));
         }
         self.record_plugins(&probes.plugins);
+        if let Some(targets) = &probes.upstream_health {
+            self.record_upstream_health(targets);
+            extra.extend(prometheus::core::Collector::collect(
+                &self.upstream_target_health,
+            ));
+        }
         families.extend(extra);
         families.extend(prometheus::core::Collector::collect(&self.log_entries));
         families.extend(prometheus::core::Collector::collect(&self.spans));
@@ -720,6 +961,25 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Sets `kong_upstream_target_health` to `targets` alone (a deleted target disappears), each
+    /// with Kong's four states: 1 for its state, 0 for the others.
+    fn record_upstream_health(&self, targets: &[TargetHealthReading]) {
+        self.upstream_target_health.reset();
+        for t in targets {
+            for state in TargetHealthState::ALL {
+                self.upstream_target_health
+                    .with_label_values(&[
+                        t.upstream.as_str(),
+                        t.target.as_str(),
+                        t.address.as_str(),
+                        state.as_str(),
+                        "http",
+                    ])
+                    .set(i64::from(state == t.state));
+            }
+        }
+    }
+
     /// Brings the plugin counters up to `readings` (they only grow, so each moves by the
     /// difference).
     fn record_plugins(&self, readings: &PluginReadings) {
@@ -915,5 +1175,92 @@ mod tests {
         assert!(text.contains("portcullis_oauth2_token_checks_total{outcome=\"expired\"} 1\n"));
         assert!(text
             .contains("portcullis_oauth2_token_checks_total{outcome=\"store_unavailable\"} 0\n"));
+    }
+    #[test]
+    fn token_lookups_count_every_tier_and_time_the_remote_ones() {
+        let metrics = Metrics::standalone();
+        let lookups: &dyn LookupObserver = metrics.token_lookups.as_ref();
+        lookups.answered(LookupTier::Near);
+        lookups.answered(LookupTier::Near);
+        lookups.answered(LookupTier::Postgres);
+        lookups.waited(RemoteTier::Redis, std::time::Duration::from_micros(300));
+        lookups.waited(RemoteTier::Postgres, std::time::Duration::from_millis(3));
+        let text = metrics.render(Probes::default());
+        for line in [
+            "portcullis_token_lookups_total{tier=\"near\"} 2\n",
+            "portcullis_token_lookups_total{tier=\"memory\"} 0\n",
+            "portcullis_token_lookups_total{tier=\"redis\"} 0\n",
+            "portcullis_token_lookups_total{tier=\"postgres\"} 1\n",
+            "portcullis_token_lookup_ms_bucket{tier=\"redis\",le=\"0.25\"} 0\n",
+            "portcullis_token_lookup_ms_bucket{tier=\"redis\",le=\"0.5\"} 1\n",
+            "portcullis_token_lookup_ms_bucket{tier=\"postgres\",le=\"2.5\"} 0\n",
+            "portcullis_token_lookup_ms_bucket{tier=\"postgres\",le=\"5\"} 1\n",
+            "portcullis_token_lookup_ms_count{tier=\"postgres\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("tier=\"near\",le="),
+            "the near tier is not timed"
+        );
+    }
+
+    #[test]
+    fn cluster_counters_count_notices_per_kind() {
+        let metrics = Metrics::standalone();
+        metrics.cluster.heard(Notice::Config, 3);
+        metrics.cluster.heard(Notice::Tokens, 1);
+        metrics.cluster.resynced();
+        let text = metrics.render(Probes::default());
+        for line in [
+            "portcullis_cluster_notices_total{kind=\"config\"} 3\n",
+            "portcullis_cluster_notices_total{kind=\"tokens\"} 1\n",
+            "portcullis_cluster_notices_total{kind=\"verdicts\"} 0\n",
+            "portcullis_cluster_resyncs_total 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn target_health_has_kongs_four_states_and_only_the_targets_read_now() {
+        let metrics = Metrics::standalone();
+        let reading = |target: &str, state| TargetHealthReading {
+            upstream: "up".into(),
+            target: target.into(),
+            address: target.into(),
+            state,
+        };
+        let text = metrics.render(Probes::default());
+        assert!(!text.contains("kong_upstream_target_health"), "{text}");
+        let text = metrics.render(Probes {
+            upstream_health: Some(vec![
+                reading("10.0.0.1:80", TargetHealthState::Unhealthy),
+                reading("10.0.0.2:80", TargetHealthState::HealthchecksOff),
+            ]),
+            ..Probes::default()
+        });
+        let line = |target: &str, state: &str, value: u8| {
+            format!("kong_upstream_target_health{{address=\"{target}\",state=\"{state}\",subsystem=\"http\",target=\"{target}\",upstream=\"up\"}} {value}\n")
+        };
+        for expected in [
+            line("10.0.0.1:80", "unhealthy", 1),
+            line("10.0.0.1:80", "healthy", 0),
+            line("10.0.0.1:80", "healthchecks_off", 0),
+            line("10.0.0.1:80", "dns_error", 0),
+            line("10.0.0.2:80", "healthchecks_off", 1),
+            line("10.0.0.2:80", "unhealthy", 0),
+        ] {
+            assert!(text.contains(&expected), "{expected} in {text}");
+        }
+        let text = metrics.render(Probes {
+            upstream_health: Some(vec![reading("10.0.0.2:80", TargetHealthState::Healthy)]),
+            ..Probes::default()
+        });
+        assert!(
+            !text.contains("10.0.0.1:80"),
+            "a gone target is gone: {text}"
+        );
+        assert!(text.contains(&line("10.0.0.2:80", "healthy", 1)), "{text}");
     }
 }

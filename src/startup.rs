@@ -21,7 +21,7 @@ use crate::actors::registry::{ConfigRegistry, Reload, ReplaceAll};
 use crate::actors::token_lifecycle::TokenLifecycle;
 use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, Database, Listen, Settings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TokenLookups};
 use crate::plugins::introspection::{self, cache::SharedTier, IntrospectionCache};
 use crate::plugins::oauth2::lockout::{ClientLockout, LockoutPolicy};
 use crate::plugins::oauth2::{OAuthDeps, VerifiedSecrets};
@@ -126,6 +126,9 @@ pub struct Stores {
     pub redis: Option<RedisTokenCache>,
     /// DB-less mode: the store `config` is, replaced whole by a declarative configuration.
     pub declarative: Option<Arc<MemoryConfigStore>>,
+    /// The counters the token stores report their lookups into; the gateway's metrics registry
+    /// is made with them.
+    pub token_lookups: Arc<TokenLookups>,
 }
 
 /// What the cluster sync actor needs: the database to listen on and the caches to invalidate.
@@ -253,11 +256,15 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
             bus: Some(pool.clone()),
         },
     );
-    let tiered = Arc::new(TieredTokenStore::new(
-        Arc::new(PgTokenStore::new(pool.clone())),
-        redis.clone(),
-        &NearCacheSettings::default(),
-    ));
+    let token_lookups = new_token_lookups()?;
+    let tiered = Arc::new(
+        TieredTokenStore::new(
+            Arc::new(PgTokenStore::new(pool.clone()).observed_by(token_lookups.clone())),
+            redis.clone(),
+            &NearCacheSettings::default(),
+        )
+        .observed_by(token_lookups.clone()),
+    );
     Ok(Stores {
         config: Arc::new(PgConfigStore::new(pool)),
         tokens: tiered.clone(),
@@ -269,7 +276,13 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
         verdicts,
         redis,
         declarative: None,
+        token_lookups,
     })
+}
+
+/// The token lookup counters the stores are opened with.
+fn new_token_lookups() -> Result<Arc<TokenLookups>, StartError> {
+    TokenLookups::new().map_err(|e| StartError::Store(e.to_string()))
 }
 
 /// Opens the stores the settings ask for.
@@ -278,25 +291,32 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
 /// [`StartError::Store`] naming host/port and the cause.
 pub async fn open_stores(settings: &Settings) -> Result<Stores, StartError> {
     match settings.database {
-        Database::Memory => Ok(Stores {
-            config: Arc::new(MemoryConfigStore::new()),
-            tokens: Arc::new(MemoryTokenStore::with_max_tokens(
-                settings.memory_max_tokens(),
-            )),
-            cluster: None,
-            verdicts: IntrospectionCache::default(),
-            redis: None,
-            declarative: None,
-        }),
+        Database::Memory => {
+            let token_lookups = new_token_lookups()?;
+            Ok(Stores {
+                config: Arc::new(MemoryConfigStore::new()),
+                tokens: Arc::new(
+                    MemoryTokenStore::with_max_tokens(settings.memory_max_tokens())
+                        .observed_by(token_lookups.clone()),
+                ),
+                cluster: None,
+                verdicts: IntrospectionCache::default(),
+                redis: None,
+                declarative: None,
+                token_lookups,
+            })
+        }
         Database::Off => {
             let store = Arc::new(MemoryConfigStore::new());
+            let token_lookups = new_token_lookups()?;
             Ok(Stores {
                 config: store.clone(),
-                tokens: Arc::new(MemoryTokenStore::new()),
+                tokens: Arc::new(MemoryTokenStore::new().observed_by(token_lookups.clone())),
                 cluster: None,
                 verdicts: IntrospectionCache::default(),
                 redis: None,
                 declarative: Some(store),
+                token_lookups,
             })
         }
         Database::Postgres => open_postgres(settings).await,
@@ -470,13 +490,19 @@ impl Application {
         refuse_disabled_plugins_in_use(stores.config.as_ref(), &enabled).await?;
         let node_id = uuid::Uuid::new_v4();
         let metrics = Arc::new(
-            Metrics::new(node_id, crate::admin::info::KONG_VERSION)
-                .map_err(|e| StartError::Store(e.to_string()))?,
+            Metrics::with_token_lookups(
+                node_id,
+                crate::admin::info::KONG_VERSION,
+                stores.token_lookups.clone(),
+            )
+            .map_err(|e| StartError::Store(e.to_string()))?,
         );
+        let cluster_counters = metrics.cluster.clone();
         let probe = Probe {
             store: stores.config.clone(),
             postgres: settings.database == Database::Postgres,
             redis: stores.redis.clone(),
+            snapshot: snapshot.clone(),
         };
         let verified_secrets = VerifiedSecrets::default();
         let plugins = Arc::new(
@@ -684,7 +710,9 @@ impl Application {
         // timer while the runtime is being dropped, and panic instead of the one-line error.
         TokenLifecycle::new(stores.tokens.clone(), Duration::from_secs(60)).start();
         if let Some(link) = stores.cluster {
-            ClusterSync::new(link.pg, link.tokens, link.verdicts, registry.clone()).start();
+            ClusterSync::new(link.pg, link.tokens, link.verdicts, registry.clone())
+                .counting_into(cluster_counters)
+                .start();
         }
         Ok(Self {
             proxy: proxy_addrs,

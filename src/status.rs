@@ -11,11 +11,16 @@ use std::sync::Arc;
 
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
+use arc_swap::ArcSwap;
 use portcullis_stores::redis_cache::RedisTokenCache;
 use portcullis_stores::ConfigStore;
 use serde_json::json;
 
-use crate::metrics::{Metrics, PluginReadings, Probes, QueueReading, CONTENT_TYPE};
+use crate::metrics::{
+    Metrics, PluginReadings, Probes, QueueReading, TargetHealthReading, TargetHealthState,
+    CONTENT_TYPE,
+};
+use crate::router::RouterSnapshot;
 
 /// What a scrape or a status request asks the stores.
 #[derive(Clone)]
@@ -26,6 +31,8 @@ pub struct Probe {
     pub postgres: bool,
     /// Redis, when configured (`portcullis_redis_up`).
     pub redis: Option<RedisTokenCache>,
+    /// The router snapshots, whose upstream targets `kong_upstream_target_health` reports.
+    pub snapshot: Arc<ArcSwap<RouterSnapshot>>,
 }
 
 impl Probe {
@@ -55,7 +62,27 @@ impl Probe {
             postgres: self.postgres.then_some(datastore),
             redis,
             plugins: plugin_readings(),
+            upstream_health: self.upstream_health(),
         }
+    }
+
+    /// Each upstream target's state now, when a `prometheus` plugin exports them.
+    fn upstream_health(&self) -> Option<Vec<TargetHealthReading>> {
+        let snapshot = self.snapshot.load();
+        let targets = snapshot.upstream_health.as_ref()?;
+        Some(
+            targets
+                .iter()
+                .map(|t| TargetHealthReading {
+                    upstream: t.upstream.clone(),
+                    target: t.target.clone(),
+                    // The gateway resolves a name when it connects: the target's address is
+                    // the one configured, and it has no DNS state of its own.
+                    address: t.target.clone(),
+                    state: TargetHealthState::of(t.checks_on, t.health.is_healthy()),
+                })
+                .collect(),
+        )
     }
 }
 

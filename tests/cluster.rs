@@ -775,3 +775,145 @@ async fn rate_limiting_on_redis_is_exact_across_three_nodes() {
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((passed, refused), (100, 200), "{statuses:?}");
 }
+
+impl Cluster {
+    /// Node `i`'s admin scrape.
+    async fn metrics(&self, i: usize) -> String {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.node(i).admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
+    }
+
+    /// Polls node `i`'s scrape until it has every line of `lines`; the deadline is `PROPAGATION`
+    /// from now (the notices of an acknowledged change are committed already).
+    async fn metrics_within_a_second(&self, i: usize, lines: &[&str]) {
+        let deadline = Instant::now() + PROPAGATION;
+        loop {
+            let body = self.metrics(i).await;
+            if lines.iter().all(|l| body.lines().any(|b| b == *l)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} lacks {lines:?} within {PROPAGATION:?}:\n{body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Ends the listening connections of this cluster's schema (`portcullis-listener <schema>`),
+    /// as a Postgres restart or a partition would; returns how many were ended.
+    async fn cut_listeners(&self) -> i64 {
+        let schema = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "PORTCULLIS_PG_SCHEMA")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let conn = std::env::var("PORTCULLIS_TEST_PG").unwrap_or_else(|_| DEFAULT_TEST_PG.into());
+        let pg = PgSettings::from_conn_str(&conn).unwrap();
+        let name = portcullis_stores::postgres::listen::application_name(&PgSettings {
+            schema: Some(schema),
+            ..pg.clone()
+        });
+        let pool = portcullis_stores::postgres::connect(&pg).await.unwrap();
+        let client = pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        row.get(0)
+    }
+}
+
+/// `portcullis_cluster_notices_total{kind}` counts every notice a node hears (another node's
+/// configuration rows, token revocations, verdict evictions), and
+/// `portcullis_cluster_resyncs_total` every full reload: the first LISTEN, then each reconnect.
+#[tokio::test]
+async fn notices_from_another_node_and_resyncs_are_counted() {
+    let cluster = Cluster::start(2);
+    for i in [A, B] {
+        cluster
+            .metrics_within_a_second(i, &["portcullis_cluster_resyncs_total 1"])
+            .await;
+    }
+    let before = cluster.metrics(A).await;
+    for kind in ["config", "tokens", "verdicts"] {
+        let line = format!("portcullis_cluster_notices_total{{kind=\"{kind}\"}} 0");
+        assert!(before.lines().any(|l| l == line), "{line}\n{before}");
+    }
+    // Five configuration rows written on B: service, route, plugin, consumer, credential.
+    cluster.configure(B).await;
+    cluster
+        .metrics_within_a_second(A, &["portcullis_cluster_notices_total{kind=\"config\"} 5"])
+        .await;
+    // A token revoked on B (its row deleted), then its introspection verdicts evicted on B.
+    let token = cluster.token(B).await;
+    let (s, t) = cluster
+        .admin(
+            B,
+            reqwest::Method::GET,
+            &format!("/oauth2_tokens/{token}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let id = t["id"].as_str().unwrap();
+    let (s, _) = cluster
+        .admin(
+            B,
+            reqwest::Method::DELETE,
+            &format!("/oauth2_tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, b) = cluster
+        .admin(
+            B,
+            reqwest::Method::DELETE,
+            &format!("/oauth2-introspection/cache/{token}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204, "{b}");
+    cluster
+        .metrics_within_a_second(
+            A,
+            &[
+                "portcullis_cluster_notices_total{kind=\"config\"} 5",
+                "portcullis_cluster_notices_total{kind=\"tokens\"} 1",
+                "portcullis_cluster_notices_total{kind=\"verdicts\"} 1",
+                "portcullis_cluster_resyncs_total 1",
+            ],
+        )
+        .await;
+    // Both nodes' listeners cut: each reconnects and resyncs once more.
+    assert_eq!(cluster.cut_listeners().await, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in [A, B] {
+        loop {
+            let body = cluster.metrics(i).await;
+            if body
+                .lines()
+                .any(|l| l == "portcullis_cluster_resyncs_total 2")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not resync:\n{body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -574,6 +574,12 @@ fn exported_names() -> Vec<String> {
             log_queues: vec![("id".into(), portcullis::metrics::QueueReading::default())],
             ..Default::default()
         },
+        upstream_health: Some(vec![portcullis::metrics::TargetHealthReading {
+            upstream: "u".into(),
+            target: "127.0.0.1:80".into(),
+            address: "127.0.0.1:80".into(),
+            state: portcullis::metrics::TargetHealthState::Healthy,
+        }]),
     });
     let mut names = Vec::new();
     for line in text.lines() {
@@ -616,7 +622,8 @@ fn every_dashboard_query_parses_and_names_exported_metrics() {
             used.insert(n.to_string());
         }
     }
-    // Kong's dashboard families and the OAuth2 ones are all shown.
+    // Kong's dashboard families, the OAuth2, token lookup, cluster and target health ones are all
+    // shown.
     for family in [
         "kong_http_requests_total",
         "kong_kong_latency_ms_bucket",
@@ -627,6 +634,11 @@ fn every_dashboard_query_parses_and_names_exported_metrics() {
         "kong_datastore_reachable",
         "portcullis_oauth2_tokens_issued_total",
         "portcullis_oauth2_token_checks_total",
+        "portcullis_token_lookups_total",
+        "portcullis_token_lookup_ms_bucket",
+        "portcullis_cluster_notices_total",
+        "portcullis_cluster_resyncs_total",
+        "kong_upstream_target_health",
     ] {
         assert!(used.contains(family), "{family} has no panel");
     }

@@ -13,6 +13,10 @@
 //!   everything, so a node
 //!   that missed notices (restart, partition, Postgres restart) serves nothing stale afterwards.
 //!
+//! It counts what it hears (`portcullis_cluster_notices_total{kind}`, one per notice, this node's
+//! own commits included: Postgres notifies every listening session) and every resync
+//! (`portcullis_cluster_resyncs_total`).
+//!
 //! The listener reconnects with backoff forever; nothing here can stop the gateway.
 
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use portcullis_stores::tiered::TieredTokenStore;
 use tokio::sync::mpsc;
 
 use crate::actors::registry::{ConfigRegistry, Refresh, Reload};
+use crate::metrics::{ClusterCounters, Notice};
 use crate::plugins::introspection::IntrospectionCache;
 
 /// The actor.
@@ -32,6 +37,7 @@ pub struct ClusterSync {
     tokens: Arc<TieredTokenStore>,
     verdicts: IntrospectionCache,
     registry: Addr<ConfigRegistry>,
+    counters: Option<ClusterCounters>,
 }
 
 impl ClusterSync {
@@ -47,6 +53,27 @@ impl ClusterSync {
             tokens,
             verdicts,
             registry,
+            counters: None,
+        }
+    }
+
+    /// The actor, counting notices and resyncs into `counters`.
+    #[must_use]
+    pub fn counting_into(mut self, counters: ClusterCounters) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    fn count(&self, event: &ChangeEvent) {
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        match event {
+            // Counted once the caches are emptied (below).
+            ChangeEvent::Connected | ChangeEvent::Disconnected(_) => {}
+            ChangeEvent::Tokens(hashes) => counters.heard(Notice::Tokens, hashes.len()),
+            ChangeEvent::Config(rows) => counters.heard(Notice::Config, rows.len()),
+            ChangeEvent::Verdicts(hashes) => counters.heard(Notice::Verdicts, hashes.len()),
         }
     }
 }
@@ -66,10 +93,14 @@ impl Actor for ClusterSync {
 
 impl StreamHandler<ChangeEvent> for ClusterSync {
     fn handle(&mut self, event: ChangeEvent, ctx: &mut Self::Context) {
+        self.count(&event);
         match event {
             ChangeEvent::Connected => {
                 self.tokens.clear_local();
                 self.verdicts.clear_local();
+                if let Some(counters) = &self.counters {
+                    counters.resynced();
+                }
                 let registry = self.registry.clone();
                 ctx.spawn(
                     async move {

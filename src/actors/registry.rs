@@ -31,7 +31,7 @@ use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
 use crate::router::balancer::Rotation;
-use crate::router::health::HealthBook;
+use crate::router::health::{reported_targets, HealthBook};
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
 };
@@ -588,7 +588,19 @@ impl ConfigRegistry {
             upstream_tls: &upstream_tls,
             version: self.version,
         };
-        self.snapshot.store(Arc::new(RouterSnapshot::build(parts)));
+        let mut snapshot = RouterSnapshot::build(parts);
+        if self
+            .active_plugins()
+            .iter()
+            .any(|(instance, _)| crate::plugins::prometheus::exports_upstream_health(instance))
+        {
+            snapshot.upstream_health = Some(Arc::from(reported_targets(
+                &self.mirror.upstreams,
+                &self.mirror.targets,
+                &self.health,
+            )));
+        }
+        self.snapshot.store(Arc::new(snapshot));
         self.sni.store(Arc::new(self.sni_index()));
     }
 

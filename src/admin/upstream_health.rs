@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::{crud, AdminState};
 use crate::entities::upstreams::{Address, Upstream, DEFAULT_TARGET_PORT, TARGETS, UPSTREAMS};
 use crate::error::AdminError;
+use crate::metrics::TargetHealthState;
 use crate::router::health::UpstreamChecks;
 
 /// Routes the health paths; `None` when the path is not one of them.
@@ -49,11 +50,7 @@ async fn upstream_of(st: &AdminState, key: &str) -> Result<(Uuid, Upstream), Adm
 /// Kong's names; a target set unhealthy by hand shows so even with the checks off (it gets no
 /// traffic).
 fn state_name(checks_on: bool, healthy: bool) -> &'static str {
-    match (checks_on, healthy) {
-        (_, false) => "UNHEALTHY",
-        (false, true) => "HEALTHCHECKS_OFF",
-        (true, true) => "HEALTHY",
-    }
+    TargetHealthState::of(checks_on, healthy).admin_name()
 }
 
 async fn health(

@@ -8,6 +8,10 @@
 //! the consumer's username with `per_consumer`, else empty; `source` is `service` when the upstream
 //! answered and `kong` otherwise; latencies are whole milliseconds.
 //!
+//! With `upstream_health_metrics` on any enabled instance (a global property in Kong, as here),
+//! the scrape also reports Kong's `kong_upstream_target_health`: the registry puts the targets
+//! into the router snapshot ([`exports_upstream_health`]) and the scrape reads their cells.
+//!
 //! Recording takes no lock and allocates nothing once a label set has been seen on a proxy worker
 //! thread: the handles of each (route, service, consumer, status, source) are resolved once per
 //! thread and kept in a thread-local map keyed by ids (the request path is thread-per-core, so
@@ -67,12 +71,15 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 /// and silently empty.
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("ai_metrics", "the gateway has no AI plugins"),
-    (
-        "upstream_health_metrics",
-        "the gateway runs no upstream health checks",
-    ),
     ("wasm_metrics", "the gateway runs no Wasm filters"),
 ];
+
+/// Whether `instance` is a `prometheus` plugin asking for `kong_upstream_target_health`: as in
+/// Kong, one such enabled instance turns it on for every scrape.
+pub fn exports_upstream_health(instance: &PluginInstance) -> bool {
+    instance.name == "prometheus"
+        && instance.config.get("upstream_health_metrics") == Some(&Value::Bool(true))
+}
 
 #[derive(Deserialize)]
 struct Config {
@@ -318,6 +325,7 @@ mod tests {
         let errors = plugin
             .check_config(&config(&[
                 ("ai_metrics", true),
+                ("wasm_metrics", true),
                 ("upstream_health_metrics", true),
                 ("latency_metrics", true),
             ]))
@@ -329,12 +337,12 @@ mod tests {
             ))
         );
         assert_eq!(
-            errors.get("upstream_health_metrics"),
+            errors.get("wasm_metrics"),
             Some(&json!(
-                "not supported by this gateway: the gateway runs no upstream health checks"
+                "not supported by this gateway: the gateway runs no Wasm filters"
             ))
         );
-        assert_eq!(errors.len(), 2);
+        assert_eq!(errors.len(), 2, "upstream_health_metrics is accepted");
         assert!(plugin
             .check_config(&config(&[("ai_metrics", false), ("per_consumer", true)]))
             .is_ok());

@@ -8,6 +8,8 @@
 //! a lock, the active checker and the admin API (`…/healthy`, `…/unhealthy`) write the same
 //! cells. The [`HealthBook`] keeps them across configuration changes (a new snapshot does not
 //! forget which targets are down), and every snapshot carries it for the admin API to read.
+//! When a `prometheus` plugin asks for `upstream_health_metrics`, the snapshot also carries the
+//! list of [`ReportedTarget`]s the scrape reads (`kong_upstream_target_health`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -15,7 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
 
-use crate::entities::upstreams::{CheckType, Counters, HealthChecks};
+use crate::entities::upstreams::{CheckType, Counters, HealthChecks, Target, Upstream};
 
 /// What a request (or a probe) to a target came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +259,42 @@ impl HealthBook {
             forget_gone(&mut all, keep);
         }
     }
+}
+
+/// One target's health cell under the names a scrape reports it by.
+#[derive(Debug)]
+pub struct ReportedTarget {
+    /// The upstream's name.
+    pub upstream: String,
+    /// The target, `host:port`.
+    pub target: String,
+    /// Whether any check runs for the upstream.
+    pub checks_on: bool,
+    /// The cell the proxy, the checker and the admin API write.
+    pub health: Arc<TargetHealth>,
+}
+
+/// Every target of `upstreams` with its cell in `book` (made healthy the first time), by upstream
+/// name then target. Called when a snapshot is built, never per request.
+pub fn reported_targets(
+    upstreams: &HashMap<Uuid, Arc<Upstream>>,
+    targets: &HashMap<Uuid, Arc<Target>>,
+    book: &HealthBook,
+) -> Vec<ReportedTarget> {
+    let mut out: Vec<ReportedTarget> = targets
+        .values()
+        .filter_map(|t| {
+            let upstream = upstreams.get(&t.upstream.id)?;
+            Some(ReportedTarget {
+                upstream: upstream.name.clone(),
+                target: t.target.clone(),
+                checks_on: UpstreamChecks::of(&upstream.healthchecks).on(),
+                health: book.of(upstream.id, &t.target),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.upstream, &a.target).cmp(&(&b.upstream, &b.target)));
+    out
 }
 
 /// The cell of `target` of `upstream` in `cells`, made the first time.

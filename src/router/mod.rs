@@ -295,6 +295,9 @@ pub struct RouterSnapshot {
     pub global: Arc<PluginChain>,
     /// The targets' health (for the admin API's `/upstreams/{u}/health`).
     pub health: Arc<health::HealthBook>,
+    /// Every upstream target with its health cell, when a `prometheus` plugin exports
+    /// `kong_upstream_target_health` (`upstream_health_metrics`); set by the registry.
+    pub upstream_health: Option<Arc<[health::ReportedTarget]>>,
     /// Bumped on every rebuild.
     pub version: u64,
 }
@@ -502,6 +505,7 @@ impl RouterSnapshot {
             identities: Arc::new(Identities::build(parts.identities)),
             global: parts.global,
             health: parts.health.clone(),
+            upstream_health: None,
             version: parts.version,
         }
     }

@@ -16,6 +16,8 @@
 //! - [`redis_counters`]: request counters per time window in Redis (the `rate-limiting` plugin's
 //!   `redis` policy), checked and counted in one atomic round trip.
 //! - [`tiered`]: near cache → Redis → durable store for token lookups.
+//! - [`observe`]: the observer the token stores tell which tier answered a lookup and how long
+//!   Redis and Postgres took (the gateway's metrics implement it).
 //! - [`postgres`]: the durable stores (`database = postgres`), their pool, their migrations and
 //!   the LISTEN/NOTIFY listener that tells each node what the others changed.
 //! - `contract` (feature `contract`, test code): the behaviour every implementation must show, as
@@ -27,6 +29,7 @@ pub mod error;
 pub mod memory;
 mod memory_tokens;
 pub mod model;
+pub mod observe;
 pub mod postgres;
 pub mod redis_cache;
 pub mod redis_counters;

@@ -14,13 +14,14 @@
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use hashbrown::HashTable;
 use uuid::Uuid;
 
 use crate::model::{CodeRecord, RefreshOutcome, TokenFilter, TokenHash, TokenRecord};
+use crate::observe::{unobserved, LookupObserver, LookupTier};
 use crate::{RefreshReplacement, StoreError, TokenStore};
 
 /// How long a redeemed code or rotated refresh token is remembered for replay detection.
@@ -413,6 +414,7 @@ pub struct MemoryTokenStore {
     shards: Box<[RwLock<Shard>]>,
     side: Mutex<Side>,
     max_tokens: usize,
+    observer: Arc<dyn LookupObserver>,
 }
 
 impl Default for MemoryTokenStore {
@@ -436,7 +438,15 @@ impl MemoryTokenStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             side: Mutex::default(),
             max_tokens,
+            observer: unobserved(),
         }
+    }
+
+    /// The store, telling `observer` about each lookup by access-token digest.
+    #[must_use]
+    pub fn observed_by(mut self, observer: Arc<dyn LookupObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// How many tokens the store holds (expired ones included until swept).
@@ -604,10 +614,12 @@ impl TokenStore for MemoryTokenStore {
         hash: &TokenHash,
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
+        self.observer.answered(LookupTier::Memory);
         Ok(self.live_by_access(hash, now))
     }
 
     fn token_by_access_in_memory(&self, hash: &TokenHash, now: i64) -> Option<Option<TokenRecord>> {
+        self.observer.answered(LookupTier::Memory);
         Some(self.live_by_access(hash, now))
     }
 

@@ -13,13 +13,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::sync::Cache;
 use uuid::Uuid;
 
 use crate::model::{CodeRecord, RefreshOutcome, TokenFilter, TokenHash, TokenRecord};
+use crate::observe::{unobserved, LookupObserver, LookupTier, RemoteTier};
 use crate::redis_cache::RedisTokenCache;
 use crate::{RefreshReplacement, StoreError, TokenStore};
 
@@ -61,6 +62,7 @@ pub struct TieredTokenStore {
     near: Cache<TokenHash, Arc<TokenRecord>>,
     negative: Cache<TokenHash, ()>,
     epoch: AtomicU64,
+    observer: Arc<dyn LookupObserver>,
 }
 
 impl TieredTokenStore {
@@ -82,7 +84,17 @@ impl TieredTokenStore {
                 .time_to_live(settings.negative_ttl)
                 .build(),
             epoch: AtomicU64::new(0),
+            observer: unobserved(),
         }
+    }
+
+    /// The store, telling `observer` about each lookup by access-token digest its own tiers
+    /// answer: near-cache hits (counted only, see [`crate::observe`]) and Redis (answered and
+    /// timed). The durable store reports its own.
+    #[must_use]
+    pub fn observed_by(mut self, observer: Arc<dyn LookupObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Forgets access-token digests in this node's near cache (another node changed them).
@@ -150,8 +162,12 @@ impl TokenStore for TieredTokenStore {
         let epoch = self.epoch.load(Ordering::Acquire);
         let unchanged = || self.epoch.load(Ordering::Acquire) == epoch;
         if let Some(r) = &self.redis {
-            match r.get(hash).await {
+            let started = Instant::now();
+            let cached = r.get(hash).await;
+            self.observer.waited(RemoteTier::Redis, started.elapsed());
+            match cached {
                 Ok(Some(record)) => {
+                    self.observer.answered(LookupTier::Redis);
                     if unchanged() {
                         self.near.insert(*hash, Arc::new(record.clone()));
                     }
@@ -181,9 +197,14 @@ impl TokenStore for TieredTokenStore {
 
     fn token_by_access_in_memory(&self, hash: &TokenHash, now: i64) -> Option<Option<TokenRecord>> {
         if let Some(hit) = self.near.get(hash) {
+            self.observer.answered(LookupTier::Near);
             return Some(Some(hit.as_ref().clone()).filter(|r| r.row_live_at(now)));
         }
-        self.negative.contains_key(hash).then_some(None)
+        if self.negative.contains_key(hash) {
+            self.observer.answered(LookupTier::Near);
+            return Some(None);
+        }
+        None
     }
 
     async fn token_by_refresh(

@@ -390,3 +390,91 @@ async fn without_notices_a_revoked_token_is_served_only_for_the_near_cache_lifet
         "dropped before its lifetime: not the bound under test"
     );
 }
+
+/// Counts what the stores report, with atomics (as the gateway's metrics do).
+#[derive(Default)]
+struct Tally {
+    answered: [std::sync::atomic::AtomicU64; 4],
+    waited: [std::sync::atomic::AtomicU64; 2],
+}
+
+impl Tally {
+    fn answered(&self) -> [u64; 4] {
+        self.answered
+            .each_ref()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    fn waited(&self) -> [u64; 2] {
+        self.waited
+            .each_ref()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl portcullis_stores::observe::LookupObserver for Tally {
+    fn answered(&self, tier: portcullis_stores::observe::LookupTier) {
+        self.answered[tier as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn waited(&self, tier: portcullis_stores::observe::RemoteTier, _took: Duration) {
+        self.waited[tier as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Each lookup by access digest is reported once, by the tier that answered it: the near cache
+/// (a positive or a negative entry), Redis (a hit; every Redis call is timed, misses included),
+/// or the durable store (here the memory store).
+#[tokio::test]
+async fn each_lookup_is_reported_once_by_the_tier_that_answered_it() {
+    let prefix = format!("pt-{}", Uuid::new_v4().simple());
+    let tally = Arc::new(Tally::default());
+    let durable: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new().observed_by(tally.clone()));
+    let writer = TieredTokenStore::new(
+        durable.clone(),
+        Some(redis(&prefix).await),
+        &NearCacheSettings::default(),
+    );
+    let reader = TieredTokenStore::new(
+        durable,
+        Some(redis(&prefix).await),
+        &NearCacheSettings::default(),
+    )
+    .observed_by(tally.clone());
+    let t = record(41, now());
+    writer.insert_token(t.clone()).await.unwrap();
+    // [near, memory, redis, postgres]; [redis, postgres] timed.
+    for _ in 0..3 {
+        let found = reader.token_by_access(&t.access_token_hash, now()).await;
+        assert_eq!(found.unwrap(), Some(t.clone()));
+    }
+    assert_eq!(
+        tally.answered(),
+        [2, 0, 1, 0],
+        "Redis once, then the near cache"
+    );
+    assert_eq!(tally.waited(), [1, 0]);
+    let unknown = TokenHash([42; 32]);
+    for _ in 0..3 {
+        assert_eq!(reader.token_by_access(&unknown, now()).await.unwrap(), None);
+    }
+    assert_eq!(
+        tally.answered(),
+        [4, 1, 1, 0],
+        "a Redis miss, the durable store, then the negative entry"
+    );
+    assert_eq!(tally.waited(), [2, 0]);
+    assert_eq!(
+        reader.token_by_access_in_memory(&unknown, now()),
+        Some(None)
+    );
+    assert_eq!(tally.answered()[0], 5);
+    assert_eq!(
+        reader.token_by_access_in_memory(&TokenHash([43; 32]), now()),
+        None
+    );
+    assert_eq!(
+        tally.answered(),
+        [5, 1, 1, 0],
+        "a near miss is not an answer"
+    );
+    reader.invalidate(&[t.access_token_hash]).await;
+}

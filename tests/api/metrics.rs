@@ -9,9 +9,12 @@
 //!   series strings below are Kong's with the labels sorted.
 //! - *scrape response has metrics and comments only*: Kong's lines start with `#` or `kong`; ours
 //!   also with `portcullis_` (the gateway's own metrics).
-//! - Not ported: gRPC/TCP stream counts (no stream listeners), Lua VM and shared-dict memory,
-//!   nginx timers, upstream target health (refused: no health checks), AI and Wasm metrics,
-//!   hybrid mode.
+//! - Not ported: gRPC/TCP stream counts (no stream listeners, so no `subsystem="stream"` target
+//!   health), Lua VM and shared-dict memory, nginx timers, AI and Wasm metrics, hybrid mode.
+//! - `kong_upstream_target_health` (`04-status_api_spec`'s target health cases): `address` is the
+//!   target as configured (Kong's is the resolved `ip:port`; the same for an IP target), and no
+//!   target is in `dns_error` (the gateway resolves names when it connects), so Kong's
+//!   `some-random-dns:80` case is not ported.
 
 use std::time::Duration;
 
@@ -457,7 +460,7 @@ async fn latency_histograms_have_kongs_buckets(backend: Backend) {
 
 async fn switches_without_anything_to_report_are_refused(backend: Backend) {
     let app = gateway(backend).await;
-    for switch in ["upstream_health_metrics", "ai_metrics", "wasm_metrics"] {
+    for switch in ["ai_metrics", "wasm_metrics"] {
         let (s, b) = app
             .admin_post(
                 "/plugins",
@@ -779,6 +782,292 @@ async fn redis_reachability_is_reported() {
     assert!(has_line(&body, "kong_datastore_reachable 1"), "{body}");
 }
 
+/// The value of the series `line` starts with (`name{labels}`), if the scrape has it.
+fn value_of(body: &str, series: &str) -> Option<String> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(str::to_string)
+}
+
+impl TestApp {
+    /// The scrape once its cluster listener has resynced once: on Postgres the first LISTEN empties
+    /// the near cache, so lookups are counted exactly only after it.
+    async fn listening(&self) {
+        self.scrape_until("portcullis_cluster_resyncs_total 1")
+            .await;
+    }
+
+    /// A client-credentials token for `bob`'s `clientid123`.
+    async fn client_token(&self) -> String {
+        let r = self
+            .http
+            .post(format!("{}/api/oauth2/token", self.proxy_tls))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "clientid123"),
+                ("client_secret", "secret123"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `times` protected requests with `token`, each answering `want`.
+    async fn check_token(&self, token: &str, times: usize, want: u16) {
+        for _ in 0..times {
+            let r = self
+                .http
+                .get(format!("{}/api/echo", self.proxy))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), want);
+        }
+    }
+
+    /// Asserts the token lookup series: `answered` per tier (near, memory, redis, postgres), and
+    /// how many Redis and Postgres calls were timed.
+    async fn assert_lookups(&self, answered: [u64; 4], timed: [u64; 2]) {
+        let (_, _, body) = self.admin_metrics().await;
+        for (tier, n) in ["near", "memory", "redis", "postgres"].iter().zip(answered) {
+            let line = format!("portcullis_token_lookups_total{{tier=\"{tier}\"}} {n}");
+            assert!(has_line(&body, &line), "{line}\n{body}");
+        }
+        for (tier, n) in ["redis", "postgres"].iter().zip(timed) {
+            let line = format!("portcullis_token_lookup_ms_count{{tier=\"{tier}\"}} {n}");
+            assert!(has_line(&body, &line), "{line}\n{body}");
+            let inf = format!("portcullis_token_lookup_ms_bucket{{tier=\"{tier}\",le=\"+Inf\"}}");
+            assert_eq!(value_of(&body, &inf), Some(n.to_string()), "{body}");
+        }
+        assert!(
+            !body.contains("tier=\"near\",le="),
+            "the near tier is counted, not timed"
+        );
+    }
+}
+
+/// Three checks of a live token and three of an unknown one: on memory the memory store answers
+/// all six; on Postgres (no Redis) the live token is in the near cache from its issue, and the
+/// unknown one is read from Postgres once, then answered by its negative entry.
+async fn token_lookups_are_counted_by_the_tier_that_answered(backend: Backend) {
+    let app = gateway(backend).await;
+    if matches!(backend, Backend::Postgres) {
+        app.listening().await;
+    }
+    let upstream = spawn_upstream();
+    crate::helpers::client_credentials_fixture(&app, &upstream.url).await;
+    let token = app.client_token().await;
+    app.check_token(&token, 3, 200).await;
+    app.check_token("not-a-token", 3, 401).await;
+    match backend {
+        Backend::Memory => app.assert_lookups([0, 6, 0, 0], [0, 0]).await,
+        Backend::Postgres => app.assert_lookups([5, 0, 0, 1], [0, 1]).await,
+    }
+}
+
+/// Two gateways on one schema and one Redis prefix: a token issued by the first is found in
+/// Redis by the second (then in its near cache); an unknown token misses Redis, is read from
+/// Postgres once, then answered by the negative entry.
+#[actix_web::test]
+async fn token_lookups_on_postgres_and_redis_reach_each_tier() {
+    let prefix = format!("metrics-{}", uuid::Uuid::new_v4().simple());
+    let issuer = gateway_with(Backend::Postgres, |s| {
+        s.redis_url = Some(portcullis::config::Secret::new(
+            crate::helpers::test_redis_url(),
+        ));
+        s.redis_prefix = prefix.clone();
+    })
+    .await;
+    let schema = issuer.pg.as_ref().unwrap().settings.clone();
+    let checker = spawn_with(Settings {
+        redis_url: Some(portcullis::config::Secret::new(
+            crate::helpers::test_redis_url(),
+        )),
+        redis_prefix: prefix,
+        status_listen: "off".into(),
+        ..schema
+    })
+    .await;
+    issuer.listening().await;
+    checker.listening().await;
+    let upstream = spawn_upstream();
+    crate::helpers::client_credentials_fixture(&issuer, &upstream.url).await;
+    // The checker has the plugin once it refuses a request without a token.
+    eventually(
+        Duration::from_secs(10),
+        "the checker has the route",
+        || async {
+            let r = checker
+                .http
+                .get(format!("{}/api/echo", checker.proxy))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 401).then_some(())
+        },
+    )
+    .await;
+    let token = issuer.client_token().await;
+    checker.check_token(&token, 3, 200).await;
+    checker.assert_lookups([2, 0, 1, 0], [1, 0]).await;
+    checker.check_token("not-a-token", 3, 401).await;
+    checker.assert_lookups([4, 0, 1, 1], [2, 1]).await;
+    // The issuer found its own token in its near cache.
+    issuer.check_token(&token, 2, 200).await;
+    issuer.assert_lookups([2, 0, 0, 0], [0, 0]).await;
+}
+
+/// One `kong_upstream_target_health` line (labels sorted by name).
+fn target_health(upstream: &str, target: &str, state: &str, value: u8) -> String {
+    series(
+        "kong_upstream_target_health",
+        &[
+            ("upstream", upstream),
+            ("target", target),
+            ("address", target),
+            ("state", state),
+            ("subsystem", "http"),
+        ],
+        &value.to_string(),
+    )
+}
+
+/// Asserts `target`'s four state lines: 1 for `state`, 0 for the others.
+fn assert_target_state(body: &str, upstream: &str, target: &str, state: &str) {
+    for s in ["healthchecks_off", "healthy", "unhealthy", "dns_error"] {
+        let line = target_health(upstream, target, s, u8::from(s == state));
+        assert!(has_line(body, &line), "{line}\n{body}");
+    }
+}
+
+/// Kong's `04-status_api_spec` target health cases (healthchecks-off, healthy, unhealthy, removed
+/// with their target or upstream), read from this node's health book at each scrape, and only
+/// while a `prometheus` plugin has `upstream_health_metrics`.
+async fn upstream_target_health_is_reported_when_asked(backend: Backend) {
+    let app = gateway(backend).await;
+    let (s, b) = app
+        .admin_post(
+            "/upstreams",
+            json!({"name": "mock-upstream-healthchecksoff"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post(
+            "/upstreams",
+            json!({"name": "mock-upstream", "healthchecks": {"passive": {
+                "unhealthy": {"http_failures": 1, "tcp_failures": 1, "timeouts": 1},
+            }}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    for (upstream, target) in [
+        ("mock-upstream-healthchecksoff", "127.0.0.1:15555"),
+        ("mock-upstream", "127.0.0.1:15555"),
+        ("mock-upstream", "127.0.0.1:8001"),
+    ] {
+        let (s, b) = app
+            .admin_post(
+                &format!("/upstreams/{upstream}/targets"),
+                json!({"target": target, "weight": 1}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, plugin) = app
+        .admin_post("/plugins", json!({"name": "prometheus"}))
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+    let (_, _, body) = app.admin_metrics().await;
+    assert!(
+        !body.contains("kong_upstream_target_health"),
+        "off by default: {body}"
+    );
+
+    let (s, b) = app
+        .admin_call(
+            reqwest::Method::PATCH,
+            &format!("/plugins/{}", plugin["id"].as_str().unwrap()),
+            Some(json!({"config": {"upstream_health_metrics": true}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let on = target_health("mock-upstream", "127.0.0.1:8001", "healthy", 1);
+    let body = app.scrape_until(&on).await;
+    assert_target_state(
+        &body,
+        "mock-upstream-healthchecksoff",
+        "127.0.0.1:15555",
+        "healthchecks_off",
+    );
+    assert_target_state(&body, "mock-upstream", "127.0.0.1:15555", "healthy");
+    assert_target_state(&body, "mock-upstream", "127.0.0.1:8001", "healthy");
+    // The status listener serves the same lines.
+    let status = app
+        .http
+        .get(format!("{}/metrics", app.status))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_target_state(&status, "mock-upstream", "127.0.0.1:8001", "healthy");
+
+    let (s, b) = app
+        .admin_post(
+            "/upstreams/mock-upstream/targets/127.0.0.1:8001/unhealthy",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 204, "{b}");
+    let (_, _, body) = app.admin_metrics().await;
+    assert_target_state(&body, "mock-upstream", "127.0.0.1:8001", "unhealthy");
+    assert_target_state(&body, "mock-upstream", "127.0.0.1:15555", "healthy");
+
+    // Kong's "remove metrics from deleted targets / upstreams".
+    let (s, _) = app
+        .admin_call(
+            reqwest::Method::DELETE,
+            "/upstreams/mock-upstream/targets/127.0.0.1:8001",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = app
+        .admin_call(
+            reqwest::Method::DELETE,
+            "/upstreams/mock-upstream-healthchecksoff",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let body = eventually(Duration::from_secs(10), "deleted targets leave", || async {
+        let (_, _, body) = app.admin_metrics().await;
+        (!body.contains("127.0.0.1:8001") && !body.contains("healthchecksoff")).then_some(body)
+    })
+    .await;
+    assert_target_state(&body, "mock-upstream", "127.0.0.1:15555", "healthy");
+
+    // Off again: the family is gone.
+    let (s, b) = app
+        .admin_call(
+            reqwest::Method::PATCH,
+            &format!("/plugins/{}", plugin["id"].as_str().unwrap()),
+            Some(json!({"config": {"upstream_health_metrics": false}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, _, body) = app.admin_metrics().await;
+    assert!(!body.contains("kong_upstream_target_health"), "{body}");
+}
+
 on_both_stores!(
     increments_the_count_for_proxied_requests,
     does_not_count_a_request_no_route_matched,
@@ -802,6 +1091,8 @@ on_both_stores!(
     oauth2_counts_tokens_issued_and_checked,
     introspection_counts_cache_hits_misses_and_calls,
     introspection_counts_failed_calls,
+    token_lookups_are_counted_by_the_tier_that_answered,
+    upstream_target_health_is_reported_when_asked,
 );
 
 /// A Prometheus server of its own: a generated config scraping `target` every second, its data
@@ -910,4 +1201,19 @@ async fn a_real_prometheus_scrapes_the_status_listener() {
             "workspace": "default",
         })
     );
+    // The token lookup families are ingested too: one series per tier, timed ones for the two
+    // remote tiers.
+    for (family, tiers) in [
+        ("portcullis_token_lookups_total", 4),
+        ("portcullis_token_lookup_ms_count", 2),
+    ] {
+        let query = format!("{}/api/v1/query?query={family}", server.url);
+        let r = client.get(&query).send().await.unwrap();
+        let body: Value = r.json().await.unwrap();
+        let result = body["data"]["result"].as_array().unwrap();
+        assert_eq!(result.len(), tiers, "{family}: {body}");
+        for series in result {
+            assert_eq!(series["value"][1], "0", "{family}: {body}");
+        }
+    }
 }

@@ -128,6 +128,16 @@ pub async fn listen(settings: PgSettings, events: mpsc::UnboundedSender<ChangeEv
     }
 }
 
+/// The listening connection's `application_name`, `portcullis-listener <schema>`: an operator
+/// looking at `pg_stat_activity` can tell it from the pooled connections, and which schema's
+/// cluster it serves.
+pub fn application_name(settings: &PgSettings) -> String {
+    format!(
+        "portcullis-listener {}",
+        settings.schema.as_deref().unwrap_or("public")
+    )
+}
+
 /// Drives the connection, forwarding notifications until it ends (or nobody listens).
 async fn drive<S, T>(mut conn: Connection<S, T>, notes: mpsc::UnboundedSender<Note>)
 where
@@ -153,7 +163,8 @@ where
 
 /// A connection of its own, its driver spawned.
 async fn connect(settings: &PgSettings) -> Result<(Client, mpsc::UnboundedReceiver<Note>), String> {
-    let cfg = driver_config(settings).map_err(|e| e.to_string())?;
+    let mut cfg = driver_config(settings).map_err(|e| e.to_string())?;
+    cfg.application_name(application_name(settings));
     let (tx, rx) = mpsc::unbounded_channel();
     let connecting = async {
         let client: Result<Client, String> = if settings.ssl {

@@ -4,6 +4,9 @@
 //! takes exactly one gets the row) and a refresh token is redeemed under `SELECT … FOR UPDATE`,
 //! each in one transaction together with its replay tombstone.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::ToSql;
@@ -12,6 +15,7 @@ use uuid::Uuid;
 
 use super::{check_text, db_error, pool_error};
 use crate::model::{CodeRecord, RefreshOutcome, TokenFilter, TokenHash, TokenRecord};
+use crate::observe::{unobserved, LookupObserver, LookupTier, RemoteTier};
 use crate::{RefreshReplacement, StoreError, TokenStore};
 
 /// How long a redeemed code or rotated refresh token is remembered for replay detection (as the
@@ -153,12 +157,24 @@ async fn insert_token_with(client: &impl GenericClient, t: &TokenRecord) -> Resu
 #[derive(Clone)]
 pub struct PgTokenStore {
     pool: Pool,
+    observer: Arc<dyn LookupObserver>,
 }
 
 impl PgTokenStore {
     /// A store on a pool from [`super::connect`]; the schema must be migrated.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            observer: unobserved(),
+        }
+    }
+
+    /// The store, telling `observer` about each lookup by access-token digest (answered, and
+    /// how long the query took).
+    #[must_use]
+    pub fn observed_by(mut self, observer: Arc<dyn LookupObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -206,8 +222,16 @@ impl TokenStore for PgTokenStore {
         hash: &TokenHash,
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        self.live_token_where("access_token_hash", &hash.0.as_slice(), now)
-            .await
+        let started = Instant::now();
+        let found = self
+            .live_token_where("access_token_hash", &hash.0.as_slice(), now)
+            .await;
+        self.observer
+            .waited(RemoteTier::Postgres, started.elapsed());
+        if found.is_ok() {
+            self.observer.answered(LookupTier::Postgres);
+        }
+        found
     }
 
     async fn token_by_refresh(
