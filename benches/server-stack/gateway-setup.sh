@@ -4,6 +4,8 @@
 # application and one client-credentials token, printed as the Authorization header to send.
 set -euo pipefail
 admin=http://${ADMIN:-127.0.0.1:8001} proxy=http://${PROXY:-127.0.0.1:8000}
+# Under valgrind the admin listener can come up well after the proxy listener.
+for _ in $(seq 600); do curl -sf -o /dev/null "$admin/" && break; sleep 0.2; done
 post() { curl -sf -X POST "$admin$1" -H 'content-type: application/json' -d "$2" >/dev/null; }
 post /services "{\"name\":\"bench\",\"url\":\"http://${UPSTREAM:-127.0.0.1:9000}\"}"
 post /services/bench/routes '{"name":"bench-route","paths":["/api"]}'
