@@ -15,8 +15,9 @@
 //!   and the consumers and credentials a snapshot hands to plugins ([`entities::Identities`]).
 //! - [`forms`]: request bodies (JSON, url-encoded and multipart forms) as Kong reads them, for the
 //!   admin API and the OAuth endpoints alike.
-//! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, and its
-//!   OpenAPI document (`GET /openapi.json`) generated from the dispatcher's tables and the schemas.
+//! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, its
+//!   OpenAPI document (`GET /openapi.json`) generated from the dispatcher's tables and the schemas,
+//!   and declarative configuration (DB-less mode, `config db_import` / `config db_export`).
 //! - [`router`]: the compiled, immutable route table read lock-free by the proxy, with each
 //!   service's destinations (its own origin, or its upstream's targets, chosen by weighted
 //!   round-robin or consistent hashing).
