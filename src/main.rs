@@ -130,7 +130,7 @@ fn init_declarative(file: &std::path::Path) -> Result<(), String> {
 fn db_import(settings: &Settings, file: &std::path::Path) -> Result<(), String> {
     portcullis::telemetry::init(settings);
     actix_rt::System::new().block_on(async {
-        let imported = portcullis::admin::declarative_db::import(settings, file)
+        let imported = portcullis::declarative_db::import(settings, file)
             .await
             .map_err(|e| e.to_string())?;
         println!("parse successful, beginning import");
@@ -152,7 +152,7 @@ fn db_export(settings: &Settings, file: Option<&std::path::Path>) -> Result<(), 
     }
     portcullis::telemetry::init(settings);
     let text = actix_rt::System::new().block_on(async {
-        portcullis::admin::declarative_db::export(settings)
+        portcullis::declarative_db::export(settings)
             .await
             .map_err(|e| e.to_string())
     })?;

@@ -4,14 +4,12 @@
 //! plugins never import the admin API: [`oauth2_tokens`] (issued tokens) and [`introspection`]
 //! (verdict cache eviction). DB-less mode (`database = off`) lives in [`config`]: `POST /config`,
 //! `GET /config`, and Kong's `405` for single-entity writes; [`declarative`] reads Kong's
-//! declarative format with the same validation as every write here; [`declarative_db`] moves a
-//! declarative file into and out of the Postgres store (`config db_import` / `db_export`).
+//! declarative format with the same validation as every write here.
 
 pub mod certificates;
 pub mod config;
 pub mod crud;
 pub mod declarative;
-pub mod declarative_db;
 pub mod info;
 pub mod introspection;
 pub mod oauth2_tokens;

@@ -1,10 +1,10 @@
 //! Declarative configuration to and from the Postgres store, as Kong's `kong config db_import` and
-//! `kong config db_export` (`kong/cmd/config.lua`): a file validated exactly as DB-less mode and
-//! `config parse` validate it ([`super::config::read_file`]) is written in one transaction, every
-//! entity upserted by its id (given, or derived as DB-less mode derives it, so importing a file
-//! twice writes the same rows); the database is exported with `GET /config`'s renderer. Nodes
-//! serving the same database pick an import up through the tables' notify triggers (migration
-//! 0003 and later), delivered when the transaction commits.
+//! `kong config db_export` (`kong/cmd/config.lua`). A file validated exactly as DB-less mode and
+//! `config parse` validate it ([`crate::admin::config::read_file`]) is written in one
+//! transaction, every entity upserted by its id (given, or derived as DB-less mode derives it, so
+//! importing a file twice writes the same rows); the database is exported with `GET /config`'s
+//! renderer. Nodes serving the same database pick an import up through the tables' notify
+//! triggers (migration 0003 and later), delivered when the transaction commits.
 
 use std::path::Path;
 
@@ -13,7 +13,7 @@ use portcullis_stores::postgres::PgConfigStore;
 use portcullis_stores::{Document, EntityDef, StoreError};
 use serde_json::Value;
 
-use super::declarative;
+use crate::admin::declarative;
 use crate::config::{Database, Settings};
 
 /// Why `config db_import` or `config db_export` failed: one message for the terminal.
@@ -72,7 +72,7 @@ pub async fn import(settings: &Settings, file: &Path) -> Result<Imported, Transf
         .map_err(|e| TransferError::Start(e.into()))?;
     // The plugins a node of these settings runs: an instance of any other would stop it.
     let plugins = declarative::offline_plugins().only(&enabled);
-    let loaded = super::config::read_file(file, &plugins)
+    let loaded = crate::admin::config::read_file(file, &plugins)
         .await
         .map_err(|e| TransferError::Invalid(format!("{}: {e}", file.display())))?;
     let pool = crate::startup::open_migrated_pool(settings).await?;
