@@ -7,6 +7,8 @@
 //!   opens the stores (memory, or Postgres after checking its migrations, with the near cache and
 //!   Redis tiers in front of its token store).
 //! - [`migrations`]: the `portcullis migrations …` commands over the stores crate's migrator.
+//! - [`declarative_db`]: the `portcullis config db_import` / `db_export` commands: a declarative
+//!   file into and out of the Postgres store.
 //! - [`error`]: the error enums of the admin API, the config registry and the proxy, and their one
 //!   mapping to HTTP.
 //! - [`schema`]: the declarative schema language (Kong-shaped validation errors, defaults).
@@ -15,8 +17,9 @@
 //!   and the consumers and credentials a snapshot hands to plugins ([`entities::Identities`]).
 //! - [`forms`]: request bodies (JSON, url-encoded and multipart forms) as Kong reads them, for the
 //!   admin API and the OAuth endpoints alike.
-//! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, and its
-//!   OpenAPI document (`GET /openapi.json`) generated from the dispatcher's tables and the schemas.
+//! - [`admin`]: the Kong-compatible admin API, the plugins' admin endpoints included, its
+//!   OpenAPI document (`GET /openapi.json`) generated from the dispatcher's tables and the schemas,
+//!   and declarative configuration (DB-less mode, `config parse`).
 //! - [`router`]: the compiled, immutable route table read lock-free by the proxy, with each
 //!   service's destinations (its own origin, or its upstream's targets, chosen by weighted
 //!   round-robin or consistent hashing).
@@ -41,7 +44,7 @@
 //!
 //! Layers, lowest first: `clock`, `crypto`, `schema`, `tls` → `config`, `entities`, `error`,
 //! `forms`, `metrics` → `telemetry`, `plugin_api` → `router` → `plugins`, `proxy` → `actors` → `admin` →
-//! `status` → `startup` → `migrations`. Each module imports only from layers below it. A unit test
+//! `status` → `startup` → `migrations`, `declarative_db`. Each module imports only from layers below it. A unit test
 //! (`layers`) fails on an import cycle or a lower layer importing a higher one.
 //!
 //! Storage lives in the `portcullis-stores` crate (`stores/`).
@@ -58,6 +61,7 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod declarative_db;
 pub mod entities;
 pub mod error;
 pub mod forms;

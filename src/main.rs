@@ -78,6 +78,26 @@ enum ConfigCommand {
         #[arg(default_value = "kong.yml")]
         file: PathBuf,
     },
+    /// Import a declarative configuration file into the database (database = postgres): checked
+    /// as `config parse` checks it, then every entity upserted by id in one transaction.
+    #[command(name = "db_import")]
+    DbImport {
+        /// The declarative file (YAML or JSON).
+        file: PathBuf,
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Export the database (database = postgres) as a declarative configuration (Kong 3.0
+    /// YAML); to standard output without a file, never over an existing file.
+    #[command(name = "db_export")]
+    DbExport {
+        /// Where to write it.
+        file: Option<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_declarative(file: &std::path::Path) -> Result<(), String> {
@@ -107,6 +127,53 @@ fn init_declarative(file: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+fn db_import(settings: &Settings, file: &std::path::Path) -> Result<(), String> {
+    portcullis::telemetry::init(settings);
+    actix_rt::System::new().block_on(async {
+        let imported = portcullis::declarative_db::import(settings, file)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("parse successful, beginning import");
+        for (entity, count) in &imported.counts {
+            println!("  {entity}: {count}");
+        }
+        println!("import successful");
+        Ok(())
+    })
+}
+
+fn db_export(settings: &Settings, file: Option<&std::path::Path>) -> Result<(), String> {
+    use std::io::Write;
+    let exists = |file: &std::path::Path| {
+        format!("{} already exists. Will not overwrite it.", file.display())
+    };
+    if let Some(file) = file.filter(|f| f.exists()) {
+        return Err(exists(file));
+    }
+    portcullis::telemetry::init(settings);
+    let text = actix_rt::System::new().block_on(async {
+        portcullis::declarative_db::export(settings)
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    let Some(file) = file else {
+        print!("{text}");
+        return Ok(());
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => exists(file),
+            _ => format!("cannot create {}: {e}", file.display()),
+        })?;
+    out.write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    eprintln!("{} written", file.display());
+    Ok(())
+}
+
 fn load(path: Option<&PathBuf>) -> Result<Settings, String> {
     Settings::load(path.map(PathBuf::as_path), std::env::vars()).map_err(|e| e.to_string())
 }
@@ -126,6 +193,12 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Init { file },
         } => init_declarative(&file),
+        Command::Config {
+            command: ConfigCommand::DbImport { file, config },
+        } => load(config.as_ref()).and_then(|s| db_import(&s, &file)),
+        Command::Config {
+            command: ConfigCommand::DbExport { file, config },
+        } => load(config.as_ref()).and_then(|s| db_export(&s, file.as_deref())),
         Command::Serve { config } => load(config.as_ref()).and_then(serve),
         Command::Migrations { config, command } => {
             let command = match command {

@@ -218,12 +218,12 @@ fn start_line(e: StoreError) -> String {
     }
 }
 
-/// Opens the Postgres pool and checks the schema is migrated; `serve` refuses to run on a
-/// database with pending migrations and names the command to run.
+/// The Postgres pool of `settings`, once the schema is known to be fully migrated: what `serve`
+/// and the `config db_import` / `db_export` commands need before they touch a table.
 ///
 /// # Errors
 /// [`StartError::Store`] naming host/port and the cause, or the migration command to run.
-pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
+pub async fn open_migrated_pool(settings: &Settings) -> Result<postgres::Pool, StartError> {
     let pg = pg_settings(settings);
     let pool = postgres::connect(&pg)
         .await
@@ -248,6 +248,17 @@ pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
             status.pending.join(", ")
         )));
     }
+    Ok(pool)
+}
+
+/// Opens the Postgres pool and checks the schema is migrated; `serve` refuses to run on a
+/// database with pending migrations and names the command to run.
+///
+/// # Errors
+/// [`StartError::Store`] naming host/port and the cause, or the migration command to run.
+pub async fn open_postgres(settings: &Settings) -> Result<Stores, StartError> {
+    let pg = pg_settings(settings);
+    let pool = open_migrated_pool(settings).await?;
     let redis = open_redis(settings).await?;
     let verdicts = IntrospectionCache::clustered(
         introspection::cache::CAPACITY,

@@ -1015,3 +1015,470 @@ fn serve_refuses_an_invalid_declarative_file_naming_entity_and_field() {
         "{stderr}"
     );
 }
+
+/// A fresh, migrated schema of the test Postgres for one test, reset when dropped.
+struct Schema {
+    pg: portcullis_stores::postgres::PgSettings,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Schema {
+    fn bootstrapped() -> Self {
+        let pg = test_pg(&format!("pt_{}", uuid::Uuid::new_v4().simple()));
+        let env = pg_env(&pg);
+        let schema = Self { pg, env };
+        let out = schema.run(&["migrations", "bootstrap"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        schema
+    }
+
+    /// `portcullis ARGS` with this schema's settings.
+    fn run(&self, args: &[&str]) -> Output {
+        portcullis()
+            .envs(self.env.clone())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `config db_import FILE`, which must succeed.
+    fn import(&self, file: &Path) -> String {
+        let out = self.run(&["config", "db_import", file.to_str().unwrap()]);
+        assert!(out.status.success(), "db_import: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// `config db_export` to standard output, which must succeed.
+    fn export(&self) -> String {
+        let out = self.run(&["config", "db_export"]);
+        assert!(out.status.success(), "db_export: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Rows per configuration table.
+    async fn counts(&self) -> Vec<(&'static str, i64)> {
+        let pool = portcullis_stores::postgres::connect(&self.pg)
+            .await
+            .unwrap();
+        let client = pool.get().await.unwrap();
+        let mut out = Vec::new();
+        for table in portcullis_stores::model::entities::ALL
+            .iter()
+            .map(|d| d.name)
+        {
+            let row = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap();
+            out.push((table, row.get::<_, i64>(0)));
+        }
+        out
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = self.run(&["migrations", "reset", "--yes"]);
+    }
+}
+
+/// An HTTP/1.1 upstream on a free port answering every request `200 upstream`.
+fn spawn_http_upstream() -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream",
+                );
+            });
+        }
+    });
+    port
+}
+
+/// A declarative file with every entity kind this gateway has: a route guarded by `key-auth` and
+/// `acl` to an upstream with one target, an `oauth2` service, a consumer with a key, a hashed
+/// OAuth client and a group, a certificate with its SNI and a CA certificate.
+fn every_entity_kind(upstream_port: u16) -> Value {
+    let (cert, key, _) = certificate("io.test");
+    let ca = ca_certificate("ca.io.test");
+    json!({
+        "_format_version": "3.0",
+        "certificates": [{ "cert": cert, "key": key, "snis": ["io.test"] }],
+        "ca_certificates": [{ "cert": ca, "tags": ["ca"] }],
+        "upstreams": [{
+            "name": "io-upstream",
+            "targets": [{ "target": format!("127.0.0.1:{upstream_port}"), "weight": 50 }],
+        }],
+        "services": [
+            {
+                "name": "io-keyed",
+                "host": "io-upstream",
+                "routes": [{
+                    "name": "io-keyed-route",
+                    "paths": ["/keyed"],
+                    "plugins": [{ "name": "key-auth" }],
+                }],
+            },
+            {
+                "name": "io-oauth",
+                "url": format!("http://127.0.0.1:{upstream_port}"),
+                "routes": [{ "name": "io-oauth-route", "paths": ["/oauth"] }],
+                "plugins": [{
+                    "name": "oauth2",
+                    "config": {
+                        "enable_client_credentials": true,
+                        "accept_http_if_already_terminated": true,
+                    },
+                }],
+            },
+        ],
+        "consumers": [{
+            "username": "alice",
+            "custom_id": "a-1",
+            "keyauth_credentials": [{ "key": "alice-key-0123456789" }],
+            "oauth2_credentials": [{
+                "name": "alice's app",
+                "client_id": "alice-client",
+                "client_secret": "alice-secret-0123456789",
+                "hash_secret": true,
+                "redirect_uris": ["http://localhost/cb"],
+            }],
+            "acls": [{ "group": "readers" }],
+        }],
+        "plugins": [{ "name": "acl", "route": "io-keyed-route", "config": { "allow": ["readers"] } }],
+    })
+}
+
+/// A self-signed certificate for `name`: (PEM certificate, PEM key, DER certificate).
+fn certificate(name: &str) -> (String, String, Vec<u8>) {
+    let generated = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    (
+        generated.cert.pem(),
+        generated.key_pair.serialize_pem(),
+        generated.cert.der().to_vec(),
+    )
+}
+
+/// A self-signed CA certificate (PEM).
+fn ca_certificate(name: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+fn write_json(dir: &Path, name: &str, doc: &Value) -> std::path::PathBuf {
+    write(dir, name, &serde_json::to_string_pretty(doc).unwrap())
+}
+
+/// A status of `GET url` with an optional `apikey` header.
+async fn proxied(http: &reqwest::Client, url: &str, key: Option<&str>) -> (u16, String) {
+    let mut req = http.get(url);
+    if let Some(key) = key {
+        req = req.header("apikey", key);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn db_import_then_db_export_round_trips_through_an_empty_database_and_db_less_mode() {
+    let upstream = spawn_http_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_json(dir.path(), "kong.json", &every_entity_kind(upstream));
+    let first = Schema::bootstrapped();
+
+    assert_eq!(
+        first.import(&file),
+        "parse successful, beginning import\n  certificates: 1\n  snis: 1\n  ca_certificates: 1\n  \
+         services: 2\n  routes: 2\n  consumers: 1\n  plugins: 3\n  oauth2_credentials: 1\n  \
+         keyauth_credentials: 1\n  acls: 1\n  upstreams: 1\n  targets: 1\nimport successful\n"
+    );
+    let counts = first.counts().await;
+    assert!(counts.iter().all(|(_, n)| *n > 0), "{counts:?}");
+    // The same file again writes the same rows (ids derived as DB-less mode derives them).
+    first.import(&file);
+    assert_eq!(first.counts().await, counts);
+
+    let exported = first.export();
+    let doc: Value = serde_yaml::from_str(&exported).unwrap();
+    assert_eq!(doc["_format_version"], "3.0");
+    // Ids as DB-less mode derives them: Kong's UUID v5 of the service name.
+    assert_eq!(
+        doc["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "io-keyed")
+            .unwrap()["id"],
+        "d6daf11f-0000-5036-8898-c5b0ce01610a"
+    );
+    // Secrets stay as stored: the client secret hashed, the key as its digest only.
+    let client = &doc["oauth2_credentials"][0];
+    assert!(
+        client["client_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("$argon2"),
+        "{client}"
+    );
+    let key = &doc["keyauth_credentials"][0];
+    assert!(key.get("key").is_none(), "{key}");
+    assert_eq!(key["key_hash"].as_str().unwrap().len(), 64, "{key}");
+    assert!(!exported.contains("alice-secret-0123456789"));
+    assert!(!exported.contains("alice-key-0123456789"));
+    assert!(
+        doc.get("oauth2_tokens").is_none(),
+        "tokens are never exported"
+    );
+
+    // Into an empty database, and out again: the same document. A row of long ago keeps its
+    // timestamps.
+    let mut doc = doc;
+    doc["services"][0]["created_at"] = json!(1_600_000_000);
+    doc["services"][0]["updated_at"] = json!(1_600_000_001);
+    let exported = serde_yaml::to_string(&doc).unwrap();
+    let exported_file = write(dir.path(), "exported.yml", &exported);
+    let second = Schema::bootstrapped();
+    second.import(&exported_file);
+    assert_eq!(second.export(), exported);
+    assert_eq!(second.counts().await, counts);
+
+    // A DB-less gateway from the exported file serves the same routes: the key it never saw in
+    // clear still opens the key-auth route, the secret still hashed gets a token.
+    let served = serve_with(&[
+        ("PORTCULLIS_DATABASE", "off"),
+        (
+            "PORTCULLIS_DECLARATIVE_CONFIG",
+            exported_file.to_str().unwrap(),
+        ),
+        // The token endpoint wants TLS; the test terminates it "in front" of the gateway.
+        ("PORTCULLIS_TRUSTED_IPS", "127.0.0.1"),
+    ]);
+    let http = reqwest::Client::new();
+    let keyed = format!("{}/keyed", served.proxy);
+    assert_eq!(proxied(&http, &keyed, None).await.0, 401);
+    assert_eq!(
+        proxied(&http, &keyed, Some("wrong-key-0123456789")).await.0,
+        401
+    );
+    assert_eq!(
+        proxied(&http, &keyed, Some("alice-key-0123456789")).await,
+        (200, "upstream".to_string())
+    );
+    let token = http
+        .post(format!("{}/oauth/oauth2/token", served.proxy))
+        .header("x-forwarded-proto", "https")
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "alice-client"),
+            ("client_secret", "alice-secret-0123456789"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = token.status();
+    let token: Value = token.json().await.unwrap();
+    assert_eq!(status, 200, "{token}");
+    let bearer = token["access_token"].as_str().unwrap();
+    let oauth = format!("{}/oauth", served.proxy);
+    assert_eq!(proxied(&http, &oauth, None).await.0, 401);
+    let resp = http.get(&oauth).bearer_auth(bearer).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_refused_db_import_writes_nothing() {
+    let upstream = spawn_http_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::bootstrapped();
+    schema.import(&write_json(
+        dir.path(),
+        "kong.json",
+        &every_entity_kind(upstream),
+    ));
+    let before = schema.counts().await;
+
+    // Invalid: refused as `config parse` refuses it, before the database is touched.
+    let bad = write(
+        dir.path(),
+        "bad.yml",
+        "_format_version: \"3.0\"\nservices:\n  - name: new-one\n    url: http://127.0.0.1:1\n    colour: blue\n",
+    );
+    let parsed = portcullis()
+        .args(["config", "parse"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let imported = schema.run(&["config", "db_import", bad.to_str().unwrap()]);
+    assert!(!imported.status.success());
+    assert_eq!(text(&imported.stderr), text(&parsed.stderr));
+    assert!(
+        text(&imported.stderr).contains("services[0] (new-one): colour: unknown field"),
+        "{}",
+        text(&imported.stderr)
+    );
+    assert_eq!(schema.counts().await, before);
+
+    // Valid, but a later row collides with the database (another consumer is `alice`): the
+    // service written before it is rolled back too.
+    let colliding = write(
+        dir.path(),
+        "colliding.yml",
+        "_format_version: \"3.0\"\nservices:\n  - name: new-one\n    url: http://127.0.0.1:1\n\
+         consumers:\n  - username: alice\n    id: 00000000-0000-4000-8000-000000000001\n",
+    );
+    let out = schema.run(&["config", "db_import", colliding.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        "Error: import failed, nothing was written: consumers \
+         00000000-0000-4000-8000-000000000001: uniqueness violation: username 'alice' already \
+         taken by another row in the database\n"
+    );
+    assert_eq!(schema.counts().await, before);
+}
+
+#[test]
+fn db_import_and_db_export_need_database_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "kong.yml",
+        "_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:1\n",
+    );
+    for database in ["memory", "off"] {
+        for (command, args) in [
+            ("db_import", vec![file.to_str().unwrap()]),
+            ("db_export", vec![]),
+        ] {
+            let out = portcullis()
+                .env("PORTCULLIS_DATABASE", database)
+                .args(["config", command])
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            assert_eq!(
+                text(&out.stderr),
+                format!(
+                    "Error: `portcullis config {command}` only works with database = postgres \
+                     (set PORTCULLIS_DATABASE=postgres); with database = off, load a declarative \
+                     file with declarative_config, SIGHUP or POST /config\n"
+                )
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn db_export_writes_a_new_file_only_and_refuses_a_schema_with_pending_migrations() {
+    let schema = Schema::bootstrapped();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.yml");
+    let out = schema.run(&["config", "db_export", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "_format_version: '3.0'\n_transform: true\n"
+    );
+    // As Kong's: never over an existing file.
+    std::fs::write(&target, "mine").unwrap();
+    let again = schema.run(&["config", "db_export", target.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert_eq!(
+        text(&again.stderr),
+        format!(
+            "Error: {} already exists. Will not overwrite it.\n",
+            target.display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "mine");
+
+    // As serve: a schema with pending migrations is refused, naming the command to run.
+    let pool = portcullis_stores::postgres::connect(&schema.pg)
+        .await
+        .unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "DELETE FROM portcullis_migrations WHERE version = 6; \
+             ALTER TABLE services DROP CONSTRAINT services_client_certificate_fk; \
+             DROP TABLE snis, certificates, ca_certificates",
+        )
+        .await
+        .unwrap();
+    drop(pool);
+    let file = write(
+        dir.path(),
+        "kong.yml",
+        "_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:1\n",
+    );
+    for args in [
+        vec!["config", "db_export"],
+        vec!["config", "db_import", file.to_str().unwrap()],
+    ] {
+        let out = schema.run(&args);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains(
+                "has pending migrations (0006_certificates): run `portcullis migrations up`"
+            ),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_running_gateway_serves_a_route_db_import_adds_without_a_restart() {
+    let upstream = spawn_http_upstream();
+    let schema = Schema::bootstrapped();
+    let env: Vec<(&str, &str)> = schema
+        .env
+        .iter()
+        .filter(|(k, _)| !k.ends_with("_LISTEN") && *k != "PORTCULLIS_LOG_LEVEL")
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let served = serve_with(&env);
+    let http = reqwest::Client::new();
+    let url = format!("{}/late", served.proxy);
+    assert_eq!(proxied(&http, &url, None).await.0, 404);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_json(
+        dir.path(),
+        "late.json",
+        &json!({
+            "_format_version": "3.0",
+            "services": [{
+                "name": "late",
+                "url": format!("http://127.0.0.1:{upstream}"),
+                "routes": [{ "name": "late", "paths": ["/late"] }],
+            }],
+        }),
+    );
+    schema.import(&file);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = proxied(&http, &url, None).await;
+        if answer == (200, "upstream".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -151,7 +151,7 @@ pub async fn dispatch(
 
 async fn export(st: &AdminState) -> Result<HttpResponse, AdminError> {
     let doc = declarative::export(st.store.as_ref()).await?;
-    let text = serde_yaml::to_string(&doc).map_err(|e| AdminError::Internal(e.to_string()))?;
+    let text = declarative::to_yaml(&doc).map_err(AdminError::Internal)?;
     Ok(HttpResponse::Ok().json(json!({ "config": text })))
 }
 

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use portcullis_stores::memory::MemoryConfigStore;
 use portcullis_stores::model::entities as defs;
-use portcullis_stores::{ConfigStore, StoreError};
+use portcullis_stores::{ConfigStore, Document, EntityDef, StoreError};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -394,6 +394,19 @@ fn cache_key(items: &[Item], item: &Item) -> Option<String> {
         // Kong draws these at random (their key is generated); a stable id keeps a client's
         // tokens valid across reloads of the same file.
         "oauth2_credentials" => text("client_id").map(|c| format!("oauth2_credentials:*:{c}")),
+        // Kong's key is the API key itself (its endpoint key); a file that carries only the
+        // stored digest (`config db_export`'s) gets an id from the digest.
+        "keyauth_credentials" => {
+            text("key").or_else(|| text("key_hash").map(|h| format!("keyauth_credentials:*:{h}")))
+        }
+        // Kong draws these at random; an id from the certificate text keeps `config db_import`
+        // of the same file an update of the same rows.
+        "certificates" | "ca_certificates" => text("cert").map(|cert| {
+            let alt = text("cert_alt").unwrap_or_default();
+            let digest = Sha256::digest(format!("{cert}\n{alt}").as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}:*:{hex}", item.table)
+        }),
         _ => None,
     }
 }
@@ -592,6 +605,19 @@ fn endpoint_field(table: &str) -> &'static str {
     }
 }
 
+/// Keeps the timestamps the file gives (validated with the rest of the entity): an exported
+/// configuration loaded again, into DB-less mode or by `config db_import`, is the same rows, not
+/// rows stamped with the time of the load. Kong keeps a given `created_at` too.
+fn keep_timestamps(input: &Map<String, Value>, doc: &mut Map<String, Value>) {
+    for field in ["created_at", "updated_at"] {
+        if let Some(v) = input.get(field).filter(|v| v.is_number()) {
+            if doc.contains_key(field) {
+                doc.insert(field.into(), v.clone());
+            }
+        }
+    }
+}
+
 /// Validates a parsed document into a complete configuration.
 ///
 /// # Errors
@@ -711,7 +737,10 @@ pub async fn load(doc: &Value, plugins: &PluginRegistry) -> Result<Loaded, Inval
             continue;
         }
         match crud::build_doc(kind, plugins, input, Coerce::No, None) {
-            Ok(b) => built.push((kind.def, idx, b.doc)),
+            Ok(mut b) => {
+                keep_timestamps(&item.input, &mut b.doc);
+                built.push((kind.def, idx, b.doc));
+            }
             Err(e) => invalid.problems.extend(admin_problems(item, e)),
         }
     }
@@ -782,17 +811,28 @@ pub async fn load_text(text: &str, plugins: &PluginRegistry) -> Result<Loaded, I
 /// # Errors
 /// Store failures.
 pub async fn export(store: &dyn ConfigStore) -> Result<Value, StoreError> {
+    let mut tables = Vec::with_capacity(defs::ALL.len());
+    for def in defs::ALL {
+        tables.push((def, store.all(def).await?));
+    }
+    Ok(export_tables(tables))
+}
+
+/// The declarative document of every entity's rows, as [`export`] and `config db_export` write
+/// it. Secrets stay as stored: a `hash_secret` client secret as its hash (loading it again keeps
+/// the hash: a hash is never hashed again), a key-auth key as its SHA-256 digest in `key_hash`
+/// (accepted as input, so the key keeps working without ever being in the file). Tokens and
+/// codes are not configuration and are never exported.
+pub fn export_tables(tables: Vec<(&'static EntityDef, Vec<Document>)>) -> Value {
     let mut out = Map::new();
     out.insert("_format_version".into(), json!("3.0"));
     out.insert("_transform".into(), json!(true));
-    for def in defs::ALL {
-        let mut docs = store.all(def).await?;
+    for (def, mut docs) in tables {
         if docs.is_empty() {
             continue;
         }
         for d in &mut docs {
-            // Written by the store or derived again on load.
-            d.remove("key_hash");
+            // Derived again on load.
             d.remove("cert_digest");
         }
         out.insert(
@@ -800,7 +840,15 @@ pub async fn export(store: &dyn ConfigStore) -> Result<Value, StoreError> {
             Value::Array(docs.into_iter().map(Value::Object).collect()),
         );
     }
-    Ok(Value::Object(out))
+    Value::Object(out)
+}
+
+/// A declarative document as the YAML text `GET /config` answers and `config db_export` writes.
+///
+/// # Errors
+/// The serializer's (not expected for a JSON value).
+pub fn to_yaml(doc: &Value) -> Result<String, String> {
+    serde_yaml::to_string(doc).map_err(|e| e.to_string())
 }
 
 /// A commented starter file (`config init`): the Step On tutorial's service, route, `oauth2`

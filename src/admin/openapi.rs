@@ -56,6 +56,7 @@ pub fn document(plugins: &PluginRegistry) -> Value {
         doc.item(&path, pkind.schema, &[param(ckind)], Some("@foreign"));
     }
     doc.balancing_extras();
+    doc.declarative_config();
     doc.tokens();
     doc.plugin_configs(plugins);
     // A plugin is named by one of the plugins this build offers (the registry checks it).
@@ -183,6 +184,87 @@ impl Document {
             );
             self.op(&format!("/{list}"), "get", op);
         }
+    }
+
+    /// `GET /config` and `POST /config` (DB-less mode; a gateway with a database answers `400`).
+    fn declarative_config(&mut self) {
+        let only_dbless = "; with a database (database = memory or postgres) the answer is 400";
+        let export = Self::operation(
+            format!(
+                "The running configuration as a declarative document (DB-less mode){only_dbless}"
+            ),
+            &[],
+            None,
+            (
+                "200",
+                response(
+                    "The configuration, Kong 3.0 YAML text",
+                    json!({
+                        "type": "object", "required": ["config"],
+                        "properties": { "config": { "type": "string" } },
+                    }),
+                ),
+            ),
+            Failures {
+                bad_request: true,
+                store: true,
+                ..Failures::NONE
+            },
+        );
+        self.op("/config", "get", export);
+        let document = json!({
+            "type": "object",
+            "description": "A declarative configuration (`_format_version: \"3.0\"`, then \
+                            the entity sections)",
+            "required": ["_format_version"],
+            "properties": { "_format_version": { "type": "string", "enum": ["3.0"] } },
+        });
+        let body = json!({
+            "anyOf": [
+                {
+                    "type": "object", "required": ["config"],
+                    "properties": { "config": {
+                        "description": "The declarative configuration as YAML or JSON text, \
+                                        or as an object",
+                        "anyOf": [{ "type": "string" }, document.clone()],
+                    } },
+                },
+                document,
+            ],
+        });
+        let mut replace = Self::operation(
+            format!(
+                "Replace the whole running configuration with a declarative one (DB-less mode; \
+                 also accepted as a raw YAML body){only_dbless}"
+            ),
+            &[],
+            Some(body),
+            (
+                "201",
+                response(
+                    "Applied: every entity of the new configuration by table and id",
+                    json!({
+                        "type": "object",
+                        "additionalProperties": { "type": "object" },
+                    }),
+                ),
+            ),
+            Failures {
+                bad_request: true,
+                body: true,
+                store: true,
+                ..Failures::NONE
+            },
+        );
+        replace["parameters"] = json!([{
+            "name": "check_hash", "in": "query", "required": false,
+            "description": "1: answer 304 without applying when the configuration is the \
+                            running one",
+            "schema": { "type": "string", "enum": ["0", "1"] },
+        }]);
+        replace["responses"]["304"] =
+            json!({ "description": "check_hash=1 and the configuration is the running one" });
+        self.op("/config", "post", replace);
     }
 
     /// An operation with its success answer and the failures it can meet.
@@ -964,6 +1046,7 @@ mod tests {
             "/schemas/plugins/{plugin_name}",
             "/openapi.json",
             "/metrics",
+            "/config",
         ] {
             assert!(paths.contains_key(want), "{want} missing");
         }

@@ -520,6 +520,83 @@ impl PgConfigStore {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
+
+    /// Writes every document in one transaction, each upserted by its id, in the order given
+    /// (parents before children): `config db_import` needs all of a file or nothing of it. The
+    /// tables' triggers announce each row to the cluster when, and only if, the transaction
+    /// commits.
+    ///
+    /// # Errors
+    /// The position in `docs` of the document that failed with its store error (unique or
+    /// foreign-key violation, unstorable value); the transaction is rolled back. An unavailable
+    /// database is reported at position `docs.len()` when it fails outside any one document.
+    pub async fn upsert_all(
+        &self,
+        docs: &[(&'static EntityDef, Document)],
+    ) -> Result<(), (usize, StoreError)> {
+        let whole = |e: StoreError| (docs.len(), e);
+        let mut client = self.client().await.map_err(whole)?;
+        let tx = client.transaction().await.map_err(|e| whole(db_error(e)))?;
+        for (i, (def, doc)) in docs.iter().enumerate() {
+            let at = |e: StoreError| (i, e);
+            doc_id(doc).map_err(at)?;
+            check_storable(doc).map_err(at)?;
+            let cols = columns(def).map_err(at)?;
+            let stmt = tx
+                .prepare_cached(&upsert_sql(def, cols))
+                .await
+                .map_err(|e| at(db_error(e)))?;
+            let params = encode(cols, doc);
+            tx.execute(&stmt, &as_params(&params))
+                .await
+                .map_err(|e| at(write_error(def, doc, e)))?;
+        }
+        tx.commit().await.map_err(|e| whole(db_error(e)))
+    }
+
+    /// Every document of every entity (in [`entities::ALL`]'s order) read in one repeatable-read,
+    /// read-only transaction: `config db_export` sees one moment of a database other nodes keep
+    /// writing, so no exported reference names a row the export lacks.
+    ///
+    /// # Errors
+    /// An unavailable database.
+    pub async fn snapshot(&self) -> Result<Vec<(&'static EntityDef, Vec<Document>)>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error)?;
+        let mut out = Vec::with_capacity(entities::ALL.len());
+        for def in entities::ALL {
+            let cols = columns(def)?;
+            let sql = format!("SELECT {} FROM {} ORDER BY id", select_list(cols), def.name);
+            out.push((def, query_docs(&tx, cols, &sql, &[]).await?));
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(out)
+    }
+}
+
+/// `INSERT … ON CONFLICT (id) DO UPDATE`: the row with the document's id becomes the document.
+fn upsert_sql(def: &EntityDef, cols: &[Column]) -> String {
+    let placeholders: Vec<String> = (1..=cols.len() + 2).map(|i| format!("${i}")).collect();
+    let mut sets: Vec<String> = cols
+        .iter()
+        .skip(1)
+        .map(|c| format!("{0} = EXCLUDED.{0}", c.column))
+        .collect();
+    sets.push("missing = EXCLUDED.missing".into());
+    sets.push("extra = EXCLUDED.extra".into());
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+        def.name,
+        select_list(cols),
+        placeholders.join(", "),
+        sets.join(", ")
+    )
 }
 
 async fn query_docs(
