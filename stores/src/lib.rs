@@ -15,6 +15,8 @@
 //!   `oauth2-introspection` verdicts and failed client authentications.
 //! - [`redis_counters`]: request counters per time window in Redis (the `rate-limiting` plugin's
 //!   `redis` policy), checked and counted in one atomic round trip.
+//! - [`redis_conn`]: the one connection to a Redis server both talk through, plain or TLS (the
+//!   CAs trusted, verification, the server name).
 //! - [`tiered`]: near cache → Redis → durable store for token lookups.
 //! - [`postgres`]: the durable stores (`database = postgres`), their pool, their migrations and
 //!   the LISTEN/NOTIFY listener that tells each node what the others changed.
@@ -29,6 +31,7 @@ mod memory_tokens;
 pub mod model;
 pub mod postgres;
 pub mod redis_cache;
+pub mod redis_conn;
 pub mod redis_counters;
 pub mod tiered;
 
