@@ -112,7 +112,11 @@ pub(crate) fn open_url(
     timeout: Duration,
     what: &str,
 ) -> Result<RedisConn, StoreError> {
-    let Some(rest) = url.strip_prefix("rediss://") else {
+    let tls_rest = url
+        .split_once("://")
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("rediss"))
+        .map(|(_, rest)| rest);
+    let Some(rest) = tls_rest else {
         let info = url.into_connection_info().map_err(|e| internal(what, e))?;
         return plain(
             redis::Client::open(info).map_err(|e| internal(what, e))?,

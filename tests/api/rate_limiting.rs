@@ -1,6 +1,8 @@
 //! Kong's `rate-limiting` specs (`spec/03-plugins/23-rate-limiting`: `01-schema_spec.lua`,
 //! `03-api_spec.lua`, `04-access_spec.lua`, `06-shorthand_fields_spec.lua`), one test per case,
-//! the access cases once per policy (`rate_limiting::local::…`, `rate_limiting::redis::…`), with
+//! the access cases once per policy (`rate_limiting::local::…`, `rate_limiting::redis::…`) and
+//! once per Kong Redis TLS configuration (`rate_limiting::redis_ssl_verify::…`,
+//! `rate_limiting::redis_ssl_no_verify::…`, on a TLS `redis-server` of each case's own), with
 //! Kong's requests and Kong's assertions. Kong retries a case once when the minute turns during
 //! it; these wait instead (bounded) until the window has room for the whole case.
 //!
@@ -12,9 +14,6 @@
 //! Not ported, and why:
 //! - every case for `policy = cluster` (its fault-tolerance cases drop Kong's metrics table): the
 //!   policy is refused (`cluster_policy_is_refused`).
-//! - the `ssl_verify` and `ssl_no_verify` runs of every access case: their Redis configurations
-//!   are ported once each, counting exactly (`redis_over_tls_*`, `server_name_*`), beside the
-//!   failures Kong does not test (untrusted CA, wrong name, plain text to a TLS port).
 //! - *sets policy to local by default on dbless*, *does not allow setting policy to cluster on
 //!   dbless*: there is no `/config` (DB-less) endpoint; the default and the refusal are asserted
 //!   through `/plugins` instead.
@@ -41,19 +40,55 @@ use crate::helpers::{
 enum Policy {
     Local,
     Redis,
+    /// `redis` over TLS to the case's own [`TlsRedis`]: Kong's `ssl_verify` (`verify`) and
+    /// `ssl_no_verify` Redis configurations.
+    RedisSsl {
+        verify: bool,
+    },
 }
 
 impl Policy {
     fn name(self) -> &'static str {
         match self {
             Self::Local => "local",
-            Self::Redis => "redis",
+            Self::Redis | Self::RedisSsl { .. } => "redis",
         }
     }
 }
 
-/// The shared test Redis as a plugin's `config.redis` (database 1, as Kong's spec).
-fn redis_conf() -> Value {
+thread_local! {
+    /// The TLS `redis-server` of the `redis_ssl_*` case running on this thread (an actix test
+    /// runs on one thread): its port, password and CA file.
+    static TLS_REDIS: std::cell::RefCell<Option<(u16, String, std::path::PathBuf)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Starts the case's TLS Redis (a failure under `CI=true`, else a skip) and makes it the one
+/// [`gateway`] trusts and [`redis_conf`] names; keep it until the case ends.
+fn use_tls_redis() -> Option<TlsRedis> {
+    let redis = or_skip(TlsRedis::start())?;
+    TLS_REDIS.with(|t| {
+        *t.borrow_mut() = Some((redis.port, redis.password.clone(), redis.ca_file.clone()));
+    });
+    Some(redis)
+}
+
+/// The policy's Redis as a plugin's `config.redis` (database 1, as Kong's spec): the shared test
+/// Redis, or the case's TLS one with Kong's `ssl_verify` / `ssl_no_verify` settings.
+fn redis_conf(policy: Policy) -> Value {
+    if let Policy::RedisSsl { verify } = policy {
+        let (port, password, _) = TLS_REDIS
+            .with(|t| t.borrow().clone())
+            .expect("a redis_ssl case starts its TLS Redis");
+        // Kong's REDIS_SSL_SNI, and a name that resolves nowhere.
+        let server_name = if verify {
+            "redis.test"
+        } else {
+            "really.really.really.does.not.exist.host.test"
+        };
+        return json!({"host": "127.0.0.1", "port": port, "password": password, "database": 1,
+                      "ssl": true, "ssl_verify": verify, "server_name": server_name});
+    }
     let url = url::Url::parse(&test_redis_url()).expect("PORTCULLIS_TEST_REDIS parses");
     json!({
         "host": url.host_str().unwrap_or("127.0.0.1"),
@@ -68,7 +103,8 @@ fn redis_conf() -> Value {
 /// a Redis prefix of its own; on the memory store, or in a fresh Postgres schema when
 /// `PORTCULLIS_TEST_DATABASE=postgres`.
 async fn gateway() -> TestApp {
-    gateway_trusting(None).await
+    let ca = TLS_REDIS.with(|t| t.borrow().as_ref().map(|(_, _, ca)| ca.clone()));
+    gateway_trusting(ca.as_deref()).await
 }
 
 /// [`gateway`] whose TLS connections to Redis trust the CA of `ca` (a PEM file) instead of the
@@ -115,7 +151,7 @@ async fn service_with_route(app: &TestApp, upstream: &str, paths: &[&str]) -> Va
 async fn rate_limiting(app: &TestApp, policy: Policy, conf: Value, service: Option<&Value>) {
     let mut conf = conf;
     conf["policy"] = json!(policy.name());
-    conf["redis"] = redis_conf();
+    conf["redis"] = redis_conf(policy);
     let mut body = json!({"name": "rate-limiting", "config": conf});
     if let Some(service) = service {
         body["service"] = json!({"id": service["id"]});
@@ -524,6 +560,28 @@ macro_rules! on_both_policies {
                 #[actix_web::test]
                 async fn $case() {
                     super::$case(super::Policy::Redis).await;
+                }
+            )*
+        }
+        mod redis_ssl_verify {
+            $(
+                #[actix_web::test]
+                async fn $case() {
+                    let Some(_redis) = super::use_tls_redis() else {
+                        return;
+                    };
+                    super::$case(super::Policy::RedisSsl { verify: true }).await;
+                }
+            )*
+        }
+        mod redis_ssl_no_verify {
+            $(
+                #[actix_web::test]
+                async fn $case() {
+                    let Some(_redis) = super::use_tls_redis() else {
+                        return;
+                    };
+                    super::$case(super::Policy::RedisSsl { verify: false }).await;
                 }
             )*
         }
