@@ -95,7 +95,8 @@ pub struct Settings {
     pub pg_timeout: u64,
     /// TLS to Postgres.
     pub pg_ssl: bool,
-    /// Redis URL for the shared token cache (optional).
+    /// Redis URL for the shared token cache and the `rate-limiting` instances naming no Redis
+    /// (optional): `redis://`, or `rediss://` for TLS (`#insecure` at the end: unverified).
     pub redis_url: Option<Secret<String>>,
     /// Prefix of every Redis key of this gateway.
     pub redis_prefix: String,
