@@ -765,6 +765,20 @@ async fn a_redis_instance_naming_no_redis_counts_in_the_gateways_redis() {
         .await;
     assert_eq!(s, 201, "{plugin}");
     assert_eq!(plugin["config"]["redis"]["host"], Value::Null);
+    // TLS to the gateway's Redis is its URL's scheme: `ssl` without a host would do nothing.
+    let (s, b) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "rate-limiting", "config": {"hour": 2, "policy": "redis",
+                                                       "redis": {"ssl": true}}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"]["config"]["redis"]["ssl"],
+        "applies to config.redis.host: without a host the gateway's redis_url is used, whose \
+         scheme says whether it is TLS (rediss://)"
+    );
     let statuses = [
         get(&app, "/test", &[]).await.0,
         get(&app, "/test", &[]).await.0,

@@ -350,6 +350,14 @@ pub fn check_fields(config: &Map<String, Value>, gateway_redis: bool) -> Result<
                        gateway's redis_url setting"
                 ),
             );
+        } else if redis.get("ssl").and_then(Value::as_bool) == Some(true) {
+            redis_errors.insert(
+                "ssl".into(),
+                json!(
+                    "applies to config.redis.host: without a host the gateway's redis_url is \
+                       used, whose scheme says whether it is TLS (rediss://)"
+                ),
+            );
         }
     }
     if redis.get("password").and_then(Value::as_str) == Some(MASK) {
