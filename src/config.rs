@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use actix_web::http::header::HeaderName;
 use ipnet::IpNet;
+use portcullis_stores::redis_conn::RedisTrust;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// A value that must never be printed: `Debug` and `Serialize` show `********`.
@@ -94,12 +95,18 @@ pub struct Settings {
     pub pg_timeout: u64,
     /// TLS to Postgres.
     pub pg_ssl: bool,
-    /// Redis URL for the shared token cache (optional).
+    /// Redis URL for the shared token cache and the `rate-limiting` instances naming no Redis
+    /// (optional): `redis://`, or `rediss://` for TLS (`#insecure` at the end: unverified).
     pub redis_url: Option<Secret<String>>,
     /// Prefix of every Redis key of this gateway.
     pub redis_prefix: String,
     /// Redis timeout, milliseconds.
     pub redis_timeout: u64,
+    /// Kong's `lua_ssl_trusted_certificate`: the CAs a verified TLS connection to Redis trusts
+    /// (`rediss://` in `redis_url`, `rate-limiting` with `redis.ssl_verify`): `system` (the web
+    /// PKI roots built into the gateway, the default) or PEM files (comma-separated string or
+    /// list), not both.
+    pub lua_ssl_trusted_certificate: Vec<String>,
     /// Proxy TLS certificate (PEM).
     pub ssl_cert: Option<PathBuf>,
     /// Proxy TLS key (PEM).
@@ -176,6 +183,7 @@ impl Default for Settings {
             redis_url: None,
             redis_prefix: "portcullis".into(),
             redis_timeout: 2000,
+            lua_ssl_trusted_certificate: vec![SYSTEM_CAS.into()],
             ssl_cert: None,
             ssl_cert_key: None,
             admin_ssl_cert: None,
@@ -198,6 +206,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// The `lua_ssl_trusted_certificate` entry naming the gateway's built-in roots.
+pub const SYSTEM_CAS: &str = "system";
 
 /// `memory_max_tokens` when unset: about 1 GiB of tokens at the ~146 bytes a client-credentials
 /// token costs in the memory token store (`stores/tests/memory_footprint.rs` measures it).
@@ -304,6 +315,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("redis_url", Kind::Str),
     ("redis_prefix", Kind::Str),
     ("redis_timeout", Kind::Int),
+    ("lua_ssl_trusted_certificate", Kind::List),
     ("ssl_cert", Kind::Str),
     ("ssl_cert_key", Kind::Str),
     ("admin_ssl_cert", Kind::Str),
@@ -376,7 +388,7 @@ impl Settings {
             }
             None => toml::Table::new(),
         };
-        for list in ["trusted_ips", "plugins"] {
+        for list in ["trusted_ips", "plugins", "lua_ssl_trusted_certificate"] {
             if let Some(toml::Value::String(s)) = table.get(list).cloned() {
                 table.insert(list.into(), split_list(&s));
             }
@@ -505,6 +517,7 @@ impl Settings {
         }
         self.log_filter()?;
         self.enabled_plugins()?;
+        self.redis_trust()?;
         self.check_values()?;
         if let Some(schema) = &self.pg_schema {
             if !portcullis_stores::postgres::valid_schema_name(schema) {
@@ -667,6 +680,35 @@ impl Settings {
             }
         }
         Ok(enabled)
+    }
+
+    /// The CAs `lua_ssl_trusted_certificate` names, read (blocking file I/O: call it at start).
+    ///
+    /// # Errors
+    /// An empty list, `system` beside files, or a file that cannot be read or holds no
+    /// certificate, naming `lua_ssl_trusted_certificate`.
+    pub fn redis_trust(&self) -> Result<RedisTrust, ConfigError> {
+        const KEY: &str = "lua_ssl_trusted_certificate";
+        let entries = &self.lua_ssl_trusted_certificate;
+        let system = entries.iter().any(|e| e == SYSTEM_CAS);
+        match (system, entries.len()) {
+            (_, 0) => Err(ConfigError::Value {
+                key: KEY,
+                reason: "must name `system` or CA certificate files (PEM)".into(),
+            }),
+            (true, 1) => Ok(RedisTrust::WebPki),
+            (true, _) => Err(ConfigError::Value {
+                key: KEY,
+                reason: "`system` cannot be combined with files: list either `system` or the CA \
+                         files to trust instead"
+                    .into(),
+            }),
+            (false, _) => {
+                let paths: Vec<&Path> = entries.iter().map(Path::new).collect();
+                let pem = crate::tls::read_cas(KEY, &paths)?;
+                Ok(RedisTrust::Pem(pem.into()))
+            }
+        }
     }
 
     /// Parsed `proxy_listen`.
@@ -1153,6 +1195,61 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("`redis_url`") && !err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn lua_ssl_trusted_certificate_is_system_or_ca_files() {
+        let load = |value: &str| {
+            Settings::load(
+                None,
+                [(
+                    "PORTCULLIS_LUA_SSL_TRUSTED_CERTIFICATE".into(),
+                    value.into(),
+                )],
+            )
+        };
+        let default = Settings::load(None, []).unwrap();
+        assert_eq!(default.redis_trust().unwrap(), RedisTrust::WebPki);
+        assert_eq!(
+            load("system").unwrap().redis_trust().unwrap(),
+            RedisTrust::WebPki
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".into()]).unwrap();
+        let (a, b) = (dir.path().join("a.pem"), dir.path().join("b.pem"));
+        std::fs::write(&a, ca.cert.pem()).unwrap();
+        std::fs::write(&b, ca.cert.pem()).unwrap();
+        let both = format!("{}, {}", a.display(), b.display());
+        match load(&both).unwrap().redis_trust().unwrap() {
+            RedisTrust::Pem(pem) => {
+                let certs = rustls_pemfile::certs(&mut &pem[..]).count();
+                assert_eq!(certs, 2, "both files' certificates");
+            }
+            RedisTrust::WebPki => panic!("the files, not the built-in roots"),
+        }
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        for (value, reason) in [
+            (
+                format!("system,{}", a.display()),
+                "`system` cannot be combined with files",
+            ),
+            ("".into(), "must name `system` or CA certificate files"),
+            (
+                dir.path().join("absent.pem").display().to_string(),
+                "cannot read",
+            ),
+            (empty.display().to_string(), "no PEM certificate in"),
+        ] {
+            let err = load(&value).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid value for `lua_ssl_trusted_certificate`: ")
+                    && err.contains(reason),
+                "{value}: {err}"
+            );
+        }
     }
 
     #[test]

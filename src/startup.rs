@@ -142,12 +142,19 @@ pub struct ClusterLink {
 }
 
 /// The stores crate's view of the `redis_*` settings, if Redis is configured.
-pub fn redis_settings(settings: &Settings) -> Option<RedisSettings> {
-    settings.redis_url.as_ref().map(|url| RedisSettings {
+///
+/// # Errors
+/// `lua_ssl_trusted_certificate` naming files that cannot be read.
+pub fn redis_settings(settings: &Settings) -> Result<Option<RedisSettings>, ConfigError> {
+    let Some(url) = &settings.redis_url else {
+        return Ok(None);
+    };
+    Ok(Some(RedisSettings {
         url: url.expose().clone(),
+        trust: settings.redis_trust()?,
         prefix: settings.redis_prefix.clone(),
         timeout: Duration::from_millis(settings.redis_timeout),
-    })
+    }))
 }
 
 /// The Redis tier: opened without waiting for Redis (the gateway serves from the near cache and
@@ -155,9 +162,9 @@ pub fn redis_settings(settings: &Settings) -> Option<RedisSettings> {
 /// warning, never a reason not to start.
 ///
 /// # Errors
-/// [`StartError::Config`] for a `redis_url` that does not parse.
+/// [`StartError::Config`] for a `redis_url` or `lua_ssl_trusted_certificate` that does not parse.
 async fn open_redis(settings: &Settings) -> Result<Option<RedisTokenCache>, StartError> {
-    let Some(redis) = redis_settings(settings) else {
+    let Some(redis) = redis_settings(settings)? else {
         return Ok(None);
     };
     let cache = RedisTokenCache::open(&redis).map_err(|e| ConfigError::Value {
@@ -174,24 +181,30 @@ async fn open_redis(settings: &Settings) -> Result<Option<RedisTokenCache>, Star
 }
 
 /// What the `rate-limiting` plugin shares with the gateway: a connection to `redis_url` (made on
-/// first use, never waited for) and `redis_prefix`.
+/// first use, never waited for), `redis_prefix`, and the CAs of `lua_ssl_trusted_certificate`.
 ///
 /// # Errors
-/// [`StartError::Config`] for a `redis_url` that does not parse.
+/// [`StartError::Config`] for a `redis_url` or `lua_ssl_trusted_certificate` that does not parse.
 fn rate_limit_deps(settings: &Settings) -> Result<RateLimitDeps, StartError> {
+    let trust = settings.redis_trust()?;
     let gateway_redis = match &settings.redis_url {
         Some(url) => Some(
-            RedisCounters::open_url(url.expose(), Duration::from_millis(settings.redis_timeout))
-                .map_err(|e| ConfigError::Value {
-                    key: "redis_url",
-                    reason: start_line(e),
-                })?,
+            RedisCounters::open_url(
+                url.expose(),
+                Duration::from_millis(settings.redis_timeout),
+                &trust,
+            )
+            .map_err(|e| ConfigError::Value {
+                key: "redis_url",
+                reason: start_line(e),
+            })?,
         ),
         None => None,
     };
     Ok(RateLimitDeps {
         gateway_redis,
         prefix: settings.redis_prefix.clone(),
+        trust,
     })
 }
 

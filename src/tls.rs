@@ -12,8 +12,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SignatureScheme};
 
-/// Why a TLS server configuration cannot be made. Each variant names the setting it came from
-/// (`ssl_cert`, `admin_ssl_cert`) so the configuration layer can report it as that key's problem;
+/// Why a TLS server configuration or a set of trusted CAs cannot be made. Each variant names the
+/// setting it came from (`ssl_cert`, `admin_ssl_cert`, `lua_ssl_trusted_certificate`) so the configuration layer can report it as that key's problem;
 /// the message is the reason alone.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -102,6 +102,35 @@ fn read_pem(
             path: pkey.display().to_string(),
         })?;
     Ok((certs, private))
+}
+
+/// The CA certificates of PEM files, as one PEM bundle (`key` names the setting in errors);
+/// every file must hold at least one certificate.
+///
+/// # Errors
+/// A file that cannot be read, is not PEM, or holds no certificate.
+pub fn read_cas(key: &'static str, paths: &[&Path]) -> Result<Vec<u8>, TlsError> {
+    let mut bundle = Vec::new();
+    for path in paths {
+        let unreadable = |reason: String| TlsError::Unreadable {
+            key,
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+        let certs = rustls_pemfile::certs(&mut bytes.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| unreadable(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCertificate {
+                key,
+                path: path.display().to_string(),
+            });
+        }
+        bundle.extend_from_slice(&bytes);
+        bundle.push(b'\n');
+    }
+    Ok(bundle)
 }
 
 /// A self-signed certificate for `localhost` and this host's name.

@@ -213,37 +213,51 @@ async fn run_tutorial(gw: &Gateway) -> Vec<String> {
     keys
 }
 
-/// `rate-limiting` with a Redis password, on a port where no Redis listens (so the failure is
-/// logged); returns the password.
+/// `rate-limiting` with a Redis password, on a port where no Redis listens, and over TLS to a
+/// port that answers no TLS (the admin API's), so both failures are logged; returns the password.
 async fn rate_limit_on_a_dead_redis(http: &reqwest::Client, admin: &str, proxy: &str) -> String {
     let password = format!("redis-password-{}", uuid::Uuid::new_v4().simple());
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = dead.local_addr().unwrap().port();
     drop(dead);
-    for (path, body) in [
-        ("/services", json!({"name": "limited", "url": admin})),
+    let admin_port: u16 = admin.rsplit(':').next().unwrap().parse().unwrap();
+    for (name, redis) in [
         (
-            "/services/limited/routes",
-            json!({"name": "limited", "paths": ["/limited"]}),
+            "limited",
+            json!({"host": "127.0.0.1", "port": port, "password": password,
+                   "username": "default", "timeout": 200}),
         ),
         (
-            "/services/limited/plugins",
-            json!({"name": "rate-limiting", "config": {"minute": 5, "policy": "redis",
-                "redis": {"host": "127.0.0.1", "port": port, "password": password,
-                          "username": "default", "timeout": 200}}}),
+            "limited-tls",
+            json!({"host": "127.0.0.1", "port": admin_port, "password": password,
+                   "username": "default", "timeout": 200, "ssl": true, "ssl_verify": true,
+                   "server_name": "redis.test"}),
         ),
     ] {
-        let (s, b) = post(http, format!("{admin}{path}"), body).await;
-        assert_eq!(s, 201, "{path}: {b}");
-        assert!(!b.to_string().contains(&password), "{b}");
+        for (path, body) in [
+            ("/services".to_string(), json!({"name": name, "url": admin})),
+            (
+                format!("/services/{name}/routes"),
+                json!({"name": name, "paths": [format!("/{name}")]}),
+            ),
+            (
+                format!("/services/{name}/plugins"),
+                json!({"name": "rate-limiting", "config": {"minute": 5, "policy": "redis",
+                    "redis": redis}}),
+            ),
+        ] {
+            let (s, b) = post(http, format!("{admin}{path}"), body).await;
+            assert_eq!(s, 201, "{path}: {b}");
+            assert!(!b.to_string().contains(&password), "{b}");
+        }
+        let r = http
+            .get(format!("{proxy}/{name}/status"))
+            .send()
+            .await
+            .unwrap();
+        // fault_tolerant (the default): the request passes unlimited.
+        assert_eq!(r.status(), 200, "{name}");
     }
-    let r = http
-        .get(format!("{proxy}/limited/status"))
-        .send()
-        .await
-        .unwrap();
-    // fault_tolerant (the default): the request passes unlimited.
-    assert_eq!(r.status(), 200);
     password
 }
 

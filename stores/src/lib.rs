@@ -15,6 +15,8 @@
 //!   `oauth2-introspection` verdicts and failed client authentications.
 //! - [`redis_counters`]: request counters per time window in Redis (the `rate-limiting` plugin's
 //!   `redis` policy), checked and counted in one atomic round trip.
+//! - [`redis_conn`]: the one connection to a Redis server both talk through, plain or TLS (the
+//!   CAs trusted, verification, the server name).
 //! - [`tiered`]: near cache → Redis → durable store for token lookups.
 //! - [`observe`]: the observer the token stores tell which tier answered a lookup and how long
 //!   Redis and Postgres took (the gateway's metrics implement it).
@@ -32,6 +34,7 @@ pub mod model;
 pub mod observe;
 pub mod postgres;
 pub mod redis_cache;
+pub mod redis_conn;
 pub mod redis_counters;
 pub mod tiered;
 

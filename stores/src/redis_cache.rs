@@ -22,17 +22,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use crate::model::{TokenHash, TokenRecord};
+use crate::redis_conn::{RedisConn, RedisTrust};
 use crate::StoreError;
 
 /// Connection settings of the Redis layer.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, or `rediss://` for TLS (`#insecure` at the end: unverified).
     pub url: String,
+    /// The CAs a verified `rediss://` connection trusts.
+    pub trust: RedisTrust,
     /// Prefix of every key (isolates gateways and tests sharing one Redis).
     pub prefix: String,
     /// Bound on every command.
@@ -76,27 +78,10 @@ impl Health {
     }
 }
 
-/// A connection made on first use and re-made after failures, every attempt and command bounded
-/// by `timeout`; never waits for Redis (a gateway starts while Redis is down and uses it once it
-/// is up). Shared by the token cache and the rate-limiting counters.
-pub(crate) fn lazy_connection(
-    client: redis::Client,
-    timeout: Duration,
-) -> Result<ConnectionManager, StoreError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(10))
-        .set_max_delay(Duration::from_millis(100));
-    ConnectionManager::new_lazy_with_config(client, config)
-        .map_err(|e| StoreError::Internal(format!("redis: {e}")))
-}
-
 /// Token cache in Redis.
 #[derive(Clone)]
 pub struct RedisTokenCache {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     timeout: Duration,
     health: Arc<Health>,
@@ -111,11 +96,14 @@ impl RedisTokenCache {
     /// Redis (a gateway starts while Redis is down and uses it once it is up).
     ///
     /// # Errors
-    /// [`StoreError::Internal`] for a URL that does not parse.
+    /// [`StoreError::Internal`] for a URL or trusted CAs that do not parse.
     pub fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| StoreError::Internal(format!("redis_url: {e}")))?;
-        let conn = lazy_connection(client, settings.timeout)?;
+        let conn = crate::redis_conn::open_url(
+            &settings.url,
+            &settings.trust,
+            settings.timeout,
+            "redis_url",
+        )?;
         Ok(Self {
             conn,
             prefix: settings.prefix.clone(),

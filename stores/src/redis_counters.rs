@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use redis::RedisConnectionInfo;
 
+use crate::redis_conn::{RedisConn, RedisTls, RedisTrust};
 use crate::StoreError;
 
 /// How long Redis is left alone after a failed call.
@@ -53,6 +53,8 @@ pub struct RedisTarget {
     pub password: Option<String>,
     /// Bound on connecting and on every call, in milliseconds.
     pub timeout_ms: u64,
+    /// TLS, if the server is reached over TLS.
+    pub tls: Option<RedisTls>,
 }
 
 /// One window of a request: its counter's key, its limit and how long the counter lives.
@@ -78,7 +80,7 @@ pub struct Counted {
 /// Counters on one Redis server; clones share the connection.
 #[derive(Clone)]
 pub struct RedisCounters {
-    conn: ConnectionManager,
+    conn: RedisConn,
     timeout: Duration,
     shared: Arc<Shared>,
 }
@@ -97,22 +99,22 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisCounters {
-    /// Counters on the server of a `redis://` URL (the gateway's `redis_url`).
+    /// Counters on the server of a `redis://` or `rediss://` URL (the gateway's `redis_url`); a
+    /// verified `rediss://` connection trusts `trust`.
     ///
     /// # Errors
-    /// [`StoreError::Internal`] for a URL that does not parse.
-    pub fn open_url(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::Internal(format!("redis_url: {e}")))?;
-        Self::open_info(info, timeout)
+    /// [`StoreError::Internal`] for a URL or trusted CAs that do not parse.
+    pub fn open_url(url: &str, timeout: Duration, trust: &RedisTrust) -> Result<Self, StoreError> {
+        let conn = crate::redis_conn::open_url(url, trust, timeout, "redis_url")?;
+        Ok(Self::on(conn, timeout))
     }
 
-    /// Counters on a server named field by field (a plugin's `config.redis`).
+    /// Counters on a server named field by field (a plugin's `config.redis`); a verified TLS
+    /// connection trusts `trust`.
     ///
     /// # Errors
     /// [`StoreError::Internal`] when the connection cannot be set up.
-    pub fn open(target: &RedisTarget) -> Result<Self, StoreError> {
+    pub fn open(target: &RedisTarget, trust: &RedisTrust) -> Result<Self, StoreError> {
         let mut redis = RedisConnectionInfo::default().set_db(target.database);
         if let Some(user) = &target.username {
             redis = redis.set_username(user);
@@ -120,26 +122,29 @@ impl RedisCounters {
         if let Some(password) = &target.password {
             redis = redis.set_password(password);
         }
-        let info = ConnectionAddr::Tcp(target.host.clone(), target.port)
-            .into_connection_info()
-            .map_err(|e| StoreError::Internal(format!("redis: {e}")))?
-            .set_redis_settings(redis);
-        Self::open_info(info, Duration::from_millis(target.timeout_ms.max(1)))
+        let timeout = Duration::from_millis(target.timeout_ms.max(1));
+        let conn = crate::redis_conn::open_host(
+            &target.host,
+            target.port,
+            target.tls.as_ref(),
+            trust,
+            redis,
+            timeout,
+        )?;
+        Ok(Self::on(conn, timeout))
     }
 
     /// Never waits for Redis: the connection is made on first use and re-made after failures.
-    fn open_info(info: redis::ConnectionInfo, timeout: Duration) -> Result<Self, StoreError> {
-        let client =
-            redis::Client::open(info).map_err(|e| StoreError::Internal(format!("redis: {e}")))?;
-        Ok(Self {
-            conn: crate::redis_cache::lazy_connection(client, timeout)?,
+    fn on(conn: RedisConn, timeout: Duration) -> Self {
+        Self {
+            conn,
             timeout,
             shared: Arc::new(Shared {
                 sha: OnceLock::new(),
                 origin: Instant::now(),
                 skip_until_ms: AtomicU64::new(0),
             }),
-        })
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -194,7 +199,7 @@ impl RedisCounters {
     async fn evalsha(
         sha: &str,
         windows: &[Window<'_>],
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
     ) -> redis::RedisResult<Vec<u64>> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(sha).arg(windows.len());
@@ -208,7 +213,7 @@ impl RedisCounters {
     }
 
     /// Loads the script; its digest (the same every time).
-    async fn load(&self, conn: &mut ConnectionManager) -> Result<&str, StoreError> {
+    async fn load(&self, conn: &mut RedisConn) -> Result<&str, StoreError> {
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(CHECK_AND_COUNT)

@@ -20,6 +20,7 @@ fn redis_url() -> String {
 async fn redis(prefix: &str) -> RedisTokenCache {
     RedisTokenCache::connect(&RedisSettings {
         url: redis_url(),
+        trust: Default::default(),
         prefix: prefix.into(),
         timeout: Duration::from_secs(2),
     })
@@ -243,6 +244,7 @@ impl PrivateRedis {
     fn settings(&self) -> RedisSettings {
         RedisSettings {
             url: format!("redis://127.0.0.1:{}", self.port),
+            trust: Default::default(),
             prefix: "pt-dirty".into(),
             timeout: Duration::from_millis(300),
         }

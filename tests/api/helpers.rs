@@ -668,6 +668,115 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// A `redis-server` of its own serving TLS only (no plain port), with a password, and a
+/// certificate for `localhost`, `127.0.0.1` and `redis.test` signed by a CA made for it.
+pub struct TlsRedis {
+    /// TLS port on 127.0.0.1.
+    pub port: u16,
+    /// The `requirepass` password.
+    pub password: String,
+    /// The CA that signed the server's certificate (PEM file).
+    pub ca_file: PathBuf,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    /// Starts one, or says why it could not (`redis-server` not installed or built without TLS,
+    /// or not answering).
+    pub fn start() -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        let ca_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut ca = rcgen::CertificateParams::new(Vec::new()).map_err(|e| e.to_string())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "portcullis test Redis CA");
+        let ca = ca.self_signed(&ca_key).map_err(|e| e.to_string())?;
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let names = ["localhost", "127.0.0.1", "redis.test"].map(String::from);
+        let cert = rcgen::CertificateParams::new(names.to_vec())
+            .and_then(|p| p.signed_by(&key, &ca, &ca_key))
+            .map_err(|e| e.to_string())?;
+        let file = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).map(|()| path)
+        };
+        let files = (|| {
+            Ok::<_, std::io::Error>((
+                file("ca.pem", ca.pem())?,
+                file("redis.pem", cert.pem())?,
+                file("redis.key", key.serialize_pem())?,
+            ))
+        })()
+        .map_err(|e| format!("writing the certificates: {e}"))?;
+        let (ca_file, cert_file, key_file) = files;
+        let port = dead_port();
+        let password = format!("redis-tls-{}", uuid::Uuid::new_v4().simple());
+        let path = |p: &Path| p.display().to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-cert-file", &path(&cert_file)])
+            .args(["--tls-key-file", &path(&key_file)])
+            .args(["--tls-ca-cert-file", &path(&ca_file)])
+            .args(["--tls-auth-clients", "no", "--requirepass", &password])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        let redis = Self {
+            port,
+            password,
+            ca_file,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if redis.cli(&["ping"]).trim() == "PONG" {
+                return Ok(redis);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "redis-server with TLS on port {port} did not answer PING within 10 s (built without \
+             TLS?)"
+        ))
+    }
+
+    /// Runs `redis-cli` over TLS against this server, logged in; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&self.ca_file)
+            .args(["-p", &self.port.to_string(), "--no-auth-warning"])
+            .args(["-a", &self.password])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A CA of its own that signed nothing this server presents, as a PEM file beside the
+    /// server's (for a gateway that must not trust it).
+    pub fn other_ca_file(&self) -> PathBuf {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("CA");
+        let path = self.dir.path().join("other-ca.pem");
+        std::fs::write(&path, ca.pem()).expect("write the other CA");
+        path
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What the gateway logs, captured per test.
 ///
 /// One subscriber is installed per test binary (the first gateway a test starts installs it, in

@@ -1,19 +1,19 @@
 //! Kong's `rate-limiting` specs (`spec/03-plugins/23-rate-limiting`: `01-schema_spec.lua`,
 //! `03-api_spec.lua`, `04-access_spec.lua`, `06-shorthand_fields_spec.lua`), one test per case,
-//! the access cases once per policy (`rate_limiting::local::…`, `rate_limiting::redis::…`), with
+//! the access cases once per policy (`rate_limiting::local::…`, `rate_limiting::redis::…`) and
+//! once per Kong Redis TLS configuration (`rate_limiting::redis_ssl_verify::…`,
+//! `rate_limiting::redis_ssl_no_verify::…`, on a TLS `redis-server` of each case's own), with
 //! Kong's requests and Kong's assertions. Kong retries a case once when the minute turns during
 //! it; these wait instead (bounded) until the window has room for the whole case.
 //!
-//! Deliberate differences from Kong, asserted here: `policy = cluster`, `sync_rate` other than -1
-//! and `redis.ssl = true` are refused; the Redis password is masked in answers; a `redis`
-//! instance that names no Redis uses the gateway's `redis_url`.
+//! Deliberate differences from Kong, asserted here: `policy = cluster` and `sync_rate` other than
+//! -1 are refused; the Redis password is masked in answers; a `redis` instance that names no Redis
+//! uses the gateway's `redis_url`. TLS to Redis (`redis.ssl`, `ssl_verify`, `server_name`, a
+//! `rediss://` `redis_url`) runs against a `redis-server` of each test's own serving TLS only.
 //!
 //! Not ported, and why:
 //! - every case for `policy = cluster` (its fault-tolerance cases drop Kong's metrics table): the
 //!   policy is refused (`cluster_policy_is_refused`).
-//! - the `ssl_verify` and `ssl_no_verify` runs of the access cases, and the schema cases with
-//!   `ssl = true` as written: no TLS to Redis here; the same configs with `ssl = false` are
-//!   ported, and `ssl = true` is refused (`redis_ssl_is_refused`).
 //! - *sets policy to local by default on dbless*, *does not allow setting policy to cluster on
 //!   dbless*: there is no `/config` (DB-less) endpoint; the default and the refusal are asserted
 //!   through `/plugins` instead.
@@ -33,26 +33,62 @@ use serde_json::{json, Value};
 
 use crate::helpers::{
     dead_port, eventually, or_skip, spawn_upstream, spawn_with, status_json, test_redis_url,
-    test_settings, PrivateRedis, TestApp,
+    test_settings, PrivateRedis, TestApp, TlsRedis,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Policy {
     Local,
     Redis,
+    /// `redis` over TLS to the case's own [`TlsRedis`]: Kong's `ssl_verify` (`verify`) and
+    /// `ssl_no_verify` Redis configurations.
+    RedisSsl {
+        verify: bool,
+    },
 }
 
 impl Policy {
     fn name(self) -> &'static str {
         match self {
             Self::Local => "local",
-            Self::Redis => "redis",
+            Self::Redis | Self::RedisSsl { .. } => "redis",
         }
     }
 }
 
-/// The shared test Redis as a plugin's `config.redis` (database 1, as Kong's spec).
-fn redis_conf() -> Value {
+thread_local! {
+    /// The TLS `redis-server` of the `redis_ssl_*` case running on this thread (an actix test
+    /// runs on one thread): its port, password and CA file.
+    static TLS_REDIS: std::cell::RefCell<Option<(u16, String, std::path::PathBuf)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Starts the case's TLS Redis (a failure under `CI=true`, else a skip) and makes it the one
+/// [`gateway`] trusts and [`redis_conf`] names; keep it until the case ends.
+fn use_tls_redis() -> Option<TlsRedis> {
+    let redis = or_skip(TlsRedis::start())?;
+    TLS_REDIS.with(|t| {
+        *t.borrow_mut() = Some((redis.port, redis.password.clone(), redis.ca_file.clone()));
+    });
+    Some(redis)
+}
+
+/// The policy's Redis as a plugin's `config.redis` (database 1, as Kong's spec): the shared test
+/// Redis, or the case's TLS one with Kong's `ssl_verify` / `ssl_no_verify` settings.
+fn redis_conf(policy: Policy) -> Value {
+    if let Policy::RedisSsl { verify } = policy {
+        let (port, password, _) = TLS_REDIS
+            .with(|t| t.borrow().clone())
+            .expect("a redis_ssl case starts its TLS Redis");
+        // Kong's REDIS_SSL_SNI, and a name that resolves nowhere.
+        let server_name = if verify {
+            "redis.test"
+        } else {
+            "really.really.really.does.not.exist.host.test"
+        };
+        return json!({"host": "127.0.0.1", "port": port, "password": password, "database": 1,
+                      "ssl": true, "ssl_verify": verify, "server_name": server_name});
+    }
     let url = url::Url::parse(&test_redis_url()).expect("PORTCULLIS_TEST_REDIS parses");
     json!({
         "host": url.host_str().unwrap_or("127.0.0.1"),
@@ -67,6 +103,13 @@ fn redis_conf() -> Value {
 /// a Redis prefix of its own; on the memory store, or in a fresh Postgres schema when
 /// `PORTCULLIS_TEST_DATABASE=postgres`.
 async fn gateway() -> TestApp {
+    let ca = TLS_REDIS.with(|t| t.borrow().as_ref().map(|(_, _, ca)| ca.clone()));
+    gateway_trusting(ca.as_deref()).await
+}
+
+/// [`gateway`] whose TLS connections to Redis trust the CA of `ca` (a PEM file) instead of the
+/// built-in roots.
+async fn gateway_trusting(ca: Option<&std::path::Path>) -> TestApp {
     let postgres = std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() == Ok("postgres");
     let schema = if postgres {
         Some(crate::helpers::PgSchema::migrated().await)
@@ -79,6 +122,9 @@ async fn gateway() -> TestApp {
     let mut app = spawn_with(portcullis::config::Settings {
         trusted_ips: vec!["0.0.0.0/0".into(), "::/0".into()],
         redis_prefix: format!("pt-{}", uuid::Uuid::new_v4().simple()),
+        lua_ssl_trusted_certificate: ca.map_or(base.lua_ssl_trusted_certificate, |ca| {
+            vec![ca.display().to_string()]
+        }),
         ..base
     })
     .await;
@@ -105,7 +151,7 @@ async fn service_with_route(app: &TestApp, upstream: &str, paths: &[&str]) -> Va
 async fn rate_limiting(app: &TestApp, policy: Policy, conf: Value, service: Option<&Value>) {
     let mut conf = conf;
     conf["policy"] = json!(policy.name());
-    conf["redis"] = redis_conf();
+    conf["redis"] = redis_conf(policy);
     let mut body = json!({"name": "rate-limiting", "config": conf});
     if let Some(service) = service {
         body["service"] = json!({"id": service["id"]});
@@ -517,6 +563,28 @@ macro_rules! on_both_policies {
                 }
             )*
         }
+        mod redis_ssl_verify {
+            $(
+                #[actix_web::test]
+                async fn $case() {
+                    let Some(_redis) = super::use_tls_redis() else {
+                        return;
+                    };
+                    super::$case(super::Policy::RedisSsl { verify: true }).await;
+                }
+            )*
+        }
+        mod redis_ssl_no_verify {
+            $(
+                #[actix_web::test]
+                async fn $case() {
+                    let Some(_redis) = super::use_tls_redis() else {
+                        return;
+                    };
+                    super::$case(super::Policy::RedisSsl { verify: false }).await;
+                }
+            )*
+        }
     };
 }
 
@@ -697,6 +765,20 @@ async fn a_redis_instance_naming_no_redis_counts_in_the_gateways_redis() {
         .await;
     assert_eq!(s, 201, "{plugin}");
     assert_eq!(plugin["config"]["redis"]["host"], Value::Null);
+    // TLS to the gateway's Redis is its URL's scheme: `ssl` without a host would do nothing.
+    let (s, b) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "rate-limiting", "config": {"hour": 2, "policy": "redis",
+                                                       "redis": {"ssl": true}}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"]["config"]["redis"]["ssl"],
+        "applies to config.redis.host: without a host the gateway's redis_url is used, whose \
+         scheme says whether it is TLS (rediss://)"
+    );
     let statuses = [
         get(&app, "/test", &[]).await.0,
         get(&app, "/test", &[]).await.0,
@@ -714,6 +796,298 @@ async fn a_redis_instance_naming_no_redis_counts_in_the_gateways_redis() {
     let keys = String::from_utf8_lossy(&keys.stdout);
     assert_eq!(keys.lines().count(), 1, "one hour counter: {keys}");
     assert!(keys.trim_end().ends_with(":hour"), "{keys}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS to Redis (04-access_spec's `ssl_verify` and `ssl_no_verify` Redis configurations, on a
+// `redis-server` of the test's own serving TLS only)
+// ---------------------------------------------------------------------------------------------
+
+/// A `redis` instance on `path` counting `day: 3` per address in `redis` (TLS, with its
+/// password), `tls` merged into its `config.redis`.
+async fn on_tls_redis(app: &TestApp, redis: &TlsRedis, path: &str, tls: Value, tolerant: bool) {
+    let upstream = spawn_upstream();
+    let service = service_with_route(app, &upstream.url, &[path]).await;
+    let mut conf = json!({"host": "127.0.0.1", "port": redis.port, "password": redis.password,
+                          "timeout": 1000});
+    for (k, v) in tls.as_object().unwrap() {
+        conf[k] = v.clone();
+    }
+    let (s, plugin) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "rate-limiting", "service": {"id": service["id"]}, "config": {
+                "day": 3, "policy": "redis", "limit_by": "ip", "fault_tolerant": tolerant,
+                "redis": conf}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+}
+
+/// Four requests: the statuses and the day's remaining counts.
+async fn four(app: &TestApp, path: &str) -> (Vec<u16>, Vec<Option<u64>>) {
+    let mut statuses = Vec::new();
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
+        let (s, h, _) = get(app, path, &[]).await;
+        statuses.push(s);
+        remaining.push(number(&h, "x-ratelimit-remaining-day"));
+    }
+    (statuses, remaining)
+}
+
+/// Counted exactly in the TLS Redis: 3 × 200 then 429, with Kong's remaining counts, and the
+/// day's counter is in that Redis.
+async fn counts_exactly_in(app: &TestApp, redis: &TlsRedis, path: &str) {
+    let (statuses, remaining) = four(app, path).await;
+    assert_eq!(statuses, [200, 200, 200, 429], "{path}");
+    assert_eq!(remaining, [Some(2), Some(1), Some(0), Some(0)], "{path}");
+    let keys = redis.cli(&["--scan", "--pattern", "*:ratelimit:*:day"]);
+    assert!(
+        keys.lines().count() >= 1,
+        "a day counter in the TLS Redis: {keys:?}"
+    );
+}
+
+/// Redis cannot be used: `fault_tolerant = true` passes unchecked (no headers, counted as
+/// passed without Redis), `false` answers Kong's opaque 500.
+async fn fails_as_fault_tolerant_says(app: &TestApp, tolerant: &str, strict: &str) {
+    let before = portcullis::plugins::rate_limiting::passed_without_redis();
+    for _ in 0..4 {
+        let (s, h, _) = get(app, tolerant, &[]).await;
+        assert_eq!(s, 200, "{tolerant}");
+        no_rate_limit_headers(&h);
+        let (s, _, body) = get(app, strict, &[]).await;
+        assert_eq!(s, 500, "{strict}");
+        assert_eq!(body, json!({"message": "An unexpected error occurred"}));
+    }
+    assert!(portcullis::plugins::rate_limiting::passed_without_redis() - before >= 4);
+}
+
+/// Kong's `ssl_no_verify` configuration (`ssl_verify = false` is Kong's default, the server name
+/// resolves nowhere): any certificate is accepted, the name is only sent as SNI, and every
+/// request is counted exactly, the password sent over TLS.
+#[actix_web::test]
+async fn redis_over_tls_without_verification_counts_exactly() {
+    let Some(redis) = or_skip(TlsRedis::start()) else {
+        return;
+    };
+    let app = gateway().await;
+    let tls = json!({"ssl": true, "ssl_verify": false,
+                     "server_name": "really.really.really.does.not.exist.host.test"});
+    on_tls_redis(&app, &redis, "/tls", tls, false).await;
+    counts_exactly_in(&app, &redis, "/tls").await;
+}
+
+/// The deprecated flat fields say the same (`redis_ssl`, `redis_ssl_verify`,
+/// `redis_server_name`), verified against the CA `lua_ssl_trusted_certificate` names.
+#[actix_web::test]
+async fn redis_over_tls_through_the_flat_fields_counts_exactly() {
+    let Some(redis) = or_skip(TlsRedis::start()) else {
+        return;
+    };
+    let app = gateway_trusting(Some(&redis.ca_file)).await;
+    let upstream = spawn_upstream();
+    let service = service_with_route(&app, &upstream.url, &["/flat"]).await;
+    let (s, plugin) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "rate-limiting", "service": {"id": service["id"]}, "config": {
+                "day": 3, "policy": "redis", "limit_by": "ip", "fault_tolerant": false,
+                "redis_host": "127.0.0.1", "redis_port": redis.port,
+                "redis_password": redis.password, "redis_ssl": true, "redis_ssl_verify": true,
+                "redis_server_name": "redis.test"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+    assert_eq!(plugin["config"]["redis"]["ssl_verify"], true);
+    counts_exactly_in(&app, &redis, "/flat").await;
+}
+
+/// `ssl_verify = true` with the server's CA trusted (`lua_ssl_trusted_certificate`): the
+/// certificate names the host connected to (`127.0.0.1`), so it passes and counts exactly.
+#[actix_web::test]
+async fn redis_over_tls_verified_against_the_trusted_ca_counts_exactly() {
+    let Some(redis) = or_skip(TlsRedis::start()) else {
+        return;
+    };
+    let app = gateway_trusting(Some(&redis.ca_file)).await;
+    on_tls_redis(
+        &app,
+        &redis,
+        "/tls",
+        json!({"ssl": true, "ssl_verify": true}),
+        false,
+    )
+    .await;
+    counts_exactly_in(&app, &redis, "/tls").await;
+}
+
+/// `ssl_verify = true` and a certificate from a CA the gateway does not trust (the built-in
+/// roots, then another CA file): Redis is never used, as `fault_tolerant` says; the password is
+/// in no log line (the failure is logged at most once a second by the whole process, so this
+/// test may see none of it: `log_secrets` searches every line).
+#[actix_web::test]
+async fn an_untrusted_redis_certificate_fails_as_fault_tolerant_says() {
+    let Some(redis) = or_skip(TlsRedis::start()) else {
+        return;
+    };
+    let other = redis.other_ca_file();
+    for app in [gateway().await, gateway_trusting(Some(&other)).await] {
+        let verified = json!({"ssl": true, "ssl_verify": true});
+        on_tls_redis(&app, &redis, "/tolerant", verified.clone(), true).await;
+        on_tls_redis(&app, &redis, "/strict", verified, false).await;
+        fails_as_fault_tolerant_says(&app, "/tolerant", "/strict").await;
+    }
+    let errors = crate::helpers::logs::errors();
+    assert!(
+        errors.iter().all(|e| !e.contains(&redis.password)),
+        "{errors:?}"
+    );
+    assert_eq!(redis.cli(&["dbsize"]).trim(), "0", "nothing counted");
+}
+
+/// `server_name` is the name the certificate must carry when it is not the host: one the
+/// certificate carries passes (connecting to `127.0.0.1` all the same), another fails as
+/// `fault_tolerant` says.
+#[actix_web::test]
+async fn server_name_names_the_certificate_to_verify() {
+    let Some(redis) = or_skip(TlsRedis::start()) else {
+        return;
+    };
+    let app = gateway_trusting(Some(&redis.ca_file)).await;
+    let named = |name: &str| json!({"ssl": true, "ssl_verify": true, "server_name": name});
+    on_tls_redis(&app, &redis, "/right", named("redis.test"), false).await;
+    on_tls_redis(&app, &redis, "/wrong-tolerant", named("other.test"), true).await;
+    on_tls_redis(&app, &redis, "/wrong-strict", named("other.test"), false).await;
+    counts_exactly_in(&app, &redis, "/right").await;
+    fails_as_fault_tolerant_says(&app, "/wrong-tolerant", "/wrong-strict").await;
+}
+
+/// Plain text to a TLS-only port never counts (and never hangs a request past the timeout):
+/// unchecked with `fault_tolerant = true`, 500 with `false`.
+#[actix_web::test]
+async fn a_plain_connection_to_a_tls_port_fails_clearly() {
+    let Some(redis) = or_skip(TlsRedis::start()) else {
+        return;
+    };
+    let app = gateway().await;
+    on_tls_redis(&app, &redis, "/tolerant", json!({"ssl": false}), true).await;
+    on_tls_redis(&app, &redis, "/strict", json!({"ssl": false}), false).await;
+    fails_as_fault_tolerant_says(&app, "/tolerant", "/strict").await;
+
+    // The gateway's own `redis_url` as `redis://` to the TLS port: the same.
+    let schema = crate::helpers::PgSchema::migrated().await;
+    let url = format!("redis://:{}@127.0.0.1:{}", redis.password, redis.port);
+    let mut app = spawn_with(portcullis::config::Settings {
+        redis_url: Some(portcullis::config::Secret::new(url)),
+        redis_prefix: format!("pt-{}", uuid::Uuid::new_v4().simple()),
+        ..schema.settings.clone()
+    })
+    .await;
+    app.pg = Some(schema);
+    let upstream = spawn_upstream();
+    for (path, tolerant) in [("/tolerant", true), ("/strict", false)] {
+        let service = service_with_route(&app, &upstream.url, &[path]).await;
+        let (s, plugin) = app
+            .admin_post(
+                "/plugins",
+                json!({"name": "rate-limiting", "service": {"id": service["id"]},
+                       "config": {"day": 3, "policy": "redis", "limit_by": "ip",
+                                  "fault_tolerant": tolerant}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{plugin}");
+    }
+    fails_as_fault_tolerant_says(&app, "/tolerant", "/strict").await;
+    assert_eq!(redis.cli(&["dbsize"]).trim(), "0", "nothing counted");
+}
+
+/// The gateway's own `redis_url` as `rediss://` (verified against `lua_ssl_trusted_certificate`):
+/// a `redis` instance naming no Redis counts exactly in it, and issued tokens are cached in it.
+#[actix_web::test]
+async fn a_rediss_redis_url_counts_and_caches_tokens_over_tls() {
+    let Some(redis) = or_skip(TlsRedis::start()) else {
+        return;
+    };
+    let schema = crate::helpers::PgSchema::migrated().await;
+    let prefix = format!("pt-{}", uuid::Uuid::new_v4().simple());
+    let url = format!("rediss://:{}@127.0.0.1:{}", redis.password, redis.port);
+    let mut app = spawn_with(portcullis::config::Settings {
+        redis_url: Some(portcullis::config::Secret::new(url)),
+        redis_prefix: prefix.clone(),
+        lua_ssl_trusted_certificate: vec![redis.ca_file.display().to_string()],
+        ..schema.settings.clone()
+    })
+    .await;
+    app.pg = Some(schema);
+    let upstream = spawn_upstream();
+    let service = service_with_route(&app, &upstream.url, &["/test"]).await;
+    let (s, plugin) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "rate-limiting", "service": {"id": service["id"]},
+                   "config": {"day": 3, "policy": "redis", "limit_by": "ip",
+                              "fault_tolerant": false}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+    counts_exactly_in(&app, &redis, "/test").await;
+    let pattern = format!("{prefix}:ratelimit:{}:*", plugin["id"].as_str().unwrap());
+    let keys = redis.cli(&["--scan", "--pattern", &pattern]);
+    assert_eq!(keys.lines().count(), 1, "one day counter: {keys}");
+
+    crate::helpers::client_credentials_fixture(&app, &upstream.url).await;
+    let r = app
+        .http
+        .post(format!("{}/api/oauth2/token", app.proxy_tls))
+        .json(
+            &json!({"client_id": "clientid123", "client_secret": "secret123",
+                    "grant_type": "client_credentials"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (s, b) = status_json(r).await;
+    assert_eq!(s, 200, "{b}");
+    let cached = redis.cli(&["--scan", "--pattern", &format!("{prefix}:tok:*")]);
+    assert_eq!(
+        cached.lines().count(),
+        1,
+        "the issued token is cached in the TLS Redis: {cached:?}"
+    );
+}
+
+/// `rediss://…#insecure`: TLS without verification (here against a CA nothing trusts).
+#[actix_web::test]
+async fn an_insecure_rediss_redis_url_skips_verification() {
+    let Some(redis) = or_skip(TlsRedis::start()) else {
+        return;
+    };
+    let schema = crate::helpers::PgSchema::migrated().await;
+    let url = format!(
+        "rediss://:{}@127.0.0.1:{}/#insecure",
+        redis.password, redis.port
+    );
+    let mut app = spawn_with(portcullis::config::Settings {
+        redis_url: Some(portcullis::config::Secret::new(url)),
+        redis_prefix: format!("pt-{}", uuid::Uuid::new_v4().simple()),
+        ..schema.settings.clone()
+    })
+    .await;
+    app.pg = Some(schema);
+    let upstream = spawn_upstream();
+    let service = service_with_route(&app, &upstream.url, &["/test"]).await;
+    let (s, plugin) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "rate-limiting", "service": {"id": service["id"]},
+                   "config": {"day": 3, "policy": "redis", "limit_by": "ip",
+                              "fault_tolerant": false}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+    counts_exactly_in(&app, &redis, "/test").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -901,18 +1275,19 @@ async fn sync_rate_is_refused() {
     );
 }
 
+/// Kong's *proper config validates (new redis config)* with `ssl = true` as written.
 #[actix_web::test]
-async fn redis_ssl_is_refused() {
+async fn proper_config_validates_with_redis_ssl() {
     let app = gateway().await;
-    let conf = json!({"second": 10, "policy": "redis",
-                      "redis": {"host": "127.0.0.1", "ssl": true}});
+    let conf = json!({"second": 10, "policy": "redis", "redis": {
+        "host": "127.0.0.1", "port": 6379, "database": 0, "username": "test",
+        "password": "testXXX", "ssl": true, "ssl_verify": false, "timeout": 1100,
+        "server_name": "test.test"}});
     let (s, b) = post_plugin(&app, conf).await;
-    assert_eq!(s, 400);
-    assert_eq!(
-        b["fields"]["config"]["redis"]["ssl"],
-        "TLS to Redis is not supported: connect in plain text (through a local TLS tunnel if \
-         the network needs one)"
-    );
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["config"]["redis"]["ssl"], true);
+    assert_eq!(b["config"]["redis_ssl"], true);
+    assert_eq!(b["config"]["redis"]["server_name"], "test.test");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -991,6 +1366,26 @@ async fn successful_put_request_returns_legacy_fields() {
         .await;
     assert_eq!(s, 200, "{b}");
     assert_redis_config_same(&config, &b["config"]);
+}
+
+/// Kong's `typedefs.sni` on `redis.server_name`: a host name, not an address, without a port.
+#[actix_web::test]
+async fn server_name_must_be_a_host_name() {
+    let app = gateway().await;
+    for (name, message) in [
+        ("127.0.0.1", "must not be an IP"),
+        ("redis.test:6380", "must not have a port"),
+        ("bad name", "invalid value: bad name"),
+    ] {
+        let conf = json!({"minute": 1, "policy": "redis",
+                          "redis": {"host": "127.0.0.1", "ssl": true, "server_name": name}});
+        let (s, b) = post_plugin(&app, conf).await;
+        assert_eq!(s, 400, "{name}: {b}");
+        assert_eq!(
+            b["fields"]["config"]["redis"]["server_name"], message,
+            "{name}"
+        );
+    }
 }
 
 /// What the admin API shows cannot be sent back as the password.

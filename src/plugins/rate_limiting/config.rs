@@ -4,6 +4,7 @@
 
 use std::sync::LazyLock;
 
+use portcullis_stores::redis_conn::RedisTls;
 use portcullis_stores::redis_counters::RedisTarget;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -58,6 +59,21 @@ fn check_non_empty(v: &Value) -> Result<(), String> {
     }
 }
 
+/// Kong's `typedefs.sni`: a host name, without a port, that TLS can send as SNI.
+fn check_sni(v: &Value) -> Result<(), String> {
+    let name = v.as_str().unwrap_or_default();
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err("must not be an IP".into());
+    }
+    if name.contains(':') {
+        return Err("must not have a port".into());
+    }
+    match rustls::pki_types::DnsName::try_from(name) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("invalid value: {name}")),
+    }
+}
+
 static REDIS: LazyLock<Schema> = LazyLock::new(|| Schema {
     name: "redis",
     fields: vec![
@@ -73,7 +89,7 @@ static REDIS: LazyLock<Schema> = LazyLock::new(|| Schema {
         Field::new("database", FieldType::Integer).default(|| json!(0)),
         Field::new("ssl", FieldType::Boolean).default(|| json!(false)),
         Field::new("ssl_verify", FieldType::Boolean).default(|| json!(false)),
-        Field::new("server_name", FieldType::String).check(check_non_empty),
+        Field::new("server_name", FieldType::String).check(check_sni),
     ],
     entity_checks: vec![],
 });
@@ -155,7 +171,8 @@ pub enum PolicyName {
 /// `config.redis` (no `Debug`: the password is here).
 #[derive(Deserialize)]
 pub struct RedisConfig {
-    /// Host; none means the gateway's own `redis_url`.
+    /// Host; none means the gateway's own `redis_url` (whose scheme says whether it is TLS: the
+    /// `ssl*` fields below apply to `host` only, as Kong's do).
     pub host: Option<String>,
     /// Port.
     pub port: Option<u16>,
@@ -167,6 +184,15 @@ pub struct RedisConfig {
     pub password: Option<Secret<String>>,
     /// Database number.
     pub database: Option<i64>,
+    /// TLS to Redis.
+    #[serde(default)]
+    pub ssl: bool,
+    /// With `ssl`: check the server's certificate against `lua_ssl_trusted_certificate` and the
+    /// name it must carry (`server_name`, else `host`).
+    #[serde(default)]
+    pub ssl_verify: bool,
+    /// With `ssl` and `ssl_verify`: the name the certificate must carry, sent as SNI.
+    pub server_name: Option<String>,
 }
 
 impl RedisConfig {
@@ -184,6 +210,10 @@ impl RedisConfig {
                 .map(|p| p.expose().clone())
                 .filter(|p| !p.is_empty()),
             timeout_ms: self.timeout.unwrap_or(2000),
+            tls: self.ssl.then(|| RedisTls {
+                verify: self.ssl_verify,
+                server_name: self.server_name.clone(),
+            }),
         })
     }
 }
@@ -286,7 +316,7 @@ fn is_set(config: &Map<String, Value>, key: &str) -> bool {
     config.get(key).is_some_and(|v| !v.is_null())
 }
 
-/// Kong's conditional requirements, and the Redis settings this gateway refuses.
+/// Kong's conditional requirements, and the masked password this gateway refuses to store.
 ///
 /// # Errors
 /// Field errors under `config`.
@@ -320,16 +350,15 @@ pub fn check_fields(config: &Map<String, Value>, gateway_redis: bool) -> Result<
                        gateway's redis_url setting"
                 ),
             );
+        } else if redis.get("ssl").and_then(Value::as_bool) == Some(true) {
+            redis_errors.insert(
+                "ssl".into(),
+                json!(
+                    "applies to config.redis.host: without a host the gateway's redis_url is \
+                       used, whose scheme says whether it is TLS (rediss://)"
+                ),
+            );
         }
-    }
-    if redis.get("ssl").and_then(Value::as_bool) == Some(true) {
-        redis_errors.insert(
-            "ssl".into(),
-            json!(
-                "TLS to Redis is not supported: connect in plain text (through a local TLS \
-                   tunnel if the network needs one)"
-            ),
-        );
     }
     if redis.get("password").and_then(Value::as_str) == Some(MASK) {
         redis_errors.insert(

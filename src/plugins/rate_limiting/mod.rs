@@ -9,8 +9,9 @@
 //!   `minute` and `hour` as well);
 //! - the `local` policy checks and counts in one step, so racing requests never pass the limit
 //!   (Kong reads, then counts in a timer);
-//! - `policy = cluster` (counters in the database) and `sync_rate` other than `-1` are refused,
-//!   and so is `redis.ssl = true` (no TLS to Redis yet);
+//! - `policy = cluster` (counters in the database) and `sync_rate` other than `-1` are refused;
+//! - `redis.ssl_verify = true` always checks the certificate's name (`server_name`, else `host`;
+//!   Kong checks a name only when `server_name` is set), against `lua_ssl_trusted_certificate`;
 //! - an instance that names no Redis uses the gateway's own `redis_url`;
 //! - the Redis password is masked in the admin API's answers.
 //!
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use portcullis_stores::redis_conn::RedisTrust;
 use portcullis_stores::redis_counters::{RedisCounters, RedisTarget, Window};
 use portcullis_stores::StoreError;
 use serde_json::{json, Map, Value};
@@ -64,14 +66,17 @@ pub struct RateLimitDeps {
     pub gateway_redis: Option<RedisCounters>,
     /// `redis_prefix`: every counter key starts with it.
     pub prefix: String,
+    /// `lua_ssl_trusted_certificate`: the CAs a verified TLS connection to a named Redis trusts.
+    pub trust: RedisTrust,
 }
 
 impl Default for RateLimitDeps {
-    /// No Redis of the gateway's own, the default prefix.
+    /// No Redis of the gateway's own, the default prefix, the web PKI roots.
     fn default() -> Self {
         Self {
             gateway_redis: None,
             prefix: "portcullis".into(),
+            trust: RedisTrust::WebPki,
         }
     }
 }
@@ -108,7 +113,7 @@ impl RateLimiting {
         if let Some(counters) = named.get(&target) {
             return Ok(counters.clone());
         }
-        let counters = RedisCounters::open(&target).map_err(|e| e.to_string())?;
+        let counters = RedisCounters::open(&target, &self.deps.trust).map_err(|e| e.to_string())?;
         named.insert(target, counters.clone());
         Ok(counters)
     }

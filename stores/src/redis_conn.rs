@@ -1,0 +1,370 @@
+//! One connection to a Redis server, plain or TLS, made on first use and re-made after failures,
+//! shared by its clones: what the token cache and the rate-limiting counters talk through.
+//!
+//! Plain connections are the redis crate's `ConnectionManager`. TLS connections are our own
+//! rustls client, with the redis crate speaking RESP (and logging in) over the encrypted stream:
+//! the crate's TLS features cannot do what Kong's Redis settings say. Without verification they
+//! send no server name at all (Kong sends `server_name` as SNI whatever `ssl_verify` says), and
+//! they verify the name of the host connected to, while `server_name` may name another (Kong's
+//! own spec connects to `127.0.0.1` and verifies `test-redis.example.com`).
+//!
+//! - [`RedisTrust`]: the CAs a verified connection trusts (`lua_ssl_trusted_certificate`).
+//! - [`RedisTls`]: one server's TLS settings (`ssl_verify`, `server_name`).
+//! - `rediss://` URLs: TLS, verified unless the URL ends in `#insecure` (the redis crate's
+//!   convention).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisFuture, RedisResult, Value,
+};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+use crate::StoreError;
+
+/// The certificate authorities a verified TLS connection to Redis trusts.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum RedisTrust {
+    /// The web PKI roots built into the gateway (Mozilla's list, as every other outbound TLS
+    /// connection of the gateway): Kong's `lua_ssl_trusted_certificate = system`.
+    #[default]
+    WebPki,
+    /// Exactly the CA certificates of this PEM (Kong's `lua_ssl_trusted_certificate` naming
+    /// files).
+    Pem(Arc<[u8]>),
+}
+
+impl std::fmt::Debug for RedisTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::WebPki => f.write_str("WebPki"),
+            Self::Pem(pem) => write!(f, "Pem({} bytes)", pem.len()),
+        }
+    }
+}
+
+/// How one Redis server is reached over TLS (a `rate-limiting` instance's `redis.ssl_verify` and
+/// `redis.server_name`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RedisTls {
+    /// Check the server's certificate against the [`RedisTrust`] and the name it must carry;
+    /// `false` accepts any certificate (Kong's default).
+    pub verify: bool,
+    /// Sent as SNI and, with `verify`, the name the certificate must carry; else the host's
+    /// name (and no SNI for an address).
+    pub server_name: Option<String>,
+}
+
+/// A connection to one Redis server; clones share it.
+#[derive(Clone)]
+pub(crate) enum RedisConn {
+    /// Plain TCP, through the redis crate's connection manager.
+    Plain(ConnectionManager),
+    /// TLS, through our rustls client.
+    Tls(TlsConn),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Plain(conn) => conn.req_packed_command(cmd),
+            Self::Tls(conn) => Box::pin(conn.command(cmd)),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Plain(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Tls(conn) => Box::pin(conn.commands(pipeline, offset, count)),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Plain(conn) => conn.get_db(),
+            Self::Tls(conn) => conn.0.redis.db(),
+        }
+    }
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("{what}: {e}"))
+}
+
+/// The server of a `redis://` or `rediss://` URL (`what` names the setting in errors, which never
+/// quote the URL: it may carry a password). Never waits for Redis.
+///
+/// # Errors
+/// [`StoreError::Internal`] for a URL that does not parse, or trusted CAs that do not.
+pub(crate) fn open_url(
+    url: &str,
+    trust: &RedisTrust,
+    timeout: Duration,
+    what: &str,
+) -> Result<RedisConn, StoreError> {
+    let tls_rest = url
+        .split_once("://")
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("rediss"))
+        .map(|(_, rest)| rest);
+    let Some(rest) = tls_rest else {
+        let info = url.into_connection_info().map_err(|e| internal(what, e))?;
+        return plain(
+            redis::Client::open(info).map_err(|e| internal(what, e))?,
+            timeout,
+        );
+    };
+    let (rest, verify) = match rest.split_once('#') {
+        None => (rest, true),
+        Some((rest, "insecure")) => (rest, false),
+        Some(_) => return Err(internal(what, "only #insecure may end a rediss:// URL")),
+    };
+    let info = format!("redis://{rest}")
+        .into_connection_info()
+        .map_err(|e| internal(what, e))?;
+    let ConnectionAddr::Tcp(host, port) = info.addr() else {
+        return Err(internal(what, "a rediss:// URL names a host and port"));
+    };
+    let tls = RedisTls {
+        verify,
+        server_name: None,
+    };
+    open_tls(
+        host,
+        *port,
+        &tls,
+        trust,
+        info.redis_settings().clone(),
+        timeout,
+    )
+}
+
+/// A server named field by field: plain TCP, or TLS as `tls` says. Never waits for Redis.
+///
+/// # Errors
+/// [`StoreError::Internal`] when the connection cannot be set up.
+pub(crate) fn open_host(
+    host: &str,
+    port: u16,
+    tls: Option<&RedisTls>,
+    trust: &RedisTrust,
+    redis: RedisConnectionInfo,
+    timeout: Duration,
+) -> Result<RedisConn, StoreError> {
+    if let Some(tls) = tls {
+        return open_tls(host, port, tls, trust, redis, timeout);
+    }
+    let info = ConnectionAddr::Tcp(host.to_string(), port)
+        .into_connection_info()
+        .map_err(|e| internal("redis", e))?
+        .set_redis_settings(redis);
+    plain(
+        redis::Client::open(info).map_err(|e| internal("redis", e))?,
+        timeout,
+    )
+}
+
+/// The connection manager, every attempt and command bounded by `timeout`.
+fn plain(client: redis::Client, timeout: Duration) -> Result<RedisConn, StoreError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(100));
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map(RedisConn::Plain)
+        .map_err(|e| internal("redis", e))
+}
+
+fn open_tls(
+    host: &str,
+    port: u16,
+    tls: &RedisTls,
+    trust: &RedisTrust,
+    redis: RedisConnectionInfo,
+    timeout: Duration,
+) -> Result<RedisConn, StoreError> {
+    let name = tls.server_name.as_deref().unwrap_or(host);
+    let name = ServerName::try_from(name.to_string())
+        .map_err(|_| internal("redis", "the server name is not a host name or address"))?;
+    let config = client_config(tls.verify, trust)?;
+    Ok(RedisConn::Tls(TlsConn(Arc::new(TlsShared {
+        host: host.to_string(),
+        port,
+        name,
+        connector: TlsConnector::from(Arc::new(config)),
+        redis,
+        timeout,
+        current: ArcSwapOption::empty(),
+        connecting: tokio::sync::Mutex::new(()),
+    }))))
+}
+
+/// TLS 1.2 and 1.3 (ring), verifying against `trust` or accepting any certificate.
+fn client_config(verify: bool, trust: &RedisTrust) -> Result<rustls::ClientConfig, StoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| internal("redis TLS", e))?;
+    if !verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match trust {
+        RedisTrust::WebPki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        RedisTrust::Pem(pem) => {
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.map_err(|e| internal("lua_ssl_trusted_certificate", e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| internal("lua_ssl_trusted_certificate", e))?;
+            }
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `ssl_verify = false`: any certificate (its handshake signatures are still checked).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection made on first use, and again after a failure that closed it.
+#[derive(Clone)]
+pub(crate) struct TlsConn(Arc<TlsShared>);
+
+struct TlsShared {
+    host: String,
+    port: u16,
+    /// SNI (when a name, not an address) and the name verified.
+    name: ServerName<'static>,
+    connector: TlsConnector,
+    /// Login and database.
+    redis: RedisConnectionInfo,
+    /// Bound on connecting (TCP, TLS, login) and on every command.
+    timeout: Duration,
+    /// The live connection, read without a lock by every command.
+    current: ArcSwapOption<MultiplexedConnection>,
+    /// Held while connecting, so one caller connects and the others wait for it.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl TlsConn {
+    async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let mut conn = self.connection().await?;
+        let res = conn.send_packed_command(cmd).await;
+        self.check(&res);
+        res
+    }
+
+    async fn commands(
+        &self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let mut conn = self.connection().await?;
+        let res = conn.send_packed_commands(pipeline, offset, count).await;
+        self.check(&res);
+        res
+    }
+
+    /// A failure that lost the connection drops it: the next command connects again.
+    fn check<T>(&self, res: &RedisResult<T>) {
+        if res
+            .as_ref()
+            .is_err_and(|e| e.is_unrecoverable_error() || e.is_timeout())
+        {
+            self.0.current.store(None);
+        }
+    }
+
+    async fn connection(&self) -> RedisResult<MultiplexedConnection> {
+        if let Some(conn) = self.0.current.load_full() {
+            return Ok((*conn).clone());
+        }
+        let _connecting = self.0.connecting.lock().await;
+        if let Some(conn) = self.0.current.load_full() {
+            return Ok((*conn).clone());
+        }
+        let conn = tokio::time::timeout(self.0.timeout, self.connect())
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        self.0.current.store(Some(Arc::new(conn.clone())));
+        Ok(conn)
+    }
+
+    /// TCP, the TLS handshake, then the redis crate's login (`AUTH`, `SELECT`) over the stream.
+    async fn connect(&self) -> RedisResult<MultiplexedConnection> {
+        let shared = &self.0;
+        let tcp = tokio::net::TcpStream::connect((shared.host.as_str(), shared.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream = shared.connector.connect(shared.name.clone(), tcp).await?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(shared.timeout))
+            .set_response_timeout(Some(shared.timeout));
+        let (conn, driver) =
+            MultiplexedConnection::new_with_config(&shared.redis, stream, config).await?;
+        tokio::spawn(driver);
+        Ok(conn)
+    }
+}
