@@ -1,10 +1,10 @@
-//! Keeps the host names of upstream targets resolved, off the request path: the config registry
-//! says which names it needs ([`Watch`]); the refresher resolves each new one at once, then again
-//! when its record's TTL has run out (half a second after, as Kong's balancer schedules its
-//! renewals), and a name that failed again after [`REQUERY_FAILED`] (Kong's `requeryInterval`).
-//! It tells the registry only when an answer changed ([`Resolved`]); the registry rebuilds the
-//! router snapshot with the new addresses. Names are resolved with hickory's resolver against
-//! `dns_resolver`'s name servers, or the system's.
+//! Keeps the host names of upstream targets and services resolved, off the request path: the
+//! config registry says which names it needs ([`Watch`]); the refresher resolves each new one at
+//! once, then again when its record's TTL has run out (half a second after, as Kong's balancer
+//! schedules its renewals), and a name that failed again after [`REQUERY_FAILED`] (Kong's
+//! `requeryInterval`). It tells the registry only when an answer changed ([`Resolved`]); the
+//! registry rebuilds the router snapshot with the new addresses. Names are resolved with
+//! hickory's resolver against `dns_resolver`'s name servers, or the system's.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -111,7 +111,7 @@ impl DnsRefresher {
                     )
                 }
                 Err(e) => {
-                    tracing::warn!(name = %asked, error = %e, "DNS resolution of an upstream target failed; it gets no traffic until it resolves");
+                    tracing::warn!(name = %asked, error = %e, "DNS resolution failed; the name gets no traffic until it resolves");
                     (Resolution::Failed, REQUERY_FAILED)
                 }
             }

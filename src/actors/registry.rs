@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::dns_refresher::{DnsRefresher, Resolved, Watch};
 use super::health_checker::{HealthChecker, Probe, Stop};
 use crate::entities::certificates::{CaCertificate, Certificate, Sni};
-use crate::entities::upstreams::{AddressKind, Target, Upstream};
+use crate::entities::upstreams::{Address, AddressKind, Target, Upstream};
 use crate::entities::{
     AclMembership, Consumer, IdentityParts, KeyAuthCredential, OAuthCredential, PluginInstance,
     Route, Service,
@@ -285,18 +285,31 @@ impl ConfigRegistry {
         self
     }
 
-    /// Asks the refresher to watch the host names of the targets that take traffic, and
-    /// forgets the answers of the others.
+    /// Asks the refresher to watch the host names of the targets that take traffic and of the
+    /// services not balanced over an upstream, and forgets the answers of the others.
     fn watch_names(&mut self) {
         let Some(refresher) = &self.refresher else {
             return;
         };
+        let upstreams: HashSet<&str> = self
+            .mirror
+            .upstreams
+            .values()
+            .map(|u| u.name.as_str())
+            .collect();
+        let services = self
+            .mirror
+            .services
+            .values()
+            .filter(|s| !upstreams.contains(s.host.as_str()))
+            .filter_map(|s| Address::parse(&s.host).ok());
         let names: HashSet<Arc<str>> = self
             .mirror
             .targets
             .values()
             .filter(|t| t.weight > 0)
             .filter_map(|t| t.address().ok())
+            .chain(services)
             .filter(|a| a.kind == AddressKind::Name)
             .map(|a| Arc::from(a.host.to_ascii_lowercase()))
             .collect();

@@ -37,7 +37,7 @@ use crate::plugin_api::{
     empty_answer, Answer, ClientRequest, Exchange, Flow, Latencies, PluginRuntime, RequestCtx,
     Source, Step, StepKind, Try,
 };
-use crate::router::balancer::{Peers, NO_PEER};
+use crate::router::balancer::Peers;
 use crate::router::health::{Outcome, TargetLoad};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot};
 use server::Connection;
@@ -775,7 +775,9 @@ async fn forward<'a>(
     };
     let mut peers = peers;
     let sticky_cookie = peers.read_key(ctx);
-    let mut origin = peers.pick(0).ok_or(ProxyError::Unavailable(NO_PEER))?;
+    let mut origin = peers
+        .pick(0)
+        .ok_or_else(|| ProxyError::Unavailable(peers.refusal()))?;
     trail.attempt(origin);
     if trail.wanted {
         trail.upstream_uri = Some(target.to_string());
@@ -973,7 +975,7 @@ async fn forward<'a>(
                     // upstream).
                     origin = peers
                         .pick(attempts)
-                        .ok_or(ProxyError::Unavailable(NO_PEER))?;
+                        .ok_or_else(|| ProxyError::Unavailable(peers.refusal()))?;
                     trail.attempt(origin);
                     upstream_headers.host = host_for(origin);
                     lean_head = head_for(&upstream_headers);

@@ -14,7 +14,9 @@
 //!
 //! A target written as a host name is expanded into one entry per address its name resolved to
 //! (the [`AddressBook`] the DNS refresher keeps current), each with the target's weight, as
-//! Kong's balancer adds one address per A record; a name that failed to resolve adds none.
+//! Kong's balancer adds one address per A record; a name that failed to resolve adds none. A
+//! service's own host name is taken the same way: its addresses in turn, Kong's `503 name
+//! resolution failed` when it does not resolve.
 //!
 //! The proxy takes a [`Peers`] cursor per request, reads the request's hash key into it once,
 //! and asks it for a peer once per attempt: attempt 0 is the algorithm's choice, each retry the
@@ -42,10 +44,24 @@ const MAX_WHEEL: u64 = 10_000;
 /// Kong's answer when no target can take the request.
 pub const NO_PEER: &str = "failure to get a peer from the ring-balancer";
 
+/// Kong's answer when a service's own host name does not resolve.
+pub const NAME_FAILED: &str = "name resolution failed";
+
 /// Where a routed service's requests go.
 pub enum Destinations {
-    /// The service's own host and port.
+    /// The service's own host and port (an address, or a name not answered yet, connected to
+    /// as written).
     Fixed(UpstreamOrigin),
+    /// The addresses the service's host name resolved to, taken in turn (as Kong's `toip`
+    /// rotates over a name's records); a retry takes the next one.
+    Resolved {
+        /// One origin per address.
+        origins: Vec<UpstreamOrigin>,
+        /// The service's rotation.
+        next: Arc<Rotation>,
+    },
+    /// The service's host name did not resolve: Kong's `503 name resolution failed`.
+    Unresolved,
     /// The targets of the upstream its host names.
     Balanced(Balancer),
 }
@@ -129,7 +145,36 @@ impl Destinations {
             Some((upstream, targets)) => {
                 Self::Balanced(Balancer::build(service, upstream, targets, place))
             }
+            None => Self::own(service, place),
+        }
+    }
+
+    /// The service's own host: an address as it is, a name as it last resolved.
+    fn own(service: &Service, place: &Placement<'_>) -> Self {
+        let name = Address::parse(&service.host)
+            .ok()
+            .filter(|a| a.kind == AddressKind::Name);
+        let Some(name) = name else {
+            return Self::Fixed(UpstreamOrigin::of(service));
+        };
+        match place.dns.get(name.host.to_ascii_lowercase().as_str()) {
             None => Self::Fixed(UpstreamOrigin::of(service)),
+            Some(Resolution::Failed) => Self::Unresolved,
+            Some(Resolution::Addresses(_)) => Self::Resolved {
+                origins: endpoints(&name, &service.host, service, place.dns)
+                    .iter()
+                    .map(|(connect_host, url_host)| {
+                        UpstreamOrigin::new(
+                            &service.protocol,
+                            connect_host,
+                            url_host,
+                            &service.host,
+                            service.port,
+                        )
+                    })
+                    .collect(),
+                next: place.rotation.clone(),
+            },
         }
     }
 
@@ -137,7 +182,8 @@ impl Destinations {
     /// `pattern`, if it has one.
     pub fn peers<'a>(&'a self, pattern: Option<&'a Regex>) -> Peers<'a> {
         let ticket = match self {
-            Self::Fixed(_) => 0,
+            Self::Fixed(_) | Self::Unresolved => 0,
+            Self::Resolved { next, .. } => next.fetch_add(1, Ordering::Relaxed),
             Self::Balanced(b) => b.next.fetch_add(1, Ordering::Relaxed),
         };
         Peers {
@@ -195,7 +241,20 @@ impl<'a> Peers<'a> {
     pub fn pick(&self, attempt: u32) -> Option<&'a UpstreamOrigin> {
         match self.destinations {
             Destinations::Fixed(origin) => Some(origin),
+            Destinations::Resolved { origins, .. } => {
+                let step = usize::try_from(attempt).ok()?;
+                origins.get(self.ticket.wrapping_add(step) % origins.len().max(1))
+            }
+            Destinations::Unresolved => None,
             Destinations::Balanced(b) => b.pick(self.ticket, attempt, self.key),
+        }
+    }
+
+    /// Kong's message when [`Peers::pick`] finds nothing.
+    pub fn refusal(&self) -> &'static str {
+        match self.destinations {
+            Destinations::Unresolved => NAME_FAILED,
+            _ => NO_PEER,
         }
     }
 }

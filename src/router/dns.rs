@@ -1,8 +1,8 @@
-//! What the host names of upstream targets resolved to, as the balancer compiles them: the DNS
-//! refresher ([`crate::actors::dns_refresher`]) resolves each name in the background when its
-//! record's TTL runs out, the config registry keeps the answers in an [`AddressBook`] and
-//! rebuilds the router snapshot when one changes. Requests never wait for DNS: they read
-//! addresses compiled into the snapshot.
+//! What the host names of upstream targets and services resolved to, as the balancer compiles
+//! them: the DNS refresher ([`crate::actors::dns_refresher`]) resolves each name in the
+//! background when its record's TTL runs out, the config registry keeps the answers in an
+//! [`AddressBook`] and rebuilds the router snapshot when one changes. Requests never wait for
+//! DNS: they read addresses compiled into the snapshot.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,7 +15,8 @@ pub enum Resolution {
     /// builds the same balancer.
     Addresses(Arc<[IpAddr]>),
     /// The name did not resolve (no such name, no record, or no name server answered): as in
-    /// Kong, a target by this name takes no traffic until it resolves again.
+    /// Kong, a target by this name takes no traffic until it resolves again, and a service by
+    /// this name is answered `503 name resolution failed`.
     Failed,
 }
 

@@ -1,9 +1,11 @@
-//! Upstream targets written as host names, resolved through a DNS server the test runs itself
-//! (`dns_resolver` names it), on the memory store and on Postgres. Kong's behaviour
+//! Upstream targets and services written as host names, resolved through a DNS server the test
+//! runs itself (`dns_resolver` names it), on the memory store and on Postgres. Kong's behaviour
 //! (`kong/runloop/balancer/targets.lua`, `balancers.lua`): each A record of a target's name is
 //! one balancer address with the target's weight and the name as `Host`; the name is resolved
 //! again when its TTL runs out; a name that does not resolve adds no address, and an upstream
-//! left without any answers `503 failure to get a peer from the ring-balancer`.
+//! left without any answers `503 failure to get a peer from the ring-balancer`. A service's own
+//! host name (`balancer/init.lua`, `toip`) rotates over its addresses, and answers
+//! `503 name resolution failed` when it does not resolve.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -316,6 +318,58 @@ async fn d2_a_name_that_does_not_resolve_gets_no_traffic(store: Store) {
     .await;
 }
 
+/// D3: a service whose own host is a name takes its addresses in turn, with `Host: <name>:<port>`;
+/// when the name stops resolving, Kong's `503 name resolution failed`.
+async fn d3_a_service_host_name_rotates_over_its_addresses(store: Store) {
+    let zone = Zone::spawn();
+    let port = spawn_two_backends();
+    zone.set(
+        "svc.dns.test",
+        &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)],
+    );
+    let app = app(store, &zone).await;
+    let (s, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": "svc", "url": format!("http://svc.dns.test:{port}")}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post("/services/svc/routes", json!({"paths": ["/svc"]}))
+        .await;
+    assert_eq!(s, 201, "{body}");
+
+    eventually(Duration::from_secs(10), "both addresses served", || async {
+        let seen = tally(&app, "/svc", 2).await;
+        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        tally(&app, "/svc", 10).await,
+        HashMap::from([("127.0.0.1".into(), 5), ("127.0.0.2".into(), 5)])
+    );
+    let body: Value = app.proxy_get("/svc").await.json().await.unwrap();
+    assert_eq!(body["host"], format!("svc.dns.test:{port}"));
+
+    zone.remove("svc.dns.test");
+    eventually(
+        Duration::from_secs(10),
+        "Kong's 503 once the name fails",
+        || async {
+            let seen = tally(&app, "/svc", 1).await;
+            seen.contains_key("503 name resolution failed")
+                .then_some(())
+        },
+    )
+    .await;
+    let r = app.proxy_get("/svc").await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["message"], "name resolution failed");
+    assert!(body["request_id"].is_string(), "{body}");
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -340,6 +394,7 @@ macro_rules! on_every_store {
 on_every_store!(
     d1_a_name_with_two_addresses_follows_its_answer,
     d2_a_name_that_does_not_resolve_gets_no_traffic,
+    d3_a_service_host_name_rotates_over_its_addresses,
 );
 
 #[test]
