@@ -139,7 +139,8 @@ pub struct Peers<'a> {
 
 impl Destinations {
     /// The destinations of `service`: balanced when an upstream of `upstreams` (by name) has its
-    /// host as name, rotating with `rotation`.
+    /// host as name, otherwise its own host (as `place.dns` last resolved a name); rotating with
+    /// `place.rotation`.
     pub fn of(service: &Service, upstreams: &UpstreamIndex<'_>, place: &Placement<'_>) -> Self {
         match upstreams.get(service.host.as_str()) {
             Some((upstream, targets)) => {
