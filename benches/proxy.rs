@@ -172,6 +172,7 @@ const TARGETS: &[(&str, SetupFn)] = &[
     ("direct", direct),
     ("nginx", nginx_proxy),
     ("portcullis", portcullis_plain),
+    ("upstream 3 targets", portcullis_upstream_3_targets),
     ("oauth2 memory", oauth2_memory),
     ("oauth2 + rate-limiting local", oauth2_rate_limiting_local),
     ("oauth2 + rate-limiting redis", oauth2_rate_limiting_redis),
@@ -216,6 +217,31 @@ fn portcullis_plain(ctx: &Ctx<'_>) -> Result<Setup> {
     let gw = procs::start_gateway_front("portcullis", ctx.env, &[], &ctx.front)?;
     let admin = Admin::new(gw.admin, gw.proxy)?;
     admin.expose(ctx.upstream.addr)?;
+    admin.wait_ready(None)?;
+    Ok(Setup::Ready(Target::gateway(gw)))
+}
+
+/// Target 3b: The gateway with a service whose host is an upstream of three targets (the bench
+/// upstream on its three ports, weight 100 each, round-robin), no plugin: the cost of balancing
+/// next to `portcullis`.
+fn portcullis_upstream_3_targets(ctx: &Ctx<'_>) -> Result<Setup> {
+    let gw = procs::start_gateway_front("portcullis upstream", ctx.env, &[], &ctx.front)?;
+    let admin = Admin::new(gw.admin, gw.proxy)?;
+    admin.post("/upstreams", json!({"name": "bench-upstream"}))?;
+    for addr in std::iter::once(ctx.upstream.addr).chain(ctx.upstream.also.iter().copied()) {
+        admin.post(
+            "/upstreams/bench-upstream/targets",
+            json!({"target": addr.to_string(), "weight": 100}),
+        )?;
+    }
+    admin.post(
+        "/services",
+        json!({"name": "bench", "host": "bench-upstream", "port": 80}),
+    )?;
+    admin.post(
+        "/services/bench/routes",
+        json!({"name": "bench-route", "paths": [common::admin::PREFIX]}),
+    )?;
     admin.wait_ready(None)?;
     Ok(Setup::Ready(Target::gateway(gw)))
 }

@@ -56,6 +56,7 @@ fn snapshot(n: usize) -> RouterSnapshot {
         targets: &HashMap::new(),
         rotations: &HashMap::new(),
         health: &Default::default(),
+        dns: &HashMap::new(),
         upstream_tls: &HashMap::new(),
         version: 1,
     })

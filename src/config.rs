@@ -153,9 +153,42 @@ pub struct Settings {
     /// Plugins this gateway runs, as Kong's `plugins`: `bundled` (all built-in ones), plugin names,
     /// or `off`.
     pub plugins: Vec<String>,
+    /// Kong's `dns_resolver`: the name servers (`ip` or `ip:port`, port 53 by default; IPv6 as
+    /// `[ip]:port`) that resolve the host names of upstream targets. Empty: the system's
+    /// (`/etc/resolv.conf`, and `/etc/hosts` first).
+    pub dns_resolver: Vec<String>,
 }
 
 impl Settings {
+    /// The name servers of `dns_resolver` (port 53 when none is written).
+    ///
+    /// # Errors
+    /// An entry that is not `ip` or `ip:port` (named as Kong names it).
+    pub fn dns_servers(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.dns_resolver
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| {
+                        entry
+                            .parse::<std::net::IpAddr>()
+                            .ok()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .filter(|a| a.port() != 0)
+                    .ok_or_else(|| ConfigError::Value {
+                        key: "dns_resolver",
+                        reason: format!(
+                            "invalid name server '{entry}': expected ip or ip:port ([ip]:port for IPv6)"
+                        ),
+                    })
+            })
+            .collect()
+    }
+
     /// The token limit of the memory token store: the setting, or its default.
     pub fn memory_max_tokens(&self) -> usize {
         usize::try_from(self.memory_max_tokens.unwrap_or(DEFAULT_MEMORY_MAX_TOKENS))
@@ -203,6 +236,7 @@ impl Default for Settings {
             oauth2_auth_failure_window: 60,
             memory_max_tokens: None,
             plugins: vec!["bundled".into()],
+            dns_resolver: Vec::new(),
         }
     }
 }
@@ -335,6 +369,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("oauth2_auth_failure_window", Kind::Int),
     ("memory_max_tokens", Kind::Int),
     ("plugins", Kind::List),
+    ("dns_resolver", Kind::List),
 ];
 
 /// Prefix of the environment variables the test suite reads itself (`PORTCULLIS_TEST_PG`, …):
@@ -388,7 +423,12 @@ impl Settings {
             }
             None => toml::Table::new(),
         };
-        for list in ["trusted_ips", "plugins", "lua_ssl_trusted_certificate"] {
+        for list in [
+            "trusted_ips",
+            "plugins",
+            "lua_ssl_trusted_certificate",
+            "dns_resolver",
+        ] {
             if let Some(toml::Value::String(s)) = table.get(list).cloned() {
                 table.insert(list.into(), split_list(&s));
             }
@@ -518,6 +558,7 @@ impl Settings {
         self.log_filter()?;
         self.enabled_plugins()?;
         self.redis_trust()?;
+        self.dns_servers()?;
         self.check_values()?;
         if let Some(schema) = &self.pg_schema {
             if !portcullis_stores::postgres::valid_schema_name(schema) {

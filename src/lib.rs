@@ -21,8 +21,8 @@
 //!   OpenAPI document (`GET /openapi.json`) generated from the dispatcher's tables and the schemas,
 //!   and declarative configuration (DB-less mode, `config parse`).
 //! - [`router`]: the compiled, immutable route table read lock-free by the proxy, with each
-//!   service's destinations (its own origin, or its upstream's targets, chosen by weighted
-//!   round-robin or consistent hashing).
+//!   service's destinations (its own origin, or its upstream's targets — host names expanded to
+//!   the addresses they last resolved to — chosen by weighted round-robin or consistent hashing).
 //! - [`proxy`]: the request pipeline (match → plugins → forward → respond) and header rules.
 //! - [`plugin_api`]: the plugin contract (`Plugin`, `PluginRuntime`, `RequestCtx`, `Flow`,
 //!   `Scheme`, `Exchange`, `PluginSlots`), a leaf the router, the proxy and the plugins share.
@@ -31,7 +31,8 @@
 //!   the log plugins' serializer and bounded queue, and the registry of the kinds this build
 //!   offers.
 //! - [`actors`]: the single writers: config registry, token lifecycle, cluster sync (other nodes'
-//!   changes heard through Postgres LISTEN/NOTIFY → caches and router snapshot).
+//!   changes heard through Postgres LISTEN/NOTIFY → caches and router snapshot); the active
+//!   health checkers and the DNS refresher (target host names re-resolved when their TTL ends).
 //! - [`body`]: the body type of every answer the proxy listeners write.
 //! - [`clock`]: the wall clock in unix seconds, a leaf every layer reads time from.
 //! - [`crypto`]: random tokens, digests, constant-time comparison, secret hashing.

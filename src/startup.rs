@@ -46,6 +46,10 @@ pub enum StartError {
     /// silently drop what it enforces (Kong refuses to start the same way).
     #[error("plugin '{0}' is in use but not enabled: add it to `plugins` or delete its instances")]
     PluginNotEnabled(String),
+    /// The DNS resolver of upstream target names cannot be built (the system's configuration
+    /// is unreadable).
+    #[error("dns_resolver: {0}")]
+    Dns(String),
     /// `declarative_config` cannot be read or is invalid; every problem is named.
     #[error("declarative_config {path}: {reason}")]
     Declarative {
@@ -556,6 +560,10 @@ impl Application {
             snapshot.clone(),
         )
         .serving_sni(sni.clone())
+        .resolving_with(
+            crate::actors::dns_refresher::resolver(&settings.dns_servers()?)
+                .map_err(StartError::Dns)?,
+        )
         .start();
         registry
             .send(Reload)

@@ -264,6 +264,7 @@ proptest! {
             targets: &HashMap::new(),
             rotations: &HashMap::new(),
             health: &Default::default(),
+            dns: &HashMap::new(),
             upstream_tls: &HashMap::new(),
             version: 1,
         });

@@ -198,6 +198,8 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 pub struct Upstream {
     /// Its address.
     pub addr: SocketAddr,
+    /// Two more addresses it answers on (the same process): an upstream of several targets.
+    pub also: Vec<SocketAddr>,
     /// `nginx` or `hyper`.
     pub kind: &'static str,
     /// The process.
@@ -219,46 +221,73 @@ pub fn nginx() -> Option<PathBuf> {
 /// It could not start.
 pub fn start_upstream(env: &BenchEnv) -> Result<Upstream> {
     let addr = free_addr()?;
+    let also = vec![free_addr()?, free_addr()?];
     let want_nginx = env.upstream.as_deref() != Some("hyper");
     if let (true, Some(bin)) = (want_nginx, nginx()) {
         let body = BODY.replace('\'', "\\'");
+        let listens: String = std::iter::once(addr)
+            .chain(also.iter().copied())
+            .map(|a| format!("    listen {a} backlog=4096;\n"))
+            .collect();
         let server = format!(
-            "  server {{\n    listen {addr} backlog=4096;\n    location / {{\n      default_type application/json;\n      return 200 '{body}';\n    }}\n  }}\n"
+            "  server {{\n{listens}    location / {{\n      default_type application/json;\n      return 200 '{body}';\n    }}\n  }}\n"
         );
         let mut proc = start_nginx(&bin, "nginx-upstream", &server, "")?;
-        proc.wait_listening(addr)?;
+        for a in std::iter::once(addr).chain(also.iter().copied()) {
+            proc.wait_listening(a)?;
+        }
         return Ok(Upstream {
             addr,
+            also,
             kind: "nginx",
             proc,
         });
     }
+    let all: Vec<String> = std::iter::once(addr)
+        .chain(also.iter().copied())
+        .map(|a| a.to_string())
+        .collect();
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env("BENCH_ROLE", "upstream")
-        .env("BENCH_UPSTREAM_ADDR", addr.to_string());
+        .env("BENCH_UPSTREAM_ADDR", all.join(","));
     let mut proc = Proc::spawn("hyper upstream", cmd, tempfile::tempdir()?)?;
-    proc.wait_listening(addr)?;
+    for a in std::iter::once(addr).chain(also.iter().copied()) {
+        proc.wait_listening(a)?;
+    }
     Ok(Upstream {
         addr,
+        also,
         kind: "hyper",
         proc,
     })
 }
 
 /// The `upstream` role: a hyper 1.x HTTP/1.1 server on one thread answering [`BODY`] to
-/// everything.
+/// everything, on each address of `BENCH_UPSTREAM_ADDR` (comma separated).
 ///
 /// # Errors
 /// Bind or runtime failure.
 pub fn serve_upstream() -> Result<()> {
-    let addr: SocketAddr = std::env::var("BENCH_UPSTREAM_ADDR")?.parse()?;
+    let addrs: Vec<SocketAddr> = std::env::var("BENCH_UPSTREAM_ADDR")?
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let mut listeners = Vec::new();
+        for addr in addrs {
+            listeners.push(tokio::net::TcpListener::bind(addr).await?);
+        }
+        let mut accepted = futures_util::stream::select_all(
+            listeners.into_iter().map(|l| Box::pin(tokio_stream_of(l))),
+        );
         loop {
-            let (stream, _) = listener.accept().await?;
+            let Some(stream) = futures_util::StreamExt::next(&mut accepted).await else {
+                return Ok(());
+            };
+            let stream = stream?;
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|_req| async {
@@ -274,6 +303,16 @@ pub fn serve_upstream() -> Result<()> {
                     .await;
             });
         }
+    })
+}
+
+/// The connections a listener accepts, as a stream.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let next = listener.accept().await.map(|(stream, _)| stream);
+        Some((next, listener))
     })
 }
 

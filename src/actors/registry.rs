@@ -9,7 +9,7 @@
 //! published, whatever fails after the commit. Request handlers only load the snapshot; they never
 //! wait on this mailbox.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +20,10 @@ use portcullis_stores::{ConfigStore, Document, EntityDef, StoreError, TokenStore
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::dns_refresher::{DnsRefresher, Resolved, Watch};
 use super::health_checker::{HealthChecker, Probe, Stop};
 use crate::entities::certificates::{CaCertificate, Certificate, Sni};
-use crate::entities::upstreams::{Target, Upstream};
+use crate::entities::upstreams::{Address, AddressKind, Target, Upstream};
 use crate::entities::{
     AclMembership, Consumer, IdentityParts, KeyAuthCredential, OAuthCredential, PluginInstance,
     Route, Service,
@@ -31,6 +32,7 @@ use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
 use crate::router::balancer::Rotation;
+use crate::router::dns::AddressBook;
 use crate::router::health::{reported_targets, HealthBook};
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
@@ -236,6 +238,15 @@ pub struct ConfigRegistry {
     health: Arc<HealthBook>,
     /// The running active checkers, by upstream, with the configuration each was started for.
     checkers: HashMap<Uuid, (String, Addr<HealthChecker>)>,
+    /// The resolver of target host names, until the refresher that uses it starts.
+    resolver: Option<hickory_resolver::TokioResolver>,
+    /// Keeps the target host names resolved (none without a resolver: names are then
+    /// connected to as written).
+    refresher: Option<Addr<DnsRefresher>>,
+    /// What the target host names resolved to, as the refresher last said.
+    dns: AddressBook,
+    /// The names the refresher was last asked to watch.
+    watched: HashSet<Arc<str>>,
     version: u64,
 }
 
@@ -258,7 +269,54 @@ impl ConfigRegistry {
             rotations: Rotations::default(),
             health: Arc::default(),
             checkers: HashMap::new(),
+            resolver: None,
+            refresher: None,
+            dns: AddressBook::new(),
+            watched: HashSet::new(),
             version: 0,
+        }
+    }
+
+    /// Resolves the host names of upstream targets with `resolver`, in the background (see
+    /// [`DnsRefresher`]).
+    #[must_use]
+    pub fn resolving_with(mut self, resolver: hickory_resolver::TokioResolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Asks the refresher to watch the host names of the targets that take traffic and of the
+    /// services not balanced over an upstream, and forgets the answers of the others.
+    fn watch_names(&mut self) {
+        let Some(refresher) = &self.refresher else {
+            return;
+        };
+        let upstreams: HashSet<&str> = self
+            .mirror
+            .upstreams
+            .values()
+            .map(|u| u.name.as_str())
+            .collect();
+        let services = self
+            .mirror
+            .services
+            .values()
+            .filter(|s| !upstreams.contains(s.host.as_str()))
+            .filter_map(|s| Address::parse(&s.host).ok());
+        let names: HashSet<Arc<str>> = self
+            .mirror
+            .targets
+            .values()
+            .filter(|t| t.weight > 0)
+            .filter_map(|t| t.address().ok())
+            .chain(services)
+            .filter(|a| a.kind == AddressKind::Name)
+            .map(|a| Arc::from(a.host.to_ascii_lowercase()))
+            .collect();
+        if names != self.watched {
+            self.dns.retain(|name, _| names.contains(name));
+            refresher.do_send(Watch(names.clone()));
+            self.watched = names;
         }
     }
 
@@ -570,6 +628,7 @@ impl ConfigRegistry {
             }
         }
         self.health.retain(&live);
+        self.watch_names();
         let parts = SnapshotParts {
             routes: self.mirror.routes.values().cloned().collect(),
             services: &self.mirror.services,
@@ -585,6 +644,7 @@ impl ConfigRegistry {
             targets: &self.mirror.targets,
             rotations: &self.rotations,
             health: &self.health,
+            dns: &self.dns,
             upstream_tls: &upstream_tls,
             version: self.version,
         };
@@ -639,6 +699,21 @@ impl Actor for ConfigRegistry {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Writes queue here while a slow store answers; the admin handlers bound their wait.
         ctx.set_mailbox_capacity(1024);
+        if let Some(resolver) = self.resolver.take() {
+            let registry = ctx.address().recipient();
+            self.refresher = Some(DnsRefresher::new(resolver, registry).start());
+        }
+    }
+}
+
+impl Handler<Resolved> for ConfigRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resolved, _ctx: &mut Self::Context) {
+        if self.watched.contains(&msg.name) {
+            self.dns.insert(msg.name, msg.resolution);
+            self.publish();
+        }
     }
 }
 

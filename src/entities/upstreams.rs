@@ -25,9 +25,6 @@ pub const SUPPORTED_ALGORITHMS: &[&str] = &[
     "latency",
 ];
 
-/// Hash inputs this build supports; Kong's `cookie` and `uri_capture` are refused by name.
-pub const SUPPORTED_HASH_ON: &[&str] = &["none", "consumer", "ip", "header", "path", "query_arg"];
-
 const HASH_ON: &[&str] = &[
     "none",
     "consumer",
@@ -670,7 +667,7 @@ pub fn validate_upstream(
 }
 
 /// Refuses the settings this build accepts in Kong's schema but does not honour yet: algorithms
-/// other than round-robin, health checks other than Kong's defaults (which disable them), client
+/// it does not balance with, gRPC health checks, `https_sni`, a health threshold, client
 /// certificates and SRV names.
 fn refuse_unsupported(doc: &Map<String, Value>) -> Result<(), FieldErrors> {
     let mut errors = FieldErrors::new();
@@ -683,19 +680,6 @@ fn refuse_unsupported(doc: &Map<String, Value>) -> Result<(), FieldErrors> {
                     SUPPORTED_ALGORITHMS.join(", ")
                 )),
             );
-        }
-    }
-    for field in ["hash_on", "hash_fallback"] {
-        if let Some(h) = doc.get(field).and_then(Value::as_str) {
-            if !SUPPORTED_HASH_ON.contains(&h) {
-                errors.insert(
-                    field.into(),
-                    json!(format!(
-                        "'{h}' is not supported by this gateway (supported: {})",
-                        SUPPORTED_HASH_ON.join(", ")
-                    )),
-                );
-            }
         }
     }
     if let Some(checks) = doc.get("healthchecks") {
@@ -787,7 +771,8 @@ pub struct Upstream {
     pub name: String,
     /// Balancing algorithm (only the supported ones are stored).
     pub algorithm: String,
-    /// What consistent hashing hashes (`none`, `consumer`, `ip`, `header`, `path`, `query_arg`).
+    /// What consistent hashing hashes (`none`, `consumer`, `ip`, `header`, `cookie`, `path`,
+    /// `query_arg`, `uri_capture`).
     pub hash_on: String,
     /// What it hashes when `hash_on` gives nothing.
     pub hash_fallback: String,
@@ -799,6 +784,15 @@ pub struct Upstream {
     pub hash_on_query_arg: Option<String>,
     /// Query argument hashed when `hash_fallback` is `query_arg`.
     pub hash_fallback_query_arg: Option<String>,
+    /// Cookie hashed when `hash_on` or `hash_fallback` is `cookie` (generated and set on the
+    /// answer when the request has none).
+    pub hash_on_cookie: Option<String>,
+    /// `Path` of the generated cookie.
+    pub hash_on_cookie_path: Option<String>,
+    /// Named capture group of the route's regex path hashed when `hash_on` is `uri_capture`.
+    pub hash_on_uri_capture: Option<String>,
+    /// Named capture group hashed when `hash_fallback` is `uri_capture`.
+    pub hash_fallback_uri_capture: Option<String>,
     /// Positions of the consistent-hashing table (10..65536).
     pub slots: u32,
     /// `Host` sent to the targets instead of the target's own name.

@@ -37,7 +37,7 @@ use crate::plugin_api::{
     empty_answer, Answer, ClientRequest, Exchange, Flow, Latencies, PluginRuntime, RequestCtx,
     Source, Step, StepKind, Try,
 };
-use crate::router::balancer::{Peers, NO_PEER};
+use crate::router::balancer::Peers;
 use crate::router::health::{Outcome, TargetLoad};
 use crate::router::{upstream_path, MatchInput, RouterSnapshot};
 use server::Connection;
@@ -492,7 +492,10 @@ async fn proxy(
     let routed = entry.service.as_deref().ok_or(ProxyError::Unavailable(
         "no Service found with those values",
     ))?;
-    let (service, peers) = (&routed.service, routed.destinations.peers());
+    let (service, peers) = (
+        &routed.service,
+        routed.destinations.peers(entry.path_regex()),
+    );
     if !service.enabled {
         return Err(ProxyError::NoRoute);
     }
@@ -770,7 +773,11 @@ async fn forward<'a>(
         None if req.uri().query() == Some("") => Cow::Owned([&*path, "?"].concat()),
         None => path,
     };
-    let mut origin = peers.pick(0, ctx).ok_or(ProxyError::Unavailable(NO_PEER))?;
+    let mut peers = peers;
+    let sticky_cookie = peers.read_key(ctx);
+    let mut origin = peers
+        .pick(0)
+        .ok_or_else(|| ProxyError::Unavailable(peers.refusal()))?;
     trail.attempt(origin);
     if trail.wanted {
         trail.upstream_uri = Some(target.to_string());
@@ -869,6 +876,7 @@ async fn forward<'a>(
         *response.body_mut() = AnswerBody::Frames(body);
         *response.headers_mut() = headers::end_to_end(&parts.headers);
         stamp(response.headers_mut(), upstream_latency, proxy_latency);
+        set_sticky_cookie(response.headers_mut(), sticky_cookie);
         return Ok(response);
     }
     let head_for = |headers: &headers::UpstreamHeaders<'_>| {
@@ -966,8 +974,8 @@ async fn forward<'a>(
                     // The next try goes to the next target (the same origin without an
                     // upstream).
                     origin = peers
-                        .pick(attempts, ctx)
-                        .ok_or(ProxyError::Unavailable(NO_PEER))?;
+                        .pick(attempts)
+                        .ok_or_else(|| ProxyError::Unavailable(peers.refusal()))?;
                     trail.attempt(origin);
                     upstream_headers.host = host_for(origin);
                     lean_head = head_for(&upstream_headers);
@@ -989,6 +997,7 @@ async fn forward<'a>(
     *response.headers_mut() = answer.headers;
     stamp(response.headers_mut(), upstream_latency, proxy_latency);
     let out = response.headers_mut();
+    set_sticky_cookie(out, sticky_cookie);
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if !tunnelled {
             // The connection would carry some other protocol than the answer's HTTP.
@@ -1017,6 +1026,34 @@ async fn forward<'a>(
         }
     };
     Ok(response)
+}
+
+/// Sets the cookie consistent hashing generated for a request that had none, replacing one of
+/// the same name the upstream set (Kong's `set_cookie`).
+fn set_sticky_cookie(out: &mut http::HeaderMap, cookie: Option<HeaderValue>) {
+    let Some(cookie) = cookie else {
+        return;
+    };
+    let name = cookie
+        .as_bytes()
+        .split(|b| *b == b'=')
+        .next()
+        .unwrap_or_default();
+    let kept: Vec<HeaderValue> = out
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            v.as_bytes()
+                .strip_prefix(name)
+                .is_none_or(|rest| !rest.starts_with(b"="))
+        })
+        .cloned()
+        .collect();
+    out.remove(http::header::SET_COOKIE);
+    for value in kept {
+        out.append(http::header::SET_COOKIE, value);
+    }
+    out.append(http::header::SET_COOKIE, cookie);
 }
 
 /// The one place an answer the gateway makes itself (a plugin's, or a [`ProxyError`]'s) takes

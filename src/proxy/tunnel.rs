@@ -78,7 +78,7 @@ pub async fn handshake(
     let _ = tcp.set_nodelay(true);
     let mut answer = if to.origin.tls {
         let config = to.trust.config();
-        let name = rustls::pki_types::ServerName::try_from(to.origin.connect_host.clone())
+        let name = rustls::pki_types::ServerName::try_from(to.origin.server_name.clone())
             .map_err(|e| ProxyError::BadGateway(format!("websocket upstream name: {e}")))?;
         let tls = tokio::time::timeout(
             timeouts.connect,

@@ -7,23 +7,33 @@
 //! (interleaved, nginx's smooth weighted round-robin), so a request only bumps one atomic counter
 //! and indexes the wheel. Consistent hashing compiles a table of `slots` positions, each owned by
 //! the target with the highest weighted rendezvous score for it: a request hashes its key (the
-//! consumer, client address, a header, the path or a query argument, with Kong's fallback) to a
-//! position, and adding a target moves only the positions the new target wins (about 1/N of the
-//! keys). A request with no key to hash takes the round-robin wheel.
+//! consumer, client address, a header, a cookie, the path, a query argument or a named capture
+//! of the route's regex path, with Kong's fallback) to a position, and adding a target moves
+//! only the positions the new target wins (about 1/N of the keys). A request with no key to hash
+//! takes the round-robin wheel.
 //!
-//! The proxy takes a [`Peers`] cursor per request and asks it for a peer once per attempt:
-//! attempt 0 is the algorithm's choice, each retry the next target after it, so a connect
-//! failure is retried on another target.
+//! A target written as a host name is expanded into one entry per address its name resolved to
+//! (the [`AddressBook`] the DNS refresher keeps current), each with the target's weight, as
+//! Kong's balancer adds one address per A record; a name that failed to resolve adds none. A
+//! service's own host name is taken the same way: its addresses in turn, Kong's `503 name
+//! resolution failed` when it does not resolve.
+//!
+//! The proxy takes a [`Peers`] cursor per request, reads the request's hash key into it once,
+//! and asks it for a peer once per attempt: attempt 0 is the algorithm's choice, each retry the
+//! next target after it, so a connect failure is retried on another target.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use http::HeaderValue;
+use regex::Regex;
 use uuid::Uuid;
 
+use super::dns::{AddressBook, Resolution};
 use super::health::{HealthBook, UpstreamChecks};
 use super::UpstreamOrigin;
-use crate::entities::upstreams::{AddressKind, Target, Upstream};
+use crate::entities::upstreams::{Address, AddressKind, Target, Upstream};
 use crate::entities::Service;
 use crate::plugin_api::{HeaderName, RequestCtx};
 
@@ -34,10 +44,24 @@ const MAX_WHEEL: u64 = 10_000;
 /// Kong's answer when no target can take the request.
 pub const NO_PEER: &str = "failure to get a peer from the ring-balancer";
 
+/// Kong's answer when a service's own host name does not resolve.
+pub const NAME_FAILED: &str = "name resolution failed";
+
 /// Where a routed service's requests go.
 pub enum Destinations {
-    /// The service's own host and port.
+    /// The service's own host and port (an address, or a name not answered yet, connected to
+    /// as written).
     Fixed(UpstreamOrigin),
+    /// The addresses the service's host name resolved to, taken in turn (as Kong's `toip`
+    /// rotates over a name's records); a retry takes the next one.
+    Resolved {
+        /// One origin per address.
+        origins: Vec<UpstreamOrigin>,
+        /// The service's rotation.
+        next: Arc<Rotation>,
+    },
+    /// The service's host name did not resolve: Kong's `503 name resolution failed`.
+    Unresolved,
     /// The targets of the upstream its host names.
     Balanced(Balancer),
 }
@@ -72,14 +96,22 @@ pub struct Balancer {
     weights: Vec<u64>,
 }
 
-/// One input of consistent hashing (Kong's `hash_on` values this build supports).
+/// One input of consistent hashing (Kong's `hash_on` values).
 enum HashSource {
     None,
     Consumer,
     Ip,
     Header(HeaderName),
+    /// The cookie of this name; a request without it gets a generated value, set on its answer
+    /// with the cookie's path so that the client sticks to its target.
+    Cookie {
+        name: String,
+        path: String,
+    },
     Path,
     QueryArg(String),
+    /// The named capture group of the matched route's regex path.
+    UriCapture(String),
 }
 
 /// The consistent-hashing table of a balancer and what it hashes.
@@ -93,50 +125,137 @@ struct Hashing {
 /// A service's round-robin position, kept by the config registry across snapshots.
 pub type Rotation = AtomicUsize;
 
-/// One request's view of its service's destinations: which wheel slot it drew.
+/// One request's view of its service's destinations: which wheel slot it drew and, once read,
+/// its consistent-hashing key.
 #[derive(Clone, Copy)]
 pub struct Peers<'a> {
     destinations: &'a Destinations,
     ticket: usize,
+    /// The matched route's regex path (for `uri_capture` hashing).
+    pattern: Option<&'a Regex>,
+    /// The request's hash key, read by [`Peers::read_key`].
+    key: Option<u64>,
 }
 
 impl Destinations {
     /// The destinations of `service`: balanced when an upstream of `upstreams` (by name) has its
-    /// host as name, rotating with `rotation`.
-    pub fn of(
-        service: &Service,
-        upstreams: &UpstreamIndex<'_>,
-        health: &HealthBook,
-        rotation: Arc<Rotation>,
-    ) -> Self {
+    /// host as name, otherwise its own host (as `place.dns` last resolved a name); rotating with
+    /// `place.rotation`.
+    pub fn of(service: &Service, upstreams: &UpstreamIndex<'_>, place: &Placement<'_>) -> Self {
         match upstreams.get(service.host.as_str()) {
-            Some((upstream, targets)) => Self::Balanced(Balancer::build(
-                service, upstream, targets, health, rotation,
-            )),
-            None => Self::Fixed(UpstreamOrigin::of(service)),
+            Some((upstream, targets)) => {
+                Self::Balanced(Balancer::build(service, upstream, targets, place))
+            }
+            None => Self::own(service, place),
         }
     }
 
-    /// A cursor for one request (draws its wheel slot).
-    pub fn peers(&self) -> Peers<'_> {
+    /// The service's own host: an address as it is, a name as it last resolved.
+    fn own(service: &Service, place: &Placement<'_>) -> Self {
+        let name = Address::parse(&service.host)
+            .ok()
+            .filter(|a| a.kind == AddressKind::Name);
+        let Some(name) = name else {
+            return Self::Fixed(UpstreamOrigin::of(service));
+        };
+        match place.dns.get(name.host.to_ascii_lowercase().as_str()) {
+            None => Self::Fixed(UpstreamOrigin::of(service)),
+            Some(Resolution::Failed) => Self::Unresolved,
+            Some(Resolution::Addresses(_)) => Self::Resolved {
+                origins: endpoints(&name, &service.host, service, place.dns)
+                    .iter()
+                    .map(|(connect_host, url_host)| {
+                        UpstreamOrigin::new(
+                            &service.protocol,
+                            connect_host,
+                            url_host,
+                            &service.host,
+                            service.port,
+                        )
+                    })
+                    .collect(),
+                next: place.rotation.clone(),
+            },
+        }
+    }
+
+    /// A cursor for one request (draws its wheel slot) matched by a route whose regex path is
+    /// `pattern`, if it has one.
+    pub fn peers<'a>(&'a self, pattern: Option<&'a Regex>) -> Peers<'a> {
         let ticket = match self {
-            Self::Fixed(_) => 0,
+            Self::Fixed(_) | Self::Unresolved => 0,
+            Self::Resolved { next, .. } => next.fetch_add(1, Ordering::Relaxed),
             Self::Balanced(b) => b.next.fetch_add(1, Ordering::Relaxed),
         };
         Peers {
             destinations: self,
             ticket,
+            pattern,
+            key: None,
         }
     }
 }
 
+/// What a balancer is built with besides the upstream and its targets: where each service's
+/// rotation and each target's health live, and what the targets' names resolved to.
+pub struct Placement<'a> {
+    /// The targets' health.
+    pub health: &'a HealthBook,
+    /// The service's round-robin position.
+    pub rotation: Arc<Rotation>,
+    /// The answers for the targets' host names.
+    pub dns: &'a AddressBook,
+}
+
 impl<'a> Peers<'a> {
-    /// The origin for attempt `attempt` (0 first, then each retry) of the request `ctx`: `None`
-    /// when the upstream has no target that takes traffic.
-    pub fn pick(&self, attempt: u32, ctx: &RequestCtx) -> Option<&'a UpstreamOrigin> {
+    /// Reads the request's consistent-hashing key (once, before the first pick: the plugins
+    /// have run, so the consumer is known; retries keep it, as Kong's do). When the upstream
+    /// hashes on a cookie the request lacks, a value is generated and the `Set-Cookie` the
+    /// answer must carry is returned (Kong's sticky cookie).
+    pub fn read_key(&mut self, ctx: &RequestCtx) -> Option<HeaderValue> {
+        let Destinations::Balanced(b) = self.destinations else {
+            return None;
+        };
+        let hashing = b.hashing.as_ref()?;
+        let path = ctx.req.uri().path();
+        let mut sticky = None;
+        self.key = hashing
+            .on
+            .hash(ctx, self.pattern, path)
+            .or_else(|| hashing.fallback.hash(ctx, self.pattern, path))
+            .or_else(|| {
+                let (name, cookie_path) = hashing.on.cookie().or(hashing.fallback.cookie())?;
+                let value = Uuid::new_v4().to_string();
+                sticky = HeaderValue::from_str(&format!(
+                    "{name}={value}; Path={cookie_path}; Same-Site=Lax; HttpOnly"
+                ))
+                .ok();
+                let mut h = Fnv::default();
+                h.write(value.as_bytes());
+                Some(h.finish())
+            });
+        sticky
+    }
+
+    /// The origin for attempt `attempt` (0 first, then each retry): `None` when the upstream
+    /// has no target that takes traffic.
+    pub fn pick(&self, attempt: u32) -> Option<&'a UpstreamOrigin> {
         match self.destinations {
             Destinations::Fixed(origin) => Some(origin),
-            Destinations::Balanced(b) => b.pick(self.ticket, attempt, ctx),
+            Destinations::Resolved { origins, .. } => {
+                let step = usize::try_from(attempt).ok()?;
+                origins.get(self.ticket.wrapping_add(step) % origins.len().max(1))
+            }
+            Destinations::Unresolved => None,
+            Destinations::Balanced(b) => b.pick(self.ticket, attempt, self.key),
+        }
+    }
+
+    /// Kong's message when [`Peers::pick`] finds nothing.
+    pub fn refusal(&self) -> &'static str {
+        match self.destinations {
+            Destinations::Unresolved => NAME_FAILED,
+            _ => NO_PEER,
         }
     }
 }
@@ -170,8 +289,7 @@ impl Balancer {
         service: &Service,
         upstream: &Upstream,
         targets: &[&Target],
-        health: &HealthBook,
-        rotation: Arc<Rotation>,
+        place: &Placement<'_>,
     ) -> Self {
         let checks = UpstreamChecks::of(&upstream.healthchecks);
         let mut origins = Vec::new();
@@ -185,38 +303,41 @@ impl Balancer {
             let port = address
                 .port
                 .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
-            let url_host = match address.kind {
+            let written = match address.kind {
                 AddressKind::Ipv6 => format!("[{}]", address.host),
                 _ => address.host.clone(),
             };
-            let host_name = upstream.host_header.as_deref().unwrap_or(&url_host);
-            let mut origin =
-                UpstreamOrigin::new(&service.protocol, &address.host, &url_host, host_name, port);
-            // Always read: a target set unhealthy through the admin API gets no traffic even
-            // with the checks off.
-            origin.health = Some(health.of(upstream.id, &target.target));
-            origin.passive.clone_from(&checks.passive);
-            if upstream.algorithm == "least-connections" || upstream.algorithm == "latency" {
-                origin.load = Some(health.load_of(upstream.id, &target.target));
+            let host_name = upstream.host_header.as_deref().unwrap_or(&written);
+            for (connect_host, url_host) in endpoints(&address, &written, service, place.dns) {
+                let mut origin = UpstreamOrigin::new(
+                    &service.protocol,
+                    &connect_host,
+                    &url_host,
+                    host_name,
+                    port,
+                );
+                // Always read: a target set unhealthy through the admin API gets no traffic
+                // even with the checks off.
+                origin.health = Some(place.health.of(upstream.id, &target.target));
+                origin.passive.clone_from(&checks.passive);
+                if upstream.algorithm == "least-connections" || upstream.algorithm == "latency" {
+                    origin.load = Some(place.health.load_of(upstream.id, &target.target));
+                }
+                origins.push(origin);
+                weights.push(u64::from(target.weight));
+                let mut h = Fnv::default();
+                h.write(target.target.as_bytes());
+                if connect_host != address.host {
+                    h.write(b"@");
+                    h.write(connect_host.as_bytes());
+                }
+                keys.push(h.finish());
             }
-            origins.push(origin);
-            weights.push(u64::from(target.weight));
-            let mut h = Fnv::default();
-            h.write(target.target.as_bytes());
-            keys.push(h.finish());
         }
         let hashing = (upstream.algorithm == "consistent-hashing").then(|| Hashing {
             table: table(&keys, &weights, upstream.slots),
-            on: HashSource::of(
-                &upstream.hash_on,
-                upstream.hash_on_header.as_deref(),
-                upstream.hash_on_query_arg.as_deref(),
-            ),
-            fallback: HashSource::of(
-                &upstream.hash_fallback,
-                upstream.hash_fallback_header.as_deref(),
-                upstream.hash_fallback_query_arg.as_deref(),
-            ),
+            on: HashSource::of(upstream, false),
+            fallback: HashSource::of(upstream, true),
         });
         let choice = match upstream.algorithm.as_str() {
             "least-connections" => Choice::LeastConnections,
@@ -226,16 +347,15 @@ impl Balancer {
         Self {
             wheel: wheel(&weights),
             origins,
-            next: rotation,
+            next: place.rotation.clone(),
             hashing,
             choice,
             weights,
         }
     }
 
-    fn pick(&self, ticket: usize, attempt: u32, ctx: &RequestCtx) -> Option<&UpstreamOrigin> {
-        let hashed = self.hashing.as_ref().and_then(|h| {
-            let key = h.on.hash(ctx).or_else(|| h.fallback.hash(ctx))?;
+    fn pick(&self, ticket: usize, attempt: u32, key: Option<u64>) -> Option<&UpstreamOrigin> {
+        let hashed = self.hashing.as_ref().zip(key).and_then(|(h, key)| {
             let slot = usize::try_from(key % h.table.len().max(1) as u64).ok()?;
             h.table.get(slot).copied()
         });
@@ -293,25 +413,99 @@ impl Balancer {
     }
 }
 
+/// Where the requests for one target go: `(connect host, URL host)` pairs. An address is itself;
+/// a name is each address it resolved to (none when it failed to resolve), or — before its first
+/// answer — the name, connected to as written. Plain-HTTP origins are written with the address
+/// (the connection pool is keyed by it); TLS and gRPC origins keep the name in their URL (the
+/// TLS server name), where hyper's client connects by it.
+fn endpoints(
+    address: &Address,
+    written: &str,
+    service: &Service,
+    dns: &AddressBook,
+) -> Vec<(String, String)> {
+    if address.kind != AddressKind::Name {
+        return vec![(address.host.clone(), written.to_string())];
+    }
+    // TLS and gRPC go through hyper's client, which connects to the URL's host.
+    let by_name = matches!(service.protocol.as_str(), "https" | "grpcs" | "grpc");
+    match dns.get(address.host.to_ascii_lowercase().as_str()) {
+        None => vec![(address.host.clone(), written.to_string())],
+        Some(Resolution::Failed) => Vec::new(),
+        Some(Resolution::Addresses(list)) => list
+            .iter()
+            .map(|ip| {
+                let url_host = match (by_name, ip) {
+                    (true, _) => written.to_string(),
+                    (false, std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+                    (false, std::net::IpAddr::V4(v4)) => v4.to_string(),
+                };
+                (ip.to_string(), url_host)
+            })
+            .collect(),
+    }
+}
+
 impl HashSource {
-    fn of(kind: &str, header: Option<&str>, arg: Option<&str>) -> Self {
-        match kind {
+    /// The upstream's `hash_on` source, or its `hash_fallback` one.
+    fn of(upstream: &Upstream, fallback: bool) -> Self {
+        let (kind, header, arg, capture) = if fallback {
+            (
+                &upstream.hash_fallback,
+                &upstream.hash_fallback_header,
+                &upstream.hash_fallback_query_arg,
+                &upstream.hash_fallback_uri_capture,
+            )
+        } else {
+            (
+                &upstream.hash_on,
+                &upstream.hash_on_header,
+                &upstream.hash_on_query_arg,
+                &upstream.hash_on_uri_capture,
+            )
+        };
+        match kind.as_str() {
             "consumer" => Self::Consumer,
             "ip" => Self::Ip,
             "header" => header
+                .as_deref()
                 .and_then(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
                 .map_or(Self::None, Self::Header),
+            "cookie" => upstream
+                .hash_on_cookie
+                .clone()
+                .map_or(Self::None, |name| Self::Cookie {
+                    name,
+                    path: upstream
+                        .hash_on_cookie_path
+                        .clone()
+                        .unwrap_or_else(|| "/".into()),
+                }),
             "path" => Self::Path,
-            "query_arg" => arg.map_or(Self::None, |a| Self::QueryArg(a.to_string())),
+            "query_arg" => arg.clone().map_or(Self::None, Self::QueryArg),
+            "uri_capture" => capture.clone().map_or(Self::None, Self::UriCapture),
             _ => Self::None,
         }
     }
 
-    /// The request's key for this source, hashed; `None` when the request has none.
-    fn hash(&self, ctx: &RequestCtx) -> Option<u64> {
+    /// The cookie's name and path, when this source is a cookie.
+    fn cookie(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Cookie { name, path } => Some((name, path)),
+            _ => None,
+        }
+    }
+
+    /// The request's key for this source, hashed; `None` when the request has none. `pattern`
+    /// is the matched route's regex path, `path` the request path it matched.
+    fn hash(&self, ctx: &RequestCtx, pattern: Option<&Regex>, path: &str) -> Option<u64> {
         let mut h = Fnv::default();
         match self {
             Self::None => return None,
+            Self::Cookie { name, .. } => h.write(cookie(ctx, name)?),
+            Self::UriCapture(group) => {
+                h.write(pattern?.captures(path)?.name(group)?.as_str().as_bytes());
+            }
             Self::Consumer => h.write(ctx.consumer.as_ref()?.id.as_bytes()),
             Self::Ip => match ctx.client_ip {
                 std::net::IpAddr::V4(a) => h.write(&a.octets()),
@@ -347,6 +541,21 @@ impl HashSource {
         }
         Some(h.finish())
     }
+}
+
+/// The value of the cookie `name` in the request's `Cookie` headers (the first one, as nginx's
+/// `$cookie_` reads it).
+fn cookie<'r>(ctx: &'r RequestCtx, name: &str) -> Option<&'r [u8]> {
+    ctx.req
+        .headers()
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let value = pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+            Some(value.trim_ascii_end())
+        })
 }
 
 /// FNV-1a with a final mix: the same on every node and every run (the table must map a key to the

@@ -6,9 +6,10 @@
 //! regex before prefix, `regex_priority`, longest prefix, then age.
 //!
 //! [`balancer`] compiles where each service's requests go (its own host, or its upstream's
-//! targets) into the same snapshot.
+//! targets, their host names as [`dns`] last resolved them) into the same snapshot.
 
 pub mod balancer;
+pub mod dns;
 pub mod health;
 
 use std::borrow::Cow;
@@ -223,6 +224,16 @@ pub struct RouteEntry {
     priority: (usize, bool, usize, bool, i64, usize, std::cmp::Reverse<i64>),
 }
 
+impl RouteEntry {
+    /// The entry's regex path, when it has one (its named captures can key consistent hashing).
+    pub fn path_regex(&self) -> Option<&Regex> {
+        match &self.path {
+            Some(PathPattern::Regex(re)) => Some(re),
+            _ => None,
+        }
+    }
+}
+
 /// Request attributes the router looks at.
 pub struct MatchInput<'a> {
     /// Method.
@@ -323,6 +334,8 @@ pub struct SnapshotParts<'a> {
     pub rotations: &'a HashMap<Uuid, Arc<balancer::Rotation>>,
     /// The targets' health, carried across snapshots.
     pub health: &'a Arc<health::HealthBook>,
+    /// What the targets' host names last resolved to.
+    pub dns: &'a dns::AddressBook,
     /// Upstream TLS settings of the services that have their own.
     pub upstream_tls: &'a HashMap<Uuid, Arc<crate::tls::UpstreamTls>>,
     /// Version number.
@@ -358,6 +371,9 @@ pub struct UpstreamOrigin {
     pub load: Option<Arc<health::TargetLoad>>,
     /// Host name or address to connect to.
     pub connect_host: String,
+    /// The name TLS asks the upstream for (the target's name when `connect_host` is one of its
+    /// addresses).
+    pub server_name: String,
     /// Port to connect to.
     pub port: u16,
 }
@@ -413,6 +429,10 @@ impl UpstreamOrigin {
             base: format!("{}://{url_host}:{port}", scheme.as_str()).into(),
             tls: scheme.is_https(),
             connect_host: connect_host.to_string(),
+            server_name: url_host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
             health: None,
             passive: None,
@@ -442,8 +462,15 @@ impl RouterSnapshot {
                                 destinations: Destinations::of(
                                     s,
                                     &upstreams,
-                                    parts.health,
-                                    parts.rotations.get(&s.id).cloned().unwrap_or_default(),
+                                    &balancer::Placement {
+                                        health: parts.health,
+                                        rotation: parts
+                                            .rotations
+                                            .get(&s.id)
+                                            .cloned()
+                                            .unwrap_or_default(),
+                                        dns: parts.dns,
+                                    },
                                 ),
                                 tls: parts.upstream_tls.get(&s.id).cloned(),
                             })
@@ -742,6 +769,7 @@ mod index_tests {
             targets: &HashMap::new(),
             rotations: &HashMap::new(),
             health: &Default::default(),
+            dns: &HashMap::new(),
             upstream_tls: &HashMap::new(),
             version: 1,
         });

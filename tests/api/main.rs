@@ -35,5 +35,6 @@ mod rate_limiting;
 mod registry;
 mod tls;
 mod tutorial;
+mod upstream_dns;
 mod upstreams;
 mod websocket;

@@ -6,8 +6,6 @@
 //! lists decK reads (D…).
 //!
 //! Deliberate differences from Kong, each asserted as such (the README lists them):
-//! - hashing on a cookie or a URI capture is not implemented and is refused by name: U3 asserts
-//!   that refusal instead of Kong's 201;
 //! - gRPC health checks, `https_sni` and a non-zero `healthchecks.threshold` are refused by name
 //!   (U22).
 //!
@@ -166,7 +164,7 @@ macro_rules! on_every_store {
 on_every_store!(
     u1_creates_an_upstream_with_defaults,
     u2_creates_an_upstream_without_defaults,
-    u3_hash_on_cookie_is_refused,
+    u3_creates_an_upstream_with_hash_on_cookie_parameters,
     u4_creates_an_upstream_with_2_header_hashes,
     u4b_least_connections_and_latency_are_accepted,
     u5_creates_an_upstream_with_65536_slots,
@@ -208,6 +206,8 @@ on_every_store!(
     b7_consistent_hashing_is_sticky_and_stable_when_a_target_is_added,
     b8_consistent_hashing_on_path_and_query_arg,
     b9_consistent_hashing_on_the_consumer,
+    b12_consistent_hashing_on_a_cookie_sets_it_when_missing,
+    b13_consistent_hashing_on_a_uri_capture_with_its_fallback,
     d1_lists_deck_reads_are_empty,
 );
 
@@ -270,10 +270,8 @@ async fn u2_creates_an_upstream_without_defaults(store: Store) {
     }
 }
 
-/// U3 *creates an upstream with hash_on cookie parameters*. Deliberate difference from Kong:
-/// hashing on a cookie (which Kong sets on the response when absent) is not implemented, so it is
-/// refused by name instead of accepted.
-async fn u3_hash_on_cookie_is_refused(store: Store) {
+/// U3 *creates an upstream with hash_on cookie parameters*.
+async fn u3_creates_an_upstream_with_hash_on_cookie_parameters(store: Store) {
     let app = app(store).await;
     for body in BODIES {
         let (s, json) = post(
@@ -284,13 +282,15 @@ async fn u3_hash_on_cookie_is_refused(store: Store) {
                    "hash_on_cookie_path": "/foo"}),
         )
         .await;
-        assert_eq!(s, 400, "{json}");
-        schema_violation(
-            &json,
-            json!({"hash_on": "'cookie' is not supported by this gateway (supported: none, consumer, ip, header, path, query_arg)"}),
-        );
+        assert_eq!(s, 201, "{json}");
+        assert_eq!(json["name"], "my.upstream");
+        assert!(json["created_at"].is_number());
+        assert!(json["id"].is_string());
+        assert_eq!(json["hash_on"], "cookie");
+        assert_eq!(json["hash_on_cookie"], "CookieName1");
+        assert_eq!(json["hash_on_cookie_path"], "/foo");
+        app.admin_delete("/upstreams/my.upstream").await;
     }
-    assert_eq!(app.count("upstreams").await, 0, "nothing half-written");
 }
 
 /// U4 *creates an upstream with 2 header hashes*.
@@ -1649,6 +1649,150 @@ async fn b8_consistent_hashing_on_path_and_query_arg(store: Store) {
         seen.insert(first);
     }
     assert_eq!(seen.len(), 3);
+}
+
+/// Sends GET `path` with `headers`: the `Host` the upstream received and the answer's
+/// `Set-Cookie` values.
+async fn served_with_cookies(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, Vec<String>) {
+    let mut rb = app.http.get(format!("{}{path}", app.proxy));
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cookies = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let body: Value = r.json().await.unwrap();
+    (
+        body["headers"]["host"].as_str().unwrap().to_string(),
+        cookies,
+    )
+}
+
+/// B12: consistent hashing on a cookie (Kong's `balancer/init.lua` `get_value_to_hash` and
+/// `set_cookie`): a request without the cookie gets a generated one,
+/// `Set-Cookie: <hash_on_cookie>=<value>; Path=<hash_on_cookie_path>; Same-Site=Lax; HttpOnly`,
+/// and is sent where that value hashes; with the cookie, 50 requests all reach one target and
+/// nothing is set; different cookies spread over the targets.
+async fn b12_consistent_hashing_on_a_cookie_sets_it_when_missing(store: Store) {
+    let app = app(store).await;
+    let backends: Vec<_> = (0..3).map(|_| spawn_upstream()).collect();
+    let upstream = bp_upstream(
+        &app,
+        json!({"name": "cookies.test", "hash_on": "cookie", "hash_on_cookie": "sticky",
+               "hash_on_cookie_path": "/lb"}),
+    )
+    .await;
+    assert_eq!(upstream["algorithm"], "consistent-hashing");
+    for b in &backends {
+        bp_target(&app, &upstream, &format!("127.0.0.1:{}", b.port), 100).await;
+    }
+    balanced_service(&app, "cookies.test", 5).await;
+
+    let (first, set) = served_with_cookies(&app, "/lb/echo", &[]).await;
+    assert_eq!(set.len(), 1, "{set:?}");
+    let value = set[0]
+        .strip_prefix("sticky=")
+        .and_then(|rest| rest.strip_suffix("; Path=/lb; Same-Site=Lax; HttpOnly"))
+        .unwrap_or_else(|| panic!("{}", set[0]));
+    assert!(uuid::Uuid::parse_str(value).is_ok(), "{value}");
+    let cookie = format!("other=1; sticky={value}");
+    for i in 0..50 {
+        let (host, set) =
+            served_with_cookies(&app, &format!("/lb/echo/{i}"), &[("cookie", &cookie)]).await;
+        assert_eq!(
+            host, first,
+            "the generated cookie sticks to the target it was made on"
+        );
+        assert!(set.is_empty(), "{set:?}");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..60 {
+        let cookie = format!("sticky=client-{i}");
+        let (host, _) = served_with_cookies(&app, "/lb/echo", &[("cookie", &cookie)]).await;
+        let (again, _) = served_with_cookies(&app, "/lb/x", &[("cookie", &cookie)]).await;
+        assert_eq!(host, again, "{cookie}");
+        seen.insert(host);
+    }
+    assert_eq!(seen.len(), 3, "cookies spread over every target");
+}
+
+/// B13: consistent hashing on a named capture of the route's regex path
+/// (`hash_on_uri_capture`), falling back to a header when the matched path has no such capture
+/// (a plain path of the same route), and to round-robin when neither is there.
+async fn b13_consistent_hashing_on_a_uri_capture_with_its_fallback(store: Store) {
+    let app = app(store).await;
+    let backends: Vec<_> = (0..3).map(|_| spawn_upstream()).collect();
+    let upstream = bp_upstream(
+        &app,
+        json!({"name": "captures.test", "hash_on": "uri_capture", "hash_on_uri_capture": "tenant",
+               "hash_fallback": "header", "hash_fallback_header": "x-user"}),
+    )
+    .await;
+    for b in &backends {
+        bp_target(&app, &upstream, &format!("127.0.0.1:{}", b.port), 100).await;
+    }
+    let (s, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": "cap", "host": "captures.test", "port": 80}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post(
+            "/services/cap/routes",
+            json!({"paths": ["~/tenants/(?<tenant>[a-z0-9]+)/", "/plain"], "strip_path": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..60 {
+        let tenant = format!("t{i}");
+        let first = served_by(&app, &format!("/tenants/{tenant}/a"), &[]).await;
+        for j in 0..3 {
+            let path = format!("/tenants/{tenant}/item/{j}?page={j}");
+            assert_eq!(served_by(&app, &path, &[]).await, first, "{path}");
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3, "tenants spread over every target");
+    let first = served_by(&app, "/tenants/acme/", &[]).await;
+    for i in 0..50 {
+        let path = format!("/tenants/acme/{i}");
+        assert_eq!(
+            served_by(&app, &path, &[("x-user", &format!("u{i}"))]).await,
+            first
+        );
+    }
+
+    // No capture: the header decides.
+    let mut by_user = std::collections::HashSet::new();
+    for i in 0..30 {
+        let user = format!("user-{i}");
+        let first = served_by(&app, "/plain/a", &[("x-user", &user)]).await;
+        assert_eq!(
+            served_by(&app, "/plain/b", &[("x-user", &user)]).await,
+            first
+        );
+        by_user.insert(first);
+    }
+    assert_eq!(by_user.len(), 3, "users spread over every target");
+    // Neither: round-robin over the three.
+    let mut rotated = std::collections::HashSet::new();
+    for _ in 0..3 {
+        rotated.insert(served_by(&app, "/plain/a", &[]).await);
+    }
+    assert_eq!(rotated.len(), 3, "{rotated:?}");
 }
 
 /// B9: consistent hashing on the consumer the `oauth2` plugin authenticated: each consumer's
