@@ -189,6 +189,12 @@ pub struct RequestCtx {
     /// What plugins keep about this request between their phases (a tracing plugin's span ids),
     /// handed on to the log phase in [`Exchange::slots`].
     pub slots: PluginSlots,
+    /// The request's arrival, when its steps are timed (a plugin with a log phase will read
+    /// them): plugins time steps of their own against it (the oauth2 token lookup, the
+    /// introspection call). `None` otherwise, and nothing is timed.
+    pub steps_from: Option<std::time::Instant>,
+    /// The steps plugins timed in their access phase, moved to [`Exchange::steps`] after it.
+    pub steps: Vec<Step>,
 }
 
 /// Per-request values plugins keep from one phase to the next, one per Rust type: a plugin
@@ -282,6 +288,23 @@ impl RequestCtx {
                 .upstream_headers
                 .iter()
                 .any(|(n, v)| v.is_some() && n.as_str() == name)
+    }
+
+    /// When a plugin's own step begins, for [`RequestCtx::step_ends`]; `None` (no clock read)
+    /// when this request's steps are not timed.
+    pub fn step_begins(&self) -> Option<std::time::Instant> {
+        self.steps_from.map(|_| std::time::Instant::now())
+    }
+
+    /// Records a plugin's own step that began at `began` (from [`RequestCtx::step_begins`]).
+    pub fn step_ends(&mut self, kind: StepKind, began: Option<std::time::Instant>) {
+        if let (Some(from), Some(began)) = (self.steps_from, began) {
+            self.steps.push(Step {
+                kind,
+                start: began.saturating_duration_since(from),
+                took: began.elapsed(),
+            });
+        }
     }
 
     /// Query string arguments of the request.
@@ -481,6 +504,11 @@ pub enum StepKind {
     Router,
     /// A plugin's access phase, by plugin name.
     Access(&'static str),
+    /// The `oauth2` plugin looking its token up in the token store (inside its access phase).
+    TokenLookup,
+    /// An `oauth2-introspection` call to the authorization server (inside its access phase; a
+    /// cached verdict makes none).
+    IntrospectionCall,
 }
 
 /// How many times the process was asked to reopen its log files (`SIGUSR1`, after logrotate

@@ -520,6 +520,8 @@ async fn proxy(
         response_headers: Vec::new(),
         max_body: state.max_body,
         slots: crate::plugin_api::PluginSlots::default(),
+        steps_from: timed,
+        steps: Vec::new(),
     };
     let mut payload = Some(payload);
     // The runtimes whose access phase ran, for the response and log phases (borrowed from the
@@ -548,6 +550,8 @@ async fn proxy(
                 start: began.saturating_duration_since(started),
                 took: began.elapsed(),
             });
+            // The plugin's own steps, inside its access phase.
+            journey.steps.append(&mut ctx.steps);
         }
         if let Flow::Respond(resp) = flow {
             short_circuit = Some(resp);

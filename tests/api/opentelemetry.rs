@@ -815,8 +815,79 @@ async fn refuses_what_it_does_not_do(backend: Backend) {
     }
 }
 
+/// The oauth2 token lookup is a span of its own, a child of the oauth2 plugin's access span and
+/// within it; the token endpoint's request (no lookup) has none.
+async fn the_oauth2_token_lookup_is_a_child_of_the_plugins_span(backend: Backend) {
+    let app = spawn_on_backend(backend).await;
+    let upstream = spawn_upstream();
+    let collector = Collector::start();
+    crate::helpers::client_credentials_fixture(&app, &upstream.url).await;
+    let (s, plugin) = app
+        .admin_post(
+            "/services/svc/plugins",
+            json!({ "name": "opentelemetry", "config": config(&collector.url, json!({})) }),
+        )
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+    let r = app
+        .http
+        .post(format!("{}/api/oauth2/token", app.proxy_tls))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "clientid123"),
+            ("client_secret", "secret123"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The token request: its server span, the router, oauth2's access phase (which answered it,
+    // so opentelemetry's did not run); no lookup, no upstream.
+    let issued = collector.spans(3).await;
+    assert_eq!(issued.len(), 3, "{issued:?}");
+    assert!(issued
+        .iter()
+        .all(|(_, s)| s.name != "portcullis.oauth2.token_lookup"));
+
+    let r = app
+        .http
+        .get(format!("{}/api/echo", app.proxy))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spans = collector.spans(3 + 6).await;
+    assert_eq!(spans.len(), 3 + 6, "{spans:?}");
+    let spans = &spans[3..];
+    let named = |name: &str| -> &Span {
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("a span {name} among {spans:?}"))
+    };
+    let server = named("kong");
+    let access = named("kong.access.plugin.oauth2");
+    let lookup = named("portcullis.oauth2.token_lookup");
+    assert_eq!(access.parent_span_id, server.span_id);
+    assert_eq!(lookup.parent_span_id, access.span_id);
+    assert_eq!(lookup.trace_id, server.trace_id);
+    assert_eq!(lookup.kind, i32::from(SpanKind::Internal));
+    assert!(access.start_time_unix_nano <= lookup.start_time_unix_nano);
+    assert!(lookup.end_time_unix_nano <= access.end_time_unix_nano);
+    named("kong.router");
+    named("kong.access.plugin.opentelemetry");
+    named("kong.balancer");
+}
+
 on_both_stores!(
     continues_the_callers_w3c_trace,
+    the_oauth2_token_lookup_is_a_child_of_the_plugins_span,
     starts_a_new_trace_without_a_traceparent,
     sampling_rate_zero_exports_nothing,
     a_dead_collector_drops_spans_and_the_proxy_answers,

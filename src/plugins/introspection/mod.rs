@@ -30,6 +30,7 @@ use super::{Flow, Plugin, PluginRuntime, RequestCtx};
 use crate::config::Secret;
 use crate::entities::{Consumer, Identities, PluginInstance};
 use crate::plugin_api::metrics::IntrospectionCounters;
+use crate::plugin_api::StepKind;
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 pub use cache::IntrospectionCache;
@@ -403,8 +404,23 @@ impl IntrospectionRuntime {
         }
     }
 
-    /// The verdict for `token`, from the cache or one introspection call.
-    async fn verdict(&self, ctx: &RequestCtx, token: &str) -> Result<Arc<Verdict>, Rejection> {
+    /// The verdict for `token`, from the cache or one introspection call (timed as a step of
+    /// the request when one was made and steps are timed).
+    async fn verdict(&self, ctx: &mut RequestCtx, token: &str) -> Result<Arc<Verdict>, Rejection> {
+        let began = ctx.step_begins();
+        let (verdict, called) = self.cached_verdict(ctx, token).await;
+        if called {
+            ctx.step_ends(StepKind::IntrospectionCall, began);
+        }
+        verdict
+    }
+
+    /// The verdict for `token` and whether an introspection call was made for it.
+    async fn cached_verdict(
+        &self,
+        ctx: &RequestCtx,
+        token: &str,
+    ) -> (Result<Arc<Verdict>, Rejection>, bool) {
         // The call is only prepared on a miss; a cache hit costs the lookup alone.
         let called = std::cell::Cell::new(false);
         let introspect = async {
@@ -447,17 +463,18 @@ impl IntrospectionRuntime {
             .cache
             .get_or_introspect(self.cache_key(ctx, token), introspect)
             .await;
-        if called.get() {
+        let called = called.get();
+        if called {
             self.counters.cache_misses.inc();
         } else {
             self.counters.cache_hits.inc();
         }
-        let verdict = verdict.map_err(Rejection::Unavailable)?;
-        if verdict.active {
-            Ok(verdict)
-        } else {
-            Err(Rejection::Inactive)
-        }
+        let verdict = match verdict {
+            Ok(v) if v.active => Ok(v),
+            Ok(_) => Err(Rejection::Inactive),
+            Err(e) => Err(Rejection::Unavailable(e)),
+        };
+        (verdict, called)
     }
 
     fn find_consumer(&self, snapshot: &Identities, verdict: &Verdict) -> Option<Arc<Consumer>> {

@@ -11,6 +11,7 @@ use super::reply::realm_prefix;
 use super::{params, OAuthRuntime};
 use crate::crypto;
 use crate::plugin_api::metrics::TokenCheck;
+use crate::plugin_api::StepKind;
 use crate::plugins::{Flow, RequestCtx};
 
 /// Where the token was found (decides what `hide_credentials` strips), with its digest: the
@@ -123,10 +124,12 @@ impl OAuthRuntime {
             }
         };
         let now = crate::clock::now();
+        let began = ctx.step_begins();
         let looked_up = match self.deps.tokens.token_by_access_in_memory(&hash, now) {
             Some(known) => Ok(known),
             None => self.deps.tokens.token_by_access(&hash, now).await,
         };
+        ctx.step_ends(StepKind::TokenLookup, began);
         let checks = &self.deps.metrics.oauth2;
         let record = match looked_up {
             Ok(Some(r)) if r.access_valid_at(now) => r,

@@ -617,12 +617,20 @@ impl PluginRuntime for Runtime {
         }
         let mut spans = Vec::with_capacity(2 + exchange.steps.len());
         spans.push(server_span(exchange, &trace));
-        spans.extend(
-            exchange
-                .steps
-                .iter()
-                .map(|step| step_span(exchange, &trace, step)),
-        );
+        // A plugin's own steps (token lookup, introspection call) follow its access phase's
+        // step, and are children of its span.
+        let mut access_span = None;
+        for step in &exchange.steps {
+            let parent = match step.kind {
+                StepKind::TokenLookup | StepKind::IntrospectionCall => access_span,
+                StepKind::Router | StepKind::Access(_) => None,
+            };
+            let span = step_span(exchange, &trace, step, parent);
+            if let StepKind::Access(_) = step.kind {
+                access_span = span.span_id.as_slice().try_into().ok();
+            }
+            spans.push(span);
+        }
         if let Some(client) = client_span(exchange, &trace) {
             spans.push(client);
         }
@@ -763,20 +771,27 @@ fn server_span(exchange: &Exchange, trace: &Trace) -> Span {
 }
 
 /// One of the gateway's own steps, a child of the request's span (Kong's `kong.router` and
-/// `kong.access.plugin.<name>` spans).
-fn step_span(exchange: &Exchange, trace: &Trace, step: &Step) -> Span {
+/// `kong.access.plugin.<name>` spans), or of `parent` (a plugin's access span) for the steps a
+/// plugin times itself: `portcullis.oauth2.token_lookup`, `portcullis.introspection.call`.
+fn step_span(exchange: &Exchange, trace: &Trace, step: &Step, parent: Option<[u8; 8]>) -> Span {
     let start = unix_nanos(exchange.started_at + step.start);
     let name = match step.kind {
         StepKind::Router => "kong.router".to_string(),
         StepKind::Access(plugin) => format!("kong.access.plugin.{plugin}"),
+        StepKind::TokenLookup => "portcullis.oauth2.token_lookup".to_string(),
+        StepKind::IntrospectionCall => "portcullis.introspection.call".to_string(),
     };
     Span {
         trace_id: trace.trace_id.to_vec(),
         span_id: rand::random::<u64>().to_be_bytes().to_vec(),
-        parent_span_id: trace.server_span.to_vec(),
+        parent_span_id: parent.unwrap_or(trace.server_span).to_vec(),
         flags: FLAG_SAMPLED | FLAG_HAS_IS_REMOTE,
         name,
-        kind: SpanKind::Internal.into(),
+        kind: match step.kind {
+            StepKind::IntrospectionCall => SpanKind::Client,
+            _ => SpanKind::Internal,
+        }
+        .into(),
         start_time_unix_nano: start,
         end_time_unix_nano: start.saturating_add(u64::try_from(step.took.as_nanos()).unwrap_or(0)),
         ..Span::default()
