@@ -4,8 +4,8 @@
 //! and compared as go-database-reconciler compares it. Each case runs on the memory store
 //! (`deck::memory::…`) and on Postgres (`deck::postgres::…`).
 //!
-//! Which source each step follows (decK 1.5x: `Kong/deck`, which calls
-//! `Kong/go-database-reconciler`, which calls `Kong/go-kong`):
+//! Which source each step follows (`Kong/deck` at 4657ee37, which calls
+//! `Kong/go-database-reconciler` at 8f5e476, which calls `Kong/go-kong` at dae27d2):
 //! - **Version.** decK `cmd/common.go` `fetchKongVersion` → go-kong `kong/client.go`
 //!   `Client.Root` (`GET /`, `version` asserted to be a string) → reconciler `pkg/utils`
 //!   `ParseKongVersion`; `syncContent` refuses a `_format_version: "3.0"` file below 3.0.
