@@ -325,6 +325,13 @@ pub trait Plugin: Send + Sync + 'static {
     fn allows_consumer_scope(&self) -> bool {
         true
     }
+    /// Kong's shorthand fields of `config` that the admin API shows beside the field each
+    /// stands for (Kong 3.8's `translate_backwards`): `(name, path of that field)`.
+    /// `GET /schemas/plugins/{name}` lists them as `shorthand_fields`, not as fields, so that
+    /// decK (go-kong's `ClearUnmatchingDeprecations`) leaves their echo out of its diff.
+    fn shorthands(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        Vec::new()
+    }
     /// Fills generated values (e.g. a `provision_key`) after schema validation.
     fn complete_config(&self, _config: &mut Map<String, Value>) {}
     /// Hides secrets (e.g. `authorization_value`) in a config about to be shown by the admin API.

@@ -747,43 +747,16 @@ pub async fn load(doc: &Value, plugins: &PluginRegistry) -> Result<Loaded, Inval
     if !invalid.problems.is_empty() {
         return Err(invalid);
     }
-    // Constraints (unique keys), in dependency order.
+    // Constraints (ids, unique keys, references), in dependency order, each row against the
+    // keys of the rows admitted before it.
+    let mut taken = Taken::default();
     for def in defs::ALL {
         for (d, idx, doc) in built.iter().filter(|(d, _, _)| d.name == def.name) {
-            if let Err(e) = store.insert(d, doc.clone()).await {
-                let item = &items[*idx];
-                let message = match e {
-                    StoreError::UniqueViolation { fields } => {
-                        let (k, v) = fields
-                            .iter()
-                            .next()
-                            .map(|(k, v)| {
-                                (
-                                    k.clone(),
-                                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
-                                )
-                            })
-                            .unwrap_or_default();
-                        // A derived id collides when the natural key does: name that key.
-                        let derived = (k == "id" && !item.original.contains_key("id"))
-                            .then(|| endpoint_field(item.table))
-                            .and_then(|f| {
-                                let v = item.input.get(f)?.as_str()?;
-                                Some((f.to_string(), v.to_string()))
-                            });
-                        let (k, v) = match derived {
-                            Some(kv) => kv,
-                            None if k == "id" => ("primary key".to_string(), v),
-                            None => (k, v),
-                        };
-                        format!(
-                            "uniqueness violation: '{}' entity with {k} set to '{v}' already declared",
-                            def.name
-                        )
-                    }
-                    other => AdminError::from(other).to_string(),
-                };
-                invalid.problems.push(problem(item, None, message));
+            match taken.admit(d, doc) {
+                Ok(id) => store.insert_checked(d, id, doc.clone()),
+                Err(e) => invalid
+                    .problems
+                    .push(constraint_problem(&items[*idx], def.name, e)),
             }
         }
     }
@@ -794,6 +767,108 @@ pub async fn load(doc: &Value, plugins: &PluginRegistry) -> Result<Loaded, Inval
         store,
         hash: hash_of(doc),
     })
+}
+
+/// The keys of the rows a load has admitted so far: each new row is checked against them in
+/// constant time, with the store's own rules and errors (a single-field key ignores nulls, a
+/// reference must name an admitted row).
+#[derive(Default)]
+struct Taken {
+    ids: HashMap<&'static str, HashSet<Uuid>>,
+    /// `(table, index of the key in its `unique` list)` → the key values taken, as JSON text.
+    unique: HashMap<(&'static str, usize), HashSet<String>>,
+}
+
+impl Taken {
+    /// Admits `doc` into `def`'s table, or says which constraint it breaks.
+    fn admit(
+        &mut self,
+        def: &'static portcullis_stores::EntityDef,
+        doc: &Map<String, Value>,
+    ) -> Result<Uuid, StoreError> {
+        use portcullis_stores::memory::{doc_id, foreign_id, unique_key_value};
+        let id = doc_id(doc)?;
+        if self.ids.get(def.name).is_some_and(|ids| ids.contains(&id)) {
+            let mut fields = Map::new();
+            fields.insert("id".into(), Value::String(id.to_string()));
+            return Err(StoreError::UniqueViolation { fields });
+        }
+        let mut keys = Vec::with_capacity(def.unique.len());
+        for (i, key) in def.unique.iter().enumerate() {
+            let Some(value) = unique_key_value(doc, key) else {
+                continue;
+            };
+            let text = Value::Array(value.clone()).to_string();
+            if self
+                .unique
+                .get(&(def.name, i))
+                .is_some_and(|set| set.contains(&text))
+            {
+                let fields = key
+                    .iter()
+                    .zip(value)
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| ((*k).to_string(), v))
+                    .collect();
+                return Err(StoreError::UniqueViolation { fields });
+            }
+            keys.push((i, text));
+        }
+        for fk in def.foreign_keys {
+            if let Some(target) = foreign_id(doc, fk.field) {
+                if !self
+                    .ids
+                    .get(fk.references)
+                    .is_some_and(|ids| ids.contains(&target))
+                {
+                    return Err(StoreError::ForeignKeyMissing {
+                        field: fk.field,
+                        references: fk.references,
+                        id: target,
+                    });
+                }
+            }
+        }
+        self.ids.entry(def.name).or_default().insert(id);
+        for (i, text) in keys {
+            self.unique.entry((def.name, i)).or_default().insert(text);
+        }
+        Ok(id)
+    }
+}
+
+/// A row a load could not admit, as the problem of its entity (a duplicate natural key named by
+/// that key, as Kong names it).
+fn constraint_problem(item: &Item, table: &str, e: StoreError) -> Problem {
+    let message = match e {
+        StoreError::UniqueViolation { fields } => {
+            let (k, v) = fields
+                .iter()
+                .next()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    )
+                })
+                .unwrap_or_default();
+            // A derived id collides when the natural key does: name that key.
+            let derived = (k == "id" && !item.original.contains_key("id"))
+                .then(|| endpoint_field(item.table))
+                .and_then(|f| {
+                    let v = item.input.get(f)?.as_str()?;
+                    Some((f.to_string(), v.to_string()))
+                });
+            let (k, v) = match derived {
+                Some(kv) => kv,
+                None if k == "id" => ("primary key".to_string(), v),
+                None => (k, v),
+            };
+            format!("uniqueness violation: '{table}' entity with {k} set to '{v}' already declared")
+        }
+        other => AdminError::from(other).to_string(),
+    };
+    problem(item, None, message)
 }
 
 /// Parses and validates text in one step (`config parse`, `POST /config`, start-up).

@@ -107,6 +107,10 @@ fn describe(field: &Field) -> Value {
     }
     match &field.ty {
         FieldType::Record(inner) => {
+            // Kong's entities make every record required (`make_records_required`), so that
+            // they answer with the record's whole structure; decK fills a record's defaults only
+            // when it is required.
+            d.insert("required".into(), json!(true));
             d.insert("fields".into(), fields(inner));
         }
         FieldType::Foreign(reference) => {
@@ -124,19 +128,49 @@ fn fields(schema: &Schema) -> Value {
     Value::Array(schema.fields.iter().map(describe).collect())
 }
 
-/// `GET /schemas/plugins/{name}`.
+/// `GET /schemas/plugins/{name}`: the plugin entity's fields, `config` with the plugin's own.
+/// Fields that are never stored (write-only) and Kong's shorthands are listed as the record's
+/// `shorthand_fields`, as Kong lists them.
 ///
 /// # Errors
 /// 404 for an unknown plugin.
 pub fn plugin_schema(st: &AdminState, name: &str) -> Result<HttpResponse, AdminError> {
     let plugin = st.plugins.get(name).ok_or(AdminError::NotFound)?;
+    let shorthands = plugin.shorthands();
+    let schema = plugin.schema();
+    let mut stored = Vec::new();
+    let mut shorthand_fields = Vec::new();
+    for field in &schema.fields {
+        let replaced = shorthands.iter().find(|(n, _)| *n == field.name);
+        if replaced.is_none() && !field.write_only {
+            stored.push(describe(field));
+            continue;
+        }
+        let mut d = Map::new();
+        d.insert("type".into(), json!(type_name(&field.ty)));
+        if let Some((_, path)) = replaced {
+            d.insert(
+                "deprecation".into(),
+                json!({ "replaced_with": [{ "path": path }] }),
+            );
+        }
+        shorthand_fields.push(json!({ field.name: d }));
+    }
     let mut config = Map::new();
     config.insert("type".into(), json!("record"));
     config.insert("required".into(), json!(true));
-    config.insert("fields".into(), fields(plugin.schema()));
+    config.insert("fields".into(), Value::Array(stored));
+    if !shorthand_fields.is_empty() {
+        config.insert("shorthand_fields".into(), Value::Array(shorthand_fields));
+    }
+    let mut consumer = json!({ "type": "foreign", "reference": "consumers" });
+    if !plugin.allows_consumer_scope() {
+        // Kong's `typedefs.no_consumer`.
+        consumer["eq"] = Value::Null;
+    }
     Ok(HttpResponse::Ok().json(json!({
         "fields": [
-            { "consumer": { "type": "foreign", "reference": "consumers", "eq": if plugin.allows_consumer_scope() { Value::Null } else { json!(null) } } },
+            { "consumer": consumer },
             { "protocols": { "type": "set", "default": ["grpc", "grpcs", "http", "https"] } },
             { "config": config },
         ]
@@ -161,6 +195,9 @@ pub fn entity_schema(entity: &str) -> Result<HttpResponse, AdminError> {
         "certificates" => &crate::entities::certificates::CERTIFICATE_SCHEMA,
         "snis" => &crate::entities::certificates::SNI_SCHEMA,
         "ca_certificates" => &crate::entities::certificates::CA_CERTIFICATE_SCHEMA,
+        // decK's defaulter fills a file's upstreams and targets from these two.
+        "upstreams" => &crate::entities::upstreams::UPSTREAM_SCHEMA,
+        "targets" => &crate::entities::upstreams::TARGET_SCHEMA,
         _ => return Err(AdminError::NotFound),
     };
     Ok(HttpResponse::Ok().json(json!({ "fields": fields(schema) })))

@@ -4,7 +4,8 @@
 //! plugins never import the admin API: [`oauth2_tokens`] (issued tokens) and [`introspection`]
 //! (verdict cache eviction). DB-less mode (`database = off`) lives in [`config`]: `POST /config`,
 //! `GET /config`, and Kong's `405` for single-entity writes; [`declarative`] reads Kong's
-//! declarative format with the same validation as every write here.
+//! declarative format with the same validation as every write here. [`validate`] answers Kong's
+//! dry-run `POST /schemas/…/validate` with the same rules, storing nothing.
 
 pub mod certificates;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod introspection;
 pub mod oauth2_tokens;
 pub mod openapi;
 pub mod upstream_health;
+pub mod validate;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
@@ -244,6 +246,14 @@ pub async fn dispatch(
             return Ok(HttpResponse::Ok().json(openapi::document(&st.plugins)))
         }
         (["plugins", "enabled"], &Method::GET) => return info::enabled(st),
+        (["schemas", "plugins", "validate"], &Method::POST) => {
+            let (input, coerce) = parse()?;
+            return validate::validate(st, "plugins", input, coerce);
+        }
+        (["schemas", entity, "validate"], &Method::POST) => {
+            let (input, coerce) = parse()?;
+            return validate::validate(st, entity, input, coerce);
+        }
         (["schemas", "plugins", name], &Method::GET)
         | (["plugins", "schema", name], &Method::GET) => return info::plugin_schema(st, name),
         (["schemas", entity], &Method::GET) => return info::entity_schema(entity),

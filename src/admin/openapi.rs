@@ -594,6 +594,29 @@ impl Document {
             );
             self.op(path, "get", op);
         }
+        let validated = json!({
+            "type": "object",
+            "required": ["message"],
+            "properties": { "message": { "type": "string" } },
+        });
+        for (path, params) in [
+            ("/schemas/{entity}/validate", &["entity"][..]),
+            ("/schemas/plugins/validate", &[][..]),
+        ] {
+            let op = Self::operation(
+                "Validate a body as a create would, storing nothing".into(),
+                params,
+                Some(json!({ "type": "object" })),
+                ("200", response("The body is valid", validated.clone())),
+                Failures {
+                    bad_request: true,
+                    not_found: !params.is_empty(),
+                    body: true,
+                    ..Failures::NONE
+                },
+            );
+            self.op(path, "post", op);
+        }
         let evict = Self::operation(
             "Evict a token's cached oauth2-introspection verdicts on every node".into(),
             &["token_or_digest"],
@@ -1044,6 +1067,8 @@ mod tests {
             "/services/{service}/oauth2_tokens",
             "/oauth2-introspection/cache/{token_or_digest}",
             "/schemas/plugins/{plugin_name}",
+            "/schemas/{entity}/validate",
+            "/schemas/plugins/validate",
             "/openapi.json",
             "/metrics",
             "/config",

@@ -40,6 +40,13 @@ impl MemoryConfigStore {
             .unwrap_or_default()
     }
 
+    /// Adds a document without checking constraints: for a caller that checked a whole
+    /// configuration's keys itself at once (a declarative load: linear, where checking each row
+    /// against its table is quadratic in the size of the file).
+    pub fn insert_checked(&self, def: &'static EntityDef, id: Uuid, doc: Document) {
+        self.write().entry(def.name).or_default().insert(id, doc);
+    }
+
     /// Replaces a document by id without checking constraints: for a caller that swaps in an
     /// equal row (the running one, with its timestamps) for one it already checked.
     pub fn replace_document(&self, def: &EntityDef, id: Uuid, doc: Document) {

@@ -8,6 +8,7 @@ mod admin;
 mod bodies;
 mod certificates;
 mod cors;
+mod deck;
 mod declarative;
 #[path = "../support/echo_servers.rs"]
 mod echo_servers;

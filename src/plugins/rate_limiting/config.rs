@@ -261,6 +261,14 @@ impl Config {
     }
 }
 
+/// Kong's deprecated `redis_*` fields with the path of the `redis` field each stands for.
+pub fn shorthand_paths() -> Vec<(&'static str, Vec<&'static str>)> {
+    SHORTHANDS
+        .iter()
+        .map(|(flat, inner)| (*flat, vec!["redis", *inner]))
+        .collect()
+}
+
 /// Folds Kong's deprecated `redis_*` fields into `redis` (they win: they are in this request,
 /// since a stored config never keeps them) and drops them.
 pub fn fold_shorthands(config: &mut Map<String, Value>) {

@@ -129,6 +129,9 @@ impl Plugin for RateLimiting {
     fn schema(&self) -> &'static Schema {
         &config::SCHEMA
     }
+    fn shorthands(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        config::shorthand_paths()
+    }
     fn complete_config(&self, config: &mut Map<String, Value>) {
         config::fold_shorthands(config);
     }
