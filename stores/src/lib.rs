@@ -37,6 +37,7 @@ pub mod redis_cache;
 pub mod redis_conn;
 pub mod redis_counters;
 pub mod tiered;
+pub mod unverified;
 
 pub use error::StoreError;
 pub use model::{
