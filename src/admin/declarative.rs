@@ -440,11 +440,16 @@ fn flatten(doc: &Value) -> Result<Vec<Item>, Invalid> {
     for (key, value) in top {
         match key.as_str() {
             "_format_version" | "_comment" => {}
+            // `true`: secrets are given in clear and hashed on load; `false` (what Kong's
+            // `db_export` writes): they are given as stored. Both read the same here, because a
+            // value that is already a hash (a `$argon2`/`$pbkdf2` client secret, a `key_hash`)
+            // is never hashed again, and a key-auth `key` is stored as its digest either way
+            // (Kong stores it in clear, so its export holds the clear key).
             "_transform" => {
-                if value != &Value::Bool(true) {
-                    invalid.problems.extend(
-                        Invalid::one("_transform", "only true is supported: secrets in the file are given in clear and hashed on load").problems,
-                    );
+                if !value.is_boolean() {
+                    invalid
+                        .problems
+                        .extend(Invalid::one("_transform", "expected a boolean").problems);
                 }
             }
             "_workspace" => {

@@ -124,6 +124,35 @@ async fn start(doc: &Value) -> (TestApp, tempfile::NamedTempFile) {
     (app, file)
 }
 
+/// `_transform: false`, as Kong's `kong config db_export` writes it: secrets as stored. A client
+/// secret stored hashed (`hash_secret`) stays that hash and still verifies the clear secret; a
+/// key-auth key (clear in Kong's storage) works; a `_transform` that is not a boolean is refused.
+#[actix_web::test]
+async fn a_file_kong_exported_with_transform_false_loads() {
+    let upstream = spawn_upstream();
+    let hashed = portcullis::crypto::hash_secret("secret123").unwrap();
+    let mut doc = every_kind(upstream.port, "/api", true);
+    doc["_transform"] = json!(false);
+    doc["consumers"][0]["oauth2_credentials"][0]["client_secret"] = json!(hashed);
+    doc["consumers"][0]["oauth2_credentials"][0]["hash_secret"] = json!(true);
+    let (app, _file) = start(&doc).await;
+    let (_, creds) = app.admin_get("/oauth2").await;
+    assert_eq!(creds["data"][0]["client_secret"], json!(hashed), "{creds}");
+    let (s, t) = token(&app, "/api").await;
+    assert_eq!(s, 200, "{t}");
+    let (_, keys) = app.admin_get("/key-auths").await;
+    assert_eq!(keys["data"].as_array().map(Vec::len), Some(1), "{keys}");
+
+    doc["_transform"] = json!("no");
+    let (s, body) = post_config(&app, "", &doc).await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(
+        body["fields"]["_transform"],
+        json!("expected a boolean"),
+        "{body}"
+    );
+}
+
 #[actix_web::test]
 async fn a_file_with_every_entity_kind_loads_and_serves() {
     let upstream = spawn_upstream();
