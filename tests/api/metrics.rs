@@ -708,16 +708,7 @@ async fn behind_introspection(app: &TestApp, url: &str) {
 async fn introspection_counts_cache_hits_misses_and_calls(backend: Backend) {
     let app = gateway(backend).await;
     behind_introspection(&app, &spawn_introspection_server()).await;
-    for _ in 0..3 {
-        let r = app
-            .http
-            .get(format!("{}/api/echo", app.proxy))
-            .bearer_auth("one-token")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    app.check_token("one-token", 3, 200).await;
     let (_, _, body) = app.admin_metrics().await;
     for line in [
         "portcullis_introspection_cache_total{result=\"miss\"} 1",
@@ -734,16 +725,7 @@ async fn introspection_counts_failed_calls(backend: Backend) {
     // The echo upstream answers JSON without `active`: not an RFC 7662 answer.
     let fake = spawn_upstream();
     behind_introspection(&app, &format!("{}/echo", fake.url)).await;
-    for _ in 0..2 {
-        let r = app
-            .http
-            .get(format!("{}/api/echo", app.proxy))
-            .bearer_auth("one-token")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 503);
-    }
+    app.check_token("one-token", 2, 503).await;
     let (_, _, body) = app.admin_metrics().await;
     for line in [
         "portcullis_introspection_cache_total{result=\"miss\"} 2",
