@@ -293,6 +293,37 @@ fn dockerfile_is_multi_stage_non_root() {
     }
 }
 
+/// Every `path = "…"` in the root manifest (the workspace's crates and the patched hyper) is
+/// copied into the build stage: otherwise `cargo build --locked` in the image cannot find it.
+#[test]
+fn dockerfile_copies_every_local_crate() {
+    let manifest = read("Cargo.toml");
+    let docker = read("docker/Dockerfile");
+    let copied: Vec<&str> = docker
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[..parts.len() - 1].to_vec()
+        })
+        .collect();
+    let paths: Vec<&str> = manifest
+        .split("path = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(paths.contains(&"vendor/hyper"), "{paths:?}");
+    for path in paths {
+        assert!(
+            copied
+                .iter()
+                .any(|c| path == *c || path.starts_with(&format!("{c}/"))),
+            "the Dockerfile does not copy {path}: {copied:?}"
+        );
+    }
+}
+
 #[test]
 fn every_image_is_pinned_to_an_exact_version() {
     let images = base_images();
