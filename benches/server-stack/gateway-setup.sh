@@ -2,6 +2,8 @@
 # SETUP for callgrind.sh against the gateway (admin on ADMIN, proxy on PROXY, upstream on
 # UPSTREAM): service `bench` with route /api; with OAUTH2=1 the oauth2 plugin, a consumer, its
 # application and one client-credentials token, printed as the Authorization header to send.
+# PLUGINS (optional): JSON plugin bodies separated by newlines, each added to service `bench`
+# (e.g. '{"name":"prometheus","config":{"latency_metrics":true}}'), to measure what one costs.
 set -euo pipefail
 admin=http://${ADMIN:-127.0.0.1:8001} proxy=http://${PROXY:-127.0.0.1:8000}
 # Under valgrind the admin listener can come up well after the proxy listener.
@@ -9,6 +11,9 @@ for _ in $(seq 600); do curl -sf -o /dev/null "$admin/" && break; sleep 0.2; don
 post() { curl -sf -X POST "$admin$1" -H 'content-type: application/json' -d "$2" >/dev/null; }
 post /services "{\"name\":\"bench\",\"url\":\"http://${UPSTREAM:-127.0.0.1:9000}\"}"
 post /services/bench/routes '{"name":"bench-route","paths":["/api"]}'
+while IFS= read -r plugin; do
+  [ -z "$plugin" ] || post /services/bench/plugins "$plugin"
+done <<<"${PLUGINS:-}"
 header=""
 if [ "${OAUTH2:-0}" = 1 ]; then
   post /services/bench/plugins '{"name":"oauth2","config":{"enable_client_credentials":true,"accept_http_if_already_terminated":true,"token_expiration":7200}}'
