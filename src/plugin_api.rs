@@ -385,10 +385,10 @@ pub trait PluginRuntime: Send + Sync + 'static {
     fn logs(&self) -> bool {
         false
     }
-    /// Whether the log phase reads the answer's headers ([`Exchange::response_headers`]): they
-    /// are copied for it only then.
-    fn logs_response_headers(&self) -> bool {
-        false
+    /// What the log phase reads beyond what every log phase gets ([`LogNeeds`]): the proxy
+    /// gathers the rest of an [`Exchange`] only when a log phase of the request asks for it.
+    fn log_needs(&self) -> LogNeeds {
+        LogNeeds::default()
     }
     /// Log phase: runs once the answer is written (or the client went away), for every request
     /// whose access phase reached the plugin, and for global plugins also when no route matched.
@@ -448,7 +448,7 @@ pub struct Try {
 pub struct Exchange {
     /// The client request.
     pub req: Rc<ClientRequest>,
-    /// The `X-Portcullis-Request-Id` the client got.
+    /// The `X-Portcullis-Request-Id` the client got ([`LogNeeds::details`]).
     pub request_id: String,
     /// The listener's scheme.
     pub scheme: Scheme,
@@ -468,11 +468,11 @@ pub struct Exchange {
     pub source: Source,
     /// The status the upstream answered with, when it did.
     pub upstream_status: Option<StatusCode>,
-    /// The request target sent upstream (path and query).
+    /// The request target sent upstream (path and query; [`LogNeeds::details`]).
     pub upstream_uri: Option<String>,
-    /// Upstream attempts, in order.
+    /// Upstream attempts, in order ([`LogNeeds::details`]).
     pub tries: Vec<Try>,
-    /// The answer's headers, when a plugin asked for them ([`PluginRuntime::logs_response_headers`]).
+    /// The answer's headers ([`LogNeeds::response_headers`]).
     pub response_headers: Option<HeaderMap>,
     /// Bytes received: the request head as written on the wire (HTTP/1.1 form) plus its body.
     pub request_size: u64,
@@ -481,7 +481,7 @@ pub struct Exchange {
     /// Whether the whole answer body was written (false: the client went away, or the upstream
     /// broke off).
     pub complete: bool,
-    /// When the request arrived (wall clock).
+    /// When the request arrived (wall clock; [`LogNeeds::details`]).
     pub started_at: std::time::SystemTime,
     /// Its times.
     pub latencies: Latencies,
@@ -489,8 +489,35 @@ pub struct Exchange {
     /// or the request failed before its plugins ran).
     pub slots: PluginSlots,
     /// The gateway's own steps, in order (the route match, each plugin's access phase), for
-    /// tracing plugins; timed only for requests with a log phase.
+    /// tracing plugins ([`LogNeeds::steps`]).
     pub steps: Vec<Step>,
+}
+
+/// The parts of an [`Exchange`] that cost the proxy work on every request (clock reads, copies,
+/// allocations) and so are gathered only for a log phase that reads them. Every log phase gets
+/// the route, service, consumer, credential, client address, statuses, source, sizes and
+/// latencies; a metrics plugin needs nothing more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogNeeds {
+    /// [`Exchange::request_id`], [`Exchange::started_at`], [`Exchange::upstream_uri`] and
+    /// [`Exchange::tries`] (empty, the Unix epoch, `None` and empty otherwise).
+    pub details: bool,
+    /// [`Exchange::response_headers`] (`None` otherwise).
+    pub response_headers: bool,
+    /// [`Exchange::steps`], timed as the request goes (empty otherwise).
+    pub steps: bool,
+}
+
+impl LogNeeds {
+    /// What either asks for.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            details: self.details || other.details,
+            response_headers: self.response_headers || other.response_headers,
+            steps: self.steps || other.steps,
+        }
+    }
 }
 
 /// One step of the gateway's own work on a request, and when it ran.

@@ -63,8 +63,12 @@ impl PluginRuntime for SerializingLogger {
     fn logs(&self) -> bool {
         true
     }
-    fn logs_response_headers(&self) -> bool {
-        true
+    fn log_needs(&self) -> crate::plugin_api::LogNeeds {
+        crate::plugin_api::LogNeeds {
+            details: true,
+            response_headers: true,
+            steps: false,
+        }
     }
     fn log(&self, exchange: &Exchange) {
         self.queue.push(serialize(exchange).to_string());

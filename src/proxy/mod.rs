@@ -34,8 +34,8 @@ use crate::body::{AnswerBody, BodyError, Finish};
 use crate::entities::Service;
 use crate::error::ProxyError;
 use crate::plugin_api::{
-    empty_answer, Answer, ClientRequest, Exchange, Flow, Latencies, PluginRuntime, RequestCtx,
-    Source, Step, StepKind, Try,
+    empty_answer, Answer, ClientRequest, Exchange, Flow, Latencies, LogNeeds, PluginRuntime,
+    RequestCtx, Source, Step, StepKind, Try,
 };
 use crate::router::balancer::Peers;
 use crate::router::health::{Outcome, TargetLoad};
@@ -152,8 +152,10 @@ pub async fn handle(
 /// What the log phase needs, gathered as a request goes through the pipeline. Filled only in
 /// part (and without allocating) when no plugin of the request has a log phase.
 struct Journey {
-    /// The runtimes whose log phase runs for this request.
-    loggers: Vec<Arc<dyn PluginRuntime>>,
+    /// The runtimes whose log phase runs for this request (rarely more than two).
+    loggers: SmallVec<[Arc<dyn PluginRuntime>; 2]>,
+    /// What those log phases read beyond the basics.
+    needs: LogNeeds,
     client_ip: Option<IpAddr>,
     scheme: Option<crate::plugin_api::Scheme>,
     route: Option<Arc<crate::entities::Route>>,
@@ -173,7 +175,8 @@ struct Journey {
 impl Default for Journey {
     fn default() -> Self {
         Self {
-            loggers: Vec::new(),
+            loggers: SmallVec::new(),
+            needs: LogNeeds::default(),
             client_ip: None,
             scheme: None,
             route: None,
@@ -194,6 +197,8 @@ impl Default for Journey {
 struct Trail {
     /// Whether a log phase will read it: nothing is copied otherwise.
     wanted: bool,
+    /// Whether a log phase reads the upstream URI and the tries ([`LogNeeds::details`]).
+    details: bool,
     upstream_uri: Option<String>,
     upstream_status: Option<StatusCode>,
     upstream_latency: Option<Duration>,
@@ -206,7 +211,7 @@ struct Trail {
 
 impl Trail {
     fn attempt(&mut self, origin: &crate::router::UpstreamOrigin) {
-        if self.wanted {
+        if self.details {
             self.tries.push(Try {
                 host: Arc::from(origin.connect_host.as_str()),
                 port: origin.port,
@@ -219,31 +224,35 @@ impl Journey {
     /// Picks the runtimes of `chain` (as selected for this request) that have a log phase.
     fn log_with(&mut self, chain: &crate::router::PluginChain, https: bool) {
         self.loggers.clear();
-        self.trail.wanted = false;
-        if !chain.logs {
-            return;
+        self.needs = LogNeeds::default();
+        if chain.logs {
+            let consumer = self.consumer.as_ref().map(|c| c.id);
+            for &at in &chain.loggers {
+                if let Some(runtime) = chain.entries[at].select(consumer, https) {
+                    if runtime.logs() {
+                        self.needs = self.needs.union(runtime.log_needs());
+                        self.loggers.push(runtime.clone());
+                    }
+                }
+            }
         }
-        let consumer = self.consumer.as_ref().map(|c| c.id);
-        self.loggers.extend(
-            chain
-                .entries
-                .iter()
-                .filter_map(|link| link.select(consumer, https))
-                .filter(|runtime| runtime.logs())
-                .cloned(),
-        );
         self.trail.wanted = !self.loggers.is_empty();
+        self.trail.details = self.needs.details;
     }
 
     /// Watches the answer's body: once it is written (or dropped) the log phases run.
     fn hand_to_log_phase(self, incoming: &Arrival<'_>, response: &mut Answer) {
         let req = incoming.req;
         let tunnel = self.trail.tunnel;
-        let wants_headers = self.loggers.iter().any(|l| l.logs_response_headers());
+        let needs = self.needs;
         let upstream = self.trail.upstream_latency;
         let exchange = Exchange {
             req: Rc::clone(req),
-            request_id: incoming.request_id.to_string(),
+            request_id: if needs.details {
+                incoming.request_id.to_string()
+            } else {
+                String::new()
+            },
             scheme: self.scheme.unwrap_or(incoming.conn.scheme),
             client_ip: self.client_ip.unwrap_or(incoming.conn.peer.ip()),
             route: self.route,
@@ -255,13 +264,17 @@ impl Journey {
             upstream_status: self.trail.upstream_status,
             upstream_uri: self.trail.upstream_uri,
             tries: self.trail.tries,
-            response_headers: wants_headers.then(|| response.headers().clone()),
+            response_headers: needs.response_headers.then(|| response.headers().clone()),
             request_size: head_size(req) + self.request_body,
             response_size: answer_head_size(response),
             complete: false,
-            started_at: std::time::SystemTime::now()
-                .checked_sub(incoming.started.elapsed())
-                .unwrap_or(std::time::UNIX_EPOCH),
+            started_at: if needs.details {
+                std::time::SystemTime::now()
+                    .checked_sub(incoming.started.elapsed())
+                    .unwrap_or(std::time::UNIX_EPOCH)
+            } else {
+                std::time::UNIX_EPOCH
+            },
             latencies: Latencies {
                 upstream,
                 before_upstream: self.trail.before_upstream,
@@ -287,7 +300,7 @@ impl Journey {
 /// The log phases of one exchange, run once its answer is done.
 struct PendingLog {
     exchange: Exchange,
-    loggers: Vec<Arc<dyn PluginRuntime>>,
+    loggers: SmallVec<[Arc<dyn PluginRuntime>; 2]>,
     started: Instant,
 }
 
@@ -446,14 +459,17 @@ async fn proxy(
     let matched = snapshot.find(&input).ok_or(ProxyError::NoRoute)?;
     let entry = matched.entry;
     journey.log_with(&entry.chain, https);
-    // Steps are timed only for a log phase: a clock read is a measurable cost per request.
-    let timed = journey.trail.wanted.then_some(incoming.started);
+    // Steps are timed only for a log phase that reads them: a clock read is a measurable cost
+    // per request.
+    let timed = journey.needs.steps.then_some(incoming.started);
     if let Some(started) = timed {
         journey.steps.push(Step {
             kind: StepKind::Router,
             start: Duration::ZERO,
             took: started.elapsed(),
         });
+    }
+    if journey.trail.wanted {
         journey.client_ip = Some(client_ip);
         journey.route = Some(entry.route.route.clone());
         journey.service = entry.service.as_ref().map(|s| s.service.clone());
@@ -559,9 +575,11 @@ async fn proxy(
         }
     }
     if entry.chain.logs && ctx.consumer.is_some() {
-        // A consumer-scoped instance may now be the one that runs.
         journey.consumer = ctx.consumer.clone();
-        journey.log_with(&entry.chain, https);
+        if entry.chain.consumer_scoped_logs {
+            // A consumer-scoped instance may now be the one that runs.
+            journey.log_with(&entry.chain, https);
+        }
     }
     if journey.trail.wanted {
         journey.credential = ctx.credential;
@@ -783,7 +801,7 @@ async fn forward<'a>(
         .pick(0)
         .ok_or_else(|| ProxyError::Unavailable(peers.refusal()))?;
     trail.attempt(origin);
-    if trail.wanted {
+    if trail.details {
         trail.upstream_uri = Some(target.to_string());
     }
     // The client's authority when the route preserves it (and the client sent one).

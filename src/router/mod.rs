@@ -164,18 +164,35 @@ pub struct PluginChain {
     /// Whether any instance of the chain has a log phase, decided when the chain is built: a
     /// request on a chain without one gathers nothing for the log phase.
     pub logs: bool,
+    /// The positions in `entries` of the plugins with a log phase in any of their instances:
+    /// a request looks only at these for its log phases.
+    pub loggers: Vec<usize>,
+    /// Whether one of those has consumer-scoped instances: only then can the consumer an
+    /// access phase authenticated change which log phases run.
+    pub consumer_scoped_logs: bool,
 }
 
 impl PluginChain {
     /// The chain of these entries (highest priority first).
     pub fn new(entries: Vec<ChainEntry>) -> Self {
-        let logs = entries.iter().any(|e| {
-            e.default
-                .iter()
-                .chain(e.by_consumer.values())
-                .any(|s| s.runtime.logs())
-        });
-        Self { entries, logs }
+        let loggers: Vec<usize> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.default
+                    .iter()
+                    .chain(e.by_consumer.values())
+                    .any(|s| s.runtime.logs())
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let consumer_scoped_logs = loggers.iter().any(|&i| !entries[i].by_consumer.is_empty());
+        Self {
+            entries,
+            logs: !loggers.is_empty(),
+            loggers,
+            consumer_scoped_logs,
+        }
     }
 }
 

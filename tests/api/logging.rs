@@ -644,6 +644,71 @@ async fn file_log_logs_to_file() {
     }
 }
 
+/// A log plugin scoped to a consumer runs for that consumer's requests only, once key-auth has
+/// told who the caller is, and in their place of the service's instance (Kong's precedence: one
+/// instance per plugin name, a consumer's before a service's).
+#[actix_rt::test]
+async fn a_consumer_scoped_file_log_logs_only_that_consumer_s_requests() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bob_path, all_path) = (dir.path().join("bob.log"), dir.path().join("all.log"));
+    logged(&app, json!({ "name": "key-auth" })).await;
+    let (s, b) = app
+        .admin_post(
+            "/services/logged/plugins",
+            json!({ "name": "file-log", "config": { "path": all_path } }),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    for who in ["bob", "alice"] {
+        let (s, b) = app
+            .admin_post("/consumers", json!({ "username": who }))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = app
+            .admin_post(
+                &format!("/consumers/{who}/key-auth"),
+                json!({ "key": format!("{who}-key") }),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, b) = app
+        .admin_post(
+            "/consumers/bob/plugins",
+            json!({ "name": "file-log", "config": { "path": bob_path } }),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    for (who, n) in [("alice", 1), ("bob", 1), ("alice", 2)] {
+        let r = app
+            .http
+            .get(format!("{}/logged/echo?n={n}", app.proxy))
+            .header("apikey", format!("{who}-key"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{who}");
+    }
+    file_lines(&bob_path, 1).await;
+    file_lines(&all_path, 2).await;
+    // Give a line written to the wrong file time to land before reading both once more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (bob, all) = (
+        file_lines(&bob_path, 1).await,
+        file_lines(&all_path, 2).await,
+    );
+    let users = |lines: &[Value]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| l["consumer"]["username"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(users(&bob), ["bob"]);
+    assert_eq!(bob[0]["request"]["querystring"]["n"], "1");
+    assert_eq!(users(&all), ["alice", "alice"]);
+}
+
 #[actix_rt::test]
 async fn file_log_reopens_the_file_on_each_request_when_reopen_is_true() {
     let app = spawn_app().await;

@@ -605,6 +605,13 @@ impl PluginRuntime for Runtime {
     fn logs(&self) -> bool {
         true
     }
+    fn log_needs(&self) -> crate::plugin_api::LogNeeds {
+        crate::plugin_api::LogNeeds {
+            details: true,
+            response_headers: false,
+            steps: true,
+        }
+    }
     fn log(&self, exchange: &Exchange) {
         // No access phase ran (no route matched, or the request failed before its plugins):
         // the request is traced alike, without an upstream call.
