@@ -2,6 +2,7 @@
 # SETUP for callgrind.sh against the gateway (admin on ADMIN, proxy on PROXY, upstream on
 # UPSTREAM): service `bench` with route /api; with OAUTH2=1 the oauth2 plugin, a consumer, its
 # application and one client-credentials token, printed as the Authorization header to send.
+# TARGETS (optional): space-separated addresses the service balances over through an upstream.
 # PLUGINS (optional): JSON plugin bodies separated by newlines, each added to service `bench`
 # (e.g. '{"name":"prometheus","config":{"latency_metrics":true}}'), to measure what one costs.
 set -euo pipefail
@@ -9,7 +10,16 @@ admin=http://${ADMIN:-127.0.0.1:8001} proxy=http://${PROXY:-127.0.0.1:8000}
 # Under valgrind the admin listener can come up well after the proxy listener.
 for _ in $(seq 600); do curl -sf -o /dev/null "$admin/" && break; sleep 0.2; done
 post() { curl -sf -X POST "$admin$1" -H 'content-type: application/json' -d "$2" >/dev/null; }
-post /services "{\"name\":\"bench\",\"url\":\"http://${UPSTREAM:-127.0.0.1:9000}\"}"
+if [ -n "${TARGETS:-}" ]; then
+  # TARGETS (optional): addresses balanced by an upstream that the service names.
+  post /upstreams '{"name":"bench-upstream"}'
+  for target in $TARGETS; do
+    post /upstreams/bench-upstream/targets "{\"target\":\"$target\",\"weight\":100}"
+  done
+  post /services '{"name":"bench","host":"bench-upstream","port":80}'
+else
+  post /services "{\"name\":\"bench\",\"url\":\"http://${UPSTREAM:-127.0.0.1:9000}\"}"
+fi
 post /services/bench/routes '{"name":"bench-route","paths":["/api"]}'
 while IFS= read -r plugin; do
   [ -z "$plugin" ] || post /services/bench/plugins "$plugin"
