@@ -810,6 +810,10 @@ async fn forward<'a>(
             .filter(|h| preserve_host && !h.is_empty())
             .or(origin.host.as_ref().map(HeaderValue::as_bytes))
     };
+    let via = |origin: &crate::router::UpstreamOrigin| upstream::Via {
+        trust,
+        pinned: origin.pinned,
+    };
     let replay_body = ctx.replace_body.take().or_else(|| ctx.body.clone());
     // gRPC: the client's HTTP/2 stream goes on as it is, trailers included.
     let grpc = matches!(service.protocol.as_str(), "grpc" | "grpcs");
@@ -874,7 +878,7 @@ async fn forward<'a>(
             deadline = deadline.min(sent_at + left);
         }
         let in_flight = origin.load.as_ref().map(TargetLoad::start);
-        let answer = Box::pin(clients.send_grpc(request, trust, deadline)).await;
+        let answer = Box::pin(clients.send_grpc(request, via(origin), deadline)).await;
         if let (Some(load), true) = (&origin.load, answer.is_ok()) {
             load.answered(sent_at.elapsed());
         }
@@ -972,8 +976,14 @@ async fn forward<'a>(
                         );
                     }
                     // Boxed: hyper's future would double the size of every request's future.
-                    Box::pin(clients.send_hyper(request, trust, no_body, deadline, timeouts.read))
-                        .await
+                    Box::pin(clients.send_hyper(
+                        request,
+                        via(origin),
+                        no_body,
+                        deadline,
+                        timeouts.read,
+                    ))
+                    .await
                 }
             };
             if outcome.is_err() && body_timed_out.as_ref().is_some_and(|t| t.get()) {

@@ -6,11 +6,23 @@
 //!
 //! Both speak `http` 1.x, the types the proxy listeners hand the gateway: a request's headers
 //! reach either client without conversion.
+//!
+//! A TLS or gRPC origin whose host is a name keeps the name in its URL (TLS's server name and
+//! certificate check, gRPC's `:authority`) and is pinned to the address the balancer picked
+//! from the gateway's own DNS answers: its requests go over a client of that address alone,
+//! whose resolver answers the name with that address, so that a pooled connection always goes
+//! where the balancer sent the request (hyper pools by the URL's authority, the same for every
+//! address of a name).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +31,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -38,7 +51,46 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type UpstreamBody = BoxBody<Bytes, BodyError>;
 
 /// One pooled upstream client (HTTP and HTTPS).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector<Resolver>>, UpstreamBody>;
+
+/// How a pooled client finds the addresses of a URL's host name.
+#[derive(Clone)]
+pub enum Resolver {
+    /// The system's resolver: a service's or target's name the DNS refresher has not answered
+    /// yet.
+    System(GaiResolver),
+    /// Always this address: the one the balancer picked for the name.
+    Pinned(IpAddr),
+}
+
+/// What [`Resolver`] answers: the addresses to try in turn.
+type Found = std::vec::IntoIter<SocketAddr>;
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = Found;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Found, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Self::System(system) => system.poll_ready(cx),
+            Self::Pinned(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        match self {
+            Self::System(system) => {
+                let lookup = system.call(name);
+                Box::pin(async move { Ok(lookup.await?.collect::<Vec<_>>().into_iter()) })
+            }
+            // Port 0: the connector puts the URL's port in.
+            Self::Pinned(ip) => Box::pin(std::future::ready(Ok(
+                vec![SocketAddr::new(*ip, 0)].into_iter()
+            ))),
+        }
+    }
+}
 
 /// Upstream clients of one proxy worker: the lean plain-HTTP client, and hyper's verifying TLS
 /// (services with `tls_verify = true`) or not (Kong's default).
@@ -56,6 +108,9 @@ pub struct UpstreamClients {
     /// Clients of services with their own TLS settings, by [`UpstreamTls::id`]: (HTTP/1.1,
     /// gRPC). This worker's alone, so no lock.
     custom: RefCell<HashMap<u64, (UpstreamClient, UpstreamClient)>>,
+    /// Clients pinned to one address of a host name, by TLS settings, protocol and address (see
+    /// the module's documentation). This worker's alone, so no lock.
+    pinned: RefCell<HashMap<PinnedKey, UpstreamClient>>,
     pool_size: usize,
     idle: Duration,
 }
@@ -64,6 +119,22 @@ pub struct UpstreamClients {
 /// by a configuration change are never asked for again).
 const CUSTOM_CLIENTS: usize = 256;
 
+/// How many pinned clients a worker keeps before starting afresh (addresses a name no longer
+/// resolves to are never asked for again).
+const PINNED_CLIENTS: usize = 1024;
+
+/// A pinned client's TLS settings ([`Trust`] without the borrow), whether it speaks gRPC, and
+/// its address.
+type PinnedKey = (TrustKey, bool, IpAddr);
+
+/// [`Trust`] as a map key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum TrustKey {
+    Any,
+    Verify,
+    Own(u64),
+}
+
 impl UpstreamClients {
     /// Clients keeping at most `pool_size` idle connections per upstream for `idle` (Kong's
     /// `upstream_keepalive_pool_size` and `upstream_keepalive_idle_timeout`); the plain-HTTP
@@ -71,11 +142,12 @@ impl UpstreamClients {
     pub fn new(pool_size: usize, idle: Duration, idle_gauge: crate::metrics::Gauge) -> Self {
         Self {
             lean: Http1Pool::counted(pool_size, idle, idle_gauge),
-            plain: client(unverified(), Speaks::Http1, pool_size, idle),
-            verifying: client(verified(), Speaks::Http1, pool_size, idle),
-            grpc: client(unverified(), Speaks::Http2, pool_size, idle),
-            grpc_verifying: client(verified(), Speaks::Http2, pool_size, idle),
+            plain: client(unverified(), Speaks::Http1, pool_size, idle, system()),
+            verifying: client(verified(), Speaks::Http1, pool_size, idle, system()),
+            grpc: client(unverified(), Speaks::Http2, pool_size, idle, system()),
+            grpc_verifying: client(verified(), Speaks::Http2, pool_size, idle, system()),
             custom: RefCell::new(HashMap::new()),
+            pinned: RefCell::new(HashMap::new()),
             pool_size,
             idle,
         }
@@ -89,9 +161,10 @@ impl UpstreamClients {
         }
         let (http1, http2) = custom.entry(tls.id).or_insert_with(|| {
             let config = (*tls.config).clone();
+            let (size, idle) = (self.pool_size, self.idle);
             (
-                client(config.clone(), Speaks::Http1, self.pool_size, self.idle),
-                client(config, Speaks::Http2, self.pool_size, self.idle),
+                client(config.clone(), Speaks::Http1, size, idle, system()),
+                client(config, Speaks::Http2, size, idle, system()),
             )
         });
         if grpc {
@@ -100,6 +173,46 @@ impl UpstreamClients {
             http1.clone()
         }
     }
+
+    /// The client of `trust` and protocol connecting to `ip` alone (built on first use).
+    fn pinned_client(&self, trust: Trust<'_>, grpc: bool, ip: IpAddr) -> UpstreamClient {
+        let key = (trust.key(), grpc, ip);
+        let mut pinned = self.pinned.borrow_mut();
+        if !pinned.contains_key(&key) && pinned.len() >= PINNED_CLIENTS {
+            pinned.clear();
+        }
+        pinned
+            .entry(key)
+            .or_insert_with(|| {
+                let speaks = if grpc { Speaks::Http2 } else { Speaks::Http1 };
+                let tls = (*trust.config()).clone();
+                client(tls, speaks, self.pool_size, self.idle, Resolver::Pinned(ip))
+            })
+            .clone()
+    }
+
+    /// The client for a request of `trust` and protocol, pinned to `pinned` when the balancer
+    /// picked an address for the URL's host name.
+    fn client_for(
+        &self,
+        trust: Trust<'_>,
+        grpc: bool,
+        pinned: Option<IpAddr>,
+    ) -> Cow<'_, UpstreamClient> {
+        match (pinned, trust, grpc) {
+            (Some(ip), _, _) => Cow::Owned(self.pinned_client(trust, grpc, ip)),
+            (None, Trust::Own(tls), _) => Cow::Owned(self.custom_client(tls, grpc)),
+            (None, Trust::Verify, false) => Cow::Borrowed(&self.verifying),
+            (None, Trust::Verify, true) => Cow::Borrowed(&self.grpc_verifying),
+            (None, Trust::Any, false) => Cow::Borrowed(&self.plain),
+            (None, Trust::Any, true) => Cow::Borrowed(&self.grpc),
+        }
+    }
+}
+
+/// The system's resolver.
+fn system() -> Resolver {
+    Resolver::System(GaiResolver::new())
 }
 
 /// Which TLS client settings an upstream request uses.
@@ -123,7 +236,17 @@ impl<'a> Trust<'a> {
         }
     }
 
-    /// The rustls settings of a connection made outside the pools (WebSocket tunnels).
+    /// As a map key.
+    fn key(self) -> TrustKey {
+        match self {
+            Self::Any => TrustKey::Any,
+            Self::Verify => TrustKey::Verify,
+            Self::Own(tls) => TrustKey::Own(tls.id),
+        }
+    }
+
+    /// The rustls settings of a connection made outside the shared pools (WebSocket tunnels,
+    /// pinned clients).
     pub fn config(self) -> Arc<rustls::ClientConfig> {
         match self {
             Self::Own(tls) => tls.config.clone(),
@@ -131,6 +254,16 @@ impl<'a> Trust<'a> {
             Self::Any => Arc::new(unverified()),
         }
     }
+}
+
+/// How a request over hyper's client reaches its upstream.
+#[derive(Clone, Copy)]
+pub struct Via<'a> {
+    /// How the upstream's TLS is checked.
+    pub trust: Trust<'a>,
+    /// The address the balancer picked for the URL's host name
+    /// ([`crate::router::UpstreamOrigin::pinned`]).
+    pub pinned: Option<IpAddr>,
 }
 
 /// Which HTTP version a pooled client speaks to its upstreams.
@@ -148,8 +281,9 @@ fn client(
     speaks: Speaks,
     pool_size: usize,
     idle: Duration,
+    resolver: Resolver,
 ) -> UpstreamClient {
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(resolver);
     // The scheme is checked by the TLS wrapper; the plain connector must accept `https` URIs.
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -226,18 +360,10 @@ impl UpstreamClients {
     pub async fn send_grpc(
         &self,
         request: http::Request<UpstreamBody>,
-        trust: Trust<'_>,
+        via: Via<'_>,
         deadline: Instant,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let custom;
-        let client = match trust {
-            Trust::Own(tls) => {
-                custom = self.custom_client(tls, true);
-                &custom
-            }
-            Trust::Verify => &self.grpc_verifying,
-            Trust::Any => &self.grpc,
-        };
+        let client = self.client_for(via.trust, true, via.pinned);
         match tokio::time::timeout_at(deadline.into(), client.request(request)).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
@@ -245,29 +371,22 @@ impl UpstreamClients {
         }
     }
 
-    /// Sends a request over hyper's pooled client (TLS upstreams, streamed uploads); `trust`
-    /// picks the client that checks upstream certificates as the service asks. The head must arrive by `deadline`;
-    /// then `read_timeout` bounds each wait for more of the body.
+    /// Sends a request over hyper's pooled client (TLS upstreams, streamed uploads); `via`
+    /// picks the client that checks upstream certificates as the service asks and connects to
+    /// the address the balancer picked. The head must arrive by `deadline`; then
+    /// `read_timeout` bounds each wait for more of the body.
     ///
     /// # Errors
     /// As [`SendError`].
     pub async fn send_hyper(
         &self,
         request: http::Request<UpstreamBody>,
-        trust: Trust<'_>,
+        via: Via<'_>,
         no_body: bool,
         deadline: Instant,
         read_timeout: Duration,
     ) -> Result<Answer, SendError> {
-        let custom;
-        let client = match trust {
-            Trust::Own(tls) => {
-                custom = self.custom_client(tls, false);
-                &custom
-            }
-            Trust::Verify => &self.verifying,
-            Trust::Any => &self.plain,
-        };
+        let client = self.client_for(via.trust, false, via.pinned);
         match tokio::time::timeout_at(deadline.into(), client.request(request)).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Ok(resp)) => Ok(answer_of(resp, no_body, read_timeout)),

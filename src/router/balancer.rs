@@ -427,7 +427,9 @@ fn endpoints(
     if address.kind != AddressKind::Name {
         return vec![(address.host.clone(), written.to_string())];
     }
-    // TLS and gRPC go through hyper's client, which connects to the URL's host.
+    // TLS and gRPC keep the name in the URL: it is the server name TLS asks for and checks the
+    // certificate against, and gRPC's `:authority`. Their origin is pinned to the address
+    // (`UpstreamOrigin::pinned`), which hyper's client connects to.
     let by_name = matches!(service.protocol.as_str(), "https" | "grpcs" | "grpc");
     match dns.get(address.host.to_ascii_lowercase().as_str()) {
         None => vec![(address.host.clone(), written.to_string())],

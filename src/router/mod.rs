@@ -14,6 +14,7 @@ pub mod health;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::HeaderValue;
@@ -393,6 +394,10 @@ pub struct UpstreamOrigin {
     pub server_name: String,
     /// Port to connect to.
     pub port: u16,
+    /// The address the balancer picked when the URL keeps the host name (TLS and gRPC origins,
+    /// whose server name, `Host` and `:authority` are the name): hyper's client connects here
+    /// instead of resolving the name again.
+    pub pinned: Option<IpAddr>,
 }
 
 impl UpstreamOrigin {
@@ -441,16 +446,20 @@ impl UpstreamOrigin {
         } else {
             format!("{host_name}:{port}")
         };
+        let server_name = url_host.trim_start_matches('[').trim_end_matches(']');
+        let pinned = if server_name.parse::<IpAddr>().is_ok() {
+            None
+        } else {
+            connect_host.parse::<IpAddr>().ok()
+        };
         Self {
             host: HeaderValue::from_str(&host).ok(),
             base: format!("{}://{url_host}:{port}", scheme.as_str()).into(),
             tls: scheme.is_https(),
             connect_host: connect_host.to_string(),
-            server_name: url_host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            server_name: server_name.to_string(),
             port,
+            pinned,
             health: None,
             passive: None,
             load: None,

@@ -17,14 +17,14 @@ use crate::helpers::{spawn_with, test_settings, TestApp};
 
 /// A gRPC client over hyper's HTTP/2 client: h2c for `http://`, TLS trusting the gateway's
 /// self-signed certificate for `https://`.
-type Client = tonic::client::Grpc<
+pub(crate) type Client = tonic::client::Grpc<
     hyper_util::client::legacy::Client<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         tonic::body::Body,
     >,
 >;
 
-fn client(origin: &str) -> Client {
+pub(crate) fn client(origin: &str) -> Client {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -44,7 +44,11 @@ fn method(name: &str) -> PathAndQuery {
     PathAndQuery::try_from(format!("/test.Echo/{name}")).unwrap()
 }
 
-async fn unary(client: &mut Client, name: &str, message: Bytes) -> Result<Bytes, Status> {
+pub(crate) async fn unary(
+    client: &mut Client,
+    name: &str,
+    message: Bytes,
+) -> Result<Bytes, Status> {
     client.ready().await.unwrap();
     client
         .unary(Request::new(message), method(name), Raw)

@@ -5,7 +5,9 @@
 //! again when its TTL runs out; a name that does not resolve adds no address, and an upstream
 //! left without any answers `503 failure to get a peer from the ring-balancer`. A service's own
 //! host name (`balancer/init.lua`, `toip`) rotates over its addresses, and answers
-//! `503 name resolution failed` when it does not resolve.
+//! `503 name resolution failed` when it does not resolve. Over TLS and gRPC the request goes to
+//! the address the balancer picked as well, with the name as TLS server name (SNI and the
+//! certificate check) and as `Host`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -15,6 +17,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
+use portcullis::config::Settings;
 use serde_json::{json, Value};
 
 use crate::helpers::{eventually, spawn_with, test_settings, PgSchema, TestApp};
@@ -96,9 +99,54 @@ impl Zone {
     }
 }
 
-/// Starts an HTTP server on `ip:port` answering every request with the address it was reached
-/// on and the `Host` it got.
-fn spawn_backend(ip: Ipv4Addr, port: u16) -> std::io::Result<()> {
+/// A certificate authority of the test's, issuing the TLS backends' certificates.
+struct TestCa {
+    pem: String,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "upstream_dns test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            cert,
+            key,
+        }
+    }
+
+    /// Server settings presenting a certificate for `name` (no IP address in it) issued by
+    /// this CA.
+    fn server(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+/// Starts an HTTP server on `ip:port` (over TLS with `tls`) answering every request with the
+/// address it was reached on, the `Host` it got and the server name the TLS client asked for.
+fn spawn_backend(
+    ip: Ipv4Addr,
+    port: u16,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind((ip, port))?;
     listener.set_nonblocking(true)?;
     std::thread::spawn(move || {
@@ -112,24 +160,46 @@ fn spawn_backend(ip: Ipv4Addr, port: u16) -> std::io::Result<()> {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| async move {
-                            let host = req
-                                .headers()
-                                .get("host")
-                                .and_then(|h| h.to_str().ok())
-                                .unwrap_or_default()
-                                .to_string();
-                            let body = json!({"address": ip.to_string(), "host": host});
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from(body.to_string())),
-                            ))
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let serve = |sni: Option<String>| {
+                        hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let sni = sni.clone();
+                                async move {
+                                    let host = req
+                                        .headers()
+                                        .get("host")
+                                        .and_then(|h| h.to_str().ok())
+                                        .unwrap_or_default()
+                                        .to_string();
+                                    let body =
+                                        json!({"address": ip.to_string(), "host": host, "sni": sni});
+                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                        http_body_util::Full::new(bytes::Bytes::from(
+                                            body.to_string(),
+                                        )),
+                                    ))
+                                }
+                            },
+                        )
+                    };
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http1.serve_connection(io, serve(None)).await;
+                        }
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let sni = stream.get_ref().1.server_name().map(str::to_string);
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http1.serve_connection(io, serve(sni)).await;
+                        }
+                    }
                 });
             }
         });
@@ -140,14 +210,19 @@ fn spawn_backend(ip: Ipv4Addr, port: u16) -> std::io::Result<()> {
 /// Backends on 127.0.0.1 and 127.0.0.2, both on the same port (a target names one port for all
 /// the addresses of its name).
 fn spawn_two_backends() -> u16 {
+    spawn_two_backends_with(None)
+}
+
+/// [`spawn_two_backends`], over TLS with `tls`.
+fn spawn_two_backends_with(tls: Option<Arc<rustls::ServerConfig>>) -> u16 {
     for _ in 0..20 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        if spawn_backend(Ipv4Addr::new(127, 0, 0, 2), port).is_ok()
-            && spawn_backend(Ipv4Addr::LOCALHOST, port).is_ok()
+        if spawn_backend(Ipv4Addr::new(127, 0, 0, 2), port, tls.clone()).is_ok()
+            && spawn_backend(Ipv4Addr::LOCALHOST, port, tls.clone()).is_ok()
         {
             return port;
         }
@@ -157,17 +232,24 @@ fn spawn_two_backends() -> u16 {
 
 /// A gateway resolving through `zone` (kept alive with the returned schema on Postgres).
 async fn app(store: Store, zone: &Zone) -> TestApp {
+    app_with(store, zone, |_| {}).await
+}
+
+/// [`app`] with its settings changed by `tweak` as well.
+async fn app_with(store: Store, zone: &Zone, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let resolver = vec![zone.addr.to_string()];
     match store {
         Store::Memory => {
             let mut settings = test_settings();
             settings.dns_resolver = resolver;
+            tweak(&mut settings);
             spawn_with(settings).await
         }
         Store::Postgres => {
             let schema = PgSchema::migrated().await;
             let mut settings = schema.settings.clone();
             settings.dns_resolver = resolver;
+            tweak(&mut settings);
             let mut app = spawn_with(settings).await;
             app.pg = Some(schema);
             app
@@ -177,6 +259,11 @@ async fn app(store: Store, zone: &Zone) -> TestApp {
 
 /// An upstream `name` with `targets` (weight 100 each), a service on it and its route `path`.
 async fn balanced(app: &TestApp, name: &str, targets: &[String], path: &str) {
+    balanced_with(app, name, targets, path, json!({})).await;
+}
+
+/// [`balanced`], the service created with the fields of `service` as well.
+async fn balanced_with(app: &TestApp, name: &str, targets: &[String], path: &str, service: Value) {
     let (s, body) = app.admin_post("/upstreams", json!({"name": name})).await;
     assert_eq!(s, 201, "{body}");
     for target in targets {
@@ -188,9 +275,11 @@ async fn balanced(app: &TestApp, name: &str, targets: &[String], path: &str) {
             .await;
         assert_eq!(s, 201, "{body}");
     }
-    let (s, body) = app
-        .admin_post("/services", json!({"name": name, "host": name}))
-        .await;
+    let mut fields = json!({"name": name, "host": name});
+    if let (Some(all), Some(more)) = (fields.as_object_mut(), service.as_object()) {
+        all.extend(more.clone());
+    }
+    let (s, body) = app.admin_post("/services", fields).await;
     assert_eq!(s, 201, "{body}");
     let (s, body) = app
         .admin_post(
@@ -370,6 +459,158 @@ async fn d3_a_service_host_name_rotates_over_its_addresses(store: Store) {
     assert!(body["request_id"].is_string(), "{body}");
 }
 
+/// The test CA as a CA certificate of the gateway's (its id).
+async fn trusted(app: &TestApp, ca: &TestCa) -> Value {
+    let (s, body) = app
+        .admin_post("/ca_certificates", json!({"cert": ca.pem}))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    body["id"].clone()
+}
+
+/// One request to `path`: the backend's JSON (the status must be 200).
+async fn answer(app: &TestApp, path: &str) -> Value {
+    let r = app.proxy_get(path).await;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// D4: an `https` upstream whose target is a name with two A records: each address gets its
+/// share (the name is resolved by the test's DNS server only, never by the system's), and each
+/// connection asks for the name as TLS server name and verifies the backend's certificate,
+/// which names no address, against it (`tls_verify` with the test's CA). A backend presenting
+/// a certificate for another name is refused.
+async fn d4_https_targets_by_name_go_to_each_address_verified_by_name(store: Store) {
+    let zone = Zone::spawn();
+    let ca = TestCa::new();
+    let port = spawn_two_backends_with(Some(ca.server("tls.dns.test")));
+    let wrong = spawn_two_backends_with(Some(ca.server("other.dns.test")));
+    zone.set(
+        "tls.dns.test",
+        &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)],
+    );
+    let app = app(store, &zone).await;
+    let ca_id = trusted(&app, &ca).await;
+    let tls =
+        json!({"protocol": "https", "port": 443, "tls_verify": true, "ca_certificates": [ca_id]});
+    balanced_with(
+        &app,
+        "tls.up",
+        &[format!("tls.dns.test:{port}")],
+        "/tls",
+        tls.clone(),
+    )
+    .await;
+    balanced_with(
+        &app,
+        "wrong.up",
+        &[format!("tls.dns.test:{wrong}")],
+        "/wrong",
+        tls,
+    )
+    .await;
+
+    eventually(Duration::from_secs(10), "both addresses served", || async {
+        let seen = tally(&app, "/tls", 2).await;
+        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        tally(&app, "/tls", 20).await,
+        HashMap::from([("127.0.0.1".into(), 10), ("127.0.0.2".into(), 10)])
+    );
+    for _ in 0..2 {
+        let body = answer(&app, "/tls").await;
+        assert_eq!(body["sni"], "tls.dns.test", "{body}");
+        assert_eq!(body["host"], format!("tls.dns.test:{port}"), "{body}");
+    }
+    let r = app.proxy_get("/wrong").await;
+    assert_eq!(r.status(), 502);
+}
+
+/// D5: a service whose own host is a name, over `https`: its addresses in turn, each connection
+/// verified against the name.
+async fn d5_an_https_service_host_name_rotates_verified_by_name(store: Store) {
+    let zone = Zone::spawn();
+    let ca = TestCa::new();
+    let port = spawn_two_backends_with(Some(ca.server("svc.tls.test")));
+    zone.set(
+        "svc.tls.test",
+        &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)],
+    );
+    let app = app(store, &zone).await;
+    let ca_id = trusted(&app, &ca).await;
+    let (s, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": "svc", "url": format!("https://svc.tls.test:{port}"),
+                   "tls_verify": true, "ca_certificates": [ca_id]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post("/services/svc/routes", json!({"paths": ["/svc"]}))
+        .await;
+    assert_eq!(s, 201, "{body}");
+
+    eventually(Duration::from_secs(10), "both addresses served", || async {
+        let seen = tally(&app, "/svc", 2).await;
+        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        tally(&app, "/svc", 10).await,
+        HashMap::from([("127.0.0.1".into(), 5), ("127.0.0.2".into(), 5)])
+    );
+    let body = answer(&app, "/svc").await;
+    assert_eq!(body["sni"], "svc.tls.test", "{body}");
+    assert_eq!(body["host"], format!("svc.tls.test:{port}"), "{body}");
+}
+
+/// D6: a `grpc` service whose host is a name only the test's DNS server knows: calls reach the
+/// tonic server at the address it resolved to.
+async fn d6_a_grpc_service_by_name_reaches_its_address(store: Store) {
+    let zone = Zone::spawn();
+    let grpc_port = crate::echo_servers::spawn_grpc_upstream();
+    zone.set("grpc.dns.test", &[Ipv4Addr::LOCALHOST]);
+    let app = app_with(store, &zone, |settings| {
+        settings.proxy_listen = "127.0.0.1:0 http2".into();
+    })
+    .await;
+    let (s, b) = app
+        .admin_post(
+            "/services",
+            json!({"name": "echo", "url": format!("grpc://grpc.dns.test:{grpc_port}")}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post(
+            "/services/echo/routes",
+            json!({"protocols": ["grpc"], "paths": ["/test.Echo/"], "strip_path": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let mut grpc = crate::grpc::client(&app.proxy);
+    let echoed = eventually(Duration::from_secs(10), "the call answered", || async {
+        crate::grpc::unary(
+            &mut grpc.clone(),
+            "Unary",
+            bytes::Bytes::from_static(b"ping"),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    assert_eq!(&echoed[..], b"ping");
+    let again = crate::grpc::unary(&mut grpc, "Unary", bytes::Bytes::from_static(b"pong"))
+        .await
+        .unwrap();
+    assert_eq!(&again[..], b"pong");
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -395,6 +636,9 @@ on_every_store!(
     d1_a_name_with_two_addresses_follows_its_answer,
     d2_a_name_that_does_not_resolve_gets_no_traffic,
     d3_a_service_host_name_rotates_over_its_addresses,
+    d4_https_targets_by_name_go_to_each_address_verified_by_name,
+    d5_an_https_service_host_name_rotates_verified_by_name,
+    d6_a_grpc_service_by_name_reaches_its_address,
 );
 
 #[test]
