@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::Name;
 use hickory_resolver::TokioResolver;
 
 use crate::router::dns::Resolution;
@@ -100,7 +101,13 @@ impl DnsRefresher {
         let resolver = self.resolver.clone();
         let asked = name.clone();
         let lookup = async move {
-            match resolver.lookup_ip(&*asked).await {
+            // As written: host names may carry `_` (a label IDNA would refuse; Kong resolves
+            // them), which the resolver's own parsing of a `&str` rejects.
+            let found = match Name::from_ascii(&*asked) {
+                Ok(name) => resolver.lookup_ip(name).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match found {
                 Ok(found) => {
                     let expires_in = found
                         .valid_until()
