@@ -58,6 +58,10 @@ pub enum AdminError {
     /// certificate listed by a service); the message names one of them, as Kong's does.
     #[error("referenced by others: {0}")]
     ReferencedByOthers(String),
+    /// `…/targets/{t}/{address}/healthy` names an address the target does not have (Kong's
+    /// health checker's `target not found`, answered 400).
+    #[error("target address not found")]
+    AddressNotFound,
     /// Method not allowed on this path.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -210,6 +214,7 @@ impl ResponseError for AdminError {
             | Self::InvalidKey(_)
             | Self::InvalidOption { .. }
             | Self::BadBody(_)
+            | Self::AddressNotFound
             | Self::Declarative(_) => StatusCode::BAD_REQUEST,
             Self::OperationUnsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unique(_) | Self::Contended => StatusCode::CONFLICT,
@@ -256,6 +261,7 @@ impl ResponseError for AdminError {
             Self::ReferencedByOthers(msg) => json!({
                 "code": 19, "name": "referenced by others", "message": msg,
             }),
+            Self::AddressNotFound => json!({ "message": "target not found" }),
             Self::MethodNotAllowed => json!({ "message": "Method not allowed" }),
             Self::InvalidSize(msg) => json!({ "code": 9, "name": "invalid size", "message": msg }),
             Self::InvalidOffset(offset) => json!({

@@ -381,8 +381,7 @@ pub enum TargetHealthState {
     Healthy,
     /// Taking no traffic (a check failed it, or the admin API set it so).
     Unhealthy,
-    /// Its name does not resolve. Never reported yet: the gateway resolves a target's name when
-    /// it connects and keeps no DNS state (the row is there, at 0, as in Kong).
+    /// Its name does not resolve (it has no address).
     DnsError,
 }
 

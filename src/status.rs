@@ -76,10 +76,10 @@ impl Probe {
                 .map(|t| TargetHealthReading {
                     upstream: t.upstream.clone(),
                     target: t.target.clone(),
-                    // The gateway resolves a name when it connects: the target's address is
-                    // the one configured, and it has no DNS state of its own.
-                    address: t.target.clone(),
-                    state: TargetHealthState::of(t.checks_on, t.health.is_healthy()),
+                    address: t.address.clone(),
+                    state: t.health.as_ref().map_or(TargetHealthState::DnsError, |h| {
+                        TargetHealthState::of(t.checks_on, h.is_healthy())
+                    }),
                 })
                 .collect(),
         )

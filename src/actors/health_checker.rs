@@ -1,10 +1,11 @@
 //! Active health checks: one actor per upstream whose `healthchecks.active` has an interval,
-//! probing each of its targets — healthy ones every `healthy.interval` seconds, unhealthy ones
-//! every `unhealthy.interval` — with at most `concurrency` probes in flight. A probe is an HTTP
-//! `GET http_path` (`http`, `https`) or a connection (`tcp`); its outcome is counted in the
-//! target's [`TargetHealth`], which the proxy reads on every pick. Each node checks for itself,
-//! as Kong's nodes do. The config registry starts the actors and stops them when the upstream or
-//! its targets change.
+//! probing each address of its targets (each name as it last resolved) — healthy ones every
+//! `healthy.interval` seconds, unhealthy ones every `unhealthy.interval` — with at most
+//! `concurrency` probes in flight. A probe is an HTTP `GET http_path` (`http`, `https`, TLS
+//! asking for the target's name) or a connection (`tcp`); its outcome is counted in the
+//! address's [`TargetHealth`], which the proxy reads on every pick. Each node checks for
+//! itself, as Kong's nodes do. The config registry starts the actors and stops them when the
+//! upstream, its targets or their addresses change.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -21,13 +22,18 @@ use tokio::net::TcpStream;
 use crate::entities::upstreams::{ActiveChecks, CheckType};
 use crate::router::health::{Outcome, Rules, TargetHealth};
 
-/// One target as the checker probes it.
+/// One address of a target as the checker probes it (each address has its own health, as in
+/// Kong).
 #[derive(Clone)]
 pub struct Probe {
     /// `host:port` as configured (for logs).
     pub target: String,
-    /// Host to connect to.
+    /// The address, `ip:port` (for logs).
+    pub address: String,
+    /// Host to connect to: the address the target's name resolved to, or the target's own.
     pub host: String,
+    /// The name TLS asks `https` probes for: the target's host as configured.
+    pub server_name: String,
     /// Port to connect to.
     pub port: u16,
     /// `Host` sent with HTTP probes.
@@ -77,6 +83,7 @@ impl HealthChecker {
                             tracing::warn!(
                                 upstream = %upstream,
                                 target = %probe.target,
+                                address = %probe.address,
                                 healthy = now,
                                 ?outcome,
                                 "active health check changed the target's state"
@@ -147,7 +154,8 @@ async fn probe_unbounded(probe: &Probe, config: &ActiveChecks) -> Outcome {
             } else {
                 crate::tls::unverified_upstream_config()
             };
-            let Ok(name) = rustls::pki_types::ServerName::try_from(probe.host.clone()) else {
+            let Ok(name) = rustls::pki_types::ServerName::try_from(probe.server_name.clone())
+            else {
                 return Outcome::TcpFailure;
             };
             match tokio_rustls::TlsConnector::from(Arc::new(tls))

@@ -32,7 +32,7 @@ use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
 use crate::router::balancer::Rotation;
-use crate::router::dns::AddressBook;
+use crate::router::dns::{address_key, hosts_of, AddressBook};
 use crate::router::health::{reported_targets, HealthBook};
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
@@ -285,8 +285,9 @@ impl ConfigRegistry {
         self
     }
 
-    /// Asks the refresher to watch the host names of the targets that take traffic and of the
-    /// services not balanced over an upstream, and forgets the answers of the others.
+    /// Asks the refresher to watch the host names of the targets (weight 0 too: the health
+    /// endpoint lists every target's addresses, as Kong's) and of the services not balanced
+    /// over an upstream, and forgets the answers of the others.
     fn watch_names(&mut self) {
         let Some(refresher) = &self.refresher else {
             return;
@@ -307,7 +308,6 @@ impl ConfigRegistry {
             .mirror
             .targets
             .values()
-            .filter(|t| t.weight > 0)
             .filter_map(|t| t.address().ok())
             .chain(services)
             .filter(|a| a.kind == AddressKind::Name)
@@ -464,8 +464,38 @@ impl ConfigRegistry {
             .collect()
     }
 
+    /// One probe per address of each of `targets` (as their names last resolved; a name that
+    /// failed has none), each with its address's health cell.
+    fn probes_of(&self, upstream: &Upstream, targets: &[&Target]) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for t in targets {
+            let Ok(address) = t.address() else {
+                continue;
+            };
+            let port = address
+                .port
+                .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
+            for host in hosts_of(&address, &self.dns).unwrap_or_default() {
+                let at = address_key(&host, port);
+                probes.push(Probe {
+                    target: t.target.clone(),
+                    health: self.health.of(upstream.id, &t.target, &at),
+                    address: at,
+                    host_header: upstream
+                        .host_header
+                        .clone()
+                        .unwrap_or_else(|| format!("{}:{port}", address.host)),
+                    server_name: address.host.clone(),
+                    host,
+                    port,
+                });
+            }
+        }
+        probes
+    }
+
     /// Starts an active checker for each upstream whose checks have an interval, and stops
-    /// those whose upstream, checks or targets changed.
+    /// those whose upstream, checks, targets or their addresses changed.
     fn run_checkers(&mut self) {
         let mut wanted: HashMap<Uuid, (String, HealthChecker)> = HashMap::new();
         for upstream in self.mirror.upstreams.values() {
@@ -481,13 +511,15 @@ impl ConfigRegistry {
                 .map(|t| &**t)
                 .collect();
             targets.sort_by(|a, b| a.target.cmp(&b.target));
+            let probes = self.probes_of(upstream, &targets);
+            // The addresses as well: a name's new answer restarts the checker with them.
             let fingerprint = format!(
                 "{:?}|{:?}|{}",
                 upstream.healthchecks,
                 upstream.host_header,
-                targets
+                probes
                     .iter()
-                    .map(|t| t.target.as_str())
+                    .map(|p| format!("{}@{}", p.target, p.address))
                     .collect::<Vec<_>>()
                     .join(",")
             );
@@ -498,25 +530,6 @@ impl ConfigRegistry {
             {
                 continue;
             }
-            let probes = targets
-                .iter()
-                .filter_map(|t| {
-                    let address = t.address().ok()?;
-                    let port = address
-                        .port
-                        .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
-                    Some(Probe {
-                        target: t.target.clone(),
-                        host_header: upstream
-                            .host_header
-                            .clone()
-                            .unwrap_or_else(|| format!("{}:{port}", address.host)),
-                        host: address.host,
-                        port,
-                        health: self.health.of(upstream.id, &t.target),
-                    })
-                })
-                .collect();
             wanted.insert(
                 upstream.id,
                 (
@@ -616,15 +629,22 @@ impl ConfigRegistry {
             self.rotations.entry(*id).or_default();
         }
         self.run_checkers();
-        let mut live: HashMap<Uuid, Vec<&str>> = self
+        let mut live: HashMap<Uuid, HashSet<(String, String)>> = self
             .mirror
             .upstreams
             .keys()
-            .map(|id| (*id, Vec::new()))
+            .map(|id| (*id, HashSet::new()))
             .collect();
         for target in self.mirror.targets.values() {
-            if let Some(list) = live.get_mut(&target.upstream.id) {
-                list.push(target.target.as_str());
+            let (Some(list), Ok(address)) = (live.get_mut(&target.upstream.id), target.address())
+            else {
+                continue;
+            };
+            let port = address
+                .port
+                .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
+            for host in hosts_of(&address, &self.dns).unwrap_or_default() {
+                list.insert((target.target.clone(), address_key(&host, port)));
             }
         }
         self.health.retain(&live);
@@ -658,6 +678,7 @@ impl ConfigRegistry {
                 &self.mirror.upstreams,
                 &self.mirror.targets,
                 &self.health,
+                &self.dns,
             )));
         }
         self.snapshot.store(Arc::new(snapshot));

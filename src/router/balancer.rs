@@ -16,7 +16,8 @@
 //! (the [`AddressBook`] the DNS refresher keeps current), each with the target's weight, as
 //! Kong's balancer adds one address per A record; a name that failed to resolve adds none. A
 //! service's own host name is taken the same way: its addresses in turn, Kong's `503 name
-//! resolution failed` when it does not resolve.
+//! resolution failed` when it does not resolve. Each address has its own health and load, as
+//! in Kong: one address of a name failing its checks leaves the name's other addresses in use.
 //!
 //! The proxy takes a [`Peers`] cursor per request, reads the request's hash key into it once,
 //! and asks it for a peer once per attempt: attempt 0 is the algorithm's choice, each retry the
@@ -30,7 +31,7 @@ use http::HeaderValue;
 use regex::Regex;
 use uuid::Uuid;
 
-use super::dns::{AddressBook, Resolution};
+use super::dns::{address_key, hosts_of, AddressBook, Resolution};
 use super::health::{HealthBook, UpstreamChecks};
 use super::UpstreamOrigin;
 use crate::entities::upstreams::{Address, AddressKind, Target, Upstream};
@@ -316,12 +317,14 @@ impl Balancer {
                     host_name,
                     port,
                 );
-                // Always read: a target set unhealthy through the admin API gets no traffic
-                // even with the checks off.
-                origin.health = Some(place.health.of(upstream.id, &target.target));
+                // Health and load are the address's (as Kong keeps them), always read: an
+                // address set unhealthy through the admin API gets no traffic even with the
+                // checks off.
+                let at = address_key(&connect_host, port);
+                origin.health = Some(place.health.of(upstream.id, &target.target, &at));
                 origin.passive.clone_from(&checks.passive);
                 if upstream.algorithm == "least-connections" || upstream.algorithm == "latency" {
-                    origin.load = Some(place.health.load_of(upstream.id, &target.target));
+                    origin.load = Some(place.health.load_of(upstream.id, &target.target, &at));
                 }
                 origins.push(origin);
                 weights.push(u64::from(target.weight));
@@ -424,28 +427,29 @@ fn endpoints(
     service: &Service,
     dns: &AddressBook,
 ) -> Vec<(String, String)> {
-    if address.kind != AddressKind::Name {
-        return vec![(address.host.clone(), written.to_string())];
-    }
     // TLS and gRPC keep the name in the URL: it is the server name TLS asks for and checks the
     // certificate against, and gRPC's `:authority`. Their origin is pinned to the address
     // (`UpstreamOrigin::pinned`), which hyper's client connects to.
     let by_name = matches!(service.protocol.as_str(), "https" | "grpcs" | "grpc");
-    match dns.get(address.host.to_ascii_lowercase().as_str()) {
-        None => vec![(address.host.clone(), written.to_string())],
-        Some(Resolution::Failed) => Vec::new(),
-        Some(Resolution::Addresses(list)) => list
-            .iter()
-            .map(|ip| {
-                let url_host = match (by_name, ip) {
-                    (true, _) => written.to_string(),
-                    (false, std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-                    (false, std::net::IpAddr::V4(v4)) => v4.to_string(),
-                };
-                (ip.to_string(), url_host)
-            })
-            .collect(),
-    }
+    let answered = address.kind == AddressKind::Name
+        && matches!(
+            dns.get(address.host.to_ascii_lowercase().as_str()),
+            Some(Resolution::Addresses(_))
+        );
+    hosts_of(address, dns)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|host| {
+            let url_host = if !answered || by_name {
+                written.to_string()
+            } else if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            (host, url_host)
+        })
+        .collect()
 }
 
 impl HashSource {

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::entities::upstreams::{Address, AddressKind};
+
 /// The last answer for one name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
@@ -37,3 +39,44 @@ impl Resolution {
 /// The answers by host name (lower case). A name not in the book has not been answered yet: it
 /// is connected to by name until its first answer arrives.
 pub type AddressBook = HashMap<Arc<str>, Resolution>;
+
+/// Where a target or a service's host is reached: its address as written; a name's addresses
+/// as it last resolved, or the name itself until its first answer. `None` when the name failed
+/// to resolve (it is reached nowhere).
+pub fn hosts_of(address: &Address, dns: &AddressBook) -> Option<Vec<String>> {
+    if address.kind != AddressKind::Name {
+        return Some(vec![address.host.clone()]);
+    }
+    match dns.get(address.host.to_ascii_lowercase().as_str()) {
+        None => Some(vec![address.host.clone()]),
+        Some(Resolution::Failed) => None,
+        Some(Resolution::Addresses(list)) => Some(list.iter().map(IpAddr::to_string).collect()),
+    }
+}
+
+/// One address of a target as Kong's health endpoint names it and the health book keys it:
+/// `host:port` (`[ip]:port` for IPv6).
+pub fn address_key(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// What Kong's health endpoint shows as a target's `dns`: the record type of its last answer
+/// (`A`, `AAAA`; an address as written answers as its own record), `unknown` before the
+/// first answer, the failure when it did not resolve.
+pub fn record_kind(address: &Address, dns: &AddressBook) -> &'static str {
+    let first = match address.kind {
+        AddressKind::Ipv4 => return "A",
+        AddressKind::Ipv6 => return "AAAA",
+        AddressKind::Name => dns.get(address.host.to_ascii_lowercase().as_str()),
+    };
+    match first {
+        None => "unknown",
+        Some(Resolution::Failed) => "name resolution failed",
+        Some(Resolution::Addresses(list)) if list.first().is_some_and(IpAddr::is_ipv6) => "AAAA",
+        Some(Resolution::Addresses(_)) => "A",
+    }
+}

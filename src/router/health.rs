@@ -4,20 +4,24 @@
 //! the outcome of every request it sends to a target (passive checks, Kong's circuit breaker), and
 //! the active checker (`crate::actors::health_checker`), which probes each target on an interval.
 //!
-//! One [`TargetHealth`] per target and node, made of atomics: the proxy reads and reports without
-//! a lock, the active checker and the admin API (`…/healthy`, `…/unhealthy`) write the same
-//! cells. The [`HealthBook`] keeps them across configuration changes (a new snapshot does not
+//! One [`TargetHealth`] per address of a target and node (Kong keeps health per address: a
+//! target whose name resolves to three addresses has three), made of atomics: the proxy reads
+//! and reports without a lock, the active checker and the admin API (`…/healthy`,
+//! `…/unhealthy`, `…/{address}/healthy`) write the same cells. The [`HealthBook`] keeps them across configuration changes (a new snapshot does not
 //! forget which targets are down), and every snapshot carries it for the admin API to read.
 //! When a `prometheus` plugin asks for `upstream_health_metrics`, the snapshot also carries the
 //! list of [`ReportedTarget`]s the scrape reads (`kong_upstream_target_health`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
 
-use crate::entities::upstreams::{CheckType, Counters, HealthChecks, Target, Upstream};
+use super::dns::{address_key, hosts_of, AddressBook};
+use crate::entities::upstreams::{
+    CheckType, Counters, HealthChecks, Target, Upstream, DEFAULT_TARGET_PORT,
+};
 
 /// What a request (or a probe) to a target came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,38 +224,44 @@ impl UpstreamChecks {
     }
 }
 
-/// The health of every target this node knows, by upstream and `host:port`, kept by the config
-/// registry across snapshots.
+/// The cells of one kind (health or load) by upstream, then by target (`host:port` as
+/// configured) and address (`ip:port`, see [`super::dns::address_key`]).
+type Cells<T> = RwLock<HashMap<Uuid, HashMap<(String, String), Arc<T>>>>;
+
+/// The health and load of every address of every target this node knows, kept by the config
+/// registry across snapshots. As in Kong, each address of a target has its own: a name
+/// resolving to three addresses has three cells, each failed or brought back on its own.
 #[derive(Debug, Default)]
 pub struct HealthBook {
-    targets: RwLock<HashMap<Uuid, HashMap<String, Arc<TargetHealth>>>>,
-    loads: RwLock<HashMap<Uuid, HashMap<String, Arc<TargetLoad>>>>,
+    targets: Cells<TargetHealth>,
+    loads: Cells<TargetLoad>,
 }
 
 impl HealthBook {
-    /// The cell of `target` (`host:port`) of `upstream`, made healthy the first time. Called when
-    /// snapshots are built and by the admin API, never per request.
-    pub fn of(&self, upstream: Uuid, target: &str) -> Arc<TargetHealth> {
-        cell_in(&self.targets, upstream, target)
+    /// The cell of `address` of `target` of `upstream`, made healthy the first time. Called
+    /// when snapshots are built and by the admin API, never per request.
+    pub fn of(&self, upstream: Uuid, target: &str, address: &str) -> Arc<TargetHealth> {
+        cell_in(&self.targets, upstream, target, address)
     }
 
-    /// The load of `target` of `upstream` (made the first time).
-    pub fn load_of(&self, upstream: Uuid, target: &str) -> Arc<TargetLoad> {
-        cell_in(&self.loads, upstream, target)
+    /// The load of `address` of `target` of `upstream` (made the first time).
+    pub fn load_of(&self, upstream: Uuid, target: &str, address: &str) -> Arc<TargetLoad> {
+        cell_in(&self.loads, upstream, target, address)
     }
 
-    /// The cell of `target` of `upstream`, if the node has one.
-    pub fn find(&self, upstream: Uuid, target: &str) -> Option<Arc<TargetHealth>> {
+    /// The cell of `address` of `target` of `upstream`, if the node has one.
+    pub fn find(&self, upstream: Uuid, target: &str, address: &str) -> Option<Arc<TargetHealth>> {
         self.targets
             .read()
             .ok()?
             .get(&upstream)
-            .and_then(|u| u.get(target))
+            .and_then(|u| u.get(&(target.to_string(), address.to_string())))
             .cloned()
     }
 
-    /// Forgets the targets no longer configured (`keep` lists the live ones by upstream).
-    pub fn retain(&self, keep: &HashMap<Uuid, Vec<&str>>) {
+    /// Forgets the addresses no longer configured or resolved (`keep` lists the live ones by
+    /// upstream, as (target, address)).
+    pub fn retain(&self, keep: &HashMap<Uuid, HashSet<(String, String)>>) {
         if let Ok(mut all) = self.targets.write() {
             forget_gone(&mut all, keep);
         }
@@ -261,52 +271,67 @@ impl HealthBook {
     }
 }
 
-/// One target's health cell under the names a scrape reports it by.
+/// One address's health cell under the names a scrape reports it by.
 #[derive(Debug)]
 pub struct ReportedTarget {
     /// The upstream's name.
     pub upstream: String,
     /// The target, `host:port`.
     pub target: String,
+    /// The address, `ip:port` (empty when the target's name does not resolve).
+    pub address: String,
     /// Whether any check runs for the upstream.
     pub checks_on: bool,
-    /// The cell the proxy, the checker and the admin API write.
-    pub health: Arc<TargetHealth>,
+    /// The cell the proxy, the checker and the admin API write; `None` when the target's name
+    /// does not resolve (Kong's `dns_error`).
+    pub health: Option<Arc<TargetHealth>>,
 }
 
-/// Every target of `upstreams` with its cell in `book` (made healthy the first time), by upstream
-/// name then target. Called when a snapshot is built, never per request.
+/// Every address of every target of `upstreams` (as `dns` resolved the targets' names) with its
+/// cell in `book` (made healthy the first time), by upstream name, target and address. Called
+/// when a snapshot is built, never per request.
 pub fn reported_targets(
     upstreams: &HashMap<Uuid, Arc<Upstream>>,
     targets: &HashMap<Uuid, Arc<Target>>,
     book: &HealthBook,
+    dns: &AddressBook,
 ) -> Vec<ReportedTarget> {
-    let mut out: Vec<ReportedTarget> = targets
-        .values()
-        .filter_map(|t| {
-            let upstream = upstreams.get(&t.upstream.id)?;
-            Some(ReportedTarget {
-                upstream: upstream.name.clone(),
-                target: t.target.clone(),
-                checks_on: UpstreamChecks::of(&upstream.healthchecks).on(),
-                health: book.of(upstream.id, &t.target),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.upstream, &a.target).cmp(&(&b.upstream, &b.target)));
+    let mut out: Vec<ReportedTarget> = Vec::new();
+    for t in targets.values() {
+        let (Some(upstream), Ok(address)) = (upstreams.get(&t.upstream.id), t.address()) else {
+            continue;
+        };
+        let checks_on = UpstreamChecks::of(&upstream.healthchecks).on();
+        let port = address.port.unwrap_or(DEFAULT_TARGET_PORT);
+        let row = |address: String, health| ReportedTarget {
+            upstream: upstream.name.clone(),
+            target: t.target.clone(),
+            address,
+            checks_on,
+            health,
+        };
+        match hosts_of(&address, dns) {
+            None => out.push(row(String::new(), None)),
+            Some(hosts) => out.extend(hosts.iter().map(|host| {
+                let at = address_key(host, port);
+                let cell = book.of(upstream.id, &t.target, &at);
+                row(at, Some(cell))
+            })),
+        }
+    }
+    out.sort_by(|a, b| {
+        (&a.upstream, &a.target, &a.address).cmp(&(&b.upstream, &b.target, &b.address))
+    });
     out
 }
 
-/// The cell of `target` of `upstream` in `cells`, made the first time.
-fn cell_in<T: Default>(
-    cells: &RwLock<HashMap<Uuid, HashMap<String, Arc<T>>>>,
-    upstream: Uuid,
-    target: &str,
-) -> Arc<T> {
+/// The cell of `address` of `target` of `upstream` in `cells`, made the first time.
+fn cell_in<T: Default>(cells: &Cells<T>, upstream: Uuid, target: &str, address: &str) -> Arc<T> {
+    let key = (target.to_string(), address.to_string());
     if let Some(found) = cells
         .read()
         .ok()
-        .and_then(|t| t.get(&upstream).and_then(|u| u.get(target)).cloned())
+        .and_then(|t| t.get(&upstream).and_then(|u| u.get(&key)).cloned())
     {
         return found;
     }
@@ -315,18 +340,21 @@ fn cell_in<T: Default>(
     };
     all.entry(upstream)
         .or_default()
-        .entry(target.to_string())
+        .entry(key)
         .or_default()
         .clone()
 }
 
-/// Drops the entries of `cells` whose upstream or target `keep` does not list.
-fn forget_gone<T>(cells: &mut HashMap<Uuid, HashMap<String, T>>, keep: &HashMap<Uuid, Vec<&str>>) {
-    cells.retain(|upstream, targets| {
+/// Drops the entries of `cells` whose upstream or (target, address) `keep` does not list.
+fn forget_gone<T>(
+    cells: &mut HashMap<Uuid, HashMap<(String, String), T>>,
+    keep: &HashMap<Uuid, HashSet<(String, String)>>,
+) {
+    cells.retain(|upstream, addresses| {
         let Some(live) = keep.get(upstream) else {
             return false;
         };
-        targets.retain(|t, _| live.contains(&t.as_str()));
+        addresses.retain(|key, _| live.contains(key));
         true
     });
 }

@@ -324,6 +324,9 @@ pub struct RouterSnapshot {
     pub global: Arc<PluginChain>,
     /// The targets' health (for the admin API's `/upstreams/{u}/health`).
     pub health: Arc<health::HealthBook>,
+    /// What the targets' host names last resolved to (for the admin API's
+    /// `/upstreams/{u}/health`, which lists each target's addresses).
+    pub dns: Arc<dns::AddressBook>,
     /// Every upstream target with its health cell, when a `prometheus` plugin exports
     /// `kong_upstream_target_health` (`upstream_health_metrics`); set by the registry.
     pub upstream_health: Option<Arc<[health::ReportedTarget]>>,
@@ -558,6 +561,7 @@ impl RouterSnapshot {
             identities: Arc::new(Identities::build(parts.identities)),
             global: parts.global,
             health: parts.health.clone(),
+            dns: Arc::new(parts.dns.clone()),
             upstream_health: None,
             version: parts.version,
         }

@@ -11,10 +11,9 @@
 //!   also with `portcullis_` (the gateway's own metrics).
 //! - Not ported: gRPC/TCP stream counts (no stream listeners, so no `subsystem="stream"` target
 //!   health), Lua VM and shared-dict memory, nginx timers, AI and Wasm metrics, hybrid mode.
-//! - `kong_upstream_target_health` (`04-status_api_spec`'s target health cases): `address` is the
-//!   target as configured (Kong's is the resolved `ip:port`; the same for an IP target), and no
-//!   target is in `dns_error` (the gateway resolves names when it connects), so Kong's
-//!   `some-random-dns:80` case is not ported.
+//! - `kong_upstream_target_health` (`04-status_api_spec`'s target health cases): Kong's
+//!   `some-random-dns:80` (`dns_error`) case is not ported here, since it needs a DNS server
+//!   of the test's (`upstream_dns.rs` runs one).
 
 use std::time::Duration;
 

@@ -611,6 +611,400 @@ async fn d6_a_grpc_service_by_name_reaches_its_address(store: Store) {
     assert_eq!(&again[..], b"pong");
 }
 
+/// The target `target` of `upstream` in `/upstreams/{upstream}/health`.
+async fn health_row(app: &TestApp, upstream: &str, target: &str) -> Value {
+    let (s, body) = app
+        .admin_get(&format!("/upstreams/{upstream}/health"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body["node_id"].is_string(), "{body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target)
+        .cloned()
+        .unwrap_or_else(|| panic!("{target} in {body}"))
+}
+
+/// Each address of a health row with its health, by `ip:port`.
+fn address_health(row: &Value) -> HashMap<String, String> {
+    row["data"]["addresses"]
+        .as_array()
+        .unwrap_or_else(|| panic!("addresses in {row}"))
+        .iter()
+        .map(|a| {
+            (
+                format!("{}:{}", a["ip"].as_str().unwrap(), a["port"]),
+                a["health"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Passive checks failing an address at its first connection failure, with `successes` to
+/// bring it back.
+fn passive_checks() -> Value {
+    json!({"healthchecks": {"passive": {
+        "healthy": {"successes": 1},
+        "unhealthy": {"tcp_failures": 1, "http_failures": 1, "timeouts": 1},
+    }}})
+}
+
+/// H1: health is kept per address, as Kong keeps it: a target whose name resolves to a live
+/// backend and to an address where nothing listens loses only the dead address at its first
+/// connection failure (the request is retried on the live one); `/upstreams/{u}/health` lists
+/// both addresses under `data.addresses`, each with its own health, and the target as
+/// `HEALTHY` (one address is), with Kong's weights.
+async fn h1_a_dead_address_of_a_name_fails_alone(store: Store) {
+    let zone = Zone::spawn();
+    let port = spawn_two_backends();
+    // Nothing listens on 127.0.0.3.
+    zone.set(
+        "half.dns.test",
+        &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 3)],
+    );
+    let app = app(store, &zone).await;
+    let (s, body) = app
+        .admin_post("/upstreams", {
+            let mut up = passive_checks();
+            up["name"] = json!("half.up");
+            up
+        })
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let target = format!("half.dns.test:{port}");
+    let (s, body) = app
+        .admin_post(
+            "/upstreams/half.up/targets",
+            json!({"target": target, "weight": 100}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": "half", "host": "half.up", "retries": 2}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post("/services/half/routes", json!({"paths": ["/half"]}))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (live, dead) = (format!("127.0.0.1:{port}"), format!("127.0.0.3:{port}"));
+    eventually(Duration::from_secs(10), "both addresses listed", || async {
+        let row = health_row(&app, "half.up", &target).await;
+        (address_health(&row).len() == 2).then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        tally(&app, "/half", 20).await,
+        HashMap::from([("127.0.0.1".into(), 20)])
+    );
+    let row = health_row(&app, "half.up", &target).await;
+    assert_eq!(
+        address_health(&row),
+        HashMap::from([
+            (live.clone(), "HEALTHY".to_string()),
+            (dead.clone(), "UNHEALTHY".to_string())
+        ]),
+        "{row}"
+    );
+    assert_eq!(row["health"], "HEALTHY", "{row}");
+    assert_eq!(row["data"]["host"], "half.dns.test", "{row}");
+    assert_eq!(row["data"]["port"], port, "{row}");
+    assert_eq!(row["data"]["dns"], "A", "{row}");
+    assert_eq!(row["data"]["nodeWeight"], 100, "{row}");
+    assert_eq!(
+        row["data"]["weight"],
+        json!({"total": 200, "available": 100, "unavailable": 100}),
+        "{row}"
+    );
+}
+
+/// H2: `…/targets/{t}/{address}/unhealthy` and `…/healthy` set one address of a name; without
+/// an address, every address of the target; an address the target does not have is Kong's
+/// `400 target not found`.
+async fn h2_one_address_is_set_by_hand(store: Store) {
+    let zone = Zone::spawn();
+    let port = spawn_two_backends();
+    zone.set(
+        "pair.dns.test",
+        &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)],
+    );
+    let app = app(store, &zone).await;
+    let target = format!("pair.dns.test:{port}");
+    balanced_with(
+        &app,
+        "pair.up",
+        std::slice::from_ref(&target),
+        "/pair",
+        json!({}),
+    )
+    .await;
+    let (s, body) = app
+        .admin_patch("/upstreams/pair.up", passive_checks())
+        .await;
+    assert_eq!(s, 200, "{body}");
+    eventually(Duration::from_secs(10), "both addresses served", || async {
+        let seen = tally(&app, "/pair", 2).await;
+        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
+    })
+    .await;
+    let (one, two) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+    let base = format!("/upstreams/pair.up/targets/{target}");
+
+    let (s, body) = app
+        .admin_put(&format!("{base}/{two}/unhealthy"), json!({}))
+        .await;
+    assert_eq!(s, 204, "{body}");
+    assert_eq!(
+        tally(&app, "/pair", 10).await,
+        HashMap::from([("127.0.0.1".into(), 10)])
+    );
+    let row = health_row(&app, "pair.up", &target).await;
+    assert_eq!(
+        address_health(&row),
+        HashMap::from([
+            (one.clone(), "HEALTHY".to_string()),
+            (two.clone(), "UNHEALTHY".to_string())
+        ]),
+        "{row}"
+    );
+    assert_eq!(row["health"], "HEALTHY", "{row}");
+
+    let (s, body) = app
+        .admin_put(&format!("{base}/{two}/healthy"), json!({}))
+        .await;
+    assert_eq!(s, 204, "{body}");
+    assert_eq!(
+        tally(&app, "/pair", 10).await,
+        HashMap::from([("127.0.0.1".into(), 5), ("127.0.0.2".into(), 5)])
+    );
+
+    let (s, body) = app.admin_put(&format!("{base}/unhealthy"), json!({})).await;
+    assert_eq!(s, 204, "{body}");
+    let row = health_row(&app, "pair.up", &target).await;
+    assert_eq!(row["health"], "UNHEALTHY", "{row}");
+    assert_eq!(
+        address_health(&row),
+        HashMap::from([
+            (one.clone(), "UNHEALTHY".to_string()),
+            (two.clone(), "UNHEALTHY".to_string())
+        ]),
+        "{row}"
+    );
+    assert_eq!(
+        tally(&app, "/pair", 3).await,
+        HashMap::from([("503 failure to get a peer from the ring-balancer".into(), 3)])
+    );
+
+    let (s, body) = app
+        .admin_put(&format!("{base}/127.0.0.9:{port}/healthy"), json!({}))
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body, json!({"message": "target not found"}));
+}
+
+/// Kong's `add_targets`: four targets `fmt` with `%d` = 1…4, weight 10 each.
+async fn add_targets(app: &TestApp, upstream: &str, fmt: &str) -> Vec<Value> {
+    let mut targets = Vec::new();
+    for i in 1..=4 {
+        let (s, body) = app
+            .admin_post(
+                &format!("/upstreams/{upstream}/targets"),
+                json!({"target": fmt.replace("%d", &i.to_string()), "weight": 10}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        targets.push(body);
+    }
+    targets
+}
+
+/// Kong's `check_health_endpoint`: with and without a trailing slash, 200 with the node's id,
+/// `n` targets, `targets` among them, and `health` on every target that has addresses and on
+/// each of its addresses. (Kong also asserts the order of the rows, which follows its
+/// database's; ours are in id order.) Returns why the health is not yet `health`, for polling.
+async fn check_health_endpoint(
+    app: &TestApp,
+    upstream: &str,
+    targets: &[Value],
+    n: usize,
+    health: &str,
+) -> Result<(), String> {
+    let (_, root) = app.admin_get("/").await;
+    for append in ["", "/"] {
+        let (s, res) = app
+            .admin_get(&format!("/upstreams/{upstream}/health{append}"))
+            .await;
+        assert_eq!(s, 200, "{res}");
+        assert_eq!(res["node_id"], root["node_id"], "{res}");
+        let data = res["data"].as_array().unwrap();
+        assert_eq!(data.len(), n, "{res}");
+        for target in targets {
+            assert!(
+                data.iter()
+                    .any(|row| row["id"] == target["id"] && row["target"] == target["target"]),
+                "{target} in {res}"
+            );
+        }
+        for row in data {
+            if let Some(addresses) = row["data"]["addresses"].as_array() {
+                for address in addresses {
+                    if address["health"] != health {
+                        return Err(format!("{address} is not {health} in {res}"));
+                    }
+                }
+                if row["health"] != health {
+                    return Err(format!("{row} is not {health}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls [`check_health_endpoint`] until it holds (Kong's `pwait_until`, 15 s).
+async fn wait_health(app: &TestApp, upstream: &str, targets: &[Value], n: usize, health: &str) {
+    let what = format!("every target and address of {upstream} {health}");
+    eventually(Duration::from_secs(15), &what, || async {
+        check_health_endpoint(app, upstream, targets, n, health)
+            .await
+            .ok()
+    })
+    .await;
+}
+
+/// A gateway for Kong's health endpoint cases: `custom_localhost` (Kong's hosts-file mock)
+/// resolves to 127.0.0.1 through the test's DNS server; `bad-*` names do not resolve.
+async fn health_gateway(store: Store) -> (Zone, TestApp) {
+    let zone = Zone::spawn();
+    zone.set("custom_localhost", &[Ipv4Addr::LOCALHOST]);
+    let app = app(store, &zone).await;
+    (zone, app)
+}
+
+/// Kong's `before_each`: a fresh upstream, and with `on`, the passive checks Kong's *with
+/// healthchecks on* cases PATCH in.
+async fn health_upstream(app: &TestApp, name: &str, on: bool) {
+    let (s, body) = app.admin_post("/upstreams", json!({"name": name})).await;
+    assert_eq!(s, 201, "{body}");
+    if on {
+        let (s, body) = app
+            .admin_patch(
+                &format!("/upstreams/{name}"),
+                json!({"healthchecks": {"passive": {
+                    "healthy": {"successes": 1},
+                    "unhealthy": {"tcp_failures": 1, "http_failures": 1, "timeouts": 1},
+                }}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+}
+
+/// K1 (`08-targets_routes_spec` /upstreams/{upstream}/health/, healthchecks off): *returns
+/// HEALTHCHECKS_OFF for targets that resolve*.
+async fn k1_healthchecks_off_for_targets_that_resolve(store: Store) {
+    let (_zone, app) = health_gateway(store).await;
+    health_upstream(&app, "k1-health", false).await;
+    add_targets(&app, "k1-health", "127.0.0.1:8%d").await;
+    let targets = add_targets(&app, "k1-health", "custom_localhost:8%d").await;
+    wait_health(&app, "k1-health", &targets, 8, "HEALTHCHECKS_OFF").await;
+    // Each name's address is the one it resolved to.
+    let (_, res) = app.admin_get("/upstreams/k1-health/health").await;
+    for row in res["data"].as_array().unwrap() {
+        assert_eq!(row["data"]["addresses"][0]["ip"], "127.0.0.1", "{row}");
+    }
+}
+
+/// K2 (healthchecks off): *returns DNS_ERROR if DNS cannot be resolved*.
+async fn k2_healthchecks_off_dns_error(store: Store) {
+    let (_zone, app) = health_gateway(store).await;
+    health_upstream(&app, "k2-health", false).await;
+    let targets = add_targets(&app, "k2-health", "bad-health-target-%d:80").await;
+    wait_health(&app, "k2-health", &targets, 4, "DNS_ERROR").await;
+}
+
+/// K3 (healthchecks on): *returns DNS_ERROR if DNS cannot be resolved*.
+async fn k3_healthchecks_on_dns_error(store: Store) {
+    let (_zone, app) = health_gateway(store).await;
+    health_upstream(&app, "k3-health", true).await;
+    let targets = add_targets(&app, "k3-health", "bad-target-%d:80").await;
+    wait_health(&app, "k3-health", &targets, 4, "DNS_ERROR").await;
+}
+
+/// K4 (healthchecks on): *returns HEALTHY if failure not detected*.
+async fn k4_healthchecks_on_healthy(store: Store) {
+    let (_zone, app) = health_gateway(store).await;
+    health_upstream(&app, "k4-health", true).await;
+    let targets = add_targets(&app, "k4-health", "custom_localhost:222%d").await;
+    wait_health(&app, "k4-health", &targets, 4, "HEALTHY").await;
+}
+
+/// K5 (healthchecks on): *returns UNHEALTHY if failure detected* (active checks, nothing
+/// listening on the targets' ports).
+async fn k5_healthchecks_on_unhealthy(store: Store) {
+    let (_zone, app) = health_gateway(store).await;
+    health_upstream(&app, "k5-health", true).await;
+    let targets = add_targets(&app, "k5-health", "custom_localhost:222%d").await;
+    let (s, body) = app
+        .admin_put(
+            "/upstreams/k5-health",
+            json!({"healthchecks": {"active": {
+                "healthy": {"interval": 1},
+                "unhealthy": {"interval": 1, "tcp_failures": 1},
+            }}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    wait_health(&app, "k5-health", &targets, 4, "UNHEALTHY").await;
+}
+
+/// K6 (healthchecks on): *returns HEALTHCHECKS_OFF for target with weight 0* and *return
+/// HEALTHY if weight of target turns from zero to non-zero*.
+async fn k6_weight_zero_is_healthchecks_off_until_it_is_not(store: Store) {
+    let (_zone, app) = health_gateway(store).await;
+    health_upstream(&app, "k6-health", true).await;
+    let (s, body) = app
+        .admin_post(
+            "/upstreams/k6-health/targets",
+            json!({"target": "custom_localhost:2221", "weight": 0}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let addresses_are = |health: &'static str| {
+        let app = &app;
+        async move {
+            let (s, res) = app.admin_get("/upstreams/k6-health/health").await;
+            assert_eq!(s, 200, "{res}");
+            assert_eq!(res["data"].as_array().unwrap().len(), 1, "{res}");
+            let addresses = res["data"][0]["data"]["addresses"].as_array().unwrap();
+            (!addresses.is_empty() && addresses.iter().all(|a| a["health"] == health)).then_some(())
+        }
+    };
+    eventually(
+        Duration::from_secs(15),
+        "HEALTHCHECKS_OFF at weight 0",
+        || addresses_are("HEALTHCHECKS_OFF"),
+    )
+    .await;
+    let (s, body) = app
+        .admin_patch(
+            "/upstreams/k6-health/targets/custom_localhost:2221",
+            json!({"weight": 10}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    eventually(Duration::from_secs(15), "HEALTHY at weight 10", || {
+        addresses_are("HEALTHY")
+    })
+    .await;
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -639,6 +1033,14 @@ on_every_store!(
     d4_https_targets_by_name_go_to_each_address_verified_by_name,
     d5_an_https_service_host_name_rotates_verified_by_name,
     d6_a_grpc_service_by_name_reaches_its_address,
+    h1_a_dead_address_of_a_name_fails_alone,
+    h2_one_address_is_set_by_hand,
+    k1_healthchecks_off_for_targets_that_resolve,
+    k2_healthchecks_off_dns_error,
+    k3_healthchecks_on_dns_error,
+    k4_healthchecks_on_healthy,
+    k5_healthchecks_on_unhealthy,
+    k6_weight_zero_is_healthchecks_off_until_it_is_not,
 );
 
 #[test]

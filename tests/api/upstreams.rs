@@ -13,8 +13,9 @@
 //! connections, stops getting traffic at the threshold), active (probes take a target out and
 //! bring it back), and `/upstreams/{u}/health` with `…/targets/{t}/(un)healthy`.
 //!
-//! Not ported, and why: Kong's `/upstreams/{u}/health` cases that resolve names through its DNS
-//! mocks; *healthcheck endpoints not included in /endpoints* (hybrid mode).
+//! Kong's `/upstreams/{u}/health` cases that resolve names through its DNS mocks are ported in
+//! `upstream_dns.rs` (K…), against a DNS server the test runs. Not ported, and why:
+//! *healthcheck endpoints not included in /endpoints* (hybrid mode).
 
 use std::collections::HashMap;
 use std::time::Duration;
