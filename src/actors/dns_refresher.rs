@@ -4,7 +4,8 @@
 //! schedules its renewals), and a name that failed again after [`REQUERY_FAILED`] (Kong's
 //! `requeryInterval`). It tells the registry only when an answer changed ([`Resolved`]); the
 //! registry rebuilds the router snapshot with the new addresses. Names are resolved with
-//! hickory's resolver against `dns_resolver`'s name servers, or the system's.
+//! hickory's resolver against `dns_resolver`'s name servers, or the system's: SRV records
+//! first, then A (or AAAA) records, as Kong's default `dns_order` (`LAST,SRV,A,CNAME`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -14,10 +15,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::Name;
+use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::TokioResolver;
 
-use crate::router::dns::Resolution;
+use crate::router::dns::{Resolution, SrvAddress};
 
 /// How long a name that failed to resolve waits before it is asked again (Kong's balancer
 /// `REQUERY_INTERVAL`).
@@ -101,22 +102,11 @@ impl DnsRefresher {
         let resolver = self.resolver.clone();
         let asked = name.clone();
         let lookup = async move {
-            // As written: host names may carry `_` (a label IDNA would refuse; Kong resolves
-            // them), which the resolver's own parsing of a `&str` rejects.
-            let found = match Name::from_ascii(&*asked) {
-                Ok(name) => resolver.lookup_ip(name).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match found {
-                Ok(found) => {
-                    let expires_in = found
-                        .valid_until()
-                        .saturating_duration_since(Instant::now());
-                    (
-                        Resolution::of(found.iter().collect()),
-                        expires_in + AFTER_EXPIRY,
-                    )
-                }
+            match resolve(&resolver, &asked).await {
+                Ok((resolution, valid_until)) => (
+                    resolution,
+                    valid_until.saturating_duration_since(Instant::now()) + AFTER_EXPIRY,
+                ),
                 Err(e) => {
                     tracing::warn!(name = %asked, error = %e, "DNS resolution failed; the name gets no traffic until it resolves");
                     (Resolution::Failed, REQUERY_FAILED)
@@ -146,6 +136,66 @@ impl DnsRefresher {
                 }),
         );
     }
+}
+
+/// Resolves `asked` as Kong's default `dns_order` does: its SRV records first, else its A (or
+/// AAAA) records. Returns the answer and until when it holds (the shortest TTL in it).
+///
+/// # Errors
+/// The name does not parse, or has neither kind of record (described).
+async fn resolve(resolver: &TokioResolver, asked: &str) -> Result<(Resolution, Instant), String> {
+    // As written: host names may carry `_` (a label IDNA would refuse; Kong resolves them),
+    // which the resolver's own parsing of a `&str` rejects.
+    let name = Name::from_ascii(asked).map_err(|e| e.to_string())?;
+    if let Some(found) = srv(resolver, &name).await {
+        return found;
+    }
+    let found = resolver.lookup_ip(name).await.map_err(|e| e.to_string())?;
+    Ok((Resolution::of(found.iter().collect()), found.valid_until()))
+}
+
+/// The SRV answer of `name`, when it has SRV records: the records of the best (lowest)
+/// priority, each target resolved to its addresses, each address with the record's port and
+/// weight (0 counted as 1, Kong's `SRV_0_WEIGHT`). `None` when the name has no SRV record.
+async fn srv(
+    resolver: &TokioResolver,
+    name: &Name,
+) -> Option<Result<(Resolution, Instant), String>> {
+    let found = resolver.srv_lookup(name.clone()).await.ok()?;
+    let records: Vec<_> = found
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(srv.clone()),
+            _ => None,
+        })
+        .collect();
+    let best = records.iter().map(|r| r.priority).min()?;
+    let mut valid_until = found.valid_until();
+    let mut addresses = Vec::new();
+    let mut failures = Vec::new();
+    for record in records.iter().filter(|r| r.priority == best) {
+        match resolver.lookup_ip(record.target.clone()).await {
+            Ok(ips) => {
+                valid_until = valid_until.min(ips.valid_until());
+                addresses.extend(ips.iter().map(|ip| SrvAddress {
+                    ip,
+                    port: record.port,
+                    weight: u32::from(record.weight.max(1)),
+                }));
+            }
+            Err(e) => failures.push(format!("{}: {e}", record.target)),
+        }
+    }
+    if addresses.is_empty() {
+        return Some(Err(format!(
+            "no SRV target resolved ({})",
+            failures.join("; ")
+        )));
+    }
+    addresses.sort_unstable();
+    addresses.dedup();
+    Some(Ok((Resolution::Service(addresses.into()), valid_until)))
 }
 
 impl Actor for DnsRefresher {

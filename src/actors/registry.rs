@@ -475,7 +475,9 @@ impl ConfigRegistry {
             let port = address
                 .port
                 .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
-            for host in hosts_of(&address, &self.dns).unwrap_or_default() {
+            for reached in hosts_of(&address, &self.dns).unwrap_or_default() {
+                let port = reached.port.unwrap_or(port);
+                let host = reached.host;
                 let at = address_key(&host, port);
                 probes.push(Probe {
                     target: t.target.clone(),
@@ -643,8 +645,9 @@ impl ConfigRegistry {
             let port = address
                 .port
                 .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
-            for host in hosts_of(&address, &self.dns).unwrap_or_default() {
-                list.insert((target.target.clone(), address_key(&host, port)));
+            for reached in hosts_of(&address, &self.dns).unwrap_or_default() {
+                let port = reached.port.unwrap_or(port);
+                list.insert((target.target.clone(), address_key(&reached.host, port)));
             }
         }
         self.health.retain(&live);

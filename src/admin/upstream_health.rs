@@ -92,8 +92,13 @@ fn target_health(
     let hosts = hosts_of(&address, dns).unwrap_or_default();
     let mut addresses = Vec::with_capacity(hosts.len());
     let (mut any_healthy, mut any_unhealthy, mut unavailable) = (false, false, 0);
-    for host in &hosts {
-        let at = address_key(host, port);
+    let mut total = 0;
+    for reached in &hosts {
+        let port = reached.port.unwrap_or(port);
+        // An SRV record's weight replaces the target's.
+        let share = reached.weight.map_or(weight, u64::from);
+        total += share;
+        let at = address_key(&reached.host, port);
         let healthy = book
             .find(upstream, name, &at)
             .is_none_or(|cell| cell.is_healthy());
@@ -102,11 +107,12 @@ fn target_health(
         any_healthy |= state == "HEALTHY";
         any_unhealthy |= state == "UNHEALTHY";
         if !healthy {
-            unavailable += weight;
+            unavailable += share;
         }
-        addresses.push(json!({ "ip": host, "port": port, "weight": weight, "health": state }));
+        addresses.push(json!({
+            "ip": reached.host, "port": port, "weight": share, "health": state,
+        }));
     }
-    let total = weight * hosts.len() as u64;
     let health = match (hosts.is_empty(), any_healthy, any_unhealthy) {
         (true, _, _) => "DNS_ERROR",
         (false, true, _) => "HEALTHY",
@@ -197,7 +203,7 @@ async fn set(
     let addresses: Vec<String> = hosts_of(&parsed, &snapshot.dns)
         .unwrap_or_default()
         .iter()
-        .map(|host| address_key(host, port))
+        .map(|reached| address_key(&reached.host, reached.port.unwrap_or(port)))
         .collect();
     let chosen: Vec<&String> = match address {
         None => addresses.iter().collect(),

@@ -31,7 +31,7 @@ use http::HeaderValue;
 use regex::Regex;
 use uuid::Uuid;
 
-use super::dns::{address_key, hosts_of, AddressBook, Resolution};
+use super::dns::{address_key, hosts_of, AddressBook, Reached, Resolution};
 use super::health::{HealthBook, UpstreamChecks};
 use super::UpstreamOrigin;
 use crate::entities::upstreams::{Address, AddressKind, Target, Upstream};
@@ -162,16 +162,18 @@ impl Destinations {
         match place.dns.get(name.host.to_ascii_lowercase().as_str()) {
             None => Self::Fixed(UpstreamOrigin::of(service)),
             Some(Resolution::Failed) => Self::Unresolved,
-            Some(Resolution::Addresses(_)) => Self::Resolved {
+            // An SRV answer's weights are not used here: a service's addresses are taken in
+            // turn.
+            Some(Resolution::Addresses(_) | Resolution::Service(_)) => Self::Resolved {
                 origins: endpoints(&name, &service.host, service, place.dns)
                     .iter()
-                    .map(|(connect_host, url_host)| {
+                    .map(|(reached, url_host)| {
                         UpstreamOrigin::new(
                             &service.protocol,
-                            connect_host,
+                            &reached.host,
                             url_host,
                             &service.host,
-                            service.port,
+                            reached.port.unwrap_or(service.port),
                         )
                     })
                     .collect(),
@@ -309,7 +311,10 @@ impl Balancer {
                 _ => address.host.clone(),
             };
             let host_name = upstream.host_header.as_deref().unwrap_or(&written);
-            for (connect_host, url_host) in endpoints(&address, &written, service, place.dns) {
+            for (reached, url_host) in endpoints(&address, &written, service, place.dns) {
+                // An SRV record's port and weight replace the target's, as in Kong.
+                let port = reached.port.unwrap_or(port);
+                let connect_host = reached.host;
                 let mut origin = UpstreamOrigin::new(
                     &service.protocol,
                     &connect_host,
@@ -327,12 +332,15 @@ impl Balancer {
                     origin.load = Some(place.health.load_of(upstream.id, &target.target, &at));
                 }
                 origins.push(origin);
-                weights.push(u64::from(target.weight));
+                weights.push(u64::from(reached.weight.unwrap_or(target.weight)));
                 let mut h = Fnv::default();
                 h.write(target.target.as_bytes());
                 if connect_host != address.host {
                     h.write(b"@");
                     h.write(connect_host.as_bytes());
+                }
+                if let Some(srv_port) = reached.port {
+                    h.write(&srv_port.to_be_bytes());
                 }
                 keys.push(h.finish());
             }
@@ -416,17 +424,18 @@ impl Balancer {
     }
 }
 
-/// Where the requests for one target go: `(connect host, URL host)` pairs. An address is itself;
-/// a name is each address it resolved to (none when it failed to resolve), or — before its first
-/// answer — the name, connected to as written. Plain-HTTP origins are written with the address
-/// (the connection pool is keyed by it); TLS and gRPC origins keep the name in their URL (the
-/// TLS server name), where hyper's client connects by it.
+/// Where the requests for one target go: each place it is reached (with an SRV record's port
+/// and weight) and the host its URL is written with. An address is itself; a name is each
+/// address it resolved to (none when it failed to resolve), or — before its first answer —
+/// the name, connected to as written. Plain-HTTP origins are written with the address (the
+/// connection pool is keyed by it); TLS and gRPC origins keep the name in their URL (the TLS
+/// server name), pinned to the address.
 fn endpoints(
     address: &Address,
     written: &str,
     service: &Service,
     dns: &AddressBook,
-) -> Vec<(String, String)> {
+) -> Vec<(Reached, String)> {
     // TLS and gRPC keep the name in the URL: it is the server name TLS asks for and checks the
     // certificate against, and gRPC's `:authority`. Their origin is pinned to the address
     // (`UpstreamOrigin::pinned`), which hyper's client connects to.
@@ -434,20 +443,20 @@ fn endpoints(
     let answered = address.kind == AddressKind::Name
         && matches!(
             dns.get(address.host.to_ascii_lowercase().as_str()),
-            Some(Resolution::Addresses(_))
+            Some(Resolution::Addresses(_) | Resolution::Service(_))
         );
     hosts_of(address, dns)
         .unwrap_or_default()
         .into_iter()
-        .map(|host| {
+        .map(|reached| {
             let url_host = if !answered || by_name {
                 written.to_string()
-            } else if host.contains(':') {
-                format!("[{host}]")
+            } else if reached.host.contains(':') {
+                format!("[{}]", reached.host)
             } else {
-                host.clone()
+                reached.host.clone()
             };
-            (host, url_host)
+            (reached, url_host)
         })
         .collect()
 }

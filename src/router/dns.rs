@@ -16,10 +16,25 @@ pub enum Resolution {
     /// Its A records (or AAAA records when it has no A record), sorted so that every node
     /// builds the same balancer.
     Addresses(Arc<[IpAddr]>),
+    /// Its SRV records of the best (lowest) priority, each target resolved to its addresses
+    /// (Kong's `dns_order` asks for SRV first): every address with the record's port and
+    /// weight, sorted.
+    Service(Arc<[SrvAddress]>),
     /// The name did not resolve (no such name, no record, or no name server answered): as in
     /// Kong, a target by this name takes no traffic until it resolves again, and a service by
     /// this name is answered `503 name resolution failed`.
     Failed,
+}
+
+/// One address of an SRV answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SrvAddress {
+    /// An address the record's target resolved to.
+    pub ip: IpAddr,
+    /// The record's port.
+    pub port: u16,
+    /// The record's weight (0 counted as 1, as Kong's balancer counts it).
+    pub weight: u32,
 }
 
 impl Resolution {
@@ -40,17 +55,49 @@ impl Resolution {
 /// is connected to by name until its first answer arrives.
 pub type AddressBook = HashMap<Arc<str>, Resolution>;
 
+/// One place a target or a service's host is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reached {
+    /// Address (or, before a name's first answer, the name) to connect to.
+    pub host: String,
+    /// An SRV record's port, which replaces the configured one.
+    pub port: Option<u16>,
+    /// An SRV record's weight, which replaces the target's.
+    pub weight: Option<u32>,
+}
+
+impl Reached {
+    fn at(host: String) -> Self {
+        Self {
+            host,
+            port: None,
+            weight: None,
+        }
+    }
+}
+
 /// Where a target or a service's host is reached: its address as written; a name's addresses
-/// as it last resolved, or the name itself until its first answer. `None` when the name failed
-/// to resolve (it is reached nowhere).
-pub fn hosts_of(address: &Address, dns: &AddressBook) -> Option<Vec<String>> {
+/// (with their SRV ports and weights) as it last resolved, or the name itself until its first
+/// answer. `None` when the name failed to resolve (it is reached nowhere).
+pub fn hosts_of(address: &Address, dns: &AddressBook) -> Option<Vec<Reached>> {
     if address.kind != AddressKind::Name {
-        return Some(vec![address.host.clone()]);
+        return Some(vec![Reached::at(address.host.clone())]);
     }
     match dns.get(address.host.to_ascii_lowercase().as_str()) {
-        None => Some(vec![address.host.clone()]),
+        None => Some(vec![Reached::at(address.host.clone())]),
         Some(Resolution::Failed) => None,
-        Some(Resolution::Addresses(list)) => Some(list.iter().map(IpAddr::to_string).collect()),
+        Some(Resolution::Addresses(list)) => {
+            Some(list.iter().map(|ip| Reached::at(ip.to_string())).collect())
+        }
+        Some(Resolution::Service(list)) => Some(
+            list.iter()
+                .map(|srv| Reached {
+                    host: srv.ip.to_string(),
+                    port: Some(srv.port),
+                    weight: Some(srv.weight),
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -78,5 +125,6 @@ pub fn record_kind(address: &Address, dns: &AddressBook) -> &'static str {
         Some(Resolution::Failed) => "name resolution failed",
         Some(Resolution::Addresses(list)) if list.first().is_some_and(IpAddr::is_ipv6) => "AAAA",
         Some(Resolution::Addresses(_)) => "A",
+        Some(Resolution::Service(_)) => "SRV",
     }
 }

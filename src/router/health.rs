@@ -312,8 +312,8 @@ pub fn reported_targets(
         };
         match hosts_of(&address, dns) {
             None => out.push(row(String::new(), None)),
-            Some(hosts) => out.extend(hosts.iter().map(|host| {
-                let at = address_key(host, port);
+            Some(hosts) => out.extend(hosts.iter().map(|reached| {
+                let at = address_key(&reached.host, reached.port.unwrap_or(port));
                 let cell = book.of(upstream.id, &t.target, &at);
                 row(at, Some(cell))
             })),

@@ -7,7 +7,10 @@
 //! host name (`balancer/init.lua`, `toip`) rotates over its addresses, and answers
 //! `503 name resolution failed` when it does not resolve. Over TLS and gRPC the request goes to
 //! the address the balancer picked as well, with the name as TLS server name (SNI and the
-//! certificate check) and as `Host`.
+//! certificate check) and as `Host` (D…). Each address keeps its own health (H…), and Kong's
+//! `08-targets_routes_spec` `/upstreams/{upstream}/health/` cases, which resolve names through
+//! Kong's DNS mocks, run against the test's server (K…). A name with SRV records balances over
+//! the best priority's records with their ports and weights (S…).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -15,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use portcullis::config::Settings;
 use serde_json::{json, Value};
 
@@ -29,18 +32,25 @@ enum Store {
     Postgres,
 }
 
-/// A DNS server answering A queries from a table the test changes, every record with a TTL of
-/// one second; names not in the table answer NXDOMAIN.
+/// A DNS server answering A and SRV queries from a table the test changes, every record with
+/// a TTL of one second; names not in the table answer NXDOMAIN.
 struct Zone {
     addr: SocketAddr,
-    records: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
+    records: Arc<Mutex<HashMap<String, Names>>>,
+}
+
+/// The records of one name: A, and SRV as (priority, weight, port, target).
+#[derive(Default)]
+struct Names {
+    a: Vec<Ipv4Addr>,
+    srv: Vec<(u16, u16, u16, String)>,
 }
 
 impl Zone {
     fn spawn() -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        let records: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>> = Arc::default();
+        let records: Arc<Mutex<HashMap<String, Names>>> = Arc::default();
         let table = records.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -58,7 +68,7 @@ impl Zone {
         Self { addr, records }
     }
 
-    fn answer(query: &Message, table: &HashMap<String, Vec<Ipv4Addr>>) -> Message {
+    fn answer(query: &Message, table: &HashMap<String, Names>) -> Message {
         let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
         answer.metadata.recursion_desired = query.metadata.recursion_desired;
         answer.metadata.recursion_available = true;
@@ -70,28 +80,41 @@ impl Zone {
                 .to_ascii()
                 .trim_end_matches('.')
                 .to_ascii_lowercase();
-            match table.get(&name) {
-                None => answer.metadata.response_code = ResponseCode::NXDomain,
-                Some(list) if q.query_type() == RecordType::A => {
-                    for ip in list {
-                        answer.add_answer(Record::from_rdata(
-                            q.name().clone(),
-                            1,
-                            RData::A(A(*ip)),
-                        ));
-                    }
-                }
-                Some(_) => {}
+            let Some(names) = table.get(&name) else {
+                answer.metadata.response_code = ResponseCode::NXDomain;
+                continue;
+            };
+            let data: Vec<RData> = match q.query_type() {
+                RecordType::A => names.a.iter().map(|ip| RData::A(A(*ip))).collect(),
+                RecordType::SRV => names
+                    .srv
+                    .iter()
+                    .map(|(priority, weight, port, target)| {
+                        let target = Name::from_ascii(target).unwrap();
+                        RData::SRV(SRV::new(*priority, *weight, *port, target))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for rdata in data {
+                answer.add_answer(Record::from_rdata(q.name().clone(), 1, rdata));
             }
         }
         answer
     }
 
     fn set(&self, name: &str, ips: &[Ipv4Addr]) {
-        self.records
-            .lock()
-            .unwrap()
-            .insert(name.to_string(), ips.to_vec());
+        let mut records = self.records.lock().unwrap();
+        records.entry(name.to_string()).or_default().a = ips.to_vec();
+    }
+
+    /// SRV records of `name`: (priority, weight, port, target).
+    fn set_srv(&self, name: &str, services: &[(u16, u16, u16, &str)]) {
+        let mut records = self.records.lock().unwrap();
+        records.entry(name.to_string()).or_default().srv = services
+            .iter()
+            .map(|(p, w, port, t)| (*p, *w, *port, t.to_string()))
+            .collect();
     }
 
     fn remove(&self, name: &str) {
@@ -1005,6 +1028,101 @@ async fn k6_weight_zero_is_healthchecks_off_until_it_is_not(store: Store) {
     .await;
 }
 
+/// A free port on `ip`, with the echo backend listening on it.
+fn backend_on(ip: Ipv4Addr) -> u16 {
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if spawn_backend(ip, port, None).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}");
+}
+
+/// S1: a target whose name has SRV records (Kong's `dns_order` asks for SRV first) balances
+/// over the records of the best priority, each with its own port and weight (a record of a
+/// lower priority gets nothing), `Host` being the target's name with the record's port; the
+/// health endpoint lists each SRV address with its port and weight, `dns` `SRV`.
+async fn s1_a_name_with_srv_records_balances_over_their_ports_and_weights(store: Store) {
+    let zone = Zone::spawn();
+    let (one, two) = (Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2));
+    let (port_one, port_two) = (backend_on(one), backend_on(two));
+    let unused = crate::helpers::dead_port();
+    zone.set("one.srv.test", &[one]);
+    zone.set("two.srv.test", &[two]);
+    zone.set("three.srv.test", &[one]);
+    zone.set_srv(
+        "api.srv.test",
+        &[
+            (10, 30, port_one, "one.srv.test"),
+            (10, 10, port_two, "two.srv.test"),
+            (20, 50, unused, "three.srv.test"),
+        ],
+    );
+    let app = app(store, &zone).await;
+    let target = "api.srv.test:80".to_string();
+    balanced(&app, "srv.up", std::slice::from_ref(&target), "/srv").await;
+
+    eventually(
+        Duration::from_secs(10),
+        "both SRV targets served",
+        || async {
+            let seen = tally(&app, "/srv", 4).await;
+            (seen.get("127.0.0.1") == Some(&3) && seen.get("127.0.0.2") == Some(&1)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        tally(&app, "/srv", 40).await,
+        HashMap::from([("127.0.0.1".into(), 30), ("127.0.0.2".into(), 10)])
+    );
+    let mut hosts = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let body = answer(&app, "/srv").await;
+        hosts.insert(body["host"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        hosts,
+        std::collections::HashSet::from([
+            format!("api.srv.test:{port_one}"),
+            format!("api.srv.test:{port_two}")
+        ])
+    );
+
+    let row = health_row(&app, "srv.up", &target).await;
+    assert_eq!(row["data"]["dns"], "SRV", "{row}");
+    let mut addresses: Vec<(String, u64, u64)> = row["data"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["ip"].as_str().unwrap().to_string(),
+                a["port"].as_u64().unwrap(),
+                a["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    addresses.sort();
+    assert_eq!(
+        addresses,
+        vec![
+            ("127.0.0.1".to_string(), u64::from(port_one), 30),
+            ("127.0.0.2".to_string(), u64::from(port_two), 10),
+        ],
+        "{row}"
+    );
+    assert_eq!(
+        row["data"]["weight"],
+        json!({"total": 40, "available": 40, "unavailable": 0}),
+        "{row}"
+    );
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1041,6 +1159,7 @@ on_every_store!(
     k4_healthchecks_on_healthy,
     k5_healthchecks_on_unhealthy,
     k6_weight_zero_is_healthchecks_off_until_it_is_not,
+    s1_a_name_with_srv_records_balances_over_their_ports_and_weights,
 );
 
 #[test]
