@@ -167,8 +167,8 @@ async fn health(
 
 /// Sets the health of every address of a target (`address` absent: Kong's
 /// `set_all_target_statuses_for_hostname`) or of one of them (`ip` or `ip:port`, Kong's
-/// default port 8000 when none is written); an address the target does not have is Kong's
-/// `400 target not found`.
+/// default port 8000 when none is written; a name sets every address on that port); an
+/// address the target does not have is Kong's `400 target not found`.
 async fn set(
     st: &AdminState,
     upstream_key: &str,
@@ -200,20 +200,31 @@ async fn set(
         .map_err(|e| AdminError::Internal(format!("stored target does not parse: {e}")))?;
     let port = parsed.port.unwrap_or(DEFAULT_TARGET_PORT);
     // The target's addresses now (a cell is made for one no request has reached yet).
-    let addresses: Vec<String> = hosts_of(&parsed, &snapshot.dns)
+    let addresses: Vec<(String, u16)> = hosts_of(&parsed, &snapshot.dns)
         .unwrap_or_default()
         .iter()
-        .map(|reached| address_key(&reached.host, reached.port.unwrap_or(port)))
+        .map(|reached| {
+            let port = reached.port.unwrap_or(port);
+            (address_key(&reached.host, port), port)
+        })
         .collect();
-    let chosen: Vec<&String> = match address {
-        None => addresses.iter().collect(),
-        Some(written) => {
-            let at = Address::parse(written)
-                .ok()
-                .filter(|a| a.kind != AddressKind::Name)
-                .map(|a| address_key(&a.host, a.port.unwrap_or(KONG_DEFAULT_PORT)));
-            let found = addresses.iter().find(|known| Some(*known) == at.as_ref());
-            vec![found.ok_or(AdminError::AddressNotFound)?]
+    let chosen: Vec<&String> = match address.map(Address::parse) {
+        None => addresses.iter().map(|(at, _)| at).collect(),
+        Some(Err(_)) => return Err(AdminError::AddressNotFound),
+        // A name (an SRV record's target, say): every address of the target on its port, as
+        // Kong's `set_all_target_statuses_for_hostname`.
+        Some(Ok(written)) if written.kind == AddressKind::Name => {
+            let on = written.port.unwrap_or(KONG_DEFAULT_PORT);
+            addresses
+                .iter()
+                .filter(|(_, port)| *port == on)
+                .map(|(at, _)| at)
+                .collect()
+        }
+        Some(Ok(written)) => {
+            let at = address_key(&written.host, written.port.unwrap_or(KONG_DEFAULT_PORT));
+            let found = addresses.iter().find(|(known, _)| *known == at);
+            vec![&found.ok_or(AdminError::AddressNotFound)?.0]
         }
     };
     for at in chosen {

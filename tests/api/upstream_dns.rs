@@ -9,7 +9,8 @@
 //! the address the balancer picked as well, with the name as TLS server name (SNI and the
 //! certificate check) and as `Host` (D…). Each address keeps its own health (H…), and Kong's
 //! `08-targets_routes_spec` `/upstreams/{upstream}/health/` cases, which resolve names through
-//! Kong's DNS mocks, run against the test's server (K…). A name with SRV records balances over
+//! Kong's DNS mocks, run against the test's server (K…), and so do the DNS cases of
+//! `05-proxy/10-balancer/01-healthchecks_spec` (P…). A name with SRV records balances over
 //! the best priority's records with their ports and weights (S…).
 
 use std::collections::HashMap;
@@ -1123,6 +1124,200 @@ async fn s1_a_name_with_srv_records_balances_over_their_ports_and_weights(store:
     );
 }
 
+/// Kong's `bu.add_upstream` with passive checks failing an address at its first connection
+/// failure, a target `target` and `bu.add_api` (a service on the upstream, `connect_timeout`
+/// 100 ms, and its route `path`).
+async fn failing_upstream(app: &TestApp, name: &str, target: &str, path: &str, extra: Value) {
+    let mut upstream = json!({"name": name, "healthchecks": {"passive": {
+        "unhealthy": {"tcp_failures": 1},
+    }}});
+    if let (Some(all), Some(more)) = (upstream.as_object_mut(), extra.as_object()) {
+        all.extend(more.clone());
+    }
+    let (s, body) = app.admin_post("/upstreams", upstream).await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post(
+            &format!("/upstreams/{name}/targets"),
+            json!({"target": target}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post(
+            "/services",
+            json!({"name": name, "host": name, "connect_timeout": 100}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = app
+        .admin_post(
+            &format!("/services/{name}/routes"),
+            json!({"paths": [path]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    // Kong resolves a target when it is added; here the first answer arrives in the
+    // background, and requests sent before it would go to the name itself.
+    eventually(Duration::from_secs(10), "the target resolved", || async {
+        let row = first_health(app, name).await;
+        let addresses = row["data"]["addresses"].as_array()?;
+        let resolved = |a: &Value| text(&a["ip"]).parse::<IpAddr>().is_ok();
+        (!addresses.is_empty() && addresses.iter().all(resolved)).then_some(())
+    })
+    .await;
+}
+
+/// Kong's `bu.client_requests(bu.SLOTS, …)` against servers that refuse connections: none of
+/// the 10 requests succeeds, and the last is Kong's 503.
+async fn all_requests_fail(app: &TestApp, path: &str) {
+    eventually(Duration::from_secs(15), "every request refused", || async {
+        let mut last = 0;
+        let mut oks = 0;
+        for _ in 0..10 {
+            last = app.proxy_get(path).await.status().as_u16();
+            oks += usize::from(last == 200);
+        }
+        (oks == 0 && last == 503).then_some(())
+    })
+    .await;
+}
+
+/// The first target's row of `/upstreams/{upstream}/health`.
+async fn first_health(app: &TestApp, upstream: &str) -> Value {
+    let (s, body) = app
+        .admin_get(&format!("/upstreams/{upstream}/health"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    body["data"][0].clone()
+}
+
+/// Polls until the first target's health is `target` and its addresses' are `addresses` (in
+/// order, with their ips).
+async fn wait_addresses(app: &TestApp, upstream: &str, target: &str, addresses: &[(&str, &str)]) {
+    eventually(Duration::from_secs(15), target, || async {
+        let row = first_health(app, upstream).await;
+        let seen: Vec<(String, String)> = row["data"]["addresses"]
+            .as_array()?
+            .iter()
+            .map(|a| (text(&a["ip"]), text(&a["health"])))
+            .collect();
+        let want: Vec<(String, String)> = addresses
+            .iter()
+            .map(|(ip, h)| (ip.to_string(), h.to_string()))
+            .collect();
+        (row["health"] == target && seen == want).then_some(())
+    })
+    .await;
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+/// P1 (`05-proxy/10-balancer/01-healthchecks_spec`): *2-level dns sets the proper
+/// health-check* — an SRV target whose record's target name resolves to an address that
+/// refuses connections: every request fails, the last with Kong's 503, and the target is
+/// `UNHEALTHY`. (Kong's SRV record points at port 80, where nothing is expected to listen;
+/// here a port known free.)
+async fn p1_two_level_dns_sets_the_proper_health_check(store: Store) {
+    let zone = Zone::spawn();
+    let dead = crate::helpers::dead_port();
+    zone.set_srv(
+        "_srv._pro.my.srv.test.test",
+        &[(10, 10, dead, "a.my.srv.test.test")],
+    );
+    zone.set("a.my.srv.test.test", &[Ipv4Addr::LOCALHOST]);
+    let app = app(store, &zone).await;
+    failing_upstream(
+        &app,
+        "p1.up",
+        "_srv._pro.my.srv.test.test:80",
+        "/p1",
+        json!({}),
+    )
+    .await;
+    all_requests_fail(&app, "/p1").await;
+    eventually(Duration::from_secs(15), "UNHEALTHY", || async {
+        (first_health(&app, "p1.up").await["health"] == "UNHEALTHY").then_some(())
+    })
+    .await;
+}
+
+/// P2: *a target that resolves to 2 IPs reports health separately* (with `host_header` set
+/// too, Kong's next case): both addresses fail; setting one address healthy makes it and the
+/// target `HEALTHY`, the other staying `UNHEALTHY`; setting it unhealthy again, all are.
+/// (Kong's target port is 80; here a port known free on both addresses.)
+async fn p2_a_target_that_resolves_to_2_ips_reports_health_separately(store: Store) {
+    let zone = Zone::spawn();
+    let dead = crate::helpers::dead_port();
+    zone.set(
+        "multiple-ips.test",
+        &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)],
+    );
+    let app = app(store, &zone).await;
+    for (name, extra) in [
+        ("p2.up", json!({})),
+        (
+            "p2-host.up",
+            json!({"host_header": "another.multiple-ips.test"}),
+        ),
+    ] {
+        let path = format!("/{name}");
+        let target = format!("multiple-ips.test:{dead}");
+        failing_upstream(&app, name, &target, &path, extra).await;
+        all_requests_fail(&app, &path).await;
+        let one = [("127.0.0.1", "UNHEALTHY"), ("127.0.0.2", "UNHEALTHY")];
+        wait_addresses(&app, name, "UNHEALTHY", &one).await;
+
+        let address = format!("/upstreams/{name}/targets/{target}/127.0.0.2:{dead}");
+        let (s, body) = app
+            .admin_put(&format!("{address}/healthy"), json!({}))
+            .await;
+        assert_eq!(s, 204, "{body}");
+        let two = [("127.0.0.1", "UNHEALTHY"), ("127.0.0.2", "HEALTHY")];
+        wait_addresses(&app, name, "HEALTHY", &two).await;
+
+        let (s, body) = app
+            .admin_put(&format!("{address}/unhealthy"), json!({}))
+            .await;
+        assert_eq!(s, 204, "{body}");
+        wait_addresses(&app, name, "UNHEALTHY", &one).await;
+    }
+}
+
+/// P3: *a target that resolves to an SRV record that changes port*: the SRV record's port is
+/// the address's; the address fails, and setting it healthy by the record's target name and
+/// port (Kong's `…/{target}/a-changes-port.test:90/healthy`) brings it back. Kong lists the
+/// address under the record's target name; here under the address that name resolved to.
+async fn p3_a_target_that_resolves_to_an_srv_record_that_changes_port(store: Store) {
+    let zone = Zone::spawn();
+    let dead = crate::helpers::dead_port();
+    zone.set_srv(
+        "_srv._pro.srv-changes-port.test",
+        &[(10, 10, dead, "a-changes-port.test")],
+    );
+    zone.set("a-changes-port.test", &[Ipv4Addr::new(127, 0, 0, 3)]);
+    let app = app(store, &zone).await;
+    let target = "_srv._pro.srv-changes-port.test:80";
+    failing_upstream(&app, "p3.up", target, "/p3", json!({})).await;
+    all_requests_fail(&app, "/p3").await;
+    wait_addresses(&app, "p3.up", "UNHEALTHY", &[("127.0.0.3", "UNHEALTHY")]).await;
+    let row = first_health(&app, "p3.up").await;
+    assert_eq!(row["data"]["addresses"][0]["port"], dead, "{row}");
+
+    let (s, body) = app
+        .admin_put(
+            &format!("/upstreams/p3.up/targets/{target}/a-changes-port.test:{dead}/healthy"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 204, "{body}");
+    wait_addresses(&app, "p3.up", "HEALTHY", &[("127.0.0.3", "HEALTHY")]).await;
+    let row = first_health(&app, "p3.up").await;
+    assert_eq!(row["data"]["addresses"][0]["port"], dead, "{row}");
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1160,6 +1355,9 @@ on_every_store!(
     k5_healthchecks_on_unhealthy,
     k6_weight_zero_is_healthchecks_off_until_it_is_not,
     s1_a_name_with_srv_records_balances_over_their_ports_and_weights,
+    p1_two_level_dns_sets_the_proper_health_check,
+    p2_a_target_that_resolves_to_2_ips_reports_health_separately,
+    p3_a_target_that_resolves_to_an_srv_record_that_changes_port,
 );
 
 #[test]
