@@ -1,7 +1,8 @@
 //! The health of an upstream's targets through the admin API, as Kong serves it:
 //! `GET /upstreams/{u}/health` (each target with `health` — `HEALTHY`, `UNHEALTHY`,
 //! `HEALTHCHECKS_OFF` or `DNS_ERROR` — and under `data.addresses` each of its addresses with
-//! its own; `?balancer_health=1` for the upstream as a whole), and
+//! its own; `?balancer_health=1` for the upstream as a whole: `health` and whether the
+//! balancer has a peer to give, `balancer_health`), and
 //! `PUT /upstreams/{u}/targets/{t}/healthy` / `…/unhealthy` to set all of a target's addresses
 //! by hand, `…/targets/{t}/{address}/healthy` / `…/unhealthy` one of them.
 //! The states are this node's: each node checks for itself, as Kong's do.
@@ -150,7 +151,12 @@ async fn health(
                 && target_health(id, t, true, &book, &dns).0 == "HEALTHY"
         });
         return Ok(HttpResponse::Ok().json(json!({
-            "data": { "id": id, "health": state_name(checks_on, any_healthy) },
+            "data": {
+                "id": id,
+                "health": state_name(checks_on, any_healthy),
+                // Whether the balancer has an address to give, checks or not.
+                "balancer_health": if any_healthy { "HEALTHY" } else { "UNHEALTHY" },
+            },
             "next": null,
             "node_id": st.node_id,
         })));

@@ -1318,6 +1318,41 @@ async fn p3_a_target_that_resolves_to_an_srv_record_that_changes_port(store: Sto
     assert_eq!(row["data"]["addresses"][0]["port"], dead, "{row}");
 }
 
+/// P4: *a target that has healthchecks disabled*: the target and its address are
+/// `HEALTHCHECKS_OFF`; the balancer's health is `HEALTHCHECKS_OFF` with `balancer_health`
+/// `HEALTHY`.
+async fn p4_a_target_that_has_healthchecks_disabled(store: Store) {
+    let zone = Zone::spawn();
+    zone.set(
+        "multiple-ips.test",
+        &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)],
+    );
+    let app = app(store, &zone).await;
+    failing_upstream(
+        &app,
+        "p4.up",
+        "multiple-ips.test:80",
+        "/p4",
+        json!({"healthchecks": {
+            "passive": {"unhealthy": {"http_failures": 0, "tcp_failures": 0, "timeouts": 0}},
+            "active": {"healthy": {"interval": 0}, "unhealthy": {"interval": 0}},
+        }}),
+    )
+    .await;
+    let row = first_health(&app, "p4.up").await;
+    assert_eq!(row["health"], "HEALTHCHECKS_OFF", "{row}");
+    assert_eq!(
+        row["data"]["addresses"][0]["health"], "HEALTHCHECKS_OFF",
+        "{row}"
+    );
+    let (s, balancer) = app
+        .admin_get("/upstreams/p4.up/health?balancer_health=1")
+        .await;
+    assert_eq!(s, 200, "{balancer}");
+    assert_eq!(balancer["data"]["health"], "HEALTHCHECKS_OFF", "{balancer}");
+    assert_eq!(balancer["data"]["balancer_health"], "HEALTHY", "{balancer}");
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1358,6 +1393,7 @@ on_every_store!(
     p1_two_level_dns_sets_the_proper_health_check,
     p2_a_target_that_resolves_to_2_ips_reports_health_separately,
     p3_a_target_that_resolves_to_an_srv_record_that_changes_port,
+    p4_a_target_that_has_healthchecks_disabled,
 );
 
 #[test]
