@@ -12,8 +12,8 @@
 //! - Not ported: gRPC/TCP stream counts (no stream listeners, so no `subsystem="stream"` target
 //!   health), Lua VM and shared-dict memory, nginx timers, AI and Wasm metrics, hybrid mode.
 //! - `kong_upstream_target_health` (`04-status_api_spec`'s target health cases): Kong's
-//!   `some-random-dns:80` (`dns_error`) case is not ported here, since it needs a DNS server
-//!   of the test's (`upstream_dns.rs` runs one).
+//!   `some-random-dns:80` (`dns_error`) case resolves through a DNS server the test runs
+//!   (`upstream_dns.rs`'s), which does not know the name.
 
 use std::time::Duration;
 
@@ -1049,7 +1049,58 @@ async fn upstream_target_health_is_reported_when_asked(backend: Backend) {
     assert!(!body.contains("kong_upstream_target_health"), "{body}");
 }
 
+/// Kong's `04-status_api_spec` *exposes upstream's target health metrics - dns_error*: a target
+/// whose name does not resolve is in `dns_error`, with an empty address, its other states 0.
+async fn upstream_target_health_reports_a_name_that_does_not_resolve(backend: Backend) {
+    let zone = crate::upstream_dns::Zone::spawn();
+    let app = gateway_with(backend, |settings| {
+        settings.dns_resolver = vec![zone.addr.to_string()];
+    })
+    .await;
+    let (s, b) = app
+        .admin_post(
+            "/upstreams",
+            json!({"name": "mock-upstream", "healthchecks": {"passive": {
+                "unhealthy": {"http_failures": 1, "tcp_failures": 1, "timeouts": 1},
+            }}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post(
+            "/upstreams/mock-upstream/targets",
+            json!({"target": "some-random-dns:80", "weight": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "prometheus", "config": {"upstream_health_metrics": true}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let line = |state: &str, value: &str| {
+        series(
+            "kong_upstream_target_health",
+            &[
+                ("upstream", "mock-upstream"),
+                ("target", "some-random-dns:80"),
+                ("address", ""),
+                ("state", state),
+                ("subsystem", "http"),
+            ],
+            value,
+        )
+    };
+    let body = app.scrape_until(&line("dns_error", "1")).await;
+    for state in ["healthy", "unhealthy", "healthchecks_off"] {
+        assert!(has_line(&body, &line(state, "0")), "{state}\n{body}");
+    }
+}
+
 on_both_stores!(
+    upstream_target_health_reports_a_name_that_does_not_resolve,
     increments_the_count_for_proxied_requests,
     does_not_count_a_request_no_route_matched,
     does_not_log_an_error_during_a_scrape,

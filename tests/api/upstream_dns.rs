@@ -35,8 +35,8 @@ enum Store {
 
 /// A DNS server answering A and SRV queries from a table the test changes, every record with
 /// a TTL of one second; names not in the table answer NXDOMAIN.
-struct Zone {
-    addr: SocketAddr,
+pub(crate) struct Zone {
+    pub(crate) addr: SocketAddr,
     records: Arc<Mutex<HashMap<String, Names>>>,
 }
 
@@ -48,7 +48,7 @@ struct Names {
 }
 
 impl Zone {
-    fn spawn() -> Self {
+    pub(crate) fn spawn() -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         let records: Arc<Mutex<HashMap<String, Names>>> = Arc::default();
