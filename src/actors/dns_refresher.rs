@@ -178,10 +178,12 @@ async fn srv(
         match resolver.lookup_ip(record.target.clone()).await {
             Ok(ips) => {
                 valid_until = valid_until.min(ips.valid_until());
+                let name: Arc<str> = record.target.to_ascii().trim_end_matches('.').into();
                 addresses.extend(ips.iter().map(|ip| SrvAddress {
                     ip,
                     port: record.port,
                     weight: u32::from(record.weight.max(1)),
+                    name: name.clone(),
                 }));
             }
             Err(e) => failures.push(format!("{}: {e}", record.target)),

@@ -479,6 +479,11 @@ impl ConfigRegistry {
                 let port = reached.port.unwrap_or(port);
                 let host = reached.host;
                 let at = address_key(&host, port);
+                // The name the proxy sends as `Host` (an SRV record's under `use_srv_name`).
+                let name = match &reached.srv_name {
+                    Some(srv) if upstream.use_srv_name => srv.to_string(),
+                    _ => address.host.clone(),
+                };
                 probes.push(Probe {
                     target: t.target.clone(),
                     health: self.health.of(upstream.id, &t.target, &at),
@@ -486,8 +491,8 @@ impl ConfigRegistry {
                     host_header: upstream
                         .host_header
                         .clone()
-                        .unwrap_or_else(|| format!("{}:{port}", address.host)),
-                    server_name: address.host.clone(),
+                        .unwrap_or_else(|| format!("{name}:{port}")),
+                    server_name: name,
                     host,
                     port,
                 });

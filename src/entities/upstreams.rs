@@ -724,12 +724,6 @@ fn refuse_unsupported(doc: &Map<String, Value>) -> Result<(), FieldErrors> {
             json!("client certificates are not supported by this gateway"),
         );
     }
-    if doc.get("use_srv_name") == Some(&Value::Bool(true)) {
-        errors.insert(
-            "use_srv_name".into(),
-            json!("SRV names are not supported by this gateway (targets are not resolved through DNS SRV)"),
-        );
-    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -797,6 +791,10 @@ pub struct Upstream {
     pub slots: u32,
     /// `Host` sent to the targets instead of the target's own name.
     pub host_header: Option<String>,
+    /// `Host` is an SRV record's target name instead of the target's (when the target's name
+    /// has SRV records).
+    #[serde(default)]
+    pub use_srv_name: bool,
     /// How the targets' health is checked.
     #[serde(default)]
     pub healthchecks: HealthChecks,

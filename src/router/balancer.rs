@@ -82,7 +82,7 @@ enum Choice {
 /// How one service balances over its upstream's targets: the round-robin wheel and, for
 /// consistent hashing, the hash table.
 pub struct Balancer {
-    /// One origin per target with a weight above 0.
+    /// One origin per address of each target with a weight above 0.
     origins: Vec<UpstreamOrigin>,
     /// Positions in `origins`, each as often as its (reduced) weight, interleaved.
     wheel: Vec<u32>,
@@ -310,10 +310,15 @@ impl Balancer {
                 AddressKind::Ipv6 => format!("[{}]", address.host),
                 _ => address.host.clone(),
             };
-            let host_name = upstream.host_header.as_deref().unwrap_or(&written);
             for (reached, url_host) in endpoints(&address, &written, service, place.dns) {
-                // An SRV record's port and weight replace the target's, as in Kong.
+                // An SRV record's port and weight replace the target's, as in Kong, and its
+                // target name the `Host` under `use_srv_name`.
                 let port = reached.port.unwrap_or(port);
+                let host_name = match (&upstream.host_header, &reached.srv_name) {
+                    (Some(header), _) => header.as_str(),
+                    (None, Some(srv)) if upstream.use_srv_name => srv,
+                    (None, _) => &written,
+                };
                 let connect_host = reached.host;
                 let mut origin = UpstreamOrigin::new(
                     &service.protocol,

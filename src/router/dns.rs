@@ -27,12 +27,14 @@ pub enum Resolution {
 }
 
 /// One address of an SRV answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SrvAddress {
     /// An address the record's target resolved to.
     pub ip: IpAddr,
-    /// The record's port.
+    /// The record's port (0: the target's own, as Kong reads it).
     pub port: u16,
+    /// The record's target name (without the final dot), `Host` under `use_srv_name`.
+    pub name: Arc<str>,
     /// The record's weight (0 counted as 1, as Kong's balancer counts it).
     pub weight: u32,
 }
@@ -64,6 +66,8 @@ pub struct Reached {
     pub port: Option<u16>,
     /// An SRV record's weight, which replaces the target's.
     pub weight: Option<u32>,
+    /// An SRV record's target name (`Host` under the upstream's `use_srv_name`).
+    pub srv_name: Option<Arc<str>>,
 }
 
 impl Reached {
@@ -72,6 +76,7 @@ impl Reached {
             host,
             port: None,
             weight: None,
+            srv_name: None,
         }
     }
 }
@@ -93,8 +98,9 @@ pub fn hosts_of(address: &Address, dns: &AddressBook) -> Option<Vec<Reached>> {
             list.iter()
                 .map(|srv| Reached {
                     host: srv.ip.to_string(),
-                    port: Some(srv.port),
+                    port: (srv.port != 0).then_some(srv.port),
                     weight: Some(srv.weight),
+                    srv_name: Some(srv.name.clone()),
                 })
                 .collect(),
         ),

@@ -1353,6 +1353,57 @@ async fn p4_a_target_that_has_healthchecks_disabled(store: Store) {
     assert_eq!(balancer["data"]["balancer_health"], "HEALTHY", "{balancer}");
 }
 
+/// S2: `use_srv_name` (Kong's upstream setting): `Host` is the SRV record's target name with
+/// the record's port; without it, the target's name.
+async fn s2_use_srv_name_sends_the_records_target_as_host(store: Store) {
+    let zone = Zone::spawn();
+    let port = backend_on(Ipv4Addr::LOCALHOST);
+    zone.set("backend.srv.test", &[Ipv4Addr::LOCALHOST]);
+    zone.set_srv("named.srv.test", &[(1, 1, port, "backend.srv.test")]);
+    let app = app(store, &zone).await;
+    for (name, use_srv_name, host) in [
+        ("srv-name.up", true, format!("backend.srv.test:{port}")),
+        ("target-name.up", false, format!("named.srv.test:{port}")),
+    ] {
+        let (s, body) = app
+            .admin_post(
+                "/upstreams",
+                json!({"name": name, "use_srv_name": use_srv_name}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        assert_eq!(body["use_srv_name"], use_srv_name, "{body}");
+        let (s, body) = app
+            .admin_post(
+                &format!("/upstreams/{name}/targets"),
+                json!({"target": "named.srv.test:80"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        let (s, body) = app
+            .admin_post("/services", json!({"name": name, "host": name}))
+            .await;
+        assert_eq!(s, 201, "{body}");
+        let (s, body) = app
+            .admin_post(
+                &format!("/services/{name}/routes"),
+                json!({"paths": [format!("/{name}")]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        let path = format!("/{name}");
+        let body = eventually(Duration::from_secs(10), "the SRV record served", || async {
+            let r = app.proxy_get(&path).await;
+            if r.status() != 200 {
+                return None;
+            }
+            r.json::<Value>().await.ok()
+        })
+        .await;
+        assert_eq!(body["host"], host, "{body}");
+    }
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1390,6 +1441,7 @@ on_every_store!(
     k5_healthchecks_on_unhealthy,
     k6_weight_zero_is_healthchecks_off_until_it_is_not,
     s1_a_name_with_srv_records_balances_over_their_ports_and_weights,
+    s2_use_srv_name_sends_the_records_target_as_host,
     p1_two_level_dns_sets_the_proper_health_check,
     p2_a_target_that_resolves_to_2_ips_reports_health_separately,
     p3_a_target_that_resolves_to_an_srv_record_that_changes_port,
