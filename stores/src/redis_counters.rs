@@ -1,20 +1,29 @@
 //! Window counters in Redis, shared by every node that uses the same Redis: the `rate-limiting`
-//! plugin's `redis` policy. One call checks and counts a request against all of its windows in
-//! one round trip, with a server-side script run by `EVALSHA`: the script reads every window's
-//! count, and only when all are under their limits increments each (setting its expiry when the
-//! increment created it). Redis runs a script atomically, so however many nodes and requests race,
-//! a window never admits more than its limit, and a refused request counts in no window.
+//! plugin's `redis` policy. A request is checked against all of its windows and counted in each
+//! by a server-side script run by `EVALSHA`: the script reads every window's count, and only when
+//! all are under their limits increments each (setting its expiry when the increment created it).
+//! Redis runs a script atomically, so however many nodes and requests race, a window never admits
+//! more than its limit, and a refused request counts in no window.
+//!
+//! Requests are batched ("smart batching"): while a script call is in flight, the requests that
+//! arrive queue; when it returns, the queued ones (up to [`MAX_BATCH`]) go in one call whose script
+//! handles them one after the other, in arrival order, exactly as separate calls in that order
+//! would. A request arriving while nothing is in flight goes out at once: no timer, no added
+//! latency at low load, and under load one round trip, one timer and one script run serve many
+//! requests. A failed call fails every request of its batch.
 //!
 //! The script is loaded with `SCRIPT LOAD` on first use (and again when Redis answers `NOSCRIPT`,
-//! after a restart or a `SCRIPT FLUSH`). Every command is bounded by the connection's timeout;
-//! after a failure Redis is left alone for [`SKIP_AFTER_FAILURE`], so an outage costs a request
-//! nothing (no connection attempt per request) and recovery needs nobody.
+//! after a restart or a `SCRIPT FLUSH`). Every call is bounded by the connection's timeout (a queued
+//! request waits for the call in flight, then for its own: at most twice the timeout); after a
+//! failure Redis is left alone for [`SKIP_AFTER_FAILURE`], so an outage costs a request nothing (no
+//! connection attempt per request) and recovery needs nobody.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::RedisConnectionInfo;
+use tokio::sync::oneshot;
 
 use crate::redis_conn::{RedisConn, RedisTls, RedisTrust};
 use crate::StoreError;
@@ -22,21 +31,42 @@ use crate::StoreError;
 /// How long Redis is left alone after a failed call.
 pub const SKIP_AFTER_FAILURE: Duration = Duration::from_millis(200);
 
-/// `KEYS[i]` a window's counter, `ARGV[2i-1]` its limit, `ARGV[2i]` its expiry in seconds.
-/// Returns `{admitted (0|1), count before this request of window 1, of window 2, …}`.
+/// Most requests one script call handles (a bound on how long the script holds Redis).
+pub const MAX_BATCH: usize = 128;
+
+/// A batch of requests, one after the other. `ARGV` holds, per request, its window count `n`, then
+/// `n` pairs (limit, expiry in seconds); `KEYS` the windows' counters of every request in turn.
+/// Returns, per request, `admitted (0|1)` then each window's count before it. Counts read or
+/// written by an earlier request of the batch are remembered, so a key is read once per batch.
 const CHECK_AND_COUNT: &str = "\
-local counts = {1}
-for i, key in ipairs(KEYS) do
-  local n = tonumber(redis.call('GET', key) or '0')
-  counts[i + 1] = n
-  if n >= tonumber(ARGV[2 * i - 1]) then counts[1] = 0 end
-end
-if counts[1] == 1 then
-  for i, key in ipairs(KEYS) do
-    if redis.call('INCR', key) == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
+local out, seen, k, a = {}, {}, 1, 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local at = #out + 1
+  local ok = 1
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    local c = seen[key]
+    if c == nil then
+      c = tonumber(redis.call('GET', key) or '0')
+      seen[key] = c
+    end
+    out[at + 1 + i] = c
+    if c >= tonumber(ARGV[a + 1 + 2 * i]) then ok = 0 end
   end
+  out[at] = ok
+  if ok == 1 then
+    for i = 0, n - 1 do
+      local key = KEYS[k + i]
+      local c = redis.call('INCR', key)
+      seen[key] = c
+      if c == 1 then redis.call('EXPIRE', key, ARGV[a + 2 + 2 * i]) end
+    end
+  end
+  k = k + n
+  a = a + 1 + 2 * n
 end
-return counts";
+return out";
 
 /// Where a Redis server is and how to log in (never printed: no `Debug`, the password is here).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -59,9 +89,9 @@ pub struct RedisTarget {
 
 /// One window of a request: its counter's key, its limit and how long the counter lives.
 #[derive(Debug, Clone)]
-pub struct Window<'a> {
+pub struct Window {
     /// The counter's full key (prefix included).
-    pub key: &'a str,
+    pub key: String,
     /// Requests the window admits.
     pub limit: u64,
     /// Seconds the counter lives after its first request.
@@ -77,7 +107,7 @@ pub struct Counted {
     pub before: Vec<u64>,
 }
 
-/// Counters on one Redis server; clones share the connection.
+/// Counters on one Redis server; clones share the connection and the queue.
 #[derive(Clone)]
 pub struct RedisCounters {
     conn: RedisConn,
@@ -92,6 +122,22 @@ struct Shared {
     origin: Instant,
     /// Milliseconds since `origin` before which Redis is not asked.
     skip_until_ms: AtomicU64,
+    /// Requests waiting for the call in flight to return. Held only to push or take, never
+    /// across an `.await`.
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Whether a task is sending batches (it takes the queue until it finds it empty).
+    sending: bool,
+    waiting: Vec<Pending>,
+}
+
+/// A queued request and where its answer goes.
+struct Pending {
+    windows: Vec<Window>,
+    reply: oneshot::Sender<Result<Counted, StoreError>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -143,6 +189,7 @@ impl RedisCounters {
                 sha: OnceLock::new(),
                 origin: Instant::now(),
                 skip_until_ms: AtomicU64::new(0),
+                queue: Mutex::new(Queue::default()),
             }),
         }
     }
@@ -151,65 +198,139 @@ impl RedisCounters {
         u64::try_from(self.shared.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Checks a request against its windows and, when it is under every limit, counts it in each:
-    /// one round trip, atomic on the server.
+    /// Checks a request against its windows and, when it is under every limit, counts it in each,
+    /// atomically on the server: in the next script call, alone or with the requests that queued
+    /// beside it.
+    ///
+    /// Must run inside a Tokio runtime (the batches are sent by a spawned task).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when Redis does not answer in time (or was failing a moment
     /// ago), refuses the login, or answers something unexpected.
-    pub async fn check_and_count(&self, windows: &[Window<'_>]) -> Result<Counted, StoreError> {
+    pub async fn check_and_count(&self, windows: Vec<Window>) -> Result<Counted, StoreError> {
         if self.now_ms() < self.shared.skip_until_ms.load(Ordering::Relaxed) {
             return Err(unavailable("skipped after a recent failure"));
         }
-        let res = tokio::time::timeout(self.timeout, self.run(windows))
-            .await
-            .map_err(|_| unavailable("timed out"))
-            .and_then(|r| r);
-        if res.is_err() {
-            let until =
-                self.now_ms() + u64::try_from(SKIP_AFTER_FAILURE.as_millis()).unwrap_or(u64::MAX);
-            self.shared.skip_until_ms.store(until, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut queue = self.queue();
+            queue.waiting.push(Pending { windows, reply });
+            !std::mem::replace(&mut queue.sending, true)
+        };
+        if start {
+            tokio::spawn(self.clone().send_batches());
         }
-        res
+        answer
+            .await
+            .unwrap_or_else(|_| Err(unavailable("the batch was dropped")))
     }
 
-    async fn run(&self, windows: &[Window<'_>]) -> Result<Counted, StoreError> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends the queued requests, a batch per call, until the queue is empty.
+    async fn send_batches(self) {
+        loop {
+            let batch: Vec<Pending> = {
+                let mut queue = self.queue();
+                if queue.waiting.is_empty() {
+                    queue.sending = false;
+                    return;
+                }
+                if queue.waiting.len() <= MAX_BATCH {
+                    std::mem::take(&mut queue.waiting)
+                } else {
+                    queue.waiting.drain(..MAX_BATCH).collect()
+                }
+            };
+            self.send(batch).await;
+        }
+    }
+
+    /// One script call for `batch`; every request of it gets its answer, or the call's error.
+    async fn send(&self, batch: Vec<Pending>) {
+        let res = if self.now_ms() < self.shared.skip_until_ms.load(Ordering::Relaxed) {
+            Err(unavailable("skipped after a recent failure"))
+        } else {
+            let res = tokio::time::timeout(self.timeout, self.run(&batch))
+                .await
+                .map_err(|_| unavailable("timed out"))
+                .and_then(|r| r);
+            if res.is_err() {
+                let until = self.now_ms()
+                    + u64::try_from(SKIP_AFTER_FAILURE.as_millis()).unwrap_or(u64::MAX);
+                self.shared.skip_until_ms.store(until, Ordering::Relaxed);
+            }
+            res
+        };
+        match res {
+            Ok(answer) => {
+                let mut rest = answer.as_slice();
+                for pending in batch {
+                    let n = pending.windows.len();
+                    let counted = match rest.split_at_checked(n + 1) {
+                        Some((mine, tail)) => {
+                            rest = tail;
+                            Ok(Counted {
+                                admitted: mine[0] == 1,
+                                before: mine[1..].to_vec(),
+                            })
+                        }
+                        None => Err(unavailable("short script answer")),
+                    };
+                    // The request may have gone (its client left): nothing to tell.
+                    let _ = pending.reply.send(counted);
+                }
+            }
+            Err(e) => {
+                let message = match e {
+                    StoreError::Unavailable(message) => message,
+                    other => other.to_string(),
+                };
+                for pending in batch {
+                    let _ = pending
+                        .reply
+                        .send(Err(StoreError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+
+    async fn run(&self, batch: &[Pending]) -> Result<Vec<u64>, StoreError> {
         let mut conn = self.conn.clone();
         let sha = match self.shared.sha.get() {
             Some(sha) => sha,
             None => self.load(&mut conn).await?,
         };
-        let answer = match Self::evalsha(sha, windows, &mut conn).await {
+        let cmd = Self::evalsha(sha, batch);
+        match cmd.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.load(&mut conn).await?;
-                Self::evalsha(sha, windows, &mut conn).await
+                cmd.query_async(&mut conn).await
             }
             other => other,
         }
-        .map_err(unavailable)?;
-        let (admitted, before) = answer
-            .split_first()
-            .ok_or_else(|| unavailable("empty script answer"))?;
-        Ok(Counted {
-            admitted: *admitted == 1,
-            before: before.to_vec(),
-        })
+        .map_err(unavailable)
     }
 
-    async fn evalsha(
-        sha: &str,
-        windows: &[Window<'_>],
-        conn: &mut RedisConn,
-    ) -> redis::RedisResult<Vec<u64>> {
+    fn evalsha(sha: &str, batch: &[Pending]) -> redis::Cmd {
+        let keys: usize = batch.iter().map(|p| p.windows.len()).sum();
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(sha).arg(windows.len());
-        for w in windows {
-            cmd.arg(w.key);
+        cmd.arg(sha).arg(keys);
+        for w in batch.iter().flat_map(|p| &p.windows) {
+            cmd.arg(&w.key);
         }
-        for w in windows {
-            cmd.arg(w.limit).arg(w.ttl_secs.max(1));
+        for p in batch {
+            cmd.arg(p.windows.len());
+            for w in &p.windows {
+                cmd.arg(w.limit).arg(w.ttl_secs.max(1));
+            }
         }
-        cmd.query_async(conn).await
+        cmd
     }
 
     /// Loads the script; its digest (the same every time).

@@ -1401,3 +1401,125 @@ async fn the_masked_password_cannot_be_stored() {
         "the masked value cannot be stored; send the real password"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Beyond Kong's spec: requests batched into one script call while a call is in flight
+// ---------------------------------------------------------------------------------------------
+
+mod batching {
+    use std::time::Duration;
+
+    use portcullis_stores::redis_conn::RedisTrust;
+    use portcullis_stores::redis_counters::{Counted, RedisCounters, Window};
+    use portcullis_stores::StoreError;
+
+    use crate::helpers::{or_skip, PrivateRedis};
+
+    fn windows(minute: u64, hour: u64) -> Vec<Window> {
+        vec![
+            Window {
+                key: "rl:who:minute".into(),
+                limit: minute,
+                ttl_secs: 60,
+            },
+            Window {
+                key: "rl:who:hour".into(),
+                limit: hour,
+                ttl_secs: 3_600,
+            },
+        ]
+    }
+
+    fn redis_cli(redis: &PrivateRedis, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Script calls the server ran (`EVALSHA`), from `INFO commandstats`.
+    fn script_calls(redis: &PrivateRedis) -> u64 {
+        let stats = redis_cli(redis, &["info", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a count"))
+    }
+
+    /// 300 requests at once on one client's windows (minute 100, hour 1,000): they go out in a
+    /// few script calls, the first 100 in arrival order pass, each seeing the count of exactly
+    /// the requests before it, and the 200 refused count in neither window.
+    #[actix_web::test]
+    async fn concurrent_requests_are_counted_exactly_in_few_calls() {
+        let Some(redis) = or_skip(PrivateRedis::start()) else {
+            return;
+        };
+        let counters =
+            RedisCounters::open_url(&redis.url(), Duration::from_secs(5), &RedisTrust::WebPki)
+                .expect("a redis URL");
+        let answers: Vec<Counted> = futures_util::future::join_all(
+            (0..300).map(|_| counters.check_and_count(windows(100, 1_000))),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("Redis counts");
+
+        for (i, answer) in answers.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(answer.admitted, i < 100, "request {i}");
+            assert_eq!(answer.before, [i.min(100); 2], "request {i}");
+        }
+        assert_eq!(redis_cli(&redis, &["get", "rl:who:minute"]), "100");
+        assert_eq!(redis_cli(&redis, &["get", "rl:who:hour"]), "100");
+        let ttl: u64 = redis_cli(&redis, &["ttl", "rl:who:hour"])
+            .parse()
+            .expect("a TTL");
+        assert!((3_590..=3_600).contains(&ttl), "expiry set once: {ttl}");
+        let calls = script_calls(&redis);
+        assert!(
+            (1..10).contains(&calls),
+            "300 requests in {calls} script calls"
+        );
+
+        // Alone, a request goes out at once, in a call of its own.
+        let alone = counters
+            .check_and_count(windows(100, 1_000))
+            .await
+            .expect("Redis counts");
+        assert_eq!((alone.admitted, alone.before), (false, vec![100, 100]));
+        assert_eq!(script_calls(&redis), calls + 1);
+    }
+
+    /// A server that takes connections and never answers: the call in flight times out, and
+    /// every request of it and of the queue behind it fails.
+    #[actix_web::test]
+    async fn a_failed_call_fails_every_request_of_its_batch() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = listener.local_addr().expect("bound").port();
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(4).collect();
+            std::thread::sleep(Duration::from_secs(30));
+            drop(held);
+        });
+        let counters = RedisCounters::open_url(
+            &format!("redis://127.0.0.1:{port}"),
+            Duration::from_millis(300),
+            &RedisTrust::WebPki,
+        )
+        .expect("a redis URL");
+        let answers = futures_util::future::join_all(
+            (0..20).map(|_| counters.check_and_count(windows(100, 1_000))),
+        )
+        .await;
+        for (i, answer) in answers.iter().enumerate() {
+            assert!(
+                matches!(answer, Err(StoreError::Unavailable(_))),
+                "request {i}: {answer:?}"
+            );
+        }
+    }
+}

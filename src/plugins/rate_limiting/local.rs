@@ -2,29 +2,36 @@
 //!
 //! Why this shape: a node's limit must hold across its proxy worker threads (per-worker maps would
 //! split it), and the hot path must take no lock. So the counters of one (plugin instance, client)
-//! pair live in one shared map whose reads take no lock (moka's concurrent hash table), and each of
-//! the six windows is one `AtomicU64` holding the window's tag (its start, 24 bits) and its count
-//! (40 bits), updated by compare-and-swap: a request is counted only while the count is under the
-//! limit, so a window never admits more than its limit however many threads race. A window whose
-//! tag is not the current one counts as empty and is overwritten in place, so old windows take no
-//! memory. With several windows, a request refused by a later one is taken back from the earlier
-//! ones: a refused request counts nowhere (under a race at the limit a concurrent request may be
-//! refused while a take-back is in flight: the error is on the safe side).
+//! pair live in one shared map, split in [`SHARDS`] shards, each an immutable hash map behind an
+//! `ArcSwap`: a request loads its shard's snapshot and finds its pair without a lock; only the
+//! first request of a new pair takes its shard's writer lock, to publish a copy holding it. Each
+//! of the six windows of a pair is one `AtomicU64` holding the window's tag (its start, 24 bits)
+//! and its count (40 bits), updated by compare-and-swap: a request is counted only while the count
+//! is under the limit, so a window never admits more than its limit however many threads race. A
+//! window whose tag is not the current one counts as empty and is overwritten in place, so old
+//! windows take no memory. With several windows, a request refused by a later one is taken back
+//! from the earlier ones: a refused request counts nowhere (under a race at the limit a concurrent
+//! request may be refused while a take-back is in flight: the error is on the safe side).
 //!
-//! Memory is bounded: at most [`CAPACITY`] pairs are kept (least recently used first out), and a
-//! pair idle for longer than its longest window is dropped, having nothing left to count.
+//! Memory is bounded: a shard holds at most `CAPACITY / SHARDS` pairs. Publishing a copy drops the
+//! pairs idle for longer than their longest window (they have nothing left to count), and, if the
+//! shard is still full, the one seen least recently.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use uuid::Uuid;
 
 use super::window::Period;
 
 /// Most (plugin instance, client) pairs kept; a few hundred bytes each.
-pub const CAPACITY: u64 = 200_000;
+pub const CAPACITY: usize = 200_000;
+/// Shards of the map: a new pair copies one shard, at most `CAPACITY / SHARDS` pairs.
+pub const SHARDS: usize = 1_024;
 
 const COUNT_BITS: u32 = 40;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
@@ -42,16 +49,6 @@ pub enum Identifier {
     Text(Arc<str>),
 }
 
-impl std::fmt::Display for Identifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Ip(ip) => ip.fmt(f),
-            Self::Id(id) => id.fmt(f),
-            Self::Text(text) => f.write_str(text),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     plugin: Uuid,
@@ -61,26 +58,27 @@ struct Key {
 /// The windows of one pair.
 struct Slots {
     windows: [AtomicU64; 6],
-    /// How long the pair may stay idle (its longest window).
-    idle: Duration,
+    /// Seconds the pair may stay idle (its longest window).
+    idle: i64,
+    /// Unix second of its latest request.
+    seen: AtomicI64,
 }
 
-struct IdleForLongestWindow;
+impl Slots {
+    fn idle_at(&self, now: i64) -> bool {
+        self.seen.load(Ordering::Relaxed) + self.idle < now
+    }
+}
 
-impl moka::Expiry<Key, Arc<Slots>> for IdleForLongestWindow {
-    fn expire_after_create(&self, _: &Key, slots: &Arc<Slots>, _: Instant) -> Option<Duration> {
-        Some(slots.idle)
-    }
-    fn expire_after_read(
-        &self,
-        _: &Key,
-        slots: &Arc<Slots>,
-        _: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(slots.idle)
-    }
+/// foldhash: keys hold client addresses and header values, but a shard is bounded and the seed
+/// is random per process.
+type Hasher = foldhash::fast::RandomState;
+type Pairs = HashMap<Key, Arc<Slots>, Hasher>;
+
+struct Shard {
+    pairs: ArcSwap<Pairs>,
+    /// Held while a copy with a new pair is made and published; never by a reader.
+    writer: Mutex<()>,
 }
 
 /// One window a request is checked against.
@@ -98,41 +96,49 @@ pub struct Check {
 /// configuration changes (a changed limit applies to the counts so far, as in Kong).
 #[derive(Clone)]
 pub struct LocalCounters {
-    pairs: moka::sync::Cache<Key, Arc<Slots>>,
+    shards: Arc<[Shard]>,
+    hasher: Hasher,
+    /// Most pairs a shard holds.
+    per_shard: usize,
 }
 
 impl Default for LocalCounters {
     fn default() -> Self {
+        Self::with_shard_capacity(CAPACITY / SHARDS)
+    }
+}
+
+impl LocalCounters {
+    fn with_shard_capacity(per_shard: usize) -> Self {
+        let hasher = Hasher::default();
         Self {
-            pairs: moka::sync::Cache::builder()
-                .max_capacity(CAPACITY)
-                .expire_after(IdleForLongestWindow)
-                .build(),
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    pairs: ArcSwap::from_pointee(HashMap::with_hasher(hasher.clone())),
+                    writer: Mutex::new(()),
+                })
+                .collect(),
+            hasher,
+            per_shard,
         }
     }
 }
 
 impl LocalCounters {
-    /// Checks a request against `checks` and counts it in each when it is under every limit.
-    /// Returns whether it was admitted and each window's count before it (in `before`).
+    /// Checks a request at `now` against `checks` and counts it in each when it is under every
+    /// limit. Returns whether it was admitted and each window's count before it (in `before`).
     pub fn check_and_count(
         &self,
         plugin: Uuid,
         who: Identifier,
+        now: i64,
         checks: &[Check],
         before: &mut [u64; 6],
     ) -> bool {
-        let idle = checks
-            .iter()
-            .map(|c| Duration::from_secs(c.period.expiration()))
-            .max()
-            .unwrap_or(Duration::from_secs(1));
-        let slots = self.pairs.get_with(Key { plugin, who }, || {
-            Arc::new(Slots {
-                windows: Default::default(),
-                idle,
-            })
-        });
+        let slots = self.slots(Key { plugin, who }, now, checks);
+        if slots.seen.load(Ordering::Relaxed) != now {
+            slots.seen.store(now, Ordering::Relaxed);
+        }
         for (i, check) in checks.iter().enumerate() {
             let slot = &slots.windows[check.period.index()];
             let (count, admitted) = count_one(slot, tag(check.start), check.cap);
@@ -148,6 +154,57 @@ impl LocalCounters {
             }
         }
         true
+    }
+
+    /// The pair's counters: found in its shard's snapshot, or added to a published copy.
+    fn slots(&self, key: Key, now: i64, checks: &[Check]) -> Arc<Slots> {
+        let hash = self.hasher.hash_one(&key);
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "the low bits pick the shard"
+        )]
+        let shard = &self.shards[hash as usize % SHARDS];
+        if let Some(slots) = shard.pairs.load().get(&key) {
+            return slots.clone();
+        }
+        let _writer = shard
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = shard.pairs.load_full();
+        if let Some(slots) = current.get(&key) {
+            return slots.clone();
+        }
+        let idle = checks
+            .iter()
+            .map(|c| c.period.expiration())
+            .max()
+            .map_or(1, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        let slots = Arc::new(Slots {
+            windows: Default::default(),
+            idle,
+            seen: AtomicI64::new(now),
+        });
+        let mut next: Pairs =
+            HashMap::with_capacity_and_hasher(current.len() + 1, self.hasher.clone());
+        next.extend(
+            current
+                .iter()
+                .filter(|(_, s)| !s.idle_at(now))
+                .map(|(k, s)| (k.clone(), s.clone())),
+        );
+        if next.len() >= self.per_shard {
+            let stalest = next
+                .iter()
+                .min_by_key(|(_, s)| s.seen.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            if let Some(stalest) = stalest {
+                next.remove(&stalest);
+            }
+        }
+        next.insert(key, slots.clone());
+        shard.pairs.store(Arc::new(next));
+        slots
     }
 }
 
@@ -228,12 +285,19 @@ mod tests {
             assert!(counters.check_and_count(
                 plugin,
                 who.clone(),
+                now,
                 &checks(3, 10, now),
                 &mut before
             ));
             assert_eq!(before[..2], [n, n]);
         }
-        assert!(!counters.check_and_count(plugin, who.clone(), &checks(3, 10, now), &mut before));
+        assert!(!counters.check_and_count(
+            plugin,
+            who.clone(),
+            now,
+            &checks(3, 10, now),
+            &mut before
+        ));
         assert_eq!(
             before[..2],
             [3, 3],
@@ -241,7 +305,7 @@ mod tests {
         );
         // The next minute starts empty; the hour remembers.
         let later = now + 60;
-        assert!(counters.check_and_count(plugin, who, &checks(3, 10, later), &mut before));
+        assert!(counters.check_and_count(plugin, who, later, &checks(3, 10, later), &mut before));
         assert_eq!(before[..2], [0, 3]);
     }
 
@@ -251,10 +315,22 @@ mod tests {
         let (plugin, who) = (Uuid::new_v4(), Identifier::Text(Arc::from("v1")));
         let now = 1_709_214_330;
         let mut before = [0; 6];
-        assert!(counters.check_and_count(plugin, who.clone(), &checks(5, 1, now), &mut before));
-        assert!(!counters.check_and_count(plugin, who.clone(), &checks(5, 1, now), &mut before));
+        assert!(counters.check_and_count(
+            plugin,
+            who.clone(),
+            now,
+            &checks(5, 1, now),
+            &mut before
+        ));
+        assert!(!counters.check_and_count(
+            plugin,
+            who.clone(),
+            now,
+            &checks(5, 1, now),
+            &mut before
+        ));
         assert_eq!(before[..2], [1, 1]);
-        assert!(!counters.check_and_count(plugin, who, &checks(5, 1, now), &mut before));
+        assert!(!counters.check_and_count(plugin, who, now, &checks(5, 1, now), &mut before));
         assert_eq!(before[..2], [1, 1]);
     }
 
@@ -274,6 +350,7 @@ mod tests {
                                 counters.check_and_count(
                                     plugin,
                                     Identifier::Id(plugin),
+                                    now,
                                     &checks(1_000, 100_000, now),
                                     &mut before,
                                 )
@@ -285,5 +362,58 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(admitted, 1_000);
+    }
+
+    #[test]
+    fn memory_stays_bounded_and_a_busy_pair_keeps_its_count() {
+        let counters = LocalCounters::with_shard_capacity(2);
+        let plugin = Uuid::new_v4();
+        let busy = Identifier::Text(Arc::from("busy"));
+        let now = 1_709_214_330;
+        let mut before = [0; 6];
+        for n in 0..10_000_u32 {
+            let who = Identifier::Ip(std::net::Ipv4Addr::from(n).into());
+            assert!(counters.check_and_count(plugin, who, now, &checks(5, 10, now), &mut before));
+            // Seen later than every other pair: never the one a full shard drops.
+            let admitted = counters.check_and_count(
+                plugin,
+                busy.clone(),
+                now + 1,
+                &checks(1_000_000, 1_000_000, now),
+                &mut before,
+            );
+            assert!(admitted);
+            assert_eq!(before[0], u64::from(n), "the busy pair's count carried on");
+        }
+        let kept: usize = counters.shards.iter().map(|s| s.pairs.load().len()).sum();
+        assert!(kept <= 2 * SHARDS, "{kept} pairs kept");
+        assert!(kept > SHARDS, "{kept} pairs kept");
+    }
+
+    #[test]
+    fn pairs_idle_past_their_longest_window_are_dropped() {
+        let counters = LocalCounters::default();
+        let plugin = Uuid::new_v4();
+        let now = 1_709_214_330;
+        let mut before = [0; 6];
+        let second = |now| {
+            [Check {
+                period: Period::Second,
+                cap: 1,
+                start: now,
+            }]
+        };
+        for n in 0..4_000_u32 {
+            let who = Identifier::Ip(std::net::Ipv4Addr::from(n).into());
+            assert!(counters.check_and_count(plugin, who, now, &second(now), &mut before));
+        }
+        // Two seconds later, new pairs replace every shard's idle ones as they are added.
+        let later = now + 2;
+        for n in 4_000..8_000_u32 {
+            let who = Identifier::Ip(std::net::Ipv4Addr::from(n).into());
+            assert!(counters.check_and_count(plugin, who, later, &second(later), &mut before));
+        }
+        let kept: usize = counters.shards.iter().map(|s| s.pairs.load().len()).sum();
+        assert!(kept < 5_000, "{kept} pairs kept");
     }
 }

@@ -185,6 +185,7 @@ impl Plugin for RateLimiting {
             store,
             fault_tolerant: cfg.fault_tolerant,
             hide_headers: cfg.hide_client_headers,
+            names: ratelimit_names(),
             refusal: (
                 status,
                 Bytes::from(json!({ "message": message }).to_string()),
@@ -203,6 +204,8 @@ struct Limit {
     cap: u64,
     /// `value` as a header value, made once.
     shown: HeaderValue,
+    /// `X-RateLimit-Limit-<Window>` and `X-RateLimit-Remaining-<Window>`, made once.
+    names: [HeaderName; 2],
 }
 
 impl Limit {
@@ -218,6 +221,7 @@ impl Limit {
             value,
             cap,
             shown: number(value),
+            names: [period.limit_header(), period.remaining_header()],
         }
     }
 }
@@ -250,7 +254,18 @@ struct Runtime {
     store: Store,
     fault_tolerant: bool,
     hide_headers: bool,
+    /// [`ratelimit_names`], made once.
+    names: [HeaderName; 3],
     refusal: (StatusCode, Bytes),
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+fn ratelimit_names() -> [HeaderName; 3] {
+    [
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderName::from_static("ratelimit-reset"),
+    ]
 }
 
 /// What one request's check found: each configured window's count before it, and whether it
@@ -300,26 +315,21 @@ impl Runtime {
                         start: l.period.start(now),
                     })
                     .collect();
-                let admitted = counters.check_and_count(self.plugin, who, &checks, &mut before);
+                let admitted =
+                    counters.check_and_count(self.plugin, who, now, &checks, &mut before);
                 Ok(Usage { before, admitted })
             }
             Store::Redis { counters, prefix } => {
-                let keys: SmallVec<[String; 6]> = self
+                let windows: Vec<Window> = self
                     .limits
                     .iter()
-                    .map(|l| format!("{prefix}:{who}:{}:{}", l.period.start(now), l.period.name()))
-                    .collect();
-                let windows: SmallVec<[Window<'_>; 6]> = self
-                    .limits
-                    .iter()
-                    .zip(&keys)
-                    .map(|(l, key)| Window {
-                        key,
+                    .map(|l| Window {
+                        key: redis_key(prefix, &who, l.period, now),
                         limit: l.cap,
                         ttl_secs: l.period.expiration(),
                     })
                     .collect();
-                let counted = counters.check_and_count(&windows).await?;
+                let counted = counters.check_and_count(windows).await?;
                 for (slot, n) in before.iter_mut().zip(counted.before) {
                     *slot = n;
                 }
@@ -331,10 +341,10 @@ impl Runtime {
         }
     }
 
-    /// Kong's headers: each window's limit and remaining, and `RateLimit-*` of the window with the
-    /// fewest requests left (the longer one on a tie), whose reset is also the `Retry-After` of a
-    /// refusal.
-    fn headers(&self, usage: &Usage, now: i64) -> (SmallVec<[(HeaderName, HeaderValue); 16]>, u64) {
+    /// Kong's headers, added to `out`: each window's limit and remaining, and `RateLimit-*` of
+    /// the window with the fewest requests left (the longer one on a tie), whose reset is also the
+    /// `Retry-After` of a refusal (returned).
+    fn headers(&self, usage: &Usage, now: i64, out: &mut Vec<(HeaderName, HeaderValue)>) -> u64 {
         let stop = (!usage.admitted).then(|| {
             self.limits
                 .iter()
@@ -342,8 +352,9 @@ impl Runtime {
                 .position(|(l, n)| n >= l.cap)
                 .unwrap_or(0)
         });
-        let mut out = SmallVec::new();
-        let mut best: Option<(&HeaderValue, f64, u64)> = None;
+        out.reserve(2 * self.limits.len() + 3);
+        // (window, remaining, its header value)
+        let mut best: Option<(&Limit, f64, HeaderValue)> = None;
         for (i, (limit, used)) in self.limits.iter().zip(usage.before).enumerate() {
             #[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^53")]
             let mut remaining = limit.value - used as f64;
@@ -351,21 +362,22 @@ impl Runtime {
                 remaining -= 1.0;
             }
             let remaining = remaining.max(0.0);
-            if best.is_none_or(|(_, r, _)| remaining <= r) {
-                best = Some((&limit.shown, remaining, limit.period.reset(now)));
+            let shown = number(remaining);
+            out.push((limit.names[0].clone(), limit.shown.clone()));
+            out.push((limit.names[1].clone(), shown.clone()));
+            if best.as_ref().is_none_or(|(_, r, _)| remaining <= *r) {
+                best = Some((limit, remaining, shown));
             }
-            out.push((limit.period.limit_header(), limit.shown.clone()));
-            out.push((limit.period.remaining_header(), number(remaining)));
         }
-        let zero = HeaderValue::from_static("0");
-        let (limit, remaining, reset) = best.unwrap_or((&zero, 0.0, 1));
-        out.push((HeaderName::from_static("ratelimit-limit"), limit.clone()));
-        out.push((
-            HeaderName::from_static("ratelimit-remaining"),
-            number(remaining),
-        ));
-        out.push((HeaderName::from_static("ratelimit-reset"), reset.into()));
-        (out, reset)
+        let [limit_name, remaining_name, reset_name] = self.names.clone();
+        let Some((limit, _, remaining)) = best else {
+            return 1;
+        };
+        let reset = limit.period.reset(now);
+        out.push((limit_name, limit.shown.clone()));
+        out.push((remaining_name, remaining));
+        out.push((reset_name, reset.into()));
+        reset
     }
 
     fn answer(&self, refusal: &Refusal) -> Answer {
@@ -406,6 +418,25 @@ impl Runtime {
     }
 }
 
+/// A window's counter in Redis: `{prefix}:{who}:{window start}:{window name}`.
+fn redis_key(prefix: &str, who: &Identifier, period: Period, now: i64) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(prefix.len() + 72);
+    key.push_str(prefix);
+    key.push(':');
+    match who {
+        Identifier::Id(id) => {
+            key.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
+        }
+        Identifier::Ip(ip) => {
+            let _ = write!(key, "{ip}");
+        }
+        Identifier::Text(text) => key.push_str(text),
+    }
+    let _ = write!(key, ":{}:{}", period.start(now), period.name());
+    key
+}
+
 /// A number as Kong (Lua) prints it: integral values without a fraction.
 fn number(v: f64) -> HeaderValue {
     if v.fract() == 0.0 && v.abs() < 1e15 {
@@ -434,14 +465,14 @@ impl PluginRuntime for Runtime {
         };
         if usage.admitted {
             if !self.hide_headers {
-                let (headers, _) = self.headers(&usage, now);
-                ctx.response_headers.extend(headers);
+                self.headers(&usage, now, &mut ctx.response_headers);
             }
             return Flow::Continue;
         }
         let mut answer = self.answer(&Refusal::Exceeded);
         if !self.hide_headers {
-            let (headers, reset) = self.headers(&usage, now);
+            let mut headers = Vec::new();
+            let reset = self.headers(&usage, now, &mut headers);
             let h = answer.headers_mut();
             for (name, value) in headers {
                 h.insert(name, value);
@@ -466,6 +497,7 @@ mod tests {
             store: Store::Local(LocalCounters::default()),
             fault_tolerant: true,
             hide_headers: false,
+            names: ratelimit_names(),
             refusal: (StatusCode::TOO_MANY_REQUESTS, Bytes::new()),
         }
     }
@@ -487,7 +519,8 @@ mod tests {
             before: [2, 2, 0, 0, 0, 0],
             admitted: true,
         };
-        let (h, reset) = rt.headers(&usage, NOW);
+        let mut h = Vec::new();
+        let reset = rt.headers(&usage, NOW, &mut h);
         assert_eq!(header(&h, "x-ratelimit-remaining-minute"), "3");
         assert_eq!(header(&h, "x-ratelimit-remaining-hour"), "99996");
         assert_eq!(header(&h, "ratelimit-limit"), "6");
@@ -502,7 +535,8 @@ mod tests {
             before: [6, 6, 0, 0, 0, 0],
             admitted: false,
         };
-        let (h, _) = rt.headers(&usage, NOW);
+        let mut h = Vec::new();
+        rt.headers(&usage, NOW, &mut h);
         assert_eq!(header(&h, "x-ratelimit-remaining-minute"), "0");
         assert_eq!(header(&h, "x-ratelimit-remaining-hour"), "99993");
         assert_eq!(header(&h, "ratelimit-remaining"), "0");
@@ -515,7 +549,8 @@ mod tests {
             before: [5, 5, 0, 0, 0, 0],
             admitted: false,
         };
-        let (h, reset) = rt.headers(&usage, NOW);
+        let mut h = Vec::new();
+        let reset = rt.headers(&usage, NOW, &mut h);
         assert_eq!(
             reset, 30,
             "the minute's reset: waiting a second would not help"
