@@ -134,6 +134,21 @@ struct Queue {
     waiting: Vec<Pending>,
 }
 
+/// Set while a task sends batches: if the task is dropped before it finds the queue empty (its
+/// runtime shut down), the next request starts another instead of queueing forever.
+struct Sending<'a> {
+    counters: &'a RedisCounters,
+    armed: bool,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.counters.queue().sending = false;
+        }
+    }
+}
+
 /// A queued request and where its answer goes.
 struct Pending {
     windows: Vec<Window>,
@@ -234,11 +249,16 @@ impl RedisCounters {
 
     /// Sends the queued requests, a batch per call, until the queue is empty.
     async fn send_batches(self) {
+        let mut sending = Sending {
+            counters: &self,
+            armed: true,
+        };
         loop {
             let batch: Vec<Pending> = {
                 let mut queue = self.queue();
                 if queue.waiting.is_empty() {
                     queue.sending = false;
+                    sending.armed = false;
                     return;
                 }
                 if queue.waiting.len() <= MAX_BATCH {
@@ -319,8 +339,15 @@ impl RedisCounters {
 
     fn evalsha(sha: &str, batch: &[Pending]) -> redis::Cmd {
         let keys: usize = batch.iter().map(|p| p.windows.len()).sum();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(sha).arg(keys);
+        let bytes: usize = batch
+            .iter()
+            .flat_map(|p| &p.windows)
+            .map(|w| w.key.len() + 24)
+            .sum();
+        // Sized once: growing the argument buffers cost more than writing them.
+        let mut cmd =
+            redis::Cmd::with_capacity(3 + keys * 3 + batch.len(), 64 + bytes + 4 * batch.len());
+        cmd.arg("EVALSHA").arg(sha).arg(keys);
         for w in batch.iter().flat_map(|p| &p.windows) {
             cmd.arg(&w.key);
         }

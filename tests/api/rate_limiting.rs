@@ -648,6 +648,47 @@ async fn redis_keeps_working_if_an_error_occurs() {
     assert!(portcullis::plugins::rate_limiting::passed_without_redis() > before);
 }
 
+/// A Redis that takes connections and never answers: the requests queued behind the call in
+/// flight fail with it, and each passes (`fault_tolerant`) or gets Kong's 500, as alone.
+#[actix_web::test]
+async fn every_request_of_a_failed_batch_passes_or_fails_as_configured() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = listener.local_addr().expect("bound").port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(8).collect();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(held);
+    });
+    let app = gateway().await;
+    let upstream = spawn_upstream();
+    for (path, tolerant) in [("/tolerant", true), ("/strict", false)] {
+        let service = service_with_route(&app, &upstream.url, &[path]).await;
+        let (s, plugin) = app
+            .admin_post(
+                "/plugins",
+                json!({"name": "rate-limiting", "service": {"id": service["id"]}, "config": {
+                    "minute": 6, "policy": "redis", "limit_by": "ip", "fault_tolerant": tolerant,
+                    "redis": {"host": "127.0.0.1", "port": port, "timeout": 300}}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{plugin}");
+    }
+    let before = portcullis::plugins::rate_limiting::passed_without_redis();
+    let answers =
+        futures_util::future::join_all((0..10).map(|_| get(&app, "/tolerant", &[]))).await;
+    for (s, h, _) in &answers {
+        assert_eq!(*s, 200);
+        no_rate_limit_headers(h);
+    }
+    assert!(portcullis::plugins::rate_limiting::passed_without_redis() - before >= 10);
+    let answers = futures_util::future::join_all((0..10).map(|_| get(&app, "/strict", &[]))).await;
+    for (s, h, body) in &answers {
+        assert_eq!(*s, 500);
+        assert_eq!(body, &json!({"message": "An unexpected error occurred"}));
+        no_rate_limit_headers(h);
+    }
+}
+
 #[actix_web::test]
 async fn global_for_single_consumer() {
     let app = gateway().await;
