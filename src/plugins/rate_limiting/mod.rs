@@ -6,7 +6,8 @@
 //! - the `redis` policy checks and counts every window in one atomic round trip (a script run by
 //!   `EVALSHA`), so the limit is exact across nodes, and a refused request counts in no window
 //!   (Kong's counts refused requests too: a client retrying while blocked by `second` used up its
-//!   `minute` and `hour` as well);
+//!   `minute` and `hour` as well); requests arriving while a call is in flight go together in the
+//!   next one, handled in arrival order (Kong makes separate calls per window and request);
 //! - the `local` policy checks and counts in one step, so racing requests never pass the limit
 //!   (Kong reads, then counts in a timer);
 //! - `policy = cluster` (counters in the database) and `sync_rate` other than `-1` are refused;
