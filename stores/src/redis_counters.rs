@@ -36,8 +36,10 @@ pub const MAX_BATCH: usize = 128;
 
 /// A batch of requests, one after the other. `ARGV` holds, per request, its window count `n`, then
 /// `n` pairs (limit, expiry in seconds); `KEYS` the windows' counters of every request in turn.
-/// Returns, per request, `admitted (0|1)` then each window's count before it. Counts read or
-/// written by an earlier request of the batch are remembered, so a key is read once per batch.
+/// Returns, per request, `admitted (0|1)` then each window's count before it, all in one text
+/// separated by spaces (one reply to parse instead of an integer per count; Lua prints counts
+/// below 10^14 exactly). Counts read or written by an earlier request of the batch are
+/// remembered, so a key is read once per batch.
 const CHECK_AND_COUNT: &str = "\
 local out, seen, k, a = {}, {}, 1, 1
 while a <= #ARGV do
@@ -66,7 +68,7 @@ while a <= #ARGV do
   k = k + n
   a = a + 1 + 2 * n
 end
-return out";
+return table.concat(out, ' ')";
 
 /// Where a Redis server is and how to log in (never printed: no `Debug`, the password is here).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -327,14 +329,18 @@ impl RedisCounters {
             None => self.load(&mut conn).await?,
         };
         let cmd = Self::evalsha(sha, batch);
-        match cmd.query_async(&mut conn).await {
+        let text: String = match cmd.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.load(&mut conn).await?;
                 cmd.query_async(&mut conn).await
             }
             other => other,
         }
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+        text.split(' ')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| unavailable("unexpected script answer"))
     }
 
     fn evalsha(sha: &str, batch: &[Pending]) -> redis::Cmd {
