@@ -32,7 +32,7 @@ use crate::error::RegistryError;
 use crate::plugin_api::PluginRuntime;
 use crate::plugins::PluginRegistry;
 use crate::router::balancer::Rotation;
-use crate::router::dns::{address_key, hosts_of, AddressBook};
+use crate::router::dns::{address_key, hosts_of, AddressBook, Reached};
 use crate::router::health::{reported_targets, HealthBook};
 use crate::router::{
     ChainEntry, CompiledRoute, PluginChain, RouterSnapshot, ScopedRuntime, SnapshotParts,
@@ -469,14 +469,10 @@ impl ConfigRegistry {
     fn probes_of(&self, upstream: &Upstream, targets: &[&Target]) -> Vec<Probe> {
         let mut probes = Vec::new();
         for t in targets {
-            let Ok(address) = t.address() else {
+            let Some((address, places)) = places_of(t, &self.dns) else {
                 continue;
             };
-            let port = address
-                .port
-                .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
-            for reached in hosts_of(&address, &self.dns).unwrap_or_default() {
-                let port = reached.port.unwrap_or(port);
+            for (reached, port) in places {
                 let host = reached.host;
                 let at = address_key(&host, port);
                 // The name the proxy sends as `Host` (an SRV record's under `use_srv_name`).
@@ -643,15 +639,13 @@ impl ConfigRegistry {
             .map(|id| (*id, HashSet::new()))
             .collect();
         for target in self.mirror.targets.values() {
-            let (Some(list), Ok(address)) = (live.get_mut(&target.upstream.id), target.address())
-            else {
+            let (Some(list), Some((_, places))) = (
+                live.get_mut(&target.upstream.id),
+                places_of(target, &self.dns),
+            ) else {
                 continue;
             };
-            let port = address
-                .port
-                .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
-            for reached in hosts_of(&address, &self.dns).unwrap_or_default() {
-                let port = reached.port.unwrap_or(port);
+            for (reached, port) in places {
                 list.insert((target.target.clone(), address_key(&reached.host, port)));
             }
         }
@@ -1038,6 +1032,24 @@ fn chain_of(
     };
     entries.sort_by_key(|e| std::cmp::Reverse(priority(e)));
     PluginChain::new(entries)
+}
+
+/// A target's address and each place it reaches as its name last resolved (none when the name
+/// failed), with the port it is reached on: an SRV record's, else the target's.
+fn places_of(target: &Target, dns: &AddressBook) -> Option<(Address, Vec<(Reached, u16)>)> {
+    let address = target.address().ok()?;
+    let port = address
+        .port
+        .unwrap_or(crate::entities::upstreams::DEFAULT_TARGET_PORT);
+    let places = hosts_of(&address, dns)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|reached| {
+            let at = reached.port.unwrap_or(port);
+            (reached, at)
+        })
+        .collect();
+    Some((address, places))
 }
 
 #[cfg(test)]

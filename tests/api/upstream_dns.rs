@@ -314,6 +314,16 @@ async fn balanced_with(app: &TestApp, name: &str, targets: &[String], path: &str
     assert_eq!(s, 201, "{body}");
 }
 
+/// Waits until two requests to `path` reach 127.0.0.1 and 127.0.0.2 once each: the name's two
+/// addresses are both in the rotation.
+async fn both_addresses_served(app: &TestApp, path: &str) {
+    eventually(Duration::from_secs(10), "both addresses served", || async {
+        let seen = tally(app, path, 2).await;
+        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
+    })
+    .await;
+}
+
 /// `n` requests to `path`, one after the other: the count of answers by backend address (and
 /// `503 <message>` for Kong's refusal).
 async fn tally(app: &TestApp, path: &str, n: usize) -> HashMap<String, usize> {
@@ -349,11 +359,7 @@ async fn d1_a_name_with_two_addresses_follows_its_answer(store: Store) {
     )
     .await;
 
-    eventually(Duration::from_secs(10), "both addresses served", || async {
-        let seen = tally(&app, "/named", 2).await;
-        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
-    })
-    .await;
+    both_addresses_served(&app, "/named").await;
     let seen = tally(&app, "/named", 100).await;
     assert_eq!(
         seen,
@@ -453,11 +459,7 @@ async fn d3_a_service_host_name_rotates_over_its_addresses(store: Store) {
         .await;
     assert_eq!(s, 201, "{body}");
 
-    eventually(Duration::from_secs(10), "both addresses served", || async {
-        let seen = tally(&app, "/svc", 2).await;
-        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
-    })
-    .await;
+    both_addresses_served(&app, "/svc").await;
     assert_eq!(
         tally(&app, "/svc", 10).await,
         HashMap::from([("127.0.0.1".into(), 5), ("127.0.0.2".into(), 5)])
@@ -536,11 +538,7 @@ async fn d4_https_targets_by_name_go_to_each_address_verified_by_name(store: Sto
     )
     .await;
 
-    eventually(Duration::from_secs(10), "both addresses served", || async {
-        let seen = tally(&app, "/tls", 2).await;
-        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
-    })
-    .await;
+    both_addresses_served(&app, "/tls").await;
     assert_eq!(
         tally(&app, "/tls", 20).await,
         HashMap::from([("127.0.0.1".into(), 10), ("127.0.0.2".into(), 10)])
@@ -579,11 +577,7 @@ async fn d5_an_https_service_host_name_rotates_verified_by_name(store: Store) {
         .await;
     assert_eq!(s, 201, "{body}");
 
-    eventually(Duration::from_secs(10), "both addresses served", || async {
-        let seen = tally(&app, "/svc", 2).await;
-        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
-    })
-    .await;
+    both_addresses_served(&app, "/svc").await;
     assert_eq!(
         tally(&app, "/svc", 10).await,
         HashMap::from([("127.0.0.1".into(), 5), ("127.0.0.2".into(), 5)])
@@ -772,11 +766,7 @@ async fn h2_one_address_is_set_by_hand(store: Store) {
         .admin_patch("/upstreams/pair.up", passive_checks())
         .await;
     assert_eq!(s, 200, "{body}");
-    eventually(Duration::from_secs(10), "both addresses served", || async {
-        let seen = tally(&app, "/pair", 2).await;
-        (seen.get("127.0.0.1") == Some(&1) && seen.get("127.0.0.2") == Some(&1)).then_some(())
-    })
-    .await;
+    both_addresses_served(&app, "/pair").await;
     let (one, two) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
     let base = format!("/upstreams/pair.up/targets/{target}");
 
