@@ -1018,30 +1018,53 @@ async fn a_plain_connection_to_a_tls_port_fails_clearly() {
     fails_as_fault_tolerant_says(&app, "/tolerant", "/strict").await;
 
     // The gateway's own `redis_url` as `redis://` to the TLS port: the same.
-    let schema = crate::helpers::PgSchema::migrated().await;
     let url = format!("redis://:{}@127.0.0.1:{}", redis.password, redis.port);
-    let mut app = spawn_with(portcullis::config::Settings {
-        redis_url: Some(portcullis::config::Secret::new(url)),
-        redis_prefix: format!("pt-{}", uuid::Uuid::new_v4().simple()),
-        ..schema.settings.clone()
-    })
-    .await;
-    app.pg = Some(schema);
+    let prefix = format!("pt-{}", uuid::Uuid::new_v4().simple());
+    let app = gateway_on_redis_url(url, &prefix, None).await;
     let upstream = spawn_upstream();
     for (path, tolerant) in [("/tolerant", true), ("/strict", false)] {
-        let service = service_with_route(&app, &upstream.url, &[path]).await;
-        let (s, plugin) = app
-            .admin_post(
-                "/plugins",
-                json!({"name": "rate-limiting", "service": {"id": service["id"]},
-                       "config": {"day": 3, "policy": "redis", "limit_by": "ip",
-                                  "fault_tolerant": tolerant}}),
-            )
-            .await;
-        assert_eq!(s, 201, "{plugin}");
+        daily_per_ip_on_redis_url(&app, &upstream.url, path, tolerant).await;
     }
     fails_as_fault_tolerant_says(&app, "/tolerant", "/strict").await;
     assert_eq!(redis.cli(&["dbsize"]).trim(), "0", "nothing counted");
+}
+
+/// A gateway on a Postgres schema of its own whose `redis_url` is `url` (keys under `prefix`),
+/// trusting the CA file `trusted` for `rediss://` (else the default trust).
+async fn gateway_on_redis_url(url: String, prefix: &str, trusted: Option<String>) -> TestApp {
+    let schema = crate::helpers::PgSchema::migrated().await;
+    let mut settings = portcullis::config::Settings {
+        redis_url: Some(portcullis::config::Secret::new(url)),
+        redis_prefix: prefix.to_string(),
+        ..schema.settings.clone()
+    };
+    if let Some(ca) = trusted {
+        settings.lua_ssl_trusted_certificate = vec![ca];
+    }
+    let mut app = spawn_with(settings).await;
+    app.pg = Some(schema);
+    app
+}
+
+/// A service at `path` with a `redis` rate-limiting instance that names no Redis (so the
+/// gateway's `redis_url` counts): 3 a day per client address; the created instance.
+async fn daily_per_ip_on_redis_url(
+    app: &TestApp,
+    upstream: &str,
+    path: &str,
+    tolerant: bool,
+) -> Value {
+    let service = service_with_route(app, upstream, &[path]).await;
+    let (s, plugin) = app
+        .admin_post(
+            "/plugins",
+            json!({"name": "rate-limiting", "service": {"id": service["id"]},
+                   "config": {"day": 3, "policy": "redis", "limit_by": "ip",
+                              "fault_tolerant": tolerant}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+    plugin
 }
 
 /// The gateway's own `redis_url` as `rediss://` (verified against `lua_ssl_trusted_certificate`):
@@ -1051,28 +1074,12 @@ async fn a_rediss_redis_url_counts_and_caches_tokens_over_tls() {
     let Some(redis) = or_skip(TlsRedis::start()) else {
         return;
     };
-    let schema = crate::helpers::PgSchema::migrated().await;
     let prefix = format!("pt-{}", uuid::Uuid::new_v4().simple());
     let url = format!("rediss://:{}@127.0.0.1:{}", redis.password, redis.port);
-    let mut app = spawn_with(portcullis::config::Settings {
-        redis_url: Some(portcullis::config::Secret::new(url)),
-        redis_prefix: prefix.clone(),
-        lua_ssl_trusted_certificate: vec![redis.ca_file.display().to_string()],
-        ..schema.settings.clone()
-    })
-    .await;
-    app.pg = Some(schema);
+    let trusted = Some(redis.ca_file.display().to_string());
+    let app = gateway_on_redis_url(url, &prefix, trusted).await;
     let upstream = spawn_upstream();
-    let service = service_with_route(&app, &upstream.url, &["/test"]).await;
-    let (s, plugin) = app
-        .admin_post(
-            "/plugins",
-            json!({"name": "rate-limiting", "service": {"id": service["id"]},
-                   "config": {"day": 3, "policy": "redis", "limit_by": "ip",
-                              "fault_tolerant": false}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{plugin}");
+    let plugin = daily_per_ip_on_redis_url(&app, &upstream.url, "/test", false).await;
     counts_exactly_in(&app, &redis, "/test").await;
     let pattern = format!("{prefix}:ratelimit:{}:*", plugin["id"].as_str().unwrap());
     let keys = redis.cli(&["--scan", "--pattern", &pattern]);
@@ -1105,29 +1112,14 @@ async fn an_insecure_rediss_redis_url_skips_verification() {
     let Some(redis) = or_skip(TlsRedis::start()) else {
         return;
     };
-    let schema = crate::helpers::PgSchema::migrated().await;
     let url = format!(
         "rediss://:{}@127.0.0.1:{}/#insecure",
         redis.password, redis.port
     );
-    let mut app = spawn_with(portcullis::config::Settings {
-        redis_url: Some(portcullis::config::Secret::new(url)),
-        redis_prefix: format!("pt-{}", uuid::Uuid::new_v4().simple()),
-        ..schema.settings.clone()
-    })
-    .await;
-    app.pg = Some(schema);
+    let prefix = format!("pt-{}", uuid::Uuid::new_v4().simple());
+    let app = gateway_on_redis_url(url, &prefix, None).await;
     let upstream = spawn_upstream();
-    let service = service_with_route(&app, &upstream.url, &["/test"]).await;
-    let (s, plugin) = app
-        .admin_post(
-            "/plugins",
-            json!({"name": "rate-limiting", "service": {"id": service["id"]},
-                   "config": {"day": 3, "policy": "redis", "limit_by": "ip",
-                              "fault_tolerant": false}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{plugin}");
+    daily_per_ip_on_redis_url(&app, &upstream.url, "/test", false).await;
     counts_exactly_in(&app, &redis, "/test").await;
 }
 

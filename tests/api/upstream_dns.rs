@@ -645,6 +645,22 @@ async fn health_row(app: &TestApp, upstream: &str, target: &str) -> Value {
         .unwrap_or_else(|| panic!("{target} in {body}"))
 }
 
+/// The target's row of the upstream's health, after checking each address's health in it.
+async fn addresses_are(
+    app: &TestApp,
+    upstream: &str,
+    target: &str,
+    expected: &[(&String, &str)],
+) -> Value {
+    let row = health_row(app, upstream, target).await;
+    let expected: HashMap<String, String> = expected
+        .iter()
+        .map(|(address, health)| ((*address).clone(), (*health).to_string()))
+        .collect();
+    assert_eq!(address_health(&row), expected, "{row}");
+    row
+}
+
 /// Each address of a health row with its health, by `ip:port`.
 fn address_health(row: &Value) -> HashMap<String, String> {
     row["data"]["addresses"]
@@ -721,15 +737,13 @@ async fn h1_a_dead_address_of_a_name_fails_alone(store: Store) {
         tally(&app, "/half", 20).await,
         HashMap::from([("127.0.0.1".into(), 20)])
     );
-    let row = health_row(&app, "half.up", &target).await;
-    assert_eq!(
-        address_health(&row),
-        HashMap::from([
-            (live.clone(), "HEALTHY".to_string()),
-            (dead.clone(), "UNHEALTHY".to_string())
-        ]),
-        "{row}"
-    );
+    let row = addresses_are(
+        &app,
+        "half.up",
+        &target,
+        &[(&live, "HEALTHY"), (&dead, "UNHEALTHY")],
+    )
+    .await;
     assert_eq!(row["health"], "HEALTHY", "{row}");
     assert_eq!(row["data"]["host"], "half.dns.test", "{row}");
     assert_eq!(row["data"]["port"], port, "{row}");
@@ -778,15 +792,13 @@ async fn h2_one_address_is_set_by_hand(store: Store) {
         tally(&app, "/pair", 10).await,
         HashMap::from([("127.0.0.1".into(), 10)])
     );
-    let row = health_row(&app, "pair.up", &target).await;
-    assert_eq!(
-        address_health(&row),
-        HashMap::from([
-            (one.clone(), "HEALTHY".to_string()),
-            (two.clone(), "UNHEALTHY".to_string())
-        ]),
-        "{row}"
-    );
+    let row = addresses_are(
+        &app,
+        "pair.up",
+        &target,
+        &[(&one, "HEALTHY"), (&two, "UNHEALTHY")],
+    )
+    .await;
     assert_eq!(row["health"], "HEALTHY", "{row}");
 
     let (s, body) = app
