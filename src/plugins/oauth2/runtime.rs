@@ -316,9 +316,19 @@ impl PluginRuntime for OAuthRuntime {
     }
 
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
-        let Some(endpoint) = endpoint_of(ctx.req.path()) else {
-            return self.check_access(ctx).await;
-        };
+        match endpoint_of(ctx.req.path()) {
+            None => self.check_access(ctx).await,
+            // The endpoints' state is large (every grant's steps) and their requests rare next to
+            // proxied ones: boxed on their own, so the access future every proxied request
+            // allocates and moves holds only the token check.
+            Some(endpoint) => Box::pin(self.endpoint(ctx, endpoint)).await,
+        }
+    }
+}
+
+impl OAuthRuntime {
+    /// One of the plugin's own endpoints (`/oauth2/token`, `/oauth2/authorize`, …).
+    async fn endpoint(&self, ctx: &mut RequestCtx, endpoint: Endpoint) -> Flow {
         if endpoint == Endpoint::Metadata {
             return Flow::Respond(self.metadata(ctx));
         }
