@@ -376,6 +376,13 @@ pub trait PluginRuntime: Send + Sync + 'static {
     fn needs_body(&self, _ctx: &RequestCtx) -> bool {
         false
     }
+    /// The access phase when it can finish without waiting, else `None` and the proxy runs
+    /// [`access`](Self::access). A plugin whose access phase sometimes never waits (counting in
+    /// memory, say) answers here and spares those requests the boxed future each call of an async
+    /// trait method allocates and moves.
+    fn access_now(&self, _ctx: &mut RequestCtx) -> Option<Flow> {
+        None
+    }
     /// Access phase: authenticate, transform, or answer directly.
     async fn access(&self, ctx: &mut RequestCtx) -> Flow;
     /// Response phase: adjust the headers sent to the client.

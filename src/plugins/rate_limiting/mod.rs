@@ -303,23 +303,25 @@ impl Runtime {
         found.map_or(Identifier::Ip(ctx.client_ip), Identifier::Id)
     }
 
-    async fn count(&self, who: Identifier, now: i64) -> Result<Usage, StoreError> {
+    /// Checks and counts in this node's memory: never waits.
+    fn count_here(&self, counters: &LocalCounters, who: Identifier, now: i64) -> Usage {
         let mut before = [0; 6];
+        let checks: SmallVec<[Check; 6]> = self
+            .limits
+            .iter()
+            .map(|l| Check {
+                period: l.period,
+                cap: l.cap,
+                start: l.period.start(now),
+            })
+            .collect();
+        let admitted = counters.check_and_count(self.plugin, who, now, &checks, &mut before);
+        Usage { before, admitted }
+    }
+
+    async fn count(&self, who: Identifier, now: i64) -> Result<Usage, StoreError> {
         match &self.store {
-            Store::Local(counters) => {
-                let checks: SmallVec<[Check; 6]> = self
-                    .limits
-                    .iter()
-                    .map(|l| Check {
-                        period: l.period,
-                        cap: l.cap,
-                        start: l.period.start(now),
-                    })
-                    .collect();
-                let admitted =
-                    counters.check_and_count(self.plugin, who, now, &checks, &mut before);
-                Ok(Usage { before, admitted })
-            }
+            Store::Local(counters) => Ok(self.count_here(counters, who, now)),
             Store::Redis { counters, prefix } => {
                 let windows: Vec<Window> = self
                     .limits
@@ -331,6 +333,7 @@ impl Runtime {
                     })
                     .collect();
                 let counted = counters.check_and_count(windows).await?;
+                let mut before = [0; 6];
                 for (slot, n) in before.iter_mut().zip(counted.before) {
                     *slot = n;
                 }
@@ -340,6 +343,27 @@ impl Runtime {
                 })
             }
         }
+    }
+
+    /// What a counted request gets: through with Kong's headers, or the refusal.
+    fn decide(&self, ctx: &mut RequestCtx, usage: &Usage, now: i64) -> Flow {
+        if usage.admitted {
+            if !self.hide_headers {
+                self.headers(usage, now, &mut ctx.response_headers);
+            }
+            return Flow::Continue;
+        }
+        let mut answer = self.answer(&Refusal::Exceeded);
+        if !self.hide_headers {
+            let mut headers = Vec::new();
+            let reset = self.headers(usage, now, &mut headers);
+            let h = answer.headers_mut();
+            for (name, value) in headers {
+                h.insert(name, value);
+            }
+            h.insert(http::header::RETRY_AFTER, reset.into());
+        }
+        Flow::Respond(answer)
     }
 
     /// Kong's headers, added to `out`: each window's limit and remaining, and `RateLimit-*` of
@@ -434,8 +458,33 @@ fn redis_key(prefix: &str, who: &Identifier, period: Period, now: i64) -> String
         }
         Identifier::Text(text) => key.push_str(text),
     }
-    let _ = write!(key, ":{}:{}", period.start(now), period.name());
+    key.push(':');
+    push_decimal(&mut key, period.start(now));
+    key.push(':');
+    key.push_str(period.name());
     key
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting machinery: this runs per
+/// request).
+fn push_decimal(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        // `rest % 10` is below 10: the cast keeps it.
+        digits[at] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // ASCII digits: always UTF-8.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 /// A number as Kong (Lua) prints it: integral values without a fraction.
@@ -457,30 +506,22 @@ impl PluginRuntime for Runtime {
     fn priority(&self) -> i32 {
         PRIORITY
     }
+    /// The `local` policy never waits.
+    fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+        let Store::Local(counters) = &self.store else {
+            return None;
+        };
+        let now = crate::clock::now();
+        let usage = self.count_here(counters, self.identify(ctx), now);
+        Some(self.decide(ctx, &usage, now))
+    }
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
         let now = crate::clock::now();
         let who = self.identify(ctx);
-        let usage = match self.count(who, now).await {
-            Ok(usage) => usage,
-            Err(e) => return self.store_down(&e, now),
-        };
-        if usage.admitted {
-            if !self.hide_headers {
-                self.headers(&usage, now, &mut ctx.response_headers);
-            }
-            return Flow::Continue;
+        match self.count(who, now).await {
+            Ok(usage) => self.decide(ctx, &usage, now),
+            Err(e) => self.store_down(&e, now),
         }
-        let mut answer = self.answer(&Refusal::Exceeded);
-        if !self.hide_headers {
-            let mut headers = Vec::new();
-            let reset = self.headers(&usage, now, &mut headers);
-            let h = answer.headers_mut();
-            for (name, value) in headers {
-                h.insert(name, value);
-            }
-            h.insert(http::header::RETRY_AFTER, reset.into());
-        }
-        Flow::Respond(answer)
     }
 }
 
@@ -557,6 +598,15 @@ mod tests {
             "the minute's reset: waiting a second would not help"
         );
         assert_eq!(header(&h, "ratelimit-limit"), "5");
+    }
+
+    #[test]
+    fn window_starts_are_written_as_display_writes_them() {
+        for n in [0, 7, 10, 1_709_214_330, -42, i64::MAX, i64::MIN] {
+            let mut out = String::from("k");
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("k{n}"));
+        }
     }
 
     #[test]
