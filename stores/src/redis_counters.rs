@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::RedisConnectionInfo;
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use crate::redis_conn::{RedisConn, RedisTls, RedisTrust};
@@ -34,41 +35,90 @@ pub const SKIP_AFTER_FAILURE: Duration = Duration::from_millis(200);
 /// Most requests one script call handles (a bound on how long the script holds Redis).
 pub const MAX_BATCH: usize = 128;
 
-/// A batch of requests, one after the other. `ARGV` holds, per request, its window count `n`, then
-/// `n` pairs (limit, expiry in seconds); `KEYS` the windows' counters of every request in turn.
-/// Returns, per request, `admitted (0|1)` then each window's count before it, all in one text
-/// separated by spaces (one reply to parse instead of an integer per count; Lua prints counts
-/// below 10^14 exactly). Counts read or written by an earlier request of the batch are
-/// remembered, so a key is read once per batch.
+/// A batch of requests, one after the other. `ARGV` holds, per request, either its window count
+/// `n` then `n` pairs (limit, expiry in seconds), its windows' counters being the next `n` of
+/// `KEYS`; or `=`: the same windows as the request before it (one argument instead of `2n + 1`
+/// and no keys, the common case of one client's requests queued together). Returns, per request,
+/// `admitted (0|1)` then each window's count before it, all in one text separated by spaces (one
+/// reply to parse instead of an integer per count; Lua prints counts below 10^14 exactly).
+///
+/// Each counter is read once per batch and written once at its end (`INCRBY` by the batch's
+/// admitted requests, `EXPIRE` when the batch created it): Redis runs the script atomically, so
+/// nobody sees the counts in between, and the outcome is that of one call per request in order,
+/// with a few Redis commands per batch instead of one or two per request.
 const CHECK_AND_COUNT: &str = "\
-local out, seen, k, a = {}, {}, 1, 1
+local out, count, base, ttl, order = {}, {}, {}, {}, {}
+local keys, limits, expiry = {}, {}, {}
+local k, a = 1, 1
 while a <= #ARGV do
-  local n = tonumber(ARGV[a])
+  if ARGV[a] == '=' then
+    a = a + 1
+  else
+    local n = tonumber(ARGV[a])
+    keys, limits, expiry = {}, {}, {}
+    for i = 1, n do
+      keys[i] = KEYS[k + i - 1]
+      limits[i] = tonumber(ARGV[a + 2 * i - 1])
+      expiry[i] = ARGV[a + 2 * i]
+    end
+    k = k + n
+    a = a + 1 + 2 * n
+  end
   local at = #out + 1
   local ok = 1
-  for i = 0, n - 1 do
-    local key = KEYS[k + i]
-    local c = seen[key]
+  for i = 1, #keys do
+    local key = keys[i]
+    local c = count[key]
     if c == nil then
-      c = tonumber(redis.call('GET', key) or '0')
-      seen[key] = c
+      local v = redis.call('GET', key)
+      if v then c = tonumber(v) else c = 0; ttl[key] = expiry[i] end
+      count[key] = c
+      base[key] = c
+      order[#order + 1] = key
     end
-    out[at + 1 + i] = c
-    if c >= tonumber(ARGV[a + 1 + 2 * i]) then ok = 0 end
+    out[at + i] = c
+    if c >= limits[i] then ok = 0 end
   end
   out[at] = ok
   if ok == 1 then
-    for i = 0, n - 1 do
-      local key = KEYS[k + i]
-      local c = redis.call('INCR', key)
-      seen[key] = c
-      if c == 1 then redis.call('EXPIRE', key, ARGV[a + 2 + 2 * i]) end
-    end
+    for i = 1, #keys do count[keys[i]] = count[keys[i]] + 1 end
   end
-  k = k + n
-  a = a + 1 + 2 * n
+end
+for _, key in ipairs(order) do
+  local added = count[key] - base[key]
+  if added > 0 then
+    redis.call('INCRBY', key, added)
+    if ttl[key] then redis.call('EXPIRE', key, ttl[key]) end
+  end
 end
 return table.concat(out, ' ')";
+
+/// The script's answer: decimal numbers separated by single spaces.
+fn numbers(text: &str) -> Option<Vec<u64>> {
+    let mut out = Vec::with_capacity(text.len() / 2 + 1);
+    for word in text.as_bytes().split(|&b| b == b' ') {
+        if word.is_empty() || word.len() > 19 {
+            return None;
+        }
+        let mut n = 0u64;
+        for &b in word {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u64::from(b - b'0');
+        }
+        out.push(n);
+    }
+    Some(out)
+}
+
+/// Whether two requests count in the same windows, with the same limits and expiries.
+fn same_windows(a: &[Window], b: &[Window]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| a.limit == b.limit && a.ttl_secs == b.ttl_secs && a.key == b.key)
+}
 
 /// Where a Redis server is and how to log in (never printed: no `Debug`, the password is here).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -106,7 +156,7 @@ pub struct Counted {
     /// Whether the request was under every limit (and so was counted in every window).
     pub admitted: bool,
     /// Each window's count before this request, in the order given.
-    pub before: Vec<u64>,
+    pub before: SmallVec<[u64; 6]>,
 }
 
 /// Counters on one Redis server; clones share the connection and the queue.
@@ -299,7 +349,7 @@ impl RedisCounters {
                             rest = tail;
                             Ok(Counted {
                                 admitted: mine[0] == 1,
-                                before: mine[1..].to_vec(),
+                                before: SmallVec::from_slice(&mine[1..]),
                             })
                         }
                         None => Err(unavailable("short script answer")),
@@ -337,27 +387,39 @@ impl RedisCounters {
             other => other,
         }
         .map_err(unavailable)?;
-        text.split(' ')
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .map_err(|_| unavailable("unexpected script answer"))
+        numbers(&text).ok_or_else(|| unavailable("unexpected script answer"))
     }
 
     fn evalsha(sha: &str, batch: &[Pending]) -> redis::Cmd {
-        let keys: usize = batch.iter().map(|p| p.windows.len()).sum();
-        let bytes: usize = batch
-            .iter()
-            .flat_map(|p| &p.windows)
-            .map(|w| w.key.len() + 24)
-            .sum();
-        // Sized once: growing the argument buffers cost more than writing them.
-        let mut cmd =
-            redis::Cmd::with_capacity(3 + keys * 3 + batch.len(), 64 + bytes + 4 * batch.len());
-        cmd.arg("EVALSHA").arg(sha).arg(keys);
-        for w in batch.iter().flat_map(|p| &p.windows) {
-            cmd.arg(&w.key);
+        // A request whose windows are the previous one's is sent as `=`.
+        let repeats: Vec<bool> = (0..batch.len())
+            .map(|i| i > 0 && same_windows(&batch[i - 1].windows, &batch[i].windows))
+            .collect();
+        let (mut keys, mut bytes, mut args) = (0, 0, 0);
+        for (p, &repeat) in batch.iter().zip(&repeats) {
+            if repeat {
+                args += 1;
+            } else {
+                keys += p.windows.len();
+                bytes += p.windows.iter().map(|w| w.key.len() + 24).sum::<usize>();
+                args += 1 + 3 * p.windows.len();
+            }
         }
-        for p in batch {
+        // Sized once: growing the argument buffers cost more than writing them.
+        let mut cmd = redis::Cmd::with_capacity(3 + args, 64 + bytes + 2 * batch.len());
+        cmd.arg("EVALSHA").arg(sha).arg(keys);
+        for (p, &repeat) in batch.iter().zip(&repeats) {
+            if !repeat {
+                for w in &p.windows {
+                    cmd.arg(&w.key);
+                }
+            }
+        }
+        for (p, &repeat) in batch.iter().zip(&repeats) {
+            if repeat {
+                cmd.arg("=");
+                continue;
+            }
             cmd.arg(p.windows.len());
             for w in &p.windows {
                 cmd.arg(w.limit).arg(w.ttl_secs.max(1));
@@ -375,5 +437,30 @@ impl RedisCounters {
             .await
             .map_err(unavailable)?;
         Ok(self.shared.sha.get_or_init(|| sha))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbers;
+
+    #[test]
+    fn the_answer_is_read_as_numbers_or_refused_whole() {
+        assert_eq!(
+            numbers("1 0 17 99999999999999"),
+            Some(vec![1, 0, 17, 99_999_999_999_999])
+        );
+        assert_eq!(numbers("0"), Some(vec![0]));
+        for bad in [
+            "",
+            "1  2",
+            "1 2 ",
+            "-1",
+            "1.5",
+            "12345678901234567890",
+            "1 x",
+        ] {
+            assert_eq!(numbers(bad), None, "{bad:?}");
+        }
     }
 }

@@ -1504,7 +1504,7 @@ mod batching {
         for (i, answer) in answers.iter().enumerate() {
             let i = i as u64;
             assert_eq!(answer.admitted, i < 100, "request {i}");
-            assert_eq!(answer.before, [i.min(100); 2], "request {i}");
+            assert_eq!(answer.before[..], [i.min(100); 2], "request {i}");
         }
         assert_eq!(redis_cli(&redis, &["get", "rl:who:minute"]), "100");
         assert_eq!(redis_cli(&redis, &["get", "rl:who:hour"]), "100");
@@ -1523,8 +1523,100 @@ mod batching {
             .check_and_count(windows(100, 1_000))
             .await
             .expect("Redis counts");
-        assert_eq!((alone.admitted, alone.before), (false, vec![100, 100]));
+        assert_eq!(
+            (alone.admitted, alone.before.to_vec()),
+            (false, vec![100, 100])
+        );
         assert_eq!(script_calls(&redis), calls + 1);
+    }
+
+    fn client_windows(who: &str, minute: u64) -> Vec<Window> {
+        vec![
+            Window {
+                key: format!("rl:{who}:minute"),
+                limit: minute,
+                ttl_secs: 60,
+            },
+            Window {
+                key: format!("rl:{who}:hour"),
+                limit: 1_000,
+                ttl_secs: 3_600,
+            },
+        ]
+    }
+
+    /// Two clients' requests interleaved in one batch (so no request repeats the windows of the
+    /// one before it), then runs of each: every client is counted exactly, on its own keys.
+    #[actix_web::test]
+    async fn interleaved_clients_in_one_batch_are_each_counted_exactly() {
+        let Some(redis) = or_skip(PrivateRedis::start()) else {
+            return;
+        };
+        let counters =
+            RedisCounters::open_url(&redis.url(), Duration::from_secs(5), &RedisTrust::WebPki)
+                .expect("a redis URL");
+        let who = |i: usize| {
+            if i < 100 {
+                ["a", "b"][i % 2]
+            } else {
+                ["a", "b"][(i / 10) % 2]
+            }
+        };
+        let answers: Vec<Counted> = futures_util::future::join_all(
+            (0..200).map(|i| counters.check_and_count(client_windows(who(i), 60))),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("Redis counts");
+
+        let mut seen = std::collections::HashMap::<&str, u64>::new();
+        for (i, answer) in answers.iter().enumerate() {
+            let before = seen.entry(who(i)).or_default();
+            assert_eq!(answer.admitted, *before < 60, "request {i}");
+            assert_eq!(answer.before[..], [*before; 2], "request {i}");
+            *before = (*before + 1).min(60);
+        }
+        for key in ["rl:a:minute", "rl:a:hour", "rl:b:minute", "rl:b:hour"] {
+            assert_eq!(redis_cli(&redis, &["get", key]), "60", "{key}");
+        }
+        assert!(
+            script_calls(&redis) < 10,
+            "200 requests in {} script calls",
+            script_calls(&redis)
+        );
+    }
+
+    /// A request refused by one window creates no counter for its other windows, and a batch
+    /// refused in full writes nothing.
+    #[actix_web::test]
+    async fn a_refused_batch_creates_no_counter() {
+        let Some(redis) = or_skip(PrivateRedis::start()) else {
+            return;
+        };
+        redis_cli(&redis, &["set", "rl:c:minute", "5"]);
+        let counters =
+            RedisCounters::open_url(&redis.url(), Duration::from_secs(5), &RedisTrust::WebPki)
+                .expect("a redis URL");
+        let answers = futures_util::future::join_all(
+            (0..20).map(|_| counters.check_and_count(client_windows("c", 5))),
+        )
+        .await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            let answer = answer.expect("Redis counts");
+            assert_eq!(
+                (answer.admitted, answer.before.to_vec()),
+                (false, vec![5, 0]),
+                "request {i}"
+            );
+        }
+        assert_eq!(redis_cli(&redis, &["exists", "rl:c:hour"]), "0");
+        assert_eq!(redis_cli(&redis, &["get", "rl:c:minute"]), "5");
+        assert_eq!(
+            redis_cli(&redis, &["ttl", "rl:c:minute"]),
+            "-1",
+            "left as it was"
+        );
     }
 
     /// A server that takes connections and never answers: the call in flight times out, and
