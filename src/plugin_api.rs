@@ -28,6 +28,31 @@ pub use http::header::{HeaderMap, HeaderName, HeaderValue};
 /// Status codes, methods and URIs as plugins see them.
 pub use http::{Method, StatusCode, Uri, Version};
 
+/// The identity headers Kong's authentication plugins set on (or clear from) the upstream
+/// request, made at compile time: a request sets and clears a dozen of them.
+pub mod identity {
+    use super::HeaderName;
+
+    /// `X-Consumer-ID`: the authenticated consumer's id.
+    pub const CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
+    /// `X-Consumer-Custom-ID`: its `custom_id`.
+    pub const CONSUMER_CUSTOM_ID: HeaderName = HeaderName::from_static("x-consumer-custom-id");
+    /// `X-Consumer-Username`: its `username`.
+    pub const CONSUMER_USERNAME: HeaderName = HeaderName::from_static("x-consumer-username");
+    /// `X-Consumer-Groups`: its ACL groups (the `acl` plugin).
+    pub const CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
+    /// `X-Credential-Identifier`: the credential that authenticated.
+    pub const CREDENTIAL_IDENTIFIER: HeaderName =
+        HeaderName::from_static("x-credential-identifier");
+    /// `X-Anonymous-Consumer: true` when the anonymous consumer stands in.
+    pub const ANONYMOUS_CONSUMER: HeaderName = HeaderName::from_static("x-anonymous-consumer");
+    /// `X-Authenticated-Scope`: the OAuth 2.0 token's scope.
+    pub const AUTHENTICATED_SCOPE: HeaderName = HeaderName::from_static("x-authenticated-scope");
+    /// `X-Authenticated-Userid`: the OAuth 2.0 token's user.
+    pub const AUTHENTICATED_USERID: HeaderName =
+        HeaderName::from_static("x-authenticated-userid");
+}
+
 /// The `access_token` query argument, which token plugins strip for `hide_credentials`.
 pub static ACCESS_TOKEN_ARG: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| Arc::from("access_token"));
@@ -226,15 +251,7 @@ impl PluginSlots {
 
 impl RequestCtx {
     /// Sets an upstream header.
-    pub fn set_upstream(&mut self, name: &'static str, value: &str) {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            self.upstream_headers
-                .push((HeaderName::from_static(name), Some(v)));
-        }
-    }
-
-    /// [`RequestCtx::set_upstream`] for a name built at config time.
-    pub fn set_upstream_named(&mut self, name: &HeaderName, value: &str) {
+    pub fn set_upstream(&mut self, name: &HeaderName, value: &str) {
         if let Ok(v) = HeaderValue::from_str(value) {
             self.upstream_headers.push((name.clone(), Some(v)));
         }
@@ -243,16 +260,8 @@ impl RequestCtx {
     /// Removes an upstream header (also a copy sent by the client). Nothing is recorded when
     /// neither the client nor an earlier plugin supplied the header: auth plugins clear a dozen
     /// identity headers per request, and almost none are ever there.
-    pub fn clear_upstream(&mut self, name: &'static str) {
+    pub fn clear_upstream(&mut self, name: &HeaderName) {
         if self.supplied(name) {
-            self.upstream_headers
-                .push((HeaderName::from_static(name), None));
-        }
-    }
-
-    /// [`RequestCtx::clear_upstream`] for a name built at config time.
-    pub fn clear_upstream_named(&mut self, name: &HeaderName) {
-        if self.supplied(name.as_str()) {
             self.upstream_headers.push((name.clone(), None));
         }
     }
@@ -266,28 +275,28 @@ impl RequestCtx {
     pub fn set_consumer_headers(&mut self, consumer: &Consumer) {
         let mut id = uuid::Uuid::encode_buffer();
         self.set_upstream(
-            "x-consumer-id",
+            &identity::CONSUMER_ID,
             consumer.id.hyphenated().encode_lower(&mut id),
         );
         match &consumer.custom_id {
-            Some(c) => self.set_upstream("x-consumer-custom-id", c),
-            None => self.clear_upstream("x-consumer-custom-id"),
+            Some(c) => self.set_upstream(&identity::CONSUMER_CUSTOM_ID, c),
+            None => self.clear_upstream(&identity::CONSUMER_CUSTOM_ID),
         }
         match &consumer.username {
-            Some(u) => self.set_upstream("x-consumer-username", u),
-            None => self.clear_upstream("x-consumer-username"),
+            Some(u) => self.set_upstream(&identity::CONSUMER_USERNAME, u),
+            None => self.clear_upstream(&identity::CONSUMER_USERNAME),
         }
     }
 
     /// Whether the client or an earlier plugin supplied this (lower-case) upstream header.
-    fn supplied(&self, name: &str) -> bool {
-        // A scan of the client's few headers: a lookup by `&str` parses the name (allocating a
-        // custom one) and hashes it, for a dozen clears per request.
-        self.req.headers().keys().any(|n| n.as_str() == name)
+    fn supplied(&self, name: &HeaderName) -> bool {
+        // A scan of the client's few headers: names compare without hashing (a standard name
+        // never equals a custom one), for a dozen clears per request.
+        self.req.headers().keys().any(|n| n == name)
             || self
                 .upstream_headers
                 .iter()
-                .any(|(n, v)| v.is_some() && n.as_str() == name)
+                .any(|(n, v)| v.is_some() && n == name)
     }
 
     /// When a plugin's own step begins, for [`RequestCtx::step_ends`]; `None` (no clock read)

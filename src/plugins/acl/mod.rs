@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use crate::plugin_api::identity;
 use crate::entities::PluginInstance;
 use crate::plugin_api::{json_answer, Answer, StatusCode};
 use crate::schema::{Field, FieldType, Schema};
@@ -129,7 +130,7 @@ impl PluginRuntime for Runtime {
     }
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
         // No client may claim groups: the header is the gateway's to set.
-        ctx.clear_upstream("x-consumer-groups");
+        ctx.clear_upstream(&identity::CONSUMER_GROUPS);
         // Kong answers 403 to a request with a credential and 401 to one without.
         let unidentified = if ctx.authenticated {
             StatusCode::FORBIDDEN
@@ -150,7 +151,7 @@ impl PluginRuntime for Runtime {
             return refuse(StatusCode::FORBIDDEN);
         }
         if let (false, Some(g)) = (self.hide_groups_header, groups) {
-            ctx.set_upstream("x-consumer-groups", &g.header);
+            ctx.set_upstream(&identity::CONSUMER_GROUPS, &g.header);
         }
         Flow::Continue
     }

@@ -27,6 +27,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use crate::plugin_api::identity;
 use crate::config::Secret;
 use crate::entities::{Consumer, Identities, PluginInstance};
 use crate::plugin_api::metrics::IntrospectionCounters;
@@ -48,27 +49,27 @@ const MAX_MS: i64 = 2_147_483_646;
 
 /// Standard claims forwarded upstream, with their header (`username` twice: Kong renamed
 /// `X-Credential-Username` to `X-Credential-Identifier` in 3.0; both are sent).
-const CLAIM_HEADERS: &[(&str, &str)] = &[
-    ("scope", "x-credential-scope"),
-    ("client_id", "x-credential-client-id"),
-    ("username", "x-credential-username"),
-    ("username", "x-credential-identifier"),
-    ("token_type", "x-credential-token-type"),
-    ("exp", "x-credential-exp"),
-    ("iat", "x-credential-iat"),
-    ("nbf", "x-credential-nbf"),
-    ("sub", "x-credential-sub"),
-    ("aud", "x-credential-aud"),
-    ("iss", "x-credential-iss"),
-    ("jti", "x-credential-jti"),
+const CLAIM_HEADERS: [(&str, HeaderName); 12] = [
+    ("scope", HeaderName::from_static("x-credential-scope")),
+    ("client_id", HeaderName::from_static("x-credential-client-id")),
+    ("username", HeaderName::from_static("x-credential-username")),
+    ("username", HeaderName::from_static("x-credential-identifier")),
+    ("token_type", HeaderName::from_static("x-credential-token-type")),
+    ("exp", HeaderName::from_static("x-credential-exp")),
+    ("iat", HeaderName::from_static("x-credential-iat")),
+    ("nbf", HeaderName::from_static("x-credential-nbf")),
+    ("sub", HeaderName::from_static("x-credential-sub")),
+    ("aud", HeaderName::from_static("x-credential-aud")),
+    ("iss", HeaderName::from_static("x-credential-iss")),
+    ("jti", HeaderName::from_static("x-credential-jti")),
 ];
 
 /// Identity headers set by this plugin; client-sent copies are always removed.
-const CONSUMER_HEADERS: &[&str] = &[
-    "x-consumer-id",
-    "x-consumer-custom-id",
-    "x-consumer-username",
-    "x-anonymous-consumer",
+const CONSUMER_HEADERS: [HeaderName; 4] = [
+    identity::CONSUMER_ID,
+    identity::CONSUMER_CUSTOM_ID,
+    identity::CONSUMER_USERNAME,
+    identity::ANONYMOUS_CONSUMER,
 ];
 
 fn check_non_empty(v: &Value) -> Result<(), String> {
@@ -376,14 +377,14 @@ fn set_consumer(ctx: &mut RequestCtx, consumer: Arc<Consumer>) {
 
 impl IntrospectionRuntime {
     fn clear_identity_headers(&self, ctx: &mut RequestCtx) {
-        for (_, header) in CLAIM_HEADERS {
+        for (_, header) in &CLAIM_HEADERS {
             ctx.clear_upstream(header);
         }
-        for header in CONSUMER_HEADERS {
+        for header in &CONSUMER_HEADERS {
             ctx.clear_upstream(header);
         }
         for (_, header) in &self.claims {
-            ctx.clear_upstream_named(header);
+            ctx.clear_upstream(header);
         }
     }
 
@@ -503,14 +504,14 @@ impl IntrospectionRuntime {
     }
 
     fn accept(&self, ctx: &mut RequestCtx, verdict: &Verdict) {
-        for (claim, header) in CLAIM_HEADERS {
+        for (claim, header) in &CLAIM_HEADERS {
             if let Some(value) = verdict.claims.get(*claim).and_then(claim_value) {
                 ctx.set_upstream(header, &value);
             }
         }
         for (claim, header) in &self.claims {
             if let Some(value) = verdict.claims.get(claim).and_then(claim_value) {
-                ctx.set_upstream_named(header, &value);
+                ctx.set_upstream(header, &value);
             }
         }
         if let Some(consumer) = self.find_consumer(&ctx.snapshot, verdict) {
@@ -526,7 +527,7 @@ impl IntrospectionRuntime {
             .cloned()
             .ok_or_else(|| Rejection::AnonymousMissing(key.to_string()))?;
         set_consumer(ctx, consumer);
-        ctx.set_upstream("x-anonymous-consumer", "true");
+        ctx.set_upstream(&identity::ANONYMOUS_CONSUMER, "true");
         Ok(())
     }
 }
@@ -553,7 +554,7 @@ impl PluginRuntime for IntrospectionRuntime {
             Some((token, source)) => {
                 if self.config.hide_credentials {
                     match source {
-                        Source::Header => ctx.clear_upstream("authorization"),
+                        Source::Header => ctx.clear_upstream(&http::header::AUTHORIZATION),
                         Source::Query => ctx.strip_query_arg(&crate::plugin_api::ACCESS_TOKEN_ARG),
                     }
                 }

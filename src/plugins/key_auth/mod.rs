@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
+use crate::plugin_api::identity;
 use crate::entities::{Consumer, PluginInstance};
 use crate::plugin_api::{json_answer, Answer, HeaderName, HeaderValue, Method, StatusCode};
 use lookup::Found;
@@ -210,7 +211,7 @@ impl Runtime {
             return;
         };
         for h in &name.headers {
-            ctx.clear_upstream_named(h);
+            ctx.clear_upstream(h);
         }
         ctx.strip_query_arg(&name.name);
         if self.in_body {
@@ -268,15 +269,14 @@ fn set_consumer(ctx: &mut RequestCtx, consumer: &Consumer, credential: Option<uu
     match credential {
         Some(id) => {
             let mut buf = uuid::Uuid::encode_buffer();
-            ctx.set_upstream(
-                "x-credential-identifier",
+            ctx.set_upstream(&identity::CREDENTIAL_IDENTIFIER,
                 id.hyphenated().encode_lower(&mut buf),
             );
-            ctx.clear_upstream("x-anonymous-consumer");
+            ctx.clear_upstream(&identity::ANONYMOUS_CONSUMER);
         }
         None => {
-            ctx.clear_upstream("x-credential-identifier");
-            ctx.set_upstream("x-anonymous-consumer", "true");
+            ctx.clear_upstream(&identity::CREDENTIAL_IDENTIFIER);
+            ctx.set_upstream(&identity::ANONYMOUS_CONSUMER, "true");
         }
     }
 }

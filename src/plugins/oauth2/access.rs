@@ -1,6 +1,7 @@
 //! The access phase on every other path of a protected route: find the token, check it,
 //! set or clear the consumer headers (clients can never forge them), or fall back to anonymous.
 
+use crate::plugin_api::identity;
 use crate::plugin_api::{json_answer, Answer, StatusCode};
 use http::header::HeaderValue;
 use http::Method;
@@ -86,7 +87,7 @@ impl OAuthRuntime {
         match found {
             Found::BearerHeader(_) => {
                 for h in &self.auth_headers {
-                    ctx.clear_upstream_named(h);
+                    ctx.clear_upstream(h);
                 }
             }
             Found::Param(_) => {
@@ -183,15 +184,15 @@ impl OAuthRuntime {
             .cloned()
             .ok_or(Denied::Invalid)?;
         ctx.set_consumer_headers(&consumer);
-        ctx.set_upstream("x-credential-identifier", &credential.client_id);
-        ctx.clear_upstream("x-anonymous-consumer");
+        ctx.set_upstream(&identity::CREDENTIAL_IDENTIFIER, &credential.client_id);
+        ctx.clear_upstream(&identity::ANONYMOUS_CONSUMER);
         match &record.scope {
-            Some(s) => ctx.set_upstream("x-authenticated-scope", s),
-            None => ctx.clear_upstream("x-authenticated-scope"),
+            Some(s) => ctx.set_upstream(&identity::AUTHENTICATED_SCOPE, s),
+            None => ctx.clear_upstream(&identity::AUTHENTICATED_SCOPE),
         }
         match &record.authenticated_userid {
-            Some(u) => ctx.set_upstream("x-authenticated-userid", u),
-            None => ctx.clear_upstream("x-authenticated-userid"),
+            Some(u) => ctx.set_upstream(&identity::AUTHENTICATED_USERID, u),
+            None => ctx.clear_upstream(&identity::AUTHENTICATED_USERID),
         }
         ctx.consumer = Some(consumer);
         ctx.credential = Some(credential.id);
@@ -245,8 +246,8 @@ impl OAuthRuntime {
         };
         if ctx.authenticated {
             // An earlier auth plugin already authenticated: logical OR, keep its consumer.
-            ctx.clear_upstream("x-authenticated-scope");
-            ctx.clear_upstream("x-authenticated-userid");
+            ctx.clear_upstream(&identity::AUTHENTICATED_SCOPE);
+            ctx.clear_upstream(&identity::AUTHENTICATED_USERID);
             return Flow::Continue;
         }
         match self.authenticate(ctx).await {
@@ -263,10 +264,10 @@ impl OAuthRuntime {
                     ));
                 };
                 ctx.set_consumer_headers(&consumer);
-                ctx.set_upstream("x-anonymous-consumer", "true");
-                ctx.clear_upstream("x-credential-identifier");
-                ctx.clear_upstream("x-authenticated-scope");
-                ctx.clear_upstream("x-authenticated-userid");
+                ctx.set_upstream(&identity::ANONYMOUS_CONSUMER, "true");
+                ctx.clear_upstream(&identity::CREDENTIAL_IDENTIFIER);
+                ctx.clear_upstream(&identity::AUTHENTICATED_SCOPE);
+                ctx.clear_upstream(&identity::AUTHENTICATED_USERID);
                 ctx.consumer = Some(consumer);
                 Flow::Continue
             }

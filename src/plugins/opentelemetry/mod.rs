@@ -569,7 +569,7 @@ impl PluginRuntime for Runtime {
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
         let (trace, found) = self.begin(ctx.req.headers());
         for name in &self.propagation.clear {
-            ctx.clear_upstream_named(name);
+            ctx.clear_upstream(name);
         }
         let extracted = found.map(|(_, e)| e).unwrap_or_default();
         let out = Outgoing {

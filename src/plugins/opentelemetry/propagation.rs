@@ -6,6 +6,19 @@ use std::fmt::Write as _;
 
 use crate::plugin_api::{HeaderMap, HeaderName, RequestCtx};
 
+// The headers injected into the upstream request, made at compile time (one set per request).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3: HeaderName = HeaderName::from_static("b3");
+const UBER_TRACE_ID: HeaderName = HeaderName::from_static("uber-trace-id");
+const OT_TRACER_TRACEID: HeaderName = HeaderName::from_static("ot-tracer-traceid");
+const OT_TRACER_SPANID: HeaderName = HeaderName::from_static("ot-tracer-spanid");
+const OT_TRACER_SAMPLED: HeaderName = HeaderName::from_static("ot-tracer-sampled");
+
 /// A header format Kong's propagation knows that this build reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -343,32 +356,32 @@ pub fn inject(format: Format, out: &Outgoing, ctx: &mut RequestCtx) {
         Format::W3c => {
             let flags = if out.sampled { "01" } else { "00" };
             let value = format!("00-{}-{span}-{flags}", hex(&out.trace_id));
-            ctx.set_upstream("traceparent", &value);
+            ctx.set_upstream(&TRACEPARENT, &value);
         }
         Format::B3 => {
-            ctx.set_upstream("x-b3-traceid", &trace_hex(out, true));
-            ctx.set_upstream("x-b3-spanid", &span);
-            ctx.set_upstream("x-b3-parentspanid", &parent);
+            ctx.set_upstream(&X_B3_TRACEID, &trace_hex(out, true));
+            ctx.set_upstream(&X_B3_SPANID, &span);
+            ctx.set_upstream(&X_B3_PARENTSPANID, &parent);
             if out.debug {
-                ctx.set_upstream("x-b3-flags", "1");
+                ctx.set_upstream(&X_B3_FLAGS, "1");
             } else {
-                ctx.set_upstream("x-b3-sampled", sampled);
+                ctx.set_upstream(&X_B3_SAMPLED, sampled);
             }
         }
         Format::B3Single => {
             let flag = if out.debug { "d" } else { sampled };
             let value = format!("{}-{span}-{flag}-{parent}", trace_hex(out, true));
-            ctx.set_upstream("b3", &value);
+            ctx.set_upstream(&B3, &value);
         }
         Format::Jaeger => {
             let flags = if out.sampled { "01" } else { "00" };
             let value = format!("{}:{span}:{parent}:{flags}", trace_hex(out, true));
-            ctx.set_upstream("uber-trace-id", &value);
+            ctx.set_upstream(&UBER_TRACE_ID, &value);
         }
         Format::Ot => {
-            ctx.set_upstream("ot-tracer-traceid", &trace_hex(out, true));
-            ctx.set_upstream("ot-tracer-spanid", &span);
-            ctx.set_upstream("ot-tracer-sampled", sampled);
+            ctx.set_upstream(&OT_TRACER_TRACEID, &trace_hex(out, true));
+            ctx.set_upstream(&OT_TRACER_SPANID, &span);
+            ctx.set_upstream(&OT_TRACER_SAMPLED, sampled);
         }
     }
 }
