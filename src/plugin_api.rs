@@ -49,8 +49,7 @@ pub mod identity {
     /// `X-Authenticated-Scope`: the OAuth 2.0 token's scope.
     pub const AUTHENTICATED_SCOPE: HeaderName = HeaderName::from_static("x-authenticated-scope");
     /// `X-Authenticated-Userid`: the OAuth 2.0 token's user.
-    pub const AUTHENTICATED_USERID: HeaderName =
-        HeaderName::from_static("x-authenticated-userid");
+    pub const AUTHENTICATED_USERID: HeaderName = HeaderName::from_static("x-authenticated-userid");
 }
 
 /// The `access_token` query argument, which token plugins strip for `hide_credentials`.

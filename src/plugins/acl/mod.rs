@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
-use crate::plugin_api::identity;
 use crate::entities::PluginInstance;
+use crate::plugin_api::identity;
 use crate::plugin_api::{json_answer, Answer, StatusCode};
 use crate::schema::{Field, FieldType, Schema};
 

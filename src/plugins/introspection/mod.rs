@@ -27,9 +27,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
-use crate::plugin_api::identity;
 use crate::config::Secret;
 use crate::entities::{Consumer, Identities, PluginInstance};
+use crate::plugin_api::identity;
 use crate::plugin_api::metrics::IntrospectionCounters;
 use crate::plugin_api::StepKind;
 use crate::schema::{Field, FieldErrors, FieldType, Schema};
@@ -51,10 +51,19 @@ const MAX_MS: i64 = 2_147_483_646;
 /// `X-Credential-Username` to `X-Credential-Identifier` in 3.0; both are sent).
 const CLAIM_HEADERS: [(&str, HeaderName); 12] = [
     ("scope", HeaderName::from_static("x-credential-scope")),
-    ("client_id", HeaderName::from_static("x-credential-client-id")),
+    (
+        "client_id",
+        HeaderName::from_static("x-credential-client-id"),
+    ),
     ("username", HeaderName::from_static("x-credential-username")),
-    ("username", HeaderName::from_static("x-credential-identifier")),
-    ("token_type", HeaderName::from_static("x-credential-token-type")),
+    (
+        "username",
+        HeaderName::from_static("x-credential-identifier"),
+    ),
+    (
+        "token_type",
+        HeaderName::from_static("x-credential-token-type"),
+    ),
     ("exp", HeaderName::from_static("x-credential-exp")),
     ("iat", HeaderName::from_static("x-credential-iat")),
     ("nbf", HeaderName::from_static("x-credential-nbf")),
@@ -330,7 +339,7 @@ fn extract_token(ctx: &RequestCtx) -> Option<(String, Source)> {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            let mut parts = v.split_whitespace();
+            let mut parts = v.split_ascii_whitespace(); // `to_str`: visible ASCII, spaces and tabs
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => {
                     Some(token.to_string())

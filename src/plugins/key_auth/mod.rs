@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
-use crate::plugin_api::identity;
 use crate::entities::{Consumer, PluginInstance};
+use crate::plugin_api::identity;
 use crate::plugin_api::{json_answer, Answer, HeaderName, HeaderValue, Method, StatusCode};
 use lookup::Found;
 
@@ -269,7 +269,8 @@ fn set_consumer(ctx: &mut RequestCtx, consumer: &Consumer, credential: Option<uu
     match credential {
         Some(id) => {
             let mut buf = uuid::Uuid::encode_buffer();
-            ctx.set_upstream(&identity::CREDENTIAL_IDENTIFIER,
+            ctx.set_upstream(
+                &identity::CREDENTIAL_IDENTIFIER,
                 id.hyphenated().encode_lower(&mut buf),
             );
             ctx.clear_upstream(&identity::ANONYMOUS_CONSUMER);

@@ -50,7 +50,9 @@ impl OAuthRuntime {
 
     fn find_token(&self, ctx: &RequestCtx) -> Found {
         if let Some(value) = self.auth_header_value(ctx) {
-            let mut parts = value.split_whitespace();
+            // A header value that reads as text is visible ASCII, spaces and tabs (`to_str`), so
+            // ASCII whitespace is all there is to split on, without decoding characters.
+            let mut parts = value.split_ascii_whitespace();
             return match (parts.next(), parts.next(), parts.next()) {
                 (None, _, _) => Found::Missing,
                 (Some(scheme), Some(token), None)
