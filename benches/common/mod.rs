@@ -195,7 +195,9 @@ pub struct RoundTarget<'a> {
 }
 
 /// Measures every target once per round, in turn, so that a machine that drifts during the bench
-/// affects them all alike; returns each target's runs, and the driver of the last run.
+/// affects them all alike (every other round in reverse order, so that a drift within a round
+/// does not always favour the first targets); returns each target's runs, and the driver of the
+/// last run.
 ///
 /// # Errors
 /// The driver failed.
@@ -209,7 +211,13 @@ pub fn measure_rounds(
     let mut done = 0;
     let mut driver_name = "";
     for round in 1..=env.rounds {
-        for (t, runs) in targets.iter().zip(&mut runs) {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..targets.len()).rev().collect()
+        } else {
+            (0..targets.len()).collect()
+        };
+        for i in order {
+            let (t, runs) = (&targets[i], &mut runs[i]);
             let mut load = Load::new(t.addr, t.requests.to_vec(), env.connections, env.warmup());
             load.tls.clone_from(&t.tls);
             load.h2 = t.h2;

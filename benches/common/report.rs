@@ -106,11 +106,39 @@ fn find<'r>(rows: &'r [Row], name: &str) -> Option<&'r Row> {
     rows.iter().find(|r| r.target == name && r.measured())
 }
 
-fn ratio(a: f64, b: Option<f64>) -> String {
-    match b {
-        Some(b) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "-".into(),
+/// `row` against `reference` by `figure`: the median over rounds of the two targets' ratio in
+/// each round (a round measures its targets within a minute, so a machine whose speed drifts
+/// between rounds moves both alike); the ratio of their medians when they share no round.
+fn ratio(row: &Row, reference: Option<&Row>, figure: fn(&Run) -> f64, median_of: f64) -> String {
+    let Some(reference) = reference else {
+        return "-".into();
+    };
+    let paired: Vec<f64> = row
+        .runs
+        .iter()
+        .filter_map(|run| {
+            let other = reference.runs.iter().find(|o| o.round == run.round)?;
+            let b = figure(other);
+            (b > 0.0).then(|| figure(run) / b)
+        })
+        .collect();
+    if !paired.is_empty() {
+        return format!("{:.2}", median(&paired));
     }
+    let b = median(&reference.runs.iter().map(figure).collect::<Vec<_>>());
+    if b > 0.0 {
+        format!("{:.2}", median_of / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn rps(run: &Run) -> f64 {
+    run.measured.rps
+}
+
+fn p99(run: &Run) -> f64 {
+    run.measured.p99_ms
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -139,7 +167,7 @@ pub fn print_table(title: &str, rows: &[Row], refs: &Refs<'_>) {
         }
         let mut l = vec![r.target.clone(), format!("{:.0}", r.rps)];
         for (_, name) in refs.throughput {
-            l.push(ratio(r.rps, find(rows, name).map(|x| x.rps)));
+            l.push(ratio(r, find(rows, name), rps, r.rps));
         }
         l.extend([
             format!("{:.2}", r.p50_ms),
@@ -147,7 +175,7 @@ pub fn print_table(title: &str, rows: &[Row], refs: &Refs<'_>) {
             format!("{:.2}", r.p999_ms),
         ]);
         if let Some((_, name)) = refs.p99 {
-            l.push(ratio(r.p99_ms, find(rows, name).map(|x| x.p99_ms)));
+            l.push(ratio(r, find(rows, name), p99, r.p99_ms));
         }
         l.extend([
             opt(r.cpu_s_per_1k, 4),
