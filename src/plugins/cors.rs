@@ -440,11 +440,12 @@ impl PluginRuntime for Runtime {
     fn priority(&self) -> i32 {
         PRIORITY
     }
+    /// Never waits: answered without a future.
+    fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+        Some(self.check(ctx))
+    }
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
-        if !is_preflight(ctx) || self.preflight_continue {
-            return Flow::Continue;
-        }
-        self.preflight(ctx)
+        self.check(ctx)
     }
     fn response_headers(&self, ctx: &RequestCtx, headers: &mut HeaderMap) {
         // A preflight was answered here (every header set) or sent upstream on purpose.
@@ -463,6 +464,16 @@ impl PluginRuntime for Runtime {
                 exposed.clone(),
             );
         }
+    }
+}
+
+impl Runtime {
+    /// The access phase (it never waits).
+    fn check(&self, ctx: &mut RequestCtx) -> Flow {
+        if !is_preflight(ctx) || self.preflight_continue {
+            return Flow::Continue;
+        }
+        self.preflight(ctx)
     }
 }
 

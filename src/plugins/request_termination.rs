@@ -118,7 +118,18 @@ impl PluginRuntime for Runtime {
     fn priority(&self) -> i32 {
         crate::plugins::priority("request-termination")
     }
-    async fn access(&self, _ctx: &mut RequestCtx) -> Flow {
+    /// Never waits: answered without a future.
+    fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+        Some(self.check(ctx))
+    }
+    async fn access(&self, ctx: &mut RequestCtx) -> Flow {
+        self.check(ctx)
+    }
+}
+
+impl Runtime {
+    /// The access phase (it never waits).
+    fn check(&self, _ctx: &mut RequestCtx) -> Flow {
         let mut answer = empty_answer(self.status);
         *answer.body_mut() = AnswerBody::full(self.body.clone());
         answer

@@ -128,7 +128,18 @@ impl PluginRuntime for Runtime {
     fn priority(&self) -> i32 {
         PRIORITY
     }
+    /// Never waits: answered without a future.
+    fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+        Some(self.check(ctx))
+    }
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
+        self.check(ctx)
+    }
+}
+
+impl Runtime {
+    /// The access phase (it never waits).
+    fn check(&self, ctx: &mut RequestCtx) -> Flow {
         // No client may claim groups: the header is the gateway's to set.
         ctx.clear_upstream(&identity::CONSUMER_GROUPS);
         // Kong answers 403 to a request with a credential and 401 to one without.

@@ -293,7 +293,18 @@ impl PluginRuntime for Runtime {
     fn needs_body(&self, _ctx: &RequestCtx) -> bool {
         self.in_body
     }
+    /// Never waits: answered without a future.
+    fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+        Some(self.check(ctx))
+    }
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
+        self.check(ctx)
+    }
+}
+
+impl Runtime {
+    /// The access phase (it never waits).
+    fn check(&self, ctx: &mut RequestCtx) -> Flow {
         if !self.on_preflight && ctx.req.method() == Method::OPTIONS {
             return Flow::Continue;
         }
