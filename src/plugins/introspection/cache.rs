@@ -203,12 +203,32 @@ impl IntrospectionCache {
         }
     }
 
-    /// The cached verdict, or the result of `introspect` — run once however many requests miss on
-    /// the same key together. Errors are shared with the waiting requests but not cached.
+    /// The cached verdict, or the result of the call `introspect` makes — run once however many
+    /// requests miss on the same key together. Errors are shared with the waiting requests but not
+    /// cached.
     ///
     /// # Errors
     /// The introspection error of the one call made for this miss.
-    pub async fn get_or_introspect<F>(
+    pub async fn get_or_introspect<M, F>(
+        &self,
+        key: CacheKey,
+        introspect: M,
+    ) -> Result<Arc<Verdict>, Arc<IntrospectionError>>
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<Verdict, IntrospectionError>>,
+    {
+        if let Some(verdict) = self.inner.get(&key).await {
+            return Ok(verdict);
+        }
+        // A miss: its state (the HTTP call, the Redis round trips) is large and rare next to
+        // hits, so it is made only now and boxed: the future of every cached request stays small
+        // (it is allocated and moved per request).
+        Box::pin(self.fetch(key, introspect())).await
+    }
+
+    /// [`Self::get_or_introspect`] after a miss.
+    async fn fetch<F>(
         &self,
         key: CacheKey,
         introspect: F,
@@ -402,7 +422,7 @@ mod tests {
         };
         let lookups = (0..20).map(|_| {
             let calls = calls.clone();
-            cache.get_or_introspect(key(1), async move {
+            cache.get_or_introspect(key(1), || async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 actix_rt::task::yield_now().await;
                 Ok(Verdict::new(true, Map::new(), 30.0, 0))
@@ -413,7 +433,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         cache
-            .get_or_introspect(key(2), async {
+            .get_or_introspect(key(2), || async {
                 Ok(Verdict::new(true, Map::new(), 30.0, 0))
             })
             .await

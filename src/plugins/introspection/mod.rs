@@ -433,7 +433,7 @@ impl IntrospectionRuntime {
     ) -> (Result<Arc<Verdict>, Rejection>, bool) {
         // The call is only prepared on a miss; a cache hit costs the lookup alone.
         let called = std::cell::Cell::new(false);
-        let introspect = async {
+        let introspect = || async {
             called.set(true);
             self.counters.calls.inc();
             let mut headers = self.headers.clone();
