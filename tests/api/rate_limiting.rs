@@ -1472,6 +1472,12 @@ mod batching {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Counters on the test's own Redis.
+    fn counters_on(redis: &PrivateRedis) -> RedisCounters {
+        RedisCounters::open_url(&redis.url(), Duration::from_secs(5), &RedisTrust::WebPki)
+            .expect("a redis URL")
+    }
+
     /// Script calls the server ran (`EVALSHA`), from `INFO commandstats`.
     fn script_calls(redis: &PrivateRedis) -> u64 {
         let stats = redis_cli(redis, &["info", "commandstats"]);
@@ -1490,9 +1496,7 @@ mod batching {
         let Some(redis) = or_skip(PrivateRedis::start()) else {
             return;
         };
-        let counters =
-            RedisCounters::open_url(&redis.url(), Duration::from_secs(5), &RedisTrust::WebPki)
-                .expect("a redis URL");
+        let counters = counters_on(&redis);
         let answers: Vec<Counted> = futures_util::future::join_all(
             (0..300).map(|_| counters.check_and_count(windows(100, 1_000))),
         )
@@ -1552,9 +1556,7 @@ mod batching {
         let Some(redis) = or_skip(PrivateRedis::start()) else {
             return;
         };
-        let counters =
-            RedisCounters::open_url(&redis.url(), Duration::from_secs(5), &RedisTrust::WebPki)
-                .expect("a redis URL");
+        let counters = counters_on(&redis);
         let who = |i: usize| {
             if i < 100 {
                 ["a", "b"][i % 2]
@@ -1595,9 +1597,7 @@ mod batching {
             return;
         };
         redis_cli(&redis, &["set", "rl:c:minute", "5"]);
-        let counters =
-            RedisCounters::open_url(&redis.url(), Duration::from_secs(5), &RedisTrust::WebPki)
-                .expect("a redis URL");
+        let counters = counters_on(&redis);
         let answers = futures_util::future::join_all(
             (0..20).map(|_| counters.check_and_count(client_windows("c", 5))),
         )
