@@ -391,8 +391,12 @@ pub trait PluginRuntime: Send + Sync + 'static {
     fn access_now(&self, _ctx: &mut RequestCtx) -> Option<Flow> {
         None
     }
-    /// Access phase: authenticate, transform, or answer directly.
-    async fn access(&self, ctx: &mut RequestCtx) -> Flow;
+    /// Access phase: authenticate, transform, or answer directly. A plugin whose access phase
+    /// never waits implements only [`access_now`](Self::access_now); one with none at all
+    /// (a logger) implements neither and lets every request continue.
+    async fn access(&self, ctx: &mut RequestCtx) -> Flow {
+        self.access_now(ctx).unwrap_or(Flow::Continue)
+    }
     /// Response phase: adjust the headers sent to the client.
     fn response_headers(&self, _ctx: &RequestCtx, _headers: &mut HeaderMap) {}
     /// Whether the plugin has a log phase: the proxy gathers an [`Exchange`] only when one of

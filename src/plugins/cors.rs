@@ -444,9 +444,6 @@ impl PluginRuntime for Runtime {
     fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
         Some(self.check(ctx))
     }
-    async fn access(&self, ctx: &mut RequestCtx) -> Flow {
-        self.check(ctx)
-    }
     fn response_headers(&self, ctx: &RequestCtx, headers: &mut HeaderMap) {
         // A preflight was answered here (every header set) or sent upstream on purpose.
         if is_preflight(ctx) {

@@ -132,9 +132,6 @@ impl PluginRuntime for Runtime {
     fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
         Some(self.check(ctx))
     }
-    async fn access(&self, ctx: &mut RequestCtx) -> Flow {
-        self.check(ctx)
-    }
 }
 
 impl Runtime {
