@@ -30,8 +30,10 @@ use super::window::Period;
 
 /// Most (plugin instance, client) pairs kept; a few hundred bytes each.
 pub const CAPACITY: usize = 200_000;
-/// Shards of the map: a new pair copies one shard, at most `CAPACITY / SHARDS` pairs.
+/// Shards of the map: a new pair copies one shard, at most `CAPACITY / SHARDS` pairs. A power
+/// of two ([`shard_of`] takes that many top bits).
 pub const SHARDS: usize = 1_024;
+const _: () = assert!(SHARDS.is_power_of_two());
 
 const COUNT_BITS: u32 = 40;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
@@ -158,12 +160,7 @@ impl LocalCounters {
 
     /// The pair's counters: found in its shard's snapshot, or added to a published copy.
     fn slots(&self, key: Key, now: i64, checks: &[Check]) -> Arc<Slots> {
-        let hash = self.hasher.hash_one(&key);
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "the low bits pick the shard"
-        )]
-        let shard = &self.shards[hash as usize % SHARDS];
+        let shard = &self.shards[shard_of(self.hasher.hash_one(&key))];
         if let Some(slots) = shard.pairs.load().get(&key) {
             return slots.clone();
         }
@@ -206,6 +203,17 @@ impl LocalCounters {
         shard.pairs.store(Arc::new(next));
         slots
     }
+}
+
+/// The shard of a key's hash: the top bits of its product with 2^64/φ (Fibonacci hashing),
+/// which depend on every bit of the hash. foldhash's low bits alone are not mixed enough for
+/// keys that differ in a few bits (consecutive client addresses): with some process seeds one
+/// shard in ten got no key of a range that others shared out evenly, filling the rest sooner.
+fn shard_of(hash: u64) -> usize {
+    const SHARD_BITS: u32 = SHARDS.trailing_zeros();
+    let mixed = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS);
+    // Below SHARDS: the conversion keeps it.
+    usize::try_from(mixed).unwrap_or(0)
 }
 
 fn tag(start: i64) -> u64 {
