@@ -5,7 +5,7 @@ use crate::plugin_api::identity;
 use crate::plugin_api::{json_answer, Answer, StatusCode};
 use http::header::HeaderValue;
 use http::Method;
-use portcullis_stores::TokenHash;
+use portcullis_stores::{StoreError, TokenHash, TokenRecord};
 use serde_json::json;
 
 use super::reply::realm_prefix;
@@ -27,6 +27,19 @@ enum Found {
     /// Nothing.
     Missing,
 }
+
+impl Found {
+    /// The presented token's digest, if one was presented.
+    fn hash(&self) -> Option<&TokenHash> {
+        match self {
+            Self::BearerHeader(h) | Self::RawHeader(h) | Self::Param(h) => Some(h),
+            Self::Missing => None,
+        }
+    }
+}
+
+/// What the token store answered for a digest.
+type LookedUp = Result<Option<TokenRecord>, StoreError>;
 
 /// Why authentication failed.
 enum Denied {
@@ -114,26 +127,23 @@ impl OAuthRuntime {
         }
     }
 
-    async fn authenticate(&self, ctx: &mut RequestCtx) -> Result<(), Denied> {
-        let found = self.find_token(ctx);
+    /// The check once the lookup answered (`None`: no token was presented): hides the
+    /// credentials as configured, counts the outcome, and sets the consumer on success.
+    fn verdict(
+        &self,
+        ctx: &mut RequestCtx,
+        found: &Found,
+        looked_up: Option<LookedUp>,
+        now: i64,
+    ) -> Result<(), Denied> {
         if self.config.hide_credentials {
-            self.hide(ctx, &found);
+            self.hide(ctx, found);
         }
-        let hash = match found {
-            Found::BearerHeader(h) | Found::RawHeader(h) | Found::Param(h) => h,
-            Found::Missing => {
-                self.deps.metrics.oauth2.checked(TokenCheck::Missing);
-                return Err(Denied::Missing);
-            }
-        };
-        let now = crate::clock::now();
-        let began = ctx.step_begins();
-        let looked_up = match self.deps.tokens.token_by_access_in_memory(&hash, now) {
-            Some(known) => Ok(known),
-            None => self.deps.tokens.token_by_access(&hash, now).await,
-        };
-        ctx.step_ends(StepKind::TokenLookup, began);
         let checks = &self.deps.metrics.oauth2;
+        let Some(looked_up) = looked_up else {
+            checks.checked(TokenCheck::Missing);
+            return Err(Denied::Missing);
+        };
         let record = match looked_up {
             Ok(Some(r)) if r.access_valid_at(now) => r,
             Ok(Some(_)) => {
@@ -238,26 +248,81 @@ impl OAuthRuntime {
         resp
     }
 
-    /// The resource-access check.
+    /// The configured anonymous consumer (`None` when authentication is required).
+    fn anonymous(&self) -> Option<&str> {
+        self.config.anonymous.as_deref().filter(|a| !a.is_empty())
+    }
+
+    /// The resource-access check when it can finish without waiting: no token, or a token the
+    /// store answers from memory (every token of the memory store; the cached ones of the
+    /// others). `None` when the store must be asked; the request is then untouched, and
+    /// [`check_access`](Self::check_access) runs the check with the store's answer.
+    pub(super) fn check_access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+        let anonymous = self.anonymous();
+        if anonymous.is_some() && ctx.authenticated {
+            return Some(Self::keep_earlier(ctx));
+        }
+        let found = self.find_token(ctx);
+        let now = crate::clock::now();
+        let looked_up = match found.hash() {
+            None => None,
+            Some(hash) => {
+                let began = ctx.step_begins();
+                let known = self.deps.tokens.token_by_access_in_memory(hash, now)?;
+                ctx.step_ends(StepKind::TokenLookup, began);
+                Some(Ok(known))
+            }
+        };
+        let verdict = self.verdict(ctx, &found, looked_up, now);
+        Some(self.conclude(ctx, anonymous, verdict))
+    }
+
+    /// The resource-access check, asking the store when memory cannot answer.
     pub(super) async fn check_access(&self, ctx: &mut RequestCtx) -> Flow {
-        let Some(anonymous) = self.config.anonymous.clone().filter(|a| !a.is_empty()) else {
-            return match self.authenticate(ctx).await {
+        if let Some(flow) = self.check_access_now(ctx) {
+            return flow;
+        }
+        let found = self.find_token(ctx);
+        let now = crate::clock::now();
+        let looked_up = match found.hash() {
+            None => None,
+            Some(hash) => {
+                let began = ctx.step_begins();
+                let answer = self.deps.tokens.token_by_access(hash, now).await;
+                ctx.step_ends(StepKind::TokenLookup, began);
+                Some(answer)
+            }
+        };
+        let verdict = self.verdict(ctx, &found, looked_up, now);
+        self.conclude(ctx, self.anonymous(), verdict)
+    }
+
+    /// With `anonymous` set, an earlier authentication plugin's consumer stands (logical OR).
+    fn keep_earlier(ctx: &mut RequestCtx) -> Flow {
+        ctx.clear_upstream(&identity::AUTHENTICATED_SCOPE);
+        ctx.clear_upstream(&identity::AUTHENTICATED_USERID);
+        Flow::Continue
+    }
+
+    /// What the verdict means for the request: through, refused, or (with `anonymous` set and
+    /// a missing or bad token) through as the anonymous consumer.
+    fn conclude(
+        &self,
+        ctx: &mut RequestCtx,
+        anonymous: Option<&str>,
+        verdict: Result<(), Denied>,
+    ) -> Flow {
+        let Some(anonymous) = anonymous else {
+            return match verdict {
                 Ok(()) => Flow::Continue,
                 Err(why) => Flow::Respond(self.denial(&why)),
             };
         };
-        if ctx.authenticated {
-            // An earlier auth plugin already authenticated: logical OR, keep its consumer.
-            ctx.clear_upstream(&identity::AUTHENTICATED_SCOPE);
-            ctx.clear_upstream(&identity::AUTHENTICATED_USERID);
-            return Flow::Continue;
-        }
-        match self.authenticate(ctx).await {
+        match verdict {
             Ok(()) => Flow::Continue,
             Err(why @ (Denied::Global | Denied::Unavailable)) => Flow::Respond(self.denial(&why)),
             Err(_) => {
-                let Some(consumer) = ctx.snapshot.consumer_by_id_or_name(&anonymous).cloned()
-                else {
+                let Some(consumer) = ctx.snapshot.consumer_by_id_or_name(anonymous).cloned() else {
                     return Flow::Respond(json_answer(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         &json!({

@@ -315,6 +315,14 @@ impl PluginRuntime for OAuthRuntime {
             && self.auth_header_value(ctx).is_none()
     }
 
+    /// A proxied request whose token memory can answer (every token of the memory store, the
+    /// cached ones of the others) is checked without a future.
+    fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+        if endpoint_of(ctx.req.path()).is_some() {
+            return None;
+        }
+        self.check_access_now(ctx)
+    }
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
         match endpoint_of(ctx.req.path()) {
             None => self.check_access(ctx).await,
