@@ -361,7 +361,7 @@ impl Runtime {
             for (name, value) in headers {
                 h.insert(name, value);
             }
-            h.insert(http::header::RETRY_AFTER, reset.into());
+            h.insert(http::header::RETRY_AFTER, count_value(reset));
         }
         Flow::Respond(answer)
     }
@@ -401,7 +401,7 @@ impl Runtime {
         let reset = limit.period.reset(now);
         out.push((limit_name, limit.shown.clone()));
         out.push((remaining_name, remaining));
-        out.push((reset_name, reset.into()));
+        out.push((reset_name, count_value(reset)));
         reset
     }
 
@@ -468,31 +468,50 @@ fn redis_key(prefix: &str, who: &Identifier, period: Period, now: i64) -> String
 /// Appends `n` in decimal (what `write!` does, without the formatting machinery: this runs per
 /// request).
 fn push_decimal(out: &mut String, n: i64) {
-    if n < 0 {
-        out.push('-');
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Counts below this are answered from [`SMALL_COUNTS`]: every reset of a second, minute or hour
+/// window, and the remaining counts of usual limits.
+const SMALL: u64 = 3_601;
+
+/// `0`, `1`, … `3600` written one after another, and where each ends: made once, so a header
+/// value of a small count borrows it (`HeaderValue::from_static`) instead of allocating.
+static SMALL_COUNTS: std::sync::LazyLock<(String, Vec<usize>)> = std::sync::LazyLock::new(|| {
+    let mut text = String::new();
+    let mut ends = Vec::new();
+    for n in 0..SMALL {
+        push_decimal(&mut text, i64::try_from(n).unwrap_or_default());
+        ends.push(text.len());
     }
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        at -= 1;
-        // `rest % 10` is below 10: the cast keeps it.
-        digits[at] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+    (text, ends)
+});
+
+/// A count as a header value: a small one borrowed from [`SMALL_COUNTS`], a larger one copied
+/// once (`HeaderValue::from(u64)` allocates twice: a buffer, then its shared handle).
+fn count_value(n: u64) -> HeaderValue {
+    if n < SMALL {
+        let (text, ends) = &*SMALL_COUNTS;
+        #[expect(clippy::cast_possible_truncation, reason = "below SMALL")]
+        let i = n as usize;
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        return HeaderValue::from_static(&text[start..ends[i]]);
     }
-    // ASCII digits: always UTF-8.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    let mut digits = itoa::Buffer::new();
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(digits.format(n).as_bytes()))
+        .unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// A number as Kong (Lua) prints it: integral values without a fraction.
 fn number(v: f64) -> HeaderValue {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        #[expect(clippy::cast_possible_truncation, reason = "integral and in range")]
-        let n = v as i64;
-        HeaderValue::from(n)
+    if v.fract() == 0.0 && (0.0..1e15).contains(&v) {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "integral and in range"
+        )]
+        let n = v as u64;
+        count_value(n)
     } else {
         HeaderValue::try_from(v.to_string()).unwrap_or(HeaderValue::from_static("0"))
     }
@@ -606,6 +625,26 @@ mod tests {
             let mut out = String::from("k");
             push_decimal(&mut out, n);
             assert_eq!(out, format!("k{n}"));
+        }
+    }
+
+    #[test]
+    fn counts_are_written_as_display_writes_them() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            59,
+            60,
+            3_599,
+            3_600,
+            3_601,
+            86_400,
+            999_999_999,
+            u64::MAX,
+        ] {
+            assert_eq!(count_value(n), n.to_string().as_str(), "{n}");
         }
     }
 
