@@ -137,7 +137,21 @@ impl LocalCounters {
         checks: &[Check],
         before: &mut [u64; 6],
     ) -> bool {
-        let slots = self.slots(Key { plugin, who }, now, checks);
+        let key = Key { plugin, who };
+        let shard = &self.shards[shard_of(self.hasher.hash_one(&key))];
+        // A known pair is counted through the snapshot, without touching its reference count
+        // (a line every worker counting for that pair would write).
+        let snapshot = shard.pairs.load();
+        if let Some(slots) = snapshot.get(&key) {
+            return Self::count(slots, now, checks, before);
+        }
+        drop(snapshot);
+        let slots = self.add(shard, key, now, checks);
+        Self::count(&slots, now, checks, before)
+    }
+
+    /// Checks and counts a request in one pair's windows.
+    fn count(slots: &Slots, now: i64, checks: &[Check], before: &mut [u64; 6]) -> bool {
         if slots.seen.load(Ordering::Relaxed) != now {
             slots.seen.store(now, Ordering::Relaxed);
         }
@@ -158,12 +172,9 @@ impl LocalCounters {
         true
     }
 
-    /// The pair's counters: found in its shard's snapshot, or added to a published copy.
-    fn slots(&self, key: Key, now: i64, checks: &[Check]) -> Arc<Slots> {
-        let shard = &self.shards[shard_of(self.hasher.hash_one(&key))];
-        if let Some(slots) = shard.pairs.load().get(&key) {
-            return slots.clone();
-        }
+    /// A pair's counters, added to a published copy of its shard (unless a racing request
+    /// added it first).
+    fn add(&self, shard: &Shard, key: Key, now: i64, checks: &[Check]) -> Arc<Slots> {
         let _writer = shard
             .writer
             .lock()
