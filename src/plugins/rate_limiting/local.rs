@@ -410,6 +410,23 @@ mod tests {
     }
 
     #[test]
+    fn every_bit_of_a_hash_moves_its_shard() {
+        let spread = |hashes: &mut dyn Iterator<Item = u64>| {
+            hashes
+                .map(shard_of)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        let n = 4 * SHARDS as u64;
+        assert_eq!(spread(&mut (0..n)), SHARDS, "hashes differing in low bits");
+        assert_eq!(
+            spread(&mut (0..n).map(|h| h << 52)),
+            SHARDS,
+            "hashes differing in high bits"
+        );
+    }
+
+    #[test]
     fn pairs_idle_past_their_longest_window_are_dropped() {
         let counters = LocalCounters::default();
         let plugin = Uuid::new_v4();
