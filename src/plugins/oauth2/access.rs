@@ -17,7 +17,7 @@ use crate::plugins::{Flow, RequestCtx};
 
 /// Where the token was found (decides what `hide_credentials` strips), with its digest: the
 /// digest is all the check needs, so the token itself is never copied.
-enum Found {
+pub(super) enum Found {
     /// `Authorization: Bearer <t>` (or `Token <t>`) in the configured header.
     BearerHeader(TokenHash),
     /// The configured header holding the raw token (Kong quirk; not stripped).
@@ -255,12 +255,13 @@ impl OAuthRuntime {
 
     /// The resource-access check when it can finish without waiting: no token, or a token the
     /// store answers from memory (every token of the memory store; the cached ones of the
-    /// others). `None` when the store must be asked; the request is then untouched, and
-    /// [`check_access`](Self::check_access) runs the check with the store's answer.
-    pub(super) fn check_access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+    /// others). `Err` with the presented token when the store must be asked; the request is then
+    /// untouched, and [`check_access`](Self::check_access) finishes the check with the store's
+    /// answer.
+    pub(super) fn check_access_now(&self, ctx: &mut RequestCtx) -> Result<Flow, Found> {
         let anonymous = self.anonymous();
         if anonymous.is_some() && ctx.authenticated {
-            return Some(Self::keep_earlier(ctx));
+            return Ok(Self::keep_earlier(ctx));
         }
         let found = self.find_token(ctx);
         let now = crate::clock::now();
@@ -268,31 +269,31 @@ impl OAuthRuntime {
             None => None,
             Some(hash) => {
                 let began = ctx.step_begins();
-                let known = self.deps.tokens.token_by_access_in_memory(hash, now)?;
+                let Some(known) = self.deps.tokens.token_by_access_in_memory(hash, now) else {
+                    return Err(found);
+                };
                 ctx.step_ends(StepKind::TokenLookup, began);
                 Some(Ok(known))
             }
         };
         let verdict = self.verdict(ctx, &found, looked_up, now);
-        Some(self.conclude(ctx, anonymous, verdict))
+        Ok(self.conclude(ctx, anonymous, verdict))
     }
 
     /// The resource-access check, asking the store when memory cannot answer.
     pub(super) async fn check_access(&self, ctx: &mut RequestCtx) -> Flow {
-        if let Some(flow) = self.check_access_now(ctx) {
-            return flow;
-        }
-        let found = self.find_token(ctx);
-        let now = crate::clock::now();
-        let looked_up = match found.hash() {
-            None => None,
-            Some(hash) => {
-                let began = ctx.step_begins();
-                let answer = self.deps.tokens.token_by_access(hash, now).await;
-                ctx.step_ends(StepKind::TokenLookup, began);
-                Some(answer)
-            }
+        let found = match self.check_access_now(ctx) {
+            Ok(flow) => return flow,
+            Err(found) => found,
         };
+        let now = crate::clock::now();
+        let began = ctx.step_begins();
+        // A token was presented: a request without one is answered without waiting.
+        let looked_up = match found.hash() {
+            Some(hash) => Some(self.deps.tokens.token_by_access(hash, now).await),
+            None => None,
+        };
+        ctx.step_ends(StepKind::TokenLookup, began);
         let verdict = self.verdict(ctx, &found, looked_up, now);
         self.conclude(ctx, self.anonymous(), verdict)
     }

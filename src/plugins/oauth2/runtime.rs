@@ -321,7 +321,7 @@ impl PluginRuntime for OAuthRuntime {
         if endpoint_of(ctx.req.path()).is_some() {
             return None;
         }
-        self.check_access_now(ctx)
+        self.check_access_now(ctx).ok()
     }
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
         match endpoint_of(ctx.req.path()) {
