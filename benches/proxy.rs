@@ -22,6 +22,9 @@
 //! | `workers2` | `proxy-workers2` | nginx `worker_processes 2`, the gateway 2 workers, plain HTTP/1.1 |
 //! | `h2` | `proxy-h2` | HTTP/2 over TLS driven by `h2load` (one stream per connection at a time) |
 //!
+//! Every run starts its own processes (nginx, the gateway, and what the target needs) and stops
+//! them after it, so a process's own luck does not bias all rounds of one target alike.
+//!
 //! nginx runs with `keepalive_requests 1000000` on the client and the upstream side in every
 //! variant. The TLS variants use the Rust driver (it trusts the bench's certificate), `h2` needs
 //! `h2load` (`apt-get install nghttp2-client`).
@@ -29,6 +32,7 @@
 mod common;
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -51,10 +55,8 @@ struct Target {
     addr: SocketAddr,
     /// The process whose CPU and RSS are reported (the proxy); `None` for the direct target.
     proc: Option<Proc>,
-    /// A bearer token this target accepts (the mix carries it for every target).
-    token: Option<String>,
-    /// A request mix of its own, when the target needs one (cold tokens: one token per
-    /// request); otherwise the shared mix.
+    /// A request mix of its own, when the target needs one (a token it issued; cold tokens: one
+    /// token per request); otherwise [`shared_mix`].
     requests: Option<Vec<Req>>,
     /// Whether an unrecorded warm-up run precedes each measured run (not for cold tokens).
     warmup: bool,
@@ -68,7 +70,6 @@ impl Target {
         Self {
             addr: gw.tls_proxy.unwrap_or(gw.proxy),
             proc: Some(gw.proc),
-            token: None,
             requests: None,
             warmup: true,
             _keep: Vec::new(),
@@ -86,6 +87,9 @@ struct Ctx<'a> {
     upstream: &'a Upstream,
     /// How nginx and the gateway serve clients in this variant.
     front: Front,
+    /// The cold target's tokens, issued once per variant and met cold by a fresh gateway in
+    /// every round.
+    cold: RefCell<Option<ColdTokens>>,
 }
 
 /// One table of the bench: how the proxies are served and which targets are measured.
@@ -187,7 +191,6 @@ fn direct(ctx: &Ctx<'_>) -> Result<Setup> {
     Ok(Setup::Ready(Target {
         addr: ctx.upstream.addr,
         proc: None,
-        token: None,
         requests: None,
         warmup: true,
         _keep: Vec::new(),
@@ -205,7 +208,6 @@ fn nginx_proxy(ctx: &Ctx<'_>) -> Result<Setup> {
     Ok(Setup::Ready(Target {
         addr,
         proc: Some(proc),
-        token: None,
         requests: None,
         warmup: true,
         _keep: Vec::new(),
@@ -264,7 +266,7 @@ fn oauth2_gateway(
 fn oauth2_memory(ctx: &Ctx<'_>) -> Result<Setup> {
     let (gw, token) = oauth2_gateway(ctx, "portcullis oauth2", &[])?;
     Ok(Setup::Ready(Target {
-        token: Some(token),
+        requests: Some(vec![bearer_request(&token)]),
         ..Target::gateway(gw)
     }))
 }
@@ -342,8 +344,6 @@ fn oauth2_prometheus(ctx: &Ctx<'_>) -> Result<Setup> {
     )?;
     let token = admin.client_credentials_token()?;
     admin.wait_ready(Some(&token))?;
-    // Its own token: the shared mix carries the first oauth2 target's, which this gateway
-    // never issued.
     Ok(Setup::Ready(Target {
         requests: Some(vec![bearer_request(&token)]),
         ..Target::gateway(gw)
@@ -387,53 +387,78 @@ fn cold_tokens() -> u64 {
         .max(1)
 }
 
-/// Target 6: Same, cold: each request a different valid token, round robin over
-/// `BENCH_COLD_TOKENS` tokens. They are issued by a first gateway, which is then stopped; the
-/// measured gateway is a fresh one on the same schema and prefix, so its near cache starts empty
-/// and each token's first use is a near-cache miss answered by Redis. The near cache keeps an
-/// entry 30 s, so a token met again within that is warm: the run is fully cold only while the
-/// requests do not outnumber the tokens (no warm-up run for this target; later rounds are warm).
-fn oauth2_pg_redis_cold(ctx: &Ctx<'_>) -> Result<Setup> {
+/// The cold target's tokens and the store they live in, kept from one round to the next.
+struct ColdTokens {
+    /// The gateway settings of the store (Postgres schema, Redis prefix).
+    settings: Settings,
+    /// Valid tokens, each stored in Postgres and Redis.
+    tokens: Vec<String>,
+    /// The schema and the prefix.
+    _keep: Keep,
+}
+
+/// Issues `BENCH_COLD_TOKENS` tokens through a gateway on a fresh Postgres schema and Redis
+/// prefix, then stops it; `Err(reason)` when Postgres or Redis is unreachable.
+fn issue_cold_tokens(ctx: &Ctx<'_>) -> Result<Result<ColdTokens, String>> {
     let (settings, keep) = match pg_redis("cold") {
         Ok(x) => x,
-        Err(why) => return Ok(Setup::Skipped(why)),
+        Err(why) => return Ok(Err(why)),
     };
     let n = cold_tokens();
-    let tokens = {
-        let issuer = procs::start_gateway("portcullis issuer", ctx.env, &settings)?;
-        Admin::oauth2_service(&issuer, ctx.upstream.addr)?;
-        progress(format_args!(
-            "oauth2 pg+redis cold: issuing {n} tokens (at most 3 min)"
-        ));
-        let mut load = Load::new(
-            issuer.proxy,
-            vec![client_credentials_request()],
-            ctx.env.connections,
-            Duration::from_secs(180),
-        );
-        load.max_requests = Some(n);
-        load.keep_every = Some(1);
-        let m = driver::run_rust(&load)?;
-        progress(format_args!(
-            "oauth2 pg+redis cold: {} tokens in {:.1} s ({:.0}/s)",
-            m.ok, m.elapsed, m.rps
-        ));
-        let tokens: Vec<String> = m.bodies.iter().filter_map(|b| token_of(b)).collect();
-        if tokens.is_empty() {
-            bail!("no token was issued");
+    let issuer = procs::start_gateway("portcullis issuer", ctx.env, &settings)?;
+    Admin::oauth2_service(&issuer, ctx.upstream.addr)?;
+    progress(format_args!(
+        "oauth2 pg+redis cold: issuing {n} tokens (at most 3 min)"
+    ));
+    let mut load = Load::new(
+        issuer.proxy,
+        vec![client_credentials_request()],
+        ctx.env.connections,
+        Duration::from_secs(180),
+    );
+    load.max_requests = Some(n);
+    load.keep_every = Some(1);
+    let m = driver::run_rust(&load)?;
+    progress(format_args!(
+        "oauth2 pg+redis cold: {} tokens in {:.1} s ({:.0}/s)",
+        m.ok, m.elapsed, m.rps
+    ));
+    let tokens: Vec<String> = m.bodies.iter().filter_map(|b| token_of(b)).collect();
+    if tokens.is_empty() {
+        bail!("no token was issued");
+    }
+    Ok(Ok(ColdTokens {
+        settings,
+        tokens,
+        _keep: keep,
+    }))
+}
+
+/// Target 6: Same, cold: each request a different valid token, round robin over
+/// `BENCH_COLD_TOKENS` tokens, issued once (by a gateway then stopped) and met in every round by
+/// a fresh gateway on the same schema and prefix, whose near cache starts empty: each token's
+/// first use is a near-cache miss answered by Redis. The near cache keeps an entry 30 s, so a
+/// token met again within a run is warm: a run is fully cold only while its requests do not
+/// outnumber the tokens (no warm-up run for this target).
+fn oauth2_pg_redis_cold(ctx: &Ctx<'_>) -> Result<Setup> {
+    if ctx.cold.borrow().is_none() {
+        match issue_cold_tokens(ctx)? {
+            Ok(cold) => *ctx.cold.borrow_mut() = Some(cold),
+            Err(why) => return Ok(Setup::Skipped(why)),
         }
-        tokens
-        // The issuer stops here.
+    }
+    let cold = ctx.cold.borrow();
+    let Some(cold) = cold.as_ref() else {
+        bail!("the cold tokens are gone");
     };
-    let gw = procs::start_gateway("portcullis oauth2 pg+redis cold", ctx.env, &settings)?;
+    let gw = procs::start_gateway("portcullis oauth2 pg+redis cold", ctx.env, &cold.settings)?;
     let admin = Admin::new(gw.admin, gw.proxy)?;
     // Readiness with the last token; the run starts with the first.
-    admin.wait_ready(tokens.last().map(String::as_str))?;
-    let requests = tokens.iter().map(|t| bearer_request(t)).collect();
+    admin.wait_ready(cold.tokens.last().map(String::as_str))?;
+    let requests = cold.tokens.iter().map(|t| bearer_request(t)).collect();
     Ok(Setup::Ready(Target {
         requests: Some(requests),
         warmup: false,
-        _keep: keep,
         ..Target::gateway(gw)
     }))
 }
@@ -567,99 +592,123 @@ fn run() -> Result<()> {
     Ok(())
 }
 
+/// The request every target without a mix of its own is sent: the resource, with a bearer
+/// token of a real token's shape (the targets without `oauth2` forward the header untouched).
+fn shared_mix() -> Vec<Req> {
+    vec![bearer_request("0123456789abcdef0123456789abcdef")]
+}
+
+/// A target's runs so far, or why it is not measured.
+enum TargetRuns {
+    /// Its runs, and the largest peak RSS of its processes (MiB).
+    Runs(Vec<common::report::Run>, Option<f64>),
+    /// Why it is not measured.
+    Skipped(String),
+}
+
 fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Front) -> Result<()> {
     let ctx = Ctx {
         env,
         upstream,
         front,
+        cold: RefCell::new(None),
     };
-    let targets = TARGETS
-        .iter()
-        .filter(|(name, _)| variant.targets.is_empty() || variant.targets.contains(name));
-    let mut setups = Vec::new();
     // `BENCH_TARGETS=nginx,oauth2 memory,…` measures only those (names as in the table).
     let only = std::env::var("BENCH_TARGETS").ok();
     let wanted = |name: &str| {
         only.as_deref()
             .is_none_or(|list| list.split(',').any(|n| n.trim() == name))
     };
-    for (name, setup) in targets {
-        if !wanted(name) {
-            setups.push((*name, Setup::Skipped("not in BENCH_TARGETS".into())));
-            continue;
-        }
-        progress(format_args!("setting up {name}"));
-        let s = match setup(&ctx) {
-            Ok(s) => s,
-            Err(e) => {
-                progress(format_args!("{name}: setup failed: {e:#}"));
-                Setup::Skipped(format!("setup failed: {e:#}"))
-            }
-        };
-        if let Setup::Skipped(why) = &s {
-            progress(format_args!("{name}: skipped: {why}"));
-        }
-        setups.push((*name, s));
-    }
-
-    // The same mix for every target: the resource with the oauth2 target's bearer token (the
-    // other targets forward the header untouched).
-    let token = setups
+    let targets: Vec<(&str, SetupFn)> = TARGETS
         .iter()
-        .find_map(|(_, s)| match s {
-            Setup::Ready(t) => t.token.clone(),
-            Setup::Skipped(_) => None,
+        .filter(|(name, _)| variant.targets.is_empty() || variant.targets.contains(name))
+        .copied()
+        .collect();
+    let mut measured: Vec<TargetRuns> = targets
+        .iter()
+        .map(|(name, _)| {
+            if wanted(name) {
+                TargetRuns::Runs(Vec::new(), None)
+            } else {
+                TargetRuns::Skipped("not in BENCH_TARGETS".into())
+            }
         })
-        .unwrap_or_else(|| "0123456789abcdef0123456789abcdef".into());
-    let mix = vec![bearer_request(&token)];
-    let close = |reqs: &[Req]| -> Vec<Req> {
-        reqs.iter()
+        .collect();
+    let close = |reqs: Vec<Req>| -> Vec<Req> {
+        reqs.into_iter()
             .map(|r| {
                 if variant.close {
-                    r.clone().header("connection", "close")
+                    r.header("connection", "close")
                 } else {
-                    r.clone()
+                    r
                 }
             })
             .collect()
     };
-    let mixes: Vec<Vec<Req>> = setups
-        .iter()
-        .map(|(_, s)| match s {
-            Setup::Ready(t) => close(t.requests.as_deref().unwrap_or(&mix)),
-            Setup::Skipped(_) => Vec::new(),
-        })
-        .collect();
+    let tls = ctx.front.tls.as_ref().map(|f| f.client.clone());
+    let mut driver_name = "";
+    let mut done = 0;
+    // Every run on processes started for it and stopped after it: a process's own luck (its
+    // memory layout, where its threads land) then varies from round to round, and the median
+    // over rounds removes it instead of carrying it into every round of one target.
+    for round in 1..=env.rounds {
+        for i in common::round_order(round, targets.len()) {
+            let (name, setup) = targets[i];
+            if !matches!(measured[i], TargetRuns::Runs(..)) {
+                continue;
+            }
+            progress(format_args!("round {round}: setting up {name}"));
+            let target = match setup(&ctx) {
+                Ok(Setup::Ready(t)) => t,
+                Ok(Setup::Skipped(why)) => {
+                    progress(format_args!("{name}: skipped: {why}"));
+                    measured[i] = TargetRuns::Skipped(why);
+                    continue;
+                }
+                Err(e) => {
+                    progress(format_args!("{name}: setup failed: {e:#}"));
+                    measured[i] = TargetRuns::Skipped(format!("setup failed: {e:#}"));
+                    continue;
+                }
+            };
+            let requests = close(target.requests.clone().unwrap_or_else(shared_mix));
+            let active = measured
+                .iter()
+                .filter(|m| matches!(m, TargetRuns::Runs(..)))
+                .count();
+            let left = (active * env.rounds).saturating_sub(done);
+            let (run, driver) = common::measure_target(
+                env,
+                &RoundTarget {
+                    name,
+                    addr: target.addr,
+                    requests: &requests,
+                    proc: target.proc.as_ref(),
+                    warmup: target.warmup,
+                    tls: tls.clone(),
+                    h2: variant.h2,
+                },
+                round,
+                left,
+            )?;
+            driver_name = driver;
+            done += 1;
+            let TargetRuns::Runs(runs, rss) = &mut measured[i] else {
+                unreachable!("measured above");
+            };
+            runs.push(run);
+            if let Some(proc) = &target.proc {
+                *rss = Some(rss.unwrap_or(0.0).max(proc.peak_rss_mib()));
+            }
+        }
+    }
 
-    let ready: Vec<RoundTarget<'_>> = setups
+    let rows: Vec<Row> = targets
         .iter()
-        .zip(&mixes)
-        .filter_map(|((name, s), requests)| match s {
-            Setup::Ready(t) => Some(RoundTarget {
-                name,
-                addr: t.addr,
-                requests,
-                proc: t.proc.as_ref(),
-                warmup: t.warmup,
-                tls: ctx.front.tls.as_ref().map(|f| f.client.clone()),
-                h2: variant.h2,
-            }),
-            Setup::Skipped(_) => None,
-        })
-        .collect();
-    let (runs, driver_name) = common::measure_rounds(env, &ready)?;
-
-    // The runs are in the order of the ready targets.
-    let mut runs = runs.into_iter();
-    let rows: Vec<Row> = setups
-        .iter()
-        .map(|(name, s)| match s {
-            Setup::Ready(t) => Row::from_runs(
-                name,
-                runs.next().unwrap_or_default(),
-                t.proc.as_ref().map(Proc::peak_rss_mib),
-            ),
-            Setup::Skipped(why) => Row::skipped(name, why.clone()),
+        .zip(measured)
+        .map(|((name, _), m)| match m {
+            TargetRuns::Runs(runs, rss) => Row::from_runs(name, runs, rss),
+            TargetRuns::Skipped(why) => Row::skipped(name, why),
         })
         .collect();
     let request = format!(

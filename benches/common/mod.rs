@@ -206,41 +206,60 @@ pub fn measure_rounds(
     targets: &[RoundTarget<'_>],
 ) -> anyhow::Result<(Vec<Vec<Run>>, &'static str)> {
     let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
-    let per_run = env.warmup + env.seconds;
     let total = targets.len() * env.rounds;
     let mut done = 0;
     let mut driver_name = "";
     for round in 1..=env.rounds {
-        let order: Vec<usize> = if round % 2 == 0 {
-            (0..targets.len()).rev().collect()
-        } else {
-            (0..targets.len()).collect()
-        };
-        for i in order {
-            let (t, runs) = (&targets[i], &mut runs[i]);
-            let mut load = Load::new(t.addr, t.requests.to_vec(), env.connections, env.warmup());
-            load.tls.clone_from(&t.tls);
-            load.h2 = t.h2;
-            driver_name = driver::driver_for(&load, env.force_rust_driver);
-            progress(format_args!(
-                "round {round}/{}: {} via {driver_name}, about {} left",
-                env.rounds,
-                t.name,
-                fmt_secs((total - done) as u64 * per_run)
-            ));
-            if env.warmup > 0 && t.warmup {
-                driver::run(&load, env.force_rust_driver)?;
-            }
-            load.duration = env.duration();
-            let run = measure(env, t.proc, &load, round)?;
-            let m = &run.measured;
-            progress(format_args!(
-                "  {}: {:.0} req/s, p99 {:.2} ms, {} errors",
-                t.name, m.rps, m.p99_ms, m.errors
-            ));
-            runs.push(run);
+        for i in round_order(round, targets.len()) {
+            let (run, driver) = measure_target(env, &targets[i], round, total - done)?;
+            runs[i].push(run);
+            driver_name = driver;
             done += 1;
         }
     }
     Ok((runs, driver_name))
+}
+
+/// The order in which `round` visits `n` targets: as listed in odd rounds, reversed in even
+/// ones.
+pub fn round_order(round: usize, n: usize) -> Vec<usize> {
+    if round.is_multiple_of(2) {
+        (0..n).rev().collect()
+    } else {
+        (0..n).collect()
+    }
+}
+
+/// One run of `t` in `round` (after its unrecorded warm-up run, when it has one), with progress
+/// lines; `left` runs remain, this one included. Returns the run and the driver that made it.
+///
+/// # Errors
+/// The driver failed.
+pub fn measure_target(
+    env: &BenchEnv,
+    t: &RoundTarget<'_>,
+    round: usize,
+    left: usize,
+) -> anyhow::Result<(Run, &'static str)> {
+    let mut load = Load::new(t.addr, t.requests.to_vec(), env.connections, env.warmup());
+    load.tls.clone_from(&t.tls);
+    load.h2 = t.h2;
+    let driver_name = driver::driver_for(&load, env.force_rust_driver);
+    progress(format_args!(
+        "round {round}/{}: {} via {driver_name}, about {} left",
+        env.rounds,
+        t.name,
+        fmt_secs(left as u64 * (env.warmup + env.seconds))
+    ));
+    if env.warmup > 0 && t.warmup {
+        driver::run(&load, env.force_rust_driver)?;
+    }
+    load.duration = env.duration();
+    let run = measure(env, t.proc, &load, round)?;
+    let m = &run.measured;
+    progress(format_args!(
+        "  {}: {:.0} req/s, p99 {:.2} ms, {} errors",
+        t.name, m.rps, m.p99_ms, m.errors
+    ));
+    Ok((run, driver_name))
 }
