@@ -35,12 +35,18 @@ pub const SKIP_AFTER_FAILURE: Duration = Duration::from_millis(200);
 /// Most requests one script call handles (a bound on how long the script holds Redis).
 pub const MAX_BATCH: usize = 128;
 
-/// A batch of requests, one after the other. `ARGV` holds, per request, either its window count
-/// `n` then `n` pairs (limit, expiry in seconds), its windows' counters being the next `n` of
-/// `KEYS`; or `=`: the same windows as the request before it (one argument instead of `2n + 1`
-/// and no keys, the common case of one client's requests queued together). Returns, per request,
-/// `admitted (0|1)` then each window's count before it, all in one text separated by spaces (one
-/// reply to parse instead of an integer per count; Lua prints counts below 10^14 exactly).
+/// A batch of requests, one after the other, sent as groups: consecutive requests on the same
+/// windows (the common case: one client's requests queued together) form one group. `ARGV`
+/// holds, per group, its window count `n`, its request count `r`, then `n` pairs (limit, expiry
+/// in seconds); its windows' counters are the next `n` of `KEYS`. Returns, per group, how many
+/// of its requests are admitted (`m`) then each window's count before the group, all in one text
+/// separated by spaces (one reply to parse instead of an integer per count; Lua prints counts
+/// below 10^14 exactly).
+///
+/// The requests of a group count in the same windows, so the first `m` pass and the rest are
+/// refused, `m` being the room the fullest window has left (at most `r`): request `j` of the
+/// group sees each count plus `min(j, m)`, exactly what `r` calls in a row would show it, and the
+/// script's work per group does not grow with `r`.
 ///
 /// Each counter is read once per batch and written once at its end (`INCRBY` by the batch's
 /// admitted requests, `EXPIRE` when the batch created it): Redis runs the script atomically, so
@@ -48,41 +54,34 @@ pub const MAX_BATCH: usize = 128;
 /// with a few Redis commands per batch instead of one or two per request.
 const CHECK_AND_COUNT: &str = "\
 local out, count, base, ttl, order = {}, {}, {}, {}, {}
-local keys, limits, expiry = {}, {}, {}
-local k, a = 1, 1
+local k, a, o = 1, 1, 1
 while a <= #ARGV do
-  if ARGV[a] == '=' then
-    a = a + 1
-  else
-    local n = tonumber(ARGV[a])
-    keys, limits, expiry = {}, {}, {}
-    for i = 1, n do
-      keys[i] = KEYS[k + i - 1]
-      limits[i] = tonumber(ARGV[a + 2 * i - 1])
-      expiry[i] = ARGV[a + 2 * i]
-    end
-    k = k + n
-    a = a + 1 + 2 * n
-  end
-  local at = #out + 1
-  local ok = 1
-  for i = 1, #keys do
-    local key = keys[i]
+  local n, room = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  for i = 1, n do
+    local key = KEYS[k + i - 1]
     local c = count[key]
     if c == nil then
       local v = redis.call('GET', key)
-      if v then c = tonumber(v) else c = 0; ttl[key] = expiry[i] end
+      if v then c = tonumber(v) else c = 0; ttl[key] = ARGV[a + 2 * i + 1] end
       count[key] = c
       base[key] = c
       order[#order + 1] = key
     end
-    out[at + i] = c
-    if c >= limits[i] then ok = 0 end
+    out[o + i] = c
+    local left = tonumber(ARGV[a + 2 * i]) - c
+    if left < room then room = left end
   end
-  out[at] = ok
-  if ok == 1 then
-    for i = 1, #keys do count[keys[i]] = count[keys[i]] + 1 end
+  if room < 0 then room = 0 end
+  out[o] = room
+  if room > 0 then
+    for i = 1, n do
+      local key = KEYS[k + i - 1]
+      count[key] = count[key] + room
+    end
   end
+  o = o + n + 1
+  k = k + n
+  a = a + 2 + 2 * n
 end
 for _, key in ipairs(order) do
   local added = count[key] - base[key]
@@ -110,6 +109,20 @@ fn numbers(text: &str) -> Option<Vec<u64>> {
         out.push(n);
     }
     Some(out)
+}
+
+/// The lengths of `batch`'s groups, in order: runs of consecutive requests on the same windows
+/// (the script counts a group at once).
+fn group_lens(batch: &[Pending]) -> SmallVec<[usize; 8]> {
+    let mut lens = SmallVec::new();
+    let mut start = 0;
+    for i in 1..=batch.len() {
+        if i == batch.len() || !same_windows(&batch[start].windows, &batch[i].windows) {
+            lens.push(i - start);
+            start = i;
+        }
+    }
+    lens
 }
 
 /// Whether two requests count in the same windows, with the same limits and expiries.
@@ -342,20 +355,28 @@ impl RedisCounters {
         match res {
             Ok(answer) => {
                 let mut rest = answer.as_slice();
-                for pending in batch {
-                    let n = pending.windows.len();
-                    let counted = match rest.split_at_checked(n + 1) {
-                        Some((mine, tail)) => {
-                            rest = tail;
-                            Ok(Counted {
-                                admitted: mine[0] == 1,
-                                before: SmallVec::from_slice(&mine[1..]),
-                            })
-                        }
-                        None => Err(unavailable("short script answer")),
-                    };
-                    // The request may have gone (its client left): nothing to tell.
-                    let _ = pending.reply.send(counted);
+                let lens = group_lens(&batch);
+                let mut batch = batch.into_iter();
+                for len in lens {
+                    let n = batch.as_slice().first().map_or(0, |p| p.windows.len());
+                    let mine = rest.split_at_checked(n + 1).map(|(mine, tail)| {
+                        rest = tail;
+                        mine
+                    });
+                    for (j, pending) in batch.by_ref().take(len).enumerate() {
+                        let counted = match mine {
+                            Some(mine) => {
+                                let seen = (j as u64).min(mine[0]);
+                                Ok(Counted {
+                                    admitted: (j as u64) < mine[0],
+                                    before: mine[1..].iter().map(|c| c + seen).collect(),
+                                })
+                            }
+                            None => Err(unavailable("short script answer")),
+                        };
+                        // The request may have gone (its client left): nothing to tell.
+                        let _ = pending.reply.send(counted);
+                    }
                 }
             }
             Err(e) => {
@@ -391,36 +412,30 @@ impl RedisCounters {
     }
 
     fn evalsha(sha: &str, batch: &[Pending]) -> redis::Cmd {
-        // A request whose windows are the previous one's is sent as `=`.
-        let repeats: Vec<bool> = (0..batch.len())
-            .map(|i| i > 0 && same_windows(&batch[i - 1].windows, &batch[i].windows))
-            .collect();
+        let lens = group_lens(batch);
+        let firsts = || {
+            lens.iter().scan(0, |at, &len| {
+                let first = &batch[*at];
+                *at += len;
+                Some((first, len))
+            })
+        };
         let (mut keys, mut bytes, mut args) = (0, 0, 0);
-        for (p, &repeat) in batch.iter().zip(&repeats) {
-            if repeat {
-                args += 1;
-            } else {
-                keys += p.windows.len();
-                bytes += p.windows.iter().map(|w| w.key.len() + 24).sum::<usize>();
-                args += 1 + 3 * p.windows.len();
-            }
+        for (p, _) in firsts() {
+            keys += p.windows.len();
+            bytes += p.windows.iter().map(|w| w.key.len() + 24).sum::<usize>();
+            args += 2 + 2 * p.windows.len();
         }
         // Sized once: growing the argument buffers cost more than writing them.
-        let mut cmd = redis::Cmd::with_capacity(3 + args, 64 + bytes + 2 * batch.len());
+        let mut cmd = redis::Cmd::with_capacity(3 + keys + args, 64 + bytes + 8 * lens.len());
         cmd.arg("EVALSHA").arg(sha).arg(keys);
-        for (p, &repeat) in batch.iter().zip(&repeats) {
-            if !repeat {
-                for w in &p.windows {
-                    cmd.arg(&w.key);
-                }
+        for (p, _) in firsts() {
+            for w in &p.windows {
+                cmd.arg(&w.key);
             }
         }
-        for (p, &repeat) in batch.iter().zip(&repeats) {
-            if repeat {
-                cmd.arg("=");
-                continue;
-            }
-            cmd.arg(p.windows.len());
+        for (p, len) in firsts() {
+            cmd.arg(p.windows.len()).arg(len);
             for w in &p.windows {
                 cmd.arg(w.limit).arg(w.ttl_secs.max(1));
             }

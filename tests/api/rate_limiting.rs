@@ -1589,6 +1589,44 @@ mod batching {
         );
     }
 
+    /// Runs of one client's requests, each counted by the script as one group, stop where the
+    /// fullest window does, whichever it is: `a`'s hour counter starts at 990 of 1,000, so 10 of
+    /// its requests pass, each seeing the counts of exactly the ones before it, while `b`'s run,
+    /// queued between `a`'s, is counted on its own keys.
+    #[actix_web::test]
+    async fn a_run_of_requests_stops_where_its_fullest_window_does() {
+        let Some(redis) = or_skip(PrivateRedis::start()) else {
+            return;
+        };
+        redis_cli(&redis, &["set", "rl:a:hour", "990"]);
+        let counters = counters_on(&redis);
+        let who = |i: usize| if (20..30).contains(&i) { "b" } else { "a" };
+        let answers: Vec<Counted> = futures_util::future::join_all(
+            (0..50).map(|i| counters.check_and_count(client_windows(who(i), 60))),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("Redis counts");
+
+        let (mut a, mut b) = (0u64, 0u64);
+        for (i, answer) in answers.iter().enumerate() {
+            if who(i) == "a" {
+                assert_eq!(answer.admitted, a < 10, "request {i}");
+                assert_eq!(answer.before[..], [a, 990 + a], "request {i}");
+                a = (a + 1).min(10);
+            } else {
+                assert!(answer.admitted, "request {i}");
+                assert_eq!(answer.before[..], [b, b], "request {i}");
+                b += 1;
+            }
+        }
+        assert_eq!(redis_cli(&redis, &["get", "rl:a:minute"]), "10");
+        assert_eq!(redis_cli(&redis, &["get", "rl:a:hour"]), "1000");
+        assert_eq!(redis_cli(&redis, &["get", "rl:b:minute"]), "10");
+        assert_eq!(redis_cli(&redis, &["get", "rl:b:hour"]), "10");
+    }
+
     /// A request refused by one window creates no counter for its other windows, and a batch
     /// refused in full writes nothing.
     #[actix_web::test]
