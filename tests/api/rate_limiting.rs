@@ -1478,6 +1478,19 @@ mod batching {
             .expect("a redis URL")
     }
 
+    /// Checks and counts every request of `requests` (each its windows) at once, in order; each
+    /// answer, Redis having counted all.
+    async fn count_all(
+        counters: &RedisCounters,
+        requests: impl Iterator<Item = Vec<Window>>,
+    ) -> Vec<Counted> {
+        futures_util::future::join_all(requests.map(|w| counters.check_and_count(w)))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("Redis counts")
+    }
+
     /// Script calls the server ran (`EVALSHA`), from `INFO commandstats`.
     fn script_calls(redis: &PrivateRedis) -> u64 {
         let stats = redis_cli(redis, &["info", "commandstats"]);
@@ -1497,13 +1510,7 @@ mod batching {
             return;
         };
         let counters = counters_on(&redis);
-        let answers: Vec<Counted> = futures_util::future::join_all(
-            (0..300).map(|_| counters.check_and_count(windows(100, 1_000))),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .expect("Redis counts");
+        let answers = count_all(&counters, (0..300).map(|_| windows(100, 1_000))).await;
 
         for (i, answer) in answers.iter().enumerate() {
             let i = i as u64;
@@ -1564,13 +1571,7 @@ mod batching {
                 ["a", "b"][(i / 10) % 2]
             }
         };
-        let answers: Vec<Counted> = futures_util::future::join_all(
-            (0..200).map(|i| counters.check_and_count(client_windows(who(i), 60))),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .expect("Redis counts");
+        let answers = count_all(&counters, (0..200).map(|i| client_windows(who(i), 60))).await;
 
         let mut seen = std::collections::HashMap::<&str, u64>::new();
         for (i, answer) in answers.iter().enumerate() {
@@ -1601,13 +1602,7 @@ mod batching {
         redis_cli(&redis, &["set", "rl:a:hour", "990"]);
         let counters = counters_on(&redis);
         let who = |i: usize| if (20..30).contains(&i) { "b" } else { "a" };
-        let answers: Vec<Counted> = futures_util::future::join_all(
-            (0..50).map(|i| counters.check_and_count(client_windows(who(i), 60))),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .expect("Redis counts");
+        let answers = count_all(&counters, (0..50).map(|i| client_windows(who(i), 60))).await;
 
         let (mut a, mut b) = (0u64, 0u64);
         for (i, answer) in answers.iter().enumerate() {
@@ -1636,12 +1631,8 @@ mod batching {
         };
         redis_cli(&redis, &["set", "rl:c:minute", "5"]);
         let counters = counters_on(&redis);
-        let answers = futures_util::future::join_all(
-            (0..20).map(|_| counters.check_and_count(client_windows("c", 5))),
-        )
-        .await;
+        let answers = count_all(&counters, (0..20).map(|_| client_windows("c", 5))).await;
         for (i, answer) in answers.into_iter().enumerate() {
-            let answer = answer.expect("Redis counts");
             assert_eq!(
                 (answer.admitted, answer.before.to_vec()),
                 (false, vec![5, 0]),
