@@ -505,9 +505,11 @@ async fn serve(
         (plain, _) => plain,
     };
     let connection = Rc::new(connection);
+    // The request's future is boxed once: HTTP/2 moves it into a task of its own per stream, and
+    // hyper moves it on the way there; a box makes each move a pointer's, not the state machine's.
     let service = service_fn(move |req| {
         let (connection, worker) = (connection.clone(), worker.clone());
-        async move { Ok::<_, Infallible>(handle(req, &connection, &worker).await) }
+        Box::pin(async move { Ok::<_, Infallible>(handle(req, &connection, &worker).await) })
     });
     let result = match (plain, tls, &listen.protocols) {
         (Some(stream), _, Protocols::Http1(http1)) => drive!(
