@@ -505,31 +505,40 @@ async fn serve(
         (plain, _) => plain,
     };
     let connection = Rc::new(connection);
-    // The request's future is boxed once: HTTP/2 moves it into a task of its own per stream, and
-    // hyper moves it on the way there; a box makes each move a pointer's, not the state machine's.
-    let service = service_fn(move |req| {
+    let call = move |req| {
         let (connection, worker) = (connection.clone(), worker.clone());
-        Box::pin(async move { Ok::<_, Infallible>(handle(req, &connection, &worker).await) })
-    });
+        async move { Ok::<_, Infallible>(handle(req, &connection, &worker).await) }
+    };
+    // On a connection that may speak HTTP/2, each request's future is boxed once: HTTP/2 moves it
+    // into a task of its own per stream, and a box makes that move a pointer's rather than the
+    // whole state machine's. HTTP/1.1 polls it in place, and the allocation would only cost.
+    let boxed = |req| Box::pin(call(req));
+    let tls_h2 = tls
+        .as_ref()
+        .is_some_and(|tls| tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()));
     let result = match (plain, tls, &listen.protocols) {
         (Some(stream), _, Protocols::Http1(http1)) => drive!(
             http1
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service_fn(&call))
                 .with_upgrades(),
             stop
         ),
         (Some(stream), _, Protocols::Both(both)) => drive!(
-            both.serve_connection_with_upgrades(TokioIo::new(stream), service),
+            both.serve_connection_with_upgrades(TokioIo::new(stream), service_fn(&boxed)),
             stop
         ),
         (None, Some(tls), Protocols::Http1(http1)) => drive!(
             http1
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection(TokioIo::new(tls), service_fn(&call))
                 .with_upgrades(),
             stop
         ),
+        (None, Some(tls), Protocols::Both(both)) if tls_h2 => drive!(
+            both.serve_connection_with_upgrades(TokioIo::new(tls), service_fn(&boxed)),
+            stop
+        ),
         (None, Some(tls), Protocols::Both(both)) => drive!(
-            both.serve_connection_with_upgrades(TokioIo::new(tls), service),
+            both.serve_connection_with_upgrades(TokioIo::new(tls), service_fn(&call)),
             stop
         ),
         (None, None, _) => return,
