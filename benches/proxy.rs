@@ -693,12 +693,11 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
             )?;
             driver_name = driver;
             done += 1;
-            let TargetRuns::Runs(runs, rss) = &mut measured[i] else {
-                unreachable!("measured above");
-            };
-            runs.push(run);
-            if let Some(proc) = &target.proc {
-                *rss = Some(rss.unwrap_or(0.0).max(proc.peak_rss_mib()));
+            if let TargetRuns::Runs(runs, rss) = &mut measured[i] {
+                runs.push(run);
+                if let Some(proc) = &target.proc {
+                    *rss = Some(rss.unwrap_or(0.0).max(proc.peak_rss_mib()));
+                }
             }
         }
     }

@@ -338,10 +338,12 @@ impl RedisCounters {
 
     /// One script call for `batch`; every request of it gets its answer, or the call's error.
     async fn send(&self, batch: Vec<Pending>) {
+        // Found once: the call is built from the groups and their answers are read by them.
+        let lens = group_lens(&batch);
         let res = if self.now_ms() < self.shared.skip_until_ms.load(Ordering::Relaxed) {
             Err(unavailable("skipped after a recent failure"))
         } else {
-            let res = tokio::time::timeout(self.timeout, self.run(&batch))
+            let res = tokio::time::timeout(self.timeout, self.run(&batch, &lens))
                 .await
                 .map_err(|_| unavailable("timed out"))
                 .and_then(|r| r);
@@ -355,7 +357,6 @@ impl RedisCounters {
         match res {
             Ok(answer) => {
                 let mut rest = answer.as_slice();
-                let lens = group_lens(&batch);
                 let mut batch = batch.into_iter();
                 for len in lens {
                     let n = batch.as_slice().first().map_or(0, |p| p.windows.len());
@@ -393,13 +394,13 @@ impl RedisCounters {
         }
     }
 
-    async fn run(&self, batch: &[Pending]) -> Result<Vec<u64>, StoreError> {
+    async fn run(&self, batch: &[Pending], lens: &[usize]) -> Result<Vec<u64>, StoreError> {
         let mut conn = self.conn.clone();
         let sha = match self.shared.sha.get() {
             Some(sha) => sha,
             None => self.load(&mut conn).await?,
         };
-        let cmd = Self::evalsha(sha, batch);
+        let cmd = Self::evalsha(sha, batch, lens);
         let text: String = match cmd.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.load(&mut conn).await?;
@@ -411,8 +412,8 @@ impl RedisCounters {
         numbers(&text).ok_or_else(|| unavailable("unexpected script answer"))
     }
 
-    fn evalsha(sha: &str, batch: &[Pending]) -> redis::Cmd {
-        let lens = group_lens(batch);
+    /// The script call for `batch`, whose groups are `lens` long.
+    fn evalsha(sha: &str, batch: &[Pending], lens: &[usize]) -> redis::Cmd {
         let firsts = || {
             lens.iter().scan(0, |at, &len| {
                 let first = &batch[*at];
