@@ -199,7 +199,9 @@ impl Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            proxy_listen: "0.0.0.0:8000, 0.0.0.0:8443 ssl".into(),
+            // Kong's default: a socket per worker, so the kernel spreads connections evenly
+            // (workers sharing one socket take them as they wake, often very unevenly).
+            proxy_listen: DEFAULT_PROXY_LISTEN.into(),
             admin_listen: "127.0.0.1:8001, 127.0.0.1:8444 ssl".into(),
             status_listen: "off".into(),
             database: Database::Memory,
@@ -306,6 +308,10 @@ pub struct Listen {
     /// whose client address counts when the connecting peer is in `trusted_ips`.
     pub proxy_protocol: bool,
 }
+
+/// `proxy_listen` unless set: Kong's default, flag for flag.
+pub const DEFAULT_PROXY_LISTEN: &str =
+    "0.0.0.0:8000 reuseport backlog=16384, 0.0.0.0:8443 http2 ssl reuseport backlog=16384";
 
 /// The accept queue length of a listener without `backlog=N`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
@@ -969,6 +975,22 @@ mod tests {
         );
         let err = Settings::load(None, [("PORTCULLIS_PG_PORT".into(), "abc".into())]).unwrap_err();
         assert!(err.to_string().contains("pg_port"), "{err}");
+    }
+
+    #[test]
+    fn the_default_proxy_listeners_are_kongs() {
+        let listeners = Settings::default().proxy_listeners().unwrap();
+        let shape: Vec<_> = listeners
+            .iter()
+            .map(|l| (l.addr.to_string(), l.ssl, l.http2, l.reuseport, l.backlog))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("0.0.0.0:8000".to_string(), false, false, true, 16384),
+                ("0.0.0.0:8443".to_string(), true, true, true, 16384),
+            ]
+        );
     }
 
     #[test]

@@ -417,6 +417,32 @@ fn bind(key: &'static str, listen: &Listen, addr: SocketAddr) -> Result<TcpListe
     Ok(socket.into())
 }
 
+/// Fails when `listen`'s port is taken. A listener with `reuseport` needs this before it binds:
+/// `SO_REUSEPORT` would let it share the port with another process (a second gateway, a stale
+/// one), each silently taking part of the other's connections, where a taken port must fail
+/// the start. A socket without `SO_REUSEPORT` binds only a port nobody listens on.
+fn refuse_taken_port(key: &'static str, listen: &Listen) -> Result<(), ConfigError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if listen.addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(
+        Domain::for_address(listen.addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .and_then(|probe| {
+        // As `bind`: connections of an earlier run in TIME_WAIT do not make the port taken.
+        #[cfg(unix)]
+        probe.set_reuse_address(true)?;
+        probe.bind(&listen.addr.into())
+    });
+    probe.map_err(|e| ConfigError::Value {
+        key,
+        reason: format!("cannot bind {}: {e}", listen.addr),
+    })
+}
+
 /// The TLS configuration of a group of actix listeners: read (or generated) for the first
 /// `ssl` listener of the group, the same for the others.
 fn tls_once(
@@ -643,6 +669,7 @@ impl Application {
                     None
                 };
                 let sockets = if listen.reuseport {
+                    refuse_taken_port("proxy_listen", listen)?;
                     let first = bind("proxy_listen", listen, listen.addr)?;
                     // Port 0: the others take the port the first one got.
                     let addr = local_addr(&first)?;

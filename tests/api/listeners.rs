@@ -150,6 +150,36 @@ async fn reuseport_gives_every_worker_a_socket_of_its_own() {
 }
 
 #[actix_web::test]
+async fn reuseport_does_not_share_a_port_another_process_listens_on() {
+    // Kong's default `proxy_listen` has `reuseport`: a second gateway started on the same port
+    // must fail, not split the first one's connections with it.
+    let mut settings = test_settings();
+    settings.worker_processes = 2;
+    settings.proxy_listen = "127.0.0.1:0 reuseport".into();
+    let first = spawn_with(settings).await;
+    let taken = plain_addr(&first);
+    for flags in [" reuseport", " reuseport backlog=16384", ""] {
+        let mut settings = test_settings();
+        settings.worker_processes = 2;
+        settings.proxy_listen = format!("{taken}{flags}");
+        let err = match portcullis::startup::Application::build(settings).await {
+            Ok(_) => panic!("a second gateway bound {taken} with '{flags}'"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("proxy_listen") && err.contains(&format!("cannot bind {taken}")),
+            "'{flags}': {err}"
+        );
+    }
+    let port: u16 = taken.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(
+        listening_sockets(port),
+        2,
+        "the first gateway's sockets only"
+    );
+}
+
+#[actix_web::test]
 async fn a_keep_alive_request_whose_head_drips_is_cut_at_client_header_timeout() {
     let mut settings = test_settings();
     settings.client_header_timeout = 1;
