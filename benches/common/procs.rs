@@ -426,15 +426,17 @@ pub fn start_nginx_front(upstream: SocketAddr, front: &Front) -> Result<(SocketA
     let upstream_block = format!(
         "  upstream backend {{\n    server {upstream};\n    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n"
     );
+    // `reuseport` as Kong's nginx listens (its default `proxy_listen`): with several workers,
+    // each accepts on its own socket.
     let listen = match (&front.tls, front.h2) {
         (Some(tls), h2) => format!(
-            "{addr} ssl{} backlog=4096;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+            "{addr} ssl{} reuseport backlog=4096;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
              ssl_session_tickets off;\n    ssl_session_cache off;",
             if h2 { " http2" } else { "" },
             tls.cert.display(),
             tls.key.display()
         ),
-        (None, _) => format!("{addr} backlog=4096;"),
+        (None, _) => format!("{addr} reuseport backlog=4096;"),
     };
     let server = format!(
         "  server {{\n    listen {listen}\n    location / {{\n      proxy_pass http://backend;\n      \
@@ -509,9 +511,11 @@ pub fn start_gateway_front(
         None => None,
     };
     let proxy = free_addr()?;
+    // `reuseport` as in Kong's default `proxy_listen` (and the nginx reference's `listen`): with
+    // several workers, each accepts on its own socket.
     let listen = match tls_proxy {
-        Some(tls) => format!("{proxy}, {tls} ssl"),
-        None => proxy.to_string(),
+        Some(tls) => format!("{proxy} reuseport, {tls} ssl reuseport"),
+        None => format!("{proxy} reuseport"),
     };
     let mut gw = spawn_gateway(name, env, &settings, proxy, &listen)?;
     if let Some(tls) = tls_proxy {
