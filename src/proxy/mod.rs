@@ -137,7 +137,11 @@ pub async fn handle(
             made_here(&req, e.to_response(request_id))
         }
     };
-    if let Ok(v) = HeaderValue::from_bytes(&id.0) {
+    if let Ok(mut v) = HeaderValue::from_bytes(&id.0) {
+        // Never the same twice: HTTP/2's HPACK would add every one to the connection's table,
+        // evicting the entries that do repeat (a table insert and an eviction per answer);
+        // marked sensitive, it goes out as a literal that is never indexed.
+        v.set_sensitive(true);
         response.headers_mut().insert(REQUEST_ID, v);
     }
     if let Some(body) = refused_body.take() {
