@@ -19,7 +19,7 @@
 //! | `plain` | `proxy` | every target above, HTTP/1.1 keep-alive, one worker each |
 //! | `tls` | `proxy-tls` | nginx and the gateway terminate TLS; keep-alive connections |
 //! | `tls-close` | `proxy-tls-close` | TLS with `Connection: close`: a full handshake per request (no resumption) |
-//! | `workers2` | `proxy-workers2` | nginx `worker_processes 2`, the gateway 2 workers, plain HTTP/1.1 |
+//! | `workers2` | `proxy-workers2` | nginx `worker_processes 2`, the gateway 2 workers, plain HTTP/1.1, both with `reuseport` |
 //! | `h2` | `proxy-h2` | HTTP/2 over TLS driven by `h2load` (one stream per connection at a time) |
 //!
 //! Every run starts its own processes (nginx, the gateway, and what the target needs) and stops
