@@ -21,13 +21,14 @@
 //! | `tls-close` | `proxy-tls-close` | TLS with `Connection: close`: a full handshake per request (no resumption) |
 //! | `workers2` | `proxy-workers2` | nginx `worker_processes 2`, the gateway 2 workers, plain HTTP/1.1, both with `reuseport` |
 //! | `h2` | `proxy-h2` | HTTP/2 over TLS driven by `h2load` (one stream per connection at a time) |
+//! | `h2-mux` | `proxy-h2-mux` | HTTP/2 over TLS, `h2load -c16 -m8`: 16 connections, 8 streams each in flight |
 //!
 //! Every run starts its own processes (nginx, the gateway, and what the target needs) and stops
 //! them after it, so a process's own luck does not bias all rounds of one target alike.
 //!
 //! nginx runs with `keepalive_requests 1000000` on the client and the upstream side in every
-//! variant. The TLS variants use the Rust driver (it trusts the bench's certificate), `h2` needs
-//! `h2load` (`apt-get install nghttp2-client`).
+//! variant. The TLS variants use the Rust driver (it trusts the bench's certificate), `h2` and
+//! `h2-mux` need `h2load` (`apt-get install nghttp2-client`).
 
 mod common;
 
@@ -110,6 +111,10 @@ struct Variant {
     workers: usize,
     /// HTTP/2 over TLS (`h2load`).
     h2: bool,
+    /// HTTP/2 streams in flight per connection (1 unless `h2`).
+    h2_streams: usize,
+    /// Connections of the load (0: `BENCH_CONNECTIONS`).
+    connections: usize,
 }
 
 /// The targets of the TLS and HTTP/2 variants: the direct upstream speaks plain HTTP/1.1 only.
@@ -126,6 +131,8 @@ const VARIANTS: &[Variant] = &[
         close: false,
         workers: 0,
         h2: false,
+        h2_streams: 1,
+        connections: 0,
     },
     Variant {
         name: "tls",
@@ -136,6 +143,8 @@ const VARIANTS: &[Variant] = &[
         close: false,
         workers: 0,
         h2: false,
+        h2_streams: 1,
+        connections: 0,
     },
     Variant {
         name: "tls-close",
@@ -146,6 +155,8 @@ const VARIANTS: &[Variant] = &[
         close: true,
         workers: 0,
         h2: false,
+        h2_streams: 1,
+        connections: 0,
     },
     Variant {
         name: "workers2",
@@ -156,6 +167,8 @@ const VARIANTS: &[Variant] = &[
         close: false,
         workers: 2,
         h2: false,
+        h2_streams: 1,
+        connections: 0,
     },
     Variant {
         name: "h2",
@@ -166,6 +179,20 @@ const VARIANTS: &[Variant] = &[
         close: false,
         workers: 0,
         h2: true,
+        h2_streams: 1,
+        connections: 0,
+    },
+    Variant {
+        name: "h2-mux",
+        bench: "proxy-h2-mux",
+        about: "HTTP/2 over TLS (h2load, 16 connections, 8 streams each in flight)",
+        targets: FRONTED,
+        tls: true,
+        close: false,
+        workers: 0,
+        h2: true,
+        h2_streams: 8,
+        connections: 16,
     },
 ];
 
@@ -687,6 +714,8 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
                     warmup: target.warmup,
                     tls: tls.clone(),
                     h2: variant.h2,
+                    h2_streams: variant.h2_streams,
+                    connections: variant.connections,
                 },
                 round,
                 left,
@@ -718,9 +747,14 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
             ""
         }
     );
+    let connections = if variant.connections > 0 {
+        variant.connections
+    } else {
+        env.connections
+    };
     let title = format!(
-        "proxy ({}): {request}, {} connections, {} s × {} round(s) (median), driver {driver_name}, upstream {}; CPU and RSS are the proxy's",
-        variant.about, env.connections, env.seconds, env.rounds, upstream.kind
+        "proxy ({}): {request}, {connections} connections, {} s × {} round(s) (median), driver {driver_name}, upstream {}; CPU and RSS are the proxy's",
+        variant.about, env.seconds, env.rounds, upstream.kind
     );
     let workers = if variant.workers > 0 {
         variant.workers
@@ -729,8 +763,9 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
     };
     let settings = json!({
         "variant": variant.name, "seconds": env.seconds, "rounds": env.rounds,
-        "connections": env.connections, "warmup": env.warmup, "gateway_workers": workers,
+        "connections": connections, "warmup": env.warmup, "gateway_workers": workers,
         "nginx_workers": variant.workers.max(1), "tls": variant.tls, "http2": variant.h2,
+        "http2_streams_per_connection": variant.h2_streams,
         "connection_close": variant.close, "driver": driver_name,
         "upstream": upstream.kind, "request": request,
     });

@@ -122,6 +122,8 @@ fn run() -> Result<()> {
             warmup: true,
             tls: None,
             h2: false,
+            h2_streams: 1,
+            connections: 0,
         })
         .collect();
     let (runs, driver_name) = common::measure_rounds(&env, &round_targets)?;

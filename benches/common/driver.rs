@@ -94,8 +94,10 @@ pub struct Load {
     pub keep_every: Option<u64>,
     /// Speak TLS with this client configuration (Rust driver, or `h2load` when `h2`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
-    /// HTTP/2 over TLS with `h2load` (one stream per connection at a time, like HTTP/1.1).
+    /// HTTP/2 over TLS with `h2load`.
     pub h2: bool,
+    /// HTTP/2 streams in flight per connection (`h2load -m`): 1 is like HTTP/1.1 keep-alive.
+    pub h2_streams: usize,
 }
 
 impl Load {
@@ -116,6 +118,7 @@ impl Load {
             keep_every: None,
             tls: None,
             h2: false,
+            h2_streams: 1,
         }
     }
 }
@@ -187,8 +190,8 @@ pub fn run(load: &Load, force_rust: bool) -> Result<Measured> {
 // ---------------------------------------------------------------------------------------------
 // h2load
 
-/// Runs the load with `h2load` over TLS (ALPN h2): `connections` clients on one thread, one
-/// stream each at a time, for the duration; latencies from its per-request log.
+/// Runs the load with `h2load` over TLS (ALPN h2): `connections` clients on one thread,
+/// `h2_streams` streams each in flight, for the duration; latencies from its per-request log.
 fn run_h2load(load: &Load) -> Result<Measured> {
     let h2load =
         find_program("h2load").context("h2load not found (apt-get install nghttp2-client)")?;
@@ -201,7 +204,7 @@ fn run_h2load(load: &Load) -> Result<Measured> {
     let mut cmd = Command::new(h2load);
     cmd.arg("-t1")
         .arg(format!("-c{}", load.connections))
-        .arg("-m1")
+        .arg(format!("-m{}", load.h2_streams.max(1)))
         .arg(format!("-D{}", load.duration.as_secs().max(1)))
         .arg("--log-file")
         .arg(&log);

@@ -192,6 +192,10 @@ pub struct RoundTarget<'a> {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// HTTP/2 over TLS (`h2load`).
     pub h2: bool,
+    /// HTTP/2 streams in flight per connection.
+    pub h2_streams: usize,
+    /// Connections of the load (0: `BENCH_CONNECTIONS`).
+    pub connections: usize,
 }
 
 /// Measures every target once per round, in turn, so that a machine that drifts during the bench
@@ -241,9 +245,15 @@ pub fn measure_target(
     round: usize,
     left: usize,
 ) -> anyhow::Result<(Run, &'static str)> {
-    let mut load = Load::new(t.addr, t.requests.to_vec(), env.connections, env.warmup());
+    let connections = if t.connections > 0 {
+        t.connections
+    } else {
+        env.connections
+    };
+    let mut load = Load::new(t.addr, t.requests.to_vec(), connections, env.warmup());
     load.tls.clone_from(&t.tls);
     load.h2 = t.h2;
+    load.h2_streams = t.h2_streams;
     let driver_name = driver::driver_for(&load, env.force_rust_driver);
     progress(format_args!(
         "round {round}/{}: {} via {driver_name}, about {} left",
