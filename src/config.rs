@@ -199,8 +199,6 @@ impl Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            // Kong's default: a socket per worker, so the kernel spreads connections evenly
-            // (workers sharing one socket take them as they wake, often very unevenly).
             proxy_listen: DEFAULT_PROXY_LISTEN.into(),
             admin_listen: "127.0.0.1:8001, 127.0.0.1:8444 ssl".into(),
             status_listen: "off".into(),
@@ -309,7 +307,9 @@ pub struct Listen {
     pub proxy_protocol: bool,
 }
 
-/// `proxy_listen` unless set: Kong's default, flag for flag.
+/// `proxy_listen` unless set: Kong's default, flag for flag. With `reuseport` each worker has a
+/// socket of its own and the kernel spreads connections over them; workers sharing one socket
+/// take connections as they wake, often very unevenly.
 pub const DEFAULT_PROXY_LISTEN: &str =
     "0.0.0.0:8000 reuseport backlog=16384, 0.0.0.0:8443 http2 ssl reuseport backlog=16384";
 

@@ -396,21 +396,8 @@ struct Reloader {
 /// A listening socket with the entry's backlog (std's `TcpListener::bind` fixes it at 128, and
 /// actix's own `backlog` applies only to the addresses it binds itself).
 fn bind(key: &'static str, listen: &Listen, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let failed = |e: std::io::Error| ConfigError::Value {
-        key,
-        reason: format!("cannot bind {}: {e}", listen.addr),
-    };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(failed)?;
-    // As std does: a restarted gateway may bind while old connections sit in TIME_WAIT.
-    #[cfg(unix)]
-    socket.set_reuse_address(true).map_err(failed)?;
-    #[cfg(unix)]
-    if listen.reuseport {
-        socket.set_reuse_port(true).map_err(failed)?;
-    }
-    socket.bind(&addr.into()).map_err(failed)?;
+    let failed = cannot_bind(key, listen.addr);
+    let socket = bound_socket(addr, listen.reuseport).map_err(failed)?;
     let backlog = i32::try_from(listen.backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(failed)?;
     socket.set_nonblocking(true).map_err(failed)?;
@@ -422,25 +409,38 @@ fn bind(key: &'static str, listen: &Listen, addr: SocketAddr) -> Result<TcpListe
 /// one), each silently taking part of the other's connections, where a taken port must fail
 /// the start. A socket without `SO_REUSEPORT` binds only a port nobody listens on.
 fn refuse_taken_port(key: &'static str, listen: &Listen) -> Result<(), ConfigError> {
-    use socket2::{Domain, Protocol, Socket, Type};
     if listen.addr.port() == 0 {
         return Ok(());
     }
-    let probe = Socket::new(
-        Domain::for_address(listen.addr),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )
-    .and_then(|probe| {
-        // As `bind`: connections of an earlier run in TIME_WAIT do not make the port taken.
-        #[cfg(unix)]
-        probe.set_reuse_address(true)?;
-        probe.bind(&listen.addr.into())
-    });
-    probe.map_err(|e| ConfigError::Value {
+    bound_socket(listen.addr, false)
+        .map(drop)
+        .map_err(cannot_bind(key, listen.addr))
+}
+
+/// A TCP socket bound to `addr`, not yet listening.
+fn bound_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restarted gateway may bind while old connections sit in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// The error of a listener that cannot be bound, naming the setting and the address.
+fn cannot_bind(
+    key: &'static str,
+    addr: SocketAddr,
+) -> impl Fn(std::io::Error) -> ConfigError + Copy {
+    move |e| ConfigError::Value {
         key,
-        reason: format!("cannot bind {}: {e}", listen.addr),
-    })
+        reason: format!("cannot bind {addr}: {e}"),
+    }
 }
 
 /// The TLS configuration of a group of actix listeners: read (or generated) for the first
