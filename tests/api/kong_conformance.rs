@@ -14,8 +14,9 @@
 //! from Kong:` and the README lists it.
 //!
 //! Not ported, and why (no fake tests):
-//! - 2 (*rejects gRPC call without credentials*) and 118 (*accepts gRPC call with credentials*):
-//!   the gateway proxies HTTP only; there are no gRPC routes.
+//! - 2 and 118 (gRPC) are ported with the tests' tonic echo server in place of Kong's grpcbin
+//!   (`HelloService`): the call is the echo's `Unary`, and 118 checks the echoed message where
+//!   Kong checks grpcbin's greeting.
 //! - 151–159 (*multiple auth, logical AND / OR*): ported with the `key-auth` plugin in
 //!   `key_auth.rs` (`and_*`, `or_*`), but for the lower-priority OR case, which needs `jwt`.
 //! - 103 (*should not fail when plugin_id is not present … old code*) on the memory store: a code
@@ -2157,6 +2158,76 @@ async fn c116_request_authorization_header_bearer(store: Store) {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// Kong's `oauth2_grpc.test`: a `grpc` service (the tests' tonic echo server in place of Kong's
+/// grpcbin) with the blueprint's `oauth2` plugin, called over `grpcs` on `test.Echo`, and reached
+/// by HTTPS with that host for Kong's `provision_token`.
+const GRPC: &str = "oauth2_grpc.test";
+
+async fn grpc_fixture(store: Store) -> Kong {
+    let k = Kong::start(store, &[]).await;
+    let port = crate::echo_servers::spawn_grpc_upstream();
+    let (s, svc) = k
+        .app
+        .admin_post(
+            "/services",
+            json!({"name": "grpc", "url": format!("grpc://127.0.0.1:{port}")}),
+        )
+        .await;
+    assert_eq!(s, 201, "{svc}");
+    for route in [
+        json!({"name": "grpc", "protocols": ["grpc", "grpcs"], "paths": ["/test.Echo/"],
+               "strip_path": false}),
+        json!({"name": "grpc-provision", "protocols": ["https"], "hosts": [GRPC]}),
+    ] {
+        let (s, r) = k.app.admin_post("/services/grpc/routes", route).await;
+        assert_eq!(s, 201, "{r}");
+    }
+    let (s, plugin) = k
+        .app
+        .admin_post(
+            "/services/grpc/plugins",
+            json!({"name": "oauth2", "config": defaults()}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plugin}");
+    k
+}
+
+/// A unary call of `test.Echo` over `grpcs`, with `authorization` metadata when given.
+async fn grpc_call(k: &Kong, authorization: Option<&str>) -> Result<bytes::Bytes, tonic::Status> {
+    let mut client = crate::grpc::client(&k.app.proxy_tls);
+    client.ready().await.unwrap();
+    let mut request = tonic::Request::new(bytes::Bytes::from_static(b"hello noname"));
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+    }
+    client
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static("/test.Echo/Unary"),
+            crate::echo_servers::Raw,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn c002_grpc_call_without_credentials(store: Store) {
+    let k = grpc_fixture(store).await;
+    let refused = grpc_call(&k, None).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+}
+
+async fn c118_grpc_call_with_credentials(store: Store) {
+    let k = grpc_fixture(store).await;
+    let token = k.access(GRPC).await;
+    let reply = grpc_call(&k, Some(&format!("bearer {token}")))
+        .await
+        .unwrap();
+    assert_eq!(&reply[..], b"hello noname");
+}
+
 async fn c117_request_authorization_header_token(store: Store) {
     let k = Kong::start(store, &[O]).await;
     let t = k.access(O).await;
@@ -3918,6 +3989,7 @@ async fn conc2_parallel_redemptions_of_one_code(store: Store) {
 
 on_every_store!(
     c001_authorize_no_provision_key,
+    c002_grpc_call_without_credentials,
     c003_authorize_no_parameter,
     c004_authorize_only_provision_key_and_userid,
     c005_authorize_only_client_id,
@@ -4032,6 +4104,7 @@ on_every_store!(
     c115_request_without_body,
     c116_request_authorization_header_bearer,
     c117_request_authorization_header_token,
+    c118_grpc_call_with_credentials,
     c119_password_scope_not_a_string,
     c120_anonymous_with_right_credentials,
     c121_anonymous_with_wrong_credentials,
