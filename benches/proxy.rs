@@ -634,6 +634,11 @@ enum TargetRuns {
 }
 
 fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Front) -> Result<()> {
+    let connections = if variant.connections > 0 {
+        variant.connections
+    } else {
+        env.connections
+    };
     let ctx = Ctx {
         env,
         upstream,
@@ -715,7 +720,7 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
                     tls: tls.clone(),
                     h2: variant.h2,
                     h2_streams: variant.h2_streams,
-                    connections: variant.connections,
+                    connections,
                 },
                 round,
                 left,
@@ -747,11 +752,6 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
             ""
         }
     );
-    let connections = if variant.connections > 0 {
-        variant.connections
-    } else {
-        env.connections
-    };
     let title = format!(
         "proxy ({}): {request}, {connections} connections, {} s × {} round(s) (median), driver {driver_name}, upstream {}; CPU and RSS are the proxy's",
         variant.about, env.seconds, env.rounds, upstream.kind

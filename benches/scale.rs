@@ -123,7 +123,7 @@ fn run() -> Result<()> {
             tls: None,
             h2: false,
             h2_streams: 1,
-            connections: 0,
+            connections: env.connections,
         })
         .collect();
     let (runs, driver_name) = common::measure_rounds(&env, &round_targets)?;

@@ -194,7 +194,7 @@ pub struct RoundTarget<'a> {
     pub h2: bool,
     /// HTTP/2 streams in flight per connection.
     pub h2_streams: usize,
-    /// Connections of the load (0: `BENCH_CONNECTIONS`).
+    /// Connections of the load.
     pub connections: usize,
 }
 
@@ -245,12 +245,7 @@ pub fn measure_target(
     round: usize,
     left: usize,
 ) -> anyhow::Result<(Run, &'static str)> {
-    let connections = if t.connections > 0 {
-        t.connections
-    } else {
-        env.connections
-    };
-    let mut load = Load::new(t.addr, t.requests.to_vec(), connections, env.warmup());
+    let mut load = Load::new(t.addr, t.requests.to_vec(), t.connections, env.warmup());
     load.tls.clone_from(&t.tls);
     load.h2 = t.h2;
     load.h2_streams = t.h2_streams;

@@ -63,21 +63,25 @@ async fn gateway() -> TestApp {
     settings.proxy_listen = "127.0.0.1:0 http2, 127.0.0.1:0 ssl".into();
     let app = spawn_with(settings).await;
     let port = spawn_grpc_upstream();
-    let (s, b) = app
-        .admin_post(
-            "/services",
-            json!({"name": "echo", "url": format!("grpc://127.0.0.1:{port}")}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, b) = app
-        .admin_post(
-            "/services/echo/routes",
-            json!({"name": "echo", "protocols": ["grpc", "grpcs"], "paths": ["/test.Echo/"], "strip_path": false}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    expose_echo(&app, "echo", &format!("grpc://127.0.0.1:{port}")).await;
     app
+}
+
+/// A `grpc` service `name` at `url` (a tonic echo server) with a `grpc`/`grpcs` route of the
+/// same name for `test.Echo`.
+pub(crate) async fn expose_echo(app: &TestApp, name: &str, url: &str) {
+    let (s, b) = app
+        .admin_post("/services", json!({"name": name, "url": url}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .admin_post(
+            &format!("/services/{name}/routes"),
+            json!({"name": name, "protocols": ["grpc", "grpcs"], "paths": ["/test.Echo/"],
+                   "strip_path": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
 }
 
 #[actix_web::test]

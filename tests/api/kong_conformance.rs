@@ -2166,22 +2166,15 @@ const GRPC: &str = "oauth2_grpc.test";
 async fn grpc_fixture(store: Store) -> Kong {
     let k = Kong::start(store, &[]).await;
     let port = crate::echo_servers::spawn_grpc_upstream();
-    let (s, svc) = k
+    crate::grpc::expose_echo(&k.app, "grpc", &format!("grpc://127.0.0.1:{port}")).await;
+    let (s, r) = k
         .app
         .admin_post(
-            "/services",
-            json!({"name": "grpc", "url": format!("grpc://127.0.0.1:{port}")}),
+            "/services/grpc/routes",
+            json!({"name": "grpc-provision", "protocols": ["https"], "hosts": [GRPC]}),
         )
         .await;
-    assert_eq!(s, 201, "{svc}");
-    for route in [
-        json!({"name": "grpc", "protocols": ["grpc", "grpcs"], "paths": ["/test.Echo/"],
-               "strip_path": false}),
-        json!({"name": "grpc-provision", "protocols": ["https"], "hosts": [GRPC]}),
-    ] {
-        let (s, r) = k.app.admin_post("/services/grpc/routes", route).await;
-        assert_eq!(s, 201, "{r}");
-    }
+    assert_eq!(s, 201, "{r}");
     let (s, plugin) = k
         .app
         .admin_post(

@@ -597,20 +597,7 @@ async fn d6_a_grpc_service_by_name_reaches_its_address(store: Store) {
         settings.proxy_listen = "127.0.0.1:0 http2".into();
     })
     .await;
-    let (s, b) = app
-        .admin_post(
-            "/services",
-            json!({"name": "echo", "url": format!("grpc://grpc.dns.test:{grpc_port}")}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, b) = app
-        .admin_post(
-            "/services/echo/routes",
-            json!({"protocols": ["grpc"], "paths": ["/test.Echo/"], "strip_path": false}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    crate::grpc::expose_echo(&app, "echo", &format!("grpc://grpc.dns.test:{grpc_port}")).await;
     let mut grpc = crate::grpc::client(&app.proxy);
     let echoed = eventually(Duration::from_secs(10), "the call answered", || async {
         crate::grpc::unary(
