@@ -398,10 +398,13 @@ async fn serve_answers_on_the_logged_ports_and_stops_on_sigterm() {
     assert!(status.success(), "graceful stop exits 0: {status:?}");
 }
 
-/// The JSON lines of a `file-log` file (none when it does not exist).
+/// The complete JSON lines of a `file-log` file (none when it does not exist). A line without
+/// its `\n` is still being written: a write crossing a page boundary becomes visible a page at a
+/// time.
 fn json_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
