@@ -200,7 +200,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             proxy_listen: DEFAULT_PROXY_LISTEN.into(),
-            admin_listen: "127.0.0.1:8001, 127.0.0.1:8444 ssl".into(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             status_listen: "off".into(),
             database: Database::Memory,
             declarative_config: None,
@@ -312,6 +312,10 @@ pub struct Listen {
 /// take connections as they wake, often very unevenly.
 pub const DEFAULT_PROXY_LISTEN: &str =
     "0.0.0.0:8000 reuseport backlog=16384, 0.0.0.0:8443 http2 ssl reuseport backlog=16384";
+
+/// `admin_listen` unless set: Kong's default, flag for flag (loopback only, as Kong).
+pub const DEFAULT_ADMIN_LISTEN: &str =
+    "127.0.0.1:8001 reuseport backlog=16384, 127.0.0.1:8444 http2 ssl reuseport backlog=16384";
 
 /// The accept queue length of a listener without `backlog=N`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
@@ -904,10 +908,8 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Vec<Listen>, ConfigErr
                         listen.ssl = true;
                         continue;
                     }
-                    // The admin API's and the status listeners (actix-web) serve neither.
-                    "http2" | "reuseport" | "proxy_protocol"
-                        if key == "admin_listen" || key == "status_listen" =>
-                    {
+                    // The admin API's and the status listeners (actix-web) do not read it.
+                    "proxy_protocol" if key == "admin_listen" || key == "status_listen" => {
                         format!("listen flag '{flag}' is not supported by this gateway")
                     }
                     "http2" => {
@@ -977,18 +979,32 @@ mod tests {
         assert!(err.to_string().contains("pg_port"), "{err}");
     }
 
-    #[test]
-    fn the_default_proxy_listeners_are_kongs() {
-        let listeners = Settings::default().proxy_listeners().unwrap();
-        let shape: Vec<_> = listeners
+    /// Address, `ssl`, `http2`, `reuseport`, `backlog` of each listener.
+    fn shape(listeners: &[Listen]) -> Vec<(String, bool, bool, bool, u32)> {
+        listeners
             .iter()
             .map(|l| (l.addr.to_string(), l.ssl, l.http2, l.reuseport, l.backlog))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_default_proxy_listeners_are_kongs() {
         assert_eq!(
-            shape,
+            shape(&Settings::default().proxy_listeners().unwrap()),
             vec![
                 ("0.0.0.0:8000".to_string(), false, false, true, 16384),
                 ("0.0.0.0:8443".to_string(), true, true, true, 16384),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_default_admin_listeners_are_kongs() {
+        assert_eq!(
+            shape(&Settings::default().admin_listeners().unwrap()),
+            vec![
+                ("127.0.0.1:8001".to_string(), false, false, true, 16384),
+                ("127.0.0.1:8444".to_string(), true, true, true, 16384),
             ]
         );
     }
@@ -1022,7 +1038,7 @@ mod tests {
     }
 
     #[test]
-    fn status_listen_is_off_by_default_and_takes_only_ssl_and_backlog() {
+    fn status_listen_is_off_by_default_and_refuses_proxy_protocol() {
         let mut s = Settings::default();
         assert!(s.status_listeners().unwrap().is_empty());
         s.status_listen = "127.0.0.1:8100, 127.0.0.1:8101 ssl backlog=64".into();
@@ -1030,15 +1046,11 @@ mod tests {
         assert_eq!(parsed[0].addr.port(), 8100);
         assert!(!parsed[0].ssl);
         assert_eq!((parsed[1].ssl, parsed[1].backlog), (true, 64));
-        for flag in ["http2", "reuseport", "proxy_protocol"] {
-            s.status_listen = format!("127.0.0.1:8100 {flag}");
-            assert_eq!(
-                s.status_listeners().unwrap_err().to_string(),
-                format!(
-                    "invalid value for `status_listen`: listen flag '{flag}' is not supported by this gateway"
-                )
-            );
-        }
+        s.status_listen = "127.0.0.1:8100 proxy_protocol".into();
+        assert_eq!(
+            s.status_listeners().unwrap_err().to_string(),
+            "invalid value for `status_listen`: listen flag 'proxy_protocol' is not supported by this gateway"
+        );
         s.status_listen = "127.0.0.1:8100 h3".into();
         assert_eq!(
             s.status_listeners().unwrap_err().to_string(),
@@ -1055,13 +1067,15 @@ mod tests {
         let flagged = listen("127.0.0.1:0 http2 reuseport proxy_protocol").unwrap();
         assert!(flagged[0].http2 && flagged[0].reuseport && flagged[0].proxy_protocol);
         assert!(!parsed[0].http2 && !parsed[0].reuseport && !parsed[0].proxy_protocol);
-        for flag in ["http2", "reuseport", "proxy_protocol"] {
+        for key in ["admin_listen", "status_listen"] {
+            let flagged = parse_listen(key, "127.0.0.1:0 http2 reuseport").unwrap();
+            assert!(flagged[0].http2 && flagged[0].reuseport);
             assert_eq!(
-                parse_listen("admin_listen", &format!("127.0.0.1:0 {flag}"))
+                parse_listen(key, "127.0.0.1:0 proxy_protocol")
                     .unwrap_err()
                     .to_string(),
                 format!(
-                    "invalid value for `admin_listen`: listen flag '{flag}' is not supported by this gateway"
+                    "invalid value for `{key}`: listen flag 'proxy_protocol' is not supported by this gateway"
                 )
             );
         }

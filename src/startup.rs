@@ -404,6 +404,15 @@ fn bind(key: &'static str, listen: &Listen, addr: SocketAddr) -> Result<TcpListe
     Ok(socket.into())
 }
 
+/// Binds one listener of an actix-web server (the admin and the status APIs). Those run one
+/// worker, so `reuseport` makes one `SO_REUSEPORT` socket, after the proxy's taken-port probe.
+fn bind_actix(key: &'static str, listen: &Listen) -> Result<TcpListener, ConfigError> {
+    if listen.reuseport {
+        refuse_taken_port(key, listen)?;
+    }
+    bind(key, listen, listen.addr)
+}
+
 /// Fails when `listen`'s port is taken. A listener with `reuseport` needs this before it binds:
 /// `SO_REUSEPORT` would let it share the port with another process (a second gateway, a stale
 /// one), each silently taking part of the other's connections, where a taken port must fail
@@ -485,8 +494,9 @@ fn status_server(
     .disable_signals();
     let mut tls_config = None;
     for entry in listen {
-        let listener = bind("status_listen", entry, entry.addr)?;
+        let listener = bind_actix("status_listen", entry)?;
         let addr = local_addr(&listener)?;
+        // TLS offers h2 by ALPN whatever the flag, as the proxy's TLS listeners do.
         server = if entry.ssl {
             let files = settings
                 .ssl_cert
@@ -494,6 +504,8 @@ fn status_server(
                 .zip(settings.ssl_cert_key.as_deref());
             let cfg = tls_once(&mut tls_config, "ssl_cert", files)?;
             server.listen_rustls_0_23(listener, cfg)
+        } else if entry.http2 {
+            server.listen_auto_h2c(listener)
         } else {
             server.listen(listener)
         }
@@ -736,10 +748,9 @@ impl Application {
             .disable_signals();
             let mut tls_config = None;
             for listen in &admin_listen {
-                let listener = bind("admin_listen", listen, listen.addr)?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(|e| StartError::Store(e.to_string()))?;
+                let listener = bind_actix("admin_listen", listen)?;
+                let addr = local_addr(&listener)?;
+                // TLS offers h2 by ALPN whatever the flag, as the proxy's TLS listeners do.
                 server = if listen.ssl {
                     let files = settings
                         .admin_ssl_cert
@@ -747,6 +758,8 @@ impl Application {
                         .zip(settings.admin_ssl_cert_key.as_deref());
                     let cfg = tls_once(&mut tls_config, "admin_ssl_cert", files)?;
                     server.listen_rustls_0_23(listener, cfg)
+                } else if listen.http2 {
+                    server.listen_auto_h2c(listener)
                 } else {
                     server.listen(listener)
                 }
@@ -754,7 +767,7 @@ impl Application {
                     key: "admin_listen",
                     reason: e.to_string(),
                 })?;
-                tracing::info!(%addr, tls = listen.ssl, "admin API listening");
+                tracing::info!(%addr, tls = listen.ssl, http2 = listen.http2, reuseport = listen.reuseport, "admin API listening");
                 admin_addrs.push((addr, listen.ssl));
             }
             servers.push(server.run());

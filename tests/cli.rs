@@ -111,7 +111,7 @@ fn config_check_prints_effective_settings_with_secrets_masked() {
     );
     assert_eq!(
         effective["admin_listen"].as_str(),
-        Some("127.0.0.1:8001, 127.0.0.1:8444 ssl"),
+        Some(portcullis::config::DEFAULT_ADMIN_LISTEN),
         "default"
     );
 }

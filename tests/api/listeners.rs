@@ -1,5 +1,6 @@
-//! The proxy listeners' flags (`http2`, `reuseport`) and per-connection limits
-//! (`client_header_timeout`), against a running gateway with real clients and raw sockets.
+//! The listeners' flags (`http2`, `reuseport`: the proxy's, the admin API's and the status
+//! API's) and per-connection limits (`client_header_timeout`), against a running gateway with
+//! real clients and raw sockets.
 
 use std::time::{Duration, Instant};
 
@@ -177,6 +178,75 @@ async fn reuseport_does_not_share_a_port_another_process_listens_on() {
         2,
         "the first gateway's sockets only"
     );
+}
+
+/// The port of a `scheme://127.0.0.1:port` base URL.
+fn port_of(base: &str) -> u16 {
+    base.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// What a GET of `url` answered with `client`: the HTTP version and the status.
+async fn version_and_status(client: &reqwest::Client, url: &str) -> (reqwest::Version, u16) {
+    let resp = client.get(url).send().await.unwrap();
+    (resp.version(), resp.status().as_u16())
+}
+
+#[actix_web::test]
+async fn the_admin_and_status_listeners_take_kong_s_http2_and_reuseport_flags() {
+    // Kong's default `admin_listen`, on free ports; Kong's `status_listen` with `http2`.
+    let mut settings = test_settings();
+    settings.admin_listen =
+        "127.0.0.1:0 reuseport backlog=16384, 127.0.0.1:0 http2 ssl reuseport backlog=16384".into();
+    settings.status_listen = "127.0.0.1:0 http2 reuseport".into();
+    let app = spawn_with(settings).await;
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let alpn = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    assert_eq!(
+        version_and_status(&alpn, &format!("{}/status", app.admin_tls)).await,
+        (reqwest::Version::HTTP_2, 200),
+        "h2 by ALPN on the admin API's TLS listener"
+    );
+    assert_eq!(
+        version_and_status(&h2c, &format!("{}/status", app.status)).await,
+        (reqwest::Version::HTTP_2, 200),
+        "h2c on the status listener with `http2`"
+    );
+    // Without `http2` a plain listener speaks HTTP/1.1 only.
+    assert!(
+        h2c.get(format!("{}/status", app.admin))
+            .send()
+            .await
+            .is_err(),
+        "h2c answered on an admin listener without `http2`"
+    );
+    assert_eq!(
+        version_and_status(&app.http, &format!("{}/status", app.admin)).await,
+        (reqwest::Version::HTTP_11, 200)
+    );
+    // One worker serves each of these APIs: one socket per listener, as without `reuseport`.
+    for base in [&app.admin, &app.admin_tls, &app.status] {
+        assert_eq!(listening_sockets(port_of(base)), 1, "{base}");
+    }
+    // A port the first gateway listens on fails a second one's start, `reuseport` or not.
+    let taken = app.admin.trim_start_matches("http://");
+    for flags in [" reuseport", ""] {
+        let mut settings = test_settings();
+        settings.admin_listen = format!("{taken}{flags}");
+        let err = match portcullis::startup::Application::build(settings).await {
+            Ok(_) => panic!("a second gateway bound {taken} with '{flags}'"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("admin_listen") && err.contains(&format!("cannot bind {taken}")),
+            "'{flags}': {err}"
+        );
+    }
 }
 
 #[actix_web::test]
