@@ -201,7 +201,7 @@ impl Default for Settings {
         Self {
             proxy_listen: DEFAULT_PROXY_LISTEN.into(),
             admin_listen: DEFAULT_ADMIN_LISTEN.into(),
-            status_listen: "off".into(),
+            status_listen: DEFAULT_STATUS_LISTEN.into(),
             database: Database::Memory,
             declarative_config: None,
             pg_host: "127.0.0.1".into(),
@@ -316,6 +316,9 @@ pub const DEFAULT_PROXY_LISTEN: &str =
 /// `admin_listen` unless set: Kong's default, flag for flag (loopback only, as Kong).
 pub const DEFAULT_ADMIN_LISTEN: &str =
     "127.0.0.1:8001 reuseport backlog=16384, 127.0.0.1:8444 http2 ssl reuseport backlog=16384";
+
+/// `status_listen` unless set: Kong's default (loopback only, read-only endpoints).
+pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8007 reuseport backlog=16384";
 
 /// The accept queue length of a listener without `backlog=N`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
@@ -1038,8 +1041,13 @@ mod tests {
     }
 
     #[test]
-    fn status_listen_is_off_by_default_and_refuses_proxy_protocol() {
+    fn status_listen_is_kongs_by_default_and_refuses_proxy_protocol() {
         let mut s = Settings::default();
+        assert_eq!(
+            shape(&s.status_listeners().unwrap()),
+            vec![("127.0.0.1:8007".to_string(), false, false, true, 16384)]
+        );
+        s.status_listen = "off".into();
         assert!(s.status_listeners().unwrap().is_empty());
         s.status_listen = "127.0.0.1:8100, 127.0.0.1:8101 ssl backlog=64".into();
         let parsed = s.status_listeners().unwrap();

@@ -19,7 +19,9 @@ mod log_receiver;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-/// The binary with no `PORTCULLIS_*` variables inherited from the test environment.
+/// The binary with no `PORTCULLIS_*` variables inherited from the test environment, and no
+/// status listener (Kong's default port, 8007, would be shared by the tests' gateways) unless a
+/// test sets one.
 fn portcullis() -> Command {
     let mut cmd = Command::new(BIN);
     for (name, _) in std::env::vars() {
@@ -27,6 +29,7 @@ fn portcullis() -> Command {
             cmd.env_remove(name);
         }
     }
+    cmd.env("PORTCULLIS_STATUS_LISTEN", "off");
     cmd.stdin(Stdio::null());
     cmd
 }

@@ -64,6 +64,7 @@ fn base_env(schema: &str, prefix: &str) -> Vec<(String, String)> {
             "127.0.0.1:0, 127.0.0.1:0 ssl".into(),
         ),
         ("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0".into()),
+        ("PORTCULLIS_STATUS_LISTEN", "off".into()),
         ("PORTCULLIS_WORKER_PROCESSES", "1".into()),
         ("PORTCULLIS_LOG_LEVEL", "info".into()),
         ("PORTCULLIS_LOG_FORMAT", "text".into()),

@@ -61,6 +61,7 @@ fn start(env: &[(&str, String)]) -> Gateway {
             "127.0.0.1:0, 127.0.0.1:0 ssl".into(),
         ),
         ("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0".into()),
+        ("PORTCULLIS_STATUS_LISTEN", "off".into()),
         ("PORTCULLIS_WORKER_PROCESSES", "1".into()),
         ("PORTCULLIS_LOG_LEVEL", "trace".into()),
     ]);

@@ -40,6 +40,7 @@ fn settings() -> Settings {
     Settings {
         proxy_listen: "127.0.0.1:0".into(),
         admin_listen: "127.0.0.1:0".into(),
+        status_listen: "off".into(),
         worker_processes: 1,
         log_level: "error".into(),
         ..Settings::default()

@@ -568,6 +568,7 @@ fn spawn_gateway(
     }
     cmd.env("PORTCULLIS_PROXY_LISTEN", listen)
         .env("PORTCULLIS_ADMIN_LISTEN", admin.to_string())
+        .env("PORTCULLIS_STATUS_LISTEN", "off")
         .env("PORTCULLIS_DATABASE", "memory")
         .env("PORTCULLIS_LOG_LEVEL", "error")
         .env("PORTCULLIS_WORKER_PROCESSES", env.workers.to_string())

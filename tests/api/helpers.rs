@@ -46,6 +46,8 @@ pub fn test_settings() -> Settings {
     Settings {
         proxy_listen: "127.0.0.1:0, 127.0.0.1:0 ssl".into(),
         admin_listen: "127.0.0.1:0, 127.0.0.1:0 ssl".into(),
+        // Kong's default (port 8007) would be shared by every test's gateway.
+        status_listen: "off".into(),
         worker_processes: 1,
         log_level: "warn".into(),
         ..Settings::default()
