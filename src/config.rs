@@ -296,11 +296,11 @@ pub struct Listen {
     pub ssl: bool,
     /// Length of the queue of connections not yet accepted (`backlog=N`, as nginx's flag).
     pub backlog: u32,
-    /// Kong's `http2`: on a plain proxy listener, HTTP/2 with prior knowledge (h2c) beside
-    /// HTTP/1.1 (TLS proxy listeners offer h2 by ALPN whatever the flag).
+    /// Kong's `http2`: on a plain listener, HTTP/2 with prior knowledge (h2c) beside HTTP/1.1
+    /// (TLS listeners offer h2 by ALPN whatever the flag).
     pub http2: bool,
     /// Kong's `reuseport`: one socket per worker thread (`SO_REUSEPORT`), the kernel spreading
-    /// new connections over them.
+    /// new connections over them (the admin and status APIs run one worker: one socket).
     pub reuseport: bool,
     /// Kong's `proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2),
     /// whose client address counts when the connecting peer is in `trusted_ips`.

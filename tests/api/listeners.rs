@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use portcullis::config::Settings;
+
 use crate::helpers::{spawn_upstream, spawn_with, test_settings, TestApp};
 
 fn plain_addr(app: &TestApp) -> String {
@@ -150,6 +152,19 @@ async fn reuseport_gives_every_worker_a_socket_of_its_own() {
     }
 }
 
+/// Asserts a gateway with `settings`, whose `key` names `taken` with `flags`, fails to start on
+/// that address.
+async fn refused_a_taken_port(settings: Settings, key: &str, taken: &str, flags: &str) {
+    let err = match portcullis::startup::Application::build(settings).await {
+        Ok(_) => panic!("a second gateway bound {taken} with '{flags}'"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(key) && err.contains(&format!("cannot bind {taken}")),
+        "'{flags}': {err}"
+    );
+}
+
 #[actix_web::test]
 async fn reuseport_does_not_share_a_port_another_process_listens_on() {
     // Kong's default `proxy_listen` has `reuseport`: a second gateway started on the same port
@@ -163,14 +178,7 @@ async fn reuseport_does_not_share_a_port_another_process_listens_on() {
         let mut settings = test_settings();
         settings.worker_processes = 2;
         settings.proxy_listen = format!("{taken}{flags}");
-        let err = match portcullis::startup::Application::build(settings).await {
-            Ok(_) => panic!("a second gateway bound {taken} with '{flags}'"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            err.contains("proxy_listen") && err.contains(&format!("cannot bind {taken}")),
-            "'{flags}': {err}"
-        );
+        refused_a_taken_port(settings, "proxy_listen", &taken, flags).await;
     }
     let port: u16 = taken.rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(
@@ -238,14 +246,7 @@ async fn the_admin_and_status_listeners_take_kong_s_http2_and_reuseport_flags() 
     for flags in [" reuseport", ""] {
         let mut settings = test_settings();
         settings.admin_listen = format!("{taken}{flags}");
-        let err = match portcullis::startup::Application::build(settings).await {
-            Ok(_) => panic!("a second gateway bound {taken} with '{flags}'"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            err.contains("admin_listen") && err.contains(&format!("cannot bind {taken}")),
-            "'{flags}': {err}"
-        );
+        refused_a_taken_port(settings, "admin_listen", taken, flags).await;
     }
 }
 
