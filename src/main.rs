@@ -33,6 +33,14 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Make the status listener's readiness probe (`GET /status/ready`) answer 503 from now on,
+    /// so that load balancers stop sending this node new traffic before it is stopped (Kong's
+    /// `kong drain`). Reads the node's configuration to find its first status listener.
+    Drain {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Database migrations (database = postgres).
     Migrations {
         /// TOML configuration file.
@@ -200,6 +208,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::DbExport { file, config },
         } => load(config.as_ref()).and_then(|s| db_export(&s, file.as_deref())),
         Command::Serve { config } => load(config.as_ref()).and_then(serve),
+        Command::Drain { config } => load(config.as_ref()).and_then(|s| drain(&s)),
         Command::Migrations { config, command } => {
             let command = match command {
                 MigrationsCommand::Bootstrap => MigrationCommand::Bootstrap,
@@ -227,6 +236,52 @@ fn serve(settings: Settings) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })
+}
+
+/// `POST /status/ready` with `{"status": "draining"}` to the node's first status listener (on
+/// loopback when it listens on every address), with `admin_token` when one is set. The
+/// certificate is not verified: the call goes to this host's own listener, as Kong's does.
+fn drain(settings: &Settings) -> Result<(), String> {
+    let listeners = settings.status_listeners().map_err(|e| e.to_string())?;
+    let Some(listen) = listeners.first() else {
+        return Err("no status listener in the configuration (status_listen = off)".into());
+    };
+    let mut addr = listen.addr;
+    if addr.port() == 0 {
+        return Err("status_listen names port 0: the node's port cannot be known".into());
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if listen.ssl { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}/status/ready");
+    // awc needs the runtime from the moment the request is built.
+    let status = actix_rt::System::new().block_on(async {
+        let connector = awc::Connector::new().rustls_0_23(std::sync::Arc::new(
+            portcullis::tls::unverified_upstream_config(),
+        ));
+        let client = awc::ClientBuilder::new()
+            .connector(connector)
+            .timeout(std::time::Duration::from_secs(5))
+            .finish();
+        let mut request = client.post(&url);
+        if let Some(token) = &settings.admin_token {
+            request = request.insert_header(("kong-admin-token", token.expose().as_str()));
+        }
+        request
+            .send_json(&serde_json::json!({ "status": "draining" }))
+            .await
+            .map(|answer| answer.status())
+            .map_err(|e| format!("failed to send the request to {url}: {e}"))
+    })?;
+    if status != awc::http::StatusCode::NO_CONTENT {
+        return Err(format!("unexpected response status from {url}: {status}"));
+    }
+    println!("the node's status successfully changed to 'draining'");
+    Ok(())
 }
 
 fn migrations(settings: Settings, command: MigrationCommand) -> Result<(), String> {

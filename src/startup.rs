@@ -31,7 +31,7 @@ use crate::proxy::server::{ConnectionLimits, ProxyListener, ProxyServer, ProxySe
 use crate::proxy::upstream::UpstreamClients;
 use crate::proxy::ProxyState;
 use crate::router::RouterSnapshot;
-use crate::status::{Probe, StatusState};
+use crate::status::{Probe, Readiness, StatusState};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -474,19 +474,20 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
         .map_err(|e| StartError::Store(e.to_string()))
 }
 
-/// The status listeners (`status_listen`): one actix-web worker, read-only handlers, TLS with the
-/// proxy's certificate.
+/// The status listeners (`status_listen`): one actix-web worker, read-only handlers but the
+/// drain, TLS with the proxy's certificate.
 fn status_server(
     settings: &Settings,
     listen: &[Listen],
-    metrics: Arc<Metrics>,
-    probe: Probe,
+    state: StatusState,
     addrs: &mut Vec<(SocketAddr, bool)>,
 ) -> Result<Server, StartError> {
-    let state = web::Data::new(StatusState { metrics, probe });
+    let state = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            // The drain's parameters are a few bytes.
+            .app_data(web::PayloadConfig::new(4096))
             .default_service(web::to(crate::status::dispatch))
     })
     .workers(1)
@@ -774,8 +775,16 @@ impl Application {
         }
         let mut status_addrs = Vec::new();
         if !status_listen.is_empty() {
-            let server =
-                status_server(&settings, &status_listen, metrics, probe, &mut status_addrs)?;
+            let state = StatusState {
+                metrics,
+                probe,
+                readiness: Readiness {
+                    draining: Arc::default(),
+                    declarative_hash: declarative.as_ref().map(|d| d.hash.clone()),
+                },
+                admin_token: settings.admin_token.clone(),
+            };
+            let server = status_server(&settings, &status_listen, state, &mut status_addrs)?;
             servers.push(server);
         }
         // Started last: an actor started but never polled (a bind failed above) would set its

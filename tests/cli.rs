@@ -413,6 +413,65 @@ fn json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// A port nothing listens on now (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn drain_makes_the_running_node_s_readiness_probe_answer_503() {
+    let status_listen = format!("127.0.0.1:{}", free_port());
+    let _served = serve_with(&[("PORTCULLIS_STATUS_LISTEN", &status_listen)]);
+    let http = reqwest::Client::new();
+    let probe = || async {
+        let r = http
+            .get(format!("http://{status_listen}/status/ready"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(probe().await, (200, r#"{"message":"ready"}"#.to_string()));
+    // `kong drain` reads the node's configuration: here its environment.
+    let out = portcullis()
+        .arg("drain")
+        .env("PORTCULLIS_STATUS_LISTEN", &status_listen)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "the node's status successfully changed to 'draining'\n"
+    );
+    assert_eq!(
+        probe().await,
+        (503, r#"{"message":"draining"}"#.to_string())
+    );
+
+    // Nothing to drain: one error line and a failure, where Kong prints and succeeds.
+    let out = portcullis().arg("drain").output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        "Error: no status listener in the configuration (status_listen = off)\n"
+    );
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let out = portcullis()
+        .arg("drain")
+        .env("PORTCULLIS_STATUS_LISTEN", &nobody)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).starts_with(&format!(
+            "Error: failed to send the request to http://{nobody}/status/ready: "
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn file_log_reopens_its_file_on_sigusr1_after_logrotate_moved_it() {
     let served = serve();

@@ -29,7 +29,8 @@ pub struct DbLess {
     pub target: Arc<MemoryConfigStore>,
     /// `declarative_config`, re-read on SIGHUP.
     pub file: Option<PathBuf>,
-    /// Digest of the running configuration; empty before the first one.
+    /// Digest of the running configuration; empty before the first one, and while the running
+    /// one holds no entity (Kong's zeros in `/status`; `/status/ready` answers 503).
     pub hash: Arc<ArcSwap<String>>,
 }
 

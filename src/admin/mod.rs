@@ -176,26 +176,7 @@ fn foreign_parent(child: &str, field: &str) -> Option<&'static str> {
 }
 
 fn authorized(state: &AdminState, req: &HttpRequest) -> bool {
-    let Some(expected) = &state.settings.admin_token else {
-        return true;
-    };
-    let presented = req
-        .headers()
-        .get("kong-admin-token")
-        .or_else(|| req.headers().get("portcullis-admin-token"))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| {
-            req.headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::to_string)
-        });
-    presented.is_some_and(|p| crate::crypto::ct_eq(p.as_bytes(), expected.expose().as_bytes()))
+    crate::admin_token::presented(state.settings.admin_token.as_ref(), req)
 }
 
 /// The one admin handler: authenticates, parses, dispatches.

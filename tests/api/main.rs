@@ -33,6 +33,7 @@ mod opentelemetry;
 mod postgres;
 mod proxy;
 mod rate_limiting;
+mod readiness;
 mod registry;
 mod tls;
 mod tutorial;
