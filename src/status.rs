@@ -190,7 +190,7 @@ fn drain(state: &StatusState, req: &HttpRequest, body: &[u8]) -> HttpResponse {
     match from_body.or_else(from_query) {
         Some(status) if status == "draining" => {
             state.readiness.draining.store(true, Ordering::Relaxed);
-            tracing::warn!("draining: GET /status/ready answers 503 from now on");
+            tracing::info!("draining: GET /status/ready answers 503 from now on");
             HttpResponse::NoContent().finish()
         }
         _ => AdminError::BadBody("status must be \"draining\"".into()).error_response(),
