@@ -2,6 +2,7 @@
 //! (`POST /status/ready` with `status=draining`): on memory, DB-less and a Postgres that stops.
 
 use portcullis::config::{Database, Secret, Settings};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{
@@ -17,15 +18,18 @@ fn with_status(settings: Settings) -> Settings {
     }
 }
 
-/// `GET /status/ready`: status and body.
-async fn ready(app: &TestApp) -> (u16, Value) {
-    let r = app
-        .http
-        .get(format!("{}/status/ready", app.status))
+/// `method path` on the status listener.
+async fn on_status(app: &TestApp, method: Method, path: &str) -> reqwest::Response {
+    app.http
+        .request(method, format!("{}{path}", app.status))
         .send()
         .await
-        .unwrap();
-    status_json(r).await
+        .unwrap()
+}
+
+/// `GET /status/ready`: status and body.
+async fn ready(app: &TestApp) -> (u16, Value) {
+    status_json(on_status(app, Method::GET, "/status/ready").await).await
 }
 
 /// `POST /status/ready` as `build` makes it; status and body (`null` when empty).
@@ -82,29 +86,13 @@ async fn a_node_is_ready_until_drained_and_still_proxies_then() {
     );
     // A draining node serves what it is still sent.
     assert_eq!(app.proxy_get("/echo/x").await.status(), 200);
-    let r = app
-        .http
-        .get(format!("{}/status", app.status))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(on_status(&app, Method::GET, "/status").await.status(), 200);
 
     // The other methods: 405 naming the two.
-    let r = app
-        .http
-        .put(format!("{}/status/ready", app.status))
-        .send()
-        .await
-        .unwrap();
+    let r = on_status(&app, Method::PUT, "/status/ready").await;
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET, POST");
-    let r = app
-        .http
-        .get(format!("{}/status/readiness", app.status))
-        .send()
-        .await
-        .unwrap();
+    let r = on_status(&app, Method::GET, "/status/readiness").await;
     assert_eq!(r.status(), 404);
 }
 
