@@ -1,7 +1,8 @@
-//! Layered, typed settings: defaults, then a TOML file, then `PORTCULLIS_<KEY>` environment
-//! variables. Key names follow kong.conf so Kong users know them. Every value is checked at load,
-//! so `config check` refuses exactly what `serve` would: an unknown key or `PORTCULLIS_*` variable
-//! (except `PORTCULLIS_TEST_*`, the test suite's own), a wrong type, or a value out of range.
+//! Layered, typed settings: defaults, then a file (TOML, or Kong's `kong.conf` format for a
+//! `*.conf`), then `PORTCULLIS_<KEY>` or Kong's `KONG_<KEY>` environment variables. Key names
+//! follow kong.conf so Kong users know them. Every value is checked at load, so `config check`
+//! refuses exactly what `serve` would: an unknown key or `PORTCULLIS_*`/`KONG_*` variable (except
+//! `PORTCULLIS_TEST_*`, the test suite's own), a wrong type, or a value out of range.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -259,13 +260,14 @@ pub enum ConfigError {
         /// The OS error.
         reason: String,
     },
-    /// The file is not valid TOML.
+    /// The file does not parse (TOML, or Kong's format for a `*.conf`).
     #[error("invalid config: {0}")]
     Invalid(String),
     /// A key the gateway does not know (a typo would otherwise be silently ignored).
     #[error("unknown config key `{0}`")]
     UnknownKey(String),
-    /// A `PORTCULLIS_*` environment variable naming no key (a typo would otherwise be ignored).
+    /// A `PORTCULLIS_*` or `KONG_*` environment variable naming no key (a typo, or a Kong
+    /// setting the gateway does not implement, would otherwise be ignored).
     #[error("unknown environment variable `{0}`: no such setting")]
     UnknownVariable(String),
     /// A key's value is well-typed but wrong.
@@ -431,8 +433,12 @@ impl Settings {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| syntax_error(path, &text, &e))?
+                if is_kong_conf(path) {
+                    kong_conf_table(path, &text)?
+                } else {
+                    text.parse::<toml::Table>()
+                        .map_err(|e| syntax_error(path, &text, &e))?
+                }
             }
             None => toml::Table::new(),
         };
@@ -449,40 +455,31 @@ impl Settings {
         let mut env: Vec<(String, String)> = env.into_iter().collect();
         // The same error whatever order the environment lists its variables in.
         env.sort();
+        // Which variable set each key: `KONG_X` and `PORTCULLIS_X` may both be set, to one value.
+        let mut set_by: Vec<(&'static str, String, String)> = Vec::new();
         for (name, value) in env {
-            let Some(key) = name.strip_prefix("PORTCULLIS_") else {
-                continue;
-            };
             if name.starts_with(TEST_VARIABLES) {
                 continue;
             }
+            let Some(key) = name
+                .strip_prefix("PORTCULLIS_")
+                .or_else(|| name.strip_prefix("KONG_"))
+            else {
+                continue;
+            };
             let key = key.to_ascii_lowercase();
             let Some((k, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
                 return Err(ConfigError::UnknownVariable(name));
             };
-            let parsed = match kind {
-                Kind::Str => toml::Value::String(value),
-                Kind::Int => value
-                    .trim()
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .map_err(|_| ConfigError::Value {
-                        key: k,
-                        reason: format!("expected an integer, got '{value}'"),
-                    })?,
-                Kind::Bool => match value.trim() {
-                    "on" | "true" | "1" => toml::Value::Boolean(true),
-                    "off" | "false" | "0" => toml::Value::Boolean(false),
-                    _ => {
-                        return Err(ConfigError::Value {
-                            key: k,
-                            reason: format!("expected on/off, got '{value}'"),
-                        })
-                    }
-                },
-                Kind::List => split_list(&value),
-            };
-            table.insert((*k).to_string(), parsed);
+            if let Some((_, other, _)) = set_by.iter().find(|(seen, _, v)| seen == k && *v != value)
+            {
+                return Err(ConfigError::Value {
+                    key: k,
+                    reason: format!("{other} and {name} are both set, to different values"),
+                });
+            }
+            table.insert((*k).to_string(), typed(k, *kind, value.clone())?);
+            set_by.push((k, name, value));
         }
         if let Some(unknown) = table
             .keys()
@@ -869,6 +866,55 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     ConfigError::Invalid(format!("{}{at}: {}", path.display(), one_line(e.message())))
 }
 
+/// Whether `path` is in Kong's format (`kong.conf`, any `*.conf`) rather than TOML.
+fn is_kong_conf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "conf")
+}
+
+/// The settings of a file in Kong's format, typed as environment variables are.
+fn kong_conf_table(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    let lines = crate::kong_conf::parse(text).map_err(|number| {
+        ConfigError::Invalid(format!(
+            "{} at line {number}: expected `key = value`",
+            path.display()
+        ))
+    })?;
+    let mut table = toml::Table::new();
+    for line in lines {
+        let Some((key, kind)) = KEYS.iter().find(|(k, _)| *k == line.key) else {
+            return Err(ConfigError::UnknownKey(line.key));
+        };
+        table.insert((*key).to_string(), typed(key, *kind, line.value)?);
+    }
+    Ok(table)
+}
+
+/// A value given as text (an environment variable, a `kong.conf` line) as `key`'s type.
+fn typed(key: &'static str, kind: Kind, value: String) -> Result<toml::Value, ConfigError> {
+    Ok(match kind {
+        Kind::Str => toml::Value::String(value),
+        Kind::Int => value
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| ConfigError::Value {
+                key,
+                reason: format!("expected an integer, got '{value}'"),
+            })?,
+        Kind::Bool => match value.trim() {
+            "on" | "true" | "1" => toml::Value::Boolean(true),
+            "off" | "false" | "0" => toml::Value::Boolean(false),
+            _ => {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: format!("expected on/off, got '{value}'"),
+                })
+            }
+        },
+        Kind::List => split_list(&value),
+    })
+}
+
 fn split_list(s: &str) -> toml::Value {
     toml::Value::Array(
         s.split(',')
@@ -980,6 +1026,75 @@ mod tests {
         );
         let err = Settings::load(None, [("PORTCULLIS_PG_PORT".into(), "abc".into())]).unwrap_err();
         assert!(err.to_string().contains("pg_port"), "{err}");
+    }
+
+    #[test]
+    fn a_kong_conf_file_and_kong_variables_are_read_as_kong_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kong.conf");
+        std::fs::write(
+            &file,
+            "# a Kong deployment's file\n\
+             database = postgres           # the store\n\
+             pg_host = db.internal\n\
+             pg_port = 6432\n\
+             pg_password = p\\#ss\n\
+             pg_ssl = on\n\
+             admin_listen = 127.0.0.1:9001 reuseport backlog=16384\n\
+             trusted_ips = 10.0.0.0/8, 127.0.0.1\n\
+             log_level = notice\n",
+        )
+        .unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect()
+        };
+        let s = Settings::load(Some(&file), env(&[("KONG_PG_USER", "kong")])).unwrap();
+        assert_eq!(s.database, Database::Postgres);
+        assert_eq!((s.pg_host.as_str(), s.pg_port), ("db.internal", 6432));
+        assert_eq!(
+            s.pg_password.as_ref().map(|p| p.expose().as_str()),
+            Some("p#ss")
+        );
+        assert!(s.pg_ssl);
+        assert_eq!(s.pg_user, "kong", "KONG_PG_USER");
+        assert_eq!(s.admin_listeners().unwrap()[0].addr.port(), 9001);
+        assert_eq!(s.trusted_ips, ["10.0.0.0/8", "127.0.0.1"]);
+
+        // `KONG_X` and `PORTCULLIS_X` together must agree.
+        let same = [("KONG_PG_USER", "kong"), ("PORTCULLIS_PG_USER", "kong")];
+        assert_eq!(Settings::load(None, env(&same)).unwrap().pg_user, "kong");
+        let differ = [("KONG_PG_USER", "kong"), ("PORTCULLIS_PG_USER", "root")];
+        assert_eq!(
+            Settings::load(None, env(&differ)).unwrap_err().to_string(),
+            "invalid value for `pg_user`: KONG_PG_USER and PORTCULLIS_PG_USER are both set, to different values"
+        );
+        // A Kong setting this gateway does not implement is refused, by file or variable.
+        let unknown = [("KONG_PROXY_ACCESS_LOG", "/dev/stdout")];
+        assert_eq!(
+            Settings::load(None, env(&unknown)).unwrap_err().to_string(),
+            "unknown environment variable `KONG_PROXY_ACCESS_LOG`: no such setting"
+        );
+        std::fs::write(&file, "mem_cache_size = 128m\n").unwrap();
+        assert_eq!(
+            Settings::load(Some(&file), []).unwrap_err().to_string(),
+            "unknown config key `mem_cache_size`"
+        );
+        std::fs::write(&file, "pg_port = 5432\npg_host\n").unwrap();
+        assert_eq!(
+            Settings::load(Some(&file), []).unwrap_err().to_string(),
+            format!(
+                "invalid config: {} at line 2: expected `key = value`",
+                file.display()
+            )
+        );
+        std::fs::write(&file, "pg_port = five\n").unwrap();
+        assert_eq!(
+            Settings::load(Some(&file), []).unwrap_err().to_string(),
+            "invalid value for `pg_port`: expected an integer, got 'five'"
+        );
     }
 
     /// Address, `ssl`, `http2`, `reuseport`, `backlog` of each listener.

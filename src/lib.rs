@@ -67,6 +67,7 @@ pub mod declarative_db;
 pub mod entities;
 pub mod error;
 pub mod forms;
+pub mod kong_conf;
 #[cfg(test)]
 mod layers;
 pub mod metrics;

@@ -19,13 +19,13 @@ mod log_receiver;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-/// The binary with no `PORTCULLIS_*` variables inherited from the test environment, and no
+/// The binary with no `PORTCULLIS_*` or `KONG_*` variables inherited from the test environment, and no
 /// status listener (Kong's default port, 8007, would be shared by the tests' gateways) unless a
 /// test sets one.
 fn portcullis() -> Command {
     let mut cmd = Command::new(BIN);
     for (name, _) in std::env::vars() {
-        if name.starts_with("PORTCULLIS_") {
+        if name.starts_with("PORTCULLIS_") || name.starts_with("KONG_") {
             cmd.env_remove(name);
         }
     }
@@ -70,6 +70,54 @@ fn version_prints_the_crate_version() {
     assert_eq!(
         text(&out.stdout).trim(),
         format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn a_kong_conf_and_kong_variables_configure_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "kong.conf",
+        "# Kong's format: unquoted values, trailing comments\n\
+         database = off              # DB-less\n\
+         admin_listen = 127.0.0.1:9001 reuseport backlog=16384, 127.0.0.1:9444 http2 ssl\n\
+         trusted_ips = 10.0.0.0/8, 127.0.0.1\n",
+    );
+    let out = portcullis()
+        .args(["config", "check", "-c"])
+        .arg(&file)
+        .env("KONG_ADMIN_TOKEN", "hunter2-admin-token")
+        .env("KONG_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let effective: toml::Table = stdout.parse().expect("TOML on stdout");
+    assert_eq!(effective["database"].as_str(), Some("off"));
+    assert_eq!(
+        effective["admin_listen"].as_str(),
+        Some("127.0.0.1:9001 reuseport backlog=16384, 127.0.0.1:9444 http2 ssl")
+    );
+    assert_eq!(
+        effective["trusted_ips"],
+        toml::Value::Array(vec!["10.0.0.0/8".into(), "127.0.0.1".into()])
+    );
+    assert_eq!(effective["log_level"].as_str(), Some("notice"));
+    assert_eq!(effective["admin_token"].as_str(), Some("********"));
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+
+    // A Kong setting the gateway does not implement: one line naming it, nothing started.
+    let out = portcullis()
+        .args(["config", "check", "-c"])
+        .arg(&file)
+        .env("KONG_PROXY_ACCESS_LOG", "/dev/stdout")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        "Error: unknown environment variable `KONG_PROXY_ACCESS_LOG`: no such setting\n"
     );
 }
 

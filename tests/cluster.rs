@@ -79,7 +79,7 @@ fn base_env(schema: &str, prefix: &str) -> Vec<(String, String)> {
 fn portcullis(env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(BIN);
     for (name, _) in std::env::vars() {
-        if name.starts_with("PORTCULLIS_") {
+        if name.starts_with("PORTCULLIS_") || name.starts_with("KONG_") {
             cmd.env_remove(name);
         }
     }
@@ -565,7 +565,7 @@ async fn the_cluster_script_starts_nodes_that_share_state_and_stops_them() {
         let mut cmd = Command::new("bash");
         cmd.arg(script).args(args);
         for (name, _) in std::env::vars() {
-            if name.starts_with("PORTCULLIS_") {
+            if name.starts_with("PORTCULLIS_") || name.starts_with("KONG_") {
                 cmd.env_remove(name);
             }
         }

@@ -35,7 +35,7 @@ impl Drop for Gateway {
 fn portcullis(env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(BIN);
     for (name, _) in std::env::vars() {
-        if name.starts_with("PORTCULLIS_") {
+        if name.starts_with("PORTCULLIS_") || name.starts_with("KONG_") {
             cmd.env_remove(name);
         }
     }

@@ -562,7 +562,7 @@ fn spawn_gateway(
         }
     };
     for (k, _) in std::env::vars() {
-        if k.starts_with("PORTCULLIS_") {
+        if k.starts_with("PORTCULLIS_") || k.starts_with("KONG_") {
             cmd.env_remove(k);
         }
     }
