@@ -72,6 +72,7 @@ pub mod kong_conf;
 mod layers;
 pub mod metrics;
 pub mod migrations;
+pub mod node_client;
 pub mod plugin_api;
 pub mod plugins;
 pub mod proxy;

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use awc::http::Method;
 use clap::{Parser, Subcommand};
 use portcullis::config::Settings;
 use portcullis::migrations::MigrationCommand;
+use portcullis::node_client;
 use portcullis::startup::Application;
 
 /// Portcullis API gateway.
@@ -37,6 +39,14 @@ enum Command {
     /// so that load balancers stop sending this node new traffic before it is stopped (Kong's
     /// `kong drain`). Reads the node's configuration to find its first status listener.
     Drain {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Whether the running node is ready (Kong's `kong health`, as a readiness check): its
+    /// first status listener's `GET /status/ready`, or without one its admin API's `/status`
+    /// with a reachable database. Exit status 0 when it is, 1 with why not.
+    Health {
         /// TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -209,6 +219,7 @@ fn main() -> ExitCode {
         } => load(config.as_ref()).and_then(|s| db_export(&s, file.as_deref())),
         Command::Serve { config } => load(config.as_ref()).and_then(serve),
         Command::Drain { config } => load(config.as_ref()).and_then(|s| drain(&s)),
+        Command::Health { config } => load(config.as_ref()).and_then(|s| health(&s)),
         Command::Migrations { config, command } => {
             let command = match command {
                 MigrationsCommand::Bootstrap => MigrationCommand::Bootstrap,
@@ -238,49 +249,55 @@ fn serve(settings: Settings) -> Result<(), String> {
     })
 }
 
-/// `POST /status/ready` with `{"status": "draining"}` to the node's first status listener (on
-/// loopback when it listens on every address), with `admin_token` when one is set. The
-/// certificate is not verified: the call goes to this host's own listener, as Kong's does.
+/// `POST /status/ready` with `{"status": "draining"}` to the node's first status listener, with
+/// `admin_token` when one is set.
 fn drain(settings: &Settings) -> Result<(), String> {
     let listeners = settings.status_listeners().map_err(|e| e.to_string())?;
-    let Some(listen) = listeners.first() else {
-        return Err("no status listener in the configuration (status_listen = off)".into());
-    };
-    let mut addr = listen.addr;
-    if addr.port() == 0 {
-        return Err("status_listen names port 0: the node's port cannot be known".into());
-    }
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let scheme = if listen.ssl { "https" } else { "http" };
-    let url = format!("{scheme}://{addr}/status/ready");
-    // awc needs the runtime from the moment the request is built.
-    let status = actix_rt::System::new().block_on(async {
-        let connector = awc::Connector::new().rustls_0_23(std::sync::Arc::new(
-            portcullis::tls::unverified_upstream_config(),
+    let url = node_client::url_on("status_listen", &listeners, "/status/ready")?;
+    let body = serde_json::json!({ "status": "draining" });
+    let answer = node_client::send(
+        Method::POST,
+        &url,
+        settings.admin_token.as_ref(),
+        Some(&body),
+    )?;
+    if answer.status != 204 {
+        return Err(format!(
+            "unexpected response status from {url}: {}",
+            answer.status
         ));
-        let client = awc::ClientBuilder::new()
-            .connector(connector)
-            .timeout(std::time::Duration::from_secs(5))
-            .finish();
-        let mut request = client.post(&url);
-        if let Some(token) = &settings.admin_token {
-            request = request.insert_header(("kong-admin-token", token.expose().as_str()));
-        }
-        request
-            .send_json(&serde_json::json!({ "status": "draining" }))
-            .await
-            .map(|answer| answer.status())
-            .map_err(|e| format!("failed to send the request to {url}: {e}"))
-    })?;
-    if status != awc::http::StatusCode::NO_CONTENT {
-        return Err(format!("unexpected response status from {url}: {status}"));
     }
     println!("the node's status successfully changed to 'draining'");
+    Ok(())
+}
+
+/// Whether the node answers as ready: `GET /status/ready` on its first status listener, or,
+/// without one, `GET /status` on its first admin listener (with `admin_token`) saying the
+/// database is reachable.
+fn health(settings: &Settings) -> Result<(), String> {
+    let status_listen = settings.status_listeners().map_err(|e| e.to_string())?;
+    let via_status = !status_listen.is_empty();
+    let (url, token) = if via_status {
+        let url = node_client::url_on("status_listen", &status_listen, "/status/ready")?;
+        (url, None)
+    } else {
+        let admin_listen = settings.admin_listeners().map_err(|e| e.to_string())?;
+        let url = node_client::url_on("admin_listen", &admin_listen, "/status")?;
+        (url, settings.admin_token.as_ref())
+    };
+    let answer = node_client::send(Method::GET, &url, token, None)?;
+    let reachable = || {
+        serde_json::from_str::<serde_json::Value>(&answer.body)
+            .is_ok_and(|b| b["database"]["reachable"] == true)
+    };
+    if answer.status != 200 || !(via_status || reachable()) {
+        return Err(format!(
+            "not healthy: {url} answered {} {}",
+            answer.status,
+            answer.body.trim()
+        ));
+    }
+    println!("healthy: {url} answered {}", answer.status);
     Ok(())
 }
 

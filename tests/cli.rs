@@ -500,10 +500,7 @@ async fn drain_makes_the_running_node_s_readiness_probe_answer_503() {
     // Nothing to drain: one error line and a failure, where Kong prints and succeeds.
     let out = portcullis().arg("drain").output().unwrap();
     assert!(!out.status.success());
-    assert_eq!(
-        text(&out.stderr),
-        "Error: no status listener in the configuration (status_listen = off)\n"
-    );
+    assert_eq!(text(&out.stderr), "Error: no listener in `status_listen`\n");
     let nobody = format!("127.0.0.1:{}", free_port());
     let out = portcullis()
         .arg("drain")
@@ -518,6 +515,67 @@ async fn drain_makes_the_running_node_s_readiness_probe_answer_503() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn health_says_whether_the_running_node_is_ready() {
+    let status_listen = format!("127.0.0.1:{}", free_port());
+    let served = serve_with(&[("PORTCULLIS_STATUS_LISTEN", &status_listen)]);
+    let health = |envs: &[(&str, &str)]| {
+        let mut cmd = portcullis();
+        cmd.arg("health");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let url = format!("http://{status_listen}/status/ready");
+    assert_eq!(
+        health(&[("PORTCULLIS_STATUS_LISTEN", &status_listen)]),
+        (
+            true,
+            format!("healthy: {url} answered 200\n"),
+            String::new()
+        )
+    );
+    let drained = portcullis()
+        .arg("drain")
+        .env("PORTCULLIS_STATUS_LISTEN", &status_listen)
+        .output()
+        .unwrap();
+    assert!(drained.status.success(), "{}", text(&drained.stderr));
+    assert_eq!(
+        health(&[("PORTCULLIS_STATUS_LISTEN", &status_listen)]),
+        (
+            false,
+            String::new(),
+            format!("Error: not healthy: {url} answered 503 {{\"message\":\"draining\"}}\n")
+        )
+    );
+    // Without a status listener, the admin API's /status (with the token when one is set).
+    let admin = served_admin_port(&served);
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let (ok, stdout, stderr) = health(&[("PORTCULLIS_ADMIN_LISTEN", &admin_listen)]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("healthy: http://{admin_listen}/status answered 200\n")
+    );
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let (ok, _, stderr) = health(&[("PORTCULLIS_STATUS_LISTEN", &nobody)]);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with(&format!(
+            "Error: failed to send the request to http://{nobody}/status/ready: "
+        )),
+        "{stderr}"
+    );
+}
+
+/// The admin API's port of a gateway [`serve_with`] started.
+fn served_admin_port(served: &Served) -> u16 {
+    served.admin.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test]
