@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
-        /// TOML configuration file.
+        /// Configuration file: TOML, or Kong's `kong.conf` format for a `*.conf`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -39,7 +39,7 @@ enum Command {
     /// so that load balancers stop sending this node new traffic before it is stopped (Kong's
     /// `kong drain`). Reads the node's configuration to find its first status listener.
     Drain {
-        /// TOML configuration file.
+        /// Configuration file: TOML, or Kong's `kong.conf` format for a `*.conf`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -47,13 +47,13 @@ enum Command {
     /// first status listener's `GET /status/ready`, or without one its admin API's `/status`
     /// with a reachable database. Exit status 0 when it is, 1 with why not.
     Health {
-        /// TOML configuration file.
+        /// Configuration file: TOML, or Kong's `kong.conf` format for a `*.conf`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Database migrations (database = postgres).
     Migrations {
-        /// TOML configuration file.
+        /// Configuration file: TOML, or Kong's `kong.conf` format for a `*.conf`.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
@@ -81,7 +81,7 @@ enum MigrationsCommand {
 enum ConfigCommand {
     /// Validate the configuration and print the effective settings with secrets masked.
     Check {
-        /// TOML configuration file.
+        /// Configuration file: TOML, or Kong's `kong.conf` format for a `*.conf`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -102,7 +102,7 @@ enum ConfigCommand {
     DbImport {
         /// The declarative file (YAML or JSON).
         file: PathBuf,
-        /// TOML configuration file.
+        /// Configuration file: TOML, or Kong's `kong.conf` format for a `*.conf`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -112,7 +112,7 @@ enum ConfigCommand {
     DbExport {
         /// Where to write it.
         file: Option<PathBuf>,
-        /// TOML configuration file.
+        /// Configuration file: TOML, or Kong's `kong.conf` format for a `*.conf`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
