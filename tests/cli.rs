@@ -482,14 +482,10 @@ async fn drain_makes_the_running_node_s_readiness_probe_answer_503() {
     };
     assert_eq!(probe().await, (200, r#"{"message":"ready"}"#.to_string()));
     // `kong drain` reads the node's configuration: here its environment.
-    let out = portcullis()
-        .arg("drain")
-        .env("PORTCULLIS_STATUS_LISTEN", &status_listen)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (ok, stdout, stderr) = run("drain", &[("PORTCULLIS_STATUS_LISTEN", &status_listen)]);
+    assert!(ok, "{stderr}");
     assert_eq!(
-        text(&out.stdout),
+        stdout,
         "the node's status successfully changed to 'draining'\n"
     );
     assert_eq!(
@@ -498,38 +494,35 @@ async fn drain_makes_the_running_node_s_readiness_probe_answer_503() {
     );
 
     // Nothing to drain: one error line and a failure, where Kong prints and succeeds.
-    let out = portcullis().arg("drain").output().unwrap();
-    assert!(!out.status.success());
-    assert_eq!(text(&out.stderr), "Error: no listener in `status_listen`\n");
+    let (ok, _, stderr) = run("drain", &[]);
+    assert!(!ok);
+    assert_eq!(stderr, "Error: no listener in `status_listen`\n");
     let nobody = format!("127.0.0.1:{}", free_port());
-    let out = portcullis()
-        .arg("drain")
-        .env("PORTCULLIS_STATUS_LISTEN", &nobody)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, _, stderr) = run("drain", &[("PORTCULLIS_STATUS_LISTEN", &nobody)]);
+    assert!(!ok);
     assert!(
-        text(&out.stderr).starts_with(&format!(
+        stderr.starts_with(&format!(
             "Error: failed to send the request to http://{nobody}/status/ready: "
         )),
-        "{}",
-        text(&out.stderr)
+        "{stderr}"
     );
+}
+
+/// `portcullis <command>` with `envs`: whether it succeeded, its stdout and its stderr.
+fn run(command: &str, envs: &[(&str, &str)]) -> (bool, String, String) {
+    let out = portcullis()
+        .arg(command)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
 #[tokio::test]
 async fn health_says_whether_the_running_node_is_ready() {
     let status_listen = format!("127.0.0.1:{}", free_port());
     let served = serve_with(&[("PORTCULLIS_STATUS_LISTEN", &status_listen)]);
-    let health = |envs: &[(&str, &str)]| {
-        let mut cmd = portcullis();
-        cmd.arg("health");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        (out.status.success(), text(&out.stdout), text(&out.stderr))
-    };
+    let health = |envs: &[(&str, &str)]| run("health", envs);
     let url = format!("http://{status_listen}/status/ready");
     assert_eq!(
         health(&[("PORTCULLIS_STATUS_LISTEN", &status_listen)]),
@@ -539,12 +532,8 @@ async fn health_says_whether_the_running_node_is_ready() {
             String::new()
         )
     );
-    let drained = portcullis()
-        .arg("drain")
-        .env("PORTCULLIS_STATUS_LISTEN", &status_listen)
-        .output()
-        .unwrap();
-    assert!(drained.status.success(), "{}", text(&drained.stderr));
+    let (drained, _, stderr) = run("drain", &[("PORTCULLIS_STATUS_LISTEN", &status_listen)]);
+    assert!(drained, "{stderr}");
     assert_eq!(
         health(&[("PORTCULLIS_STATUS_LISTEN", &status_listen)]),
         (
