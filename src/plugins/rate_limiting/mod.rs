@@ -383,8 +383,10 @@ impl Runtime {
                 .unwrap_or(0)
         });
         out.reserve(2 * self.limits.len() + 3);
-        // (window, remaining, its header value)
-        let mut best: Option<(&Limit, f64, HeaderValue)> = None;
+        // The window with the fewest requests left (the longer one on a tie), and where its
+        // remaining count's value sits in `out`. Kept as an index, not as a copy of the header:
+        // moving (name, value) pairs through temporaries cost more than making them.
+        let (mut best, mut fewest, mut best_at) = (0, f64::INFINITY, 0);
         for (i, (limit, used)) in self.limits.iter().zip(usage.before).enumerate() {
             #[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^53")]
             let mut remaining = limit.value - used as f64;
@@ -392,21 +394,21 @@ impl Runtime {
                 remaining -= 1.0;
             }
             let remaining = remaining.max(0.0);
-            let shown = number(remaining);
             out.push((limit.names[0].clone(), limit.shown.clone()));
-            out.push((limit.names[1].clone(), shown.clone()));
-            if best.as_ref().is_none_or(|(_, r, _)| remaining <= *r) {
-                best = Some((limit, remaining, shown));
+            if remaining <= fewest {
+                (best, fewest, best_at) = (i, remaining, out.len());
             }
+            out.push((limit.names[1].clone(), number(remaining)));
         }
-        let [limit_name, remaining_name, reset_name] = self.names.clone();
-        let Some((limit, _, remaining)) = best else {
+        let Some(limit) = self.limits.get(best) else {
             return 1;
         };
         let reset = limit.period.reset(now);
-        out.push((limit_name, limit.shown.clone()));
-        out.push((remaining_name, remaining));
-        out.push((reset_name, count_value(reset)));
+        let remaining = out[best_at].1.clone();
+        let [limit_name, remaining_name, reset_name] = &self.names;
+        out.push((limit_name.clone(), limit.shown.clone()));
+        out.push((remaining_name.clone(), remaining));
+        out.push((reset_name.clone(), count_value(reset)));
         reset
     }
 
