@@ -383,10 +383,10 @@ impl Runtime {
                 .unwrap_or(0)
         });
         out.reserve(2 * self.limits.len() + 3);
-        // The window with the fewest requests left (the longer one on a tie), and where its
-        // remaining count's value sits in `out`. Kept as an index, not as a copy of the header:
-        // moving (name, value) pairs through temporaries cost more than making them.
-        let (mut best, mut fewest, mut best_at) = (0, f64::INFINITY, 0);
+        // The window with the fewest requests left (the longer one on a tie) and that count.
+        // Kept as an index, not as a copy of the header: moving (name, value) pairs through
+        // temporaries cost more than making them.
+        let (mut best, mut fewest) = (0, f64::INFINITY);
         for (i, (limit, used)) in self.limits.iter().zip(usage.before).enumerate() {
             #[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^53")]
             let mut remaining = limit.value - used as f64;
@@ -395,19 +395,19 @@ impl Runtime {
             }
             let remaining = remaining.max(0.0);
             out.push((limit.names[0].clone(), limit.shown.clone()));
-            if remaining <= fewest {
-                (best, fewest, best_at) = (i, remaining, out.len());
-            }
             out.push((limit.names[1].clone(), number(remaining)));
+            if remaining <= fewest {
+                (best, fewest) = (i, remaining);
+            }
         }
         let Some(limit) = self.limits.get(best) else {
             return 1;
         };
         let reset = limit.period.reset(now);
-        let remaining = out[best_at].1.clone();
         let [limit_name, remaining_name, reset_name] = &self.names;
         out.push((limit_name.clone(), limit.shown.clone()));
-        out.push((remaining_name.clone(), remaining));
+        // Written again rather than cloned: a clone of a value just made allocates to share it.
+        out.push((remaining_name.clone(), number(fewest)));
         out.push((reset_name.clone(), count_value(reset)));
         reset
     }
