@@ -206,6 +206,10 @@ const TARGETS: &[(&str, SetupFn)] = &[
     ("upstream 3 targets", portcullis_upstream_3_targets),
     ("oauth2 memory", oauth2_memory),
     ("oauth2 + rate-limiting local", oauth2_rate_limiting_local),
+    (
+        "oauth2 + rate-limiting local hidden",
+        oauth2_rate_limiting_local_hidden,
+    ),
     ("oauth2 + rate-limiting redis", oauth2_rate_limiting_redis),
     ("oauth2 + prometheus", oauth2_prometheus),
     ("oauth2 pg+redis warm", oauth2_pg_redis_warm),
@@ -331,6 +335,18 @@ fn oauth2_rate_limiting_local(ctx: &Ctx<'_>) -> Result<Setup> {
         "portcullis oauth2 + rate-limiting local",
         &[],
         json!({"policy": "local"}),
+    )?;
+    Ok(Setup::Ready(target))
+}
+
+/// Target: [`oauth2_rate_limiting_local`] with `hide_client_headers`: the counting alone, without
+/// Kong's five headers on every answer.
+fn oauth2_rate_limiting_local_hidden(ctx: &Ctx<'_>) -> Result<Setup> {
+    let target = oauth2_rate_limited(
+        ctx,
+        "portcullis oauth2 + rate-limiting local hidden",
+        &[],
+        json!({"policy": "local", "hide_client_headers": true}),
     )?;
     Ok(Setup::Ready(target))
 }
