@@ -104,9 +104,6 @@ pub struct Outgoing<'a> {
     pub at: Instant,
     /// The service's timeouts.
     pub timeouts: Timeouts,
-    /// Headers the gateway adds to the answer beyond the upstream's own (its stamp, the plugins'
-    /// headers): the answer's map is made with room for them, so adding them never regrows it.
-    pub answer_room: usize,
 }
 
 /// A service's `connect_timeout`, `write_timeout` and `read_timeout`, each applied on its own as
@@ -373,7 +370,7 @@ impl Http1Pool {
                 }
                 Ok(Ok(_)) => {}
             }
-            match parse_head(&mut buf, no_body, request.answer_room)? {
+            match parse_head(&mut buf, no_body)? {
                 Some(head) => break head,
                 None if buf.len() > MAX_HEAD => {
                     return Err(Attempt::Failed(ExchangeError::Upstream(
@@ -704,8 +701,8 @@ struct RawHead {
 type Lines = SmallVec<[(HeaderName, Range<usize>); 12]>;
 
 impl RawHead {
-    fn into_head(self, lines: &mut Lines, bytes: &Bytes, room: usize) -> Head {
-        let mut headers = ClientHeaders::with_capacity(lines.len() + room);
+    fn into_head(self, lines: &mut Lines, bytes: &Bytes) -> Head {
+        let mut headers = ClientHeaders::with_capacity(lines.len() + 4);
         for (name, range) in lines.drain(..) {
             // A value httparse took but `HeaderValue` refuses is left out.
             if let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(range)) {
@@ -722,13 +719,9 @@ impl RawHead {
     }
 }
 
-/// Parses one answer head off the front of `buf` (skipping interim `1xx` answers), its header map
-/// made with `room` for more; `None` until the head is complete.
-fn parse_head(
-    buf: &mut BytesMut,
-    no_body: bool,
-    room: usize,
-) -> Result<Option<Head>, ExchangeError> {
+/// Parses one answer head off the front of `buf` (skipping interim `1xx` answers); `None` until
+/// the head is complete.
+fn parse_head(buf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, ExchangeError> {
     // Uninitialised slots: zeroing them was a kilobyte of stores per answer.
     let mut few = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; FEW_HEADERS];
     let mut lines = Lines::new();
@@ -745,7 +738,7 @@ fn parse_head(
     Ok(parsed.map(|(raw, consumed)| {
         // One allocation makes the buffer shared; the values then point into the head's bytes.
         let bytes = buf.split_to(consumed).freeze();
-        raw.into_head(&mut lines, &bytes, room)
+        raw.into_head(&mut lines, &bytes)
     }))
 }
 
@@ -1155,7 +1148,7 @@ mod tests {
 
     fn head(raw: &str, no_body: bool) -> Head {
         let mut buf = BytesMut::from(raw.as_bytes());
-        parse_head(&mut buf, no_body, 0)
+        parse_head(&mut buf, no_body)
             .expect("parses")
             .expect("complete")
     }
@@ -1215,7 +1208,7 @@ mod tests {
         assert_eq!(head(&raw, false).headers.len(), 40);
         let raw = format!("HTTP/1.1 200 OK\r\n{}\r\n", lines(MAX_HEADERS + 1));
         let mut buf = BytesMut::from(raw.as_bytes());
-        assert!(parse_head(&mut buf, false, 0).is_err());
+        assert!(parse_head(&mut buf, false).is_err());
     }
 
     #[tokio::test]
@@ -1351,10 +1344,10 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(raw.as_bytes());
-            assert!(parse_head(&mut buf, false, 0).is_err(), "{raw}");
+            assert!(parse_head(&mut buf, false).is_err(), "{raw}");
         }
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-"[..]);
-        assert!(parse_head(&mut partial, false, 0).unwrap().is_none());
+        assert!(parse_head(&mut partial, false).unwrap().is_none());
     }
 
     #[test]
@@ -1434,7 +1427,7 @@ mod tests {
             "a".repeat(MAX_HEAD)
         );
         let mut buf = BytesMut::from(raw.as_bytes());
-        assert!(parse_head(&mut buf, false, 0).is_err());
+        assert!(parse_head(&mut buf, false).is_err());
     }
 
     /// An upstream on port 0 whose every connection is served by `serve`, and how many
@@ -1506,7 +1499,6 @@ mod tests {
                 body,
                 at: Instant::now(),
                 timeouts: self.timeouts,
-                answer_room: 0,
             };
             self.pool.exchange(&to, &outgoing, false).await
         }

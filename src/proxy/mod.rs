@@ -966,7 +966,6 @@ async fn forward<'a>(
                         body: replay_body.as_ref(),
                         at: sent_at,
                         timeouts,
-                        answer_room: STAMPED + ctx.response_headers.len(),
                     };
                     clients.send_lean(&to, &outgoing, no_body).await
                 }
@@ -1110,10 +1109,6 @@ fn made_here(req: &ClientRequest, answer: Answer) -> Answer {
         answer
     }
 }
-
-/// Headers the gateway may add to an upstream answer besides the plugins': `Via` and the two
-/// latencies ([`stamp`]), the request id, a sticky cookie ([`set_sticky_cookie`]).
-const STAMPED: usize = 5;
 
 /// What the gateway adds to every upstream answer: its `Via` entry and the two latencies.
 fn stamp(out: &mut http::HeaderMap, upstream_latency: Duration, proxy_latency: Duration) {

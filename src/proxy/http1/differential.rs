@@ -267,7 +267,7 @@ fn gateway(wire: &[u8], cuts: &[usize], no_body: bool) -> Outcome {
         false
     };
     let head = loop {
-        match parse_head(&mut buf, no_body, 0) {
+        match parse_head(&mut buf, no_body) {
             Err(_) => return Outcome::Refused,
             Ok(Some(head)) => break head,
             Ok(None) if buf.len() > MAX_HEAD => return Outcome::Refused,
