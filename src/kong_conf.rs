@@ -6,8 +6,6 @@
 /// One setting of the file.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Line {
-    /// 1-based line number, for errors.
-    pub number: usize,
     /// The key, as written.
     pub key: String,
     /// The value, trimmed, its comment removed and `\#` unescaped.
@@ -34,7 +32,6 @@ pub fn parse(text: &str) -> Result<Vec<Line>, usize> {
             return Err(number);
         }
         lines.push(Line {
-            number,
             key: key.to_string(),
             value: without_comment(value),
         });
