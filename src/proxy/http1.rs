@@ -32,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::headers;
+use super::timers::{coarse_now, within, Deadline};
 
 /// Headers that frame the answer on this connection: read here, never handed on.
 const FRAMING: &[&str] = &["content-length", "transfer-encoding", "connection"];
@@ -231,7 +232,8 @@ impl Http1Pool {
             Some(conns) => conns,
             None => idle.entry(Arc::clone(key)).or_default(),
         };
-        let now = Instant::now();
+        // Idle times are judged in seconds: the coarse clock is precise enough.
+        let now = coarse_now();
         while conns
             .front()
             .is_some_and(|c| now.saturating_duration_since(c.since) > self.idle_timeout)
@@ -336,15 +338,11 @@ impl Http1Pool {
         }
         // The first read's wait counts from the last write; a write that did not wait took no
         // time worth a clock read.
-        let mut deadline = if writer.waited {
-            Instant::now() + timeouts.read
-        } else {
-            ready + timeouts.read
-        };
+        let mut read_from = if writer.waited { Instant::now() } else { ready };
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let parsed = loop {
-            let read = tokio::time::timeout_at(deadline.into(), read_more(&mut stream, &mut buf));
-            match read.await {
+            let deadline = Deadline::after(read_from, timeouts.read);
+            match within(deadline, read_more(&mut stream, &mut buf)).await {
                 Err(_) => {
                     return Err(Attempt::Failed(ExchangeError::Timeout(
                         "reading the upstream answer head",
@@ -377,7 +375,7 @@ impl Http1Pool {
                         "upstream answer head too large".into(),
                     )))
                 }
-                None => deadline = Instant::now() + timeouts.read,
+                None => read_from = Instant::now(),
             }
         };
         let Head {
@@ -1027,7 +1025,8 @@ impl BodyReader {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(0);
         };
-        match tokio::time::timeout(self.read_timeout, read_more(stream, &mut self.buf)).await {
+        let deadline = Deadline::after_now(self.read_timeout);
+        match within(deadline, read_more(stream, &mut self.buf)).await {
             Ok(read) => read,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

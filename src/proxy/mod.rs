@@ -7,6 +7,7 @@ pub mod headers;
 pub mod http1;
 pub mod proxy_protocol;
 pub mod server;
+pub mod timers;
 pub mod tunnel;
 pub mod upstream;
 

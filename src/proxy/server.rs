@@ -216,6 +216,7 @@ fn run_worker(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
+        tokio::task::spawn_local(super::timers::drive());
         let worker = Rc::new(worker);
         let open = Rc::new(OpenConnections::default());
         let mut accepting = Vec::with_capacity(sockets.len());
@@ -282,13 +283,13 @@ fn protocols(http2: bool, limits: ConnectionLimits) -> Protocols {
     if !http2 {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
+            .timer(super::timers::WorkerTimer)
             .header_read_timeout(limits.header_timeout);
         return Protocols::Http1(http1);
     }
     let mut both = auto::Builder::new(LocalExec);
     both.http1()
-        .timer(TokioTimer::new())
+        .timer(super::timers::WorkerTimer)
         .header_read_timeout(limits.header_timeout);
     both.http2().timer(TokioTimer::new());
     Protocols::Both(both)

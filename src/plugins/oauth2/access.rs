@@ -264,7 +264,8 @@ impl OAuthRuntime {
             return Ok(Self::keep_earlier(ctx));
         }
         let found = self.find_token(ctx);
-        let now = crate::clock::now();
+        // Once per proxied request: the tick-old reading is enough for expiry in seconds.
+        let now = crate::clock::now_coarse();
         let looked_up = match found.hash() {
             None => None,
             Some(hash) => {
