@@ -61,7 +61,8 @@ impl CachedDate {
     }
 
     fn check(&mut self) {
-        let now = SystemTime::now();
+        // Portcullis patch: the coarse clock (see PATCH.md).
+        let now = coarse_now();
         if now > self.next_update {
             self.update(now);
         }
@@ -92,6 +93,23 @@ impl CachedDate {
 
     #[cfg(not(feature = "http2"))]
     fn render_http2(&mut self) {}
+}
+
+/// Portcullis patch: the wall clock as of the kernel's last tick. `check` runs each time a
+/// connection is polled (twice per request) to learn whether the second changed; the coarse
+/// clock answers without reading the TSC, a quarter of a precise reading's cost on a VM.
+#[cfg(target_os = "linux")]
+fn coarse_now() -> SystemTime {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    match (u64::try_from(t.tv_sec), u32::try_from(t.tv_nsec)) {
+        (Ok(secs), Ok(nanos)) => UNIX_EPOCH + Duration::new(secs, nanos),
+        _ => SystemTime::now(),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_now() -> SystemTime {
+    SystemTime::now()
 }
 
 impl fmt::Write for CachedDate {
