@@ -32,7 +32,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::headers;
-use super::timers::{coarse_now, within, Deadline};
+use super::timers::{within, Deadline};
+use crate::clock::instant_coarse;
 
 /// Headers that frame the answer on this connection: read here, never handed on.
 const FRAMING: &[&str] = &["content-length", "transfer-encoding", "connection"];
@@ -233,7 +234,7 @@ impl Http1Pool {
             None => idle.entry(Arc::clone(key)).or_default(),
         };
         // Idle times are judged in seconds: the coarse clock is precise enough.
-        let now = coarse_now();
+        let now = instant_coarse();
         while conns
             .front()
             .is_some_and(|c| now.saturating_duration_since(c.since) > self.idle_timeout)

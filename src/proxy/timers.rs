@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::clock::instant_coarse as coarse_now;
+
 /// Lengths closer than this share a list (hyper hands over deadlines, not lengths: a length
 /// recovered from one can be off by a tick of the coarse clock).
 const SAME_LENGTH: Duration = Duration::from_millis(10);
@@ -35,25 +37,6 @@ static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static TIMERS: RefCell<Option<Timers>> = const { RefCell::new(None) };
-    /// Where the coarse clock's readings start: a precise reading and the coarse clock's at the
-    /// same moment (both count `CLOCK_MONOTONIC`, the coarse one as of the last tick).
-    static COARSE_BASE: (Instant, Duration) = (Instant::now(), monotonic_coarse());
-}
-
-/// The monotonic clock as of the kernel's last tick (a few milliseconds behind at most), read
-/// without the TSC: about a quarter of a precise reading's cost on a VM.
-fn monotonic_coarse() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or_default(),
-        u32::try_from(t.tv_nsec).unwrap_or_default(),
-    )
-}
-
-/// Now, to within the kernel's tick: for deadlines measured in seconds (the request-head
-/// timeout, the upstream pool's idle time), where a precise reading costs more than it tells.
-pub fn coarse_now() -> Instant {
-    COARSE_BASE.with(|&(instant, coarse)| instant + monotonic_coarse().saturating_sub(coarse))
 }
 
 /// One worker thread's pending deadlines.
@@ -588,13 +571,5 @@ mod tests {
             assert_eq!(out, Err(Elapsed));
             assert!(start.elapsed() >= Duration::from_millis(50));
         });
-    }
-
-    #[test]
-    fn the_coarse_clock_trails_the_precise_one_by_less_than_a_tick() {
-        let coarse = coarse_now();
-        let precise = Instant::now();
-        assert!(precise.saturating_duration_since(coarse) < Duration::from_millis(50));
-        assert!(coarse.saturating_duration_since(precise) < Duration::from_millis(50));
     }
 }
