@@ -59,6 +59,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod actors;
 pub mod admin;
 pub mod admin_token;
+pub mod answer_headers;
 pub mod body;
 pub mod clock;
 pub mod config;

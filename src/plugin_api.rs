@@ -19,6 +19,9 @@ use crate::schema::{FieldErrors, Schema};
 
 use crate::body::AnswerBody;
 
+/// Headers plugins set on the client's answer ([`RequestCtx::response_headers`]).
+pub use crate::answer_headers::AnswerHeaders;
+
 /// The gateway's metrics registry and the counters plugins bump (named here so that plugins
 /// depend on the contract, not on a module beside it).
 pub use crate::metrics;
@@ -207,7 +210,7 @@ pub struct RequestCtx {
     pub credential: Option<uuid::Uuid>,
     /// Headers to set on the answer the client gets, whoever made it (`rate-limiting`'s
     /// `RateLimit-*`, decided in the access phase as Kong decides them).
-    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub response_headers: AnswerHeaders,
     /// Largest body a plugin may buffer.
     pub max_body: usize,
     /// What plugins keep about this request between their phases (a tracing plugin's span ids),

@@ -347,10 +347,15 @@ fn head_size(req: &ClientRequest) -> u64 {
 
 /// The answer head's size as HTTP/1.1 writes it (nginx's `$bytes_sent` before the body).
 fn answer_head_size(answer: &Answer) -> u64 {
+    let lines = answer
+        .extensions()
+        .get::<hyper::ext::HeaderBlock>()
+        .map_or(0, |block| block.as_bytes().len());
     ("HTTP/1.1 200 ".len()
         + answer.status().canonical_reason().map_or(0, str::len)
         + 2
         + headers_size(answer.headers())
+        + lines
         + 2) as u64
 }
 
@@ -538,7 +543,7 @@ async fn proxy(
         consumer: None,
         authenticated: false,
         credential: None,
-        response_headers: Vec::new(),
+        response_headers: crate::plugin_api::AnswerHeaders::default(),
         max_body: state.max_body,
         slots: crate::plugin_api::PluginSlots::default(),
         steps_from: timed,
@@ -648,11 +653,16 @@ async fn proxy(
         }
     };
     if !ctx.response_headers.is_empty() {
-        // Room for all at once: one growth of the map instead of one per doubling.
-        let headers = response.headers_mut();
-        headers.reserve(ctx.response_headers.len());
-        for (name, value) in ctx.response_headers.drain(..) {
-            headers.insert(name, value);
+        let set = std::mem::take(&mut ctx.response_headers);
+        if req.version() <= Version::HTTP_11 && !journey.needs.response_headers {
+            // hyper's HTTP/1 server writes the lines as they are: no map insert per header.
+            let lines = set.into_lines(response.headers_mut());
+            response
+                .extensions_mut()
+                .insert(hyper::ext::HeaderBlock::from_lines(lines));
+        } else {
+            // HTTP/2 encodes from the map, and a log phase reads the headers there.
+            set.insert_into(response.headers_mut());
         }
     }
     for runtime in &ran {

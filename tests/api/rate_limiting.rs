@@ -615,6 +615,105 @@ on_both_policies!(
 // 04-access_spec.lua: fault tolerancy (redis), enable globally
 // ---------------------------------------------------------------------------------------------
 
+/// Kong sets its headers over the upstream's (`kong.response.set_header`): one value each,
+/// the plugin's, whether the client speaks HTTP/1.1 (the headers go out as ready-made lines) or
+/// HTTP/2 (through the header map), and a log plugin reading the answer's headers sees them.
+#[actix_web::test]
+async fn the_plugins_headers_replace_the_upstreams_over_http1_and_http2_and_are_logged() {
+    let app = spawn_with(portcullis::config::Settings {
+        proxy_listen: "127.0.0.1:0 http2".into(),
+        ..test_settings()
+    })
+    .await;
+    let upstream = spawn_upstream();
+    let service = service_with_route(&app, &upstream.url, &["/rl"]).await;
+    rate_limiting(&app, Policy::Local, json!({"minute": 1000}), Some(&service)).await;
+    room_in_this_minute(10).await;
+    let path =
+        "/rl/response-headers?ratelimit-remaining=5&x-ratelimit-limit-minute=1&x-upstream=kept";
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (n, client) in [&app.http, &h2c].into_iter().enumerate() {
+        let r = client
+            .get(format!("{}{path}", app.proxy))
+            .send()
+            .await
+            .unwrap();
+        let version = r.version();
+        assert_eq!(
+            version,
+            [reqwest::Version::HTTP_11, reqwest::Version::HTTP_2][n]
+        );
+        assert_eq!(r.status(), 200, "{version:?}");
+        let h = r.headers();
+        let all = |name: &str| -> Vec<String> {
+            h.get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        let remaining = (999 - n).to_string();
+        assert_eq!(
+            all("ratelimit-remaining"),
+            [remaining.as_str()],
+            "{version:?} {h:?}"
+        );
+        assert_eq!(
+            all("x-ratelimit-remaining-minute"),
+            [remaining.as_str()],
+            "{version:?}"
+        );
+        assert_eq!(
+            all("x-ratelimit-limit-minute"),
+            ["1000"],
+            "{version:?} {h:?}"
+        );
+        assert_eq!(all("ratelimit-limit"), ["1000"], "{version:?}");
+        assert_eq!(all("x-upstream"), ["kept"], "{version:?}");
+        let reset: u64 = all("ratelimit-reset")[0].parse().unwrap();
+        assert!((1..=60).contains(&reset), "{version:?} {reset}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("file.log");
+    let (s, body) = app
+        .admin_post(
+            &format!("/services/{}/plugins", service["id"].as_str().unwrap()),
+            json!({"name": "file-log", "config": {"path": log}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    // Until the router has the plugin, requests are not logged: each carries its own mark, and
+    // the first line written is compared with the answer of the request it logged.
+    let answered = std::cell::RefCell::new(Vec::new());
+    let (line, remaining) = eventually(Duration::from_secs(10), "a file-log line", || async {
+        let mark = answered.borrow().len();
+        let r = app
+            .http
+            .get(format!("{}/rl/response-headers?x-mark={mark}", app.proxy))
+            .send()
+            .await
+            .ok()?;
+        let remaining = r.headers().get("ratelimit-remaining")?.to_str().ok()?;
+        answered.borrow_mut().push(remaining.to_string());
+        let text = std::fs::read_to_string(&log).ok()?;
+        let line: Value = serde_json::from_str(text.lines().next()?).ok()?;
+        let mark: usize = line["response"]["headers"]["x-mark"]
+            .as_str()?
+            .parse()
+            .ok()?;
+        let remaining = answered.borrow()[mark].clone();
+        Some((line, remaining))
+    })
+    .await;
+    let headers = &line["response"]["headers"];
+    assert_eq!(headers["ratelimit-remaining"], remaining.as_str(), "{line}");
+    assert_eq!(headers["x-ratelimit-limit-minute"], "1000", "{line}");
+    assert_eq!(headers["ratelimit-limit"], "1000", "{line}");
+}
+
 /// A `redis` instance on a port where no Redis listens.
 async fn on_dead_redis(fault_tolerant: bool) -> (TestApp, crate::helpers::Upstream) {
     let app = gateway().await;

@@ -40,7 +40,7 @@ use uuid::Uuid;
 use super::{Flow, Plugin, PluginRuntime, RequestCtx};
 use crate::body::AnswerBody;
 use crate::entities::PluginInstance;
-use crate::plugin_api::{empty_answer, Answer, HeaderName, HeaderValue, StatusCode};
+use crate::plugin_api::{empty_answer, Answer, AnswerHeaders, HeaderName, HeaderValue, StatusCode};
 use crate::schema::{FieldErrors, Schema};
 use config::{Config, LimitBy, PolicyName};
 use local::{Check, Identifier, LocalCounters};
@@ -360,12 +360,10 @@ impl Runtime {
         }
         let mut answer = self.answer(&Refusal::Exceeded);
         if !self.hide_headers {
-            let mut headers = Vec::new();
+            let mut headers = AnswerHeaders::default();
             let reset = self.headers(usage, now, &mut headers);
             let h = answer.headers_mut();
-            for (name, value) in headers {
-                h.insert(name, value);
-            }
+            headers.insert_into(h);
             h.insert(http::header::RETRY_AFTER, count_value(reset));
         }
         Flow::Respond(answer)
@@ -374,7 +372,7 @@ impl Runtime {
     /// Kong's headers, added to `out`: each window's limit and remaining, and `RateLimit-*` of
     /// the window with the fewest requests left (the longer one on a tie), whose reset is also the
     /// `Retry-After` of a refusal (returned).
-    fn headers(&self, usage: &Usage, now: i64, out: &mut Vec<(HeaderName, HeaderValue)>) -> u64 {
+    fn headers(&self, usage: &Usage, now: i64, out: &mut AnswerHeaders) -> u64 {
         let stop = (!usage.admitted).then(|| {
             self.limits
                 .iter()
@@ -382,10 +380,7 @@ impl Runtime {
                 .position(|(l, n)| n >= l.cap)
                 .unwrap_or(0)
         });
-        out.reserve(2 * self.limits.len() + 3);
         // The window with the fewest requests left (the longer one on a tie) and that count.
-        // Kept as an index, not as a copy of the header: moving (name, value) pairs through
-        // temporaries cost more than making them.
         let (mut best, mut fewest) = (0, f64::INFINITY);
         for (i, (limit, used)) in self.limits.iter().zip(usage.before).enumerate() {
             #[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^53")]
@@ -394,8 +389,8 @@ impl Runtime {
                 remaining -= 1.0;
             }
             let remaining = remaining.max(0.0);
-            out.push((limit.names[0].clone(), limit.shown.clone()));
-            out.push((limit.names[1].clone(), number(remaining)));
+            out.set(&limit.names[0], &limit.shown);
+            set_number(out, &limit.names[1], remaining);
             if remaining <= fewest {
                 (best, fewest) = (i, remaining);
             }
@@ -405,10 +400,9 @@ impl Runtime {
         };
         let reset = limit.period.reset(now);
         let [limit_name, remaining_name, reset_name] = &self.names;
-        out.push((limit_name.clone(), limit.shown.clone()));
-        // Written again rather than cloned: a clone of a value just made allocates to share it.
-        out.push((remaining_name.clone(), number(fewest)));
-        out.push((reset_name.clone(), count_value(reset)));
+        out.set(limit_name, &limit.shown);
+        set_number(out, remaining_name, fewest);
+        out.set_count(reset_name, reset);
         reset
     }
 
@@ -509,6 +503,21 @@ fn count_value(n: u64) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("0"))
 }
 
+/// Sets `name` to a number as Kong (Lua) prints it ([`number`]), integral ones without making
+/// a `HeaderValue`.
+fn set_number(out: &mut AnswerHeaders, name: &HeaderName, v: f64) {
+    if v.fract() == 0.0 && (0.0..1e15).contains(&v) {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "integral and in range"
+        )]
+        out.set_count(name, v as u64);
+    } else {
+        out.set(name, &number(v));
+    }
+}
+
 /// A number as Kong (Lua) prints it: integral values without a fraction.
 fn number(v: f64) -> HeaderValue {
     if v.fract() == 0.0 && (0.0..1e15).contains(&v) {
@@ -570,10 +579,10 @@ mod tests {
         }
     }
 
-    fn header<'a>(h: &'a [(HeaderName, HeaderValue)], name: &str) -> &'a str {
+    fn header<'a>(h: &'a AnswerHeaders, name: &str) -> &'a str {
         h.iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.to_str().ok())
+            .find(|(n, _)| *n == name.as_bytes())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
             .unwrap_or("")
     }
 
@@ -587,7 +596,7 @@ mod tests {
             before: [2, 2, 0, 0, 0, 0],
             admitted: true,
         };
-        let mut h = Vec::new();
+        let mut h = AnswerHeaders::default();
         let reset = rt.headers(&usage, NOW, &mut h);
         assert_eq!(header(&h, "x-ratelimit-remaining-minute"), "3");
         assert_eq!(header(&h, "x-ratelimit-remaining-hour"), "99996");
@@ -603,7 +612,7 @@ mod tests {
             before: [6, 6, 0, 0, 0, 0],
             admitted: false,
         };
-        let mut h = Vec::new();
+        let mut h = AnswerHeaders::default();
         rt.headers(&usage, NOW, &mut h);
         assert_eq!(header(&h, "x-ratelimit-remaining-minute"), "0");
         assert_eq!(header(&h, "x-ratelimit-remaining-hour"), "99993");
@@ -617,7 +626,7 @@ mod tests {
             before: [5, 5, 0, 0, 0, 0],
             admitted: false,
         };
-        let mut h = Vec::new();
+        let mut h = AnswerHeaders::default();
         let reset = rt.headers(&usage, NOW, &mut h);
         assert_eq!(
             reset, 30,

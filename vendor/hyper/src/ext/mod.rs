@@ -49,6 +49,12 @@ use std::collections::HashMap;
 #[cfg(feature = "http2")]
 use std::fmt;
 
+// Portcullis patch (PATCH.md §3): `HeaderBlock`.
+#[cfg(all(feature = "http1", feature = "server"))]
+mod h1_header_block;
+#[cfg(all(feature = "http1", feature = "server"))]
+pub use h1_header_block::HeaderBlock;
+
 #[cfg(any(feature = "http1", feature = "ffi"))]
 mod h1_reason_phrase;
 #[cfg(any(feature = "http1", feature = "ffi"))]

@@ -471,6 +471,10 @@ impl Http1Transaction for Server {
 
         let orig_headers;
         let extensions = std::mem::take(&mut msg.head.extensions);
+        // Portcullis patch (PATCH.md §3): the application's ready-made header lines.
+        if let Some(block) = extensions.get::<crate::ext::HeaderBlock>() {
+            extend(dst, block.as_bytes());
+        }
         let orig_headers = match extensions.get::<HeaderCaseMap>() {
             None if msg.title_case_headers => {
                 orig_headers = HeaderCaseMap::default();
@@ -2975,6 +2979,41 @@ mod tests {
         .unwrap();
 
         assert!(encoder.is_last());
+    }
+
+    // Portcullis patch (PATCH.md §3).
+    #[cfg(feature = "server")]
+    #[test]
+    fn test_server_response_encode_header_block() {
+        use crate::proto::BodyLength;
+        use http::header::HeaderValue;
+
+        let mut head = MessageHead::default();
+        head.headers
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        head.extensions
+            .insert(crate::ext::HeaderBlock::from_lines(bytes::Bytes::from_static(
+                b"x-a: 1\r\nx-b: 2\r\n",
+            )));
+
+        let mut vec = Vec::new();
+        Server::encode(
+            Encode {
+                head: &mut head,
+                body: Some(BodyLength::Known(10)),
+                keep_alive: true,
+                req_method: &mut None,
+                title_case_headers: false,
+                date_header: false,
+            },
+            &mut vec,
+        )
+        .unwrap();
+
+        assert_eq!(
+            &vec[..],
+            &b"HTTP/1.1 200 OK\r\nx-a: 1\r\nx-b: 2\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n"[..]
+        );
     }
 
     #[cfg(feature = "server")]
