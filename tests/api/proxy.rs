@@ -4,6 +4,57 @@ use serde_json::Value;
 
 use crate::helpers::{spawn_app, spawn_upstream};
 
+/// The gateway's own answer headers replace an upstream's of the same names, one value each,
+/// over HTTP/1.1 (written as ready-made lines) and HTTP/2 (from the header map); its `Via` entry
+/// goes after the upstream's.
+#[actix_web::test]
+async fn the_gateways_answer_headers_replace_an_upstreams_of_the_same_names() {
+    let mut settings = crate::helpers::test_settings();
+    settings.proxy_listen = "127.0.0.1:0 http2".into();
+    let app = crate::helpers::spawn_with(settings).await;
+    let upstream = spawn_upstream();
+    app.expose("echo", &upstream.url, &["/echo"]).await;
+    let url = format!(
+        "{}/echo/response-headers?x-portcullis-request-id=up&x-portcullis-upstream-latency=up\
+         &x-portcullis-proxy-latency=up&via=1.1+edge&x-upstream=kept",
+        app.proxy
+    );
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (client, version) in [
+        (&app.http, reqwest::Version::HTTP_11),
+        (&h2c, reqwest::Version::HTTP_2),
+    ] {
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.version()), (200, version));
+        let all = |name: &str| -> Vec<String> {
+            resp.headers()
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        let id = all("x-portcullis-request-id");
+        assert_eq!(id.len(), 1, "{version:?} {id:?}");
+        assert_eq!(id[0].len(), 32, "{version:?} {id:?}");
+        for latency in [
+            "x-portcullis-upstream-latency",
+            "x-portcullis-proxy-latency",
+        ] {
+            let values = all(latency);
+            assert_eq!(values.len(), 1, "{version:?} {latency} {values:?}");
+            assert!(values[0].parse::<u64>().is_ok(), "{version:?} {values:?}");
+        }
+        let via = all("via");
+        assert_eq!(via.len(), 2, "{version:?} {via:?}");
+        assert_eq!(via[0], "1.1 edge", "{version:?}");
+        assert!(via[1].starts_with("1.1 portcullis/"), "{version:?} {via:?}");
+        assert_eq!(all("x-upstream"), ["kept"], "{version:?}");
+    }
+}
+
 #[actix_web::test]
 async fn proxies_with_strip_path_and_forwarded_headers() {
     let app = spawn_app().await;
