@@ -364,7 +364,7 @@ impl Runtime {
             let reset = self.headers(usage, now, &mut headers);
             let h = answer.headers_mut();
             headers.insert_into(h);
-            h.insert(http::header::RETRY_AFTER, count_value(reset));
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(reset));
         }
         Flow::Respond(answer)
     }
@@ -472,64 +472,30 @@ fn push_decimal(out: &mut String, n: i64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
-/// Counts below this are answered from [`SMALL_COUNTS`]: every reset of a second, minute or hour
-/// window, and the remaining counts of usual limits.
-const SMALL: u64 = 3_601;
-
-/// `0`, `1`, … `3600` written one after another, and where each ends: made once, so a header
-/// value of a small count borrows it (`HeaderValue::from_static`) instead of allocating.
-static SMALL_COUNTS: std::sync::LazyLock<(String, Vec<usize>)> = std::sync::LazyLock::new(|| {
-    let mut text = String::new();
-    let mut ends = Vec::new();
-    for n in 0..SMALL {
-        push_decimal(&mut text, i64::try_from(n).unwrap_or_default());
-        ends.push(text.len());
-    }
-    (text, ends)
-});
-
-/// A count as a header value: a small one borrowed from [`SMALL_COUNTS`], a larger one copied
-/// once (`HeaderValue::from(u64)` allocates twice: a buffer, then its shared handle).
-fn count_value(n: u64) -> HeaderValue {
-    if n < SMALL {
-        let (text, ends) = &*SMALL_COUNTS;
-        #[expect(clippy::cast_possible_truncation, reason = "below SMALL")]
-        let i = n as usize;
-        let start = if i == 0 { 0 } else { ends[i - 1] };
-        return HeaderValue::from_static(&text[start..ends[i]]);
-    }
-    let mut digits = itoa::Buffer::new();
-    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(digits.format(n).as_bytes()))
-        .unwrap_or(HeaderValue::from_static("0"))
+/// `v` as a whole number when Kong (Lua) prints it without a fraction.
+fn integral(v: f64) -> Option<u64> {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "integral and in range"
+    )]
+    (v.fract() == 0.0 && (0.0..1e15).contains(&v)).then_some(v as u64)
 }
 
-/// Sets `name` to a number as Kong (Lua) prints it ([`number`]), integral ones without making
-/// a `HeaderValue`.
+/// Sets `name` to a number as Kong (Lua) prints it ([`number`]), whole ones without making a
+/// `HeaderValue`.
 fn set_number(out: &mut AnswerHeaders, name: &HeaderName, v: f64) {
-    if v.fract() == 0.0 && (0.0..1e15).contains(&v) {
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "integral and in range"
-        )]
-        out.set_count(name, v as u64);
-    } else {
-        out.set(name, &number(v));
+    match integral(v) {
+        Some(n) => out.set_count(name, n),
+        None => out.set(name, &number(v)),
     }
 }
 
-/// A number as Kong (Lua) prints it: integral values without a fraction.
+/// A number as Kong (Lua) prints it: whole values without a fraction.
 fn number(v: f64) -> HeaderValue {
-    if v.fract() == 0.0 && (0.0..1e15).contains(&v) {
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "integral and in range"
-        )]
-        let n = v as u64;
-        count_value(n)
-    } else {
-        HeaderValue::try_from(v.to_string()).unwrap_or(HeaderValue::from_static("0"))
+    match integral(v) {
+        Some(n) => HeaderValue::from(n),
+        None => HeaderValue::try_from(v.to_string()).unwrap_or(HeaderValue::from_static("0")),
     }
 }
 
@@ -645,29 +611,17 @@ mod tests {
     }
 
     #[test]
-    fn counts_are_written_as_display_writes_them() {
-        for n in [
-            0,
-            1,
-            9,
-            10,
-            59,
-            60,
-            3_599,
-            3_600,
-            3_601,
-            86_400,
-            999_999_999,
-            u64::MAX,
-        ] {
-            assert_eq!(count_value(n), n.to_string().as_str(), "{n}");
-        }
-    }
-
-    #[test]
     fn fractional_limits_print_as_kong_prints_them() {
         assert_eq!(number(6.0), "6");
         assert_eq!(number(6.5), "6.5");
+        let mut h = AnswerHeaders::default();
+        let (whole, half) = (
+            HeaderName::from_static("x-a"),
+            HeaderName::from_static("x-b"),
+        );
+        set_number(&mut h, &whole, 3_600.0);
+        set_number(&mut h, &half, 0.5);
+        assert_eq!((header(&h, "x-a"), header(&h, "x-b")), ("3600", "0.5"));
         assert_eq!(Limit::new(Period::Second, 6.5).cap, 7);
     }
 }
