@@ -61,7 +61,10 @@ impl AnswerHeaders {
         })
     }
 
-    /// Inserts the headers into `headers`, replacing those of the same names.
+    /// Inserts the headers into `headers`, replacing those of the same names. Names and values
+    /// are parsed again from the lines: this path (HTTP/2, a log phase reading the headers) pays
+    /// for it so that the HTTP/1 path keeps no `HeaderName` per line (keeping them cost that path
+    /// ~480 instructions per request with `rate-limiting`'s five headers).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
         headers.reserve(self.spans.len());
         for (name, value) in self.iter() {
@@ -74,8 +77,9 @@ impl AnswerHeaders {
         }
     }
 
-    /// The headers as HTTP/1 header lines for a server to write after `headers`' own; headers of
-    /// the same names are removed from `headers` first, so each name is sent once.
+    /// The headers as HTTP/1 header lines for a server to write beside `headers`' own (hyper's
+    /// `HeaderBlock` goes out before the map's); headers of the same names are removed from
+    /// `headers` first, so each name is sent once.
     pub fn into_lines(self, headers: &mut HeaderMap) -> Bytes {
         // One pass over the answer's few names, comparing lengths first and bytes when they
         // match: no hashing unless one clashes.
