@@ -6,6 +6,9 @@
 #   [SETUP=cmd] callgrind.sh <port> <requests> <h2load args...> -- <server command...>
 #
 # e.g. callgrind.sh 8080 20000 --h1 -H 'authorization: Bearer x' -- target/release/server-stack hyper-h1 127.0.0.1:8080
+#
+# VALGRIND_ARGS (optional) adds callgrind options, e.g. --cache-sim=yes: simulated cache misses per
+# request are then printed beside the instructions.
 set -euo pipefail
 port=$1 requests=$2
 shift 2
@@ -13,7 +16,7 @@ load=()
 while [ "$1" != "--" ]; do load+=("$1"); shift; done
 shift
 out=$(mktemp -d)
-valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" "$@" >"$out/server.log" 2>&1 &
+valgrind --tool=callgrind ${VALGRIND_ARGS:-} --callgrind-out-file="$out/cg.%p" "$@" >"$out/server.log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT
 for _ in $(seq 600); do
@@ -41,7 +44,14 @@ dump=$!
 sleep 1
 h2load -n 1 -c 1 "${load[@]}" "$url" >/dev/null
 wait "$dump"
-total=$(grep -h '^summary:' "$out"/cg.*.1 2>/dev/null | awk '{print $2}')
+summary=$(grep -h '^summary:' "$out"/cg.*.1 2>/dev/null || true)
+total=$(echo "$summary" | awk '{print $2}')
 [ -n "$total" ] || { ls "$out" >&2; exit 1; }
 echo "callgrind output: $(ls "$out"/cg.*.1)" >&2
 echo "$total $requests" | awk '{printf "%.0f instructions/request (%d requests, %d instructions)\n", $1 / ($2 + 1), $2 + 1, $1}'
+# With the cache simulated: each event (Ir, D1 and last-level misses...) per request.
+events=$(grep -h '^events:' "$out"/cg.*.1 | head -1 | cut -d' ' -f2-)
+if [ "$(echo "$events" | wc -w)" -gt 1 ]; then
+  paste <(echo "$events" | tr ' ' '\n') <(echo "$summary" | cut -d' ' -f2- | tr ' ' '\n') |
+    awk -v n="$requests" '{printf "  %s %.1f/request\n", $1, $2 / (n + 1)}'
+fi
