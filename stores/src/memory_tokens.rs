@@ -274,7 +274,8 @@ impl Shard {
 
     fn text(&self, i: u32) -> Option<String> {
         (i != NONE)
-            .then(|| self.strings.get(i).map(|s| s.to_string()))
+            // From the `str`, not `Box<str>`'s `Display`: no formatting machinery per lookup.
+            .then(|| self.strings.get(i).map(|s| String::from(&**s)))
             .flatten()
     }
 

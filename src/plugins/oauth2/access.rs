@@ -209,7 +209,6 @@ impl OAuthRuntime {
         ctx.consumer = Some(consumer);
         ctx.credential = Some(credential.id);
         ctx.authenticated = true;
-        ctx.credential = Some(credential.id);
         Ok(())
     }
 
