@@ -143,8 +143,13 @@ impl RedisTokenCache {
         res.map(|_| ())
     }
 
+    /// `<prefix>:tok:<hex digest>`, made on every lookup the near cache misses.
     fn key(&self, hash: &TokenHash) -> String {
-        format!("{}:tok:{}", self.prefix, hash.to_hex())
+        let mut key = String::with_capacity(self.prefix.len() + 5 + 64);
+        key.push_str(&self.prefix);
+        key.push_str(":tok:");
+        hash.push_hex(&mut key);
+        key
     }
 
     async fn bounded<T>(
