@@ -214,6 +214,9 @@ fn run_worker(
             return;
         }
     };
+    // This thread runs this runtime until it ends: Redis commands sent from here (the token
+    // cache, rate-limiting's counters) go over connections of its own, driven here.
+    portcullis_stores::redis_conn::use_thread_connections();
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         tokio::task::spawn_local(super::timers::drive());

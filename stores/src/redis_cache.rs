@@ -132,7 +132,7 @@ impl RedisTokenCache {
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let res: Result<String, StoreError> = tokio::time::timeout(
             self.timeout,
             redis::cmd("PING").query_async::<String>(&mut conn),
@@ -208,7 +208,7 @@ impl RedisTokenCache {
     async fn delete_matching(&self, pattern: &str) -> Result<(), StoreError> {
         let mut cursor: u64 = 0;
         loop {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.here();
             let (next, keys): (u64, Vec<String>) = self
                 .bounded(
                     redis::cmd("SCAN")
@@ -236,7 +236,7 @@ impl RedisTokenCache {
     /// [`StoreError::Unavailable`].
     pub async fn get(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         self.ensure_clean().await?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let key = self.key(hash);
         let raw: Option<String> = self.bounded(conn.get(key)).await?;
         Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
@@ -261,7 +261,7 @@ impl RedisTokenCache {
         };
         let value =
             serde_json::to_string(record).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let key = self.key(&record.access_token_hash);
         self.bounded(conn.set_ex::<_, _, ()>(key, value, ttl)).await
     }
@@ -275,7 +275,7 @@ impl RedisTokenCache {
             return Ok(());
         }
         let keys: Vec<String> = hashes.iter().map(|h| self.key(h)).collect();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let res = self.bounded(conn.del::<_, ()>(keys)).await;
         if res.is_err() {
             // Redis may still hold a revoked token: never trust it before a flush.
@@ -306,7 +306,7 @@ impl RedisTokenCache {
         context: &str,
     ) -> Result<(Option<String>, VerdictGeneration), StoreError> {
         self.ensure_clean().await?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let keys = [
             self.verdict_key(token, context),
             self.verdict_generation_key(token),
@@ -334,7 +334,7 @@ impl RedisTokenCache {
         const PUT_IF_NOT_EVICTED: &str = "if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then \
              return 0 end redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let stored: i64 = self
             .bounded(
                 redis::cmd("EVAL")
@@ -368,7 +368,7 @@ impl RedisTokenCache {
     async fn count_and_delete_verdicts(&self, token: &TokenHash) -> Result<(), StoreError> {
         // Counted first: a put racing the deletion below either sees the new count or is
         // deleted by it.
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let generation_key = self.verdict_generation_key(token);
         self.bounded(
             redis::pipe()
@@ -404,7 +404,7 @@ impl RedisTokenCache {
              local n = redis.call('ZCARD', KEYS[1]) \
              local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES') \
              if n == 0 then return {0, -1} end return {n, tonumber(first[2])}";
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let (count, oldest): (u64, i64) = self
             .bounded(
                 redis::cmd("EVAL")
@@ -434,7 +434,7 @@ impl RedisTokenCache {
     ) -> Result<(), StoreError> {
         let key = self.failures_key(key);
         let member = format!("{now_ms}:{}", uuid::Uuid::new_v4().simple());
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         self.bounded(
             redis::pipe()
                 .atomic()

@@ -1,5 +1,6 @@
 //! One connection to a Redis server, plain or TLS, made on first use and re-made after failures,
-//! shared by its clones: what the token cache and the rate-limiting counters talk through.
+//! shared by its clones (one per thread on threads that ask for their own): what the token cache
+//! and the rate-limiting counters talk through.
 //!
 //! Plain connections are the redis crate's `ConnectionManager`. TLS connections are our own
 //! rustls client, with the redis crate speaking RESP (and logging in) over the encrypted stream:
@@ -12,8 +13,11 @@
 //! - [`RedisTls`]: one server's TLS settings (`ssl_verify`, `server_name`).
 //! - `rediss://` URLs: TLS, verified unless the URL ends in `#insecure` (the redis crate's
 //!   convention).
+//! - [`use_thread_connections`]: a thread that runs its own runtime for good (a proxy worker)
+//!   gets connections of its own, driven on that runtime.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -60,16 +64,107 @@ pub struct RedisTls {
     pub server_name: Option<String>,
 }
 
-/// A connection to one Redis server; clones share it.
+/// A connection to one Redis server; clones share it, except on threads that use connections
+/// of their own ([`use_thread_connections`]): there [`RedisConn::here`] answers with that
+/// thread's.
 #[derive(Clone)]
-pub(crate) enum RedisConn {
+pub(crate) struct RedisConn {
+    /// The connection every other thread shares.
+    shared: Link,
+    /// How a thread makes one of its own: the same server, settings and bounds.
+    origin: Arc<Origin>,
+}
+
+/// A connection commands are sent over.
+#[derive(Clone)]
+pub(crate) enum Link {
     /// Plain TCP, through the redis crate's connection manager.
     Plain(ConnectionManager),
     /// TLS, through our rustls client.
     Tls(TlsConn),
 }
 
-impl ConnectionLike for RedisConn {
+/// What a new [`Link`] to the same server is made from (nothing is connected until first use).
+enum Origin {
+    Plain(Box<PlainOrigin>),
+    Tls(Arc<TlsShared>),
+}
+
+/// A plain connection's client and its manager's settings.
+struct PlainOrigin {
+    client: redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+}
+
+/// A thread's own links, each beside the origin it was made from (held weakly: the links of an
+/// origin no longer in use are dropped).
+type OwnLinks = Vec<(Weak<Origin>, Link)>;
+
+impl Origin {
+    fn link(&self) -> Option<Link> {
+        match self {
+            Self::Plain(plain) => {
+                ConnectionManager::new_lazy_with_config(plain.client.clone(), plain.config.clone())
+                    .ok()
+                    .map(Link::Plain)
+            }
+            Self::Tls(shared) => Some(Link::Tls(TlsConn(Arc::new(shared.fresh())))),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's own links, by the [`Origin`] they were made from; `None` on threads that
+    /// share (the default).
+    static OWN_LINKS: RefCell<Option<OwnLinks>> = const { RefCell::new(None) };
+}
+
+/// From now on, commands sent from this thread go over connections of its own, made on first
+/// use and driven by this thread's runtime, instead of the shared connection, whose reads and
+/// writes run on the thread that first used it: every command then crossed threads twice (a
+/// wake-up each way). For threads that run one runtime for as long as they live — the proxy
+/// workers; a thread whose runtime ends before it does must not call it (its connections'
+/// drivers would end with the runtime).
+pub fn use_thread_connections() {
+    OWN_LINKS.with(|own| {
+        own.borrow_mut().get_or_insert_with(Vec::new);
+    });
+}
+
+impl RedisConn {
+    fn new(shared: Link, origin: Origin) -> Self {
+        Self {
+            shared,
+            origin: Arc::new(origin),
+        }
+    }
+
+    /// The link to send a command over from this thread: its own, on a thread that uses
+    /// connections of its own, else the shared one.
+    pub(crate) fn here(&self) -> Link {
+        OWN_LINKS.with(|own| {
+            let mut own = own.borrow_mut();
+            let Some(own) = own.as_mut() else {
+                return self.shared.clone();
+            };
+            let origin = Arc::as_ptr(&self.origin);
+            if let Some((_, link)) = own.iter().find(|(o, _)| std::ptr::eq(o.as_ptr(), origin)) {
+                return link.clone();
+            }
+            // Links of origins no longer in use (a plugin instance replaced) close here.
+            own.retain(|(o, _)| o.strong_count() > 0);
+            match self.origin.link() {
+                Some(link) => {
+                    own.push((Arc::downgrade(&self.origin), link.clone()));
+                    link
+                }
+                None => self.shared.clone(),
+            }
+        })
+    }
+}
+
+impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Plain(conn) => conn.req_packed_command(cmd),
@@ -181,9 +276,13 @@ fn plain(client: redis::Client, timeout: Duration) -> Result<RedisConn, StoreErr
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(100));
-    ConnectionManager::new_lazy_with_config(client, config)
-        .map(RedisConn::Plain)
-        .map_err(|e| internal("redis", e))
+    let shared = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+        .map(Link::Plain)
+        .map_err(|e| internal("redis", e))?;
+    Ok(RedisConn::new(
+        shared,
+        Origin::Plain(Box::new(PlainOrigin { client, config })),
+    ))
 }
 
 fn open_tls(
@@ -198,7 +297,7 @@ fn open_tls(
     let name = ServerName::try_from(name.to_string())
         .map_err(|_| internal("redis", "the server name is not a host name or address"))?;
     let config = client_config(tls.verify, trust)?;
-    Ok(RedisConn::Tls(TlsConn(Arc::new(TlsShared {
+    let shared = Arc::new(TlsShared {
         host: host.to_string(),
         port,
         name,
@@ -207,7 +306,11 @@ fn open_tls(
         timeout,
         current: ArcSwapOption::empty(),
         connecting: tokio::sync::Mutex::new(()),
-    }))))
+    });
+    Ok(RedisConn::new(
+        Link::Tls(TlsConn(Arc::clone(&shared))),
+        Origin::Tls(shared),
+    ))
 }
 
 /// TLS 1.2 and 1.3 (ring), verifying against `trust` or accepting any certificate.
@@ -257,6 +360,22 @@ struct TlsShared {
     current: ArcSwapOption<MultiplexedConnection>,
     /// Held while connecting, so one caller connects and the others wait for it.
     connecting: tokio::sync::Mutex<()>,
+}
+
+impl TlsShared {
+    /// The same server and settings, not connected.
+    fn fresh(&self) -> Self {
+        Self {
+            host: self.host.clone(),
+            port: self.port,
+            name: self.name.clone(),
+            connector: self.connector.clone(),
+            redis: self.redis.clone(),
+            timeout: self.timeout,
+            current: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 impl TlsConn {
@@ -319,5 +438,78 @@ impl TlsConn {
             MultiplexedConnection::new_with_config(&shared.redis, stream, config).await?;
         tokio::spawn(driver);
         Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A connection opened in `runtime` (the connection manager starts a task there).
+    fn open(runtime: &tokio::runtime::Runtime) -> RedisConn {
+        let _entered = runtime.enter();
+        let url = std::env::var("PORTCULLIS_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        open_url(
+            &url,
+            &RedisTrust::WebPki,
+            Duration::from_secs(2),
+            "redis_url",
+        )
+        .unwrap()
+    }
+
+    /// The id Redis gave the connection a command from this thread went over.
+    fn client_id(runtime: &tokio::runtime::Runtime, conn: &RedisConn) -> i64 {
+        runtime.block_on(async {
+            let mut link = conn.here();
+            redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut link)
+                .await
+                .expect("redis reachable (scripts/services.sh starts it)")
+        })
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_thread_that_asks_for_its_own_connections_gets_one_and_keeps_it() {
+        let main = runtime();
+        let conn = open(&main);
+        let shared = client_id(&main, &conn);
+        assert_eq!(client_id(&main, &conn), shared, "one shared connection");
+        let worker = conn.clone();
+        let (own, again, kept) = std::thread::spawn(move || {
+            let runtime = runtime();
+            use_thread_connections();
+            let own = client_id(&runtime, &worker);
+            let again = client_id(&runtime, &worker);
+            // Once every handle of an origin is gone, its link goes when another is made.
+            let gone = open(&runtime);
+            client_id(&runtime, &gone);
+            drop(gone);
+            let other = open(&runtime);
+            client_id(&runtime, &other);
+            let kept = OWN_LINKS.with(|own| own.borrow().as_ref().map(Vec::len));
+            (own, again, kept)
+        })
+        .join()
+        .unwrap();
+        assert_ne!(own, shared, "the worker thread has a connection of its own");
+        assert_eq!(again, own, "and keeps using it");
+        assert_eq!(kept, Some(2), "the dropped origin's link was let go");
+        assert_eq!(
+            client_id(&main, &conn),
+            shared,
+            "the others still share theirs"
+        );
     }
 }

@@ -26,7 +26,7 @@ use redis::RedisConnectionInfo;
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
-use crate::redis_conn::{RedisConn, RedisTls, RedisTrust};
+use crate::redis_conn::{Link, RedisConn, RedisTls, RedisTrust};
 use crate::StoreError;
 
 /// How long Redis is left alone after a failed call.
@@ -395,7 +395,7 @@ impl RedisCounters {
     }
 
     async fn run(&self, batch: &[Pending], lens: &[usize]) -> Result<Vec<u64>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.here();
         let sha = match self.shared.sha.get() {
             Some(sha) => sha,
             None => self.load(&mut conn).await?,
@@ -445,7 +445,7 @@ impl RedisCounters {
     }
 
     /// Loads the script; its digest (the same every time).
-    async fn load(&self, conn: &mut RedisConn) -> Result<&str, StoreError> {
+    async fn load(&self, conn: &mut Link) -> Result<&str, StoreError> {
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(CHECK_AND_COUNT)
