@@ -84,10 +84,11 @@ pub(crate) enum Link {
     Tls(TlsConn),
 }
 
-/// What a new [`Link`] to the same server is made from (nothing is connected until first use).
+/// What every [`Link`] to the server is made from, the shared one and each thread's own
+/// (nothing is connected until first use).
 enum Origin {
     Plain(Box<PlainOrigin>),
-    Tls(Arc<TlsShared>),
+    Tls(TlsTarget),
 }
 
 /// A plain connection's client and its manager's settings.
@@ -101,14 +102,20 @@ struct PlainOrigin {
 type OwnLinks = Vec<(Weak<Origin>, Link)>;
 
 impl Origin {
-    fn link(&self) -> Option<Link> {
+    /// A new link, not connected yet. A plain one starts the connection manager's task on the
+    /// calling thread's runtime.
+    fn link(&self) -> Result<Link, StoreError> {
         match self {
             Self::Plain(plain) => {
                 ConnectionManager::new_lazy_with_config(plain.client.clone(), plain.config.clone())
-                    .ok()
                     .map(Link::Plain)
+                    .map_err(|e| internal("redis", e))
             }
-            Self::Tls(shared) => Some(Link::Tls(TlsConn(Arc::new(shared.fresh())))),
+            Self::Tls(target) => Ok(Link::Tls(TlsConn(Arc::new(TlsShared {
+                target: target.clone(),
+                current: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+            })))),
         }
     }
 }
@@ -132,11 +139,12 @@ pub fn use_thread_connections() {
 }
 
 impl RedisConn {
-    fn new(shared: Link, origin: Origin) -> Self {
-        Self {
-            shared,
+    /// The shared link made from `origin`, and `origin` kept for threads that make their own.
+    fn new(origin: Origin) -> Result<Self, StoreError> {
+        Ok(Self {
+            shared: origin.link()?,
             origin: Arc::new(origin),
-        }
+        })
     }
 
     /// The link to send a command over from this thread: its own, on a thread that uses
@@ -153,12 +161,13 @@ impl RedisConn {
             }
             // Links of origins no longer in use (a plugin instance replaced) close here.
             own.retain(|(o, _)| o.strong_count() > 0);
+            // The shared link was made from the same origin: this cannot fail where that did not.
             match self.origin.link() {
-                Some(link) => {
+                Ok(link) => {
                     own.push((Arc::downgrade(&self.origin), link.clone()));
                     link
                 }
-                None => self.shared.clone(),
+                Err(_) => self.shared.clone(),
             }
         })
     }
@@ -187,7 +196,7 @@ impl ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         match self {
             Self::Plain(conn) => conn.get_db(),
-            Self::Tls(conn) => conn.0.redis.db(),
+            Self::Tls(conn) => conn.0.target.redis.db(),
         }
     }
 }
@@ -276,13 +285,7 @@ fn plain(client: redis::Client, timeout: Duration) -> Result<RedisConn, StoreErr
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(100));
-    let shared = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-        .map(Link::Plain)
-        .map_err(|e| internal("redis", e))?;
-    Ok(RedisConn::new(
-        shared,
-        Origin::Plain(Box::new(PlainOrigin { client, config })),
-    ))
+    RedisConn::new(Origin::Plain(Box::new(PlainOrigin { client, config })))
 }
 
 fn open_tls(
@@ -297,20 +300,14 @@ fn open_tls(
     let name = ServerName::try_from(name.to_string())
         .map_err(|_| internal("redis", "the server name is not a host name or address"))?;
     let config = client_config(tls.verify, trust)?;
-    let shared = Arc::new(TlsShared {
+    RedisConn::new(Origin::Tls(TlsTarget {
         host: host.to_string(),
         port,
         name,
         connector: TlsConnector::from(Arc::new(config)),
         redis,
         timeout,
-        current: ArcSwapOption::empty(),
-        connecting: tokio::sync::Mutex::new(()),
-    });
-    Ok(RedisConn::new(
-        Link::Tls(TlsConn(Arc::clone(&shared))),
-        Origin::Tls(shared),
-    ))
+    }))
 }
 
 /// TLS 1.2 and 1.3 (ring), verifying against `trust` or accepting any certificate.
@@ -346,7 +343,19 @@ fn client_config(verify: bool, trust: &RedisTrust) -> Result<rustls::ClientConfi
 #[derive(Clone)]
 pub(crate) struct TlsConn(Arc<TlsShared>);
 
+/// One TLS link: its target and its live connection.
 struct TlsShared {
+    /// Where it connects to, and how.
+    target: TlsTarget,
+    /// The live connection, read without a lock by every command.
+    current: ArcSwapOption<MultiplexedConnection>,
+    /// Held while connecting, so one caller connects and the others wait for it.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// A TLS server and the settings of a connection to it.
+#[derive(Clone)]
+struct TlsTarget {
     host: String,
     port: u16,
     /// SNI (when a name, not an address) and the name verified.
@@ -356,26 +365,6 @@ struct TlsShared {
     redis: RedisConnectionInfo,
     /// Bound on connecting (TCP, TLS, login) and on every command.
     timeout: Duration,
-    /// The live connection, read without a lock by every command.
-    current: ArcSwapOption<MultiplexedConnection>,
-    /// Held while connecting, so one caller connects and the others wait for it.
-    connecting: tokio::sync::Mutex<()>,
-}
-
-impl TlsShared {
-    /// The same server and settings, not connected.
-    fn fresh(&self) -> Self {
-        Self {
-            host: self.host.clone(),
-            port: self.port,
-            name: self.name.clone(),
-            connector: self.connector.clone(),
-            redis: self.redis.clone(),
-            timeout: self.timeout,
-            current: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
-        }
-    }
 }
 
 impl TlsConn {
@@ -416,7 +405,7 @@ impl TlsConn {
         if let Some(conn) = self.0.current.load_full() {
             return Ok((*conn).clone());
         }
-        let conn = tokio::time::timeout(self.0.timeout, self.connect())
+        let conn = tokio::time::timeout(self.0.target.timeout, self.connect())
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
@@ -427,7 +416,7 @@ impl TlsConn {
 
     /// TCP, the TLS handshake, then the redis crate's login (`AUTH`, `SELECT`) over the stream.
     async fn connect(&self) -> RedisResult<MultiplexedConnection> {
-        let shared = &self.0;
+        let shared = &self.0.target;
         let tcp = tokio::net::TcpStream::connect((shared.host.as_str(), shared.port)).await?;
         tcp.set_nodelay(true)?;
         let stream = shared.connector.connect(shared.name.clone(), tcp).await?;
