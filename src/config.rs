@@ -12,6 +12,8 @@ use ipnet::IpNet;
 use portcullis_stores::redis_conn::RedisTrust;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::gateway_headers::{GatewayHeaders, DEFAULT_HEADERS, DEFAULT_HEADERS_UPSTREAM};
+
 /// A value that must never be printed: `Debug` and `Serialize` show `********`.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -158,6 +160,12 @@ pub struct Settings {
     /// `[ip]:port`) that resolve the host names of upstream targets. Empty: the system's
     /// (`/etc/resolv.conf`, and `/etc/hosts` first).
     pub dns_resolver: Vec<String>,
+    /// Kong's `headers`: which of its own headers the gateway adds to answers (`server_tokens`,
+    /// `latency_tokens`, single names, or `off`); see [`GatewayHeaders`].
+    pub headers: Vec<String>,
+    /// Kong's `headers_upstream`: the request id towards the upstream
+    /// (`X-Portcullis-Request-Id`, Kong's `X-Kong-Request-Id` accepted for it) or `off`.
+    pub headers_upstream: Vec<String>,
 }
 
 impl Settings {
@@ -238,6 +246,11 @@ impl Default for Settings {
             memory_max_tokens: None,
             plugins: vec!["bundled".into()],
             dns_resolver: Vec::new(),
+            headers: DEFAULT_HEADERS.iter().map(|h| (*h).to_string()).collect(),
+            headers_upstream: DEFAULT_HEADERS_UPSTREAM
+                .iter()
+                .map(|h| (*h).to_string())
+                .collect(),
         }
     }
 }
@@ -385,6 +398,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("memory_max_tokens", Kind::Int),
     ("plugins", Kind::List),
     ("dns_resolver", Kind::List),
+    ("headers", Kind::List),
+    ("headers_upstream", Kind::List),
 ];
 
 /// Prefix of the environment variables the test suite reads itself (`PORTCULLIS_TEST_PG`, …):
@@ -665,6 +680,7 @@ impl Settings {
         if HeaderName::from_bytes(self.real_ip_header.to_ascii_lowercase().as_bytes()).is_err() {
             return Err(value("real_ip_header", "not a header name"));
         }
+        self.gateway_headers()?;
         Ok(())
     }
 
@@ -731,6 +747,48 @@ impl Settings {
             }
         }
         Ok(enabled)
+    }
+
+    /// `headers` and `headers_upstream` read into what the listeners add. Each name is Kong's
+    /// (`X-Kong-Proxy-Latency`) or the gateway's (`X-Portcullis-Proxy-Latency`), in any case; the
+    /// headers themselves are sent under the gateway's names.
+    ///
+    /// # Errors
+    /// An unknown name, or `off` beside names (Kong reads `via, off` as `via`; a list that says
+    /// both is a mistake worth naming).
+    pub fn gateway_headers(&self) -> Result<GatewayHeaders, ConfigError> {
+        let mut on = GatewayHeaders::default();
+        for (key, entries, upstream) in [
+            ("headers", &self.headers, false),
+            ("headers_upstream", &self.headers_upstream, true),
+        ] {
+            let off = entries.iter().any(|e| e.trim().eq_ignore_ascii_case("off"));
+            if off && entries.len() > 1 {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: "'off' cannot be combined with header names".into(),
+                });
+            }
+            for entry in entries
+                .iter()
+                .map(|e| e.trim())
+                .filter(|e| !e.eq_ignore_ascii_case("off"))
+            {
+                let token = entry.to_ascii_lowercase();
+                let known = if upstream {
+                    GatewayHeaders::upstream_token(&token, &mut on)
+                } else {
+                    GatewayHeaders::answer_token(&token, &mut on)
+                };
+                if !known {
+                    return Err(ConfigError::Value {
+                        key,
+                        reason: format!("invalid entry '{entry}'"),
+                    });
+                }
+            }
+        }
+        Ok(on)
     }
 
     /// The CAs `lua_ssl_trusted_certificate` names, read (blocking file I/O: call it at start).
@@ -1322,6 +1380,59 @@ mod tests {
             ],
         );
         assert!(s.is_ok());
+    }
+
+    #[test]
+    fn headers_and_headers_upstream_read_as_kong_reads_them() {
+        let load = |headers: &str, upstream: &str| {
+            Settings::load(
+                None,
+                [
+                    ("KONG_HEADERS".into(), headers.into()),
+                    ("KONG_HEADERS_UPSTREAM".into(), upstream.into()),
+                ],
+            )
+            .and_then(|s| s.gateway_headers())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            Settings::default().gateway_headers().unwrap(),
+            GatewayHeaders::KONG_DEFAULT
+        );
+        assert_eq!(
+            load(
+                "server_tokens, latency_tokens, X-Kong-Request-Id",
+                "X-Kong-Request-Id"
+            ),
+            Ok(GatewayHeaders::KONG_DEFAULT)
+        );
+        assert_eq!(load("off", "off"), Ok(GatewayHeaders::default()));
+        let some = load(
+            "Via, x-portcullis-upstream-status",
+            "x-portcullis-request-id",
+        )
+        .unwrap();
+        assert_eq!(
+            some,
+            GatewayHeaders {
+                via: true,
+                upstream_status: true,
+                request_id_upstream: true,
+                ..GatewayHeaders::default()
+            }
+        );
+        assert_eq!(
+            load("via, x-kong-upstream", "off").unwrap_err(),
+            "invalid value for `headers`: invalid entry 'x-kong-upstream'"
+        );
+        assert_eq!(
+            load("via", "via").unwrap_err(),
+            "invalid value for `headers_upstream`: invalid entry 'via'"
+        );
+        assert_eq!(
+            load("via, off", "off").unwrap_err(),
+            "invalid value for `headers`: 'off' cannot be combined with header names"
+        );
     }
 
     #[test]

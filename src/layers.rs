@@ -15,6 +15,7 @@ const LOWER: &[&str] = &[
     "entities",
     "error",
     "forms",
+    "gateway_headers",
     "metrics",
     "plugin_api",
     "router",

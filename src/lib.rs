@@ -35,6 +35,8 @@
 //!   health checkers and the DNS refresher (target host names re-resolved when their TTL ends).
 //! - [`body`]: the body type of every answer the proxy listeners write.
 //! - [`clock`]: the wall clock in unix seconds, a leaf every layer reads time from.
+//! - [`gateway_headers`]: the headers the gateway adds of its own accord (`Server`, `Via`, the
+//!   latencies, the request id) and which of them Kong's `headers` and `headers_upstream` keep.
 //! - [`crypto`]: random tokens, digests, constant-time comparison, secret hashing.
 //! - [`tls`]: rustls server and client configs, self-signed certificates, the proxy listeners'
 //!   certificate choice by SNI, services' own upstream TLS settings, and their own error.
@@ -43,8 +45,8 @@
 //!   connection counters and the `portcullis_*` metrics, rendered for `GET /metrics`.
 //! - [`status`]: the read-only status listener (`status_listen`): `GET /status`, `GET /metrics`.
 //!
-//! Layers, lowest first: `clock`, `crypto`, `schema`, `tls` → `config`, `entities`, `error`,
-//! `forms`, `metrics` → `telemetry`, `plugin_api` → `router` → `plugins`, `proxy` → `actors` → `admin` →
+//! Layers, lowest first: `clock`, `crypto`, `gateway_headers`, `schema`, `tls` → `config`,
+//! `entities`, `error`, `forms`, `metrics` → `telemetry`, `plugin_api` → `router` → `plugins`, `proxy` → `actors` → `admin` →
 //! `status` → `startup` → `migrations`, `declarative_db`. Each module imports only from layers below it. A unit test
 //! (`layers`) fails on an import cycle or a lower layer importing a higher one.
 //!
@@ -68,6 +70,7 @@ pub mod declarative_db;
 pub mod entities;
 pub mod error;
 pub mod forms;
+pub mod gateway_headers;
 pub mod kong_conf;
 #[cfg(test)]
 mod layers;

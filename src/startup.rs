@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Actor;
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service as _};
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 use portcullis_stores::memory::{MemoryConfigStore, MemoryTokenStore};
@@ -645,6 +645,7 @@ impl Application {
         let mut proxy_addrs = Vec::new();
         let mut admin_addrs = Vec::new();
 
+        let gateway_headers = settings.gateway_headers()?;
         let proxy_state = Arc::new(ProxyState {
             snapshot: snapshot.clone(),
             trusted: settings.trusted_networks()?,
@@ -658,6 +659,7 @@ impl Application {
             max_body: settings.max_body_bytes()?,
             client_body_timeout: Duration::from_secs(settings.client_body_timeout),
             metrics: metrics.clone(),
+            headers: gateway_headers,
         });
         let mut proxy_server = None;
         if !proxy_listen.is_empty() {
@@ -738,10 +740,20 @@ impl Application {
                 probe: probe.clone(),
                 dbless: declarative.clone(),
             });
+            let on = settings.gateway_headers()?;
             let mut server = HttpServer::new(move || {
                 App::new()
                     .app_data(admin_state.clone())
                     .app_data(web::PayloadConfig::new(usize::MAX))
+                    .wrap_fn(move |req, service| {
+                        let started = Instant::now();
+                        let answer = service.call(req);
+                        async move {
+                            let mut answer = answer.await?;
+                            admin::stamp(answer.headers_mut(), on, started);
+                            Ok(answer)
+                        }
+                    })
                     .default_service(web::to(admin::dispatch))
             })
             .workers(1)

@@ -34,6 +34,7 @@ use crate::entities::certificates::{CA_CERTIFICATES, CERTIFICATES, SNIS};
 use crate::entities::upstreams::{TARGETS, UPSTREAMS};
 use crate::entities::{EntityKind, CONSUMERS, PLUGINS, ROUTES, SERVICES};
 use crate::error::AdminError;
+use crate::gateway_headers::{self as own, GatewayHeaders};
 use crate::plugins::acl::acls::ACLS;
 use crate::plugins::key_auth::credentials::CREDENTIALS as KEYAUTH_CREDENTIALS;
 use crate::plugins::oauth2::credentials::CREDENTIALS;
@@ -177,6 +178,27 @@ fn foreign_parent(child: &str, field: &str) -> Option<&'static str> {
 
 fn authorized(state: &AdminState, req: &HttpRequest) -> bool {
     crate::admin_token::presented(state.settings.admin_token.as_ref(), req)
+}
+
+/// What the admin API adds to each of its answers, of what `headers` keeps (Kong's admin header
+/// filter): `Server` (removed when left out) and how long the answer took.
+pub fn stamp(
+    headers: &mut actix_web::http::header::HeaderMap,
+    on: GatewayHeaders,
+    started: Instant,
+) {
+    use actix_web::http::header::{HeaderName, HeaderValue, SERVER};
+    if on.server {
+        headers.insert(SERVER, HeaderValue::from_static(own::PRODUCT));
+    } else {
+        headers.remove(SERVER);
+    }
+    if on.admin_latency {
+        headers.insert(
+            HeaderName::from_static(own::ADMIN_LATENCY),
+            HeaderValue::from(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        );
+    }
 }
 
 /// The one admin handler: authenticates, parses, dispatches.

@@ -142,8 +142,11 @@ const GATEWAY_WRITTEN: &[&str] = &[
     "x-forwarded-path",
     "x-forwarded-prefix",
     "via",
-    "x-portcullis-request-id",
+    REQUEST_ID,
 ];
+
+/// The request id's header, as [`crate::gateway_headers::REQUEST_ID`] names it.
+const REQUEST_ID: &str = "x-portcullis-request-id";
 
 impl UpstreamHeaders<'_> {
     /// Writes the upstream request's headers into `sink`: the client's end-to-end headers
@@ -163,7 +166,9 @@ impl UpstreamHeaders<'_> {
         for (name, value) in client {
             let name = name.as_str();
             let gateway_writes = name == "host"
-                || (name.starts_with("x-") || name == "via") && GATEWAY_WRITTEN.contains(&name)
+                || (name.starts_with("x-") || name == "via")
+                    && GATEWAY_WRITTEN.contains(&name)
+                    && (name != REQUEST_ID || self.forwarded.request_id.is_some())
                 || (replaced_length && name == "content-length");
             if gateway_writes
                 || is_hop_by_hop(name)
@@ -217,7 +222,9 @@ impl UpstreamHeaders<'_> {
             Some(existing) => gateway("via", &[existing.as_bytes(), b", ", super::VIA.as_bytes()]),
             None => gateway("via", &[super::VIA.as_bytes()]),
         }
-        gateway("x-portcullis-request-id", &[f.request_id.as_bytes()]);
+        if let Some(id) = f.request_id {
+            gateway(REQUEST_ID, &[id.as_bytes()]);
+        }
         for (i, (name, value)) in self.edits.iter().enumerate() {
             let superseded = self.edits[i + 1..].iter().any(|(n, _)| n == name);
             let length = replaced_length && name == CONTENT_LENGTH;
@@ -253,8 +260,8 @@ pub struct Forwarded<'a> {
     pub path: &'a str,
     /// Prefix removed by `strip_path`.
     pub prefix: Option<&'a str>,
-    /// Request id.
-    pub request_id: &'a str,
+    /// Request id, unless `headers_upstream` is `off` (the client's own then passes).
+    pub request_id: Option<&'a str>,
 }
 
 /// What the client sent of the forwarding headers the gateway extends or keeps (the first value
@@ -423,7 +430,7 @@ mod tests {
                 port: 8000,
                 path: "/api/x",
                 prefix: None,
-                request_id: "abc",
+                request_id: Some("abc"),
             },
             edits: &edits,
             content_length: Some(12),

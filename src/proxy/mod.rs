@@ -34,6 +34,7 @@ use smallvec::SmallVec;
 use crate::body::{AnswerBody, BodyError, Finish};
 use crate::entities::Service;
 use crate::error::ProxyError;
+use crate::gateway_headers::{self as own, GatewayHeaders};
 use crate::plugin_api::{
     empty_answer, Answer, ClientRequest, Exchange, Flow, Latencies, LogNeeds, PluginRuntime,
     RequestCtx, Source, Step, StepKind, Try,
@@ -58,6 +59,8 @@ pub struct ProxyState {
     pub client_body_timeout: Duration,
     /// The gateway's metrics (connection and request counters).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Which of its own headers the gateway adds (`headers`, `headers_upstream`).
+    pub headers: GatewayHeaders,
 }
 
 /// What one proxy worker thread hands its requests: the shared state and the worker's own
@@ -113,10 +116,12 @@ pub async fn handle(
     let upgrade = Cell::new(head.extensions.remove::<OnUpgrade>());
     let req = Rc::new(ClientRequest::new(head, conn.peer, conn.local));
     let refused_body = Cell::new(None);
+    let on = worker.state.headers;
     let incoming = Arrival {
         req: &req,
         conn,
         request_id,
+        headers: on,
         started,
         body_timeout: worker.state.client_body_timeout,
         refused_body: &refused_body,
@@ -138,12 +143,15 @@ pub async fn handle(
             made_here(&req, e.to_response(request_id))
         }
     };
-    if let Ok(mut v) = HeaderValue::from_bytes(&id.0) {
+    if journey.source != Source::Service {
+        made_by_gateway(response.headers_mut(), on, started);
+    }
+    if let (true, Ok(mut v)) = (on.request_id, HeaderValue::from_bytes(&id.0)) {
         // Never the same twice: HTTP/2's HPACK would add every one to the connection's table,
         // evicting the entries that do repeat (a table insert and an eviction per answer);
         // marked sensitive, it goes out as a literal that is never indexed.
         v.set_sensitive(true);
-        response.headers_mut().insert(REQUEST_ID, v);
+        response.headers_mut().insert(own::REQUEST_ID, v);
     }
     if let Some(body) = refused_body.take() {
         tokio::task::spawn_local(linger(body));
@@ -388,6 +396,8 @@ struct Arrival<'a> {
     req: &'a Rc<ClientRequest>,
     conn: &'a Connection,
     request_id: &'a str,
+    /// Which of its own headers the gateway adds.
+    headers: GatewayHeaders,
     started: Instant,
     /// `client_body_timeout`.
     body_timeout: Duration,
@@ -797,6 +807,7 @@ async fn forward<'a>(
         req,
         conn,
         request_id,
+        headers: on,
         started,
         ..
     } = *incoming;
@@ -858,7 +869,7 @@ async fn forward<'a>(
             port: conn.local.port(),
             path: req.uri().path(),
             prefix: stripped,
-            request_id,
+            request_id: on.request_id_upstream.then_some(request_id),
         },
         edits: &ctx.upstream_headers,
         // A plugin may have rewritten the body: its length, not the client's, goes upstream.
@@ -924,7 +935,14 @@ async fn forward<'a>(
         let mut response = empty_answer(parts.status);
         *response.body_mut() = AnswerBody::Frames(body);
         *response.headers_mut() = headers::end_to_end(&parts.headers);
-        stamp(response.headers_mut(), upstream_latency, proxy_latency);
+        let status = parts.status;
+        stamp(
+            response.headers_mut(),
+            on,
+            status,
+            upstream_latency,
+            proxy_latency,
+        );
         set_sticky_cookie(response.headers_mut(), sticky_cookie);
         return Ok(response);
     }
@@ -1050,7 +1068,13 @@ async fn forward<'a>(
     trail.upstream_status = Some(status);
     let mut response = empty_answer(status);
     *response.headers_mut() = answer.headers;
-    stamp(response.headers_mut(), upstream_latency, proxy_latency);
+    stamp(
+        response.headers_mut(),
+        on,
+        status,
+        upstream_latency,
+        proxy_latency,
+    );
     let out = response.headers_mut();
     set_sticky_cookie(out, sticky_cookie);
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -1121,11 +1145,44 @@ fn made_here(req: &ClientRequest, answer: Answer) -> Answer {
     }
 }
 
-/// What the gateway adds to every upstream answer: its `Via` entry and the two latencies.
-fn stamp(out: &mut http::HeaderMap, upstream_latency: Duration, proxy_latency: Duration) {
-    out.append(http::header::VIA, VIA_VALUE);
-    out.insert(UPSTREAM_LATENCY, millis_value(upstream_latency));
-    out.insert(PROXY_LATENCY, millis_value(proxy_latency));
+/// What the gateway adds to every upstream answer, of what `headers` keeps: its `Via` entry, the
+/// two latencies, the upstream's status, and `Server` where the upstream sent none.
+fn stamp(
+    out: &mut http::HeaderMap,
+    on: GatewayHeaders,
+    status: StatusCode,
+    upstream_latency: Duration,
+    proxy_latency: Duration,
+) {
+    if on.via {
+        out.append(http::header::VIA, VIA_VALUE);
+    }
+    if on.upstream_latency {
+        out.insert(own::UPSTREAM_LATENCY, millis_value(upstream_latency));
+    }
+    if on.proxy_latency {
+        out.insert(own::PROXY_LATENCY, millis_value(proxy_latency));
+    }
+    if on.upstream_status {
+        out.insert(own::UPSTREAM_STATUS, HeaderValue::from(status.as_u16()));
+    }
+    if on.server && !out.contains_key(http::header::SERVER) {
+        out.insert(http::header::SERVER, own::SERVER_VALUE);
+    }
+}
+
+/// What the gateway adds to an answer it made itself (a plugin's or its own), of what `headers`
+/// keeps: `Server` (removed when `headers` leaves it out, as Kong does) and how long the answer
+/// took.
+fn made_by_gateway(out: &mut http::HeaderMap, on: GatewayHeaders, started: Instant) {
+    if on.server {
+        out.insert(http::header::SERVER, own::SERVER_VALUE);
+    } else {
+        out.remove(http::header::SERVER);
+    }
+    if on.response_latency {
+        out.insert(own::RESPONSE_LATENCY, millis_value(started.elapsed()));
+    }
 }
 
 /// A latency header's value in whole milliseconds. Values under a second, nearly all of them,
@@ -1157,9 +1214,6 @@ static MILLIS_DIGITS: [[u8; 3]; 1000] = {
 
 /// Looked up by a constant name: a lookup by `&str` builds (and allocates) a custom name.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-portcullis-upstream-latency");
-const PROXY_LATENCY: HeaderName = HeaderName::from_static("x-portcullis-proxy-latency");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id");
 
 /// Our `Via` entry on upstream requests and client responses.
 pub const VIA: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));

@@ -1077,3 +1077,130 @@ async fn read_timeout_bounds_the_waits_for_an_upstream_body_on_both_clients() {
         );
     }
 }
+
+/// Kong's default `headers` and `headers_upstream`: `Server` where the upstream sent none and on
+/// the gateway's own answers, `Via` and the latencies on proxied answers, the response latency on
+/// the gateway's own, the admin latency on the admin API's, and the request id both ways.
+#[actix_web::test]
+async fn kongs_default_headers_go_where_kong_puts_them() {
+    let app = spawn_app().await;
+    let upstream = spawn_upstream();
+    app.expose("echo", &upstream.url, &["/echo"]).await;
+    let product = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
+    let number = |resp: &reqwest::Response, name: &str| -> u64 {
+        let value = resp
+            .headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        value.to_str().unwrap().parse().unwrap()
+    };
+
+    let proxied = app.proxy_get("/echo/x").await;
+    assert_eq!(proxied.status(), 200);
+    assert_eq!(proxied.headers()["server"], product);
+    assert!(proxied.headers()["via"]
+        .to_str()
+        .unwrap()
+        .ends_with(product));
+    number(&proxied, "x-portcullis-upstream-latency");
+    number(&proxied, "x-portcullis-proxy-latency");
+    assert!(!proxied
+        .headers()
+        .contains_key("x-portcullis-response-latency"));
+    assert!(!proxied
+        .headers()
+        .contains_key("x-portcullis-upstream-status"));
+    let id = proxied.headers()["x-portcullis-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let seen: Value = proxied.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-portcullis-request-id"], id.as_str());
+
+    let own = app.proxy_get("/nowhere").await;
+    assert_eq!(own.status(), 404);
+    assert_eq!(own.headers()["server"], product);
+    number(&own, "x-portcullis-response-latency");
+    assert!(!own.headers().contains_key("via"));
+    assert!(!own.headers().contains_key("x-portcullis-proxy-latency"));
+    assert_eq!(own.headers()["x-portcullis-request-id"].len(), 32);
+
+    let admin = app
+        .http
+        .get(format!("{}/", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    assert_eq!(admin.headers()["server"], product);
+    number(&admin, "x-portcullis-admin-latency");
+}
+
+/// `headers` keeps only what it names (Kong's names or the gateway's), and `headers_upstream =
+/// off` sends no request id upstream: a client's own then passes through.
+#[actix_web::test]
+async fn headers_settings_keep_only_what_they_name() {
+    let mut settings = crate::helpers::test_settings();
+    settings.headers = vec!["X-Kong-Upstream-Status".into()];
+    settings.headers_upstream = vec!["off".into()];
+    let app = crate::helpers::spawn_with(settings).await;
+    let upstream = spawn_upstream();
+    app.expose("echo", &upstream.url, &["/echo"]).await;
+    let ours = [
+        "server",
+        "via",
+        "x-portcullis-upstream-latency",
+        "x-portcullis-proxy-latency",
+        "x-portcullis-response-latency",
+        "x-portcullis-admin-latency",
+        "x-portcullis-request-id",
+    ];
+    let none_of_ours = |resp: &reqwest::Response| {
+        for name in ours {
+            assert!(
+                !resp.headers().contains_key(name),
+                "{name}: {:?}",
+                resp.headers()
+            );
+        }
+    };
+
+    let proxied = app.proxy_get("/echo/status/201").await;
+    assert_eq!(proxied.status(), 201);
+    none_of_ours(&proxied);
+    assert_eq!(proxied.headers()["x-portcullis-upstream-status"], "201");
+
+    let plain = app.proxy_get("/echo/x").await;
+    none_of_ours(&plain);
+    let seen: Value = plain.json().await.unwrap();
+    let upstream_saw = seen["headers"].as_object().expect("the echo's headers");
+    assert!(upstream_saw.contains_key("x-forwarded-for"), "{seen}");
+    assert!(
+        !upstream_saw.contains_key("x-portcullis-request-id"),
+        "{seen}"
+    );
+
+    let mine = app
+        .http
+        .get(format!("{}/echo/x", app.proxy))
+        .header("x-portcullis-request-id", "mine")
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = mine.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-portcullis-request-id"], "mine");
+
+    let own = app.proxy_get("/nowhere").await;
+    assert_eq!(own.status(), 404);
+    none_of_ours(&own);
+    assert!(!own.headers().contains_key("x-portcullis-upstream-status"));
+
+    let admin = app
+        .http
+        .get(format!("{}/", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    none_of_ours(&admin);
+}
