@@ -10,6 +10,8 @@
 //!
 //! Targets, each one function (`Setup`); the ones this build cannot run yet say what they need.
 //! The `rate-limiting` targets are read against `oauth2 memory` (the same gateway without it).
+//! `nginx + gateway headers` is nginx doing the header work of the gateway's oauth2 path (less
+//! the token check), read in the `×nginx+headers` column: the like-for-like reference.
 //!
 //! Variants (`BENCH_VARIANTS`, comma separated, default all), each its own table, JSON and SVG
 //! (`target/bench-results/<bench>.json|svg`):
@@ -118,7 +120,12 @@ struct Variant {
 }
 
 /// The targets of the TLS and HTTP/2 variants: the direct upstream speaks plain HTTP/1.1 only.
-const FRONTED: &[&str] = &["nginx", "portcullis", "oauth2 memory"];
+const FRONTED: &[&str] = &[
+    "nginx",
+    "nginx + gateway headers",
+    "portcullis",
+    "oauth2 memory",
+];
 
 /// Every variant, in the order they run.
 const VARIANTS: &[Variant] = &[
@@ -162,7 +169,13 @@ const VARIANTS: &[Variant] = &[
         name: "workers2",
         bench: "proxy-workers2",
         about: "HTTP/1.1 keep-alive, nginx worker_processes 2, gateway 2 workers",
-        targets: &["direct", "nginx", "portcullis", "oauth2 memory"],
+        targets: &[
+            "direct",
+            "nginx",
+            "nginx + gateway headers",
+            "portcullis",
+            "oauth2 memory",
+        ],
         tls: false,
         close: false,
         workers: 2,
@@ -202,6 +215,7 @@ type SetupFn = fn(&Ctx<'_>) -> Result<Setup>;
 const TARGETS: &[(&str, SetupFn)] = &[
     ("direct", direct),
     ("nginx", nginx_proxy),
+    ("nginx + gateway headers", nginx_gateway_headers),
     ("portcullis", portcullis_plain),
     ("upstream 3 targets", portcullis_upstream_3_targets),
     ("oauth2 memory", oauth2_memory),
@@ -236,6 +250,25 @@ fn nginx_proxy(ctx: &Ctx<'_>) -> Result<Setup> {
         ));
     }
     let (addr, proc) = procs::start_nginx_front(ctx.upstream.addr, &ctx.front)?;
+    Ok(Setup::Ready(Target {
+        addr,
+        proc: Some(proc),
+        requests: None,
+        warmup: true,
+        _keep: Vec::new(),
+    }))
+}
+
+/// Target 2b: nginx as target 2, also making and sending the headers the gateway's oauth2 path
+/// adds to every request and answer (`procs::start_nginx_front_gateway_headers`). Target 2 does
+/// less work than any Kong-compatible proxy can: this one is the like-for-like reference.
+fn nginx_gateway_headers(ctx: &Ctx<'_>) -> Result<Setup> {
+    if procs::nginx().is_none() {
+        return Ok(Setup::Skipped(
+            "needs nginx (apt-get install nginx-light)".into(),
+        ));
+    }
+    let (addr, proc) = procs::start_nginx_front_gateway_headers(ctx.upstream.addr, &ctx.front)?;
     Ok(Setup::Ready(Target {
         addr,
         proc: Some(proc),
@@ -790,10 +823,15 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
             &[
                 ("direct", "direct"),
                 ("nginx", "nginx"),
+                ("nginx+headers", "nginx + gateway headers"),
                 ("oauth2", "oauth2 memory"),
             ]
         } else {
-            &[("nginx", "nginx"), ("oauth2", "oauth2 memory")]
+            &[
+                ("nginx", "nginx"),
+                ("nginx+headers", "nginx + gateway headers"),
+                ("oauth2", "oauth2 memory"),
+            ]
         };
     report::publish(
         variant.bench,
