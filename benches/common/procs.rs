@@ -430,23 +430,7 @@ pub fn start_nginx_front(upstream: SocketAddr, front: &Front) -> Result<(SocketA
 /// gateway's names), and the three consumer headers its `oauth2` plugin sends upstream (fixed
 /// values: nginx checks no token). What it costs nginx, the upstream and the load generator to
 /// make and read them is then on both sides of a ratio.
-const GATEWAY_HEADERS: &str = "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Real-IP $remote_addr;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $host;
-      proxy_set_header X-Forwarded-Port $server_port;
-      proxy_set_header X-Forwarded-Path $uri;
-      proxy_set_header X-Forwarded-Prefix /api;
-      proxy_set_header Via \"1.1 portcullis/0.1.0\";
-      proxy_set_header X-Portcullis-Request-Id $request_id;
-      proxy_set_header X-Consumer-Id 8a7f3c2e-5b1d-4e6f-9a0b-1c2d3e4f5a6b;
-      proxy_set_header X-Consumer-Username bench;
-      proxy_set_header X-Credential-Identifier bench-client;
-      add_header Via \"1.1 portcullis/0.1.0\";
-      add_header X-Portcullis-Upstream-Latency $upstream_header_time;
-      add_header X-Portcullis-Proxy-Latency 0;
-      add_header X-Portcullis-Request-Id $request_id;
-";
+const GATEWAY_HEADERS: &str = include_str!("../server-stack/gateway-headers.nginx");
 
 /// [`start_nginx_front`] doing the gateway's header work as well ([`GATEWAY_HEADERS`]): the
 /// like-for-like reference for the gateway's `oauth2` path, less the token check.
