@@ -241,6 +241,13 @@ impl PluginSlots {
         }
     }
 
+    /// Takes the stored value of type `T` out, leaving none.
+    pub fn take<T: 'static>(&mut self) -> Option<T> {
+        let id = std::any::TypeId::of::<T>();
+        let at = self.0.iter().position(|(t, _)| *t == id)?;
+        self.0.swap_remove(at).1.downcast().ok().map(|boxed| *boxed)
+    }
+
     /// The stored value of type `T`.
     pub fn get<T: 'static>(&self) -> Option<&T> {
         let id = std::any::TypeId::of::<T>();
@@ -580,4 +587,23 @@ pub fn reopen_log_files() {
 /// The current reopen generation (see [`reopen_log_files`]).
 pub fn log_files_generation() -> u64 {
     LOG_FILES_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PluginSlots;
+
+    #[test]
+    fn a_slot_taken_is_gone_and_the_others_stay() {
+        struct Mine(u32);
+        struct Theirs(&'static str);
+        let mut slots = PluginSlots::default();
+        slots.insert(Mine(1));
+        slots.insert(Theirs("kept"));
+        slots.insert(Mine(2));
+        assert_eq!(slots.take::<Mine>().map(|m| m.0), Some(2));
+        assert!(slots.take::<Mine>().is_none());
+        assert!(slots.get::<Mine>().is_none());
+        assert_eq!(slots.get::<Theirs>().map(|t| t.0), Some("kept"));
+    }
 }

@@ -28,6 +28,10 @@ pub(super) enum Found {
     Missing,
 }
 
+/// A presented token memory could not answer for, from the request's synchronous access phase
+/// to its asynchronous one.
+pub(super) struct Pending(pub(super) Found);
+
 impl Found {
     /// The presented token's digest, if one was presented.
     fn hash(&self) -> Option<&TokenHash> {
@@ -280,11 +284,16 @@ impl OAuthRuntime {
         Ok(self.conclude(ctx, anonymous, verdict))
     }
 
-    /// The resource-access check, asking the store when memory cannot answer.
+    /// The resource-access check, asking the store when memory cannot answer. A token
+    /// [`check_access_now`](Self::check_access_now) already found and missed in memory (left in
+    /// the request's slots as [`Pending`]) is not looked for, hashed and missed again.
     pub(super) async fn check_access(&self, ctx: &mut RequestCtx) -> Flow {
-        let found = match self.check_access_now(ctx) {
-            Ok(flow) => return flow,
-            Err(found) => found,
+        let found = match ctx.slots.take::<Pending>() {
+            Some(Pending(found)) => found,
+            None => match self.check_access_now(ctx) {
+                Ok(flow) => return flow,
+                Err(found) => found,
+            },
         };
         let now = crate::clock::now();
         let began = ctx.step_begins();

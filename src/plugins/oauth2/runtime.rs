@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::reply::{self, OAuthError};
-use super::{params, OAuthRuntime};
+use super::{access, params, OAuthRuntime};
 use crate::crypto;
 use crate::plugins::{Flow, PluginRuntime, RequestCtx};
 
@@ -321,7 +321,14 @@ impl PluginRuntime for OAuthRuntime {
         if endpoint_of(ctx.req.path()).is_some() {
             return None;
         }
-        self.check_access_now(ctx).ok()
+        match self.check_access_now(ctx) {
+            Ok(flow) => Some(flow),
+            Err(found) => {
+                // `access` takes it from here: the token is not hashed and missed twice.
+                ctx.slots.insert(access::Pending(found));
+                None
+            }
+        }
     }
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
         match endpoint_of(ctx.req.path()) {
