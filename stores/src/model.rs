@@ -219,15 +219,25 @@ pub struct Page {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenHash(pub [u8; 32]);
 
+/// 64 hex digits in text formats (JSON); the 32 bytes as they are in binary ones (the Redis
+/// cache's records).
 impl Serialize for TokenHash {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(serializer)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for TokenHash {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(DigestVisitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(DigestVisitor)
+        } else {
+            <[u8; 32]>::deserialize(deserializer).map(TokenHash)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Redis layer of token lookup: records keyed by `{prefix}:tok:{sha256 hex}` (never by the raw
-//! token), JSON values, TTL equal to the token's remaining life. Shared by every node of a cluster so
+//! token), binary values (a version byte, then postcard: a cold lookup decodes them without scanning
+//! text; JSON values cached by earlier versions still read), TTL equal to the token's remaining life. Shared by every node of a cluster so
 //! a token issued on one node is a Redis hit on the others. Redis is a cache: every failure here is
 //! reported as [`StoreError::Unavailable`] and the caller falls back to the durable store.
 //!
@@ -85,6 +86,29 @@ pub struct RedisTokenCache {
     prefix: String,
     timeout: Duration,
     health: Arc<Health>,
+}
+
+/// The first byte of a cached record in its binary form (then postcard). Records cached as JSON
+/// by earlier versions start with `{` and still read; one with an unknown first byte reads as a
+/// miss, so the durable store answers.
+const RECORD_BINARY_V1: u8 = 0x01;
+
+/// A token record as the cache stores it.
+fn encode_record(record: &TokenRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(record, vec![RECORD_BINARY_V1])
+        .map_err(|e| StoreError::Internal(format!("encoding a token record: {e}")))
+}
+
+/// A cached token record; `None` for bytes that are not one (then a miss).
+fn decode_record(bytes: &[u8]) -> Option<TokenRecord> {
+    match bytes.split_first()? {
+        (&RECORD_BINARY_V1, rest) => match postcard::take_from_bytes(rest) {
+            Ok((record, [])) => Some(record),
+            _ => None,
+        },
+        (b'{', _) => serde_json::from_slice(bytes).ok(),
+        _ => None,
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -238,8 +262,8 @@ impl RedisTokenCache {
         self.ensure_clean().await?;
         let mut conn = self.conn.here();
         let key = self.key(hash);
-        let raw: Option<String> = self.bounded(conn.get(key)).await?;
-        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+        let raw: Option<Vec<u8>> = self.bounded(conn.get(key)).await?;
+        Ok(raw.as_deref().and_then(decode_record))
     }
 
     /// Caches a record until the earlier of its access-token and row expiry.
@@ -259,8 +283,7 @@ impl RedisTokenCache {
             // Never expires: keep it a day; a miss simply reads Postgres again.
             None => 86_400,
         };
-        let value =
-            serde_json::to_string(record).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let value = encode_record(record)?;
         let mut conn = self.conn.here();
         let key = self.key(&record.access_token_hash);
         self.bounded(conn.set_ex::<_, _, ()>(key, value, ttl)).await
@@ -455,4 +478,83 @@ pub struct FailureWindow {
     pub count: u64,
     /// When the oldest of them happened (milliseconds since the Unix epoch).
     pub oldest_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::{decode_record, encode_record, RECORD_BINARY_V1};
+    use crate::model::{TokenHash, TokenRecord};
+
+    fn records() -> [TokenRecord; 2] {
+        let now = 1_700_000_000;
+        let sparse = TokenRecord {
+            id: Uuid::from_u128(1),
+            credential_id: Uuid::from_u128(2),
+            service_id: None,
+            access_token_hash: TokenHash([7; 32]),
+            refresh_token_hash: None,
+            token_type: "bearer".into(),
+            expires_in: 0,
+            authenticated_userid: None,
+            scope: None,
+            created_at: now,
+            expires_at: None,
+            family_id: Uuid::from_u128(3),
+            code_id: None,
+        };
+        let full = TokenRecord {
+            service_id: Some(Uuid::from_u128(4)),
+            refresh_token_hash: Some(TokenHash([9; 32])),
+            expires_in: 7200,
+            authenticated_userid: Some("clark ✓".into()),
+            scope: Some("read write".into()),
+            created_at: -1,
+            expires_at: Some(i64::MAX),
+            code_id: Some(Uuid::from_u128(5)),
+            ..sparse.clone()
+        };
+        [sparse, full]
+    }
+
+    #[test]
+    fn a_record_reads_back_as_it_was_cached() {
+        for record in records() {
+            let bytes = encode_record(&record).unwrap();
+            assert_eq!(bytes[0], RECORD_BINARY_V1);
+            // The digests travel as their 32 bytes, not as 64 hex digits.
+            assert!(bytes.len() < 200, "{} bytes", bytes.len());
+            assert_eq!(decode_record(&bytes), Some(record));
+        }
+    }
+
+    #[test]
+    fn json_an_earlier_version_cached_still_reads() {
+        for record in records() {
+            let json = serde_json::to_vec(&record).unwrap();
+            assert_eq!(decode_record(&json), Some(record));
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_no_record_read_as_a_miss() {
+        let [_, full] = records();
+        let bytes = encode_record(&full).unwrap();
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let mut unknown = bytes.clone();
+        unknown[0] = 0x02;
+        for bad in [
+            &bytes[..bytes.len() - 1],
+            &bytes[..1],
+            &longer[..],
+            &unknown[..],
+            b"",
+            b"{\"id\":",
+            b"not json",
+        ] {
+            assert_eq!(decode_record(bad), None, "{bad:?}");
+        }
+    }
 }
