@@ -280,13 +280,18 @@ impl TokenHash {
     /// Appends the lower-case hex form to `out`: digit by digit from a table, because a Redis
     /// key is made on every lookup that misses the near cache, and formatting each byte through
     /// `format!` cost about 17,000 instructions a key.
+    ///
+    /// The digits go into a stack buffer first: pushing them one `char` at a time checked the
+    /// string's capacity and encoded UTF-8 for each of the 64.
     pub fn push_hex(&self, out: &mut String) {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        out.reserve(64);
-        for &b in &self.0 {
-            out.push(char::from(DIGITS[usize::from(b >> 4)]));
-            out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        let mut hex = [0u8; 64];
+        for (pair, &b) in hex.chunks_exact_mut(2).zip(&self.0) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
         }
+        // Only ASCII digits and letters were written: the check cannot fail.
+        out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     }
 
     /// Parses the hex form: exactly 64 hex digits, either case.
