@@ -282,14 +282,25 @@ fn lua_str(s: &str) -> String {
     out
 }
 
+/// Requests per Lua function of the script: LuaJIT refuses a function with more than 65,536
+/// constants, which one function making half a million distinct requests (the cold target's)
+/// has.
+const LUA_REQUESTS_PER_FUNCTION: usize = 1_000;
+
 /// The Lua script: precomputed requests when the mix has more than one (or a body), and a
 /// `done` hook printing exact counts and the 50/99/99.9 percentiles (µs) on one line.
 fn wrk_script(load: &Load) -> String {
     let mut s = String::new();
     let single = load.requests.len() == 1 && load.requests[0].body.is_empty();
     if !single {
-        s.push_str("local reqs = {}\nlocal i = 0\ninit = function(args)\n");
-        for r in load.requests.iter() {
+        s.push_str("local reqs = {}\nlocal i = 0\nlocal parts = {}\n");
+        for (n, r) in load.requests.iter().enumerate() {
+            if n % LUA_REQUESTS_PER_FUNCTION == 0 {
+                if n > 0 {
+                    s.push_str("end\n");
+                }
+                s.push_str("parts[#parts + 1] = function()\n");
+            }
             let headers: Vec<String> = r
                 .headers
                 .iter()
@@ -308,7 +319,10 @@ fn wrk_script(load: &Load) -> String {
                 body
             ));
         }
-        s.push_str("end\nrequest = function()\n  i = i + 1\n  return reqs[(i % #reqs) + 1]\nend\n");
+        s.push_str(
+            "end\ninit = function(args)\n  for _, part in ipairs(parts) do part() end\nend\n\
+             request = function()\n  i = i + 1\n  return reqs[(i % #reqs) + 1]\nend\n",
+        );
     }
     s.push_str(
         "done = function(summary, latency, requests)\n  local e = summary.errors\n  \
