@@ -244,31 +244,27 @@ fn direct(ctx: &Ctx<'_>) -> Result<Setup> {
 
 /// Target 2: nginx (one worker) as a plain reverse proxy with upstream keep-alive.
 fn nginx_proxy(ctx: &Ctx<'_>) -> Result<Setup> {
-    if procs::nginx().is_none() {
-        return Ok(Setup::Skipped(
-            "needs nginx (apt-get install nginx-light)".into(),
-        ));
-    }
-    let (addr, proc) = procs::start_nginx_front(ctx.upstream.addr, &ctx.front)?;
-    Ok(Setup::Ready(Target {
-        addr,
-        proc: Some(proc),
-        requests: None,
-        warmup: true,
-        _keep: Vec::new(),
-    }))
+    nginx_target(ctx, procs::start_nginx_front)
 }
 
 /// Target 2b: nginx as target 2, also making and sending the headers the gateway's oauth2 path
 /// adds to every request and answer (`procs::start_nginx_front_gateway_headers`). Target 2 does
 /// less work than any Kong-compatible proxy can: this one is the like-for-like reference.
 fn nginx_gateway_headers(ctx: &Ctx<'_>) -> Result<Setup> {
+    nginx_target(ctx, procs::start_nginx_front_gateway_headers)
+}
+
+/// An nginx front started by `start`, or skipped when nginx is not installed.
+fn nginx_target(
+    ctx: &Ctx<'_>,
+    start: fn(SocketAddr, &Front) -> Result<(SocketAddr, Proc)>,
+) -> Result<Setup> {
     if procs::nginx().is_none() {
         return Ok(Setup::Skipped(
             "needs nginx (apt-get install nginx-light)".into(),
         ));
     }
-    let (addr, proc) = procs::start_nginx_front_gateway_headers(ctx.upstream.addr, &ctx.front)?;
+    let (addr, proc) = start(ctx.upstream.addr, &ctx.front)?;
     Ok(Setup::Ready(Target {
         addr,
         proc: Some(proc),

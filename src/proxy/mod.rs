@@ -935,14 +935,7 @@ async fn forward<'a>(
         let mut response = empty_answer(parts.status);
         *response.body_mut() = AnswerBody::Frames(body);
         *response.headers_mut() = headers::end_to_end(&parts.headers);
-        let status = parts.status;
-        stamp(
-            response.headers_mut(),
-            on,
-            status,
-            upstream_latency,
-            proxy_latency,
-        );
+        stamp(&mut response, on, upstream_latency, proxy_latency);
         set_sticky_cookie(response.headers_mut(), sticky_cookie);
         return Ok(response);
     }
@@ -1068,13 +1061,7 @@ async fn forward<'a>(
     trail.upstream_status = Some(status);
     let mut response = empty_answer(status);
     *response.headers_mut() = answer.headers;
-    stamp(
-        response.headers_mut(),
-        on,
-        status,
-        upstream_latency,
-        proxy_latency,
-    );
+    stamp(&mut response, on, upstream_latency, proxy_latency);
     let out = response.headers_mut();
     set_sticky_cookie(out, sticky_cookie);
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -1148,12 +1135,13 @@ fn made_here(req: &ClientRequest, answer: Answer) -> Answer {
 /// What the gateway adds to every upstream answer, of what `headers` keeps: its `Via` entry, the
 /// two latencies, the upstream's status, and `Server` where the upstream sent none.
 fn stamp(
-    out: &mut http::HeaderMap,
+    answer: &mut Answer,
     on: GatewayHeaders,
-    status: StatusCode,
     upstream_latency: Duration,
     proxy_latency: Duration,
 ) {
+    let status = answer.status();
+    let out = answer.headers_mut();
     if on.via {
         out.append(http::header::VIA, VIA_VALUE);
     }
