@@ -6,6 +6,8 @@ use http::header::{HeaderName, HeaderValue};
 
 /// `Server` and `Via` product token.
 pub const PRODUCT: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
+/// The gateway's `Via` entry, on upstream requests and on upstream answers.
+pub const VIA: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
 /// `Server` on answers the gateway made itself and on the admin API's.
 pub const SERVER_VALUE: HeaderValue = HeaderValue::from_static(PRODUCT);
 /// Time the upstream took to send its answer's head, whole milliseconds.
@@ -20,7 +22,10 @@ pub const ADMIN_LATENCY: &str = "x-portcullis-admin-latency";
 /// The upstream's status, which a plugin may have replaced in the answer.
 pub const UPSTREAM_STATUS: HeaderName = HeaderName::from_static("x-portcullis-upstream-status");
 /// The request's id, towards the client and the upstream.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-portcullis-request-id");
+pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_NAME);
+/// [`REQUEST_ID`] as text, for code that compares names as strings (the upstream request's
+/// header writer).
+pub const REQUEST_ID_NAME: &str = "x-portcullis-request-id";
 
 /// Kong's default `headers`.
 pub const DEFAULT_HEADERS: &[&str] = &["server_tokens", "latency_tokens", "X-Kong-Request-Id"];

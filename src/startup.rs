@@ -740,7 +740,7 @@ impl Application {
                 probe: probe.clone(),
                 dbless: declarative.clone(),
             });
-            let on = settings.gateway_headers()?;
+            let on = gateway_headers;
             let mut server = HttpServer::new(move || {
                 App::new()
                     .app_data(admin_state.clone())

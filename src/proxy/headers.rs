@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use http::header::HeaderMap as ClientHeaders;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 
+use crate::gateway_headers::{REQUEST_ID_NAME, VIA};
 use crate::plugin_api::Scheme;
 
 const HOP_BY_HOP: &[&str] = &[
@@ -142,11 +143,8 @@ const GATEWAY_WRITTEN: &[&str] = &[
     "x-forwarded-path",
     "x-forwarded-prefix",
     "via",
-    REQUEST_ID,
+    REQUEST_ID_NAME,
 ];
-
-/// The request id's header, as [`crate::gateway_headers::REQUEST_ID`] names it.
-const REQUEST_ID: &str = "x-portcullis-request-id";
 
 impl UpstreamHeaders<'_> {
     /// Writes the upstream request's headers into `sink`: the client's end-to-end headers
@@ -168,7 +166,7 @@ impl UpstreamHeaders<'_> {
             let gateway_writes = name == "host"
                 || (name.starts_with("x-") || name == "via")
                     && GATEWAY_WRITTEN.contains(&name)
-                    && (name != REQUEST_ID || self.forwarded.request_id.is_some())
+                    && (name != REQUEST_ID_NAME || self.forwarded.request_id.is_some())
                 || (replaced_length && name == "content-length");
             if gateway_writes
                 || is_hop_by_hop(name)
@@ -219,11 +217,11 @@ impl UpstreamHeaders<'_> {
             gateway("x-forwarded-prefix", &[prefix.as_bytes()]);
         }
         match sent.via {
-            Some(existing) => gateway("via", &[existing.as_bytes(), b", ", super::VIA.as_bytes()]),
-            None => gateway("via", &[super::VIA.as_bytes()]),
+            Some(existing) => gateway("via", &[existing.as_bytes(), b", ", VIA.as_bytes()]),
+            None => gateway("via", &[VIA.as_bytes()]),
         }
         if let Some(id) = f.request_id {
-            gateway(REQUEST_ID, &[id.as_bytes()]);
+            gateway(REQUEST_ID_NAME, &[id.as_bytes()]);
         }
         for (i, (name, value)) in self.edits.iter().enumerate() {
             let superseded = self.edits[i + 1..].iter().any(|(n, _)| n == name);

@@ -1203,9 +1203,8 @@ static MILLIS_DIGITS: [[u8; 3]; 1000] = {
 /// Looked up by a constant name: a lookup by `&str` builds (and allocates) a custom name.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Our `Via` entry on upstream requests and client responses.
-pub const VIA: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
-const VIA_VALUE: HeaderValue = HeaderValue::from_static(VIA);
+/// [`own::VIA`] as a header value.
+const VIA_VALUE: HeaderValue = HeaderValue::from_static(own::VIA);
 
 #[cfg(test)]
 mod tests {

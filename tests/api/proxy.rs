@@ -1125,12 +1125,7 @@ async fn kongs_default_headers_go_where_kong_puts_them() {
     assert!(!own.headers().contains_key("x-portcullis-proxy-latency"));
     assert_eq!(own.headers()["x-portcullis-request-id"].len(), 32);
 
-    let admin = app
-        .http
-        .get(format!("{}/", app.admin))
-        .send()
-        .await
-        .unwrap();
+    let admin = admin_root(&app).await;
     assert_eq!(admin.status(), 200);
     assert_eq!(admin.headers()["server"], product);
     number(&admin, "x-portcullis-admin-latency");
@@ -1195,12 +1190,16 @@ async fn headers_settings_keep_only_what_they_name() {
     none_of_ours(&own);
     assert!(!own.headers().contains_key("x-portcullis-upstream-status"));
 
-    let admin = app
-        .http
+    let admin = admin_root(&app).await;
+    assert_eq!(admin.status(), 200);
+    none_of_ours(&admin);
+}
+
+/// The admin API's `GET /` as it answered (its headers are what the tests read).
+async fn admin_root(app: &crate::helpers::TestApp) -> reqwest::Response {
+    app.http
         .get(format!("{}/", app.admin))
         .send()
         .await
-        .unwrap();
-    assert_eq!(admin.status(), 200);
-    none_of_ours(&admin);
+        .expect("admin GET /")
 }
