@@ -266,6 +266,12 @@ impl RequestCtx {
         }
     }
 
+    /// Sets an upstream header to a value made earlier (a cached one, say: cloning it is a
+    /// reference count, where [`Self::set_upstream`] checks and copies the text).
+    pub fn set_upstream_value(&mut self, name: &HeaderName, value: HeaderValue) {
+        self.upstream_headers.push((name.clone(), Some(value)));
+    }
+
     /// Removes an upstream header (also a copy sent by the client). Nothing is recorded when
     /// neither the client nor an earlier plugin supplied the header: auth plugins clear a dozen
     /// identity headers per request, and almost none are ever there.

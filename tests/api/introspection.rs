@@ -243,44 +243,49 @@ async fn valid_token_passes_with_credential_and_consumer_headers() {
         .await;
     assert_eq!(s, 201);
     let token = server.token("gateway").await;
-
-    let r = app
-        .http
-        .get(format!("{}/api/x", app.proxy))
-        .bearer_auth(&token)
-        .header("x-consumer-id", "spoofed")
-        .header("x-credential-sub", "spoofed")
-        .header("x-anonymous-consumer", "true")
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = status_json(r).await;
-    assert_eq!(status, 200, "{body}");
-    let h = &body["headers"];
-    assert_eq!(h["x-credential-scope"], "read write");
-    assert_eq!(h["x-credential-client-id"], "gateway");
-    assert_eq!(h["x-credential-token-type"], "Bearer");
-    assert_eq!(h["x-credential-iss"], server.url.as_str());
-    assert!(h["x-credential-exp"]
-        .as_str()
-        .unwrap()
-        .parse::<i64>()
-        .is_ok());
-    assert!(h["x-credential-iat"]
-        .as_str()
-        .unwrap()
-        .parse::<i64>()
-        .is_ok());
-    assert_eq!(h["x-credential-active"], "true");
-    assert!(h.get("x-credential-sub").is_none(), "client copy removed");
-    assert!(
-        h.get("x-anonymous-consumer").is_none(),
-        "client copy removed"
-    );
-    assert_eq!(h["x-consumer-username"], "svc-account");
-    assert_eq!(h["x-consumer-custom-id"], "gateway");
-    assert_ne!(h["x-consumer-id"], "spoofed");
-    assert_eq!(h["authorization"], format!("Bearer {token}"));
+    let calls_before = server.introspections().await;
+    // The first request is a miss (one introspection call); the second is answered from the
+    // cache, by the access phase's synchronous path: both must forward the same headers.
+    for _ in 0..2 {
+        let r = app
+            .http
+            .get(format!("{}/api/x", app.proxy))
+            .bearer_auth(&token)
+            .header("x-consumer-id", "spoofed")
+            .header("x-credential-sub", "spoofed")
+            .header("x-anonymous-consumer", "true")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = status_json(r).await;
+        assert_eq!(status, 200, "{body}");
+        let h = &body["headers"];
+        assert_eq!(h["x-credential-scope"], "read write");
+        assert_eq!(h["x-credential-client-id"], "gateway");
+        assert_eq!(h["x-credential-token-type"], "Bearer");
+        assert_eq!(h["x-credential-iss"], server.url.as_str());
+        assert!(h["x-credential-exp"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .is_ok());
+        assert!(h["x-credential-iat"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .is_ok());
+        assert_eq!(h["x-credential-active"], "true");
+        assert!(h.get("x-credential-sub").is_none(), "client copy removed");
+        assert!(
+            h.get("x-anonymous-consumer").is_none(),
+            "client copy removed"
+        );
+        assert_eq!(h["x-consumer-username"], "svc-account");
+        assert_eq!(h["x-consumer-custom-id"], "gateway");
+        assert_ne!(h["x-consumer-id"], "spoofed");
+        assert_eq!(h["authorization"], format!("Bearer {token}"));
+    }
+    assert_eq!(server.introspections().await, calls_before + 1);
 }
 
 #[actix_web::test]

@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use http::header::{HeaderName, HeaderValue};
 use moka::future::Cache;
 use moka::Expiry;
 use portcullis_stores::postgres::listen::announce_verdict_eviction;
@@ -37,6 +39,7 @@ use portcullis_stores::{StoreError, TokenHash};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::claims;
 use super::error::IntrospectionError;
 
 /// How many verdicts the cache keeps before evicting the least useful ones (each is well under a
@@ -65,6 +68,9 @@ pub struct Verdict {
     pub active: bool,
     /// The answer's members (empty for inactive tokens).
     pub claims: Map<String, Value>,
+    /// The standard claims' upstream headers ([`claims::standard_headers`]), made once here
+    /// instead of at every request the verdict admits.
+    pub forwarded: Vec<(&'static HeaderName, HeaderValue)>,
     /// How long the cache may keep it (`None`: until evicted).
     cache_for: Option<Duration>,
 }
@@ -74,9 +80,16 @@ impl Verdict {
     pub fn new(active: bool, claims: Map<String, Value>, ttl: f64, now_unix: i64) -> Self {
         let exp = claims.get("exp").and_then(Value::as_i64);
         let cache_for = cache_duration(active, ttl, exp, now_unix);
+        Self::lasting(active, claims, cache_for)
+    }
+
+    /// A verdict the cache keeps for `cache_for`.
+    fn lasting(active: bool, claims: Map<String, Value>, cache_for: Option<Duration>) -> Self {
+        let claims = if active { claims } else { Map::new() };
         Self {
             active,
-            claims: if active { claims } else { Map::new() },
+            forwarded: claims::standard_headers(&claims),
+            claims,
             cache_for,
         }
     }
@@ -116,11 +129,7 @@ impl SharedVerdict {
             )),
             None => None,
         };
-        Some(Verdict {
-            active: self.active,
-            claims: self.claims,
-            cache_for,
-        })
+        Some(Verdict::lasting(self.active, self.claims, cache_for))
     }
 }
 
@@ -161,10 +170,15 @@ pub struct SharedTier {
     pub bus: Option<Pool>,
 }
 
+/// The cache's hasher: foldhash, seeded at random per process. Keys are SHA-256 digests, so no
+/// client can aim its tokens at one bucket without the seed, and a lookup per proxied request
+/// hashes 64 bytes in a few instructions where moka's default SipHash took over 300.
+type KeyHasher = foldhash::fast::RandomState;
+
 /// Handle on the process-wide verdict cache; clones share it.
 #[derive(Clone)]
 pub struct IntrospectionCache {
-    inner: Cache<CacheKey, Arc<Verdict>>,
+    inner: Cache<CacheKey, Arc<Verdict>, KeyHasher>,
     shared: SharedTier,
     /// Evictions made on this node so far (an answer fetched across one is not cached).
     evictions: Arc<AtomicU64>,
@@ -197,10 +211,18 @@ impl IntrospectionCache {
             inner: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(PerEntry)
-                .build(),
+                .build_with_hasher(KeyHasher::default()),
             shared,
             evictions: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The cached verdict when it can be read without waiting: a proxied request whose verdict
+    /// is cached is then checked without a future. `None` is a miss, or moka needing to wait for
+    /// its housekeeping (rare): [`Self::get_or_introspect`] then answers. moka's futures are
+    /// cancel-safe at every await, so giving up on one that would wait loses nothing.
+    pub fn get_now(&self, key: &CacheKey) -> Option<Arc<Verdict>> {
+        self.inner.get(key).now_or_never().flatten()
     }
 
     /// The cached verdict, or the result of the call `introspect` makes — run once however many

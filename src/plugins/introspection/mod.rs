@@ -8,11 +8,13 @@
 //! fails closed with 503 when the server cannot answer (never 401, never the anonymous consumer).
 //!
 //! - [`cache`]: the bounded, single-flight verdict cache (and the seam for a shared one).
+//! - [`claims`]: which upstream header carries which claim.
 //! - [`client`]: the RFC 7662 call.
 //! - [`error`]: refusals and their HTTP answers.
 //! - Its admin endpoint, `DELETE /oauth2-introspection/cache/{digest}`, is `admin::introspection`.
 
 pub mod cache;
+pub mod claims;
 pub mod client;
 pub mod error;
 
@@ -36,6 +38,7 @@ use crate::schema::{Field, FieldErrors, FieldType, Schema};
 
 pub use cache::IntrospectionCache;
 use cache::{CacheKey, Verdict};
+use claims::{claim_header, claim_value, CLAIM_HEADERS};
 use error::{IntrospectionError, Rejection};
 
 /// Plugin name in the admin API.
@@ -46,32 +49,6 @@ pub const PRIORITY: i32 = super::priority("oauth2-introspection");
 pub const MASK: &str = "******";
 /// Largest `timeout` / `keepalive` (ms), Kong's limit for timeouts.
 const MAX_MS: i64 = 2_147_483_646;
-
-/// Standard claims forwarded upstream, with their header (`username` twice: Kong renamed
-/// `X-Credential-Username` to `X-Credential-Identifier` in 3.0; both are sent).
-const CLAIM_HEADERS: [(&str, HeaderName); 12] = [
-    ("scope", HeaderName::from_static("x-credential-scope")),
-    (
-        "client_id",
-        HeaderName::from_static("x-credential-client-id"),
-    ),
-    ("username", HeaderName::from_static("x-credential-username")),
-    (
-        "username",
-        HeaderName::from_static("x-credential-identifier"),
-    ),
-    (
-        "token_type",
-        HeaderName::from_static("x-credential-token-type"),
-    ),
-    ("exp", HeaderName::from_static("x-credential-exp")),
-    ("iat", HeaderName::from_static("x-credential-iat")),
-    ("nbf", HeaderName::from_static("x-credential-nbf")),
-    ("sub", HeaderName::from_static("x-credential-sub")),
-    ("aud", HeaderName::from_static("x-credential-aud")),
-    ("iss", HeaderName::from_static("x-credential-iss")),
-    ("jti", HeaderName::from_static("x-credential-jti")),
-];
 
 /// Identity headers set by this plugin; client-sent copies are always removed.
 const CONSUMER_HEADERS: [HeaderName; 4] = [
@@ -103,10 +80,6 @@ fn check_headers(v: &Value) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn claim_header(claim: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(format!("x-credential-{}", claim.to_ascii_lowercase()).as_bytes()).ok()
 }
 
 fn check_claim(v: &Value) -> Result<(), String> {
@@ -356,25 +329,6 @@ fn extract_token(ctx: &RequestCtx) -> Option<(String, Source)> {
         .map(|(_, v)| (v, Source::Query))
 }
 
-/// A claim as a header value: strings as is, numbers and booleans printed, string arrays joined
-/// with `, ` (e.g. several `aud`), anything else as JSON.
-fn claim_value(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Array(items) if items.iter().all(Value::is_string) => Some(
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        other => Some(other.to_string()),
-    }
-}
-
 fn now_unix() -> i64 {
     crate::clock::now()
 }
@@ -416,9 +370,14 @@ impl IntrospectionRuntime {
 
     /// The verdict for `token`, from the cache or one introspection call (timed as a step of
     /// the request when one was made and steps are timed).
-    async fn verdict(&self, ctx: &mut RequestCtx, token: &str) -> Result<Arc<Verdict>, Rejection> {
+    async fn verdict(
+        &self,
+        ctx: &mut RequestCtx,
+        token: &str,
+        key: CacheKey,
+    ) -> Result<Arc<Verdict>, Rejection> {
         let began = ctx.step_begins();
-        let (verdict, called) = self.cached_verdict(ctx, token).await;
+        let (verdict, called) = self.cached_verdict(ctx, token, key).await;
         if called {
             ctx.step_ends(StepKind::IntrospectionCall, began);
         }
@@ -430,6 +389,7 @@ impl IntrospectionRuntime {
         &self,
         ctx: &RequestCtx,
         token: &str,
+        key: CacheKey,
     ) -> (Result<Arc<Verdict>, Rejection>, bool) {
         // The call is only prepared on a miss; a cache hit costs the lookup alone.
         let called = std::cell::Cell::new(false);
@@ -469,22 +429,14 @@ impl IntrospectionRuntime {
                 now_unix(),
             ))
         };
-        let verdict = self
-            .cache
-            .get_or_introspect(self.cache_key(ctx, token), introspect)
-            .await;
+        let verdict = self.cache.get_or_introspect(key, introspect).await;
         let called = called.get();
         if called {
             self.counters.cache_misses.inc();
         } else {
             self.counters.cache_hits.inc();
         }
-        let verdict = match verdict {
-            Ok(v) if v.active => Ok(v),
-            Ok(_) => Err(Rejection::Inactive),
-            Err(e) => Err(Rejection::Unavailable(e)),
-        };
-        (verdict, called)
+        (judged(verdict), called)
     }
 
     fn find_consumer(&self, snapshot: &Identities, verdict: &Verdict) -> Option<Arc<Consumer>> {
@@ -513,10 +465,8 @@ impl IntrospectionRuntime {
     }
 
     fn accept(&self, ctx: &mut RequestCtx, verdict: &Verdict) {
-        for (claim, header) in &CLAIM_HEADERS {
-            if let Some(value) = verdict.claims.get(*claim).and_then(claim_value) {
-                ctx.set_upstream(header, &value);
-            }
+        for (header, value) in &verdict.forwarded {
+            ctx.set_upstream_value(header, value.clone());
         }
         for (claim, header) in &self.claims {
             if let Some(value) = verdict.claims.get(claim).and_then(claim_value) {
@@ -539,37 +489,20 @@ impl IntrospectionRuntime {
         ctx.set_upstream(&identity::ANONYMOUS_CONSUMER, "true");
         Ok(())
     }
-}
 
-#[async_trait(?Send)]
-impl PluginRuntime for IntrospectionRuntime {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn priority(&self) -> i32 {
-        PRIORITY
-    }
-    async fn access(&self, ctx: &mut RequestCtx) -> Flow {
-        if !self.config.run_on_preflight && ctx.req.method() == Method::OPTIONS {
-            return Flow::Continue;
-        }
-        // Kong's "logical OR": an earlier auth plugin already authenticated the request.
-        if self.config.anonymous.is_some() && ctx.authenticated {
-            return Flow::Continue;
-        }
-        self.clear_identity_headers(ctx);
-        let outcome = match extract_token(ctx) {
-            None => Err(Rejection::Missing),
-            Some((token, source)) => {
-                if self.config.hide_credentials {
-                    match source {
-                        Source::Header => ctx.clear_upstream(&http::header::AUTHORIZATION),
-                        Source::Query => ctx.strip_query_arg(&crate::plugin_api::ACCESS_TOKEN_ARG),
-                    }
-                }
-                self.verdict(ctx, &token).await
+    /// `hide_credentials`: the token does not reach the upstream.
+    fn hide_credentials(&self, ctx: &mut RequestCtx, source: Source) {
+        if self.config.hide_credentials {
+            match source {
+                Source::Header => ctx.clear_upstream(&http::header::AUTHORIZATION),
+                Source::Query => ctx.strip_query_arg(&crate::plugin_api::ACCESS_TOKEN_ARG),
             }
-        };
+        }
+    }
+
+    /// Admits the request with its verdict, or as the anonymous consumer when the refusal
+    /// allows one, or refuses it.
+    fn conclude(&self, ctx: &mut RequestCtx, outcome: Result<Arc<Verdict>, Rejection>) -> Flow {
         let refused = match outcome {
             Ok(verdict) => {
                 self.accept(ctx, &verdict);
@@ -585,5 +518,76 @@ impl PluginRuntime for IntrospectionRuntime {
             _ => refused,
         };
         Flow::Respond(refused.to_response())
+    }
+}
+
+/// What [`IntrospectionRuntime::access_now`] found before the cache missed: the token, where it
+/// came from and its cache key, so that the access phase neither extracts nor hashes it again.
+struct Missed {
+    token: String,
+    source: Source,
+    key: CacheKey,
+}
+
+/// A cached or fetched verdict as the request's outcome: inactive tokens and failed calls are
+/// refusals.
+fn judged(
+    verdict: Result<Arc<Verdict>, Arc<IntrospectionError>>,
+) -> Result<Arc<Verdict>, Rejection> {
+    match verdict {
+        Ok(v) if v.active => Ok(v),
+        Ok(_) => Err(Rejection::Inactive),
+        Err(e) => Err(Rejection::Unavailable(e)),
+    }
+}
+
+#[async_trait(?Send)]
+impl PluginRuntime for IntrospectionRuntime {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn priority(&self) -> i32 {
+        PRIORITY
+    }
+    /// A request whose verdict is cached (or that carries no token, or needs no check) is
+    /// checked without a future; a miss leaves its token and key to [`Self::access`].
+    fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
+        if !self.config.run_on_preflight && ctx.req.method() == Method::OPTIONS {
+            return Some(Flow::Continue);
+        }
+        // Kong's "logical OR": an earlier auth plugin already authenticated the request.
+        if self.config.anonymous.is_some() && ctx.authenticated {
+            return Some(Flow::Continue);
+        }
+        let Some((token, source)) = extract_token(ctx) else {
+            self.clear_identity_headers(ctx);
+            return Some(self.conclude(ctx, Err(Rejection::Missing)));
+        };
+        let key = self.cache_key(ctx, &token);
+        let Some(verdict) = self.cache.get_now(&key) else {
+            ctx.slots.insert(Missed { token, source, key });
+            return None;
+        };
+        self.counters.cache_hits.inc();
+        self.clear_identity_headers(ctx);
+        self.hide_credentials(ctx, source);
+        Some(self.conclude(ctx, judged(Ok(verdict))))
+    }
+
+    async fn access(&self, ctx: &mut RequestCtx) -> Flow {
+        let missed = match ctx.slots.take::<Missed>() {
+            Some(missed) => missed,
+            None => match self.access_now(ctx) {
+                Some(flow) => return flow,
+                None => match ctx.slots.take::<Missed>() {
+                    Some(missed) => missed,
+                    None => return Flow::Continue,
+                },
+            },
+        };
+        self.clear_identity_headers(ctx);
+        self.hide_credentials(ctx, missed.source);
+        let outcome = self.verdict(ctx, &missed.token, missed.key).await;
+        self.conclude(ctx, outcome)
     }
 }
