@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 
 use crate::model::{TokenHash, TokenRecord};
-use crate::redis_conn::{RedisConn, RedisTrust};
+use crate::redis_conn::{AnswerBound, RedisConn, RedisTrust};
 use crate::StoreError;
 
 /// Connection settings of the Redis layer.
@@ -122,10 +122,12 @@ impl RedisTokenCache {
     /// # Errors
     /// [`StoreError::Internal`] for a URL or trusted CAs that do not parse.
     pub fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
+        // Every command goes through `bounded`, which times it and counts its failure.
         let conn = crate::redis_conn::open_url(
             &settings.url,
             &settings.trust,
             settings.timeout,
+            AnswerBound::Caller,
             "redis_url",
         )?;
         Ok(Self {
@@ -556,5 +558,65 @@ mod tests {
         ] {
             assert_eq!(decode_record(bad), None, "{bad:?}");
         }
+    }
+
+    /// The token cache's connection arms no answer timer of its own ([`AnswerBound::Caller`]):
+    /// every command it sends must still come back within the timeout when Redis takes the
+    /// connection and never answers (a hung server, a black-holed network), as Unavailable, so
+    /// that the tiered store reads Postgres instead.
+    #[tokio::test]
+    async fn a_redis_that_never_answers_is_unavailable_within_the_timeout() {
+        use std::time::{Duration, Instant};
+
+        use super::{RedisSettings, RedisTokenCache};
+        use crate::StoreError;
+
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut conns = Vec::new();
+            while let Ok((mut conn, _)) = silent.accept().await {
+                // The connection's setup (the client's `CLIENT SETINFO` pipeline) is answered,
+                // one `+OK` a command; nothing after it ever is.
+                let mut setup = vec![0; 4096];
+                let n = conn.read(&mut setup).await.unwrap_or(0);
+                let commands = setup[..n].windows(3).filter(|w| w == b"\r\n*").count()
+                    + usize::from(setup.first() == Some(&b'*'));
+                let _ = conn.write_all(&b"+OK\r\n".repeat(commands)).await;
+                conns.push(conn);
+            }
+        });
+        let cache = RedisTokenCache::open(&RedisSettings {
+            url: format!("redis://{addr}"),
+            trust: crate::redis_conn::RedisTrust::WebPki,
+            prefix: "silent".into(),
+            timeout: Duration::from_millis(300),
+        })
+        .unwrap();
+        let [record, _] = records();
+        let started = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(10), cache.get(&TokenHash([7; 32])))
+            .await
+            .expect("the lookup came back");
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // Past the skip window, a write is bounded the same way.
+        tokio::time::sleep(super::SKIP_AFTER_FAILURE).await;
+        let started = Instant::now();
+        let put = tokio::time::timeout(Duration::from_secs(10), cache.put(&record, 0))
+            .await
+            .expect("the write came back");
+        assert!(matches!(put, Err(StoreError::Unavailable(_))), "{put:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        held.abort();
     }
 }

@@ -64,6 +64,19 @@ pub struct RedisTls {
     pub server_name: Option<String>,
 }
 
+/// Who bounds a command's wait for its answer on a plain connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AnswerBound {
+    /// The connection: every command fails after the timeout. For callers that send commands
+    /// without a bound of their own (the rate-limiting counters).
+    Connection,
+    /// The caller, around every command it sends (the token cache, which also counts the
+    /// failure there): the connection arms no second timer of its own per command, which a
+    /// token's first use on a node would otherwise pay for twice. TLS connections keep theirs
+    /// either way: their answer timing out is what makes them connect again.
+    Caller,
+}
+
 /// A connection to one Redis server; clones share it, except on threads that use connections
 /// of their own ([`use_thread_connections`]): there [`RedisConn::here`] answers with that
 /// thread's.
@@ -214,6 +227,7 @@ pub(crate) fn open_url(
     url: &str,
     trust: &RedisTrust,
     timeout: Duration,
+    bound: AnswerBound,
     what: &str,
 ) -> Result<RedisConn, StoreError> {
     let tls_rest = url
@@ -225,6 +239,7 @@ pub(crate) fn open_url(
         return plain(
             redis::Client::open(info).map_err(|e| internal(what, e))?,
             timeout,
+            bound,
         );
     };
     let (rest, verify) = match rest.split_once('#') {
@@ -274,14 +289,21 @@ pub(crate) fn open_host(
     plain(
         redis::Client::open(info).map_err(|e| internal("redis", e))?,
         timeout,
+        AnswerBound::Connection,
     )
 }
 
-/// The connection manager, every attempt and command bounded by `timeout`.
-fn plain(client: redis::Client, timeout: Duration) -> Result<RedisConn, StoreError> {
+/// The connection manager, every connection attempt bounded by `timeout`, and every command too
+/// unless its callers bound them.
+fn plain(
+    client: redis::Client,
+    timeout: Duration,
+    bound: AnswerBound,
+) -> Result<RedisConn, StoreError> {
+    let answer_timeout = (bound == AnswerBound::Connection).then_some(timeout);
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
+        .set_response_timeout(answer_timeout)
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(100));
@@ -445,6 +467,7 @@ mod tests {
             &url,
             &RedisTrust::WebPki,
             Duration::from_secs(2),
+            AnswerBound::Connection,
             "redis_url",
         )
         .unwrap()

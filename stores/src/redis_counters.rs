@@ -231,7 +231,13 @@ impl RedisCounters {
     /// # Errors
     /// [`StoreError::Internal`] for a URL or trusted CAs that do not parse.
     pub fn open_url(url: &str, timeout: Duration, trust: &RedisTrust) -> Result<Self, StoreError> {
-        let conn = crate::redis_conn::open_url(url, trust, timeout, "redis_url")?;
+        let conn = crate::redis_conn::open_url(
+            url,
+            trust,
+            timeout,
+            crate::redis_conn::AnswerBound::Connection,
+            "redis_url",
+        )?;
         Ok(Self::on(conn, timeout))
     }
 
