@@ -50,8 +50,9 @@ pub const MASK: &str = "******";
 /// Largest `timeout` / `keepalive` (ms), Kong's limit for timeouts.
 const MAX_MS: i64 = 2_147_483_646;
 
-/// Identity headers set by this plugin; client-sent copies are always removed.
-const CONSUMER_HEADERS: [HeaderName; 4] = [
+/// Identity headers set by this plugin; client-sent copies are always removed (a `static`, as
+/// [`CLAIM_HEADERS`]).
+static CONSUMER_HEADERS: [HeaderName; 4] = [
     identity::CONSUMER_ID,
     identity::CONSUMER_CUSTOM_ID,
     identity::CONSUMER_USERNAME,
