@@ -491,6 +491,30 @@ impl IntrospectionRuntime {
         Ok(())
     }
 
+    /// The access phase as far as it goes without waiting: the answer, or what a cache miss
+    /// found for the phase that waits.
+    fn check_now(&self, ctx: &mut RequestCtx) -> Result<Flow, Missed> {
+        if !self.config.run_on_preflight && ctx.req.method() == Method::OPTIONS {
+            return Ok(Flow::Continue);
+        }
+        // Kong's "logical OR": an earlier auth plugin already authenticated the request.
+        if self.config.anonymous.is_some() && ctx.authenticated {
+            return Ok(Flow::Continue);
+        }
+        let Some((token, source)) = extract_token(ctx) else {
+            self.clear_identity_headers(ctx);
+            return Ok(self.conclude(ctx, Err(Rejection::Missing)));
+        };
+        let key = self.cache_key(ctx, &token);
+        let Some(verdict) = self.cache.get_now(&key) else {
+            return Err(Missed { token, source, key });
+        };
+        self.counters.cache_hits.inc();
+        self.clear_identity_headers(ctx);
+        self.hide_credentials(ctx, source);
+        Ok(self.conclude(ctx, judged(Ok(verdict))))
+    }
+
     /// `hide_credentials`: the token does not reach the upstream.
     fn hide_credentials(&self, ctx: &mut RequestCtx, source: Source) {
         if self.config.hide_credentials {
@@ -553,37 +577,21 @@ impl PluginRuntime for IntrospectionRuntime {
     /// A request whose verdict is cached (or that carries no token, or needs no check) is
     /// checked without a future; a miss leaves its token and key to [`Self::access`].
     fn access_now(&self, ctx: &mut RequestCtx) -> Option<Flow> {
-        if !self.config.run_on_preflight && ctx.req.method() == Method::OPTIONS {
-            return Some(Flow::Continue);
+        match self.check_now(ctx) {
+            Ok(flow) => Some(flow),
+            Err(missed) => {
+                ctx.slots.insert(missed);
+                None
+            }
         }
-        // Kong's "logical OR": an earlier auth plugin already authenticated the request.
-        if self.config.anonymous.is_some() && ctx.authenticated {
-            return Some(Flow::Continue);
-        }
-        let Some((token, source)) = extract_token(ctx) else {
-            self.clear_identity_headers(ctx);
-            return Some(self.conclude(ctx, Err(Rejection::Missing)));
-        };
-        let key = self.cache_key(ctx, &token);
-        let Some(verdict) = self.cache.get_now(&key) else {
-            ctx.slots.insert(Missed { token, source, key });
-            return None;
-        };
-        self.counters.cache_hits.inc();
-        self.clear_identity_headers(ctx);
-        self.hide_credentials(ctx, source);
-        Some(self.conclude(ctx, judged(Ok(verdict))))
     }
 
     async fn access(&self, ctx: &mut RequestCtx) -> Flow {
         let missed = match ctx.slots.take::<Missed>() {
             Some(missed) => missed,
-            None => match self.access_now(ctx) {
-                Some(flow) => return flow,
-                None => match ctx.slots.take::<Missed>() {
-                    Some(missed) => missed,
-                    None => return Flow::Continue,
-                },
+            None => match self.check_now(ctx) {
+                Ok(flow) => return flow,
+                Err(missed) => missed,
             },
         };
         self.clear_identity_headers(ctx);
