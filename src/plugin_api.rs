@@ -281,6 +281,22 @@ impl RequestCtx {
         }
     }
 
+    /// Removes every upstream header `picked` names that the client or an earlier plugin
+    /// supplied: one pass over the request's headers for a whole set of names, where
+    /// [`Self::clear_upstream`] makes one per name (an auth plugin clears a dozen or more).
+    pub fn clear_upstream_picked(&mut self, picked: impl Fn(&HeaderName) -> bool) {
+        let supplied = self.req.headers().keys().filter(|n| picked(n));
+        let earlier = self
+            .upstream_headers
+            .iter()
+            .filter(|(n, v)| v.is_some() && picked(n))
+            .map(|(n, _)| n);
+        // Empty (and no allocation) for almost every request.
+        let cleared: Vec<HeaderName> = supplied.chain(earlier).cloned().collect();
+        self.upstream_headers
+            .extend(cleared.into_iter().map(|n| (n, None)));
+    }
+
     /// Strips a query argument from the upstream request.
     pub fn strip_query_arg(&mut self, name: &Arc<str>) {
         self.strip_query.push(name.clone());

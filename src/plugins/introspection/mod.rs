@@ -340,16 +340,16 @@ fn set_consumer(ctx: &mut RequestCtx, consumer: Arc<Consumer>) {
 }
 
 impl IntrospectionRuntime {
+    /// Removes the client's (and earlier plugins') copies of every header this plugin sets.
     fn clear_identity_headers(&self, ctx: &mut RequestCtx) {
-        for (_, header) in &CLAIM_HEADERS {
-            ctx.clear_upstream(header);
-        }
-        for header in &CONSUMER_HEADERS {
-            ctx.clear_upstream(header);
-        }
-        for (_, header) in &self.claims {
-            ctx.clear_upstream(header);
-        }
+        ctx.clear_upstream_picked(|name| {
+            // Every one of them is an `x-` name (the custom claims' too: `x-credential-<claim>`),
+            // so most of a request's headers are passed over without a comparison.
+            name.as_str().starts_with("x-")
+                && (CLAIM_HEADERS.iter().any(|(_, h)| h == name)
+                    || CONSUMER_HEADERS.contains(name)
+                    || self.claims.iter().any(|(_, h)| h == name))
+        });
     }
 
     fn cache_key(&self, ctx: &RequestCtx, token: &str) -> CacheKey {
