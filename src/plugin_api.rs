@@ -276,9 +276,8 @@ impl RequestCtx {
     /// neither the client nor an earlier plugin supplied the header: auth plugins clear a dozen
     /// identity headers per request, and almost none are ever there.
     pub fn clear_upstream(&mut self, name: &HeaderName) {
-        if self.supplied(name) {
-            self.upstream_headers.push((name.clone(), None));
-        }
+        // Names compare without hashing (a standard name never equals a custom one).
+        self.clear_upstream_picked(|n| n == name);
     }
 
     /// Removes every upstream header `picked` names that the client or an earlier plugin
@@ -317,17 +316,6 @@ impl RequestCtx {
             Some(u) => self.set_upstream(&identity::CONSUMER_USERNAME, u),
             None => self.clear_upstream(&identity::CONSUMER_USERNAME),
         }
-    }
-
-    /// Whether the client or an earlier plugin supplied this (lower-case) upstream header.
-    fn supplied(&self, name: &HeaderName) -> bool {
-        // A scan of the client's few headers: names compare without hashing (a standard name
-        // never equals a custom one), for a dozen clears per request.
-        self.req.headers().keys().any(|n| n == name)
-            || self
-                .upstream_headers
-                .iter()
-                .any(|(n, v)| v.is_some() && n == name)
     }
 
     /// When a plugin's own step begins, for [`RequestCtx::step_ends`]; `None` (no clock read)
