@@ -18,6 +18,8 @@
 //! - [`redis_conn`]: the one connection to a Redis server both talk through, plain or TLS (the
 //!   CAs trusted, verification, the server name).
 //! - [`tiered`]: near cache → Redis → durable store for token lookups.
+//! - `sightings`: which digests Redis answered for lately, so the near cache takes a record read
+//!   there on its second sighting and a token used once never costs an insert.
 //! - [`observe`]: the observer the token stores tell which tier answered a lookup and how long
 //!   Redis and Postgres took (the gateway's metrics implement it).
 //! - [`postgres`]: the durable stores (`database = postgres`), their pool, their migrations and
@@ -36,6 +38,7 @@ pub mod postgres;
 pub mod redis_cache;
 pub mod redis_conn;
 pub mod redis_counters;
+mod sightings;
 pub mod tiered;
 pub mod unverified;
 

@@ -1,7 +1,9 @@
 //! Token lookup in tiers: an in-process near cache, then Redis (optional), then the durable store.
 //! Writes go to the durable store first and then evict or refresh the caches, so the durable store
 //! stays the truth. Negative results are cached briefly and in bounded number, so a flood of garbage
-//! tokens can neither fill memory nor hammer the durable store.
+//! tokens can neither fill memory nor hammer the durable store. A record Redis answered with is
+//! cached on the second sighting of its digest (see `crate::sightings`); one read from the durable
+//! store, or just issued on this node, at once.
 //!
 //! Other nodes' changes reach this node's caches through [`TieredTokenStore::invalidate`], called by
 //! the cluster invalidation listener.
@@ -22,6 +24,7 @@ use uuid::Uuid;
 use crate::model::{CodeRecord, RefreshOutcome, TokenFilter, TokenHash, TokenRecord};
 use crate::observe::{unobserved, LookupObserver, LookupTier, RemoteTier};
 use crate::redis_cache::RedisTokenCache;
+use crate::sightings::Sightings;
 use crate::{RefreshReplacement, StoreError, TokenStore};
 
 fn now_secs() -> i64 {
@@ -67,6 +70,8 @@ pub struct TieredTokenStore {
     redis: Option<RedisTokenCache>,
     near: Cache<TokenHash, Arc<TokenRecord>, NearHasher>,
     negative: Cache<TokenHash, (), NearHasher>,
+    /// Digests Redis answered for lately: a record read there is cached on its second sighting.
+    sightings: Sightings,
     epoch: AtomicU64,
     observer: Arc<dyn LookupObserver>,
 }
@@ -89,6 +94,7 @@ impl TieredTokenStore {
                 .max_capacity(settings.max_negative)
                 .time_to_live(settings.negative_ttl)
                 .build_with_hasher(NearHasher::default()),
+            sightings: Sightings::sized_for(settings.max_entries),
             epoch: AtomicU64::new(0),
             observer: unobserved(),
         }
@@ -174,7 +180,7 @@ impl TokenStore for TieredTokenStore {
             match cached {
                 Ok(Some(record)) => {
                     self.observer.answered(LookupTier::Redis);
-                    if unchanged() {
+                    if self.sightings.seen_again(hash) && unchanged() {
                         self.near.insert(*hash, Arc::new(record.clone()));
                     }
                     return Ok(Some(record).filter(|t| t.row_live_at(now)));
