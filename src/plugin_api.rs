@@ -301,21 +301,32 @@ impl RequestCtx {
         self.strip_query.push(name.clone());
     }
 
-    /// Sets `X-Consumer-*` from a consumer, removing the ones it has no value for.
-    pub fn set_consumer_headers(&mut self, consumer: &Consumer) {
+    /// Sets `X-Consumer-*` from a consumer and removes the ones it has no value for, with every
+    /// other name `also_clear` picks (the authentication plugin's own headers it sets no value
+    /// for): one pass over the request's headers for all of them.
+    pub fn set_consumer_headers(
+        &mut self,
+        consumer: &Consumer,
+        also_clear: impl Fn(&HeaderName) -> bool,
+    ) {
         let mut id = uuid::Uuid::encode_buffer();
         self.set_upstream(
             &identity::CONSUMER_ID,
             consumer.id.hyphenated().encode_lower(&mut id),
         );
-        match &consumer.custom_id {
-            Some(c) => self.set_upstream(&identity::CONSUMER_CUSTOM_ID, c),
-            None => self.clear_upstream(&identity::CONSUMER_CUSTOM_ID),
+        if let Some(c) = &consumer.custom_id {
+            self.set_upstream(&identity::CONSUMER_CUSTOM_ID, c);
         }
-        match &consumer.username {
-            Some(u) => self.set_upstream(&identity::CONSUMER_USERNAME, u),
-            None => self.clear_upstream(&identity::CONSUMER_USERNAME),
+        if let Some(u) = &consumer.username {
+            self.set_upstream(&identity::CONSUMER_USERNAME, u);
         }
+        let (no_custom_id, no_username) =
+            (consumer.custom_id.is_none(), consumer.username.is_none());
+        self.clear_upstream_picked(|n| {
+            (no_custom_id && n == identity::CONSUMER_CUSTOM_ID)
+                || (no_username && n == identity::CONSUMER_USERNAME)
+                || also_clear(n)
+        });
     }
 
     /// When a plugin's own step begins, for [`RequestCtx::step_ends`]; `None` (no clock read)

@@ -319,12 +319,14 @@ async fn code_flow_sets_upstream_headers_and_codes_are_single_use() {
         .bearer_auth(&access)
         .header("x-consumer-username", "mallory")
         .header("x-anonymous-consumer", "true")
+        .header("x-consumer-custom-id", "mallory")
         .send()
         .await
         .unwrap();
     let (s, echo) = status_json(r).await;
     assert_eq!(s, 200, "{echo}");
     let h = &echo["headers"];
+    assert!(h.get("x-consumer-custom-id").is_none(), "bob has none: {h}");
     assert_eq!(h["x-consumer-username"], "bob");
     assert_eq!(h["x-authenticated-userid"], "userid123");
     assert_eq!(h["x-authenticated-scope"], "email");
@@ -629,6 +631,41 @@ async fn hide_credentials_strips_header_query_and_form() {
     let (s, echo) = status_json(r).await;
     assert_eq!(s, 200);
     assert_eq!(echo["body"], "other=x");
+}
+
+/// A token without a scope or a user: the client's copies of those headers are removed, not
+/// passed on as if the token carried them.
+#[actix_web::test]
+async fn headers_a_token_has_no_value_for_are_removed() {
+    let f = fixture(json!({"enable_client_credentials": true})).await;
+    let (s, _, t) = f
+        .post("/api/oauth2/token", json!({"client_id": "clientid123", "client_secret": "secret123", "grant_type": "client_credentials"}))
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let r = f
+        .app
+        .http
+        .get(format!("{}/api/request", f.app.proxy))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .header("x-authenticated-scope", "admin")
+        .header("x-authenticated-userid", "root")
+        .header("x-anonymous-consumer", "true")
+        .header("x-credential-identifier", "forged")
+        .send()
+        .await
+        .unwrap();
+    let (s, echo) = status_json(r).await;
+    assert_eq!(s, 200, "{echo}");
+    let h = &echo["headers"];
+    assert_eq!(h["x-credential-identifier"], "clientid123");
+    assert_eq!(h["x-consumer-username"], "bob");
+    for gone in [
+        "x-authenticated-scope",
+        "x-authenticated-userid",
+        "x-anonymous-consumer",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h}");
+    }
 }
 
 #[actix_web::test]

@@ -335,7 +335,7 @@ fn now_unix() -> i64 {
 }
 
 fn set_consumer(ctx: &mut RequestCtx, consumer: Arc<Consumer>) {
-    ctx.set_consumer_headers(&consumer);
+    ctx.set_consumer_headers(&consumer, |_| false);
     ctx.consumer = Some(consumer);
 }
 

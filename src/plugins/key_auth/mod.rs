@@ -210,9 +210,7 @@ impl Runtime {
         let Some(name) = self.names.get(index) else {
             return;
         };
-        for h in &name.headers {
-            ctx.clear_upstream(h);
-        }
+        ctx.clear_upstream_picked(|n| name.headers.contains(n));
         ctx.strip_query_arg(&name.name);
         if self.in_body {
             if let Some(body) = &ctx.body {
@@ -245,7 +243,6 @@ impl Runtime {
         ctx.consumer = Some(consumer.clone());
         ctx.credential = Some(credential.id);
         ctx.authenticated = true;
-        ctx.credential = Some(credential.id);
         Ok(())
     }
 
@@ -265,18 +262,17 @@ impl Runtime {
 /// Kong's `set_consumer`: the consumer's headers, the credential's id, and whether the consumer
 /// is the anonymous one.
 fn set_consumer(ctx: &mut RequestCtx, consumer: &Consumer, credential: Option<uuid::Uuid>) {
-    ctx.set_consumer_headers(consumer);
     match credential {
         Some(id) => {
+            ctx.set_consumer_headers(consumer, |n| n == identity::ANONYMOUS_CONSUMER);
             let mut buf = uuid::Uuid::encode_buffer();
             ctx.set_upstream(
                 &identity::CREDENTIAL_IDENTIFIER,
                 id.hyphenated().encode_lower(&mut buf),
             );
-            ctx.clear_upstream(&identity::ANONYMOUS_CONSUMER);
         }
         None => {
-            ctx.clear_upstream(&identity::CREDENTIAL_IDENTIFIER);
+            ctx.set_consumer_headers(consumer, |n| n == identity::CREDENTIAL_IDENTIFIER);
             ctx.set_upstream(&identity::ANONYMOUS_CONSUMER, "true");
         }
     }

@@ -105,9 +105,7 @@ impl OAuthRuntime {
     fn hide(&self, ctx: &mut RequestCtx, found: &Found) {
         match found {
             Found::BearerHeader(_) => {
-                for h in &self.auth_headers {
-                    ctx.clear_upstream(h);
-                }
+                ctx.clear_upstream_picked(|n| self.auth_headers.contains(n));
             }
             Found::Param(_) => {
                 ctx.strip_query_arg(&crate::plugin_api::ACCESS_TOKEN_ARG);
@@ -199,16 +197,21 @@ impl OAuthRuntime {
             .get(&credential.consumer_id)
             .cloned()
             .ok_or(Denied::Invalid)?;
-        ctx.set_consumer_headers(&consumer);
+        let (no_scope, no_userid) = (
+            record.scope.is_none(),
+            record.authenticated_userid.is_none(),
+        );
+        ctx.set_consumer_headers(&consumer, |n| {
+            n == identity::ANONYMOUS_CONSUMER
+                || (no_scope && n == identity::AUTHENTICATED_SCOPE)
+                || (no_userid && n == identity::AUTHENTICATED_USERID)
+        });
         ctx.set_upstream(&identity::CREDENTIAL_IDENTIFIER, &credential.client_id);
-        ctx.clear_upstream(&identity::ANONYMOUS_CONSUMER);
-        match &record.scope {
-            Some(s) => ctx.set_upstream(&identity::AUTHENTICATED_SCOPE, s),
-            None => ctx.clear_upstream(&identity::AUTHENTICATED_SCOPE),
+        if let Some(s) = &record.scope {
+            ctx.set_upstream(&identity::AUTHENTICATED_SCOPE, s);
         }
-        match &record.authenticated_userid {
-            Some(u) => ctx.set_upstream(&identity::AUTHENTICATED_USERID, u),
-            None => ctx.clear_upstream(&identity::AUTHENTICATED_USERID),
+        if let Some(u) = &record.authenticated_userid {
+            ctx.set_upstream(&identity::AUTHENTICATED_USERID, u);
         }
         ctx.consumer = Some(consumer);
         ctx.credential = Some(credential.id);
@@ -309,8 +312,9 @@ impl OAuthRuntime {
 
     /// With `anonymous` set, an earlier authentication plugin's consumer stands (logical OR).
     fn keep_earlier(ctx: &mut RequestCtx) -> Flow {
-        ctx.clear_upstream(&identity::AUTHENTICATED_SCOPE);
-        ctx.clear_upstream(&identity::AUTHENTICATED_USERID);
+        ctx.clear_upstream_picked(|n| {
+            n == identity::AUTHENTICATED_SCOPE || n == identity::AUTHENTICATED_USERID
+        });
         Flow::Continue
     }
 
@@ -340,11 +344,12 @@ impl OAuthRuntime {
                         }),
                     ));
                 };
-                ctx.set_consumer_headers(&consumer);
+                ctx.set_consumer_headers(&consumer, |n| {
+                    n == identity::CREDENTIAL_IDENTIFIER
+                        || n == identity::AUTHENTICATED_SCOPE
+                        || n == identity::AUTHENTICATED_USERID
+                });
                 ctx.set_upstream(&identity::ANONYMOUS_CONSUMER, "true");
-                ctx.clear_upstream(&identity::CREDENTIAL_IDENTIFIER);
-                ctx.clear_upstream(&identity::AUTHENTICATED_SCOPE);
-                ctx.clear_upstream(&identity::AUTHENTICATED_USERID);
                 ctx.consumer = Some(consumer);
                 Flow::Continue
             }
