@@ -511,8 +511,8 @@ fn issue_cold_tokens(ctx: &Ctx<'_>) -> Result<Result<ColdTokens, String>> {
 /// Target 6: Same, cold: each request a different valid token, round robin over
 /// `BENCH_COLD_TOKENS` tokens, issued once (by a gateway then stopped) and met in every round by
 /// a fresh gateway on the same schema and prefix, whose near cache starts empty: each token's
-/// first use is a near-cache miss answered by Redis. The near cache keeps an entry 30 s, so a
-/// token met again within a run is warm: a run is fully cold only while its requests do not
+/// first use is a near-cache miss answered by Redis. The near cache takes a token Redis answered
+/// for on its second use and keeps it 30 s, so a run is fully cold only while its requests do not
 /// outnumber the tokens (no warm-up run for this target).
 fn oauth2_pg_redis_cold(ctx: &Ctx<'_>) -> Result<Setup> {
     if ctx.cold.borrow().is_none() {
