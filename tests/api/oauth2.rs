@@ -116,15 +116,21 @@ impl Fixture {
 
     /// GET a resource with a bearer token; returns status and echoed request.
     pub async fn get_with(&self, token: &str) -> (u16, Value) {
-        let r = self
+        self.get_forging(token, &[]).await
+    }
+
+    /// [`Self::get_with`], the client also sending headers of its own (identity headers it
+    /// forges, say).
+    pub async fn get_forging(&self, token: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self
             .app
             .http
             .get(format!("{}/api/request", self.app.proxy))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        status_json(r).await
+            .bearer_auth(token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        status_json(request.send().await.unwrap()).await
     }
 }
 
@@ -312,18 +318,16 @@ async fn code_flow_sets_upstream_headers_and_codes_are_single_use() {
     let access = t["access_token"].as_str().unwrap().to_string();
 
     // Spoofed identity headers from the client never reach the upstream.
-    let r = f
-        .app
-        .http
-        .get(format!("{}/api/request", f.app.proxy))
-        .bearer_auth(&access)
-        .header("x-consumer-username", "mallory")
-        .header("x-anonymous-consumer", "true")
-        .header("x-consumer-custom-id", "mallory")
-        .send()
-        .await
-        .unwrap();
-    let (s, echo) = status_json(r).await;
+    let (s, echo) = f
+        .get_forging(
+            &access,
+            &[
+                ("x-consumer-username", "mallory"),
+                ("x-anonymous-consumer", "true"),
+                ("x-consumer-custom-id", "mallory"),
+            ],
+        )
+        .await;
     assert_eq!(s, 200, "{echo}");
     let h = &echo["headers"];
     assert!(h.get("x-consumer-custom-id").is_none(), "bob has none: {h}");
@@ -642,19 +646,17 @@ async fn headers_a_token_has_no_value_for_are_removed() {
         .post("/api/oauth2/token", json!({"client_id": "clientid123", "client_secret": "secret123", "grant_type": "client_credentials"}))
         .await;
     assert_eq!(s, 200, "{t}");
-    let r = f
-        .app
-        .http
-        .get(format!("{}/api/request", f.app.proxy))
-        .bearer_auth(t["access_token"].as_str().unwrap())
-        .header("x-authenticated-scope", "admin")
-        .header("x-authenticated-userid", "root")
-        .header("x-anonymous-consumer", "true")
-        .header("x-credential-identifier", "forged")
-        .send()
-        .await
-        .unwrap();
-    let (s, echo) = status_json(r).await;
+    let (s, echo) = f
+        .get_forging(
+            t["access_token"].as_str().unwrap(),
+            &[
+                ("x-authenticated-scope", "admin"),
+                ("x-authenticated-userid", "root"),
+                ("x-anonymous-consumer", "true"),
+                ("x-credential-identifier", "forged"),
+            ],
+        )
+        .await;
     assert_eq!(s, 200, "{echo}");
     let h = &echo["headers"];
     assert_eq!(h["x-credential-identifier"], "clientid123");
