@@ -450,8 +450,9 @@ async fn a_slow_log_server_does_not_slow_the_proxy_and_a_full_queue_drops_and_co
         );
     }
     let stats = stats_of(plugin_id(&plugin)).unwrap();
-    // One waits in the queue (max_entries = 1), three are dropped.
-    assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
+    // One waits in the queue (max_entries = 1), three are dropped. The log phase runs after the
+    // answer has gone, so the last entry may reach the queue after the client has its answer.
+    counted(&stats, WITHIN, "three entries dropped", |s| &s.dropped, 3).await;
     counted(&stats, WITHIN, "the two kept entries sent", |s| &s.sent, 2).await;
 }
 
