@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::io::tcp::TcpSettings;
 use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
-    RedisFuture, RedisResult, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline,
+    RedisConnectionInfo, RedisFuture, RedisResult, Value,
 };
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
@@ -236,11 +237,7 @@ pub(crate) fn open_url(
         .map(|(_, rest)| rest);
     let Some(rest) = tls_rest else {
         let info = url.into_connection_info().map_err(|e| internal(what, e))?;
-        return plain(
-            redis::Client::open(info).map_err(|e| internal(what, e))?,
-            timeout,
-            bound,
-        );
+        return plain(info, timeout, bound, what);
     };
     let (rest, verify) = match rest.split_once('#') {
         None => (rest, true),
@@ -286,20 +283,22 @@ pub(crate) fn open_host(
         .into_connection_info()
         .map_err(|e| internal("redis", e))?
         .set_redis_settings(redis);
-    plain(
-        redis::Client::open(info).map_err(|e| internal("redis", e))?,
-        timeout,
-        AnswerBound::Connection,
-    )
+    plain(info, timeout, AnswerBound::Connection, "redis")
 }
 
 /// The connection manager, every connection attempt bounded by `timeout`, and every command too
-/// unless its callers bound them.
+/// unless its callers bound them. Its socket sends each write at once (`TCP_NODELAY`, off in the
+/// redis crate's defaults, on in the TLS connections): with Nagle's algorithm a command written
+/// while an earlier one's answer is outstanding waits for that answer, which a worker that
+/// pipelines the token lookups of many requests over one connection does all the time.
 fn plain(
-    client: redis::Client,
+    info: ConnectionInfo,
     timeout: Duration,
     bound: AnswerBound,
+    what: &str,
 ) -> Result<RedisConn, StoreError> {
+    let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info).map_err(|e| internal(what, e))?;
     let answer_timeout = (bound == AnswerBound::Connection).then_some(timeout);
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
