@@ -1,13 +1,14 @@
 //! A log server for the log plugins' tests: a plain HTTP/1.1 server on its own threads (one per
 //! connection, keep-alive honoured) that records every request it reads and answers it with a
-//! set status, after a set delay. Included by path (`#[path]`) from the test binaries.
+//! set status, after a set delay or once the test releases it. Included by path (`#[path]`) from
+//! the test binaries.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// One request the receiver read.
@@ -36,6 +37,8 @@ pub struct Receiver {
     pub url: String,
     /// What arrived, in order of arrival (recorded before the delay).
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Whether answers wait for [`Receiver::release`], and the signal that ends the wait.
+    held: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Receiver {
@@ -43,24 +46,52 @@ impl Receiver {
     pub fn all(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
+
+    /// Lets a receiver from [`spawn_held_receiver`] answer what waits and all that follows.
+    pub fn release(&self) {
+        let (held, released) = &*self.held;
+        *held.lock().unwrap() = false;
+        released.notify_all();
+    }
 }
 
 /// Starts a receiver answering `status` after `delay`.
 pub fn spawn_receiver(status: u16, delay: Duration) -> Receiver {
+    start(status, delay, false)
+}
+
+/// Starts a receiver that records each request but answers none (`status`) until
+/// [`Receiver::release`]: a log server that is stuck for exactly as long as a test needs.
+pub fn spawn_held_receiver(status: u16) -> Receiver {
+    start(status, Duration::ZERO, true)
+}
+
+fn start(status: u16, delay: Duration, held: bool) -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
     let url = format!("http://{}", listener.local_addr().unwrap());
     let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&received);
+    let held = Arc::new((Mutex::new(held), Condvar::new()));
+    let (sink, gate) = (Arc::clone(&received), Arc::clone(&held));
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
-            let sink = Arc::clone(&sink);
-            std::thread::spawn(move || serve(stream, &sink, status, delay));
+            let (sink, gate) = (Arc::clone(&sink), Arc::clone(&gate));
+            std::thread::spawn(move || serve(stream, &sink, &gate, status, delay));
         }
     });
-    Receiver { url, received }
+    Receiver {
+        url,
+        received,
+        held,
+    }
 }
 
-fn serve(stream: TcpStream, sink: &Mutex<Vec<Received>>, status: u16, delay: Duration) {
+fn serve(
+    stream: TcpStream,
+    sink: &Mutex<Vec<Received>>,
+    gate: &(Mutex<bool>, Condvar),
+    status: u16,
+    delay: Duration,
+) {
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     loop {
@@ -100,6 +131,12 @@ fn serve(stream: TcpStream, sink: &Mutex<Vec<Received>>, status: u16, delay: Dur
             body: String::from_utf8_lossy(&body).into_owned(),
         });
         std::thread::sleep(delay);
+        let (held, released) = gate;
+        drop(
+            released
+                .wait_while(held.lock().unwrap(), |held| *held)
+                .unwrap(),
+        );
         let answer = format!("HTTP/1.1 {status} Whatever\r\ncontent-length: 2\r\n\r\nok");
         if writer.write_all(answer.as_bytes()).is_err() {
             return;
