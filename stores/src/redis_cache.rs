@@ -58,7 +58,8 @@ pub struct VerdictGeneration(pub u64);
 struct Health {
     /// Origin of `skip_until_ms`.
     origin: Instant,
-    /// Milliseconds since `origin` before which Redis is not asked.
+    /// Milliseconds since `origin` before which Redis is not asked; 0 when Redis has not failed
+    /// since the last skip ended (then no clock is read).
     skip_until_ms: AtomicU64,
     /// An eviction was missed: flush the prefix before trusting Redis again.
     dirty: AtomicBool,
@@ -71,10 +72,23 @@ impl Health {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
     fn skipping(&self) -> bool {
-        self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed)
+        let until = self.skip_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if self.now_ms() < until {
+            return true;
+        }
+        // Over: the next commands skip the clock (unless a failure since set a new end).
+        let _ = self
+            .skip_until_ms
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
     fn failed(&self) {
-        let until = self.now_ms() + u64::try_from(SKIP_AFTER_FAILURE.as_millis()).unwrap_or(0);
+        // At least 1: 0 means "not skipping".
+        let until =
+            (self.now_ms() + u64::try_from(SKIP_AFTER_FAILURE.as_millis()).unwrap_or(0)).max(1);
         self.skip_until_ms.store(until, Ordering::Relaxed);
     }
 }
@@ -486,8 +500,32 @@ pub struct FailureWindow {
 mod tests {
     use uuid::Uuid;
 
-    use super::{decode_record, encode_record, RECORD_BINARY_V1};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+
+    use super::{decode_record, encode_record, Health, RECORD_BINARY_V1};
     use crate::model::{TokenHash, TokenRecord};
+
+    #[test]
+    fn a_failure_skips_redis_until_its_end_and_then_no_more() {
+        let health = Health {
+            origin: Instant::now(),
+            skip_until_ms: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            flushing: AtomicBool::new(false),
+        };
+        assert!(!health.skipping());
+        health.failed();
+        assert!(health.skipping(), "within SKIP_AFTER_FAILURE of a failure");
+        assert!(health.skip_until_ms.load(Ordering::Relaxed) > 0);
+        // An end already passed (1 ms after the origin): not skipping, and the end is cleared.
+        health.skip_until_ms.store(1, Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(!health.skipping());
+        assert_eq!(health.skip_until_ms.load(Ordering::Relaxed), 0);
+        health.failed();
+        assert!(health.skipping(), "a later failure skips again");
+    }
 
     fn records() -> [TokenRecord; 2] {
         let now = 1_700_000_000;
