@@ -421,6 +421,7 @@ fn run() -> Result<()> {
         &Refs {
             throughput: &[("before", "proxy before the swap")],
             p99: Some(("before", "proxy before the swap")),
+            same_mix: &[],
         },
         "Proxying while POST /config loads 10k services and consumers",
         settings,

@@ -292,6 +292,7 @@ fn run() -> Result<()> {
         &Refs {
             throughput: &[("direct", "websocket direct")],
             p99: Some(("direct", "websocket direct")),
+            same_mix: &[],
         },
         "Portcullis vs direct: WebSocket echo",
         settings.clone(),
@@ -307,6 +308,7 @@ fn run() -> Result<()> {
         &Refs {
             throughput: &[("direct", "grpc direct")],
             p99: Some(("direct", "grpc direct")),
+            same_mix: &[],
         },
         "Portcullis vs direct: gRPC unary",
         settings,

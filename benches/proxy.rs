@@ -12,6 +12,9 @@
 //! The `rate-limiting` targets are read against `oauth2 memory` (the same gateway without it).
 //! `nginx + gateway headers` is nginx doing the header work of the gateway's oauth2 path (less
 //! the token check), read in the `×nginx+headers` column: the like-for-like reference.
+//! `nginx cold mix` is nginx sent the cold target's request mix (a different token per request,
+//! picked by the load generator's script); the line under the table reads the cold target
+//! against it.
 //!
 //! Variants (`BENCH_VARIANTS`, comma separated, default all), each its own table, JSON and SVG
 //! (`target/bench-results/<bench>.json|svg`):
@@ -227,6 +230,7 @@ const TARGETS: &[(&str, SetupFn)] = &[
     ("oauth2 + rate-limiting redis", oauth2_rate_limiting_redis),
     ("oauth2 + prometheus", oauth2_prometheus),
     ("oauth2 pg+redis warm", oauth2_pg_redis_warm),
+    ("nginx cold mix", nginx_cold_mix),
     ("oauth2 pg+redis cold", oauth2_pg_redis_cold),
     ("introspection cached", introspection_cached),
 ];
@@ -515,12 +519,10 @@ fn issue_cold_tokens(ctx: &Ctx<'_>) -> Result<Result<ColdTokens, String>> {
 /// for on its second use and keeps it 30 s, so a run is fully cold only while its requests do not
 /// outnumber the tokens (no warm-up run for this target).
 fn oauth2_pg_redis_cold(ctx: &Ctx<'_>) -> Result<Setup> {
-    if ctx.cold.borrow().is_none() {
-        match issue_cold_tokens(ctx)? {
-            Ok(cold) => *ctx.cold.borrow_mut() = Some(cold),
-            Err(why) => return Ok(Setup::Skipped(why)),
-        }
-    }
+    let requests = match cold_requests(ctx)? {
+        Ok(requests) => requests,
+        Err(why) => return Ok(Setup::Skipped(why)),
+    };
     let cold = ctx.cold.borrow();
     let Some(cold) = cold.as_ref() else {
         bail!("the cold tokens are gone");
@@ -529,12 +531,46 @@ fn oauth2_pg_redis_cold(ctx: &Ctx<'_>) -> Result<Setup> {
     let admin = Admin::new(gw.admin, gw.proxy)?;
     // Readiness with the last token; the run starts with the first.
     admin.wait_ready(cold.tokens.last().map(String::as_str))?;
-    let requests = cold.tokens.iter().map(|t| bearer_request(t)).collect();
     Ok(Setup::Ready(Target {
         requests: Some(requests),
         warmup: false,
         ..Target::gateway(gw)
     }))
+}
+
+/// Target 6b: nginx as target 2, sent the cold target's request mix (each request a different
+/// token, which the load generator picks from a script per request): the reference the cold
+/// target is read against besides plain nginx, so that the mix's cost to the load generator,
+/// which shares the cores, weighs on both sides alike.
+fn nginx_cold_mix(ctx: &Ctx<'_>) -> Result<Setup> {
+    let requests = match cold_requests(ctx)? {
+        Ok(requests) => requests,
+        Err(why) => return Ok(Setup::Skipped(why)),
+    };
+    match nginx_target(ctx, procs::start_nginx_front)? {
+        Setup::Ready(target) => Ok(Setup::Ready(Target {
+            requests: Some(requests),
+            warmup: false,
+            ..target
+        })),
+        skipped @ Setup::Skipped(_) => Ok(skipped),
+    }
+}
+
+/// The cold target's requests (one per token), its tokens issued first if this variant has
+/// none yet; `Err(reason)` when Postgres or Redis is unreachable.
+fn cold_requests(ctx: &Ctx<'_>) -> Result<Result<Vec<Req>, String>> {
+    if ctx.cold.borrow().is_none() {
+        match issue_cold_tokens(ctx)? {
+            Ok(cold) => *ctx.cold.borrow_mut() = Some(cold),
+            Err(why) => return Ok(Err(why)),
+        }
+    }
+    let cold = ctx.cold.borrow();
+    let Some(cold) = cold.as_ref() else {
+        bail!("the cold tokens are gone");
+    };
+    Ok(Ok(cold.tokens.iter().map(|t| bearer_request(t)).collect()))
 }
 
 /// `tests/introspection`, where the third-party authorization server lives.
@@ -837,6 +873,7 @@ fn run_variant(env: &BenchEnv, upstream: &Upstream, variant: &Variant, front: Fr
         &Refs {
             throughput,
             p99: Some(("nginx", "nginx")),
+            same_mix: &[("oauth2 pg+redis cold", "nginx cold mix")],
         },
         &if variant.name == "plain" {
             "Portcullis vs direct vs nginx".to_string()

@@ -152,6 +152,7 @@ fn run() -> Result<()> {
         &Refs {
             throughput: &[("1k", &small)],
             p99: Some(("1k", &small)),
+            same_mix: &[],
         },
         "Token validation: 1k vs many stored tokens",
         settings,

@@ -381,6 +381,7 @@ fn run() -> Result<()> {
         &Refs {
             throughput: &[("cc memory", PLAIN_CC)],
             p99: Some(("idle", PROXIED_IDLE)),
+            same_mix: &[],
         },
         "Portcullis token endpoints",
         settings,

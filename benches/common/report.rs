@@ -100,6 +100,10 @@ pub struct Refs<'a> {
     pub throughput: &'a [(&'a str, &'a str)],
     /// `(column label, target name)`: a p99-ratio column.
     pub p99: Option<(&'a str, &'a str)>,
+    /// `(target, reference)`: targets whose request mix differs from the shared one (each request
+    /// a different token), read against a reference sent the same mix, on lines under the table:
+    /// the load generator's cost of the mix then weighs on both sides alike.
+    pub same_mix: &'a [(&'a str, &'a str)],
 }
 
 fn find<'r>(rows: &'r [Row], name: &str) -> Option<&'r Row> {
@@ -216,6 +220,16 @@ pub fn print_table(title: &str, rows: &[Row], refs: &Refs<'_>) {
             let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
             println!("|-{}-|", sep.join("-|-"));
         }
+    }
+    for (target, reference) in refs.same_mix {
+        let (Some(row), Some(reference_row)) = (find(rows, target), find(rows, reference)) else {
+            continue;
+        };
+        println!(
+            "{target} × {reference} (the same request mix): {}, p99 × {}",
+            ratio(row, Some(reference_row), rps, row.rps),
+            ratio(row, Some(reference_row), p99, row.p99_ms)
+        );
     }
 }
 
