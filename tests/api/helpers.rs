@@ -489,7 +489,7 @@ impl PrivateCluster {
             ));
         }
         let data = dir.path().join("data");
-        let cluster = Self {
+        let mut cluster = Self {
             bin,
             data,
             port: dead_port(),
@@ -502,11 +502,21 @@ impl PrivateCluster {
                 &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"],
             )
             .map_err(|e| format!("initdb: {e}"))?;
-        cluster.pg_ctl("start").map_err(|e| {
-            let log = std::fs::read_to_string(format!("{data}.log")).unwrap_or_default();
-            format!("pg_ctl start: {e}; server log: {log}")
-        })?;
-        Ok(cluster)
+        // The port was free when picked, but a busy run's outgoing connections draw their local
+        // ports from the same range: one taken since is picked again.
+        let log_path = format!("{data}.log");
+        for attempt in 1.. {
+            let Err(e) = cluster.pg_ctl("start") else {
+                return Ok(cluster);
+            };
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if attempt == 5 || !log.contains("Address already in use") {
+                return Err(format!("pg_ctl start: {e}; server log: {log}"));
+            }
+            let _ = std::fs::remove_file(&log_path);
+            cluster.port = dead_port();
+        }
+        unreachable!("the loop returns")
     }
 
     /// Gateway settings on this cluster's `postgres` database in schema `schema`, migrated
