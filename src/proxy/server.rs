@@ -220,6 +220,8 @@ fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         tokio::task::spawn_local(super::timers::drive());
+        // Token lookups of the connections woken together go to Redis as one command.
+        portcullis_stores::redis_batch::batch_token_lookups();
         let worker = Rc::new(worker);
         let open = Rc::new(OpenConnections::default());
         let mut accepting = Vec::with_capacity(sockets.len());

@@ -35,6 +35,7 @@ mod memory_tokens;
 pub mod model;
 pub mod observe;
 pub mod postgres;
+pub mod redis_batch;
 pub mod redis_cache;
 pub mod redis_conn;
 pub mod redis_counters;

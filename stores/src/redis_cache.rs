@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 
 use crate::model::{TokenHash, TokenRecord};
+use crate::redis_batch::{self, Joined, Raw};
 use crate::redis_conn::{AnswerBound, RedisConn, RedisTrust};
 use crate::StoreError;
 
@@ -276,10 +277,51 @@ impl RedisTokenCache {
     /// [`StoreError::Unavailable`].
     pub async fn get(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         self.ensure_clean().await?;
-        let mut conn = self.conn.here();
         let key = self.key(hash);
-        let raw: Option<Vec<u8>> = self.bounded(conn.get(key)).await?;
+        let answer = match redis_batch::join(self.batch_id(), key) {
+            Joined::NotHere(key) => {
+                let mut conn = self.conn.here();
+                return Ok(self
+                    .bounded(conn.get::<_, Raw>(key))
+                    .await?
+                    .as_deref()
+                    .and_then(decode_record));
+            }
+            Joined::Opened(answer) => {
+                tokio::task::spawn_local(self.clone().send_batch());
+                answer
+            }
+            Joined::Waiting(answer) => answer,
+        };
+        let raw = answer
+            .await
+            .map_err(|_| unavailable("the batch of lookups was dropped"))??;
         Ok(raw.as_deref().and_then(decode_record))
+    }
+
+    /// This cache's identity among the open batches of a thread: its shared health's address
+    /// (clones share it; it outlives every batch, whose sender holds a clone).
+    fn batch_id(&self) -> usize {
+        Arc::as_ptr(&self.health) as usize
+    }
+
+    /// Sends this cache's open batch of lookups on this thread (spawned by the lookup that opened
+    /// it, so it runs after the tasks already woken this turn have joined): one `MGET`, or a `GET`
+    /// for one key, bounded as every command.
+    async fn send_batch(self) {
+        let redis_batch::Batch { keys, waiters } = redis_batch::take(self.batch_id());
+        let mut conn = self.conn.here();
+        let values = if let [key] = keys.as_slice() {
+            self.bounded(conn.get::<_, Raw>(key)).await.map(|v| vec![v])
+        } else {
+            self.bounded(
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async::<Vec<Raw>>(&mut conn),
+            )
+            .await
+        };
+        redis_batch::answer(waiters, values);
     }
 
     /// Caches a record until the earlier of its access-token and row expiry.
@@ -556,6 +598,117 @@ mod tests {
             ..sparse.clone()
         };
         [sparse, full]
+    }
+
+    /// Runs `test` on a current-thread runtime inside a `LocalSet` whose thread batches token
+    /// lookups, as a proxy worker does.
+    fn on_a_batching_worker<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            crate::redis_batch::batch_token_lookups();
+            test().await;
+        });
+    }
+
+    fn cache_at(url: String) -> super::RedisTokenCache {
+        super::RedisTokenCache::open(&super::RedisSettings {
+            url,
+            trust: crate::redis_conn::RedisTrust::WebPki,
+            prefix: format!("batch{}", Uuid::new_v4().simple()),
+            timeout: std::time::Duration::from_secs(2),
+        })
+        .unwrap()
+    }
+
+    /// Lookups made in one turn of a batching worker reach Redis as one `MGET`, and each gets its
+    /// own key's record, or none.
+    #[test]
+    fn lookups_made_in_one_turn_go_as_one_command_each_answered_with_its_own_record() {
+        on_a_batching_worker(|| async {
+            let url = std::env::var("PORTCULLIS_TEST_REDIS")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let cache = cache_at(url.clone());
+            let [sparse, full] = records();
+            let one = TokenRecord {
+                access_token_hash: TokenHash([1; 32]),
+                ..sparse
+            };
+            let two = TokenRecord {
+                access_token_hash: TokenHash([2; 32]),
+                ..full
+            };
+            cache.put(&one, 0).await.expect("redis reachable");
+            cache.put(&two, 0).await.unwrap();
+            let id: i64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut cache.conn.here())
+                .await
+                .unwrap();
+            let (got_one, got_none, got_two) = tokio::join!(
+                cache.get(&one.access_token_hash),
+                cache.get(&TokenHash([3; 32])),
+                cache.get(&two.access_token_hash),
+            );
+            assert_eq!(got_one.unwrap(), Some(one.clone()));
+            assert_eq!(got_none.unwrap(), None);
+            assert_eq!(got_two.unwrap(), Some(two.clone()));
+            // The last command of the cache's connection, seen from another one.
+            let mut other = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let client: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut other)
+                .await
+                .unwrap();
+            assert!(client.contains(" cmd=mget "), "{client}");
+            // A lookup on its own is a GET.
+            assert_eq!(
+                cache.get(&one.access_token_hash).await.unwrap(),
+                Some(one.clone())
+            );
+            let client: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut other)
+                .await
+                .unwrap();
+            assert!(client.contains(" cmd=get "), "{client}");
+            cache
+                .evict(&[one.access_token_hash, two.access_token_hash])
+                .await
+                .unwrap();
+        });
+    }
+
+    /// A batch Redis does not answer fails every lookup in it, as Unavailable (the tiered store
+    /// then reads Postgres).
+    #[test]
+    fn a_batch_that_fails_fails_every_lookup_in_it() {
+        on_a_batching_worker(|| async {
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = closed.local_addr().unwrap();
+            drop(closed);
+            let cache = cache_at(format!("redis://{addr}"));
+            let (a, b) = tokio::join!(
+                cache.get(&TokenHash([1; 32])),
+                cache.get(&TokenHash([2; 32]))
+            );
+            for got in [a, b] {
+                assert!(
+                    matches!(got, Err(crate::StoreError::Unavailable(_))),
+                    "{got:?}"
+                );
+            }
+        });
     }
 
     #[test]
