@@ -310,6 +310,9 @@ impl RedisTokenCache {
     /// for one key, bounded as every command.
     async fn send_batch(self) {
         let redis_batch::Batch { keys, waiters } = redis_batch::take(self.batch_id());
+        if keys.is_empty() {
+            return;
+        }
         let mut conn = self.conn.here();
         let values = if let [key] = keys.as_slice() {
             self.bounded(conn.get::<_, Raw>(key)).await.map(|v| vec![v])
@@ -623,6 +626,17 @@ mod tests {
         .unwrap()
     }
 
+    /// Redis's line on client `id` (its last command in `cmd=`), asked over `other`.
+    async fn last_command(other: &mut redis::aio::MultiplexedConnection, id: i64) -> String {
+        redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("ID")
+            .arg(id)
+            .query_async(other)
+            .await
+            .unwrap()
+    }
+
     /// Lookups made in one turn of a batching worker reach Redis as one `MGET`, and each gets its
     /// own key's record, or none.
     #[test]
@@ -661,26 +675,14 @@ mod tests {
                 .get_multiplexed_async_connection()
                 .await
                 .unwrap();
-            let client: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .arg("ID")
-                .arg(id)
-                .query_async(&mut other)
-                .await
-                .unwrap();
+            let client = last_command(&mut other, id).await;
             assert!(client.contains(" cmd=mget "), "{client}");
             // A lookup on its own is a GET.
             assert_eq!(
                 cache.get(&one.access_token_hash).await.unwrap(),
                 Some(one.clone())
             );
-            let client: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .arg("ID")
-                .arg(id)
-                .query_async(&mut other)
-                .await
-                .unwrap();
+            let client = last_command(&mut other, id).await;
             assert!(client.contains(" cmd=get "), "{client}");
             cache
                 .evict(&[one.access_token_hash, two.access_token_hash])
