@@ -722,38 +722,54 @@ impl TlsRedis {
         })()
         .map_err(|e| format!("writing the certificates: {e}"))?;
         let (ca_file, cert_file, key_file) = files;
-        let port = dead_port();
         let password = format!("redis-tls-{}", uuid::Uuid::new_v4().simple());
         let path = |p: &Path| p.display().to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--tls-cert-file", &path(&cert_file)])
-            .args(["--tls-key-file", &path(&key_file)])
-            .args(["--tls-ca-cert-file", &path(&ca_file)])
-            .args(["--tls-auth-clients", "no", "--requirepass", &password])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("redis-server: {e}"))?;
-        let redis = Self {
+        let spawn = |port: u16, password: &str| {
+            Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-cert-file", &path(&cert_file)])
+                .args(["--tls-key-file", &path(&key_file)])
+                .args(["--tls-ca-cert-file", &path(&ca_file)])
+                .args(["--tls-auth-clients", "no", "--requirepass", password])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("redis-server: {e}"))
+        };
+        let port = dead_port();
+        let mut redis = Self {
             port,
+            child: spawn(port, &password)?,
             password,
-            ca_file,
-            child,
+            ca_file: ca_file.clone(),
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if redis.cli(&["ping"]).trim() == "PONG" {
-                return Ok(redis);
+        for attempt in 1.. {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut exited = false;
+            while Instant::now() < deadline {
+                if redis.cli(&["ping"]).trim() == "PONG" {
+                    return Ok(redis);
+                }
+                if redis.child.try_wait().ok().flatten().is_some() {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if !exited || attempt == 5 {
+                return Err(format!(
+                    "redis-server with TLS on port {} did not answer PING (built without TLS?)",
+                    redis.port
+                ));
+            }
+            // It exited: its port, free when picked, was most likely taken since by one of a busy
+            // run's outgoing connections. Another port.
+            redis.port = dead_port();
+            redis.child = spawn(redis.port, &redis.password)?;
         }
-        Err(format!(
-            "redis-server with TLS on port {port} did not answer PING within 10 s (built without \
-             TLS?)"
-        ))
+        unreachable!("the loop returns")
     }
 
     /// Runs `redis-cli` over TLS against this server, logged in; its stdout.
