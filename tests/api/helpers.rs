@@ -457,6 +457,56 @@ pub fn or_skip<T>(started: Result<T, String>) -> Option<T> {
     }
 }
 
+/// Why a private server did not start on the port it was given.
+enum NotStarted {
+    /// The port, free when picked, was taken before the server bound it (a busy run's outgoing
+    /// connections draw their local ports from the same range): another port may do.
+    PortTaken(String),
+    /// Anything else; says what.
+    Failed(String),
+}
+
+/// Runs `start` on a port free when picked, and on another, up to five in all, while the port
+/// turns out taken.
+fn start_on_a_free_port<T>(
+    mut start: impl FnMut(u16) -> Result<T, NotStarted>,
+) -> Result<T, String> {
+    let mut attempts = 1;
+    loop {
+        match start(dead_port()) {
+            Ok(server) => return Ok(server),
+            Err(NotStarted::PortTaken(_)) if attempts < 5 => attempts += 1,
+            Err(NotStarted::PortTaken(why) | NotStarted::Failed(why)) => return Err(why),
+        }
+    }
+}
+
+/// Waits up to 20 s for a freshly spawned `redis-server` to answer `ping`; one that exits
+/// first most likely found its port taken, one still silent then is killed.
+fn until_redis_answers(
+    child: &mut std::process::Child,
+    port: u16,
+    ping: impl Fn() -> bool,
+) -> Result<(), NotStarted> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if ping() {
+            return Ok(());
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            return Err(NotStarted::PortTaken(format!(
+                "redis-server on port {port} exited at start (port taken?)"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(NotStarted::Failed(format!(
+        "redis-server on port {port} did not answer PING within 20 s"
+    )))
+}
+
 /// A Postgres cluster of its own in a temporary directory, run as the `postgres` user.
 pub struct PrivateCluster {
     bin: PathBuf,
@@ -492,7 +542,7 @@ impl PrivateCluster {
         let mut cluster = Self {
             bin,
             data,
-            port: dead_port(),
+            port: 0,
             _dir: dir,
         };
         let data = cluster.data.to_string_lossy().into_owned();
@@ -502,21 +552,21 @@ impl PrivateCluster {
                 &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"],
             )
             .map_err(|e| format!("initdb: {e}"))?;
-        // The port was free when picked, but a busy run's outgoing connections draw their local
-        // ports from the same range: one taken since is picked again.
         let log_path = format!("{data}.log");
-        for attempt in 1.. {
-            let Err(e) = cluster.pg_ctl("start") else {
-                return Ok(cluster);
-            };
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if attempt == 5 || !log.contains("Address already in use") {
-                return Err(format!("pg_ctl start: {e}; server log: {log}"));
-            }
+        start_on_a_free_port(|port| {
+            cluster.port = port;
             let _ = std::fs::remove_file(&log_path);
-            cluster.port = dead_port();
-        }
-        unreachable!("the loop returns")
+            cluster.pg_ctl("start").map_err(|e| {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let why = format!("pg_ctl start: {e}; server log: {log}");
+                if log.contains("Address already in use") {
+                    NotStarted::PortTaken(why)
+                } else {
+                    NotStarted::Failed(why)
+                }
+            })
+        })?;
+        Ok(cluster)
     }
 
     /// Gateway settings on this cluster's `postgres` database in schema `schema`, migrated
@@ -615,10 +665,13 @@ impl PrivateRedis {
     /// Starts one, or says why it could not (`redis-server` not installed, or not answering).
     pub fn start() -> Result<Self, String> {
         let mut redis = Self {
-            port: dead_port(),
+            port: 0,
             child: None,
         };
-        redis.start_again()?;
+        start_on_a_free_port(|port| {
+            redis.port = port;
+            redis.start_again()
+        })?;
         Ok(redis)
     }
 
@@ -640,27 +693,20 @@ impl PrivateRedis {
         self.start_again().is_ok()
     }
 
-    fn start_again(&mut self) -> Result<(), String> {
+    fn start_again(&mut self) -> Result<(), NotStarted> {
         self.kill();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| format!("redis-server: {e}"))?;
+            .map_err(|e| NotStarted::Failed(format!("redis-server: {e}")))?;
+        let answered = until_redis_answers(&mut child, self.port, || {
+            self.cli(&["ping"]).trim() == "PONG"
+        });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.cli(&["ping"]).trim() == "PONG" {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(format!(
-            "redis-server on port {} did not answer PING within 10 s",
-            self.port
-        ))
+        answered
     }
 
     /// Runs `redis-cli` against this server; its stdout.
@@ -724,65 +770,42 @@ impl TlsRedis {
         let (ca_file, cert_file, key_file) = files;
         let password = format!("redis-tls-{}", uuid::Uuid::new_v4().simple());
         let path = |p: &Path| p.display().to_string();
-        let spawn = |port: u16, password: &str| {
-            Command::new("redis-server")
+        let started = start_on_a_free_port(|port| {
+            let mut child = Command::new("redis-server")
                 .args(["--port", "0", "--tls-port", &port.to_string()])
                 .args(["--tls-cert-file", &path(&cert_file)])
                 .args(["--tls-key-file", &path(&key_file)])
                 .args(["--tls-ca-cert-file", &path(&ca_file)])
-                .args(["--tls-auth-clients", "no", "--requirepass", password])
+                .args(["--tls-auth-clients", "no", "--requirepass", &password])
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .map_err(|e| format!("redis-server: {e}"))
-        };
-        let port = dead_port();
-        let mut redis = Self {
+                .map_err(|e| NotStarted::Failed(format!("redis-server: {e}")))?;
+            until_redis_answers(&mut child, port, || {
+                tls_redis_cli(port, &ca_file, &password, &["ping"]).trim() == "PONG"
+            })
+            .map_err(|e| match e {
+                NotStarted::Failed(why) => {
+                    NotStarted::Failed(format!("{why} (built without TLS?)"))
+                }
+                taken => taken,
+            })?;
+            Ok((port, child))
+        });
+        let (port, child) = started?;
+        Ok(Self {
             port,
-            child: spawn(port, &password)?,
             password,
-            ca_file: ca_file.clone(),
+            ca_file,
+            child,
             dir,
-        };
-        for attempt in 1.. {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut exited = false;
-            while Instant::now() < deadline {
-                if redis.cli(&["ping"]).trim() == "PONG" {
-                    return Ok(redis);
-                }
-                if redis.child.try_wait().ok().flatten().is_some() {
-                    exited = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !exited || attempt == 5 {
-                return Err(format!(
-                    "redis-server with TLS on port {} did not answer PING (built without TLS?)",
-                    redis.port
-                ));
-            }
-            // It exited: its port, free when picked, was most likely taken since by one of a busy
-            // run's outgoing connections. Another port.
-            redis.port = dead_port();
-            redis.child = spawn(redis.port, &redis.password)?;
-        }
-        unreachable!("the loop returns")
+        })
     }
 
     /// Runs `redis-cli` over TLS against this server, logged in; its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["--tls", "--cacert"])
-            .arg(&self.ca_file)
-            .args(["-p", &self.port.to_string(), "--no-auth-warning"])
-            .args(["-a", &self.password])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        tls_redis_cli(self.port, &self.ca_file, &self.password, args)
     }
 
     /// A CA of its own that signed nothing this server presents, as a PEM file beside the
@@ -796,6 +819,20 @@ impl TlsRedis {
         std::fs::write(&path, ca.pem()).expect("write the other CA");
         path
     }
+}
+
+/// `redis-cli` over TLS to the server on `port`, trusting `ca_file`, logged in with `password`;
+/// its stdout.
+fn tls_redis_cli(port: u16, ca_file: &Path, password: &str, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(ca_file)
+        .args(["-p", &port.to_string(), "--no-auth-warning"])
+        .args(["-a", password])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 impl Drop for TlsRedis {
