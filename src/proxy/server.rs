@@ -214,14 +214,13 @@ fn run_worker(
             return;
         }
     };
-    // This thread runs this runtime until it ends: Redis commands sent from here (the token
-    // cache, rate-limiting's counters) go over connections of its own, driven here.
-    portcullis_stores::redis_conn::use_thread_connections();
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         tokio::task::spawn_local(super::timers::drive());
-        // Token lookups of the connections woken together go to Redis as one command.
-        portcullis_stores::redis_batch::batch_token_lookups();
+        // This thread runs this runtime and `LocalSet` until it ends: Redis commands sent from
+        // here (the token cache, rate-limiting's counters) go over connections of its own, driven
+        // here, and the token lookups of the connections woken together go as one command.
+        portcullis_stores::serve_from_this_worker_thread();
         let worker = Rc::new(worker);
         let open = Rc::new(OpenConnections::default());
         let mut accepting = Vec::with_capacity(sockets.len());

@@ -49,6 +49,16 @@ pub use model::{
     TokenFilter, TokenHash, TokenRecord,
 };
 
+/// Tells the stores that the calling thread is a proxy worker: it runs one runtime, and a
+/// `LocalSet` on it, for as long as it lives. Redis commands sent from it then go over connections
+/// of its own, driven there ([`redis_conn`]), and the token lookups it makes in one turn go to
+/// Redis as one command ([`redis_batch`]). Call it from a task of that `LocalSet`; a thread whose
+/// runtime ends before it does must not call it.
+pub fn serve_from_this_worker_thread() {
+    redis_conn::use_thread_connections();
+    redis_batch::batch_token_lookups();
+}
+
 use async_trait::async_trait;
 use uuid::Uuid;
 

@@ -7,8 +7,8 @@
 //! task runs (the connections woken in the same turn, queued ahead of it) join the batch, which
 //! goes as one `MGET` (a `GET` when it holds one key). A lookup waits at most one turn longer.
 //!
-//! Only on threads that ask for it ([`batch_token_lookups`]): the sending task is spawned on the
-//! thread's `LocalSet`. Elsewhere every lookup is its own `GET`.
+//! Only on proxy workers ([`crate::serve_from_this_worker_thread`]): the sending task is spawned
+//! on the thread's `LocalSet`. Elsewhere every lookup is its own `GET`.
 
 use std::cell::{Cell, RefCell};
 
@@ -39,7 +39,7 @@ thread_local! {
 /// From now on, token lookups made on this thread go to Redis in batches. Call it from a task of
 /// the `LocalSet` that runs the thread's work for as long as the thread lives (the proxy workers):
 /// each batch is sent by a task spawned there.
-pub fn batch_token_lookups() {
+pub(crate) fn batch_token_lookups() {
     BATCHING.with(|b| b.set(true));
 }
 

@@ -13,8 +13,8 @@
 //! - [`RedisTls`]: one server's TLS settings (`ssl_verify`, `server_name`).
 //! - `rediss://` URLs: TLS, verified unless the URL ends in `#insecure` (the redis crate's
 //!   convention).
-//! - [`use_thread_connections`]: a thread that runs its own runtime for good (a proxy worker)
-//!   gets connections of its own, driven on that runtime.
+//! - [`crate::serve_from_this_worker_thread`]: a thread that runs its own runtime for good (a
+//!   proxy worker) gets connections of its own, driven on that runtime.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Weak};
@@ -146,7 +146,7 @@ thread_local! {
 /// wake-up each way). For threads that run one runtime for as long as they live — the proxy
 /// workers; a thread whose runtime ends before it does must not call it (its connections'
 /// drivers would end with the runtime).
-pub fn use_thread_connections() {
+pub(crate) fn use_thread_connections() {
     OWN_LINKS.with(|own| {
         own.borrow_mut().get_or_insert_with(Vec::new);
     });
