@@ -288,7 +288,7 @@ impl RedisTokenCache {
                     .and_then(decode_record));
             }
             Joined::Opened(answer) => {
-                tokio::task::spawn_local(self.clone().send_batch());
+                tokio::task::spawn_local(self.clone().send_batches());
                 answer
             }
             Joined::Waiting(answer) => answer,
@@ -305,26 +305,26 @@ impl RedisTokenCache {
         Arc::as_ptr(&self.health) as usize
     }
 
-    /// Sends this cache's open batch of lookups on this thread (spawned by the lookup that opened
-    /// it, so it runs after the tasks already woken this turn have joined): one `MGET`, or a `GET`
-    /// for one key, bounded as every command.
-    async fn send_batch(self) {
-        let redis_batch::Batch { keys, waiters } = redis_batch::take(self.batch_id());
-        if keys.is_empty() {
-            return;
+    /// Sends the batches of lookups gathered for this cache on this thread, one command at a
+    /// time, until none waits (spawned by the lookup that found no sender, so its first batch
+    /// goes after the tasks already woken this turn have joined): one `MGET`, or a `GET` for one
+    /// key, bounded as every command.
+    async fn send_batches(self) {
+        let _on_duty = redis_batch::OnDuty(self.batch_id());
+        while let Some(redis_batch::Batch { keys, waiters }) = redis_batch::take(self.batch_id()) {
+            let mut conn = self.conn.here();
+            let values = if let [key] = keys.as_slice() {
+                self.bounded(conn.get::<_, Raw>(key)).await.map(|v| vec![v])
+            } else {
+                self.bounded(
+                    redis::cmd("MGET")
+                        .arg(&keys)
+                        .query_async::<Vec<Raw>>(&mut conn),
+                )
+                .await
+            };
+            redis_batch::answer(waiters, values);
         }
-        let mut conn = self.conn.here();
-        let values = if let [key] = keys.as_slice() {
-            self.bounded(conn.get::<_, Raw>(key)).await.map(|v| vec![v])
-        } else {
-            self.bounded(
-                redis::cmd("MGET")
-                    .arg(&keys)
-                    .query_async::<Vec<Raw>>(&mut conn),
-            )
-            .await
-        };
-        redis_batch::answer(waiters, values);
     }
 
     /// Caches a record until the earlier of its access-token and row expiry.

@@ -480,3 +480,64 @@ async fn each_lookup_is_reported_once_by_the_tier_that_answered_it() {
     );
     reader.invalidate(&[t.access_token_hash]).await;
 }
+
+/// On a proxy worker, one command at a time goes to Redis: the lookups made while one is in
+/// flight wait for it and then go together as the next, however many turns apart they came.
+#[test]
+fn lookups_made_while_a_command_is_in_flight_go_together_as_the_next() {
+    let Some(server) = or_skip(PrivateRedis::start()) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&runtime, async {
+        portcullis_stores::serve_from_this_worker_thread();
+        let settings = RedisSettings {
+            timeout: Duration::from_secs(5),
+            ..server.settings()
+        };
+        let cache = RedisTokenCache::connect(&settings).await.unwrap();
+        let records = [11, 12, 13].map(|n| record(n, now()));
+        for r in &records {
+            cache.put(r, now()).await.unwrap();
+        }
+        let mut admin = redis::Client::open(settings.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut admin_cmd = async |args: &[&str]| -> String {
+            redis::cmd(args[0])
+                .arg(&args[1..])
+                .query_async(&mut admin)
+                .await
+                .unwrap()
+        };
+        admin_cmd(&["CONFIG", "RESETSTAT"]).await;
+        // Redis holds every client's commands for a while: the first lookup's stays in flight.
+        admin_cmd(&["CLIENT", "PAUSE", "600", "ALL"]).await;
+        let lookup = |n: usize| {
+            let (cache, hash) = (cache.clone(), records[n].access_token_hash);
+            tokio::task::spawn_local(async move { cache.get(&hash).await })
+        };
+        let first = lookup(0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = lookup(1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let third = lookup(2);
+        for (n, answer) in [first, second, third].into_iter().enumerate() {
+            assert_eq!(answer.await.unwrap().unwrap().as_ref(), Some(&records[n]));
+        }
+        let stats = admin_cmd(&["INFO", "commandstats"]).await;
+        let calls = |command: &str| {
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse::<u32>().unwrap())
+        };
+        assert_eq!((calls("get"), calls("mget")), (1, 1), "{stats}");
+    });
+}
