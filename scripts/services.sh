@@ -43,7 +43,9 @@ schemathesis_version=4.32.5
 schemathesis_cli() { st "$@" 2>/dev/null || python3 -m schemathesis.cli "$@"; }
 if ! schemathesis_cli --version 2>/dev/null | grep -q "$schemathesis_version"; then
   if ! command -v pip3 >/dev/null 2>&1; then apt_install python3-pip; fi
-  pip3 install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version" \
-    || pip3 install --quiet --disable-pip-version-check --break-system-packages "schemathesis==$schemathesis_version"
+  # Its dependencies pinned too: a newer hypothesis can change what a run generates.
+  constraints="$(cd "$(dirname "$0")" && pwd)/schemathesis-constraints.txt"
+  pip3 install --quiet --disable-pip-version-check -c "$constraints" "schemathesis==$schemathesis_version" \
+    || pip3 install --quiet --disable-pip-version-check --break-system-packages -c "$constraints" "schemathesis==$schemathesis_version"
 fi
 schemathesis_cli --version
