@@ -219,7 +219,7 @@ fn run_worker(
         tokio::task::spawn_local(super::timers::drive());
         // This thread runs this runtime and `LocalSet` until it ends: Redis commands sent from
         // here (the token cache, rate-limiting's counters) go over connections of its own, driven
-        // here, and the token lookups of the connections woken together go as one command.
+        // here, and the token lookups of its connections go to Redis together.
         portcullis_stores::serve_from_this_worker_thread();
         let worker = Rc::new(worker);
         let open = Rc::new(OpenConnections::default());

@@ -17,6 +17,8 @@
 //!   `redis` policy), checked and counted in one atomic round trip.
 //! - [`redis_conn`]: the one connection to a Redis server both talk through, plain or TLS (the
 //!   CAs trusted, verification, the server name).
+//! - `redis_batch`: a proxy worker's token lookups sent to Redis together, one command in
+//!   flight at a time (see [`serve_from_this_worker_thread`]).
 //! - [`tiered`]: near cache → Redis → durable store for token lookups.
 //! - `sightings`: which digests Redis answered for lately, so the near cache takes a record read
 //!   there on its second sighting and a token used once never costs an insert.
@@ -35,7 +37,7 @@ mod memory_tokens;
 pub mod model;
 pub mod observe;
 pub mod postgres;
-pub mod redis_batch;
+mod redis_batch;
 pub mod redis_cache;
 pub mod redis_conn;
 pub mod redis_counters;
@@ -51,9 +53,9 @@ pub use model::{
 
 /// Tells the stores that the calling thread is a proxy worker: it runs one runtime, and a
 /// `LocalSet` on it, for as long as it lives. Redis commands sent from it then go over connections
-/// of its own, driven there ([`redis_conn`]), and the token lookups it makes in one turn go to
-/// Redis as one command ([`redis_batch`]). Call it from a task of that `LocalSet`; a thread whose
-/// runtime ends before it does must not call it.
+/// of its own, driven there ([`redis_conn`]), and the token lookups it makes go to Redis together,
+/// one command in flight at a time (`redis_batch`). Call it from a task of that `LocalSet`; a
+/// thread whose runtime ends before it does must not call it.
 pub fn serve_from_this_worker_thread() {
     redis_conn::use_thread_connections();
     redis_batch::batch_token_lookups();

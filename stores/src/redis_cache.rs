@@ -280,12 +280,7 @@ impl RedisTokenCache {
         let key = self.key(hash);
         let answer = match redis_batch::join(self.batch_id(), key) {
             Joined::NotHere(key) => {
-                let mut conn = self.conn.here();
-                return Ok(self
-                    .bounded(conn.get::<_, Raw>(key))
-                    .await?
-                    .as_deref()
-                    .and_then(decode_record));
+                return Ok(self.get_raw(&key).await?.as_deref().and_then(decode_record));
             }
             Joined::Opened(answer) => {
                 tokio::task::spawn_local(self.clone().send_batches());
@@ -297,6 +292,11 @@ impl RedisTokenCache {
             .await
             .map_err(|_| unavailable("the batch of lookups was dropped"))??;
         Ok(raw.as_deref().and_then(decode_record))
+    }
+
+    /// What Redis holds under `key`, as one bounded `GET`.
+    async fn get_raw(&self, key: &str) -> Result<Raw, StoreError> {
+        self.bounded(self.conn.here().get::<_, Raw>(key)).await
     }
 
     /// This cache's identity among the open batches of a thread: its shared health's address
@@ -312,10 +312,10 @@ impl RedisTokenCache {
     async fn send_batches(self) {
         let _on_duty = redis_batch::OnDuty(self.batch_id());
         while let Some(redis_batch::Batch { keys, waiters }) = redis_batch::take(self.batch_id()) {
-            let mut conn = self.conn.here();
             let values = if let [key] = keys.as_slice() {
-                self.bounded(conn.get::<_, Raw>(key)).await.map(|v| vec![v])
+                self.get_raw(key).await.map(|v| vec![v])
             } else {
+                let mut conn = self.conn.here();
                 self.bounded(
                     redis::cmd("MGET")
                         .arg(&keys)
